@@ -1,0 +1,433 @@
+//! Writing and reading `.ark` archives.
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read, Write};
+use std::path::Path;
+
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
+
+use super::manifest::{
+    FileEntry, MANIFEST_PATH, Manifest, ManifestError, SIGNATURE_PATH, sha256_hex,
+};
+
+/// Why an archive could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The file could not be read or written.
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a zip archive, or a corrupt one.
+    #[error("not a valid zip archive: {0}")]
+    Zip(String),
+    /// The archive has no `ark.toml`.
+    #[error("the archive has no ark.toml at its root; is this an .ark built by `cargo ark package`?")]
+    MissingManifest,
+    /// `ark.toml` is not acceptable.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// An entry name that is not a plain relative path.
+    #[error("entry `{name}` has an unsafe name: {reason}")]
+    UnsafeName {
+        /// The entry name as stored.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Two entries with the same name.
+    #[error("entry `{0}` appears more than once")]
+    DuplicateEntry(String),
+    /// An entry larger than the reader accepts.
+    #[error("entry `{name}` is larger than the {limit}-byte limit for one entry")]
+    EntryTooLarge {
+        /// The entry.
+        name: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The archive holds more than the reader accepts.
+    #[error("the archive is larger than the {limit}-byte limit once decompressed")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// More entries than the reader accepts.
+    #[error("the archive has {count} entries; at most {limit} are accepted")]
+    TooManyEntries {
+        /// Entries found.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A listed entry is missing.
+    #[error("ark.toml lists `{0}`, but the archive has no such entry")]
+    MissingEntry(String),
+    /// An entry the manifest does not list.
+    #[error("entry `{0}` is not listed in ark.toml; every entry must be pinned by digest")]
+    UnlistedEntry(String),
+    /// An entry whose digest or size differs from the manifest.
+    #[error("entry `{name}` does not match ark.toml: {detail}")]
+    DigestMismatch {
+        /// The entry.
+        name: String,
+        /// Expected and actual digest or size.
+        detail: String,
+    },
+}
+
+/// Limits a reader applies while decompressing, whatever the archive declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Most entries accepted.
+    pub max_entries: usize,
+    /// Largest decompressed entry, in bytes.
+    pub max_entry_bytes: u64,
+    /// Largest decompressed total, in bytes.
+    pub max_total_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            max_entries: 1024,
+            max_entry_bytes: 256 << 20,
+            max_total_bytes: 512 << 20,
+        }
+    }
+}
+
+/// A read and verified `.ark` archive.
+#[derive(Debug, Clone)]
+pub struct Ark {
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// The exact bytes of `ark.toml` (what a signature covers).
+    pub manifest_bytes: Vec<u8>,
+    /// The component bytes.
+    pub component: Vec<u8>,
+    /// Every other listed entry, by path.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// The bytes of `ark.sig`, when present.
+    pub signature: Option<Vec<u8>>,
+    /// SHA-256 of the whole archive file.
+    pub sha256: String,
+}
+
+impl Ark {
+    /// Reads and verifies the archive at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Ark, ArchiveError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| ArchiveError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ark::from_bytes(&bytes)
+    }
+
+    /// Reads and verifies an archive held in memory, with the default limits.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Ark, ArchiveError> {
+        Ark::from_bytes_with_limits(bytes, ReadLimits::default())
+    }
+
+    /// Reads and verifies an archive with explicit limits: the format version, that
+    /// every entry is listed with a matching digest and size, and that every listed
+    /// entry is present.
+    pub fn from_bytes_with_limits(bytes: &[u8], limits: ReadLimits) -> Result<Ark, ArchiveError> {
+        let mut entries = read_entries(bytes, limits)?;
+        let manifest_bytes = entries
+            .remove(MANIFEST_PATH)
+            .ok_or(ArchiveError::MissingManifest)?;
+        let text = std::str::from_utf8(&manifest_bytes)
+            .map_err(|_| ManifestError::Syntax("ark.toml is not UTF-8".into()))?;
+        let manifest = Manifest::from_toml(text)?;
+        let signature = entries.remove(SIGNATURE_PATH);
+
+        let component_entry = FileEntry {
+            path: manifest.component.path.clone(),
+            sha256: manifest.component.sha256.clone(),
+            size: manifest.component.size,
+        };
+        let component = take_verified(&mut entries, &component_entry)?;
+        let mut files = BTreeMap::new();
+        for entry in &manifest.files {
+            let data = take_verified(&mut entries, entry)?;
+            files.insert(entry.path.clone(), data);
+        }
+        for step in &manifest.steps {
+            if !files.contains_key(&step.schema) {
+                return Err(ArchiveError::MissingEntry(step.schema.clone()));
+            }
+        }
+        if let Some(extra) = entries.into_keys().next() {
+            return Err(ArchiveError::UnlistedEntry(extra));
+        }
+        Ok(Ark {
+            manifest,
+            manifest_bytes,
+            component,
+            files,
+            signature,
+            sha256: sha256_hex(bytes),
+        })
+    }
+
+    /// The JSON Schema of a step type's config, parsed.
+    pub fn step_schema(&self, step: &str) -> Option<serde_json::Value> {
+        let entry = self.manifest.steps.iter().find(|s| s.id == step)?;
+        serde_json::from_slice(self.files.get(&entry.schema)?).ok()
+    }
+}
+
+fn take_verified(
+    entries: &mut BTreeMap<String, Vec<u8>>,
+    entry: &FileEntry,
+) -> Result<Vec<u8>, ArchiveError> {
+    let data = entries
+        .remove(&entry.path)
+        .ok_or_else(|| ArchiveError::MissingEntry(entry.path.clone()))?;
+    if data.len() as u64 != entry.size {
+        return Err(ArchiveError::DigestMismatch {
+            name: entry.path.clone(),
+            detail: format!("size is {} bytes, ark.toml says {}", data.len(), entry.size),
+        });
+    }
+    let actual = sha256_hex(&data);
+    if actual != entry.sha256 {
+        return Err(ArchiveError::DigestMismatch {
+            name: entry.path.clone(),
+            detail: format!("sha256 is {actual}, ark.toml says {}", entry.sha256),
+        });
+    }
+    Ok(data)
+}
+
+/// Reads every entry, refusing unsafe names, duplicates and anything past the
+/// limits. Sizes are enforced on the decompressed stream, never trusted from headers.
+fn read_entries(bytes: &[u8], limits: ReadLimits) -> Result<BTreeMap<String, Vec<u8>>, ArchiveError> {
+    let mut zip =
+        ZipArchive::new(Cursor::new(bytes)).map_err(|e| ArchiveError::Zip(e.to_string()))?;
+    if zip.len() > limits.max_entries {
+        return Err(ArchiveError::TooManyEntries {
+            count: zip.len(),
+            limit: limits.max_entries,
+        });
+    }
+    let mut entries = BTreeMap::new();
+    let mut total = 0u64;
+    for index in 0..zip.len() {
+        let file = zip
+            .by_index(index)
+            .map_err(|e| ArchiveError::Zip(e.to_string()))?;
+        let name = file
+            .name()
+            .map_err(|e| ArchiveError::Zip(e.to_string()))?
+            .into_owned();
+        check_entry_name(&name)?;
+        if file.is_dir() || file.is_symlink() {
+            return Err(ArchiveError::UnsafeName {
+                name,
+                reason: "only regular files are allowed",
+            });
+        }
+        if entries.contains_key(&name) {
+            return Err(ArchiveError::DuplicateEntry(name));
+        }
+        let mut data = Vec::new();
+        file.take(limits.max_entry_bytes + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| ArchiveError::Zip(format!("entry `{name}`: {e}")))?;
+        if data.len() as u64 > limits.max_entry_bytes {
+            return Err(ArchiveError::EntryTooLarge {
+                name,
+                limit: limits.max_entry_bytes,
+            });
+        }
+        total += data.len() as u64;
+        if total > limits.max_total_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: limits.max_total_bytes,
+            });
+        }
+        entries.insert(name, data);
+    }
+    Ok(entries)
+}
+
+/// Entry names are plain relative paths of `/`-separated, ordinary components.
+fn check_entry_name(name: &str) -> Result<(), ArchiveError> {
+    let reason = if name.is_empty() {
+        Some("empty name")
+    } else if name.starts_with('/') {
+        Some("absolute path")
+    } else if name.contains('\\') {
+        Some("backslash in name")
+    } else if name.as_bytes().get(1) == Some(&b':') {
+        Some("drive-letter path")
+    } else if name.contains('\0') {
+        Some("NUL in name")
+    } else if name
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        Some("empty, `.` or `..` path component")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ArchiveError::UnsafeName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Writes a zip whose bytes depend only on `entries`: sorted names, fixed timestamps
+/// (1980-01-01) and permissions (0644), no extra fields. Entries for which `stored`
+/// returns true are stored uncompressed (nested archives); others are deflated.
+pub fn write_deterministic_zip(
+    entries: &BTreeMap<String, Vec<u8>>,
+    stored: impl Fn(&str) -> bool,
+) -> Result<Vec<u8>, ArchiveError> {
+    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, data) in entries {
+        check_entry_name(name)?;
+        let method = if stored(name) {
+            CompressionMethod::Stored
+        } else {
+            CompressionMethod::Deflated
+        };
+        let options = SimpleFileOptions::default()
+            .compression_method(method)
+            .last_modified_time(DateTime::default())
+            .unix_permissions(0o644)
+            .large_file(data.len() as u64 >= u64::from(u32::MAX));
+        zip.start_file(name.as_str(), options)
+            .map_err(|e| ArchiveError::Zip(e.to_string()))?;
+        zip.write_all(data).map_err(|e| ArchiveError::Zip(e.to_string()))?;
+    }
+    let cursor = zip.finish().map_err(|e| ArchiveError::Zip(e.to_string()))?;
+    Ok(cursor.into_inner())
+}
+
+/// Writes an `.ark`: fills in the component's and every file's digest and size in
+/// `manifest`, then writes `ark.toml`, the component and `files` deterministically.
+/// Returns the archive bytes and the completed manifest.
+pub fn write_ark(
+    mut manifest: Manifest,
+    component: &[u8],
+    files: &BTreeMap<String, Vec<u8>>,
+) -> Result<(Vec<u8>, Manifest), ArchiveError> {
+    manifest.component.sha256 = sha256_hex(component);
+    manifest.component.size = component.len() as u64;
+    manifest.files = files
+        .iter()
+        .map(|(path, data)| FileEntry {
+            path: path.clone(),
+            sha256: sha256_hex(data),
+            size: data.len() as u64,
+        })
+        .collect();
+    manifest.check()?;
+    let mut entries = files.clone();
+    for reserved in [MANIFEST_PATH, SIGNATURE_PATH, manifest.component.path.as_str()] {
+        if entries.contains_key(reserved) {
+            return Err(ArchiveError::DuplicateEntry(reserved.to_owned()));
+        }
+    }
+    entries.insert(MANIFEST_PATH.to_owned(), manifest.to_toml()?.into_bytes());
+    entries.insert(manifest.component.path.clone(), component.to_vec());
+    Ok((write_deterministic_zip(&entries, |_| false)?, manifest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ark::manifest::tests::sample;
+
+    fn sample_ark() -> Vec<u8> {
+        let mut files = BTreeMap::new();
+        files.insert("schemas/run.schema.json".to_owned(), br#"{"type":"object"}"#.to_vec());
+        write_ark(sample(), b"\0asm component bytes", &files)
+            .expect("writes")
+            .0
+    }
+
+    #[test]
+    fn writes_identical_bytes_and_reads_back() {
+        let a = sample_ark();
+        assert_eq!(a, sample_ark());
+        let ark = Ark::from_bytes(&a).expect("reads");
+        assert_eq!(ark.component, b"\0asm component bytes");
+        assert_eq!(ark.manifest.files.len(), 1);
+        assert_eq!(
+            ark.step_schema("run"),
+            Some(serde_json::json!({"type": "object"}))
+        );
+        assert!(ark.signature.is_none());
+    }
+
+    fn rezip(mutate: impl FnOnce(&mut BTreeMap<String, Vec<u8>>)) -> Vec<u8> {
+        let mut entries = read_entries(&sample_ark(), ReadLimits::default()).expect("reads");
+        mutate(&mut entries);
+        write_deterministic_zip(&entries, |_| false).expect("writes")
+    }
+
+    #[test]
+    fn tampered_component_is_refused() {
+        let bytes = rezip(|e| {
+            let c = e.get_mut("component.wasm").expect("component");
+            c[0] ^= 1;
+        });
+        let err = Ark::from_bytes(&bytes).expect_err("refused");
+        assert!(matches!(err, ArchiveError::DigestMismatch { ref name, .. } if name == "component.wasm"), "{err}");
+    }
+
+    #[test]
+    fn unlisted_and_missing_entries_are_refused() {
+        let bytes = rezip(|e| {
+            e.insert("extra.txt".into(), b"x".to_vec());
+        });
+        assert!(matches!(Ark::from_bytes(&bytes), Err(ArchiveError::UnlistedEntry(n)) if n == "extra.txt"));
+        let bytes = rezip(|e| {
+            e.remove("schemas/run.schema.json");
+        });
+        assert!(matches!(Ark::from_bytes(&bytes), Err(ArchiveError::MissingEntry(n)) if n == "schemas/run.schema.json"));
+    }
+
+    #[test]
+    fn missing_manifest_and_garbage() {
+        let bytes = rezip(|e| {
+            e.remove(MANIFEST_PATH);
+        });
+        assert!(matches!(Ark::from_bytes(&bytes), Err(ArchiveError::MissingManifest)));
+        assert!(matches!(Ark::from_bytes(b"not a zip"), Err(ArchiveError::Zip(_))));
+    }
+
+    #[test]
+    fn entry_size_is_capped_while_streaming() {
+        let limits = ReadLimits {
+            max_entry_bytes: 8,
+            ..ReadLimits::default()
+        };
+        let err = Ark::from_bytes_with_limits(&sample_ark(), limits).expect_err("refused");
+        assert!(matches!(err, ArchiveError::EntryTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for name in ["../x", "/etc/passwd", "a\\b", "C:/x", "a//b", "./a"] {
+            assert!(
+                matches!(check_entry_name(name), Err(ArchiveError::UnsafeName { .. })),
+                "{name} accepted"
+            );
+        }
+        assert!(check_entry_name("schemas/run.schema.json").is_ok());
+    }
+}

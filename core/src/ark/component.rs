@@ -1,0 +1,261 @@
+//! Checking that a component is a step plugin, and asking it what it implements.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use semver::Version;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::host::{self, since_v0_1_0};
+
+/// Fuel for a `describe()` call: generous for building a few JSON schemas, small
+/// enough that a guest looping at package time stops quickly.
+const DESCRIBE_FUEL: u64 = 2_000_000_000;
+
+/// Wall-clock limit for a `describe()` call.
+const DESCRIBE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a component is not a usable step plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly binary (no `\\0asm` header)")]
+    NotWasm,
+    /// A core module rather than a component.
+    #[error(
+        "this is a core WebAssembly module, not a component; build for the `wasm32-wasip2` target (`cargo ark build` does)"
+    )]
+    CoreModule,
+    /// wasmtime could not compile it.
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    /// No `arkline:step/plugin` export.
+    #[error(
+        "the component does not export the step world: it has no `arkline:step/plugin@<version>` export (its exports: {exports}); register step functions with `arkline_sdk::steps!`"
+    )]
+    NotAStepPlugin {
+        /// The exports it does have.
+        exports: String,
+    },
+    /// An API version this host does not serve.
+    #[error(
+        "the component targets arkline:step@{found}, which this host does not serve (it serves {supported}); rebuild it against a supported arkline-sdk or upgrade arkline"
+    )]
+    UnsupportedApi {
+        /// The version the component targets.
+        found: Version,
+        /// Versions this host serves.
+        supported: String,
+    },
+    /// Instantiating or calling `describe()` failed.
+    #[error("calling describe() failed: {0}")]
+    Describe(String),
+    /// `describe()` returned something invalid.
+    #[error("describe() returned an invalid step list: {0}")]
+    InvalidDescription(String),
+}
+
+/// A step type as the component describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribedStep {
+    /// Step type id.
+    pub id: String,
+    /// One-line description.
+    pub description: String,
+    /// JSON Schema of its config.
+    pub config_schema: serde_json::Value,
+}
+
+/// What a step plugin component is and does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentInfo {
+    /// The `arkline:step` API version it targets.
+    pub api_version: Version,
+    /// Its step types.
+    pub steps: Vec<DescribedStep>,
+    /// Names of the instances it imports (WASI and `arkline:step` interfaces).
+    pub imports: Vec<String>,
+}
+
+/// An engine suitable for [`describe_component`]: fuel metering and epoch
+/// interruption on, so a misbehaving `describe()` is stopped.
+pub fn describe_engine() -> Result<Engine, ComponentError> {
+    let mut config = Config::new();
+    config.consume_fuel(true).epoch_interruption(true);
+    Engine::new(&config).map_err(|e| ComponentError::Compile(e.to_string()))
+}
+
+/// Checks `wasm` is a step plugin component and calls its `describe()`, with a fresh
+/// engine. See [`describe_component`].
+pub fn inspect_component(wasm: &[u8]) -> Result<ComponentInfo, ComponentError> {
+    describe_component(&describe_engine()?, wasm)
+}
+
+/// Checks `wasm` is a component exporting a step world this host serves, then
+/// instantiates it (WASI with nothing granted: no files, no environment; every
+/// other import a trap) and calls `describe()` under a fuel cap and a deadline.
+///
+/// `engine` must have fuel metering and epoch interruption enabled
+/// ([`describe_engine`] makes one).
+pub fn describe_component(engine: &Engine, wasm: &[u8]) -> Result<ComponentInfo, ComponentError> {
+    check_header(wasm)?;
+    let component =
+        Component::new(engine, wasm).map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
+
+    let api_version = exports
+        .iter()
+        .filter_map(|name| host::parse_interface_name(name))
+        .find(|(iface, _)| *iface == host::PLUGIN_INTERFACE)
+        .map(|(_, v)| v)
+        .ok_or_else(|| ComponentError::NotAStepPlugin {
+            exports: if exports.is_empty() {
+                "none".to_owned()
+            } else {
+                exports.join(", ")
+            },
+        })?;
+    if !host::supported_api_versions().contains(&api_version) {
+        return Err(ComponentError::UnsupportedApi {
+            found: api_version,
+            supported: host::supported_api_versions()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+
+    let steps = call_describe(engine, &component)?;
+    check_steps(&steps)?;
+    Ok(ComponentInfo {
+        api_version,
+        steps,
+        imports,
+    })
+}
+
+fn check_header(wasm: &[u8]) -> Result<(), ComponentError> {
+    match wasm.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(ComponentError::CoreModule),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        _ => Err(ComponentError::NotWasm),
+    }
+}
+
+struct DescribeState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for DescribeState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn call_describe(engine: &Engine, component: &Component) -> Result<Vec<DescribedStep>, ComponentError> {
+    let describe_err = |e: wasmtime::Error| ComponentError::Describe(format!("{e:#}"));
+    let mut linker = Linker::<DescribeState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(describe_err)?;
+    linker
+        .define_unknown_imports_as_traps(component)
+        .map_err(describe_err)?;
+    let mut store = Store::new(
+        engine,
+        DescribeState {
+            ctx: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+        },
+    );
+    store.set_fuel(DESCRIBE_FUEL).map_err(describe_err)?;
+    store.set_epoch_deadline(1);
+
+    // A watchdog bumps the epoch once the deadline passes; finishing first stops it.
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog_engine = engine.clone();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(DESCRIBE_DEADLINE) == Err(mpsc::RecvTimeoutError::Timeout) {
+            watchdog_engine.increment_epoch();
+        }
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| ComponentError::Describe(e.to_string()))?;
+    let result = runtime.block_on(async {
+        let instance = since_v0_1_0::Step::instantiate_async(&mut store, component, &linker)
+            .await?;
+        instance.arkline_step_plugin().call_describe(&mut store).await
+    });
+    let _ = done.send(());
+    let _ = watchdog.join();
+
+    let described = result.map_err(describe_err)?;
+    described
+        .into_iter()
+        .map(|s| {
+            let config_schema = serde_json::from_str(&s.config_schema).map_err(|e| {
+                ComponentError::InvalidDescription(format!(
+                    "the config schema of step type `{}` is not JSON: {e}",
+                    s.id
+                ))
+            })?;
+            Ok(DescribedStep {
+                id: s.id,
+                description: s.description,
+                config_schema,
+            })
+        })
+        .collect()
+}
+
+fn check_steps(steps: &[DescribedStep]) -> Result<(), ComponentError> {
+    if steps.is_empty() {
+        return Err(ComponentError::InvalidDescription(
+            "it lists no step types".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for step in steps {
+        let mut chars = step.id.chars();
+        let valid = step.id.len() <= 64
+            && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid {
+            return Err(ComponentError::InvalidDescription(format!(
+                "step type id `{}` must be 1-64 lower-case letters, digits, `-` or `_`, starting with a letter",
+                step.id
+            )));
+        }
+        if !seen.insert(step.id.as_str()) {
+            return Err(ComponentError::InvalidDescription(format!(
+                "step type `{}` is listed twice",
+                step.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks() {
+        assert!(matches!(check_header(b"hello world"), Err(ComponentError::NotWasm)));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(ComponentError::CoreModule)
+        ));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

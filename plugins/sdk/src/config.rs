@@ -1,0 +1,150 @@
+//! Decoding a step's JSON configuration and describing it as a JSON Schema.
+
+use serde::de::DeserializeOwned;
+
+use crate::StepError;
+
+/// Decodes a step's `with` configuration (JSON text) into `C`.
+///
+/// On failure the error is [`StepError::InvalidConfig`] naming the JSON path of the
+/// offending field (`env.PATH`, `paths[2]`) and what was expected there.
+///
+/// ```
+/// #[derive(serde::Deserialize, Debug)]
+/// struct Config { script: String }
+///
+/// let err = arkline_sdk::decode_config::<Config>(r#"{"script": 3}"#).unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid config at `script`: invalid type: integer `3`, expected a string"
+/// );
+/// ```
+pub fn decode_config<C: DeserializeOwned>(json: &str) -> Result<C, StepError> {
+    // An absent `with` is sent as an empty string; treat it as an empty object so a
+    // config type whose fields all have defaults decodes.
+    let json = if json.trim().is_empty() { "{}" } else { json };
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = strip_position(&inner.to_string());
+        StepError::InvalidConfig {
+            field: (path != ".").then_some(path),
+            message,
+        }
+    })
+}
+
+/// serde_json appends " at line L column C" to its messages; for a config the field
+/// path says where, and positions in a generated JSON text mean nothing to the user.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The JSON Schema of config type `C`, as JSON text, as `describe()` reports it.
+pub fn config_schema<C: schemars::JsonSchema>() -> String {
+    let schema = schemars::schema_for!(C);
+    // Serialising a schema (a JSON value) cannot fail.
+    serde_json::to_string(&schema).unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Config {
+        /// The script.
+        script: String,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default)]
+        retries: u32,
+    }
+
+    fn invalid(json: &str) -> (Option<String>, String) {
+        match decode_config::<Config>(json) {
+            Err(StepError::InvalidConfig { field, message }) => (field, message),
+            other => panic!("expected invalid-config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_valid_config() {
+        let c: Config = decode_config(r#"{"script":"echo hi","env":{"A":"1"}}"#).expect("valid");
+        assert_eq!(c.script, "echo hi");
+        assert_eq!(c.env.get("A").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn wrong_type_names_field_and_expected_type() {
+        let (field, message) = invalid(r#"{"script": 3}"#);
+        assert_eq!(field.as_deref(), Some("script"));
+        assert_eq!(message, "invalid type: integer `3`, expected a string");
+    }
+
+    #[test]
+    fn nested_field_path() {
+        let (field, message) = invalid(r#"{"script":"x","env":{"A": true}}"#);
+        assert_eq!(field.as_deref(), Some("env.A"));
+        assert!(message.contains("expected a string"), "{message}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let (field, message) = invalid(r#"{"env":{}}"#);
+        assert_eq!(field, None);
+        assert_eq!(message, "missing field `script`");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let (field, message) = invalid(r#"{"script":"x","scirpt":"y"}"#);
+        assert_eq!(field.as_deref(), Some("scirpt"));
+        assert!(message.starts_with("unknown field `scirpt`"), "{message}");
+    }
+
+    #[test]
+    fn negative_number_for_unsigned() {
+        let (field, message) = invalid(r#"{"script":"x","retries":-1}"#);
+        assert_eq!(field.as_deref(), Some("retries"));
+        assert!(message.contains("expected u32"), "{message}");
+    }
+
+    #[test]
+    fn malformed_json() {
+        let (field, message) = invalid(r#"{"script":"#);
+        assert_eq!(field.as_deref(), Some("script"));
+        assert!(message.contains("EOF"), "{message}");
+    }
+
+    #[test]
+    fn empty_config_is_an_empty_object() {
+        #[derive(Deserialize)]
+        struct AllDefault {
+            #[serde(default)]
+            _x: u32,
+        }
+        assert!(decode_config::<AllDefault>("").is_ok());
+    }
+
+    #[test]
+    fn schema_lists_fields_and_required() {
+        let schema: serde_json::Value =
+            serde_json::from_str(&config_schema::<Config>()).expect("json");
+        assert_eq!(schema["type"], "object");
+        assert_eq!(schema["properties"]["script"]["type"], "string");
+        assert_eq!(schema["properties"]["script"]["description"], "The script.");
+        assert_eq!(schema["required"], serde_json::json!(["script"]));
+        assert_eq!(schema["additionalProperties"], false);
+    }
+}
