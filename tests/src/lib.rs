@@ -1,0 +1,1 @@
+//! Cross-crate integration tests of arkline; the tests are in `tests/tests/`.
