@@ -1,8 +1,16 @@
 //! # arkline
 //!
 //! An embeddable pipeline-and-reconcile engine whose pipeline steps are isolated
-//! WebAssembly components ("biz" modules). This crate is the library: the archive
-//! format of step plugins ([`ark`]) and the host side of the step API ([`host`]).
+//! WebAssembly components ("biz" modules). This crate is the library:
+//!
+//! - [`model`]: the resources (`PipelineSetting`, `Pipeline`, `PipelineExecution`,
+//!   `Secret`, `BizDeployment`), the pipeline YAML with precise diagnostics,
+//!   validation and the expression language;
+//! - [`store`]: Kubernetes-API-shaped storage with a store-wide revision, CAS and
+//!   watches, in memory or in an embedded redb file;
+//! - [`controller`]: the generic reconcile runtime driven by store watches;
+//! - [`ark`]: the `.ark` archive format of step plugins;
+//! - [`host`]: the host side of the step API (`arkline:step` WIT bindings).
 //!
 //! Step plugins are written with `arkline-sdk` and packaged by `cargo ark package`
 //! into `.ark` archives, which this crate reads and verifies:
@@ -16,10 +24,24 @@
 //! assert_eq!(info.steps.len(), ark.manifest.steps.len());
 //! # Ok(()) }
 //! ```
+//!
+//! Pipelines parse with every mistake reported at once:
+//!
+//! ```
+//! let yaml = "name: hello\nstages:\n  - name: greet\n    steps:\n      - name: say\n        uses: shell\n        with: { script: echo hi }\n";
+//! let pipeline = arkline::model::parse_pipeline("hello.yaml", yaml).expect("valid");
+//! assert_eq!(pipeline.metadata.name, "hello");
+//! ```
 
 #![deny(missing_docs)]
 
 pub mod ark;
+pub mod controller;
 pub mod host;
+pub mod model;
+pub mod store;
 
-pub use ark::{Ark, ArchiveError, ComponentError, Manifest};
+pub use ark::{ArchiveError, Ark, ComponentError, Manifest};
+pub use controller::{Action, Controller};
+pub use model::{Pipeline, PipelineExecution, PipelineSetting};
+pub use store::{MemoryStore, RedbStore, Store};

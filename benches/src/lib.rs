@@ -1,0 +1,1 @@
+//! Criterion benchmarks of arkline: `cargo bench -p arkline-benches`.

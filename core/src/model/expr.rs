@@ -1,0 +1,878 @@
+//! The expression language of `when.if` and `${{ … }}` interpolation.
+//!
+//! ```text
+//! expr    := or
+//! or      := and ("||" and)*
+//! and     := cmp ("&&" cmp)*
+//! cmp     := unary (("==" | "!=" | "in") unary)?
+//! unary   := "!" unary | primary
+//! primary := STRING | NUMBER | "true" | "false" | "[" (expr ("," expr)*)? "]"
+//!          | reference | "(" expr ")"
+//! reference := "params." NAME | "secrets." NAME | "steps." NAME ".outputs." NAME
+//!            | "steps." NAME ".state" | "event" | "branch" | "commit"
+//! ```
+//! Strings are `'…'` or `"…"` with `\` escapes. Names may contain `-` (step names
+//! often do). The language is total: the parser returns positioned errors,
+//! nesting is bounded, and evaluation returns [`EvalError`] for a missing
+//! reference or a type mismatch; nothing panics.
+//!
+//! ```
+//! use arkline::model::expr::{self, MapContext, Value};
+//! let e = expr::parse("branch == 'main' && params.deploy").unwrap();
+//! let mut ctx = MapContext::default();
+//! ctx.branch = Some("main".into());
+//! ctx.params.insert("deploy".into(), Value::Bool(true));
+//! assert_eq!(expr::evaluate(&e, &ctx), Ok(Value::Bool(true)));
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::model::diagnostic::did_you_mean;
+
+/// Parentheses, `!` and lists may nest this deep; deeper input is refused so the
+/// recursive parser and evaluator cannot overflow the stack.
+pub const MAX_DEPTH: usize = 32;
+
+/// A parsed expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// A literal value.
+    Literal(Value),
+    /// A list literal.
+    List(Vec<Expr>),
+    /// A reference, with its byte range in the expression text.
+    Ref(Reference, std::ops::Range<usize>),
+    /// `!e`.
+    Not(Box<Expr>),
+    /// `a op b`.
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+}
+
+/// A binary operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `&&`
+    And,
+    /// `||`
+    Or,
+    /// `in`: list membership or substring.
+    In,
+}
+
+/// A name an expression can read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reference {
+    /// `params.<name>`
+    Param(String),
+    /// `secrets.<name>`
+    Secret(String),
+    /// `steps.<step>.outputs.<key>`
+    StepOutput {
+        /// Step name.
+        step: String,
+        /// Output key.
+        key: String,
+    },
+    /// `steps.<step>.state`
+    StepState(String),
+    /// `event`
+    Event,
+    /// `branch`
+    Branch,
+    /// `commit`
+    Commit,
+}
+
+impl Reference {
+    /// The step a reference reads, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Self::StepOutput { step, .. } | Self::StepState(step) => Some(step),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Param(n) => write!(f, "params.{n}"),
+            Self::Secret(n) => write!(f, "secrets.{n}"),
+            Self::StepOutput { step, key } => write!(f, "steps.{step}.outputs.{key}"),
+            Self::StepState(s) => write!(f, "steps.{s}.state"),
+            Self::Event => f.write_str("event"),
+            Self::Branch => f.write_str("branch"),
+            Self::Commit => f.write_str("commit"),
+        }
+    }
+}
+
+/// A runtime value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A string.
+    String(String),
+    /// A number.
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A list.
+    List(Vec<Value>),
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::String(_) => "string",
+            Self::Number(_) => "number",
+            Self::Bool(_) => "bool",
+            Self::List(_) => "list",
+        }
+    }
+
+    /// Converts a JSON value (e.g. a param value); `null` and objects have no
+    /// counterpart and give `None`.
+    pub fn from_json(v: &serde_json::Value) -> Option<Value> {
+        match v {
+            serde_json::Value::String(s) => Some(Value::String(s.clone())),
+            serde_json::Value::Number(n) => n.as_f64().map(Value::Number),
+            serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(Value::from_json)
+                .collect::<Option<Vec<_>>>()
+                .map(Value::List),
+            serde_json::Value::Null | serde_json::Value::Object(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    /// The text interpolation inserts: strings as-is, whole numbers without `.0`,
+    /// lists as JSON-like `["a", "b"]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::String(s) => f.write_str(s),
+            Self::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => write!(f, "{}", *n as i64),
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::List(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    match item {
+                        Self::String(s) => write!(f, "{s:?}")?,
+                        other => write!(f, "{other}")?,
+                    }
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
+/// A parse error, with the byte range of the offending text in the expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExprError {
+    /// What is wrong.
+    pub message: String,
+    /// Byte range in the expression (or template) text.
+    pub range: std::ops::Range<usize>,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl ExprError {
+    fn new(message: impl Into<String>, range: std::ops::Range<usize>) -> Self {
+        Self {
+            message: message.into(),
+            range,
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    fn shifted(mut self, by: usize) -> Self {
+        self.range = self.range.start + by..self.range.end + by;
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(f64),
+    Op(&'static str),
+}
+
+fn lex(src: &str) -> Result<Vec<(Tok, std::ops::Range<usize>)>, ExprError> {
+    let mut out = Vec::new();
+    let mut chars = src.char_indices().peekable();
+    while let Some(&(i, c)) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            let mut end = i;
+            while let Some(&(j, d)) = chars.peek() {
+                if d.is_ascii_alphanumeric() || d == '_' || d == '-' {
+                    end = j + d.len_utf8();
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            out.push((Tok::Ident(src[i..end].to_owned()), i..end));
+            continue;
+        }
+        if c.is_ascii_digit()
+            || (c == '-' && src[i + 1..].starts_with(|d: char| d.is_ascii_digit()))
+        {
+            chars.next();
+            let mut end = i + 1;
+            while let Some(&(j, d)) = chars.peek() {
+                if d.is_ascii_digit() || d == '.' {
+                    end = j + 1;
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let text = &src[i..end];
+            let n: f64 = text
+                .parse()
+                .map_err(|_| ExprError::new(format!("`{text}` is not a number"), i..end))?;
+            out.push((Tok::Num(n), i..end));
+            continue;
+        }
+        if c == '\'' || c == '"' {
+            chars.next();
+            let mut s = String::new();
+            let mut closed = None;
+            while let Some((j, d)) = chars.next() {
+                if d == c {
+                    closed = Some(j + 1);
+                    break;
+                }
+                if d == '\\' {
+                    match chars.next() {
+                        Some((_, 'n')) => s.push('\n'),
+                        Some((_, 't')) => s.push('\t'),
+                        Some((_, e)) => s.push(e),
+                        None => break,
+                    }
+                } else {
+                    s.push(d);
+                }
+            }
+            let Some(end) = closed else {
+                return Err(ExprError::new("unterminated string", i..src.len())
+                    .hint(format!("close it with {c}")));
+            };
+            out.push((Tok::Str(s), i..end));
+            continue;
+        }
+        let two = src.get(i..i + 2).unwrap_or("");
+        let op = match two {
+            "==" => Some("=="),
+            "!=" => Some("!="),
+            "&&" => Some("&&"),
+            "||" => Some("||"),
+            _ => None,
+        };
+        if let Some(op) = op {
+            chars.next();
+            chars.next();
+            out.push((Tok::Op(op), i..i + 2));
+            continue;
+        }
+        let op = match c {
+            '!' => "!",
+            '(' => "(",
+            ')' => ")",
+            '[' => "[",
+            ']' => "]",
+            ',' => ",",
+            '.' => ".",
+            _ => {
+                let mut e =
+                    ExprError::new(format!("unexpected character `{c}`"), i..i + c.len_utf8());
+                e = match c {
+                    '=' => e.hint("compare with `==`"),
+                    '&' => e.hint("use `&&` for and"),
+                    '|' => e.hint("use `||` for or"),
+                    _ => e.hint(
+                        "expressions use literals, references, `== != && || ! in` and parentheses",
+                    ),
+                };
+                return Err(e);
+            }
+        };
+        chars.next();
+        out.push((Tok::Op(op), i..i + 1));
+    }
+    Ok(out)
+}
+
+struct ExprParser<'a> {
+    toks: Vec<(Tok, std::ops::Range<usize>)>,
+    pos: usize,
+    src: &'a str,
+    depth: usize,
+}
+
+impl ExprParser<'_> {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos).map(|(t, _)| t)
+    }
+
+    fn range(&self) -> std::ops::Range<usize> {
+        self.toks
+            .get(self.pos)
+            .map_or(self.src.len()..self.src.len(), |(_, r)| r.clone())
+    }
+
+    fn eat_op(&mut self, op: &str) -> bool {
+        if matches!(self.peek(), Some(Tok::Op(o)) if *o == op) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect_op(&mut self, op: &str) -> Result<(), ExprError> {
+        if self.eat_op(op) {
+            Ok(())
+        } else {
+            Err(ExprError::new(format!("expected `{op}`"), self.range()))
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ExprError::new(
+                format!("expression nests deeper than {MAX_DEPTH} levels"),
+                self.range(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn or(&mut self) -> Result<Expr, ExprError> {
+        let mut left = self.and()?;
+        while self.eat_op("||") {
+            let right = self.and()?;
+            left = Expr::Binary(BinOp::Or, Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, ExprError> {
+        let mut left = self.cmp()?;
+        while self.eat_op("&&") {
+            let right = self.cmp()?;
+            left = Expr::Binary(BinOp::And, Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn cmp(&mut self) -> Result<Expr, ExprError> {
+        let left = self.unary()?;
+        let op = if self.eat_op("==") {
+            BinOp::Eq
+        } else if self.eat_op("!=") {
+            BinOp::Ne
+        } else if matches!(self.peek(), Some(Tok::Ident(i)) if i == "in") {
+            self.pos += 1;
+            BinOp::In
+        } else {
+            return Ok(left);
+        };
+        let right = self.unary()?;
+        Ok(Expr::Binary(op, Box::new(left), Box::new(right)))
+    }
+
+    fn unary(&mut self) -> Result<Expr, ExprError> {
+        if self.eat_op("!") {
+            self.enter()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Expr, ExprError> {
+        let range = self.range();
+        let Some((tok, _)) = self.toks.get(self.pos).cloned() else {
+            return Err(
+                ExprError::new("expected a value", range).hint("the expression ends too early")
+            );
+        };
+        self.pos += 1;
+        match tok {
+            Tok::Str(s) => Ok(Expr::Literal(Value::String(s))),
+            Tok::Num(n) => Ok(Expr::Literal(Value::Number(n))),
+            Tok::Op("(") => {
+                self.enter()?;
+                let e = self.or()?;
+                self.expect_op(")")?;
+                self.depth -= 1;
+                Ok(e)
+            }
+            Tok::Op("[") => {
+                self.enter()?;
+                let mut items = Vec::new();
+                if !self.eat_op("]") {
+                    loop {
+                        items.push(self.or()?);
+                        if self.eat_op("]") {
+                            break;
+                        }
+                        self.expect_op(",")?;
+                    }
+                }
+                self.depth -= 1;
+                Ok(Expr::List(items))
+            }
+            Tok::Ident(id) if id == "true" => Ok(Expr::Literal(Value::Bool(true))),
+            Tok::Ident(id) if id == "false" => Ok(Expr::Literal(Value::Bool(false))),
+            Tok::Ident(id) => self.reference(id, range),
+            Tok::Op(op) => Err(ExprError::new(
+                format!("expected a value, found `{op}`"),
+                range,
+            )),
+        }
+    }
+
+    fn reference(
+        &mut self,
+        first: String,
+        range: std::ops::Range<usize>,
+    ) -> Result<Expr, ExprError> {
+        let mut path = vec![first];
+        let mut end = range.end;
+        while self.eat_op(".") {
+            match self.toks.get(self.pos).cloned() {
+                Some((Tok::Ident(seg), r)) => {
+                    path.push(seg);
+                    end = r.end;
+                    self.pos += 1;
+                }
+                _ => return Err(ExprError::new("expected a name after `.`", self.range())),
+            }
+        }
+        let whole = range.start..end;
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        let r = match p.as_slice() {
+            ["params", name] => Reference::Param((*name).to_owned()),
+            ["secrets", name] => Reference::Secret((*name).to_owned()),
+            ["steps", step, "outputs", key] => Reference::StepOutput {
+                step: (*step).to_owned(),
+                key: (*key).to_owned(),
+            },
+            ["steps", step, "state"] => Reference::StepState((*step).to_owned()),
+            ["event"] => Reference::Event,
+            ["branch"] => Reference::Branch,
+            ["commit"] => Reference::Commit,
+            ["steps", step, ..] => {
+                return Err(ExprError::new(
+                    format!("`{}` is not a reference", path.join(".")),
+                    whole,
+                )
+                .hint(format!(
+                    "use `steps.{step}.outputs.<key>` or `steps.{step}.state`"
+                )));
+            }
+            [root @ ("params" | "secrets"), ..] => {
+                return Err(ExprError::new(
+                    format!("`{}` is not a reference", path.join(".")),
+                    whole,
+                )
+                .hint(format!("use `{root}.<name>`")));
+            }
+            [root, ..] => {
+                const ROOTS: [&str; 6] =
+                    ["params", "secrets", "steps", "event", "branch", "commit"];
+                let e = ExprError::new(format!("unknown name `{root}`"), range);
+                return Err(match did_you_mean(root, ROOTS) {
+                    Some(s) => e.hint(format!("did you mean `{s}`?")),
+                    None => e.hint("references start with `params.`, `steps.`, `secrets.`, or are `event`, `branch`, `commit`; quote string literals"),
+                });
+            }
+            [] => return Err(ExprError::new("expected a reference", whole)),
+        };
+        Ok(Expr::Ref(r, whole))
+    }
+}
+
+/// Parses an expression.
+pub fn parse(src: &str) -> Result<Expr, ExprError> {
+    let toks = lex(src)?;
+    if toks.is_empty() {
+        return Err(ExprError::new("empty expression", 0..src.len()));
+    }
+    let mut p = ExprParser {
+        toks,
+        pos: 0,
+        src,
+        depth: 0,
+    };
+    let e = p.or()?;
+    if p.pos < p.toks.len() {
+        let range = p.range();
+        let found = src.get(range.clone()).unwrap_or_default().to_owned();
+        return Err(ExprError::new(
+            format!("unexpected `{found}` after a complete expression"),
+            range,
+        )
+        .hint("join conditions with `&&` or `||`"));
+    }
+    Ok(e)
+}
+
+impl Expr {
+    /// Every reference in the expression with its byte range.
+    pub fn references(&self) -> Vec<(&Reference, std::ops::Range<usize>)> {
+        let mut out = Vec::new();
+        self.collect_refs(&mut out);
+        out
+    }
+
+    fn collect_refs<'a>(&'a self, out: &mut Vec<(&'a Reference, std::ops::Range<usize>)>) {
+        match self {
+            Self::Literal(_) => {}
+            Self::List(items) => items.iter().for_each(|e| e.collect_refs(out)),
+            Self::Ref(r, range) => out.push((r, range.clone())),
+            Self::Not(e) => e.collect_refs(out),
+            Self::Binary(_, a, b) => {
+                a.collect_refs(out);
+                b.collect_refs(out);
+            }
+        }
+    }
+}
+
+/// What an expression reads its references from.
+pub trait EvalContext {
+    /// The value of a reference, `None` when it is not set.
+    fn lookup(&self, reference: &Reference) -> Option<Value>;
+}
+
+/// An [`EvalContext`] made of maps, for controllers and tests.
+#[derive(Debug, Clone, Default)]
+pub struct MapContext {
+    /// Param values.
+    pub params: BTreeMap<String, Value>,
+    /// Secret plaintexts.
+    pub secrets: BTreeMap<String, String>,
+    /// Step → output key → value.
+    pub outputs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Step → state name (`Succeeded`, `Failed`, `Skipped`, …).
+    pub states: BTreeMap<String, String>,
+    /// Event name.
+    pub event: Option<String>,
+    /// Branch.
+    pub branch: Option<String>,
+    /// Commit.
+    pub commit: Option<String>,
+}
+
+impl EvalContext for MapContext {
+    fn lookup(&self, r: &Reference) -> Option<Value> {
+        match r {
+            Reference::Param(n) => self.params.get(n).cloned(),
+            Reference::Secret(n) => self.secrets.get(n).cloned().map(Value::String),
+            Reference::StepOutput { step, key } => self
+                .outputs
+                .get(step)
+                .and_then(|o| o.get(key))
+                .cloned()
+                .map(Value::String),
+            Reference::StepState(s) => self.states.get(s).cloned().map(Value::String),
+            Reference::Event => self.event.clone().map(Value::String),
+            Reference::Branch => self.branch.clone().map(Value::String),
+            Reference::Commit => self.commit.clone().map(Value::String),
+        }
+    }
+}
+
+/// Why evaluation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// A reference has no value in the context.
+    #[error("`{0}` has no value")]
+    Missing(Reference),
+    /// An operator got operands of the wrong type.
+    #[error("`{op}` cannot be applied to {left} and {right}")]
+    Type {
+        /// The operator.
+        op: &'static str,
+        /// Left operand type.
+        left: &'static str,
+        /// Right operand type (empty for unary).
+        right: &'static str,
+    },
+    /// A condition evaluated to something other than a boolean.
+    #[error("a condition must be true or false, found a {0}")]
+    NotBool(&'static str),
+}
+
+/// Evaluates an expression. Never panics: a missing reference or a type error
+/// is an [`EvalError`].
+pub fn evaluate(expr: &Expr, ctx: &dyn EvalContext) -> Result<Value, EvalError> {
+    match expr {
+        Expr::Literal(v) => Ok(v.clone()),
+        Expr::List(items) => items
+            .iter()
+            .map(|e| evaluate(e, ctx))
+            .collect::<Result<_, _>>()
+            .map(Value::List),
+        Expr::Ref(r, _) => ctx.lookup(r).ok_or_else(|| EvalError::Missing(r.clone())),
+        Expr::Not(e) => match evaluate(e, ctx)? {
+            Value::Bool(b) => Ok(Value::Bool(!b)),
+            other => Err(EvalError::Type {
+                op: "!",
+                left: other.type_name(),
+                right: "nothing",
+            }),
+        },
+        Expr::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
+            let left = bool_operand(evaluate(a, ctx)?, *op)?;
+            // Short-circuit so `steps.x.state == 'Succeeded' && steps.x.outputs.y`
+            // does not fail on the missing output of a failed step.
+            match (op, left) {
+                (BinOp::And, false) => Ok(Value::Bool(false)),
+                (BinOp::Or, true) => Ok(Value::Bool(true)),
+                _ => Ok(Value::Bool(bool_operand(evaluate(b, ctx)?, *op)?)),
+            }
+        }
+        Expr::Binary(op, a, b) => {
+            let (l, r) = (evaluate(a, ctx)?, evaluate(b, ctx)?);
+            match op {
+                BinOp::Eq => Ok(Value::Bool(l == r)),
+                BinOp::Ne => Ok(Value::Bool(l != r)),
+                _ => match (&l, &r) {
+                    (_, Value::List(items)) => Ok(Value::Bool(items.contains(&l))),
+                    (Value::String(needle), Value::String(hay)) => {
+                        Ok(Value::Bool(hay.contains(needle.as_str())))
+                    }
+                    _ => Err(EvalError::Type {
+                        op: "in",
+                        left: l.type_name(),
+                        right: r.type_name(),
+                    }),
+                },
+            }
+        }
+    }
+}
+
+fn bool_operand(v: Value, op: BinOp) -> Result<bool, EvalError> {
+    match v {
+        Value::Bool(b) => Ok(b),
+        other => Err(EvalError::Type {
+            op: if op == BinOp::And { "&&" } else { "||" },
+            left: other.type_name(),
+            right: "bool",
+        }),
+    }
+}
+
+/// Evaluates a condition, which must give a boolean.
+pub fn evaluate_condition(expr: &Expr, ctx: &dyn EvalContext) -> Result<bool, EvalError> {
+    match evaluate(expr, ctx)? {
+        Value::Bool(b) => Ok(b),
+        other => Err(EvalError::NotBool(other.type_name())),
+    }
+}
+
+/// A string with `${{ … }}` interpolations, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    /// Literal text and expressions, in order.
+    pub parts: Vec<TemplatePart>,
+}
+
+/// A piece of a [`Template`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplatePart {
+    /// Literal text.
+    Text(String),
+    /// An expression and the byte offset of its text in the template.
+    Expr(Expr, usize),
+}
+
+/// Parses a template; errors carry byte ranges in the template text.
+pub fn parse_template(src: &str) -> Result<Template, ExprError> {
+    let mut parts = Vec::new();
+    let mut rest = 0;
+    while let Some(found) = src[rest..].find("${{") {
+        let open = rest + found;
+        if open > rest {
+            parts.push(TemplatePart::Text(src[rest..open].to_owned()));
+        }
+        let inner_start = open + 3;
+        let Some(close) = src[inner_start..].find("}}") else {
+            return Err(ExprError::new("`${{` is never closed", open..src.len())
+                .hint("end the interpolation with `}}`"));
+        };
+        let inner = &src[inner_start..inner_start + close];
+        let expr = parse(inner).map_err(|e| e.shifted(inner_start))?;
+        parts.push(TemplatePart::Expr(expr, inner_start));
+        rest = inner_start + close + 2;
+    }
+    if rest < src.len() {
+        parts.push(TemplatePart::Text(src[rest..].to_owned()));
+    }
+    Ok(Template { parts })
+}
+
+impl Template {
+    /// Every reference with its byte range in the template text.
+    pub fn references(&self) -> Vec<(&Reference, std::ops::Range<usize>)> {
+        let mut out = Vec::new();
+        for part in &self.parts {
+            if let TemplatePart::Expr(e, offset) = part {
+                out.extend(
+                    e.references()
+                        .into_iter()
+                        .map(|(r, range)| (r, range.start + offset..range.end + offset)),
+                );
+            }
+        }
+        out
+    }
+
+    /// Renders the template against a context.
+    pub fn render(&self, ctx: &dyn EvalContext) -> Result<String, EvalError> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Text(t) => out.push_str(t),
+                TemplatePart::Expr(e, _) => out.push_str(&evaluate(e, ctx)?.to_string()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why interpolation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InterpolateError {
+    /// The template does not parse.
+    #[error("bad interpolation: {0}")]
+    Parse(#[from] ExprError),
+    /// An expression failed to evaluate.
+    #[error("interpolation failed: {0}")]
+    Eval(#[from] EvalError),
+}
+
+/// Parses and renders `template` in one go.
+pub fn interpolate(template: &str, ctx: &dyn EvalContext) -> Result<String, InterpolateError> {
+    Ok(parse_template(template)?.render(ctx)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> MapContext {
+        let mut c = MapContext::default();
+        c.params.insert("env".into(), Value::String("prod".into()));
+        c.params.insert("n".into(), Value::Number(3.0));
+        c.states.insert("build".into(), "Succeeded".into());
+        c.outputs
+            .entry("build".into())
+            .or_default()
+            .insert("image".into(), "app:1".into());
+        c.branch = Some("release/1.2".into());
+        c.event = Some("push".into());
+        c
+    }
+
+    fn eval(s: &str) -> Result<Value, EvalError> {
+        evaluate(
+            &parse(s)
+                .map_err(|e| panic!("{s}: {e}"))
+                .unwrap_or(Expr::Literal(Value::Bool(false))),
+            &ctx(),
+        )
+    }
+
+    #[test]
+    fn operators() {
+        assert_eq!(
+            eval("params.env == 'prod' && !(event != 'push')"),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            eval("params.env in ['dev', 'stage']"),
+            Ok(Value::Bool(false))
+        );
+        assert_eq!(eval("'release/' in branch"), Ok(Value::Bool(true)));
+        assert_eq!(
+            eval("steps.build.state == 'Failed' || params.n == 3"),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(eval("false && params.missing"), Ok(Value::Bool(false)));
+    }
+
+    #[test]
+    fn errors_are_values() {
+        assert_eq!(
+            eval("params.missing"),
+            Err(EvalError::Missing(Reference::Param("missing".into())))
+        );
+        assert!(matches!(
+            eval("params.n && true"),
+            Err(EvalError::Type { op: "&&", .. })
+        ));
+        assert!(matches!(
+            eval("1 in 2"),
+            Err(EvalError::Type { op: "in", .. })
+        ));
+    }
+
+    #[test]
+    fn parse_errors_point_at_the_text() {
+        let e = parse("params.x = 'a'").err();
+        assert_eq!(e.as_ref().map(|e| e.range.clone()), Some(9..10));
+        let e = parse("parms.x").err();
+        assert_eq!(
+            e.and_then(|e| e.hint),
+            Some("did you mean `params`?".into())
+        );
+        let deep = format!("{}true{}", "(".repeat(100), ")".repeat(100));
+        assert!(parse(&deep).is_err());
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(
+            interpolate(
+                "img=${{ steps.build.outputs.image }} n=${{params.n}}",
+                &ctx()
+            ),
+            Ok("img=app:1 n=3".into())
+        );
+        let e = parse_template("a ${{ params.x").err();
+        assert_eq!(e.map(|e| e.range), Some(2..14));
+    }
+}

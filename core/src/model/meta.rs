@@ -1,0 +1,168 @@
+//! Object metadata shared by every resource kind (Kubernetes-shaped).
+//!
+//! This file is the agreed contract between `model` and `store`: keep names and
+//! types exactly; you may add derives, docs, helper methods and extra optional fields.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The `apiVersion` every arkline resource carries.
+pub const API_VERSION: &str = "arkline.dev/v1alpha1";
+
+/// Metadata of a stored object. Fields the store owns (`uid`, `resource_version`,
+/// `generation`, `created`, `deletion_requested`) are ignored on create and set by the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectMeta {
+    /// Name, unique per (engine, kind).
+    pub name: String,
+    /// The engine (namespace) the object belongs to.
+    #[serde(default)]
+    pub engine: String,
+    /// Store-assigned unique id (UUID v4 text); empty until created.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// Store-wide revision of the object's last write; 0 until created.
+    #[serde(default)]
+    pub resource_version: u64,
+    /// Bumped by the store on every change of `spec` (not of `status` or metadata).
+    #[serde(default)]
+    pub generation: u64,
+    /// Labels for selectors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Creation time, set by the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<DateTime<Utc>>,
+    /// Set by the store when deletion was requested while finalizers remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_requested: Option<DateTime<Utc>>,
+    /// Finalizers: deletion completes only when this list is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+    /// Owners (for garbage collection and controller `owns` mapping).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<OwnerRef>,
+}
+
+/// A reference to an owning object in the same engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OwnerRef {
+    /// Kind of the owner, e.g. `Pipeline`.
+    pub kind: String,
+    /// Name of the owner.
+    pub name: String,
+    /// Uid of the owner.
+    pub uid: String,
+}
+
+/// The untyped form every store backend keeps: spec and status as JSON values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicObject {
+    /// Always [`API_VERSION`].
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Kind, e.g. `Pipeline`.
+    pub kind: String,
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// Desired state.
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    /// Observed state.
+    #[serde(default)]
+    pub status: serde_json::Value,
+}
+
+/// A typed resource kind. Typed objects convert to and from [`DynamicObject`].
+pub trait Resource: Sized + Clone + Send + Sync + 'static {
+    /// Kind name, e.g. `"Pipeline"`.
+    const KIND: &'static str;
+    /// Spec type.
+    type Spec: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync;
+    /// Status type.
+    type Status: Serialize + serde::de::DeserializeOwned + Clone + Default + Send + Sync;
+    /// Metadata.
+    fn meta(&self) -> &ObjectMeta;
+    /// Mutable metadata.
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+    /// Converts to the untyped form.
+    fn to_dynamic(&self) -> Result<DynamicObject, serde_json::Error>;
+    /// Converts from the untyped form (the kind must match).
+    fn from_dynamic(obj: DynamicObject) -> Result<Self, serde_json::Error>;
+}
+
+impl ObjectMeta {
+    /// Metadata with a name and engine; every store-owned field left empty.
+    pub fn new(engine: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            engine: engine.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Implements [`Resource`] for a typed object with `metadata`, `spec` and `status`
+/// fields, so each kind's conversion to [`DynamicObject`] is written once.
+macro_rules! impl_resource {
+    ($ty:ident, $spec:ty, $status:ty) => {
+        impl $crate::model::meta::Resource for $ty {
+            const KIND: &'static str = stringify!($ty);
+            type Spec = $spec;
+            type Status = $status;
+
+            fn meta(&self) -> &$crate::model::meta::ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut $crate::model::meta::ObjectMeta {
+                &mut self.metadata
+            }
+
+            fn to_dynamic(&self) -> Result<$crate::model::meta::DynamicObject, serde_json::Error> {
+                Ok($crate::model::meta::DynamicObject {
+                    api_version: $crate::model::meta::API_VERSION.to_owned(),
+                    kind: Self::KIND.to_owned(),
+                    metadata: self.metadata.clone(),
+                    spec: serde_json::to_value(&self.spec)?,
+                    status: serde_json::to_value(&self.status)?,
+                })
+            }
+
+            fn from_dynamic(
+                obj: $crate::model::meta::DynamicObject,
+            ) -> Result<Self, serde_json::Error> {
+                use serde::de::Error as _;
+                if obj.kind != Self::KIND {
+                    return Err(serde_json::Error::custom(format!(
+                        "expected kind `{}`, found `{}`",
+                        Self::KIND,
+                        obj.kind
+                    )));
+                }
+                // A status that was never written is stored as JSON null; treat it as
+                // the default rather than failing to read a fresh object.
+                let status = if obj.status.is_null() {
+                    <$status>::default()
+                } else {
+                    serde_json::from_value(obj.status)?
+                };
+                Ok(Self {
+                    api_version: obj.api_version,
+                    kind: obj.kind,
+                    metadata: obj.metadata,
+                    spec: serde_json::from_value(obj.spec)?,
+                    status,
+                })
+            }
+        }
+    };
+}
+pub(crate) use impl_resource;

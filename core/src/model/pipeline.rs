@@ -1,0 +1,624 @@
+//! The pipeline spec: what a user writes in a pipeline file and what a
+//! `PipelineExecution` snapshots.
+//!
+//! The serde form here is the canonical one (what the store keeps and what
+//! [`to_yaml`](crate::model::to_yaml) writes). The YAML front end in
+//! [`parse_pipeline`](crate::model::parse_pipeline) additionally accepts the
+//! shorthands documented on each type (e.g. `retries: 3`, `branch: [main]`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The desired state of a pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// What the pipeline does, for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Parameters a trigger may set; each has a type and optionally a default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<ParamSpec>,
+    /// Names of the engine's secrets this pipeline may reference as `secrets.<name>`.
+    /// Declaring them up front lets validation catch typos and lets the engine
+    /// refuse a pipeline that would read a secret it was not granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// The source repository checked out into the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    /// What starts an execution. An empty list means manual only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
+    /// Environment variables given to every step (a step's own `env` wins).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Deadline for the whole execution, `finally` included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// Cancel the running siblings of a failed step instead of letting them finish.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fail_fast: bool,
+    /// Stages run in order; the steps of a stage run in parallel.
+    pub stages: Vec<Stage>,
+    /// Steps run after the stages whatever their outcome (also on abort).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finally: Vec<Step>,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl PipelineSpec {
+    /// Every step, stage steps first (in order) then `finally` steps.
+    pub fn all_steps(&self) -> impl Iterator<Item = &Step> {
+        self.stages
+            .iter()
+            .flat_map(|s| s.steps.iter())
+            .chain(self.finally.iter())
+    }
+
+    /// Every distinct `uses` of the pipeline, in first-use order.
+    pub fn uses(&self) -> Vec<&Uses> {
+        let mut out: Vec<&Uses> = Vec::new();
+        for step in self.all_steps() {
+            if !out.contains(&&step.uses) {
+                out.push(&step.uses);
+            }
+        }
+        out
+    }
+}
+
+/// A declared parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    /// Name, referenced as `params.<name>`.
+    pub name: String,
+    /// Value type; defaults to `string`.
+    #[serde(rename = "type", default)]
+    pub kind: ParamType,
+    /// Value used when the trigger gives none; a param without default is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    /// For people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// The type of a parameter value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    /// A string.
+    #[default]
+    String,
+    /// A number (integer or float).
+    Number,
+    /// `true` or `false`.
+    Bool,
+    /// A list of strings.
+    Array,
+}
+
+impl ParamType {
+    /// All types, for hints.
+    pub const ALL: [&'static str; 4] = ["string", "number", "bool", "array"];
+
+    /// The YAML/JSON name of the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Number => "number",
+            Self::Bool => "bool",
+            Self::Array => "array",
+        }
+    }
+
+    /// Whether `value` has this type (arrays must hold strings only).
+    pub fn accepts(self, value: &serde_json::Value) -> bool {
+        match self {
+            Self::String => value.is_string(),
+            Self::Number => value.is_number(),
+            Self::Bool => value.is_boolean(),
+            Self::Array => value
+                .as_array()
+                .is_some_and(|a| a.iter().all(serde_json::Value::is_string)),
+        }
+    }
+}
+
+/// Where the source comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Repository URL.
+    pub repository: String,
+    /// Branch checked out when the trigger names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Name of a declared secret holding the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// What starts an execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Trigger {
+    /// Started by a person or an API call.
+    Manual,
+    /// Started on a schedule.
+    Cron {
+        /// Five-field cron expression (`min hour day month weekday`) or `@daily`-style macro.
+        schedule: String,
+        /// Branch to build; the source's default when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+    },
+    /// Started by a repository webhook.
+    Webhook {
+        /// Events that start a run (`push`, `pull_request`, `tag`); empty means all.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        events: Vec<String>,
+        /// Branches that start a run.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        branch: Filter,
+    },
+}
+
+/// The webhook/repository events the engine knows.
+pub const EVENTS: [&str; 4] = ["push", "pull_request", "tag", "manual"];
+
+/// A stage: steps that run in parallel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Name, unique in the pipeline.
+    pub name: String,
+    /// Condition; a stage whose condition is false is `Skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+    /// Deadline for the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// The steps, run in parallel.
+    pub steps: Vec<Step>,
+}
+
+/// One step: a call of a biz step type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Name, unique in the pipeline (stages and `finally` together), referenced as `steps.<name>`.
+    pub name: String,
+    /// The biz step type this step calls.
+    pub uses: Uses,
+    /// The step's config, checked against the step type's JSON schema. String
+    /// values may contain `${{ … }}` interpolations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub with: BTreeMap<String, serde_json::Value>,
+    /// Environment variables (may contain interpolations).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Condition; a step whose condition is false is `Skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+    /// Deadline for one attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// Retries after a failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retry>,
+    /// Cache restored before and saved after the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// A condition on a stage or step. All parts must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// Branch globs.
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub branch: Filter,
+    /// Event globs.
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub event: Filter,
+    /// An expression that must evaluate to `true`.
+    #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
+    pub if_expr: Option<String>,
+}
+
+/// Include/exclude glob lists. In YAML a single glob or a plain list is
+/// shorthand for `include`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// A value matches when it matches one of these (or the list is empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// A value never matches when it matches one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl Filter {
+    /// Whether the filter has no patterns (matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Whether `value` passes the filter. Invalid globs (which validation
+    /// reports) never match, so a broken filter fails closed.
+    pub fn matches(&self, value: &str) -> bool {
+        let hit =
+            |p: &String| globset::Glob::new(p).is_ok_and(|g| g.compile_matcher().is_match(value));
+        (self.include.is_empty() || self.include.iter().any(hit)) && !self.exclude.iter().any(hit)
+    }
+}
+
+impl JsonSchema for Filter {
+    fn schema_name() -> Cow<'static, str> {
+        "Filter".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Glob filter: a glob or a list of globs (shorthand for `include`), or `{include, exclude}`.",
+            "oneOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" } },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "include": { "type": "array", "items": { "type": "string" } },
+                        "exclude": { "type": "array", "items": { "type": "string" } }
+                    }
+                }
+            ]
+        })
+    }
+}
+
+/// Retry policy. In YAML `retries: 3` is shorthand for `{count: 3}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub count: u32,
+    /// Delay before the first retry, doubled for each later one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<DurationSpec>,
+}
+
+impl JsonSchema for Retry {
+    fn schema_name() -> Cow<'static, str> {
+        "Retry".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Retries after a failed attempt: a count, or `{count, backoff}`.",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["count"],
+                    "properties": {
+                        "count": { "type": "integer", "minimum": 0 },
+                        "backoff": { "type": "string", "description": "Delay before the first retry, doubled for each later one." }
+                    }
+                }
+            ]
+        })
+    }
+}
+
+/// The most retries a step may ask for; more is almost always a mistake that
+/// would hold a worker for hours.
+pub const MAX_RETRIES: u32 = 20;
+
+/// A step cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Cache key (may contain interpolations).
+    pub key: String,
+    /// Workspace paths saved and restored.
+    pub paths: Vec<String>,
+}
+
+/// A duration written the humantime way (`90s`, `10m`, `1h 30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurationSpec(pub Duration);
+
+impl fmt::Display for DurationSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl FromStr for DurationSpec {
+    type Err = humantime::DurationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(Self)
+    }
+}
+
+impl Serialize for DurationSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for DurationSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration such as `90s`, `10m` or `1h 30m`.",
+            "type": "string"
+        })
+    }
+}
+
+/// What a step calls: `biz`, `biz@req` or `biz/step@req`, where `req` is a
+/// semver requirement. A bare biz is allowed when it has a single step type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uses {
+    /// Biz name.
+    pub biz: String,
+    /// Step type inside the biz; `None` when the biz has exactly one.
+    pub step: Option<String>,
+    /// Version requirement; `None` means any version.
+    pub req: Option<semver::VersionReq>,
+}
+
+/// Why a `uses` string is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsesError {
+    /// The biz or step name is empty or has characters outside `[A-Za-z0-9_.-]`.
+    #[error("`{0}` is not a valid biz or step name (use letters, digits, `-`, `_` and `.`)")]
+    BadName(String),
+    /// The requirement after `@` does not parse.
+    #[error("`{req}` is not a semver requirement: {reason}")]
+    BadReq {
+        /// The text after `@`.
+        req: String,
+        /// The semver parser's message.
+        reason: String,
+    },
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl FromStr for Uses {
+    type Err = UsesError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (path, req) = match s.split_once('@') {
+            Some((path, req)) => {
+                let parsed =
+                    semver::VersionReq::parse(req.trim()).map_err(|e| UsesError::BadReq {
+                        req: req.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                (path, Some(parsed))
+            }
+            None => (s, None),
+        };
+        let (biz, step) = match path.split_once('/') {
+            Some((biz, step)) => (biz, Some(step)),
+            None => (path, None),
+        };
+        if !valid_name(biz) {
+            return Err(UsesError::BadName(biz.to_owned()));
+        }
+        if let Some(step) = step
+            && !valid_name(step)
+        {
+            return Err(UsesError::BadName(step.to_owned()));
+        }
+        Ok(Self {
+            biz: biz.to_owned(),
+            step: step.map(str::to_owned),
+            req,
+        })
+    }
+}
+
+impl fmt::Display for Uses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.biz)?;
+        if let Some(step) = &self.step {
+            write!(f, "/{step}")?;
+        }
+        if let Some(req) = &self.req {
+            write!(f, "@{req}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Uses {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Uses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Uses {
+    fn schema_name() -> Cow<'static, str> {
+        "Uses".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`biz`, `biz@req` or `biz/step@req` (req: a semver requirement).",
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?(@.+)?$"
+        })
+    }
+}
+
+/// Why a `when` could not be decided.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WhenError {
+    /// `if` does not parse (validation reports this earlier for files).
+    #[error("`when.if` does not parse: {0}")]
+    Parse(#[from] crate::model::expr::ExprError),
+    /// `if` failed to evaluate (a missing output, a type mismatch).
+    #[error("`when.if` failed: {0}")]
+    Eval(#[from] crate::model::expr::EvalError),
+}
+
+impl When {
+    /// Whether the condition holds: the branch and event filters are matched
+    /// against the context's `branch` and `event` (absent counts as the empty
+    /// string, so a run without a branch passes only an empty or `*`-like
+    /// filter), then `if` must evaluate to `true`. The filters are checked first
+    /// so `if` is not evaluated for runs the filters already rule out.
+    pub fn evaluate(&self, ctx: &dyn crate::model::expr::EvalContext) -> Result<bool, WhenError> {
+        use crate::model::expr::{self, Reference, Value};
+        let text = |r: &Reference| match ctx.lookup(r) {
+            Some(Value::String(s)) => s,
+            _ => String::new(),
+        };
+        if !self.branch.matches(&text(&Reference::Branch))
+            || !self.event.matches(&text(&Reference::Event))
+        {
+            return Ok(false);
+        }
+        match &self.if_expr {
+            Some(src) => Ok(expr::evaluate_condition(&expr::parse(src)?, ctx)?),
+            None => Ok(true),
+        }
+    }
+}
+
+/// A problem with the params a trigger supplies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// The pipeline declares no such param.
+    #[error("unknown param `{0}`")]
+    Unknown(String),
+    /// A param without default was not given.
+    #[error("param `{0}` is required (it has no default)")]
+    Missing(String),
+    /// A value of the wrong type.
+    #[error("param `{name}` must be a {expected}")]
+    Type {
+        /// Param name.
+        name: String,
+        /// Declared type.
+        expected: &'static str,
+    },
+}
+
+impl PipelineSpec {
+    /// The params of a run: `given` checked against the declarations, defaults
+    /// filled in. Reports every problem, not just the first.
+    pub fn resolve_params(
+        &self,
+        given: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<BTreeMap<String, serde_json::Value>, Vec<ParamError>> {
+        let mut errors: Vec<ParamError> = given
+            .keys()
+            .filter(|k| !self.params.iter().any(|p| &p.name == *k))
+            .map(|k| ParamError::Unknown(k.clone()))
+            .collect();
+        let mut out = BTreeMap::new();
+        for p in &self.params {
+            match given.get(&p.name).or(p.default.as_ref()) {
+                Some(v) if p.kind.accepts(v) => {
+                    out.insert(p.name.clone(), v.clone());
+                }
+                Some(_) => errors.push(ParamError::Type {
+                    name: p.name.clone(),
+                    expected: p.kind.as_str(),
+                }),
+                None => errors.push(ParamError::Missing(p.name.clone())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl Step {
+    /// The secrets the step's `with` and `env` reference. The engine gives a
+    /// step these secrets and no others, and masks their values in its logs.
+    /// Strings that do not parse contribute nothing (validation reports them).
+    pub fn referenced_secrets(&self) -> std::collections::BTreeSet<String> {
+        fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match v {
+                serde_json::Value::String(s) => out.push(s),
+                serde_json::Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+                serde_json::Value::Object(m) => m.values().for_each(|i| strings(i, out)),
+                _ => {}
+            }
+        }
+        let mut texts: Vec<&str> = self.env.values().map(String::as_str).collect();
+        self.with.values().for_each(|v| strings(v, &mut texts));
+        let mut out = std::collections::BTreeSet::new();
+        for text in texts {
+            if let Ok(t) = crate::model::expr::parse_template(text) {
+                for (r, _) in t.references() {
+                    if let crate::model::expr::Reference::Secret(name) = r {
+                        out.insert(name.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Parses a cron schedule the way validation does (five fields, no seconds,
+/// `@daily`-style macros), so the pipeline reconciler schedules exactly what
+/// was accepted.
+pub fn parse_cron(schedule: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .build()
+        .parse(schedule)
+}

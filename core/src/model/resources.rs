@@ -1,0 +1,516 @@
+//! The resource kinds every controller works on.
+//!
+//! Each kind is `apiVersion` + `kind` + `metadata` + `spec` + `status` and
+//! implements [`Resource`](crate::model::Resource) so the store can keep it untyped.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::meta::{API_VERSION, ObjectMeta, impl_resource};
+use crate::model::pipeline::{DurationSpec, PipelineSpec};
+
+/// Declares a resource struct with the Kubernetes-shaped envelope, so every kind
+/// has the same field names and serde attributes.
+macro_rules! resource {
+    ($(#[$doc:meta])* $name:ident, $spec:ty, $status:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Always [`API_VERSION`].
+            #[serde(rename = "apiVersion")]
+            pub api_version: String,
+            /// Always the kind's name.
+            pub kind: String,
+            /// Metadata.
+            pub metadata: ObjectMeta,
+            /// Desired state.
+            pub spec: $spec,
+            /// Observed state, written by controllers.
+            #[serde(default)]
+            pub status: $status,
+        }
+
+        impl $name {
+            /// A new object with the given metadata and spec and an empty status.
+            pub fn new(metadata: ObjectMeta, spec: $spec) -> Self {
+                Self {
+                    api_version: API_VERSION.to_owned(),
+                    kind: stringify!($name).to_owned(),
+                    metadata,
+                    spec,
+                    status: <$status>::default(),
+                }
+            }
+        }
+
+        impl_resource!($name, $spec, $status);
+    };
+}
+
+resource!(
+    /// Per-engine settings: quota, default limits, cache and retention.
+    PipelineSetting, PipelineSettingSpec, PipelineSettingStatus
+);
+resource!(
+    /// A pipeline definition and its observed state.
+    Pipeline, PipelineSpec, PipelineStatus
+);
+resource!(
+    /// One run of a pipeline.
+    PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus
+);
+resource!(
+    /// Secret values of an engine, encrypted at rest.
+    Secret, SecretSpec, SecretStatus
+);
+resource!(
+    /// The bizes an engine should have and which version of each is active.
+    BizDeployment, BizDeploymentSpec, BizDeploymentStatus
+);
+
+/// Settings of one engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettingSpec {
+    /// Most executions running at once; `<= 0` means unlimited.
+    #[serde(default)]
+    pub executor_quota: i64,
+    /// Limits applied to a step that sets none.
+    #[serde(default)]
+    pub default_step_limits: StepLimits,
+    /// Step cache settings.
+    #[serde(default)]
+    pub cache: CacheSettings,
+    /// How long finished executions and their logs are kept.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Refuse bizes whose archive is not signed by a trusted key.
+    #[serde(default)]
+    pub require_signed_bizes: bool,
+}
+
+impl PipelineSettingSpec {
+    /// The quota as a count, `None` when unlimited.
+    pub fn quota(&self) -> Option<u64> {
+        u64::try_from(self.executor_quota).ok().filter(|q| *q > 0)
+    }
+}
+
+/// Default resource limits of a step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepLimits {
+    /// Linear memory cap in bytes; `None` = the container's slot size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Deadline of one attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// Fuel per attempt; `None` = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+}
+
+/// Step cache settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Cache size cap per node; `None` = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// How many recent nodes of a pipeline are preferred when placing a run.
+    #[serde(default)]
+    pub affinity_window: u32,
+}
+
+/// Retention of finished executions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Finished executions kept per pipeline; `None` = all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executions: Option<u32>,
+    /// How long logs are kept; `None` = as long as their execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<DurationSpec>,
+}
+
+/// Status of a [`PipelineSetting`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettingStatus {
+    /// Executions running now.
+    #[serde(default)]
+    pub running: u64,
+    /// Executions waiting for quota.
+    #[serde(default)]
+    pub queued: u64,
+}
+
+/// Whether a condition holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConditionStatus {
+    /// It holds.
+    True,
+    /// It does not hold.
+    False,
+    /// Not known yet.
+    #[default]
+    Unknown,
+}
+
+/// The conditions controllers report.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum ConditionType {
+    /// Every `uses` is satisfied by an installed biz.
+    Resolved,
+    /// The execution was admitted under the engine's quota.
+    Admitted,
+    /// The execution is done (whatever the outcome).
+    Completed,
+    /// The spec was validated.
+    Valid,
+}
+
+/// A Kubernetes-style condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Which condition.
+    #[serde(rename = "type")]
+    pub kind: ConditionType,
+    /// Whether it holds.
+    pub status: ConditionStatus,
+    /// Machine-readable reason, e.g. `UnsatisfiedUses`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// For people, e.g. naming the `uses` no installed biz satisfies.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<DateTime<Utc>>,
+}
+
+/// Sets `cond` in `conditions`, replacing one of the same type. The transition time
+/// is kept when the status did not change, so it tells when it last flipped.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut cond: Condition) {
+    match conditions.iter_mut().find(|c| c.kind == cond.kind) {
+        Some(existing) => {
+            if existing.status == cond.status {
+                cond.last_transition = existing.last_transition;
+            }
+            *existing = cond;
+        }
+        None => conditions.push(cond),
+    }
+}
+
+/// Status of a [`Pipeline`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineStatus {
+    /// Conditions, e.g. `Resolved=False`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Name of the last execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_execution: Option<String>,
+    /// Phase of the last execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<ExecutionPhase>,
+    /// Run number the next execution gets (starts at 1).
+    #[serde(default)]
+    pub next_run: u64,
+    /// Last distinct nodes that ran this pipeline, most recent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_nodes: Vec<String>,
+    /// The spec generation this status describes.
+    #[serde(default)]
+    pub observed_generation: u64,
+}
+
+impl PipelineStatus {
+    /// Records that `node` ran the pipeline, keeping at most `window` distinct
+    /// nodes, most recent first.
+    pub fn record_node(&mut self, node: &str, window: usize) {
+        self.recent_nodes.retain(|n| n != node);
+        self.recent_nodes.insert(0, node.to_owned());
+        self.recent_nodes.truncate(window);
+    }
+}
+
+/// Phase of an execution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ExecutionPhase {
+    /// Waiting for the engine's quota.
+    #[default]
+    Queued,
+    /// Admitted, waiting for a worker/node.
+    Pending,
+    /// Running.
+    Running,
+    /// Every stage succeeded (skipped stages count as success).
+    Succeeded,
+    /// A step failed or a deadline passed.
+    Failed,
+    /// Aborted by a person or an uninstall.
+    Aborted,
+}
+
+impl ExecutionPhase {
+    /// Whether the execution is over.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Aborted)
+    }
+}
+
+/// State of a stage or step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StepPhase {
+    /// Not started.
+    #[default]
+    Waiting,
+    /// Running.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Failed (after its retries).
+    Failed,
+    /// Its `when` was false, or an earlier stage failed.
+    Skipped,
+    /// Interrupted by an abort.
+    Aborted,
+}
+
+impl StepPhase {
+    /// The name expressions see in `steps.<name>.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "Waiting",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Skipped => "Skipped",
+            Self::Aborted => "Aborted",
+        }
+    }
+}
+
+/// What started an execution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    /// A person or API call.
+    #[default]
+    Manual,
+    /// A cron schedule.
+    Cron,
+    /// A webhook.
+    Webhook,
+}
+
+/// Spec of a [`PipelineExecution`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineExecutionSpec {
+    /// Name of the pipeline.
+    pub pipeline: String,
+    /// Snapshot of the pipeline spec at trigger time, so edits do not change a run.
+    pub pipeline_spec: PipelineSpec,
+    /// Run number (1-based, per pipeline).
+    pub run: u64,
+    /// What started it.
+    #[serde(default)]
+    pub trigger: TriggerKind,
+    /// Parameter values (defaults already applied).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Event name (`push`, `pull_request`, `tag`, `manual`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub event: String,
+    /// Branch built.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub branch: String,
+    /// Commit built.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub commit: String,
+    /// Set to request an abort; running steps are interrupted and `finally` runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abort: bool,
+}
+
+/// Status of a [`PipelineExecution`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineExecutionStatus {
+    /// Phase.
+    #[serde(default)]
+    pub phase: ExecutionPhase,
+    /// Conditions (`Admitted`, `Resolved`, `Completed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Per-stage state, in pipeline order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStatus>,
+    /// Per-step state of the `finally` steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finally: Vec<StepStatus>,
+    /// Node running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Each `uses` (as written) → exact `name@version` it resolved to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolved: BTreeMap<String, String>,
+    /// Step name → output key → value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Step name → log reference (opaque to the model).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub logs: BTreeMap<String, String>,
+    /// Start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    /// Finish time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    /// Why it failed or was aborted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// State of one stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageStatus {
+    /// Stage name.
+    pub name: String,
+    /// State.
+    #[serde(default)]
+    pub phase: StepPhase,
+    /// Start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    /// Finish time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    /// Why it was skipped or failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Its steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
+}
+
+/// State of one step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepStatus {
+    /// Step name.
+    pub name: String,
+    /// State.
+    #[serde(default)]
+    pub phase: StepPhase,
+    /// Attempts started so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Start of the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    /// Finish of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    /// Why it failed or was skipped (e.g. `timeout`, `interrupted`, `when`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Spec of a [`Secret`]: values are ciphertext, base64-encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSpec {
+    /// Key → base64 ciphertext. Plaintext never appears in this type.
+    #[serde(default)]
+    pub data: BTreeMap<String, Ciphertext>,
+}
+
+/// Opaque base64 ciphertext of one secret value. `Debug` does not print it, so
+/// logging a `Secret` cannot leak even the ciphertext.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Ciphertext(pub String);
+
+impl std::fmt::Debug for Ciphertext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ciphertext({} bytes)", self.0.len())
+    }
+}
+
+/// Status of a [`Secret`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretStatus {
+    /// Id of the node key the values are encrypted with.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
+}
+
+/// Spec of a [`BizDeployment`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BizDeploymentSpec {
+    /// The desired bizes.
+    #[serde(default)]
+    pub bizes: Vec<DesiredBiz>,
+}
+
+/// One desired biz.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredBiz {
+    /// Biz name.
+    pub name: String,
+    /// Versions to keep installed.
+    pub versions: Vec<String>,
+    /// The version new executions resolve to.
+    pub active: String,
+}
+
+/// Lifecycle state of an installed biz version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum BizState {
+    /// Verified and compiled.
+    #[default]
+    Resolved,
+    /// Chosen for new executions.
+    Activated,
+    /// Installed but not chosen.
+    Deactivated,
+    /// Waiting for lease holders before uninstall.
+    Draining,
+    /// Removed.
+    Uninstalled,
+    /// Failed to install.
+    Broken,
+}
+
+/// Status of a [`BizDeployment`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BizDeploymentStatus {
+    /// Installed `name@version` → state.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub installed: BTreeMap<String, BizState>,
+    /// Biz name → active version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub active: BTreeMap<String, String>,
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,519 @@
+//! Checks on a decoded spec that go beyond its shape: names, references between
+//! steps, params and secrets, expressions, globs, cron schedules.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::decode::SourceMap;
+use crate::model::diagnostic::{Diagnostic, Severity, did_you_mean};
+use crate::model::expr::{self, ExprError, Reference};
+use crate::model::pipeline::{EVENTS, Filter, MAX_RETRIES, PipelineSpec, Step, Trigger, When};
+
+/// Where a step sits, for deciding which steps it may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// In stage `n`.
+    Stage(usize),
+    /// In `finally`.
+    Finally,
+}
+
+/// What a string is used as, for the rules on what it may reference.
+#[derive(Debug, Clone, Copy)]
+struct Reader<'a> {
+    /// The step or stage doing the reading, for messages.
+    who: &'a str,
+    /// The reading step's name, to catch a step reading itself.
+    step: Option<&'a str>,
+    /// Where it runs; `None` for pipeline-level values, which may read no step.
+    at: Option<Position>,
+    /// Conditions may not read secrets (a branch on a secret leaks it).
+    condition: bool,
+}
+
+struct Checker<'a> {
+    spec: &'a PipelineSpec,
+    map: &'a SourceMap,
+    diags: Vec<Diagnostic>,
+    steps: BTreeMap<&'a str, Position>,
+}
+
+fn valid_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl<'a> Checker<'a> {
+    fn report(&mut self, code: &str, message: String, path: &str, hint: Option<String>) {
+        let span = self.map.span(path);
+        self.push(code, message, span, hint);
+    }
+
+    fn push(
+        &mut self,
+        code: &str,
+        message: String,
+        span: Option<crate::model::diagnostic::Span>,
+        hint: Option<String>,
+    ) {
+        let mut d = self.map.locate(Diagnostic::error(code, message), span);
+        d.hint = hint;
+        self.diags.push(d);
+    }
+
+    fn names(&mut self) {
+        let mut stages: BTreeSet<&str> = BTreeSet::new();
+        for (i, stage) in self.spec.stages.iter().enumerate() {
+            let path = format!("stages[{i}]");
+            if !stage.name.is_empty() && !stages.insert(&stage.name) {
+                self.report(
+                    "duplicate-name",
+                    format!("stage `{}` is defined twice", stage.name),
+                    &format!("{path}.name"),
+                    Some("stage names must be unique".into()),
+                );
+            }
+            if stage.steps.is_empty() {
+                self.report(
+                    "empty-stage",
+                    format!("stage `{}` has no steps", stage.name),
+                    &path,
+                    Some("add a step or remove the stage".into()),
+                );
+            }
+        }
+        let mut seen: BTreeMap<&str, ()> = BTreeMap::new();
+        let positioned = self.step_paths();
+        for (step, path, pos) in positioned {
+            if step.name.is_empty() {
+                continue;
+            }
+            if !valid_name(&step.name) {
+                self.report(
+                    "invalid-name",
+                    format!("`{}` is not a valid step name", step.name),
+                    &format!("{path}.name"),
+                    Some("use letters, digits, `_` and `-`, starting with a letter, so `steps.<name>` can refer to it".into()),
+                );
+            }
+            if seen.insert(&step.name, ()).is_some() {
+                self.report(
+                    "duplicate-name",
+                    format!("step `{}` is defined twice", step.name),
+                    &format!("{path}.name"),
+                    Some("step names must be unique across all stages and `finally`".into()),
+                );
+            } else {
+                self.steps.insert(&step.name, pos);
+            }
+        }
+        if self.spec.stages.is_empty() && self.map.span("stages").is_some() {
+            self.report(
+                "no-stages",
+                "the pipeline has no stages".into(),
+                "stages",
+                Some("add at least one stage".into()),
+            );
+        }
+        let mut params = BTreeSet::new();
+        for (i, p) in self.spec.params.iter().enumerate() {
+            if !params.insert(&p.name) {
+                self.report(
+                    "duplicate-name",
+                    format!("param `{}` is declared twice", p.name),
+                    &format!("params[{i}].name"),
+                    None,
+                );
+            }
+            if let Some(default) = &p.default
+                && !p.kind.accepts(default)
+            {
+                self.report(
+                    "param-type",
+                    format!(
+                        "the default of param `{}` is not a {}",
+                        p.name,
+                        p.kind.as_str()
+                    ),
+                    &format!("params[{i}].default"),
+                    Some(format!(
+                        "give a {} default or change `type`{}",
+                        p.kind.as_str(),
+                        if default.is_string() {
+                            " (quoted values are strings)"
+                        } else {
+                            ""
+                        }
+                    )),
+                );
+            }
+        }
+    }
+
+    fn step_paths(&self) -> Vec<(&'a Step, String, Position)> {
+        let mut out = Vec::new();
+        for (i, stage) in self.spec.stages.iter().enumerate() {
+            for (j, step) in stage.steps.iter().enumerate() {
+                out.push((step, format!("stages[{i}].steps[{j}]"), Position::Stage(i)));
+            }
+        }
+        for (j, step) in self.spec.finally.iter().enumerate() {
+            out.push((step, format!("finally[{j}]"), Position::Finally));
+        }
+        out
+    }
+
+    fn expr_error(&mut self, path: &str, e: &ExprError) {
+        let span = self.map.span_in(path, e.range.clone());
+        self.push("bad-expression", e.message.clone(), span, e.hint.clone());
+    }
+
+    fn reference(
+        &mut self,
+        r: &Reference,
+        path: &str,
+        range: std::ops::Range<usize>,
+        reader: Reader<'_>,
+    ) {
+        let span = self.map.span_in(path, range);
+        match r {
+            Reference::Param(name) => {
+                if !self.spec.params.iter().any(|p| &p.name == name) {
+                    let hint = match did_you_mean(
+                        name,
+                        self.spec.params.iter().map(|p| p.name.as_str()),
+                    ) {
+                        Some(s) => format!("did you mean `params.{s}`?"),
+                        None => format!("declare it under `params:` with `- name: {name}`"),
+                    };
+                    self.push(
+                        "unknown-param",
+                        format!("param `{name}` is not declared"),
+                        span,
+                        Some(hint),
+                    );
+                }
+            }
+            Reference::Secret(name) => {
+                if reader.condition {
+                    self.push(
+                        "secret-in-condition",
+                        format!("conditions cannot read `secrets.{name}`"),
+                        span,
+                        Some("branching on a secret would reveal it; use a param".into()),
+                    );
+                } else if !self.spec.secrets.iter().any(|s| s == name) {
+                    let hint =
+                        match did_you_mean(name, self.spec.secrets.iter().map(String::as_str)) {
+                            Some(s) => format!("did you mean `secrets.{s}`?"),
+                            None => format!("add `{name}` to the pipeline's `secrets:` list"),
+                        };
+                    self.push(
+                        "undeclared-secret",
+                        format!("secret `{name}` is not declared"),
+                        span,
+                        Some(hint),
+                    );
+                }
+            }
+            Reference::StepOutput { step, .. } | Reference::StepState(step) => {
+                self.step_reference(step, r, span, reader);
+            }
+            Reference::Event | Reference::Branch | Reference::Commit => {}
+        }
+    }
+
+    fn step_reference(
+        &mut self,
+        step: &str,
+        r: &Reference,
+        span: Option<crate::model::diagnostic::Span>,
+        reader: Reader<'_>,
+    ) {
+        let Some(&target) = self.steps.get(step) else {
+            let hint = match did_you_mean(step, self.steps.keys().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "steps can read the outputs of steps in earlier stages".into(),
+            };
+            self.push(
+                "unknown-step",
+                format!("`{r}` refers to step `{step}`, which does not exist"),
+                span,
+                Some(hint),
+            );
+            return;
+        };
+        let who = reader.who;
+        let (message, hint) = match (reader.at, target) {
+            (None, _) => (
+                format!("`{r}` cannot be read here"),
+                "pipeline-level values are set before any step runs".to_owned(),
+            ),
+            (Some(_), _) if reader.step == Some(step) => (
+                format!("{who} reads its own result `{r}`"),
+                "a step cannot depend on itself".to_owned(),
+            ),
+            (Some(Position::Stage(a)), Position::Stage(b)) if b > a => (
+                format!("{who} reads `{r}` but `{step}` runs in a later stage"),
+                format!("move `{step}` to an earlier stage, or this step to a later one"),
+            ),
+            (Some(Position::Stage(a)), Position::Stage(b)) if b == a => (
+                format!("{who} reads `{r}` but `{step}` runs in parallel in the same stage"),
+                format!("move `{step}` to an earlier stage"),
+            ),
+            (Some(Position::Stage(_)), Position::Finally) => (
+                format!(
+                    "{who} reads `{r}` but `{step}` is a `finally` step, which runs after every stage"
+                ),
+                format!("move the reading step to `finally`, or `{step}` into a stage"),
+            ),
+            (Some(Position::Finally), Position::Finally) => (
+                format!("{who} reads `{r}` but `{step}` runs in parallel in `finally`"),
+                "`finally` steps can read the results of the stages".to_owned(),
+            ),
+            // An earlier stage, or a stage read from `finally`: fine.
+            _ => return,
+        };
+        self.push("step-order", message, span, Some(hint));
+    }
+
+    fn template(&mut self, text: &str, path: &str, reader: Reader<'_>) {
+        match expr::parse_template(text) {
+            Err(e) => self.expr_error(path, &e),
+            Ok(t) => {
+                for (r, range) in t.references() {
+                    self.reference(r, path, range, reader);
+                }
+            }
+        }
+    }
+
+    fn json_templates(&mut self, value: &serde_json::Value, path: &str, reader: Reader<'_>) {
+        match value {
+            serde_json::Value::String(s) => self.template(s, path, reader),
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    self.json_templates(v, &format!("{path}[{i}]"), reader);
+                }
+            }
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    self.json_templates(v, &format!("{path}.{k}"), reader);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn filter(&mut self, filter: &Filter, path: &str, events: bool) {
+        for (list, name) in [(&filter.include, "include"), (&filter.exclude, "exclude")] {
+            for (i, pattern) in list.iter().enumerate() {
+                let p = format!("{path}.{name}[{i}]");
+                if let Err(e) = globset::Glob::new(pattern) {
+                    self.report(
+                        "bad-glob",
+                        format!("`{pattern}` is not a valid glob: {}", e.kind()),
+                        &p,
+                        Some("globs use `*`, `**`, `?`, `[abc]` and `{a,b}`".into()),
+                    );
+                } else if events
+                    && !pattern.contains(['*', '?', '[', '{'])
+                    && !EVENTS.contains(&pattern.as_str())
+                {
+                    self.unknown_event(pattern, &p);
+                }
+            }
+        }
+    }
+
+    fn unknown_event(&mut self, event: &str, path: &str) {
+        let hint = match did_you_mean(event, EVENTS) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("events are: {}", EVENTS.join(", ")),
+        };
+        self.report(
+            "unknown-event",
+            format!("unknown event `{event}`"),
+            path,
+            Some(hint),
+        );
+    }
+
+    fn when(&mut self, when: &When, path: &str, reader: Reader<'_>) {
+        self.filter(&when.branch, &format!("{path}.branch"), false);
+        self.filter(&when.event, &format!("{path}.event"), true);
+        if let Some(text) = &when.if_expr {
+            let p = format!("{path}.if");
+            match expr::parse(text) {
+                Err(e) => self.expr_error(&p, &e),
+                Ok(e) => {
+                    for (r, range) in e.references() {
+                        self.reference(
+                            r,
+                            &p,
+                            range,
+                            Reader {
+                                condition: true,
+                                ..reader
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, step: &Step, path: &str, pos: Position) {
+        let who = format!("step `{}`", step.name);
+        let reader = Reader {
+            who: &who,
+            step: Some(&step.name),
+            at: Some(pos),
+            condition: false,
+        };
+        for (k, v) in &step.with {
+            self.json_templates(v, &format!("{path}.with.{k}"), reader);
+        }
+        for (k, v) in &step.env {
+            self.template(v, &format!("{path}.env.{k}"), reader);
+        }
+        if let Some(when) = &step.when {
+            self.when(when, &format!("{path}.when"), reader);
+        }
+        if let Some(retry) = &step.retries
+            && retry.count > MAX_RETRIES
+        {
+            self.report(
+                "too-many-retries",
+                format!(
+                    "{} retries is more than the limit of {MAX_RETRIES}",
+                    retry.count
+                ),
+                &format!("{path}.retries.count"),
+                Some("use a backoff with fewer retries".into()),
+            );
+        }
+        if let Some(cache) = &step.cache {
+            self.template(&cache.key, &format!("{path}.cache.key"), reader);
+            if cache.paths.is_empty() {
+                self.report(
+                    "empty-cache",
+                    "`cache.paths` is empty".into(),
+                    &format!("{path}.cache.paths"),
+                    None,
+                );
+            }
+            for (i, p) in cache.paths.iter().enumerate() {
+                if p.starts_with('/') || p.split('/').any(|seg| seg == "..") {
+                    self.report(
+                        "cache-path",
+                        format!("cache path `{p}` leaves the workspace"),
+                        &format!("{path}.cache.paths[{i}]"),
+                        Some(
+                            "cache paths are relative to /workspace and cannot contain `..`".into(),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        self.names();
+        let pipeline_reader = Reader {
+            who: "the pipeline",
+            step: None,
+            at: None,
+            condition: false,
+        };
+        let spec = self.spec;
+        for (k, v) in &spec.env {
+            self.template(v, &format!("env.{k}"), pipeline_reader);
+        }
+        let mut secrets = BTreeSet::new();
+        for (i, s) in spec.secrets.iter().enumerate() {
+            if !secrets.insert(s) {
+                self.report(
+                    "duplicate-name",
+                    format!("secret `{s}` is declared twice"),
+                    &format!("secrets[{i}]"),
+                    None,
+                );
+            }
+        }
+        if let Some(source) = &spec.source
+            && let Some(cred) = &source.credential
+            && !spec.secrets.contains(cred)
+        {
+            self.report(
+                "undeclared-secret",
+                format!("credential secret `{cred}` is not declared"),
+                "source.credential",
+                Some(format!("add `{cred}` to the pipeline's `secrets:` list")),
+            );
+        }
+        for (i, t) in spec.triggers.iter().enumerate() {
+            let path = format!("triggers[{i}]");
+            match t {
+                Trigger::Manual => {}
+                Trigger::Cron { schedule, .. } => {
+                    if let Err(e) = crate::model::pipeline::parse_cron(schedule) {
+                        self.report(
+                            "bad-cron",
+                            format!("`{schedule}` is not a cron schedule: {e}"),
+                            &format!("{path}.schedule"),
+                            Some("use five fields `minute hour day-of-month month day-of-week`, e.g. `0 3 * * 1-5`, or `@daily`".into()),
+                        );
+                    }
+                }
+                Trigger::Webhook { events, branch } => {
+                    for (j, e) in events.iter().enumerate() {
+                        if !EVENTS.contains(&e.as_str()) {
+                            self.unknown_event(e, &format!("{path}.events[{j}]"));
+                        }
+                    }
+                    self.filter(branch, &format!("{path}.branch"), false);
+                }
+            }
+        }
+        for (i, stage) in spec.stages.iter().enumerate() {
+            if let Some(when) = &stage.when {
+                let who = format!("stage `{}`", stage.name);
+                // A stage condition is evaluated before its steps start, so it may
+                // read earlier stages only: same rules as its first step.
+                self.when(
+                    when,
+                    &format!("stages[{i}].when"),
+                    Reader {
+                        who: &who,
+                        step: None,
+                        at: Some(Position::Stage(i)),
+                        condition: true,
+                    },
+                );
+            }
+        }
+        for (step, path, pos) in self.step_paths() {
+            self.step(step, &path, pos);
+        }
+    }
+}
+
+/// Checks a spec's names, references, expressions, globs and schedules.
+/// `map` locates the diagnostics; use [`SourceMap::detached`] for a spec that did
+/// not come from a file.
+pub fn validate(spec: &PipelineSpec, map: &SourceMap) -> Vec<Diagnostic> {
+    let mut c = Checker {
+        spec,
+        map,
+        diags: Vec::new(),
+        steps: BTreeMap::new(),
+    };
+    c.run();
+    c.diags
+}
+
+/// Whether any diagnostic is an error.
+pub fn has_errors(diags: &[Diagnostic]) -> bool {
+    diags.iter().any(|d| d.severity == Severity::Error)
+}

@@ -1,0 +1,317 @@
+//! The resource store: Kubernetes-over-etcd semantics behind one async trait.
+//!
+//! Every write bumps a store-wide **revision**; an object's
+//! `metadata.resource_version` is the revision of its last write. Updates are
+//! compare-and-swap on that field, `watch` replays every event after a revision
+//! and then follows live ones, and `compact` forgets old events (a watch from a
+//! compacted revision answers [`StoreError::Gone`], after which a client relists).
+//!
+//! Backends: [`MemoryStore`] (tests, ephemeral engines) and [`RedbStore`], the
+//! embedded default (one file, group commit). All are used through
+//! `Arc<dyn Store>`; [`Api`] adds typed access for any [`Resource`](crate::model::Resource).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arkline::model::{DynamicObject, ObjectMeta, API_VERSION};
+//! use arkline::store::{ListQuery, MemoryStore, Store};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+//! let created = store
+//!     .create(DynamicObject {
+//!         api_version: API_VERSION.into(),
+//!         kind: "Pipeline".into(),
+//!         metadata: ObjectMeta { name: "build".into(), engine: "ci".into(), ..Default::default() },
+//!         spec: serde_json::json!({ "stages": [] }),
+//!         status: serde_json::Value::Null,
+//!     })
+//!     .await?;
+//! assert_eq!(created.metadata.generation, 1);
+//! let list = store.list(&ListQuery::kind("Pipeline").engine("ci")).await?;
+//! assert_eq!(list.items.len(), 1);
+//! # Ok::<(), arkline::store::StoreError>(())
+//! # }).unwrap();
+//! ```
+
+use std::fmt;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::model::DynamicObject;
+
+mod api;
+mod embedded;
+mod error;
+mod memory;
+mod mutation;
+mod selector;
+mod watch;
+
+pub use api::{Api, TypedEvent};
+pub use embedded::{RedbOptions, RedbStore, SCHEMA_VERSION};
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use selector::{LabelSelector, Requirement, SelectorError};
+
+/// How many watch events a backend keeps before compacting automatically. Events
+/// older than either limit are compacted after each write; `None` disables a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most the events of the last this many revisions.
+    pub max_revisions: Option<u64>,
+    /// Keep events at most this old.
+    pub max_age: Option<std::time::Duration>,
+}
+
+impl Default for Retention {
+    /// The last 100 000 revisions, whatever their age.
+    fn default() -> Self {
+        Self {
+            max_revisions: Some(100_000),
+            max_age: None,
+        }
+    }
+}
+
+impl Retention {
+    /// Keeps every event until [`Store::compact`] is called.
+    pub fn unlimited() -> Self {
+        Self {
+            max_revisions: None,
+            max_age: None,
+        }
+    }
+
+    /// Keeps the last `n` revisions.
+    pub fn revisions(mut self, n: u64) -> Self {
+        self.max_revisions = Some(n);
+        self
+    }
+
+    /// Keeps events at most `age` old.
+    pub fn max_age(mut self, age: std::time::Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// The revision up to which to compact by count, given the head.
+    pub(crate) fn count_target(&self, head: Revision) -> Revision {
+        self.max_revisions.map_or(0, |n| head.saturating_sub(n))
+    }
+
+    /// Events written before this time are compacted by age.
+    pub(crate) fn age_cutoff(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let age = chrono::Duration::from_std(self.max_age?).ok()?;
+        now.checked_sub_signed(age)
+    }
+}
+
+/// A store-wide revision. Every write increments it by one; 0 means "before any write".
+pub type Revision = u64;
+
+/// The identity of an object: kind, engine and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    /// Kind, e.g. `Pipeline`.
+    pub kind: String,
+    /// Engine (namespace).
+    pub engine: String,
+    /// Name, unique per (engine, kind).
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// Builds a reference from its three parts.
+    pub fn new(
+        kind: impl Into<String>,
+        engine: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            engine: engine.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The reference of a stored object.
+    pub fn of(obj: &DynamicObject) -> Self {
+        Self::new(&obj.kind, &obj.metadata.engine, &obj.metadata.name)
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.engine.is_empty() {
+            write!(f, "{} {:?}", self.kind, self.name)
+        } else {
+            write!(
+                f,
+                "{} {:?} in engine {:?}",
+                self.kind, self.name, self.engine
+            )
+        }
+    }
+}
+
+/// What to list: a kind, optionally one engine, and a label selector.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Kind to list.
+    pub kind: String,
+    /// Only this engine, or every engine when `None`.
+    pub engine: Option<String>,
+    /// Only objects whose labels match.
+    pub selector: LabelSelector,
+}
+
+impl ListQuery {
+    /// Every object of `kind` in every engine.
+    pub fn kind(kind: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Restricts the query to one engine.
+    pub fn engine(mut self, engine: impl Into<String>) -> Self {
+        self.engine = Some(engine.into());
+        self
+    }
+
+    /// Restricts the query to objects whose labels match `selector`.
+    pub fn selector(mut self, selector: LabelSelector) -> Self {
+        self.selector = selector;
+        self
+    }
+}
+
+/// The answer to a list: matching objects (ordered by engine, then name) and the
+/// revision they were read at — start a watch from it to miss nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectList {
+    /// Matching objects.
+    pub items: Vec<DynamicObject>,
+    /// Store revision of the snapshot.
+    pub revision: Revision,
+}
+
+/// Preconditions of a delete. More (e.g. a fencing token for the etcd backend) may
+/// be added; build with `DeleteOptions::default()` and the setters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeleteOptions {
+    /// Delete only when the object is still at this `resource_version`.
+    pub resource_version: Option<Revision>,
+}
+
+impl DeleteOptions {
+    /// Deletes only when the object is still at `revision`.
+    pub fn resource_version(mut self, revision: Revision) -> Self {
+        self.resource_version = Some(revision);
+        self
+    }
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteOutcome {
+    /// The object is gone; this is its last state.
+    Deleted(DynamicObject),
+    /// Finalizers remain: `deletion_requested` is set and the object disappears when
+    /// an update removes the last finalizer.
+    Pending(DynamicObject),
+}
+
+/// The type of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    /// The object was created.
+    Added,
+    /// The object was updated (spec, metadata, status, or deletion requested).
+    Modified,
+    /// The object was removed; the event carries its last state.
+    Deleted,
+}
+
+/// One change, as delivered by [`Store::watch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// What happened.
+    pub event_type: EventType,
+    /// The revision of the write.
+    pub revision: Revision,
+    /// The object after the write (for `Deleted`, its last state).
+    pub object: DynamicObject,
+}
+
+/// The stream returned by [`Store::watch`]: events in revision order. An
+/// `Err(StoreError::Gone)` item means the watcher fell behind compaction: relist.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
+
+/// A resource store with Kubernetes-over-etcd semantics. Object-safe: use it as
+/// `Arc<dyn Store>`.
+///
+/// Writes are not cancelled by dropping their future: a write already handed to
+/// the backend may still be applied. Per-handle concerns of future backends (an
+/// etcd lease or fencing token) belong to the store handle, not to each call, so
+/// callers of this trait do not change when such a backend is added.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The current store-wide revision.
+    async fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// One object, or `None` when it does not exist.
+    async fn get(&self, key: &ObjectRef) -> Result<Option<DynamicObject>, StoreError>;
+
+    /// Objects of a kind, filtered by engine and labels, with the snapshot revision.
+    async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError>;
+
+    /// Creates an object. The store sets `uid`, `created`, `resource_version` and
+    /// `generation = 1`, ignores `deletion_requested`, and keeps `status` as given.
+    /// An empty `api_version` is set to [`API_VERSION`](crate::model::API_VERSION).
+    /// Fails with [`StoreError::AlreadyExists`] when the name is taken.
+    async fn create(&self, obj: DynamicObject) -> Result<DynamicObject, StoreError>;
+
+    /// Replaces spec and metadata (labels, annotations, finalizers, owners) when
+    /// `obj.metadata.resource_version` is still current, else
+    /// [`StoreError::Conflict`]. `status` is ignored (see [`Store::update_status`]).
+    /// `generation` is bumped only when the spec changed. When deletion was
+    /// requested and this update removes the last finalizer, the object is removed.
+    async fn update(&self, obj: DynamicObject) -> Result<DynamicObject, StoreError>;
+
+    /// Replaces only `status`, with the same compare-and-swap as [`Store::update`].
+    /// Never bumps `generation`.
+    async fn update_status(&self, obj: DynamicObject) -> Result<DynamicObject, StoreError>;
+
+    /// Deletes an object, or marks it for deletion while finalizers remain.
+    async fn delete(
+        &self,
+        key: &ObjectRef,
+        options: &DeleteOptions,
+    ) -> Result<DeleteOutcome, StoreError>;
+
+    /// Every event of `kind` (in `engine`, or every engine) after `from_revision`,
+    /// in order, then live events. Fails with [`StoreError::Gone`] when events after
+    /// `from_revision` were compacted.
+    async fn watch(
+        &self,
+        kind: &str,
+        engine: Option<&str>,
+        from_revision: Revision,
+    ) -> Result<WatchStream, StoreError>;
+
+    /// Forgets the events at or before `revision` (objects are kept). Compacting
+    /// beyond the current revision compacts up to it.
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+
+    /// The revision up to which events have been compacted (0 when none were).
+    async fn compacted_revision(&self) -> Result<Revision, StoreError>;
+}

@@ -1,0 +1,153 @@
+//! Typed access to one resource kind.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::{
+    DeleteOptions, LabelSelector, ListQuery, ObjectRef, Revision, Store, StoreError, WatchEvent,
+};
+use crate::model::{DynamicObject, Resource};
+
+/// Typed access to the objects of kind `R::KIND` (like kube-rs `Api<K>`).
+#[derive(Debug)]
+pub struct Api<R> {
+    store: Arc<dyn Store>,
+    _kind: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for Api<R> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+/// A typed watch event.
+#[derive(Debug, Clone)]
+pub struct TypedEvent<R> {
+    /// What happened.
+    pub event_type: super::EventType,
+    /// Revision of the write.
+    pub revision: Revision,
+    /// The object (for `Deleted`, its last state).
+    pub object: R,
+}
+
+impl<R: Resource> Api<R> {
+    /// Typed access through `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            _kind: PhantomData,
+        }
+    }
+
+    /// The untyped store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn key(engine: &str, name: &str) -> ObjectRef {
+        ObjectRef::new(R::KIND, engine, name)
+    }
+
+    fn to_dynamic(obj: &R) -> Result<DynamicObject, StoreError> {
+        obj.to_dynamic().map_err(|source| StoreError::Conversion {
+            kind: R::KIND.to_string(),
+            name: obj.meta().name.clone(),
+            source,
+        })
+    }
+
+    fn from_dynamic(obj: DynamicObject) -> Result<R, StoreError> {
+        let name = obj.metadata.name.clone();
+        R::from_dynamic(obj).map_err(|source| StoreError::Conversion {
+            kind: R::KIND.to_string(),
+            name,
+            source,
+        })
+    }
+
+    /// One object, or `None`.
+    pub async fn get(&self, engine: &str, name: &str) -> Result<Option<R>, StoreError> {
+        self.store
+            .get(&Self::key(engine, name))
+            .await?
+            .map(Self::from_dynamic)
+            .transpose()
+    }
+
+    /// Objects of this kind in `engine` (every engine when `None`) matching `selector`,
+    /// with the snapshot revision.
+    pub async fn list(
+        &self,
+        engine: Option<&str>,
+        selector: LabelSelector,
+    ) -> Result<(Vec<R>, Revision), StoreError> {
+        let mut query = ListQuery::kind(R::KIND).selector(selector);
+        query.engine = engine.map(str::to_string);
+        let list = self.store.list(&query).await?;
+        let items = list
+            .items
+            .into_iter()
+            .map(Self::from_dynamic)
+            .collect::<Result<_, _>>()?;
+        Ok((items, list.revision))
+    }
+
+    /// Creates `obj`; see [`Store::create`].
+    pub async fn create(&self, obj: &R) -> Result<R, StoreError> {
+        Self::from_dynamic(self.store.create(Self::to_dynamic(obj)?).await?)
+    }
+
+    /// Updates spec and metadata with compare-and-swap; see [`Store::update`].
+    pub async fn update(&self, obj: &R) -> Result<R, StoreError> {
+        Self::from_dynamic(self.store.update(Self::to_dynamic(obj)?).await?)
+    }
+
+    /// Updates status with compare-and-swap; see [`Store::update_status`].
+    pub async fn update_status(&self, obj: &R) -> Result<R, StoreError> {
+        Self::from_dynamic(self.store.update_status(Self::to_dynamic(obj)?).await?)
+    }
+
+    /// Deletes (or marks for deletion); see [`Store::delete`].
+    pub async fn delete(
+        &self,
+        engine: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<super::DeleteOutcome, StoreError> {
+        self.store.delete(&Self::key(engine, name), options).await
+    }
+
+    /// Typed events after `from_revision`; see [`Store::watch`].
+    pub async fn watch(
+        &self,
+        engine: Option<&str>,
+        from_revision: Revision,
+    ) -> Result<
+        impl futures::Stream<Item = Result<TypedEvent<R>, StoreError>> + Send + use<R>,
+        StoreError,
+    > {
+        let stream = self.store.watch(R::KIND, engine, from_revision).await?;
+        Ok(stream.map(|item| {
+            item.and_then(
+                |WatchEvent {
+                     event_type,
+                     revision,
+                     object,
+                 }| {
+                    Ok(TypedEvent {
+                        event_type,
+                        revision,
+                        object: Self::from_dynamic(object)?,
+                    })
+                },
+            )
+        }))
+    }
+}

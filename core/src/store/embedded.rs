@@ -1,0 +1,848 @@
+//! The embedded default backend: one redb file in a data dir.
+//!
+//! All writes go through one writer thread. It takes every operation waiting in
+//! its queue (up to [`RedbOptions::max_batch`]), applies them in order inside one
+//! write transaction — each operation's compare-and-swap sees the effects of the
+//! ones before it — commits once with immediate durability (one fsync for the
+//! whole batch: group commit), and only then answers each caller with its own
+//! result. An answer is therefore an acknowledgement that the write is on disk;
+//! redb's copy-on-write commit makes a crash at any point leave the last committed
+//! state.
+//!
+//! Reads use redb read transactions on the blocking pool and never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::mutation::{self, Op, OpOutput, Persist};
+use super::watch::{EventLog, EventPage};
+use super::{
+    DeleteOptions, DeleteOutcome, ListQuery, ObjectList, ObjectRef, Retention, Revision, Store,
+    StoreError, WatchEvent, WatchStream,
+};
+use crate::model::DynamicObject;
+
+/// The schema version this build writes. Files with an older version are
+/// migrated on open; files with a newer one are refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The store file inside the data dir.
+const FILE_NAME: &str = "store.redb";
+
+/// `kind/engine/name` → JSON of the object.
+const OBJECTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("objects");
+/// revision → encoded event (see [`encode_event`]).
+const EVENTS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("events");
+/// Store bookkeeping: `schema_version`, `revision`, `compacted`.
+const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+
+const SCHEMA_KEY: &str = "schema_version";
+const REVISION_KEY: &str = "revision";
+const COMPACTED_KEY: &str = "compacted";
+
+/// A step that upgrades a file from schema version `from` to `from + 1`.
+struct Migration {
+    from: u32,
+    run: fn(&WriteTransaction) -> Result<(), redb::Error>,
+}
+
+/// Every migration, in order. Empty while there is one schema version; add one
+/// here (and bump [`SCHEMA_VERSION`]) when the layout changes.
+const MIGRATIONS: &[Migration] = &[];
+
+/// Options of a [`RedbStore`].
+#[derive(Debug, Clone)]
+pub struct RedbOptions {
+    /// How many watch events to keep.
+    pub retention: Retention,
+    /// Most operations committed in one transaction.
+    pub max_batch: usize,
+    /// Operations that may wait for the writer before callers wait to enqueue.
+    pub queue_depth: usize,
+    /// Save redb's allocator state with every commit, so that opening after a
+    /// crash is almost instant instead of walking the whole file; commits cost a
+    /// little more. Off by default.
+    pub quick_repair: bool,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        Self {
+            retention: Retention::default(),
+            max_batch: 1024,
+            queue_depth: 8192,
+            quick_repair: false,
+        }
+    }
+}
+
+impl RedbOptions {
+    /// Sets the event retention.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Turns quick repair on or off (see [`RedbOptions::quick_repair`]).
+    pub fn quick_repair(mut self, enabled: bool) -> Self {
+        self.quick_repair = enabled;
+        self
+    }
+
+    /// Sets the largest batch per transaction (at least 1).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+}
+
+/// Work for the writer.
+enum Job {
+    Write(Box<Op>),
+    Compact(Revision),
+}
+
+/// Where the writer answers.
+enum Reply {
+    Write(oneshot::Sender<Result<OpOutput, StoreError>>),
+    Compact(oneshot::Sender<Result<(), StoreError>>),
+}
+
+struct Command {
+    job: Job,
+    reply: Reply,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Shared {
+    fn backend<E>(&self, operation: &'static str) -> impl FnOnce(E) -> StoreError + '_
+    where
+        E: Into<redb::Error>,
+    {
+        move |e| StoreError::Backend {
+            operation,
+            path: self.path.clone(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn corrupt(&self, record: impl Into<String>, reason: impl ToString) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            record: record.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn decode_object(&self, key: &str, bytes: &[u8]) -> Result<DynamicObject, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| self.corrupt(format!("object {key}"), e))
+    }
+
+    fn get(&self, key: &ObjectRef) -> Result<Option<DynamicObject>, StoreError> {
+        let txn = self.db.begin_read().map_err(self.backend("begin a read"))?;
+        let table = txn
+            .open_table(OBJECTS)
+            .map_err(self.backend("open the objects table"))?;
+        let key = mutation::storage_key(key);
+        let found = table
+            .get(key.as_str())
+            .map_err(self.backend("read an object"))?;
+        found
+            .map(|g| self.decode_object(&key, g.value()))
+            .transpose()
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
+        let txn = self.db.begin_read().map_err(self.backend("begin a read"))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(self.backend("open the meta table"))?;
+        let revision =
+            meta_value(&meta, REVISION_KEY).map_err(self.backend("read the revision"))?;
+        let table = txn
+            .open_table(OBJECTS)
+            .map_err(self.backend("open the objects table"))?;
+        let (from, to) = mutation::storage_prefix(&query.kind, query.engine.as_deref());
+        let mut items = Vec::new();
+        for entry in table
+            .range(from.as_str()..to.as_str())
+            .map_err(self.backend("list objects"))?
+        {
+            let (k, v) = entry.map_err(self.backend("list objects"))?;
+            let obj = self.decode_object(k.value(), v.value())?;
+            if query.selector.matches(&obj.metadata.labels) {
+                items.push(obj);
+            }
+        }
+        mutation::sort_items(&mut items, query);
+        Ok(ObjectList { items, revision })
+    }
+
+    fn compacted(&self) -> Result<Revision, StoreError> {
+        let txn = self.db.begin_read().map_err(self.backend("begin a read"))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(self.backend("open the meta table"))?;
+        meta_value(&meta, COMPACTED_KEY).map_err(self.backend("read the compacted revision"))
+    }
+}
+
+fn meta_value(
+    meta: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+) -> Result<u64, redb::StorageError> {
+    Ok(meta.get(key)?.map_or(0, |g| g.value()))
+}
+
+/// Event encoding: `at` (i64 ms, big endian), then `u16` length + kind, `u16`
+/// length + engine (so watchers filter without decoding JSON), then the JSON of
+/// the [`WatchEvent`].
+fn encode_event(at: DateTime<Utc>, event: &WatchEvent) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(event)?;
+    let kind = event.object.kind.as_bytes();
+    let engine = event.object.metadata.engine.as_bytes();
+    let mut out = Vec::with_capacity(12 + kind.len() + engine.len() + json.len());
+    out.extend_from_slice(&at.timestamp_millis().to_be_bytes());
+    // Kinds and engines are at most 253 bytes (checked by `mutation::validate_key`).
+    out.extend_from_slice(&(kind.len() as u16).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(&(engine.len() as u16).to_be_bytes());
+    out.extend_from_slice(engine);
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// The parts of an encoded event.
+struct EventParts<'a> {
+    /// Time of the write, ms since the epoch.
+    at: i64,
+    kind: &'a [u8],
+    engine: &'a [u8],
+    json: &'a [u8],
+}
+
+fn split_event(bytes: &[u8]) -> Option<EventParts<'_>> {
+    let at = i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let (kind, rest) = take_field(bytes.get(8..)?)?;
+    let (engine, json) = take_field(rest)?;
+    Some(EventParts {
+        at,
+        kind,
+        engine,
+        json,
+    })
+}
+
+fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+    let field = bytes.get(2..2 + len)?;
+    Some((field, &bytes[2 + len..]))
+}
+
+impl EventLog for Shared {
+    fn read(
+        &self,
+        after: Revision,
+        kind: &str,
+        engine: Option<&str>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let txn = self.db.begin_read().map_err(self.backend("begin a read"))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(self.backend("open the meta table"))?;
+        let compacted = meta_value(&meta, COMPACTED_KEY)
+            .map_err(self.backend("read the compacted revision"))?;
+        if after < compacted {
+            return Err(StoreError::Gone {
+                requested: after,
+                compacted,
+            });
+        }
+        let events = txn
+            .open_table(EVENTS)
+            .map_err(self.backend("open the events table"))?;
+        let mut page = EventPage {
+            scanned_to: after,
+            exhausted: true,
+            ..EventPage::default()
+        };
+        let start = after.saturating_add(1);
+        for (i, entry) in events
+            .range(start..)
+            .map_err(self.backend("read events"))?
+            .enumerate()
+        {
+            if i == limit {
+                page.exhausted = false;
+                break;
+            }
+            let (rev, bytes) = entry.map_err(self.backend("read events"))?;
+            let rev = rev.value();
+            page.scanned_to = rev;
+            let bytes = bytes.value();
+            let parts = split_event(bytes)
+                .ok_or_else(|| self.corrupt(format!("event {rev}"), "truncated"))?;
+            if parts.kind == kind.as_bytes()
+                && engine.is_none_or(|en| en.as_bytes() == parts.engine)
+            {
+                let event: WatchEvent = serde_json::from_slice(parts.json)
+                    .map_err(|err| self.corrupt(format!("event {rev}"), err))?;
+                page.events.push(event);
+            }
+        }
+        Ok(page)
+    }
+
+    fn blocking(&self) -> bool {
+        true
+    }
+}
+
+/// The redb store. Open with [`RedbStore::open`]; share as `Arc<dyn Store>`.
+#[derive(Debug)]
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    head: watch::Receiver<Revision>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `data_dir` with default options.
+    /// Blocks while the file is opened (and repaired after a crash).
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, RedbOptions::default())
+    }
+
+    /// Opens (or creates) the store in `data_dir` (a file `store.redb` in it).
+    /// Fails with [`StoreError::NewerSchema`] when a newer arkline wrote the file;
+    /// migrates older files.
+    pub fn open_with(data_dir: impl AsRef<Path>, options: RedbOptions) -> Result<Self, StoreError> {
+        let dir = data_dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
+            e => StoreError::Backend {
+                operation: "open the store file",
+                path: path.clone(),
+                source: Box::new(redb::Error::from(e)),
+            },
+        })?;
+        let shared = Arc::new(Shared { db, path });
+        let revision = prepare(&shared)?;
+        let (commands, queue) = mpsc::channel(options.queue_depth.max(1));
+        let (head_tx, head) = watch::channel(revision);
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("arkline-store-writer".into())
+            .spawn(move || Writer::new(writer_shared, options, head_tx).run(queue))
+            .map_err(|source| StoreError::Io {
+                path: shared.path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            shared,
+            commands,
+            head,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Stops the writer after it has answered every queued operation, and waits
+    /// for it. The file is closed once open watch streams are dropped too.
+    pub async fn close(self) -> Result<(), StoreError> {
+        let Self {
+            shared,
+            commands,
+            writer,
+            ..
+        } = self;
+        drop(commands);
+        let handle = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                return Err(StoreError::Closed {
+                    path: shared.path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(&self, op: Op) -> Result<OpOutput, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command {
+                job: Job::Write(Box::new(op)),
+                reply: Reply::Write(tx),
+            })
+            .await
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            path: self.shared.path.clone(),
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|join| StoreError::Backend {
+                operation: "run a read",
+                path: self.shared.path.clone(),
+                source: Box::new(join),
+            })?
+    }
+}
+
+/// Creates the tables, checks and migrates the schema; answers the head revision.
+fn prepare(shared: &Shared) -> Result<Revision, StoreError> {
+    let txn = shared
+        .db
+        .begin_write()
+        .map_err(shared.backend("begin the schema check"))?;
+    let revision;
+    {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(shared.backend("open the meta table"))?;
+        txn.open_table(OBJECTS)
+            .map_err(shared.backend("open the objects table"))?;
+        txn.open_table(EVENTS)
+            .map_err(shared.backend("open the events table"))?;
+        let stored = meta
+            .get(SCHEMA_KEY)
+            .map_err(shared.backend("read the schema version"))?
+            .map(|g| g.value());
+        let mut version = match stored {
+            None => SCHEMA_VERSION,
+            Some(v) => u32::try_from(v).unwrap_or(u32::MAX),
+        };
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: shared.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        while version < SCHEMA_VERSION {
+            let step = MIGRATIONS
+                .iter()
+                .find(|m| m.from == version)
+                .ok_or_else(|| {
+                    shared.corrupt(
+                        SCHEMA_KEY,
+                        format!("no migration from schema version {version}"),
+                    )
+                })?;
+            (step.run)(&txn).map_err(shared.backend("migrate the schema"))?;
+            version += 1;
+        }
+        meta.insert(SCHEMA_KEY, u64::from(SCHEMA_VERSION))
+            .map_err(shared.backend("write the schema version"))?;
+        revision = meta_value(&meta, REVISION_KEY).map_err(shared.backend("read the revision"))?;
+    }
+    txn.commit()
+        .map_err(shared.backend("commit the schema check"))?;
+    Ok(revision)
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    options: RedbOptions,
+    head: watch::Sender<Revision>,
+}
+
+/// The result of one job: `Ok(None)` for a compaction.
+type Outcome = Result<Option<OpOutput>, StoreError>;
+
+impl Writer {
+    fn new(shared: Arc<Shared>, options: RedbOptions, head: watch::Sender<Revision>) -> Self {
+        Self {
+            shared,
+            options,
+            head,
+        }
+    }
+
+    fn run(self, mut queue: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(self.options.max_batch);
+        while let Some(first) = queue.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.options.max_batch {
+                match queue.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            let (jobs, replies): (Vec<Job>, Vec<Reply>) =
+                batch.drain(..).map(|c| (c.job, c.reply)).unzip();
+            let _span = tracing::debug_span!("store_commit", batch = jobs.len()).entered();
+            match self.commit(jobs) {
+                Ok((outcomes, revision)) => {
+                    self.head.send_if_modified(|head| {
+                        let moved = *head != revision;
+                        *head = revision;
+                        moved
+                    });
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        match reply {
+                            Reply::Write(tx) => {
+                                let answer = outcome.and_then(|o| {
+                                    o.ok_or_else(|| self.failed("batch bookkeeping mismatch"))
+                                });
+                                let _ = tx.send(answer);
+                            }
+                            Reply::Compact(tx) => {
+                                let _ = tx.send(outcome.map(|_| ()));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store write batch failed; every write in it was rejected");
+                    let message = e.to_string();
+                    for reply in replies {
+                        match reply {
+                            Reply::Write(tx) => {
+                                let _ = tx.send(Err(self.failed(&message)));
+                            }
+                            Reply::Compact(tx) => {
+                                let _ = tx.send(Err(self.failed(&message)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn failed(&self, message: &str) -> StoreError {
+        StoreError::Backend {
+            operation: "commit a write batch",
+            path: self.shared.path.clone(),
+            source: message.to_string().into(),
+        }
+    }
+
+    /// Applies a batch in one transaction. Per-operation failures (conflicts,
+    /// validation) are answers; storage failures abort the whole batch.
+    fn commit(&self, jobs: Vec<Job>) -> Result<(Vec<Outcome>, Revision), StoreError> {
+        let shared = &*self.shared;
+        let mut txn = shared
+            .db
+            .begin_write()
+            .map_err(shared.backend("begin a write"))?;
+        txn.set_quick_repair(self.options.quick_repair);
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(jobs.len());
+        let revision;
+        {
+            let mut objects = txn
+                .open_table(OBJECTS)
+                .map_err(shared.backend("open the objects table"))?;
+            let mut events = txn
+                .open_table(EVENTS)
+                .map_err(shared.backend("open the events table"))?;
+            let mut meta = txn
+                .open_table(META)
+                .map_err(shared.backend("open the meta table"))?;
+            let mut head =
+                meta_value(&meta, REVISION_KEY).map_err(shared.backend("read the revision"))?;
+            let mut compacted = meta_value(&meta, COMPACTED_KEY)
+                .map_err(shared.backend("read the compacted revision"))?;
+            let (start_head, start_compacted) = (head, compacted);
+            let now = Utc::now();
+            for job in jobs {
+                let op = match job {
+                    Job::Write(op) => *op,
+                    Job::Compact(rev) => {
+                        let target = rev.min(head);
+                        if target > compacted {
+                            events
+                                .retain_in(..=target, |_, _| false)
+                                .map_err(shared.backend("compact events"))?;
+                            compacted = target;
+                        }
+                        outcomes.push(Ok(None));
+                        continue;
+                    }
+                };
+                let key = mutation::storage_key(&op.key());
+                let current = match objects
+                    .get(key.as_str())
+                    .map_err(shared.backend("read an object"))?
+                {
+                    Some(g) => match shared.decode_object(&key, g.value()) {
+                        Ok(o) => Some(o),
+                        Err(e) => {
+                            outcomes.push(Err(e));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let change = match mutation::plan(op, current, head + 1, now) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        outcomes.push(Err(e));
+                        continue;
+                    }
+                };
+                let invalid = |e: serde_json::Error| StoreError::Invalid {
+                    kind: String::new(),
+                    name: key.clone(),
+                    reason: format!("cannot encode as JSON: {e}"),
+                };
+                match &change.persist {
+                    Persist::Nothing => {
+                        outcomes.push(Ok(Some(change.output)));
+                        continue;
+                    }
+                    Persist::Put(obj) => {
+                        let bytes = match serde_json::to_vec(&**obj) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                outcomes.push(Err(invalid(e)));
+                                continue;
+                            }
+                        };
+                        objects
+                            .insert(key.as_str(), bytes.as_slice())
+                            .map_err(shared.backend("write an object"))?;
+                    }
+                    Persist::Remove => {
+                        objects
+                            .remove(key.as_str())
+                            .map_err(shared.backend("remove an object"))?;
+                    }
+                }
+                head += 1;
+                if let Some(event) = &change.event {
+                    let bytes = encode_event(now, event).map_err(invalid)?;
+                    events
+                        .insert(head, bytes.as_slice())
+                        .map_err(shared.backend("write an event"))?;
+                }
+                outcomes.push(Ok(Some(change.output)));
+            }
+            let mut target = self.options.retention.count_target(head);
+            if let Some(cutoff) = self.options.retention.age_cutoff(now) {
+                let cutoff = cutoff.timestamp_millis();
+                for entry in events
+                    .range(compacted.saturating_add(1)..)
+                    .map_err(shared.backend("read events"))?
+                {
+                    let (rev, bytes) = entry.map_err(shared.backend("read events"))?;
+                    match split_event(bytes.value()) {
+                        Some(parts) if parts.at < cutoff => target = target.max(rev.value()),
+                        _ => break,
+                    }
+                }
+            }
+            let target = target.min(head);
+            if target > compacted {
+                events
+                    .retain_in(..=target, |_, _| false)
+                    .map_err(shared.backend("compact events"))?;
+                compacted = target;
+            }
+            revision = head;
+            if head == start_head && compacted == start_compacted {
+                // Nothing was written (every operation failed or was a no-op):
+                // skip the fsync.
+                drop((objects, events, meta));
+                txn.abort()
+                    .map_err(shared.backend("abort an empty batch"))?;
+                return Ok((outcomes, revision));
+            }
+            meta.insert(REVISION_KEY, head)
+                .map_err(shared.backend("write the revision"))?;
+            meta.insert(COMPACTED_KEY, compacted)
+                .map_err(shared.backend("write the compacted revision"))?;
+        }
+        txn.commit()
+            .map_err(shared.backend("commit a write batch"))?;
+        Ok((outcomes, revision))
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        Ok(*self.head.borrow())
+    }
+
+    async fn get(&self, key: &ObjectRef) -> Result<Option<DynamicObject>, StoreError> {
+        let key = key.clone();
+        self.read(move |s| s.get(&key)).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
+        let query = query.clone();
+        self.read(move |s| s.list(&query)).await
+    }
+
+    async fn create(&self, obj: DynamicObject) -> Result<DynamicObject, StoreError> {
+        self.write(Op::Create(obj)).await.map(OpOutput::into_object)
+    }
+
+    async fn update(&self, obj: DynamicObject) -> Result<DynamicObject, StoreError> {
+        self.write(Op::Update(obj)).await.map(OpOutput::into_object)
+    }
+
+    async fn update_status(&self, obj: DynamicObject) -> Result<DynamicObject, StoreError> {
+        self.write(Op::UpdateStatus(obj))
+            .await
+            .map(OpOutput::into_object)
+    }
+
+    async fn delete(
+        &self,
+        key: &ObjectRef,
+        options: &DeleteOptions,
+    ) -> Result<DeleteOutcome, StoreError> {
+        self.write(Op::Delete(key.clone(), options.clone()))
+            .await
+            .map(OpOutput::into_delete)
+    }
+
+    async fn watch(
+        &self,
+        kind: &str,
+        engine: Option<&str>,
+        from_revision: Revision,
+    ) -> Result<WatchStream, StoreError> {
+        let compacted = self.read(|s| s.compacted()).await?;
+        if from_revision < compacted {
+            return Err(StoreError::Gone {
+                requested: from_revision,
+                compacted,
+            });
+        }
+        let log: Arc<dyn EventLog> = self.shared.clone();
+        Ok(super::watch::stream(
+            log,
+            self.head.clone(),
+            kind,
+            engine,
+            from_revision,
+        ))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command {
+                job: Job::Compact(revision),
+                reply: Reply::Compact(tx),
+            })
+            .await
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision, StoreError> {
+        self.read(|s| s.compacted()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_a_newer_schema_and_names_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        RedbStore::open(dir.path()).unwrap().close().await.unwrap();
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, u64::from(SCHEMA_VERSION) + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(dir.path()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, supported, .. }
+                if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+            "{text}"
+        );
+        assert!(text.contains("upgrade arkline"), "{text}");
+        assert!(
+            text.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_the_schema_version_into_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        RedbStore::open(dir.path()).unwrap().close().await.unwrap();
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(
+            meta_value(&meta, SCHEMA_KEY).unwrap(),
+            u64::from(SCHEMA_VERSION)
+        );
+    }
+
+    #[test]
+    fn event_encoding_round_trips_and_rejects_truncation() {
+        let event = WatchEvent {
+            event_type: super::super::EventType::Added,
+            revision: 7,
+            object: DynamicObject {
+                api_version: crate::model::API_VERSION.into(),
+                kind: "Pipeline".into(),
+                metadata: crate::model::ObjectMeta {
+                    name: "p".into(),
+                    engine: "e".into(),
+                    ..Default::default()
+                },
+                spec: serde_json::Value::Null,
+                status: serde_json::Value::Null,
+            },
+        };
+        let bytes = encode_event(Utc::now(), &event).unwrap();
+        let parts = split_event(&bytes).unwrap();
+        assert_eq!((parts.kind, parts.engine), (&b"Pipeline"[..], &b"e"[..]));
+        assert_eq!(
+            serde_json::from_slice::<WatchEvent>(parts.json).unwrap(),
+            event
+        );
+        assert!(split_event(&bytes[..12]).is_none());
+    }
+}

@@ -1,0 +1,280 @@
+//! The write semantics every backend shares: given an operation and the current
+//! object, decide the new object, the event and the answer. Backends only read the
+//! current object and persist what is decided here, so CAS, generation and
+//! finalizer rules are identical everywhere.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{DeleteOptions, DeleteOutcome, EventType, ObjectRef, Revision, StoreError, WatchEvent};
+use crate::model::{API_VERSION, DynamicObject};
+
+/// A write operation.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Create(DynamicObject),
+    Update(DynamicObject),
+    UpdateStatus(DynamicObject),
+    Delete(ObjectRef, DeleteOptions),
+}
+
+impl Op {
+    /// The object the operation addresses.
+    pub(crate) fn key(&self) -> ObjectRef {
+        match self {
+            Op::Create(o) | Op::Update(o) | Op::UpdateStatus(o) => ObjectRef::of(o),
+            Op::Delete(k, _) => k.clone(),
+        }
+    }
+}
+
+/// The answer to a write.
+#[derive(Debug, Clone)]
+pub(crate) enum OpOutput {
+    Object(DynamicObject),
+    Delete(DeleteOutcome),
+}
+
+impl OpOutput {
+    /// The object written (for an update that removed the last finalizer of an
+    /// object being deleted: its last state).
+    pub(crate) fn into_object(self) -> DynamicObject {
+        match self {
+            OpOutput::Object(o)
+            | OpOutput::Delete(DeleteOutcome::Deleted(o))
+            | OpOutput::Delete(DeleteOutcome::Pending(o)) => o,
+        }
+    }
+
+    /// The outcome of a delete.
+    pub(crate) fn into_delete(self) -> DeleteOutcome {
+        match self {
+            OpOutput::Object(o) => DeleteOutcome::Pending(o),
+            OpOutput::Delete(d) => d,
+        }
+    }
+}
+
+/// What to persist.
+#[derive(Debug)]
+pub(crate) enum Persist {
+    /// Nothing changed (no revision is used).
+    Nothing,
+    /// Store this object under its key.
+    Put(Box<DynamicObject>),
+    /// Remove the key.
+    Remove,
+}
+
+/// The decision for one operation.
+#[derive(Debug)]
+pub(crate) struct Change {
+    pub persist: Persist,
+    /// The event to log; present exactly when `persist` is not `Nothing`.
+    pub event: Option<WatchEvent>,
+    pub output: OpOutput,
+}
+
+/// An event as kept in an event log (with its time, for age-based compaction).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LoggedEvent {
+    pub at: DateTime<Utc>,
+    pub event: WatchEvent,
+}
+
+/// The storage key of an object: `kind/engine/name`. Parts never contain `/`.
+pub(crate) fn storage_key(key: &ObjectRef) -> String {
+    format!("{}/{}/{}", key.kind, key.engine, key.name)
+}
+
+/// Range bounds covering every key of a kind (and engine).
+pub(crate) fn storage_prefix(kind: &str, engine: Option<&str>) -> (String, String) {
+    // `0` is the byte after `/`, so [prefix/, prefix0) holds exactly the prefix.
+    match engine {
+        Some(e) => (format!("{kind}/{e}/"), format!("{kind}/{e}0")),
+        None => (format!("{kind}/"), format!("{kind}0")),
+    }
+}
+
+fn check_part(
+    obj_kind: &str,
+    name: &str,
+    what: &str,
+    value: &str,
+    allow_empty: bool,
+) -> Result<(), StoreError> {
+    let bad = (!allow_empty && value.is_empty())
+        || value.len() > 253
+        || value.chars().any(|c| c == '/' || c.is_control());
+    if bad {
+        return Err(StoreError::Invalid {
+            kind: obj_kind.to_string(),
+            name: name.to_string(),
+            reason: format!(
+                "{what} {value:?} must be {}at most 253 characters, without `/` or control characters",
+                if allow_empty { "" } else { "non-empty, " }
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Orders listed objects by engine, then name. Storage order already is that
+/// within one engine; across engines `/` sorts after some name characters.
+pub(crate) fn sort_items(items: &mut [DynamicObject], query: &super::ListQuery) {
+    if query.engine.is_none() {
+        items.sort_by(|a, b| {
+            (&a.metadata.engine, &a.metadata.name).cmp(&(&b.metadata.engine, &b.metadata.name))
+        });
+    }
+}
+
+pub(crate) fn validate_key(key: &ObjectRef) -> Result<(), StoreError> {
+    check_part(&key.kind, &key.name, "kind", &key.kind, false)?;
+    check_part(&key.kind, &key.name, "engine", &key.engine, true)?;
+    check_part(&key.kind, &key.name, "name", &key.name, false)
+}
+
+/// Decides the outcome of `op` against `current` (the object stored under
+/// `op.key()`), where `next` is the revision a write would take.
+pub(crate) fn plan(
+    op: Op,
+    current: Option<DynamicObject>,
+    next: Revision,
+    now: DateTime<Utc>,
+) -> Result<Change, StoreError> {
+    let key = op.key();
+    validate_key(&key)?;
+    match op {
+        Op::Create(mut obj) => {
+            if current.is_some() {
+                return Err(StoreError::AlreadyExists { key });
+            }
+            if obj.api_version.is_empty() {
+                obj.api_version = API_VERSION.to_string();
+            } else if obj.api_version != API_VERSION {
+                return Err(StoreError::Invalid {
+                    kind: key.kind,
+                    name: key.name,
+                    reason: format!(
+                        "apiVersion {:?} is not supported; use {API_VERSION:?}",
+                        obj.api_version
+                    ),
+                });
+            }
+            let meta = &mut obj.metadata;
+            meta.uid = uuid::Uuid::new_v4().to_string();
+            meta.created = Some(now);
+            meta.resource_version = next;
+            meta.generation = 1;
+            meta.deletion_requested = None;
+            Ok(written(EventType::Added, obj))
+        }
+        Op::Update(obj) => {
+            let old = current.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+            check_cas(&key, obj.metadata.resource_version, &old)?;
+            if old.metadata.deletion_requested.is_some()
+                && obj
+                    .metadata
+                    .finalizers
+                    .iter()
+                    .any(|f| !old.metadata.finalizers.contains(f))
+            {
+                return Err(StoreError::Invalid {
+                    kind: key.kind,
+                    name: key.name,
+                    reason: "no finalizer can be added once deletion was requested".into(),
+                });
+            }
+            let mut new = old.clone();
+            if new.spec != obj.spec {
+                new.metadata.generation += 1;
+            }
+            new.spec = obj.spec;
+            new.metadata.labels = obj.metadata.labels;
+            new.metadata.annotations = obj.metadata.annotations;
+            new.metadata.finalizers = obj.metadata.finalizers;
+            new.metadata.owners = obj.metadata.owners;
+            new.metadata.resource_version = next;
+            if new.metadata.deletion_requested.is_some() && new.metadata.finalizers.is_empty() {
+                return Ok(removed(new));
+            }
+            Ok(written(EventType::Modified, new))
+        }
+        Op::UpdateStatus(obj) => {
+            let old = current.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+            check_cas(&key, obj.metadata.resource_version, &old)?;
+            let mut new = old;
+            new.status = obj.status;
+            new.metadata.resource_version = next;
+            Ok(written(EventType::Modified, new))
+        }
+        Op::Delete(_, options) => {
+            let old = current.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+            if let Some(expected) = options.resource_version {
+                check_cas(&key, expected, &old)?;
+            }
+            if old.metadata.finalizers.is_empty() {
+                let mut last = old;
+                last.metadata.resource_version = next;
+                return Ok(removed(last));
+            }
+            if old.metadata.deletion_requested.is_some() {
+                // Already terminating: nothing to write.
+                return Ok(Change {
+                    persist: Persist::Nothing,
+                    event: None,
+                    output: OpOutput::Delete(DeleteOutcome::Pending(old)),
+                });
+            }
+            let mut new = old;
+            new.metadata.deletion_requested = Some(now);
+            new.metadata.resource_version = next;
+            Ok(Change {
+                persist: Persist::Put(Box::new(new.clone())),
+                event: Some(WatchEvent {
+                    event_type: EventType::Modified,
+                    revision: next,
+                    object: new.clone(),
+                }),
+                output: OpOutput::Delete(DeleteOutcome::Pending(new)),
+            })
+        }
+    }
+}
+
+fn check_cas(key: &ObjectRef, expected: Revision, old: &DynamicObject) -> Result<(), StoreError> {
+    let actual = old.metadata.resource_version;
+    if expected != actual {
+        return Err(StoreError::Conflict {
+            key: key.clone(),
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn written(event_type: EventType, obj: DynamicObject) -> Change {
+    Change {
+        persist: Persist::Put(Box::new(obj.clone())),
+        event: Some(WatchEvent {
+            event_type,
+            revision: obj.metadata.resource_version,
+            object: obj.clone(),
+        }),
+        output: OpOutput::Object(obj),
+    }
+}
+
+fn removed(last: DynamicObject) -> Change {
+    Change {
+        persist: Persist::Remove,
+        event: Some(WatchEvent {
+            event_type: EventType::Deleted,
+            revision: last.metadata.resource_version,
+            object: last.clone(),
+        }),
+        output: OpOutput::Delete(DeleteOutcome::Deleted(last)),
+    }
+}

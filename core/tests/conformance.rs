@@ -1,0 +1,568 @@
+//! The store conformance suite: the same test functions run against every backend.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arkline::model::{API_VERSION, DynamicObject, ObjectMeta};
+use arkline::store::{
+    DeleteOptions, DeleteOutcome, EventType, LabelSelector, ListQuery, MemoryStore, ObjectRef,
+    RedbStore, Store, StoreError, WatchEvent, WatchStream,
+};
+use futures::StreamExt;
+use serde_json::json;
+
+/// A store under test (and whatever must outlive it).
+struct Harness {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn memory() -> Harness {
+    Harness {
+        store: Arc::new(MemoryStore::with_retention(
+            arkline::store::Retention::unlimited(),
+        )),
+        _dir: None,
+    }
+}
+
+fn redb() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = RedbStore::open_with(
+        dir.path(),
+        arkline::store::RedbOptions::default().retention(arkline::store::Retention::unlimited()),
+    )
+    .expect("open redb store");
+    Harness {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
+}
+
+fn object(kind: &str, engine: &str, name: &str, labels: &[(&str, &str)]) -> DynamicObject {
+    DynamicObject {
+        api_version: API_VERSION.into(),
+        kind: kind.into(),
+        metadata: ObjectMeta {
+            name: name.into(),
+            engine: engine.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            ..Default::default()
+        },
+        spec: json!({ "n": 0 }),
+        status: serde_json::Value::Null,
+    }
+}
+
+fn pipeline(name: &str) -> DynamicObject {
+    object("Pipeline", "ci", name, &[])
+}
+
+async fn next_event(stream: &mut WatchStream) -> WatchEvent {
+    stream
+        .next()
+        .await
+        .expect("watch stream ended")
+        .expect("watch stream failed")
+}
+
+async fn create_sets_store_fields_and_refuses_duplicates(h: Harness) {
+    let s = h.store;
+    assert_eq!(s.revision().await.unwrap(), 0);
+    let mut input = pipeline("a");
+    input.metadata.uid = "forged".into();
+    input.metadata.generation = 42;
+    input.metadata.resource_version = 99;
+    let a = s.create(input).await.unwrap();
+    assert_eq!(a.metadata.resource_version, 1);
+    assert_eq!(a.metadata.generation, 1);
+    assert!(a.metadata.created.is_some());
+    assert_ne!(a.metadata.uid, "forged");
+    assert_eq!(a.metadata.uid.len(), 36, "uuid text: {}", a.metadata.uid);
+    assert_eq!(s.revision().await.unwrap(), 1);
+    assert_eq!(s.get(&ObjectRef::of(&a)).await.unwrap(), Some(a.clone()));
+
+    let err = s.create(pipeline("a")).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    assert!(err.to_string().contains("\"a\""), "{err}");
+    assert_eq!(
+        s.revision().await.unwrap(),
+        1,
+        "a failed write uses no revision"
+    );
+
+    // Same name in another engine or kind is another object.
+    let b = s
+        .create(object("Pipeline", "other", "a", &[]))
+        .await
+        .unwrap();
+    let c = s.create(object("Secret", "ci", "a", &[])).await.unwrap();
+    assert_eq!(
+        (b.metadata.resource_version, c.metadata.resource_version),
+        (2, 3)
+    );
+    assert_ne!(a.metadata.uid, b.metadata.uid);
+}
+
+async fn update_is_compare_and_swap(h: Harness) {
+    let s = h.store;
+    let v1 = s.create(pipeline("p")).await.unwrap();
+    let mut change = v1.clone();
+    change.spec = json!({ "n": 1 });
+    let v2 = s.update(change.clone()).await.unwrap();
+    assert_eq!(v2.metadata.resource_version, 2);
+
+    // A second writer holding v1 loses.
+    let err = s.update(change).await.unwrap_err();
+    match &err {
+        StoreError::Conflict {
+            key,
+            expected,
+            actual,
+        } => {
+            assert_eq!(key, &ObjectRef::new("Pipeline", "ci", "p"));
+            assert_eq!((*expected, *actual), (1, 2));
+        }
+        other => panic!("expected a conflict, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("\"p\"") && text.contains('1') && text.contains('2'),
+        "{text}"
+    );
+    assert_eq!(s.get(&ObjectRef::of(&v2)).await.unwrap(), Some(v2));
+
+    let err = s.update(pipeline("missing")).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+}
+
+async fn concurrent_cas_has_exactly_one_winner(h: Harness) {
+    let s = h.store;
+    let v1 = s.create(pipeline("p")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (s, mut obj) = (s.clone(), v1.clone());
+        obj.spec = json!({ "n": i });
+        tasks.push(tokio::spawn(async move { s.update(obj).await }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert!(e.is_conflict(), "{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(s.revision().await.unwrap(), 2);
+
+    // Retrying on conflict, every increment lands.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let mut obj = s
+                    .get(&ObjectRef::new("Pipeline", "ci", "p"))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let n = obj.status["count"].as_u64().unwrap_or(0);
+                obj.status = json!({ "count": n + 1 });
+                match s.update_status(obj).await {
+                    Ok(_) => break,
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let obj = s
+        .get(&ObjectRef::new("Pipeline", "ci", "p"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(obj.status["count"], 16);
+}
+
+async fn generation_follows_spec_only(h: Harness) {
+    let s = h.store;
+    let v1 = s.create(pipeline("p")).await.unwrap();
+
+    let mut labels_only = v1.clone();
+    labels_only
+        .metadata
+        .labels
+        .insert("team".into(), "a".into());
+    labels_only
+        .metadata
+        .annotations
+        .insert("note".into(), "x".into());
+    let v2 = s.update(labels_only).await.unwrap();
+    assert_eq!(v2.metadata.generation, 1);
+    assert_eq!(v2.metadata.labels["team"], "a");
+    assert_eq!(v2.metadata.annotations["note"], "x");
+
+    let mut same_spec = v2.clone();
+    same_spec.spec = json!({ "n": 0 });
+    let v3 = s.update(same_spec).await.unwrap();
+    assert_eq!(v3.metadata.generation, 1);
+    assert_eq!(v3.metadata.resource_version, 3);
+
+    let mut new_spec = v3.clone();
+    new_spec.spec = json!({ "n": 7 });
+    let v4 = s.update(new_spec).await.unwrap();
+    assert_eq!(v4.metadata.generation, 2);
+    assert_eq!(v4.metadata.uid, v1.metadata.uid);
+    assert_eq!(v4.metadata.created, v1.metadata.created);
+
+    // Store-owned fields cannot be forged through update.
+    let mut forged = v4.clone();
+    forged.metadata.uid = "x".into();
+    forged.metadata.generation = 100;
+    let v5 = s.update(forged).await.unwrap();
+    assert_eq!(v5.metadata.uid, v1.metadata.uid);
+    assert_eq!(v5.metadata.generation, 2);
+}
+
+async fn status_update_is_separate_and_cas(h: Harness) {
+    let s = h.store;
+    let v1 = s.create(pipeline("p")).await.unwrap();
+
+    let mut with_status = v1.clone();
+    with_status.status = json!({ "phase": "Running" });
+    with_status.spec = json!({ "n": 99 });
+    let v2 = s.update_status(with_status.clone()).await.unwrap();
+    assert_eq!(v2.status, json!({ "phase": "Running" }));
+    assert_eq!(
+        v2.spec,
+        json!({ "n": 0 }),
+        "status update must not touch spec"
+    );
+    assert_eq!(v2.metadata.generation, 1);
+    assert_eq!(v2.metadata.resource_version, 2);
+
+    let err = s.update_status(with_status).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+
+    // A spec update ignores status.
+    let mut spec_change = v2.clone();
+    spec_change.status = json!({ "phase": "Forged" });
+    spec_change.spec = json!({ "n": 1 });
+    let v3 = s.update(spec_change).await.unwrap();
+    assert_eq!(v3.status, json!({ "phase": "Running" }));
+    assert_eq!(v3.metadata.generation, 2);
+}
+
+async fn list_filters_by_kind_engine_and_labels(h: Harness) {
+    let s = h.store;
+    for (engine, name, labels) in [
+        ("ci", "a", vec![("app", "web"), ("tier", "front")]),
+        ("ci", "b", vec![("app", "web"), ("tier", "db")]),
+        ("ci", "c", vec![("app", "api")]),
+        ("cd", "d", vec![("app", "web")]),
+        ("ci-2", "e", vec![("app", "web")]),
+    ] {
+        s.create(object("Pipeline", engine, name, &labels))
+            .await
+            .unwrap();
+    }
+    s.create(object("PipelineExecution", "ci", "x", &[("app", "web")]))
+        .await
+        .unwrap();
+
+    let names = |list: arkline::store::ObjectList| {
+        list.items
+            .into_iter()
+            .map(|o| o.metadata.name)
+            .collect::<Vec<_>>()
+    };
+    let all = s.list(&ListQuery::kind("Pipeline")).await.unwrap();
+    assert_eq!(all.revision, 6);
+    assert_eq!(names(all), ["d", "a", "b", "c", "e"]);
+    let ci = s
+        .list(&ListQuery::kind("Pipeline").engine("ci"))
+        .await
+        .unwrap();
+    assert_eq!(
+        names(ci),
+        ["a", "b", "c"],
+        "engine `ci` must not match `ci-2`"
+    );
+
+    let cases: &[(&str, &[&str])] = &[
+        ("app=web", &["a", "b"]),
+        ("app=web,tier!=db", &["a"]),
+        ("app!=web", &["c"]),
+        ("tier in (db,front)", &["a", "b"]),
+        ("tier notin (db)", &["a", "c"]),
+        ("tier", &["a", "b"]),
+        ("!tier", &["c"]),
+        ("app in (api), !tier", &["c"]),
+    ];
+    for (selector, expected) in cases {
+        let sel: LabelSelector = selector.parse().unwrap();
+        let got = names(
+            s.list(&ListQuery::kind("Pipeline").engine("ci").selector(sel))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(&got, expected, "selector {selector}");
+    }
+    assert!(
+        s.list(&ListQuery::kind("Nothing"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+async fn watch_replays_from_a_revision_then_follows(h: Harness) {
+    let s = h.store;
+    let a = s.create(pipeline("a")).await.unwrap(); // 1
+    s.create(object("Secret", "ci", "s", &[])).await.unwrap(); // 2
+    let mut a2 = a.clone();
+    a2.spec = json!({ "n": 2 });
+    let a2 = s.update(a2).await.unwrap(); // 3
+    s.create(object("Pipeline", "cd", "b", &[])).await.unwrap(); // 4
+
+    let mut all = s.watch("Pipeline", None, 1).await.unwrap();
+    let e = next_event(&mut all).await;
+    assert_eq!((e.event_type, e.revision), (EventType::Modified, 3));
+    assert_eq!(e.object, a2);
+    let e = next_event(&mut all).await;
+    assert_eq!(
+        (e.event_type, e.revision, e.object.metadata.name.as_str()),
+        (EventType::Added, 4, "b")
+    );
+
+    let mut ci = s.watch("Pipeline", Some("ci"), 0).await.unwrap();
+    assert_eq!(next_event(&mut ci).await.revision, 1);
+    assert_eq!(next_event(&mut ci).await.revision, 3);
+
+    // Live events, in order, for both watchers.
+    s.delete(&ObjectRef::of(&a2), &DeleteOptions::default())
+        .await
+        .unwrap(); // 5
+    s.create(pipeline("c")).await.unwrap(); // 6
+    s.create(object("Pipeline", "cd", "d", &[])).await.unwrap(); // 7
+    for expected in [(EventType::Deleted, 5), (EventType::Added, 6)] {
+        let e = next_event(&mut ci).await;
+        assert_eq!((e.event_type, e.revision), expected);
+    }
+    let e = next_event(&mut all).await;
+    assert_eq!((e.event_type, e.revision), (EventType::Deleted, 5));
+    assert_eq!(e.object.metadata.name, "a");
+    assert_eq!(e.object.metadata.resource_version, 5);
+    assert_eq!(next_event(&mut all).await.revision, 6);
+    assert_eq!(next_event(&mut all).await.revision, 7);
+
+    // A watch from the head sees only what comes next.
+    let mut from_head = s.watch("Pipeline", None, 7).await.unwrap();
+    s.create(pipeline("z")).await.unwrap();
+    assert_eq!(next_event(&mut from_head).await.object.metadata.name, "z");
+}
+
+async fn watch_answers_gone_after_compaction(h: Harness) {
+    let s = h.store;
+    for i in 0..5 {
+        s.create(pipeline(&format!("p{i}"))).await.unwrap();
+    }
+    let mut early = s.watch("Pipeline", None, 1).await.unwrap();
+    s.compact(3).await.unwrap();
+    assert_eq!(s.compacted_revision().await.unwrap(), 3);
+
+    let err = match s.watch("Pipeline", None, 2).await {
+        Err(e) => e,
+        Ok(_) => panic!("watch from a compacted revision must fail"),
+    };
+    match err {
+        StoreError::Gone {
+            requested,
+            compacted,
+        } => assert_eq!((requested, compacted), (2, 3)),
+        other => panic!("expected Gone, got {other}"),
+    }
+    // From the compacted revision itself nothing is missing.
+    let mut ok = s.watch("Pipeline", None, 3).await.unwrap();
+    assert_eq!(next_event(&mut ok).await.revision, 4);
+
+    // A watcher that fell behind learns it on the stream.
+    let item = early.next().await.expect("an item");
+    assert!(
+        matches!(
+            item,
+            Err(StoreError::Gone {
+                requested: 1,
+                compacted: 3
+            })
+        ),
+        "{item:?}"
+    );
+    assert!(early.next().await.is_none(), "the stream ends after Gone");
+
+    // Compacting past the head stops at the head; compacting backwards is a no-op.
+    s.compact(1000).await.unwrap();
+    assert_eq!(s.compacted_revision().await.unwrap(), 5);
+    s.compact(1).await.unwrap();
+    assert_eq!(s.compacted_revision().await.unwrap(), 5);
+    // Objects survive compaction.
+    assert_eq!(
+        s.list(&ListQuery::kind("Pipeline"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        5
+    );
+}
+
+async fn finalizers_hold_deletion(h: Harness) {
+    let s = h.store;
+    let mut input = pipeline("p");
+    input.metadata.finalizers = vec!["arkline.dev/cleanup".into(), "other".into()];
+    let v1 = s.create(input).await.unwrap();
+    let key = ObjectRef::of(&v1);
+    let mut watch = s.watch("Pipeline", None, 1).await.unwrap();
+
+    let pending = match s.delete(&key, &DeleteOptions::default()).await.unwrap() {
+        DeleteOutcome::Pending(o) => o,
+        other => panic!("expected Pending, got {other:?}"),
+    };
+    assert!(pending.metadata.deletion_requested.is_some());
+    assert_eq!(pending.metadata.resource_version, 2);
+    assert_eq!(s.get(&key).await.unwrap(), Some(pending.clone()));
+
+    // Deleting again changes nothing.
+    assert!(matches!(
+        s.delete(&key, &DeleteOptions::default()).await.unwrap(),
+        DeleteOutcome::Pending(_)
+    ));
+    assert_eq!(s.revision().await.unwrap(), 2);
+
+    // No finalizer may be added while deleting.
+    let mut add = pending.clone();
+    add.metadata.finalizers.push("late".into());
+    let err = s.update(add).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+
+    let mut remove_one = pending.clone();
+    remove_one.metadata.finalizers = vec!["other".into()];
+    let v3 = s.update(remove_one).await.unwrap();
+    assert_eq!(v3.metadata.finalizers, ["other"]);
+    assert!(s.get(&key).await.unwrap().is_some());
+
+    let mut remove_last = v3.clone();
+    remove_last.metadata.finalizers.clear();
+    let last = s.update(remove_last).await.unwrap();
+    assert!(last.metadata.finalizers.is_empty());
+    assert_eq!(s.get(&key).await.unwrap(), None);
+
+    let kinds: Vec<_> = [
+        next_event(&mut watch).await,
+        next_event(&mut watch).await,
+        next_event(&mut watch).await,
+    ]
+    .into_iter()
+    .map(|e| (e.event_type, e.revision))
+    .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventType::Modified, 2),
+            (EventType::Modified, 3),
+            (EventType::Deleted, 4)
+        ]
+    );
+}
+
+async fn delete_checks_preconditions(h: Harness) {
+    let s = h.store;
+    let v1 = s.create(pipeline("p")).await.unwrap();
+    let key = ObjectRef::of(&v1);
+    let err = s
+        .delete(&key, &DeleteOptions::default().resource_version(7))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 7,
+                actual: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let gone = s
+        .delete(&key, &DeleteOptions::default().resource_version(1))
+        .await
+        .unwrap();
+    assert!(matches!(gone, DeleteOutcome::Deleted(o) if o.metadata.name == "p"));
+    let err = s.delete(&key, &DeleteOptions::default()).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    // The name can be reused, with a new uid.
+    let again = s.create(pipeline("p")).await.unwrap();
+    assert_ne!(again.metadata.uid, v1.metadata.uid);
+}
+
+async fn invalid_objects_are_refused_with_reasons(h: Harness) {
+    let s = h.store;
+    for (obj, needle) in [
+        (pipeline(""), "name"),
+        (pipeline("a/b"), "name"),
+        (object("", "ci", "x", &[]), "kind"),
+        (object("Pipeline", "c/i", "x", &[]), "engine"),
+    ] {
+        let err = s.create(obj).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let mut wrong_version = pipeline("x");
+    wrong_version.api_version = "v0".into();
+    let err = s.create(wrong_version).await.unwrap_err();
+    assert!(err.to_string().contains(API_VERSION), "{err}");
+    assert_eq!(s.revision().await.unwrap(), 0);
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod memory_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::memory()).await;
+                }
+            )*
+        }
+        mod redb_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::redb()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    create_sets_store_fields_and_refuses_duplicates,
+    update_is_compare_and_swap,
+    concurrent_cas_has_exactly_one_winner,
+    generation_follows_spec_only,
+    status_update_is_separate_and_cas,
+    list_filters_by_kind_engine_and_labels,
+    watch_replays_from_a_revision_then_follows,
+    watch_answers_gone_after_compaction,
+    finalizers_hold_deletion,
+    delete_checks_preconditions,
+    invalid_objects_are_refused_with_reasons,
+);
