@@ -81,7 +81,7 @@ pub enum Command {
     New(NewCmd),
     /// Build the plugin's component for wasm32-wasip2 and check it.
     Build(BuildCmd),
-    /// Build the plugin and write target/ark/<name>-<version>.ark.
+    /// Build the plugin and write `target/ark/<name>-<version>.ark`.
     Package(PackageCmd),
     /// Show what an .ark archive holds.
     Inspect(InspectCmd),

@@ -42,12 +42,19 @@ pub struct BuiltComponent {
 
 /// Builds `project` for [`TARGET`] with the [`PROFILE`] profile and returns the
 /// component. Installs the target with rustup when it is missing.
-pub fn build(cargo: &Path, project: &PluginProject, shell: &Shell) -> anyhow::Result<BuiltComponent> {
+pub fn build(
+    cargo: &Path,
+    project: &PluginProject,
+    shell: &Shell,
+) -> anyhow::Result<BuiltComponent> {
     ensure_target(shell)?;
     let package = &project.package;
     shell.status(
         "Compiling",
-        format!("{} v{} ({TARGET}, profile {PROFILE})", package.name, package.version),
+        format!(
+            "{} v{} ({TARGET}, profile {PROFILE})",
+            package.name, package.version
+        ),
     );
 
     let mut cmd = Command::new(cargo);
@@ -74,20 +81,21 @@ pub fn build(cargo: &Path, project: &PluginProject, shell: &Shell) -> anyhow::Re
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot run {}", cargo.display()))?;
-    let stdout = child.stdout.take().context("cargo's stdout is not captured")?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("cargo's stdout is not captured")?;
     let mut wasm = None;
     for message in Message::parse_stream(BufReader::new(stdout)) {
         if let Message::CompilerArtifact(artifact) =
             message.context("cannot read cargo's JSON messages")?
             && artifact.package_id == package.id
-        {
-            if let Some(file) = artifact
+            && let Some(file) = artifact
                 .filenames
                 .iter()
                 .find(|f| f.extension() == Some("wasm"))
-            {
-                wasm = Some(file.clone().into_std_path_buf());
-            }
+        {
+            wasm = Some(file.clone().into_std_path_buf());
         }
     }
     let status = child.wait().context("cargo build did not finish")?;
@@ -158,7 +166,12 @@ fn ensure_target(shell: &Shell) -> anyhow::Result<()> {
         .output()
         .context("cannot run rustc --print sysroot; is Rust installed?")?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if sysroot.join("lib/rustlib").join(TARGET).join("lib").is_dir() {
+    if sysroot
+        .join("lib/rustlib")
+        .join(TARGET)
+        .join("lib")
+        .is_dir()
+    {
         return Ok(());
     }
     let rustup_works = Command::new("rustup")
@@ -172,7 +185,10 @@ fn ensure_target(shell: &Shell) -> anyhow::Result<()> {
             "the Rust standard library for {TARGET} is not installed and rustup is not available; install it with:\n\n    rustup target add {TARGET}\n\nor use a toolchain that ships it"
         );
     }
-    shell.status("Installing", format!("{TARGET} target (rustup target add {TARGET})"));
+    shell.status(
+        "Installing",
+        format!("{TARGET} target (rustup target add {TARGET})"),
+    );
     let status = Command::new("rustup")
         .args(["target", "add", TARGET])
         .stdout(Stdio::null())

@@ -48,7 +48,9 @@ impl PluginProject {
         if let Some(path) = &selection.manifest_path {
             cmd.manifest_path(path);
         }
-        let metadata = cmd.exec().context("cannot read the cargo metadata of the project")?;
+        let metadata = cmd
+            .exec()
+            .context("cannot read the cargo metadata of the project")?;
         let members: Vec<&Package> = metadata.workspace_packages();
         let package = match &selection.package {
             Some(spec) => members

@@ -13,7 +13,8 @@ fn target_dir() -> PathBuf {
 
 fn cargo_ark() -> Command {
     let mut cmd = Command::cargo_bin("cargo-ark").expect("cargo-ark is built");
-    cmd.env("CARGO_TARGET_DIR", target_dir()).env_remove("RUSTFLAGS");
+    cmd.env("CARGO_TARGET_DIR", target_dir())
+        .env_remove("RUSTFLAGS");
     cmd
 }
 
@@ -87,7 +88,9 @@ fn new_build_package_is_reproducible_across_directories() {
         .assert()
         .success()
         .stdout(predicate::str::contains("hello-step/hello"))
-        .stdout(predicate::str::contains("name: string (required) Who to greet."));
+        .stdout(predicate::str::contains(
+            "name: string (required) Who to greet.",
+        ));
     let out = cargo_ark()
         .args(["ark", "inspect", "--json"])
         .arg(&ark_path)
@@ -113,7 +116,9 @@ fn a_crate_that_is_not_a_cdylib_is_refused() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("does not build a `cdylib`"))
-        .stderr(predicate::str::contains("crate-type = [\"cdylib\", \"rlib\"]"));
+        .stderr(predicate::str::contains(
+            "crate-type = [\"cdylib\", \"rlib\"]",
+        ));
 }
 
 #[test]
@@ -124,8 +129,11 @@ fn missing_or_misspelt_ark_metadata_is_refused() {
     let toml = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&toml).expect("read");
 
-    std::fs::write(&toml, text.replace("[package.metadata.ark]", "[package.metadata.other]"))
-        .expect("write");
+    std::fs::write(
+        &toml,
+        text.replace("[package.metadata.ark]", "[package.metadata.other]"),
+    )
+    .expect("write");
     cargo_ark()
         .args(["ark", "package", "--manifest-path"])
         .arg(&toml)

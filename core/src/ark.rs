@@ -12,7 +12,7 @@ mod archive;
 mod component;
 mod manifest;
 
-pub use archive::{Ark, ArchiveError, ReadLimits, write_ark, write_deterministic_zip};
+pub use archive::{ArchiveError, Ark, ReadLimits, write_ark, write_deterministic_zip};
 pub use component::{
     ComponentError, ComponentInfo, DescribedStep, describe_component, describe_engine,
     inspect_component,

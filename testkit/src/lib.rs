@@ -66,11 +66,23 @@ pub fn try_plugin(name: &str) -> Result<PathBuf, String> {
 
 fn package(name: &str) -> Result<PathBuf, String> {
     let out_dir = std::env::temp_dir().join(format!("arkline-testkit-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     let output = out_dir.join(format!("{name}.ark"));
     let result = Command::new(cargo())
         .current_dir(workspace_root())
-        .args(["run", "--quiet", "-p", "cargo-ark", "--", "ark", "package", "--quiet", "-p", name])
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "cargo-ark",
+            "--",
+            "ark",
+            "package",
+            "--quiet",
+            "-p",
+            name,
+        ])
         .arg("--output")
         .arg(&output)
         .output()

@@ -16,7 +16,10 @@ fn shell_plugin_packages_with_its_step_schema_and_capabilities() {
     let schema = ark.step_schema("run").expect("schema of `run`");
     assert_eq!(schema["required"], serde_json::json!(["script"]));
     for field in ["script", "shell", "env", "working_dir", "errexit"] {
-        assert!(schema["properties"].get(field).is_some(), "no `{field}` in {schema}");
+        assert!(
+            schema["properties"].get(field).is_some(),
+            "no `{field}` in {schema}"
+        );
     }
 
     // The component in the archive answers describe() the same way.
@@ -24,7 +27,9 @@ fn shell_plugin_packages_with_its_step_schema_and_capabilities() {
     assert_eq!(info.steps[0].id, "run");
     assert_eq!(info.steps[0].config_schema, schema);
     assert!(
-        info.imports.iter().any(|i| i.starts_with("arkline:step/process@")),
+        info.imports
+            .iter()
+            .any(|i| i.starts_with("arkline:step/process@")),
         "shell imports process: {:?}",
         info.imports
     );

@@ -70,7 +70,11 @@ fn to_json(ark: &Ark) -> serde_json::Value {
 fn write_text(out: &mut impl Write, ark: &Ark) -> anyhow::Result<()> {
     let bold = anstyle::Style::new().bold();
     let m: &Manifest = &ark.manifest;
-    writeln!(out, "{bold}{} {}{bold:#}  {}", m.name, m.version, m.description)?;
+    writeln!(
+        out,
+        "{bold}{} {}{bold:#}  {}",
+        m.name, m.version, m.description
+    )?;
     if !m.authors.is_empty() {
         writeln!(out, "authors:     {}", m.authors.join(", "))?;
     }

@@ -27,7 +27,9 @@ pub enum ArchiveError {
     #[error("not a valid zip archive: {0}")]
     Zip(String),
     /// The archive has no `ark.toml`.
-    #[error("the archive has no ark.toml at its root; is this an .ark built by `cargo ark package`?")]
+    #[error(
+        "the archive has no ark.toml at its root; is this an .ark built by `cargo ark package`?"
+    )]
     MissingManifest,
     /// `ark.toml` is not acceptable.
     #[error(transparent)]
@@ -209,7 +211,10 @@ fn take_verified(
 
 /// Reads every entry, refusing unsafe names, duplicates and anything past the
 /// limits. Sizes are enforced on the decompressed stream, never trusted from headers.
-fn read_entries(bytes: &[u8], limits: ReadLimits) -> Result<BTreeMap<String, Vec<u8>>, ArchiveError> {
+fn read_entries(
+    bytes: &[u8],
+    limits: ReadLimits,
+) -> Result<BTreeMap<String, Vec<u8>>, ArchiveError> {
     let mut zip =
         ZipArchive::new(Cursor::new(bytes)).map_err(|e| ArchiveError::Zip(e.to_string()))?;
     if zip.len() > limits.max_entries {
@@ -310,7 +315,8 @@ pub fn write_deterministic_zip(
             .large_file(data.len() as u64 >= u64::from(u32::MAX));
         zip.start_file(name.as_str(), options)
             .map_err(|e| ArchiveError::Zip(e.to_string()))?;
-        zip.write_all(data).map_err(|e| ArchiveError::Zip(e.to_string()))?;
+        zip.write_all(data)
+            .map_err(|e| ArchiveError::Zip(e.to_string()))?;
     }
     let cursor = zip.finish().map_err(|e| ArchiveError::Zip(e.to_string()))?;
     Ok(cursor.into_inner())
@@ -336,7 +342,11 @@ pub fn write_ark(
         .collect();
     manifest.check()?;
     let mut entries = files.clone();
-    for reserved in [MANIFEST_PATH, SIGNATURE_PATH, manifest.component.path.as_str()] {
+    for reserved in [
+        MANIFEST_PATH,
+        SIGNATURE_PATH,
+        manifest.component.path.as_str(),
+    ] {
         if entries.contains_key(reserved) {
             return Err(ArchiveError::DuplicateEntry(reserved.to_owned()));
         }
@@ -353,7 +363,10 @@ mod tests {
 
     fn sample_ark() -> Vec<u8> {
         let mut files = BTreeMap::new();
-        files.insert("schemas/run.schema.json".to_owned(), br#"{"type":"object"}"#.to_vec());
+        files.insert(
+            "schemas/run.schema.json".to_owned(),
+            br#"{"type":"object"}"#.to_vec(),
+        );
         write_ark(sample(), b"\0asm component bytes", &files)
             .expect("writes")
             .0
@@ -386,7 +399,10 @@ mod tests {
             c[0] ^= 1;
         });
         let err = Ark::from_bytes(&bytes).expect_err("refused");
-        assert!(matches!(err, ArchiveError::DigestMismatch { ref name, .. } if name == "component.wasm"), "{err}");
+        assert!(
+            matches!(err, ArchiveError::DigestMismatch { ref name, .. } if name == "component.wasm"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -394,11 +410,15 @@ mod tests {
         let bytes = rezip(|e| {
             e.insert("extra.txt".into(), b"x".to_vec());
         });
-        assert!(matches!(Ark::from_bytes(&bytes), Err(ArchiveError::UnlistedEntry(n)) if n == "extra.txt"));
+        assert!(
+            matches!(Ark::from_bytes(&bytes), Err(ArchiveError::UnlistedEntry(n)) if n == "extra.txt")
+        );
         let bytes = rezip(|e| {
             e.remove("schemas/run.schema.json");
         });
-        assert!(matches!(Ark::from_bytes(&bytes), Err(ArchiveError::MissingEntry(n)) if n == "schemas/run.schema.json"));
+        assert!(
+            matches!(Ark::from_bytes(&bytes), Err(ArchiveError::MissingEntry(n)) if n == "schemas/run.schema.json")
+        );
     }
 
     #[test]
@@ -406,8 +426,14 @@ mod tests {
         let bytes = rezip(|e| {
             e.remove(MANIFEST_PATH);
         });
-        assert!(matches!(Ark::from_bytes(&bytes), Err(ArchiveError::MissingManifest)));
-        assert!(matches!(Ark::from_bytes(b"not a zip"), Err(ArchiveError::Zip(_))));
+        assert!(matches!(
+            Ark::from_bytes(&bytes),
+            Err(ArchiveError::MissingManifest)
+        ));
+        assert!(matches!(
+            Ark::from_bytes(b"not a zip"),
+            Err(ArchiveError::Zip(_))
+        ));
     }
 
     #[test]

@@ -104,8 +104,14 @@ pub fn describe_component(engine: &Engine, wasm: &[u8]) -> Result<ComponentInfo,
     let component =
         Component::new(engine, wasm).map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
-    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
 
     let api_version = exports
         .iter()
@@ -161,7 +167,10 @@ impl WasiView for DescribeState {
     }
 }
 
-fn call_describe(engine: &Engine, component: &Component) -> Result<Vec<DescribedStep>, ComponentError> {
+fn call_describe(
+    engine: &Engine,
+    component: &Component,
+) -> Result<Vec<DescribedStep>, ComponentError> {
     let describe_err = |e: wasmtime::Error| ComponentError::Describe(format!("{e:#}"));
     let mut linker = Linker::<DescribeState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(describe_err)?;
@@ -191,9 +200,12 @@ fn call_describe(engine: &Engine, component: &Component) -> Result<Vec<Described
         .build()
         .map_err(|e| ComponentError::Describe(e.to_string()))?;
     let result = runtime.block_on(async {
-        let instance = since_v0_1_0::Step::instantiate_async(&mut store, component, &linker)
-            .await?;
-        instance.arkline_step_plugin().call_describe(&mut store).await
+        let instance =
+            since_v0_1_0::Step::instantiate_async(&mut store, component, &linker).await?;
+        instance
+            .arkline_step_plugin()
+            .call_describe(&mut store)
+            .await
     });
     let _ = done.send(());
     let _ = watchdog.join();
@@ -251,7 +263,10 @@ mod tests {
 
     #[test]
     fn header_checks() {
-        assert!(matches!(check_header(b"hello world"), Err(ComponentError::NotWasm)));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(ComponentError::NotWasm)
+        ));
         assert!(matches!(
             check_header(b"\0asm\x01\0\0\0"),
             Err(ComponentError::CoreModule)

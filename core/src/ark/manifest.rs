@@ -200,8 +200,8 @@ impl Manifest {
                 });
             }
         }
-        for (field, digest) in std::iter::once(("component.sha256".to_owned(), &self.component.sha256))
-            .chain(
+        for (field, digest) in
+            std::iter::once(("component.sha256".to_owned(), &self.component.sha256)).chain(
                 self.files
                     .iter()
                     .enumerate()
@@ -294,7 +294,10 @@ pub(crate) mod tests {
     fn future_format_version_is_refused_before_fields() {
         let text = "format_version = 7\nsomething_new = true\n";
         let err = Manifest::from_toml(text).expect_err("refused");
-        assert!(matches!(err, ManifestError::UnknownFormatVersion { found: 7, .. }));
+        assert!(matches!(
+            err,
+            ManifestError::UnknownFormatVersion { found: 7, .. }
+        ));
         assert!(err.to_string().contains("upgrade arkline"), "{err}");
     }
 

@@ -6,7 +6,7 @@
 //! `with` configuration into your struct (a clear `invalid-config` error names the
 //! field and the expected type when it does not fit), derives the JSON Schema that
 //! `describe()` reports from the same type, and wraps the host's capability
-//! interfaces in typed Rust APIs: [`log`], [`process`], [`http`], [`cache`] and
+//! interfaces in typed Rust APIs: [`log`](mod@log), [`process`], [`http`], [`cache`] and
 //! [`host_call`].
 //!
 //! ```no_run

@@ -138,12 +138,23 @@ fn workspace_path(dir: &str) -> Option<String> {
             p => parts.push(p),
         }
     }
-    Some(std::iter::once(WORKSPACE).chain(parts).collect::<Vec<_>>().join("/"))
+    Some(
+        std::iter::once(WORKSPACE)
+            .chain(parts)
+            .collect::<Vec<_>>()
+            .join("/"),
+    )
 }
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -256,9 +267,15 @@ mod tests {
 
     #[test]
     fn working_dir_stays_in_workspace() {
-        assert_eq!(workspace_path("src/app").as_deref(), Some("/workspace/src/app"));
+        assert_eq!(
+            workspace_path("src/app").as_deref(),
+            Some("/workspace/src/app")
+        );
         assert_eq!(workspace_path("./a/../b").as_deref(), Some("/workspace/b"));
-        assert_eq!(workspace_path("/workspace/x").as_deref(), Some("/workspace/x"));
+        assert_eq!(
+            workspace_path("/workspace/x").as_deref(),
+            Some("/workspace/x")
+        );
         assert_eq!(workspace_path("../etc"), None);
         assert_eq!(workspace_path("/etc"), None);
         assert_eq!(workspace_path("/workspacex"), None);

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The quickstart demo: build the `shell` step plugin into a WebAssembly component,
+# package it as a reproducible .ark, package it again to show the bytes do not
+# change, inspect it, and parse the example pipelines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo run --quiet -p cargo-ark -- ark package -p shell
+ark=target/ark/shell-0.1.0.ark
+first=$(sha256sum "$ark" | cut -d' ' -f1)
+cargo run --quiet -p cargo-ark -- ark package -p shell --quiet
+second=$(sha256sum "$ark" | cut -d' ' -f1)
+if [ "$first" = "$second" ]; then
+  echo "reproducible: packaging twice gave the same sha256 $first" >&2
+else
+  echo "NOT reproducible: $first then $second" >&2
+  exit 1
+fi
+echo
+cargo run --quiet -p cargo-ark -- ark inspect "$ark"
+echo
+cargo run --quiet -p arkline --example check_file -- examples/pipelines/*.yaml
