@@ -10,11 +10,13 @@ mod build;
 mod inspect;
 mod new;
 mod package;
+mod sign;
 
 pub use build::BuildCmd;
 pub use inspect::InspectCmd;
 pub use new::NewCmd;
 pub use package::PackageCmd;
+pub use sign::{KeygenCmd, SignCmd, VerifyCmd};
 
 /// `cargo` as cargo runs a subcommand: `cargo-ark ark …`.
 #[derive(Debug, Parser)]
@@ -85,6 +87,12 @@ pub enum Command {
     Package(PackageCmd),
     /// Show what an .ark archive holds.
     Inspect(InspectCmd),
+    /// Create an ed25519 key pair for signing archives.
+    Keygen(KeygenCmd),
+    /// Sign an .ark with a secret key.
+    Sign(SignCmd),
+    /// Check an .ark completely: structure, digests, signature, component.
+    Verify(VerifyCmd),
 }
 
 impl Command {
@@ -95,6 +103,9 @@ impl Command {
             Command::Build(cmd) => cmd.exec(global, shell).map(drop),
             Command::Package(cmd) => cmd.exec(global, shell).map(drop),
             Command::Inspect(cmd) => cmd.exec(shell),
+            Command::Keygen(cmd) => cmd.exec(shell),
+            Command::Sign(cmd) => cmd.exec(shell),
+            Command::Verify(cmd) => cmd.exec(shell),
         }
     }
 }

@@ -11,6 +11,7 @@
 mod archive;
 mod component;
 mod manifest;
+mod signature;
 
 pub use archive::{ArchiveError, Ark, ReadLimits, write_ark, write_deterministic_zip};
 pub use component::{
@@ -21,3 +22,4 @@ pub use manifest::{
     BuildInfo, Capabilities, ComponentEntry, FORMAT_VERSION, FileEntry, MANIFEST_PATH, Manifest,
     ManifestError, SIGNATURE_PATH, StepEntry, sha256_hex,
 };
+pub use signature::{KeyError, PublicKey, SecretKey, SignaturePolicy, SignatureStatus};

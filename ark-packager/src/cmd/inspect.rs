@@ -37,10 +37,10 @@ impl InspectCmd {
     }
 }
 
-fn signature_status(ark: &Ark) -> &'static str {
-    match ark.signature {
-        Some(_) => "present (not verified: pass trusted keys to `cargo ark verify`)",
-        None => "unsigned",
+fn signature_status(ark: &Ark) -> String {
+    match ark.verify_signature(&arkline::ark::SignaturePolicy::default()) {
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -63,7 +63,7 @@ fn to_json(ark: &Ark) -> serde_json::Value {
         "component": m.component,
         "files": m.files,
         "build": m.build,
-        "signature": if ark.signature.is_some() { "present" } else { "unsigned" },
+        "signature": signature_status(ark),
     })
 }
 

@@ -42,6 +42,55 @@ pub enum ArchiveError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A symbolic link entry.
+    #[error("entry `{0}` is a symbolic link; archives may hold only regular files")]
+    Symlink(String),
+    /// A directory, device or other non-regular entry.
+    #[error(
+        "entry `{0}` is not a regular file (a directory or special file); archives may hold only regular files"
+    )]
+    NotRegularFile(String),
+    /// A compression method other than stored or deflate.
+    #[error(
+        "entry `{name}` uses compression method {method}; only stored and deflate are accepted"
+    )]
+    UnsupportedCompression {
+        /// The entry.
+        name: String,
+        /// The method found.
+        method: String,
+    },
+    /// The local file header names the entry differently from the central directory.
+    #[error(
+        "entry `{central}` is named `{local}` in its local header; the archive was crafted to confuse readers"
+    )]
+    LocalHeaderMismatch {
+        /// Name in the central directory.
+        central: String,
+        /// Name in the local header.
+        local: String,
+    },
+    /// The archive needs an `arkline:step` API version this host does not serve.
+    #[error(
+        "the archive needs arkline:step {required}, but this host serves {served}; upgrade arkline or rebuild the plugin against a served API"
+    )]
+    UnsupportedHostApi {
+        /// The manifest's requirement.
+        required: String,
+        /// Versions served.
+        served: String,
+    },
+    /// The policy requires a signature and there is none.
+    #[error(
+        "the archive is not signed, and this engine requires signed bizes; sign it with `cargo ark sign`"
+    )]
+    Unsigned,
+    /// `ark.sig` is malformed or does not verify.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    /// A valid signature by a key that is not trusted.
+    #[error("the archive is signed by key {0}, which is not among the trusted keys")]
+    UntrustedKey(String),
     /// Two entries with the same name.
     #[error("entry `{0}` appears more than once")]
     DuplicateEntry(String),
@@ -148,6 +197,17 @@ impl Ark {
         let text = std::str::from_utf8(&manifest_bytes)
             .map_err(|_| ManifestError::Syntax("ark.toml is not UTF-8".into()))?;
         let manifest = Manifest::from_toml(text)?;
+        let served = crate::host::supported_api_versions();
+        if !served.iter().any(|v| manifest.host_api.matches(v)) {
+            return Err(ArchiveError::UnsupportedHostApi {
+                required: manifest.host_api.to_string(),
+                served: served
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         let signature = entries.remove(SIGNATURE_PATH);
 
         let component_entry = FileEntry {
@@ -177,6 +237,17 @@ impl Ark {
             signature,
             sha256: sha256_hex(bytes),
         })
+    }
+
+    /// Every entry of the archive, by path, as stored.
+    pub fn entries(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut entries = self.files.clone();
+        entries.insert(MANIFEST_PATH.to_owned(), self.manifest_bytes.clone());
+        entries.insert(self.manifest.component.path.clone(), self.component.clone());
+        if let Some(sig) = &self.signature {
+            entries.insert(SIGNATURE_PATH.to_owned(), sig.clone());
+        }
+        entries
     }
 
     /// The JSON Schema of a step type's config, parsed.
@@ -223,23 +294,25 @@ fn read_entries(
             limit: limits.max_entries,
         });
     }
+    // The zip layer indexes entries by name, so a repeated name would silently
+    // shadow another: look for repeats in the central directory itself.
+    if let Some(name) = repeated_central_name(bytes) {
+        return Err(ArchiveError::DuplicateEntry(name));
+    }
     let mut entries = BTreeMap::new();
     let mut total = 0u64;
     for index in 0..zip.len() {
+        // Metadata first, from the raw entry: no decompressor is set up for an
+        // entry that is refused.
+        let name = {
+            let file = zip
+                .by_index_raw(index)
+                .map_err(|e| ArchiveError::Zip(e.to_string()))?;
+            check_entry_metadata(bytes, &file)?
+        };
         let file = zip
             .by_index(index)
             .map_err(|e| ArchiveError::Zip(e.to_string()))?;
-        let name = file
-            .name()
-            .map_err(|e| ArchiveError::Zip(e.to_string()))?
-            .into_owned();
-        check_entry_name(&name)?;
-        if file.is_dir() || file.is_symlink() {
-            return Err(ArchiveError::UnsafeName {
-                name,
-                reason: "only regular files are allowed",
-            });
-        }
         if entries.contains_key(&name) {
             return Err(ArchiveError::DuplicateEntry(name));
         }
@@ -262,6 +335,93 @@ fn read_entries(
         entries.insert(name, data);
     }
     Ok(entries)
+}
+
+/// Checks an entry's name, type, compression and local header; returns its name.
+fn check_entry_metadata<R: Read>(
+    bytes: &[u8],
+    file: &zip::read::ZipFile<'_, R>,
+) -> Result<String, ArchiveError> {
+    let name = file
+        .name()
+        .map_err(|e| ArchiveError::Zip(e.to_string()))?
+        .into_owned();
+    check_entry_name(&name)?;
+    if file.is_symlink() {
+        return Err(ArchiveError::Symlink(name));
+    }
+    // Unix file-type bits, when present, must say "regular file".
+    let regular = file
+        .unix_mode()
+        .is_none_or(|mode| mode & 0o170000 == 0 || mode & 0o170000 == 0o100000);
+    if file.is_dir() || !regular {
+        return Err(ArchiveError::NotRegularFile(name));
+    }
+    match file.compression() {
+        CompressionMethod::Stored | CompressionMethod::Deflated => {}
+        other => {
+            return Err(ArchiveError::UnsupportedCompression {
+                name,
+                method: format!("{other:?}"),
+            });
+        }
+    }
+    let local = local_header_name(bytes, file.header_start());
+    if local.as_deref() != Some(file.name_raw()) {
+        return Err(ArchiveError::LocalHeaderMismatch {
+            central: name,
+            local: local
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .unwrap_or_else(|| "<no readable local header>".to_owned()),
+        });
+    }
+    Ok(name)
+}
+
+/// The first name that appears twice in the central directory, if any. Walks the
+/// directory from the end-of-central-directory record; archives whose directory
+/// cannot be walked this way (zip64 offsets) are left to the zip layer.
+fn repeated_central_name(bytes: &[u8]) -> Option<String> {
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    const CENTRAL: [u8; 4] = [0x50, 0x4b, 0x01, 0x02];
+    let floor = bytes.len().saturating_sub(22 + 0xffff);
+    let eocd = (floor..=bytes.len().checked_sub(22)?)
+        .rev()
+        .find(|&i| bytes[i..i + 4] == EOCD)?;
+    let u16_at = |i: usize| -> Option<usize> {
+        Some(usize::from(u16::from_le_bytes(
+            bytes.get(i..i + 2)?.try_into().ok()?,
+        )))
+    };
+    let u32_at = |i: usize| -> Option<usize> {
+        usize::try_from(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?)).ok()
+    };
+    let count = u16_at(eocd + 10)?;
+    let mut at = u32_at(eocd + 16)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..count {
+        if bytes.get(at..at + 4)? != CENTRAL {
+            return None;
+        }
+        let (n, e, c) = (u16_at(at + 28)?, u16_at(at + 30)?, u16_at(at + 32)?);
+        let name = bytes.get(at + 46..at + 46 + n)?;
+        if !seen.insert(name) {
+            return Some(String::from_utf8_lossy(name).into_owned());
+        }
+        at += 46 + n + e + c;
+    }
+    None
+}
+
+/// The raw name in the local file header at `offset`, if one is there.
+fn local_header_name(bytes: &[u8], offset: u64) -> Option<Vec<u8>> {
+    let start = usize::try_from(offset).ok()?;
+    let header = bytes.get(start..start.checked_add(30)?)?;
+    if header[..4] != [0x50, 0x4b, 0x03, 0x04] {
+        return None;
+    }
+    let len = usize::from(u16::from_le_bytes([header[26], header[27]]));
+    Some(bytes.get(start + 30..start + 30 + len)?.to_vec())
 }
 
 /// Entry names are plain relative paths of `/`-separated, ordinary components.

@@ -1,0 +1,190 @@
+//! `cargo ark keygen`, `cargo ark sign` and `cargo ark verify`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use arkline::ark::{Ark, PublicKey, SecretKey, SignaturePolicy};
+use clap::Args;
+
+use crate::shell::Shell;
+
+/// Create an ed25519 key pair for signing archives: `NAME.key` (secret, mode 0600)
+/// and `NAME.pub`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenCmd {
+    /// Path of the key pair without extension; writes `<PATH>.key` and `<PATH>.pub`.
+    #[arg(default_value = "ark-signing")]
+    pub path: PathBuf,
+}
+
+impl KeygenCmd {
+    /// Writes the key pair, refusing to overwrite an existing one.
+    pub fn exec(&self, shell: &Shell) -> anyhow::Result<()> {
+        let secret_path = self.path.with_extension("key");
+        let public_path = self.path.with_extension("pub");
+        for p in [&secret_path, &public_path] {
+            if p.exists() {
+                bail!("{} already exists; choose another path", p.display());
+            }
+        }
+        let key = SecretKey::generate()?;
+        write_secret(&secret_path, &format!("{}\n", key.to_hex()))?;
+        std::fs::write(&public_path, format!("{}\n", key.public_key()))
+            .with_context(|| format!("cannot write {}", public_path.display()))?;
+        shell.status(
+            "Created",
+            format!(
+                "key {} ({} and {})",
+                key.public_key().id(),
+                secret_path.display(),
+                public_path.display()
+            ),
+        );
+        Ok(())
+    }
+}
+
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Sign an .ark: add `ark.sig`, an ed25519 signature over `ark.toml`.
+#[derive(Debug, Clone, Args)]
+pub struct SignCmd {
+    /// The archive, rewritten in place.
+    pub file: PathBuf,
+    /// The secret key file (from `cargo ark keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+}
+
+impl SignCmd {
+    /// Verifies the archive, then rewrites it with the signature.
+    pub fn exec(&self, shell: &Shell) -> anyhow::Result<()> {
+        let key: SecretKey = std::fs::read_to_string(&self.key)
+            .with_context(|| format!("cannot read {}", self.key.display()))?
+            .parse()
+            .with_context(|| format!("{} is not a secret key", self.key.display()))?;
+        let ark = Ark::open(&self.file)
+            .with_context(|| format!("cannot read {}", self.file.display()))?;
+        let bytes = ark.signed(&key)?;
+        let tmp = self.file.with_extension("ark.tmp");
+        std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.file)
+            .with_context(|| format!("cannot write {}", self.file.display()))?;
+        shell.status(
+            "Signed",
+            format!("{} with key {}", self.file.display(), key.public_key().id()),
+        );
+        Ok(())
+    }
+}
+
+/// Verify an .ark: every check of the reader, the signature, and the component
+/// (a component exporting a supported step world whose step types match ark.toml).
+/// Prints one line per problem; exits 1 when there is any.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyCmd {
+    /// The archive.
+    pub file: PathBuf,
+    /// A trusted public key file (repeatable). With keys given, the archive must be
+    /// signed by one of them.
+    #[arg(long = "key", value_name = "PUB")]
+    pub keys: Vec<PathBuf>,
+    /// Refuse unsigned archives even when no key is given.
+    #[arg(long)]
+    pub require_signature: bool,
+}
+
+impl VerifyCmd {
+    /// Runs every check.
+    pub fn exec(&self, shell: &Shell) -> anyhow::Result<()> {
+        let mut trusted = Vec::new();
+        for path in &self.keys {
+            let key: PublicKey = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .parse()
+                .with_context(|| format!("{} is not a public key", path.display()))?;
+            trusted.push(key);
+        }
+        let policy = SignaturePolicy {
+            require_signature: self.require_signature || !trusted.is_empty(),
+            trusted,
+        };
+        let problems = verify(&self.file, &policy, shell);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        for p in &problems {
+            writeln!(out, "{}: {p}", self.file.display())?;
+        }
+        bail!(
+            "{} failed verification ({} problem{})",
+            self.file.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        )
+    }
+}
+
+fn verify(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec<String> {
+    let ark = match Ark::open(file) {
+        Ok(ark) => ark,
+        Err(e) => return vec![e.to_string()],
+    };
+    let mut problems = Vec::new();
+    match ark.verify_signature(policy) {
+        Ok(status) => shell.status("Signature", status.to_string()),
+        Err(e) => problems.push(e.to_string()),
+    }
+    match arkline::ark::inspect_component(&ark.component) {
+        Ok(info) => {
+            let described: Vec<&str> = info.steps.iter().map(|s| s.id.as_str()).collect();
+            let listed: Vec<&str> = ark.manifest.steps.iter().map(|s| s.id.as_str()).collect();
+            if described != listed {
+                problems.push(format!(
+                    "ark.toml lists step types [{}] but the component describes [{}]",
+                    listed.join(", "),
+                    described.join(", ")
+                ));
+            }
+            for step in &info.steps {
+                if ark.step_schema(&step.id).as_ref() != Some(&step.config_schema) {
+                    problems.push(format!(
+                        "the schema file of step type `{}` differs from what the component describes",
+                        step.id
+                    ));
+                }
+            }
+            if !ark.manifest.host_api.matches(&info.api_version) {
+                problems.push(format!(
+                    "ark.toml requires arkline:step {} but the component targets {}",
+                    ark.manifest.host_api, info.api_version
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("component: {e}")),
+    }
+    if problems.is_empty() {
+        shell.status(
+            "Verified",
+            format!(
+                "{} {} ({})",
+                ark.manifest.name,
+                ark.manifest.version,
+                file.display()
+            ),
+        );
+    }
+    problems
+}
