@@ -8,6 +8,8 @@ use arkline::ark::{Ark, write_deterministic_zip};
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+type Entries = BTreeMap<String, Vec<u8>>;
+
 fn cargo_ark() -> Command {
     Command::cargo_bin("cargo-ark").expect("cargo-ark is built")
 }
@@ -126,7 +128,7 @@ fn verify_refuses_the_corpus_with_distinct_messages() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let good = Ark::open(shell_ark(tmp.path())).expect("reads");
     let base = good.entries();
-    let mutate = |f: &dyn Fn(&mut BTreeMap<String, Vec<u8>>)| {
+    let mutate = |f: &dyn Fn(&mut Entries)| {
         let mut e = base.clone();
         f(&mut e);
         write_deterministic_zip(&e, |_| false).expect("zip")
