@@ -90,6 +90,11 @@ pub fn build(
         if let Message::CompilerArtifact(artifact) =
             message.context("cannot read cargo's JSON messages")?
             && artifact.package_id == package.id
+            && artifact
+                .target
+                .kind
+                .iter()
+                .any(|k| k.to_string() == "cdylib")
             && let Some(file) = artifact
                 .filenames
                 .iter()
@@ -155,6 +160,9 @@ fn rustc_version() -> anyhow::Result<String> {
         .arg("--version")
         .output()
         .context("cannot run rustc --version")?;
+    if !out.status.success() {
+        bail!("`rustc --version` failed ({})", out.status);
+    }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 

@@ -21,8 +21,13 @@ pub struct KeygenCmd {
 impl KeygenCmd {
     /// Writes the key pair, refusing to overwrite an existing one.
     pub fn exec(&self, shell: &Shell) -> anyhow::Result<()> {
-        let secret_path = self.path.with_extension("key");
-        let public_path = self.path.with_extension("pub");
+        let with_suffix = |suffix: &str| {
+            let mut path = self.path.clone().into_os_string();
+            path.push(suffix);
+            PathBuf::from(path)
+        };
+        let secret_path = with_suffix(".key");
+        let public_path = with_suffix(".pub");
         for p in [&secret_path, &public_path] {
             if p.exists() {
                 bail!("{} already exists; choose another path", p.display());

@@ -296,6 +296,10 @@ fn read_entries(
     }
     // The zip layer indexes entries by name, so a repeated name would silently
     // shadow another: look for repeats in the central directory itself.
+    if zip.has_duplicate_names() {
+        let name = repeated_central_name(bytes).unwrap_or_else(|| "<a repeated name>".to_owned());
+        return Err(ArchiveError::DuplicateEntry(name));
+    }
     if let Some(name) = repeated_central_name(bytes) {
         return Err(ArchiveError::DuplicateEntry(name));
     }
@@ -317,7 +321,7 @@ fn read_entries(
             return Err(ArchiveError::DuplicateEntry(name));
         }
         let mut data = Vec::new();
-        file.take(limits.max_entry_bytes + 1)
+        file.take(limits.max_entry_bytes.saturating_add(1))
             .read_to_end(&mut data)
             .map_err(|e| ArchiveError::Zip(format!("entry `{name}`: {e}")))?;
         if data.len() as u64 > limits.max_entry_bytes {
@@ -346,7 +350,6 @@ fn check_entry_metadata<R: Read>(
         .name()
         .map_err(|e| ArchiveError::Zip(e.to_string()))?
         .into_owned();
-    check_entry_name(&name)?;
     if file.is_symlink() {
         return Err(ArchiveError::Symlink(name));
     }
@@ -357,6 +360,7 @@ fn check_entry_metadata<R: Read>(
     if file.is_dir() || !regular {
         return Err(ArchiveError::NotRegularFile(name));
     }
+    check_entry_name(&name)?;
     match file.compression() {
         CompressionMethod::Stored | CompressionMethod::Deflated => {}
         other => {
@@ -471,6 +475,7 @@ pub fn write_deterministic_zip(
         let options = SimpleFileOptions::default()
             .compression_method(method)
             .last_modified_time(DateTime::default())
+            .system(zip::System::Unix)
             .unix_permissions(0o644)
             .large_file(data.len() as u64 >= u64::from(u32::MAX));
         zip.start_file(name.as_str(), options)
@@ -501,6 +506,11 @@ pub fn write_ark(
         })
         .collect();
     manifest.check()?;
+    if [MANIFEST_PATH, SIGNATURE_PATH].contains(&manifest.component.path.as_str()) {
+        return Err(ArchiveError::DuplicateEntry(
+            manifest.component.path.clone(),
+        ));
+    }
     let mut entries = files.clone();
     for reserved in [
         MANIFEST_PATH,

@@ -153,9 +153,13 @@ fn check_header(wasm: &[u8]) -> Result<(), ComponentError> {
     }
 }
 
+/// Memory a component may use during `describe()`.
+const DESCRIBE_MEMORY: usize = 256 << 20;
+
 struct DescribeState {
     ctx: WasiCtx,
     table: ResourceTable,
+    limits: wasmtime::StoreLimits,
 }
 
 impl WasiView for DescribeState {
@@ -182,8 +186,14 @@ fn call_describe(
         DescribeState {
             ctx: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(DESCRIBE_MEMORY)
+                .instances(64)
+                .tables(64)
+                .build(),
         },
     );
+    store.limiter(|state| &mut state.limits);
     store.set_fuel(DESCRIBE_FUEL).map_err(describe_err)?;
     store.set_epoch_deadline(1);
 

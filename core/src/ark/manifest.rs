@@ -200,6 +200,15 @@ impl Manifest {
                 });
             }
         }
+        let mut paths = std::collections::BTreeSet::from([self.component.path.as_str()]);
+        for (i, file) in self.files.iter().enumerate() {
+            if !paths.insert(file.path.as_str()) {
+                return Err(ManifestError::Invalid {
+                    field: format!("files[{i}].path"),
+                    problem: format!("repeats `{}`", file.path),
+                });
+            }
+        }
         for (field, digest) in
             std::iter::once(("component.sha256".to_owned(), &self.component.sha256)).chain(
                 self.files

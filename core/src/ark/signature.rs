@@ -201,7 +201,7 @@ impl Ark {
             })?;
         if policy.trusted.contains(&key) {
             Ok(SignatureStatus::Trusted(key))
-        } else if policy.trusted.is_empty() && !policy.require_signature {
+        } else if policy.trusted.is_empty() {
             Ok(SignatureStatus::Unverified(key))
         } else {
             Err(ArchiveError::UntrustedKey(key.id()))

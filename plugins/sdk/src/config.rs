@@ -24,7 +24,7 @@ pub fn decode_config<C: DeserializeOwned>(json: &str) -> Result<C, StepError> {
     // config type whose fields all have defaults decodes.
     let json = if json.trim().is_empty() { "{}" } else { json };
     let de = &mut serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let config = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = strip_position(&inner.to_string());
@@ -32,7 +32,12 @@ pub fn decode_config<C: DeserializeOwned>(json: &str) -> Result<C, StepError> {
             field: (path != ".").then_some(path),
             message,
         }
-    })
+    })?;
+    de.end().map_err(|e| StepError::InvalidConfig {
+        field: None,
+        message: format!("{e} (the configuration must be one JSON object)"),
+    })?;
+    Ok(config)
 }
 
 /// serde_json appends " at line L column C" to its messages; for a config the field
@@ -125,6 +130,13 @@ mod tests {
         let (field, message) = invalid(r#"{"script":"#);
         assert_eq!(field.as_deref(), Some("script"));
         assert!(message.contains("EOF"), "{message}");
+    }
+
+    #[test]
+    fn trailing_input_is_refused() {
+        let (field, message) = invalid(r#"{"script":"x"} garbage"#);
+        assert_eq!(field, None);
+        assert!(message.contains("trailing characters"), "{message}");
     }
 
     #[test]
