@@ -20,6 +20,6 @@ pub use component::{
 };
 pub use manifest::{
     BuildInfo, Capabilities, ComponentEntry, FORMAT_VERSION, FileEntry, MANIFEST_PATH, Manifest,
-    ManifestError, SIGNATURE_PATH, StepEntry, sha256_hex,
+    ManifestError, SIGNATURE_PATH, StepEntry, is_valid_name, sha256_hex,
 };
 pub use signature::{KeyError, PublicKey, SecretKey, SignaturePolicy, SignatureStatus};

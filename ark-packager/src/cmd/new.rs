@@ -73,11 +73,7 @@ impl NewCmd {
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
-    let mut chars = name.chars();
-    let valid = name.len() <= 64
-        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if !valid {
+    if !arkline::ark::is_valid_name(name) {
         bail!(
             "`{name}` is not a valid plugin name: use 1-64 lower-case letters, digits, `-` or `_`, starting with a letter (or pass --name)"
         );

@@ -247,11 +247,7 @@ fn check_steps(steps: &[DescribedStep]) -> Result<(), ComponentError> {
     }
     let mut seen = std::collections::BTreeSet::new();
     for step in steps {
-        let mut chars = step.id.chars();
-        let valid = step.id.len() <= 64
-            && chars.next().is_some_and(|c| c.is_ascii_lowercase())
-            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if !valid {
+        if !super::is_valid_name(&step.id) {
             return Err(ComponentError::InvalidDescription(format!(
                 "step type id `{}` must be 1-64 lower-case letters, digits, `-` or `_`, starting with a letter",
                 step.id

@@ -232,13 +232,17 @@ impl Manifest {
     }
 }
 
-/// Names of bizes and step types: what a `uses:` line can spell unambiguously.
-fn check_name(field: &str, name: &str) -> Result<(), ManifestError> {
+/// What a biz or step type name may be: 1-64 lower-case letters, digits, `-` or
+/// `_`, starting with a letter, so a `uses:` line spells it unambiguously.
+pub fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    let valid = name.len() <= 64
+    name.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if valid {
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ManifestError> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(ManifestError::Invalid {
