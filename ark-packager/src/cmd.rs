@@ -10,19 +10,21 @@ mod build;
 mod inspect;
 mod new;
 mod package;
+mod run;
 mod sign;
 
 pub use build::BuildCmd;
 pub use inspect::InspectCmd;
 pub use new::NewCmd;
 pub use package::PackageCmd;
+pub use run::{GrantError, RunCmd, merge_grants, parse_grant};
 pub use sign::{KeygenCmd, SignCmd, VerifyCmd};
 
 /// `cargo` as cargo runs a subcommand: `cargo-ark ark …`.
 #[derive(Debug, Parser)]
 #[command(name = "cargo", bin_name = "cargo", styles = clap_cargo_styles())]
 pub enum Cargo {
-    /// Build, package and inspect arkline step plugins.
+    /// Build, package, inspect and run arkline step plugins.
     #[command(version, author)]
     Ark(ArkCli),
 }
@@ -87,6 +89,8 @@ pub enum Command {
     Package(PackageCmd),
     /// Show what an .ark archive holds.
     Inspect(InspectCmd),
+    /// Build the plugin and run one of its steps in the isolation runtime.
+    Run(RunCmd),
     /// Create an ed25519 key pair for signing archives.
     Keygen(KeygenCmd),
     /// Sign an .ark with a secret key.
@@ -103,6 +107,7 @@ impl Command {
             Command::Build(cmd) => cmd.exec(global, shell).map(drop),
             Command::Package(cmd) => cmd.exec(global, shell).map(drop),
             Command::Inspect(cmd) => cmd.exec(shell),
+            Command::Run(cmd) => cmd.exec(global, shell),
             Command::Keygen(cmd) => cmd.exec(shell),
             Command::Sign(cmd) => cmd.exec(shell),
             Command::Verify(cmd) => cmd.exec(shell),

@@ -8,14 +8,19 @@
 //! cargo ark build              # build the component for wasm32-wasip2
 //! cargo ark package            # write target/ark/<name>-<version>.ark
 //! cargo ark inspect file.ark   # show what an archive holds
+//! cargo ark run upper --with '{"text":"hi"}'   # run one step in the real runtime
 //! ```
 //!
 //! Each subcommand is a clap struct with an `exec()`; status lines go to stderr in
 //! cargo's style. The archive format itself lives in `arkline::ark`.
+//!
+//! Other tools (the test harness of `arkline-testkit`) package a plugin crate
+//! through [`package_crate`] rather than by running this binary.
 
 #![deny(missing_docs)]
 
 use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -26,6 +31,87 @@ pub mod project;
 pub mod shell;
 
 pub use shell::Shell;
+
+/// Where an archive written by `cargo ark package` went, and where its compiled
+/// component is cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packaged {
+    /// The archive, `<target dir>/ark/<name>-<version>.ark`.
+    pub archive: PathBuf,
+    /// `<target dir>/ark/compiled`: the compiled-component cache that `cargo ark
+    /// run` and the test harness give their `Runtime`, so that a component that did
+    /// not change is not compiled again.
+    pub compiled_cache: PathBuf,
+}
+
+/// Builds and packages the selected plugin crate exactly as `cargo ark package`
+/// does (status lines go to `shell`; cargo's own output to stderr), writing the
+/// archive to its usual place under the workspace's target directory.
+pub fn package_crate(selection: &cmd::PackageSelection, shell: &Shell) -> anyhow::Result<Packaged> {
+    let global = cmd::GlobalOpts {
+        quiet: shell.verbosity() == shell::Verbosity::Quiet,
+        verbose: shell.verbosity() == shell::Verbosity::Verbose,
+        color: shell::Color::Auto,
+    };
+    let package = cmd::PackageCmd {
+        selection: with_current_package(selection)?,
+        output: None,
+    };
+    let archive = package.exec(&global, shell)?;
+    Ok(Packaged {
+        compiled_cache: compiled_cache_beside(&archive),
+        archive,
+    })
+}
+
+/// `selection` with the package named when only a directory chooses it (the
+/// `--manifest-path`, or the nearest `Cargo.toml` above the current directory), as
+/// cargo does: in a virtual workspace, the package in that directory.
+///
+/// `PluginProject::locate` alone takes the workspace root's package, so without
+/// this, a member of a virtual workspace could only be packaged with `-p`.
+fn with_current_package(
+    selection: &cmd::PackageSelection,
+) -> anyhow::Result<cmd::PackageSelection> {
+    use anyhow::Context as _;
+    if selection.package.is_some() {
+        return Ok(selection.clone());
+    }
+    let manifest = match &selection.manifest_path {
+        Some(path) => Some(path.clone()),
+        None => {
+            let cwd = std::env::current_dir().context("cannot read the current directory")?;
+            cwd.ancestors()
+                .map(|dir| dir.join("Cargo.toml"))
+                .find(|path| path.is_file())
+        }
+    };
+    let Some(manifest) = manifest else {
+        // No manifest at all: let cargo metadata report it.
+        return Ok(selection.clone());
+    };
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("cannot parse {}", manifest.display()))?;
+    let name = table
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str());
+    Ok(cmd::PackageSelection {
+        manifest_path: Some(manifest.clone()),
+        package: name.map(str::to_owned),
+    })
+}
+
+/// The compiled cache that belongs with an archive in `<target dir>/ark/`.
+fn compiled_cache_beside(archive: &Path) -> PathBuf {
+    archive
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("compiled")
+}
 
 /// Runs `cargo ark` with the given process arguments and returns its exit code.
 ///

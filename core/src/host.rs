@@ -7,7 +7,14 @@
 
 use semver::Version;
 
+pub mod capability;
 pub mod since_v0_1_0;
+mod state;
+pub mod step_log;
+
+pub use capability::{CallerIdentity, Capability, EffectiveCapabilities};
+pub use state::{StepLimiter, StepState};
+pub use step_log::{LogLevel, LogLine, LogSink, LogSource, StepLog};
 
 /// The WIT package every step plugin targets.
 pub const PACKAGE: &str = "arkline:step";

@@ -1,24 +1,41 @@
 //! # arkline-testkit
 //!
-//! Test support: builds and packages this workspace's step plugins with the real
-//! `cargo ark package`, once per test process, and hands tests the `.ark` path.
+//! Test support for arkline step plugins, with the real packager and runtime:
+//!
+//! - [`Harness`] runs a plugin's real component from the plugin's own tests: it
+//!   packages the crate, installs it in the isolation runtime, and runs steps.
+//! - [`plugin`] packages one of this workspace's plugins and hands tests the `.ark`.
 //!
 //! ```no_run
+//! use arkline_testkit::{Harness, StepFailure};
+//! use serde_json::json;
+//!
+//! let h = Harness::current_crate(env!("CARGO_MANIFEST_DIR"));
+//! let report = h.run("fail", json!({ "message": "boom" }));
+//! assert_eq!(report.result, Err(StepFailure::Failed("boom".into())));
+//!
 //! let shell = arkline_testkit::plugin("shell");
-//! let ark = std::fs::read(&shell).unwrap();
-//! assert!(!ark.is_empty());
+//! assert!(shell.exists());
 //! ```
 //!
-//! It runs a nested `$CARGO run -p cargo-ark -- ark package -p NAME` from the test
-//! body. Never call it from a `build.rs`: a nested cargo there waits forever on the
-//! target-directory lock the outer build holds.
+//! Packaging goes through the `cargo-ark` library (`cargo_ark::package_crate`),
+//! which runs `$CARGO build --target wasm32-wasip2` once per crate and test
+//! process. Never call it from a `build.rs`: that nested cargo would wait forever
+//! on the target-directory lock the outer build holds.
 
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
+
+mod harness;
+
+pub use arkline::ark::{
+    BizLease, CallContext, Capabilities, StepCall, StepFailure, StepFault, StepOutcome, StepReport,
+};
+pub use arkline::host::{LogLevel, LogLine, LogSource, StepLog};
+pub use harness::{DEFAULT_TIMEOUT, ENGINE, Harness, HarnessError};
 
 /// The root of the arkline workspace this testkit belongs to.
 pub fn workspace_root() -> PathBuf {
@@ -46,8 +63,8 @@ fn slots() -> &'static Mutex<HashMap<String, Slot>> {
 /// process) and returns the path of its `.ark`.
 ///
 /// # Panics
-/// When the build or packaging fails, with cargo's output: a test cannot go on
-/// without its plugin.
+/// When the build or packaging fails (cargo's diagnostics are on stderr): a test
+/// cannot go on without its plugin.
 pub fn plugin(name: &str) -> PathBuf {
     match try_plugin(name) {
         Ok(path) => path,
@@ -68,32 +85,28 @@ fn package(name: &str) -> Result<PathBuf, String> {
     let out_dir = std::env::temp_dir().join(format!("arkline-testkit-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let output = out_dir.join(format!("{name}.ark"));
-    let result = Command::new(cargo())
-        .current_dir(workspace_root())
-        .args([
-            "run",
-            "--quiet",
-            "-p",
-            "cargo-ark",
-            "--",
-            "ark",
-            "package",
-            "--quiet",
-            "-p",
-            name,
-        ])
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !result.status.success() {
-        return Err(format!(
-            "`cargo run -p cargo-ark -- ark package -p {name}` failed ({}):\n{}{}",
-            result.status,
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        ));
-    }
-    Ok(output)
+    // An archive per process: concurrent test processes never write the same file.
+    let package = cargo_ark::cmd::PackageCmd {
+        selection: cargo_ark::cmd::PackageSelection {
+            manifest_path: Some(workspace_root().join("Cargo.toml")),
+            package: Some(name.to_owned()),
+        },
+        output: Some(out_dir.join(format!("{name}.ark"))),
+    };
+    let global = cargo_ark::cmd::GlobalOpts {
+        quiet: true,
+        verbose: false,
+        color: cargo_ark::shell::Color::Never,
+    };
+    package
+        .exec(&global, &quiet_shell())
+        .map_err(|e| format!("`cargo ark package -p {name}` failed: {e:#}"))
+}
+
+/// Status lines off; errors (and cargo's diagnostics) still reach stderr.
+fn quiet_shell() -> cargo_ark::Shell {
+    cargo_ark::Shell::new(
+        cargo_ark::shell::Color::Never,
+        cargo_ark::shell::Verbosity::Quiet,
+    )
 }

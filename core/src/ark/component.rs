@@ -49,6 +49,11 @@ pub enum ComponentError {
         /// Versions this host serves.
         supported: String,
     },
+    /// Its imports cannot be satisfied by this host.
+    #[error(
+        "the component imports something this host does not provide: {0}; step plugins may import only WASI 0.2 and the `arkline:step` interfaces"
+    )]
+    Link(String),
     /// Instantiating or calling `describe()` failed.
     #[error("calling describe() failed: {0}")]
     Describe(String),
@@ -103,16 +108,33 @@ pub fn describe_component(engine: &Engine, wasm: &[u8]) -> Result<ComponentInfo,
     check_header(wasm)?;
     let component =
         Component::new(engine, wasm).map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
-    let ty = component.component_type();
-    let exports: Vec<String> = ty
-        .exports(engine)
-        .map(|(name, _)| name.to_owned())
-        .collect();
-    let imports: Vec<String> = ty
+    let imports: Vec<String> = component
+        .component_type()
         .imports(engine)
         .map(|(name, _)| name.to_owned())
         .collect();
+    let api_version = step_api_version(engine, &component)?;
 
+    let steps = call_describe(engine, &component)?;
+    check_steps(&steps)?;
+    Ok(ComponentInfo {
+        api_version,
+        steps,
+        imports,
+    })
+}
+
+/// The `arkline:step` version whose `plugin` interface `component` exports,
+/// refused when this host does not serve it.
+pub(crate) fn step_api_version(
+    engine: &Engine,
+    component: &Component,
+) -> Result<Version, ComponentError> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
     let api_version = exports
         .iter()
         .filter_map(|name| host::parse_interface_name(name))
@@ -135,17 +157,10 @@ pub fn describe_component(engine: &Engine, wasm: &[u8]) -> Result<ComponentInfo,
                 .join(", "),
         });
     }
-
-    let steps = call_describe(engine, &component)?;
-    check_steps(&steps)?;
-    Ok(ComponentInfo {
-        api_version,
-        steps,
-        imports,
-    })
+    Ok(api_version)
 }
 
-fn check_header(wasm: &[u8]) -> Result<(), ComponentError> {
+pub(crate) fn check_header(wasm: &[u8]) -> Result<(), ComponentError> {
     match wasm.get(..8) {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(ComponentError::CoreModule),
         Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
@@ -206,21 +221,33 @@ fn call_describe(
         }
     });
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| ComponentError::Describe(e.to_string()))?;
-    let result = runtime.block_on(async {
-        let instance =
-            since_v0_1_0::Step::instantiate_async(&mut store, component, &linker).await?;
-        instance
-            .arkline_step_plugin()
-            .call_describe(&mut store)
-            .await
+    // On a thread of its own with its own runtime, so this works the same from
+    // plain code and from inside an async runtime (where blocking would panic).
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .map_err(|e| ComponentError::Describe(e.to_string()))?;
+                runtime
+                    .block_on(async {
+                        let instance =
+                            since_v0_1_0::Step::instantiate_async(&mut store, component, &linker)
+                                .await?;
+                        instance
+                            .arkline_step_plugin()
+                            .call_describe(&mut store)
+                            .await
+                    })
+                    .map_err(describe_err)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(ComponentError::Describe("describe() panicked".into())))
     });
     let _ = done.send(());
     let _ = watchdog.join();
 
-    let described = result.map_err(describe_err)?;
+    let described = result?;
     described
         .into_iter()
         .map(|s| {

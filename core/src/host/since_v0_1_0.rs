@@ -1,6 +1,11 @@
-//! Bindings for `arkline:step@0.1.0`, generated from `wit/since_v0.1.0`.
+//! Bindings for `arkline:step@0.1.0`, generated from `wit/since_v0.1.0`, and the
+//! host functions that serve them.
 
 use semver::Version;
+
+use super::capability::Capability;
+use super::state::StepState;
+use super::step_log::{LogLevel, LogSource};
 
 /// The API version these bindings serve.
 pub const VERSION: Version = Version::new(0, 1, 0);
@@ -18,3 +23,85 @@ mod bindings {
 }
 
 pub use bindings::*;
+
+use arkline::step::types::HostError;
+
+/// Adds the `arkline:step@0.1.0` imports to `linker`.
+pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StepState>) -> wasmtime::Result<()> {
+    Step::add_to_linker::<StepState, wasmtime::component::HasSelf<StepState>>(linker, |s| s)
+}
+
+impl StepState {
+    /// The answer to a capability this build does not serve yet, once the
+    /// capability check has passed (so a refusal still names the grant).
+    fn not_served(&self, capability: Capability, target: Option<&str>) -> HostError {
+        match self.check(capability, target) {
+            Err(denied) => HostError::Denied(denied),
+            Ok(()) => HostError::Failed(format!(
+                "capability `{capability}` is granted to biz `{}@{}` but this arkline build does not serve it yet",
+                self.caller.biz, self.caller.version
+            )),
+        }
+    }
+}
+
+impl arkline::step::types::Host for StepState {}
+
+impl arkline::step::log::Host for StepState {
+    async fn log(
+        &mut self,
+        level: arkline::step::log::Level,
+        message: String,
+        fields: Vec<arkline::step::types::KeyValue>,
+    ) {
+        use arkline::step::log::Level;
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        let fields = fields.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        self.log.push(level, LogSource::Log, message, fields);
+    }
+}
+
+impl arkline::step::process::Host for StepState {
+    async fn run(
+        &mut self,
+        command: arkline::step::process::Command,
+    ) -> Result<arkline::step::process::Output, HostError> {
+        Err(self.not_served(Capability::Process, Some(&command.program)))
+    }
+}
+
+impl arkline::step::http::Host for StepState {
+    async fn send(
+        &mut self,
+        request: arkline::step::http::Request,
+    ) -> Result<arkline::step::http::Response, HostError> {
+        let _ = request;
+        Err(self.not_served(Capability::Http, None))
+    }
+}
+
+impl arkline::step::cache::Host for StepState {
+    async fn get(&mut self, _key: String) -> Result<Option<Vec<u8>>, HostError> {
+        Err(self.not_served(Capability::Cache, None))
+    }
+
+    async fn put(&mut self, _key: String, _value: Vec<u8>) -> Result<(), HostError> {
+        Err(self.not_served(Capability::Cache, None))
+    }
+
+    async fn remove(&mut self, _key: String) -> Result<(), HostError> {
+        Err(self.not_served(Capability::Cache, None))
+    }
+}
+
+impl arkline::step::host_call::Host for StepState {
+    async fn call(&mut self, name: String, _payload: Vec<u8>) -> Result<Vec<u8>, HostError> {
+        Err(self.not_served(Capability::HostCall, Some(&name)))
+    }
+}

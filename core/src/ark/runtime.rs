@@ -1,0 +1,384 @@
+//! The process-wide WebAssembly runtime: one wasmtime [`Engine`] with a pooling
+//! allocator, an epoch ticker, the compiled-component cache, and one linker per
+//! served `arkline:step` version.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use semver::Version;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::compiled::{self, CacheOutcome, CompiledCache};
+use super::{Ark, ComponentError};
+use crate::host::{self, StepState, since_v0_1_0};
+
+/// How the runtime is set up. `Default` suits a server; every field has a builder.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where precompiled components are cached; `None` compiles in memory on every
+    /// install.
+    pub cache_dir: Option<PathBuf>,
+    /// Use the pooling instance allocator (falls back to on-demand allocation, with
+    /// a warning, when its address space cannot be reserved).
+    pub pooling: bool,
+    /// Step calls that can run at once (pooling slots).
+    pub max_instances: u32,
+    /// The largest linear memory any step may have (the pooling slot size); the
+    /// per-call limit cannot exceed it.
+    pub max_memory: usize,
+    /// Bytes of each linear memory kept resident between calls (pooling): faster
+    /// re-instantiation for a little RSS.
+    pub keep_resident: usize,
+    /// How often the epoch advances: the granularity of timeouts, cancellation and
+    /// async yields of CPU-bound guests.
+    pub epoch_tick: Duration,
+    /// Default memory limit of one step call.
+    pub memory_limit: usize,
+    /// Default wall-clock limit of one step call.
+    pub timeout: Duration,
+    /// Default fuel of one step call; `None` is unlimited (fuel metering stays on).
+    pub fuel: Option<u64>,
+    /// Default cap on a step's captured log, in bytes.
+    pub log_limit: usize,
+    /// Default cap on a step's outputs (keys plus values), in bytes.
+    pub output_limit: usize,
+    /// Wasm stack size of a step call.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            pooling: true,
+            max_instances: 256,
+            max_memory: 1 << 30,
+            keep_resident: 1 << 20,
+            epoch_tick: Duration::from_millis(10),
+            memory_limit: 256 << 20,
+            timeout: Duration::from_secs(600),
+            fuel: None,
+            log_limit: 4 << 20,
+            output_limit: 1 << 20,
+            max_wasm_stack: 1 << 20,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Caches compiled components in `dir`.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Turns the pooling allocator on or off.
+    pub fn pooling(mut self, on: bool) -> Self {
+        self.pooling = on;
+        self
+    }
+
+    /// Sets the number of concurrent step calls (pooling slots).
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = n;
+        self
+    }
+
+    /// Sets the default per-call memory limit.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Sets the default per-call timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the default per-call fuel.
+    pub fn fuel(mut self, fuel: Option<u64>) -> Self {
+        self.fuel = fuel;
+        self
+    }
+
+    /// Sets the epoch tick.
+    pub fn epoch_tick(mut self, tick: Duration) -> Self {
+        self.epoch_tick = tick;
+        self
+    }
+
+    /// Sets the default log cap.
+    pub fn log_limit(mut self, bytes: usize) -> Self {
+        self.log_limit = bytes;
+        self
+    }
+
+    /// Sets the default output cap.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes;
+        self
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// wasmtime rejected the configuration.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The compiled-cache directory is unusable.
+    #[error("cannot use the compiled-component cache directory {path}: {source}")]
+    CacheDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid runtime configuration: {0}")]
+    Config(String),
+}
+
+/// The process-wide runtime. Cheap to clone; the epoch ticker stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    config: RuntimeConfig,
+    pooling: bool,
+    cache: Option<CompiledCache>,
+    linker_v0_1_0: Linker<StepState>,
+    ticker: Mutex<Option<Ticker>>,
+}
+
+struct Ticker {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        let ticker = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(ticker) = ticker {
+            drop(ticker.stop);
+            let _ = ticker.thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("pooling", &self.inner.pooling)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Starts a runtime: builds the engine (pooling if possible), the linkers and
+    /// the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        if config.memory_limit > config.max_memory {
+            return Err(RuntimeError::Config(format!(
+                "memory_limit ({} bytes) exceeds max_memory ({} bytes), the largest memory the allocator provides",
+                config.memory_limit, config.max_memory
+            )));
+        }
+        if config.epoch_tick.is_zero() {
+            return Err(RuntimeError::Config("epoch_tick must be above zero".into()));
+        }
+        let (engine, pooling) = build_engine(&config)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => {
+                Some(
+                    CompiledCache::open(dir).map_err(|source| RuntimeError::CacheDir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| since_v0_1_0::add_to_linker(&mut linker))
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let (stop, stopped) = mpsc::channel::<()>();
+        let tick = config.epoch_tick;
+        let ticking = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("arkline-epoch".into())
+            .spawn(move || {
+                // Ends when the runtime drops its sender.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                config,
+                pooling,
+                cache,
+                linker_v0_1_0: linker,
+                ticker: Mutex::new(Some(Ticker { stop, thread })),
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Whether the pooling allocator is in use (false after a fallback).
+    pub fn is_pooling(&self) -> bool {
+        self.inner.pooling
+    }
+
+    /// The compiled-component cache, when configured.
+    pub fn compiled_cache(&self) -> Option<&CompiledCache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Compiles (or loads from the cache) the component of a verified archive and
+    /// links it against the step API version it exports.
+    ///
+    /// This is the CPU-heavy half of an install; it does not touch any registry.
+    pub fn prepare(&self, ark: &Ark) -> Result<PreparedBiz, ComponentError> {
+        super::component::check_header(&ark.component)?;
+        let sha256 = &ark.manifest.component.sha256;
+        let (component, cache) = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(&self.inner.engine, sha256, &ark.component)?,
+            None => (
+                compiled::compile(&self.inner.engine, &ark.component)?,
+                CacheOutcome::Uncached,
+            ),
+        };
+        let api_version = super::component::step_api_version(&self.inner.engine, &component)?;
+        let pre = self.link(&component, &api_version)?;
+        Ok(PreparedBiz {
+            name: ark.manifest.name.clone(),
+            version: ark.manifest.version.clone(),
+            sha256: sha256.clone(),
+            api_version,
+            pre,
+            cache,
+        })
+    }
+
+    fn link(&self, component: &Component, api: &Version) -> Result<StepPre, ComponentError> {
+        if *api == since_v0_1_0::VERSION {
+            let pre = self
+                .inner
+                .linker_v0_1_0
+                .instantiate_pre(component)
+                .map_err(|e| ComponentError::Link(format!("{e:#}")))?;
+            let pre = since_v0_1_0::StepPre::new(pre)
+                .map_err(|e| ComponentError::Link(format!("{e:#}")))?;
+            return Ok(StepPre::V0_1_0(pre));
+        }
+        Err(ComponentError::UnsupportedApi {
+            found: api.clone(),
+            supported: host::supported_api_versions()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
+
+/// A component linked against the step API version it targets.
+#[derive(Clone)]
+pub(crate) enum StepPre {
+    /// `arkline:step@0.1.0`.
+    V0_1_0(since_v0_1_0::StepPre<StepState>),
+}
+
+/// A compiled and linked biz, ready to be registered.
+#[derive(Clone)]
+pub struct PreparedBiz {
+    /// Biz name.
+    pub name: String,
+    /// Biz version.
+    pub version: Version,
+    /// SHA-256 of the component.
+    pub sha256: String,
+    /// The `arkline:step` version it targets.
+    pub api_version: Version,
+    pub(crate) pre: StepPre,
+    /// Where the compiled code came from.
+    pub cache: CacheOutcome,
+}
+
+impl std::fmt::Debug for PreparedBiz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedBiz")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("api_version", &self.api_version)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+fn base_config(config: &RuntimeConfig) -> Config {
+    let mut c = Config::new();
+    c.consume_fuel(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        .max_wasm_stack(config.max_wasm_stack);
+    c
+}
+
+fn build_engine(config: &RuntimeConfig) -> Result<(Engine, bool), RuntimeError> {
+    if config.pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust wasip2 component has a handful of core instances (the program,
+        // the WASI adapter and shims) and two memories.
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances.saturating_mul(8))
+            .total_memories(config.max_instances.saturating_mul(2))
+            .total_tables(config.max_instances.saturating_mul(4))
+            .total_stacks(config.max_instances)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size(config.max_memory)
+            .linear_memory_keep_resident(config.keep_resident)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        let mut c = base_config(config);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&c) {
+            Ok(engine) => return Ok((engine, true)),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot reserve the pooling allocator's address space; falling back to on-demand allocation (slower instantiation)"
+            ),
+        }
+    }
+    let c = base_config(config);
+    Engine::new(&c)
+        .map(|e| (e, false))
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+}

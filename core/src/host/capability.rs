@@ -1,0 +1,250 @@
+//! Capabilities: what a biz may call beyond `log`, and the check every host call makes.
+//!
+//! A biz's manifest *requests* capabilities; the engine that installs it *grants*
+//! some. What the guest may use is the intersection. Anything outside it is refused
+//! with a [`HostError::Denied`](super::since_v0_1_0::arkline::step::types::HostError)
+//! value naming the capability, the biz and the engine, never with a trap: a denied
+//! call is the guest's problem to report, not a crash.
+
+use std::fmt;
+
+use crate::ark::Capabilities;
+
+/// A host-function family a biz may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    /// Levelled, structured logging into the step log. Always granted.
+    Log,
+    /// Running a program.
+    Process,
+    /// Outbound HTTP requests.
+    Http,
+    /// The engine's blob cache.
+    Cache,
+    /// Named calls into native plugins.
+    HostCall,
+}
+
+impl Capability {
+    /// The name used in manifests, grants and error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Log => "log",
+            Capability::Process => "process",
+            Capability::Http => "http",
+            Capability::Cache => "cache",
+            Capability::HostCall => "host-call",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The capabilities a biz may use in one engine: requested ∩ granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EffectiveCapabilities {
+    requested: Capabilities,
+    granted: Capabilities,
+    effective: Capabilities,
+}
+
+impl EffectiveCapabilities {
+    /// Intersects what the manifest requests with what the engine grants.
+    ///
+    /// HTTP hosts intersect by exact pattern: a grant of `*.example.com` does not
+    /// widen a request for `api.example.com` beyond itself, and a request for
+    /// `*.example.com` is only effective when the grant names the same pattern or
+    /// `*`.
+    pub fn new(requested: &Capabilities, granted: &Capabilities) -> Self {
+        let both = |req: &[String], grant: &[String]| -> Vec<String> {
+            let any = grant.iter().any(|g| g == "*");
+            req.iter()
+                .filter(|r| any || grant.contains(r))
+                .cloned()
+                .collect()
+        };
+        let effective = Capabilities {
+            process: both(&requested.process, &granted.process),
+            http: both(&requested.http, &granted.http),
+            cache: requested.cache && granted.cache,
+            host_call: both(&requested.host_call, &granted.host_call),
+        };
+        EffectiveCapabilities {
+            requested: requested.clone(),
+            granted: granted.clone(),
+            effective,
+        }
+    }
+
+    /// What the biz may use.
+    pub fn effective(&self) -> &Capabilities {
+        &self.effective
+    }
+
+    /// What its manifest asked for.
+    pub fn requested(&self) -> &Capabilities {
+        &self.requested
+    }
+
+    /// What the engine granted.
+    pub fn granted(&self) -> &Capabilities {
+        &self.granted
+    }
+
+    /// Whether any use of `capability` is allowed at all.
+    pub fn allows(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::Log => true,
+            Capability::Process => !self.effective.process.is_empty(),
+            Capability::Http => !self.effective.http.is_empty(),
+            Capability::Cache => self.effective.cache,
+            Capability::HostCall => !self.effective.host_call.is_empty(),
+        }
+    }
+
+    /// Checks one use of `capability` on `target` (a program, a host, a call name;
+    /// `None` for `cache`), explaining a refusal in terms of request and grant.
+    pub fn check(&self, capability: Capability, target: Option<&str>) -> Result<(), String> {
+        let (requested, granted, effective): (&[String], &[String], &[String]) = match capability {
+            Capability::Log => return Ok(()),
+            Capability::Cache => {
+                return match (self.requested.cache, self.granted.cache) {
+                    (true, true) => Ok(()),
+                    (false, _) => Err("its manifest does not request `cache`".to_owned()),
+                    (true, false) => Err("the engine does not grant `cache`".to_owned()),
+                };
+            }
+            Capability::Process => (
+                &self.requested.process,
+                &self.granted.process,
+                &self.effective.process,
+            ),
+            Capability::Http => (
+                &self.requested.http,
+                &self.granted.http,
+                &self.effective.http,
+            ),
+            Capability::HostCall => (
+                &self.requested.host_call,
+                &self.granted.host_call,
+                &self.effective.host_call,
+            ),
+        };
+        if effective.is_empty() {
+            return Err(if requested.is_empty() {
+                format!("its manifest does not request `{capability}`")
+            } else {
+                format!(
+                    "the engine does not grant `{capability}` for what the manifest requests ({}; it grants {})",
+                    list_or_nothing(requested),
+                    list_or_nothing(granted)
+                )
+            });
+        }
+        let Some(target) = target else {
+            return Ok(());
+        };
+        let listed = |list: &[String]| list.iter().any(|e| e == target || e == "*");
+        if capability == Capability::Http {
+            // Hosts are patterns; the http capability matches each real target.
+            return Ok(());
+        }
+        match (listed(requested), listed(granted)) {
+            (true, true) => Ok(()),
+            (false, _) => Err(format!(
+                "its manifest does not request `{capability}: {target}` (it requests {})",
+                list_or_nothing(requested)
+            )),
+            (true, false) => Err(format!(
+                "the engine does not grant `{capability}: {target}` (it grants {})",
+                list_or_nothing(granted)
+            )),
+        }
+    }
+}
+
+fn list_or_nothing(list: &[String]) -> String {
+    if list.is_empty() {
+        "nothing".to_owned()
+    } else {
+        list.iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Who is calling: the identity a refusal names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerIdentity {
+    /// The engine (namespace) the biz is installed in.
+    pub engine: String,
+    /// The biz name.
+    pub biz: String,
+    /// The biz version.
+    pub version: semver::Version,
+}
+
+impl CallerIdentity {
+    /// The message a guest receives when `capability` is refused.
+    pub fn denial(&self, capability: Capability, why: &str) -> String {
+        format!(
+            "capability `{capability}` denied to biz `{}@{}` in engine `{}`: {why}",
+            self.biz, self.version, self.engine
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(process: &[&str], cache: bool) -> Capabilities {
+        Capabilities {
+            process: process.iter().map(|s| s.to_string()).collect(),
+            cache,
+            ..Capabilities::default()
+        }
+    }
+
+    #[test]
+    fn effective_is_the_intersection() {
+        let eff = EffectiveCapabilities::new(&caps(&["sh", "git"], true), &caps(&["git"], false));
+        assert_eq!(eff.effective().process, vec!["git".to_owned()]);
+        assert!(!eff.allows(Capability::Cache));
+        assert!(eff.allows(Capability::Log));
+        assert!(eff.check(Capability::Process, Some("git")).is_ok());
+        let err = eff.check(Capability::Process, Some("sh")).unwrap_err();
+        assert!(err.contains("does not grant `process: sh`"), "{err}");
+        let err = eff.check(Capability::Process, Some("curl")).unwrap_err();
+        assert!(err.contains("does not request `process: curl`"), "{err}");
+        let err = eff.check(Capability::Cache, None).unwrap_err();
+        assert!(err.contains("does not grant `cache`"), "{err}");
+    }
+
+    #[test]
+    fn a_wildcard_grant_covers_every_request_but_widens_nothing() {
+        let eff = EffectiveCapabilities::new(&caps(&["sh"], false), &caps(&["*"], true));
+        assert_eq!(eff.effective().process, vec!["sh".to_owned()]);
+        assert!(!eff.allows(Capability::Cache), "cache was not requested");
+        assert!(eff.check(Capability::Process, Some("bash")).is_err());
+    }
+
+    #[test]
+    fn denial_names_capability_biz_and_engine() {
+        let who = CallerIdentity {
+            engine: "team-a".into(),
+            biz: "faults".into(),
+            version: semver::Version::new(0, 1, 0),
+        };
+        let msg = who.denial(Capability::Process, "not granted");
+        assert_eq!(
+            msg,
+            "capability `process` denied to biz `faults@0.1.0` in engine `team-a`: not granted"
+        );
+    }
+}

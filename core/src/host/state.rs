@@ -1,0 +1,137 @@
+//! The per-call store data every host function sees.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::capability::{CallerIdentity, Capability, EffectiveCapabilities};
+use super::step_log::LogCapture;
+
+/// Memory, table and instance limits of one call, recording when the guest hit
+/// the memory limit so the fault can say so.
+#[derive(Debug, Clone)]
+pub struct StepLimiter {
+    memory_limit: usize,
+    memory_in_use: usize,
+    memory_exceeded: bool,
+    table_elements: usize,
+}
+
+impl StepLimiter {
+    /// Limits linear memory (summed over the component's memories) to
+    /// `memory_limit` bytes.
+    pub fn new(memory_limit: usize) -> Self {
+        StepLimiter {
+            memory_limit,
+            memory_in_use: 0,
+            memory_exceeded: false,
+            table_elements: 1 << 20,
+        }
+    }
+
+    /// Whether a memory growth was refused at the limit.
+    pub fn memory_exceeded(&self) -> bool {
+        self.memory_exceeded
+    }
+
+    /// The memory limit in bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
+    }
+
+    /// Peak linear memory reserved by the guest, in bytes.
+    pub fn memory_in_use(&self) -> usize {
+        self.memory_in_use
+    }
+}
+
+impl wasmtime::ResourceLimiter for StepLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let after = self.memory_in_use - current.min(self.memory_in_use) + desired;
+        if after > self.memory_limit {
+            self.memory_exceeded = true;
+            return Ok(false);
+        }
+        self.memory_in_use = after;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+/// Store data of one step call: WASI (the workspace preopen, captured stdio), the
+/// log, the caller's identity and its effective capabilities.
+pub struct StepState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: StepLimiter,
+    pub(crate) log: LogCapture,
+    pub(crate) caller: Arc<CallerIdentity>,
+    pub(crate) capabilities: Arc<EffectiveCapabilities>,
+}
+
+impl StepState {
+    /// Assembles the state of one call.
+    pub fn new(
+        wasi: WasiCtx,
+        limiter: StepLimiter,
+        log: LogCapture,
+        caller: Arc<CallerIdentity>,
+        capabilities: Arc<EffectiveCapabilities>,
+    ) -> Self {
+        StepState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            log,
+            caller,
+            capabilities,
+        }
+    }
+
+    /// The limiter, for reading after a call.
+    pub fn limiter(&self) -> &StepLimiter {
+        &self.limiter
+    }
+
+    /// Checks `capability` on `target`; `Err` is the message the guest receives.
+    pub(crate) fn check(&self, capability: Capability, target: Option<&str>) -> Result<(), String> {
+        self.capabilities
+            .check(capability, target)
+            .map_err(|why| self.caller.denial(capability, &why))
+    }
+}
+
+impl WasiView for StepState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

@@ -1,0 +1,696 @@
+//! The isolation runtime with real components: install, resolve, switch, leases,
+//! uninstall, faults, cancellation, file-system confinement, the compiled cache.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arkline::ark::{
+    Activation, Ark, BizRegistry, BizState, CacheOutcome, CancelToken, Capabilities,
+    LifecycleError, LifecycleEvent, Runtime, RuntimeConfig, StepCall, StepFailure, StepFault,
+    UninstallMode, write_ark,
+};
+use arkline::host::LogSource;
+use semver::Version;
+use serde_json::json;
+
+fn faults() -> Ark {
+    let path = arkline_testkit::plugin("faults");
+    Ark::open(&path).expect("the faults archive reads back")
+}
+
+/// The same component repackaged as another biz name and/or version.
+fn variant(ark: &Ark, name: &str, version: &str) -> Ark {
+    let mut manifest = ark.manifest.clone();
+    manifest.name = name.to_owned();
+    manifest.version = Version::parse(version).expect("version");
+    let (bytes, _) = write_ark(manifest, &ark.component, &ark.files).expect("rewrites");
+    Ark::from_bytes(&bytes).expect("reads back")
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig::default().max_instances(32)).expect("runtime starts")
+}
+
+fn registry(engine: &str) -> BizRegistry {
+    BizRegistry::new(runtime(), engine)
+}
+
+fn no_grants() -> Capabilities {
+    Capabilities::default()
+}
+
+async fn install(registry: &BizRegistry, ark: Ark) {
+    registry
+        .install(Arc::new(ark), &no_grants(), Activation::IfNone)
+        .await
+        .expect("installs");
+}
+
+fn drain_events(rx: &mut tokio::sync::broadcast::Receiver<LifecycleEvent>) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        seen.push(format!("{}@{} {}", e.name, e.version, e.state));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_runs_in_a_fresh_instance_and_its_output_and_log_come_back() {
+    let registry = registry("team-a");
+    install(&registry, faults()).await;
+    let lease = registry.resolve("faults@^0.1").expect("resolves");
+    assert_eq!(lease.id(), "faults@0.1.0");
+
+    let report = lease
+        .invoke(StepCall::new("upper", json!({ "text": "hello" })))
+        .await;
+    assert_eq!(
+        report
+            .outputs()
+            .expect("succeeds")
+            .get("text")
+            .map(String::as_str),
+        Some("HELLO")
+    );
+
+    let report = lease
+        .invoke(StepCall::new(
+            "print",
+            json!({ "stdout": "to stdout\nsecond line", "stderr": "to stderr\n" }),
+        ))
+        .await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    let stdout: Vec<_> = report
+        .log
+        .from_source(LogSource::Stdout)
+        .map(|l| l.message.as_str())
+        .collect();
+    let stderr: Vec<_> = report
+        .log
+        .from_source(LogSource::Stderr)
+        .map(|l| l.message.as_str())
+        .collect();
+    assert_eq!(stdout, ["to stdout", "second line"]);
+    assert_eq!(stderr, ["to stderr"]);
+
+    // The step's own errors come back typed, not as faults.
+    let report = lease
+        .invoke(StepCall::new("fail", json!({ "message": "nope" })))
+        .await;
+    assert_eq!(report.result, Err(StepFailure::Failed("nope".into())));
+    let report = lease
+        .invoke(StepCall::new("upper", json!({ "txt": "typo" })))
+        .await;
+    match report.result {
+        Err(StepFailure::InvalidConfig { message, .. }) => {
+            assert!(message.contains("txt"), "{message}")
+        }
+        other => panic!("expected invalid-config, got {other:?}"),
+    }
+    let report = lease.invoke(StepCall::new("nosuch", json!({}))).await;
+    match report.result {
+        Err(e @ StepFailure::UnknownStepType { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("nosuch") && msg.contains("upper"), "{msg}");
+        }
+        other => panic!("expected unknown-step-type, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_context_reaches_the_guest_and_the_workspace_is_its_only_directory() {
+    let registry = registry("ctx-engine");
+    install(&registry, faults()).await;
+    let lease = registry.resolve("faults").expect("resolves");
+    let workspace = tempfile::tempdir().expect("tempdir");
+    let call = StepCall::new("context", json!({}))
+        .workspace(workspace.path())
+        .context(arkline::ark::CallContext {
+            pipeline: "build".into(),
+            run: 7,
+            stage: "test".into(),
+            step_name: "ctx".into(),
+            attempt: 2,
+            env: vec![("GREETING".into(), "hi".into())],
+        });
+    let report = lease.invoke(call).await;
+    let out = report.outputs().expect("succeeds");
+    assert_eq!(out["engine"], "ctx-engine");
+    assert_eq!(out["pipeline"], "build");
+    assert_eq!(out["run"], "7");
+    assert_eq!(out["stage"], "test");
+    assert_eq!(out["step_name"], "ctx");
+    assert_eq!(out["step_type"], "context");
+    assert_eq!(out["attempt"], "2");
+    assert_eq!(out["workspace"], "/workspace");
+    assert!(out["env"].contains("GREETING=hi"), "{}", out["env"]);
+
+    let report = lease
+        .invoke(
+            StepCall::new(
+                "write-file",
+                json!({ "path": "/workspace/made.txt", "content": "from the guest" }),
+            )
+            .workspace(workspace.path()),
+        )
+        .await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    assert_eq!(
+        std::fs::read_to_string(workspace.path().join("made.txt")).expect("file written"),
+        "from the guest"
+    );
+    // Without a workspace the guest sees no files at all.
+    let report = lease
+        .invoke(StepCall::new(
+            "read-file",
+            json!({ "path": "/workspace/made.txt" }),
+        ))
+        .await;
+    assert!(
+        matches!(report.result, Err(StepFailure::Failed(_))),
+        "{:?}",
+        report.result
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_is_contained_while_another_biz_keeps_working() {
+    let registry = registry("faulty");
+    let ark = faults();
+    install(&registry, ark.clone()).await;
+    install(&registry, variant(&ark, "neighbour", "1.0.0")).await;
+    let faulty = Arc::new(registry.resolve("faults").expect("resolves"));
+    let neighbour = Arc::new(registry.resolve("neighbour").expect("resolves"));
+
+    // The neighbour runs calls the whole time the faults happen.
+    let stop = CancelToken::new();
+    let background = tokio::spawn({
+        let neighbour = neighbour.clone();
+        let stop = stop.clone();
+        async move {
+            let mut ok = 0u32;
+            while !stop.is_cancelled() {
+                let report = neighbour
+                    .invoke(StepCall::new("upper", json!({ "text": "still here" })))
+                    .await;
+                assert_eq!(
+                    report.outputs().expect("neighbour works")["text"],
+                    "STILL HERE"
+                );
+                ok += 1;
+                tokio::task::yield_now().await;
+            }
+            ok
+        }
+    });
+
+    let cases: Vec<(&str, serde_json::Value, StepCall)> = vec![
+        (
+            "spin",
+            json!({}),
+            StepCall::new("spin", json!({})).timeout(Duration::from_millis(300)),
+        ),
+        (
+            "sleep",
+            json!({}),
+            StepCall::new("sleep", json!({ "ms": 60_000 })).timeout(Duration::from_millis(200)),
+        ),
+        (
+            "memory-bomb",
+            json!({}),
+            StepCall::new("memory-bomb", json!({})).memory_limit(64 << 20),
+        ),
+        ("recurse", json!({}), StepCall::new("recurse", json!({}))),
+        (
+            "panic",
+            json!({}),
+            StepCall::new("panic", json!({ "message": "kaboom 42" })),
+        ),
+        (
+            "out-of-fuel",
+            json!({}),
+            StepCall::new("spin", json!({})).fuel(5_000_000),
+        ),
+        (
+            "huge-output",
+            json!({}),
+            StepCall::new("huge-output", json!({ "bytes": 200_000 })).output_limit(64 << 10),
+        ),
+    ];
+    let mut kinds = BTreeMap::new();
+    for (label, _, call) in cases {
+        let report = faulty.invoke(call).await;
+        let fault = report
+            .fault()
+            .unwrap_or_else(|| panic!("{label}: expected a fault, got {:?}", report.result))
+            .clone();
+        match (&fault, label) {
+            (StepFault::Timeout { after }, "spin") => {
+                assert_eq!(*after, Duration::from_millis(300))
+            }
+            (StepFault::Timeout { .. }, "sleep") => {}
+            (StepFault::MemoryLimit { limit }, "memory-bomb") => assert_eq!(*limit, 64 << 20),
+            (StepFault::StackOverflow { .. }, "recurse") => {}
+            (StepFault::Trap { message, .. }, "panic") => {
+                assert!(message.contains("kaboom 42"), "{message}")
+            }
+            (StepFault::OutOfFuel { fuel }, "out-of-fuel") => assert_eq!(*fuel, 5_000_000),
+            (StepFault::OutputTooLarge { size, limit }, "huge-output") => {
+                assert!(*size >= 200_000 && *limit == 64 << 10, "{size} {limit}")
+            }
+            (other, label) => panic!("{label}: unexpected fault {other:?}"),
+        }
+        kinds.insert(label, fault.kind());
+        // The faulty biz itself still serves the next call.
+        let report = faulty
+            .invoke(StepCall::new("upper", json!({ "text": "again" })))
+            .await;
+        assert_eq!(report.outputs().expect("recovers")["text"], "AGAIN");
+    }
+    stop.cancel();
+    let neighbour_calls = background.await.expect("the neighbour never failed");
+    assert!(neighbour_calls > 0);
+    assert_eq!(kinds.len(), 7, "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_is_capped_with_a_marker_and_the_step_still_succeeds() {
+    let registry = registry("flood");
+    install(&registry, faults()).await;
+    let lease = registry.resolve("faults").expect("resolves");
+    for via in ["log", "stdout", "stderr"] {
+        let report = lease
+            .invoke(
+                StepCall::new(
+                    "log-flood",
+                    json!({ "lines": 5000, "bytes_per_line": 100, "via": via }),
+                )
+                .log_limit(32 << 10),
+            )
+            .await;
+        assert!(report.result.is_ok(), "{via}: {:?}", report.result);
+        assert!(report.log.truncated(), "{via}");
+        assert!(report.log.bytes <= 32 << 10, "{via}: {}", report.log.bytes);
+        let last = report.log.lines.last().expect("lines");
+        assert_eq!(last.source, LogSource::Host, "{via}");
+        assert!(last.message.contains("log truncated"), "{}", last.message);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_interrupts_a_computing_and_a_waiting_guest() {
+    let registry = registry("cancel");
+    install(&registry, faults()).await;
+    let lease = Arc::new(registry.resolve("faults").expect("resolves"));
+
+    for (step, config) in [("spin", json!({})), ("sleep", json!({ "ms": 600_000 }))] {
+        let token = CancelToken::new();
+        let started = CancelToken::new();
+        let call = StepCall::new(step, config)
+            .timeout(Duration::from_secs(600))
+            .cancel_on(token.clone())
+            .log_sink(Arc::new({
+                let started = started.clone();
+                move |_| started.cancel()
+            }));
+        let running = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.invoke(call).await }
+        });
+        // The guest logs a line once it is running; cancel only then.
+        started.cancelled().await;
+        token.cancel();
+        let report = running.await.expect("joins");
+        assert_eq!(report.fault(), Some(&StepFault::Cancelled), "{step}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_path_leads_out_of_the_workspace() {
+    let registry = registry("escape");
+    install(&registry, faults()).await;
+    let lease = registry.resolve("faults").expect("resolves");
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let workspace = root.path().join("workspace");
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(&workspace).expect("mkdir");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    std::fs::write(outside.join("secret.txt"), "top secret").expect("write");
+    std::os::unix::fs::symlink(&outside, workspace.join("outside")).expect("symlink");
+    let stray = std::path::Path::new("/tmp/arkline-escaped.txt");
+    let stray_before = stray.exists();
+
+    for step in ["escape-dotdot", "escape-absolute", "escape-symlink"] {
+        let report = lease
+            .invoke(StepCall::new(step, json!({})).workspace(&workspace))
+            .await;
+        let out = report
+            .outputs()
+            .unwrap_or_else(|| panic!("{step}: {:?}", report.result));
+        let attempts: u32 = out["attempts"].parse().expect("attempts");
+        assert!(attempts >= 3, "{step}: {attempts}");
+        assert_eq!(out["escaped"], "0", "{step} escaped:\n{}", out["details"]);
+    }
+    // Nothing appeared outside.
+    let mut names: Vec<_> = std::fs::read_dir(&outside)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["secret.txt"]);
+    assert!(!root.path().join("escaped.txt").exists());
+    assert!(!root.path().join("escaped-dir").exists());
+    assert_eq!(stray.exists(), stray_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_side_by_side_resolve_and_switch() {
+    let registry = registry("versions");
+    let mut events = registry.subscribe();
+    let ark = faults();
+    install(&registry, variant(&ark, "faults", "0.1.0")).await;
+    install(&registry, variant(&ark, "faults", "0.2.0")).await;
+    assert_eq!(
+        drain_events(&mut events),
+        [
+            "faults@0.1.0 resolved",
+            "faults@0.1.0 activated",
+            "faults@0.2.0 resolved"
+        ]
+    );
+    assert_eq!(
+        registry.resolve("faults").expect("resolves").id(),
+        "faults@0.1.0"
+    );
+    assert_eq!(
+        registry.resolve("faults@^0.1").expect("resolves").id(),
+        "faults@0.1.0"
+    );
+    // 0.2.0 is installed but not activated: a requirement only it meets fails, and
+    // says what is installed.
+    let err = registry.resolve("faults@^0.2").expect_err("not activated");
+    assert!(matches!(err, LifecycleError::NoMatch { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("0.1.0 (activated)") && msg.contains("0.2.0 (resolved)"),
+        "{msg}"
+    );
+
+    registry
+        .switch("faults", &Version::new(0, 2, 0))
+        .expect("switches");
+    assert_eq!(
+        drain_events(&mut events),
+        ["faults@0.1.0 deactivated", "faults@0.2.0 activated"]
+    );
+    assert_eq!(
+        registry.resolve("faults").expect("resolves").id(),
+        "faults@0.2.0"
+    );
+    assert!(registry.resolve("faults@^0.1").is_err());
+    // An exact lease still reaches the deactivated version (a resumed execution).
+    let old = registry
+        .lease("faults", &Version::new(0, 1, 0))
+        .expect("exact lease");
+    let report = old
+        .invoke(StepCall::new("upper", json!({ "text": "old" })))
+        .await;
+    assert_eq!(report.biz, "faults@0.1.0");
+    assert_eq!(report.outputs().expect("ok")["text"], "OLD");
+
+    assert!(matches!(
+        registry.resolve("nosuch"),
+        Err(LifecycleError::NotInstalled { .. })
+    ));
+    assert!(matches!(
+        registry.resolve("faults@not-a-version"),
+        Err(LifecycleError::InvalidReference(_))
+    ));
+    let dup = registry
+        .install(
+            Arc::new(variant(&ark, "faults", "0.2.0")),
+            &no_grants(),
+            Activation::IfNone,
+        )
+        .await
+        .expect_err("duplicate");
+    assert!(dup.to_string().contains("already installed"), "{dup}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_waits_for_in_flight_executions_and_new_calls_use_the_new_version() {
+    let registry = registry("drain");
+    let ark = faults();
+    install(&registry, variant(&ark, "faults", "0.1.0")).await;
+    registry
+        .install(
+            Arc::new(variant(&ark, "faults", "0.2.0")),
+            &no_grants(),
+            Activation::Never,
+        )
+        .await
+        .expect("installs 0.2.0");
+    let order = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = {
+        let order = order.clone();
+        move |s: &str| order.lock().expect("lock").push(s.to_owned())
+    };
+
+    // An execution resolved 0.1.0 and holds its lease between and during steps.
+    let execution = registry.resolve("faults@^0.1").expect("resolves");
+    assert_eq!(execution.id(), "faults@0.1.0");
+
+    // Upgrade: switch to 0.2.0, uninstall 0.1.0.
+    registry
+        .switch("faults", &Version::new(0, 2, 0))
+        .expect("switches");
+    let uninstall = tokio::spawn({
+        let registry = registry.clone();
+        let record = record.clone();
+        async move {
+            registry
+                .uninstall("faults", &Version::new(0, 1, 0), UninstallMode::Wait)
+                .await
+                .expect("uninstalls");
+            record("0.1.0 uninstalled");
+        }
+    });
+    while registry
+        .get("faults", &Version::new(0, 1, 0))
+        .map(|i| i.state)
+        != Some(BizState::Draining)
+    {
+        tokio::task::yield_now().await;
+    }
+
+    // While it drains: no new lease on 0.1.0, new calls go to 0.2.0 ...
+    assert!(matches!(
+        registry.lease("faults", &Version::new(0, 1, 0)),
+        Err(LifecycleError::WrongState { .. })
+    ));
+    let new = registry.resolve("faults").expect("resolves");
+    let report = new
+        .invoke(StepCall::new("upper", json!({ "text": "new" })))
+        .await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    record(&format!("new call done on {}", report.biz));
+
+    // ... and the execution's next step still runs on the version it leased.
+    let report = execution
+        .invoke(StepCall::new("sleep", json!({ "ms": 50 })))
+        .await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    record(&format!("in-flight step done on {}", report.biz));
+    assert!(!uninstall.is_finished(), "uninstall finished under a lease");
+    assert_eq!(
+        registry
+            .get("faults", &Version::new(0, 1, 0))
+            .map(|i| i.leases),
+        Some(1)
+    );
+
+    drop(execution);
+    uninstall.await.expect("uninstall");
+    let order = order.lock().expect("lock").clone();
+    assert_eq!(
+        order,
+        [
+            "new call done on faults@0.2.0",
+            "in-flight step done on faults@0.1.0",
+            "0.1.0 uninstalled"
+        ]
+    );
+    assert!(registry.get("faults", &Version::new(0, 1, 0)).is_none());
+    let listed: Vec<_> = registry
+        .list()
+        .into_iter()
+        .map(|b| format!("{}@{} {}", b.name, b.version, b.state))
+        .collect();
+    assert_eq!(listed, ["faults@0.2.0 activated"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_uninstall_cancels_the_holders() {
+    let registry = registry("force");
+    install(&registry, faults()).await;
+    let mut events = registry.subscribe();
+    let started = CancelToken::new();
+    let lease = registry.resolve("faults").expect("resolves");
+    let in_flight = tokio::spawn({
+        let started = started.clone();
+        async move {
+            let report = lease
+                .invoke(
+                    StepCall::new("spin", json!({}))
+                        .timeout(Duration::from_secs(600))
+                        .log_sink(Arc::new(move |_| started.cancel())),
+                )
+                .await;
+            report.fault().cloned()
+        }
+    });
+    started.cancelled().await;
+    registry
+        .uninstall("faults", &Version::new(0, 1, 0), UninstallMode::Force)
+        .await
+        .expect("forced uninstall");
+    assert_eq!(in_flight.await.expect("joins"), Some(StepFault::Cancelled));
+    assert_eq!(
+        drain_events(&mut events),
+        ["faults@0.1.0 draining", "faults@0.1.0 uninstalled"]
+    );
+    assert!(registry.list().is_empty());
+    assert!(registry.resolve("faults").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_outside_the_grant_are_refused_with_a_value_naming_biz_and_engine() {
+    let ark = faults();
+    let registry = registry("team-b");
+    install(&registry, ark.clone()).await;
+    let lease = registry.resolve("faults").expect("resolves");
+    for capability in ["process", "http", "cache", "host-call"] {
+        let report = lease
+            .invoke(StepCall::new(
+                "call-capability",
+                json!({ "capability": capability }),
+            ))
+            .await;
+        let out = report
+            .outputs()
+            .unwrap_or_else(|| panic!("{capability}: {:?}", report.result));
+        assert_eq!(out["result"], "error", "{capability}");
+        let error = &out["error"];
+        assert!(
+            error.contains(&format!("capability `{capability}` denied"))
+                && error.contains("biz `faults@0.1.0`")
+                && error.contains("engine `team-b`")
+                && error.contains("does not grant"),
+            "{capability}: {error}"
+        );
+    }
+
+    // Granted in another engine: no longer a denial.
+    let granting = BizRegistry::new(registry.runtime().clone(), "team-c");
+    let grants = Capabilities {
+        process: vec!["true".into()],
+        ..Capabilities::default()
+    };
+    granting
+        .install(Arc::new(ark), &grants, Activation::IfNone)
+        .await
+        .expect("installs");
+    let report = granting
+        .resolve("faults")
+        .expect("resolves")
+        .invoke(StepCall::new(
+            "call-capability",
+            json!({ "capability": "process" }),
+        ))
+        .await;
+    let out = report.outputs().expect("ok");
+    assert!(!out["error"].contains("denied"), "{}", out["error"]);
+    assert_eq!(
+        granting.list()[0].capabilities.process,
+        vec!["true".to_owned()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compiled_cache_is_reused_and_a_corrupt_entry_is_recompiled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ark = faults();
+    let prepare = || {
+        let runtime = Runtime::new(
+            RuntimeConfig::default()
+                .max_instances(4)
+                .cache_dir(dir.path()),
+        )
+        .expect("runtime");
+        let prepared = runtime.prepare(&ark).expect("prepares");
+        (runtime, prepared)
+    };
+    let (_, first) = prepare();
+    assert_eq!(first.cache, CacheOutcome::Compiled);
+    // A second runtime (a restart) loads it.
+    let (runtime, second) = prepare();
+    assert_eq!(second.cache, CacheOutcome::Hit);
+
+    // Corrupt the artifact: the next load refuses it, recompiles, and works.
+    let path = runtime
+        .compiled_cache()
+        .expect("cache")
+        .artifact_path(runtime.engine(), &ark.manifest.component.sha256);
+    let mut bytes = std::fs::read(&path).expect("artifact exists");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, bytes).expect("corrupt");
+    let (runtime, third) = prepare();
+    match &third.cache {
+        CacheOutcome::Recovered(reason) => assert!(reason.contains("checksum"), "{reason}"),
+        other => panic!("expected a recovered entry, got {other:?}"),
+    }
+    let registry = BizRegistry::new(runtime.clone(), "cache");
+    registry
+        .register(
+            third,
+            ark.manifest.clone(),
+            &no_grants(),
+            Activation::IfNone,
+        )
+        .expect("registers");
+    let report = registry
+        .resolve("faults")
+        .expect("resolves")
+        .invoke(StepCall::new("upper", json!({ "text": "cached" })))
+        .await;
+    assert_eq!(report.outputs().expect("ok")["text"], "CACHED");
+    // And the rewritten entry is good again.
+    let (_, fourth) = prepare();
+    assert_eq!(fourth.cache, CacheOutcome::Hit);
+
+    // A truncated artifact is refused too.
+    std::fs::write(&path, b"\x7fELF").expect("truncate");
+    let (_, fifth) = prepare();
+    assert!(
+        matches!(fifth.cache, CacheOutcome::Recovered(_)),
+        "{:?}",
+        fifth.cache
+    );
+}
+
+#[test]
+fn an_archive_needing_an_unsupported_host_api_is_refused() {
+    let ark = faults();
+    let mut manifest = ark.manifest.clone();
+    manifest.host_api = semver::VersionReq::parse("^0.2").expect("req");
+    let (bytes, _) = write_ark(manifest, &ark.component, &ark.files).expect("writes");
+    let err = Ark::from_bytes(&bytes).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("needs arkline:step ^0.2") && msg.contains("serves 0.1.0"),
+        "{msg}"
+    );
+}
