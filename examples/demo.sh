@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The quickstart demo: build the `shell` step plugin into a WebAssembly component,
 # package it as a reproducible .ark, package it again to show the bytes do not
-# change, inspect it, and parse the example pipelines.
+# change, inspect it, run steps of the `faults` test biz in the isolation runtime
+# (one that works, one that is stopped by its memory limit), and parse the example
+# pipelines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +20,13 @@ else
 fi
 echo
 cargo run --quiet -p cargo-ark -- ark inspect "$ark"
+echo
+cargo run --quiet -p cargo-ark -- ark run -p faults upper --with '{"text": "hello from a fresh wasm instance"}'
+echo
+if cargo run --quiet -p cargo-ark -- ark run -p faults memory-bomb --memory 64MiB; then
+  echo "the memory bomb was not stopped" >&2
+  exit 1
+fi
+echo "(the memory bomb was stopped by its limit; the host carried on)" >&2
 echo
 cargo run --quiet -p arkline --example check_file -- examples/pipelines/*.yaml

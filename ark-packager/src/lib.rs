@@ -54,54 +54,13 @@ pub fn package_crate(selection: &cmd::PackageSelection, shell: &Shell) -> anyhow
         color: shell::Color::Auto,
     };
     let package = cmd::PackageCmd {
-        selection: with_current_package(selection)?,
+        selection: selection.clone(),
         output: None,
     };
     let archive = package.exec(&global, shell)?;
     Ok(Packaged {
         compiled_cache: compiled_cache_beside(&archive),
         archive,
-    })
-}
-
-/// `selection` with the package named when only a directory chooses it (the
-/// `--manifest-path`, or the nearest `Cargo.toml` above the current directory), as
-/// cargo does: in a virtual workspace, the package in that directory.
-///
-/// `PluginProject::locate` alone takes the workspace root's package, so without
-/// this, a member of a virtual workspace could only be packaged with `-p`.
-fn with_current_package(
-    selection: &cmd::PackageSelection,
-) -> anyhow::Result<cmd::PackageSelection> {
-    use anyhow::Context as _;
-    if selection.package.is_some() {
-        return Ok(selection.clone());
-    }
-    let manifest = match &selection.manifest_path {
-        Some(path) => Some(path.clone()),
-        None => {
-            let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            cwd.ancestors()
-                .map(|dir| dir.join("Cargo.toml"))
-                .find(|path| path.is_file())
-        }
-    };
-    let Some(manifest) = manifest else {
-        // No manifest at all: let cargo metadata report it.
-        return Ok(selection.clone());
-    };
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("cannot read {}", manifest.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("cannot parse {}", manifest.display()))?;
-    let name = table
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str());
-    Ok(cmd::PackageSelection {
-        manifest_path: Some(manifest.clone()),
-        package: name.map(str::to_owned),
     })
 }
 

@@ -39,6 +39,31 @@ pub struct PluginProject {
     pub ark: ArkMetadata,
 }
 
+/// The member a directory chooses, as cargo does without `-p`: the package of the
+/// `--manifest-path`, or of the nearest `Cargo.toml` above the current directory
+/// (so a member of a virtual workspace works from its own directory).
+fn current_member<'a>(
+    members: &[&'a Package],
+    selection: &PackageSelection,
+) -> Option<&'a Package> {
+    let manifest = match &selection.manifest_path {
+        Some(path) => path.canonicalize().ok()?,
+        None => std::env::current_dir()
+            .ok()?
+            .ancestors()
+            .map(|dir| dir.join("Cargo.toml"))
+            .find(|path| path.is_file())?
+            .canonicalize()
+            .ok()?,
+    };
+    members.iter().copied().find(|p| {
+        p.manifest_path
+            .as_std_path()
+            .canonicalize()
+            .is_ok_and(|m| m == manifest)
+    })
+}
+
 impl PluginProject {
     /// Finds the selected package and reads its `[package.metadata.ark]`, checking it
     /// is a `cdylib`.
@@ -64,7 +89,9 @@ impl PluginProject {
                         members.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
                     )
                 })?,
-            None => match metadata.root_package() {
+            None => match current_member(&members, selection)
+                .or_else(|| metadata.root_package())
+            {
                 Some(p) => p,
                 None => bail!(
                     "{} is a virtual workspace; choose the plugin with `-p <package>` (members: {})",

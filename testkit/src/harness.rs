@@ -10,7 +10,7 @@ use arkline::ark::{
     Activation, Ark, BizLease, BizRegistry, Capabilities, PreparedBiz, Runtime, RuntimeConfig,
     StepCall, StepReport,
 };
-use arkline::host::{LogLine, LogSink, LogSource};
+use arkline::host::{LogLine, LogSink};
 
 /// The engine name calls run under; capability refusals name it.
 pub const ENGINE: &str = "test";
@@ -199,12 +199,7 @@ impl Harness {
 /// captures and shows for failing tests.
 fn echo(step: String) -> LogSink {
     Arc::new(move |line: &LogLine| {
-        let source = match line.source {
-            LogSource::Log => "log",
-            LogSource::Stdout => "stdout",
-            LogSource::Stderr => "stderr",
-            LogSource::Host => "host",
-        };
+        let source = line.source.as_str();
         let fields: String = line
             .fields
             .iter()

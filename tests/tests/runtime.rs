@@ -637,12 +637,14 @@ async fn the_compiled_cache_is_reused_and_a_corrupt_entry_is_recompiled() {
     // A second runtime (a restart) loads it.
     let (runtime, second) = prepare();
     assert_eq!(second.cache, CacheOutcome::Hit);
-
-    // Corrupt the artifact: the next load refuses it, recompiles, and works.
     let path = runtime
         .compiled_cache()
         .expect("cache")
         .artifact_path(runtime.engine(), &ark.manifest.component.sha256);
+    // Loaded artifacts are mapped; let go of them before damaging the file.
+    drop((runtime, first, second));
+
+    // Corrupt the artifact: the next load refuses it, recompiles, and works.
     let mut bytes = std::fs::read(&path).expect("artifact exists");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -667,9 +669,11 @@ async fn the_compiled_cache_is_reused_and_a_corrupt_entry_is_recompiled() {
         .invoke(StepCall::new("upper", json!({ "text": "cached" })))
         .await;
     assert_eq!(report.outputs().expect("ok")["text"], "CACHED");
+    drop((registry, runtime));
     // And the rewritten entry is good again.
-    let (_, fourth) = prepare();
+    let (runtime, fourth) = prepare();
     assert_eq!(fourth.cache, CacheOutcome::Hit);
+    drop((runtime, fourth));
 
     // A truncated artifact is refused too.
     std::fs::write(&path, b"\x7fELF").expect("truncate");
@@ -693,4 +697,96 @@ fn an_archive_needing_an_unsupported_host_api_is_refused() {
         msg.contains("needs arkline:step ^0.2") && msg.contains("serves 0.1.0"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_step_waiting_or_computing_holds_no_thread() {
+    // One thread for everything: a call that waits in a host call (sleep) and a
+    // call that computes (spin, yielding at epochs) must both leave it free for a
+    // third call to start and finish.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let registry = registry("one-thread");
+        install(&registry, faults()).await;
+        let lease = Arc::new(registry.resolve("faults").expect("resolves"));
+        for (step, config) in [("sleep", json!({ "ms": 600_000 })), ("spin", json!({}))] {
+            let token = CancelToken::new();
+            let started = CancelToken::new();
+            let blocked = tokio::spawn({
+                let lease = lease.clone();
+                let call = StepCall::new(step, config)
+                    .timeout(Duration::from_secs(600))
+                    .cancel_on(token.clone())
+                    .log_sink(Arc::new({
+                        let started = started.clone();
+                        move |_| started.cancel()
+                    }));
+                async move { lease.invoke(call).await }
+            });
+            started.cancelled().await;
+            let report = lease
+                .invoke(StepCall::new("upper", json!({ "text": "meanwhile" })))
+                .await;
+            assert_eq!(report.outputs().expect("ok")["text"], "MEANWHILE", "{step}");
+            assert!(!blocked.is_finished(), "{step} ended early");
+            token.cancel();
+            let report = blocked.await.expect("joins");
+            assert_eq!(report.fault(), Some(&StepFault::Cancelled), "{step}");
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_is_a_capacity_fault_not_a_broken_biz() {
+    let runtime = Runtime::new(RuntimeConfig::default().max_instances(1)).expect("runtime");
+    assert!(runtime.is_pooling());
+    let registry = BizRegistry::new(runtime, "tiny");
+    install(&registry, faults()).await;
+    let lease = Arc::new(registry.resolve("faults").expect("resolves"));
+    let token = CancelToken::new();
+    let started = CancelToken::new();
+    let occupying = tokio::spawn({
+        let lease = lease.clone();
+        let call = StepCall::new("sleep", json!({ "ms": 600_000 }))
+            .cancel_on(token.clone())
+            .log_sink(Arc::new({
+                let started = started.clone();
+                move |_| started.cancel()
+            }));
+        async move { lease.invoke(call).await }
+    });
+    started.cancelled().await;
+    let report = lease
+        .invoke(StepCall::new("upper", json!({ "text": "no room" })))
+        .await;
+    match report.fault() {
+        Some(StepFault::Capacity(_)) => {}
+        other => panic!("expected a capacity fault, got {other:?}"),
+    }
+    assert_eq!(registry.list()[0].state, BizState::Activated);
+    token.cancel();
+    occupying.await.expect("joins");
+    let report = lease
+        .invoke(StepCall::new("upper", json!({ "text": "room again" })))
+        .await;
+    assert_eq!(report.outputs().expect("ok")["text"], "ROOM AGAIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_room_for_the_pool_the_runtime_falls_back_to_on_demand_allocation() {
+    // 100 million 1 GiB slots cannot be reserved in a 47-bit address space.
+    let runtime = Runtime::new(RuntimeConfig::default().max_instances(100_000_000))
+        .expect("falls back instead of failing");
+    assert!(!runtime.is_pooling());
+    let registry = BizRegistry::new(runtime, "fallback");
+    install(&registry, faults()).await;
+    let report = registry
+        .resolve("faults")
+        .expect("resolves")
+        .invoke(StepCall::new("upper", json!({ "text": "on demand" })))
+        .await;
+    assert_eq!(report.outputs().expect("ok")["text"], "ON DEMAND");
 }

@@ -15,7 +15,7 @@ use arkline::ark::{
     Activation, Ark, BizRegistry, CacheOutcome, Capabilities, Runtime, RuntimeConfig, StepCall,
     StepFailure, StepFault, StepOutcome, StepReport,
 };
-use arkline::host::{LogLevel, LogLine, LogSink, LogSource};
+use arkline::host::{LogLevel, LogLine, LogSink};
 use clap::Args;
 use serde_json::json;
 
@@ -269,7 +269,7 @@ impl std::fmt::Display for StepFailed {
     }
 }
 
-/// The guest's call stack of a fault, without wasmtime's heading line.
+/// The guest's call stack of a fault.
 fn fault_backtrace(failure: &StepFailure) -> Option<&str> {
     let backtrace = match failure {
         StepFailure::Fault(
@@ -277,21 +277,12 @@ fn fault_backtrace(failure: &StepFailure) -> Option<&str> {
         ) => backtrace.as_deref()?,
         _ => return None,
     };
-    let frames = backtrace
-        .strip_prefix("error while executing at wasm backtrace:")
-        .unwrap_or(backtrace);
-    Some(frames.trim_start_matches('\n').trim_end())
+    Some(backtrace.trim_matches('\n').trim_end())
 }
 
 /// `{"kind": …, "message": …}`, with `field` and `backtrace` when there are some.
 fn failure_json(failure: &StepFailure) -> serde_json::Value {
-    let kind = match failure {
-        StepFailure::InvalidConfig { .. } => "invalid_config",
-        StepFailure::UnknownStepType { .. } => "unknown_step_type",
-        StepFailure::Failed(_) => "failed",
-        StepFailure::Fault(fault) => fault.kind(),
-    };
-    let mut value = json!({ "kind": kind, "message": failure.to_string() });
+    let mut value = json!({ "kind": failure.kind(), "message": failure.to_string() });
     if let StepFailure::InvalidConfig {
         field: Some(field), ..
     } = failure
@@ -335,12 +326,7 @@ fn log_printer(shell: &Shell) -> LogSink {
             LogLevel::Warn => AnsiColor::Yellow.on_default(),
             LogLevel::Error => AnsiColor::Red.on_default().bold(),
         };
-        let source = match line.source {
-            LogSource::Log => "log",
-            LogSource::Stdout => "stdout",
-            LogSource::Stderr => "stderr",
-            LogSource::Host => "host",
-        };
+        let source = line.source.as_str();
         let fields: String = line
             .fields
             .iter()

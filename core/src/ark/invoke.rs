@@ -191,6 +191,19 @@ pub enum StepFailure {
     Fault(#[from] StepFault),
 }
 
+impl StepFailure {
+    /// A short, stable name of the kind of failure (for metrics and JSON): the
+    /// fault's kind for faults.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepFailure::InvalidConfig { .. } => "invalid_config",
+            StepFailure::UnknownStepType { .. } => "unknown_step_type",
+            StepFailure::Failed(_) => "failed",
+            StepFailure::Fault(fault) => fault.kind(),
+        }
+    }
+}
+
 /// A fault: the guest was stopped, and its store dropped. The host and every other
 /// biz carry on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -576,7 +589,14 @@ fn classify(
     }
     let backtrace = error
         .downcast_ref::<WasmBacktrace>()
-        .map(|bt| bt.to_string())
+        .map(|bt| {
+            let text = bt.to_string();
+            // wasmtime's heading says nothing the fault does not.
+            match text.split_once('\n') {
+                Some((first, rest)) if first.contains("wasm backtrace") => rest.to_owned(),
+                _ => text,
+            }
+        })
         .filter(|bt| !bt.trim().is_empty());
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => StepFault::OutOfFuel { fuel },

@@ -33,6 +33,10 @@ pub struct RuntimeConfig {
     /// Bytes of each linear memory kept resident between calls (pooling): faster
     /// re-instantiation for a little RSS.
     pub keep_resident: usize,
+    /// Idle pooling slots kept warm for bizes other than the one being
+    /// instantiated (wasmtime's `max_unused_warm_slots`): fewer saves RSS when
+    /// many distinct bizes run, more keeps rarely-called bizes fast.
+    pub warm_slots: u32,
     /// How often the epoch advances: the granularity of timeouts, cancellation and
     /// async yields of CPU-bound guests.
     pub epoch_tick: Duration,
@@ -58,6 +62,7 @@ impl Default for RuntimeConfig {
             max_instances: 256,
             max_memory: 1 << 30,
             keep_resident: 1 << 20,
+            warm_slots: 100,
             epoch_tick: Duration::from_millis(10),
             memory_limit: 256 << 20,
             timeout: Duration::from_secs(600),
@@ -85,6 +90,24 @@ impl RuntimeConfig {
     /// Sets the number of concurrent step calls (pooling slots).
     pub fn max_instances(mut self, n: u32) -> Self {
         self.max_instances = n;
+        self
+    }
+
+    /// Sets the largest memory any step may have (the pooling slot size).
+    pub fn max_memory(mut self, bytes: usize) -> Self {
+        self.max_memory = bytes;
+        self
+    }
+
+    /// Sets how many idle pooling slots stay warm for other bizes.
+    pub fn warm_slots(mut self, n: u32) -> Self {
+        self.warm_slots = n;
+        self
+    }
+
+    /// Sets how much of each linear memory stays resident between calls.
+    pub fn keep_resident(mut self, bytes: usize) -> Self {
+        self.keep_resident = bytes;
         self
     }
 
@@ -365,6 +388,7 @@ fn build_engine(config: &RuntimeConfig) -> Result<(Engine, bool), RuntimeError> 
             .max_tables_per_component(8)
             .max_memory_size(config.max_memory)
             .linear_memory_keep_resident(config.keep_resident)
+            .max_unused_warm_slots(config.warm_slots)
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut c = base_config(config);

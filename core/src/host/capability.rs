@@ -134,25 +134,22 @@ impl EffectiveCapabilities {
                 &self.effective.host_call,
             ),
         };
-        if effective.is_empty() {
-            return Err(if requested.is_empty() {
-                format!("its manifest does not request `{capability}`")
+        // Hosts are patterns; the http capability matches each real target itself.
+        let target = target.filter(|_| capability != Capability::Http);
+        let Some(target) = target else {
+            return if !effective.is_empty() {
+                Ok(())
+            } else if requested.is_empty() {
+                Err(format!("its manifest does not request `{capability}`"))
             } else {
-                format!(
+                Err(format!(
                     "the engine does not grant `{capability}` for what the manifest requests ({}; it grants {})",
                     list_or_nothing(requested),
                     list_or_nothing(granted)
-                )
-            });
-        }
-        let Some(target) = target else {
-            return Ok(());
+                ))
+            };
         };
         let listed = |list: &[String]| list.iter().any(|e| e == target || e == "*");
-        if capability == Capability::Http {
-            // Hosts are patterns; the http capability matches each real target.
-            return Ok(());
-        }
         match (listed(requested), listed(granted)) {
             (true, true) => Ok(()),
             (false, _) => Err(format!(

@@ -24,7 +24,7 @@ mod bindings {
 
 pub use bindings::*;
 
-use arkline::step::types::HostError;
+use bindings::arkline::step::types::HostError;
 
 /// Adds the `arkline:step@0.1.0` imports to `linker`.
 pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StepState>) -> wasmtime::Result<()> {
@@ -45,16 +45,16 @@ impl StepState {
     }
 }
 
-impl arkline::step::types::Host for StepState {}
+impl bindings::arkline::step::types::Host for StepState {}
 
-impl arkline::step::log::Host for StepState {
+impl bindings::arkline::step::log::Host for StepState {
     async fn log(
         &mut self,
-        level: arkline::step::log::Level,
+        level: bindings::arkline::step::log::Level,
         message: String,
-        fields: Vec<arkline::step::types::KeyValue>,
+        fields: Vec<bindings::arkline::step::types::KeyValue>,
     ) {
-        use arkline::step::log::Level;
+        use bindings::arkline::step::log::Level;
         let level = match level {
             Level::Trace => LogLevel::Trace,
             Level::Debug => LogLevel::Debug,
@@ -67,26 +67,26 @@ impl arkline::step::log::Host for StepState {
     }
 }
 
-impl arkline::step::process::Host for StepState {
+impl bindings::arkline::step::process::Host for StepState {
     async fn run(
         &mut self,
-        command: arkline::step::process::Command,
-    ) -> Result<arkline::step::process::Output, HostError> {
+        command: bindings::arkline::step::process::Command,
+    ) -> Result<bindings::arkline::step::process::Output, HostError> {
         Err(self.not_served(Capability::Process, Some(&command.program)))
     }
 }
 
-impl arkline::step::http::Host for StepState {
+impl bindings::arkline::step::http::Host for StepState {
     async fn send(
         &mut self,
-        request: arkline::step::http::Request,
-    ) -> Result<arkline::step::http::Response, HostError> {
+        request: bindings::arkline::step::http::Request,
+    ) -> Result<bindings::arkline::step::http::Response, HostError> {
         let _ = request;
         Err(self.not_served(Capability::Http, None))
     }
 }
 
-impl arkline::step::cache::Host for StepState {
+impl bindings::arkline::step::cache::Host for StepState {
     async fn get(&mut self, _key: String) -> Result<Option<Vec<u8>>, HostError> {
         Err(self.not_served(Capability::Cache, None))
     }
@@ -100,7 +100,7 @@ impl arkline::step::cache::Host for StepState {
     }
 }
 
-impl arkline::step::host_call::Host for StepState {
+impl bindings::arkline::step::host_call::Host for StepState {
     async fn call(&mut self, name: String, _payload: Vec<u8>) -> Result<Vec<u8>, HostError> {
         Err(self.not_served(Capability::HostCall, Some(&name)))
     }

@@ -24,6 +24,24 @@ pub enum LogSource {
     Host,
 }
 
+impl LogSource {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogSource::Log => "log",
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+            LogSource::Host => "host",
+        }
+    }
+}
+
+impl std::fmt::Display for LogSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Severity of a log line. Stdout lines are `Info`, stderr lines `Warn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LogLevel {
@@ -37,6 +55,12 @@ pub enum LogLevel {
     Warn,
     /// A failure.
     Error,
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl LogLevel {
@@ -208,12 +232,7 @@ impl LogCapture {
             sink(line);
         }
         let l = &*self.labels;
-        let source = match line.source {
-            LogSource::Log => "log",
-            LogSource::Stdout => "stdout",
-            LogSource::Stderr => "stderr",
-            LogSource::Host => "host",
-        };
+        let source = line.source.as_str();
         match line.level {
             LogLevel::Trace => {
                 tracing::trace!(target: "arkline::step", engine = %l.engine, biz = %l.biz, step = %l.step, source, "{}", line.message)
