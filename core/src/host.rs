@@ -8,12 +8,14 @@
 use semver::Version;
 
 pub mod capability;
+pub mod process;
 pub mod since_v0_1_0;
 mod state;
 pub mod step_log;
 
 pub use capability::{CallerIdentity, Capability, EffectiveCapabilities};
-pub use state::{StepLimiter, StepState};
+pub use process::{ProcessLimits, ProcessPolicy};
+pub use state::{CallResources, StepLimiter, StepState};
 pub use step_log::{LogLevel, LogLine, LogSink, LogSource, StepLog};
 
 /// The WIT package every step plugin targets.

@@ -15,7 +15,8 @@ use super::runtime::{Runtime, StepPre};
 use crate::host::since_v0_1_0::arkline::step::types as wit;
 use crate::host::step_log::{LogCapture, LogLabels};
 use crate::host::{
-    CallerIdentity, EffectiveCapabilities, LogSink, LogSource, StepLimiter, StepLog, StepState,
+    CallResources, CallerIdentity, EffectiveCapabilities, LogSink, LogSource, ProcessPolicy,
+    StepLimiter, StepLog, StepState,
 };
 
 /// Where guests see the workspace.
@@ -336,6 +337,7 @@ pub(crate) struct Invocable<'a> {
     pub pre: &'a StepPre,
     pub caller: &'a Arc<CallerIdentity>,
     pub capabilities: &'a Arc<EffectiveCapabilities>,
+    pub process: &'a Arc<ProcessPolicy>,
     pub step_types: &'a [String],
     /// Cancelled when the biz is force-uninstalled.
     pub biz_cancel: &'a CancelToken,
@@ -421,12 +423,18 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
         let fault = StepFault::Workspace(format!("{}: {e:#}", dir.display()));
         return report(Err(fault.into()), &log, 0);
     }
+    let deadline = started + timeout;
     let state = StepState::new(
         wasi.build(),
         StepLimiter::new(memory_limit),
         log.clone(),
         target.caller.clone(),
         target.capabilities.clone(),
+        CallResources {
+            workspace: call.workspace.clone(),
+            deadline,
+            process: target.process.clone(),
+        },
     );
     let mut store = Store::new(target.runtime.engine(), state);
     store.limiter(|s| &mut s.limiter);
@@ -434,7 +442,6 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
         let fault = StepFault::Instantiate(format!("cannot set fuel: {e:#}"));
         return report(Err(fault.into()), &log, 0);
     }
-    let deadline = started + timeout;
     let call_token = call.cancel.clone();
     let biz_token = target.biz_cancel.clone();
     store.set_epoch_deadline(1);

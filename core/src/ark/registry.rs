@@ -25,7 +25,7 @@ use tokio::sync::{Notify, broadcast};
 use super::invoke::{self, Invocable, StepCall, StepFault, StepReport};
 use super::runtime::{PreparedBiz, Runtime};
 use super::{Ark, CancelToken, Capabilities, ComponentError, Manifest};
-use crate::host::{CallerIdentity, EffectiveCapabilities};
+use crate::host::{CallerIdentity, EffectiveCapabilities, ProcessPolicy};
 
 /// Where a biz version is in its lifecycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +210,7 @@ struct Installed {
     step_types: Vec<String>,
     caller: Arc<CallerIdentity>,
     capabilities: Arc<EffectiveCapabilities>,
+    process: Arc<ProcessPolicy>,
     cancel: CancelToken,
 }
 
@@ -347,6 +348,11 @@ impl BizRegistry {
         let name = manifest.name.clone();
         let version = manifest.version.clone();
         let capabilities = Arc::new(EffectiveCapabilities::new(&manifest.capabilities, grants));
+        // Granted programs are resolved now, once, not at every call.
+        let process = Arc::new(ProcessPolicy::resolve(
+            &capabilities.effective().process,
+            self.inner.runtime.config().process_limits.clone(),
+        ));
         let biz = Arc::new(Installed {
             step_types: manifest.steps.iter().map(|s| s.id.clone()).collect(),
             caller: Arc::new(CallerIdentity {
@@ -355,6 +361,7 @@ impl BizRegistry {
                 version: version.clone(),
             }),
             capabilities,
+            process,
             cancel: CancelToken::new(),
             prepared,
             manifest,
@@ -740,6 +747,7 @@ impl BizLease {
                 pre: &self.biz.prepared.pre,
                 caller: &self.biz.caller,
                 capabilities: &self.biz.capabilities,
+                process: &self.biz.process,
                 step_types: &self.biz.step_types,
                 biz_cancel: &self.biz.cancel,
             },

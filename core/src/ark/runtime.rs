@@ -52,6 +52,8 @@ pub struct RuntimeConfig {
     pub output_limit: usize,
     /// Wasm stack size of a step call.
     pub max_wasm_stack: usize,
+    /// Limits of programs run through the `process` capability.
+    pub process_limits: crate::host::ProcessLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -70,6 +72,7 @@ impl Default for RuntimeConfig {
             log_limit: 4 << 20,
             output_limit: 1 << 20,
             max_wasm_stack: 1 << 20,
+            process_limits: crate::host::ProcessLimits::default(),
         }
     }
 }

@@ -72,7 +72,45 @@ impl bindings::arkline::step::process::Host for StepState {
         &mut self,
         command: bindings::arkline::step::process::Command,
     ) -> Result<bindings::arkline::step::process::Output, HostError> {
-        Err(self.not_served(Capability::Process, Some(&command.program)))
+        use super::process::{self, ProcessContext, ProcessError, ProcessRequest, ProcessStatus};
+        use bindings::arkline::step::process::{ExitStatus, Output};
+        self.check(Capability::Process, Some(&command.program))
+            .map_err(HostError::Denied)?;
+        let request = ProcessRequest {
+            program: command.program,
+            args: command.args,
+            env: command
+                .env
+                .into_iter()
+                .map(|kv| (kv.key, kv.value))
+                .collect(),
+            cwd: command.cwd,
+            stdin: command.stdin,
+            timeout: command.timeout_ms.map(std::time::Duration::from_millis),
+            stream_to_log: command.stream_to_log,
+        };
+        let ctx = ProcessContext {
+            policy: &self.call.process,
+            workspace: self.call.workspace.as_deref(),
+            log: &self.log,
+            deadline: self.call.deadline,
+        };
+        match process::run(ctx, request).await {
+            Ok(out) => Ok(Output {
+                status: match out.status {
+                    ProcessStatus::Exited(code) => ExitStatus::Exited(code),
+                    ProcessStatus::Signaled(signal) => ExitStatus::Signaled(signal),
+                    ProcessStatus::TimedOut => ExitStatus::TimedOut,
+                },
+                stdout: out.stdout,
+                stderr: out.stderr,
+                stdout_truncated: out.stdout_truncated,
+                stderr_truncated: out.stderr_truncated,
+            }),
+            Err(ProcessError::InvalidArgument(m)) => Err(HostError::InvalidArgument(m)),
+            Err(ProcessError::TooLarge(m)) => Err(HostError::TooLarge(m)),
+            Err(ProcessError::Failed(m)) => Err(HostError::Failed(m)),
+        }
     }
 }
 

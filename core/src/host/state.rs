@@ -1,11 +1,14 @@
 //! The per-call store data every host function sees.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::capability::{CallerIdentity, Capability, EffectiveCapabilities};
+use super::process::ProcessPolicy;
 use super::step_log::LogCapture;
 
 /// Memory, table and instance limits of one call, recording when the guest hit
@@ -93,6 +96,19 @@ pub struct StepState {
     pub(crate) log: LogCapture,
     pub(crate) caller: Arc<CallerIdentity>,
     pub(crate) capabilities: Arc<EffectiveCapabilities>,
+    pub(crate) call: CallResources,
+}
+
+/// What host functions of one call may use besides the identity: the host
+/// workspace, the deadline, the biz's resolved process policy.
+#[derive(Debug, Clone)]
+pub struct CallResources {
+    /// The host directory preopened at `/workspace`.
+    pub workspace: Option<PathBuf>,
+    /// When the call times out.
+    pub deadline: Instant,
+    /// Programs the biz may run.
+    pub process: Arc<ProcessPolicy>,
 }
 
 impl StepState {
@@ -103,6 +119,7 @@ impl StepState {
         log: LogCapture,
         caller: Arc<CallerIdentity>,
         capabilities: Arc<EffectiveCapabilities>,
+        call: CallResources,
     ) -> Self {
         StepState {
             wasi,
@@ -111,6 +128,7 @@ impl StepState {
             log,
             caller,
             capabilities,
+            call,
         }
     }
 
