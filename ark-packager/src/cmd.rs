@@ -13,11 +13,12 @@ mod package;
 mod run;
 mod sign;
 
+pub use arkline::ark::{GrantError, merge_grants, parse_grant};
 pub use build::BuildCmd;
 pub use inspect::InspectCmd;
 pub use new::NewCmd;
 pub use package::PackageCmd;
-pub use run::{GrantError, RunCmd, merge_grants, parse_grant};
+pub use run::RunCmd;
 pub use sign::{KeygenCmd, SignCmd, VerifyCmd};
 
 /// `cargo` as cargo runs a subcommand: `cargo-ark ark …`.

@@ -19,6 +19,7 @@ mod archive;
 mod cancel;
 mod compiled;
 mod component;
+mod grant;
 mod invoke;
 mod manifest;
 mod registry;
@@ -32,6 +33,7 @@ pub use component::{
     ComponentError, ComponentInfo, DescribedStep, describe_component, describe_engine,
     inspect_component,
 };
+pub use grant::{GrantError, merge_grants, parse_grant};
 pub use invoke::{
     CallContext, CallLimits, StepCall, StepFailure, StepFault, StepOutcome, StepReport,
     WORKSPACE_GUEST_PATH,

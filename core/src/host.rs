@@ -7,12 +7,14 @@
 
 use semver::Version;
 
+pub mod cache;
 pub mod capability;
 pub mod process;
 pub mod since_v0_1_0;
 mod state;
 pub mod step_log;
 
+pub use cache::BlobCache;
 pub use capability::{CallerIdentity, Capability, EffectiveCapabilities};
 pub use process::{ProcessLimits, ProcessPolicy};
 pub use state::{CallResources, StepLimiter, StepState};

@@ -45,7 +45,10 @@ fn live_processes_with(marker: &str) -> Vec<String> {
             continue;
         }
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next());
         if !matches!(state, Some("Z") | Some("X") | None) {
             found.push(cmdline);
         }
@@ -76,7 +79,9 @@ async fn a_granted_shell_runs_in_the_workspace_with_outputs_and_a_streamed_log()
             .workspace(ws.path()),
         )
         .await;
-    let out = report.outputs().unwrap_or_else(|| panic!("{:?}\n{}", report.result, report.log.text()));
+    let out = report
+        .outputs()
+        .unwrap_or_else(|| panic!("{:?}\n{}", report.result, report.log.text()));
     assert_eq!(out["answer"], "42");
     assert_eq!(out["exit_code"], "0");
     assert_eq!(
@@ -95,13 +100,17 @@ async fn a_granted_shell_runs_in_the_workspace_with_outputs_and_a_streamed_log()
         .filter(|l| l.fields.iter().any(|(k, v)| k == "program" && v == "sh"))
         .map(|l| (l.source, l.message.as_str()))
         .collect();
-    assert!(streamed.contains(&(LogSource::Stdout, "hello from sh")), "{streamed:?}");
-    assert!(streamed.contains(&(LogSource::Stderr, "oops")), "{streamed:?}");
+    assert!(
+        streamed.contains(&(LogSource::Stdout, "hello from sh")),
+        "{streamed:?}"
+    );
+    assert!(
+        streamed.contains(&(LogSource::Stderr, "oops")),
+        "{streamed:?}"
+    );
 
     // A failing script fails the step with its exit code.
-    let report = lease
-        .invoke(script("exit 3").workspace(ws.path()))
-        .await;
+    let report = lease.invoke(script("exit 3").workspace(ws.path())).await;
     match &report.result {
         Err(StepFailure::Failed(message)) => assert!(message.contains('3'), "{message}"),
         other => panic!("expected a failure, got {other:?}"),
@@ -132,15 +141,26 @@ async fn an_ungranted_program_is_refused_and_the_environment_is_scrubbed() {
     let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
     // The test process has CARGO_* variables; none reach the program.
     assert!(!names.iter().any(|n| n.starts_with("CARGO")), "{env}");
-    let home = env.lines().find_map(|l| l.strip_prefix("HOME=")).expect("HOME");
+    let home = env
+        .lines()
+        .find_map(|l| l.strip_prefix("HOME="))
+        .expect("HOME");
     assert_eq!(
         std::path::Path::new(home),
         ws.path().canonicalize().expect("canonical")
     );
-    let path = env.lines().find_map(|l| l.strip_prefix("PATH=")).expect("PATH");
-    assert!(!path.contains(':') || path.split(':').all(|d| !d.is_empty()), "{path}");
+    let path = env
+        .lines()
+        .find_map(|l| l.strip_prefix("PATH="))
+        .expect("PATH");
+    assert!(
+        !path.contains(':') || path.split(':').all(|d| !d.is_empty()),
+        "{path}"
+    );
     assert_eq!(
-        std::fs::read_to_string(ws.path().join("cpu.txt")).expect("cpu").trim(),
+        std::fs::read_to_string(ws.path().join("cpu.txt"))
+            .expect("cpu")
+            .trim(),
         "3600"
     );
 }
@@ -176,12 +196,22 @@ async fn landlock_confines_the_program_to_the_workspace() {
             .workspace(&ws),
         )
         .await;
-    assert!(report.result.is_ok(), "{:?}\n{}", report.result, report.log.text());
+    assert!(
+        report.result.is_ok(),
+        "{:?}\n{}",
+        report.result,
+        report.log.text()
+    );
     let result = std::fs::read_to_string(ws.join("result.txt")).expect("result");
     let lines: Vec<&str> = result.lines().collect();
     assert_eq!(
         lines,
-        ["denied-read", "denied-write", "system-read", "workspace-write"],
+        [
+            "denied-read",
+            "denied-write",
+            "system-read",
+            "workspace-write"
+        ],
         "read.txt: {:?}",
         std::fs::read_to_string(ws.join("read.txt"))
     );
@@ -203,10 +233,8 @@ async fn a_timeout_or_a_cancel_kills_the_whole_process_group() {
         )
         .await;
     assert!(
-        matches!(
-            report.fault(),
-            Some(StepFault::Timeout { .. })
-        ) || matches!(&report.result, Err(StepFailure::Failed(m)) if m.contains("timed out")),
+        matches!(report.fault(), Some(StepFault::Timeout { .. }))
+            || matches!(&report.result, Err(StepFailure::Failed(m)) if m.contains("timed out")),
         "{:?}",
         report.result
     );

@@ -338,6 +338,7 @@ pub(crate) struct Invocable<'a> {
     pub caller: &'a Arc<CallerIdentity>,
     pub capabilities: &'a Arc<EffectiveCapabilities>,
     pub process: &'a Arc<ProcessPolicy>,
+    pub cache: Option<crate::host::BlobCache>,
     pub step_types: &'a [String],
     /// Cancelled when the biz is force-uninstalled.
     pub biz_cancel: &'a CancelToken,
@@ -434,6 +435,7 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
             workspace: call.workspace.clone(),
             deadline,
             process: target.process.clone(),
+            cache: target.cache.clone(),
         },
     );
     let mut store = Store::new(target.runtime.engine(), state);

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, broadcast};
 use super::invoke::{self, Invocable, StepCall, StepFault, StepReport};
 use super::runtime::{PreparedBiz, Runtime};
 use super::{Ark, CancelToken, Capabilities, ComponentError, Manifest};
-use crate::host::{CallerIdentity, EffectiveCapabilities, ProcessPolicy};
+use crate::host::{BlobCache, CallerIdentity, EffectiveCapabilities, ProcessPolicy};
 
 /// Where a biz version is in its lifecycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +231,7 @@ struct RegistryInner {
     bizes: Mutex<BTreeMap<String, Versions>>,
     released: Notify,
     events: broadcast::Sender<LifecycleEvent>,
+    cache: Mutex<Option<BlobCache>>,
 }
 
 /// The bizes installed in one engine. Cheap to clone.
@@ -258,8 +259,24 @@ impl BizRegistry {
                 bizes: Mutex::new(BTreeMap::new()),
                 released: Notify::new(),
                 events,
+                cache: Mutex::new(None),
             }),
         }
+    }
+
+    /// Gives the engine's bizes a blob cache (the `cache` capability). Calls
+    /// started afterwards use it.
+    pub fn set_blob_cache(&self, cache: BlobCache) {
+        *self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache);
+    }
+
+    /// The engine's blob cache, if set.
+    pub fn blob_cache(&self) -> Option<BlobCache> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The engine name.
@@ -748,6 +765,12 @@ impl BizLease {
                 caller: &self.biz.caller,
                 capabilities: &self.biz.capabilities,
                 process: &self.biz.process,
+                cache: self
+                    .registry
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
                 step_types: &self.biz.step_types,
                 biz_cancel: &self.biz.cancel,
             },

@@ -124,17 +124,42 @@ impl bindings::arkline::step::http::Host for StepState {
     }
 }
 
+impl StepState {
+    /// Runs a cache operation off the async threads, after the capability check.
+    async fn with_cache<R: Send + 'static>(
+        &mut self,
+        op: impl FnOnce(&super::BlobCache) -> Result<R, super::cache::CacheError> + Send + 'static,
+    ) -> Result<R, HostError> {
+        use super::cache::CacheError;
+        self.check(Capability::Cache, None)
+            .map_err(HostError::Denied)?;
+        let Some(cache) = self.call.cache.clone() else {
+            return Err(HostError::Failed(format!(
+                "engine `{}` has no blob cache configured",
+                self.caller.engine
+            )));
+        };
+        match tokio::task::spawn_blocking(move || op(&cache)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(CacheError::InvalidArgument(m))) => Err(HostError::InvalidArgument(m)),
+            Ok(Err(CacheError::TooLarge(m))) => Err(HostError::TooLarge(m)),
+            Ok(Err(CacheError::Failed(m))) => Err(HostError::Failed(m)),
+            Err(e) => Err(HostError::Failed(format!("the cache task failed: {e}"))),
+        }
+    }
+}
+
 impl bindings::arkline::step::cache::Host for StepState {
-    async fn get(&mut self, _key: String) -> Result<Option<Vec<u8>>, HostError> {
-        Err(self.not_served(Capability::Cache, None))
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
+        self.with_cache(move |cache| cache.get(&key)).await
     }
 
-    async fn put(&mut self, _key: String, _value: Vec<u8>) -> Result<(), HostError> {
-        Err(self.not_served(Capability::Cache, None))
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
+        self.with_cache(move |cache| cache.put(&key, &value)).await
     }
 
-    async fn remove(&mut self, _key: String) -> Result<(), HostError> {
-        Err(self.not_served(Capability::Cache, None))
+    async fn remove(&mut self, key: String) -> Result<(), HostError> {
+        self.with_cache(move |cache| cache.remove(&key)).await
     }
 }
 

@@ -109,6 +109,8 @@ pub struct CallResources {
     pub deadline: Instant,
     /// Programs the biz may run.
     pub process: Arc<ProcessPolicy>,
+    /// The engine's blob cache, when it has one.
+    pub cache: Option<super::BlobCache>,
 }
 
 impl StepState {

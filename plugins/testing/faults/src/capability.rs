@@ -56,3 +56,51 @@ fn kind(e: &HostError) -> &'static str {
         HostError::Failed(_) => "failed",
     }
 }
+
+/// Configuration of the `cache` step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheOp {
+    /// `get`, `put` or `remove`.
+    pub op: CacheVerb,
+    /// The key.
+    pub key: String,
+    /// The value to `put`.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// A cache operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheVerb {
+    /// Read a key.
+    Get,
+    /// Write a key.
+    Put,
+    /// Delete a key.
+    Remove,
+}
+
+/// Runs the `cache` step: one operation on the engine's cache. Outputs `found`
+/// (`true`/`false`) and `value` for `get`; a host error fails the step with its text.
+pub fn cache_op(_ctx: &Context, config: CacheOp) -> StepResult {
+    let failed = |e: HostError| StepError::failed(e.to_string());
+    match config.op {
+        CacheVerb::Get => match cache::get(&config.key).map_err(failed)? {
+            Some(bytes) => Ok(Outcome::new()
+                .output("found", "true")
+                .output("value", String::from_utf8_lossy(&bytes).into_owned())),
+            None => Ok(Outcome::new().output("found", "false")),
+        },
+        CacheVerb::Put => {
+            let value = config.value.unwrap_or_default();
+            cache::put(&config.key, value.as_bytes()).map_err(failed)?;
+            Ok(Outcome::new())
+        }
+        CacheVerb::Remove => {
+            cache::remove(&config.key).map_err(failed)?;
+            Ok(Outcome::new())
+        }
+    }
+}

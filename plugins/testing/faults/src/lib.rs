@@ -256,6 +256,8 @@ arkline_sdk::steps! {
     "escape-symlink" => filesystem::escape_symlink,
     /// Makes one call of a capability and reports whether the host allowed it.
     "call-capability" => capability::call_capability,
+    /// One operation on the engine's blob cache (`get`, `put`, `remove`).
+    "cache" => capability::cache_op,
     /// Returns the step's context, environment and current directory as outputs.
     "context" => context,
 }

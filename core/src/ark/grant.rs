@@ -1,0 +1,133 @@
+//! Grants: what an engine allows a biz, in the one syntax used by engine
+//! configuration and `cargo ark run --grant`.
+//!
+//! A grant is `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` or
+//! `host-call=NAME[,NAME…]`; several grants add up ([`merge_grants`]). What a biz
+//! may use is the grant intersected with its manifest's request
+//! ([`EffectiveCapabilities`](crate::host::EffectiveCapabilities)).
+
+use super::Capabilities;
+
+/// The grant forms, for error messages.
+const GRANT_FORMS: &str = "the accepted forms are `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` and `host-call=NAME[,NAME…]`";
+
+/// A `--grant` that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}; {GRANT_FORMS}")]
+pub struct GrantError {
+    problem: String,
+}
+
+/// Parses one grant: `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` or
+/// `host-call=NAME[,NAME…]` (`host_call=` too, as in manifests). `*` in a list
+/// grants whatever the manifest requests of that kind.
+pub fn parse_grant(spec: &str) -> Result<Capabilities, GrantError> {
+    let problem = |p: String| GrantError { problem: p };
+    let (kind, list) = match spec.split_once('=') {
+        Some((kind, list)) => (kind.trim(), Some(list)),
+        None => (spec.trim(), None),
+    };
+    let mut grant = Capabilities::default();
+    let slot = match kind {
+        "cache" => {
+            return match list {
+                None => {
+                    grant.cache = true;
+                    Ok(grant)
+                }
+                Some(_) => Err(problem("`cache` takes no value".to_owned())),
+            };
+        }
+        "process" => &mut grant.process,
+        "http" => &mut grant.http,
+        "host-call" | "host_call" => &mut grant.host_call,
+        "log" => {
+            return Err(problem(
+                "`log` is always granted and needs no --grant".to_owned(),
+            ));
+        }
+        "" => return Err(problem("the grant is empty".to_owned())),
+        other => return Err(problem(format!("unknown capability `{other}`"))),
+    };
+    let Some(list) = list else {
+        return Err(problem(format!(
+            "`{kind}` needs a list of what to grant, e.g. `{kind}=…`"
+        )));
+    };
+    for item in list.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            return Err(problem(format!("`{kind}=` has an empty entry")));
+        }
+        if item.chars().any(char::is_whitespace) {
+            return Err(problem(format!("`{item}` contains whitespace")));
+        }
+        if !slot.iter().any(|s| s == item) {
+            slot.push(item.to_owned());
+        }
+    }
+    Ok(grant)
+}
+
+/// The union of several grants.
+pub fn merge_grants(grants: &[Capabilities]) -> Capabilities {
+    let mut all = Capabilities::default();
+    let add = |into: &mut Vec<String>, from: &[String]| {
+        for item in from {
+            if !into.contains(item) {
+                into.push(item.clone());
+            }
+        }
+    };
+    for grant in grants {
+        add(&mut all.process, &grant.process);
+        add(&mut all.http, &grant.http);
+        add(&mut all.host_call, &grant.host_call);
+        all.cache |= grant.cache;
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn grants_parse_and_merge() {
+        let grants = [
+            parse_grant("process=sh,git").expect("process"),
+            parse_grant("http=api.example.com, *.internal").expect("http"),
+            parse_grant("cache").expect("cache"),
+            parse_grant("host-call=kv.get").expect("host-call"),
+            parse_grant("process=git,make").expect("process again"),
+            parse_grant("host_call=kv.put").expect("manifest spelling"),
+        ];
+        let all = merge_grants(&grants);
+        assert_eq!(all.process, strings(&["sh", "git", "make"]));
+        assert_eq!(all.http, strings(&["api.example.com", "*.internal"]));
+        assert!(all.cache);
+        assert_eq!(all.host_call, strings(&["kv.get", "kv.put"]));
+    }
+
+    #[test]
+    fn bad_grants_say_what_is_wrong_and_what_is_accepted() {
+        for (spec, problem) in [
+            ("network=x", "unknown capability `network`"),
+            ("process", "`process` needs a list"),
+            ("process=", "empty entry"),
+            ("http=a,,b", "empty entry"),
+            ("cache=true", "`cache` takes no value"),
+            ("log", "always granted"),
+            ("", "empty"),
+            ("process=a b", "whitespace"),
+        ] {
+            let err = parse_grant(spec).expect_err(spec).to_string();
+            assert!(err.contains(problem), "{spec}: {err}");
+            assert!(err.contains("`host-call=NAME[,NAME…]`"), "{spec}: {err}");
+        }
+    }
+}
