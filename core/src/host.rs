@@ -9,6 +9,7 @@ use semver::Version;
 
 pub mod cache;
 pub mod capability;
+pub mod http;
 pub mod process;
 pub mod since_v0_1_0;
 mod state;

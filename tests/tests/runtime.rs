@@ -790,3 +790,38 @@ async fn without_room_for_the_pool_the_runtime_falls_back_to_on_demand_allocatio
         .await;
     assert_eq!(report.outputs().expect("ok")["text"], "ON DEMAND");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_reaches_only_granted_http_hosts() {
+    let ark = faults();
+    let runtime = runtime();
+    let call = || StepCall::new("call-capability", json!({ "capability": "http" }));
+
+    let ungranted = BizRegistry::new(runtime.clone(), "no-http");
+    install(&ungranted, ark.clone()).await;
+    let report = ungranted
+        .resolve("faults")
+        .expect("resolves")
+        .invoke(call())
+        .await;
+    let out = report.outputs().expect("ok");
+    assert_eq!(out["kind"], "denied", "{}", out["error"]);
+
+    // Granted: the request goes out (to a closed port, so it fails to connect).
+    let granted = BizRegistry::new(runtime, "http");
+    let grants = Capabilities {
+        http: vec!["127.0.0.1".into()],
+        ..Capabilities::default()
+    };
+    granted
+        .install(Arc::new(ark), &grants, Activation::IfNone)
+        .await
+        .expect("installs");
+    let report = granted
+        .resolve("faults")
+        .expect("resolves")
+        .invoke(call())
+        .await;
+    let out = report.outputs().expect("ok");
+    assert_eq!(out["kind"], "failed", "{}", out["error"]);
+}

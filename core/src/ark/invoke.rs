@@ -339,6 +339,7 @@ pub(crate) struct Invocable<'a> {
     pub capabilities: &'a Arc<EffectiveCapabilities>,
     pub process: &'a Arc<ProcessPolicy>,
     pub cache: Option<crate::host::BlobCache>,
+    pub http: &'a Arc<crate::host::http::HttpPolicy>,
     pub step_types: &'a [String],
     /// Cancelled when the biz is force-uninstalled.
     pub biz_cancel: &'a CancelToken,
@@ -436,6 +437,8 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
             deadline,
             process: target.process.clone(),
             cache: target.cache.clone(),
+            http: target.http.clone(),
+            http_client: target.runtime.http_client(),
         },
     );
     let mut store = Store::new(target.runtime.engine(), state);

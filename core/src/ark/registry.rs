@@ -25,6 +25,7 @@ use tokio::sync::{Notify, broadcast};
 use super::invoke::{self, Invocable, StepCall, StepFault, StepReport};
 use super::runtime::{PreparedBiz, Runtime};
 use super::{Ark, CancelToken, Capabilities, ComponentError, Manifest};
+use crate::host::http::HttpPolicy;
 use crate::host::{BlobCache, CallerIdentity, EffectiveCapabilities, ProcessPolicy};
 
 /// Where a biz version is in its lifecycle.
@@ -211,6 +212,7 @@ struct Installed {
     caller: Arc<CallerIdentity>,
     capabilities: Arc<EffectiveCapabilities>,
     process: Arc<ProcessPolicy>,
+    http: Arc<HttpPolicy>,
     cancel: CancelToken,
 }
 
@@ -370,6 +372,7 @@ impl BizRegistry {
             &capabilities.effective().process,
             self.inner.runtime.config().process_limits.clone(),
         ));
+        let http = Arc::new(HttpPolicy::new(capabilities.effective().http.clone()));
         let biz = Arc::new(Installed {
             step_types: manifest.steps.iter().map(|s| s.id.clone()).collect(),
             caller: Arc::new(CallerIdentity {
@@ -379,6 +382,7 @@ impl BizRegistry {
             }),
             capabilities,
             process,
+            http,
             cancel: CancelToken::new(),
             prepared,
             manifest,
@@ -758,6 +762,13 @@ impl BizLease {
     /// Runs one step call in a fresh instance. A fault comes back in the report;
     /// an instantiation failure also marks the version `Broken`.
     pub async fn invoke(&self, call: StepCall) -> StepReport {
+        // Read before the call: the lock must not be held across an await.
+        let cache = self
+            .registry
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let report = invoke::invoke(
             Invocable {
                 runtime: &self.registry.runtime,
@@ -765,12 +776,8 @@ impl BizLease {
                 caller: &self.biz.caller,
                 capabilities: &self.biz.capabilities,
                 process: &self.biz.process,
-                cache: self
-                    .registry
-                    .cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
+                cache,
+                http: &self.biz.http,
                 step_types: &self.biz.step_types,
                 biz_cancel: &self.biz.cancel,
             },

@@ -184,6 +184,7 @@ struct RuntimeInner {
     cache: Option<CompiledCache>,
     linker_v0_1_0: Linker<StepState>,
     ticker: Mutex<Option<Ticker>>,
+    http: std::sync::OnceLock<Result<crate::host::http::HttpClient, String>>,
 }
 
 struct Ticker {
@@ -261,6 +262,7 @@ impl Runtime {
                 cache,
                 linker_v0_1_0: linker,
                 ticker: Mutex::new(Some(Ticker { stop, thread })),
+                http: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -278,6 +280,15 @@ impl Runtime {
     /// Whether the pooling allocator is in use (false after a fallback).
     pub fn is_pooling(&self) -> bool {
         self.inner.pooling
+    }
+
+    /// The HTTP client every `http` capability call shares (built on first use),
+    /// or why it could not be built.
+    pub fn http_client(&self) -> Result<crate::host::http::HttpClient, String> {
+        self.inner
+            .http
+            .get_or_init(|| crate::host::http::HttpClient::new().map_err(|e| e.to_string()))
+            .clone()
     }
 
     /// The compiled-component cache, when configured.

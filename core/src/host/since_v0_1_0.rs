@@ -119,8 +119,44 @@ impl bindings::arkline::step::http::Host for StepState {
         &mut self,
         request: bindings::arkline::step::http::Request,
     ) -> Result<bindings::arkline::step::http::Response, HostError> {
-        let _ = request;
-        Err(self.not_served(Capability::Http, None))
+        use super::http::{HttpError, HttpRequest};
+        use bindings::arkline::step::types::KeyValue;
+        self.check(Capability::Http, None)
+            .map_err(HostError::Denied)?;
+        let client = self.call.http_client.clone().map_err(HostError::Failed)?;
+        let request = HttpRequest {
+            method: request.method,
+            url: request.url,
+            headers: request
+                .headers
+                .into_iter()
+                .map(|kv| (kv.key, kv.value))
+                .collect(),
+            body: request.body,
+            timeout: request.timeout_ms.map(std::time::Duration::from_millis),
+            follow_redirects: request.follow_redirects,
+        };
+        // The host check names the biz and engine; the policy's own refusal says
+        // which host or address and why.
+        let who = self.caller.clone();
+        match client.send(&self.call.http, request).await {
+            Ok(response) => Ok(bindings::arkline::step::http::Response {
+                status: response.status,
+                headers: response
+                    .headers
+                    .into_iter()
+                    .map(|(key, value)| KeyValue { key, value })
+                    .collect(),
+                body: response.body,
+            }),
+            Err(HttpError::Denied(why)) => {
+                Err(HostError::Denied(who.denial(Capability::Http, &why)))
+            }
+            Err(HttpError::InvalidArgument(m)) => Err(HostError::InvalidArgument(m)),
+            Err(HttpError::Timeout) => Err(HostError::Timeout),
+            Err(HttpError::TooLarge(m)) => Err(HostError::TooLarge(m)),
+            Err(HttpError::Failed(m)) => Err(HostError::Failed(m)),
+        }
     }
 }
 

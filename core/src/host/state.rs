@@ -111,6 +111,10 @@ pub struct CallResources {
     pub process: Arc<ProcessPolicy>,
     /// The engine's blob cache, when it has one.
     pub cache: Option<super::BlobCache>,
+    /// Hosts the biz may reach.
+    pub http: Arc<super::http::HttpPolicy>,
+    /// The runtime's HTTP client, or why there is none.
+    pub http_client: Result<super::http::HttpClient, String>,
 }
 
 impl StepState {
