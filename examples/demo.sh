@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quickstart demo: build the `shell` step plugin into a WebAssembly component,
 # package it as a reproducible .ark, package it again to show the bytes do not
-# change, inspect it, run steps of the `faults` test biz in the isolation runtime
+# change, inspect it, run it with `sh` granted, run steps of the `faults` test biz in the isolation runtime
 # (one that works, one that is stopped by its memory limit), and parse the example
 # pipelines.
 set -euo pipefail
@@ -20,6 +20,9 @@ else
 fi
 echo
 cargo run --quiet -p cargo-ark -- ark inspect "$ark"
+echo
+cargo run --quiet -p cargo-ark -- ark run -p shell run --grant process=sh \
+  --with '{"script": "echo hello from a granted, confined sh; echo answer=42 >> \"$ARKLINE_OUTPUT\""}'
 echo
 cargo run --quiet -p cargo-ark -- ark run -p faults upper --with '{"text": "hello from a fresh wasm instance"}'
 echo

@@ -10,7 +10,11 @@
 //!   watches, in memory or in an embedded redb file;
 //! - [`controller`]: the generic reconcile runtime driven by store watches;
 //! - [`ark`]: the `.ark` archive format of step plugins;
-//! - [`host`]: the host side of the step API (`arkline:step` WIT bindings).
+//! - [`ark`] also holds the isolation runtime: [`ark::Runtime`], [`ark::BizRegistry`],
+//!   [`ark::BizLease::invoke`];
+//! - [`host`]: the host side of the step API (`arkline:step` WIT bindings) and the
+//!   capabilities given to guests (`log`, `process`, `http`, `cache`, `host-call`);
+//! - [`native`]: native plugins (trusted shared libraries serving `host-call`).
 //!
 //! Step plugins are written with `arkline-sdk` and packaged by `cargo ark package`
 //! into `.ark` archives, which this crate reads and verifies:
@@ -39,6 +43,7 @@ pub mod ark;
 pub mod controller;
 pub mod host;
 pub mod model;
+pub mod native;
 pub mod store;
 
 pub use ark::{ArchiveError, Ark, ComponentError, Manifest};

@@ -439,6 +439,7 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
             cache: target.cache.clone(),
             http: target.http.clone(),
             http_client: target.runtime.http_client(),
+            native: target.runtime.native_plugins().clone(),
         },
     );
     let mut store = Store::new(target.runtime.engine(), state);

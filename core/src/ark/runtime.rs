@@ -185,6 +185,7 @@ struct RuntimeInner {
     linker_v0_1_0: Linker<StepState>,
     ticker: Mutex<Option<Ticker>>,
     http: std::sync::OnceLock<Result<crate::host::http::HttpClient, String>>,
+    native: crate::native::NativePlugins,
 }
 
 struct Ticker {
@@ -263,6 +264,7 @@ impl Runtime {
                 linker_v0_1_0: linker,
                 ticker: Mutex::new(Some(Ticker { stop, thread })),
                 http: std::sync::OnceLock::new(),
+                native: crate::native::NativePlugins::new(),
             }),
         })
     }
@@ -289,6 +291,12 @@ impl Runtime {
             .http
             .get_or_init(|| crate::host::http::HttpClient::new().map_err(|e| e.to_string()))
             .clone()
+    }
+
+    /// The process-wide native plugins (trusted host extensions serving
+    /// `host-call`). Load them with [`NativePlugins::load`](crate::native::NativePlugins::load).
+    pub fn native_plugins(&self) -> &crate::native::NativePlugins {
+        &self.inner.native
     }
 
     /// The compiled-component cache, when configured.

@@ -31,20 +31,6 @@ pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StepState>) -> was
     Step::add_to_linker::<StepState, wasmtime::component::HasSelf<StepState>>(linker, |s| s)
 }
 
-impl StepState {
-    /// The answer to a capability this build does not serve yet, once the
-    /// capability check has passed (so a refusal still names the grant).
-    fn not_served(&self, capability: Capability, target: Option<&str>) -> HostError {
-        match self.check(capability, target) {
-            Err(denied) => HostError::Denied(denied),
-            Ok(()) => HostError::Failed(format!(
-                "capability `{capability}` is granted to biz `{}@{}` but this arkline build does not serve it yet",
-                self.caller.biz, self.caller.version
-            )),
-        }
-    }
-}
-
 impl bindings::arkline::step::types::Host for StepState {}
 
 impl bindings::arkline::step::log::Host for StepState {
@@ -200,7 +186,19 @@ impl bindings::arkline::step::cache::Host for StepState {
 }
 
 impl bindings::arkline::step::host_call::Host for StepState {
-    async fn call(&mut self, name: String, _payload: Vec<u8>) -> Result<Vec<u8>, HostError> {
-        Err(self.not_served(Capability::HostCall, Some(&name)))
+    async fn call(&mut self, name: String, payload: Vec<u8>) -> Result<Vec<u8>, HostError> {
+        use crate::native::NativeCallError;
+        self.check(Capability::HostCall, Some(&name))
+            .map_err(HostError::Denied)?;
+        let native = self.call.native.clone();
+        // Native handlers are synchronous: keep them off the async threads.
+        let result = tokio::task::spawn_blocking(move || native.call(&name, &payload))
+            .await
+            .map_err(|e| HostError::Failed(format!("the host-call task failed: {e}")))?;
+        result.map_err(|e| match e {
+            NativeCallError::UnknownHandler(_) => HostError::InvalidArgument(e.to_string()),
+            NativeCallError::TooLarge { .. } => HostError::TooLarge(e.to_string()),
+            _ => HostError::Failed(e.to_string()),
+        })
     }
 }

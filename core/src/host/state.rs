@@ -115,6 +115,8 @@ pub struct CallResources {
     pub http: Arc<super::http::HttpPolicy>,
     /// The runtime's HTTP client, or why there is none.
     pub http_client: Result<super::http::HttpClient, String>,
+    /// The native plugins serving `host-call`.
+    pub native: crate::native::NativePlugins,
 }
 
 impl StepState {
