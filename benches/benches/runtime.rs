@@ -198,18 +198,9 @@ fn cancel(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let token = CancelToken::new();
-                    let started = CancelToken::new();
-                    let call = StepCall::new("spin", json!({}))
-                        .cancel_on(token.clone())
-                        .log_sink(Arc::new({
-                            let started = started.clone();
-                            move |_| started.cancel()
-                        }));
-                    let running = tokio::spawn({
-                        let lease = lease.clone();
-                        async move { lease.invoke(call).await }
-                    });
-                    started.cancelled().await;
+                    let call = StepCall::new("spin", json!({})).cancel_on(token.clone());
+                    let running =
+                        arkline_testkit::spawn_started(lease.clone(), call, |_| true).await;
                     let at = Instant::now();
                     token.cancel();
                     let report = running.await.expect("joins");

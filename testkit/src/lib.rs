@@ -37,6 +37,36 @@ pub use arkline::ark::{
 pub use arkline::host::{LogLevel, LogLine, LogSource, StepLog};
 pub use harness::{DEFAULT_TIMEOUT, ENGINE, Harness, HarnessError};
 
+/// Starts `call` on `lease` in a task and waits until the guest writes a log line
+/// that `started` accepts, so the call is known to be running (not merely
+/// scheduled); returns the task. For tests of what happens to a running call:
+/// cancellation, forced uninstall, a full pool.
+///
+/// A log sink already set on `call` still sees every line.
+pub async fn spawn_started(
+    lease: Arc<BizLease>,
+    mut call: StepCall,
+    started: impl Fn(&LogLine) -> bool + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<StepReport> {
+    let signal = Arc::new(tokio::sync::Notify::new());
+    let previous = call.log_sink.take();
+    call.log_sink = Some(Arc::new({
+        let signal = signal.clone();
+        move |line: &LogLine| {
+            if let Some(previous) = &previous {
+                previous(line);
+            }
+            if started(line) {
+                // A stored permit: the waiter below sees it even if it is late.
+                signal.notify_one();
+            }
+        }
+    }));
+    let task = tokio::spawn(async move { lease.invoke(call).await });
+    signal.notified().await;
+    task
+}
+
 /// The root of the arkline workspace this testkit belongs to.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

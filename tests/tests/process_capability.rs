@@ -243,24 +243,12 @@ async fn a_timeout_or_a_cancel_kills_the_whole_process_group() {
     // Cancel: once the script has started, cancel the step.
     let marker = format!("1000.{}2", std::process::id());
     let token = CancelToken::new();
-    let started = CancelToken::new();
     let call = script(&format!("sleep {marker} &\necho started\nsleep {marker}"))
         .workspace(ws.path())
-        .cancel_on(token.clone())
-        .log_sink(Arc::new({
-            let started = started.clone();
-            move |line| {
-                if line.message == "started" {
-                    started.cancel()
-                }
-            }
-        }));
-    let lease = Arc::new(lease);
-    let running = tokio::spawn({
-        let lease = lease.clone();
-        async move { lease.invoke(call).await }
-    });
-    started.cancelled().await;
+        .cancel_on(token.clone());
+    let running =
+        arkline_testkit::spawn_started(Arc::new(lease), call, |line| line.message == "started")
+            .await;
     // The script's shell (its command line holds the marker) and its children run.
     assert!(!live_processes_with(&marker).is_empty(), "the script runs");
     token.cancel();

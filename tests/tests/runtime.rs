@@ -306,20 +306,11 @@ async fn cancellation_interrupts_a_computing_and_a_waiting_guest() {
 
     for (step, config) in [("spin", json!({})), ("sleep", json!({ "ms": 600_000 }))] {
         let token = CancelToken::new();
-        let started = CancelToken::new();
         let call = StepCall::new(step, config)
             .timeout(Duration::from_secs(600))
-            .cancel_on(token.clone())
-            .log_sink(Arc::new({
-                let started = started.clone();
-                move |_| started.cancel()
-            }));
-        let running = tokio::spawn({
-            let lease = lease.clone();
-            async move { lease.invoke(call).await }
-        });
+            .cancel_on(token.clone());
         // The guest logs a line once it is running; cancel only then.
-        started.cancelled().await;
+        let running = arkline_testkit::spawn_started(lease.clone(), call, |_| true).await;
         token.cancel();
         let report = running.await.expect("joins");
         assert_eq!(report.fault(), Some(&StepFault::Cancelled), "{step}");
@@ -536,27 +527,15 @@ async fn a_forced_uninstall_cancels_the_holders() {
     let registry = registry("force");
     install(&registry, faults()).await;
     let mut events = registry.subscribe();
-    let started = CancelToken::new();
-    let lease = registry.resolve("faults").expect("resolves");
-    let in_flight = tokio::spawn({
-        let started = started.clone();
-        async move {
-            let report = lease
-                .invoke(
-                    StepCall::new("spin", json!({}))
-                        .timeout(Duration::from_secs(600))
-                        .log_sink(Arc::new(move |_| started.cancel())),
-                )
-                .await;
-            report.fault().cloned()
-        }
-    });
-    started.cancelled().await;
+    let lease = Arc::new(registry.resolve("faults").expect("resolves"));
+    let call = StepCall::new("spin", json!({})).timeout(Duration::from_secs(600));
+    let in_flight = arkline_testkit::spawn_started(lease, call, |_| true).await;
     registry
         .uninstall("faults", &Version::new(0, 1, 0), UninstallMode::Force)
         .await
         .expect("forced uninstall");
-    assert_eq!(in_flight.await.expect("joins"), Some(StepFault::Cancelled));
+    let report = in_flight.await.expect("joins");
+    assert_eq!(report.fault(), Some(&StepFault::Cancelled));
     assert_eq!(
         drain_events(&mut events),
         ["faults@0.1.0 draining", "faults@0.1.0 uninstalled"]
@@ -714,19 +693,10 @@ fn a_step_waiting_or_computing_holds_no_thread() {
         let lease = Arc::new(registry.resolve("faults").expect("resolves"));
         for (step, config) in [("sleep", json!({ "ms": 600_000 })), ("spin", json!({}))] {
             let token = CancelToken::new();
-            let started = CancelToken::new();
-            let blocked = tokio::spawn({
-                let lease = lease.clone();
-                let call = StepCall::new(step, config)
-                    .timeout(Duration::from_secs(600))
-                    .cancel_on(token.clone())
-                    .log_sink(Arc::new({
-                        let started = started.clone();
-                        move |_| started.cancel()
-                    }));
-                async move { lease.invoke(call).await }
-            });
-            started.cancelled().await;
+            let call = StepCall::new(step, config)
+                .timeout(Duration::from_secs(600))
+                .cancel_on(token.clone());
+            let blocked = arkline_testkit::spawn_started(lease.clone(), call, |_| true).await;
             let report = lease
                 .invoke(StepCall::new("upper", json!({ "text": "meanwhile" })))
                 .await;
@@ -747,18 +717,8 @@ async fn a_full_instance_pool_is_a_capacity_fault_not_a_broken_biz() {
     install(&registry, faults()).await;
     let lease = Arc::new(registry.resolve("faults").expect("resolves"));
     let token = CancelToken::new();
-    let started = CancelToken::new();
-    let occupying = tokio::spawn({
-        let lease = lease.clone();
-        let call = StepCall::new("sleep", json!({ "ms": 600_000 }))
-            .cancel_on(token.clone())
-            .log_sink(Arc::new({
-                let started = started.clone();
-                move |_| started.cancel()
-            }));
-        async move { lease.invoke(call).await }
-    });
-    started.cancelled().await;
+    let call = StepCall::new("sleep", json!({ "ms": 600_000 })).cancel_on(token.clone());
+    let occupying = arkline_testkit::spawn_started(lease.clone(), call, |_| true).await;
     let report = lease
         .invoke(StepCall::new("upper", json!({ "text": "no room" })))
         .await;
