@@ -44,6 +44,7 @@ pub mod controller;
 pub mod host;
 pub mod model;
 pub mod native;
+pub mod pipeline;
 pub mod store;
 
 pub use ark::{ArchiveError, Ark, ComponentError, Manifest};
