@@ -133,6 +133,7 @@ pub struct Controller {
     sources: Vec<Source>,
     config: ControllerConfig,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    triggers: Vec<Pin<Box<dyn futures::Stream<Item = ObjectRef> + Send>>>,
 }
 
 impl fmt::Debug for Controller {
@@ -173,6 +174,7 @@ impl Controller {
             sources: vec![primary],
             config: ControllerConfig::default(),
             shutdown: Box::pin(std::future::pending()),
+            triggers: Vec::new(),
         }
     }
 
@@ -216,6 +218,17 @@ impl Controller {
                 .map(|o| ObjectRef::new(&owner_kind, &obj.metadata.engine, &o.name))
                 .collect::<Vec<_>>()
         })
+    }
+
+    /// Also reconcile the objects named by `trigger` as they come (kube-rs
+    /// `reconcile_on`): for changes outside the store, such as a timer or a biz
+    /// installed in the runtime. Keys of other kinds are ignored.
+    pub fn reconcile_on(
+        mut self,
+        trigger: impl futures::Stream<Item = ObjectRef> + Send + 'static,
+    ) -> Self {
+        self.triggers.push(Box::pin(trigger));
+        self
     }
 
     /// At most `n` reconciles at once (at least 1).
@@ -269,6 +282,7 @@ impl Controller {
             sources,
             config,
             mut shutdown,
+            triggers,
         } = self;
         let reconcile = Arc::new(reconcile);
         let (keys_tx, mut keys_rx) = mpsc::channel::<ObjectRef>(1024);
@@ -281,6 +295,18 @@ impl Controller {
                 config.watch_backoff,
                 keys_tx.clone(),
             ));
+        }
+        for mut trigger in triggers {
+            let (keys_tx, kind, engine) = (keys_tx.clone(), kind.clone(), engine.clone());
+            feeds.spawn(async move {
+                while let Some(key) = trigger.next().await {
+                    let wanted =
+                        key.kind == kind && engine.as_ref().is_none_or(|e| *e == key.engine);
+                    if wanted && keys_tx.send(key).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
         drop(keys_tx);
 

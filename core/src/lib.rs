@@ -14,7 +14,10 @@
 //!   [`ark::BizLease::invoke`];
 //! - [`host`]: the host side of the step API (`arkline:step` WIT bindings) and the
 //!   capabilities given to guests (`log`, `process`, `http`, `cache`, `host-call`);
-//! - [`native`]: native plugins (trusted shared libraries serving `host-call`).
+//! - [`native`]: native plugins (trusted shared libraries serving `host-call`);
+//! - [`pipeline`]: executions — admission, the execution and pipeline reconcilers,
+//!   durable step logs, secrets, workspaces and step caches, cron;
+//! - [`Container`] and [`Engine`]: the embedding API (see [`container`]).
 //!
 //! Step plugins are written with `arkline-sdk` and packaged by `cargo ark package`
 //! into `.ark` archives, which this crate reads and verifies:
@@ -40,7 +43,9 @@
 #![deny(missing_docs)]
 
 pub mod ark;
+pub mod container;
 pub mod controller;
+pub mod engine;
 pub mod host;
 pub mod model;
 pub mod native;
@@ -48,6 +53,9 @@ pub mod pipeline;
 pub mod store;
 
 pub use ark::{ArchiveError, Ark, ComponentError, Manifest};
+pub use container::{Container, ContainerBuilder, ContainerError};
 pub use controller::{Action, Controller};
+pub use engine::{Engine, EngineError};
 pub use model::{Pipeline, PipelineExecution, PipelineSetting};
+pub use pipeline::TriggerRequest;
 pub use store::{MemoryStore, RedbStore, Store};

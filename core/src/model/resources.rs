@@ -234,6 +234,9 @@ pub struct PipelineStatus {
     /// The spec generation this status describes.
     #[serde(default)]
     pub observed_generation: u64,
+    /// Cron schedule → the last fire time handled (run, or collapsed into a run).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cron_last: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl PipelineStatus {

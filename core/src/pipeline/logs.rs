@@ -1,1 +1,1659 @@
-//! (in progress)
+//! Durable per-step logs with live follow.
+//!
+//! Every step of a pipeline execution has one log, named by a [`LogKey`]
+//! (`engine/execution/step`). A [`LogWriter`] appends the step's lines as the guest
+//! produces them — masked, capped, and numbered with a `seq` that runs on across
+//! attempts and process restarts. Lines can be read while the step runs
+//! ([`LogStore::read`], [`LogStore::tail`]) and followed live ([`LogStore::follow`]).
+//!
+//! The file backend ([`LogStore::open`]) keeps one JSON object per line in
+//! `dir/<engine>/<execution>/<step>.jsonl`. Each line reaches the OS as soon as it
+//! is written, so another process can read it; the file is fsynced when the writer
+//! finishes. The memory backend ([`LogStore::in_memory`]) behaves the same without
+//! files.
+//!
+//! ```
+//! use arkline::host::step_log::{LogLevel, LogLine, LogSource};
+//! use arkline::pipeline::logs::{LogKey, LogStore};
+//! use futures::StreamExt;
+//!
+//! # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! # rt.block_on(async {
+//! let store = LogStore::in_memory();
+//! let key = LogKey::new("main", "build-42", "compile")?;
+//! let writer = store.writer(&key, 1, 1 << 20, None)?;
+//! let follow = store.follow(&key);
+//!
+//! writer.note("attempt 1 of 3 started");
+//! writer.write(&LogLine {
+//!     time: std::time::SystemTime::now(),
+//!     level: LogLevel::Info,
+//!     source: LogSource::Stdout,
+//!     message: "compiling".into(),
+//!     fields: vec![],
+//! });
+//! writer.finish();
+//!
+//! let lines: Vec<String> = follow.map(|line| line.unwrap().message).collect().await;
+//! assert_eq!(lines, ["attempt 1 of 3 started", "compiling"]);
+//! # Ok::<(), arkline::pipeline::logs::LogError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Invariants:
+//! - Within one step log, `seq` starts at 0 and increases by one per stored line.
+//!   Lines are written to the file, then to the in-memory tail, then announced, all
+//!   under one lock, so every line older than the in-memory tail is in the file.
+//! - A [`LogStore`] and its clones share the set of live logs; open one store per
+//!   directory per process, or followers will not see another store's writers.
+//! - This module knows nothing about secrets: it is handed a [`MaskFn`].
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::host::step_log::{LogLevel, LogLine, LogSource};
+
+/// Replaces secret values in a piece of log text; applied to every message and
+/// field value before it is stored or shown to a follower.
+pub type MaskFn = Arc<dyn Fn(&str) -> Cow<'_, str> + Send + Sync>;
+
+/// Wraps a closure as a [`MaskFn`]. Going through this function lets the compiler
+/// see that the closure's output borrows from its input, which a bare
+/// `Arc::new(|s| ..)` does not.
+pub fn mask_fn<F>(f: F) -> MaskFn
+where
+    F: for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync + 'static,
+{
+    Arc::new(f)
+}
+
+/// Lines kept in memory per live log for followers; a follower further behind
+/// re-reads the file.
+const RECENT_LINES: usize = 1024;
+/// Message bytes kept in memory per live log for followers (same purpose).
+const RECENT_BYTES: u64 = 1 << 20;
+/// How the truncation marker begins; recognised when a log is resumed.
+const TRUNCATION_PREFIX: &str = "[log truncated: the step's log passed its cap of ";
+
+/// Why a step log could not be opened, read or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A part of a log key is not a single, safe path component.
+    #[error(
+        "invalid log key: the {part} {value:?} {reason}; engine, execution and step must each be \
+         a single path component (non-empty, without '/', '\\' or NUL, and not '.' or '..')"
+    )]
+    InvalidKey {
+        /// Which part: `engine`, `execution` or `step`.
+        part: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Reading, writing or removing a log file failed.
+    #[error("step log I/O failed on {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The log has no file and no writer in this process.
+    #[error(
+        "no log for step {0}: nothing has been written for it yet, or its execution was removed"
+    )]
+    NotFound(LogKey),
+    /// A line before the last one of a log file is not a log line.
+    #[error(
+        "step log {} is corrupt at line {line}: {source}; it was changed by something other than \
+         arkline — move the file aside to read or extend this step's log",
+        path.display()
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: u64,
+        /// Why the line does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Names one step's log: `engine/execution/step`. Each part becomes a path
+/// component of the file backend, so each must be a single safe component.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct LogKey {
+    /// The engine's name.
+    pub engine: String,
+    /// The pipeline execution.
+    pub execution: String,
+    /// The step within the execution.
+    pub step: String,
+}
+
+impl LogKey {
+    /// A validated key.
+    pub fn new(
+        engine: impl Into<String>,
+        execution: impl Into<String>,
+        step: impl Into<String>,
+    ) -> Result<Self, LogError> {
+        let key = LogKey {
+            engine: engine.into(),
+            execution: execution.into(),
+            step: step.into(),
+        };
+        key.validate()?;
+        Ok(key)
+    }
+
+    /// Checks that each part is a safe single path component
+    /// ([`LogError::InvalidKey`] otherwise). Every [`LogStore`] operation checks
+    /// this, since a key can also be built field by field or deserialized.
+    pub fn validate(&self) -> Result<(), LogError> {
+        check_component("engine", &self.engine)?;
+        check_component("execution", &self.execution)?;
+        check_component("step", &self.step)
+    }
+}
+
+impl fmt::Display for LogKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.engine, self.execution, self.step)
+    }
+}
+
+fn check_component(part: &'static str, value: &str) -> Result<(), LogError> {
+    let reason = if value.is_empty() {
+        "is empty"
+    } else if value == "." || value == ".." {
+        "is '.' or '..'"
+    } else if value.contains('/') {
+        "contains '/'"
+    } else if value.contains('\\') {
+        "contains '\\'"
+    } else if value.contains('\0') {
+        "contains NUL"
+    } else {
+        return Ok(());
+    };
+    Err(LogError::InvalidKey {
+        part,
+        value: value.to_owned(),
+        reason,
+    })
+}
+
+/// One stored line of a step log: one JSON object per line in the file backend.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct StoredLine {
+    /// Position in the step's log, from 0, across attempts and restarts.
+    pub seq: u64,
+    /// When the host received the line.
+    pub time: DateTime<Utc>,
+    /// The attempt of the step that wrote it (from 1 by the engine's convention).
+    pub attempt: u32,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// `stdout`, `stderr`, `log` or `host`.
+    pub source: String,
+    /// The text, masked.
+    pub message: String,
+    /// Structured fields of a `log` call, values masked.
+    #[serde(default)]
+    pub fields: Vec<(String, String)>,
+}
+
+impl StoredLine {
+    fn is_truncation_marker(&self) -> bool {
+        self.source == LogSource::Host.as_str() && self.message.starts_with(TRUNCATION_PREFIX)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update leaves the state consistent, so a panic elsewhere while holding
+    // the lock does not make it unusable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where step logs are kept, and the logs being written in this process.
+///
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<StoreInner>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Files(PathBuf),
+    Memory,
+}
+
+struct StoreInner {
+    backend: Backend,
+    /// Logs with a writer in this process, and logs held only in memory (all logs
+    /// of the memory backend, and file logs whose file failed).
+    live: Mutex<HashMap<LogKey, Arc<LiveLog>>>,
+}
+
+impl StoreInner {
+    fn path_of(&self, key: &LogKey) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Files(root) => Some(
+                root.join(&key.engine)
+                    .join(&key.execution)
+                    .join(format!("{}.jsonl", key.step)),
+            ),
+            Backend::Memory => None,
+        }
+    }
+
+    fn live(&self, key: &LogKey) -> Option<Arc<LiveLog>> {
+        lock(&self.live).get(key).cloned()
+    }
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("backend", &self.inner.backend)
+            .field("live_logs", &lock(&self.inner.live).len())
+            .finish()
+    }
+}
+
+impl LogStore {
+    /// A store keeping logs as files under `dir` (created if missing).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, LogError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(|source| LogError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self::with_backend(Backend::Files(dir)))
+    }
+
+    /// A store keeping logs in memory only, for embedders without a disk. Logs live
+    /// until [`LogStore::remove_execution`] or until the last clone is dropped.
+    pub fn in_memory() -> Self {
+        Self::with_backend(Backend::Memory)
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        LogStore {
+            inner: Arc::new(StoreInner {
+                backend,
+                live: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Opens `key`'s log for appending by one attempt of the step.
+    ///
+    /// If the log already exists (an earlier attempt, or a step resumed after a
+    /// restart), `seq` continues after its last line and `cap_bytes` counts the
+    /// message bytes of the whole log; a torn last line left by a crash is cut off
+    /// the file first. `mask` is applied to every message and field value before
+    /// it is counted or stored.
+    ///
+    /// Fails with [`LogError::InvalidKey`], [`LogError::Io`] when the file cannot be
+    /// created or read, or [`LogError::Corrupt`] when an earlier line is damaged.
+    pub fn writer(
+        &self,
+        key: &LogKey,
+        attempt: u32,
+        cap_bytes: u64,
+        mask: Option<MaskFn>,
+    ) -> Result<LogWriter, LogError> {
+        key.validate()?;
+        let live = {
+            // The registry lock is held while the file is scanned so that two
+            // writers cannot both scan and truncate the same file.
+            let mut registry = lock(&self.inner.live);
+            let live = match registry.get(key) {
+                Some(live) => Arc::clone(live),
+                None => {
+                    let live = match self.inner.path_of(key) {
+                        Some(path) => {
+                            let (file, resume) = open_for_append(&path)?;
+                            LiveLog::new(key.clone(), Some(path), Some(file), resume)
+                        }
+                        None => LiveLog::new(key.clone(), None, None, Resume::default()),
+                    };
+                    let live = Arc::new(live);
+                    registry.insert(key.clone(), Arc::clone(&live));
+                    live
+                }
+            };
+            lock(&live.state).writers += 1;
+            live
+        };
+        Ok(LogWriter {
+            handle: Arc::new(WriterHandle {
+                store: Arc::clone(&self.inner),
+                live,
+                attempt,
+                cap: cap_bytes,
+                mask,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Every line of `key`'s log written so far, in `seq` order.
+    ///
+    /// [`LogError::NotFound`] when the log has neither a file nor a writer in this
+    /// process; an existing but empty log is `Ok(vec![])`.
+    pub async fn read(&self, key: &LogKey) -> Result<Vec<StoredLine>, LogError> {
+        key.validate()?;
+        let path = self.inner.path_of(key);
+        let Some(live) = self.inner.live(key) else {
+            let Some(path) = path else {
+                return Err(LogError::NotFound(key.clone()));
+            };
+            let chunk = blocking(path.clone(), move || read_from(&path, 0, 0)).await?;
+            return chunk
+                .map(|chunk| chunk.lines)
+                .ok_or_else(|| LogError::NotFound(key.clone()));
+        };
+        let mut cursor = Cursor::new(live, path);
+        let mut out = Vec::new();
+        loop {
+            let batch = cursor.next_batch().await?;
+            if let Batch::Lines { lines, .. } = &batch {
+                out.extend_from_slice(lines);
+            }
+            if batch.reached_end() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The last `n` lines of `key`'s log (errors as [`LogStore::read`]).
+    pub async fn tail(&self, key: &LogKey, n: usize) -> Result<Vec<StoredLine>, LogError> {
+        let mut lines = self.read(key).await?;
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+        Ok(lines)
+    }
+
+    /// Every line of `key`'s log: those written so far, then each new one as it is
+    /// written, in `seq` order without gaps or repeats. The stream ends once no
+    /// writer of the log is open in this process (finished, closed or dropped); a
+    /// log with no writer here ends after its existing lines.
+    ///
+    /// A follower that falls far behind re-reads the file rather than lose lines.
+    /// Errors are yielded as the stream's last item: [`LogError::InvalidKey`],
+    /// [`LogError::NotFound`] (no file and no writer when `follow` is called),
+    /// [`LogError::Io`] or [`LogError::Corrupt`].
+    pub fn follow(&self, key: &LogKey) -> BoxStream<'static, Result<StoredLine, LogError>> {
+        if let Err(e) = key.validate() {
+            return stream::once(async move { Err(e) }).boxed();
+        }
+        // Taking the live log here, before anything is read, is what guarantees
+        // that no line written from now on can be missed.
+        let Some(live) = self.inner.live(key) else {
+            let store = self.clone();
+            let key = key.clone();
+            return stream::once(async move { store.read(&key).await })
+                .flat_map(|read| match read {
+                    Ok(lines) => stream::iter(lines.into_iter().map(Ok)).left_stream(),
+                    Err(e) => stream::once(async move { Err(e) }).right_stream(),
+                })
+                .boxed();
+        };
+        let follower = Follower {
+            changed: live.changed.subscribe(),
+            cursor: Cursor::new(live, self.inner.path_of(key)),
+            pending: VecDeque::new(),
+            done: false,
+        };
+        stream::unfold(follower, |mut follower| async move {
+            let item = follower.next().await?;
+            Some((item, follower))
+        })
+        .boxed()
+    }
+
+    /// Removes every step log of one execution (retention). Removing an execution
+    /// that has no logs is not an error. Remove executions whose steps have
+    /// finished: a writer still open keeps writing to a file that no longer has a
+    /// name, and its followers keep following it.
+    pub fn remove_execution(&self, engine: &str, execution: &str) -> Result<(), LogError> {
+        check_component("engine", engine)?;
+        check_component("execution", execution)?;
+        lock(&self.inner.live).retain(|key, _| key.engine != engine || key.execution != execution);
+        if let Backend::Files(root) = &self.inner.backend {
+            let dir = root.join(engine).join(execution);
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LogError::Io { path: dir, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// How many bytes `key`'s log takes in its JSON-lines form (for the file
+    /// backend, the file's length); `None` when there is no such log or the key is
+    /// invalid.
+    pub fn size(&self, key: &LogKey) -> Option<u64> {
+        key.validate().ok()?;
+        if let Some(live) = self.inner.live(key) {
+            return Some(lock(&live.state).stored_bytes);
+        }
+        let path = self.inner.path_of(key)?;
+        fs::metadata(path).ok().map(|meta| meta.len())
+    }
+}
+
+/// What a resumed log's existing file says.
+#[derive(Default)]
+struct Resume {
+    next_seq: u64,
+    bytes: u64,
+    truncated: bool,
+    stored_bytes: u64,
+    new_file: bool,
+}
+
+/// Opens (creating if needed) a log file for appending, cutting off a torn last
+/// line, and reads where the log stands.
+fn open_for_append(path: &Path) -> Result<(File, Resume), LogError> {
+    let io_err = |source| LogError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|source| LogError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_err)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err)?;
+    let mut resume = Resume {
+        new_file: bytes.is_empty(),
+        ..Resume::default()
+    };
+    let parsed = parse_lines(path, &bytes, 0, 0, |line| {
+        resume.next_seq = resume.next_seq.max(line.seq + 1);
+        if line.is_truncation_marker() {
+            resume.truncated = true;
+        } else {
+            resume.bytes += line.message.len() as u64;
+        }
+    })?;
+    if parsed.end < bytes.len() as u64 {
+        tracing::warn!(
+            path = %path.display(),
+            bytes = bytes.len() as u64 - parsed.end,
+            "cutting a torn last line (left by a crash) off a step log before appending"
+        );
+        file.set_len(parsed.end).map_err(io_err)?;
+    }
+    resume.stored_bytes = parsed.end;
+    Ok((file, resume))
+}
+
+/// Where parsing stopped.
+struct Parsed {
+    /// Offset just past the last complete, well-formed line.
+    end: u64,
+    /// Number of lines before `end`.
+    line_no: u64,
+}
+
+/// Parses the complete lines of `bytes` (which start at `offset`, after `line_no`
+/// lines of the file). A last line without a newline, or a newline-terminated last
+/// line that is not JSON, is a torn write and is left out; a bad line before it is
+/// [`LogError::Corrupt`].
+fn parse_lines(
+    path: &Path,
+    bytes: &[u8],
+    offset: u64,
+    mut line_no: u64,
+    mut each: impl FnMut(StoredLine),
+) -> Result<Parsed, LogError> {
+    let mut pos = 0;
+    while let Some(len) = bytes[pos..].iter().position(|&b| b == b'\n') {
+        let next = pos + len + 1;
+        match serde_json::from_slice::<StoredLine>(&bytes[pos..pos + len]) {
+            Ok(line) => each(line),
+            Err(_) if next == bytes.len() => break,
+            Err(source) => {
+                return Err(LogError::Corrupt {
+                    path: path.to_owned(),
+                    line: line_no + 1,
+                    source,
+                });
+            }
+        }
+        pos = next;
+        line_no += 1;
+    }
+    Ok(Parsed {
+        end: offset + pos as u64,
+        line_no,
+    })
+}
+
+/// Lines read from a file, and where the next read should start.
+struct Chunk {
+    lines: Vec<StoredLine>,
+    end: u64,
+    line_no: u64,
+}
+
+/// Reads the complete lines of `path` from `offset` (a line boundary); `None` when
+/// the file does not exist.
+fn read_from(path: &Path, offset: u64, line_no: u64) -> Result<Option<Chunk>, LogError> {
+    let io_err = |source| LogError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io_err(source)),
+    };
+    file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err)?;
+    let mut lines = Vec::new();
+    let parsed = parse_lines(path, &bytes, offset, line_no, |line| lines.push(line))?;
+    Ok(Some(Chunk {
+        lines,
+        end: parsed.end,
+        line_no: parsed.line_no,
+    }))
+}
+
+/// Runs blocking file work off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    path: PathBuf,
+    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => Err(LogError::Io {
+            path,
+            source: io::Error::other(e),
+        }),
+    }
+}
+
+/// Fsyncs the directories a new log file was created in, so that the file's name
+/// survives a crash too.
+fn sync_dirs(path: &Path) {
+    if cfg!(unix) {
+        for dir in path.ancestors().skip(1).take(3) {
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync a step log directory");
+            }
+        }
+    }
+}
+
+/// One step log as seen by this process's writers and followers.
+struct LiveLog {
+    key: LogKey,
+    path: Option<PathBuf>,
+    state: Mutex<LiveState>,
+    /// Bumped after each stored line and each closed writer.
+    changed: watch::Sender<u64>,
+}
+
+struct LiveState {
+    /// The open file; `None` for the memory backend, after an I/O error, and once
+    /// the last writer has closed.
+    file: Option<File>,
+    /// Whether lines from now on are kept in memory only (memory backend, or the
+    /// file failed). The in-memory tail is then never trimmed.
+    memory_only: bool,
+    /// Whether the file was created by this process (its directories are fsynced).
+    new_file: bool,
+    /// The most recent lines, contiguous in `seq`, ending at `next_seq - 1`.
+    recent: VecDeque<Arc<StoredLine>>,
+    recent_bytes: u64,
+    next_seq: u64,
+    /// Message bytes kept, across the whole step (what the cap counts).
+    bytes: u64,
+    /// Message bytes dropped at the cap by this process.
+    dropped_bytes: u64,
+    /// Whether the truncation marker has been written.
+    truncated: bool,
+    /// Bytes of the log in JSON-lines form.
+    stored_bytes: u64,
+    /// Open writers; 0 means the log is complete for followers.
+    writers: usize,
+}
+
+impl LiveState {
+    /// The `seq` of the oldest line in memory; older lines are in the file.
+    fn base_seq(&self) -> u64 {
+        self.recent.front().map_or(self.next_seq, |line| line.seq)
+    }
+}
+
+/// A snapshot of a live log from some `seq` on.
+enum Snapshot {
+    /// Every line from that `seq` to the end, and whether the log is complete.
+    Covered {
+        lines: Vec<Arc<StoredLine>>,
+        complete: bool,
+    },
+    /// The lines from that `seq` are no longer in memory: read the file.
+    Behind { base: u64 },
+}
+
+impl LiveLog {
+    fn new(key: LogKey, path: Option<PathBuf>, file: Option<File>, resume: Resume) -> Self {
+        LiveLog {
+            key,
+            state: Mutex::new(LiveState {
+                memory_only: path.is_none(),
+                file,
+                new_file: resume.new_file,
+                recent: VecDeque::new(),
+                recent_bytes: 0,
+                next_seq: resume.next_seq,
+                bytes: resume.bytes,
+                dropped_bytes: 0,
+                truncated: resume.truncated,
+                stored_bytes: resume.stored_bytes,
+                writers: 0,
+            }),
+            path,
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn snapshot(&self, from: u64) -> Snapshot {
+        let state = lock(&self.state);
+        let base = state.base_seq();
+        if from < base {
+            return Snapshot::Behind { base };
+        }
+        let skip = usize::try_from(from - base).unwrap_or(usize::MAX);
+        Snapshot::Covered {
+            lines: state.recent.iter().skip(skip).cloned().collect(),
+            complete: state.writers == 0,
+        }
+    }
+
+    /// Stores one line: to the file, then to memory, then tells followers.
+    fn push(&self, state: &mut LiveState, mut line: StoredLine) {
+        line.seq = state.next_seq;
+        state.next_seq += 1;
+        let json = match serde_json::to_vec(&line) {
+            Ok(mut json) => {
+                json.push(b'\n');
+                json
+            }
+            Err(e) => {
+                // Cannot happen for this type; keep the line in memory anyway.
+                tracing::warn!(log = %self.key, error = %e, "cannot encode a step log line");
+                Vec::new()
+            }
+        };
+        if let Some(file) = state.file.as_mut()
+            && let Err(e) = file.write_all(&json)
+        {
+            tracing::warn!(
+                log = %self.key,
+                path = %self.path.as_deref().unwrap_or(Path::new("")).display(),
+                error = %e,
+                "cannot write a step log file; this step's later lines are kept in memory only"
+            );
+            state.file = None;
+            state.memory_only = true;
+        }
+        state.stored_bytes += json.len() as u64;
+        state.recent_bytes += line.message.len() as u64;
+        state.recent.push_back(Arc::new(line));
+        if !state.memory_only {
+            while state.recent.len() > 1
+                && (state.recent.len() > RECENT_LINES || state.recent_bytes > RECENT_BYTES)
+            {
+                if let Some(old) = state.recent.pop_front() {
+                    state.recent_bytes -= old.message.len() as u64;
+                }
+            }
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Appends one attempt's lines to a step log. Cheap to clone; clones share one
+/// writer, which closes when [`LogWriter::finish`] or [`LogWriter::close`] is
+/// called or the last clone is dropped.
+///
+/// Writing never fails: an I/O error is reported once with `tracing::warn!` and
+/// the log's later lines are kept in memory only (still readable and followable
+/// through this store). Lines written after close are ignored.
+#[derive(Clone)]
+pub struct LogWriter {
+    handle: Arc<WriterHandle>,
+}
+
+struct WriterHandle {
+    store: Arc<StoreInner>,
+    live: Arc<LiveLog>,
+    attempt: u32,
+    cap: u64,
+    mask: Option<MaskFn>,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = &self.handle;
+        f.debug_struct("LogWriter")
+            .field("key", &h.live.key)
+            .field("attempt", &h.attempt)
+            .field("cap", &h.cap)
+            .field("closed", &h.closed.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogWriter {
+    /// Appends a line from the guest (or the host's own capture), masked and
+    /// counted against the cap.
+    pub fn write(&self, line: &LogLine) {
+        let h = &self.handle;
+        if h.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let fields = line
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), h.mask(v)))
+            .collect();
+        h.append(
+            DateTime::<Utc>::from(line.time),
+            line.level,
+            line.source,
+            h.mask(&line.message),
+            fields,
+            true,
+        );
+    }
+
+    /// Appends a host note about the step (level `info`, source `host`), such as
+    /// "attempt 2 of 3 started". Notes are masked and count towards the cap, but
+    /// are kept even after the cap was passed: they are few, written by the engine,
+    /// and say what happened to the step when its own output was cut.
+    pub fn note(&self, message: &str) {
+        let h = &self.handle;
+        if h.closed.load(Ordering::Acquire) {
+            return;
+        }
+        h.append(
+            Utc::now(),
+            LogLevel::Info,
+            LogSource::Host,
+            h.mask(message),
+            Vec::new(),
+            false,
+        );
+    }
+
+    /// Closes the writer (see [`LogWriter::close`]).
+    pub fn finish(self) {
+        self.handle.close();
+    }
+
+    /// Flushes and fsyncs the file, and once no writer of the log is open any more,
+    /// ends its followers. Closing twice does nothing; closing closes every clone.
+    pub fn close(&self) {
+        self.handle.close();
+    }
+
+    /// Message bytes dropped at the cap since this process opened the log.
+    pub fn dropped_bytes(&self) -> u64 {
+        lock(&self.handle.live.state).dropped_bytes
+    }
+
+    /// The log written to.
+    pub fn key(&self) -> &LogKey {
+        &self.handle.live.key
+    }
+
+    /// The attempt this writer writes as.
+    pub fn attempt(&self) -> u32 {
+        self.handle.attempt
+    }
+}
+
+impl WriterHandle {
+    fn mask(&self, text: &str) -> String {
+        match &self.mask {
+            Some(mask) => mask(text).into_owned(),
+            None => text.to_owned(),
+        }
+    }
+
+    fn append(
+        &self,
+        time: DateTime<Utc>,
+        level: LogLevel,
+        source: LogSource,
+        message: String,
+        fields: Vec<(String, String)>,
+        capped: bool,
+    ) {
+        let live = &self.live;
+        let mut state = lock(&live.state);
+        // Checked under the lock: `close` sets the flag before it takes the lock,
+        // so no line can slip in after the close has told followers the log ended.
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let len = message.len() as u64;
+        if capped && (state.truncated || state.bytes.saturating_add(len) > self.cap) {
+            if !state.truncated {
+                state.truncated = true;
+                let marker = self.line(
+                    Utc::now(),
+                    LogLevel::Warn,
+                    LogSource::Host,
+                    format!(
+                        "{TRUNCATION_PREFIX}{} bytes; later lines are dropped]",
+                        self.cap
+                    ),
+                    Vec::new(),
+                );
+                live.push(&mut state, marker);
+            }
+            state.dropped_bytes += len;
+            return;
+        }
+        state.bytes += len;
+        let line = self.line(time, level, source, message, fields);
+        live.push(&mut state, line);
+    }
+
+    fn line(
+        &self,
+        time: DateTime<Utc>,
+        level: LogLevel,
+        source: LogSource,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> StoredLine {
+        StoredLine {
+            seq: 0, // set by `LiveLog::push`
+            time,
+            attempt: self.attempt,
+            level: level.as_str().to_owned(),
+            source: source.as_str().to_owned(),
+            message,
+            fields,
+        }
+    }
+
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let live = &self.live;
+        let (file, new_file) = {
+            let mut registry = lock(&self.store.live);
+            let mut state = lock(&live.state);
+            state.writers = state.writers.saturating_sub(1);
+            let file = if state.writers == 0 {
+                state.file.take()
+            } else {
+                state.file.as_ref().and_then(|f| f.try_clone().ok())
+            };
+            if state.writers == 0
+                && !state.memory_only
+                && registry
+                    .get(&live.key)
+                    .is_some_and(|entry| Arc::ptr_eq(entry, live))
+            {
+                // The file holds everything now; the next writer re-reads it.
+                registry.remove(&live.key);
+            }
+            live.changed.send_modify(|n| *n += 1);
+            (file, std::mem::take(&mut state.new_file))
+        };
+        // Fsync outside the locks: writers and readers of other logs need not wait.
+        if let Some(file) = file
+            && let Err(e) = file.sync_data()
+        {
+            tracing::warn!(log = %live.key, error = %e, "cannot fsync a step log file");
+        }
+        if let (true, Some(path)) = (new_file, &live.path) {
+            sync_dirs(path);
+        }
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Reads a live log from `seq` 0 on: from the in-memory tail when it reaches back
+/// far enough, from the file otherwise.
+struct Cursor {
+    live: Arc<LiveLog>,
+    path: Option<PathBuf>,
+    /// The next `seq` to return.
+    next: u64,
+    /// Where the next file read starts (a line boundary), and the lines before it.
+    offset: u64,
+    line_no: u64,
+}
+
+enum Batch {
+    /// New lines; `to_end` when they reach the end of the log at the time.
+    Lines {
+        lines: Vec<StoredLine>,
+        to_end: bool,
+    },
+    /// No new lines; `complete` when no writer is open.
+    UpToDate { complete: bool },
+}
+
+impl Batch {
+    fn reached_end(&self) -> bool {
+        matches!(
+            self,
+            Batch::Lines { to_end: true, .. } | Batch::UpToDate { .. }
+        )
+    }
+}
+
+impl Cursor {
+    fn new(live: Arc<LiveLog>, path: Option<PathBuf>) -> Self {
+        Cursor {
+            live,
+            path,
+            next: 0,
+            offset: 0,
+            line_no: 0,
+        }
+    }
+
+    async fn next_batch(&mut self) -> Result<Batch, LogError> {
+        match self.live.snapshot(self.next) {
+            Snapshot::Covered { lines, complete } => match lines.last() {
+                Some(last) => {
+                    self.next = last.seq + 1;
+                    Ok(Batch::Lines {
+                        lines: lines.iter().map(|line| StoredLine::clone(line)).collect(),
+                        to_end: true,
+                    })
+                }
+                None => Ok(Batch::UpToDate { complete }),
+            },
+            Snapshot::Behind { base } => {
+                let lines = self.read_file().await?;
+                if lines.is_empty() {
+                    // Every line older than the in-memory tail was in the file
+                    // before it left the tail, so only a removed or replaced file
+                    // gets here; go on from what is still known.
+                    tracing::warn!(
+                        log = %self.live.key,
+                        from = self.next,
+                        to = base,
+                        "step log lines are missing from the file; skipping them"
+                    );
+                    self.next = base;
+                }
+                Ok(Batch::Lines {
+                    lines,
+                    to_end: false,
+                })
+            }
+        }
+    }
+
+    async fn read_file(&mut self) -> Result<Vec<StoredLine>, LogError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(Vec::new());
+        };
+        let (offset, line_no) = (self.offset, self.line_no);
+        let read = blocking(path.clone(), move || read_from(&path, offset, line_no)).await?;
+        let Some(chunk) = read else {
+            return Ok(Vec::new());
+        };
+        self.offset = chunk.end;
+        self.line_no = chunk.line_no;
+        let next = self.next;
+        let lines: Vec<_> = chunk
+            .lines
+            .into_iter()
+            .filter(|line| line.seq >= next)
+            .collect();
+        if let Some(last) = lines.last() {
+            self.next = last.seq + 1;
+        }
+        Ok(lines)
+    }
+}
+
+/// The state of one [`LogStore::follow`] stream.
+struct Follower {
+    cursor: Cursor,
+    changed: watch::Receiver<u64>,
+    pending: VecDeque<StoredLine>,
+    done: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<Result<StoredLine, LogError>> {
+        loop {
+            if let Some(line) = self.pending.pop_front() {
+                return Some(Ok(line));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fill().await {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), LogError> {
+        loop {
+            // Marking the current version seen before looking at the log means a
+            // line stored after the look wakes `changed()` below.
+            self.changed.borrow_and_update();
+            match self.cursor.next_batch().await? {
+                Batch::Lines { lines, .. } => {
+                    if !lines.is_empty() {
+                        self.pending.extend(lines);
+                        return Ok(());
+                    }
+                }
+                Batch::UpToDate { complete: true } => {
+                    self.done = true;
+                    return Ok(());
+                }
+                Batch::UpToDate { complete: false } => {
+                    if self.changed.changed().await.is_err() {
+                        // The sender lives in the `LiveLog` this follower holds.
+                        self.done = true;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn key(step: &str) -> LogKey {
+        LogKey::new("eng", "exec-1", step).expect("valid key")
+    }
+
+    fn line(message: &str) -> LogLine {
+        LogLine {
+            time: SystemTime::now(),
+            level: LogLevel::Info,
+            source: LogSource::Stdout,
+            message: message.to_owned(),
+            fields: Vec::new(),
+        }
+    }
+
+    fn messages(lines: &[StoredLine]) -> Vec<&str> {
+        lines.iter().map(|l| l.message.as_str()).collect()
+    }
+
+    fn seqs(lines: &[StoredLine]) -> Vec<u64> {
+        lines.iter().map(|l| l.seq).collect()
+    }
+
+    fn file_of(dir: &Path, key: &LogKey) -> PathBuf {
+        dir.join(&key.engine)
+            .join(&key.execution)
+            .join(format!("{}.jsonl", key.step))
+    }
+
+    async fn collect(stream: BoxStream<'static, Result<StoredLine, LogError>>) -> Vec<StoredLine> {
+        stream
+            .map(|line| line.expect("follow yields lines"))
+            .collect()
+            .await
+    }
+
+    const BIG: u64 = 1 << 30;
+
+    #[tokio::test]
+    async fn written_lines_are_read_back_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("build");
+        let writer = store.writer(&key, 1, BIG, None).unwrap();
+        writer.note("attempt 1 of 3 started");
+        writer.write(&LogLine {
+            level: LogLevel::Warn,
+            source: LogSource::Log,
+            fields: vec![("file".into(), "main.rs".into())],
+            ..line("compiling")
+        });
+        writer.write(&line("done"));
+
+        // Readable while the writer is open...
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(
+            messages(&lines),
+            ["attempt 1 of 3 started", "compiling", "done"]
+        );
+        writer.finish();
+
+        // ...and afterwards, from the file alone.
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(seqs(&lines), [0, 1, 2]);
+        assert_eq!(
+            (lines[0].source.as_str(), lines[0].level.as_str()),
+            ("host", "info")
+        );
+        assert_eq!(
+            (lines[1].source.as_str(), lines[1].level.as_str()),
+            ("log", "warn")
+        );
+        assert_eq!(lines[1].fields, [("file".to_owned(), "main.rs".to_owned())]);
+        assert!(lines.iter().all(|l| l.attempt == 1));
+
+        let raw = fs::read_to_string(file_of(dir.path(), &key)).unwrap();
+        assert_eq!(raw.lines().count(), 3);
+        assert!(raw.ends_with('\n'));
+        assert_eq!(store.size(&key), Some(raw.len() as u64));
+        assert_eq!(
+            messages(&store.tail(&key, 2).await.unwrap()),
+            ["compiling", "done"]
+        );
+        assert_eq!(store.tail(&key, 10).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_log_that_was_never_written_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let err = store.read(&key("nope")).await.unwrap_err();
+        assert!(
+            matches!(&err, LogError::NotFound(k) if *k == key("nope")),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("no log for step eng/exec-1/nope"),
+            "{err}"
+        );
+        assert_eq!(store.size(&key("nope")), None);
+        let followed: Vec<_> = store.follow(&key("nope")).collect().await;
+        assert!(matches!(followed[..], [Err(LogError::NotFound(_))]));
+    }
+
+    #[tokio::test]
+    async fn seq_continues_across_attempts_and_a_restart_and_the_cap_counts_the_whole_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key("test");
+        {
+            let store = LogStore::open(dir.path()).unwrap();
+            let first = store.writer(&key, 1, 10, None).unwrap();
+            first.write(&line("one"));
+            first.write(&line("two"));
+            first.finish();
+            let second = store.writer(&key, 2, 10, None).unwrap();
+            second.write(&line("six"));
+            second.finish();
+        }
+        // A new store over the same directory: the process restarted.
+        let store = LogStore::open(dir.path()).unwrap();
+        let third = store.writer(&key, 3, 10, None).unwrap();
+        third.write(&line("ten")); // 9 + 3 bytes passes the cap of 10
+        assert_eq!(third.dropped_bytes(), 3);
+        third.finish();
+
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(seqs(&lines), [0, 1, 2, 3]);
+        assert_eq!(
+            lines.iter().map(|l| l.attempt).collect::<Vec<_>>(),
+            [1, 1, 2, 3]
+        );
+        assert!(lines[3].is_truncation_marker(), "{:?}", lines[3]);
+
+        // Another restart: the marker is recognised, so nothing more is kept and no
+        // second marker is written.
+        let store = LogStore::open(dir.path()).unwrap();
+        let fourth = store.writer(&key, 4, 10, None).unwrap();
+        fourth.write(&line("x"));
+        assert_eq!(fourth.dropped_bytes(), 1);
+        fourth.finish();
+        assert_eq!(store.read(&key).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_ignored_and_cut_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("torn");
+        let writer = store.writer(&key, 1, BIG, None).unwrap();
+        writer.write(&line("a"));
+        writer.write(&line("b"));
+        writer.finish();
+        let path = file_of(dir.path(), &key);
+        let intact = fs::read(&path).unwrap();
+
+        // A crash in the middle of writing the third line.
+        let mut torn = intact.clone();
+        torn.extend_from_slice(br#"{"seq":2,"time":"2026-01-0"#);
+        fs::write(&path, &torn).unwrap();
+
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(messages(&store.read(&key).await.unwrap()), ["a", "b"]);
+        let writer = store.writer(&key, 2, BIG, None).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), intact, "the torn line is cut off");
+        writer.write(&line("c"));
+        writer.finish();
+
+        let raw = fs::read_to_string(&path).unwrap();
+        for l in raw.lines() {
+            serde_json::from_str::<StoredLine>(l).expect("every line in the file parses");
+        }
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(messages(&lines), ["a", "b", "c"]);
+        assert_eq!(seqs(&lines), [0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_bad_last_line_with_a_newline_is_torn_but_a_bad_earlier_line_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("bad");
+        let writer = store.writer(&key, 1, BIG, None).unwrap();
+        writer.write(&line("a"));
+        writer.finish();
+        let path = file_of(dir.path(), &key);
+        let intact = fs::read(&path).unwrap();
+
+        let mut bad_last = intact.clone();
+        bad_last.extend_from_slice(b"{not json\n");
+        fs::write(&path, &bad_last).unwrap();
+        assert_eq!(messages(&store.read(&key).await.unwrap()), ["a"]);
+
+        let mut bad_middle = bad_last;
+        bad_middle.extend_from_slice(&intact);
+        fs::write(&path, &bad_middle).unwrap();
+        let err = store.read(&key).await.unwrap_err();
+        assert!(matches!(err, LogError::Corrupt { line: 2, .. }), "{err}");
+        assert!(err.to_string().contains("corrupt at line 2"), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        let err = store.writer(&key, 2, BIG, None).unwrap_err();
+        assert!(matches!(err, LogError::Corrupt { line: 2, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_cap_keeps_one_marker_and_counts_what_it_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("flood");
+        let writer = store.writer(&key, 1, 10, None).unwrap();
+        writer.write(&line("12345"));
+        writer.write(&line("678"));
+        writer.write(&line("abcd")); // 8 + 4 > 10: replaced by the marker
+        writer.write(&line("x")); // would fit, but the log is truncated
+        writer.write(&line("yz"));
+        writer.note("attempt 1 failed");
+        assert_eq!(writer.dropped_bytes(), 4 + 1 + 2);
+        writer.finish();
+
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(
+            messages(&lines),
+            [
+                "12345",
+                "678",
+                "[log truncated: the step's log passed its cap of 10 bytes; later lines are dropped]",
+                "attempt 1 failed",
+            ]
+        );
+        assert_eq!(
+            (lines[2].source.as_str(), lines[2].level.as_str()),
+            ("host", "warn")
+        );
+        assert_eq!(lines.iter().filter(|l| l.is_truncation_marker()).count(), 1);
+        assert_eq!(seqs(&lines), [0, 1, 2, 3]);
+    }
+
+    fn hide_hunter2() -> MaskFn {
+        mask_fn(|s| {
+            if s.contains("hunter2") {
+                Cow::Owned(s.replace("hunter2", "***"))
+            } else {
+                Cow::Borrowed(s)
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn secrets_are_masked_before_the_cap_and_never_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("deploy");
+        let masked = "password is ***";
+        // The cap fits the masked message exactly, not the plaintext one.
+        let cap = masked.len() as u64 + "restored cache key ***".len() as u64;
+        let writer = store.writer(&key, 1, cap, Some(hide_hunter2())).unwrap();
+        let follow = store.follow(&key);
+        writer.write(&LogLine {
+            source: LogSource::Log,
+            fields: vec![
+                ("token".into(), "hunter2".into()),
+                ("user".into(), "bob".into()),
+            ],
+            ..line("password is hunter2")
+        });
+        writer.note("restored cache key hunter2");
+        assert_eq!(writer.dropped_bytes(), 0);
+        writer.finish();
+
+        let raw = fs::read(file_of(dir.path(), &key)).unwrap();
+        assert!(
+            !raw.windows(7).any(|w| w == b"hunter2"),
+            "plaintext in the file"
+        );
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(messages(&lines), [masked, "restored cache key ***"]);
+        assert_eq!(
+            lines[0].fields,
+            [
+                ("token".to_owned(), "***".to_owned()),
+                ("user".to_owned(), "bob".to_owned())
+            ]
+        );
+        assert_eq!(
+            collect(follow).await,
+            lines,
+            "followers see masked lines only"
+        );
+    }
+
+    #[tokio::test]
+    async fn follow_gets_the_backlog_then_live_lines_and_ends_on_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("live");
+        let writer = store.writer(&key, 1, BIG, None).unwrap();
+        writer.write(&line("a"));
+        writer.write(&line("b"));
+
+        let mut follow = store.follow(&key);
+        assert_eq!(follow.next().await.unwrap().unwrap().message, "a");
+        assert_eq!(follow.next().await.unwrap().unwrap().message, "b");
+        let waiting = tokio::spawn(async move {
+            let next = follow.next().await.unwrap().unwrap();
+            (next, follow)
+        });
+        writer.write(&line("c"));
+        let (next, mut follow) = waiting.await.unwrap();
+        assert_eq!((next.seq, next.message.as_str()), (2, "c"));
+        writer.write(&line("d"));
+        writer.finish();
+        assert_eq!(follow.next().await.unwrap().unwrap().message, "d");
+        assert!(follow.next().await.is_none(), "the stream ends on finish");
+    }
+
+    #[tokio::test]
+    async fn follow_ends_when_the_writer_is_dropped_without_finish() {
+        let store = LogStore::in_memory();
+        let key = key("dropped");
+        let writer = store.writer(&key, 1, BIG, None).unwrap();
+        let clone = writer.clone();
+        let follow = store.follow(&key);
+        writer.write(&line("a"));
+        drop(writer);
+        clone.write(&line("b"));
+        drop(clone);
+        assert_eq!(messages(&collect(follow).await), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn follow_of_a_completed_log_ends_after_its_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key("done");
+        {
+            let store = LogStore::open(dir.path()).unwrap();
+            let writer = store.writer(&key, 1, BIG, None).unwrap();
+            writer.write(&line("a"));
+            writer.write(&line("b"));
+            writer.finish();
+            assert_eq!(messages(&collect(store.follow(&key)).await), ["a", "b"]);
+        }
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(messages(&collect(store.follow(&key)).await), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_follower_behind_the_in_memory_tail_rereads_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("lag");
+        let writer = store.writer(&key, 1, BIG, None).unwrap();
+        let total = RECENT_LINES as u64 * 5;
+        let mut fresh = store.follow(&key);
+        let mut partway = store.follow(&key);
+        writer.write(&line("0"));
+        writer.write(&line("1"));
+        // `partway` takes two lines from memory, then both fall far behind.
+        assert_eq!(partway.next().await.unwrap().unwrap().seq, 0);
+        assert_eq!(partway.next().await.unwrap().unwrap().seq, 1);
+        for i in 2..total {
+            writer.write(&line(&i.to_string()));
+        }
+        assert_eq!(fresh.next().await.unwrap().unwrap().seq, 0);
+        writer.finish();
+
+        let rest = collect(fresh).await;
+        assert_eq!(seqs(&rest), (1..total).collect::<Vec<_>>());
+        let rest = collect(partway).await;
+        assert_eq!(seqs(&rest), (2..total).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_started_mid_stream_gets_every_line_once_in_order() {
+        const TOTAL: u64 = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("busy");
+        let writer = store.writer(&key, 1, BIG, None).unwrap();
+        let (started, mid_stream) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut started = Some(started);
+            for i in 0..TOTAL {
+                writer.write(&line(&i.to_string()));
+                if i == 2_500
+                    && let Some(started) = started.take()
+                {
+                    let _ = started.send(());
+                }
+            }
+            writer.finish();
+        });
+        mid_stream.await.unwrap();
+        let lines = collect(store.follow(&key)).await;
+        task.await.unwrap();
+        assert_eq!(seqs(&lines), (0..TOTAL).collect::<Vec<_>>());
+        assert!(
+            lines
+                .iter()
+                .enumerate()
+                .all(|(i, l)| l.message == i.to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_io_error_keeps_later_lines_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let key = key("failing");
+        let path = file_of(dir.path(), &key);
+        let writer = store.writer(&key, 1, BIG, None).unwrap();
+        writer.write(&line("before"));
+        // Swap in a read-only handle so the next write fails.
+        lock(&writer.handle.live.state).file = Some(File::open(&path).unwrap());
+        writer.write(&line("after 1"));
+        writer.write(&line("after 2"));
+        writer.finish();
+
+        let raw = fs::read_to_string(&path).unwrap();
+        assert_eq!(raw.lines().count(), 1, "{raw}");
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(messages(&lines), ["before", "after 1", "after 2"]);
+        assert_eq!(seqs(&lines), [0, 1, 2]);
+        assert_eq!(collect(store.follow(&key)).await, lines);
+    }
+
+    #[tokio::test]
+    async fn in_memory_store_behaves_like_the_file_store() {
+        let store = LogStore::in_memory();
+        let key = key("mem");
+        assert!(matches!(store.read(&key).await, Err(LogError::NotFound(_))));
+
+        let first = store.writer(&key, 1, 8, Some(hide_hunter2())).unwrap();
+        let follow = store.follow(&key);
+        first.write(&line("hunter2")); // masked to 3 bytes
+        first.finish();
+        let second = store.writer(&key, 2, 8, None).unwrap();
+        second.write(&line("four"));
+        second.write(&line("more")); // 7 + 4 > 8
+        assert_eq!(second.dropped_bytes(), 4);
+        second.finish();
+
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(messages(&lines[..2]), ["***", "four"]);
+        assert!(lines[2].is_truncation_marker());
+        assert_eq!(seqs(&lines), [0, 1, 2]);
+        assert_eq!(
+            lines.iter().map(|l| l.attempt).collect::<Vec<_>>(),
+            [1, 2, 2]
+        );
+        // A follower started during attempt 1 but polled only now sees the whole
+        // log: it ends once no writer is open.
+        assert_eq!(collect(follow).await, lines);
+        assert_eq!(collect(store.follow(&key)).await, lines);
+        assert_eq!(store.tail(&key, 1).await.unwrap(), lines[2..]);
+        assert!(store.size(&key).is_some_and(|n| n > 0));
+
+        store.remove_execution("eng", "exec-1").unwrap();
+        assert!(matches!(store.read(&key).await, Err(LogError::NotFound(_))));
+        assert_eq!(store.size(&key), None);
+    }
+
+    #[tokio::test]
+    async fn remove_execution_deletes_only_that_executions_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let gone = key("a");
+        let kept = LogKey::new("eng", "exec-2", "a").unwrap();
+        for k in [&gone, &kept] {
+            store.writer(k, 1, BIG, None).unwrap().write(&line("hi"));
+        }
+        store.remove_execution("eng", "exec-1").unwrap();
+        assert!(!dir.path().join("eng/exec-1").exists());
+        assert!(matches!(
+            store.read(&gone).await,
+            Err(LogError::NotFound(_))
+        ));
+        assert_eq!(messages(&store.read(&kept).await.unwrap()), ["hi"]);
+        store.remove_execution("eng", "never-ran").unwrap();
+        assert!(matches!(
+            store.remove_execution("eng", ".."),
+            Err(LogError::InvalidKey {
+                part: "execution",
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn keys_that_are_not_single_path_components_are_refused() {
+        for (engine, execution, step, part) in [
+            ("eng", "..", "s", "execution"),
+            ("eng", "exec", "a/b", "step"),
+            ("", "exec", "s", "engine"),
+            ("eng", "exec", ".", "step"),
+            ("eng", "a\\b", "s", "execution"),
+            ("eng", "exec", "nul\0", "step"),
+        ] {
+            let err = LogKey::new(engine, execution, step).unwrap_err();
+            assert!(
+                matches!(&err, LogError::InvalidKey { part: p, .. } if *p == part),
+                "{err}"
+            );
+        }
+        let err = LogKey::new("eng", "exec", "a/b").unwrap_err();
+        assert!(
+            err.to_string().contains(r#"the step "a/b" contains '/'"#),
+            "{err}"
+        );
+
+        // Keys built field by field are checked by every operation.
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let bad = LogKey {
+            engine: "eng".into(),
+            execution: "..".into(),
+            step: "s".into(),
+        };
+        assert!(matches!(
+            store.writer(&bad, 1, BIG, None),
+            Err(LogError::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            store.read(&bad).await,
+            Err(LogError::InvalidKey { .. })
+        ));
+        let followed: Vec<_> = store.follow(&bad).collect().await;
+        assert!(matches!(followed[..], [Err(LogError::InvalidKey { .. })]));
+        assert_eq!(store.size(&bad), None);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing created"
+        );
+    }
+
+    #[test]
+    fn a_key_displays_as_a_path() {
+        assert_eq!(key("build").to_string(), "eng/exec-1/build");
+    }
+}

@@ -254,3 +254,30 @@ mod tests {
         );
     }
 }
+
+/// Configuration of the `append` step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Append {
+    /// Guest path of the file to append to (created when missing).
+    pub path: String,
+    /// The line appended (a newline is added).
+    pub line: String,
+}
+
+/// Runs the `append` step: appends `line` to `path` and outputs `lines`, the
+/// file's line count afterwards (crash tests count step runs with it).
+pub fn append(_ctx: &Context, config: Append) -> StepResult {
+    use std::io::Write as _;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config.path)
+        .map_err(|e| StepError::failed(format!("cannot open {}: {e}", config.path)))?;
+    writeln!(file, "{}", config.line)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StepError::failed(format!("cannot append to {}: {e}", config.path)))?;
+    let text = fs::read_to_string(&config.path)
+        .map_err(|e| StepError::failed(format!("cannot read {}: {e}", config.path)))?;
+    Ok(Outcome::new().output("lines", text.lines().count().to_string()))
+}

@@ -69,6 +69,26 @@ pub fn fail(_ctx: &Context, config: Fail) -> StepResult {
     Err(StepError::failed(config.message))
 }
 
+/// Configuration of the `flaky` step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Flaky {
+    /// How many attempts fail before one succeeds.
+    pub failures: u32,
+}
+
+/// Runs the `flaky` step: attempts up to `failures` fail, later ones succeed with
+/// output `attempt`.
+pub fn flaky(ctx: &Context, config: Flaky) -> StepResult {
+    if ctx.attempt <= config.failures {
+        return Err(StepError::failed(format!(
+            "attempt {} fails on purpose ({} of {})",
+            ctx.attempt, ctx.attempt, config.failures
+        )));
+    }
+    Ok(Outcome::new().output("attempt", ctx.attempt.to_string()))
+}
+
 /// Configuration of the `log-flood` step.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +248,10 @@ arkline_sdk::steps! {
     "echo" => echo,
     /// Fails with `message`.
     "fail" => fail,
+    /// Fails its first `failures` attempts, then succeeds (retry tests).
+    "flaky" => flaky,
+    /// Appends `line` to the file `path`; outputs the line count `lines`.
+    "append" => filesystem::append,
     /// Loops on the CPU forever; only a host limit stops it.
     "spin" => limits::spin,
     /// Sleeps `ms` milliseconds through the WASI clock, then outputs `slept_ms`.

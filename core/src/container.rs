@@ -1,0 +1,394 @@
+//! The container: the process-wide part (one isolation runtime, one store, the
+//! node's identity and secret key) and the engines merged into it.
+//!
+//! ```no_run
+//! use arkline::{Container, TriggerRequest};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let container = Container::builder().data_dir("/var/lib/arkline").build()?;
+//! let engine = container.engine("team-a").await?;
+//! engine
+//!     .install(arkline::Ark::open("shell-0.1.0.ark")?, &arkline::ark::parse_grant("process=sh")?)
+//!     .await?;
+//! engine
+//!     .apply_pipeline_yaml(
+//!         "hello.yaml",
+//!         "name: hello\nstages:\n  - name: greet\n    steps:\n      - name: say\n        uses: shell\n        with: { script: echo hi }\n",
+//!     )
+//!     .await?;
+//! let exec = engine.trigger("hello", TriggerRequest::manual()).await?;
+//! let done = engine.wait(&exec.metadata.name).await?;
+//! println!("{:?}", done.status.phase);
+//! for line in engine.logs(&exec.metadata.name, "say").await? {
+//!     println!("{}", line.message);
+//! }
+//! container.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::ark::{BizRegistry, CancelToken, Runtime, RuntimeConfig, RuntimeError};
+use crate::engine::Engine;
+use crate::host::cache::BlobCache;
+use crate::pipeline::core::{EngineCore, ExecOptions};
+use crate::pipeline::logs::LogStore;
+use crate::pipeline::schedule::{Clock, SystemClock, Timers};
+use crate::pipeline::secrets::{SecretKey, Secrets};
+use crate::pipeline::workspace::Workspaces;
+use crate::store::{RedbStore, Store, StoreError};
+
+/// Why a container could not be built or an engine added.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The store did not open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The isolation runtime did not start.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The data dir is unusable.
+    #[error("data dir {path}: {message}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The secret key is unusable.
+    #[error(transparent)]
+    Secret(#[from] crate::pipeline::secrets::SecretError),
+    /// A bad engine name.
+    #[error(
+        "`{0}` is not a valid engine name: use 1 to 63 lowercase letters, digits and `-`, starting with a letter"
+    )]
+    EngineName(String),
+    /// Neither a data dir nor a store was given.
+    #[error(
+        "a container needs a data dir (`Container::builder().data_dir(..)`) or a store (`.store(..)`)"
+    )]
+    NoStore,
+}
+
+/// Builds a [`Container`].
+pub struct ContainerBuilder {
+    data_dir: Option<PathBuf>,
+    store: Option<Arc<dyn Store>>,
+    runtime: Option<Runtime>,
+    runtime_config: Option<RuntimeConfig>,
+    secret_key: Option<SecretKey>,
+    clock: Arc<dyn Clock>,
+    node: Option<String>,
+    options: ExecOptions,
+    blob_cache_cap: u64,
+}
+
+impl std::fmt::Debug for ContainerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerBuilder")
+            .field("data_dir", &self.data_dir)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContainerBuilder {
+    /// Keeps everything under `dir`: the redb store (`store.redb`), the node id,
+    /// the secret key (`secret.key`, 0600), compiled components, logs,
+    /// workspaces and step caches.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Uses this store instead of the data dir's redb file. Without a data dir,
+    /// logs are kept in memory and workspaces in a temporary directory.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Runtime settings (pooling, default limits); the compiled cache goes in the
+    /// data dir unless set.
+    pub fn runtime_config(mut self, config: RuntimeConfig) -> Self {
+        self.runtime_config = Some(config);
+        self
+    }
+
+    /// Shares an existing runtime.
+    pub fn runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The key secrets are encrypted with (instead of the data dir's key file).
+    pub fn secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_key = Some(key);
+        self
+    }
+
+    /// The clock schedules and timestamps use (tests pass a
+    /// [`ManualClock`](crate::pipeline::schedule::ManualClock)).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The node's name (default: kept in the data dir, generated on first start).
+    pub fn node_name(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Execution knobs.
+    pub fn exec_options(mut self, options: ExecOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Size cap of each engine's blob cache (the `cache` capability and step caches).
+    pub fn blob_cache_cap(mut self, bytes: u64) -> Self {
+        self.blob_cache_cap = bytes;
+        self
+    }
+
+    /// Opens the store and starts the runtime. Must be called inside a tokio
+    /// runtime (engines spawn their controllers on it).
+    pub fn build(self) -> Result<Container, ContainerError> {
+        let (data_dir, temp) = match &self.data_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(|e| ContainerError::DataDir {
+                    path: d.clone(),
+                    message: format!("cannot create it: {e}"),
+                })?;
+                (d.clone(), false)
+            }
+            None => {
+                if self.store.is_none() {
+                    return Err(ContainerError::NoStore);
+                }
+                let d = std::env::temp_dir().join(format!("arkline-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&d).map_err(|e| ContainerError::DataDir {
+                    path: d.clone(),
+                    message: format!("cannot create a temporary directory: {e}"),
+                })?;
+                (d, true)
+            }
+        };
+        let store: Arc<dyn Store> = match self.store {
+            Some(s) => s,
+            None => Arc::new(RedbStore::open(&data_dir)?),
+        };
+        let runtime = match self.runtime {
+            Some(r) => r,
+            None => {
+                let mut config = self.runtime_config.unwrap_or_default();
+                if config.cache_dir.is_none() && !temp {
+                    config = config.cache_dir(data_dir.join("compiled"));
+                }
+                Runtime::new(config)?
+            }
+        };
+        let key = match self.secret_key {
+            Some(k) => k,
+            None if temp => SecretKey::generate()?,
+            None => SecretKey::load_or_create(&data_dir.join("secret.key"))?,
+        };
+        let node = match self.node {
+            Some(n) => n,
+            None if temp => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            None => node_id(&data_dir)?,
+        };
+        let logs = if temp {
+            LogStore::in_memory()
+        } else {
+            LogStore::open(data_dir.join("logs")).map_err(|e| ContainerError::DataDir {
+                path: data_dir.join("logs"),
+                message: e.to_string(),
+            })?
+        };
+        Ok(Container {
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                key: Arc::new(key),
+                node,
+                clock: self.clock,
+                options: self.options,
+                logs,
+                data_dir,
+                temp,
+                blob_cache_cap: self.blob_cache_cap,
+                engines: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+}
+
+fn node_id(dir: &Path) -> Result<String, ContainerError> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        Ok(_) | Err(_) => {
+            let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let tmp = dir.join(".node-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| ContainerError::DataDir {
+                    path: path.clone(),
+                    message: format!("cannot write the node id: {e}"),
+                })?;
+            Ok(id)
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    runtime: Runtime,
+    key: Arc<SecretKey>,
+    node: String,
+    clock: Arc<dyn Clock>,
+    options: ExecOptions,
+    logs: LogStore,
+    data_dir: PathBuf,
+    temp: bool,
+    blob_cache_cap: u64,
+    engines: Mutex<BTreeMap<String, (Engine, Vec<tokio::task::JoinHandle<()>>)>>,
+}
+
+/// The process-wide container of engines. Cheap to clone.
+#[derive(Clone)]
+pub struct Container {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container")
+            .field("node", &self.inner.node)
+            .field("data_dir", &self.inner.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Container {
+    /// A builder; give it a data dir or a store.
+    pub fn builder() -> ContainerBuilder {
+        ContainerBuilder {
+            data_dir: None,
+            store: None,
+            runtime: None,
+            runtime_config: None,
+            secret_key: None,
+            clock: Arc::new(SystemClock),
+            node: None,
+            options: ExecOptions::default(),
+            blob_cache_cap: 1 << 30,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The isolation runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The data dir (a temporary one when the container was built with a store only).
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The engine named `name`, started on first use: its controllers run until
+    /// [`Container::shutdown`]. Executions it was running before a restart resume.
+    pub async fn engine(&self, name: &str) -> Result<Engine, ContainerError> {
+        if !valid_engine_name(name) {
+            return Err(ContainerError::EngineName(name.to_owned()));
+        }
+        let mut engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((engine, _)) = engines.get(name) {
+            return Ok(engine.clone());
+        }
+        let inner = &self.inner;
+        let registry = BizRegistry::new(inner.runtime.clone(), name);
+        let cache_dir = inner.data_dir.join("cache").join(name);
+        let cache = BlobCache::open(&cache_dir, inner.blob_cache_cap).map_err(|e| {
+            ContainerError::DataDir {
+                path: cache_dir.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        registry.set_blob_cache(cache);
+        let (timers, timer_keys) = Timers::start(inner.clock.clone());
+        let core = Arc::new(EngineCore {
+            name: name.to_owned(),
+            node: inner.node.clone(),
+            store: inner.store.clone(),
+            registry,
+            logs: inner.logs.clone(),
+            workspaces: Workspaces::new(inner.data_dir.join("workspaces")),
+            secrets: Secrets::new(inner.store.clone(), name, inner.key.clone()),
+            clock: inner.clock.clone(),
+            options: inner.options.clone(),
+            timers,
+            runs: Mutex::new(Default::default()),
+            shutdown: CancelToken::new(),
+        });
+        let tasks = crate::pipeline::reconcile::start(core.clone(), timer_keys);
+        let engine = Engine { core };
+        engines.insert(name.to_owned(), (engine.clone(), tasks));
+        Ok(engine)
+    }
+
+    /// The engines started so far.
+    pub fn engines(&self) -> Vec<Engine> {
+        let engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
+        engines.values().map(|(e, _)| e.clone()).collect()
+    }
+
+    /// Stops every engine: controllers end, running steps are interrupted and
+    /// their executions stay `Running` in the store, to resume on the next start
+    /// (the interrupted attempt counts as one). Waits up to 10 s for drivers to
+    /// record where they stopped.
+    pub async fn shutdown(&self) {
+        let all: Vec<(Engine, Vec<tokio::task::JoinHandle<()>>)> = {
+            let mut engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *engines).into_values().collect()
+        };
+        for (engine, _) in &all {
+            engine.core.shutdown.cancel();
+        }
+        for (engine, tasks) in all {
+            for t in tasks {
+                let _ = t.await;
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !engine.core.runs().is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        if self.inner.temp {
+            let _ = std::fs::remove_dir_all(&self.inner.data_dir);
+        }
+    }
+}
+
+fn valid_engine_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-')
+}

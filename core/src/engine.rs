@@ -1,0 +1,407 @@
+//! One named pipeline engine: its pipelines, settings, bizes, secrets and
+//! executions. Get one from [`Container::engine`](crate::Container::engine).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+
+use crate::ark::{
+    Activation, Ark, BizInfo, BizRegistry, Capabilities, InstallError, LifecycleError,
+    UninstallMode,
+};
+use crate::model::{
+    Diagnostics, ObjectMeta, Pipeline, PipelineExecution, PipelineSetting, PipelineSettingSpec,
+};
+use crate::pipeline::core::{EngineCore, PIPELINE_LABEL, SETTINGS_NAME};
+use crate::pipeline::logs::{LogError, LogKey, StoredLine};
+use crate::pipeline::reconcile::{self, TriggerError, TriggerRequest};
+use crate::pipeline::secrets::SecretError;
+use crate::store::{Api, DeleteOptions, LabelSelector, Requirement, StoreError};
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A pipeline file does not parse or validate.
+    #[error("the pipeline is not valid:\n{0}")]
+    Invalid(Diagnostics),
+    /// A trigger was refused.
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+    /// A biz did not install.
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    /// A biz lifecycle operation was refused.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// A secret operation failed.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// Reading a log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// No such object.
+    #[error("{kind} `{name}` does not exist in engine `{engine}`")]
+    NotFound {
+        /// Kind.
+        kind: &'static str,
+        /// Name.
+        name: String,
+        /// Engine.
+        engine: String,
+    },
+}
+
+/// A handle on one engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(crate) core: Arc<EngineCore>,
+}
+
+/// A stream of an execution's successive states.
+pub type ExecutionStream =
+    Pin<Box<dyn Stream<Item = Result<PipelineExecution, StoreError>> + Send + 'static>>;
+
+/// A stream of log lines.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<StoredLine, LogError>> + Send + 'static>>;
+
+impl Engine {
+    /// The engine's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// The node this engine runs on.
+    pub fn node(&self) -> &str {
+        &self.core.node
+    }
+
+    /// The engine's biz registry (install, switch, uninstall, leases).
+    pub fn registry(&self) -> &BizRegistry {
+        &self.core.registry
+    }
+
+    fn not_found(&self, kind: &'static str, name: &str) -> EngineError {
+        EngineError::NotFound {
+            kind,
+            name: name.to_owned(),
+            engine: self.core.name.clone(),
+        }
+    }
+
+    // ---- settings and pipelines ----
+
+    /// Replaces the engine's settings.
+    pub async fn apply_settings(&self, spec: PipelineSettingSpec) -> Result<(), EngineError> {
+        let api = Api::<PipelineSetting>::new(self.core.store.clone());
+        loop {
+            let result = match api.get(&self.core.name, SETTINGS_NAME).await? {
+                Some(mut s) => {
+                    s.spec = spec.clone();
+                    api.update(&s).await
+                }
+                None => {
+                    api.create(&PipelineSetting::new(
+                        ObjectMeta::new(&self.core.name, SETTINGS_NAME),
+                        spec.clone(),
+                    ))
+                    .await
+                }
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The engine's settings (defaults when none were applied).
+    pub async fn settings(&self) -> Result<PipelineSettingSpec, EngineError> {
+        Ok(self.core.settings().await?)
+    }
+
+    /// Creates the pipeline, or replaces the spec of the one with its name. The
+    /// engine name in its metadata is ignored.
+    pub async fn apply_pipeline(&self, pipeline: &Pipeline) -> Result<Pipeline, EngineError> {
+        let api = Api::<Pipeline>::new(self.core.store.clone());
+        let name = &pipeline.metadata.name;
+        loop {
+            let result = match api.get(&self.core.name, name).await? {
+                Some(mut existing) => {
+                    existing.spec = pipeline.spec.clone();
+                    existing.metadata.labels = pipeline.metadata.labels.clone();
+                    existing.metadata.annotations = pipeline.metadata.annotations.clone();
+                    api.update(&existing).await
+                }
+                None => {
+                    let mut meta = ObjectMeta::new(&self.core.name, name);
+                    meta.labels = pipeline.metadata.labels.clone();
+                    meta.annotations = pipeline.metadata.annotations.clone();
+                    api.create(&Pipeline::new(meta, pipeline.spec.clone()))
+                        .await
+                }
+            };
+            match result {
+                Ok(p) => return Ok(p),
+                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Parses, validates and applies a pipeline file.
+    pub async fn apply_pipeline_yaml(
+        &self,
+        file_name: &str,
+        source: &str,
+    ) -> Result<Pipeline, EngineError> {
+        let pipeline =
+            crate::model::parse_pipeline(file_name, source).map_err(EngineError::Invalid)?;
+        self.apply_pipeline(&pipeline).await
+    }
+
+    /// A pipeline with its status.
+    pub async fn pipeline(&self, name: &str) -> Result<Option<Pipeline>, EngineError> {
+        Ok(Api::<Pipeline>::new(self.core.store.clone())
+            .get(&self.core.name, name)
+            .await?)
+    }
+
+    /// Every pipeline of the engine.
+    pub async fn pipelines(&self) -> Result<Vec<Pipeline>, EngineError> {
+        Ok(Api::<Pipeline>::new(self.core.store.clone())
+            .list(Some(&self.core.name), LabelSelector::default())
+            .await?
+            .0)
+    }
+
+    /// Deletes a pipeline (its executions are kept until retention removes them).
+    pub async fn delete_pipeline(&self, name: &str) -> Result<(), EngineError> {
+        match Api::<Pipeline>::new(self.core.store.clone())
+            .delete(&self.core.name, name, &DeleteOptions::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound { .. }) => Err(self.not_found("pipeline", name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ---- bizes ----
+
+    /// Installs a biz with the capabilities this engine grants it; the first
+    /// version of a name is activated.
+    pub async fn install(&self, ark: Ark, grants: &Capabilities) -> Result<BizInfo, EngineError> {
+        self.install_with(ark, grants, Activation::IfNone).await
+    }
+
+    /// Installs a biz, choosing whether it becomes the activated version.
+    pub async fn install_with(
+        &self,
+        ark: Ark,
+        grants: &Capabilities,
+        activation: Activation,
+    ) -> Result<BizInfo, EngineError> {
+        Ok(self
+            .core
+            .registry
+            .install(Arc::new(ark), grants, activation)
+            .await?)
+    }
+
+    /// Makes `name@version` the version new executions resolve to.
+    pub fn switch(&self, name: &str, version: &semver::Version) -> Result<(), EngineError> {
+        Ok(self.core.registry.switch(name, version)?)
+    }
+
+    /// Uninstalls `name@version` (waiting for the executions holding it, or
+    /// cancelling their calls with [`UninstallMode::Force`]).
+    pub async fn uninstall(
+        &self,
+        name: &str,
+        version: &semver::Version,
+        mode: UninstallMode,
+    ) -> Result<(), EngineError> {
+        Ok(self.core.registry.uninstall(name, version, mode).await?)
+    }
+
+    /// The installed bizes.
+    pub fn bizes(&self) -> Vec<BizInfo> {
+        self.core.registry.list()
+    }
+
+    // ---- secrets ----
+
+    /// Creates or replaces a secret (stored encrypted; referenced as `secrets.<name>`).
+    pub async fn set_secret(&self, name: &str, value: &str) -> Result<(), EngineError> {
+        Ok(self.core.secrets.set(name, value).await?)
+    }
+
+    /// Deletes a secret; `false` when it did not exist.
+    pub async fn delete_secret(&self, name: &str) -> Result<bool, EngineError> {
+        Ok(self.core.secrets.delete(name).await?)
+    }
+
+    /// The names of the engine's secrets (never their values).
+    pub async fn secret_names(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self.core.secrets.names().await?)
+    }
+
+    // ---- executions ----
+
+    /// Starts an execution of `pipeline`. It is `Queued` until the engine's
+    /// quota admits it; await it with [`Engine::wait`].
+    pub async fn trigger(
+        &self,
+        pipeline: &str,
+        request: TriggerRequest,
+    ) -> Result<PipelineExecution, EngineError> {
+        Ok(reconcile::trigger(&self.core, pipeline, request).await?)
+    }
+
+    /// Starts a new execution with the same params, event, branch and commit as
+    /// `execution`, on the pipeline's current spec.
+    pub async fn rerun(&self, execution: &str) -> Result<PipelineExecution, EngineError> {
+        let old = self
+            .execution(execution)
+            .await?
+            .ok_or_else(|| self.not_found("execution", execution))?;
+        let mut req = TriggerRequest {
+            params: old.spec.params.clone(),
+            event: old.spec.event.clone(),
+            branch: old.spec.branch.clone(),
+            commit: old.spec.commit.clone(),
+            kind: old.spec.trigger,
+            ..TriggerRequest::default()
+        };
+        req.labels
+            .insert("arkline.dev/rerun-of".into(), execution.to_owned());
+        self.trigger(&old.spec.pipeline, req).await
+    }
+
+    /// One execution.
+    pub async fn execution(&self, name: &str) -> Result<Option<PipelineExecution>, EngineError> {
+        Ok(Api::<PipelineExecution>::new(self.core.store.clone())
+            .get(&self.core.name, name)
+            .await?)
+    }
+
+    /// The executions of one pipeline, or of every pipeline, newest run first.
+    pub async fn executions(
+        &self,
+        pipeline: Option<&str>,
+    ) -> Result<Vec<PipelineExecution>, EngineError> {
+        let selector = match pipeline {
+            Some(p) => LabelSelector::everything()
+                .and(Requirement::Equals(PIPELINE_LABEL.into(), p.to_owned())),
+            None => LabelSelector::default(),
+        };
+        let (mut items, _) = Api::<PipelineExecution>::new(self.core.store.clone())
+            .list(Some(&self.core.name), selector)
+            .await?;
+        items.sort_by(|a, b| {
+            (b.metadata.created, b.spec.run).cmp(&(a.metadata.created, a.spec.run))
+        });
+        Ok(items)
+    }
+
+    /// Requests an abort: running steps are interrupted, `finally` runs, the phase
+    /// becomes `Aborted`. A finished execution is left as it is.
+    pub async fn abort(&self, execution: &str) -> Result<PipelineExecution, EngineError> {
+        let api = Api::<PipelineExecution>::new(self.core.store.clone());
+        loop {
+            let mut exec = api
+                .get(&self.core.name, execution)
+                .await?
+                .ok_or_else(|| self.not_found("execution", execution))?;
+            if exec.spec.abort || exec.status.phase.is_finished() {
+                return Ok(exec);
+            }
+            exec.spec.abort = true;
+            match api.update(&exec).await {
+                Ok(e) => return Ok(e),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The successive states of an execution, from now until it finishes (the
+    /// current state first). Ends after the finished state.
+    pub async fn watch_execution(&self, execution: &str) -> Result<ExecutionStream, EngineError> {
+        let api = Api::<PipelineExecution>::new(self.core.store.clone());
+        let (engine, name) = (self.core.name.clone(), execution.to_owned());
+        let current = api
+            .get(&engine, &name)
+            .await?
+            .ok_or_else(|| self.not_found("execution", execution))?;
+        let from = current.metadata.resource_version;
+        let done = current.status.phase.is_finished();
+        let first = futures::stream::iter([Ok(current)]);
+        if done {
+            return Ok(Box::pin(first));
+        }
+        let events = api.watch(Some(&engine), from).await?;
+        let rest = events
+            .filter_map(move |ev| {
+                let name = name.clone();
+                async move {
+                    match ev {
+                        Ok(ev) if ev.object.metadata.name == name => Some(Ok(ev.object)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    }
+                }
+            })
+            .scan(false, |ended, item| {
+                if *ended {
+                    return futures::future::ready(None);
+                }
+                if let Ok(e) = &item {
+                    *ended = e.status.phase.is_finished();
+                }
+                futures::future::ready(Some(item))
+            });
+        Ok(Box::pin(first.chain(rest)))
+    }
+
+    /// Waits until the execution finishes and returns its final state.
+    pub async fn wait(&self, execution: &str) -> Result<PipelineExecution, EngineError> {
+        let mut stream = self.watch_execution(execution).await?;
+        let mut last = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(e) => last = Some(e),
+                Err(e) if e.is_gone() => {
+                    // Fell behind compaction: start again from the current state.
+                    stream = self.watch_execution(execution).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        last.ok_or_else(|| self.not_found("execution", execution))
+    }
+
+    /// The log of one step so far (every attempt).
+    pub async fn logs(&self, execution: &str, step: &str) -> Result<Vec<StoredLine>, EngineError> {
+        Ok(self.core.logs.read(&self.log_key(execution, step)).await?)
+    }
+
+    /// The log of one step: the lines so far, then new ones as they are written,
+    /// ending when the step's current attempt ends.
+    pub fn follow_logs(&self, execution: &str, step: &str) -> LogStream {
+        Box::pin(self.core.logs.follow(&self.log_key(execution, step)))
+    }
+
+    fn log_key(&self, execution: &str, step: &str) -> LogKey {
+        LogKey {
+            engine: self.core.name.clone(),
+            execution: execution.to_owned(),
+            step: step.to_owned(),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! What every part of one engine's execution machinery shares.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::ark::{BizRegistry, CancelToken};
+use crate::model::{PipelineSetting, PipelineSettingSpec};
+use crate::pipeline::logs::LogStore;
+use crate::pipeline::schedule::{Clock, Timers};
+use crate::pipeline::secrets::Secrets;
+use crate::pipeline::workspace::Workspaces;
+use crate::store::{Api, ObjectRef, Store, StoreError};
+
+/// The name of the [`PipelineSetting`] an engine reads (one per engine).
+pub const SETTINGS_NAME: &str = "default";
+
+/// The label every execution carries with its pipeline's name.
+pub const PIPELINE_LABEL: &str = "arkline.dev/pipeline";
+
+/// Knobs of the execution machinery that are not engine settings.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Cap of one step's durable log, all attempts together.
+    pub step_log_cap: u64,
+    /// Cap of one step cache archive when the settings give none.
+    pub cache_entry_cap: u64,
+    /// Keep workspaces of finished executions (for debugging).
+    pub keep_workspaces: bool,
+    /// Most reconciles of one kind running at once.
+    pub concurrency: usize,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        Self {
+            step_log_cap: 8 << 20,
+            cache_entry_cap: 1 << 30,
+            keep_workspaces: false,
+            concurrency: 64,
+        }
+    }
+}
+
+/// A running execution driver of this process.
+#[derive(Debug)]
+pub(crate) struct RunHandle {
+    /// Cancelled to abort the execution (running steps interrupted, `finally` runs).
+    pub(crate) abort: CancelToken,
+}
+
+/// One engine's execution machinery.
+#[derive(Debug)]
+pub(crate) struct EngineCore {
+    pub(crate) name: String,
+    pub(crate) node: String,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: BizRegistry,
+    pub(crate) logs: LogStore,
+    pub(crate) workspaces: Workspaces,
+    pub(crate) secrets: Secrets,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) options: ExecOptions,
+    pub(crate) timers: Timers<ObjectRef>,
+    /// Executions driven by this process now, by name.
+    pub(crate) runs: Mutex<HashMap<String, RunHandle>>,
+    /// Stops drivers on shutdown (steps interrupted; executions stay `Running`
+    /// and resume on the next start).
+    pub(crate) shutdown: CancelToken,
+}
+
+impl EngineCore {
+    pub(crate) fn runs(&self) -> MutexGuard<'_, HashMap<String, RunHandle>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The engine's settings (defaults when none were applied).
+    pub(crate) async fn settings(&self) -> Result<PipelineSettingSpec, StoreError> {
+        Ok(Api::<PipelineSetting>::new(self.store.clone())
+            .get(&self.name, SETTINGS_NAME)
+            .await?
+            .map(|s| s.spec)
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,1185 @@
+//! The driver of one execution on this node: resolution and leases, stages and
+//! steps, interpolation and `when`, caches, timeouts, retries, abort, `finally`,
+//! and the durable status that lets a restarted process resume where it stopped.
+//!
+//! The driver owns the execution's status while it runs: every transition is
+//! written (compare-and-swap, coalesced when several steps finish together)
+//! **before** the next action depends on it, so that after a crash the status says
+//! which steps completed (never run again) and which were interrupted (retried, or
+//! failed with reason `interrupted` when their retries are spent).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use tokio::time::Instant;
+
+use crate::ark::{BizLease, CallContext, CancelToken, StepCall, StepFailure, StepFault};
+use crate::model::expr::{self, MapContext, Value};
+use crate::model::resources::set_condition;
+use crate::model::{
+    Condition, ConditionStatus, ConditionType, ExecutionPhase, PipelineExecution,
+    PipelineExecutionStatus, PipelineSettingSpec, StageStatus, Step, StepPhase, StepStatus,
+};
+use crate::pipeline::core::EngineCore;
+use crate::pipeline::logs::{LogKey, LogWriter, MaskFn};
+use crate::pipeline::secrets::Masker;
+use crate::pipeline::workspace;
+use crate::store::{Api, StoreError};
+
+/// Where a step's status lives in the execution status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    Stage(usize, usize),
+    Finally(usize),
+}
+
+fn step_at(st: &mut PipelineExecutionStatus, loc: Loc) -> &mut StepStatus {
+    match loc {
+        Loc::Stage(i, j) => &mut st.stages[i].steps[j],
+        Loc::Finally(j) => &mut st.finally[j],
+    }
+}
+
+/// The execution was deleted while it ran.
+#[derive(Debug)]
+struct Deleted;
+
+/// The execution object and its status, written back coalesced: `update`
+/// changes memory, `flush` makes every change made so far durable.
+struct StatusCell {
+    api: Api<PipelineExecution>,
+    state: Mutex<(PipelineExecution, u64)>,
+    written: tokio::sync::Mutex<u64>,
+    /// Cancelled when a re-read shows `spec.abort`.
+    abort: CancelToken,
+}
+
+impl StatusCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (PipelineExecution, u64)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&PipelineExecutionStatus) -> T) -> T {
+        f(&self.lock().0.status)
+    }
+
+    fn update<T>(&self, f: impl FnOnce(&mut PipelineExecutionStatus) -> T) -> T {
+        let mut state = self.lock();
+        state.1 += 1;
+        f(&mut state.0.status)
+    }
+
+    async fn flush(&self) -> Result<(), Deleted> {
+        let mut written = self.written.lock().await;
+        let mut failures = 0u32;
+        loop {
+            let (snapshot, version) = {
+                let state = self.lock();
+                (state.0.clone(), state.1)
+            };
+            if *written >= version {
+                return Ok(());
+            }
+            match self.api.update_status(&snapshot).await {
+                Ok(stored) => {
+                    self.lock().0.metadata = stored.metadata;
+                    *written = version;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => match self
+                    .api
+                    .get(&snapshot.metadata.engine, &snapshot.metadata.name)
+                    .await
+                {
+                    Ok(Some(latest)) => {
+                        if latest.spec.abort {
+                            self.abort.cancel();
+                        }
+                        let mut state = self.lock();
+                        state.0.metadata = latest.metadata;
+                        state.0.spec.abort = latest.spec.abort;
+                    }
+                    Ok(None) => return Err(Deleted),
+                    Err(e) => {
+                        failures += 1;
+                        store_trouble(&e, failures).await;
+                    }
+                },
+                Err(StoreError::NotFound { .. }) => return Err(Deleted),
+                Err(e) => {
+                    failures += 1;
+                    store_trouble(&e, failures).await;
+                }
+            }
+        }
+    }
+}
+
+async fn store_trouble(e: &StoreError, failures: u32) {
+    let delay = Duration::from_millis(50u64.saturating_mul(1 << failures.min(8)))
+        .min(Duration::from_secs(10));
+    tracing::warn!(error = %e, retry_in = ?delay, "cannot write an execution's status; retrying");
+    tokio::time::sleep(delay).await;
+}
+
+/// Why one attempt of a step did not succeed.
+struct AttemptFailure {
+    /// Status reason, e.g. `timeout`, `failed: …`.
+    reason: String,
+    /// Whether another attempt may help.
+    retryable: bool,
+    /// The step was cancelled (abort, fail-fast, shutdown).
+    cancelled: bool,
+}
+
+impl AttemptFailure {
+    fn fatal(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            retryable: false,
+            cancelled: false,
+        }
+    }
+}
+
+/// Runs one execution to its end (or until shutdown).
+pub(crate) async fn drive(core: Arc<EngineCore>, exec: PipelineExecution, abort: CancelToken) {
+    let name = exec.metadata.name.clone();
+    let driver = Driver {
+        cell: StatusCell {
+            api: Api::new(core.store.clone()),
+            state: Mutex::new((exec.clone(), 0)),
+            written: tokio::sync::Mutex::new(0),
+            abort: abort.clone(),
+        },
+        core: core.clone(),
+        exec,
+        abort,
+        leases: HashMap::new(),
+        workspace: PathBuf::new(),
+        settings: PipelineSettingSpec::default(),
+        deadline: None,
+    };
+    if driver.run().await.is_err() {
+        tracing::info!(engine = %core.name, execution = %name, "execution deleted while running; stopped");
+    }
+    core.runs().remove(&name);
+}
+
+struct Driver {
+    core: Arc<EngineCore>,
+    cell: StatusCell,
+    exec: PipelineExecution,
+    abort: CancelToken,
+    /// `uses` as written → lease and step type.
+    leases: HashMap<String, (BizLease, String)>,
+    workspace: PathBuf,
+    settings: PipelineSettingSpec,
+    /// The whole execution's deadline (`finally` included).
+    deadline: Option<(Instant, Duration)>,
+}
+
+fn instant_of(clock_now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
+    let now = Instant::now();
+    match (at - clock_now).to_std() {
+        Ok(ahead) => now + ahead,
+        Err(_) => now,
+    }
+}
+
+impl Driver {
+    async fn run(mut self) -> Result<(), Deleted> {
+        let now = self.core.clock.now();
+        let spec = self.exec.spec.pipeline_spec.clone();
+        self.settings = self.core.settings().await.unwrap_or_default();
+        let resumed = self.cell.read(|s| s.phase == ExecutionPhase::Running);
+        self.cell.update(|st| {
+            st.phase = ExecutionPhase::Running;
+            st.started.get_or_insert(now);
+            st.node = Some(self.core.node.clone());
+            if st.stages.is_empty() {
+                st.stages = spec
+                    .stages
+                    .iter()
+                    .map(|s| StageStatus {
+                        name: s.name.clone(),
+                        steps: s
+                            .steps
+                            .iter()
+                            .map(|step| StepStatus {
+                                name: step.name.clone(),
+                                ..StepStatus::default()
+                            })
+                            .collect(),
+                        ..StageStatus::default()
+                    })
+                    .collect();
+                st.finally = spec
+                    .finally
+                    .iter()
+                    .map(|step| StepStatus {
+                        name: step.name.clone(),
+                        ..StepStatus::default()
+                    })
+                    .collect();
+            }
+        });
+        if let Some(timeout) = spec.timeout {
+            let started = self.cell.read(|s| s.started).unwrap_or(now);
+            let at =
+                started + chrono::Duration::from_std(timeout.0).unwrap_or(chrono::Duration::MAX);
+            self.deadline = Some((instant_of(now, at), timeout.0));
+        }
+        if resumed {
+            tracing::info!(engine = %self.core.name, execution = %self.exec.metadata.name, "resuming an execution interrupted by a restart");
+        }
+        if let Err(reason) = self.resolve() {
+            self.cell.update(|st| {
+                set_condition(
+                    &mut st.conditions,
+                    Condition {
+                        kind: ConditionType::Resolved,
+                        status: ConditionStatus::False,
+                        reason: "UnsatisfiedUses".into(),
+                        message: reason.clone(),
+                        last_transition: Some(now),
+                    },
+                );
+            });
+            return self.finish(ExecutionPhase::Failed, reason).await;
+        }
+        let resolved: BTreeMap<String, String> = self
+            .leases
+            .iter()
+            .map(|(uses, (lease, _))| (uses.clone(), lease.id()))
+            .collect();
+        self.cell.update(|st| {
+            st.resolved = resolved;
+            set_condition(
+                &mut st.conditions,
+                Condition {
+                    kind: ConditionType::Resolved,
+                    status: ConditionStatus::True,
+                    reason: "Resolved".into(),
+                    message: String::new(),
+                    last_transition: Some(now),
+                },
+            );
+        });
+        match self
+            .core
+            .workspaces
+            .create(&self.core.name, &self.exec.metadata.name)
+        {
+            Ok(dir) => self.workspace = dir,
+            Err(e) => {
+                return self
+                    .finish(ExecutionPhase::Failed, format!("workspace: {e}"))
+                    .await;
+            }
+        }
+        self.cell.flush().await?;
+
+        let mut failure: Option<String> = None;
+        for (i, stage) in spec.stages.iter().enumerate() {
+            let phase = self.cell.read(|s| s.stages[i].phase);
+            if matches!(
+                phase,
+                StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed | StepPhase::Aborted
+            ) {
+                if matches!(phase, StepPhase::Failed | StepPhase::Aborted) {
+                    failure.get_or_insert_with(|| {
+                        self.cell.read(|s| {
+                            format!("stage `{}` failed: {}", stage.name, s.stages[i].reason)
+                        })
+                    });
+                }
+                continue;
+            }
+            if let Some(why) = self.stop_reason(&failure) {
+                self.skip_stage(i, &why);
+                continue;
+            }
+            if let Some(when) = &stage.when {
+                match when.evaluate(&self.eval_context(&Default::default())) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.skip_stage(i, "when: condition is false");
+                        self.cell.flush().await?;
+                        continue;
+                    }
+                    Err(e) => {
+                        let reason = format!("when: {e}");
+                        self.cell.update(|st| {
+                            st.stages[i].phase = StepPhase::Failed;
+                            st.stages[i].reason = reason.clone();
+                        });
+                        failure = Some(format!("stage `{}`: {reason}", stage.name));
+                        self.cell.flush().await?;
+                        continue;
+                    }
+                }
+            }
+            let started = self.cell.update(|st| {
+                st.stages[i].phase = StepPhase::Running;
+                *st.stages[i].started.get_or_insert(now)
+            });
+            let stage_deadline = stage.timeout.map(|t| {
+                let at = started + chrono::Duration::from_std(t.0).unwrap_or(chrono::Duration::MAX);
+                (instant_of(self.core.clock.now(), at), t.0)
+            });
+            let deadline = earliest(self.deadline, stage_deadline);
+            let locs: Vec<Loc> = (0..stage.steps.len()).map(|j| Loc::Stage(i, j)).collect();
+            let phases = self
+                .run_group(&stage.name, &stage.steps, &locs, deadline, false)
+                .await?;
+            let failed = phases
+                .iter()
+                .position(|p| matches!(p, StepPhase::Failed | StepPhase::Aborted));
+            let finished = self.core.clock.now();
+            let reason = failed.map(|j| {
+                let step = &stage.steps[j];
+                let why = self.cell.read(|s| s.stages[i].steps[j].reason.clone());
+                format!("step `{}` failed: {why}", step.name)
+            });
+            self.cell.update(|st| {
+                let s = &mut st.stages[i];
+                s.finished = Some(finished);
+                match &reason {
+                    Some(r) => {
+                        s.phase = if self.abort.is_cancelled() {
+                            StepPhase::Aborted
+                        } else {
+                            StepPhase::Failed
+                        };
+                        s.reason = r.clone();
+                    }
+                    None => s.phase = StepPhase::Succeeded,
+                }
+            });
+            if let Some(r) = reason {
+                failure.get_or_insert(format!("stage `{}`: {r}", stage.name));
+            }
+            self.cell.flush().await?;
+        }
+
+        if !spec.finally.is_empty() && !self.core.shutdown.is_cancelled() {
+            let locs: Vec<Loc> = (0..spec.finally.len()).map(Loc::Finally).collect();
+            let phases = self
+                .run_group("finally", &spec.finally, &locs, self.deadline, true)
+                .await?;
+            if let Some(j) = phases.iter().position(|p| *p == StepPhase::Failed) {
+                let why = self.cell.read(|s| s.finally[j].reason.clone());
+                failure.get_or_insert(format!(
+                    "finally step `{}` failed: {why}",
+                    spec.finally[j].name
+                ));
+            }
+        }
+        if self.core.shutdown.is_cancelled() {
+            // Stopped by a shutdown: stay `Running`; the next start resumes.
+            self.cell.flush().await?;
+            return Ok(());
+        }
+        if self.abort.is_cancelled() {
+            return self
+                .finish(ExecutionPhase::Aborted, "aborted".to_owned())
+                .await;
+        }
+        match failure {
+            Some(reason) => self.finish(ExecutionPhase::Failed, reason).await,
+            None => self.finish(ExecutionPhase::Succeeded, String::new()).await,
+        }
+    }
+
+    /// Why no new stage may start, if something says so.
+    fn stop_reason(&self, failure: &Option<String>) -> Option<String> {
+        if self.core.shutdown.is_cancelled() {
+            return Some("shutdown".into());
+        }
+        if self.abort.is_cancelled() {
+            return Some("aborted".into());
+        }
+        if let Some((at, timeout)) = self.deadline
+            && Instant::now() >= at
+        {
+            return Some(format!(
+                "timeout: the pipeline's {} passed",
+                humantime::format_duration(timeout)
+            ));
+        }
+        failure
+            .as_ref()
+            .map(|_| "an earlier stage failed".to_owned())
+    }
+
+    fn skip_stage(&self, i: usize, why: &str) {
+        if why == "shutdown" {
+            return;
+        }
+        self.cell.update(|st| {
+            let s = &mut st.stages[i];
+            s.phase = StepPhase::Skipped;
+            s.reason = why.to_owned();
+            for step in &mut s.steps {
+                if step.phase == StepPhase::Waiting {
+                    step.phase = StepPhase::Skipped;
+                    step.reason = why.to_owned();
+                }
+            }
+        });
+    }
+
+    async fn finish(&self, phase: ExecutionPhase, reason: String) -> Result<(), Deleted> {
+        let now = self.core.clock.now();
+        self.cell.update(|st| {
+            st.phase = phase;
+            st.finished = Some(now);
+            st.reason = reason.clone();
+            set_condition(
+                &mut st.conditions,
+                Condition {
+                    kind: ConditionType::Completed,
+                    status: ConditionStatus::True,
+                    reason: format!("{phase:?}"),
+                    message: reason,
+                    last_transition: Some(now),
+                },
+            );
+            // Steps that never started in a run that ended are skipped, not waiting.
+            for stage in &mut st.stages {
+                if stage.phase == StepPhase::Waiting {
+                    stage.phase = StepPhase::Skipped;
+                }
+                for step in &mut stage.steps {
+                    if step.phase == StepPhase::Waiting {
+                        step.phase = StepPhase::Skipped;
+                    }
+                }
+            }
+        });
+        self.cell.flush().await
+    }
+
+    /// Leases every `uses`: the exact versions recorded before a restart, or the
+    /// activated version satisfying each requirement.
+    fn resolve(&mut self) -> Result<(), String> {
+        let recorded = self.cell.read(|s| s.resolved.clone());
+        let spec = &self.exec.spec.pipeline_spec;
+        let mut problems = Vec::new();
+        for uses in spec.uses() {
+            let written = uses.to_string();
+            let lease = match recorded.get(&written) {
+                Some(id) => {
+                    let parsed = id
+                        .split_once('@')
+                        .and_then(|(n, v)| Some((n, semver::Version::parse(v).ok()?)));
+                    match parsed {
+                        Some((name, version)) => self
+                            .core
+                            .registry
+                            .lease(name, &version)
+                            .map_err(|e| format!("`{written}` was resolved to {id}: {e}")),
+                        None => Err(format!("`{written}` was resolved to an unreadable `{id}`")),
+                    }
+                }
+                None => {
+                    let reference = match &uses.req {
+                        Some(req) => format!("{}@{req}", uses.biz),
+                        None => uses.biz.clone(),
+                    };
+                    self.core
+                        .registry
+                        .resolve(&reference)
+                        .map_err(|e| format!("`{written}`: {e}"))
+                }
+            };
+            let lease = match lease {
+                Ok(l) => l,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            let types: Vec<&str> = lease
+                .manifest()
+                .steps
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect();
+            let step_type = match &uses.step {
+                Some(t) if types.contains(&t.as_str()) => t.clone(),
+                Some(t) => {
+                    problems.push(format!(
+                        "`{written}`: {} has no step type `{t}` (it has: {})",
+                        lease.id(),
+                        types.join(", ")
+                    ));
+                    continue;
+                }
+                None if types.len() == 1 => types[0].to_owned(),
+                None => {
+                    problems.push(format!(
+                        "`{written}`: {} has {} step types ({}); name one as `{}/<step>`",
+                        lease.id(),
+                        types.len(),
+                        types.join(", "),
+                        uses.biz
+                    ));
+                    continue;
+                }
+            };
+            self.leases.insert(written, (lease, step_type));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            self.leases.clear();
+            Err(problems.join("; "))
+        }
+    }
+
+    /// The expression context: params, trigger facts, step states and outputs so
+    /// far, and the given secrets.
+    fn eval_context(&self, secrets: &BTreeMap<String, String>) -> MapContext {
+        let spec = &self.exec.spec;
+        let (outputs, states) = self.cell.read(|st| {
+            let mut states = BTreeMap::new();
+            for step in st
+                .stages
+                .iter()
+                .flat_map(|s| s.steps.iter())
+                .chain(st.finally.iter())
+            {
+                states.insert(step.name.clone(), step.phase.as_str().to_owned());
+            }
+            (st.outputs.clone(), states)
+        });
+        MapContext {
+            params: spec
+                .params
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), Value::from_json(v)?)))
+                .collect(),
+            secrets: secrets.clone(),
+            outputs,
+            states,
+            event: Some(spec.event.clone()).filter(|s| !s.is_empty()),
+            branch: Some(spec.branch.clone()).filter(|s| !s.is_empty()),
+            commit: Some(spec.commit.clone()).filter(|s| !s.is_empty()),
+        }
+    }
+
+    /// Runs steps in parallel; returns their final phases.
+    async fn run_group(
+        &self,
+        stage: &str,
+        steps: &[Step],
+        locs: &[Loc],
+        deadline: Option<(Instant, Duration)>,
+        is_finally: bool,
+    ) -> Result<Vec<StepPhase>, Deleted> {
+        let siblings = CancelToken::new();
+        let runs = steps
+            .iter()
+            .zip(locs)
+            .map(|(step, loc)| self.run_step(stage, step, *loc, deadline, is_finally, &siblings));
+        join_all(runs).await.into_iter().collect()
+    }
+
+    async fn run_step(
+        &self,
+        stage: &str,
+        step: &Step,
+        loc: Loc,
+        deadline: Option<(Instant, Duration)>,
+        is_finally: bool,
+        siblings: &CancelToken,
+    ) -> Result<StepPhase, Deleted> {
+        let (phase, attempts) = self.cell.read(|st| {
+            let s = match loc {
+                Loc::Stage(i, j) => &st.stages[i].steps[j],
+                Loc::Finally(j) => &st.finally[j],
+            };
+            (s.phase, s.attempts)
+        });
+        let allowed = 1 + step.retries.as_ref().map_or(0, |r| r.count);
+        match phase {
+            StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed | StepPhase::Aborted => {
+                return Ok(phase);
+            }
+            StepPhase::Running if attempts >= allowed => {
+                let reason = format!(
+                    "interrupted: attempt {attempts} of {allowed} was cut off by a restart and no retry is left"
+                );
+                self.note(step, attempts, &reason);
+                return self
+                    .end_step(loc, StepPhase::Failed, reason, None, siblings)
+                    .await;
+            }
+            StepPhase::Running => {
+                self.note(
+                    step,
+                    attempts,
+                    &format!("attempt {attempts} was cut off by a restart; retrying"),
+                );
+            }
+            StepPhase::Waiting => {}
+        }
+        if !is_finally && self.abort.is_cancelled() {
+            return self
+                .end_step(loc, StepPhase::Skipped, "aborted".into(), None, siblings)
+                .await;
+        }
+        if let Some(when) = &step.when {
+            match when.evaluate(&self.eval_context(&BTreeMap::new())) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return self
+                        .end_step(
+                            loc,
+                            StepPhase::Skipped,
+                            "when: condition is false".into(),
+                            None,
+                            siblings,
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    return self
+                        .end_step(loc, StepPhase::Failed, format!("when: {e}"), None, siblings)
+                        .await;
+                }
+            }
+        }
+        let mut attempt = attempts;
+        loop {
+            attempt += 1;
+            let now = self.core.clock.now();
+            let log_ref = LogKey {
+                engine: self.core.name.clone(),
+                execution: self.exec.metadata.name.clone(),
+                step: step.name.clone(),
+            }
+            .to_string();
+            self.cell.update(|st| {
+                st.logs.insert(step.name.clone(), log_ref);
+                let s = step_at(st, loc);
+                s.phase = StepPhase::Running;
+                s.attempts = attempt;
+                s.started.get_or_insert(now);
+                s.reason.clear();
+            });
+            self.cell.flush().await?;
+            let cancel = CancelToken::new();
+            let watcher = {
+                let (cancel, abort, siblings, shutdown) = (
+                    cancel.clone(),
+                    self.abort.clone(),
+                    siblings.clone(),
+                    self.core.shutdown.clone(),
+                );
+                tokio::spawn(async move {
+                    if is_finally {
+                        shutdown.cancelled().await;
+                    } else {
+                        tokio::select! {
+                            () = abort.cancelled() => {}
+                            () = siblings.cancelled() => {}
+                            () = shutdown.cancelled() => {}
+                        }
+                    }
+                    cancel.cancel();
+                })
+            };
+            let result = self
+                .attempt(stage, step, attempt, allowed, deadline, &cancel)
+                .await;
+            watcher.abort();
+            if self.core.shutdown.is_cancelled() {
+                // Leave the step `Running`: the next start treats it as interrupted.
+                return Ok(StepPhase::Running);
+            }
+            match result {
+                Ok(outputs) => {
+                    return self
+                        .end_step(
+                            loc,
+                            StepPhase::Succeeded,
+                            String::new(),
+                            Some(outputs),
+                            siblings,
+                        )
+                        .await;
+                }
+                Err(f) if f.cancelled => {
+                    let reason = if self.abort.is_cancelled() {
+                        "aborted".to_owned()
+                    } else {
+                        "cancelled: a sibling step failed (fail_fast)".to_owned()
+                    };
+                    return self
+                        .end_step(loc, StepPhase::Aborted, reason, None, siblings)
+                        .await;
+                }
+                Err(f) => {
+                    let retry = f.retryable && attempt < allowed;
+                    let delay = step
+                        .retries
+                        .as_ref()
+                        .and_then(|r| r.backoff)
+                        .map_or(Duration::ZERO, |b| {
+                            b.0.saturating_mul(1u32 << (attempt - 1).min(16))
+                        })
+                        .min(Duration::from_secs(3600));
+                    let time_left = deadline.is_none_or(|(at, _)| Instant::now() + delay < at);
+                    if retry && time_left {
+                        self.note(
+                            step,
+                            attempt,
+                            &format!(
+                                "attempt {attempt} of {allowed} failed ({}); retrying in {}",
+                                f.reason,
+                                humantime::format_duration(delay)
+                            ),
+                        );
+                        let stop = async {
+                            tokio::select! {
+                                () = self.abort.cancelled(), if !is_finally => {}
+                                () = siblings.cancelled(), if !is_finally => {}
+                                () = self.core.shutdown.cancelled() => {}
+                            }
+                        };
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => continue,
+                            () = stop => {
+                                if self.core.shutdown.is_cancelled() {
+                                    return Ok(StepPhase::Running);
+                                }
+                                return self
+                                    .end_step(loc, StepPhase::Aborted, "aborted while waiting to retry".into(), None, siblings)
+                                    .await;
+                            }
+                        }
+                    }
+                    return self
+                        .end_step(loc, StepPhase::Failed, f.reason, None, siblings)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Records a step's end; a failure cancels the siblings under `fail_fast`.
+    async fn end_step(
+        &self,
+        loc: Loc,
+        phase: StepPhase,
+        reason: String,
+        outputs: Option<BTreeMap<String, String>>,
+        siblings: &CancelToken,
+    ) -> Result<StepPhase, Deleted> {
+        let now = self.core.clock.now();
+        self.cell.update(|st| {
+            let name = step_at(st, loc).name.clone();
+            if let Some(outputs) = outputs {
+                st.outputs.insert(name, outputs);
+            }
+            let s = step_at(st, loc);
+            s.phase = phase;
+            s.reason = reason;
+            s.finished = Some(now);
+        });
+        if phase == StepPhase::Failed && self.exec.spec.pipeline_spec.fail_fast {
+            siblings.cancel();
+        }
+        self.cell.flush().await?;
+        Ok(phase)
+    }
+
+    fn note(&self, step: &Step, attempt: u32, message: &str) {
+        if let Ok(w) = self.log_writer(step, attempt, None) {
+            w.note(message);
+            w.finish();
+        }
+    }
+
+    fn log_writer(
+        &self,
+        step: &Step,
+        attempt: u32,
+        mask: Option<MaskFn>,
+    ) -> Result<LogWriter, String> {
+        let key = LogKey {
+            engine: self.core.name.clone(),
+            execution: self.exec.metadata.name.clone(),
+            step: step.name.clone(),
+        };
+        self.core
+            .logs
+            .writer(&key, attempt, self.core.options.step_log_cap, mask)
+            .map_err(|e| e.to_string())
+    }
+
+    /// One attempt: secrets, interpolation, cache restore, the call, outputs, cache save.
+    async fn attempt(
+        &self,
+        stage: &str,
+        step: &Step,
+        attempt: u32,
+        allowed: u32,
+        deadline: Option<(Instant, Duration)>,
+        cancel: &CancelToken,
+    ) -> Result<BTreeMap<String, String>, AttemptFailure> {
+        let names = step.referenced_secrets();
+        let secrets: BTreeMap<String, String> = if names.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.core
+                .secrets
+                .resolve(&names)
+                .await
+                .map_err(|e| AttemptFailure::fatal(format!("secrets: {e}")))?
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect()
+        };
+        let masker = Masker::new(secrets.values());
+        let mask: Option<MaskFn> = if masker.is_empty() {
+            None
+        } else {
+            let m = masker.clone();
+            Some(Arc::new(move |s: &str| m.mask(s)))
+        };
+        let writer = self
+            .log_writer(step, attempt, mask)
+            .map_err(|e| AttemptFailure::fatal(format!("log: {e}")))?;
+        let result = self
+            .attempt_logged(
+                stage, step, attempt, allowed, deadline, cancel, &secrets, &masker, &writer,
+            )
+            .await;
+        match &result {
+            Ok(_) => writer.note(&format!("attempt {attempt} succeeded")),
+            Err(f) => writer.note(&format!("attempt {attempt} failed: {}", f.reason)),
+        }
+        writer.finish();
+        result
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one attempt's whole context")]
+    async fn attempt_logged(
+        &self,
+        stage: &str,
+        step: &Step,
+        attempt: u32,
+        allowed: u32,
+        deadline: Option<(Instant, Duration)>,
+        cancel: &CancelToken,
+        secrets: &BTreeMap<String, String>,
+        masker: &Masker,
+        writer: &LogWriter,
+    ) -> Result<BTreeMap<String, String>, AttemptFailure> {
+        let ctx = self.eval_context(secrets);
+        let config = interpolate_json(
+            &serde_json::Value::Object(step.with.clone().into_iter().collect()),
+            &ctx,
+        )
+        .map_err(|e| AttemptFailure::fatal(format!("invalid-config: {e}")))?;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in self
+            .exec
+            .spec
+            .pipeline_spec
+            .env
+            .iter()
+            .chain(step.env.iter())
+        {
+            let value = expr::interpolate(v, &ctx)
+                .map_err(|e| AttemptFailure::fatal(format!("invalid-config: env `{k}`: {e}")))?;
+            env.insert(k.clone(), value);
+        }
+        let (lease, step_type) = self
+            .leases
+            .get(&step.uses.to_string())
+            .ok_or_else(|| AttemptFailure::fatal(format!("`{}` is not resolved", step.uses)))?;
+        writer.note(&format!(
+            "attempt {attempt} of {allowed}: {} {step_type}",
+            lease.id()
+        ));
+
+        let cache_key = match &step.cache {
+            Some(c) => Some(
+                expr::interpolate(&c.key, &ctx)
+                    .map_err(|e| AttemptFailure::fatal(format!("cache key: {e}")))?,
+            ),
+            None => None,
+        };
+        let blobs = self.core.registry.blob_cache();
+        let cache_cap = self
+            .settings
+            .cache
+            .max_bytes
+            .unwrap_or(self.core.options.cache_entry_cap);
+        if let (Some(key), Some(spec)) = (&cache_key, &step.cache) {
+            self.restore_cache(blobs.as_ref(), key, &spec.paths, cache_cap, writer)
+                .await;
+        }
+
+        // The tightest of the step's own timeout and the stage/pipeline deadlines.
+        let step_timeout = step
+            .timeout
+            .or(self.settings.default_step_limits.timeout)
+            .map(|t| t.0);
+        let mut timeout = step_timeout;
+        let mut bound_by_deadline = None;
+        if let Some((at, total)) = deadline {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(AttemptFailure::fatal(format!(
+                    "timeout: the {} deadline passed before the step started",
+                    humantime::format_duration(total)
+                )));
+            }
+            if timeout.is_none_or(|t| left < t) {
+                timeout = Some(left);
+                bound_by_deadline = Some(total);
+            }
+        }
+        let mut call = StepCall::new(step_type.clone(), config)
+            .workspace(self.workspace.clone())
+            .context(CallContext {
+                pipeline: self.exec.spec.pipeline.clone(),
+                run: self.exec.spec.run,
+                stage: stage.to_owned(),
+                step_name: step.name.clone(),
+                attempt,
+                env: env.into_iter().collect(),
+            })
+            .cancel_on(cancel.clone());
+        let sink_writer = writer.clone();
+        call = call.log_sink(Arc::new(move |line| sink_writer.write(line)));
+        if let Some(t) = timeout {
+            call = call.timeout(t);
+        }
+        let limits = &self.settings.default_step_limits;
+        if let Some(m) = limits.memory_bytes {
+            call = call.memory_limit(usize::try_from(m).unwrap_or(usize::MAX));
+        }
+        if let Some(f) = limits.fuel {
+            call = call.fuel(f);
+        }
+        let report = lease.invoke(call).await;
+        let mut outcome = match report.result {
+            Ok(outcome) => outcome,
+            Err(StepFailure::Fault(StepFault::Cancelled)) => {
+                return Err(AttemptFailure {
+                    reason: "cancelled".into(),
+                    retryable: false,
+                    cancelled: true,
+                });
+            }
+            Err(StepFailure::Fault(StepFault::Timeout { after })) => {
+                let reason = match bound_by_deadline {
+                    Some(total) => format!(
+                        "timeout: the {} deadline of its stage or pipeline passed",
+                        humantime::format_duration(total)
+                    ),
+                    None => format!(
+                        "timeout: the step ran past {}",
+                        humantime::format_duration(after)
+                    ),
+                };
+                return Err(AttemptFailure {
+                    reason,
+                    retryable: bound_by_deadline.is_none(),
+                    cancelled: false,
+                });
+            }
+            Err(failure) => {
+                let retryable = !matches!(
+                    failure,
+                    StepFailure::InvalidConfig { .. } | StepFailure::UnknownStepType { .. }
+                );
+                return Err(AttemptFailure {
+                    reason: masker
+                        .mask(&format!("{}: {failure}", failure.kind()))
+                        .into_owned(),
+                    retryable,
+                    cancelled: false,
+                });
+            }
+        };
+        for value in outcome.outputs.values_mut() {
+            if let std::borrow::Cow::Owned(masked) = masker.mask(value) {
+                *value = masked;
+            }
+        }
+        if let Some(summary) = &outcome.summary {
+            writer.note(&masker.mask(summary));
+        }
+        if let (Some(key), Some(spec)) = (&cache_key, &step.cache) {
+            self.save_cache(blobs.as_ref(), key, &spec.paths, cache_cap, writer)
+                .await;
+        }
+        Ok(outcome.outputs)
+    }
+
+    async fn restore_cache(
+        &self,
+        blobs: Option<&crate::host::cache::BlobCache>,
+        key: &str,
+        _paths: &[String],
+        cap: u64,
+        writer: &LogWriter,
+    ) {
+        let Some(blobs) = blobs.cloned() else {
+            writer.note("cache: the engine has no cache store; nothing restored");
+            return;
+        };
+        let (ws, key_owned) = (self.workspace.clone(), key.to_owned());
+        let done =
+            tokio::task::spawn_blocking(move || -> Result<Option<workspace::Unpacked>, String> {
+                match blobs.get(&key_owned).map_err(|e| e.to_string())? {
+                    Some(bytes) => workspace::unpack(&ws, &bytes, cap)
+                        .map(Some)
+                        .map_err(|e| e.to_string()),
+                    None => Ok(None),
+                }
+            })
+            .await;
+        match done {
+            Ok(Ok(Some(u))) => writer.note(&format!(
+                "cache: restored key `{key}` ({} files, {} bytes)",
+                u.files, u.content_bytes
+            )),
+            Ok(Ok(None)) => writer.note(&format!("cache: no entry for key `{key}`")),
+            Ok(Err(e)) => writer.note(&format!("cache: restoring key `{key}` failed: {e}")),
+            Err(e) => writer.note(&format!("cache: restore task failed: {e}")),
+        }
+    }
+
+    async fn save_cache(
+        &self,
+        blobs: Option<&crate::host::cache::BlobCache>,
+        key: &str,
+        paths: &[String],
+        cap: u64,
+        writer: &LogWriter,
+    ) {
+        let Some(blobs) = blobs.cloned() else {
+            return;
+        };
+        let (ws, key_owned, paths) = (self.workspace.clone(), key.to_owned(), paths.to_vec());
+        let done = tokio::task::spawn_blocking(move || -> Result<workspace::Packed, String> {
+            let packed = workspace::pack(&ws, &paths, cap).map_err(|e| e.to_string())?;
+            blobs
+                .put(&key_owned, &packed.bytes)
+                .map_err(|e| e.to_string())?;
+            Ok(packed)
+        })
+        .await;
+        match done {
+            Ok(Ok(p)) => {
+                writer.note(&format!(
+                    "cache: saved key `{key}` ({} files, {} bytes)",
+                    p.files, p.content_bytes
+                ));
+                for s in &p.skipped {
+                    writer.note(&format!("cache: skipped {s}"));
+                }
+            }
+            Ok(Err(e)) => writer.note(&format!("cache: saving key `{key}` failed: {e}")),
+            Err(e) => writer.note(&format!("cache: save task failed: {e}")),
+        }
+    }
+}
+
+fn earliest(
+    a: Option<(Instant, Duration)>,
+    b: Option<(Instant, Duration)>,
+) -> Option<(Instant, Duration)> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if x.0 <= y.0 { x } else { y }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Interpolates every string of a JSON value. A string that is exactly one
+/// `${{ … }}` keeps the value's type (a number param stays a number).
+pub(crate) fn interpolate_json(
+    value: &serde_json::Value,
+    ctx: &MapContext,
+) -> Result<serde_json::Value, expr::InterpolateError> {
+    use serde_json::Value as J;
+    Ok(match value {
+        J::String(s) => {
+            let template = expr::parse_template(s)?;
+            match template.parts.as_slice() {
+                [expr::TemplatePart::Expr(e, _)] => match expr::evaluate(e, ctx)? {
+                    Value::String(s) => J::String(s),
+                    Value::Bool(b) => J::Bool(b),
+                    Value::Number(n) => serde_json::Number::from_f64(n)
+                        .map(|n| {
+                            if n.as_f64()
+                                .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                            {
+                                J::from(n.as_f64().map_or(0, |f| f as i64))
+                            } else {
+                                J::Number(n)
+                            }
+                        })
+                        .unwrap_or(J::Null),
+                    Value::List(items) => J::Array(
+                        items
+                            .into_iter()
+                            .map(|i| J::String(i.to_string()))
+                            .collect(),
+                    ),
+                },
+                _ => J::String(template.render(ctx)?),
+            }
+        }
+        J::Array(items) => J::Array(
+            items
+                .iter()
+                .map(|i| interpolate_json(i, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        J::Object(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), interpolate_json(v, ctx)?)))
+                .collect::<Result<_, expr::InterpolateError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_interpolations_keep_their_type() {
+        let mut ctx = MapContext::default();
+        ctx.params.insert("n".into(), Value::Number(3.0));
+        ctx.params.insert("flag".into(), Value::Bool(true));
+        ctx.params.insert("name".into(), Value::String("x".into()));
+        let v = serde_json::json!({
+            "count": "${{ params.n }}",
+            "on": "${{ params.flag }}",
+            "text": "n=${{ params.n }} ${{ params.name }}",
+            "list": ["${{ params.name }}", 1],
+        });
+        let out = interpolate_json(&v, &ctx).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            out,
+            serde_json::json!({"count": 3, "on": true, "text": "n=3 x", "list": ["x", 1]})
+        );
+    }
+}

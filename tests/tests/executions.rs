@@ -1,0 +1,734 @@
+//! Executions end to end with the real faults biz on a real redb file: stages and
+//! parallel steps, outputs, `when`, retries, timeouts, `finally`, abort,
+//! `fail_fast`, quota order, step caches, secrets, cron with a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arkline::ark::{Ark, Capabilities};
+use arkline::model::{
+    ExecutionPhase, PipelineExecution, PipelineSettingSpec, StepPhase, StepStatus,
+};
+use arkline::pipeline::schedule::ManualClock;
+use arkline::{Container, Engine, TriggerRequest};
+use futures::StreamExt;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn faults() -> Ark {
+    Ark::open(arkline_testkit::plugin("faults")).expect("the faults archive reads back")
+}
+
+async fn engine_in(dir: &std::path::Path) -> (Container, Engine) {
+    let container = Container::builder()
+        .data_dir(dir)
+        .build()
+        .expect("container builds");
+    let engine = container.engine("team-a").await.expect("engine starts");
+    if engine.bizes().is_empty() {
+        engine
+            .install(faults(), &Capabilities::default())
+            .await
+            .expect("faults installs");
+    }
+    (container, engine)
+}
+
+async fn run(engine: &Engine, yaml: &str, req: TriggerRequest) -> PipelineExecution {
+    let p = engine
+        .apply_pipeline_yaml("test.yaml", yaml)
+        .await
+        .unwrap_or_else(|e| panic!("pipeline applies: {e}"));
+    let exec = engine
+        .trigger(&p.metadata.name, req)
+        .await
+        .expect("trigger");
+    wait(engine, &exec.metadata.name).await
+}
+
+async fn wait(engine: &Engine, name: &str) -> PipelineExecution {
+    tokio::time::timeout(LIMIT, engine.wait(name))
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not finish"))
+        .expect("wait")
+}
+
+/// Waits until `pred` holds for the execution's state.
+async fn wait_until(engine: &Engine, name: &str, pred: impl Fn(&PipelineExecution) -> bool) {
+    let mut states = engine.watch_execution(name).await.expect("watch");
+    tokio::time::timeout(LIMIT, async {
+        while let Some(s) = states.next().await {
+            if pred(&s.expect("state")) {
+                return;
+            }
+        }
+        panic!("{name} ended before the condition held");
+    })
+    .await
+    .expect("condition in time");
+}
+
+fn step<'a>(exec: &'a PipelineExecution, name: &str) -> &'a StepStatus {
+    exec.status
+        .stages
+        .iter()
+        .flat_map(|s| s.steps.iter())
+        .chain(exec.status.finally.iter())
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name} in {:#?}", exec.status))
+}
+
+fn output<'a>(exec: &'a PipelineExecution, step: &str, key: &str) -> &'a str {
+    exec.status
+        .outputs
+        .get(step)
+        .and_then(|o| o.get(key))
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("no output {step}.{key} in {:#?}", exec.status.outputs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_run_in_order_steps_in_parallel_and_outputs_flow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        r#"
+name: flow
+params:
+  - name: word
+    default: hello
+stages:
+  - name: build
+    steps:
+      - name: a
+        uses: faults/sleep
+        with: { ms: 400 }
+      - name: b
+        uses: faults/sleep
+        with: { ms: 400 }
+      - name: up
+        uses: faults/upper
+        with: { text: "${{ params.word }}" }
+  - name: use
+    steps:
+      - name: join
+        uses: faults/echo
+        with: { data: "${{ steps.up.outputs.text }}-${{ steps.a.outputs.slept_ms }}" }
+"#,
+        TriggerRequest::manual().param("word", "world"),
+    )
+    .await;
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        exec.status
+    );
+    assert_eq!(output(&exec, "join", "data"), "WORLD-400");
+    let (a, b, join) = (step(&exec, "a"), step(&exec, "b"), step(&exec, "join"));
+    // Parallel: each of a and b started before the other finished.
+    assert!(
+        a.started < b.finished && b.started < a.finished,
+        "a {a:?} b {b:?}"
+    );
+    // Stages in order: join started after both finished.
+    assert!(join.started >= a.finished && join.started >= b.finished);
+    assert_eq!(exec.spec.run, 1);
+    let resolved = &exec.status.resolved;
+    assert!(
+        resolved.values().all(|v| v.starts_with("faults@")),
+        "{resolved:?}"
+    );
+    assert_eq!(exec.status.node.as_deref(), Some(container.node()));
+    // The log of a step is durable and readable after the run.
+    let log = engine.logs(&exec.metadata.name, "a").await.expect("log");
+    assert!(
+        log.iter().any(|l| l.message.contains("attempt 1 of 1")),
+        "{log:?}"
+    );
+    // The pipeline status follows.
+    let p = engine.pipeline("flow").await.expect("get").expect("exists");
+    assert_eq!(p.status.next_run, 2);
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_skips_steps_and_stages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        r#"
+name: gated
+params:
+  - name: deploy
+    type: bool
+    default: false
+stages:
+  - name: build
+    steps:
+      - name: compile
+        uses: faults/upper
+        with: { text: x }
+      - name: publish
+        uses: faults/upper
+        with: { text: y }
+        when:
+          if: "params.deploy == true"
+  - name: release
+    when:
+      branch: main
+    steps:
+      - name: tag
+        uses: faults/upper
+        with: { text: z }
+  - name: after
+    steps:
+      - name: check
+        uses: faults/upper
+        with: { text: w }
+        when:
+          if: "steps.publish.state == 'Skipped' && steps.compile.state == 'Succeeded'"
+"#,
+        TriggerRequest::manual().branch("dev"),
+    )
+    .await;
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        exec.status
+    );
+    assert_eq!(step(&exec, "compile").phase, StepPhase::Succeeded);
+    assert_eq!(step(&exec, "publish").phase, StepPhase::Skipped);
+    assert_eq!(exec.status.stages[1].phase, StepPhase::Skipped);
+    assert_eq!(step(&exec, "tag").phase, StepPhase::Skipped);
+    assert_eq!(step(&exec, "check").phase, StepPhase::Succeeded);
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_until_success_or_until_spent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        r#"
+name: retried
+stages:
+  - name: s
+    steps:
+      - name: recovers
+        uses: faults/flaky
+        with: { failures: 2 }
+        retries: { count: 2, backoff: 10ms }
+      - name: gives-up
+        uses: faults/flaky
+        with: { failures: 3 }
+        retries: 1
+"#,
+        TriggerRequest::manual(),
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Failed);
+    let recovers = step(&exec, "recovers");
+    assert_eq!(
+        (recovers.phase, recovers.attempts),
+        (StepPhase::Succeeded, 3)
+    );
+    assert_eq!(output(&exec, "recovers", "attempt"), "3");
+    let gives_up = step(&exec, "gives-up");
+    assert_eq!((gives_up.phase, gives_up.attempts), (StepPhase::Failed, 2));
+    assert!(
+        gives_up.reason.contains("attempt 2 fails on purpose"),
+        "{gives_up:?}"
+    );
+    let log = engine
+        .logs(&exec.metadata.name, "recovers")
+        .await
+        .expect("log");
+    let retrying = log
+        .iter()
+        .filter(|l| l.message.contains("retrying in"))
+        .count();
+    assert_eq!(retrying, 2, "{log:#?}");
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_fail_steps_and_finally_runs_after_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        r#"
+name: slow
+stages:
+  - name: s
+    steps:
+      - name: too-slow
+        uses: faults/sleep
+        with: { ms: 600000 }
+        timeout: 1s
+  - name: never
+    steps:
+      - name: unreached
+        uses: faults/upper
+        with: { text: x }
+finally:
+  - name: report
+    uses: faults/echo
+    with: { data: "${{ steps.too-slow.state }}" }
+"#,
+        TriggerRequest::manual(),
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Failed);
+    let slow = step(&exec, "too-slow");
+    assert_eq!(slow.phase, StepPhase::Failed);
+    assert!(slow.reason.contains("timeout"), "{slow:?}");
+    assert_eq!(step(&exec, "unreached").phase, StepPhase::Skipped);
+    assert_eq!(exec.status.stages[1].phase, StepPhase::Skipped);
+    assert_eq!(step(&exec, "report").phase, StepPhase::Succeeded);
+    assert_eq!(output(&exec, "report", "data"), "Failed");
+    assert!(
+        exec.status.reason.contains("too-slow"),
+        "{}",
+        exec.status.reason
+    );
+
+    // A stage deadline cuts its steps; the pipeline deadline cuts everything.
+    let exec = run(
+        &engine,
+        r#"
+name: deadlines
+timeout: 2s
+stages:
+  - name: bounded
+    timeout: 1s
+    steps:
+      - name: long
+        uses: faults/sleep
+        with: { ms: 600000 }
+        retries: 3
+"#,
+        TriggerRequest::manual(),
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Failed);
+    let long = step(&exec, "long");
+    assert_eq!(long.attempts, 1, "a deadline is not retried: {long:?}");
+    assert!(long.reason.contains("deadline"), "{long:?}");
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_interrupts_running_steps_and_finally_still_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    engine
+        .apply_pipeline_yaml(
+            "t.yaml",
+            r#"
+name: abortable
+stages:
+  - name: s
+    steps:
+      - name: long
+        uses: faults/spin
+  - name: later
+    steps:
+      - name: unreached
+        uses: faults/upper
+        with: { text: x }
+finally:
+  - name: cleanup
+    uses: faults/upper
+    with: { text: "cleaned" }
+"#,
+        )
+        .await
+        .expect("applies");
+    let exec = engine
+        .trigger("abortable", TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let name = exec.metadata.name.clone();
+    wait_until(&engine, &name, |e| {
+        e.status
+            .stages
+            .first()
+            .and_then(|s| s.steps.first())
+            .is_some_and(|s| s.phase == StepPhase::Running)
+    })
+    .await;
+    engine.abort(&name).await.expect("abort");
+    let exec = wait(&engine, &name).await;
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Aborted,
+        "{:#?}",
+        exec.status
+    );
+    assert_eq!(step(&exec, "long").phase, StepPhase::Aborted);
+    assert_eq!(step(&exec, "unreached").phase, StepPhase::Skipped);
+    assert_eq!(step(&exec, "cleanup").phase, StepPhase::Succeeded);
+    assert_eq!(output(&exec, "cleanup", "text"), "CLEANED");
+
+    // A rerun is a new execution with the next run number.
+    let again = engine.rerun(&name).await.expect("rerun");
+    assert_eq!(again.spec.run, 2);
+    engine.abort(&again.metadata.name).await.expect("abort");
+    assert_eq!(
+        wait(&engine, &again.metadata.name).await.status.phase,
+        ExecutionPhase::Aborted
+    );
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_fast_cancels_siblings_and_without_it_they_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let pipeline = |name: &str, fail_fast: bool| {
+        format!(
+            r#"
+name: {name}
+fail_fast: {fail_fast}
+stages:
+  - name: s
+    steps:
+      - name: broken
+        uses: faults/fail
+        with: {{ message: boom }}
+      - name: sibling
+        uses: faults/sleep
+        with: {{ ms: {ms} }}
+"#,
+            ms = if fail_fast { 600_000 } else { 300 }
+        )
+    };
+    let fast = run(&engine, &pipeline("fast", true), TriggerRequest::manual()).await;
+    assert_eq!(fast.status.phase, ExecutionPhase::Failed);
+    let sibling = step(&fast, "sibling");
+    assert_eq!(sibling.phase, StepPhase::Aborted, "{sibling:?}");
+    assert!(sibling.reason.contains("fail_fast"), "{sibling:?}");
+
+    let patient = run(
+        &engine,
+        &pipeline("patient", false),
+        TriggerRequest::manual(),
+    )
+    .await;
+    assert_eq!(patient.status.phase, ExecutionPhase::Failed);
+    assert_eq!(step(&patient, "sibling").phase, StepPhase::Succeeded);
+    assert_eq!(step(&patient, "broken").phase, StepPhase::Failed);
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_queues_executions_and_admits_them_in_creation_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    engine
+        .apply_settings(PipelineSettingSpec {
+            executor_quota: 1,
+            ..PipelineSettingSpec::default()
+        })
+        .await
+        .expect("settings");
+    engine
+        .apply_pipeline_yaml(
+            "t.yaml",
+            "name: q\nstages:\n  - name: s\n    steps:\n      - name: nap\n        uses: faults/sleep\n        with: { ms: 150 }\n",
+        )
+        .await
+        .expect("applies");
+    let mut names = Vec::new();
+    for _ in 0..5 {
+        names.push(
+            engine
+                .trigger("q", TriggerRequest::manual())
+                .await
+                .expect("trigger")
+                .metadata
+                .name,
+        );
+    }
+    let mut done = Vec::new();
+    for n in &names {
+        done.push(wait(&engine, n).await);
+    }
+    for pair in done.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert_eq!(b.status.phase, ExecutionPhase::Succeeded);
+        assert!(
+            a.status.finished <= b.status.started,
+            "quota 1: run {} started before run {} finished",
+            b.spec.run,
+            a.spec.run
+        );
+    }
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_cache_is_restored_on_the_second_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let yaml = r#"
+name: cached
+stages:
+  - name: s
+    steps:
+      - name: prep
+        uses: faults/write-file
+        with: { path: /workspace/deps/.keep, content: "" }
+  - name: t
+    steps:
+      - name: build
+        uses: faults/append
+        with: { path: /workspace/deps/runs.txt, line: "run ${{ params.n }}" }
+        cache:
+          key: deps-v1
+          paths: [deps]
+params:
+  - name: n
+    type: number
+"#;
+    let first = run(&engine, yaml, TriggerRequest::manual().param("n", 1)).await;
+    assert_eq!(
+        first.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        first.status
+    );
+    assert_eq!(output(&first, "build", "lines"), "1");
+    let second = run(&engine, yaml, TriggerRequest::manual().param("n", 2)).await;
+    assert_eq!(
+        output(&second, "build", "lines"),
+        "2",
+        "the second run starts from the first run's cached deps/"
+    );
+    let log = engine
+        .logs(&second.metadata.name, "build")
+        .await
+        .expect("log");
+    assert!(
+        log.iter()
+            .any(|l| l.message.contains("cache: restored key `deps-v1`")),
+        "{log:#?}"
+    );
+    // Workspaces of finished executions are removed.
+    assert!(
+        !dir.path()
+            .join("workspaces/team-a")
+            .join(&first.metadata.name)
+            .exists()
+    );
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_only_the_step_that_references_it_and_is_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let plaintext = "hunter2-very-secret";
+    engine.set_secret("token", plaintext).await.expect("secret");
+    let exec = run(
+        &engine,
+        r#"
+name: secretive
+secrets: [token]
+stages:
+  - name: s
+    steps:
+      - name: uses-it
+        uses: faults/print
+        with: { stdout: "token is ${{ secrets.token }}" }
+        env: { TOKEN: "${{ secrets.token }}" }
+      - name: echo-it
+        uses: faults/echo
+        with: { data: "${{ secrets.token }}" }
+      - name: other
+        uses: faults/context
+"#,
+        TriggerRequest::manual(),
+    )
+    .await;
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        exec.status
+    );
+    let log = engine
+        .logs(&exec.metadata.name, "uses-it")
+        .await
+        .expect("log");
+    assert!(log.iter().any(|l| l.message == "token is ***"), "{log:#?}");
+    // The other step's environment has no trace of it.
+    assert!(!output(&exec, "other", "env").contains(plaintext));
+    // Stored outputs are masked; nothing stored holds the plaintext.
+    assert_eq!(output(&exec, "echo-it", "data"), "***");
+    let stored = serde_json::to_string(&exec).expect("json");
+    assert!(!stored.contains(plaintext));
+    let logs_dir = dir.path().join("logs");
+    for entry in walk(&logs_dir) {
+        let bytes = std::fs::read(&entry).expect("read log");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(plaintext),
+            "{} holds the plaintext",
+            entry.display()
+        );
+    }
+    let store_bytes = std::fs::read(dir.path().join("store.redb")).expect("store file");
+    assert!(
+        !store_bytes
+            .windows(plaintext.len())
+            .any(|w| w == plaintext.as_bytes()),
+        "the store file holds the plaintext"
+    );
+    container.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_fires_on_schedule_and_collapses_missed_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start: chrono::DateTime<chrono::Utc> = "2026-01-01T10:01:00Z".parse().expect("time");
+    let clock = ManualClock::new(start);
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .expect("builds");
+    let engine = container.engine("team-a").await.expect("engine");
+    engine
+        .install(faults(), &Capabilities::default())
+        .await
+        .expect("installs");
+    engine
+        .apply_pipeline_yaml(
+            "t.yaml",
+            "name: nightly\ntriggers:\n  - type: cron\n    schedule: \"*/5 * * * *\"\nstages:\n  - name: s\n    steps:\n      - name: x\n        uses: faults/upper\n        with: { text: x }\n",
+        )
+        .await
+        .expect("applies");
+    // The schedule is first seen at 10:01: nothing runs for times before that.
+    let seen = |engine: Engine| async move {
+        engine
+            .pipeline("nightly")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| !p.status.cron_last.is_empty())
+    };
+    eventually(|| seen(engine.clone())).await;
+    assert!(
+        engine
+            .executions(Some("nightly"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    clock.set("2026-01-01T10:05:00Z".parse().expect("time"));
+    let count = |engine: Engine, n: usize| async move {
+        engine
+            .executions(Some("nightly"))
+            .await
+            .map(|e| e.len())
+            .unwrap_or(0)
+            == n
+    };
+    eventually(|| count(engine.clone(), 1)).await;
+
+    // Down for an hour: twelve fire times collapse into one run.
+    clock.set("2026-01-01T11:07:00Z".parse().expect("time"));
+    eventually(|| count(engine.clone(), 2)).await;
+    let execs = engine.executions(Some("nightly")).await.expect("list");
+    for e in &execs {
+        assert_eq!(e.spec.trigger, arkline::model::TriggerKind::Cron);
+        wait(&engine, &e.metadata.name).await;
+    }
+    let p = engine
+        .pipeline("nightly")
+        .await
+        .expect("get")
+        .expect("exists");
+    let last = p.status.cron_last.values().next().copied();
+    assert_eq!(last, Some("2026-01-01T11:05:00Z".parse().expect("time")));
+    // No third run appears without the clock moving.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        engine
+            .executions(Some("nightly"))
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+    container.shutdown().await;
+}
+
+/// Waits (watch-free, for conditions spanning several objects) until `check` holds.
+async fn eventually<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(LIMIT, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("condition held in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsatisfied_uses_fail_the_execution_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        "name: missing\nstages:\n  - name: s\n    steps:\n      - name: x\n        uses: nosuch@^1\n",
+        TriggerRequest::manual(),
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Failed);
+    assert!(
+        exec.status.reason.contains("nosuch"),
+        "{}",
+        exec.status.reason
+    );
+    let p = engine
+        .pipeline("missing")
+        .await
+        .expect("get")
+        .expect("exists");
+    let resolved = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.kind == arkline::model::ConditionType::Resolved)
+        .expect("Resolved condition");
+    assert_eq!(resolved.status, arkline::model::ConditionStatus::False);
+    container.shutdown().await;
+}
