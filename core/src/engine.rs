@@ -346,7 +346,7 @@ impl Engine {
             return Ok(Box::pin(first));
         }
         let events = api.watch(Some(&engine), from).await?;
-        let rest = events
+        let named = events
             .filter_map(move |ev| {
                 let name = name.clone();
                 async move {
@@ -357,15 +357,14 @@ impl Engine {
                     }
                 }
             })
-            .scan(false, |ended, item| {
-                if *ended {
-                    return futures::future::ready(None);
-                }
-                if let Ok(e) = &item {
-                    *ended = e.status.phase.is_finished();
-                }
-                futures::future::ready(Some(item))
-            });
+            .boxed();
+        // End right after the finished state, without waiting for another event.
+        let rest = futures::stream::unfold(Some(named), |events| async move {
+            let mut events = events?;
+            let item = events.next().await?;
+            let done = matches!(&item, Ok(e) if e.status.phase.is_finished());
+            Some((item, if done { None } else { Some(events) }))
+        });
         Ok(Box::pin(first.chain(rest)))
     }
 

@@ -164,8 +164,17 @@ pub(crate) async fn drive(core: Arc<EngineCore>, exec: PipelineExecution, abort:
         settings: PipelineSettingSpec::default(),
         deadline: None,
     };
-    if driver.run().await.is_err() {
+    let outcome = driver.run().await;
+    if outcome.is_err() {
         tracing::info!(engine = %core.name, execution = %name, "execution deleted while running; stopped");
+    }
+    // Finished (or deleted): the workspace goes. Stopped by a shutdown: it stays
+    // for the resumed run.
+    if !core.shutdown.is_cancelled()
+        && !core.options.keep_workspaces
+        && let Err(e) = core.workspaces.remove(&core.name, &name)
+    {
+        tracing::warn!(engine = %core.name, execution = %name, error = %e, "cannot remove a finished execution's workspace");
     }
     core.runs().remove(&name);
 }
