@@ -331,6 +331,7 @@ impl Container {
         })?;
         registry.set_blob_cache(cache);
         let (timers, timer_keys) = Timers::start(inner.clock.clone());
+        let (pokes, poked) = tokio::sync::mpsc::unbounded_channel();
         let core = Arc::new(EngineCore {
             name: name.to_owned(),
             node: inner.node.clone(),
@@ -344,8 +345,9 @@ impl Container {
             timers,
             runs: Mutex::new(Default::default()),
             shutdown: CancelToken::new(),
+            pokes,
         });
-        let tasks = crate::pipeline::reconcile::start(core.clone(), timer_keys);
+        let tasks = crate::pipeline::reconcile::start(core.clone(), timer_keys, poked);
         let engine = Engine { core };
         engines.insert(name.to_owned(), (engine.clone(), tasks));
         Ok(engine)

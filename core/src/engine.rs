@@ -12,6 +12,7 @@ use crate::ark::{
 };
 use crate::model::{
     Diagnostics, ObjectMeta, Pipeline, PipelineExecution, PipelineSetting, PipelineSettingSpec,
+    StepPhase,
 };
 use crate::pipeline::core::{EngineCore, PIPELINE_LABEL, SETTINGS_NAME};
 use crate::pipeline::logs::{LogError, LogKey, StoredLine};
@@ -391,9 +392,53 @@ impl Engine {
     }
 
     /// The log of one step: the lines so far, then new ones as they are written,
-    /// ending when the step's current attempt ends.
+    /// across retries, ending when the step has finished (or its execution has).
     pub fn follow_logs(&self, execution: &str, step: &str) -> LogStream {
-        Box::pin(self.core.logs.follow(&self.log_key(execution, step)))
+        let state = Follow {
+            engine: self.clone(),
+            execution: execution.to_owned(),
+            step: step.to_owned(),
+            inner: None,
+            last: None,
+            draining: false,
+            states: None,
+        };
+        Box::pin(futures::stream::unfold(Some(state), |state| async move {
+            let mut f = state?;
+            loop {
+                if f.inner.is_none() {
+                    f.inner = Some(Box::pin(
+                        f.engine
+                            .core
+                            .logs
+                            .follow(&f.engine.log_key(&f.execution, &f.step)),
+                    ));
+                }
+                match f.inner.as_mut()?.next().await {
+                    Some(Ok(line)) => {
+                        if f.last.is_some_and(|l| line.seq <= l) {
+                            continue;
+                        }
+                        f.last = Some(line.seq);
+                        return Some((Ok(line), Some(f)));
+                    }
+                    Some(Err(LogError::NotFound(_))) | None => {
+                        f.inner = None;
+                        if f.draining {
+                            return None;
+                        }
+                        // Between attempts, or not started: wait for the step's
+                        // next state change, or finish after a last pass.
+                        match f.step_state().await {
+                            Ok(true) => f.draining = true,
+                            Ok(false) => {}
+                            Err(e) => return Some((Err(e), None)),
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), None)),
+                }
+            }
+        }))
     }
 
     fn log_key(&self, execution: &str, step: &str) -> LogKey {
@@ -401,6 +446,56 @@ impl Engine {
             engine: self.core.name.clone(),
             execution: execution.to_owned(),
             step: step.to_owned(),
+        }
+    }
+}
+
+/// The state of [`Engine::follow_logs`].
+struct Follow {
+    engine: Engine,
+    execution: String,
+    step: String,
+    inner: Option<LogStream>,
+    last: Option<u64>,
+    /// One more pass over the log after the step was seen finished.
+    draining: bool,
+    states: Option<ExecutionStream>,
+}
+
+impl Follow {
+    /// Waits for the next change of the execution; `true` when the step (or the
+    /// execution) is over.
+    async fn step_state(&mut self) -> Result<bool, LogError> {
+        let over = |e: &PipelineExecution, step: &str| {
+            e.status.phase.is_finished()
+                || e.status
+                    .stages
+                    .iter()
+                    .flat_map(|s| s.steps.iter())
+                    .chain(e.status.finally.iter())
+                    .find(|s| s.name == step)
+                    .is_some_and(|s| {
+                        matches!(
+                            s.phase,
+                            StepPhase::Succeeded
+                                | StepPhase::Failed
+                                | StepPhase::Skipped
+                                | StepPhase::Aborted
+                        )
+                    })
+        };
+        if self.states.is_none() {
+            match self.engine.watch_execution(&self.execution).await {
+                Ok(s) => self.states = Some(s),
+                Err(_) => return Ok(true),
+            }
+        }
+        let Some(states) = self.states.as_mut() else {
+            return Ok(true);
+        };
+        match states.next().await {
+            Some(Ok(e)) => Ok(over(&e, &self.step)),
+            Some(Err(_)) | None => Ok(true),
         }
     }
 }

@@ -93,11 +93,11 @@ pub use pipeline::{
     SourceSpec, Stage, Step, Trigger, Uses, When, WhenError,
 };
 pub use resources::{
-    BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, Ciphertext, Condition,
-    ConditionStatus, ConditionType, DesiredBiz, ExecutionPhase, Pipeline, PipelineExecution,
-    PipelineExecutionSpec, PipelineExecutionStatus, PipelineSetting, PipelineSettingSpec,
-    PipelineSettingStatus, PipelineStatus, Secret, SecretSpec, SecretStatus, StageStatus,
-    StepLimits, StepPhase, StepStatus, TriggerKind,
+    BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings, Ciphertext,
+    Condition, ConditionStatus, ConditionType, DesiredBiz, ExecutionPhase, Pipeline,
+    PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus, PipelineSetting,
+    PipelineSettingSpec, PipelineSettingStatus, PipelineStatus, Retention, Secret, SecretSpec,
+    SecretStatus, StageStatus, StepLimits, StepPhase, StepStatus, TriggerKind,
 };
 pub use validate::validate;
 

@@ -730,3 +730,182 @@ async fn unsatisfied_uses_fail_the_execution_with_the_reason() {
     assert_eq!(resolved.status, arkline::model::ConditionStatus::False);
     container.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_mid_step_resumes_on_the_next_start_without_rerunning_done_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = r#"
+name: resumable
+stages:
+  - name: one
+    steps:
+      - name: first
+        uses: faults/append
+        with: { path: /workspace/count.txt, line: first }
+  - name: two
+    steps:
+      - name: slow
+        uses: faults/spin
+        retries: 1
+        timeout: 2s
+  - name: three
+    steps:
+      - name: last
+        uses: faults/append
+        with: { path: /workspace/count.txt, line: last }
+finally:
+  - name: count
+    uses: faults/read-file
+    with: { path: /workspace/count.txt }
+"#;
+    let name = {
+        let (container, engine) = engine_in(dir.path()).await;
+        engine
+            .apply_pipeline_yaml("t.yaml", yaml)
+            .await
+            .expect("applies");
+        let exec = engine
+            .trigger("resumable", TriggerRequest::manual())
+            .await
+            .expect("trigger");
+        let name = exec.metadata.name.clone();
+        wait_until(&engine, &name, |e| {
+            e.status
+                .stages
+                .get(1)
+                .and_then(|s| s.steps.first())
+                .is_some_and(|s| s.phase == StepPhase::Running)
+        })
+        .await;
+        container.shutdown().await;
+        name
+    };
+    // The new process starts the engine before the biz is installed again: the
+    // resumed execution waits for the exact version it resolved, still `Running`.
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .build()
+        .expect("container builds again");
+    let engine = container.engine("team-a").await.expect("engine starts");
+    let stopped = engine.execution(&name).await.expect("get").expect("exists");
+    assert_eq!(
+        stopped.status.phase,
+        ExecutionPhase::Running,
+        "a shutdown leaves it running"
+    );
+    assert_eq!(step(&stopped, "slow").phase, StepPhase::Running);
+    engine
+        .install(faults(), &Capabilities::default())
+        .await
+        .expect("faults installs again");
+    let exec = wait(&engine, &name).await;
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Failed,
+        "{:#?}",
+        exec.status
+    );
+    let slow = step(&exec, "slow");
+    assert_eq!(slow.attempts, 2, "the interrupted attempt counts: {slow:?}");
+    assert!(slow.reason.contains("timeout"), "{slow:?}");
+    assert_eq!(step(&exec, "first").attempts, 1);
+    assert_eq!(
+        output(&exec, "count", "content"),
+        "first\n",
+        "the completed step did not run again"
+    );
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_logs_can_be_followed_while_the_step_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    engine
+        .apply_pipeline_yaml(
+            "t.yaml",
+            "name: chatty\nstages:\n  - name: s\n    steps:\n      - name: nap\n        uses: faults/sleep\n        with: { ms: 1500 }\n",
+        )
+        .await
+        .expect("applies");
+    let exec = engine
+        .trigger("chatty", TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let name = exec.metadata.name.clone();
+    wait_until(&engine, &name, |e| {
+        e.status
+            .stages
+            .first()
+            .and_then(|s| s.steps.first())
+            .is_some_and(|s| s.phase == StepPhase::Running)
+    })
+    .await;
+    let lines: Vec<String> = tokio::time::timeout(
+        LIMIT,
+        engine
+            .follow_logs(&name, "nap")
+            .map(|l| l.expect("line").message)
+            .collect(),
+    )
+    .await
+    .expect("the follow ends when the step ends");
+    assert!(
+        lines.iter().any(|l| l.contains("attempt 1 of 1")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("sleeping")), "{lines:#?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("attempt 1 succeeded"),
+        "{lines:#?}"
+    );
+    // Every line was seen once, in order: the stored log is the same.
+    let stored: Vec<String> = engine
+        .logs(&name, "nap")
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(stored, lines);
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_finished_executions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    engine
+        .apply_settings(PipelineSettingSpec {
+            retention: arkline::model::Retention {
+                executions: Some(2),
+                logs: None,
+            },
+            ..PipelineSettingSpec::default()
+        })
+        .await
+        .expect("settings");
+    for _ in 0..4 {
+        run(
+            &engine,
+            "name: kept\nstages:\n  - name: s\n    steps:\n      - name: x\n        uses: faults/upper\n        with: { text: x }\n",
+            TriggerRequest::manual(),
+        )
+        .await;
+    }
+    let runs = |engine: Engine| async move {
+        engine
+            .executions(Some("kept"))
+            .await
+            .map(|e| e.iter().map(|e| e.spec.run).collect::<Vec<_>>())
+            .unwrap_or_default()
+            == vec![4, 3]
+    };
+    eventually(|| runs(engine.clone())).await;
+    assert!(
+        engine.logs("kept-1", "x").await.is_err(),
+        "the logs of a removed execution are removed too"
+    );
+    container.shutdown().await;
+}

@@ -28,6 +28,9 @@ pub struct ExecOptions {
     pub keep_workspaces: bool,
     /// Most reconciles of one kind running at once.
     pub concurrency: usize,
+    /// How long an execution resumed after a restart waits for the exact biz
+    /// versions it resolved before to be installed again, before failing.
+    pub resume_grace: std::time::Duration,
 }
 
 impl Default for ExecOptions {
@@ -37,6 +40,7 @@ impl Default for ExecOptions {
             cache_entry_cap: 1 << 30,
             keep_workspaces: false,
             concurrency: 64,
+            resume_grace: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -66,6 +70,9 @@ pub(crate) struct EngineCore {
     /// Stops drivers on shutdown (steps interrupted; executions stay `Running`
     /// and resume on the next start).
     pub(crate) shutdown: CancelToken,
+    /// Asks the execution reconciler to look at an execution again (a driver
+    /// that ended, so its cleanup and retention run).
+    pub(crate) pokes: tokio::sync::mpsc::UnboundedSender<ObjectRef>,
 }
 
 impl EngineCore {

@@ -44,6 +44,13 @@ fn step_at(st: &mut PipelineExecutionStatus, loc: Loc) -> &mut StepStatus {
     }
 }
 
+/// An attempt's secrets, masker and log.
+struct Prepared {
+    secrets: BTreeMap<String, String>,
+    masker: Masker,
+    writer: LogWriter,
+}
+
 /// The execution was deleted while it ran.
 #[derive(Debug)]
 struct Deleted;
@@ -177,6 +184,11 @@ pub(crate) async fn drive(core: Arc<EngineCore>, exec: PipelineExecution, abort:
         tracing::warn!(engine = %core.name, execution = %name, error = %e, "cannot remove a finished execution's workspace");
     }
     core.runs().remove(&name);
+    let _ = core.pokes.send(crate::store::ObjectRef::new(
+        "PipelineExecution",
+        &core.name,
+        &name,
+    ));
 }
 
 struct Driver {
@@ -246,7 +258,7 @@ impl Driver {
         if resumed {
             tracing::info!(engine = %self.core.name, execution = %self.exec.metadata.name, "resuming an execution interrupted by a restart");
         }
-        if let Err(reason) = self.resolve() {
+        if let Err(reason) = self.resolve_with_grace().await {
             self.cell.update(|st| {
                 set_condition(
                     &mut st.conditions,
@@ -346,6 +358,11 @@ impl Driver {
             let phases = self
                 .run_group(&stage.name, &stage.steps, &locs, deadline, false)
                 .await?;
+            if self.core.shutdown.is_cancelled() {
+                // Stopped by a shutdown: leave the stage as it is; the next start resumes.
+                self.cell.flush().await?;
+                return Ok(());
+            }
             let failed = phases
                 .iter()
                 .position(|p| matches!(p, StepPhase::Failed | StepPhase::Aborted));
@@ -472,6 +489,42 @@ impl Driver {
             }
         });
         self.cell.flush().await
+    }
+
+    /// [`Driver::resolve`], but a resumed execution whose recorded versions are not
+    /// installed (yet: after a restart, bizes are installed again after the
+    /// engine starts) waits for them up to `resume_grace`.
+    async fn resolve_with_grace(&mut self) -> Result<(), String> {
+        let resumed = self.cell.read(|s| !s.resolved.is_empty());
+        let deadline = Instant::now() + self.core.options.resume_grace;
+        let mut events = self.core.registry.subscribe();
+        let mut waited = false;
+        loop {
+            let reason = match self.resolve() {
+                Ok(()) => return Ok(()),
+                Err(reason) => reason,
+            };
+            if !resumed || Instant::now() >= deadline || self.core.shutdown.is_cancelled() {
+                return Err(if waited {
+                    format!(
+                        "{reason} (waited {} for it to be installed again)",
+                        humantime::format_duration(self.core.options.resume_grace)
+                    )
+                } else {
+                    reason
+                });
+            }
+            if !waited {
+                tracing::info!(engine = %self.core.name, execution = %self.exec.metadata.name, %reason, "waiting for the bizes this execution resolved before the restart");
+                waited = true;
+            }
+            tokio::select! {
+                _ = events.recv() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.core.shutdown.cancelled() => {}
+                () = self.abort.cancelled() => return Err("aborted while waiting for its bizes".into()),
+            }
+        }
     }
 
     /// Leases every `uses`: the exact versions recorded before a restart, or the
@@ -675,6 +728,7 @@ impl Driver {
                 step: step.name.clone(),
             }
             .to_string();
+            let prepared = self.prepare(step, attempt).await;
             self.cell.update(|st| {
                 st.logs.insert(step.name.clone(), log_ref);
                 let s = step_at(st, loc);
@@ -706,10 +760,10 @@ impl Driver {
                 })
             };
             let result = self
-                .attempt(stage, step, attempt, allowed, deadline, &cancel)
+                .attempt(stage, step, attempt, allowed, deadline, &cancel, prepared)
                 .await;
             watcher.abort();
-            if self.core.shutdown.is_cancelled() {
+            if result.is_err() && self.core.shutdown.is_cancelled() {
                 // Leave the step `Running`: the next start treats it as interrupted.
                 return Ok(StepPhase::Running);
             }
@@ -835,15 +889,10 @@ impl Driver {
     }
 
     /// One attempt: secrets, interpolation, cache restore, the call, outputs, cache save.
-    async fn attempt(
-        &self,
-        stage: &str,
-        step: &Step,
-        attempt: u32,
-        allowed: u32,
-        deadline: Option<(Instant, Duration)>,
-        cancel: &CancelToken,
-    ) -> Result<BTreeMap<String, String>, AttemptFailure> {
+    /// What an attempt needs before it is recorded as started: the step's
+    /// secrets, the masker built from them, and its log writer (opened first, so
+    /// a follower that sees the step `Running` finds the log).
+    async fn prepare(&self, step: &Step, attempt: u32) -> Result<Prepared, AttemptFailure> {
         let names = step.referenced_secrets();
         let secrets: BTreeMap<String, String> = if names.is_empty() {
             BTreeMap::new()
@@ -867,6 +916,29 @@ impl Driver {
         let writer = self
             .log_writer(step, attempt, mask)
             .map_err(|e| AttemptFailure::fatal(format!("log: {e}")))?;
+        Ok(Prepared {
+            secrets,
+            masker,
+            writer,
+        })
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one attempt's whole context")]
+    async fn attempt(
+        &self,
+        stage: &str,
+        step: &Step,
+        attempt: u32,
+        allowed: u32,
+        deadline: Option<(Instant, Duration)>,
+        cancel: &CancelToken,
+        prepared: Result<Prepared, AttemptFailure>,
+    ) -> Result<BTreeMap<String, String>, AttemptFailure> {
+        let Prepared {
+            secrets,
+            masker,
+            writer,
+        } = prepared?;
         let result = self
             .attempt_logged(
                 stage, step, attempt, allowed, deadline, cancel, &secrets, &masker, &writer,

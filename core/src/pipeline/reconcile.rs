@@ -432,6 +432,7 @@ fn sanitize_label(s: &str) -> String {
 pub(crate) fn start(
     core: Arc<EngineCore>,
     timer_keys: tokio::sync::mpsc::UnboundedReceiver<ObjectRef>,
+    pokes: tokio::sync::mpsc::UnboundedReceiver<ObjectRef>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let shutdown = {
@@ -451,6 +452,7 @@ pub(crate) fn start(
     let executions = Controller::for_resource::<PipelineExecution>(core.store.clone())
         .engine(&core.name)
         .concurrency(core.options.concurrency)
+        .reconcile_on(tokio_stream_from(pokes))
         .graceful_shutdown_on(shutdown());
     tasks.push(tokio::spawn(executions.run_typed(
         reconcile_execution,

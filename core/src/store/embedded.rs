@@ -310,6 +310,23 @@ impl EventLog for Shared {
     }
 }
 
+impl Drop for RedbStore {
+    /// Stops the writer and waits for it (it answers what is queued first), so the
+    /// file can be opened again as soon as the last handle is gone — unless watch
+    /// streams still hold it.
+    fn drop(&mut self) {
+        self.commands = mpsc::channel(1).0;
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
 /// The redb store. Open with [`RedbStore::open`]; share as `Arc<dyn Store>`.
 #[derive(Debug)]
 pub struct RedbStore {
@@ -371,15 +388,14 @@ impl RedbStore {
 
     /// Stops the writer after it has answered every queued operation, and waits
     /// for it. The file is closed once open watch streams are dropped too.
-    pub async fn close(self) -> Result<(), StoreError> {
-        let Self {
-            shared,
-            commands,
-            writer,
-            ..
-        } = self;
-        drop(commands);
-        let handle = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+    pub async fn close(mut self) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
+        self.commands = mpsc::channel(1).0;
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(handle) = handle {
             let joined = tokio::task::spawn_blocking(move || handle.join()).await;
             if !matches!(joined, Ok(Ok(()))) {
