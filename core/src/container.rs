@@ -245,6 +245,9 @@ fn node_id(dir: &Path) -> Result<String, ContainerError> {
     }
 }
 
+/// A started engine and its controller tasks.
+type Running = (Engine, Vec<tokio::task::JoinHandle<()>>);
+
 struct Inner {
     store: Arc<dyn Store>,
     runtime: Runtime,
@@ -256,7 +259,7 @@ struct Inner {
     data_dir: PathBuf,
     temp: bool,
     blob_cache_cap: u64,
-    engines: Mutex<BTreeMap<String, (Engine, Vec<tokio::task::JoinHandle<()>>)>>,
+    engines: Mutex<BTreeMap<String, Running>>,
 }
 
 /// The process-wide container of engines. Cheap to clone.
@@ -346,6 +349,7 @@ impl Container {
             runs: Mutex::new(Default::default()),
             shutdown: CancelToken::new(),
             pokes,
+            started: chrono::Utc::now(),
         });
         let tasks = crate::pipeline::reconcile::start(core.clone(), timer_keys, poked);
         let engine = Engine { core };
@@ -364,7 +368,7 @@ impl Container {
     /// (the interrupted attempt counts as one). Waits up to 10 s for drivers to
     /// record where they stopped.
     pub async fn shutdown(&self) {
-        let all: Vec<(Engine, Vec<tokio::task::JoinHandle<()>>)> = {
+        let all: Vec<Running> = {
             let mut engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
             std::mem::take(&mut *engines).into_values().collect()
         };

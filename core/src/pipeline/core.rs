@@ -73,6 +73,9 @@ pub(crate) struct EngineCore {
     /// Asks the execution reconciler to look at an execution again (a driver
     /// that ended, so its cleanup and retention run).
     pub(crate) pokes: tokio::sync::mpsc::UnboundedSender<ObjectRef>,
+    /// When this engine started in this process: executions created before it
+    /// predate the process, and may wait for their bizes to be installed again.
+    pub(crate) started: chrono::DateTime<chrono::Utc>,
 }
 
 impl EngineCore {

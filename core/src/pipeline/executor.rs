@@ -491,11 +491,17 @@ impl Driver {
         self.cell.flush().await
     }
 
-    /// [`Driver::resolve`], but a resumed execution whose recorded versions are not
-    /// installed (yet: after a restart, bizes are installed again after the
-    /// engine starts) waits for them up to `resume_grace`.
+    /// [`Driver::resolve`], but an execution from before this process started
+    /// (resumed, or admitted and not started) whose bizes are not installed yet
+    /// (after a restart they are installed again after the engine starts) waits
+    /// for them up to `resume_grace`.
     async fn resolve_with_grace(&mut self) -> Result<(), String> {
-        let resumed = self.cell.read(|s| !s.resolved.is_empty());
+        let resumed = self.cell.read(|s| !s.resolved.is_empty())
+            || self
+                .exec
+                .metadata
+                .created
+                .is_some_and(|c| c < self.core.started);
         let deadline = Instant::now() + self.core.options.resume_grace;
         let mut events = self.core.registry.subscribe();
         let mut waited = false;

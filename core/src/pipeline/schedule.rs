@@ -113,10 +113,7 @@ pub fn cron_due(schedule: &croner::Cron, last: DateTime<Utc>, now: DateTime<Utc>
     let mut run = None;
     let mut missed = 0u64;
     let mut cursor = last;
-    loop {
-        let Ok(t) = schedule.find_next_occurrence(&cursor, false) else {
-            break;
-        };
+    while let Ok(t) = schedule.find_next_occurrence(&cursor, false) {
         if t > now {
             return CronDue {
                 run,
@@ -246,7 +243,7 @@ mod tests {
     }
 
     fn cron(s: &str) -> croner::Cron {
-        crate::model::parse_cron(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+        crate::model::pipeline::parse_cron(s).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
     #[test]
@@ -327,10 +324,12 @@ mod tests {
         timers.wake_at("early", at("2026-01-01T00:05:00Z"));
         timers.wake_at("early", at("2026-01-01T00:05:00Z"));
         timers.wake_at("past", at("2025-12-31T00:00:00Z"));
-        let next = |rx: &mut mpsc::UnboundedReceiver<&'static str>| {
-            let fut = tokio::time::timeout(Duration::from_secs(10), rx.recv());
-            async move { fut.await.ok().flatten() }
-        };
+        async fn next(rx: &mut mpsc::UnboundedReceiver<&'static str>) -> Option<&'static str> {
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .ok()
+                .flatten()
+        }
         assert_eq!(next(&mut rx).await, Some("past"));
         tokio::task::yield_now().await;
         assert!(rx.try_recv().is_err(), "a key fired before its time");
