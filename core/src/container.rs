@@ -24,6 +24,33 @@
 //! container.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! This one runs as it is (on a memory store, with no biz installed, so the
+//! execution fails at resolution and says why):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arkline::model::ExecutionPhase;
+//! use arkline::{Container, MemoryStore, TriggerRequest};
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let container = Container::builder().store(Arc::new(MemoryStore::new())).build()?;
+//! let engine = container.engine("team-a").await?;
+//! engine.set_secret("deploy-token", "s3cr3t").await?;
+//! engine
+//!     .apply_pipeline_yaml(
+//!         "deploy.yaml",
+//!         "name: deploy\nsecrets: [deploy-token]\nstages:\n  - name: go\n    steps:\n      - name: push\n        uses: shell\n        with: { script: \"deploy --token ${{ secrets.deploy-token }}\" }\n",
+//!     )
+//!     .await?;
+//! let exec = engine.trigger("deploy", TriggerRequest::manual().branch("main")).await?;
+//! assert_eq!(exec.metadata.name, "deploy-1");
+//! let done = engine.wait(&exec.metadata.name).await?;
+//! assert_eq!(done.status.phase, ExecutionPhase::Failed);
+//! assert!(done.status.reason.contains("biz `shell` is not installed"));
+//! container.shutdown().await;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
