@@ -236,6 +236,7 @@ impl ContainerBuilder {
                 message: e.to_string(),
             })?
         };
+        let pool = crate::pipeline::pool::WorkerPool::new(runtime.config().max_instances as usize);
         Ok(Container {
             inner: Arc::new(Inner {
                 store,
@@ -248,6 +249,7 @@ impl ContainerBuilder {
                 data_dir,
                 temp,
                 blob_cache_cap: self.blob_cache_cap,
+                pool,
                 engines: Mutex::new(BTreeMap::new()),
             }),
         })
@@ -286,6 +288,7 @@ struct Inner {
     data_dir: PathBuf,
     temp: bool,
     blob_cache_cap: u64,
+    pool: crate::pipeline::pool::WorkerPool,
     engines: Mutex<BTreeMap<String, Running>>,
 }
 
@@ -377,6 +380,7 @@ impl Container {
             shutdown: CancelToken::new(),
             pokes,
             started: chrono::Utc::now(),
+            pool: inner.pool.clone(),
         });
         let tasks = crate::pipeline::reconcile::start(core.clone(), timer_keys, poked);
         let engine = Engine { core };

@@ -16,6 +16,7 @@ pub mod admission;
 pub(crate) mod core;
 mod executor;
 pub mod logs;
+pub mod pool;
 pub mod reconcile;
 pub mod schedule;
 pub mod secrets;

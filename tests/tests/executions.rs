@@ -909,3 +909,38 @@ async fn retention_keeps_the_newest_finished_executions() {
     );
     container.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_instance_pool_waits_for_slots_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .runtime_config(arkline::ark::RuntimeConfig::default().max_instances(3))
+        .build()
+        .expect("container builds");
+    let engine = container.engine("team-a").await.expect("engine");
+    engine
+        .install(faults(), &Capabilities::default())
+        .await
+        .expect("installs");
+    engine
+        .apply_pipeline_yaml(
+            "t.yaml",
+            "name: burst\nstages:\n  - name: s\n    steps:\n      - name: a\n        uses: faults/sleep\n        with: { ms: 50 }\n      - name: b\n        uses: faults/upper\n        with: { text: x }\n",
+        )
+        .await
+        .expect("applies");
+    let mut names = Vec::new();
+    for _ in 0..12 {
+        let exec = engine
+            .trigger("burst", TriggerRequest::manual())
+            .await
+            .expect("trigger");
+        names.push(exec.metadata.name);
+    }
+    for name in &names {
+        let done = wait(&engine, name).await;
+        assert_eq!(done.status.phase, ExecutionPhase::Succeeded, "{:#?}", done.status);
+    }
+    container.shutdown().await;
+}

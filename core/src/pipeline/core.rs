@@ -76,6 +76,8 @@ pub(crate) struct EngineCore {
     /// When this engine started in this process: executions created before it
     /// predate the process, and may wait for their bizes to be installed again.
     pub(crate) started: chrono::DateTime<chrono::Utc>,
+    /// The container's step-call slots, shared fairly with the other engines.
+    pub(crate) pool: crate::pipeline::pool::WorkerPool,
 }
 
 impl EngineCore {

@@ -1060,7 +1060,20 @@ impl Driver {
         if let Some(f) = limits.fuel {
             call = call.fuel(f);
         }
+        // Wait for a slot of the container's pool (fair across engines) rather
+        // than fail with a `Capacity` fault when the instance pool is full.
+        let slot = tokio::select! {
+            slot = self.core.pool.acquire(&self.core.name) => slot,
+            () = cancel.cancelled() => {
+                return Err(AttemptFailure {
+                    reason: "cancelled".into(),
+                    retryable: false,
+                    cancelled: true,
+                });
+            }
+        };
         let report = lease.invoke(call).await;
+        drop(slot);
         let mut outcome = match report.result {
             Ok(outcome) => outcome,
             Err(StepFailure::Fault(StepFault::Cancelled)) => {
