@@ -250,6 +250,7 @@ impl ContainerBuilder {
                 temp,
                 blob_cache_cap: self.blob_cache_cap,
                 pool,
+                starting: tokio::sync::Mutex::new(()),
                 engines: Mutex::new(BTreeMap::new()),
             }),
         })
@@ -289,6 +290,7 @@ struct Inner {
     temp: bool,
     blob_cache_cap: u64,
     pool: crate::pipeline::pool::WorkerPool,
+    starting: tokio::sync::Mutex<()>,
     engines: Mutex<BTreeMap<String, Running>>,
 }
 
@@ -349,8 +351,15 @@ impl Container {
         if !valid_engine_name(name) {
             return Err(ContainerError::EngineName(name.to_owned()));
         }
-        let mut engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((engine, _)) = engines.get(name) {
+        // One engine starts at a time; the map itself is locked only briefly.
+        let _starting = self.inner.starting.lock().await;
+        if let Some((engine, _)) = self
+            .inner
+            .engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
             return Ok(engine.clone());
         }
         let inner = &self.inner;
@@ -381,10 +390,26 @@ impl Container {
             pokes,
             started: chrono::Utc::now(),
             pool: inner.pool.clone(),
+            arks: crate::pipeline::deployment::ArkStore::new(inner.data_dir.join("arks")),
         });
+        // Install the engine's deployed bizes before anything runs, so executions
+        // triggered (or resumed) right after a restart find them.
+        if let Ok(Some(dep)) =
+            crate::store::Api::<crate::model::BizDeployment>::new(inner.store.clone())
+                .get(name, crate::pipeline::deployment::DEPLOYMENT_NAME)
+                .await
+            && let Err(e) =
+                crate::pipeline::deployment::reconcile_deployment(Arc::new(dep), core.clone()).await
+        {
+            tracing::warn!(engine = %name, error = %e, "restoring the engine's bizes failed; the reconciler retries");
+        }
         let tasks = crate::pipeline::reconcile::start(core.clone(), timer_keys, poked);
         let engine = Engine { core };
-        engines.insert(name.to_owned(), (engine.clone(), tasks));
+        self.inner
+            .engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (engine.clone(), tasks));
         Ok(engine)
     }
 

@@ -44,6 +44,9 @@ pub enum EngineError {
     /// Reading a log failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// A biz could not be deployed (bad archive, bad grant, version clash).
+    #[error("cannot deploy the biz: {0}")]
+    Deploy(String),
     /// No such object.
     #[error("{kind} `{name}` does not exist in engine `{engine}`")]
     NotFound {
@@ -194,8 +197,9 @@ impl Engine {
 
     // ---- bizes ----
 
-    /// Installs a biz with the capabilities this engine grants it; the first
-    /// version of a name is activated.
+    /// Installs a biz in this process only, with the capabilities this engine
+    /// grants it; the first version of a name is activated. Not kept across
+    /// restarts: use [`Engine::deploy_biz`] for that.
     pub async fn install(&self, ark: Ark, grants: &Capabilities) -> Result<BizInfo, EngineError> {
         self.install_with(ark, grants, Activation::IfNone).await
     }
@@ -214,19 +218,156 @@ impl Engine {
             .await?)
     }
 
-    /// Makes `name@version` the version new executions resolve to.
-    pub fn switch(&self, name: &str, version: &semver::Version) -> Result<(), EngineError> {
-        Ok(self.core.registry.switch(name, version)?)
+    /// Deploys a biz from its archive bytes, as desired state: the archive is
+    /// verified, installed with `grants` (the grant syntax: `process=sh`,
+    /// `http=host`, `cache`, `host-call=name`), kept in the container's archive
+    /// store, and recorded in the engine's `BizDeployment`, so a restart installs
+    /// it again. `activate` makes it the version new executions resolve to (the
+    /// first version of a name is activated anyway). Nothing is recorded when
+    /// installing fails.
+    pub async fn deploy_biz(
+        &self,
+        bytes: &[u8],
+        grants: &[String],
+        activate: bool,
+    ) -> Result<BizInfo, EngineError> {
+        let ark = Ark::from_bytes(bytes).map_err(|e| EngineError::Deploy(e.to_string()))?;
+        let caps = crate::pipeline::deployment::grants_of(grants).map_err(EngineError::Deploy)?;
+        let (name, version, digest) = (
+            ark.manifest.name.clone(),
+            ark.manifest.version.to_string(),
+            ark.sha256.clone(),
+        );
+        if let Some(info) = self.core.registry.get(&name, &ark.manifest.version)
+            && info.sha256 != ark.manifest.component.sha256
+        {
+            return Err(EngineError::Deploy(format!(
+                "{name}@{version} is already installed with a different component; publish a new version"
+            )));
+        }
+        // Desired state first (the archive kept, then recorded), so the
+        // reconciler never acts on a spec that lacks what is being installed.
+        self.core
+            .arks
+            .put(&digest, bytes)
+            .map_err(|e| EngineError::Deploy(format!("cannot keep the archive: {e}")))?;
+        let semver_version = ark.manifest.version.clone();
+        crate::pipeline::deployment::update_spec(&self.core, |spec| {
+            let entry = match spec.bizes.iter_mut().position(|b| b.name == name) {
+                Some(i) => &mut spec.bizes[i],
+                None => {
+                    spec.bizes.push(crate::model::DesiredBiz {
+                        name: name.clone(),
+                        versions: Vec::new(),
+                        active: String::new(),
+                        grants: Vec::new(),
+                        digests: Default::default(),
+                    });
+                    let last = spec.bizes.len() - 1;
+                    &mut spec.bizes[last]
+                }
+            };
+            if !entry.versions.contains(&version) {
+                entry.versions.push(version.clone());
+            }
+            entry.digests.insert(version.clone(), digest.clone());
+            entry.grants = grants.to_vec();
+            if activate || entry.active.is_empty() {
+                entry.active = version.clone();
+            }
+        })
+        .await?;
+        let installed = match self.core.registry.get(&name, &ark.manifest.version) {
+            Some(info) => Ok(info),
+            None => match self
+                .core
+                .registry
+                .install(Arc::new(ark), &caps, Activation::Never)
+                .await
+            {
+                Ok(info) => Ok(info),
+                // The reconciler installed it from the desired state meanwhile.
+                Err(e) => match self.core.registry.get(&name, &semver_version) {
+                    Some(info) => Ok(info),
+                    None => Err(e),
+                },
+            },
+        };
+        let info = match installed {
+            Ok(info) => info,
+            Err(e) => {
+                // Take it out of the desired state again: nothing is recorded.
+                let v = version.clone();
+                crate::pipeline::deployment::update_spec(&self.core, |spec| {
+                    if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
+                        b.versions.retain(|x| *x != v);
+                        b.digests.remove(&v);
+                        if b.active == v {
+                            b.active = b.versions.last().cloned().unwrap_or_default();
+                        }
+                    }
+                    spec.bizes.retain(|b| !b.versions.is_empty());
+                })
+                .await?;
+                return Err(e.into());
+            }
+        };
+        let wanted_active =
+            crate::store::Api::<crate::model::BizDeployment>::new(self.core.store.clone())
+                .get(
+                    &self.core.name,
+                    crate::pipeline::deployment::DEPLOYMENT_NAME,
+                )
+                .await?
+                .and_then(|d| d.spec.bizes.into_iter().find(|b| b.name == name))
+                .map(|b| b.active);
+        if wanted_active.as_deref() == Some(version.as_str()) {
+            self.core.registry.switch(&name, &info.version)?;
+        }
+        Ok(self
+            .core
+            .registry
+            .get(&info.name, &info.version)
+            .unwrap_or(info))
+    }
+
+    /// Makes `name@version` the version new executions resolve to (recorded in
+    /// the engine's `BizDeployment` when the biz was deployed).
+    pub async fn switch(&self, name: &str, version: &semver::Version) -> Result<(), EngineError> {
+        self.core.registry.switch(name, version)?;
+        let v = version.to_string();
+        crate::pipeline::deployment::update_spec(&self.core, |spec| {
+            if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name)
+                && b.versions.contains(&v)
+            {
+                b.active = v.clone();
+            }
+        })
+        .await?;
+        Ok(())
     }
 
     /// Uninstalls `name@version` (waiting for the executions holding it, or
-    /// cancelling their calls with [`UninstallMode::Force`]).
+    /// cancelling their calls with [`UninstallMode::Force`]) and removes it from
+    /// the engine's `BizDeployment`.
     pub async fn uninstall(
         &self,
         name: &str,
         version: &semver::Version,
         mode: UninstallMode,
     ) -> Result<(), EngineError> {
+        let v = version.to_string();
+        crate::pipeline::deployment::update_spec(&self.core, |spec| {
+            if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
+                b.versions.retain(|x| *x != v);
+                b.digests.remove(&v);
+                if b.active == v {
+                    b.active.clear();
+                }
+            }
+            spec.bizes.retain(|b| !b.versions.is_empty());
+        })
+        .await?;
         Ok(self.core.registry.uninstall(name, version, mode).await?)
     }
 

@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub(crate) mod core;
+pub mod deployment;
 mod executor;
 pub mod logs;
 pub mod pool;

@@ -84,6 +84,8 @@ fn every_kind_round_trips_through_dynamic_and_json() {
                 name: "shell".into(),
                 versions: vec!["1.2.0".into(), "1.3.0".into()],
                 active: "1.3.0".into(),
+                grants: vec!["process=sh".into()],
+                digests: [("1.3.0".to_owned(), "ab".repeat(32))].into(),
             }],
         },
     );

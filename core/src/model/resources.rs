@@ -483,6 +483,13 @@ pub struct DesiredBiz {
     pub versions: Vec<String>,
     /// The version new executions resolve to.
     pub active: String,
+    /// What the engine grants the biz (the grant syntax: `process=sh`, `http=h`,
+    /// `cache`, `host-call=n`), for every version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
+    /// Version → sha256 of its `.ark`, kept in the container's archive store.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
 }
 
 /// Lifecycle state of an installed biz version.

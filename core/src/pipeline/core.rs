@@ -78,6 +78,8 @@ pub(crate) struct EngineCore {
     pub(crate) started: chrono::DateTime<chrono::Utc>,
     /// The container's step-call slots, shared fairly with the other engines.
     pub(crate) pool: crate::pipeline::pool::WorkerPool,
+    /// The container's uploaded archives, by digest.
+    pub(crate) arks: crate::pipeline::deployment::ArkStore,
 }
 
 impl EngineCore {

@@ -489,6 +489,29 @@ pub(crate) fn start(
         })
         .flatten()
     };
+    let deployment_key = ObjectRef::new(
+        "BizDeployment",
+        &core.name,
+        crate::pipeline::deployment::DEPLOYMENT_NAME,
+    );
+    let lifecycle = futures::stream::unfold(core.registry.subscribe(), |mut rx| async move {
+        match rx.recv().await {
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .map(move |()| deployment_key.clone());
+    let deployments = Controller::for_resource::<crate::model::BizDeployment>(core.store.clone())
+        .engine(&core.name)
+        .concurrency(1)
+        .reconcile_on(lifecycle)
+        .graceful_shutdown_on(shutdown());
+    tasks.push(tokio::spawn(deployments.run_typed(
+        crate::pipeline::deployment::reconcile_deployment,
+        error_policy,
+        core.clone(),
+    )));
+
     let timers = tokio_stream_from(timer_keys);
     let pipelines = Controller::for_resource::<Pipeline>(core.store.clone())
         .engine(&core.name)

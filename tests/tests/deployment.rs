@@ -1,0 +1,245 @@
+//! Several engines in one container, bizes as desired state: grants per engine,
+//! no collisions between engines, fair step slots, hot switch and uninstall while
+//! executions run, and a restart that comes back to the same bizes.
+
+use std::time::Duration;
+
+use arkline::ark::{Ark, UninstallMode, write_ark};
+use arkline::model::{ExecutionPhase, PipelineExecution};
+use arkline::{Container, Engine, TriggerRequest};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn faults_bytes() -> Vec<u8> {
+    std::fs::read(arkline_testkit::plugin("faults")).expect("the faults archive reads")
+}
+
+/// The faults component repackaged as another version.
+fn faults_version(version: &str) -> Vec<u8> {
+    let ark = Ark::from_bytes(&faults_bytes()).expect("reads");
+    let mut manifest = ark.manifest.clone();
+    manifest.version = semver::Version::parse(version).expect("version");
+    write_ark(manifest, &ark.component, &ark.files)
+        .expect("rewrites")
+        .0
+}
+
+async fn wait(engine: &Engine, name: &str) -> PipelineExecution {
+    match tokio::time::timeout(LIMIT, engine.wait(name)).await {
+        Ok(done) => done.expect("wait"),
+        Err(_) => panic!("{name} did not finish: {:#?}", engine.execution(name).await),
+    }
+}
+
+async fn run(engine: &Engine, yaml: &str) -> PipelineExecution {
+    let p = engine
+        .apply_pipeline_yaml("t.yaml", yaml)
+        .await
+        .unwrap_or_else(|e| panic!("applies: {e}"));
+    let exec = engine
+        .trigger(&p.metadata.name, TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    wait(engine, &exec.metadata.name).await
+}
+
+const CALL_PROCESS: &str = "name: probe\nstages:\n  - name: s\n    steps:\n      - name: call\n        uses: faults/call-capability\n        with: { capability: process }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_are_per_engine_and_engines_do_not_collide() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .build()
+        .expect("builds");
+    let a = container.engine("team-a").await.expect("engine a");
+    let b = container.engine("team-b").await.expect("engine b");
+    a.deploy_biz(&faults_bytes(), &["process=true".into()], true)
+        .await
+        .expect("deploys in a");
+    b.deploy_biz(&faults_bytes(), &[], true)
+        .await
+        .expect("deploys in b");
+    let in_a = run(&a, CALL_PROCESS).await;
+    let in_b = run(&b, CALL_PROCESS).await;
+    let result = |e: &PipelineExecution| e.status.outputs["call"].clone();
+    assert_eq!(result(&in_a)["result"], "ok", "{:#?}", result(&in_a));
+    assert_eq!(result(&in_b)["kind"], "denied", "{:#?}", result(&in_b));
+    assert!(
+        result(&in_b)["error"].contains("engine `team-b`"),
+        "{:#?}",
+        result(&in_b)
+    );
+    // The same pipeline name in both engines: separate objects and run numbers.
+    assert_eq!(in_a.metadata.name, "probe-1");
+    assert_eq!(in_b.metadata.name, "probe-1");
+    assert_eq!(a.executions(None).await.expect("list").len(), 1);
+    assert_eq!(b.executions(None).await.expect("list").len(), 1);
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_comes_back_to_the_deployed_bizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let container = Container::builder()
+            .data_dir(dir.path())
+            .build()
+            .expect("builds");
+        let a = container.engine("team-a").await.expect("engine");
+        a.deploy_biz(&faults_bytes(), &["process=true".into()], true)
+            .await
+            .expect("deploys 0.1");
+        a.deploy_biz(&faults_version("9.0.0"), &["process=true".into()], false)
+            .await
+            .expect("deploys 9.0 inactive");
+        container.shutdown().await;
+    }
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .build()
+        .expect("builds again");
+    let a = container.engine("team-a").await.expect("engine");
+    // The reconciler installs them again; the grants came back too.
+    let exec = run(&a, CALL_PROCESS).await;
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        exec.status
+    );
+    assert_eq!(exec.status.outputs["call"]["result"], "ok");
+    let resolved: Vec<&String> = exec.status.resolved.values().collect();
+    assert!(
+        resolved.iter().all(|v| !v.ends_with("9.0.0")),
+        "the inactive version stayed inactive: {resolved:?}"
+    );
+    let mut versions: Vec<String> = a.bizes().iter().map(|b| b.version.to_string()).collect();
+    versions.sort();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_switch_and_uninstall_while_executions_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .build()
+        .expect("builds");
+    let a = container.engine("team-a").await.expect("engine");
+    let v1 = a
+        .deploy_biz(&faults_version("1.0.0"), &[], true)
+        .await
+        .expect("v1");
+    a.apply_pipeline_yaml(
+        "t.yaml",
+        "name: slow\nstages:\n  - name: s\n    steps:\n      - name: nap\n        uses: faults/sleep@^1\n        with: { ms: 1500 }\n",
+    )
+    .await
+    .expect("applies");
+    let first = a
+        .trigger("slow", TriggerRequest::manual())
+        .await
+        .expect("t");
+    let mut states = a
+        .watch_execution(&first.metadata.name)
+        .await
+        .expect("watch");
+    use futures::StreamExt;
+    while let Some(s) = states.next().await {
+        if s.expect("state")
+            .status
+            .resolved
+            .values()
+            .any(|v| v == "faults@1.0.0")
+        {
+            break;
+        }
+    }
+    // v2 goes in and is activated while the first execution holds v1.
+    a.deploy_biz(&faults_version("1.1.0"), &[], true)
+        .await
+        .expect("v2");
+    let second = a
+        .trigger("slow", TriggerRequest::manual())
+        .await
+        .expect("t");
+    // Uninstalling v1 waits for the first execution.
+    let uninstall = {
+        let a = a.clone();
+        let v = v1.version.clone();
+        tokio::spawn(async move { a.uninstall("faults", &v, UninstallMode::Wait).await })
+    };
+    let first = wait(&a, &first.metadata.name).await;
+    let second = wait(&a, &second.metadata.name).await;
+    uninstall.await.expect("join").expect("uninstalled");
+    assert_eq!(
+        first.status.phase,
+        ExecutionPhase::Succeeded,
+        "in-flight finished on its lease: {:#?}",
+        first.status
+    );
+    assert_eq!(
+        first.status.resolved.values().next().map(String::as_str),
+        Some("faults@1.0.0")
+    );
+    assert_eq!(
+        second.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        second.status
+    );
+    assert_eq!(
+        second.status.resolved.values().next().map(String::as_str),
+        Some("faults@1.1.0")
+    );
+    let versions: Vec<String> = a.bizes().iter().map(|b| b.version.to_string()).collect();
+    assert_eq!(versions, ["1.1.0"]);
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_in_one_engine_does_not_starve_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .runtime_config(arkline::ark::RuntimeConfig::default().max_instances(2))
+        .build()
+        .expect("builds");
+    let a = container.engine("team-a").await.expect("engine a");
+    let b = container.engine("team-b").await.expect("engine b");
+    a.deploy_biz(&faults_bytes(), &[], true).await.expect("a");
+    b.deploy_biz(&faults_bytes(), &[], true).await.expect("b");
+    let yaml = "name: work\nstages:\n  - name: s\n    steps:\n      - name: x\n        uses: faults/sleep\n        with: { ms: 200 }\n";
+    a.apply_pipeline_yaml("t.yaml", yaml)
+        .await
+        .expect("a applies");
+    b.apply_pipeline_yaml("t.yaml", yaml)
+        .await
+        .expect("b applies");
+    const FLOOD: usize = 1000;
+    for _ in 0..FLOOD {
+        a.trigger("work", TriggerRequest::manual())
+            .await
+            .expect("a trigger");
+    }
+    let single = b
+        .trigger("work", TriggerRequest::manual())
+        .await
+        .expect("b trigger");
+    let single = wait(&b, &single.metadata.name).await;
+    assert_eq!(single.status.phase, ExecutionPhase::Succeeded);
+    let finished_in_a = a
+        .executions(Some("work"))
+        .await
+        .expect("list")
+        .iter()
+        .filter(|e| e.status.phase.is_finished())
+        .count();
+    assert!(
+        finished_in_a < FLOOD / 2,
+        "engine b's one execution waited for {finished_in_a} of engine a's {FLOOD}"
+    );
+    container.shutdown().await;
+}
