@@ -181,7 +181,7 @@ mod tests {
             let pool = pool.clone();
             async move { drop(pool.acquire("c").await) }
         });
-        while pool.waiting().get("c").is_none() {
+        while !pool.waiting().contains_key("c") {
             tokio::task::yield_now().await;
         }
         drop(held);
