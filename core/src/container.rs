@@ -60,6 +60,7 @@ use std::time::Duration;
 use crate::ark::{BizRegistry, CancelToken, Runtime, RuntimeConfig, RuntimeError};
 use crate::engine::Engine;
 use crate::host::cache::BlobCache;
+use crate::model::{EngineRecord, EngineRecordSpec};
 use crate::pipeline::core::{EngineCore, ExecOptions};
 use crate::pipeline::logs::LogStore;
 use crate::pipeline::schedule::{Clock, SystemClock, Timers};
@@ -363,6 +364,21 @@ impl Container {
             return Ok(engine.clone());
         }
         let inner = &self.inner;
+        // The engine is part of the deployment from now on: a restart's
+        // `restore` starts it again.
+        let records = crate::store::Api::<EngineRecord>::new(inner.store.clone());
+        if records.get("", name).await?.is_none() {
+            match records
+                .create(&EngineRecord::new(
+                    crate::model::ObjectMeta::new("", name),
+                    EngineRecordSpec::default(),
+                ))
+                .await
+            {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let registry = BizRegistry::new(inner.runtime.clone(), name);
         let cache_dir = inner.data_dir.join("cache").join(name);
         let cache = BlobCache::open(&cache_dir, inner.blob_cache_cap).map_err(|e| {
@@ -413,6 +429,87 @@ impl Container {
         Ok(engine)
     }
 
+    /// Starts every engine of the deployment (those created with
+    /// [`Container::engine`] and not removed), as after a restart: their bizes
+    /// are installed again and their unfinished executions resume.
+    pub async fn restore(&self) -> Result<Vec<Engine>, ContainerError> {
+        let (records, _) = crate::store::Api::<EngineRecord>::new(self.inner.store.clone())
+            .list(Some(""), crate::store::LabelSelector::default())
+            .await?;
+        let mut engines = Vec::new();
+        for record in records {
+            engines.push(self.engine(&record.metadata.name).await?);
+        }
+        Ok(engines)
+    }
+
+    /// Removes an engine while the container runs: its running executions are
+    /// interrupted, its bizes uninstalled (forced), and its pipelines,
+    /// executions, settings, secrets, logs, workspaces and cache deleted. Other
+    /// engines are not disturbed. `false` when there was no such engine.
+    pub async fn remove_engine(&self, name: &str) -> Result<bool, ContainerError> {
+        let _starting = self.inner.starting.lock().await;
+        let running = self
+            .inner
+            .engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let records = crate::store::Api::<EngineRecord>::new(self.inner.store.clone());
+        let recorded = records.get("", name).await?.is_some();
+        if running.is_none() && !recorded {
+            return Ok(false);
+        }
+        if let Some((engine, tasks)) = running {
+            stop(&engine, tasks).await;
+            for biz in engine.core.registry.list() {
+                let _ = engine
+                    .core
+                    .registry
+                    .uninstall(&biz.name, &biz.version, crate::ark::UninstallMode::Force)
+                    .await;
+            }
+        }
+        let store = &self.inner.store;
+        for kind in [
+            "PipelineExecution",
+            "Pipeline",
+            "PipelineSetting",
+            "Secret",
+            "BizDeployment",
+        ] {
+            let list = store
+                .list(&crate::store::ListQuery::kind(kind).engine(name))
+                .await?;
+            for obj in list.items {
+                match store
+                    .delete(&crate::store::ObjectRef::of(&obj), &Default::default())
+                    .await
+                {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        match records.delete("", name, &Default::default()).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let data = &self.inner.data_dir;
+        for dir in [
+            data.join("workspaces").join(name),
+            data.join("logs").join(name),
+            data.join("cache").join(name),
+        ] {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(engine = %name, dir = %dir.display(), error = %e, "cannot remove a removed engine's files");
+            }
+        }
+        Ok(true)
+    }
+
     /// The engines started so far.
     pub fn engines(&self) -> Vec<Engine> {
         let engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
@@ -432,17 +529,24 @@ impl Container {
             engine.core.shutdown.cancel();
         }
         for (engine, tasks) in all {
-            for t in tasks {
-                let _ = t.await;
-            }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !engine.core.runs().is_empty() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            stop(&engine, tasks).await;
         }
         if self.inner.temp {
             let _ = std::fs::remove_dir_all(&self.inner.data_dir);
         }
+    }
+}
+
+/// Stops one engine's controllers and waits (up to 10 s) for its drivers to
+/// record where they stopped.
+async fn stop(engine: &Engine, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    engine.core.shutdown.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !engine.core.runs().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

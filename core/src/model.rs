@@ -94,10 +94,11 @@ pub use pipeline::{
 };
 pub use resources::{
     BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings, Ciphertext,
-    Condition, ConditionStatus, ConditionType, DesiredBiz, ExecutionPhase, Pipeline,
-    PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus, PipelineSetting,
-    PipelineSettingSpec, PipelineSettingStatus, PipelineStatus, Retention, Secret, SecretSpec,
-    SecretStatus, StageStatus, StepLimits, StepPhase, StepStatus, TriggerKind,
+    Condition, ConditionStatus, ConditionType, DesiredBiz, EngineRecord, EngineRecordSpec,
+    EngineRecordStatus, ExecutionPhase, Pipeline, PipelineExecution, PipelineExecutionSpec,
+    PipelineExecutionStatus, PipelineSetting, PipelineSettingSpec, PipelineSettingStatus,
+    PipelineStatus, Retention, Secret, SecretSpec, SecretStatus, StageStatus, StepLimits,
+    StepPhase, StepStatus, TriggerKind,
 };
 pub use validate::validate;
 

@@ -243,3 +243,80 @@ async fn a_flood_in_one_engine_does_not_starve_another() {
     );
     container.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_are_restored_and_one_can_be_removed_without_disturbing_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = "name: work\nstages:\n  - name: s\n    steps:\n      - name: x\n        uses: faults/sleep\n        with: { ms: 1000 }\n";
+    {
+        let container = Container::builder()
+            .data_dir(dir.path())
+            .build()
+            .expect("builds");
+        for name in ["team-a", "team-b"] {
+            let e = container.engine(name).await.expect("engine");
+            e.deploy_biz(&faults_bytes(), &[], true)
+                .await
+                .expect("deploys");
+            e.apply_pipeline_yaml("t.yaml", yaml)
+                .await
+                .expect("applies");
+        }
+        container.shutdown().await;
+    }
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .build()
+        .expect("builds again");
+    let mut names: Vec<String> = container
+        .restore()
+        .await
+        .expect("restores")
+        .iter()
+        .map(|e| e.name().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["team-a", "team-b"]);
+    let a = container.engine("team-a").await.expect("a");
+    let b = container.engine("team-b").await.expect("b");
+    let in_a = a
+        .trigger("work", TriggerRequest::manual())
+        .await
+        .expect("a");
+    let in_b = b
+        .trigger("work", TriggerRequest::manual())
+        .await
+        .expect("b");
+    assert!(container.remove_engine("team-a").await.expect("removes"));
+    assert!(!container.remove_engine("team-a").await.expect("idempotent"));
+    let in_b = wait(&b, &in_b.metadata.name).await;
+    assert_eq!(
+        in_b.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        in_b.status
+    );
+    assert!(
+        a.execution(&in_a.metadata.name)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(!dir.path().join("workspaces/team-a").exists());
+    // After a restart only team-b comes back.
+    container.shutdown().await;
+    drop((a, b, container));
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .build()
+        .expect("builds a third time");
+    let names: Vec<String> = container
+        .restore()
+        .await
+        .expect("restores")
+        .iter()
+        .map(|e| e.name().to_owned())
+        .collect();
+    assert_eq!(names, ["team-b"]);
+    container.shutdown().await;
+}

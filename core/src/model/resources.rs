@@ -71,6 +71,25 @@ resource!(
     /// The bizes an engine should have and which version of each is active.
     BizDeployment, BizDeploymentSpec, BizDeploymentStatus
 );
+resource!(
+    /// An engine merged into the container (container-scoped: its
+    /// `metadata.engine` is empty and its name is the engine's).
+    EngineRecord, EngineRecordSpec, EngineRecordStatus
+);
+
+/// Spec of an [`EngineRecord`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineRecordSpec {
+    /// For people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// Status of an [`EngineRecord`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineRecordStatus {}
 
 /// Settings of one engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
