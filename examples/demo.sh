@@ -2,8 +2,8 @@
 # The quickstart demo: build the `shell` step plugin into a WebAssembly component,
 # package it as a reproducible .ark, package it again to show the bytes do not
 # change, inspect it, run it with `sh` granted, run steps of the `faults` test biz in the isolation runtime
-# (one that works, one that is stopped by its memory limit), and parse the example
-# pipelines.
+# (one that works, one that is stopped by its memory limit), parse the example
+# pipelines, and run two engines' pipelines in one process (examples/embed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +33,7 @@ fi
 echo "(the memory bomb was stopped by its limit; the host carried on)" >&2
 echo
 cargo run --quiet -p arkline --example check_file -- examples/pipelines/*.yaml
+echo
+# Two teams' engines merged in one process (arkline embedded as a crate): the
+# same biz, granted `sh` in team-a and nothing in team-b.
+cargo run --quiet -p arkline-example-embed -- "$ark"
