@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::shell::{Color, Shell, Verbosity};
 
 mod build;
+mod container;
 mod inspect;
 mod new;
 mod package;
@@ -15,6 +16,7 @@ mod sign;
 
 pub use arkline::ark::{GrantError, merge_grants, parse_grant};
 pub use build::BuildCmd;
+pub use container::{ContainerCmd, ContainerSource, SourceBiz, SourceEngine, SourceSharedBiz};
 pub use inspect::InspectCmd;
 pub use new::NewCmd;
 pub use package::PackageCmd;
@@ -88,7 +90,7 @@ pub enum Command {
     Build(BuildCmd),
     /// Build the plugin and write `target/ark/<name>-<version>.ark`.
     Package(PackageCmd),
-    /// Show what an .ark archive holds.
+    /// Show what an .ark or .arkc archive holds.
     Inspect(InspectCmd),
     /// Build the plugin and run one of its steps in the isolation runtime.
     Run(RunCmd),
@@ -96,8 +98,11 @@ pub enum Command {
     Keygen(KeygenCmd),
     /// Sign an .ark with a secret key.
     Sign(SignCmd),
-    /// Check an .ark completely: structure, digests, signature, component.
+    /// Check an .ark or .arkc completely: structure, digests, signatures, components.
     Verify(VerifyCmd),
+    /// Build the bizes of a container description and write
+    /// `target/ark/<name>-<version>.arkc`.
+    Container(ContainerCmd),
 }
 
 impl Command {
@@ -112,6 +117,7 @@ impl Command {
             Command::Keygen(cmd) => cmd.exec(shell),
             Command::Sign(cmd) => cmd.exec(shell),
             Command::Verify(cmd) => cmd.exec(shell),
+            Command::Container(cmd) => cmd.exec(shell).map(drop),
         }
     }
 }

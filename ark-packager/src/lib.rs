@@ -1,7 +1,8 @@
 //! # cargo-ark
 //!
 //! The `cargo ark` subcommand builds arkline step plugins into WebAssembly
-//! components and packages them as `.ark` archives:
+//! components, packages them as `.ark` archives, and bundles several engines (their
+//! bizes, grants, settings and pipelines) into `.arkc` container archives:
 //!
 //! ```text
 //! cargo ark new my-step        # scaffold a step plugin crate
@@ -9,6 +10,7 @@
 //! cargo ark package            # write target/ark/<name>-<version>.ark
 //! cargo ark inspect file.ark   # show what an archive holds
 //! cargo ark run upper --with '{"text":"hi"}'   # run one step in the real runtime
+//! cargo ark container          # build container.toml's engines into an .arkc
 //! ```
 //!
 //! Each subcommand is a clap struct with an `exec()`; status lines go to stderr in

@@ -19,6 +19,7 @@ mod archive;
 mod cancel;
 mod compiled;
 mod component;
+pub mod container_archive;
 mod grant;
 mod invoke;
 mod manifest;
@@ -32,6 +33,10 @@ pub use compiled::{CacheOutcome, CompiledCache};
 pub use component::{
     ComponentError, ComponentInfo, DescribedStep, describe_component, describe_engine,
     inspect_component,
+};
+pub use container_archive::{
+    BizRef, CONTAINER_FORMAT_VERSION, CONTAINER_MANIFEST_PATH, ContainerArchive,
+    ContainerArchiveError, ContainerManifest, EngineBiz, EngineSpec, SharedBiz, write_container,
 };
 pub use grant::{GrantError, merge_grants, parse_grant};
 pub use invoke::{

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use arkline::ark::{Ark, Manifest};
+use arkline::ark::{Ark, Capabilities, ContainerArchive, Manifest};
 use clap::Args;
 use serde_json::json;
 
@@ -12,6 +12,9 @@ use crate::shell::Shell;
 
 /// Show what an .ark archive holds: identity, host API, step types with their config
 /// schemas summarised, capabilities, entries with sizes and digests, signature.
+/// For an .arkc (by its extension): each engine's settings, signature policy,
+/// bizes (version, grants, what they request, signature status) and pipelines,
+/// the shared bizes, and the entries.
 #[derive(Debug, Clone, Args)]
 pub struct InspectCmd {
     /// The archive.
@@ -24,6 +27,17 @@ pub struct InspectCmd {
 impl InspectCmd {
     /// Reads, verifies and prints the archive.
     pub fn exec(&self, shell: &Shell) -> anyhow::Result<()> {
+        if super::container::is_container(&self.file) {
+            let arkc = super::container::open(&self.file)?;
+            let mut out = anstream::AutoStream::new(std::io::stdout(), shell.color_choice()).lock();
+            if self.json {
+                let value = container_json(&arkc);
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            } else {
+                write_container_text(&mut out, &arkc)?;
+            }
+            return Ok(());
+        }
         let ark = Ark::open(&self.file)
             .with_context(|| format!("cannot read {}", self.file.display()))?;
         let mut out = anstream::AutoStream::new(std::io::stdout(), shell.color_choice()).lock();
@@ -165,4 +179,191 @@ fn summarise_schema(schema: &serde_json::Value) -> Vec<String> {
             format!("{name}: {ty} ({req}) {desc}").trim_end().to_owned()
         })
         .collect()
+}
+
+/// A pipeline's name and shape, for listing (it was validated when read).
+fn pipeline_summary(path: &str, text: &str) -> (String, usize, usize) {
+    match arkline::model::parse_pipeline(path, text) {
+        Ok(p) => (
+            p.metadata.name,
+            p.spec.stages.len(),
+            p.spec.all_steps().count(),
+        ),
+        Err(_) => ("?".to_owned(), 0, 0),
+    }
+}
+
+fn requested(caps: &Capabilities) -> String {
+    let mut parts = Vec::new();
+    if !caps.process.is_empty() {
+        parts.push(format!("process={}", caps.process.join(",")));
+    }
+    if !caps.http.is_empty() {
+        parts.push(format!("http={}", caps.http.join(",")));
+    }
+    if caps.cache {
+        parts.push("cache".to_owned());
+    }
+    if !caps.host_call.is_empty() {
+        parts.push(format!("host-call={}", caps.host_call.join(",")));
+    }
+    if parts.is_empty() {
+        "nothing (log only)".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// `key=value` for every set leaf of the settings, dotted paths for nested ones.
+fn flatten_settings(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_settings(&key, v, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) => out.push(format!("{prefix}={s}")),
+        other => out.push(format!("{prefix}={other}")),
+    }
+}
+
+fn container_json(arkc: &ContainerArchive) -> serde_json::Value {
+    let m = &arkc.manifest;
+    let biz_json = |name: &str, version: &semver::Version| {
+        let ark = arkc.biz(name, version);
+        json!({
+            "requests": ark.map(|a| &a.manifest.capabilities),
+            "steps": ark.map(|a| a.manifest.steps.iter().map(|s| s.id.clone()).collect::<Vec<_>>()),
+        })
+    };
+    json!({
+        "name": m.name,
+        "version": m.version.to_string(),
+        "format_version": m.format_version,
+        "sha256": arkc.sha256,
+        "engines": m.engines.iter().map(|e| json!({
+            "name": e.name,
+            "settings": e.settings,
+            "require_signed": e.require_signed || e.settings.require_signed_bizes,
+            "trusted_keys": e.trusted_keys,
+            "bizes": arkc.engine_bizes(&e.name).iter().map(|b| {
+                let mut v = biz_json(&b.name, &b.version);
+                v["name"] = json!(b.name);
+                v["version"] = json!(b.version.to_string());
+                v["grants"] = json!(b.grants);
+                v["active"] = json!(b.active);
+                v["shared"] = json!(b.shared);
+                v["signature"] = json!(b.signature.to_string());
+                v
+            }).collect::<Vec<_>>(),
+            "pipelines": e.pipelines.iter().map(|p| {
+                let text = arkc.pipelines.get(&(e.name.clone(), p.path.clone()));
+                let (name, stages, steps) = text.map(|t| pipeline_summary(&p.path, t)).unwrap_or_default();
+                json!({ "name": name, "path": p.path, "stages": stages, "steps": steps, "sha256": p.sha256, "size": p.size })
+            }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "shared_bizes": m.shared_bizes.iter().map(|s| json!({
+            "name": s.name, "version": s.version.to_string(), "active": s.active,
+        })).collect::<Vec<_>>(),
+        "files": m.files,
+    })
+}
+
+fn write_container_text(out: &mut impl Write, arkc: &ContainerArchive) -> anyhow::Result<()> {
+    let bold = anstyle::Style::new().bold();
+    let m = &arkc.manifest;
+    writeln!(
+        out,
+        "{bold}{} {}{bold:#}  container, format {}",
+        m.name, m.version, m.format_version
+    )?;
+    writeln!(out, "sha256:      {}", arkc.sha256)?;
+    for engine in &m.engines {
+        writeln!(out, "\n{bold}engine {}{bold:#}", engine.name)?;
+        let mut settings = Vec::new();
+        flatten_settings("", &serde_json::to_value(&engine.settings)?, &mut settings);
+        writeln!(out, "  settings:    {}", settings.join(" "))?;
+        let required = engine.require_signed || engine.settings.require_signed_bizes;
+        let keys = if engine.trusted_keys.is_empty() {
+            "any key".to_owned()
+        } else {
+            let ids: Vec<String> = engine
+                .trusted_keys
+                .iter()
+                .map(|k| k.get(..16).unwrap_or(k).to_owned())
+                .collect();
+            format!("trusted keys {}", ids.join(", "))
+        };
+        writeln!(
+            out,
+            "  signatures:  {}, {keys}",
+            if required { "required" } else { "optional" }
+        )?;
+        writeln!(out, "  bizes:")?;
+        for b in arkc.engine_bizes(&engine.name) {
+            let grants = if b.grants.is_empty() {
+                "nothing granted".to_owned()
+            } else {
+                format!("grants {}", b.grants.join(" "))
+            };
+            let requests = arkc
+                .biz(&b.name, &b.version)
+                .map(|a| requested(&a.manifest.capabilities))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "    {:<24} {:<8} {}{}; requests {requests}; {}",
+                format!("{} {}", b.name, b.version),
+                if b.active { "active" } else { "inactive" },
+                if b.shared { "shared, " } else { "" },
+                grants,
+                b.signature
+            )?;
+        }
+        writeln!(out, "  pipelines:")?;
+        if engine.pipelines.is_empty() {
+            writeln!(out, "    none")?;
+        }
+        for p in &engine.pipelines {
+            let text = arkc.pipelines.get(&(engine.name.clone(), p.path.clone()));
+            let (name, stages, steps) = text
+                .map(|t| pipeline_summary(&p.path, t))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "    {name:<24} {} ({stages} stage{}, {steps} step{})",
+                p.path,
+                if stages == 1 { "" } else { "s" },
+                if steps == 1 { "" } else { "s" }
+            )?;
+        }
+    }
+    writeln!(out, "\n{bold}shared bizes{bold:#}")?;
+    if m.shared_bizes.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for s in &m.shared_bizes {
+        writeln!(
+            out,
+            "  {} {}{}",
+            s.name,
+            s.version,
+            if s.active { "" } else { " (inactive)" }
+        )?;
+    }
+    writeln!(out, "\n{bold}entries{bold:#}")?;
+    let pinned = m
+        .files
+        .iter()
+        .chain(m.engines.iter().flat_map(|e| e.pipelines.iter()));
+    for f in pinned {
+        writeln!(out, "  {:<44} {:>10}  {}", f.path, f.size, f.sha256)?;
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use arkline::ark::{Ark, PublicKey, SecretKey, SignaturePolicy};
+use arkline::ark::container_archive::biz_path;
+use arkline::ark::{Ark, ContainerArchive, PublicKey, SecretKey, SignaturePolicy};
 use clap::Args;
 
 use crate::shell::Shell;
@@ -75,6 +76,12 @@ pub struct SignCmd {
 impl SignCmd {
     /// Verifies the archive, then rewrites it with the signature.
     pub fn exec(&self, shell: &Shell) -> anyhow::Result<()> {
+        if super::container::is_container(&self.file) {
+            bail!(
+                "{} is a container; a signature covers one biz, so sign each .ark before `cargo ark container` bundles it",
+                self.file.display()
+            );
+        }
         let key: SecretKey = std::fs::read_to_string(&self.key)
             .with_context(|| format!("cannot read {}", self.key.display()))?
             .parse()
@@ -96,13 +103,15 @@ impl SignCmd {
 
 /// Verify an .ark: every check of the reader, the signature, and the component
 /// (a component exporting a supported step world whose step types match ark.toml).
+/// An .arkc: every check of its reader (each engine's signature policy, pipelines
+/// against their engine's bizes), and the checks of an .ark for each nested biz.
 /// Prints one line per problem; exits 1 when there is any.
 #[derive(Debug, Clone, Args)]
 pub struct VerifyCmd {
     /// The archive.
     pub file: PathBuf,
-    /// A trusted public key file (repeatable). With keys given, the archive must be
-    /// signed by one of them.
+    /// A trusted public key file (repeatable). With keys given, the archive (for an
+    /// .arkc, every biz in it) must be signed by one of them.
     #[arg(long = "key", value_name = "PUB")]
     pub keys: Vec<PathBuf>,
     /// Refuse unsigned archives even when no key is given.
@@ -125,7 +134,11 @@ impl VerifyCmd {
             require_signature: self.require_signature || !trusted.is_empty(),
             trusted,
         };
-        let problems = verify(&self.file, &policy, shell);
+        let problems = if super::container::is_container(&self.file) {
+            verify_container(&self.file, &policy, shell)
+        } else {
+            verify(&self.file, &policy, shell)
+        };
         if problems.is_empty() {
             return Ok(());
         }
@@ -152,6 +165,82 @@ fn verify(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec<String> {
         Ok(status) => shell.status("Signature", status.to_string()),
         Err(e) => problems.push(e.to_string()),
     }
+    problems.extend(verify_component(&ark));
+    if problems.is_empty() {
+        shell.status(
+            "Verified",
+            format!(
+                "{} {} ({})",
+                ark.manifest.name,
+                ark.manifest.version,
+                file.display()
+            ),
+        );
+    }
+    problems
+}
+
+/// An `.arkc`: every check of the reader (which applies each engine's signature
+/// policy), then, for each nested biz, the policy given on the command line and
+/// the component checks of a single `.ark`.
+fn verify_container(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec<String> {
+    let arkc = match ContainerArchive::open(file) {
+        Ok(arkc) => arkc,
+        Err(e) => return vec![e.to_string()],
+    };
+    for engine in &arkc.manifest.engines {
+        for biz in arkc.engine_bizes(&engine.name) {
+            shell.status(
+                "Signature",
+                format!(
+                    "engine {}: {} v{} {}",
+                    engine.name, biz.name, biz.version, biz.signature
+                ),
+            );
+        }
+    }
+    let cli_policy = policy.require_signature || !policy.trusted.is_empty();
+    let mut problems = Vec::new();
+    for ((name, version), ark) in &arkc.bizes {
+        let entry = biz_path(name, version);
+        if cli_policy && let Err(e) = ark.verify_signature(policy) {
+            problems.push(format!("{entry}: {e}"));
+        }
+        problems.extend(
+            verify_component(ark)
+                .into_iter()
+                .map(|p| format!("{entry}: {p}")),
+        );
+    }
+    if problems.is_empty() {
+        let m = &arkc.manifest;
+        shell.status(
+            "Verified",
+            format!(
+                "container {} {} ({} engine{}, {} biz{}, {} pipeline{}; {})",
+                m.name,
+                m.version,
+                m.engines.len(),
+                plural(m.engines.len(), "s"),
+                arkc.bizes.len(),
+                plural(arkc.bizes.len(), "es"),
+                arkc.pipelines.len(),
+                plural(arkc.pipelines.len(), "s"),
+                file.display()
+            ),
+        );
+    }
+    problems
+}
+
+fn plural(n: usize, suffix: &str) -> &str {
+    if n == 1 { "" } else { suffix }
+}
+
+/// The component exports a supported step world whose step types and schemas are
+/// what `ark.toml` says.
+fn verify_component(ark: &Ark) -> Vec<String> {
+    let mut problems = Vec::new();
     match arkline::ark::inspect_component(&ark.component) {
         Ok(info) => {
             let described: Vec<&str> = info.steps.iter().map(|s| s.id.as_str()).collect();
@@ -179,17 +268,6 @@ fn verify(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec<String> {
             }
         }
         Err(e) => problems.push(format!("component: {e}")),
-    }
-    if problems.is_empty() {
-        shell.status(
-            "Verified",
-            format!(
-                "{} {} ({})",
-                ark.manifest.name,
-                ark.manifest.version,
-                file.display()
-            ),
-        );
     }
     problems
 }
