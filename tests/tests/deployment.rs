@@ -320,3 +320,114 @@ async fn engines_are_restored_and_one_can_be_removed_without_disturbing_another(
     assert_eq!(names, ["team-b"]);
     container.shutdown().await;
 }
+
+mod archive {
+    use std::collections::BTreeMap;
+
+    use arkline::ark::container_archive::{
+        BizRef, CONTAINER_FORMAT_VERSION, ContainerArchive, ContainerManifest, EngineSpec,
+        pipeline_path, write_container,
+    };
+    use arkline::model::{ExecutionPhase, PipelineSettingSpec};
+    use arkline::{Container, TriggerRequest};
+    use semver::Version;
+
+    use super::{faults_bytes, wait};
+
+    fn engine(name: &str, grants: &[&str], quota: i64) -> EngineSpec {
+        EngineSpec {
+            name: name.into(),
+            trusted_keys: vec![],
+            require_signed: false,
+            bizes: vec![BizRef {
+                name: "faults".into(),
+                version: Version::new(0, 1, 0),
+                grants: grants.iter().map(|g| (*g).to_owned()).collect(),
+                active: true,
+            }],
+            pipelines: vec![],
+            settings: PipelineSettingSpec {
+                executor_quota: quota,
+                ..PipelineSettingSpec::default()
+            },
+        }
+    }
+
+    fn container_bytes(faults: Vec<u8>) -> Vec<u8> {
+        let manifest = ContainerManifest {
+            format_version: CONTAINER_FORMAT_VERSION,
+            name: "ci".into(),
+            version: Version::new(1, 0, 0),
+            engines: vec![
+                engine("team-a", &["process=true"], 2),
+                engine("team-b", &[], 1),
+            ],
+            shared_bizes: vec![],
+            files: vec![],
+        };
+        let bizes = BTreeMap::from([(("faults".to_owned(), Version::new(0, 1, 0)), faults)]);
+        let mut pipelines = BTreeMap::new();
+        for team in ["team-a", "team-b"] {
+            pipelines.insert(
+                (team.to_owned(), pipeline_path(team, "probe.yaml")),
+                super::CALL_PROCESS.to_owned(),
+            );
+        }
+        write_container(manifest, &bizes, &pipelines)
+            .expect("writes")
+            .0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_container_archive_deploys_its_engines_and_a_bad_one_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let container = Container::builder()
+            .data_dir(dir.path())
+            .build()
+            .expect("builds");
+        // A component that does not compile (a valid archive around garbage)
+        // is refused before any engine exists.
+        let good = faults_bytes();
+        let broken = {
+            let ark = arkline::ark::Ark::from_bytes(&good).expect("reads");
+            let mut component = ark.component.clone();
+            component.truncate(component.len() / 2);
+            let mut manifest = ark.manifest.clone();
+            manifest.component.sha256 = String::new();
+            arkline::ark::write_ark(manifest, &component, &ark.files)
+                .expect("rewrites")
+                .0
+        };
+        let bad = ContainerArchive::from_bytes(&container_bytes(broken)).expect("reads");
+        let refused = container.deploy_archive(&bad).await;
+        assert!(refused.is_err(), "a broken component deployed");
+        assert!(
+            container.engines().is_empty(),
+            "a bad archive created engines"
+        );
+
+        let archive = ContainerArchive::from_bytes(&container_bytes(good)).expect("reads");
+        let engines = container.deploy_archive(&archive).await.expect("deploys");
+        assert_eq!(engines.len(), 2);
+        let (a, b) = (&engines[0], &engines[1]);
+        assert_eq!(a.settings().await.expect("settings").executor_quota, 2);
+        assert_eq!(b.settings().await.expect("settings").executor_quota, 1);
+        let in_a = a
+            .trigger("probe", TriggerRequest::manual())
+            .await
+            .expect("a");
+        let in_b = b
+            .trigger("probe", TriggerRequest::manual())
+            .await
+            .expect("b");
+        let in_a = wait(a, &in_a.metadata.name).await;
+        let in_b = wait(b, &in_b.metadata.name).await;
+        assert_eq!(in_a.status.phase, ExecutionPhase::Succeeded);
+        assert_eq!(in_a.status.outputs["call"]["result"], "ok");
+        assert_eq!(in_b.status.outputs["call"]["kind"], "denied");
+        // Deploying it again converges (nothing duplicated, nothing broken).
+        container.deploy_archive(&archive).await.expect("redeploys");
+        assert_eq!(a.bizes().len(), 1);
+        container.shutdown().await;
+    }
+}

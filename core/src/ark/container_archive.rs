@@ -712,6 +712,8 @@ pub struct ContainerArchive {
     pub manifest_bytes: Vec<u8>,
     /// Every nested biz, by `(name, version)`, read with [`Ark::from_bytes_with_limits`].
     pub bizes: BTreeMap<(String, Version), Ark>,
+    /// The exact bytes of every nested biz archive (what a deployment keeps).
+    pub biz_bytes: BTreeMap<(String, Version), Vec<u8>>,
     /// Every pipeline's YAML, by `(engine, entry path)`.
     pub pipelines: BTreeMap<(String, String), String>,
     /// What each engine has, by engine name, in manifest order.
@@ -775,6 +777,7 @@ impl ContainerArchive {
         }
 
         let mut bizes = BTreeMap::new();
+        let mut biz_bytes = BTreeMap::new();
         for id in referenced_bizes(&manifest) {
             let entry = biz_path(&id.0, &id.1);
             let Some(data) = nested.get(&entry) else {
@@ -805,6 +808,7 @@ impl ContainerArchive {
                     found: format!("{}@{}", ark.manifest.name, ark.manifest.version),
                 });
             }
+            biz_bytes.insert(id.clone(), data.clone());
             bizes.insert(id, ark);
         }
 
@@ -841,6 +845,7 @@ impl ContainerArchive {
             manifest,
             manifest_bytes,
             bizes,
+            biz_bytes,
             pipelines,
             engine_bizes,
             sha256: sha256_hex(bytes),
@@ -856,6 +861,13 @@ impl ContainerArchive {
     /// The nested archive of `name@version`.
     pub fn biz(&self, name: &str, version: &Version) -> Option<&Ark> {
         self.bizes.get(&(name.to_owned(), version.clone()))
+    }
+
+    /// The exact bytes of the nested archive of `name@version`.
+    pub fn biz_bytes(&self, name: &str, version: &Version) -> Option<&[u8]> {
+        self.biz_bytes
+            .get(&(name.to_owned(), version.clone()))
+            .map(Vec::as_slice)
     }
 
     /// The pipelines of `engine`: `(entry path, YAML)`, sorted by path.

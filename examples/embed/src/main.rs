@@ -68,7 +68,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut runs = Vec::new();
     for engine in container.engines() {
         let exec = engine
-            .trigger("build", TriggerRequest::manual().param("team", engine.name()))
+            .trigger(
+                "build",
+                TriggerRequest::manual().param("team", engine.name()),
+            )
             .await?;
         runs.push((engine, exec.metadata.name));
     }
@@ -110,7 +113,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     drop(container);
     let _ = std::fs::remove_dir_all(&data);
     if ok {
-        println!("team-a ran with `sh` granted; team-b's identical step was refused: grants are per engine");
+        println!(
+            "team-a ran with `sh` granted; team-b's identical step was refused: grants are per engine"
+        );
         Ok(())
     } else {
         Err("an engine did not behave as its grants say".into())
