@@ -151,6 +151,14 @@ impl ContainerSource {
     }
 }
 
+/// What [`write_container`](arkline::ark::write_container) takes: the manifest,
+/// the biz archives by identity, the pipelines by engine and entry path.
+type Contents = (
+    ContainerManifest,
+    BTreeMap<(String, Version), Vec<u8>>,
+    BTreeMap<(String, String), String>,
+);
+
 /// Where a biz comes from.
 #[derive(Clone, Copy)]
 enum Origin<'a> {
@@ -279,8 +287,7 @@ impl ContainerCmd {
                 self.manifest_path.display()
             ),
         );
-        let manifest = self.describe(&source, &dir, shell)?;
-        let (manifest, bizes, pipelines) = manifest;
+        let (manifest, bizes, pipelines) = self.describe(&source, &dir, shell)?;
         let (bytes, archive) = arkline::ark::write_container(manifest, &bizes, &pipelines)
             .with_context(|| {
                 format!("container {} v{} is not valid", source.name, source.version)
@@ -337,17 +344,12 @@ impl ContainerCmd {
     }
 
     /// The archive manifest, the biz archives and the pipelines the source names.
-    #[allow(clippy::type_complexity)]
     fn describe(
         &self,
         source: &ContainerSource,
         dir: &Path,
         shell: &Shell,
-    ) -> anyhow::Result<(
-        ContainerManifest,
-        BTreeMap<(String, Version), Vec<u8>>,
-        BTreeMap<(String, String), String>,
-    )> {
+    ) -> anyhow::Result<Contents> {
         // Grants first: a typo should not wait for a plugin build.
         for engine in &source.engines {
             for (i, biz) in engine.bizes.iter().enumerate() {

@@ -162,7 +162,7 @@ pub struct BizRef {
     pub name: String,
     /// Biz version.
     pub version: Version,
-    /// Grants in the syntax of [`parse_grant`](crate::ark::parse_grant)
+    /// Grants in the syntax of [`parse_grant`]
     /// (`process=sh`, `http=api.example.com`, `cache`, `host-call=kv.get`). What the
     /// biz may use is these intersected with what its manifest requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -800,7 +800,12 @@ impl ContainerArchive {
                         },
                     },
                 )?;
-            let used: u64 = ark.entries().values().map(|v| v.len() as u64).sum();
+            let used = [&ark.manifest_bytes, &ark.component]
+                .into_iter()
+                .chain(ark.files.values())
+                .chain(ark.signature.as_ref())
+                .map(|v| v.len() as u64)
+                .sum::<u64>();
             budget = budget.saturating_sub(used);
             if ark.manifest.name != id.0 || ark.manifest.version != id.1 {
                 return Err(ContainerArchiveError::BizIdentity {
