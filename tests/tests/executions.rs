@@ -940,7 +940,12 @@ async fn a_burst_larger_than_the_instance_pool_waits_for_slots_instead_of_failin
     }
     for name in &names {
         let done = wait(&engine, name).await;
-        assert_eq!(done.status.phase, ExecutionPhase::Succeeded, "{:#?}", done.status);
+        assert_eq!(
+            done.status.phase,
+            ExecutionPhase::Succeeded,
+            "{:#?}",
+            done.status
+        );
     }
     container.shutdown().await;
 }
