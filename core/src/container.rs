@@ -410,6 +410,7 @@ impl Container {
             started: chrono::Utc::now(),
             pool: inner.pool.clone(),
             arks: crate::pipeline::deployment::ArkStore::new(inner.data_dir.join("arks")),
+            run_counters: Mutex::new(Default::default()),
         });
         // Install the engine's deployed bizes before anything runs, so executions
         // triggered (or resumed) right after a restart find them.

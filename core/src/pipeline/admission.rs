@@ -45,6 +45,8 @@ struct Queue {
     /// Names of admitted, unfinished executions.
     active: HashSet<String>,
     quota: Option<u64>,
+    /// The last state seen of each queued execution (what admission writes from).
+    last: std::collections::HashMap<String, PipelineExecution>,
 }
 
 impl Queue {
@@ -57,12 +59,14 @@ impl Queue {
         );
         self.queued.remove(&key);
         self.active.remove(name);
+        self.last.remove(name);
         if deleted {
             return;
         }
         match exec.status.phase {
             ExecutionPhase::Queued if !exec.spec.abort => {
                 self.queued.insert(key);
+                self.last.insert(name.clone(), exec.clone());
             }
             ExecutionPhase::Pending | ExecutionPhase::Running => {
                 self.active.insert(name.clone());
@@ -71,8 +75,8 @@ impl Queue {
         }
     }
 
-    fn room(&self) -> bool {
-        self.quota.is_none_or(|q| (self.active.len() as u64) < q)
+    fn seen(&self, name: &str) -> Option<PipelineExecution> {
+        self.last.get(name).cloned()
     }
 }
 
@@ -147,69 +151,100 @@ async fn session(core: &Arc<EngineCore>) -> Result<(), StoreError> {
     }
 }
 
-/// Admits queue heads while there is room.
+/// Admits queue heads while there is room: every head that fits is admitted in
+/// one pass, their writes issued together (the store commits them as a group).
 async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreError> {
-    let execs = Api::<PipelineExecution>::new(core.store.clone());
-    let pipelines = Api::<Pipeline>::new(core.store.clone());
-    while queue.room() {
-        let Some(head) = queue.queued.pop_first() else {
-            return Ok(());
-        };
-        let name = head.2;
-        // Re-read: the watch may lag behind an abort or a delete.
-        loop {
-            let Some(mut exec) = execs.get(&core.name, &name).await? else {
+    loop {
+        let mut batch = Vec::new();
+        let free = queue.quota.map_or(usize::MAX, |q| {
+            (q as usize).saturating_sub(queue.active.len())
+        });
+        while batch.len() < free.min(256) {
+            let Some(head) = queue.queued.pop_first() else {
                 break;
             };
-            if exec.status.phase != ExecutionPhase::Queued {
-                queue.observe(&exec, false);
-                break;
-            }
-            if exec.spec.abort {
-                break;
-            }
-            let recent = pipelines
-                .get(&core.name, &exec.spec.pipeline)
-                .await?
-                .map(|p| p.status.recent_nodes)
-                .unwrap_or_default();
-            // One node today: this one. A multi-node store adds the others here.
-            let node = choose_node(&recent, &[(core.node.clone(), true)])
-                .unwrap_or_else(|| core.node.clone());
-            let now = core.clock.now();
-            exec.status.phase = ExecutionPhase::Pending;
-            exec.status.node = Some(node.clone());
-            set_condition(
-                &mut exec.status.conditions,
-                Condition {
-                    kind: ConditionType::Admitted,
-                    status: ConditionStatus::True,
-                    reason: "QuotaAvailable".into(),
-                    message: format!("admitted on node `{node}`"),
-                    last_transition: Some(now),
-                },
-            );
-            match execs.update_status(&exec).await {
-                Ok(stored) => {
-                    queue.observe(&stored, false);
-                    break;
+            batch.push(head.2);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let results =
+            futures::future::join_all(batch.iter().map(|name| admit_one(core, queue.seen(name))))
+                .await;
+        let mut failed = None;
+        for (name, result) in batch.iter().zip(results) {
+            match result {
+                Ok(Some(stored)) => queue.observe(&stored, false),
+                Ok(None) => {
+                    queue.last.remove(name);
                 }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound { .. }) => break,
                 Err(e) => {
-                    // Put it back at its place before giving up this session.
-                    queue.observe(&exec_queued(exec), false);
-                    return Err(e);
+                    // Back in its place; the session restarts from a fresh list.
+                    if let Some(exec) = queue.last.get(name).cloned() {
+                        queue.observe(&exec, false);
+                    }
+                    failed = Some(e);
                 }
             }
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
-    Ok(())
 }
 
-fn exec_queued(mut exec: PipelineExecution) -> PipelineExecution {
-    exec.status.phase = ExecutionPhase::Queued;
-    exec
+/// Writes `Pending` for one execution (compare-and-swap from the state last seen
+/// on the watch, re-read on conflict). `None` when it is no longer `Queued`.
+async fn admit_one(
+    core: &Arc<EngineCore>,
+    seen: Option<PipelineExecution>,
+) -> Result<Option<PipelineExecution>, StoreError> {
+    let execs = Api::<PipelineExecution>::new(core.store.clone());
+    let Some(mut exec) = seen else {
+        return Ok(None);
+    };
+    loop {
+        if exec.status.phase != ExecutionPhase::Queued || exec.spec.abort {
+            return Ok(None);
+        }
+        // One node today: this one. A multi-node store adds the others (with
+        // whether they have room) and reads the pipeline's recent nodes here.
+        let candidates = [(core.node.clone(), true)];
+        let recent = if candidates.len() > 1 {
+            Api::<Pipeline>::new(core.store.clone())
+                .get(&core.name, &exec.spec.pipeline)
+                .await?
+                .map(|p| p.status.recent_nodes)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let node = choose_node(&recent, &candidates).unwrap_or_else(|| core.node.clone());
+        let now = core.clock.now();
+        exec.status.phase = ExecutionPhase::Pending;
+        exec.status.node = Some(node.clone());
+        set_condition(
+            &mut exec.status.conditions,
+            Condition {
+                kind: ConditionType::Admitted,
+                status: ConditionStatus::True,
+                reason: "QuotaAvailable".into(),
+                message: format!("admitted on node `{node}`"),
+                last_transition: Some(now),
+            },
+        );
+        match execs.update_status(&exec).await {
+            Ok(stored) => return Ok(Some(stored)),
+            Err(StoreError::Conflict { .. }) => {
+                match execs.get(&core.name, &exec.metadata.name).await? {
+                    Some(latest) => exec = latest,
+                    None => return Ok(None),
+                }
+            }
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -80,11 +80,31 @@ pub(crate) struct EngineCore {
     pub(crate) pool: crate::pipeline::pool::WorkerPool,
     /// The container's uploaded archives, by digest.
     pub(crate) arks: crate::pipeline::deployment::ArkStore,
+    /// Next run number per pipeline handed out by this process.
+    pub(crate) run_counters: Mutex<HashMap<String, u64>>,
 }
 
 impl EngineCore {
     pub(crate) fn runs(&self) -> MutexGuard<'_, HashMap<String, RunHandle>> {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands out the next run number of `pipeline`, never below `floor` (the
+    /// pipeline's recorded `next_run`).
+    pub(crate) fn next_run(&self, pipeline: &str, floor: u64) -> u64 {
+        let mut counters = self.run_counters.lock().unwrap_or_else(|p| p.into_inner());
+        let next = counters.entry(pipeline.to_owned()).or_insert(1);
+        *next = (*next).max(floor).max(1);
+        let run = *next;
+        *next += 1;
+        run
+    }
+
+    /// The next run number this process would hand out (1 when it has not
+    /// triggered the pipeline).
+    pub(crate) fn peek_next_run(&self, pipeline: &str) -> u64 {
+        let counters = self.run_counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.get(pipeline).copied().unwrap_or(1)
     }
 
     /// The engine's settings (defaults when none were applied).

@@ -103,6 +103,10 @@ impl StatusCell {
                     .await
                 {
                     Ok(Some(latest)) => {
+                        if latest.status.phase.is_finished() {
+                            // Another driver finished it: never write over that.
+                            return Err(Deleted);
+                        }
                         if latest.spec.abort {
                             self.abort.cancel();
                         }
@@ -156,6 +160,19 @@ impl AttemptFailure {
 /// Runs one execution to its end (or until shutdown).
 pub(crate) async fn drive(core: Arc<EngineCore>, exec: PipelineExecution, abort: CancelToken) {
     let name = exec.metadata.name.clone();
+    // The reconciler may have read the object before a previous driver of it
+    // finished: start from the stored state, and not at all if it is over.
+    let exec = match Api::<PipelineExecution>::new(core.store.clone())
+        .get(&core.name, &name)
+        .await
+    {
+        Ok(Some(fresh)) if !fresh.status.phase.is_finished() => fresh,
+        Ok(_) => {
+            core.runs().remove(&name);
+            return;
+        }
+        Err(_) => exec,
+    };
     let driver = Driver {
         cell: StatusCell {
             api: Api::new(core.store.clone()),
@@ -390,7 +407,8 @@ impl Driver {
             if let Some(r) = reason {
                 failure.get_or_insert(format!("stage `{}`: {r}", stage.name));
             }
-            self.cell.flush().await?;
+            // Not flushed here: the next step's start (or the finish) writes it,
+            // and a resumed run derives a stage's end from its steps.
         }
 
         if !spec.finally.is_empty() && !self.core.shutdown.is_cancelled() {
@@ -954,7 +972,8 @@ impl Driver {
             Ok(_) => writer.note(&format!("attempt {attempt} succeeded")),
             Err(f) => writer.note(&format!("attempt {attempt} failed: {}", f.reason)),
         }
-        writer.finish();
+        // The fsync of the log runs off the async workers.
+        let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
         result
     }
 

@@ -110,20 +110,11 @@ pub(crate) async fn trigger(
     req: TriggerRequest,
 ) -> Result<PipelineExecution, TriggerError> {
     let pipelines = Api::<Pipeline>::new(core.store.clone());
-    let (p, run) = loop {
-        let Some(mut p) = pipelines.get(&core.name, pipeline).await? else {
-            return Err(TriggerError::NoPipeline {
-                engine: core.name.clone(),
-                pipeline: pipeline.to_owned(),
-            });
-        };
-        let run = p.status.next_run.max(1);
-        p.status.next_run = run + 1;
-        match pipelines.update_status(&p).await {
-            Ok(p) => break (p, run),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    let Some(p) = pipelines.get(&core.name, pipeline).await? else {
+        return Err(TriggerError::NoPipeline {
+            engine: core.name.clone(),
+            pipeline: pipeline.to_owned(),
+        });
     };
     let params = p
         .spec
@@ -132,8 +123,32 @@ pub(crate) async fn trigger(
             pipeline: pipeline.to_owned(),
             problems,
         })?;
+    // Run numbers come from an in-process counter per pipeline, started from the
+    // pipeline's `status.next_run` (which the pipeline reconciler keeps up); the
+    // execution's name `<pipeline>-<run>` is the reservation: a number already
+    // taken (by another process, or before a restart) is skipped.
+    let execs = Api::<PipelineExecution>::new(core.store.clone());
+    loop {
+        let run = core.next_run(pipeline, p.status.next_run);
+        let exec = new_execution(core, &p, pipeline, run, &req, params.clone());
+        match execs.create(&exec).await {
+            Ok(created) => return Ok(created),
+            Err(StoreError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn new_execution(
+    core: &EngineCore,
+    p: &Pipeline,
+    pipeline: &str,
+    run: u64,
+    req: &TriggerRequest,
+    params: BTreeMap<String, serde_json::Value>,
+) -> PipelineExecution {
     let mut meta = ObjectMeta::new(&core.name, format!("{pipeline}-{run}"));
-    meta.labels = req.labels;
+    meta.labels = req.labels.clone();
     meta.labels
         .insert(PIPELINE_LABEL.into(), pipeline.to_owned());
     meta.owners.push(OwnerRef {
@@ -141,7 +156,7 @@ pub(crate) async fn trigger(
         name: pipeline.to_owned(),
         uid: p.metadata.uid.clone(),
     });
-    let exec = PipelineExecution::new(
+    PipelineExecution::new(
         meta,
         PipelineExecutionSpec {
             pipeline: pipeline.to_owned(),
@@ -152,7 +167,7 @@ pub(crate) async fn trigger(
             event: if req.event.is_empty() {
                 "manual".into()
             } else {
-                req.event
+                req.event.clone()
             },
             branch: if req.branch.is_empty() {
                 p.spec
@@ -161,15 +176,12 @@ pub(crate) async fn trigger(
                     .and_then(|s| s.branch.clone())
                     .unwrap_or_default()
             } else {
-                req.branch
+                req.branch.clone()
             },
-            commit: req.commit,
+            commit: req.commit.clone(),
             abort: false,
         },
-    );
-    Ok(Api::<PipelineExecution>::new(core.store.clone())
-        .create(&exec)
-        .await?)
+    )
 }
 
 /// The execution reconciler.
@@ -346,6 +358,7 @@ pub(crate) async fn reconcile_pipeline(
         },
     );
 
+    status.next_run = status.next_run.max(core.peek_next_run(&p.metadata.name));
     if status.next_run > 1 {
         let last = format!("{}-{}", p.metadata.name, status.next_run - 1);
         if let Some(exec) = Api::<PipelineExecution>::new(core.store.clone())
