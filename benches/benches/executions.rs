@@ -1,0 +1,871 @@
+//! Durable pipeline executions end to end, against bare step dispatch measured in
+//! the same run:
+//!
+//! - throughput: N executions (default 200 and 1,000) triggered at once on a fresh
+//!   container and followed through one watch; executions/s = N / (last finished −
+//!   first trigger), with p50/p99 of each execution's trigger → seen finished.
+//!   Pipelines: `five` (five sequential stages of one `faults/upper` step), `wide`
+//!   (one stage of five parallel ones) and `five-spread` (`five`, triggered
+//!   round-robin over 50 copies so that the triggers do not all compete for one
+//!   pipeline's run counter). Budget (issue): ≥ 1,000 durable five-step
+//!   executions/s on 2 cores;
+//! - per-step overhead: (time per five-step execution) / 5, one execution at a
+//!   time (trigger + `Engine::wait`) and with N in flight, as a ratio to
+//!   `BizLease::invoke` of `upper` on the same runtime, one call at a time and 64
+//!   in flight;
+//! - where the time goes: the same runs on three stores — `durable` (a data dir:
+//!   redb store and file logs; the budget's), `redb+memlogs` (the redb store, logs
+//!   in memory), `memory` (`MemoryStore`, logs in memory); store writes per
+//!   execution (from the store's revision); on-CPU time per thread during a batch
+//!   (`/proc/self/task/*/schedstat`); and the mean time of each phase of an
+//!   execution (created → admitted → driver → steps → finished) from the
+//!   timestamps in its status.
+//!
+//! Every batch also checks the engine's answer: executions that did not end
+//! `Succeeded`, or whose phase changed after they had finished, are counted and
+//! the first few listed.
+//!
+//! `cargo bench -p arkline-benches --bench executions -- --warm-up-time 1 --measurement-time 5`
+//! (unset `RUST_BACKTRACE` first). Prints tables, no criterion: a batch's
+//! throughput is not a per-iteration time. `--warm-up-time` and
+//! `--measurement-time` bound the one-at-a-time loops; `ARKLINE_EXEC_BATCHES`
+//! (`200,1000`), `ARKLINE_EXEC_ROUNDS` (3; the median round is shown),
+//! `ARKLINE_EXEC_STORES` (`durable,redb-memlogs,memory`) and
+//! `ARKLINE_EXEC_PIPELINES` (`five,wide,five-spread`) shrink it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arkline::ark::{Ark, BizLease, Capabilities, Runtime, RuntimeConfig, StepCall};
+use arkline::model::{ConditionType, ExecutionPhase, PipelineExecution, PipelineSettingSpec};
+use arkline::store::Api;
+use arkline::{Container, Engine, MemoryStore, RedbStore, TriggerRequest};
+use futures::StreamExt;
+use serde_json::json;
+
+const ENGINE: &str = "bench";
+
+/// Steps per execution of both pipelines.
+const STEPS: u32 = 5;
+
+/// Calls in flight in the concurrent bare-dispatch baseline.
+const BARE_IN_FLIGHT: usize = 64;
+
+/// One execution that has not finished after this long is reported as a hang.
+const EXECUTION_LIMIT: Duration = Duration::from_secs(30);
+
+/// After a batch, how long to keep watching for changes to finished executions.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// A batch that has not finished after this long is reported as a hang.
+const BATCH_LIMIT: Duration = Duration::from_secs(900);
+
+const FIVE: &str = r#"
+name: five
+stages:
+  - name: s1
+    steps: [{ name: a, uses: faults/upper, with: { text: x } }]
+  - name: s2
+    steps: [{ name: b, uses: faults/upper, with: { text: x } }]
+  - name: s3
+    steps: [{ name: c, uses: faults/upper, with: { text: x } }]
+  - name: s4
+    steps: [{ name: d, uses: faults/upper, with: { text: x } }]
+  - name: s5
+    steps: [{ name: e, uses: faults/upper, with: { text: x } }]
+"#;
+
+const WIDE: &str = r#"
+name: wide
+stages:
+  - name: all
+    steps:
+      - { name: a, uses: faults/upper, with: { text: x } }
+      - { name: b, uses: faults/upper, with: { text: x } }
+      - { name: c, uses: faults/upper, with: { text: x } }
+      - { name: d, uses: faults/upper, with: { text: x } }
+      - { name: e, uses: faults/upper, with: { text: x } }
+"#;
+
+/// `five-spread` triggers round-robin over this many copies of `five`, so that
+/// triggers do not all compete for one pipeline's run counter.
+const SPREAD: usize = 50;
+
+/// The pipelines a batch of `pipeline` triggers, round-robin.
+fn targets(pipeline: &str) -> Vec<String> {
+    match pipeline {
+        "five-spread" => (0..SPREAD).map(|i| format!("five-s{i}")).collect(),
+        other => vec![other.to_owned()],
+    }
+}
+
+/// What keeps the executions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backing {
+    /// A data dir: redb store, file logs (fsynced per step), workspaces on disk.
+    Durable,
+    /// The redb store; logs in memory, workspaces in a temporary directory.
+    RedbMemLogs,
+    /// `MemoryStore`; logs in memory.
+    Memory,
+}
+
+impl Backing {
+    fn name(self) -> &'static str {
+        match self {
+            Backing::Durable => "durable",
+            Backing::RedbMemLogs => "redb+memlogs",
+            Backing::Memory => "memory",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "durable" => Some(Backing::Durable),
+            "redb-memlogs" | "redb+memlogs" => Some(Backing::RedbMemLogs),
+            "memory" => Some(Backing::Memory),
+            _ => None,
+        }
+    }
+}
+
+struct Setup {
+    container: Container,
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(backing: Backing, runtime: &Runtime, ark: &Ark) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let builder = Container::builder().runtime(runtime.clone());
+        let builder = match backing {
+            Backing::Durable => builder.data_dir(dir.path()),
+            Backing::RedbMemLogs => {
+                builder.store(Arc::new(RedbStore::open(dir.path()).expect("redb opens")))
+            }
+            Backing::Memory => builder.store(Arc::new(MemoryStore::new())),
+        };
+        let container = builder.build().expect("container builds");
+        let engine = container.engine(ENGINE).await.expect("engine starts");
+        engine
+            .install(ark.clone(), &Capabilities::default())
+            .await
+            .expect("faults installs");
+        engine
+            .apply_settings(PipelineSettingSpec {
+                executor_quota: 0,
+                ..PipelineSettingSpec::default()
+            })
+            .await
+            .expect("settings apply");
+        let copies = (0..SPREAD).map(|i| FIVE.replace("name: five", &format!("name: five-s{i}")));
+        for yaml in [FIVE.to_owned(), WIDE.to_owned()].into_iter().chain(copies) {
+            engine
+                .apply_pipeline_yaml("bench.yaml", &yaml)
+                .await
+                .unwrap_or_else(|e| panic!("{yaml} applies: {e}"));
+        }
+        Setup {
+            container,
+            engine,
+            _dir: dir,
+        }
+    }
+
+    async fn revision(&self) -> u64 {
+        self.container.store().revision().await.expect("revision")
+    }
+
+    async fn shutdown(self) {
+        self.container.shutdown().await;
+    }
+}
+
+fn succeeded(exec: &PipelineExecution) {
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{}: {}",
+        exec.metadata.name,
+        exec.status.reason
+    );
+}
+
+/// Latency figures of a set of executions.
+struct Latencies {
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Latencies {
+    fn of(mut all: Vec<Duration>) -> Self {
+        all.sort();
+        let at = |q: f64| {
+            let i = ((all.len() as f64 * q).ceil() as usize).clamp(1, all.len().max(1)) - 1;
+            all.get(i).copied().unwrap_or_default()
+        };
+        Latencies {
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+}
+
+type At = chrono::DateTime<chrono::Utc>;
+
+/// Where executions' time went, from the timestamps of their final status
+/// (means): created → admitted → driver started → first step started → in
+/// steps (first step of a stage started → last finished) and between stages →
+/// last step finished → execution finished.
+#[derive(Debug, Default)]
+struct Timeline {
+    /// Executions created (triggers) per second, first → last created.
+    created_rate: f64,
+    /// Executions admitted per second, first → last admitted.
+    admitted_rate: f64,
+    queued: f64,
+    to_driver: f64,
+    to_first_step: f64,
+    in_steps: f64,
+    between_stages: f64,
+    to_finished: f64,
+}
+
+impl Timeline {
+    fn of(execs: &[PipelineExecution]) -> Self {
+        let mut t = Timeline::default();
+        let mut count = 0.0;
+        let (mut created_at, mut admitted_at) = (Vec::new(), Vec::new());
+        let secs = |a: At, b: At| (b - a).to_std().map_or(0.0, |d| d.as_secs_f64());
+        for e in execs {
+            let st = &e.status;
+            let admitted = st
+                .conditions
+                .iter()
+                .find(|c| c.kind == ConditionType::Admitted)
+                .and_then(|c| c.last_transition);
+            let (Some(created), Some(admitted), Some(started), Some(finished)) =
+                (e.metadata.created, admitted, st.started, st.finished)
+            else {
+                continue;
+            };
+            count += 1.0;
+            created_at.push(created);
+            admitted_at.push(admitted);
+            t.queued += secs(created, admitted);
+            t.to_driver += secs(admitted, started);
+            let mut previous: Option<At> = None;
+            for stage in &st.stages {
+                let first = stage.steps.iter().filter_map(|s| s.started).min();
+                let last = stage.steps.iter().filter_map(|s| s.finished).max();
+                let (Some(first), Some(last)) = (first, last) else {
+                    continue;
+                };
+                match previous {
+                    None => t.to_first_step += secs(started, first),
+                    Some(p) => t.between_stages += secs(p, first),
+                }
+                t.in_steps += secs(first, last);
+                previous = Some(last);
+            }
+            t.to_finished += secs(previous.unwrap_or(started), finished);
+        }
+        let rate = |at: &[At]| match (at.iter().min(), at.iter().max()) {
+            (Some(first), Some(last)) if at.len() > 1 => {
+                (at.len() - 1) as f64 / secs(*first, *last).max(1e-9)
+            }
+            _ => 0.0,
+        };
+        t.created_rate = rate(&created_at);
+        t.admitted_rate = rate(&admitted_at);
+        if count > 0.0 {
+            for v in [
+                &mut t.queued,
+                &mut t.to_driver,
+                &mut t.to_first_step,
+                &mut t.in_steps,
+                &mut t.between_stages,
+                &mut t.to_finished,
+            ] {
+                *v /= count;
+            }
+        }
+        t
+    }
+
+    fn line(&self) -> String {
+        let f = |s: f64| format!("{:.2} ms", s * 1e3);
+        format!(
+            "created at {:.0}/s, admitted at {:.0}/s; queued {} → driver {} → first step {} → in steps {} + between stages {} → finished {}",
+            self.created_rate,
+            self.admitted_rate,
+            f(self.queued),
+            f(self.to_driver),
+            f(self.to_first_step),
+            f(self.in_steps),
+            f(self.between_stages),
+            f(self.to_finished)
+        )
+    }
+}
+
+/// One execution at a time: trigger, `Engine::wait`.
+struct Sequential {
+    timeline: Timeline,
+    executions: usize,
+    per_execution: Duration,
+    latencies: Latencies,
+    writes: f64,
+}
+
+async fn sequential(
+    setup: &Setup,
+    pipeline: &str,
+    warm_up: Duration,
+    measure: Duration,
+) -> Sequential {
+    let one = || async {
+        let at = Instant::now();
+        let exec = setup
+            .engine
+            .trigger(pipeline, TriggerRequest::manual())
+            .await
+            .expect("trigger");
+        let name = &exec.metadata.name;
+        let done = match tokio::time::timeout(EXECUTION_LIMIT, setup.engine.wait(name)).await {
+            Ok(done) => done.expect("wait"),
+            Err(_) => {
+                let now = setup.engine.execution(name).await.expect("reads");
+                panic!("{name} did not finish in {EXECUTION_LIMIT:?}: {now:#?}")
+            }
+        };
+        succeeded(&done);
+        at.elapsed()
+    };
+    let start = Instant::now();
+    while start.elapsed() < warm_up {
+        one().await;
+    }
+    let before = setup.revision().await;
+    let start = Instant::now();
+    let mut all = Vec::new();
+    while start.elapsed() < measure {
+        all.push(one().await);
+    }
+    let elapsed = start.elapsed();
+    let writes = (setup.revision().await - before) as f64 / all.len() as f64;
+    let execs = setup
+        .engine
+        .executions(None)
+        .await
+        .expect("lists executions");
+    Sequential {
+        timeline: Timeline::of(&execs),
+        executions: all.len(),
+        per_execution: elapsed / all.len() as u32,
+        latencies: Latencies::of(all),
+        writes,
+    }
+}
+
+/// N executions triggered at once.
+struct Batch {
+    n: usize,
+    /// First trigger → last execution seen finished.
+    elapsed: Duration,
+    /// First trigger → last trigger returned.
+    triggered: Duration,
+    latencies: Latencies,
+    /// Store revisions per execution, first trigger → last finished.
+    writes: f64,
+    /// Of which `PipelineExecution` writes.
+    execution_writes: f64,
+    /// Executions whose final phase is not `Succeeded`, with why.
+    not_succeeded: Vec<String>,
+    /// Finished executions whose phase changed afterwards.
+    flips: Vec<String>,
+    /// On-CPU time and CPU wait of the process's threads during the batch, by
+    /// thread name.
+    cpu: Vec<(String, Duration, Duration)>,
+    /// Size of one finished execution object as JSON.
+    object_bytes: usize,
+    timeline: Timeline,
+}
+
+impl Batch {
+    fn per_second(&self) -> f64 {
+        self.n as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
+    let store = setup.container.store().clone();
+    let before = setup.revision().await;
+    let mut events = Api::<PipelineExecution>::new(store)
+        .watch(Some(ENGINE), before)
+        .await
+        .expect("watch");
+    // One watch follows the whole batch (as a client waiting for many would):
+    // N `Engine::wait`s are N watches, each decoding every execution event.
+    let (all_finished, finished_rx) = tokio::sync::oneshot::channel();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let collector = tokio::spawn(async move {
+        let mut finished: HashMap<String, (Instant, ExecutionPhase)> = HashMap::new();
+        let mut flips = Vec::new();
+        let mut seen = 0u64;
+        let mut all_finished = Some(all_finished);
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = &mut stopped => break,
+            };
+            let exec = event
+                .expect("the watch goes on")
+                .expect("watch event")
+                .object;
+            if all_finished.is_some() {
+                seen += 1;
+            }
+            let phase = exec.status.phase;
+            match finished.get(&exec.metadata.name) {
+                Some((_, first)) if *first != phase => flips.push(format!(
+                    "{} went from {first:?} to {phase:?} (resource version {}): {}",
+                    exec.metadata.name, exec.metadata.resource_version, exec.status.reason
+                )),
+                Some(_) => {}
+                None if phase.is_finished() => {
+                    finished.insert(exec.metadata.name.clone(), (Instant::now(), phase));
+                }
+                None => {}
+            }
+            if finished.len() == n
+                && let Some(tx) = all_finished.take()
+            {
+                let _ = tx.send(finished.clone());
+            }
+        }
+        (seen, flips)
+    });
+    let cpu_before = thread_cpu();
+    let start = Instant::now();
+    let targets = targets(pipeline);
+    let triggers: Vec<_> = (0..n)
+        .map(|i| {
+            let (engine, pipeline) = (setup.engine.clone(), targets[i % targets.len()].clone());
+            tokio::spawn(async move {
+                let at = Instant::now();
+                let exec = engine
+                    .trigger(&pipeline, TriggerRequest::manual())
+                    .await
+                    .expect("trigger");
+                (exec.metadata.name, at)
+            })
+        })
+        .collect();
+    let mut started = HashMap::with_capacity(n);
+    for t in triggers {
+        let (name, at) = t.await.expect("trigger task");
+        started.insert(name, at);
+    }
+    let triggered = start.elapsed();
+    let finished = tokio::time::timeout(BATCH_LIMIT, finished_rx)
+        .await
+        .unwrap_or_else(|_| panic!("{n} `{pipeline}` executions did not finish in {BATCH_LIMIT:?}"))
+        .expect("collector");
+    let writes = (setup.revision().await - before) as f64 / n as f64;
+    let cpu = cpu_since(&cpu_before);
+    // Not measured: a moment for late writes to finished executions to show.
+    tokio::time::sleep(SETTLE).await;
+    let _ = stop.send(());
+    let (seen, flips) = collector.await.expect("collector");
+    let execs = setup
+        .engine
+        .executions(None)
+        .await
+        .expect("lists executions");
+    let timeline = Timeline::of(&execs);
+    let object_bytes = execs
+        .first()
+        .map_or(0, |e| serde_json::to_vec(e).map_or(0, |v| v.len()));
+    let not_succeeded: Vec<String> = execs
+        .into_iter()
+        .filter(|e| e.status.phase != ExecutionPhase::Succeeded)
+        .map(|e| {
+            format!(
+                "{}: {:?}: {}",
+                e.metadata.name, e.status.phase, e.status.reason
+            )
+        })
+        .collect();
+    let last = finished.values().map(|(at, _)| *at).max().unwrap_or(start);
+    let latencies = started
+        .iter()
+        .map(|(name, at)| finished[name].0.duration_since(*at))
+        .collect();
+    Batch {
+        n,
+        elapsed: last.duration_since(start),
+        triggered,
+        latencies: Latencies::of(latencies),
+        writes,
+        execution_writes: seen as f64 / n as f64,
+        not_succeeded,
+        flips,
+        cpu,
+        object_bytes,
+        timeline,
+    }
+}
+
+/// Bare dispatch, one call at a time: time per call.
+async fn bare_sequential(lease: &BizLease, warm_up: Duration, measure: Duration) -> Duration {
+    let call = || async {
+        let report = lease
+            .invoke(StepCall::new("upper", json!({ "text": "x" })))
+            .await;
+        assert!(report.result.is_ok(), "{:?}", report.result);
+    };
+    let start = Instant::now();
+    while start.elapsed() < warm_up {
+        call().await;
+    }
+    let (start, mut calls) = (Instant::now(), 0u32);
+    while start.elapsed() < measure {
+        call().await;
+        calls += 1;
+    }
+    start.elapsed() / calls
+}
+
+/// Bare dispatch, `in_flight` calls at a time: wall time per call.
+async fn bare_concurrent(lease: Arc<BizLease>, in_flight: usize, measure: Duration) -> Duration {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                let mut calls = 0u32;
+                while start.elapsed() < measure {
+                    let report = lease
+                        .invoke(StepCall::new("upper", json!({ "text": "x" })))
+                        .await;
+                    assert!(report.result.is_ok(), "{:?}", report.result);
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut calls = 0u32;
+    for t in tasks {
+        calls += t.await.expect("caller task");
+    }
+    start.elapsed() / calls
+}
+
+/// On-CPU time and time waiting for a CPU of each live thread
+/// (`/proc/self/task/*/schedstat`), by thread id.
+fn thread_cpu() -> HashMap<String, (String, Duration, Duration)> {
+    let mut out = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+        if let (Some(Some(run)), Some(Some(wait))) = (fields.next(), fields.next()) {
+            out.insert(
+                task.file_name().to_string_lossy().into_owned(),
+                (
+                    name.trim().to_owned(),
+                    Duration::from_nanos(run),
+                    Duration::from_nanos(wait),
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// On-CPU time and CPU wait since `before`, summed by thread name, most CPU
+/// first (threads that ended in between are not counted).
+fn cpu_since(
+    before: &HashMap<String, (String, Duration, Duration)>,
+) -> Vec<(String, Duration, Duration)> {
+    let mut by_name: HashMap<String, (Duration, Duration)> = HashMap::new();
+    for (tid, (name, run, wait)) in thread_cpu() {
+        let (run0, wait0) = before
+            .get(&tid)
+            .map_or((Duration::ZERO, Duration::ZERO), |(_, r, w)| (*r, *w));
+        let entry = by_name.entry(name).or_default();
+        entry.0 += run.saturating_sub(run0);
+        entry.1 += wait.saturating_sub(wait0);
+    }
+    let mut all: Vec<_> = by_name
+        .into_iter()
+        .filter(|(_, (run, _))| !run.is_zero())
+        .map(|(name, (run, wait))| (name, run, wait))
+        .collect();
+    all.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    all
+}
+
+fn arg_secs(name: &str, default: f64) -> Duration {
+    let args: Vec<String> = std::env::args().collect();
+    let value = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(default);
+    Duration::from_secs_f64(value)
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let warm_up = arg_secs("--warm-up-time", 1.0);
+    let measure = arg_secs("--measurement-time", 5.0);
+    let sizes: Vec<usize> = env_list("ARKLINE_EXEC_BATCHES", "200,1000")
+        .iter()
+        .map(|s| {
+            s.parse()
+                .expect("ARKLINE_EXEC_BATCHES: comma-separated counts")
+        })
+        .collect();
+    let rounds: usize = std::env::var("ARKLINE_EXEC_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let backings: Vec<Backing> = env_list("ARKLINE_EXEC_STORES", "durable,redb-memlogs,memory")
+        .iter()
+        .map(|s| Backing::parse(s).unwrap_or_else(|| panic!("ARKLINE_EXEC_STORES: unknown `{s}`")))
+        .collect();
+    let pipelines = env_list("ARKLINE_EXEC_PIPELINES", "five,wide,five-spread");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let ark = Ark::open(arkline_testkit::plugin("faults")).expect("faults archive");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(RuntimeConfig::default().cache_dir(cache.path())).expect("runtime");
+    runtime.prepare(&ark).expect("warms the compiled cache");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Other work on the machine skews every figure: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "executions: {cpus} CPUs (load average before: {}), tokio 2 workers; warm-up {warm_up:?}, measurement {measure:?}; batches {sizes:?} × {rounds} rounds (median shown)",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+
+    // Baseline: bare dispatch on the engine's own runtime and lease.
+    let (bare_one, bare_many) = rt.block_on(async {
+        let setup = Setup::new(Backing::Memory, &runtime, &ark).await;
+        let lease = Arc::new(setup.engine.registry().resolve("faults").expect("resolves"));
+        let one = bare_sequential(&lease, warm_up, measure).await;
+        let many = bare_concurrent(lease.clone(), BARE_IN_FLIGHT, measure).await;
+        drop(lease);
+        setup.shutdown().await;
+        (one, many)
+    });
+    println!(
+        "bare dispatch (BizLease::invoke `upper`): 1 at a time {} per call; {BARE_IN_FLIGHT} in flight {} per call (wall)",
+        us(bare_one),
+        us(bare_many)
+    );
+
+    println!();
+    println!("one execution at a time (trigger → Engine::wait):");
+    let mut timelines = Vec::new();
+    println!(
+        "| store | pipeline | executions | exec/s | p50 | p99 | per step | ÷ bare (1 at a time) | store writes/exec |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &backing in &backings {
+        // One at a time, spreading over copies changes nothing.
+        for pipeline in pipelines.iter().filter(|p| *p != "five-spread") {
+            let s = rt.block_on(async {
+                let setup = Setup::new(backing, &runtime, &ark).await;
+                let s = sequential(&setup, pipeline, warm_up, measure).await;
+                setup.shutdown().await;
+                s
+            });
+            let per_step = s.per_execution / STEPS;
+            println!(
+                "| {} | {pipeline} | {} | {:.0} | {} | {} | {} | {:.1}× | {:.1} |",
+                backing.name(),
+                s.executions,
+                1.0 / s.per_execution.as_secs_f64(),
+                ms(s.latencies.p50),
+                ms(s.latencies.p99),
+                us(per_step),
+                per_step.as_secs_f64() / bare_one.as_secs_f64(),
+                s.writes
+            );
+            timelines.push(format!(
+                "{} {pipeline}: {}",
+                backing.name(),
+                s.timeline.line()
+            ));
+        }
+    }
+    println!();
+    println!("where one execution's time went (means, from its status timestamps):");
+    for line in &timelines {
+        println!("- {line}");
+    }
+
+    println!();
+    println!("N executions triggered at once, followed by one watch:");
+    println!(
+        "| store | pipeline | N | exec/s (rounds) | triggers returned | p50 | p99 | per step (wall) | ÷ bare ({BARE_IN_FLIGHT} in flight) | store writes/exec (executions) | not Succeeded (flipped after finishing) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut anomalies = Vec::new();
+    let mut cpu_lines = Vec::new();
+    let mut budget: Option<f64> = None;
+    for &backing in &backings {
+        for pipeline in &pipelines {
+            for &n in &sizes {
+                let mut runs: Vec<Batch> = (0..rounds)
+                    .map(|_| {
+                        rt.block_on(async {
+                            let setup = Setup::new(backing, &runtime, &ark).await;
+                            let b = batch(&setup, pipeline, n).await;
+                            setup.shutdown().await;
+                            b
+                        })
+                    })
+                    .collect();
+                runs.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+                let all: Vec<String> = runs
+                    .iter()
+                    .map(|b| format!("{:.0}", b.per_second()))
+                    .collect();
+                let b = &runs[runs.len() / 2];
+                let per_step = b.elapsed / (n as u32 * STEPS);
+                if backing == Backing::Durable
+                    && pipeline == "five"
+                    && n == *sizes.iter().max().unwrap_or(&n)
+                {
+                    budget = Some(b.per_second());
+                }
+                for r in &runs {
+                    anomalies.extend(
+                        r.not_succeeded
+                            .iter()
+                            .take(3)
+                            .map(|a| format!("{} {pipeline} {n}: final {a}", backing.name())),
+                    );
+                    anomalies.extend(
+                        r.flips
+                            .iter()
+                            .take(3)
+                            .map(|a| format!("{} {pipeline} {n}: {a}", backing.name())),
+                    );
+                }
+                let writer = b
+                    .cpu
+                    .iter()
+                    .find(|(name, _, _)| name.starts_with("arkline-store"))
+                    .map_or(String::new(), |(_, run, _)| {
+                        format!(
+                            "; store writer {} on-CPU per write",
+                            us(run.div_f64(b.writes * n as f64))
+                        )
+                    });
+                cpu_lines.push(format!(
+                    "{} {pipeline} {n} ({} wall; an execution is {} bytes of JSON{writer}): {}",
+                    backing.name(),
+                    ms(b.elapsed),
+                    b.object_bytes,
+                    b.cpu
+                        .iter()
+                        .take(4)
+                        .map(|(name, run, wait)| format!(
+                            "{name} {} (+{} waiting for a CPU)",
+                            ms(*run),
+                            ms(*wait)
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                cpu_lines.push(format!("  timeline: {}", b.timeline.line()));
+                let bad: usize = runs.iter().map(|r| r.not_succeeded.len()).sum();
+                let flipped: usize = runs.iter().map(|r| r.flips.len()).sum();
+                println!(
+                    "| {} | {pipeline} | {n} | {:.0} ({}) | {} | {} | {} | {} | {:.1}× | {:.1} ({:.1}) | {bad} ({flipped}) |",
+                    backing.name(),
+                    b.per_second(),
+                    all.join(", "),
+                    ms(b.triggered),
+                    ms(b.latencies.p50),
+                    ms(b.latencies.p99),
+                    us(per_step),
+                    per_step.as_secs_f64() / bare_many.as_secs_f64(),
+                    b.writes,
+                    b.execution_writes
+                );
+            }
+        }
+    }
+    println!();
+    println!(
+        "the median round of each batch: on-CPU time by thread name, and where its executions' time went (means):"
+    );
+    for line in &cpu_lines {
+        println!("- {line}");
+    }
+    if !anomalies.is_empty() {
+        println!();
+        println!(
+            "executions that did not end Succeeded, or changed after finishing (first 3 per round):"
+        );
+        for a in &anomalies {
+            println!("- {a}");
+        }
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!();
+    println!(
+        "load average after: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some(rate) = budget {
+        println!(
+            "budget: ≥ 1,000 durable five-step executions/s on 2 cores: {rate:.0}/s {}",
+            if rate >= 1000.0 { "✓" } else { "✗" }
+        );
+    }
+}
