@@ -231,6 +231,23 @@ impl Controller {
         self
     }
 
+    /// Reconciles an object of the primary kind seen by its list or watch only
+    /// when `keep` says so (controller-runtime's event predicates); the full
+    /// resync after a `Gone` is not filtered. Use it to skip events that cannot
+    /// change the outcome, e.g. status writes of work already running.
+    pub fn filter(mut self, keep: impl Fn(&DynamicObject) -> bool + Send + Sync + 'static) -> Self {
+        if let Some(primary) = self.sources.first_mut() {
+            primary.mapper = Arc::new(move |obj: &DynamicObject| {
+                if keep(obj) {
+                    vec![ObjectRef::of(obj)]
+                } else {
+                    vec![]
+                }
+            });
+        }
+        self
+    }
+
     /// At most `n` reconciles at once (at least 1).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n.max(1);

@@ -466,6 +466,22 @@ pub(crate) fn start(
         .engine(&core.name)
         .concurrency(core.options.concurrency)
         .reconcile_on(tokio_stream_from(pokes))
+        .filter({
+            // A driver of this process owns a running execution's status: its
+            // own writes need no reconcile (an abort, a deletion or the end do).
+            let core = core.clone();
+            move |obj: &DynamicObject| {
+                let phase = obj.status.get("phase").and_then(|p| p.as_str());
+                let abort = obj
+                    .spec
+                    .get("abort")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false);
+                let driven_here = matches!(phase, Some("Pending" | "Running"))
+                    && core.runs().contains_key(&obj.metadata.name);
+                abort || !driven_here
+            }
+        })
         .graceful_shutdown_on(shutdown());
     tasks.push(tokio::spawn(executions.run_typed(
         reconcile_execution,
