@@ -25,9 +25,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use arkline::ark::{Activation, Ark, BizLease, BizRegistry, Capabilities, Runtime, RuntimeConfig};
 use arkline::ark::StepCall;
-use criterion::{Criterion, criterion_group};
+use arkline::ark::{Activation, Ark, BizLease, BizRegistry, Capabilities, Runtime, RuntimeConfig};
+use criterion::{Criterion, SamplingMode, criterion_group};
 use extism::convert::Json;
 use extism::{CompiledPlugin, Plugin, PluginBuilder};
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,12 @@ struct Text {
 
 fn faults_ark() -> PathBuf {
     std::env::var_os("ARKLINE_FAULTS_ARK").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/ark/faults-0.1.0.ark")),
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/ark/faults-0.1.0.ark"
+            ))
+        },
         PathBuf::from,
     )
 }
@@ -149,8 +154,8 @@ fn peers(c: &mut Criterion) {
         })
     });
     group.bench_function("extism_reused", |b| b.iter(|| extism_call(&mut reused)));
-    // A millisecond each: fewer samples keep the run short.
-    group.sample_size(40);
+    // Milliseconds each: flat sampling keeps the run within the measurement time.
+    group.sampling_mode(SamplingMode::Flat);
     group.bench_function("process_spawn", |b| {
         b.iter(|| assert!(spawn_native().status.success()))
     });
@@ -165,7 +170,9 @@ fn main() {
     // doubles): the figures would not be the ones the budgets speak of.
     let set = |name| std::env::var_os(name).is_some_and(|v| v != "0");
     if set("RUST_BACKTRACE") || set("RUST_LIB_BACKTRACE") {
-        eprintln!("peers: unset RUST_BACKTRACE and RUST_LIB_BACKTRACE before measuring (DESIGN.md, \"Budgets\")");
+        eprintln!(
+            "peers: unset RUST_BACKTRACE and RUST_LIB_BACKTRACE before measuring (DESIGN.md, \"Budgets\")"
+        );
         std::process::exit(2);
     }
     benches();

@@ -70,6 +70,15 @@ fn duration(ns: f64) -> String {
     }
 }
 
+/// How arkline compares to a peer's median, `peer / arkline`.
+fn relative(peer_over_arkline: f64) -> String {
+    if peer_over_arkline >= 1.0 {
+        format!("{peer_over_arkline:.1}× faster")
+    } else {
+        format!("{:.1}× slower", 1.0 / peer_over_arkline)
+    }
+}
+
 fn verdict(holds: bool) -> &'static str {
     if holds { "✓" } else { "✗" }
 }
@@ -108,10 +117,11 @@ fn main() -> Result<()> {
             |Faster(min)| format!("≥ {min:.0}× {}", verdict(faster >= *min)),
         );
         println!(
-            "| {} (`peers/{}`) | {} | {faster:.1}× faster | {budget} |",
+            "| {} (`peers/{}`) | {} | {} | {budget} |",
             peer.what,
             peer.bench,
             duration(median),
+            relative(faster),
         );
     }
     Ok(())
