@@ -282,7 +282,8 @@ fn take_verified(
 
 /// Reads every entry, refusing unsafe names, duplicates and anything past the
 /// limits. Sizes are enforced on the decompressed stream, never trusted from headers.
-fn read_entries(
+/// Shared by the `.ark` and `.arkc` readers.
+pub(crate) fn read_entries(
     bytes: &[u8],
     limits: ReadLimits,
 ) -> Result<BTreeMap<String, Vec<u8>>, ArchiveError> {
