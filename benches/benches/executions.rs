@@ -7,7 +7,9 @@
 //!   Pipelines: `five` (five sequential stages of one `faults/upper` step), `wide`
 //!   (one stage of five parallel ones) and `five-spread` (`five`, triggered
 //!   round-robin over 50 copies so that the triggers do not all compete for one
-//!   pipeline's run counter). Budget (issue): ≥ 1,000 durable five-step
+//!   pipeline's run counter) and `five-10-engines` (`five`, triggered round-robin
+//!   over ten engines merged in one container, each with its own bizes,
+//!   settings and controllers). Budget (issue): ≥ 1,000 durable five-step
 //!   executions/s on 2 cores;
 //! - per-step overhead: (time per five-step execution) / 5, one execution at a
 //!   time (trigger + `Engine::wait`) and with N in flight, as a ratio to
@@ -31,7 +33,7 @@
 //! `--measurement-time` bound the one-at-a-time loops; `ARKLINE_EXEC_BATCHES`
 //! (`200,1000`), `ARKLINE_EXEC_ROUNDS` (3; the median round is shown),
 //! `ARKLINE_EXEC_STORES` (`durable,redb-memlogs,memory`) and
-//! `ARKLINE_EXEC_PIPELINES` (`five,wide,five-spread`) shrink it.
+//! `ARKLINE_EXEC_PIPELINES` (`five,wide,five-spread,five-10-engines`) shrink it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +43,7 @@ use arkline::ark::{Ark, BizLease, Capabilities, Runtime, RuntimeConfig, StepCall
 use arkline::model::{ConditionType, ExecutionPhase, PipelineExecution, PipelineSettingSpec};
 use arkline::store::Api;
 use arkline::{Container, Engine, MemoryStore, RedbStore, TriggerRequest};
+use arkline_benches::{Latencies, arg_secs, env_list, ms, us};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -92,11 +95,27 @@ stages:
 /// triggers do not all compete for one pipeline's run counter.
 const SPREAD: usize = 50;
 
-/// The pipelines a batch of `pipeline` triggers, round-robin.
-fn targets(pipeline: &str) -> Vec<String> {
+/// `five-10-engines` triggers `five` round-robin over this many engines merged
+/// in one container (the issue's "10 engines merged").
+const MERGED_ENGINES: usize = 10;
+
+/// How many engines the container of a `pipeline` run has.
+fn engines_for(pipeline: &str) -> usize {
+    if pipeline == "five-10-engines" {
+        MERGED_ENGINES
+    } else {
+        1
+    }
+}
+
+/// The (engine index, pipeline) pairs a batch of `pipeline` triggers, round-robin.
+fn targets(pipeline: &str) -> Vec<(usize, String)> {
     match pipeline {
-        "five-spread" => (0..SPREAD).map(|i| format!("five-s{i}")).collect(),
-        other => vec![other.to_owned()],
+        "five-spread" => (0..SPREAD).map(|i| (0, format!("five-s{i}"))).collect(),
+        "five-10-engines" => (0..MERGED_ENGINES)
+            .map(|e| (e, "five".to_owned()))
+            .collect(),
+        other => vec![(0, other.to_owned())],
     }
 }
 
@@ -132,12 +151,15 @@ impl Backing {
 
 struct Setup {
     container: Container,
+    /// The first engine (`bench`).
     engine: Engine,
+    /// Every engine, the first one included (`bench`, `bench-1`, …).
+    engines: Vec<Engine>,
     _dir: tempfile::TempDir,
 }
 
 impl Setup {
-    async fn new(backing: Backing, runtime: &Runtime, ark: &Ark) -> Self {
+    async fn new(backing: Backing, runtime: &Runtime, ark: &Ark, engines: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let builder = Container::builder().runtime(runtime.clone());
         let builder = match backing {
@@ -148,28 +170,39 @@ impl Setup {
             Backing::Memory => builder.store(Arc::new(MemoryStore::new())),
         };
         let container = builder.build().expect("container builds");
-        let engine = container.engine(ENGINE).await.expect("engine starts");
-        engine
-            .install(ark.clone(), &Capabilities::default())
-            .await
-            .expect("faults installs");
-        engine
-            .apply_settings(PipelineSettingSpec {
-                executor_quota: 0,
-                ..PipelineSettingSpec::default()
-            })
-            .await
-            .expect("settings apply");
-        let copies = (0..SPREAD).map(|i| FIVE.replace("name: five", &format!("name: five-s{i}")));
-        for yaml in [FIVE.to_owned(), WIDE.to_owned()].into_iter().chain(copies) {
+        let mut all = Vec::with_capacity(engines);
+        for i in 0..engines.max(1) {
+            let name = if i == 0 {
+                ENGINE.to_owned()
+            } else {
+                format!("{ENGINE}-{i}")
+            };
+            let engine = container.engine(&name).await.expect("engine starts");
             engine
-                .apply_pipeline_yaml("bench.yaml", &yaml)
+                .install(ark.clone(), &Capabilities::default())
                 .await
-                .unwrap_or_else(|e| panic!("{yaml} applies: {e}"));
+                .expect("faults installs");
+            engine
+                .apply_settings(PipelineSettingSpec {
+                    executor_quota: 0,
+                    ..PipelineSettingSpec::default()
+                })
+                .await
+                .expect("settings apply");
+            let copies =
+                (0..SPREAD).map(|i| FIVE.replace("name: five", &format!("name: five-s{i}")));
+            for yaml in [FIVE.to_owned(), WIDE.to_owned()].into_iter().chain(copies) {
+                engine
+                    .apply_pipeline_yaml("bench.yaml", &yaml)
+                    .await
+                    .unwrap_or_else(|e| panic!("{yaml} applies: {e}"));
+            }
+            all.push(engine);
         }
         Setup {
             container,
-            engine,
+            engine: all[0].clone(),
+            engines: all,
             _dir: dir,
         }
     }
@@ -191,26 +224,6 @@ fn succeeded(exec: &PipelineExecution) {
         exec.metadata.name,
         exec.status.reason
     );
-}
-
-/// Latency figures of a set of executions.
-struct Latencies {
-    p50: Duration,
-    p99: Duration,
-}
-
-impl Latencies {
-    fn of(mut all: Vec<Duration>) -> Self {
-        all.sort();
-        let at = |q: f64| {
-            let i = ((all.len() as f64 * q).ceil() as usize).clamp(1, all.len().max(1)) - 1;
-            all.get(i).copied().unwrap_or_default()
-        };
-        Latencies {
-            p50: at(0.50),
-            p99: at(0.99),
-        }
-    }
 }
 
 type At = chrono::DateTime<chrono::Utc>;
@@ -404,7 +417,7 @@ async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
     let store = setup.container.store().clone();
     let before = setup.revision().await;
     let mut events = Api::<PipelineExecution>::new(store)
-        .watch(Some(ENGINE), before)
+        .watch(None, before)
         .await
         .expect("watch");
     // One watch follows the whole batch (as a client waiting for many would):
@@ -412,7 +425,8 @@ async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
     let (all_finished, finished_rx) = tokio::sync::oneshot::channel();
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(async move {
-        let mut finished: HashMap<String, (Instant, ExecutionPhase)> = HashMap::new();
+        // Keyed by (engine, execution): run names repeat across engines.
+        let mut finished: HashMap<(String, String), (Instant, ExecutionPhase)> = HashMap::new();
         let mut flips = Vec::new();
         let mut seen = 0u64;
         let mut all_finished = Some(all_finished);
@@ -429,14 +443,15 @@ async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
                 seen += 1;
             }
             let phase = exec.status.phase;
-            match finished.get(&exec.metadata.name) {
+            let key = (exec.metadata.engine.clone(), exec.metadata.name.clone());
+            match finished.get(&key) {
                 Some((_, first)) if *first != phase => flips.push(format!(
                     "{} went from {first:?} to {phase:?} (resource version {}): {}",
                     exec.metadata.name, exec.metadata.resource_version, exec.status.reason
                 )),
                 Some(_) => {}
                 None if phase.is_finished() => {
-                    finished.insert(exec.metadata.name.clone(), (Instant::now(), phase));
+                    finished.insert(key, (Instant::now(), phase));
                 }
                 None => {}
             }
@@ -453,14 +468,15 @@ async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
     let targets = targets(pipeline);
     let triggers: Vec<_> = (0..n)
         .map(|i| {
-            let (engine, pipeline) = (setup.engine.clone(), targets[i % targets.len()].clone());
+            let (e, pipeline) = targets[i % targets.len()].clone();
+            let engine = setup.engines[e].clone();
             tokio::spawn(async move {
                 let at = Instant::now();
                 let exec = engine
                     .trigger(&pipeline, TriggerRequest::manual())
                     .await
                     .expect("trigger");
-                (exec.metadata.name, at)
+                ((exec.metadata.engine, exec.metadata.name), at)
             })
         })
         .collect();
@@ -480,11 +496,10 @@ async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
     tokio::time::sleep(SETTLE).await;
     let _ = stop.send(());
     let (seen, flips) = collector.await.expect("collector");
-    let execs = setup
-        .engine
-        .executions(None)
-        .await
-        .expect("lists executions");
+    let mut execs = Vec::new();
+    for engine in &setup.engines {
+        execs.extend(engine.executions(None).await.expect("lists executions"));
+    }
     let timeline = Timeline::of(&execs);
     let object_bytes = execs
         .first()
@@ -614,34 +629,6 @@ fn cpu_since(
     all
 }
 
-fn arg_secs(name: &str, default: f64) -> Duration {
-    let args: Vec<String> = std::env::args().collect();
-    let value = args
-        .iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(default);
-    Duration::from_secs_f64(value)
-}
-
-fn env_list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -664,7 +651,10 @@ fn main() {
         .iter()
         .map(|s| Backing::parse(s).unwrap_or_else(|| panic!("ARKLINE_EXEC_STORES: unknown `{s}`")))
         .collect();
-    let pipelines = env_list("ARKLINE_EXEC_PIPELINES", "five,wide,five-spread");
+    let pipelines = env_list(
+        "ARKLINE_EXEC_PIPELINES",
+        "five,wide,five-spread,five-10-engines",
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -688,7 +678,7 @@ fn main() {
 
     // Baseline: bare dispatch on the engine's own runtime and lease.
     let (bare_one, bare_many) = rt.block_on(async {
-        let setup = Setup::new(Backing::Memory, &runtime, &ark).await;
+        let setup = Setup::new(Backing::Memory, &runtime, &ark, 1).await;
         let lease = Arc::new(setup.engine.registry().resolve("faults").expect("resolves"));
         let one = bare_sequential(&lease, warm_up, measure).await;
         let many = bare_concurrent(lease.clone(), BARE_IN_FLIGHT, measure).await;
@@ -711,9 +701,12 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     for &backing in &backings {
         // One at a time, spreading over copies changes nothing.
-        for pipeline in pipelines.iter().filter(|p| *p != "five-spread") {
+        for pipeline in pipelines
+            .iter()
+            .filter(|p| !matches!(p.as_str(), "five-spread" | "five-10-engines"))
+        {
             let s = rt.block_on(async {
-                let setup = Setup::new(backing, &runtime, &ark).await;
+                let setup = Setup::new(backing, &runtime, &ark, 1).await;
                 let s = sequential(&setup, pipeline, warm_up, measure).await;
                 setup.shutdown().await;
                 s
@@ -758,7 +751,8 @@ fn main() {
                 let mut runs: Vec<Batch> = (0..rounds)
                     .map(|_| {
                         rt.block_on(async {
-                            let setup = Setup::new(backing, &runtime, &ark).await;
+                            let setup =
+                                Setup::new(backing, &runtime, &ark, engines_for(pipeline)).await;
                             let b = batch(&setup, pipeline, n).await;
                             setup.shutdown().await;
                             b

@@ -26,7 +26,7 @@ use super::invoke::{self, Invocable, StepCall, StepFault, StepReport};
 use super::runtime::{PreparedBiz, Runtime};
 use super::{Ark, CancelToken, Capabilities, ComponentError, Manifest};
 use crate::host::http::HttpPolicy;
-use crate::host::{BlobCache, CallerIdentity, EffectiveCapabilities, ProcessPolicy};
+use crate::host::{BlobCache, CallerIdentity, EffectiveCapabilities, ProcessPolicy, StepLog};
 
 /// Where a biz version is in its lifecycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -769,21 +769,47 @@ impl BizLease {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let report = invoke::invoke(
-            Invocable {
-                runtime: &self.registry.runtime,
-                pre: &self.biz.prepared.pre,
-                caller: &self.biz.caller,
-                capabilities: &self.biz.capabilities,
-                process: &self.biz.process,
-                cache,
-                http: &self.biz.http,
-                step_types: &self.biz.step_types,
-                biz_cancel: &self.biz.cancel,
+        let (runtime, biz, started) = (
+            self.registry.runtime.clone(),
+            self.biz.clone(),
+            std::time::Instant::now(),
+        );
+        let step_type = call.step_type.clone();
+        let guest = {
+            let runtime = runtime.clone();
+            async move {
+                invoke::invoke(
+                    Invocable {
+                        runtime: &runtime,
+                        pre: &biz.prepared.pre,
+                        caller: &biz.caller,
+                        capabilities: &biz.capabilities,
+                        process: &biz.process,
+                        cache,
+                        http: &biz.http,
+                        step_types: &biz.step_types,
+                        biz_cancel: &biz.cancel,
+                    },
+                    call,
+                )
+                .await
+            }
+        };
+        let report = match runtime.run_guest_call(guest).await {
+            Ok(report) => report,
+            Err(reason) => StepReport {
+                biz: self.id(),
+                step_type,
+                result: Err(StepFault::Trap {
+                    message: reason,
+                    backtrace: None,
+                }
+                .into()),
+                log: StepLog::default(),
+                fuel_consumed: 0,
+                elapsed: started.elapsed(),
             },
-            call,
-        )
-        .await;
+        };
         if let Some(StepFault::Instantiate(reason)) = report.fault() {
             self.mark_broken(reason.clone());
         }

@@ -40,6 +40,16 @@ pub struct RuntimeConfig {
     /// How often the epoch advances: the granularity of timeouts, cancellation and
     /// async yields of CPU-bound guests.
     pub epoch_tick: Duration,
+    /// Threads that run guest code (0: one per CPU). Step calls run on these,
+    /// never on the caller's async workers, so a guest computing until its
+    /// deadline cannot starve the store, timers and controllers of the
+    /// embedder's runtime, nor other engines' bookkeeping.
+    pub guest_threads: usize,
+    /// Nice value added to the guest threads (Linux; 0 leaves them alone). The
+    /// default, 10, lets the host's control plane — store writes, timers,
+    /// controllers, the API — preempt guests that compute, so a neighbour's
+    /// busy guest delays another engine's bookkeeping by little.
+    pub guest_nice: i32,
     /// Default memory limit of one step call.
     pub memory_limit: usize,
     /// Default wall-clock limit of one step call.
@@ -66,6 +76,8 @@ impl Default for RuntimeConfig {
             keep_resident: 1 << 20,
             warm_slots: 100,
             epoch_tick: Duration::from_millis(10),
+            guest_threads: 0,
+            guest_nice: 10,
             memory_limit: 256 << 20,
             timeout: Duration::from_secs(600),
             fuel: None,
@@ -138,6 +150,18 @@ impl RuntimeConfig {
         self
     }
 
+    /// Sets the number of guest threads (0: one per CPU).
+    pub fn guest_threads(mut self, threads: usize) -> Self {
+        self.guest_threads = threads;
+        self
+    }
+
+    /// Sets the nice value of the guest threads (0: unchanged).
+    pub fn guest_nice(mut self, nice: i32) -> Self {
+        self.guest_nice = nice;
+        self
+    }
+
     /// Sets the default log cap.
     pub fn log_limit(mut self, bytes: usize) -> Self {
         self.log_limit = bytes;
@@ -184,8 +208,45 @@ struct RuntimeInner {
     cache: Option<CompiledCache>,
     linker_v0_1_0: Linker<StepState>,
     ticker: Mutex<Option<Ticker>>,
+    guests: Guests,
     http: std::sync::OnceLock<Result<crate::host::http::HttpClient, String>>,
     native: crate::native::NativePlugins,
+}
+
+/// The threads step calls run on: a tokio runtime of its own, so the CPU a guest
+/// burns is scheduled against other guests, not against the host's control plane.
+struct Guests {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Guests {
+    fn drop(&mut self) {
+        // The last clone of a `Runtime` may be dropped inside an async task, where
+        // a blocking shutdown panics; guest tasks hold a clone, so none is left.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Adds `nice` to the calling thread's nice value (Linux: per thread). Best
+/// effort: a failure leaves the thread at its priority.
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        // SAFETY: plain syscalls on the calling thread, no memory passed.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                tid,
+                current.saturating_add(nice).min(19),
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 struct Ticker {
@@ -255,6 +316,19 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
 
+        let threads = match config.guest_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let nice = config.guest_nice;
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("arkline-guest")
+            .on_thread_start(move || lower_priority(nice))
+            .enable_all()
+            .build()
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the guest threads: {e}")))?;
+
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -263,9 +337,49 @@ impl Runtime {
                 cache,
                 linker_v0_1_0: linker,
                 ticker: Mutex::new(Some(Ticker { stop, thread })),
+                guests: Guests {
+                    runtime: Some(guests),
+                },
                 http: std::sync::OnceLock::new(),
                 native: crate::native::NativePlugins::new(),
             }),
+        })
+    }
+
+    /// Runs `call` to its end. Its first poll runs on the caller's thread: most
+    /// step calls finish there without waiting (no thread hop, which would cost
+    /// more than a short call). A call that waits — a guest that used up its
+    /// epoch slice and yields, or one waiting on a host call — moves to the
+    /// guest threads, so a guest computing until its deadline never holds a
+    /// worker of the caller's runtime for more than one slice. Dropping the
+    /// returned future aborts the call (its store is dropped where it runs).
+    pub(crate) async fn run_guest_call<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, String> {
+        use std::task::Poll;
+        let mut call = Box::pin(call);
+        if let Poll::Ready(done) =
+            std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
+        {
+            return Ok(done);
+        }
+        let Some(runtime) = &self.inner.guests.runtime else {
+            return Err("the guest threads have stopped".into());
+        };
+        struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+        impl<T> Drop for AbortOnDrop<T> {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut task = AbortOnDrop(runtime.spawn(call));
+        (&mut task.0).await.map_err(|e| {
+            if e.is_panic() {
+                format!("the host panicked running the step: {e}")
+            } else {
+                "the step call was cancelled".to_owned()
+            }
         })
     }
 
