@@ -1,8 +1,9 @@
 //! Density and leaks of the isolation runtime, as resident memory (RSS):
 //!
-//! - 1,000 distinct bizes (`biz-0000@1.0.0` …) installed in one engine, each its own
-//!   loaded component and `InstancePre` (they share one compiled artifact on disk,
-//!   so this measures the per-install cost, not 1,000 compilations); budget ≤ 1 GiB;
+//! - 1, 10, 100 and 1,000 distinct bizes (`biz-0000@1.0.0` …) installed in one
+//!   engine, each its own loaded component and `InstancePre` (they share one
+//!   compiled artifact on disk, so this measures the per-install cost, not 1,000
+//!   compilations), then each called once; budget: 1,000 within 1 GiB;
 //! - 10,000 install → call → uninstall cycles of one biz; budget: RSS after them
 //!   within 5 % of RSS after the first 1,000 (the warm-up).
 //!
@@ -101,39 +102,51 @@ fn main() {
 
     let before = rss_bytes();
     let registry = BizRegistry::new(runtime.clone(), "density");
-    // Each archive is made, installed and dropped in turn, as a deployment would:
-    // what stays is what the runtime keeps per biz.
-    for i in 0..bizes {
-        let variant = renamed(&ark, &format!("biz-{i:04}"));
-        registry
-            .install_blocking(&variant, &grants, Activation::IfNone)
-            .expect("installs");
-    }
-    let installed_only = rss_bytes();
+    // Tiers of 1, 10, 100, 1,000 distinct bizes (up to `bizes`): at each, the
+    // new bizes are installed (each archive made, installed and dropped in
+    // turn, as a deployment would: what stays is what the runtime keeps per
+    // biz), RSS read, then each called once (instantiated) and RSS read again.
+    let mut tiers: Vec<usize> = [1, 10, 100, 1000]
+        .into_iter()
+        .filter(|&t| t < bizes)
+        .collect();
+    tiers.push(bizes);
+    println!("density: RSS before any biz {}", mib(before));
+    println!();
     println!(
-        "density: {bizes} bizes installed: RSS {} [{}] ({} per biz over the {} before)",
-        mib(installed_only),
-        rss_parts(),
-        mib((installed_only - before) / bizes.max(1) as u64),
-        mib(before)
+        "| distinct bizes | RSS installed | RSS installed and each called once | per biz (called) over the RSS before | PSS parts |"
     );
-    // One call each, so every biz has been instantiated once.
-    rt.block_on(async {
-        for i in 0..bizes {
-            let lease = registry.resolve(&format!("biz-{i:04}")).expect("resolves");
-            let report = lease
-                .invoke(StepCall::new("upper", json!({ "text": "x" })))
-                .await;
-            assert!(report.result.is_ok(), "{:?}", report.result);
+    println!("|---|---|---|---|---|");
+    let mut done = 0;
+    for &tier in &tiers {
+        for i in done..tier {
+            let variant = renamed(&ark, &format!("biz-{i:04}"));
+            registry
+                .install_blocking(&variant, &grants, Activation::IfNone)
+                .expect("installs");
         }
-    });
-    let installed = rss_bytes();
-    println!(
-        "density: {bizes} bizes installed and called once: RSS {} [{}] ({} per biz); budget: 1,000 bizes within 1 GiB",
-        mib(installed),
-        rss_parts(),
-        mib((installed - before) / bizes.max(1) as u64)
-    );
+        let installed_only = rss_bytes();
+        rt.block_on(async {
+            for i in done..tier {
+                let lease = registry.resolve(&format!("biz-{i:04}")).expect("resolves");
+                let report = lease
+                    .invoke(StepCall::new("upper", json!({ "text": "x" })))
+                    .await;
+                assert!(report.result.is_ok(), "{:?}", report.result);
+            }
+        });
+        done = tier;
+        let called = rss_bytes();
+        println!(
+            "| {tier} | {} | {} | {} | {} |",
+            mib(installed_only),
+            mib(called),
+            mib(called.saturating_sub(before) / tier.max(1) as u64),
+            rss_parts()
+        );
+    }
+    println!();
+    println!("density budget: 1,000 bizes within 1 GiB");
     rt.block_on(async {
         for i in 0..bizes {
             registry
