@@ -352,12 +352,19 @@ fn main() {
         let tick = tick.parse().expect("ARKLINE_NOISY_TICK_US: microseconds");
         config = config.epoch_tick(Duration::from_micros(tick));
     }
+    if let Ok(threads) = std::env::var("ARKLINE_NOISY_GUEST_THREADS") {
+        let threads = threads
+            .parse()
+            .expect("ARKLINE_NOISY_GUEST_THREADS: a count");
+        config = config.guest_threads(threads);
+    }
     let tick = config.epoch_tick;
+    let config_threads = config.guest_threads;
     let runtime = Runtime::new(config).expect("runtime");
     runtime.prepare(&ark).expect("warms the compiled cache");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "noisy neighbour: {} CPUs (load average before: {}), tokio 2 workers, epoch tick {tick:?}; {spinners} spinners, deadline {deadline:?}; warm-up {warm_up:?}, measurement {measure:?} each side",
+        "noisy neighbour: {} CPUs (load average before: {}), tokio 2 workers, epoch tick {tick:?}, guest threads {config_threads} (0: one per CPU); {spinners} spinners, deadline {deadline:?}; warm-up {warm_up:?}, measurement {measure:?} each side",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace()
             .take(3)
