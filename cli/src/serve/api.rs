@@ -637,6 +637,7 @@ async fn deploy_container(
     caller: Caller,
     body: Body,
 ) -> Result<(StatusCode, Json<DeployedView>), ApiError> {
+    caller.require_write_access()?;
     let bytes = read_body(body, state.limits.max_upload, "--max-upload").await?;
     let archive = tokio::task::spawn_blocking(move || ContainerArchive::from_bytes(&bytes))
         .await

@@ -203,6 +203,20 @@ impl Caller {
         }
     }
 
+    /// Checks that the caller may write at all (before a large body is read for
+    /// a request whose engines are only known from that body); 403 otherwise.
+    pub fn require_write_access(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Token(token) if token.access < Access::Write => {
+                Err(ApiError::forbidden(format!(
+                    "token `{}` has `read` access and this request needs `write`; use a token with access = \"write\"",
+                    token.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks that the caller may do `access` on `engine`; 403 otherwise.
     pub fn require(&self, engine: &str, access: Access) -> Result<(), ApiError> {
         let Caller::Token(token) = self else {
