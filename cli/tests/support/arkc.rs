@@ -31,13 +31,15 @@ fn biz_bytes(plugin: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-fn parts(
-    engines: &[TestEngine<'_>],
-) -> (
+/// What `write_container` takes: the manifest, the bizes' bytes by identity,
+/// and the pipelines' YAML by `(engine, entry path)`.
+type Parts = (
     ContainerManifest,
     BTreeMap<(String, Version), Vec<u8>>,
     BTreeMap<(String, String), String>,
-) {
+);
+
+fn parts(engines: &[TestEngine<'_>]) -> Parts {
     let version = Version::new(0, 1, 0);
     let mut bizes = BTreeMap::new();
     let mut pipelines = BTreeMap::new();
