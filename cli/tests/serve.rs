@@ -392,7 +392,7 @@ async fn serve_deploys_manages_and_restores_over_http() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(
         (body["version"].as_str(), body["state"].as_str()),
-        (Some("9.0.0"), Some("deactivated"))
+        (Some("9.0.0"), Some("resolved"))
     );
     let (status, body) = api
         .post_json(
