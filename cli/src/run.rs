@@ -69,14 +69,14 @@ pub struct RunArgs {
     /// The container archive to deploy and run (built by `cargo ark container`).
     #[arg(value_name = "ARCHIVE.arkc")]
     pub archive: PathBuf,
-    /// Where the store, logs and compiled code are kept [default:
-    /// `.arkline/<container name>/` next to the archive]. Reusing it resumes
+    /// Where the store, logs and compiled code are kept (default:
+    /// `.arkline/<container name>/` next to the archive). Reusing it resumes
     /// executions an earlier run left unfinished.
     #[arg(long, env = "ARKLINE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// A pipeline to run, as `ENGINE/PIPELINE` or a bare `PIPELINE` (in every
-    /// engine that has it); repeatable [default: every pipeline with a manual
-    /// trigger].
+    /// engine that has it); repeatable (default: every pipeline with a manual
+    /// trigger).
     #[arg(long = "pipeline", short = 'p', value_name = "[ENGINE/]PIPELINE")]
     pub pipelines: Vec<String>,
     /// A param for the pipelines that declare it, as `KEY=VALUE`; repeatable.
