@@ -1,14 +1,228 @@
-//! `arkline serve` (to be built).
+//! `arkline serve`: the admin HTTP API, webhooks and metrics over one container.
+//!
+//! Module map (one writer each while this is being built):
+//! - `state`: [`AppState`], what every handler gets;
+//! - `api`: the `/api/v1` admin API (engines, bizes, pipelines, executions, logs,
+//!   secrets), `/healthz`, `/readyz`; `auth`: tokens and scopes; `error`: the
+//!   JSON error shape; `openapi`: the document built from `api`'s route table;
+//! - `hooks`: `POST /hooks/<engine>/<pipeline>` (GitHub/GitLab-compatible webhooks);
+//! - `metrics`: Prometheus `/metrics`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
+use arkline::Container;
+use arkline::ark::container_archive::ContainerArchive;
+use axum::Router;
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod hooks;
+pub mod metrics;
+pub mod openapi;
+pub mod size;
+pub mod state;
+
+pub use state::{AppState, Limits};
+
+/// Default listening address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8740";
 
 /// Arguments of `arkline serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// A container archive (.arkc) to deploy once the recorded engines are restored.
+    pub archive: Option<PathBuf>,
+    /// The data dir: the embedded store, archives, logs, workspaces, keys.
+    #[arg(long, env = "ARKLINE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// The tokens file (TOML: `[[tokens]]` with name, token or sha256, engines, access).
+    #[arg(long, env = "ARKLINE_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// Serve the admin API without authentication (only on a loopback address).
+    #[arg(long, conflicts_with = "tokens")]
+    pub insecure_no_auth: bool,
+    /// Largest .ark / .arkc upload.
+    #[arg(long, default_value = "64MiB", value_parser = size::parse)]
+    pub max_upload: u64,
+    /// Largest JSON or YAML request body.
+    #[arg(long, default_value = "1MiB", value_parser = size::parse)]
+    pub max_body: u64,
+}
 
 impl ServeArgs {
     /// Runs the subcommand.
     pub fn exec(self) -> anyhow::Result<ExitCode> {
-        anyhow::bail!("`arkline serve` is not built yet")
+        init_tracing();
+        let auth = match (&self.tokens, self.insecure_no_auth) {
+            (Some(path), _) => auth::Auth::load(path)?,
+            (None, true) => {
+                if !self.listen.ip().is_loopback() {
+                    anyhow::bail!(
+                        "--insecure-no-auth serves the admin API to anyone who can connect, so it is only allowed on a loopback address (not {}); give --tokens FILE to listen there",
+                        self.listen
+                    );
+                }
+                auth::Auth::Disabled
+            }
+            (None, false) => anyhow::bail!(
+                "the admin API needs tokens: give --tokens FILE (TOML with `[[tokens]]` entries: name, token, engines, access), or --insecure-no-auth on a loopback address for local experiments"
+            ),
+        };
+        // Read and check the archive before anything starts: a bad one stops here.
+        let archive = match &self.archive {
+            Some(path) => {
+                let bytes = std::fs::read(path).with_context(|| {
+                    format!("cannot read the container archive {}", path.display())
+                })?;
+                Some(ContainerArchive::from_bytes(&bytes).with_context(|| {
+                    format!("the container archive {} is refused", path.display())
+                })?)
+            }
+            None => None,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(self.serve(auth, archive))
     }
+
+    async fn serve(
+        self,
+        auth: auth::Auth,
+        archive: Option<ContainerArchive>,
+    ) -> anyhow::Result<ExitCode> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", self.data_dir.display()))?;
+        let container = Container::builder()
+            .data_dir(&self.data_dir)
+            .build()
+            .with_context(|| format!("cannot open the data dir {}", self.data_dir.display()))?;
+        let state = AppState::new(container.clone())
+            .with_auth(auth)
+            .with_limits(Limits {
+                max_upload: self.max_upload,
+                max_body: self.max_body,
+            });
+        state.set_ready(false);
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", self.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("cannot read the listening address")?;
+        eprintln!("listening on http://{addr}");
+        let app = router(state.clone());
+        let signals = {
+            let state = state.clone();
+            async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down: no new connections; stopping the engines");
+                state.begin_shutdown();
+            }
+        };
+        let server = tokio::spawn({
+            let state = state.clone();
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { state.shutting_down().await })
+                    .await
+            }
+        });
+        let signal_task = tokio::spawn(signals);
+        let started = async {
+            let engines = container
+                .restore()
+                .await
+                .context("cannot restore the engines recorded in the data dir")?;
+            tracing::info!(engines = engines.len(), "engines restored");
+            if let Some(archive) = &archive {
+                let deployed = container
+                    .deploy_archive(archive)
+                    .await
+                    .context("cannot deploy the container archive")?;
+                tracing::info!(
+                    archive = %format!("{}@{}", archive.manifest.name, archive.manifest.version),
+                    engines = deployed.len(),
+                    "container archive deployed"
+                );
+            }
+            anyhow::Ok(())
+        };
+        let outcome = tokio::select! {
+            r = started => r,
+            () = state.shutting_down() => Ok(()),
+        };
+        if let Err(e) = outcome {
+            state.begin_shutdown();
+            let _ = server.await;
+            container.shutdown().await;
+            return Err(e);
+        }
+        if !state.is_shutting_down() {
+            state.set_ready(true);
+            eprintln!("ready");
+        }
+        let served = server.await.context("the HTTP server task failed")?;
+        signal_task.abort();
+        container.shutdown().await;
+        served.context("the HTTP server failed")?;
+        eprintln!("stopped");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ARKLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The whole HTTP surface of `arkline serve` over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(api::routes().0)
+        .merge(hooks::router())
+        .merge(metrics::router())
+        .fallback(api::no_route)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .with_state(state)
 }

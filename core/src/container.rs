@@ -60,6 +60,7 @@ use std::time::Duration;
 use crate::ark::{BizRegistry, CancelToken, Runtime, RuntimeConfig, RuntimeError};
 use crate::engine::Engine;
 use crate::host::cache::BlobCache;
+use crate::metrics::Metrics;
 use crate::model::{EngineRecord, EngineRecordSpec};
 use crate::pipeline::core::{EngineCore, ExecOptions};
 use crate::pipeline::logs::LogStore;
@@ -208,9 +209,14 @@ impl ContainerBuilder {
                 (d, true)
             }
         };
+        let metrics = Metrics::new();
         let store: Arc<dyn Store> = match self.store {
             Some(s) => s,
-            None => Arc::new(RedbStore::open(&data_dir)?),
+            None => {
+                let store = RedbStore::open(&data_dir)?;
+                metrics.set_store_commit_latency(store.commit_latency());
+                Arc::new(store)
+            }
         };
         let runtime = match self.runtime {
             Some(r) => r,
@@ -254,6 +260,7 @@ impl ContainerBuilder {
                 temp,
                 blob_cache_cap: self.blob_cache_cap,
                 pool,
+                metrics,
                 starting: tokio::sync::Mutex::new(()),
                 engines: Mutex::new(BTreeMap::new()),
             }),
@@ -294,6 +301,7 @@ struct Inner {
     temp: bool,
     blob_cache_cap: u64,
     pool: crate::pipeline::pool::WorkerPool,
+    metrics: Metrics,
     starting: tokio::sync::Mutex<()>,
     engines: Mutex<BTreeMap<String, Running>>,
 }
@@ -337,6 +345,12 @@ impl Container {
     /// The isolation runtime.
     pub fn runtime(&self) -> &Runtime {
         &self.inner.runtime
+    }
+
+    /// The container's counters: step calls, faults, step durations, cache
+    /// lookups and (with the data dir's redb store) commit latency.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// This node's name.
@@ -384,13 +398,14 @@ impl Container {
         }
         let registry = BizRegistry::new(inner.runtime.clone(), name);
         let cache_dir = inner.data_dir.join("cache").join(name);
-        let cache = BlobCache::open(&cache_dir, inner.blob_cache_cap).map_err(|e| {
-            ContainerError::DataDir {
+        let cache = BlobCache::open(&cache_dir, inner.blob_cache_cap)
+            .map_err(|e| ContainerError::DataDir {
                 path: cache_dir.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?
+            .with_counters(inner.metrics.cache_counters(name));
         registry.set_blob_cache(cache);
+        registry.set_metrics(inner.metrics.clone());
         let (timers, timer_keys) = Timers::start(inner.clock.clone());
         let (pokes, poked) = tokio::sync::mpsc::unbounded_channel();
         let core = Arc::new(EngineCore {
@@ -411,6 +426,7 @@ impl Container {
             pool: inner.pool.clone(),
             arks: crate::pipeline::deployment::ArkStore::new(inner.data_dir.join("arks")),
             run_counters: Mutex::new(Default::default()),
+            metrics: inner.metrics.clone(),
         });
         // Install the engine's deployed bizes before anything runs, so executions
         // triggered (or resumed) right after a restart find them.
@@ -464,6 +480,7 @@ impl Container {
         if running.is_none() && !recorded {
             return Ok(false);
         }
+        self.inner.metrics.forget_engine(name);
         if let Some((engine, tasks)) = running {
             stop(&engine, tasks).await;
             for biz in engine.core.registry.list() {

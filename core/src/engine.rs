@@ -388,6 +388,21 @@ impl Engine {
         Ok(self.core.secrets.delete(name).await?)
     }
 
+    /// The decrypted value of the secret `name`; `None` when the engine has no
+    /// such secret.
+    ///
+    /// **Plaintext.** This is for host-side checks that need the value itself,
+    /// such as verifying a webhook's signature with the pipeline's webhook
+    /// secret. Never log it, return it to a client, or keep it longer than the
+    /// check: the value is zeroed when the returned guard is dropped. Steps get
+    /// secrets through `${{ secrets.<name> }}` instead, with masking.
+    pub async fn secret_value(
+        &self,
+        name: &str,
+    ) -> Result<Option<zeroize::Zeroizing<String>>, EngineError> {
+        Ok(self.core.secrets.get(name).await?)
+    }
+
     /// The names of the engine's secrets (never their values).
     pub async fn secret_names(&self) -> Result<Vec<String>, EngineError> {
         Ok(self.core.secrets.names().await?)

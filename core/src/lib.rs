@@ -47,6 +47,7 @@ pub mod container;
 pub mod controller;
 pub mod engine;
 pub mod host;
+pub mod metrics;
 pub mod model;
 pub mod native;
 pub mod pipeline;

@@ -648,6 +648,7 @@ fn a_pipeline_that_does_not_parse() {
         engine,
         path: p,
         rendered,
+        ..
     } = &err
     else {
         panic!("{err}");

@@ -384,6 +384,8 @@ pub enum ContainerArchiveError {
         path: String,
         /// The diagnostics, rendered.
         rendered: String,
+        /// The diagnostics (file names are entry paths), for tools.
+        diagnostics: Diagnostics,
     },
     /// A pipeline whose `uses` no biz of its engine satisfies.
     #[error(
@@ -396,6 +398,8 @@ pub enum ContainerArchiveError {
         path: String,
         /// The diagnostics, rendered.
         rendered: String,
+        /// The diagnostics (file names are entry paths), for tools.
+        diagnostics: Diagnostics,
     },
     /// A step config that does not match its step type's schema.
     #[error(
@@ -408,6 +412,8 @@ pub enum ContainerArchiveError {
         path: String,
         /// The diagnostics, rendered.
         rendered: String,
+        /// The diagnostics (file names are entry paths), for tools.
+        diagnostics: Diagnostics,
     },
     /// A pipeline whose file names another engine.
     #[error(
@@ -830,6 +836,11 @@ impl ContainerArchive {
                 engine: engine.clone(),
                 path: path.clone(),
                 rendered: "the file is not UTF-8".into(),
+                diagnostics: Diagnostics(vec![
+                    Diagnostic::error("not-utf8", "the file is not UTF-8")
+                        .with_hint("save the pipeline as UTF-8 and rebuild the archive")
+                        .at(&path, "", None),
+                ]),
             })?;
             let has = &engine_bizes[&engine];
             let name = check_pipeline(&engine, &path, &text, has, &bizes)?;
@@ -968,6 +979,7 @@ fn check_pipeline(
             engine: engine.to_owned(),
             path: path.to_owned(),
             rendered: diags.render(text),
+            diagnostics: diags,
         }
     })?;
     let declared = &parsed.pipeline.metadata.engine;
@@ -1073,10 +1085,12 @@ fn check_pipeline(
         }
     }
     if !unsatisfied.is_empty() {
+        let diagnostics = Diagnostics(unsatisfied);
         return Err(ContainerArchiveError::UnsatisfiedUses {
             engine: engine.to_owned(),
             path: path.to_owned(),
-            rendered: Diagnostics(unsatisfied).render(text),
+            rendered: diagnostics.render(text),
+            diagnostics,
         });
     }
     let schema_for = |uses: &Uses| {
@@ -1089,6 +1103,7 @@ fn check_pipeline(
             engine: engine.to_owned(),
             path: path.to_owned(),
             rendered: diags.render(text),
+            diagnostics: diags,
         });
     }
     Ok(parsed.pipeline.metadata.name)

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
@@ -296,6 +297,10 @@ pub struct StepReport {
     pub fuel_consumed: u64,
     /// Wall-clock time of the call, instantiation included.
     pub elapsed: Duration,
+    /// Whether a fresh instance was created for the call (false when it failed
+    /// before that: unknown step type, workspace, instantiation, or a cancel or
+    /// timeout that came first).
+    pub instantiated: bool,
 }
 
 impl StepReport {
@@ -388,6 +393,7 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
         labels,
         call.log_sink.clone(),
     );
+    let instantiated = AtomicBool::new(false);
     let report =
         |result: Result<StepOutcome, StepFailure>, log: &LogCapture, fuel: u64| StepReport {
             biz: biz.clone(),
@@ -396,6 +402,7 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
             log: log.finish(),
             fuel_consumed: fuel,
             elapsed: started.elapsed(),
+            instantiated: instantiated.load(Ordering::Relaxed),
         };
 
     if !target.step_types.contains(&call.step_type) {
@@ -484,7 +491,13 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
     let config_json = call.config.to_string();
 
     let ended = {
-        let guest = run_guest(&mut store, target.pre, &context, &config_json);
+        let guest = run_guest(
+            &mut store,
+            target.pre,
+            &context,
+            &config_json,
+            &instantiated,
+        );
         tokio::select! {
             r = guest => Ended::Returned(r),
             () = cancelled(call.cancel.as_ref(), target.biz_cancel) => Ended::Cancelled,
@@ -549,6 +562,7 @@ async fn run_guest(
     pre: &StepPre,
     context: &wit::Context,
     config: &str,
+    instantiated: &AtomicBool,
 ) -> GuestResult {
     match pre {
         StepPre::V0_1_0(pre) => {
@@ -556,6 +570,7 @@ async fn run_guest(
                 .instantiate_async(&mut *store)
                 .await
                 .map_err(GuestError::Instantiate)?;
+            instantiated.store(true, Ordering::Relaxed);
             instance
                 .arkline_step_plugin()
                 .call_run(&mut *store, context, config)

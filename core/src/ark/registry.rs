@@ -234,6 +234,7 @@ struct RegistryInner {
     released: Notify,
     events: broadcast::Sender<LifecycleEvent>,
     cache: Mutex<Option<BlobCache>>,
+    metrics: Mutex<Option<crate::metrics::Metrics>>,
 }
 
 /// The bizes installed in one engine. Cheap to clone.
@@ -262,6 +263,7 @@ impl BizRegistry {
                 released: Notify::new(),
                 events,
                 cache: Mutex::new(None),
+                metrics: Mutex::new(None),
             }),
         }
     }
@@ -270,6 +272,12 @@ impl BizRegistry {
     /// started afterwards use it.
     pub fn set_blob_cache(&self, cache: BlobCache) {
         *self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache);
+    }
+
+    /// Counts the engine's step calls (instantiations, faults by kind) into
+    /// `metrics`, labelled with the engine and the biz name.
+    pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        *self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner()) = Some(metrics);
     }
 
     /// The engine's blob cache, if set.
@@ -808,8 +816,23 @@ impl BizLease {
                 log: StepLog::default(),
                 fuel_consumed: 0,
                 elapsed: started.elapsed(),
+                instantiated: false,
             },
         };
+        let metrics = self
+            .registry
+            .metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(metrics) = metrics {
+            metrics.record_call(
+                &self.registry.engine,
+                self.name(),
+                report.instantiated,
+                report.fault().map(StepFault::kind),
+            );
+        }
         if let Some(StepFault::Instantiate(reason)) = report.fault() {
             self.mark_broken(reason.clone());
         }

@@ -57,6 +57,7 @@ pub struct BlobCache {
     dir: PathBuf,
     cap: u64,
     index: Arc<Mutex<Index>>,
+    counters: Option<Arc<crate::metrics::CacheCounters>>,
 }
 
 impl BlobCache {
@@ -128,9 +129,22 @@ impl BlobCache {
             dir,
             cap,
             index: Arc::new(Mutex::new(index)),
+            counters: None,
         };
         cache.evict(&mut cache.lock(), 0);
         Ok(cache)
+    }
+
+    /// Counts this cache's lookups (hits and misses of [`BlobCache::get`]) into `counters`.
+    pub fn with_counters(mut self, counters: Arc<crate::metrics::CacheCounters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    fn count(&self, hit: bool) {
+        if let Some(c) = &self.counters {
+            if hit { c.hit() } else { c.miss() }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -169,7 +183,10 @@ impl BlobCache {
                     entry.last_used = clock;
                     entry.blob.clone()
                 }
-                None => return Ok(None),
+                None => {
+                    self.count(false);
+                    return Ok(None);
+                }
             }
         };
         // Last use survives a restart through the ref's modification time.
@@ -180,8 +197,14 @@ impl BlobCache {
             let _ = file.set_modified(SystemTime::now());
         }
         match fs::read(self.dir.join("blobs").join(&blob)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(bytes) => {
+                self.count(true);
+                Ok(Some(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.count(false);
+                Ok(None)
+            }
             Err(e) => Err(CacheError::Failed(format!(
                 "cannot read a cache entry: {e}"
             ))),
@@ -298,6 +321,21 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CacheError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_are_counted_as_hits_and_misses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let counters = Arc::new(crate::metrics::CacheCounters::default());
+        let cache = BlobCache::open(dir.path(), 1 << 20)
+            .expect("opens")
+            .with_counters(counters.clone());
+        assert_eq!(cache.get("a").expect("get"), None);
+        cache.put("a", b"x").expect("put");
+        assert!(cache.get("a").expect("get").is_some());
+        assert!(cache.get("a").expect("get").is_some());
+        assert!(cache.get("").is_err(), "a bad key is neither");
+        assert_eq!(counters.get(), (2, 1));
+    }
 
     #[test]
     fn put_get_remove_and_dedup() {

@@ -681,7 +681,7 @@ impl<'s> Decoder<'s> {
         let known: &[&str] = match kind.as_str() {
             "manual" => &["type"],
             "cron" => &["type", "schedule", "branch"],
-            "webhook" => &["type", "events", "branch"],
+            "webhook" => &["type", "events", "branch", "secret"],
             other => {
                 let hint = match did_you_mean(other, TYPES) {
                     Some(s) => format!("did you mean `{s}`?"),
@@ -718,6 +718,9 @@ impl<'s> Decoder<'s> {
                     .get("branch")
                     .map(|n| self.filter(n, &join(path, "branch"), "`branch`"))
                     .unwrap_or_default(),
+                secret: f
+                    .get("secret")
+                    .and_then(|n| self.string(n, &join(path, "secret"), "`secret`")),
             }),
         }
     }

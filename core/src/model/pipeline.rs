@@ -173,9 +173,15 @@ pub enum Trigger {
         /// Events that start a run (`push`, `pull_request`, `tag`); empty means all.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         events: Vec<String>,
-        /// Branches that start a run.
+        /// Branches that start a run (for a `tag` event, the tag name).
         #[serde(default, skip_serializing_if = "Filter::is_empty")]
         branch: Filter,
+        /// Name of a declared secret (one of the pipeline's `secrets`) holding
+        /// the webhook secret: the HMAC key of GitHub's `X-Hub-Signature-256`,
+        /// or the token GitLab sends as `X-Gitlab-Token`. Deliveries to a
+        /// pipeline whose webhook triggers name no secret are refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
     },
 }
 

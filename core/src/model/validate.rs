@@ -466,13 +466,27 @@ impl<'a> Checker<'a> {
                         );
                     }
                 }
-                Trigger::Webhook { events, branch } => {
+                Trigger::Webhook {
+                    events,
+                    branch,
+                    secret,
+                } => {
                     for (j, e) in events.iter().enumerate() {
                         if !EVENTS.contains(&e.as_str()) {
                             self.unknown_event(e, &format!("{path}.events[{j}]"));
                         }
                     }
                     self.filter(branch, &format!("{path}.branch"), false);
+                    if let Some(secret) = secret
+                        && !spec.secrets.contains(secret)
+                    {
+                        self.report(
+                            "undeclared-secret",
+                            format!("webhook secret `{secret}` is not declared"),
+                            &format!("{path}.secret"),
+                            Some(format!("add `{secret}` to the pipeline's `secrets:` list")),
+                        );
+                    }
                 }
             }
         }

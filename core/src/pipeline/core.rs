@@ -82,6 +82,8 @@ pub(crate) struct EngineCore {
     pub(crate) arks: crate::pipeline::deployment::ArkStore,
     /// Next run number per pipeline handed out by this process.
     pub(crate) run_counters: Mutex<HashMap<String, u64>>,
+    /// The container's counters (step attempt durations are observed here).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl EngineCore {

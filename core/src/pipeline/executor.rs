@@ -963,11 +963,17 @@ impl Driver {
             masker,
             writer,
         } = prepared?;
+        let started = Instant::now();
         let result = self
             .attempt_logged(
                 stage, step, attempt, allowed, deadline, cancel, &secrets, &masker, &writer,
             )
             .await;
+        if let Some((lease, _)) = self.leases.get(&step.uses.to_string()) {
+            self.core
+                .metrics
+                .observe_step(&self.core.name, lease.name(), started.elapsed());
+        }
         match &result {
             Ok(_) => writer.note(&format!("attempt {attempt} succeeded")),
             Err(f) => writer.note(&format!("attempt {attempt} failed: {}", f.reason)),

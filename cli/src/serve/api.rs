@@ -1,0 +1,1080 @@
+//! The `/api/v1` admin API: engines, bizes, pipelines, executions, step logs
+//! (JSON or a live server-sent event stream) and secrets, plus `/healthz`,
+//! `/readyz` and the OpenAPI document.
+//!
+//! Every route is declared once, in [`routes`], with the [`Operation`] that
+//! documents it: the router and the OpenAPI document come from the same table.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use arkline::ark::container_archive::ContainerArchive;
+use arkline::ark::{BizInfo, BizState, Capabilities, UninstallMode};
+use arkline::model::{Pipeline, PipelineExecution, StepPhase};
+use arkline::pipeline::logs::StoredLine;
+use arkline::{Ark, Engine, TriggerRequest};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::header::ACCEPT;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::{Access, Caller};
+use super::error::ApiError;
+use super::openapi::{Operation, Payload, QueryParam, Reply, schema};
+
+/// Bytes read past the limit (and thrown away) before an oversize request is
+/// answered, so that a client still sending its body reads the 413 rather than
+/// a reset connection.
+const DRAIN_PAST_LIMIT: u64 = 16 << 20;
+
+/// How long an uninstall is awaited before it is answered as `draining`.
+const UNINSTALL_WAIT: Duration = Duration::from_secs(2);
+
+// ---- bodies ----
+
+/// An engine of the container.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct EngineView {
+    /// Engine name.
+    pub name: String,
+    /// Installed biz versions.
+    pub bizes: usize,
+    /// Pipelines.
+    pub pipelines: usize,
+}
+
+/// An installed biz version.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BizView {
+    /// Biz name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// `resolved`, `activated`, `deactivated`, `draining`, `uninstalled` or `broken`.
+    pub state: String,
+    /// Why it is broken, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
+    /// Executions holding it now.
+    pub leases: usize,
+    /// The `arkline:step` API version it targets.
+    pub api_version: String,
+    /// SHA-256 of its component.
+    pub sha256: String,
+    /// Its step types.
+    pub step_types: Vec<String>,
+    /// What it may use in this engine, in the grant syntax (`process=sh`, `cache`).
+    pub grants: Vec<String>,
+}
+
+/// What a `.arkc` upload deployed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DeployedView {
+    /// The container archive's `name@version`.
+    pub archive: String,
+    /// The engines it deployed, as they are now.
+    pub engines: Vec<EngineView>,
+}
+
+/// Where an uninstall is.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct UninstallView {
+    /// Biz name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// `uninstalled`, or `draining` while executions still hold it (it goes
+    /// when they end; list the bizes to see).
+    pub state: String,
+}
+
+/// Body of `switch`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchBody {
+    /// The installed version new executions resolve to from now on.
+    pub version: String,
+}
+
+/// Body of a trigger; every field is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerBody {
+    /// Param values, checked against the pipeline's declarations.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Branch built.
+    pub branch: String,
+    /// Commit built.
+    pub commit: String,
+    /// Event (`push`, `pull_request`, `tag`, `manual`); `manual` when empty.
+    pub event: String,
+}
+
+/// Body of a secret write.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretBody {
+    /// The value (stored encrypted, never returned).
+    pub value: String,
+}
+
+/// The names of an engine's secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SecretNames {
+    /// Names only: values are never returned.
+    pub names: Vec<String>,
+}
+
+/// One line of a step log.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LogLine {
+    /// Position in the step's log, from 0, across attempts.
+    pub seq: u64,
+    /// When the host received it (RFC 3339).
+    pub time: String,
+    /// The attempt that wrote it.
+    pub attempt: u32,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// `stdout`, `stderr`, `log` or `host`.
+    pub source: String,
+    /// The text, with secrets masked.
+    pub message: String,
+    /// Structured fields of a `log` call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
+}
+
+impl From<StoredLine> for LogLine {
+    fn from(l: StoredLine) -> Self {
+        Self {
+            seq: l.seq,
+            time: l.time.to_rfc3339(),
+            attempt: l.attempt,
+            level: l.level,
+            source: l.source,
+            message: l.message,
+            fields: l.fields,
+        }
+    }
+}
+
+/// The end of a followed log.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LogEnd {
+    /// The step's phase when the stream ended (`Succeeded`, `Failed`, …).
+    pub phase: String,
+}
+
+/// Health and readiness.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Status {
+    /// `ok` or `ready`.
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutionsQuery {
+    pipeline: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UninstallQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+// ---- the route table ----
+
+struct Routes {
+    router: Router<AppState>,
+    ops: Vec<Operation>,
+}
+
+impl Routes {
+    fn add(mut self, op: Operation, handler: MethodRouter<AppState>) -> Self {
+        self.router = self.router.route(op.path, handler);
+        self.ops.push(op);
+        self
+    }
+}
+
+const fn op(
+    method: Method,
+    path: &'static str,
+    id: &'static str,
+    summary: &'static str,
+    tag: &'static str,
+    access: Option<Access>,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        id,
+        summary,
+        tag,
+        access,
+        query: &[],
+        request: Payload::None,
+        reply: Reply::Empty(204),
+    }
+}
+
+const READ: Option<Access> = Some(Access::Read);
+const WRITE: Option<Access> = Some(Access::Write);
+const ENGINE: &str = "/api/v1/engines/{engine}";
+
+/// The admin API's router and the operations it serves.
+pub fn routes() -> (Router<AppState>, Vec<Operation>) {
+    let r = Routes {
+        router: Router::new(),
+        ops: Vec::new(),
+    };
+    let r = r
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<Status>),
+                ..op(Method::GET, "/healthz", "health", "The process is up.", "health", None)
+            },
+            get(healthz),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<Status>),
+                ..op(Method::GET, "/readyz", "ready", "The engines are restored and the API answers (503 while starting or shutting down).", "health", None)
+            },
+            get(readyz),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<serde_json::Value>),
+                ..op(Method::GET, "/api/v1/openapi.json", "openapi", "This document.", "health", None)
+            },
+            get(openapi),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<Vec<EngineView>>),
+                ..op(Method::GET, "/api/v1/engines", "listEngines", "The engines the token may see.", "engines", READ)
+            },
+            get(list_engines),
+        )
+        .add(
+            Operation {
+                request: Payload::Binary("application/vnd.arkline.arkc"),
+                reply: Reply::Json(201, schema::<DeployedView>),
+                ..op(Method::POST, "/api/v1/engines", "deployContainer", "Deploy a .arkc: its engines are created or updated (settings, bizes with grants, pipelines). Needs write access to every engine it names. A refused archive changes nothing.", "engines", WRITE)
+            },
+            post(deploy_container),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<EngineView>),
+                ..op(Method::GET, ENGINE, "getEngine", "One engine.", "engines", READ)
+            },
+            get(get_engine),
+        )
+        .add(
+            op(Method::DELETE, ENGINE, "removeEngine", "Remove an engine: its executions are interrupted, its bizes uninstalled, and its pipelines, executions, secrets and logs deleted.", "engines", WRITE),
+            delete(remove_engine),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<Vec<BizView>>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/bizes", "listBizes", "Installed biz versions: states, leases, grants.", "bizes", READ)
+            },
+            get(list_bizes),
+        )
+        .add(
+            Operation {
+                query: &[
+                    QueryParam { name: "grant", ty: "string", repeated: true, description: "A capability granted to the biz in this engine, in the grant syntax (`process=sh`, `http=example.com`, `cache`, `host-call=kv.get`); repeat for several." },
+                    QueryParam { name: "activate", ty: "boolean", repeated: false, description: "Make this version the one new executions resolve to (default true; the first version of a name is activated anyway)." },
+                ],
+                request: Payload::Binary("application/vnd.arkline.ark"),
+                reply: Reply::Json(201, schema::<BizView>),
+                ..op(Method::POST, "/api/v1/engines/{engine}/bizes", "installBiz", "Install a .ark (kept as desired state: a restart installs it again).", "bizes", WRITE)
+            },
+            post(install_biz),
+        )
+        .add(
+            Operation {
+                request: Payload::Json(schema::<SwitchBody>),
+                reply: Reply::Json(200, schema::<BizView>),
+                ..op(Method::POST, "/api/v1/engines/{engine}/bizes/{name}/switch", "switchBiz", "Make an installed version the one new executions resolve to.", "bizes", WRITE)
+            },
+            post(switch_biz),
+        )
+        .add(
+            Operation {
+                query: &[QueryParam { name: "force", ty: "boolean", repeated: false, description: "Cancel the steps running on this version instead of waiting for them." }],
+                reply: Reply::Json(200, schema::<UninstallView>),
+                ..op(Method::DELETE, "/api/v1/engines/{engine}/bizes/{name}/{version}", "uninstallBiz", "Uninstall a version: no new execution resolves to it; it goes when the executions holding it end (202 `draining` until then).", "bizes", WRITE)
+            },
+            delete(uninstall_biz),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<Vec<Pipeline>>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/pipelines", "listPipelines", "The engine's pipelines with their status.", "pipelines", READ)
+            },
+            get(list_pipelines),
+        )
+        .add(
+            Operation {
+                request: Payload::Yaml,
+                reply: Reply::Json(200, schema::<Pipeline>),
+                ..op(Method::POST, "/api/v1/engines/{engine}/pipelines", "applyPipeline", "Create or replace the pipeline a YAML file describes (named by its `name`).", "pipelines", WRITE)
+            },
+            post(apply_pipeline),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<Pipeline>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/pipelines/{pipeline}", "getPipeline", "One pipeline.", "pipelines", READ)
+            },
+            get(get_pipeline),
+        )
+        .add(
+            Operation {
+                request: Payload::Yaml,
+                reply: Reply::Json(200, schema::<Pipeline>),
+                ..op(Method::PUT, "/api/v1/engines/{engine}/pipelines/{pipeline}", "putPipeline", "Create or replace a pipeline; the YAML's `name` must be the one in the path.", "pipelines", WRITE)
+            },
+            put(put_pipeline),
+        )
+        .add(
+            op(Method::DELETE, "/api/v1/engines/{engine}/pipelines/{pipeline}", "deletePipeline", "Delete a pipeline (its executions stay until retention removes them).", "pipelines", WRITE),
+            delete(delete_pipeline),
+        )
+        .add(
+            Operation {
+                request: Payload::Json(schema::<TriggerBody>),
+                reply: Reply::Json(201, schema::<PipelineExecution>),
+                ..op(Method::POST, "/api/v1/engines/{engine}/pipelines/{pipeline}/executions", "trigger", "Start an execution (queued until the engine's quota admits it).", "executions", WRITE)
+            },
+            post(trigger),
+        )
+        .add(
+            Operation {
+                query: &[QueryParam { name: "pipeline", ty: "string", repeated: false, description: "Only this pipeline's executions." }],
+                reply: Reply::Json(200, schema::<Vec<PipelineExecution>>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/executions", "listExecutions", "Executions, newest first.", "executions", READ)
+            },
+            get(list_executions),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<PipelineExecution>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/executions/{execution}", "getExecution", "One execution with its stage and step states.", "executions", READ)
+            },
+            get(get_execution),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<PipelineExecution>),
+                ..op(Method::POST, "/api/v1/engines/{engine}/executions/{execution}/abort", "abortExecution", "Abort: running steps are interrupted, `finally` runs, the phase becomes `Aborted`. A finished execution is left as it is.", "executions", WRITE)
+            },
+            post(abort_execution),
+        )
+        .add(
+            Operation {
+                query: &[QueryParam { name: "follow", ty: "boolean", repeated: false, description: "Stream the lines (server-sent events) until the step ends." }],
+                reply: Reply::LogLines(schema::<LogLine>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/executions/{execution}/steps/{step}/logs", "stepLogs", "A step's log, every attempt; live with `follow=true`.", "executions", READ)
+            },
+            get(step_logs),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<SecretNames>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/secrets", "listSecrets", "The names of the engine's secrets (never their values).", "secrets", READ)
+            },
+            get(list_secrets),
+        )
+        .add(
+            Operation {
+                request: Payload::Json(schema::<SecretBody>),
+                ..op(Method::PUT, "/api/v1/engines/{engine}/secrets/{secret}", "putSecret", "Create or replace a secret (stored encrypted; write-only).", "secrets", WRITE)
+            },
+            put(put_secret),
+        )
+        .add(
+            op(Method::DELETE, "/api/v1/engines/{engine}/secrets/{secret}", "deleteSecret", "Delete a secret.", "secrets", WRITE),
+            delete(delete_secret),
+        );
+    (r.router, r.ops)
+}
+
+/// The operations the admin API serves (one per route and method).
+pub fn operations() -> Vec<Operation> {
+    routes().1
+}
+
+// ---- helpers ----
+
+/// Reads a body of at most `limit` bytes; a longer one is a 413 naming `flag`.
+async fn read_body(body: Body, limit: u64, flag: &str) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen > limit {
+            // Drain a while so the client reads the answer, then give up.
+            while seen <= limit.saturating_add(DRAIN_PAST_LIMIT) {
+                match stream.next().await {
+                    Some(Ok(c)) => seen = seen.saturating_add(c.len() as u64),
+                    _ => break,
+                }
+            }
+            return Err(ApiError::payload_too_large(limit, flag));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the JSON body does not fit this request: {e}")))
+}
+
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+}
+
+fn parse_version(version: &str) -> Result<semver::Version, ApiError> {
+    semver::Version::parse(version).map_err(|e| {
+        ApiError::bad_request(format!(
+            "`{version}` is not a semantic version ({e}): write it like `1.2.0`"
+        ))
+    })
+}
+
+fn grants_of(caps: &Capabilities) -> Vec<String> {
+    let mut out = Vec::new();
+    if !caps.process.is_empty() {
+        out.push(format!("process={}", caps.process.join(",")));
+    }
+    if !caps.http.is_empty() {
+        out.push(format!("http={}", caps.http.join(",")));
+    }
+    if caps.cache {
+        out.push("cache".to_owned());
+    }
+    if !caps.host_call.is_empty() {
+        out.push(format!("host-call={}", caps.host_call.join(",")));
+    }
+    out
+}
+
+impl From<BizInfo> for BizView {
+    fn from(b: BizInfo) -> Self {
+        let (state, broken) = match &b.state {
+            BizState::Broken(reason) => ("broken".to_owned(), Some(reason.clone())),
+            s => (s.to_string(), None),
+        };
+        Self {
+            grants: grants_of(&b.capabilities),
+            name: b.name,
+            version: b.version.to_string(),
+            state,
+            broken,
+            leases: b.leases,
+            api_version: b.api_version.to_string(),
+            sha256: b.sha256,
+            step_types: b.step_types,
+        }
+    }
+}
+
+async fn engine_view(engine: &Engine) -> Result<EngineView, ApiError> {
+    Ok(EngineView {
+        name: engine.name().to_owned(),
+        bizes: engine.bizes().len(),
+        pipelines: engine.pipelines().await?.len(),
+    })
+}
+
+fn sorted_bizes(engine: &Engine) -> Vec<BizView> {
+    let mut bizes = engine.bizes();
+    bizes.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    bizes.into_iter().map(BizView::from).collect()
+}
+
+/// The engine, after checking the caller's scope on it (403 before 404, so a
+/// token learns nothing of engines outside its scope).
+fn scoped(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    access: Access,
+) -> Result<Engine, ApiError> {
+    caller.require(name, access)?;
+    state.engine(name)
+}
+
+fn parse_yaml(source: &Bytes, file_name: &str) -> Result<Pipeline, ApiError> {
+    let text = std::str::from_utf8(source).map_err(|_| {
+        ApiError::bad_request("the pipeline is not UTF-8 text: send the YAML file as UTF-8")
+    })?;
+    arkline::model::parse_pipeline(file_name, text).map_err(|diags| {
+        let err = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_pipeline",
+            format!(
+                "the pipeline is not valid; fix it and apply it again:\n{}",
+                diags.render(text)
+            ),
+        );
+        match serde_json::to_value(&diags) {
+            Ok(d) => err.with_details(d),
+            Err(_) => err,
+        }
+    })
+}
+
+fn step_names(exec: &PipelineExecution) -> impl Iterator<Item = &str> {
+    let spec = &exec.spec.pipeline_spec;
+    spec.stages
+        .iter()
+        .flat_map(|s| s.steps.iter())
+        .chain(spec.finally.iter())
+        .map(|s| s.name.as_str())
+}
+
+fn step_phase(exec: &PipelineExecution, step: &str) -> Option<StepPhase> {
+    exec.status
+        .stages
+        .iter()
+        .flat_map(|s| s.steps.iter())
+        .chain(exec.status.finally.iter())
+        .find(|s| s.name == step)
+        .map(|s| s.phase)
+}
+
+fn phase_name(phase: Option<StepPhase>) -> String {
+    match phase.map(serde_json::to_value) {
+        Some(Ok(serde_json::Value::String(s))) => s,
+        Some(_) => "Unknown".to_owned(),
+        None => "Pending".to_owned(),
+    }
+}
+
+// ---- handlers ----
+
+async fn healthz() -> Json<Status> {
+    Json(Status {
+        status: "ok".into(),
+    })
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    if state.is_ready() {
+        Ok(Json(Status {
+            status: "ready".into(),
+        }))
+    } else {
+        Err(ApiError::not_ready())
+    }
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    Json(
+        DOC.get_or_init(|| super::openapi::document(&operations()))
+            .clone(),
+    )
+}
+
+async fn list_engines(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<EngineView>>, ApiError> {
+    let mut engines: Vec<Engine> = state
+        .container
+        .engines()
+        .into_iter()
+        .filter(|e| caller.sees(e.name()))
+        .collect();
+    engines.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::new();
+    for engine in &engines {
+        out.push(engine_view(engine).await?);
+    }
+    Ok(Json(out))
+}
+
+async fn deploy_container(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<(StatusCode, Json<DeployedView>), ApiError> {
+    caller.require_write_access()?;
+    let bytes = read_body(body, state.limits.max_upload, "--max-upload").await?;
+    let archive = tokio::task::spawn_blocking(move || ContainerArchive::from_bytes(&bytes))
+        .await
+        .map_err(|e| ApiError::internal(format!("the archive reader failed: {e}")))?
+        .map_err(|e| {
+            ApiError::invalid_archive(format!(
+                "the .arkc is refused: {e}; build it with `cargo ark container` and check it with `cargo ark verify`"
+            ))
+        })?;
+    for engine in &archive.manifest.engines {
+        caller.require(&engine.name, Access::Write)?;
+    }
+    let engines = state.container.deploy_archive(&archive).await?;
+    let mut views = Vec::new();
+    for engine in &engines {
+        views.push(engine_view(engine).await?);
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(DeployedView {
+            archive: format!("{}@{}", archive.manifest.name, archive.manifest.version),
+            engines: views,
+        }),
+    ))
+}
+
+async fn get_engine(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<EngineView>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    Ok(Json(engine_view(&engine).await?))
+}
+
+async fn remove_engine(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&name, Access::Write)?;
+    if state.container.remove_engine(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "engine `{name}` does not exist: list engines with `GET /api/v1/engines`"
+        )))
+    }
+}
+
+async fn list_bizes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<BizView>>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    Ok(Json(sorted_bizes(&engine)))
+}
+
+async fn install_biz(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Body,
+) -> Result<(StatusCode, Json<BizView>), ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let mut grants = Vec::new();
+    let mut activate = true;
+    for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "grant" => grants.push(value.into_owned()),
+            "activate" => {
+                activate = value.parse().map_err(|_| {
+                    ApiError::bad_request(format!("`activate={value}`: write `true` or `false`"))
+                })?
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{other}`: this request takes `grant` (repeatable) and `activate`"
+                )));
+            }
+        }
+    }
+    arkline::pipeline::deployment::grants_of(&grants)
+        .map_err(|e| ApiError::bad_request(format!("bad grant: {e}")))?;
+    let bytes = read_body(body, state.limits.max_upload, "--max-upload").await?;
+    let ark = Ark::from_bytes(&bytes).map_err(|e| {
+        ApiError::invalid_archive(format!(
+            "the .ark is refused: {e}; build it with `cargo ark package` and check it with `cargo ark verify`"
+        ))
+    })?;
+    if let Some(existing) = engine
+        .registry()
+        .get(&ark.manifest.name, &ark.manifest.version)
+        && existing.sha256 != ark.manifest.component.sha256
+    {
+        return Err(ApiError::conflict(format!(
+            "{}@{} is already installed in engine `{name}` with a different component: publish it as a new version",
+            ark.manifest.name, ark.manifest.version
+        )));
+    }
+    let info = engine.deploy_biz(&bytes, &grants, activate).await?;
+    Ok((StatusCode::CREATED, Json(info.into())))
+}
+
+async fn switch_biz(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, biz)): Path<(String, String)>,
+    body: Body,
+) -> Result<Json<BizView>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let SwitchBody { version } = read_json(&state, body).await?;
+    let version = parse_version(&version)?;
+    engine.switch(&biz, &version).await?;
+    let info = engine
+        .registry()
+        .get(&biz, &version)
+        .ok_or_else(|| ApiError::conflict(format!("{biz}@{version} was uninstalled meanwhile")))?;
+    Ok(Json(info.into()))
+}
+
+async fn uninstall_biz(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, biz, version)): Path<(String, String, String)>,
+    q: Result<Query<UninstallQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(StatusCode, Json<UninstallView>), ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let UninstallQuery { force } = query(q)?;
+    let version = parse_version(&version)?;
+    if engine.registry().get(&biz, &version).is_none() {
+        return Err(ApiError::not_found(format!(
+            "{biz}@{version} is not installed in engine `{name}`: list its bizes with `GET /api/v1/engines/{name}/bizes`"
+        )));
+    }
+    let mode = if force {
+        UninstallMode::Force
+    } else {
+        UninstallMode::Wait
+    };
+    // The uninstall goes on after the answer when executions still hold the
+    // version: the client is not kept waiting for them.
+    let task = {
+        let (engine, biz, version) = (engine.clone(), biz.clone(), version.clone());
+        tokio::spawn(async move {
+            let result = engine.uninstall(&biz, &version, mode).await;
+            if let Err(e) = &result {
+                tracing::warn!(engine = %engine.name(), biz = %biz, %version, error = %e, "uninstall failed");
+            }
+            result
+        })
+    };
+    let view = |state: &str| UninstallView {
+        name: biz.clone(),
+        version: version.to_string(),
+        state: state.to_owned(),
+    };
+    match tokio::time::timeout(UNINSTALL_WAIT, task).await {
+        Ok(Ok(Ok(()))) => Ok((StatusCode::OK, Json(view("uninstalled")))),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(ApiError::internal(format!(
+            "the uninstall task failed: {e}"
+        ))),
+        Err(_) => Ok((StatusCode::ACCEPTED, Json(view("draining")))),
+    }
+}
+
+async fn list_pipelines(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Pipeline>>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    let mut pipelines = engine.pipelines().await?;
+    pipelines.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(Json(pipelines))
+}
+
+async fn apply_pipeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Pipeline>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
+    let pipeline = parse_yaml(&bytes, "pipeline.yaml")?;
+    Ok(Json(engine.apply_pipeline(&pipeline).await?))
+}
+
+async fn get_pipeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, pipeline)): Path<(String, String)>,
+) -> Result<Json<Pipeline>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    engine.pipeline(&pipeline).await?.map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "pipeline `{pipeline}` does not exist in engine `{name}`: apply it first"
+        ))
+    })
+}
+
+async fn put_pipeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, pipeline)): Path<(String, String)>,
+    body: Body,
+) -> Result<Json<Pipeline>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
+    let parsed = parse_yaml(&bytes, &format!("{pipeline}.yaml"))?;
+    if parsed.metadata.name != pipeline {
+        return Err(ApiError::bad_request(format!(
+            "the YAML names pipeline `{}` but the path names `{pipeline}`: make them agree, or POST it to /api/v1/engines/{name}/pipelines",
+            parsed.metadata.name
+        )));
+    }
+    Ok(Json(engine.apply_pipeline(&parsed).await?))
+}
+
+async fn delete_pipeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, pipeline)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    engine.delete_pipeline(&pipeline).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, pipeline)): Path<(String, String)>,
+    body: Body,
+) -> Result<(StatusCode, Json<PipelineExecution>), ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
+    let body: TriggerBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TriggerBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the trigger body does not fit (`params`, `branch`, `commit`, `event`): {e}"
+            ))
+        })?
+    };
+    let request = TriggerRequest {
+        params: body.params,
+        event: body.event,
+        branch: body.branch,
+        commit: body.commit,
+        ..TriggerRequest::manual()
+    };
+    let exec = engine.trigger(&pipeline, request).await?;
+    Ok((StatusCode::CREATED, Json(exec)))
+}
+
+async fn list_executions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    q: Result<Query<ExecutionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<PipelineExecution>>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    let q = query(q)?;
+    Ok(Json(engine.executions(q.pipeline.as_deref()).await?))
+}
+
+async fn execution_of(engine: &Engine, execution: &str) -> Result<PipelineExecution, ApiError> {
+    engine.execution(execution).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "execution `{execution}` does not exist in engine `{}`: list them with `GET /api/v1/engines/{}/executions`",
+            engine.name(),
+            engine.name()
+        ))
+    })
+}
+
+async fn get_execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, execution)): Path<(String, String)>,
+) -> Result<Json<PipelineExecution>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    Ok(Json(execution_of(&engine, &execution).await?))
+}
+
+async fn abort_execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, execution)): Path<(String, String)>,
+) -> Result<Json<PipelineExecution>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    Ok(Json(engine.abort(&execution).await?))
+}
+
+async fn step_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, execution, step)): Path<(String, String, String)>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    let LogsQuery { follow } = query(q)?;
+    let exec = execution_of(&engine, &execution).await?;
+    if !step_names(&exec).any(|s| s == step) {
+        return Err(ApiError::not_found(format!(
+            "execution `{execution}` has no step `{step}`; its steps: {}",
+            step_names(&exec).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let wants_stream = follow
+        || headers
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_stream {
+        let lines = engine.logs(&execution, &step).await?;
+        return Ok(Json(lines.into_iter().map(LogLine::from).collect::<Vec<_>>()).into_response());
+    }
+    Ok(Sse::new(follow_events(state, engine, execution, step))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// `line` events, then one `end` event with the step's phase; cut short (without
+/// `end`) when the server shuts down.
+fn follow_events(
+    state: AppState,
+    engine: Engine,
+    execution: String,
+    step: String,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let lines = engine.follow_logs(&execution, &step).map(|item| {
+        Ok(match item {
+            Ok(line) => {
+                let seq = line.seq;
+                let data = serde_json::to_string(&LogLine::from(line)).unwrap_or_default();
+                Event::default().event("line").id(seq.to_string()).data(data)
+            }
+            Err(e) => Event::default().event("error").data(
+                serde_json::json!({"code": "internal", "message": format!("reading the log failed: {e}")})
+                    .to_string(),
+            ),
+        })
+    });
+    let end = futures::stream::once(async move {
+        let phase = match engine.execution(&execution).await {
+            Ok(Some(exec)) => phase_name(step_phase(&exec, &step)),
+            _ => "Unknown".to_owned(),
+        };
+        let data = serde_json::to_string(&LogEnd { phase }).unwrap_or_default();
+        Ok(Event::default().event("end").data(data))
+    });
+    lines
+        .chain(end)
+        .take_until(Box::pin(async move { state.shutting_down().await }))
+}
+
+async fn list_secrets(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<SecretNames>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    let mut names = engine.secret_names().await?;
+    names.sort();
+    Ok(Json(SecretNames { names }))
+}
+
+fn check_secret_name(secret: &str) -> Result<(), ApiError> {
+    let ok = (1..=253).contains(&secret.len())
+        && secret.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_'
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{secret}` is not a valid secret name: use 1 to 253 lowercase letters, digits, `-`, `_` or `.`"
+        )))
+    }
+}
+
+async fn put_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, secret)): Path<(String, String)>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    check_secret_name(&secret)?;
+    let SecretBody { value } = read_json(&state, body).await?;
+    engine.set_secret(&secret, &value).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, secret)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    if engine.delete_secret(&secret).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "secret `{secret}` does not exist in engine `{name}`"
+        )))
+    }
+}
+
+/// Answer for paths no route serves.
+pub async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!(
+            "no route for {method} {}: the routes are listed in /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// Answer for a known path with a method it does not serve.
+pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {method}: the methods it takes are listed in /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
+}

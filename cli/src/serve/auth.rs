@@ -1,0 +1,349 @@
+//! Bearer tokens of the admin API: the tokens file, constant-time lookup, and
+//! the scope check every handler makes.
+//!
+//! The tokens file is TOML:
+//!
+//! ```toml
+//! [[tokens]]
+//! name = "ci"                     # shown in logs, never the token
+//! token = "a-long-random-string"  # or: sha256 = "<hex of sha256(token)>"
+//! engines = ["team-a", "team-*"]  # engine names, `prefix-*` patterns, or "*"
+//! access = "write"                # "read" (GET only) or "write" (everything)
+//! ```
+
+use std::path::Path;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Shortest plain token accepted in a tokens file.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Read-only requests (`GET`).
+    Read,
+    /// Every request (implies `read`).
+    Write,
+}
+
+impl Access {
+    fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    token: Option<String>,
+    sha256: Option<String>,
+    engines: Vec<String>,
+    access: Access,
+}
+
+/// One token of the tokens file (its SHA-256 only).
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// Its name, for logs and messages.
+    pub name: String,
+    digest: [u8; 32],
+    engines: Vec<String>,
+    /// What it may do.
+    pub access: Access,
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Bearer tokens from a tokens file.
+    Tokens(Vec<Token>),
+    /// Every request is allowed (`--insecure-no-auth`, loopback only).
+    Disabled,
+}
+
+impl Auth {
+    /// Reads a tokens file.
+    pub fn load(path: &Path) -> anyhow::Result<Auth> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the tokens file {}: {e}", path.display()))?;
+        Auth::parse(&text).map_err(|e| anyhow::anyhow!("tokens file {}: {e}", path.display()))
+    }
+
+    /// Parses the text of a tokens file; every problem names the token and what to fix.
+    pub fn parse(text: &str) -> Result<Auth, String> {
+        let file: TokensFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        if file.tokens.is_empty() {
+            return Err(
+                "no `[[tokens]]`: add at least one (name, token or sha256, engines, access)".into(),
+            );
+        }
+        let mut tokens: Vec<Token> = Vec::new();
+        for entry in file.tokens {
+            let name = entry.name;
+            let digest = match (entry.token, entry.sha256) {
+                (Some(token), None) => {
+                    if token.len() < MIN_TOKEN_LEN {
+                        return Err(format!(
+                            "token `{name}` is shorter than {MIN_TOKEN_LEN} characters: use a long random string (e.g. `openssl rand -hex 32`)"
+                        ));
+                    }
+                    Sha256::digest(token.as_bytes()).into()
+                }
+                (None, Some(hex_digest)) => {
+                    let bytes = hex::decode(hex_digest.trim()).ok();
+                    match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                        Some(d) => d,
+                        None => {
+                            return Err(format!(
+                                "token `{name}`: `sha256` must be 64 hex digits (the SHA-256 of the token, e.g. from `printf %s TOKEN | sha256sum`)"
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "token `{name}` needs exactly one of `token` (the token itself) or `sha256` (its SHA-256 in hex)"
+                    ));
+                }
+            };
+            if entry.engines.is_empty() {
+                return Err(format!(
+                    "token `{name}` has no `engines`: list engine names, `prefix-*` patterns, or \"*\" for every engine"
+                ));
+            }
+            for pattern in &entry.engines {
+                let stem = pattern.strip_suffix('*').unwrap_or(pattern);
+                if stem.contains('*')
+                    || !stem
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                {
+                    return Err(format!(
+                        "token `{name}`: `{pattern}` is not an engine pattern: use an engine name, a `prefix-*` pattern, or \"*\""
+                    ));
+                }
+            }
+            if tokens.iter().any(|t| t.name == name) {
+                return Err(format!(
+                    "two tokens are named `{name}`: names must be unique"
+                ));
+            }
+            if tokens.iter().any(|t| bool::from(t.digest.ct_eq(&digest))) {
+                return Err(format!(
+                    "token `{name}` has the same secret as another token: give each its own"
+                ));
+            }
+            tokens.push(Token {
+                name,
+                digest,
+                engines: entry.engines,
+                access: entry.access,
+            });
+        }
+        Ok(Auth::Tokens(tokens))
+    }
+
+    /// The caller presenting `bearer`, if it is a known token. Every token is
+    /// compared, in constant time, whatever matches.
+    fn authenticate(&self, bearer: &str) -> Option<Caller> {
+        match self {
+            Auth::Disabled => Some(Caller::Anyone),
+            Auth::Tokens(tokens) => {
+                let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+                let mut found = None;
+                for token in tokens {
+                    let equal = bool::from(token.digest.ct_eq(&digest));
+                    if equal && found.is_none() {
+                        found = Some(token.clone());
+                    }
+                }
+                found.map(Caller::Token)
+            }
+        }
+    }
+}
+
+/// Who is calling: extracted from the `Authorization: Bearer` header of every
+/// `/api/v1` request (401 without a known token).
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Authentication is disabled.
+    Anyone,
+    /// A token of the tokens file.
+    Token(Token),
+}
+
+impl Caller {
+    /// Whether the caller may see `engine` at all.
+    pub fn sees(&self, engine: &str) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Token(t) => t.engines.iter().any(|p| matches_pattern(p, engine)),
+        }
+    }
+
+    /// Checks that the caller may write at all (before a large body is read for
+    /// a request whose engines are only known from that body); 403 otherwise.
+    pub fn require_write_access(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Token(token) if token.access < Access::Write => {
+                Err(ApiError::forbidden(format!(
+                    "token `{}` has `read` access and this request needs `write`; use a token with access = \"write\"",
+                    token.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that the caller may do `access` on `engine`; 403 otherwise.
+    pub fn require(&self, engine: &str, access: Access) -> Result<(), ApiError> {
+        let Caller::Token(token) = self else {
+            return Ok(());
+        };
+        if !self.sees(engine) {
+            return Err(ApiError::forbidden(format!(
+                "token `{}` is not scoped to engine `{engine}` (it may use: {}); use a token whose `engines` include it",
+                token.name,
+                token.engines.join(", ")
+            )));
+        }
+        if token.access < access {
+            return Err(ApiError::forbidden(format!(
+                "token `{}` has `{}` access and this request needs `{}`; use a token with access = \"{}\"",
+                token.name,
+                token.access.as_str(),
+                access.as_str(),
+                access.as_str()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn matches_pattern(pattern: &str, engine: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => engine.starts_with(prefix),
+        None => pattern == engine,
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !state.is_ready() {
+            return Err(ApiError::not_ready());
+        }
+        if let Auth::Disabled = *state.auth {
+            return Ok(Caller::Anyone);
+        }
+        let Some(header) = parts.headers.get(AUTHORIZATION) else {
+            return Err(ApiError::unauthorized(
+                "this request needs a token: send `Authorization: Bearer <token>` (arkline ctl: --token or ARKLINE_TOKEN)",
+            ));
+        };
+        let bearer = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
+        state.auth.authenticate(bearer).ok_or_else(|| {
+            ApiError::unauthorized(
+                "unknown token: check the token you sent against the server's tokens file",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[[tokens]]
+name = "admin"
+token = "admin-token-0123456789"
+engines = ["*"]
+access = "write"
+
+[[tokens]]
+name = "team-a-reader"
+sha256 = "SHA"
+engines = ["team-a", "ops-*"]
+access = "read"
+"#;
+
+    fn auth() -> Auth {
+        let digest = hex::encode(Sha256::digest(b"reader-token-0123456789"));
+        Auth::parse(&FILE.replace("SHA", &digest)).expect("parses")
+    }
+
+    #[test]
+    fn tokens_match_by_value_or_digest_and_are_scoped() {
+        let auth = auth();
+        assert!(auth.authenticate("nope").is_none());
+        let admin = auth.authenticate("admin-token-0123456789").expect("admin");
+        assert!(admin.require("anything", Access::Write).is_ok());
+        let reader = auth
+            .authenticate("reader-token-0123456789")
+            .expect("reader");
+        assert!(reader.require("team-a", Access::Read).is_ok());
+        assert!(reader.require("ops-x", Access::Read).is_ok());
+        let write = reader.require("team-a", Access::Write).unwrap_err();
+        assert_eq!(write.code, "forbidden");
+        assert!(write.message.contains("`read` access"), "{}", write.message);
+        let other = reader.require("team-b", Access::Read).unwrap_err();
+        assert!(other.message.contains("not scoped to engine `team-b`"));
+        assert!(!reader.sees("team-ab"));
+    }
+
+    #[test]
+    fn bad_tokens_files_are_refused_with_the_fix() {
+        let short = "[[tokens]]\nname='x'\ntoken='short'\nengines=['*']\naccess='read'\n";
+        assert!(Auth::parse(short).unwrap_err().contains("shorter than 16"));
+        let both = "[[tokens]]\nname='x'\ntoken='0123456789abcdefgh'\nsha256='00'\nengines=['*']\naccess='read'\n";
+        assert!(Auth::parse(both).unwrap_err().contains("exactly one"));
+        let pattern =
+            "[[tokens]]\nname='x'\ntoken='0123456789abcdefgh'\nengines=['a*b']\naccess='read'\n";
+        assert!(
+            Auth::parse(pattern)
+                .unwrap_err()
+                .contains("not an engine pattern")
+        );
+        let access =
+            "[[tokens]]\nname='x'\ntoken='0123456789abcdefgh'\nengines=['*']\naccess='admin'\n";
+        assert!(Auth::parse(access).is_err());
+        assert!(Auth::parse("").unwrap_err().contains("no `[[tokens]]`"));
+        let dup = "[[tokens]]\nname='x'\ntoken='0123456789abcdefgh'\nengines=['*']\naccess='read'\n\
+                   [[tokens]]\nname='y'\ntoken='0123456789abcdefgh'\nengines=['*']\naccess='write'\n";
+        assert!(Auth::parse(dup).unwrap_err().contains("same secret"));
+    }
+}

@@ -1,0 +1,436 @@
+//! `POST /hooks/{engine}/{pipeline}`: GitHub- and GitLab-compatible webhooks.
+//!
+//! A delivery is authenticated with the pipeline's webhook secret (the engine
+//! secret its webhook trigger names with `secret:`): GitHub's
+//! `X-Hub-Signature-256` HMAC of the body, or GitLab's `X-Gitlab-Token`. It is
+//! then read as an event (`push`, `tag`, `pull_request`), a branch and a
+//! commit ([`delivery`]), matched against the trigger's `events` and `branch`
+//! filters, and, when one accepts it, starts an execution whose spec carries
+//! the event, branch and commit (`trigger: webhook`).
+//!
+//! Answers, all JSON:
+//! - `202 {"triggered": true, "execution": …}` — an execution was created;
+//! - `200 {"triggered": false, "reason": …}` — authenticated, nothing to run
+//!   (GitHub's `ping`, an event or branch the trigger does not accept, a branch
+//!   deletion, a closed pull request);
+//! - errors `{"code", "message"}`: 400 (not a GitHub/GitLab delivery, bad JSON),
+//!   401 (missing or wrong signature; nothing is triggered), 404 (no such engine
+//!   or pipeline), 409 (the pipeline has no webhook trigger, or none names a
+//!   secret the engine has), 413 (body over [`MAX_BODY`]), 422 (the pipeline
+//!   needs params a webhook cannot give).
+//!
+//! The endpoint needs no admin token: the signature is the credential.
+
+pub mod delivery;
+pub mod signature;
+
+use std::collections::BTreeMap;
+
+use arkline::model::{Filter, Pipeline, TriggerKind};
+use arkline::pipeline::TriggerError;
+use arkline::{Engine, EngineError, TriggerRequest};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde_json::json;
+
+use self::delivery::{Delivery, Provider};
+use self::signature::{GithubSignature, SignatureError};
+use super::AppState;
+
+/// The largest delivery body accepted, in bytes (GitHub caps payloads at 25 MB
+/// but pushes of normal size are a few KiB; 1 MiB leaves room for big pushes).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Label: which forge sent the delivery (`github`, `gitlab`).
+pub const PROVIDER_LABEL: &str = "arkline.dev/webhook-provider";
+/// Label: the forge's delivery id (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`).
+pub const DELIVERY_LABEL: &str = "arkline.dev/webhook-delivery";
+
+/// The routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/hooks/{engine}/{pipeline}", post(receive))
+}
+
+/// A refused delivery: `{code, message}` with an HTTP status (the admin API's
+/// error shape).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl HookError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(what: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "webhook: {what}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{what}: {e}"),
+        )
+    }
+}
+
+impl IntoResponse for HookError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// One webhook trigger of the pipeline.
+struct Hook {
+    events: Vec<String>,
+    branch: Filter,
+    secret: Option<String>,
+}
+
+impl Hook {
+    fn accepts(&self, event: &str, branch: &str) -> bool {
+        (self.events.is_empty() || self.events.iter().any(|e| e == event))
+            && self.branch.matches(branch)
+    }
+
+    fn describe(&self) -> String {
+        let events = if self.events.is_empty() {
+            "any event".to_owned()
+        } else {
+            format!("events [{}]", self.events.join(", "))
+        };
+        let branch = if self.branch.is_empty() {
+            "any branch".to_owned()
+        } else {
+            let mut parts = Vec::new();
+            if !self.branch.include.is_empty() {
+                parts.push(format!("include [{}]", self.branch.include.join(", ")));
+            }
+            if !self.branch.exclude.is_empty() {
+                parts.push(format!("exclude [{}]", self.branch.exclude.join(", ")));
+            }
+            format!("branch {}", parts.join(" "))
+        };
+        format!("{events} on {branch}")
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads the body, refusing it as soon as it passes [`MAX_BODY`] (whatever
+/// `Content-Length` claims).
+async fn read_body(body: Body) -> Result<Vec<u8>, HookError> {
+    let too_large = || {
+        HookError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the delivery is larger than {MAX_BODY} bytes, the most a webhook may send"),
+        )
+    };
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            HookError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot read the delivery's body: {e}"),
+            )
+        })?;
+        if out.len() + chunk.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    Path((engine_name, pipeline_name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HookError> {
+    let (provider, event) = if let Some(e) = header(&headers, "x-github-event") {
+        (Provider::Github, e.to_owned())
+    } else if let Some(e) = header(&headers, "x-gitlab-event") {
+        (Provider::Gitlab, e.to_owned())
+    } else {
+        return Err(HookError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a GitHub or GitLab delivery: it has no `X-GitHub-Event` or `X-Gitlab-Event` header",
+        ));
+    };
+    if let Some(len) = header(&headers, "content-length").and_then(|l| l.parse::<u64>().ok())
+        && len > MAX_BODY as u64
+    {
+        return Err(HookError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the delivery is {len} bytes, over the {MAX_BODY} bytes a webhook may send"),
+        ));
+    }
+    let body = read_body(body).await?;
+
+    // Never start an engine for a delivery: only those already running answer.
+    let Some(engine) = state
+        .container
+        .engines()
+        .into_iter()
+        .find(|e| e.name() == engine_name)
+    else {
+        return Err(HookError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("there is no engine `{engine_name}` on this server"),
+        ));
+    };
+    let pipeline = engine
+        .pipeline(&pipeline_name)
+        .await
+        .map_err(|e| HookError::internal("cannot read the pipeline", e))?
+        .ok_or_else(|| {
+            HookError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("pipeline `{pipeline_name}` does not exist in engine `{engine_name}`"),
+            )
+        })?;
+    let hooks = webhook_triggers(&pipeline);
+    if hooks.is_empty() {
+        return Err(HookError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "pipeline `{pipeline_name}` has no webhook trigger: add one to its `triggers`, e.g. \
+                 `{{type: webhook, events: [push], secret: <secret name>}}`"
+            ),
+        ));
+    }
+    let accepted = authenticate(&engine, &pipeline_name, &hooks, provider, &headers, &body).await?;
+
+    let payload: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        HookError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the delivery's body is not JSON: {e}"),
+        )
+    })?;
+    let delivery = match provider {
+        Provider::Github => delivery::github(&event, &payload),
+        Provider::Gitlab => delivery::gitlab(&event, &payload),
+    }
+    .map_err(|e| HookError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let run = match delivery {
+        Delivery::Ping => {
+            return Ok(not_triggered(
+                "ping: the webhook reaches arkline and its signature checks out".into(),
+            ));
+        }
+        Delivery::Ignored(reason) => return Ok(not_triggered(reason)),
+        Delivery::Run(run) => run,
+    };
+    if !accepted.iter().any(|h| h.accepts(run.event, &run.branch)) {
+        let wanted: Vec<String> = accepted.iter().map(|h| h.describe()).collect();
+        return Ok(not_triggered(format!(
+            "pipeline `{pipeline_name}` does not run on `{}` of `{}`: its webhook trigger accepts {}",
+            run.event,
+            run.branch,
+            wanted.join("; or ")
+        )));
+    }
+
+    let mut labels: BTreeMap<String, String> = run
+        .labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    labels.insert(PROVIDER_LABEL.into(), provider.as_str().into());
+    let delivery_id = match provider {
+        Provider::Github => header(&headers, "x-github-delivery"),
+        Provider::Gitlab => header(&headers, "x-gitlab-event-uuid"),
+    };
+    if let Some(id) = delivery_id.filter(|id| !id.is_empty() && id.len() <= 128) {
+        labels.insert(DELIVERY_LABEL.into(), id.to_owned());
+    }
+    let request = TriggerRequest {
+        event: run.event.to_owned(),
+        branch: run.branch.clone(),
+        commit: run.commit.clone(),
+        kind: TriggerKind::Webhook,
+        labels,
+        ..TriggerRequest::default()
+    };
+    let exec = engine
+        .trigger(&pipeline_name, request)
+        .await
+        .map_err(|e| match e {
+            EngineError::Trigger(TriggerError::NoPipeline { .. }) => {
+                HookError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            EngineError::Trigger(TriggerError::Params { .. }) => HookError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_request",
+                format!("{e}; a webhook gives no params, so declare defaults for them"),
+            ),
+            e => HookError::internal("cannot create the execution", e),
+        })?;
+    tracing::info!(
+        engine = %engine_name,
+        pipeline = %pipeline_name,
+        execution = %exec.metadata.name,
+        event = run.event,
+        branch = %run.branch,
+        commit = %run.commit,
+        "webhook started an execution"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "triggered": true,
+            "engine": engine_name,
+            "pipeline": pipeline_name,
+            "execution": exec.metadata.name,
+            "event": run.event,
+            "branch": run.branch,
+            "commit": run.commit,
+        })),
+    )
+        .into_response())
+}
+
+fn not_triggered(reason: String) -> Response {
+    (
+        StatusCode::OK,
+        Json(json!({ "triggered": false, "reason": reason })),
+    )
+        .into_response()
+}
+
+fn webhook_triggers(pipeline: &Pipeline) -> Vec<Hook> {
+    pipeline
+        .spec
+        .triggers
+        .iter()
+        .filter_map(|t| match t {
+            arkline::model::Trigger::Webhook {
+                events,
+                branch,
+                secret,
+            } => Some(Hook {
+                events: events.clone(),
+                branch: branch.clone(),
+                secret: secret.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks the delivery against the secret of each webhook trigger; answers the
+/// triggers whose secret it carries (at least one, or an error).
+async fn authenticate<'h>(
+    engine: &Engine,
+    pipeline: &str,
+    hooks: &'h [Hook],
+    provider: Provider,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<&'h Hook>, HookError> {
+    let unauthorized = |e: SignatureError| {
+        tracing::warn!(engine = %engine.name(), pipeline, "webhook refused: {e}");
+        HookError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    };
+    // Parse what the sender claims before reading any secret.
+    let github = match provider {
+        Provider::Github => Some(
+            header(headers, "x-hub-signature-256")
+                .ok_or(SignatureError::MissingGithubSignature)
+                .and_then(GithubSignature::parse)
+                .map_err(unauthorized)?,
+        ),
+        Provider::Gitlab => None,
+    };
+    let gitlab = match provider {
+        Provider::Gitlab => Some(
+            header(headers, "x-gitlab-token")
+                .ok_or(SignatureError::MissingGitlabToken)
+                .map_err(unauthorized)?,
+        ),
+        Provider::Github => None,
+    };
+    let mut names: Vec<&str> = hooks.iter().filter_map(|h| h.secret.as_deref()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return Err(HookError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "pipeline `{pipeline}` accepts no deliveries: its webhook trigger names no secret; add \
+                 `secret: <name>` (an engine secret also listed in the pipeline's `secrets`) and \
+                 give the forge the same value"
+            ),
+        ));
+    }
+    let total = names.len();
+    let mut matched: Vec<&str> = Vec::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for name in names {
+        let value = engine
+            .secret_value(name)
+            .await
+            .map_err(|e| HookError::internal("cannot read the webhook secret", e))?;
+        let Some(value) = value else {
+            missing.push(name);
+            continue;
+        };
+        let ok = match (&github, gitlab) {
+            (Some(sig), _) => sig.verifies(value.as_bytes(), body),
+            (None, Some(token)) => signature::gitlab_token_matches(token, &value),
+            (None, None) => false,
+        };
+        if ok {
+            matched.push(name);
+        }
+    }
+    if matched.is_empty() {
+        // Nothing could verify it: say what to configure (the sender learns
+        // only that the server is not set up, never a value).
+        if missing.len() == total {
+            tracing::warn!(engine = %engine.name(), pipeline, ?missing, "webhook refused: the webhook secret is not set");
+            return Err(HookError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "engine `{}` has no secret `{}`, which pipeline `{pipeline}`'s webhook trigger names: \
+                     set it to the forge's webhook secret",
+                    engine.name(),
+                    missing.join("`, `")
+                ),
+            ));
+        }
+        return Err(unauthorized(SignatureError::Mismatch));
+    }
+    Ok(hooks
+        .iter()
+        .filter(|h| h.secret.as_deref().is_some_and(|s| matched.contains(&s)))
+        .collect())
+}

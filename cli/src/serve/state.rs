@@ -1,0 +1,111 @@
+//! What every handler of `arkline serve` gets.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arkline::{Container, Engine};
+use tokio::sync::watch;
+
+use super::auth::Auth;
+use super::error::ApiError;
+
+/// Request body caps of the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `.ark` / `.arkc` upload, in bytes.
+    pub max_upload: u64,
+    /// Largest JSON or YAML body, in bytes.
+    pub max_body: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload: 64 << 20,
+            max_body: 1 << 20,
+        }
+    }
+}
+
+/// Shared state of the server. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The container every engine lives in.
+    pub container: Container,
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) limits: Limits,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Receiver<bool>,
+    shutdown_tx: Arc<watch::Sender<bool>>,
+}
+
+impl AppState {
+    /// State over `container`: ready, default [`Limits`], and no tokens (every
+    /// `/api/v1` request is refused until [`AppState::with_auth`] gives some).
+    pub fn new(container: Container) -> Self {
+        let (tx, rx) = watch::channel(false);
+        Self {
+            container,
+            auth: Arc::new(Auth::Tokens(Vec::new())),
+            limits: Limits::default(),
+            ready: Arc::new(AtomicBool::new(true)),
+            shutdown: rx,
+            shutdown_tx: Arc::new(tx),
+        }
+    }
+
+    /// Uses `auth` for the admin API.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Arc::new(auth);
+        self
+    }
+
+    /// Uses `limits` for request bodies.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Whether the admin API answers (the engines are restored and the server is
+    /// not shutting down).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Marks the server ready or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Starts shutting down: not ready any more, and long-lived responses (log
+    /// streams) end.
+    pub fn begin_shutdown(&self) {
+        self.set_ready(false);
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// Whether [`AppState::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Resolves when [`AppState::begin_shutdown`] was called.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        // An error means the sender is gone, which is a shutdown too.
+        let _ = rx.wait_for(|down| *down).await;
+    }
+
+    /// The running engine named `name` (never creates one); 404 otherwise.
+    pub(crate) fn engine(&self, name: &str) -> Result<Engine, ApiError> {
+        self.container
+            .engines()
+            .into_iter()
+            .find(|e| e.name() == name)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "engine `{name}` does not exist: list engines with `GET /api/v1/engines`, or add it by uploading a .arkc that declares it (`POST /api/v1/engines`)"
+                ))
+            })
+    }
+}

@@ -1,0 +1,509 @@
+//! `POST /hooks/{engine}/{pipeline}` over real HTTP on loopback, against a real
+//! container (redb data dir) with the real `faults` biz: GitHub signatures and
+//! GitLab tokens checked with the pipeline's webhook secret, events and
+//! branches mapped and filtered, the commit and branch in the execution spec,
+//! and `when: {event: …}` deciding steps from the delivery.
+
+use std::time::Duration;
+
+use arkline::ark::{Ark, Capabilities};
+use arkline::model::{ExecutionPhase, PipelineExecution, StepPhase, TriggerKind};
+use arkline::{Container, Engine};
+use arkline_cli::serve::hooks::signature::github_signature;
+use arkline_cli::serve::{AppState, router};
+use serde_json::{Value, json};
+
+const GITHUB_SECRET: &str = "gh-s3cret-value";
+const GITLAB_SECRET: &str = "gl-t0ken-value";
+const LIMIT: Duration = Duration::from_secs(120);
+
+const PIPELINE: &str = r#"
+name: build
+secrets: [github-hook, gitlab-hook]
+triggers:
+  - {type: webhook, events: [push, pull_request], branch: {include: [main]}, secret: github-hook}
+  - {type: webhook, events: [tag], branch: "v*", secret: github-hook}
+  - {type: webhook, events: [push], secret: gitlab-hook}
+stages:
+  - name: s
+    steps:
+      - name: compile
+        uses: faults/echo
+        with: { data: "${{ event }} ${{ branch }}" }
+      - name: release
+        uses: faults/echo
+        when: { event: [tag] }
+        with: { data: "release" }
+"#;
+
+struct Server {
+    container: Container,
+    engine: Engine,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn start(dir: &std::path::Path) -> Server {
+    let container = Container::builder()
+        .data_dir(dir)
+        .build()
+        .expect("container builds");
+    let engine = container.engine("team-a").await.expect("engine starts");
+    let faults = Ark::open(arkline_testkit::plugin("faults")).expect("faults archive");
+    engine
+        .install(faults, &Capabilities::default())
+        .await
+        .expect("faults installs");
+    engine
+        .set_secret("github-hook", GITHUB_SECRET)
+        .await
+        .expect("secret");
+    engine
+        .set_secret("gitlab-hook", GITLAB_SECRET)
+        .await
+        .expect("secret");
+    engine
+        .apply_pipeline_yaml("build.yaml", PIPELINE)
+        .await
+        .unwrap_or_else(|e| panic!("pipeline applies: {e}"));
+    engine
+        .apply_pipeline_yaml(
+            "manual.yaml",
+            "name: manual\nstages:\n  - name: s\n    steps:\n      - { name: a, uses: faults/echo, with: { data: x } }\n",
+        )
+        .await
+        .expect("pipeline applies");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(AppState::new(container.clone()));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server {
+        container,
+        engine,
+        base,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Server {
+    async fn github(
+        &self,
+        pipeline: &str,
+        event: &str,
+        body: &Value,
+        secret: &str,
+    ) -> (u16, Value) {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let sig = github_signature(secret.as_bytes(), &bytes);
+        self.post(
+            pipeline,
+            &[
+                ("X-GitHub-Event", event),
+                ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+                ("X-Hub-Signature-256", &sig),
+            ],
+            bytes,
+        )
+        .await
+    }
+
+    async fn gitlab(&self, event: &str, body: &Value, token: &str) -> (u16, Value) {
+        let bytes = serde_json::to_vec(body).expect("json");
+        self.post(
+            "build",
+            &[("X-Gitlab-Event", event), ("X-Gitlab-Token", token)],
+            bytes,
+        )
+        .await
+    }
+
+    async fn post(&self, pipeline: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/hooks/team-a/{pipeline}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("a JSON answer ({e}), got {status}: {text}"));
+        (status, json)
+    }
+
+    async fn executions(&self) -> Vec<PipelineExecution> {
+        self.engine.executions(None).await.expect("list")
+    }
+
+    async fn finished(&self, name: &str) -> PipelineExecution {
+        tokio::time::timeout(LIMIT, self.engine.wait(name))
+            .await
+            .unwrap_or_else(|_| panic!("{name} finished in time"))
+            .expect("wait")
+    }
+}
+
+fn step_phase(exec: &PipelineExecution, step: &str) -> StepPhase {
+    exec.status
+        .stages
+        .iter()
+        .flat_map(|s| s.steps.iter())
+        .find(|s| s.name == step)
+        .unwrap_or_else(|| panic!("step {step} in {:#?}", exec.status))
+        .phase
+}
+
+fn push(git_ref: &str, after: &str) -> Value {
+    json!({"ref": git_ref, "after": after, "deleted": false, "repository": {"full_name": "acme/app"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_or_missing_signatures_are_refused_and_trigger_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let body = push("refs/heads/main", "aaaa");
+
+    let (status, answer) = s.github("build", "push", &body, "not-the-secret").await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["code"], "unauthorized");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not match"),
+        "{answer}"
+    );
+
+    let bytes = serde_json::to_vec(&body).expect("json");
+    let (status, answer) = s
+        .post("build", &[("X-GitHub-Event", "push")], bytes.clone())
+        .await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("X-Hub-Signature-256"),
+        "{answer}"
+    );
+
+    // A signature over another body does not pass for this one.
+    let sig = github_signature(GITHUB_SECRET.as_bytes(), b"{}");
+    let (status, _) = s
+        .post(
+            "build",
+            &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &sig)],
+            bytes,
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    let (status, answer) = s
+        .gitlab(
+            "Push Hook",
+            &json!({"ref": "refs/heads/main", "checkout_sha": "b"}),
+            "wrong",
+        )
+        .await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(s.executions().await.is_empty(), "nothing was triggered");
+    s.container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_push_runs_only_on_branches_the_trigger_accepts_with_its_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let sha = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+    let (status, answer) = s
+        .github(
+            "build",
+            "push",
+            &push("refs/heads/dev", "dddd"),
+            GITHUB_SECRET,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["triggered"], false);
+    let reason = answer["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("`push` of `dev`") && reason.contains("include [main]"),
+        "{reason}"
+    );
+    assert!(s.executions().await.is_empty(), "dev is filtered out");
+
+    let (status, answer) = s
+        .github(
+            "build",
+            "push",
+            &push("refs/heads/main", sha),
+            GITHUB_SECRET,
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["triggered"], true);
+    let name = answer["execution"]
+        .as_str()
+        .expect("execution name")
+        .to_owned();
+    assert_eq!(name, "build-1");
+
+    let done = s.finished(&name).await;
+    assert_eq!(done.spec.trigger, TriggerKind::Webhook);
+    assert_eq!(
+        (
+            done.spec.event.as_str(),
+            done.spec.branch.as_str(),
+            done.spec.commit.as_str()
+        ),
+        ("push", "main", sha)
+    );
+    assert_eq!(
+        done.metadata.labels["arkline.dev/webhook-provider"],
+        "github"
+    );
+    assert_eq!(
+        done.metadata.labels["arkline.dev/webhook-delivery"],
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    );
+    assert_eq!(
+        done.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        done.status
+    );
+    assert_eq!(done.status.outputs["compile"]["data"], "push main");
+    assert_eq!(
+        step_phase(&done, "release"),
+        StepPhase::Skipped,
+        "when: event tag"
+    );
+    assert_eq!(s.executions().await.len(), 1);
+
+    // Ping checks the signature and answers 200 without running anything.
+    let (status, answer) = s
+        .github(
+            "build",
+            "ping",
+            &json!({"zen": "Keep it logically awesome.", "hook_id": 1}),
+            GITHUB_SECRET,
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["triggered"]),
+        (200, &json!(false)),
+        "{answer}"
+    );
+    let (status, _) = s.github("build", "ping", &json!({}), "wrong").await;
+    assert_eq!(status, 401);
+    assert_eq!(s.executions().await.len(), 1);
+    s.container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_pull_requests_and_gitlab_deliveries_land_in_the_spec() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+
+    // A tag push is the event `tag`, its branch the tag name; `when` sees it.
+    let (status, answer) = s
+        .github(
+            "build",
+            "push",
+            &push("refs/tags/v1.2.0", "7a9c"),
+            GITHUB_SECRET,
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let tag = s
+        .finished(answer["execution"].as_str().expect("name"))
+        .await;
+    assert_eq!(
+        (
+            tag.spec.event.as_str(),
+            tag.spec.branch.as_str(),
+            tag.spec.commit.as_str()
+        ),
+        ("tag", "v1.2.0", "7a9c")
+    );
+    assert_eq!(
+        tag.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        tag.status
+    );
+    assert_eq!(step_phase(&tag, "release"), StepPhase::Succeeded);
+    // A tag the trigger's `branch: "v*"` does not match.
+    let (status, answer) = s
+        .github(
+            "build",
+            "push",
+            &push("refs/tags/nightly", "7a9d"),
+            GITHUB_SECRET,
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["triggered"]),
+        (200, &json!(false)),
+        "{answer}"
+    );
+
+    // A pull request runs against its target branch, at the head commit.
+    let pr = json!({
+        "action": "opened",
+        "number": 17,
+        "pull_request": {
+            "number": 17,
+            "head": {"ref": "feature/login", "sha": "feedbeef"},
+            "base": {"ref": "main", "sha": "0ld"},
+        },
+    });
+    let (status, answer) = s.github("build", "pull_request", &pr, GITHUB_SECRET).await;
+    assert_eq!(status, 202, "{answer}");
+    let pr_exec = s
+        .finished(answer["execution"].as_str().expect("name"))
+        .await;
+    assert_eq!(
+        (
+            pr_exec.spec.event.as_str(),
+            pr_exec.spec.branch.as_str(),
+            pr_exec.spec.commit.as_str()
+        ),
+        ("pull_request", "main", "feedbeef")
+    );
+    assert_eq!(
+        pr_exec.metadata.labels["arkline.dev/source-branch"],
+        "feature/login"
+    );
+    assert_eq!(pr_exec.metadata.labels["arkline.dev/pull-request"], "17");
+    let closed = json!({"action": "closed", "pull_request": {}});
+    let (status, answer) = s
+        .github("build", "pull_request", &closed, GITHUB_SECRET)
+        .await;
+    assert_eq!(
+        (status, &answer["triggered"]),
+        (200, &json!(false)),
+        "{answer}"
+    );
+
+    // GitLab: the token is the secret; its trigger accepts pushes to any branch.
+    let gl = json!({
+        "object_kind": "push",
+        "ref": "refs/heads/dev",
+        "before": "95790bf8",
+        "after": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+        "checkout_sha": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+    });
+    let (status, answer) = s.gitlab("Push Hook", &gl, GITLAB_SECRET).await;
+    assert_eq!(status, 202, "{answer}");
+    let gl_exec = s
+        .finished(answer["execution"].as_str().expect("name"))
+        .await;
+    assert_eq!(
+        (
+            gl_exec.spec.event.as_str(),
+            gl_exec.spec.branch.as_str(),
+            gl_exec.spec.commit.as_str()
+        ),
+        ("push", "dev", "da1560886d4f094c3e6c9ef40349f7d38b5d27d7")
+    );
+    assert_eq!(
+        gl_exec.metadata.labels["arkline.dev/webhook-provider"],
+        "gitlab"
+    );
+    // The GitLab trigger does not accept tags.
+    let (status, answer) = s
+        .gitlab(
+            "Tag Push Hook",
+            &json!({"ref": "refs/tags/v9", "checkout_sha": "abc"}),
+            GITLAB_SECRET,
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["triggered"]),
+        (200, &json!(false)),
+        "{answer}"
+    );
+    assert_eq!(s.executions().await.len(), 3);
+    s.container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_targets_pipelines_without_webhooks_and_big_bodies_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let body = push("refs/heads/main", "aaaa");
+
+    let (status, answer) = s.github("manual", "push", &body, GITHUB_SECRET).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no webhook trigger"),
+        "{answer}"
+    );
+
+    let (status, answer) = s.github("nope", "push", &body, GITHUB_SECRET).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("not_found")),
+        "{answer}"
+    );
+
+    let resp = s
+        .http
+        .post(format!("{}/hooks/other-engine/build", s.base))
+        .header("X-GitHub-Event", "push")
+        .body("{}")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(
+        s.container
+            .engines()
+            .iter()
+            .all(|e| e.name() != "other-engine"),
+        "a delivery never creates an engine"
+    );
+
+    let (status, answer) = s.post("build", &[], b"{}".to_vec()).await;
+    assert_eq!(status, 400, "{answer}");
+
+    let big = vec![b' '; (1 << 20) + 1];
+    let (status, answer) = s
+        .post(
+            "build",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", "sha256=00"),
+            ],
+            big,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{answer}"
+    );
+
+    // A secret the trigger names but the engine lacks: nothing can verify.
+    s.engine.delete_secret("gitlab-hook").await.expect("delete");
+    let (status, answer) = s
+        .gitlab(
+            "Push Hook",
+            &json!({"ref": "refs/heads/main", "checkout_sha": "b"}),
+            GITLAB_SECRET,
+        )
+        .await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(s.executions().await.is_empty());
+    s.container.shutdown().await;
+}
