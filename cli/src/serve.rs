@@ -220,8 +220,6 @@ fn init_tracing() {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::routes().0)
-        .merge(hooks::router())
-        .merge(metrics::router())
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)

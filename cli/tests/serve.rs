@@ -151,6 +151,8 @@ fn the_openapi_document_lists_exactly_the_routes_of_the_router() {
     assert_eq!(documented, routed);
     assert_eq!(routed.len(), ops.len(), "one operation per method and path");
     for must in [
+        ("POST", "/hooks/{engine}/{pipeline}"),
+        ("GET", "/metrics"),
         ("GET", "/api/v1/engines"),
         ("POST", "/api/v1/engines"),
         ("DELETE", "/api/v1/engines/{engine}"),

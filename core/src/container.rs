@@ -427,6 +427,7 @@ impl Container {
             arks: crate::pipeline::deployment::ArkStore::new(inner.data_dir.join("arks")),
             run_counters: Mutex::new(Default::default()),
             metrics: inner.metrics.clone(),
+            deploy_lock: tokio::sync::Mutex::new(()),
         });
         // Install the engine's deployed bizes before anything runs, so executions
         // triggered (or resumed) right after a restart find them.

@@ -247,6 +247,7 @@ impl Engine {
         }
         // Desired state first (the archive kept, then recorded), so the
         // reconciler never acts on a spec that lacks what is being installed.
+        let _changing = self.core.deploy_lock.lock().await;
         self.core
             .arks
             .put(&digest, bytes)
@@ -334,6 +335,8 @@ impl Engine {
     /// Makes `name@version` the version new executions resolve to (recorded in
     /// the engine's `BizDeployment` when the biz was deployed).
     pub async fn switch(&self, name: &str, version: &semver::Version) -> Result<(), EngineError> {
+        // Under the deployment lock: the reconciler sees both changes or neither.
+        let _changing = self.core.deploy_lock.lock().await;
         self.core.registry.switch(name, version)?;
         let v = version.to_string();
         crate::pipeline::deployment::update_spec(&self.core, |spec| {
@@ -357,17 +360,21 @@ impl Engine {
         mode: UninstallMode,
     ) -> Result<(), EngineError> {
         let v = version.to_string();
-        crate::pipeline::deployment::update_spec(&self.core, |spec| {
-            if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
-                b.versions.retain(|x| *x != v);
-                b.digests.remove(&v);
-                if b.active == v {
-                    b.active.clear();
+        {
+            let _changing = self.core.deploy_lock.lock().await;
+            crate::pipeline::deployment::update_spec(&self.core, |spec| {
+                if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
+                    b.versions.retain(|x| *x != v);
+                    b.digests.remove(&v);
+                    if b.active == v {
+                        b.active.clear();
+                    }
                 }
-            }
-            spec.bizes.retain(|b| !b.versions.is_empty());
-        })
-        .await?;
+                spec.bizes.retain(|b| !b.versions.is_empty());
+            })
+            .await?;
+        }
+        // Draining may wait for running calls: not under the lock.
         Ok(self.core.registry.uninstall(name, version, mode).await?)
     }
 

@@ -421,6 +421,21 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         .add(
             op(Method::DELETE, "/api/v1/engines/{engine}/secrets/{secret}", "deleteSecret", "Delete a secret.", "secrets", WRITE),
             delete(delete_secret),
+        )
+        .add(
+            Operation {
+                request: Payload::Json(schema::<serde_json::Value>),
+                reply: Reply::Json(202, schema::<serde_json::Value>),
+                ..op(Method::POST, "/hooks/{engine}/{pipeline}", "webhook", "A GitHub-compatible (`X-Hub-Signature-256`, `X-GitHub-Event`) or GitLab-compatible (`X-Gitlab-Token`, `X-Gitlab-Event`) push, tag or pull/merge-request delivery, checked against the secret named by the pipeline's webhook trigger (no bearer token). 202 with the execution when one starts; 200 `{triggered: false, reason}` for a ping or a delivery the trigger's filters turn away; 401 for a bad signature, 409 when the pipeline has no webhook trigger with a secret.", "webhooks", None)
+            },
+            post(super::hooks::receive),
+        )
+        .add(
+            Operation {
+                reply: Reply::Text(200, "text/plain; version=0.0.4"),
+                ..op(Method::GET, "/metrics", "metrics", "Prometheus metrics (text exposition format 0.0.4): executions by engine and phase, queue depth, step durations by biz, instantiations and faults by kind, cache hits and misses, store commit latency. No token: serve on a private interface.", "metrics", None)
+            },
+            get(super::metrics::scrape),
         );
     (r.router, r.ops)
 }

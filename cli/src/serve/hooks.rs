@@ -29,12 +29,11 @@ use std::collections::BTreeMap;
 use arkline::model::{Filter, Pipeline, TriggerKind};
 use arkline::pipeline::TriggerError;
 use arkline::{Engine, EngineError, TriggerRequest};
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -50,11 +49,6 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const PROVIDER_LABEL: &str = "arkline.dev/webhook-provider";
 /// Label: the forge's delivery id (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`).
 pub const DELIVERY_LABEL: &str = "arkline.dev/webhook-delivery";
-
-/// The routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/hooks/{engine}/{pipeline}", post(receive))
-}
 
 /// A refused delivery: `{code, message}` with an HTTP status (the admin API's
 /// error shape).
@@ -161,7 +155,7 @@ async fn read_body(body: Body) -> Result<Vec<u8>, HookError> {
     Ok(out)
 }
 
-async fn receive(
+pub(crate) async fn receive(
     State(state): State<AppState>,
     Path((engine_name, pipeline_name)): Path<(String, String)>,
     headers: HeaderMap,

@@ -33,11 +33,10 @@ use arkline::Container;
 use arkline::metrics::HistogramSnapshot;
 use arkline::model::ExecutionPhase;
 use arkline::store::{ListQuery, StoreError};
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::json;
 
 use super::AppState;
@@ -65,12 +64,7 @@ fn phase_name(p: ExecutionPhase) -> &'static str {
     }
 }
 
-/// The routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape))
-}
-
-async fn scrape(State(state): State<AppState>) -> Response {
+pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
     match render(&state.container).await {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(e) => {

@@ -41,6 +41,8 @@ pub enum Reply {
     Empty(u16),
     /// A JSON array of log lines, or a `text/event-stream` of them.
     LogLines(SchemaFn),
+    /// This status with a text body of this media type.
+    Text(u16, &'static str),
 }
 
 /// One query parameter.
@@ -185,6 +187,12 @@ pub fn document(ops: &[Operation]) -> Value {
             }
             Reply::Empty(status) => {
                 responses.insert(status.to_string(), json!({"description": "Success."}));
+            }
+            Reply::Text(status, media) => {
+                responses.insert(
+                    status.to_string(),
+                    json!({"description": "Success.", "content": {media: {"schema": {"type": "string"}}}}),
+                );
             }
             Reply::LogLines(schema_fn) => {
                 let line = schema_fn(&mut generator);

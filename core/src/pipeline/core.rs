@@ -84,6 +84,10 @@ pub(crate) struct EngineCore {
     pub(crate) run_counters: Mutex<HashMap<String, u64>>,
     /// The container's counters (step attempt durations are observed here).
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Serialises changes of the engine's bizes: an API change (desired state,
+    /// then registry) and a pass of the deployment reconciler never interleave,
+    /// so the reconciler never acts on a desired state older than the registry.
+    pub(crate) deploy_lock: tokio::sync::Mutex<()>,
 }
 
 impl EngineCore {

@@ -100,6 +100,14 @@ pub(crate) async fn reconcile_deployment(
     if dep.metadata.name != DEPLOYMENT_NAME {
         return Ok(Action::await_change());
     }
+    let _changing = core.deploy_lock.lock().await;
+    // The event may be older than a change made while waiting for the lock.
+    let Some(dep) = Api::<BizDeployment>::new(core.store.clone())
+        .get(&core.name, DEPLOYMENT_NAME)
+        .await?
+    else {
+        return Ok(Action::await_change());
+    };
     let registry = &core.registry;
     let mut problems = Vec::new();
     for biz in &dep.spec.bizes {
