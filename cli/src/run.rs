@@ -485,6 +485,9 @@ async fn follow_all(
     }
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    for f in &followed {
+        progress.register(&f.id);
+    }
     for (i, f) in followed.iter().enumerate() {
         tokio::spawn(watch(
             i,

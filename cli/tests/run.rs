@@ -515,3 +515,95 @@ fn a_run_killed_mid_step_resumes_the_same_execution_on_the_same_data_dir() {
     assert_eq!(events[0]["execution"], "slow-2");
     assert_eq!(events[0]["resumed"], false);
 }
+
+const ABORTABLE: &str = "\
+name: long
+stages:
+  - name: only
+    steps:
+      - name: nap
+        uses: faults/sleep
+        with: { ms: 600000 }
+finally:
+  - name: cleanup
+    uses: faults/echo
+    with: { data: cleaned up }
+";
+
+#[test]
+fn ctrl_c_aborts_the_executions_and_finally_still_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let archive = arkc::write(
+        tmp.path(),
+        "long.arkc",
+        &[TestEngine {
+            name: "team-a",
+            bizes: &[("faults", &[])],
+            quota: 1,
+            pipelines: &[("long.yaml", ABORTABLE)],
+        }],
+    );
+    let mut child = arkline()
+        .arg("run")
+        .arg(&archive)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut events: Vec<Value> = Vec::new();
+    while !events
+        .iter()
+        .any(|e| e["step"] == "nap" && e["phase"] == "Running")
+    {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|e| panic!("no `nap` Running event ({e}): {events:?}"));
+        events.push(serde_json::from_str(&line).expect("JSON line"));
+    }
+    // SIGINT, as Ctrl-C in a terminal sends.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("exits");
+    reader.join().expect("reader");
+    events.extend(
+        rx.try_iter()
+            .map(|l| serde_json::from_str(&l).expect("JSON line")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "aborted is not success: {stderr}"
+    );
+    let nap = events
+        .iter()
+        .find(|e| e["step"] == "nap" && e["phase"] == "Aborted")
+        .unwrap_or_else(|| panic!("nap aborted: {events:?}"));
+    assert_eq!(nap["event"], "step");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["step"] == "cleanup" && e["phase"] == "Succeeded" && e["stage"].is_null()),
+        "finally ran after the abort: {events:?}"
+    );
+    let last = events.last().expect("events");
+    assert_eq!(last["event"], "execution_finished");
+    assert_eq!(last["phase"], "Aborted");
+}

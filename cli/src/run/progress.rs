@@ -459,6 +459,15 @@ impl Progress {
         }
     }
 
+    /// Makes room for an execution before its first event, so the live display
+    /// lists executions in the order `run` follows them.
+    pub fn register(&mut self, id: &ExecutionId) {
+        if let Progress::Tty(tty) = self {
+            let e = id.event(EventKind::ExecutionStarted, String::new());
+            tty.execution(&e);
+        }
+    }
+
     /// Clears the live display before the summary.
     pub fn finish(&mut self) {
         if let Progress::Tty(tty) = self {
