@@ -399,7 +399,8 @@ fn unrequested_grants(requested: &Capabilities, granted: &Capabilities) -> Vec<S
     let mut unused = Vec::new();
     let mut check = |kind: &str, req: &[String], grant: &[String]| {
         for item in grant {
-            if item != "*" && !req.contains(item) {
+            // A request for `*` takes whatever is granted (see `EffectiveCapabilities`).
+            if item != "*" && !req.contains(item) && !(kind == "http" && req.iter().any(|r| r == "*")) {
                 unused.push(format!("`{kind}: {item}`"));
             }
         }
