@@ -147,6 +147,10 @@ fn request_outputs_status_json_fields_and_saves_the_body() {
         }),
     );
     let out = report.outputs().expect("request succeeds");
+    assert_eq!(
+        report.biz, "http@0.1.0",
+        "the biz is `http` (the crate is arkline-http)"
+    );
     assert_eq!(out["status"], "200");
     assert_eq!(out["id"], "r-42");
     assert_eq!(out["second"], r#"{"n":2}"#);
