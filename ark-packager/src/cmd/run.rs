@@ -400,7 +400,10 @@ fn unrequested_grants(requested: &Capabilities, granted: &Capabilities) -> Vec<S
     let mut check = |kind: &str, req: &[String], grant: &[String]| {
         for item in grant {
             // A request for `*` takes whatever is granted (see `EffectiveCapabilities`).
-            if item != "*" && !req.contains(item) && !(kind == "http" && req.iter().any(|r| r == "*")) {
+            if item != "*"
+                && !req.contains(item)
+                && !(kind == "http" && req.iter().any(|r| r == "*"))
+            {
                 unused.push(format!("`{kind}: {item}`"));
             }
         }

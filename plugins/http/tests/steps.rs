@@ -106,9 +106,11 @@ fn http() -> Harness {
 }
 
 fn run(h: &Harness, workspace: &Path, step: &str, config: Value) -> StepReport {
-    let mut context = CallContext::default();
-    context.pipeline = "web".into();
-    context.run = 12;
+    let context = CallContext {
+        pipeline: "web".into(),
+        run: 12,
+        ..CallContext::default()
+    };
     h.call(
         StepCall::new(step, config)
             .workspace(workspace)

@@ -250,7 +250,7 @@ fn environment(root: &str, strict: bool) -> minijinja::Environment<'static> {
     } else {
         minijinja::UndefinedBehavior::Lenient
     });
-    env.set_loader(minijinja::path_loader(root.to_owned()));
+    env.set_loader(minijinja::path_loader(root));
     env
 }
 

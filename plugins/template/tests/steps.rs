@@ -34,10 +34,12 @@ fn workspace() -> tempfile::TempDir {
 }
 
 fn run(workspace: &Path, step: &str, config: Value) -> StepReport {
-    let mut context = CallContext::default();
-    context.pipeline = "web".into();
-    context.run = 7;
-    context.step_name = "render-it".into();
+    let context = CallContext {
+        pipeline: "web".into(),
+        run: 7,
+        step_name: "render-it".into(),
+        ..CallContext::default()
+    };
     template().call(
         StepCall::new(step, config)
             .workspace(workspace)
