@@ -498,6 +498,13 @@ mod tests {
             unrequested_grants(&requested, &granted),
             strings(&["`process: curl`", "`cache`"])
         );
+        // A biz requesting any host takes the hosts granted: none is pointless.
+        let any_host = Capabilities {
+            http: strings(&["*"]),
+            ..Capabilities::default()
+        };
+        let granted = merge_grants(&[parse_grant("http=127.0.0.1").expect("ok")]);
+        assert!(unrequested_grants(&any_host, &granted).is_empty());
     }
 
     #[test]
