@@ -399,7 +399,11 @@ fn unrequested_grants(requested: &Capabilities, granted: &Capabilities) -> Vec<S
     let mut unused = Vec::new();
     let mut check = |kind: &str, req: &[String], grant: &[String]| {
         for item in grant {
-            if item != "*" && !req.contains(item) {
+            // A request for `*` takes whatever is granted (see `EffectiveCapabilities`).
+            if item != "*"
+                && !req.contains(item)
+                && !(kind == "http" && req.iter().any(|r| r == "*"))
+            {
                 unused.push(format!("`{kind}: {item}`"));
             }
         }
@@ -494,6 +498,13 @@ mod tests {
             unrequested_grants(&requested, &granted),
             strings(&["`process: curl`", "`cache`"])
         );
+        // A biz requesting any host takes the hosts granted: none is pointless.
+        let any_host = Capabilities {
+            http: strings(&["*"]),
+            ..Capabilities::default()
+        };
+        let granted = merge_grants(&[parse_grant("http=127.0.0.1").expect("ok")]);
+        assert!(unrequested_grants(&any_host, &granted).is_empty());
     }
 
     #[test]

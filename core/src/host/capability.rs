@@ -58,7 +58,9 @@ impl EffectiveCapabilities {
     /// HTTP hosts intersect by exact pattern: a grant of `*.example.com` does not
     /// widen a request for `api.example.com` beyond itself, and a request for
     /// `*.example.com` is only effective when the grant names the same pattern or
-    /// `*`.
+    /// `*`. A request for `*` (a general-purpose biz such as `http`, whose hosts
+    /// come from its configuration) takes the engine's grant as it is: the engine
+    /// decides which hosts, including a loopback or private host it names exactly.
     pub fn new(requested: &Capabilities, granted: &Capabilities) -> Self {
         let both = |req: &[String], grant: &[String]| -> Vec<String> {
             let any = grant.iter().any(|g| g == "*");
@@ -67,9 +69,16 @@ impl EffectiveCapabilities {
                 .cloned()
                 .collect()
         };
+        let hosts = |req: &[String], grant: &[String]| -> Vec<String> {
+            if req.iter().any(|r| r == "*") {
+                grant.to_vec()
+            } else {
+                both(req, grant)
+            }
+        };
         let effective = Capabilities {
             process: both(&requested.process, &granted.process),
-            http: both(&requested.http, &granted.http),
+            http: hosts(&requested.http, &granted.http),
             cache: requested.cache && granted.cache,
             host_call: both(&requested.host_call, &granted.host_call),
         };
@@ -229,6 +238,24 @@ mod tests {
         assert_eq!(eff.effective().process, vec!["sh".to_owned()]);
         assert!(!eff.allows(Capability::Cache), "cache was not requested");
         assert!(eff.check(Capability::Process, Some("bash")).is_err());
+    }
+
+    #[test]
+    fn an_http_request_for_any_host_takes_the_grant_as_it_is() {
+        let hosts = |list: &[&str]| Capabilities {
+            http: list.iter().map(|s| s.to_string()).collect(),
+            ..Capabilities::default()
+        };
+        let eff = EffectiveCapabilities::new(&hosts(&["*"]), &hosts(&["127.0.0.1", "*.corp"]));
+        assert_eq!(eff.effective().http, vec!["127.0.0.1", "*.corp"]);
+        assert!(eff.check(Capability::Http, Some("127.0.0.1")).is_ok());
+        let eff = EffectiveCapabilities::new(&hosts(&["*"]), &hosts(&[]));
+        assert!(eff.effective().http.is_empty());
+        let err = eff.check(Capability::Http, None).unwrap_err();
+        assert!(err.contains("does not grant `http`"), "{err}");
+        // A biz naming its hosts still gets only those.
+        let eff = EffectiveCapabilities::new(&hosts(&["api.example.com"]), &hosts(&["127.0.0.1"]));
+        assert!(eff.effective().http.is_empty());
     }
 
     #[test]
