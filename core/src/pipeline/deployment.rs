@@ -193,7 +193,7 @@ pub(crate) async fn reconcile_deployment(
         },
     );
     if status != dep.status {
-        let mut updated = (*dep).clone();
+        let mut updated = dep.clone();
         updated.status = status;
         match Api::<BizDeployment>::new(core.store.clone())
             .update_status(&updated)
