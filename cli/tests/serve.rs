@@ -45,11 +45,23 @@ impl Api {
         }
         let response = req.send().await.expect("the server answers");
         let status = response.status();
+        let json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
         let text = response.text().await.expect("a body");
         let value = if text.is_empty() {
             Value::Null
-        } else {
+        } else if json {
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        } else {
+            // `/metrics` answers Prometheus text; every other route answers JSON.
+            assert!(
+                text.starts_with("# HELP"),
+                "a non-JSON answer that is not metrics: {text}"
+            );
+            Value::String(text)
         };
         (status, value)
     }
