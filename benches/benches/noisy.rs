@@ -60,10 +60,10 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// Runs `one` for `warm_up`, then for `measure`, returning each measured sample.
-async fn sample<F, Fut>(warm_up: Duration, measure: Duration, mut one: F) -> Vec<Duration>
+async fn sample<T, F, Fut>(warm_up: Duration, measure: Duration, mut one: F) -> Vec<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Duration>,
+    Fut: std::future::Future<Output = T>,
 {
     let start = Instant::now();
     while start.elapsed() < warm_up {
@@ -286,9 +286,9 @@ async fn execution_rows(
     let split = |all: Vec<(Duration, Duration)>| -> (Vec<Duration>, Vec<Duration>) {
         all.into_iter().unzip()
     };
-    let calm = sample_pairs(warm_up, measure, one).await;
+    let calm = sample(warm_up, measure, one).await;
     let noise = Noise::executions(noisy, spinners);
-    let loud = sample_pairs(warm_up, measure, one).await;
+    let loud = sample(warm_up, measure, one).await;
     let noise_calls = noise.stop().await;
     let samples = (calm.len(), loud.len());
     let (calm_step, calm_exec) = split(calm);
@@ -309,27 +309,6 @@ async fn execution_rows(
             noise_calls,
         },
     )
-}
-
-async fn sample_pairs<F, Fut>(
-    warm_up: Duration,
-    measure: Duration,
-    mut one: F,
-) -> Vec<(Duration, Duration)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = (Duration, Duration)>,
-{
-    let start = Instant::now();
-    while start.elapsed() < warm_up {
-        one().await;
-    }
-    let start = Instant::now();
-    let mut all = Vec::new();
-    while start.elapsed() < measure {
-        all.push(one().await);
-    }
-    all
 }
 
 fn main() {

@@ -33,9 +33,7 @@ use arkline_sdk::prelude::*;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
-mod paths;
-
-use paths::{guest_path, relative_path};
+use arkline_sdk::workspace::{guest_path, relative_path};
 
 /// Configuration of the `pack` step.
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -35,9 +35,7 @@ use std::time::Duration;
 use arkline_sdk::prelude::*;
 use base64::Engine as _;
 
-mod paths;
-
-use paths::{guest_path, relative_path};
+use arkline_sdk::workspace::{guest_path, relative_path};
 
 /// Configuration of the `clone` step.
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -35,9 +35,7 @@ use std::time::Duration;
 use arkline_sdk::prelude::*;
 use serde_json::Value;
 
-mod paths;
-
-use paths::{guest_path, relative_path};
+use arkline_sdk::workspace::{guest_path, relative_path};
 
 /// The host's response cap (16 MiB): larger bodies never reach the guest.
 const HOST_RESPONSE_CAP: u64 = 16 << 20;

@@ -61,6 +61,7 @@ pub mod host_call;
 pub mod http;
 pub mod log;
 pub mod process;
+pub mod workspace;
 
 pub use config::{config_schema, decode_config};
 pub use context::{Context, HostError, Outcome, StepError, StepResult};

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fs;
 
 use arkline_sdk::prelude::*;
+use arkline_sdk::workspace::WORKSPACE;
 
 /// Configuration of the `run` step.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -65,8 +66,6 @@ fn default_shell() -> Shell {
 fn default_true() -> bool {
     true
 }
-
-const WORKSPACE: &str = "/workspace";
 
 /// Runs the `run` step.
 pub fn run(ctx: &Context, config: Run) -> StepResult {
@@ -119,31 +118,7 @@ pub fn run(ctx: &Context, config: Run) -> StepResult {
 
 /// Joins a relative path onto the workspace, refusing anything that climbs out.
 fn workspace_path(dir: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    let relative = if dir == WORKSPACE {
-        ""
-    } else if let Some(rest) = dir.strip_prefix("/workspace/") {
-        rest
-    } else if dir.starts_with('/') {
-        return None;
-    } else {
-        dir
-    };
-    for part in relative.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
-    }
-    Some(
-        std::iter::once(WORKSPACE)
-            .chain(parts)
-            .collect::<Vec<_>>()
-            .join("/"),
-    )
+    arkline_sdk::workspace::relative_path(dir).map(|r| arkline_sdk::workspace::guest_path(&r))
 }
 
 fn sanitize(name: &str) -> String {

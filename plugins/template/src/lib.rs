@@ -37,9 +37,8 @@ use arkline_sdk::prelude::*;
 use serde_json::Value;
 
 mod manifests;
-mod paths;
 
-use paths::{guest_path, relative_path};
+use arkline_sdk::workspace::{guest_path, relative_path};
 
 /// Configuration of the `render` step.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -354,7 +353,7 @@ fn parent(path: &str) -> String {
     Path::new(path)
         .parent()
         .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| paths::WORKSPACE.to_owned())
+        .unwrap_or_else(|| arkline_sdk::workspace::WORKSPACE.to_owned())
 }
 
 fn file_name(path: &str) -> String {

@@ -1,4 +1,5 @@
-//! Workspace paths as the step configuration gives them.
+//! Workspace paths as a step's configuration gives them: relative to the
+//! workspace root (or `/workspace/…`), normalised, and never outside it.
 
 /// Where the workspace appears to the guest.
 pub const WORKSPACE: &str = "/workspace";
