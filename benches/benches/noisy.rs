@@ -343,7 +343,7 @@ fn main() {
     runtime.prepare(&ark).expect("warms the compiled cache");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "noisy neighbour: {} CPUs (load average before: {}), tokio 2 workers, epoch tick {tick:?}, guest threads {config_threads} (0: one per CPU); {spinners} spinners, deadline {deadline:?}; warm-up {warm_up:?}, measurement {measure:?} each side",
+        "noisy neighbour: {} CPUs (load average before: {}), tokio 2 workers, epoch tick {tick:?}, guest threads {config_threads} (0: one per CPU but one); {spinners} spinners, deadline {deadline:?}; warm-up {warm_up:?}, measurement {measure:?} each side",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace()
             .take(3)
