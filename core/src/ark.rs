@@ -1,4 +1,4 @@
-//! The `.ark` archive: one biz (a step plugin component) with its manifest.
+//! The `.ark` archive format: one biz (a step plugin component) with its manifest.
 //!
 //! An `.ark` is a deterministic zip: `ark.toml` (the [`Manifest`]) at the root, the
 //! component, one JSON Schema file per step type, and optionally `ark.sig`. Every
@@ -6,50 +6,21 @@
 //! so a signature over `ark.toml` covers the whole archive.
 //!
 //! [`write_ark`] produces byte-identical archives from identical inputs; [`Ark`]
-//! reads one back, checking the format version and every digest.
+//! reads one back through the hardened reader, checking the format version and
+//! every digest; [`SignaturePolicy`] decides which signatures an engine accepts.
 //!
-//! The isolation runtime lives here too: a process-wide [`Runtime`] (one wasmtime
-//! engine, pooling allocator, epoch ticker, [`CompiledCache`]) and, per engine, a
-//! [`BizRegistry`] that installs bizes, activates and switches versions, hands out
-//! [`BizLease`]s and uninstalls. Every step call ([`BizLease::invoke`]) runs in a
-//! fresh store and ends in a [`StepReport`]: outputs, or a [`StepFailure`] such as a
-//! [`StepFault`] the host caught.
+//! This module is the format only: it does not run components (that is
+//! [`crate::runtime`]) and knows nothing of pipelines (the `.arkc`, which carries
+//! pipelines, is [`crate::container::archive`]).
 
 mod archive;
-mod cancel;
-mod compiled;
-mod component;
-pub mod container_archive;
-mod grant;
-mod invoke;
 mod manifest;
-mod registry;
-mod runtime;
 mod signature;
 
+pub(crate) use archive::read_entries;
 pub use archive::{ArchiveError, Ark, ReadLimits, write_ark, write_deterministic_zip};
-pub use cancel::CancelToken;
-pub use compiled::{CacheOutcome, CompiledCache};
-pub use component::{
-    ComponentError, ComponentInfo, DescribedStep, describe_component, describe_engine,
-    inspect_component,
-};
-pub use container_archive::{
-    BizRef, CONTAINER_FORMAT_VERSION, CONTAINER_MANIFEST_PATH, ContainerArchive,
-    ContainerArchiveError, ContainerManifest, EngineBiz, EngineSpec, SharedBiz, write_container,
-};
-pub use grant::{GrantError, merge_grants, parse_grant};
-pub use invoke::{
-    CallContext, CallLimits, StepCall, StepFailure, StepFault, StepOutcome, StepReport,
-    WORKSPACE_GUEST_PATH,
-};
 pub use manifest::{
-    BuildInfo, Capabilities, ComponentEntry, FORMAT_VERSION, FileEntry, MANIFEST_PATH, Manifest,
-    ManifestError, SIGNATURE_PATH, StepEntry, is_valid_name, sha256_hex,
+    BuildInfo, ComponentEntry, FORMAT_VERSION, FileEntry, MANIFEST_PATH, Manifest, ManifestError,
+    SIGNATURE_PATH, StepEntry, is_valid_name, sha256_hex,
 };
-pub use registry::{
-    Activation, BizInfo, BizLease, BizRegistry, BizState, InstallError, LifecycleError,
-    LifecycleEvent, UninstallMode, parse_reference,
-};
-pub use runtime::{PreparedBiz, Runtime, RuntimeConfig, RuntimeError};
 pub use signature::{KeyError, PublicKey, SecretKey, SignaturePolicy, SignatureStatus};

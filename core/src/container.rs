@@ -52,12 +52,14 @@
 //! # }).unwrap();
 //! ```
 
+pub mod archive;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::ark::{BizRegistry, CancelToken, Runtime, RuntimeConfig, RuntimeError};
+use crate::runtime::{BizRegistry, CancelToken, Runtime, RuntimeConfig, RuntimeError};
 use crate::engine::Engine;
 use crate::host::cache::BlobCache;
 use crate::metrics::Metrics;
@@ -488,7 +490,7 @@ impl Container {
                 let _ = engine
                     .core
                     .registry
-                    .uninstall(&biz.name, &biz.version, crate::ark::UninstallMode::Force)
+                    .uninstall(&biz.name, &biz.version, crate::runtime::UninstallMode::Force)
                     .await;
             }
         }
@@ -543,7 +545,7 @@ impl Container {
     /// Deploying the same archive again converges to the same state.
     pub async fn deploy_archive(
         &self,
-        archive: &crate::ark::container_archive::ContainerArchive,
+        archive: &crate::container::archive::ContainerArchive,
     ) -> Result<Vec<Engine>, ContainerError> {
         // Pre-flight: every component compiles.
         for ((name, version), ark) in &archive.bizes {

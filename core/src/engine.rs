@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 
-use crate::ark::{
-    Activation, Ark, BizInfo, BizRegistry, Capabilities, InstallError, LifecycleError,
-    UninstallMode,
-};
+use crate::ark::Ark;
+use crate::host::Capabilities;
+use crate::runtime::{Activation, BizInfo, BizRegistry, InstallError, LifecycleError, UninstallMode};
 use crate::model::{
     Diagnostics, ObjectMeta, Pipeline, PipelineExecution, PipelineSetting, PipelineSettingSpec,
     StepPhase,

@@ -4,11 +4,17 @@
 //! WIT directory (`wit/since_vX.Y.Z/`), in the style of Zed's extension host: a new
 //! API version adds a module and leaves the older ones serving the components that
 //! were built against them.
+//!
+//! The capabilities a biz requests and an engine grants ([`Capabilities`], the
+//! grant syntax of [`parse_grant`]) are defined here, with the host functions
+//! that serve them. This layer knows engines only as names, and nothing of
+//! archives, pipelines or stores.
 
 use semver::Version;
 
 pub mod cache;
 pub mod capability;
+mod grant;
 pub mod http;
 pub mod process;
 pub mod since_v0_1_0;
@@ -16,7 +22,8 @@ mod state;
 pub mod step_log;
 
 pub use cache::BlobCache;
-pub use capability::{CallerIdentity, Capability, EffectiveCapabilities};
+pub use capability::{Capabilities, CallerIdentity, Capability, EffectiveCapabilities};
+pub use grant::{GrantError, merge_grants, parse_grant, parse_grants};
 pub use process::{ProcessLimits, ProcessPolicy};
 pub use state::{CallResources, StepLimiter, StepState};
 pub use step_log::{LogLevel, LogLine, LogSink, LogSource, StepLog};

@@ -51,9 +51,11 @@ pub mod metrics;
 pub mod model;
 pub mod native;
 pub mod pipeline;
+pub mod runtime;
 pub mod store;
 
-pub use ark::{ArchiveError, Ark, ComponentError, Manifest};
+pub use ark::{ArchiveError, Ark, Manifest};
+pub use runtime::ComponentError;
 pub use container::{Container, ContainerBuilder, ContainerError};
 pub use controller::{Action, Controller};
 pub use engine::{Engine, EngineError};

@@ -193,7 +193,7 @@ impl Metrics {
 
     /// Counts one step call of `biz` (its name, not its version) in `engine`:
     /// an instantiation when a fresh instance was created for it, and the
-    /// fault's kind ([`StepFault::kind`](crate::ark::StepFault::kind)) when the
+    /// fault's kind ([`StepFault::kind`](crate::runtime::StepFault::kind)) when the
     /// host stopped the guest.
     pub fn record_call(
         &self,

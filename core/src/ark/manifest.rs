@@ -4,6 +4,8 @@ use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::host::Capabilities;
+
 /// The archive format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -72,31 +74,6 @@ pub struct StepEntry {
     pub description: String,
     /// Path of the JSON Schema of its config inside the archive.
     pub schema: String,
-}
-
-/// Capabilities requested by a biz (and, with the same shape, granted by an engine).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Capabilities {
-    /// Programs the biz may run through `process`, by name (`sh`, `git`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub process: Vec<String>,
-    /// Hosts the biz may reach through `http`: exact names or `*.suffix`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub http: Vec<String>,
-    /// Whether the biz uses the engine's blob cache.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cache: bool,
-    /// Named calls into native plugins the biz may make.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub host_call: Vec<String>,
-}
-
-impl Capabilities {
-    /// True when nothing beyond `log` is requested.
-    pub fn is_empty(&self) -> bool {
-        self == &Capabilities::default()
-    }
 }
 
 /// Provenance of the component.

@@ -8,7 +8,32 @@
 
 use std::fmt;
 
-use crate::ark::Capabilities;
+use serde::{Deserialize, Serialize};
+
+/// Capabilities requested by a biz (and, with the same shape, granted by an engine).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Programs the biz may run through `process`, by name (`sh`, `git`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process: Vec<String>,
+    /// Hosts the biz may reach through `http`: exact names or `*.suffix`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<String>,
+    /// Whether the biz uses the engine's blob cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
+    /// Named calls into native plugins the biz may make.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_call: Vec<String>,
+}
+
+impl Capabilities {
+    /// True when nothing beyond `log` is requested.
+    pub fn is_empty(&self) -> bool {
+        self == &Capabilities::default()
+    }
+}
 
 /// A host-function family a biz may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

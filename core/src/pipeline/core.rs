@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::ark::{BizRegistry, CancelToken};
+use crate::runtime::{BizRegistry, CancelToken};
 use crate::model::{PipelineSetting, PipelineSettingSpec};
 use crate::pipeline::logs::LogStore;
 use crate::pipeline::schedule::{Clock, Timers};

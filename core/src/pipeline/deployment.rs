@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use semver::Version;
 
-use crate::ark::{Activation, Ark, BizState, Capabilities, merge_grants, parse_grant};
+use crate::ark::Ark;
+use crate::host::{Capabilities, merge_grants, parse_grant};
+use crate::runtime::{Activation, BizState};
 use crate::controller::Action;
 use crate::model::resources::set_condition;
 use crate::model::{

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use tokio::time::Instant;
 
-use crate::ark::{BizLease, CallContext, CancelToken, StepCall, StepFailure, StepFault};
+use crate::runtime::{BizLease, CallContext, CancelToken, StepCall, StepFailure, StepFault};
 use crate::model::expr::{self, MapContext, Value};
 use crate::model::resources::set_condition;
 use crate::model::{

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::ark::CancelToken;
+use crate::runtime::CancelToken;
 use crate::controller::{Action, Controller};
 use crate::model::pipeline::parse_cron;
 use crate::model::resources::set_condition;

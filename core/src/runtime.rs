@@ -1,6 +1,50 @@
-//! The process-wide WebAssembly runtime: one wasmtime [`Engine`] with a pooling
-//! allocator, an epoch ticker, the compiled-component cache, and one linker per
-//! served `arkline:step` version.
+//! The isolation runtime: wasmtime, compiled components, bizes and step calls.
+//!
+//! A process-wide [`Runtime`] (one wasmtime engine with a pooling allocator, an
+//! epoch ticker, the on-disk [`CompiledCache`], one linker per served
+//! `arkline:step` version) prepares components; per engine, a [`BizRegistry`]
+//! installs bizes, activates and switches versions, hands out [`BizLease`]s and
+//! uninstalls. Every step call ([`BizLease::invoke`]) runs in a fresh store and
+//! ends in a [`StepReport`]: outputs, or a [`StepFailure`] such as a
+//! [`StepFault`] the host caught. [`describe_component`] and
+//! [`inspect_component`] check a component and ask it for its step types.
+//!
+//! This layer reads archives ([`crate::ark`]) and serves the host API
+//! ([`crate::host`]); it knows nothing of pipelines, executions or stores.
+//!
+//! ```no_run
+//! use arkline::ark::Ark;
+//! use arkline::host::Capabilities;
+//! use arkline::runtime::{Activation, BizRegistry, Runtime, RuntimeConfig, StepCall};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = Runtime::new(RuntimeConfig::default().cache_dir("data/compiled"))?;
+//! let team_a = BizRegistry::new(runtime.clone(), "team-a");
+//! team_a.install(Ark::open("shell-0.1.0.ark")?.into(), &Capabilities::default(), Activation::IfNone).await?;
+//! let lease = team_a.resolve("shell@^0.1")?; // held until dropped; uninstall waits for it
+//! let report = lease.invoke(StepCall::new("run", serde_json::json!({"script": "true"}))).await;
+//! # let _ = report; Ok(()) }
+//! ```
+
+mod cancel;
+mod compiled;
+mod component;
+mod invoke;
+mod registry;
+
+pub use cancel::CancelToken;
+pub use compiled::{CacheOutcome, CompiledCache};
+pub use component::{
+    ComponentError, ComponentInfo, DescribedStep, describe_component, describe_engine,
+    inspect_component,
+};
+pub use invoke::{
+    CallContext, CallLimits, StepCall, StepFailure, StepFault, StepOutcome, StepReport,
+    WORKSPACE_GUEST_PATH,
+};
+pub use registry::{
+    Activation, BizInfo, BizLease, BizRegistry, BizState, InstallError, LifecycleError,
+    LifecycleEvent, UninstallMode, parse_reference,
+};
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -12,8 +56,7 @@ use semver::Version;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::compiled::{self, CacheOutcome, CompiledCache};
-use super::{Ark, ComponentError};
+use crate::ark::Ark;
 use crate::host::{self, StepState, since_v0_1_0};
 
 /// How the runtime is set up. `Default` suits a server; every field has a builder.
@@ -428,7 +471,7 @@ impl Runtime {
     ///
     /// This is the CPU-heavy half of an install; it does not touch any registry.
     pub fn prepare(&self, ark: &Ark) -> Result<PreparedBiz, ComponentError> {
-        super::component::check_header(&ark.component)?;
+        component::check_header(&ark.component)?;
         let sha256 = &ark.manifest.component.sha256;
         let (component, cache) = match &self.inner.cache {
             Some(cache) => cache.load_or_compile(&self.inner.engine, sha256, &ark.component)?,
@@ -437,7 +480,7 @@ impl Runtime {
                 CacheOutcome::Uncached,
             ),
         };
-        let api_version = super::component::step_api_version(&self.inner.engine, &component)?;
+        let api_version = component::step_api_version(&self.inner.engine, &component)?;
         let pre = self.link(&component, &api_version)?;
         Ok(PreparedBiz {
             name: ark.manifest.name.clone(),

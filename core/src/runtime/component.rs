@@ -274,7 +274,7 @@ fn check_steps(steps: &[DescribedStep]) -> Result<(), ComponentError> {
     }
     let mut seen = std::collections::BTreeSet::new();
     for step in steps {
-        if !super::is_valid_name(&step.id) {
+        if !crate::ark::is_valid_name(&step.id) {
             return Err(ComponentError::InvalidDescription(format!(
                 "step type id `{}` must be 1-64 lower-case letters, digits, `-` or `_`, starting with a letter",
                 step.id

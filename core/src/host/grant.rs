@@ -18,6 +18,43 @@ pub struct GrantError {
     problem: String,
 }
 
+/// Parses several grants and merges them ([`parse_grant`] then [`merge_grants`]);
+/// an error names the grant that does not parse.
+pub fn parse_grants<S: AsRef<str>>(grants: &[S]) -> Result<Capabilities, GrantError> {
+    let parsed = grants
+        .iter()
+        .map(|g| {
+            let g = g.as_ref();
+            parse_grant(g).map_err(|e| GrantError {
+                problem: format!("grant `{g}`: {}", e.problem),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(merge_grants(&parsed))
+}
+
+impl Capabilities {
+    /// The grants that give exactly these capabilities, in the syntax
+    /// [`parse_grant`] reads (`process=sh,git`, `http=h`, `cache`, `host-call=n`);
+    /// `parse_grants(&caps.to_grants())` gives `caps` back.
+    pub fn to_grants(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.process.is_empty() {
+            out.push(format!("process={}", self.process.join(",")));
+        }
+        if !self.http.is_empty() {
+            out.push(format!("http={}", self.http.join(",")));
+        }
+        if self.cache {
+            out.push("cache".to_owned());
+        }
+        if !self.host_call.is_empty() {
+            out.push(format!("host-call={}", self.host_call.join(",")));
+        }
+        out
+    }
+}
+
 /// Parses one grant: `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` or
 /// `host-call=NAME[,NAME…]` (`host_call=` too, as in manifests). `*` in a list
 /// grants whatever the manifest requests of that kind.
@@ -111,6 +148,20 @@ mod tests {
         assert_eq!(all.http, strings(&["api.example.com", "*.internal"]));
         assert!(all.cache);
         assert_eq!(all.host_call, strings(&["kv.get", "kv.put"]));
+    }
+
+    #[test]
+    fn grants_print_and_parse_back() {
+        let caps = parse_grants(&["process=sh,git", "http=*.example.com", "cache", "host-call=kv.get"])
+            .expect("grants");
+        assert_eq!(
+            caps.to_grants(),
+            strings(&["process=sh,git", "http=*.example.com", "cache", "host-call=kv.get"])
+        );
+        assert_eq!(parse_grants(&caps.to_grants()).expect("round trip"), caps);
+        assert!(Capabilities::default().to_grants().is_empty());
+        let err = parse_grants(&["cache", "net=x"]).expect_err("bad").to_string();
+        assert!(err.contains("grant `net=x`"), "{err}");
     }
 
     #[test]

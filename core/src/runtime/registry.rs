@@ -23,8 +23,9 @@ use semver::{Version, VersionReq};
 use tokio::sync::{Notify, broadcast};
 
 use super::invoke::{self, Invocable, StepCall, StepFault, StepReport};
-use super::runtime::{PreparedBiz, Runtime};
-use super::{Ark, CancelToken, Capabilities, ComponentError, Manifest};
+use super::{CancelToken, ComponentError, PreparedBiz, Runtime};
+use crate::ark::{Ark, Manifest};
+use crate::host::Capabilities;
 use crate::host::http::HttpPolicy;
 use crate::host::{BlobCache, CallerIdentity, EffectiveCapabilities, ProcessPolicy, StepLog};
 
@@ -723,7 +724,7 @@ pub fn parse_reference(reference: &str) -> Result<(&str, VersionReq), LifecycleE
         Some((name, req)) => (name, VersionReq::parse(req).map_err(|_| invalid())?),
         None => (reference, VersionReq::STAR),
     };
-    if !super::is_valid_name(name) {
+    if !crate::ark::is_valid_name(name) {
         return Err(invalid());
     }
     Ok((name, req))

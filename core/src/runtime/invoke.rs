@@ -12,7 +12,7 @@ use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::CancelToken;
-use super::runtime::{Runtime, StepPre};
+use super::{Runtime, StepPre};
 use crate::host::since_v0_1_0::arkline::step::types as wit;
 use crate::host::step_log::{LogCapture, LogLabels};
 use crate::host::{

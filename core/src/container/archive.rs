@@ -73,10 +73,8 @@ use std::path::Path;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use super::archive::{ArchiveError, Ark, ReadLimits, read_entries, write_deterministic_zip};
-use super::grant::{GrantError, merge_grants, parse_grant};
-use super::manifest::{Capabilities, FileEntry, is_valid_name, sha256_hex};
-use super::signature::{KeyError, PublicKey, SignaturePolicy, SignatureStatus};
+use crate::ark::{ArchiveError, Ark, FileEntry, KeyError, PublicKey, ReadLimits, SignaturePolicy, SignatureStatus, is_valid_name, read_entries, sha256_hex, write_deterministic_zip};
+use crate::host::{Capabilities, GrantError, merge_grants, parse_grant};
 use crate::model::{Diagnostic, Diagnostics, PipelineSettingSpec, Uses};
 
 /// The container format version this build writes and reads.
