@@ -59,16 +59,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::runtime::{BizRegistry, CancelToken, Runtime, RuntimeConfig, RuntimeError};
 use crate::engine::Engine;
 use crate::host::cache::BlobCache;
 use crate::metrics::Metrics;
 use crate::model::{EngineRecord, EngineRecordSpec};
-use crate::pipeline::core::{EngineCore, ExecOptions};
+use crate::pipeline::EngineCore;
 use crate::pipeline::logs::LogStore;
-use crate::pipeline::schedule::{Clock, SystemClock, Timers};
-use crate::pipeline::secrets::{SecretKey, Secrets};
+use crate::pipeline::schedule::Timers;
+use crate::pipeline::secrets::Secrets;
 use crate::pipeline::workspace::Workspaces;
+pub use crate::pipeline::{Clock, ExecOptions, ManualClock, SecretKey, SystemClock};
+use crate::runtime::{BizRegistry, CancelToken, Runtime, RuntimeConfig, RuntimeError};
 use crate::store::{RedbStore, Store, StoreError};
 
 /// Why a container could not be built or an engine added.
@@ -426,7 +427,7 @@ impl Container {
             pokes,
             started: chrono::Utc::now(),
             pool: inner.pool.clone(),
-            arks: crate::pipeline::deployment::ArkStore::new(inner.data_dir.join("arks")),
+            arks: crate::pipeline::ArkStore::new(inner.data_dir.join("arks")),
             run_counters: Mutex::new(Default::default()),
             metrics: inner.metrics.clone(),
             deploy_lock: tokio::sync::Mutex::new(()),
@@ -442,7 +443,7 @@ impl Container {
         {
             tracing::warn!(engine = %name, error = %e, "restoring the engine's bizes failed; the reconciler retries");
         }
-        let tasks = crate::pipeline::reconcile::start(core.clone(), timer_keys, poked);
+        let tasks = crate::pipeline::start(core.clone(), timer_keys, poked);
         let engine = Engine { core };
         self.inner
             .engines
@@ -490,7 +491,11 @@ impl Container {
                 let _ = engine
                     .core
                     .registry
-                    .uninstall(&biz.name, &biz.version, crate::runtime::UninstallMode::Force)
+                    .uninstall(
+                        &biz.name,
+                        &biz.version,
+                        crate::runtime::UninstallMode::Force,
+                    )
                     .await;
             }
         }

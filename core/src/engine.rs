@@ -8,19 +8,22 @@ use futures::{Stream, StreamExt};
 
 use crate::ark::Ark;
 use crate::host::Capabilities;
-use crate::runtime::{Activation, BizInfo, BizRegistry, InstallError, LifecycleError, UninstallMode};
 use crate::model::{
     Diagnostics, ObjectMeta, Pipeline, PipelineExecution, PipelineSetting, PipelineSettingSpec,
     StepPhase,
 };
-use crate::pipeline::core::{EngineCore, PIPELINE_LABEL, SETTINGS_NAME};
-use crate::pipeline::logs::{LogError, LogKey, StoredLine};
-use crate::pipeline::reconcile::{self, TriggerError, TriggerRequest};
-use crate::pipeline::secrets::SecretError;
+use crate::pipeline::EngineCore;
+use crate::pipeline::logs::LogKey;
+pub use crate::pipeline::{
+    DeployError, LogError, PIPELINE_LABEL, SETTINGS_NAME, SecretError, StoredLine, TriggerError,
+    TriggerRequest,
+};
+use crate::runtime::{Activation, BizInfo, BizLease, InstallError, LifecycleError, UninstallMode};
 use crate::store::{Api, DeleteOptions, LabelSelector, Requirement, StoreError};
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The store failed.
     #[error(transparent)]
@@ -43,9 +46,16 @@ pub enum EngineError {
     /// Reading a log failed.
     #[error(transparent)]
     Log(#[from] LogError),
-    /// A biz could not be deployed (bad archive, bad grant, version clash).
-    #[error("cannot deploy the biz: {0}")]
-    Deploy(String),
+    /// A biz could not be deployed (bad archive, bad grant, version clash, the
+    /// archive not kept, the install failed).
+    #[error("cannot deploy a biz in engine `{engine}`: {error}")]
+    Deploy {
+        /// The engine.
+        engine: String,
+        /// What went wrong.
+        #[source]
+        error: DeployError,
+    },
     /// No such object.
     #[error("{kind} `{name}` does not exist in engine `{engine}`")]
     NotFound {
@@ -82,9 +92,19 @@ impl Engine {
         &self.core.node
     }
 
-    /// The engine's biz registry (install, switch, uninstall, leases).
-    pub fn registry(&self) -> &BizRegistry {
-        &self.core.registry
+    /// One installed biz version, as it is now; `None` when it is not installed.
+    pub fn biz(&self, name: &str, version: &semver::Version) -> Option<BizInfo> {
+        self.core.registry.get(name, version)
+    }
+
+    /// A lease on the version `reference` resolves to (`name`, `name@req` or
+    /// `name@version`): the version stays installed while the lease is held, and
+    /// [`BizLease::invoke`] calls a step of it directly, outside any pipeline.
+    ///
+    /// # Errors
+    /// [`EngineError::Lifecycle`] when no activated version satisfies `reference`.
+    pub fn lease(&self, reference: &str) -> Result<BizLease, EngineError> {
+        Ok(self.core.registry.resolve(reference)?)
     }
 
     fn not_found(&self, kind: &'static str, name: &str) -> EngineError {
@@ -230,105 +250,12 @@ impl Engine {
         grants: &[String],
         activate: bool,
     ) -> Result<BizInfo, EngineError> {
-        let ark = Ark::from_bytes(bytes).map_err(|e| EngineError::Deploy(e.to_string()))?;
-        let caps = crate::pipeline::deployment::grants_of(grants).map_err(EngineError::Deploy)?;
-        let (name, version, digest) = (
-            ark.manifest.name.clone(),
-            ark.manifest.version.to_string(),
-            ark.sha256.clone(),
-        );
-        if let Some(info) = self.core.registry.get(&name, &ark.manifest.version)
-            && info.sha256 != ark.manifest.component.sha256
-        {
-            return Err(EngineError::Deploy(format!(
-                "{name}@{version} is already installed with a different component; publish a new version"
-            )));
-        }
-        // Desired state first (the archive kept, then recorded), so the
-        // reconciler never acts on a spec that lacks what is being installed.
-        let _changing = self.core.deploy_lock.lock().await;
-        self.core
-            .arks
-            .put(&digest, bytes)
-            .map_err(|e| EngineError::Deploy(format!("cannot keep the archive: {e}")))?;
-        let semver_version = ark.manifest.version.clone();
-        crate::pipeline::deployment::update_spec(&self.core, |spec| {
-            let entry = match spec.bizes.iter_mut().position(|b| b.name == name) {
-                Some(i) => &mut spec.bizes[i],
-                None => {
-                    spec.bizes.push(crate::model::DesiredBiz {
-                        name: name.clone(),
-                        versions: Vec::new(),
-                        active: String::new(),
-                        grants: Vec::new(),
-                        digests: Default::default(),
-                    });
-                    let last = spec.bizes.len() - 1;
-                    &mut spec.bizes[last]
-                }
-            };
-            if !entry.versions.contains(&version) {
-                entry.versions.push(version.clone());
-            }
-            entry.digests.insert(version.clone(), digest.clone());
-            entry.grants = grants.to_vec();
-            if activate || entry.active.is_empty() {
-                entry.active = version.clone();
-            }
-        })
-        .await?;
-        let installed = match self.core.registry.get(&name, &ark.manifest.version) {
-            Some(info) => Ok(info),
-            None => match self
-                .core
-                .registry
-                .install(Arc::new(ark), &caps, Activation::Never)
-                .await
-            {
-                Ok(info) => Ok(info),
-                // The reconciler installed it from the desired state meanwhile.
-                Err(e) => match self.core.registry.get(&name, &semver_version) {
-                    Some(info) => Ok(info),
-                    None => Err(e),
-                },
-            },
-        };
-        let info = match installed {
-            Ok(info) => info,
-            Err(e) => {
-                // Take it out of the desired state again: nothing is recorded.
-                let v = version.clone();
-                crate::pipeline::deployment::update_spec(&self.core, |spec| {
-                    if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
-                        b.versions.retain(|x| *x != v);
-                        b.digests.remove(&v);
-                        if b.active == v {
-                            b.active = b.versions.last().cloned().unwrap_or_default();
-                        }
-                    }
-                    spec.bizes.retain(|b| !b.versions.is_empty());
-                })
-                .await?;
-                return Err(e.into());
-            }
-        };
-        let wanted_active =
-            crate::store::Api::<crate::model::BizDeployment>::new(self.core.store.clone())
-                .get(
-                    &self.core.name,
-                    crate::pipeline::deployment::DEPLOYMENT_NAME,
-                )
-                .await?
-                .and_then(|d| d.spec.bizes.into_iter().find(|b| b.name == name))
-                .map(|b| b.active);
-        if wanted_active.as_deref() == Some(version.as_str()) {
-            self.core.registry.switch(&name, &info.version)?;
-        }
-        Ok(self
-            .core
-            .registry
-            .get(&info.name, &info.version)
-            .unwrap_or(info))
+        crate::pipeline::deployment::deploy_biz(&self.core, bytes, grants, activate)
+            .await
+            .map_err(|error| EngineError::Deploy {
+                engine: self.core.name.clone(),
+                error,
+            })
     }
 
     /// Makes `name@version` the version new executions resolve to (recorded in
@@ -423,7 +350,7 @@ impl Engine {
         pipeline: &str,
         request: TriggerRequest,
     ) -> Result<PipelineExecution, EngineError> {
-        Ok(reconcile::trigger(&self.core, pipeline, request).await?)
+        Ok(crate::pipeline::trigger(&self.core, pipeline, request).await?)
     }
 
     /// Starts a new execution with the same params, event, branch and commit as

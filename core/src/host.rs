@@ -22,7 +22,7 @@ mod state;
 pub mod step_log;
 
 pub use cache::BlobCache;
-pub use capability::{Capabilities, CallerIdentity, Capability, EffectiveCapabilities};
+pub use capability::{CallerIdentity, Capabilities, Capability, EffectiveCapabilities};
 pub use grant::{GrantError, merge_grants, parse_grant, parse_grants};
 pub use process::{ProcessLimits, ProcessPolicy};
 pub use state::{CallResources, StepLimiter, StepState};

@@ -1,27 +1,185 @@
 //! Executions: the reconcilers that run pipelines, and what they need — durable
 //! step logs, secrets, workspaces and step caches, cron schedules.
 //!
-//! - Admission ([`admission`]): one task per engine follows its executions in
+//! - Admission (`admission.rs`): one task per engine follows its executions in
 //!   revision order and admits the oldest `Queued` ones while the engine's
 //!   `executor_quota` has room, choosing a node (cache affinity).
-//! - The execution reconciler starts a driver for each admitted execution of this
-//!   node; the driver resolves and leases the bizes, runs stages in order and the
-//!   steps of a stage in parallel, then `finally`, writing every transition to the
-//!   store before acting on it, so a restarted process resumes where it stopped.
-//!   Finished executions are cleaned up (workspace) and retained per the settings.
+//! - The execution reconciler (`reconcile.rs`) starts a driver (`executor.rs`)
+//!   for each admitted execution of this node; the driver resolves and leases the
+//!   bizes, runs stages in order and the steps of a stage in parallel, then
+//!   `finally`, writing every transition to the store before acting on it, so a
+//!   restarted process resumes where it stopped. Finished executions are cleaned
+//!   up (workspace) and retained per the settings.
 //! - The pipeline reconciler keeps each pipeline's status (`Resolved`, last
-//!   execution and state, recent nodes) and fires cron triggers.
+//!   execution and state, recent nodes) and fires cron triggers (`trigger.rs`).
+//! - The biz-deployment reconciler (`deployment.rs`) keeps the engine's bizes
+//!   as its `BizDeployment` says.
+//!
+//! The modules form a DAG: `context` (what one engine's machinery shares) and
+//! `error` at the bottom; `trigger`, `admission`, `executor`, `deployment` and
+//! `reconcile` above them; this file wires the controllers.
 
-pub mod admission;
-pub(crate) mod core;
-pub mod deployment;
+mod admission;
+mod arks;
+mod context;
+pub(crate) mod deployment;
+mod error;
 mod executor;
-pub mod logs;
-pub mod pool;
-pub mod reconcile;
-pub mod schedule;
-pub mod secrets;
-pub mod workspace;
+pub(crate) mod logs;
+pub(crate) mod pool;
+mod reconcile;
+pub(crate) mod schedule;
+pub(crate) mod secrets;
+mod trigger;
+pub(crate) mod workspace;
 
-pub use self::core::{ExecOptions, PIPELINE_LABEL, SETTINGS_NAME};
-pub use reconcile::{ReconcileError, TriggerError, TriggerRequest};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::controller::{Action, Controller};
+use crate::model::{DynamicObject, Pipeline, PipelineExecution};
+use crate::store::{Api, LabelSelector, ObjectRef};
+
+pub use arks::ArkStore;
+pub(crate) use context::EngineCore;
+pub use context::{ExecOptions, PIPELINE_LABEL, SETTINGS_NAME};
+pub use error::{DeployError, ReconcileError, TriggerError};
+pub use logs::{LogError, StoredLine};
+use reconcile::{reconcile_execution, reconcile_pipeline};
+pub use schedule::{Clock, ManualClock, SystemClock};
+pub use secrets::{SecretError, SecretKey};
+pub use trigger::TriggerRequest;
+pub(crate) use trigger::trigger;
+
+/// Starts the engine's controllers and admission; they stop on `core.shutdown`.
+pub(crate) fn start(
+    core: Arc<EngineCore>,
+    timer_keys: tokio::sync::mpsc::UnboundedReceiver<ObjectRef>,
+    pokes: tokio::sync::mpsc::UnboundedReceiver<ObjectRef>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let shutdown = {
+        let token = core.shutdown.clone();
+        move || {
+            let token = token.clone();
+            async move { token.cancelled().await }
+        }
+    };
+    let error_policy = |_: Arc<_>, e: &ReconcileError, _: Arc<EngineCore>| {
+        tracing::debug!(error = %e, "reconcile failed; retrying");
+        Action::requeue(Duration::from_millis(50))
+    };
+
+    tasks.push(tokio::spawn(admission::run(core.clone())));
+
+    let executions = Controller::for_resource::<PipelineExecution>(core.store.clone())
+        .engine(&core.name)
+        .concurrency(core.options.concurrency)
+        .reconcile_on(tokio_stream_from(pokes))
+        .filter({
+            // A driver of this process owns a running execution's status: its
+            // own writes need no reconcile (an abort, a deletion or the end do).
+            let core = core.clone();
+            move |obj: &DynamicObject| {
+                let phase = obj.status.get("phase").and_then(|p| p.as_str());
+                let abort = obj
+                    .spec
+                    .get("abort")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false);
+                let driven_here = matches!(phase, Some("Pending" | "Running"))
+                    && core.runs().contains_key(&obj.metadata.name);
+                abort || !driven_here
+            }
+        })
+        .graceful_shutdown_on(shutdown());
+    tasks.push(tokio::spawn(executions.run_typed(
+        reconcile_execution,
+        error_policy,
+        core.clone(),
+    )));
+
+    let registry_events = {
+        let (rx, store, engine) = (
+            core.registry.subscribe(),
+            core.store.clone(),
+            core.name.clone(),
+        );
+        futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+            }
+        })
+        .then(move |()| {
+            let (store, engine) = (store.clone(), engine.clone());
+            async move {
+                let list = Api::<Pipeline>::new(store)
+                    .list(Some(&engine), LabelSelector::default())
+                    .await
+                    .map(|(items, _)| items)
+                    .unwrap_or_default();
+                futures::stream::iter(
+                    list.into_iter()
+                        .map(|p| ObjectRef::new("Pipeline", &p.metadata.engine, &p.metadata.name))
+                        .collect::<Vec<_>>(),
+                )
+            }
+        })
+        .flatten()
+    };
+    let deployment_key = ObjectRef::new("BizDeployment", &core.name, deployment::DEPLOYMENT_NAME);
+    let lifecycle = futures::stream::unfold(core.registry.subscribe(), |mut rx| async move {
+        match rx.recv().await {
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .map(move |()| deployment_key.clone());
+    let deployments = Controller::for_resource::<crate::model::BizDeployment>(core.store.clone())
+        .engine(&core.name)
+        .concurrency(1)
+        .reconcile_on(lifecycle)
+        .graceful_shutdown_on(shutdown());
+    tasks.push(tokio::spawn(deployments.run_typed(
+        deployment::reconcile_deployment,
+        error_policy,
+        core.clone(),
+    )));
+
+    let timers = tokio_stream_from(timer_keys);
+    let pipelines = Controller::for_resource::<Pipeline>(core.store.clone())
+        .engine(&core.name)
+        .concurrency(core.options.concurrency.min(8))
+        .watches("PipelineExecution", pipeline_of_finished_execution)
+        .reconcile_on(registry_events)
+        .reconcile_on(timers)
+        .graceful_shutdown_on(shutdown());
+    tasks.push(tokio::spawn(pipelines.run_typed(
+        reconcile_pipeline,
+        error_policy,
+        core,
+    )));
+    tasks
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|k| (k, rx)) })
+}
+
+/// An execution's pipeline, when the change matters to the pipeline's status
+/// (the execution finished).
+fn pipeline_of_finished_execution(obj: &DynamicObject) -> Vec<ObjectRef> {
+    let phase = obj.status.get("phase").and_then(|p| p.as_str());
+    let matters = matches!(phase, Some("Succeeded" | "Failed" | "Aborted"));
+    match obj.spec.get("pipeline").and_then(|p| p.as_str()) {
+        Some(pipeline) if matters => {
+            vec![ObjectRef::new("Pipeline", &obj.metadata.engine, pipeline)]
+        }
+        _ => vec![],
+    }
+}

@@ -73,7 +73,10 @@ use std::path::Path;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::ark::{ArchiveError, Ark, FileEntry, KeyError, PublicKey, ReadLimits, SignaturePolicy, SignatureStatus, is_valid_name, read_entries, sha256_hex, write_deterministic_zip};
+use crate::ark::{
+    ArchiveError, Ark, FileEntry, KeyError, PublicKey, ReadLimits, SignaturePolicy,
+    SignatureStatus, is_valid_name, read_entries, sha256_hex, write_deterministic_zip,
+};
 use crate::host::{Capabilities, GrantError, merge_grants, parse_grant};
 use crate::model::{Diagnostic, Diagnostics, PipelineSettingSpec, Uses};
 

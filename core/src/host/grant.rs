@@ -152,15 +152,27 @@ mod tests {
 
     #[test]
     fn grants_print_and_parse_back() {
-        let caps = parse_grants(&["process=sh,git", "http=*.example.com", "cache", "host-call=kv.get"])
-            .expect("grants");
+        let caps = parse_grants(&[
+            "process=sh,git",
+            "http=*.example.com",
+            "cache",
+            "host-call=kv.get",
+        ])
+        .expect("grants");
         assert_eq!(
             caps.to_grants(),
-            strings(&["process=sh,git", "http=*.example.com", "cache", "host-call=kv.get"])
+            strings(&[
+                "process=sh,git",
+                "http=*.example.com",
+                "cache",
+                "host-call=kv.get"
+            ])
         );
         assert_eq!(parse_grants(&caps.to_grants()).expect("round trip"), caps);
         assert!(Capabilities::default().to_grants().is_empty());
-        let err = parse_grants(&["cache", "net=x"]).expect_err("bad").to_string();
+        let err = parse_grants(&["cache", "net=x"])
+            .expect_err("bad")
+            .to_string();
         assert!(err.contains("grant `net=x`"), "{err}");
     }
 

@@ -21,7 +21,7 @@ use crate::model::{
     Condition, ConditionStatus, ConditionType, ExecutionPhase, Pipeline, PipelineExecution,
     PipelineSetting, Resource,
 };
-use crate::pipeline::core::{EngineCore, SETTINGS_NAME};
+use crate::pipeline::context::{EngineCore, SETTINGS_NAME};
 use crate::store::{Api, EventType, LabelSelector, StoreError};
 
 /// Chooses where an execution runs: the most recent of the pipeline's

@@ -9,89 +9,131 @@
 //! ([`Engine::install`](crate::Engine::install)) is left alone.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use semver::Version;
 
 use crate::ark::Ark;
-use crate::host::{Capabilities, merge_grants, parse_grant};
-use crate::runtime::{Activation, BizState};
 use crate::controller::Action;
+use crate::host::parse_grants;
 use crate::model::resources::set_condition;
 use crate::model::{
     BizDeployment, BizDeploymentSpec, Condition, ConditionStatus, ConditionType, ObjectMeta,
 };
-use crate::pipeline::core::EngineCore;
-use crate::pipeline::reconcile::ReconcileError;
+use crate::pipeline::context::EngineCore;
+use crate::pipeline::error::{DeployError, ReconcileError};
+use crate::runtime::{Activation, BizInfo, BizState};
 use crate::store::{Api, StoreError};
 
 /// The name of an engine's [`BizDeployment`].
 pub const DEPLOYMENT_NAME: &str = "default";
 
-/// Uploaded `.ark` files, kept by the sha256 of their bytes
-/// (`<dir>/<sha256>.ark`, written to a temporary file and renamed).
-#[derive(Debug, Clone)]
-pub struct ArkStore {
-    dir: PathBuf,
-}
-
-impl ArkStore {
-    /// The store in `dir` (created on first write).
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+/// Deploys a biz from its archive bytes as desired state (see
+/// [`Engine::deploy_biz`](crate::Engine::deploy_biz)): verified, kept in the
+/// archive store, recorded in the engine's `BizDeployment`, installed; taken out
+/// of the desired state again when installing fails.
+pub(crate) async fn deploy_biz(
+    core: &EngineCore,
+    bytes: &[u8],
+    grants: &[String],
+    activate: bool,
+) -> Result<BizInfo, DeployError> {
+    let ark = Ark::from_bytes(bytes).map_err(DeployError::Archive)?;
+    let caps = parse_grants(grants).map_err(|source| DeployError::Grant {
+        biz: format!("{}@{}", ark.manifest.name, ark.manifest.version),
+        source,
+    })?;
+    let (name, version, digest) = (
+        ark.manifest.name.clone(),
+        ark.manifest.version.to_string(),
+        ark.sha256.clone(),
+    );
+    if let Some(info) = core.registry.get(&name, &ark.manifest.version)
+        && info.sha256 != ark.manifest.component.sha256
+    {
+        return Err(DeployError::VersionClash { biz: name, version });
     }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Keeps `bytes` (an archive already read and verified) under `sha256`.
-    pub fn put(&self, sha256: &str, bytes: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(format!("{sha256}.ark"));
-        if path.exists() {
-            return Ok(());
+    // Desired state first (the archive kept, then recorded), so the
+    // reconciler never acts on a spec that lacks what is being installed.
+    let _changing = core.deploy_lock.lock().await;
+    core.arks
+        .put(&digest, bytes)
+        .map_err(|source| DeployError::Keep {
+            biz: format!("{name}@{version}"),
+            dir: core.arks.dir().to_path_buf(),
+            source,
+        })?;
+    let semver_version = ark.manifest.version.clone();
+    update_spec(core, |spec| {
+        let entry = match spec.bizes.iter_mut().position(|b| b.name == name) {
+            Some(i) => &mut spec.bizes[i],
+            None => {
+                spec.bizes.push(crate::model::DesiredBiz {
+                    name: name.clone(),
+                    versions: Vec::new(),
+                    active: String::new(),
+                    grants: Vec::new(),
+                    digests: Default::default(),
+                });
+                let last = spec.bizes.len() - 1;
+                &mut spec.bizes[last]
+            }
+        };
+        if !entry.versions.contains(&version) {
+            entry.versions.push(version.clone());
         }
-        let tmp = self
-            .dir
-            .join(format!(".{sha256}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        entry.digests.insert(version.clone(), digest.clone());
+        entry.grants = grants.to_vec();
+        if activate || entry.active.is_empty() {
+            entry.active = version.clone();
+        }
+    })
+    .await?;
+    let installed = match core.registry.get(&name, &ark.manifest.version) {
+        Some(info) => Ok(info),
+        None => match core
+            .registry
+            .install(Arc::new(ark), &caps, Activation::Never)
+            .await
         {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
+            Ok(info) => Ok(info),
+            // The reconciler installed it from the desired state meanwhile.
+            Err(e) => match core.registry.get(&name, &semver_version) {
+                Some(info) => Ok(info),
+                None => Err(e),
+            },
+        },
+    };
+    let info = match installed {
+        Ok(info) => info,
+        Err(e) => {
+            // Take it out of the desired state again: nothing is recorded.
+            let v = version.clone();
+            update_spec(core, |spec| {
+                if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
+                    b.versions.retain(|x| *x != v);
+                    b.digests.remove(&v);
+                    if b.active == v {
+                        b.active = b.versions.last().cloned().unwrap_or_default();
+                    }
+                }
+                spec.bizes.retain(|b| !b.versions.is_empty());
+            })
+            .await?;
+            return Err(DeployError::Install(e));
         }
-        std::fs::rename(&tmp, &path)
+    };
+    let wanted_active = crate::store::Api::<crate::model::BizDeployment>::new(core.store.clone())
+        .get(&core.name, DEPLOYMENT_NAME)
+        .await?
+        .and_then(|d| d.spec.bizes.into_iter().find(|b| b.name == name))
+        .map(|b| b.active);
+    if wanted_active.as_deref() == Some(version.as_str()) {
+        core.registry
+            .switch(&name, &info.version)
+            .map_err(|e| DeployError::Install(e.into()))?;
     }
-
-    /// Reads and verifies the archive kept under `sha256`; its bytes must still
-    /// hash to it.
-    pub fn get(&self, sha256: &str) -> Result<Ark, String> {
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("`{sha256}` is not a sha256 digest"));
-        }
-        let path = self.dir.join(format!("{sha256}.ark"));
-        let ark = Ark::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if ark.sha256 != sha256 {
-            return Err(format!(
-                "{} no longer hashes to its name (found {}): the file was changed; deploy the biz again",
-                path.display(),
-                ark.sha256
-            ));
-        }
-        Ok(ark)
-    }
-}
-
-/// Turns grant strings into capabilities.
-pub fn grants_of(grants: &[String]) -> Result<Capabilities, String> {
-    let parsed = grants
-        .iter()
-        .map(|g| parse_grant(g).map_err(|e| format!("grant `{g}`: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(merge_grants(&parsed))
+    Ok(core.registry.get(&info.name, &info.version).unwrap_or(info))
 }
 
 /// The biz-deployment reconciler.
@@ -113,7 +155,7 @@ pub(crate) async fn reconcile_deployment(
     let registry = &core.registry;
     let mut problems = Vec::new();
     for biz in &dep.spec.bizes {
-        let caps = match grants_of(&biz.grants) {
+        let caps = match parse_grants(&biz.grants) {
             Ok(c) => c,
             Err(e) => {
                 problems.push(format!("{}: {e}", biz.name));

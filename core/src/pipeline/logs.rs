@@ -68,6 +68,7 @@ use crate::host::step_log::{LogLevel, LogLine, LogSource};
 /// field value before it is stored or shown to a follower.
 pub type MaskFn = Arc<dyn Fn(&str) -> Cow<'_, str> + Send + Sync>;
 
+#[cfg(test)]
 /// Wraps a closure as a [`MaskFn`]. Going through this function lets the compiler
 /// see that the closure's output borrows from its input, which a bare
 /// `Arc::new(|s| ..)` does not.
@@ -384,6 +385,7 @@ impl LogStore {
         }
     }
 
+    #[cfg(test)]
     /// The last `n` lines of `key`'s log (errors as [`LogStore::read`]).
     pub async fn tail(&self, key: &LogKey, n: usize) -> Result<Vec<StoredLine>, LogError> {
         let mut lines = self.read(key).await?;
@@ -449,6 +451,7 @@ impl LogStore {
         Ok(())
     }
 
+    #[cfg(test)]
     /// How many bytes `key`'s log takes in its JSON-lines form (for the file
     /// backend, the file's length); `None` when there is no such log or the key is
     /// invalid.
@@ -826,22 +829,26 @@ impl LogWriter {
         self.handle.close();
     }
 
+    #[cfg(test)]
     /// Flushes and fsyncs the file, and once no writer of the log is open any more,
     /// ends its followers. Closing twice does nothing; closing closes every clone.
     pub fn close(&self) {
         self.handle.close();
     }
 
+    #[cfg(test)]
     /// Message bytes dropped at the cap since this process opened the log.
     pub fn dropped_bytes(&self) -> u64 {
         lock(&self.handle.live.state).dropped_bytes
     }
 
+    #[cfg(test)]
     /// The log written to.
     pub fn key(&self) -> &LogKey {
         &self.handle.live.key
     }
 
+    #[cfg(test)]
     /// The attempt this writer writes as.
     pub fn attempt(&self) -> u32 {
         self.handle.attempt

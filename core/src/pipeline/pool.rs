@@ -21,6 +21,7 @@ pub struct WorkerPool {
 
 #[derive(Debug)]
 struct State {
+    #[cfg(test)]
     size: usize,
     free: usize,
     /// Engine → its waiting calls, oldest first.
@@ -49,6 +50,7 @@ impl WorkerPool {
         let size = size.max(1);
         Self {
             inner: Arc::new(Mutex::new(State {
+                #[cfg(test)]
                 size,
                 free: size,
                 waiting: BTreeMap::new(),
@@ -61,11 +63,13 @@ impl WorkerPool {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(test)]
     /// The number of slots.
     pub fn size(&self) -> usize {
         self.lock().size
     }
 
+    #[cfg(test)]
     /// Calls waiting for a slot, per engine.
     pub fn waiting(&self) -> BTreeMap<String, usize> {
         self.lock()

@@ -221,12 +221,14 @@ impl<K: Clone + PartialEq + Send + 'static> Timers<K> {
         self.inner.changed.notify_one();
     }
 
+    #[cfg(test)]
     /// How many wake-ups are pending.
     pub fn len(&self) -> usize {
         let pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.values().map(Vec::len).sum()
     }
 
+    #[cfg(test)]
     /// Whether no wake-up is pending.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

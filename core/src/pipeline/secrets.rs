@@ -470,6 +470,7 @@ impl Secrets {
         }
     }
 
+    #[cfg(test)]
     /// The engine whose secrets these are.
     pub fn engine(&self) -> &str {
         &self.engine
@@ -538,6 +539,7 @@ impl Secrets {
         }
     }
 
+    #[cfg(test)]
     /// Every key of secret `name` with its plaintext, or `None` when the secret
     /// does not exist.
     pub async fn get_data(
@@ -829,6 +831,7 @@ impl Masker {
         }
     }
 
+    #[cfg(test)]
     /// Masks every string in `value`, object keys included, in place. Keys that
     /// become equal once masked keep the last value.
     pub fn mask_json(&self, value: &mut serde_json::Value) {

@@ -123,6 +123,7 @@ impl Workspaces {
         Workspaces { root: root.into() }
     }
 
+    #[cfg(test)]
     /// The directory holding all workspaces.
     pub fn root(&self) -> &Path {
         &self.root
@@ -156,6 +157,7 @@ impl Workspaces {
         remove_tree(&self.path(engine, execution))
     }
 
+    #[cfg(test)]
     /// Removes the workspaces of every execution of `engine`, as [`Workspaces::remove`]
     /// does for one.
     pub fn remove_engine(&self, engine: &str) -> Result<(), WorkspaceError> {

@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::runtime::{BizRegistry, CancelToken};
 use crate::model::{PipelineSetting, PipelineSettingSpec};
 use crate::pipeline::logs::LogStore;
 use crate::pipeline::schedule::{Clock, Timers};
 use crate::pipeline::secrets::Secrets;
 use crate::pipeline::workspace::Workspaces;
+use crate::runtime::{BizRegistry, CancelToken};
 use crate::store::{Api, ObjectRef, Store, StoreError};
 
 /// The name of the [`PipelineSetting`] an engine reads (one per engine).
@@ -79,7 +79,7 @@ pub(crate) struct EngineCore {
     /// The container's step-call slots, shared fairly with the other engines.
     pub(crate) pool: crate::pipeline::pool::WorkerPool,
     /// The container's uploaded archives, by digest.
-    pub(crate) arks: crate::pipeline::deployment::ArkStore,
+    pub(crate) arks: crate::pipeline::ArkStore,
     /// Next run number per pipeline handed out by this process.
     pub(crate) run_counters: Mutex<HashMap<String, u64>>,
     /// The container's counters (step attempt durations are observed here).

@@ -1,0 +1,140 @@
+//! Triggering a run: the request, and creating the next execution of a pipeline.
+
+use std::collections::BTreeMap;
+
+use crate::model::{
+    ObjectMeta, OwnerRef, Pipeline, PipelineExecution, PipelineExecutionSpec, TriggerKind,
+};
+use crate::pipeline::context::{EngineCore, PIPELINE_LABEL};
+use crate::pipeline::error::TriggerError;
+use crate::store::{Api, StoreError};
+
+/// What a trigger asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TriggerRequest {
+    /// Param values (checked against the pipeline's declarations, defaults filled in).
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Event name (`push`, `pull_request`, `tag`, `manual`); `manual` when empty.
+    pub event: String,
+    /// Branch built.
+    pub branch: String,
+    /// Commit built.
+    pub commit: String,
+    /// What started it.
+    pub kind: TriggerKind,
+    /// Labels added to the execution.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TriggerRequest {
+    /// A manual trigger with no params.
+    pub fn manual() -> Self {
+        Self::default()
+    }
+
+    /// Sets a param.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.params.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the event.
+    pub fn event(mut self, event: impl Into<String>) -> Self {
+        self.event = event.into();
+        self
+    }
+
+    /// Sets the branch.
+    pub fn branch(mut self, branch: impl Into<String>) -> Self {
+        self.branch = branch.into();
+        self
+    }
+
+    /// Sets the commit.
+    pub fn commit(mut self, commit: impl Into<String>) -> Self {
+        self.commit = commit.into();
+        self
+    }
+}
+
+/// Creates the next execution of `pipeline`: allocates its run number (CAS on the
+/// pipeline's status) and creates `<pipeline>-<run>` in phase `Queued`.
+pub(crate) async fn trigger(
+    core: &EngineCore,
+    pipeline: &str,
+    req: TriggerRequest,
+) -> Result<PipelineExecution, TriggerError> {
+    let pipelines = Api::<Pipeline>::new(core.store.clone());
+    let Some(p) = pipelines.get(&core.name, pipeline).await? else {
+        return Err(TriggerError::NoPipeline {
+            engine: core.name.clone(),
+            pipeline: pipeline.to_owned(),
+        });
+    };
+    let params = p
+        .spec
+        .resolve_params(&req.params)
+        .map_err(|problems| TriggerError::Params {
+            pipeline: pipeline.to_owned(),
+            problems,
+        })?;
+    // Run numbers come from an in-process counter per pipeline, started from the
+    // pipeline's `status.next_run` (which the pipeline reconciler keeps up); the
+    // execution's name `<pipeline>-<run>` is the reservation: a number already
+    // taken (by another process, or before a restart) is skipped.
+    let execs = Api::<PipelineExecution>::new(core.store.clone());
+    loop {
+        let run = core.next_run(pipeline, p.status.next_run);
+        let exec = new_execution(core, &p, pipeline, run, &req, params.clone());
+        match execs.create(&exec).await {
+            Ok(created) => return Ok(created),
+            Err(StoreError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn new_execution(
+    core: &EngineCore,
+    p: &Pipeline,
+    pipeline: &str,
+    run: u64,
+    req: &TriggerRequest,
+    params: BTreeMap<String, serde_json::Value>,
+) -> PipelineExecution {
+    let mut meta = ObjectMeta::new(&core.name, format!("{pipeline}-{run}"));
+    meta.labels = req.labels.clone();
+    meta.labels
+        .insert(PIPELINE_LABEL.into(), pipeline.to_owned());
+    meta.owners.push(OwnerRef {
+        kind: "Pipeline".into(),
+        name: pipeline.to_owned(),
+        uid: p.metadata.uid.clone(),
+    });
+    PipelineExecution::new(
+        meta,
+        PipelineExecutionSpec {
+            pipeline: pipeline.to_owned(),
+            pipeline_spec: p.spec.clone(),
+            run,
+            trigger: req.kind,
+            params,
+            event: if req.event.is_empty() {
+                "manual".into()
+            } else {
+                req.event.clone()
+            },
+            branch: if req.branch.is_empty() {
+                p.spec
+                    .source
+                    .as_ref()
+                    .and_then(|s| s.branch.clone())
+                    .unwrap_or_default()
+            } else {
+                req.branch.clone()
+            },
+            commit: req.commit.clone(),
+            abort: false,
+        },
+    )
+}
