@@ -14,7 +14,7 @@ mod package;
 mod run;
 mod sign;
 
-pub use arkline::ark::{GrantError, merge_grants, parse_grant};
+pub use arkline::host::{GrantError, merge_grants, parse_grant};
 pub use build::BuildCmd;
 pub use container::{ContainerCmd, ContainerSource, SourceBiz, SourceEngine, SourceSharedBiz};
 pub use inspect::InspectCmd;

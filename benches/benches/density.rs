@@ -13,10 +13,9 @@
 
 use std::sync::Arc;
 
-use arkline::ark::{
-    Activation, Ark, BizRegistry, Capabilities, Runtime, RuntimeConfig, StepCall, UninstallMode,
-    write_ark,
-};
+use arkline::ark::{Ark, write_ark};
+use arkline::host::Capabilities;
+use arkline::runtime::{Activation, BizRegistry, Runtime, RuntimeConfig, StepCall, UninstallMode};
 use serde_json::json;
 
 fn rss_bytes() -> u64 {

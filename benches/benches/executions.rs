@@ -39,8 +39,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arkline::ark::{Ark, BizLease, Capabilities, Runtime, RuntimeConfig, StepCall};
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::model::{ConditionType, ExecutionPhase, PipelineExecution, PipelineSettingSpec};
+use arkline::runtime::{BizLease, Runtime, RuntimeConfig, StepCall};
 use arkline::store::Api;
 use arkline::{Container, Engine, MemoryStore, RedbStore, TriggerRequest};
 use arkline_benches::{Latencies, arg_secs, env_list, ms, us};

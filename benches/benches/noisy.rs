@@ -25,10 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arkline::ark::{
-    Ark, BizLease, Capabilities, Runtime, RuntimeConfig, StepCall, StepFailure, StepFault,
-};
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::model::{ExecutionPhase, PipelineSettingSpec};
+use arkline::runtime::{BizLease, Runtime, RuntimeConfig, StepCall, StepFailure, StepFault};
 use arkline::{Container, Engine, TriggerRequest};
 use arkline_benches::{Latencies, arg_secs, ms, us};
 use serde_json::json;

@@ -14,11 +14,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arkline::ark::{
-    Activation, Ark, BizLease, BizRegistry, CancelToken, Capabilities, Runtime, RuntimeConfig,
-    StepCall,
-};
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::host::since_v0_1_0;
+use arkline::runtime::{
+    Activation, BizLease, BizRegistry, CancelToken, Runtime, RuntimeConfig, StepCall,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use wasmtime::Store;
@@ -171,7 +172,7 @@ fn install(c: &mut Criterion) {
             rt.block_on(registry.uninstall(
                 &info.name,
                 &info.version,
-                arkline::ark::UninstallMode::Wait,
+                arkline::runtime::UninstallMode::Wait,
             ))
             .expect("uninstalls");
         })

@@ -45,7 +45,7 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
-use arkline::ark::ContainerArchive;
+use arkline::container::archive::ContainerArchive;
 use arkline::model::{ParamType, PipelineSpec, Trigger};
 use arkline::{Container, Engine, PipelineExecution, TriggerRequest};
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use arkline::Container;
-use arkline::ark::container_archive::ContainerArchive;
+use arkline::container::archive::ContainerArchive;
 use axum::Router;
 
 pub mod api;

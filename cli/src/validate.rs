@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use arkline::ark::{ContainerArchive, ContainerArchiveError};
+use arkline::container::archive::{ContainerArchive, ContainerArchiveError};
 use arkline::model::{Diagnostic, Diagnostics, Severity, Span};
 use serde::Serialize;
 

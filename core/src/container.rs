@@ -59,7 +59,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::host::cache::BlobCache;
 use crate::metrics::Metrics;
 use crate::model::{EngineRecord, EngineRecordSpec};
@@ -69,11 +69,14 @@ use crate::pipeline::schedule::Timers;
 use crate::pipeline::secrets::Secrets;
 use crate::pipeline::workspace::Workspaces;
 pub use crate::pipeline::{Clock, ExecOptions, ManualClock, SecretKey, SystemClock};
-use crate::runtime::{BizRegistry, CancelToken, Runtime, RuntimeConfig, RuntimeError};
+use crate::runtime::{
+    BizRegistry, CancelToken, ComponentError, Runtime, RuntimeConfig, RuntimeError,
+};
 use crate::store::{RedbStore, Store, StoreError};
 
 /// Why a container could not be built or an engine added.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ContainerError {
     /// The store did not open.
     #[error(transparent)]
@@ -97,9 +100,33 @@ pub enum ContainerError {
         "`{0}` is not a valid engine name: use 1 to 63 lowercase letters, digits and `-`, starting with a letter"
     )]
     EngineName(String),
-    /// A container archive could not be deployed.
-    #[error("cannot deploy the container archive: {0}")]
-    Deploy(String),
+    /// A biz of a container archive does not compile: nothing was changed.
+    #[error("cannot deploy the container archive: {biz} does not compile: {source}")]
+    Compile {
+        /// `name@version`.
+        biz: String,
+        /// Why.
+        source: ComponentError,
+    },
+    /// The archive names a biz for an engine that it does not carry.
+    #[error(
+        "cannot deploy the container archive: engine `{engine}` needs {biz}, which is not in the archive"
+    )]
+    MissingBiz {
+        /// The engine.
+        engine: String,
+        /// `name@version`.
+        biz: String,
+    },
+    /// Applying an engine's settings, bizes or pipelines failed; the engines
+    /// before it in the archive are deployed.
+    #[error("cannot deploy the container archive: {source}")]
+    Engine {
+        /// The engine.
+        engine: String,
+        /// What failed.
+        source: Box<EngineError>,
+    },
     /// Neither a data dir nor a store was given.
     #[error(
         "a container needs a data dir (`Container::builder().data_dir(..)`) or a store (`.store(..)`)"
@@ -557,14 +584,22 @@ impl Container {
             let (runtime, ark) = (self.inner.runtime.clone(), ark.clone());
             let compiled = tokio::task::spawn_blocking(move || runtime.prepare(&ark).map(|_| ()))
                 .await
-                .map_err(|e| ContainerError::Deploy(format!("{name}@{version}: {e}")))?;
-            compiled.map_err(|e| ContainerError::Deploy(format!("{name}@{version}: {e}")))?;
+                .unwrap_or_else(|e| {
+                    Err(ComponentError::Compile(format!(
+                        "the compile task failed: {e}"
+                    )))
+                });
+            compiled.map_err(|source| ContainerError::Compile {
+                biz: format!("{name}@{version}"),
+                source,
+            })?;
         }
         let mut engines = Vec::new();
         for spec in &archive.manifest.engines {
             let engine = self.engine(&spec.name).await?;
-            let fail = |e: crate::engine::EngineError| {
-                ContainerError::Deploy(format!("engine `{}`: {e}", spec.name))
+            let fail = |e: EngineError| ContainerError::Engine {
+                engine: spec.name.clone(),
+                source: Box::new(e),
             };
             engine
                 .apply_settings(spec.settings.clone())
@@ -572,10 +607,10 @@ impl Container {
                 .map_err(fail)?;
             for biz in archive.engine_bizes(&spec.name) {
                 let bytes = archive.biz_bytes(&biz.name, &biz.version).ok_or_else(|| {
-                    ContainerError::Deploy(format!(
-                        "engine `{}`: {}@{} is not in the archive",
-                        spec.name, biz.name, biz.version
-                    ))
+                    ContainerError::MissingBiz {
+                        engine: spec.name.clone(),
+                        biz: format!("{}@{}", biz.name, biz.version),
+                    }
                 })?;
                 engine
                     .deploy_biz(bytes, &biz.grants, biz.active)

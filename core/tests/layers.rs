@@ -22,17 +22,44 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("runtime", &["ark", "host", "native", "metrics"]),
     (
         "pipeline",
-        &["model", "store", "controller", "host", "ark", "runtime", "native", "metrics"],
+        &[
+            "model",
+            "store",
+            "controller",
+            "host",
+            "ark",
+            "runtime",
+            "native",
+            "metrics",
+        ],
     ),
     (
         "engine",
-        &["model", "store", "controller", "host", "ark", "runtime", "native", "metrics", "pipeline"],
+        &[
+            "model",
+            "store",
+            "controller",
+            "host",
+            "ark",
+            "runtime",
+            "native",
+            "metrics",
+            "pipeline",
+        ],
     ),
     (
         "container",
         &[
-            "model", "store", "controller", "host", "ark", "runtime", "native", "metrics",
-            "pipeline", "engine",
+            "model",
+            "store",
+            "controller",
+            "host",
+            "ark",
+            "runtime",
+            "native",
+            "metrics",
+            "pipeline",
+            "engine",
         ],
     ),
 ];
@@ -48,7 +75,11 @@ struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: `{}`: {}", self.file, self.line, self.import, self.why)
+        write!(
+            f,
+            "{}:{}: `{}`: {}",
+            self.file, self.line, self.import, self.why
+        )
     }
 }
 
@@ -326,7 +357,11 @@ fn layers_point_one_way_and_files_form_no_circle() {
     assert!(
         violations.is_empty(),
         "core/src breaks its layering (ARCHITECTURE.md, \"Layers\"):\n{}",
-        violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -350,7 +385,10 @@ fn tampered(file: &str, extra: &str) -> tempfile::TempDir {
 
 #[test]
 fn an_upward_import_is_caught_and_named() {
-    let dir = tampered("model/meta.rs", "\n#[allow(unused_imports)]\nuse crate::store::Store;\n");
+    let dir = tampered(
+        "model/meta.rs",
+        "\n#[allow(unused_imports)]\nuse crate::store::Store;\n",
+    );
     let violations = check(dir.path());
     assert_eq!(violations.len(), 1, "{violations:?}");
     let v = &violations[0];
@@ -358,7 +396,10 @@ fn an_upward_import_is_caught_and_named() {
     assert_eq!(v.import, "crate::store::Store");
     assert!(v.why.contains("`model` may not name `store`"), "{v}");
 
-    let dir = tampered("host/process.rs", "\nfn _f(_: crate::runtime::CancelToken) {}\n");
+    let dir = tampered(
+        "host/process.rs",
+        "\nfn _f(_: crate::runtime::CancelToken) {}\n",
+    );
     let violations = check(dir.path());
     assert!(
         violations
@@ -368,7 +409,10 @@ fn an_upward_import_is_caught_and_named() {
     );
 
     // Comments and strings do not count.
-    let dir = tampered("ark/manifest.rs", "\n// see crate::pipeline::Engine\nconst _S: &str = \"crate::engine::Engine\";\n");
+    let dir = tampered(
+        "ark/manifest.rs",
+        "\n// see crate::pipeline::Engine\nconst _S: &str = \"crate::engine::Engine\";\n",
+    );
     assert!(check(dir.path()).is_empty());
 }
 

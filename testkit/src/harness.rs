@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use arkline::ark::{
-    Activation, Ark, BizLease, BizRegistry, Capabilities, PreparedBiz, Runtime, RuntimeConfig,
-    StepCall, StepReport,
-};
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::host::{LogLine, LogSink};
+use arkline::runtime::{
+    Activation, BizLease, BizRegistry, PreparedBiz, Runtime, RuntimeConfig, StepCall, StepReport,
+};
 
 /// The engine name calls run under; capability refusals name it.
 pub const ENGINE: &str = "test";

@@ -31,10 +31,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 mod harness;
 
-pub use arkline::ark::{
-    BizLease, CallContext, Capabilities, StepCall, StepFailure, StepFault, StepOutcome, StepReport,
-};
+pub use arkline::host::Capabilities;
 pub use arkline::host::{LogLevel, LogLine, LogSource, StepLog};
+pub use arkline::runtime::{
+    BizLease, CallContext, StepCall, StepFailure, StepFault, StepOutcome, StepReport,
+};
 pub use harness::{DEFAULT_TIMEOUT, ENGINE, Harness, HarnessError};
 
 /// Starts `call` on `lease` in a task and waits until the guest writes a log line

@@ -1,6 +1,6 @@
 //! `cargo ark build`.
 
-use arkline::ark::ComponentInfo;
+use arkline::runtime::ComponentInfo;
 use clap::Args;
 
 use crate::cmd::{GlobalOpts, PackageSelection};
@@ -27,7 +27,7 @@ impl BuildCmd {
         let project = PluginProject::locate(&cargo, &self.selection)?;
         let built = guest::build(&cargo, &project, shell)?;
         shell.status("Checking", format!("component {}", built.path.display()));
-        let info = arkline::ark::inspect_component(&built.bytes).map_err(|e| {
+        let info = arkline::runtime::inspect_component(&built.bytes).map_err(|e| {
             anyhow::anyhow!("{} is not a usable step plugin: {e}", built.path.display())
         })?;
         shell.status(

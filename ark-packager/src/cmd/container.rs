@@ -34,11 +34,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use arkline::ark::container_archive::pipeline_path;
-use arkline::ark::{
-    Ark, BizRef, CONTAINER_FORMAT_VERSION, ContainerArchive, ContainerManifest, EngineSpec,
-    PublicKey, SharedBiz, parse_grant,
+use arkline::ark::{Ark, PublicKey};
+use arkline::container::archive::pipeline_path;
+use arkline::container::archive::{
+    BizRef, CONTAINER_FORMAT_VERSION, ContainerArchive, ContainerManifest, EngineSpec, SharedBiz,
 };
+use arkline::host::parse_grant;
 use arkline::model::PipelineSettingSpec;
 use clap::Args;
 use semver::Version;
@@ -151,7 +152,7 @@ impl ContainerSource {
     }
 }
 
-/// What [`write_container`](arkline::ark::write_container) takes: the manifest,
+/// What [`write_container`](arkline::container::archive::write_container) takes: the manifest,
 /// the biz archives by identity, the pipelines by engine and entry path.
 type Contents = (
     ContainerManifest,
@@ -288,10 +289,11 @@ impl ContainerCmd {
             ),
         );
         let (manifest, bizes, pipelines) = self.describe(&source, &dir, shell)?;
-        let (bytes, archive) = arkline::ark::write_container(manifest, &bizes, &pipelines)
-            .with_context(|| {
-                format!("container {} v{} is not valid", source.name, source.version)
-            })?;
+        let (bytes, archive) =
+            arkline::container::archive::write_container(manifest, &bizes, &pipelines)
+                .with_context(|| {
+                    format!("container {} v{} is not valid", source.name, source.version)
+                })?;
         for engine in &archive.manifest.engines {
             let bizes: Vec<String> = archive
                 .engine_bizes(&engine.name)

@@ -4,7 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use arkline::ark::{Ark, Capabilities, ContainerArchive, Manifest};
+use arkline::ark::{Ark, Manifest};
+use arkline::container::archive::ContainerArchive;
+use arkline::host::Capabilities;
 use clap::Args;
 use serde_json::json;
 

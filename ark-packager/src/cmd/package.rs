@@ -118,7 +118,7 @@ impl PackageCmd {
 /// every such call denied; say so at packaging time rather than at run time.
 fn warn_about_unrequested_imports(
     imports: &[String],
-    requested: &arkline::ark::Capabilities,
+    requested: &arkline::host::Capabilities,
     shell: &Shell,
 ) {
     for import in imports {

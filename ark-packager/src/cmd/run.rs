@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use anstyle::{AnsiColor, Style};
 use anyhow::Context as _;
-use arkline::ark::{
-    Activation, Ark, BizRegistry, CacheOutcome, Capabilities, Runtime, RuntimeConfig, StepCall,
-    StepFailure, StepFault, StepOutcome, StepReport, merge_grants, parse_grant,
-};
+use arkline::ark::Ark;
+use arkline::host::{Capabilities, merge_grants, parse_grant};
 use arkline::host::{LogLevel, LogLine, LogSink};
+use arkline::runtime::{
+    Activation, BizRegistry, CacheOutcome, Runtime, RuntimeConfig, StepCall, StepFailure,
+    StepFault, StepOutcome, StepReport,
+};
 use clap::Args;
 use serde_json::json;
 
@@ -215,7 +217,7 @@ fn install(
     ark: &Ark,
     grants: &Capabilities,
     shell: &Shell,
-) -> anyhow::Result<arkline::ark::BizLease> {
+) -> anyhow::Result<arkline::runtime::BizLease> {
     let manifest = &ark.manifest;
     let id = format!("{} v{}", manifest.name, manifest.version);
     let prepared = runtime

@@ -4,8 +4,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use arkline::ark::container_archive::biz_path;
-use arkline::ark::{Ark, ContainerArchive, PublicKey, SecretKey, SignaturePolicy};
+use arkline::ark::{Ark, PublicKey, SecretKey, SignaturePolicy};
+use arkline::container::archive::ContainerArchive;
+use arkline::container::archive::biz_path;
 use clap::Args;
 
 use crate::shell::Shell;
@@ -241,7 +242,7 @@ fn plural(n: usize, suffix: &str) -> &str {
 /// what `ark.toml` says.
 fn verify_component(ark: &Ark) -> Vec<String> {
     let mut problems = Vec::new();
-    match arkline::ark::inspect_component(&ark.component) {
+    match arkline::runtime::inspect_component(&ark.component) {
         Ok(info) => {
             let described: Vec<&str> = info.steps.iter().map(|s| s.id.as_str()).collect();
             let listed: Vec<&str> = ark.manifest.steps.iter().map(|s| s.id.as_str()).collect();

@@ -25,8 +25,10 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use arkline::ark::StepCall;
-use arkline::ark::{Activation, Ark, BizLease, BizRegistry, Capabilities, Runtime, RuntimeConfig};
+use arkline::runtime::StepCall;
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
+use arkline::runtime::{Activation, BizLease, BizRegistry, Runtime, RuntimeConfig};
 use criterion::{Criterion, SamplingMode, criterion_group};
 use extism::convert::Json;
 use extism::{CompiledPlugin, Plugin, PluginBuilder};

@@ -10,11 +10,11 @@ use std::convert::Infallible;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use arkline::ark::container_archive::ContainerArchive;
-use arkline::ark::{BizInfo, BizState, Capabilities, UninstallMode};
+use arkline::container::archive::ContainerArchive;
+use arkline::engine::StoredLine;
 use arkline::model::{Pipeline, PipelineExecution, StepPhase};
-use arkline::pipeline::logs::StoredLine;
-use arkline::{Ark, Engine, TriggerRequest};
+use arkline::runtime::{BizInfo, BizState, UninstallMode};
+use arkline::{Engine, TriggerRequest};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::header::ACCEPT;
@@ -493,23 +493,6 @@ fn parse_version(version: &str) -> Result<semver::Version, ApiError> {
     })
 }
 
-fn grants_of(caps: &Capabilities) -> Vec<String> {
-    let mut out = Vec::new();
-    if !caps.process.is_empty() {
-        out.push(format!("process={}", caps.process.join(",")));
-    }
-    if !caps.http.is_empty() {
-        out.push(format!("http={}", caps.http.join(",")));
-    }
-    if caps.cache {
-        out.push("cache".to_owned());
-    }
-    if !caps.host_call.is_empty() {
-        out.push(format!("host-call={}", caps.host_call.join(",")));
-    }
-    out
-}
-
 impl From<BizInfo> for BizView {
     fn from(b: BizInfo) -> Self {
         let (state, broken) = match &b.state {
@@ -517,7 +500,7 @@ impl From<BizInfo> for BizView {
             s => (s.to_string(), None),
         };
         Self {
-            grants: grants_of(&b.capabilities),
+            grants: b.capabilities.to_grants(),
             name: b.name,
             version: b.version.to_string(),
             state,
@@ -737,24 +720,7 @@ async fn install_biz(
             }
         }
     }
-    arkline::pipeline::deployment::grants_of(&grants)
-        .map_err(|e| ApiError::bad_request(format!("bad grant: {e}")))?;
     let bytes = read_body(body, state.limits.max_upload, "--max-upload").await?;
-    let ark = Ark::from_bytes(&bytes).map_err(|e| {
-        ApiError::invalid_archive(format!(
-            "the .ark is refused: {e}; build it with `cargo ark package` and check it with `cargo ark verify`"
-        ))
-    })?;
-    if let Some(existing) = engine
-        .registry()
-        .get(&ark.manifest.name, &ark.manifest.version)
-        && existing.sha256 != ark.manifest.component.sha256
-    {
-        return Err(ApiError::conflict(format!(
-            "{}@{} is already installed in engine `{name}` with a different component: publish it as a new version",
-            ark.manifest.name, ark.manifest.version
-        )));
-    }
     let info = engine.deploy_biz(&bytes, &grants, activate).await?;
     Ok((StatusCode::CREATED, Json(info.into())))
 }
@@ -770,8 +736,7 @@ async fn switch_biz(
     let version = parse_version(&version)?;
     engine.switch(&biz, &version).await?;
     let info = engine
-        .registry()
-        .get(&biz, &version)
+        .biz(&biz, &version)
         .ok_or_else(|| ApiError::conflict(format!("{biz}@{version} was uninstalled meanwhile")))?;
     Ok(Json(info.into()))
 }
@@ -785,7 +750,7 @@ async fn uninstall_biz(
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let UninstallQuery { force } = query(q)?;
     let version = parse_version(&version)?;
-    if engine.registry().get(&biz, &version).is_none() {
+    if engine.biz(&biz, &version).is_none() {
         return Err(ApiError::not_found(format!(
             "{biz}@{version} is not installed in engine `{name}`: list its bizes with `GET /api/v1/engines/{name}/bizes`"
         )));

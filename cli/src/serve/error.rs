@@ -1,11 +1,11 @@
 //! The one error shape of the admin API: an HTTP status, a stable `code` scripts
 //! can match on, and a `message` that says what is wrong and what to do.
 
-use arkline::EngineError;
-use arkline::ark::{InstallError, LifecycleError};
+use arkline::TriggerError;
 use arkline::container::ContainerError;
-use arkline::pipeline::TriggerError;
+use arkline::runtime::{InstallError, LifecycleError};
 use arkline::store::StoreError;
+use arkline::{DeployError, EngineError};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -193,8 +193,29 @@ impl From<EngineError> for ApiError {
             EngineError::Install(e @ InstallError::Component { .. }) => {
                 ApiError::invalid_archive(e.to_string())
             }
-            EngineError::Deploy(message) => ApiError::invalid_archive(message),
+            EngineError::Deploy { error, .. } => error.into(),
             EngineError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// Each deploy failure has its status: the client's archive or grant (400), a
+/// version that clashes with what is installed (409), a fault of the server
+/// (500).
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Archive(_) => ApiError::invalid_archive(format!(
+                "the .ark is refused: {e}; build it with `cargo ark package` and check it with `cargo ark verify`"
+            )),
+            DeployError::Grant { .. } => ApiError::bad_request(format!("bad grant: {e}")),
+            DeployError::VersionClash { .. } => ApiError::conflict(e.to_string()),
+            DeployError::Install(InstallError::Lifecycle(e)) => e.into(),
+            DeployError::Install(e @ InstallError::Component { .. }) => {
+                ApiError::invalid_archive(e.to_string())
+            }
+            DeployError::Store(e) => e.into(),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -203,8 +224,16 @@ impl From<EngineError> for ApiError {
 impl From<ContainerError> for ApiError {
     fn from(e: ContainerError) -> Self {
         match e {
-            ContainerError::Deploy(message) => {
-                ApiError::invalid_archive(format!("cannot deploy the container archive: {message}"))
+            ContainerError::Compile { .. } | ContainerError::MissingBiz { .. } => {
+                ApiError::invalid_archive(e.to_string())
+            }
+            ContainerError::Engine { engine, source } => {
+                let inner = ApiError::from(*source);
+                let message = format!(
+                    "cannot deploy the container archive: engine `{engine}`: {}",
+                    inner.message
+                );
+                ApiError { message, ..inner }
             }
             ContainerError::EngineName(_) => ApiError::bad_request(e.to_string()),
             ContainerError::Store(e) => e.into(),

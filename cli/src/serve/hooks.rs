@@ -26,8 +26,8 @@ pub mod signature;
 
 use std::collections::BTreeMap;
 
+use arkline::TriggerError;
 use arkline::model::{Filter, Pipeline, TriggerKind};
-use arkline::pipeline::TriggerError;
 use arkline::{Engine, EngineError, TriggerRequest};
 use axum::Json;
 use axum::body::Body;

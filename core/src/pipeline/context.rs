@@ -79,7 +79,7 @@ pub(crate) struct EngineCore {
     /// The container's step-call slots, shared fairly with the other engines.
     pub(crate) pool: crate::pipeline::pool::WorkerPool,
     /// The container's uploaded archives, by digest.
-    pub(crate) arks: crate::pipeline::ArkStore,
+    pub(crate) arks: crate::pipeline::arks::ArkStore,
     /// Next run number per pipeline handed out by this process.
     pub(crate) run_counters: Mutex<HashMap<String, u64>>,
     /// The container's counters (step attempt durations are observed here).
