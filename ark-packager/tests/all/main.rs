@@ -1,0 +1,8 @@
+//! `cargo ark`'s integration tests: one module per area, all in one test binary
+//! so wasmtime is linked once rather than once per file (as in wasmtime's own
+//! `tests/all`). Run one area with `cargo test -p cargo-ark --test all <module>::`.
+
+mod cli;
+mod container;
+mod run;
+mod sign_verify;

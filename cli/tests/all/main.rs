@@ -1,0 +1,12 @@
+//! The `arkline` binary's integration tests: one module per command or area, all
+//! in one test binary so wasmtime is linked once rather than once per file (as in
+//! wasmtime's own `tests/all`). Run one area with
+//! `cargo test -p arkline-cli --test all <module>::`.
+
+mod ctl;
+mod hooks;
+mod metrics;
+mod run;
+mod serve;
+mod support;
+mod validate;

@@ -1,0 +1,226 @@
+//! `arkline validate` on pipeline files and container archives: the real binary,
+//! human and JSON output, exit codes.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::arkc::{self, TestEngine};
+
+fn arkline() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_arkline"))
+}
+
+const GOOD: &str = "\
+name: hello
+stages:
+  - name: greet
+    steps:
+      - name: say
+        uses: faults/upper
+        with: { text: hi }
+";
+
+// Line 5 has a misspelt field, line 8 a reference to a step that does not exist.
+const BAD: &str = "\
+name: hello
+stages:
+  - name: greet
+    steps:
+      - name: say
+        uses: faults/upper
+        tiemout: 10m
+        with: { text: \"${{ steps.nope.outputs.x }}\" }
+";
+
+#[test]
+fn pipeline_files_valid_and_invalid_in_human_and_json_output() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let good = tmp.path().join("good.yaml");
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(&good, GOOD).expect("write");
+    std::fs::write(&bad, BAD).expect("write");
+
+    let out = arkline().arg("validate").arg(&good).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("good.yaml: ok (pipeline `hello`)"),
+        "{stdout}"
+    );
+
+    let out = arkline()
+        .arg("validate")
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bad.yaml:7:9"), "line and column: {stdout}");
+    assert!(stdout.contains("tiemout"), "{stdout}");
+    assert!(
+        stdout.contains("did you mean `timeout`?"),
+        "the hint: {stdout}"
+    );
+    assert!(stdout.contains("nope"), "{stdout}");
+    assert!(stdout.contains("good.yaml: ok"), "{stdout}");
+    assert!(stdout.contains("1 of 2 file(s) invalid"), "{stdout}");
+
+    let out = arkline()
+        .args(["validate", "--json"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    assert!(all.len() >= 2, "{all:?}");
+    for d in &all {
+        for field in [
+            "file",
+            "line",
+            "column",
+            "end_line",
+            "end_column",
+            "severity",
+            "code",
+            "message",
+            "hint",
+            "text",
+        ] {
+            assert!(d.get(field).is_some(), "`{field}` missing in {d}");
+        }
+        assert_eq!(d["file"], bad.display().to_string());
+    }
+    let typo = all
+        .iter()
+        .find(|d| d["code"] == "unknown-field")
+        .unwrap_or_else(|| panic!("{all:?}"));
+    assert_eq!(
+        (typo["line"].as_u64(), typo["column"].as_u64()),
+        (Some(7), Some(9))
+    );
+    assert_eq!(
+        (typo["end_line"].as_u64(), typo["end_column"].as_u64()),
+        (Some(7), Some(16))
+    );
+    assert_eq!(typo["severity"], "error");
+    assert_eq!(typo["text"], "tiemout");
+    assert!(
+        typo["hint"].as_str().is_some_and(|h| h.contains("timeout")),
+        "{typo}"
+    );
+    let reference = all
+        .iter()
+        .find(|d| d["message"].as_str().is_some_and(|m| m.contains("nope")))
+        .unwrap_or_else(|| panic!("{all:?}"));
+    assert_eq!(reference["line"], 8);
+
+    // An unreadable file is an error of its own, not a crash.
+    let out = arkline()
+        .args(["validate", "--json"])
+        .arg(tmp.path().join("missing.yaml"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(all[0]["code"], "io");
+    assert_eq!(all[0]["line"], Value::Null);
+}
+
+#[test]
+fn container_archives_are_read_with_the_hardened_reader_and_checked_against_step_schemas() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let good = arkc::write(
+        tmp.path(),
+        "good.arkc",
+        &[TestEngine {
+            name: "team-a",
+            bizes: &[("faults", &[])],
+            quota: 1,
+            pipelines: &[("hello.yaml", GOOD)],
+        }],
+    );
+    let out = arkline().arg("validate").arg(&good).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "good.arkc: ok (container test 0.1.0: 1 engine(s), 1 pipeline(s), 1 biz(es))"
+        ),
+        "{stdout}"
+    );
+
+    // `upper` has no setting `txt`: only the step schema (from the biz) knows.
+    let wrong_config = GOOD.replace("text: hi", "txt: hi");
+    let bad = arkc::write_unchecked(
+        tmp.path(),
+        "bad.arkc",
+        &[TestEngine {
+            name: "team-a",
+            bizes: &[("faults", &[])],
+            quota: 1,
+            pipelines: &[("hello.yaml", &wrong_config)],
+        }],
+    );
+    let out = arkline()
+        .args(["validate", "--json"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let d = all
+        .iter()
+        .find(|d| {
+            d["code"] == "config-schema" && d["message"].as_str().is_some_and(|m| m.contains("txt"))
+        })
+        .unwrap_or_else(|| panic!("{all:?}"));
+    assert!(
+        all.iter().any(|d| d["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("required setting `text` is missing"))),
+        "every problem, not just the first: {all:?}"
+    );
+    assert_eq!(
+        d["file"],
+        format!("{}!/engines/team-a/pipelines/hello.yaml", bad.display())
+    );
+    assert_eq!(d["line"], 7, "{d}");
+    assert!(
+        d["message"].as_str().is_some_and(|m| m.contains("txt")),
+        "{d}"
+    );
+
+    let out = arkline().arg("validate").arg(&bad).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("has step configs that do not match their schemas"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("hello.yaml:7:"), "{stdout}");
+
+    // Damaged archives are reported, not crashed on.
+    let mut bytes = std::fs::read(&good).expect("read");
+    let at = bytes.len() / 2;
+    bytes.truncate(at);
+    let torn = tmp.path().join("torn.arkc");
+    std::fs::write(&torn, bytes).expect("write");
+    let out = arkline()
+        .args(["validate", "--json"])
+        .arg(&torn)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["code"], "archive");
+    assert!(
+        all[0]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("cargo ark container")),
+        "{all:?}"
+    );
+}
