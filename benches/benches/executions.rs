@@ -681,7 +681,7 @@ fn main() {
     // Baseline: bare dispatch on the engine's own runtime and lease.
     let (bare_one, bare_many) = rt.block_on(async {
         let setup = Setup::new(Backing::Memory, &runtime, &ark, 1).await;
-        let lease = Arc::new(setup.engine.registry().resolve("faults").expect("resolves"));
+        let lease = Arc::new(setup.engine.lease("faults").expect("resolves"));
         let one = bare_sequential(&lease, warm_up, measure).await;
         let many = bare_concurrent(lease.clone(), BARE_IN_FLIGHT, measure).await;
         drop(lease);

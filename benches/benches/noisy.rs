@@ -353,8 +353,8 @@ fn main() {
     let rows = rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let (container, quiet, noisy) = container(dir.path(), &runtime, &ark, deadline).await;
-        let quiet_lease = Arc::new(quiet.registry().resolve("faults").expect("resolves"));
-        let noisy_lease = Arc::new(noisy.registry().resolve("faults").expect("resolves"));
+        let quiet_lease = Arc::new(quiet.lease("faults").expect("resolves"));
+        let noisy_lease = Arc::new(noisy.lease("faults").expect("resolves"));
         let runtime_row = runtime_row(
             quiet_lease.clone(),
             noisy_lease.clone(),

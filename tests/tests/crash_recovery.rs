@@ -47,7 +47,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use arkline::ark::{Ark, Capabilities};
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::model::{ExecutionPhase, PipelineExecution, StepPhase, StepStatus};
 use arkline::store::{Api, LabelSelector, RedbStore, Store};
 use arkline::{Container, TriggerRequest};

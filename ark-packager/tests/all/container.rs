@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use arkline::ark::{Ark, ContainerArchive, write_deterministic_zip};
+use arkline::ark::{Ark, write_deterministic_zip};
+use arkline::container::archive::ContainerArchive;
 use assert_cmd::Command;
 use predicates::prelude::*;
 

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use arkline::ark::{Ark, Capabilities};
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::model::{ExecutionPhase, PipelineExecution, StepPhase, TriggerKind};
 use arkline::{Container, Engine};
 use arkline_cli::serve::hooks::signature::github_signature;

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use arkline::ark::{Ark, Capabilities};
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::model::ExecutionPhase;
 use arkline::{Container, TriggerRequest};
 use arkline_cli::serve::{AppState, router};

@@ -830,28 +830,9 @@ impl LogWriter {
     }
 
     #[cfg(test)]
-    /// Flushes and fsyncs the file, and once no writer of the log is open any more,
-    /// ends its followers. Closing twice does nothing; closing closes every clone.
-    pub fn close(&self) {
-        self.handle.close();
-    }
-
-    #[cfg(test)]
     /// Message bytes dropped at the cap since this process opened the log.
     pub fn dropped_bytes(&self) -> u64 {
         lock(&self.handle.live.state).dropped_bytes
-    }
-
-    #[cfg(test)]
-    /// The log written to.
-    pub fn key(&self) -> &LogKey {
-        &self.handle.live.key
-    }
-
-    #[cfg(test)]
-    /// The attempt this writer writes as.
-    pub fn attempt(&self) -> u32 {
-        self.handle.attempt
     }
 }
 

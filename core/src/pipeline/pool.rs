@@ -21,8 +21,6 @@ pub struct WorkerPool {
 
 #[derive(Debug)]
 struct State {
-    #[cfg(test)]
-    size: usize,
     free: usize,
     /// Engine → its waiting calls, oldest first.
     waiting: BTreeMap<String, VecDeque<oneshot::Sender<Slot>>>,
@@ -50,8 +48,6 @@ impl WorkerPool {
         let size = size.max(1);
         Self {
             inner: Arc::new(Mutex::new(State {
-                #[cfg(test)]
-                size,
                 free: size,
                 waiting: BTreeMap::new(),
                 turn: VecDeque::new(),
@@ -61,12 +57,6 @@ impl WorkerPool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    #[cfg(test)]
-    /// The number of slots.
-    pub fn size(&self) -> usize {
-        self.lock().size
     }
 
     #[cfg(test)]

@@ -470,12 +470,6 @@ impl Secrets {
         }
     }
 
-    #[cfg(test)]
-    /// The engine whose secrets these are.
-    pub fn engine(&self) -> &str {
-        &self.engine
-    }
-
     /// Sets secret `name` to the single value `value` (data key [`VALUE_KEY`]),
     /// creating the secret or replacing all of its keys.
     pub async fn set(&self, name: &str, value: &str) -> Result<(), SecretError> {

@@ -123,12 +123,6 @@ impl Workspaces {
         Workspaces { root: root.into() }
     }
 
-    #[cfg(test)]
-    /// The directory holding all workspaces.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Where the workspace of `execution` in `engine` lives: `root/<engine>/<execution>`.
     ///
     /// This only joins paths and does not check the names; [`Workspaces::create`]

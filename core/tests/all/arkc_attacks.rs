@@ -5,13 +5,15 @@
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
 
-use arkline::ark::container_archive::{biz_path, pipeline_path};
 use arkline::ark::{
-    ArchiveError, Ark, BizRef, BuildInfo, CONTAINER_FORMAT_VERSION, ComponentEntry,
-    ContainerArchive, ContainerArchiveError, ContainerManifest, EngineSpec, FORMAT_VERSION,
-    FileEntry, Manifest, ReadLimits, SecretKey, SharedBiz, SignatureStatus, StepEntry, sha256_hex,
-    write_ark, write_container, write_deterministic_zip,
+    ArchiveError, Ark, BuildInfo, ComponentEntry, FORMAT_VERSION, FileEntry, Manifest, ReadLimits,
+    SecretKey, SignatureStatus, StepEntry, sha256_hex, write_ark, write_deterministic_zip,
 };
+use arkline::container::archive::{
+    BizRef, CONTAINER_FORMAT_VERSION, ContainerArchive, ContainerArchiveError, ContainerManifest,
+    EngineSpec, SharedBiz, write_container,
+};
+use arkline::container::archive::{biz_path, pipeline_path};
 use arkline::model::PipelineSettingSpec;
 use proptest::prelude::*;
 use semver::{Version, VersionReq};

@@ -15,6 +15,7 @@ mod conformance;
 mod controller;
 mod diagnostics;
 mod examples;
+mod layers;
 mod properties;
 mod redb_store;
 mod resources;

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use arkline::ark::{
-    Activation, Ark, BizLease, BizRegistry, Capabilities, Runtime, RuntimeConfig, StepCall,
-    StepFailure,
-};
+use arkline::ark::Ark;
 use arkline::host::BlobCache;
+use arkline::host::Capabilities;
+use arkline::runtime::{
+    Activation, BizLease, BizRegistry, Runtime, RuntimeConfig, StepCall, StepFailure,
+};
 use serde_json::json;
 
 async fn engine(

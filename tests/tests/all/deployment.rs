@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use arkline::ark::{Ark, UninstallMode, write_ark};
+use arkline::ark::{Ark, write_ark};
 use arkline::model::{ExecutionPhase, PipelineExecution};
+use arkline::runtime::UninstallMode;
 use arkline::{Container, Engine, TriggerRequest};
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -204,7 +205,7 @@ async fn a_flood_in_one_engine_does_not_starve_another() {
     let dir = tempfile::tempdir().expect("tempdir");
     let container = Container::builder()
         .data_dir(dir.path())
-        .runtime_config(arkline::ark::RuntimeConfig::default().max_instances(2))
+        .runtime_config(arkline::runtime::RuntimeConfig::default().max_instances(2))
         .build()
         .expect("builds");
     let a = container.engine("team-a").await.expect("engine a");
@@ -324,7 +325,7 @@ async fn engines_are_restored_and_one_can_be_removed_without_disturbing_another(
 mod archive {
     use std::collections::BTreeMap;
 
-    use arkline::ark::container_archive::{
+    use arkline::container::archive::{
         BizRef, CONTAINER_FORMAT_VERSION, ContainerArchive, ContainerManifest, EngineSpec,
         pipeline_path, write_container,
     };

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arkline::ark::{Ark, Capabilities};
+use arkline::ark::Ark;
+use arkline::container::ManualClock;
+use arkline::host::Capabilities;
 use arkline::model::{
     ExecutionPhase, PipelineExecution, PipelineSettingSpec, StepPhase, StepStatus,
 };
-use arkline::pipeline::schedule::ManualClock;
 use arkline::{Container, Engine, TriggerRequest};
 use futures::StreamExt;
 
@@ -915,7 +916,7 @@ async fn a_burst_larger_than_the_instance_pool_waits_for_slots_instead_of_failin
     let dir = tempfile::tempdir().expect("tempdir");
     let container = Container::builder()
         .data_dir(dir.path())
-        .runtime_config(arkline::ark::RuntimeConfig::default().max_instances(3))
+        .runtime_config(arkline::runtime::RuntimeConfig::default().max_instances(3))
         .build()
         .expect("container builds");
     let engine = container.engine("team-a").await.expect("engine");

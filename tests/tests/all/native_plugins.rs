@@ -362,9 +362,9 @@ fn missing_files_and_files_that_are_no_library_are_refused() {
 async fn a_guest_host_call_is_dispatched_to_the_native_handler_when_granted() {
     use std::sync::Arc;
 
-    use arkline::ark::{
-        Activation, Ark, BizRegistry, Capabilities, Runtime, RuntimeConfig, StepCall,
-    };
+    use arkline::ark::Ark;
+    use arkline::host::Capabilities;
+    use arkline::runtime::{Activation, BizRegistry, Runtime, RuntimeConfig, StepCall};
 
     let ark = Arc::new(Ark::open(arkline_testkit::plugin("faults")).expect("faults archive"));
     let runtime = Runtime::new(RuntimeConfig::default().max_instances(8)).expect("runtime");

@@ -12,9 +12,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arkline::ark::{Ark, Capabilities};
+use arkline::ExecOptions;
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::model::{ExecutionPhase, PipelineExecution};
-use arkline::pipeline::ExecOptions;
 use arkline::{Container, TriggerRequest};
 
 const LIMIT: Duration = Duration::from_secs(180);

@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arkline::ark::{
-    Activation, Ark, BizLease, BizRegistry, CancelToken, Capabilities, Runtime, RuntimeConfig,
-    StepCall, StepFailure, StepFault,
-};
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
 use arkline::host::LogSource;
+use arkline::runtime::{
+    Activation, BizLease, BizRegistry, CancelToken, Runtime, RuntimeConfig, StepCall, StepFailure,
+    StepFault,
+};
 use serde_json::json;
 
 async fn shell(grant: &[&str]) -> (BizRegistry, BizLease) {

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arkline::ark::{
-    Activation, Ark, BizRegistry, BizState, CacheOutcome, CancelToken, Capabilities,
-    LifecycleError, LifecycleEvent, Runtime, RuntimeConfig, StepCall, StepFailure, StepFault,
-    UninstallMode, write_ark,
-};
+use arkline::ark::{Ark, write_ark};
+use arkline::host::Capabilities;
 use arkline::host::LogSource;
+use arkline::runtime::{
+    Activation, BizRegistry, BizState, CacheOutcome, CancelToken, LifecycleError, LifecycleEvent,
+    Runtime, RuntimeConfig, StepCall, StepFailure, StepFault, UninstallMode,
+};
 use semver::Version;
 use serde_json::json;
 
@@ -126,7 +127,7 @@ async fn the_context_reaches_the_guest_and_the_workspace_is_its_only_directory()
     let workspace = tempfile::tempdir().expect("tempdir");
     let call = StepCall::new("context", json!({}))
         .workspace(workspace.path())
-        .context(arkline::ark::CallContext {
+        .context(arkline::runtime::CallContext {
             pipeline: "build".into(),
             run: 7,
             stage: "test".into(),

@@ -1,6 +1,7 @@
 //! The first-party `shell` plugin, packaged through arkline-testkit.
 
-use arkline::ark::{Ark, inspect_component};
+use arkline::ark::Ark;
+use arkline::runtime::inspect_component;
 
 #[test]
 fn shell_plugin_packages_with_its_step_schema_and_capabilities() {

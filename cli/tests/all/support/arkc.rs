@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use arkline::ark::container_archive::{biz_path, pipeline_path};
-use arkline::ark::{
+use arkline::ark::{FileEntry, sha256_hex, write_deterministic_zip};
+use arkline::container::archive::{
     BizRef, CONTAINER_FORMAT_VERSION, CONTAINER_MANIFEST_PATH, ContainerManifest, EngineSpec,
-    FileEntry, sha256_hex, write_container, write_deterministic_zip,
+    write_container,
 };
+use arkline::container::archive::{biz_path, pipeline_path};
 use arkline::model::PipelineSettingSpec;
 use semver::Version;
 

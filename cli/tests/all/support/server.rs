@@ -10,10 +10,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use arkline::ark::container_archive::pipeline_path;
-use arkline::ark::{
-    Ark, BizRef, CONTAINER_FORMAT_VERSION, ContainerManifest, EngineSpec, write_ark,
-    write_container,
+use arkline::ark::{Ark, write_ark};
+use arkline::container::archive::pipeline_path;
+use arkline::container::archive::{
+    BizRef, CONTAINER_FORMAT_VERSION, ContainerManifest, EngineSpec, write_container,
 };
 use arkline::model::PipelineSettingSpec;
 
