@@ -7,7 +7,7 @@
 //! let container = Container::builder().data_dir("/var/lib/arkline").build()?;
 //! let engine = container.engine("team-a").await?;
 //! engine
-//!     .install(arkline::Ark::open("shell-0.1.0.ark")?, &arkline::ark::parse_grant("process=sh")?)
+//!     .install(arkline::Ark::open("shell-0.1.0.ark")?, &arkline::host::parse_grant("process=sh")?)
 //!     .await?;
 //! engine
 //!     .apply_pipeline_yaml(
