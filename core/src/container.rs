@@ -192,7 +192,7 @@ impl ContainerBuilder {
     }
 
     /// The clock schedules and timestamps use (tests pass a
-    /// [`ManualClock`](crate::pipeline::schedule::ManualClock)).
+    /// [`ManualClock`]).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

@@ -56,7 +56,7 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use arkline::ark::ContainerArchive;
+//! use arkline::container::archive::ContainerArchive;
 //!
 //! let arkc = ContainerArchive::open("target/ark/ci-1.0.0.arkc")?;
 //! for engine in &arkc.manifest.engines {

@@ -12,33 +12,7 @@
 //! finishes. The memory backend ([`LogStore::in_memory`]) behaves the same without
 //! files.
 //!
-//! ```
-//! use arkline::host::step_log::{LogLevel, LogLine, LogSource};
-//! use arkline::pipeline::logs::{LogKey, LogStore};
-//! use futures::StreamExt;
-//!
-//! # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-//! # rt.block_on(async {
-//! let store = LogStore::in_memory();
-//! let key = LogKey::new("main", "build-42", "compile")?;
-//! let writer = store.writer(&key, 1, 1 << 20, None)?;
-//! let follow = store.follow(&key);
-//!
-//! writer.note("attempt 1 of 3 started");
-//! writer.write(&LogLine {
-//!     time: std::time::SystemTime::now(),
-//!     level: LogLevel::Info,
-//!     source: LogSource::Stdout,
-//!     message: "compiling".into(),
-//!     fields: vec![],
-//! });
-//! writer.finish();
-//!
-//! let lines: Vec<String> = follow.map(|line| line.unwrap().message).collect().await;
-//! assert_eq!(lines, ["attempt 1 of 3 started", "compiling"]);
-//! # Ok::<(), arkline::pipeline::logs::LogError>(())
-//! # }).unwrap();
-//! ```
+//! (The module's tests begin with a worked example: `example::log_store`.)
 //!
 //! Invariants:
 //! - Within one step log, `seq` starts at 0 and increases by one per stored line.
@@ -1643,5 +1617,41 @@ mod tests {
     #[test]
     fn a_key_displays_as_a_path() {
         assert_eq!(key("build").to_string(), "eng/exec-1/build");
+    }
+}
+
+/// The module's example, kept as a test (the module is private to the crate).
+#[cfg(test)]
+mod example {
+    #[test]
+    fn log_store() {
+        use crate::host::step_log::{LogLevel, LogLine, LogSource};
+        use crate::pipeline::logs::{LogKey, LogStore};
+        use futures::StreamExt;
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = LogStore::in_memory();
+            let key = LogKey::new("main", "build-42", "compile")?;
+            let writer = store.writer(&key, 1, 1 << 20, None)?;
+            let follow = store.follow(&key);
+
+            writer.note("attempt 1 of 3 started");
+            writer.write(&LogLine {
+                time: std::time::SystemTime::now(),
+                level: LogLevel::Info,
+                source: LogSource::Stdout,
+                message: "compiling".into(),
+                fields: vec![],
+            });
+            writer.finish();
+
+            let lines: Vec<String> = follow.map(|line| line.unwrap().message).collect().await;
+            assert_eq!(lines, ["attempt 1 of 3 started", "compiling"]);
+            Ok::<(), crate::pipeline::logs::LogError>(())
+        })
+        .unwrap();
     }
 }

@@ -8,30 +8,7 @@
 //!   ciphertext copied to another secret or engine does not decrypt.
 //! - [`Masker`] replaces secret values with `***` in text and JSON.
 //!
-//! ```
-//! use std::collections::BTreeSet;
-//! use std::sync::Arc;
-//! use arkline::pipeline::secrets::{Masker, SecretKey, Secrets};
-//! use arkline::store::{MemoryStore, Store};
-//!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let dir = tempfile::tempdir()?;
-//! let key = SecretKey::load_or_create(&dir.path().join("secret.key"))?;
-//! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-//! let secrets = Secrets::new(store, "ci", Arc::new(key));
-//! secrets.set("registry_token", "hunter2").await?;
-//!
-//! // What one step is given: exactly the secrets it references.
-//! let wanted = BTreeSet::from(["registry_token".to_string()]);
-//! let values = secrets.resolve(&wanted).await?;
-//! assert_eq!(values["registry_token"].as_str(), "hunter2");
-//!
-//! // And its log lines are masked with those values.
-//! let masker = Masker::new(values.values());
-//! assert_eq!(masker.mask("login with hunter2"), "login with ***");
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! # }).unwrap();
-//! ```
+//! (The module's tests begin with a worked example: `example::secrets_and_masker`.)
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,7 +122,7 @@ pub enum SecretError {
     )]
     InvalidName(String),
 
-    /// The data given to [`Secrets::set_data`] cannot be stored.
+    /// The data given to `Secrets::set_data` cannot be stored.
     #[error("invalid data for secret `{name}`: {problem}")]
     InvalidData {
         /// The secret.
@@ -1546,5 +1523,40 @@ mod tests {
                 prop_assert!(!masked.contains(value.as_str()), "{value:?} in {masked:?}");
             }
         }
+    }
+}
+
+/// The module's example, kept as a test (the module is private to the crate).
+#[cfg(test)]
+mod example {
+    #[test]
+    fn secrets_and_masker() {
+        use crate::pipeline::secrets::{Masker, SecretKey, Secrets};
+        use crate::store::{MemoryStore, Store};
+        use std::collections::BTreeSet;
+        use std::sync::Arc;
+
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let dir = tempfile::tempdir()?;
+                let key = SecretKey::load_or_create(&dir.path().join("secret.key"))?;
+                let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+                let secrets = Secrets::new(store, "ci", Arc::new(key));
+                secrets.set("registry_token", "hunter2").await?;
+
+                // What one step is given: exactly the secrets it references.
+                let wanted = BTreeSet::from(["registry_token".to_string()]);
+                let values = secrets.resolve(&wanted).await?;
+                assert_eq!(values["registry_token"].as_str(), "hunter2");
+
+                // And its log lines are masked with those values.
+                let masker = Masker::new(values.values());
+                assert_eq!(masker.mask("login with hunter2"), "login with ***");
+                Ok::<(), Box<dyn std::error::Error>>(())
+            })
+            .unwrap();
     }
 }

@@ -7,26 +7,7 @@
 //! directories saved after the step succeeds ([`pack`]) and restored before it runs
 //! ([`unpack`]) through a blob store this module does not know about.
 //!
-//! ```
-//! use arkline::pipeline::workspace::{pack, unpack, Workspaces};
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let root = tempfile::tempdir()?;
-//! let workspaces = Workspaces::new(root.path());
-//! let first = workspaces.create("default", "build-1")?;
-//! std::fs::create_dir_all(first.join("target/debug"))?;
-//! std::fs::write(first.join("target/debug/app"), b"binary")?;
-//!
-//! let paths = ["target".to_string(), "node_modules".to_string()];
-//! let packed = pack(&first, &paths, 1 << 30)?;
-//! assert_eq!(packed.files, 1);
-//! assert_eq!(packed.skipped.len(), 1, "no node_modules yet: skipped, not an error");
-//!
-//! let second = workspaces.create("default", "build-2")?;
-//! let restored = unpack(&second, &packed.bytes, 1 << 30)?;
-//! assert_eq!(restored.content_bytes, 6);
-//! assert_eq!(std::fs::read(second.join("target/debug/app"))?, b"binary");
-//! # Ok(()) }
-//! ```
+//! (The module's tests begin with a worked example: `example::pack_and_unpack`.)
 //!
 //! # Invariants
 //!
@@ -1278,5 +1259,37 @@ mod tests {
             Path::new("x")
         );
         assert_eq!(fs::read(ws.join("target/untouched")).unwrap(), b"kept");
+    }
+}
+
+/// The module's example, kept as a test (the module is private to the crate).
+#[cfg(test)]
+mod example {
+    #[test]
+    fn pack_and_unpack() {
+        use crate::pipeline::workspace::{Workspaces, pack, unpack};
+        fn main() -> Result<(), Box<dyn std::error::Error>> {
+            let root = tempfile::tempdir()?;
+            let workspaces = Workspaces::new(root.path());
+            let first = workspaces.create("default", "build-1")?;
+            std::fs::create_dir_all(first.join("target/debug"))?;
+            std::fs::write(first.join("target/debug/app"), b"binary")?;
+
+            let paths = ["target".to_string(), "node_modules".to_string()];
+            let packed = pack(&first, &paths, 1 << 30)?;
+            assert_eq!(packed.files, 1);
+            assert_eq!(
+                packed.skipped.len(),
+                1,
+                "no node_modules yet: skipped, not an error"
+            );
+
+            let second = workspaces.create("default", "build-2")?;
+            let restored = unpack(&second, &packed.bytes, 1 << 30)?;
+            assert_eq!(restored.content_bytes, 6);
+            assert_eq!(std::fs::read(second.join("target/debug/app"))?, b"binary");
+            Ok(())
+        }
+        main().expect("example runs");
     }
 }
