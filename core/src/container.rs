@@ -218,6 +218,14 @@ impl ContainerBuilder {
 
     /// Opens the store and starts the runtime. Must be called inside a tokio
     /// runtime (engines spawn their controllers on it).
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::NoStore`] without a data dir or store; [`ContainerError::DataDir`]
+    /// when the data dir is unusable; [`ContainerError::Store`] when the store does not
+    /// open (a newer schema, a corrupt file); [`ContainerError::Runtime`] when the
+    /// isolation runtime does not start; [`ContainerError::Secret`] when the node key is
+    /// unusable.
     pub fn build(self) -> Result<Container, ContainerError> {
         let (data_dir, temp) = match &self.data_dir {
             Some(d) => {
@@ -395,6 +403,11 @@ impl Container {
 
     /// The engine named `name`, started on first use: its controllers run until
     /// [`Container::shutdown`]. Executions it was running before a restart resume.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::EngineName`] for a name that is not a valid engine name;
+    /// [`ContainerError::Store`] when the engine cannot be recorded or started.
     pub async fn engine(&self, name: &str) -> Result<Engine, ContainerError> {
         if !valid_engine_name(name) {
             return Err(ContainerError::EngineName(name.to_owned()));
@@ -483,6 +496,10 @@ impl Container {
     /// Starts every engine of the deployment (those created with
     /// [`Container::engine`] and not removed), as after a restart: their bizes
     /// are installed again and their unfinished executions resume.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::Store`] when the recorded engines cannot be read or started.
     pub async fn restore(&self) -> Result<Vec<Engine>, ContainerError> {
         let (records, _) = crate::store::Api::<EngineRecord>::new(self.inner.store.clone())
             .list(Some(""), crate::store::LabelSelector::default())
@@ -498,6 +515,10 @@ impl Container {
     /// interrupted, its bizes uninstalled (forced), and its pipelines,
     /// executions, settings, secrets, logs, workspaces and cache deleted. Other
     /// engines are not disturbed. `false` when there was no such engine.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::Store`] when the engine's objects cannot be deleted.
     pub async fn remove_engine(&self, name: &str) -> Result<bool, ContainerError> {
         let _starting = self.inner.starting.lock().await;
         let running = self
@@ -575,6 +596,14 @@ impl Container {
     /// name bizes the engine has). Before anything changes, every biz is also
     /// compiled (or found in the compiled cache): a bad archive changes nothing.
     /// Deploying the same archive again converges to the same state.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::Compile`] when a biz does not compile (nothing changed);
+    /// [`ContainerError::MissingBiz`] when the archive lacks a biz an engine names;
+    /// [`ContainerError::Engine`] when applying an engine's settings, bizes or pipelines
+    /// fails (the engines before it are deployed); [`ContainerError::EngineName`] or
+    /// [`ContainerError::Store`] as for [`Container::engine`].
     pub async fn deploy_archive(
         &self,
         archive: &crate::container::archive::ContainerArchive,

@@ -118,6 +118,10 @@ impl Engine {
     // ---- settings and pipelines ----
 
     /// Replaces the engine's settings.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the settings cannot be written.
     pub async fn apply_settings(&self, spec: PipelineSettingSpec) -> Result<(), EngineError> {
         let api = Api::<PipelineSetting>::new(self.core.store.clone());
         loop {
@@ -143,12 +147,21 @@ impl Engine {
     }
 
     /// The engine's settings (defaults when none were applied).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read.
     pub async fn settings(&self) -> Result<PipelineSettingSpec, EngineError> {
         Ok(self.core.settings().await?)
     }
 
     /// Creates the pipeline, or replaces the spec of the one with its name. The
     /// engine name in its metadata is ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Invalid`] with every diagnostic when the pipeline does not validate;
+    /// [`EngineError::Store`] when it cannot be written.
     pub async fn apply_pipeline(&self, pipeline: &Pipeline) -> Result<Pipeline, EngineError> {
         let api = Api::<Pipeline>::new(self.core.store.clone());
         let name = &pipeline.metadata.name;
@@ -177,6 +190,11 @@ impl Engine {
     }
 
     /// Parses, validates and applies a pipeline file.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Invalid`] with every diagnostic (file, line, column, hint) when the
+    /// YAML does not parse or validate; [`EngineError::Store`] when it cannot be written.
     pub async fn apply_pipeline_yaml(
         &self,
         file_name: &str,
@@ -188,6 +206,10 @@ impl Engine {
     }
 
     /// A pipeline with its status.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read.
     pub async fn pipeline(&self, name: &str) -> Result<Option<Pipeline>, EngineError> {
         Ok(Api::<Pipeline>::new(self.core.store.clone())
             .get(&self.core.name, name)
@@ -195,6 +217,10 @@ impl Engine {
     }
 
     /// Every pipeline of the engine.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read.
     pub async fn pipelines(&self) -> Result<Vec<Pipeline>, EngineError> {
         Ok(Api::<Pipeline>::new(self.core.store.clone())
             .list(Some(&self.core.name), LabelSelector::default())
@@ -203,6 +229,11 @@ impl Engine {
     }
 
     /// Deletes a pipeline (its executions are kept until retention removes them).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`] when there is no such pipeline; [`EngineError::Store`]
+    /// when the store fails.
     pub async fn delete_pipeline(&self, name: &str) -> Result<(), EngineError> {
         match Api::<Pipeline>::new(self.core.store.clone())
             .delete(&self.core.name, name, &DeleteOptions::default())
@@ -219,11 +250,21 @@ impl Engine {
     /// Installs a biz in this process only, with the capabilities this engine
     /// grants it; the first version of a name is activated. Not kept across
     /// restarts: use [`Engine::deploy_biz`] for that.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Install`] when the component does not compile or link, or the
+    /// registry refuses it (the same version installed with another component).
     pub async fn install(&self, ark: Ark, grants: &Capabilities) -> Result<BizInfo, EngineError> {
         self.install_with(ark, grants, Activation::IfNone).await
     }
 
     /// Installs a biz, choosing whether it becomes the activated version.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Install`] when the component does not compile or link, or the
+    /// registry refuses it.
     pub async fn install_with(
         &self,
         ark: Ark,
@@ -244,6 +285,13 @@ impl Engine {
     /// it again. `activate` makes it the version new executions resolve to (the
     /// first version of a name is activated anyway). Nothing is recorded when
     /// installing fails.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Deploy`] naming the engine, with a [`DeployError`] callers can match:
+    /// the archive or a grant is bad, the version clashes with an installed one, the
+    /// archive could not be kept, the install failed, or the store failed. Nothing is
+    /// recorded when it fails.
     pub async fn deploy_biz(
         &self,
         bytes: &[u8],
@@ -260,6 +308,12 @@ impl Engine {
 
     /// Makes `name@version` the version new executions resolve to (recorded in
     /// the engine's `BizDeployment` when the biz was deployed).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Lifecycle`] when `name@version` is not installed or cannot be
+    /// activated (draining, broken); [`EngineError::Store`] when the desired state cannot
+    /// be written.
     pub async fn switch(&self, name: &str, version: &semver::Version) -> Result<(), EngineError> {
         // Under the deployment lock: the reconciler sees both changes or neither.
         let _changing = self.core.deploy_lock.lock().await;
@@ -279,6 +333,11 @@ impl Engine {
     /// Uninstalls `name@version` (waiting for the executions holding it, or
     /// cancelling their calls with [`UninstallMode::Force`]) and removes it from
     /// the engine's `BizDeployment`.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Lifecycle`] when `name@version` is not installed;
+    /// [`EngineError::Store`] when the desired state cannot be written.
     pub async fn uninstall(
         &self,
         name: &str,
@@ -312,11 +371,19 @@ impl Engine {
     // ---- secrets ----
 
     /// Creates or replaces a secret (stored encrypted; referenced as `secrets.<name>`).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Secret`] when the value cannot be encrypted or stored.
     pub async fn set_secret(&self, name: &str, value: &str) -> Result<(), EngineError> {
         Ok(self.core.secrets.set(name, value).await?)
     }
 
     /// Deletes a secret; `false` when it did not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Secret`] when the store fails.
     pub async fn delete_secret(&self, name: &str) -> Result<bool, EngineError> {
         Ok(self.core.secrets.delete(name).await?)
     }
@@ -329,6 +396,11 @@ impl Engine {
     /// secret. Never log it, return it to a client, or keep it longer than the
     /// check: the value is zeroed when the returned guard is dropped. Steps get
     /// secrets through `${{ secrets.<name> }}` instead, with masking.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Secret`] when the secret cannot be read or decrypted (another node
+    /// key).
     pub async fn secret_value(
         &self,
         name: &str,
@@ -337,6 +409,10 @@ impl Engine {
     }
 
     /// The names of the engine's secrets (never their values).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Secret`] when the store fails.
     pub async fn secret_names(&self) -> Result<Vec<String>, EngineError> {
         Ok(self.core.secrets.names().await?)
     }
@@ -345,6 +421,11 @@ impl Engine {
 
     /// Starts an execution of `pipeline`. It is `Queued` until the engine's
     /// quota admits it; await it with [`Engine::wait`].
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Trigger`]: no such pipeline, params that do not match its
+    /// declarations, or the store failed.
     pub async fn trigger(
         &self,
         pipeline: &str,
@@ -355,6 +436,11 @@ impl Engine {
 
     /// Starts a new execution with the same params, event, branch and commit as
     /// `execution`, on the pipeline's current spec.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`] when there is no such execution; [`EngineError::Trigger`]
+    /// as for [`Engine::trigger`].
     pub async fn rerun(&self, execution: &str) -> Result<PipelineExecution, EngineError> {
         let old = self
             .execution(execution)
@@ -374,6 +460,10 @@ impl Engine {
     }
 
     /// One execution.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read.
     pub async fn execution(&self, name: &str) -> Result<Option<PipelineExecution>, EngineError> {
         Ok(Api::<PipelineExecution>::new(self.core.store.clone())
             .get(&self.core.name, name)
@@ -381,6 +471,10 @@ impl Engine {
     }
 
     /// The executions of one pipeline, or of every pipeline, newest run first.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read.
     pub async fn executions(
         &self,
         pipeline: Option<&str>,
@@ -401,6 +495,11 @@ impl Engine {
 
     /// Requests an abort: running steps are interrupted, `finally` runs, the phase
     /// becomes `Aborted`. A finished execution is left as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`] when there is no such execution; [`EngineError::Store`]
+    /// when the abort cannot be written.
     pub async fn abort(&self, execution: &str) -> Result<PipelineExecution, EngineError> {
         let api = Api::<PipelineExecution>::new(self.core.store.clone());
         loop {
@@ -422,6 +521,11 @@ impl Engine {
 
     /// The successive states of an execution, from now until it finishes (the
     /// current state first). Ends after the finished state.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`] when there is no such execution; [`EngineError::Store`]
+    /// when the watch cannot start. Items of the stream are store errors.
     pub async fn watch_execution(&self, execution: &str) -> Result<ExecutionStream, EngineError> {
         let api = Api::<PipelineExecution>::new(self.core.store.clone());
         let (engine, name) = (self.core.name.clone(), execution.to_owned());
@@ -459,6 +563,11 @@ impl Engine {
     }
 
     /// Waits until the execution finishes and returns its final state.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`] when there is no such execution; [`EngineError::Store`]
+    /// when the store fails.
     pub async fn wait(&self, execution: &str) -> Result<PipelineExecution, EngineError> {
         let mut stream = self.watch_execution(execution).await?;
         let mut last = None;
@@ -476,6 +585,10 @@ impl Engine {
     }
 
     /// The log of one step so far (every attempt).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Log`] when the log cannot be read.
     pub async fn logs(&self, execution: &str, step: &str) -> Result<Vec<StoredLine>, EngineError> {
         Ok(self.core.logs.read(&self.log_key(execution, step)).await?)
     }

@@ -223,6 +223,7 @@ impl RuntimeConfig {
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
     /// wasmtime rejected the configuration.
     #[error("cannot create the WebAssembly engine: {0}")]

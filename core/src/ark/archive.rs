@@ -13,6 +13,7 @@ use super::manifest::{
 
 /// Why an archive could not be written or read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ArchiveError {
     /// The file could not be read or written.
     #[error("cannot read or write {path}: {source}")]

@@ -104,6 +104,7 @@ pub struct FileEntry {
 
 /// Why a manifest is not acceptable.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// Not TOML, or fields of the wrong shape.
     #[error("ark.toml is not a valid manifest: {0}")]

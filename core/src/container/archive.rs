@@ -224,6 +224,7 @@ impl BizRef {
 
 /// Why a container archive could not be written or read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ContainerArchiveError {
     /// The file could not be read or written.
     #[error("cannot read or write {path}: {source}")]

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 /// Why a cache operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CacheError {
     /// A key or value outside the limits.
     #[error("{0}")]

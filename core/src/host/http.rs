@@ -73,6 +73,7 @@ const METADATA_NAMES: &[&str] = &[
 
 /// Why an `http` call failed; mirrors the WIT `host-error` variants.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HttpError {
     /// The target is outside the grant: host, address or redirect hop.
     #[error("denied: {0}")]

@@ -188,6 +188,7 @@ pub struct ProcessOutput {
 
 /// Why a program could not be run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProcessError {
     /// A bad request (a path outside the workspace, no workspace).
     #[error("{0}")]

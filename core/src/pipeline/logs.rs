@@ -63,6 +63,7 @@ const TRUNCATION_PREFIX: &str = "[log truncated: the step's log passed its cap o
 
 /// Why a step log could not be opened, read or removed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LogError {
     /// A part of a log key is not a single, safe path component.
     #[error(

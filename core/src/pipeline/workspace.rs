@@ -35,6 +35,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// What went wrong with a workspace or a cache archive.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkspaceError {
     /// An engine or execution name cannot be used as a directory name.
     #[error(

@@ -19,6 +19,7 @@ const DESCRIBE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why a component is not a usable step plugin.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ComponentError {
     /// Not WebAssembly at all.
     #[error("not a WebAssembly binary (no `\\0asm` header)")]

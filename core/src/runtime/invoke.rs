@@ -209,6 +209,7 @@ impl StepFailure {
 /// A fault: the guest was stopped, and its store dropped. The host and every other
 /// biz carry on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StepFault {
     /// The guest trapped (a panic, an out-of-bounds access, `unreachable`).
     #[error("the step trapped: {message}")]

@@ -96,6 +96,7 @@ pub enum UninstallMode {
 
 /// A lifecycle operation that cannot be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LifecycleError {
     /// Not installed in this engine.
     #[error(
@@ -167,6 +168,7 @@ fn versions_hint(installed: &[(Version, BizState)]) -> String {
 
 /// Why an install failed. Nothing is registered when it does.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InstallError {
     /// The component is unusable.
     #[error("cannot install biz `{biz}`: {source}")]
