@@ -153,7 +153,7 @@ impl Config {
     }
 
     /// The delay after `failures` failures in a row (`failures >= 1`).
-    fn delay(&self, failures: u32) -> Duration {
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
         let shift = failures.saturating_sub(1).min(31);
         self.backoff_base
             .checked_mul(1u32 << shift)
@@ -267,7 +267,8 @@ pub async fn await_condition<R: Resource>(
     }
 }
 
-/// Converts a stored object to `R`, naming it in the error.
+/// Converts a stored object to `R`, naming it in the error
+/// ([`StoreError::Conversion`]).
 pub(crate) fn convert<R: Resource>(obj: DynamicObject) -> Result<R, StoreError> {
     let name = obj.metadata.name.clone();
     R::from_dynamic(obj).map_err(|source| StoreError::Conversion {
