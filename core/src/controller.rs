@@ -128,6 +128,9 @@ impl Default for ControllerConfig {
 /// mappers and filters convert it inside).
 type KeyMapper = Arc<dyn Fn(DynamicObject) -> Vec<ObjectRef> + Send + Sync>;
 
+/// A predicate on primary objects (see [`Controller::filter`]).
+type Filter<R> = Arc<dyn Fn(&R) -> bool + Send + Sync>;
+
 /// One watched kind.
 struct Source {
     kind: &'static str,
@@ -143,7 +146,7 @@ pub struct Controller<R> {
     store: Arc<dyn Store>,
     engine: Option<String>,
     related: Vec<Source>,
-    filter: Option<Arc<dyn Fn(&R) -> bool + Send + Sync>>,
+    filter: Option<Filter<R>>,
     config: ControllerConfig,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     triggers: Vec<Pin<Box<dyn Stream<Item = ObjectRef> + Send>>>,
