@@ -3,7 +3,7 @@
 //!
 //! A [`Controller<R>`](Controller) follows the objects of the typed resource `R`
 //! (and, through mapper functions, related kinds) with
-//! [watchers](crate::store::watcher), turns every event into the keys of `R`
+//! [watchers](mod@crate::store::watcher), turns every event into the keys of `R`
 //! objects to reconcile, and runs the reconciler through a [`WorkQueue`]: keys
 //! are deduplicated, a key never runs twice at once, failures back off
 //! exponentially per key, and at most `concurrency` reconciles run together.

@@ -8,7 +8,7 @@
 //!
 //! Backends: [`MemoryStore`] (tests, ephemeral engines) and [`RedbStore`], the
 //! embedded default (one file, group commit). All are used through
-//! `Arc<dyn Store>`; [`Api`] adds typed access for any [`Resource`](crate::model::Resource).
+//! `Arc<dyn Store>`; [`Api`] adds typed access for any [`Resource`].
 //! Over both, [`watcher`](watcher()) is the one list/watch/relist loop every
 //! controller, admission queue and wait is built on.
 //!

@@ -1,7 +1,7 @@
 //! Admission: the engine's `executor_quota` and its FIFO queue.
 //!
 //! One task per engine follows the engine's executions and settings through
-//! [watchers](crate::store::watcher), **in revision order**, and keeps the queue of `Queued`
+//! [watchers](mod@crate::store::watcher), **in revision order**, and keeps the queue of `Queued`
 //! executions in creation order and the set of admitted ones (`Pending` or
 //! `Running`). Whenever there is room it admits the head of the queue: it picks a
 //! node (cache affinity) and writes `Pending` with the `Admitted` condition. The
