@@ -1,41 +1,55 @@
 //! The controller runtime: level-triggered reconcile loops driven by store watches
 //! (kube-rs `Controller` / controller-runtime semantics).
 //!
-//! A [`Controller`] watches a primary kind (and, through mapper functions, related
-//! kinds), turns every event into the keys of primary objects to reconcile, and
-//! runs the reconciler through a [`WorkQueue`]: keys are deduplicated, a key never
-//! runs twice at once, failures back off exponentially per key, and at most
-//! `concurrency` reconciles run together. After a watch answers `Gone` the kind is
-//! listed again and every object re-queued (a resync).
+//! A [`Controller<R>`](Controller) follows the objects of the typed resource `R`
+//! (and, through mapper functions, related kinds) with
+//! [watchers](mod@crate::store::watcher), turns every event into the keys of `R`
+//! objects to reconcile, and runs the reconciler through a [`WorkQueue`]: keys
+//! are deduplicated, a key never runs twice at once, failures back off
+//! exponentially per key, and at most `concurrency` reconciles run together.
+//! When a watcher lists again (after `Gone` or a store error) its objects are
+//! re-queued; when a related kind's watcher lists again, every `R` object is
+//! re-queued (a resync: changes missed in the gap may concern any of them).
+//!
+//! [`Controller::run`] returns a stream of outcomes, one per finished reconcile;
+//! the loop runs while the stream is polled, so drive it even if the outcomes do
+//! not matter (`.for_each(|_| async {})`).
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
+//! use futures::StreamExt;
 //! use arkline::controller::{Action, Controller};
-//! use arkline::model::DynamicObject;
+//! use arkline::model::{Pipeline, PipelineExecution};
 //! use arkline::store::{MemoryStore, Store};
 //!
 //! #[derive(Debug, thiserror::Error)]
 //! #[error("reconcile failed")]
 //! struct Error;
 //!
-//! async fn reconcile(obj: Arc<DynamicObject>, _ctx: Arc<()>) -> Result<Action, Error> {
-//!     // Look at obj.spec, write obj.status …
-//!     let _ = obj;
+//! async fn reconcile(pipeline: Arc<Pipeline>, _ctx: Arc<()>) -> Result<Action, Error> {
+//!     // Look at pipeline.spec, write pipeline.status …
+//!     let _ = pipeline;
 //!     Ok(Action::await_change())
 //! }
 //!
-//! fn error_policy(_obj: Arc<DynamicObject>, _err: &Error, _ctx: Arc<()>) -> Action {
+//! fn error_policy(_pipeline: Arc<Pipeline>, _err: &Error, _ctx: Arc<()>) -> Action {
 //!     Action::requeue(Duration::from_secs(5))
 //! }
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-//! Controller::new(store, "Pipeline")
-//!     .owns("PipelineExecution")
+//! Controller::<Pipeline>::new(store)
+//!     .owns::<PipelineExecution>()
+//!     .filter(|p: &Pipeline| !p.spec.stages.is_empty())
 //!     .concurrency(4)
 //!     .graceful_shutdown_on(async {})
 //!     .run(reconcile, error_policy, Arc::new(()))
+//!     .for_each(|outcome| async move {
+//!         if let Err(e) = outcome {
+//!             eprintln!("{e}");
+//!         }
+//!     })
 //!     .await;
 //! # });
 //! ```
@@ -47,13 +61,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::model::{DynamicObject, Resource};
+use crate::store::watcher::{self, Event};
 use crate::store::{ListQuery, ObjectRef, Store, StoreError};
 
 mod queue;
@@ -88,9 +103,6 @@ impl Action {
     }
 }
 
-/// Maps an object of a watched kind to the primary objects to reconcile.
-pub type Mapper = Arc<dyn Fn(&DynamicObject) -> Vec<ObjectRef> + Send + Sync>;
-
 /// Tuning of a [`Controller`].
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -98,8 +110,8 @@ pub struct ControllerConfig {
     pub concurrency: usize,
     /// Per-key backoff after failures.
     pub backoff: Backoff,
-    /// Backoff between attempts to list/watch again after a store error.
-    pub watch_backoff: Backoff,
+    /// How the controller's watchers list again after a store error.
+    pub watcher: watcher::Config,
 }
 
 impl Default for ControllerConfig {
@@ -107,81 +119,112 @@ impl Default for ControllerConfig {
         Self {
             concurrency: 16,
             backoff: Backoff::default(),
-            watch_backoff: Backoff {
-                base: Duration::from_millis(100),
-                max: Duration::from_secs(30),
-            },
+            watcher: watcher::Config::default(),
         }
     }
 }
 
+/// Maps a stored object of a watched kind to the keys to reconcile (typed
+/// mappers and filters convert it inside).
+type KeyMapper = Arc<dyn Fn(DynamicObject) -> Vec<ObjectRef> + Send + Sync>;
+
+/// A predicate on primary objects (see [`Controller::filter`]).
+type Filter<R> = Arc<dyn Fn(&R) -> bool + Send + Sync>;
+
+/// One watched kind.
 struct Source {
-    kind: String,
-    mapper: Mapper,
-    /// For a related kind: the primary kind, fully re-queued after this kind's
-    /// watch answered `Gone` (changes missed in the gap, deletions included, may
-    /// concern any primary).
-    primary: Option<String>,
+    kind: &'static str,
+    map: KeyMapper,
+    /// A related kind: when its watcher lists again, every primary object is
+    /// re-queued (changes missed in the gap, deletions included, may concern any).
+    related: bool,
 }
 
-/// A reconcile loop for one kind. Build with [`Controller::new`], finish with
-/// [`Controller::run`].
-pub struct Controller {
+/// A reconcile loop for the typed resource `R` (kind `R::KIND`). Build with
+/// [`Controller::new`], finish with [`Controller::run`].
+pub struct Controller<R> {
     store: Arc<dyn Store>,
-    kind: String,
     engine: Option<String>,
-    sources: Vec<Source>,
+    related: Vec<Source>,
+    filter: Option<Filter<R>>,
     config: ControllerConfig,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
-    triggers: Vec<Pin<Box<dyn futures::Stream<Item = ObjectRef> + Send>>>,
+    triggers: Vec<Pin<Box<dyn Stream<Item = ObjectRef> + Send>>>,
 }
 
-impl fmt::Debug for Controller {
+impl<R: Resource> fmt::Debug for Controller<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Controller")
-            .field("kind", &self.kind)
+            .field("kind", &R::KIND)
             .field("engine", &self.engine)
             .field(
                 "watches",
-                &self.sources.iter().map(|s| &s.kind).collect::<Vec<_>>(),
+                &self.related.iter().map(|s| s.kind).collect::<Vec<_>>(),
             )
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
+/// Why a reconcile produced no [`Action`]; an item of [`Controller::run`]'s stream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReconcileFailure<E> {
+    /// The reconciler returned an error (the error policy decided what follows).
+    #[error("reconciling {key} failed: {error}")]
+    Reconciler {
+        /// The object reconciled.
+        key: ObjectRef,
+        /// The reconciler's error.
+        error: E,
+    },
+    /// The object could not be read, or does not convert to the controller's
+    /// type (`StoreError::Conversion`: retried only when the object changes).
+    #[error("cannot read {key} to reconcile it: {source}")]
+    Store {
+        /// The object to reconcile.
+        key: ObjectRef,
+        /// What the store answered.
+        source: StoreError,
+    },
+    /// The reconciler panicked (retried with backoff).
+    #[error("reconciling {key} panicked")]
+    Panicked {
+        /// The object reconciled.
+        key: ObjectRef,
+    },
+}
+
+impl<E> ReconcileFailure<E> {
+    /// The object whose reconcile failed.
+    pub fn key(&self) -> &ObjectRef {
+        match self {
+            Self::Reconciler { key, .. } | Self::Store { key, .. } | Self::Panicked { key } => key,
+        }
+    }
+}
+
 /// How one reconcile task ended.
-enum Ran<E> {
-    Reconciled(Arc<DynamicObject>, Result<Action, E>),
+enum Ran<R, E> {
+    Reconciled(Arc<R>, Result<Action, E>),
     Missing,
+    Unreadable(StoreError),
     StoreFailed(StoreError),
     Panicked,
 }
 
-impl Controller {
-    /// A controller of the objects of `kind` in `store` (every engine).
-    pub fn new(store: Arc<dyn Store>, kind: impl Into<String>) -> Self {
-        let kind = kind.into();
-        let primary = Source {
-            kind: kind.clone(),
-            mapper: Arc::new(|obj: &DynamicObject| vec![ObjectRef::of(obj)]),
-            primary: None,
-        };
+impl<R: Resource> Controller<R> {
+    /// A controller of the objects of kind `R::KIND` in `store` (every engine).
+    pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            kind,
             engine: None,
-            sources: vec![primary],
+            related: Vec::new(),
+            filter: None,
             config: ControllerConfig::default(),
             shutdown: Box::pin(std::future::pending()),
             triggers: Vec::new(),
         }
-    }
-
-    /// A controller of the objects of the typed resource `R` (kind `R::KIND`);
-    /// finish with [`Controller::run_typed`].
-    pub fn for_resource<R: Resource>(store: Arc<dyn Store>) -> Self {
-        Self::new(store, R::KIND)
     }
 
     /// Only objects of this engine (for the primary and every watched kind).
@@ -190,61 +233,67 @@ impl Controller {
         self
     }
 
-    /// Also reconcile when an object of `kind` changes: `mapper` names the primary
-    /// objects concerned.
-    pub fn watches<F, I>(mut self, kind: impl Into<String>, mapper: F) -> Self
+    /// Also reconcile when an object of kind `O::KIND` changes: `mapper` names
+    /// the `R` objects concerned. An object that does not convert to `O` triggers
+    /// nothing (logged).
+    pub fn watches<O, F, I>(mut self, mapper: F) -> Self
     where
-        F: Fn(&DynamicObject) -> I + Send + Sync + 'static,
+        O: Resource,
+        F: Fn(&O) -> I + Send + Sync + 'static,
         I: IntoIterator<Item = ObjectRef>,
     {
-        let primary = Some(self.kind.clone());
-        self.sources.push(Source {
-            kind: kind.into(),
-            mapper: Arc::new(move |obj| mapper(obj).into_iter().collect()),
-            primary,
+        self.related.push(Source {
+            kind: O::KIND,
+            map: Arc::new(move |obj: DynamicObject| {
+                let key = ObjectRef::of(&obj);
+                match watcher::convert::<O>(obj) {
+                    Ok(obj) => mapper(&obj).into_iter().collect(),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "controller cannot read a watched object; it triggers nothing");
+                        Vec::new()
+                    }
+                }
+            }),
+            related: true,
         });
         self
     }
 
-    /// Also reconcile an owner when an object of `kind` it owns (per
-    /// `metadata.owners`) changes.
-    pub fn owns(self, kind: impl Into<String>) -> Self {
-        let owner_kind = self.kind.clone();
-        self.watches(kind, move |obj: &DynamicObject| {
-            obj.metadata
-                .owners
-                .iter()
-                .filter(|o| o.kind == owner_kind)
-                .map(|o| ObjectRef::new(&owner_kind, &obj.metadata.engine, &o.name))
-                .collect::<Vec<_>>()
-        })
+    /// Also reconcile an owner when an object of kind `C::KIND` it owns (per
+    /// `metadata.owners`) changes. Only metadata is read: the object is not
+    /// converted to `C`.
+    pub fn owns<C: Resource>(mut self) -> Self {
+        self.related.push(Source {
+            kind: C::KIND,
+            map: Arc::new(|obj: DynamicObject| {
+                let meta = &obj.metadata;
+                meta.owners
+                    .iter()
+                    .filter(|o| o.kind == R::KIND)
+                    .map(|o| ObjectRef::new(R::KIND, &meta.engine, &o.name))
+                    .collect()
+            }),
+            related: true,
+        });
+        self
     }
 
     /// Also reconcile the objects named by `trigger` as they come (kube-rs
     /// `reconcile_on`): for changes outside the store, such as a timer or a biz
-    /// installed in the runtime. Keys of other kinds are ignored.
-    pub fn reconcile_on(
-        mut self,
-        trigger: impl futures::Stream<Item = ObjectRef> + Send + 'static,
-    ) -> Self {
+    /// installed in the runtime. Keys of other kinds or engines are ignored.
+    pub fn reconcile_on(mut self, trigger: impl Stream<Item = ObjectRef> + Send + 'static) -> Self {
         self.triggers.push(Box::pin(trigger));
         self
     }
 
-    /// Reconciles an object of the primary kind seen by its list or watch only
-    /// when `keep` says so (controller-runtime's event predicates); the full
-    /// resync after a `Gone` is not filtered. Use it to skip events that cannot
-    /// change the outcome, e.g. status writes of work already running.
-    pub fn filter(mut self, keep: impl Fn(&DynamicObject) -> bool + Send + Sync + 'static) -> Self {
-        if let Some(primary) = self.sources.first_mut() {
-            primary.mapper = Arc::new(move |obj: &DynamicObject| {
-                if keep(obj) {
-                    vec![ObjectRef::of(obj)]
-                } else {
-                    vec![]
-                }
-            });
-        }
+    /// Reconciles an object seen by the primary watcher (listed or changed) only
+    /// when `keep` says so (controller-runtime's event predicates); the resync
+    /// after a related kind lists again, triggers and requeues are not filtered.
+    /// Use it to skip events that cannot change the outcome, e.g. status writes
+    /// of work already running. An object that does not convert to `R` is not
+    /// filtered: its reconcile reports the conversion error.
+    pub fn filter(mut self, keep: impl Fn(&R) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Arc::new(keep));
         self
     }
 
@@ -267,8 +316,9 @@ impl Controller {
         self
     }
 
-    /// Stops when `signal` completes: no new reconcile starts, running ones finish,
-    /// then [`Controller::run`] returns.
+    /// Stops when `signal` completes: no new reconcile starts, running ones
+    /// finish (their outcomes are still yielded), then the stream of
+    /// [`Controller::run`] ends.
     pub fn graceful_shutdown_on(
         mut self,
         signal: impl Future<Output = ()> + Send + 'static,
@@ -277,155 +327,394 @@ impl Controller {
         self
     }
 
-    /// Runs the loop until the shutdown signal.
+    /// The reconcile loop, as a stream with one item per finished reconcile:
+    /// `Ok((key, action))`, or a [`ReconcileFailure`]. The loop runs while the
+    /// stream is polled — drive it even when the outcomes do not matter, e.g.
+    /// `.for_each(|_| async {})` — and ends after the shutdown signal once the
+    /// running reconciles have finished. Dropping the stream stops everything at
+    /// once (running reconciles are cancelled). Failures are also logged.
     ///
-    /// `reconcile` gets the current object (read from the store when the key
-    /// runs; keys whose object no longer exists are skipped). On error,
-    /// `error_policy` is called: `Action::await_change()` stops retrying;
-    /// `Action::requeue(d)` retries after `d` or the key's backoff delay, whichever
-    /// is longer.
-    pub async fn run<Ctx, E, R, RFut, P>(self, reconcile: R, error_policy: P, ctx: Arc<Ctx>)
+    /// `reconcile` gets the current object, read from the store and converted
+    /// to `R` when the key runs; a key whose object no longer exists is skipped
+    /// (no item). On error, `error_policy` is called: `Action::await_change()`
+    /// stops retrying; `Action::requeue(d)` retries after `d` or the key's
+    /// backoff delay, whichever is longer. A stored object that does not convert
+    /// to `R` never reaches either: it is logged, yielded as
+    /// [`ReconcileFailure::Store`] with [`StoreError::Conversion`], and retried
+    /// only when it changes (its stored form cannot change otherwise).
+    pub fn run<Ctx, E, F, Fut, P>(
+        self,
+        reconcile: F,
+        error_policy: P,
+        ctx: Arc<Ctx>,
+    ) -> impl Stream<Item = Result<(ObjectRef, Action), ReconcileFailure<E>>> + Send
     where
         Ctx: Send + Sync + 'static,
         E: fmt::Display + Send + 'static,
-        R: Fn(Arc<DynamicObject>, Arc<Ctx>) -> RFut + Send + Sync + 'static,
-        RFut: Future<Output = Result<Action, E>> + Send + 'static,
-        P: Fn(Arc<DynamicObject>, &E, Arc<Ctx>) -> Action + Send + Sync + 'static,
+        F: Fn(Arc<R>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        P: Fn(Arc<R>, &E, Arc<Ctx>) -> Action + Send + Sync + 'static,
     {
         let Self {
             store,
-            kind,
             engine,
-            sources,
+            related,
+            filter,
             config,
-            mut shutdown,
+            shutdown,
             triggers,
         } = self;
-        let reconcile = Arc::new(reconcile);
-        let (keys_tx, mut keys_rx) = mpsc::channel::<ObjectRef>(1024);
-        let mut feeds = JoinSet::new();
-        for source in sources {
-            feeds.spawn(feed(
-                store.clone(),
+        let primary: KeyMapper = match filter {
+            None => Arc::new(|obj: DynamicObject| vec![ObjectRef::of(&obj)]),
+            Some(keep) => Arc::new(move |obj: DynamicObject| {
+                let key = ObjectRef::of(&obj);
+                match watcher::convert::<R>(obj) {
+                    Ok(obj) if keep(&obj) => vec![key],
+                    Ok(_) => Vec::new(),
+                    // Reconciled anyway: the reconcile reports the conversion error.
+                    Err(_) => vec![key],
+                }
+            }),
+        };
+        let mut sources = vec![Source {
+            kind: R::KIND,
+            map: primary,
+            related: false,
+        }];
+        sources.extend(related);
+        let queue = WorkQueue::new(config.backoff);
+        let runner = Runner {
+            store,
+            engine,
+            config,
+            sources,
+            triggers,
+            shutdown,
+            stopping: false,
+            reconcile: Arc::new(reconcile),
+            error_policy,
+            ctx,
+            keys: None,
+            feeds: JoinSet::new(),
+            queue,
+            running: JoinSet::new(),
+        };
+        futures::stream::unfold(runner, |mut runner| async move {
+            let item = runner.next().await?;
+            Some((item, runner))
+        })
+    }
+}
+
+/// What woke the reconcile loop.
+enum Wake<R, E> {
+    Shutdown,
+    Finished(Result<(ObjectRef, Ran<R, E>), tokio::task::JoinError>),
+    Key(ObjectRef),
+    Due,
+}
+
+/// The state of a running controller (the stream of [`Controller::run`]).
+struct Runner<R, Ctx, E, F, P> {
+    store: Arc<dyn Store>,
+    engine: Option<String>,
+    config: ControllerConfig,
+    /// Watched kinds, until the feeds are started.
+    sources: Vec<Source>,
+    triggers: Vec<Pin<Box<dyn Stream<Item = ObjectRef> + Send>>>,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopping: bool,
+    reconcile: Arc<F>,
+    error_policy: P,
+    ctx: Arc<Ctx>,
+    /// Keys from the feeds; `None` until the first poll starts them.
+    keys: Option<mpsc::Receiver<ObjectRef>>,
+    feeds: JoinSet<()>,
+    queue: WorkQueue<ObjectRef>,
+    running: JoinSet<(ObjectRef, Ran<R, E>)>,
+}
+
+impl<R, Ctx, E, F, Fut, P> Runner<R, Ctx, E, F, P>
+where
+    R: Resource,
+    Ctx: Send + Sync + 'static,
+    E: fmt::Display + Send + 'static,
+    F: Fn(Arc<R>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    P: Fn(Arc<R>, &E, Arc<Ctx>) -> Action + Send + Sync + 'static,
+{
+    /// The next outcome; `None` once stopped.
+    async fn next(&mut self) -> Option<Result<(ObjectRef, Action), ReconcileFailure<E>>> {
+        if self.keys.is_none() {
+            self.start();
+        }
+        loop {
+            if self.stopping {
+                match self.running.join_next().await {
+                    Some(Ok((key, ran))) => match self.finish(key, ran) {
+                        Some(item) => return Some(item),
+                        None => continue,
+                    },
+                    Some(Err(_)) => continue,
+                    None => {
+                        while self.feeds.join_next().await.is_some() {}
+                        return None;
+                    }
+                }
+            }
+            self.spawn_ready();
+            let next_due = self.queue.next_due();
+            let keys = self.keys.as_mut()?;
+            let wake = tokio::select! {
+                biased;
+                () = &mut self.shutdown => Wake::Shutdown,
+                Some(joined) = self.running.join_next() => Wake::Finished(joined),
+                Some(key) = keys.recv() => Wake::Key(key),
+                () = sleep_until(next_due), if next_due.is_some() => Wake::Due,
+            };
+            match wake {
+                Wake::Shutdown => {
+                    tracing::info!(
+                        kind = R::KIND,
+                        running = self.running.len(),
+                        "controller shutting down; waiting for running reconciles"
+                    );
+                    self.stopping = true;
+                    self.feeds.abort_all();
+                }
+                Wake::Finished(Ok((key, ran))) => {
+                    if let Some(item) = self.finish(key, ran) {
+                        return Some(item);
+                    }
+                }
+                // Reconcile tasks catch panics; a join error is a cancelled task.
+                Wake::Finished(Err(_)) => {}
+                Wake::Key(key) => self.queue.schedule(key, Instant::now()),
+                Wake::Due => {}
+            }
+        }
+    }
+
+    /// Starts a watcher feed per watched kind and one task per trigger.
+    fn start(&mut self) {
+        let (keys_tx, keys_rx) = mpsc::channel::<ObjectRef>(1024);
+        for source in std::mem::take(&mut self.sources) {
+            self.feeds.spawn(feed(
+                self.store.clone(),
                 source,
-                engine.clone(),
-                config.watch_backoff,
+                R::KIND,
+                self.engine.clone(),
+                self.config.watcher.clone(),
                 keys_tx.clone(),
             ));
         }
-        for mut trigger in triggers {
-            let (keys_tx, kind, engine) = (keys_tx.clone(), kind.clone(), engine.clone());
-            feeds.spawn(async move {
+        for mut trigger in std::mem::take(&mut self.triggers) {
+            let (keys_tx, engine) = (keys_tx.clone(), self.engine.clone());
+            self.feeds.spawn(async move {
                 while let Some(key) = trigger.next().await {
                     let wanted =
-                        key.kind == kind && engine.as_ref().is_none_or(|e| *e == key.engine);
+                        key.kind == R::KIND && engine.as_ref().is_none_or(|e| *e == key.engine);
                     if wanted && keys_tx.send(key).await.is_err() {
                         return;
                     }
                 }
             });
         }
-        drop(keys_tx);
+        self.keys = Some(keys_rx);
+    }
 
-        let mut queue: WorkQueue<ObjectRef> = WorkQueue::new(config.backoff);
-        let mut running: JoinSet<(ObjectRef, Ran<E>)> = JoinSet::new();
-        let controller_kind = kind.clone();
-        loop {
-            let now = Instant::now();
-            while running.len() < config.concurrency {
-                let Some(key) = queue.pop_ready(now) else {
-                    break;
-                };
-                let span = tracing::info_span!(
-                    "reconcile",
-                    kind = %key.kind,
-                    engine = %key.engine,
-                    name = %key.name,
-                );
-                let (store, reconcile, ctx) = (store.clone(), reconcile.clone(), ctx.clone());
-                running.spawn(
-                    async move {
-                        let ran = AssertUnwindSafe(async {
-                            match store.get(&key).await {
-                                Ok(Some(obj)) => {
+    /// Starts the due keys while there is room.
+    fn spawn_ready(&mut self) {
+        let now = Instant::now();
+        while self.running.len() < self.config.concurrency {
+            let Some(key) = self.queue.pop_ready(now) else {
+                break;
+            };
+            let span = tracing::info_span!(
+                "reconcile",
+                kind = %key.kind,
+                engine = %key.engine,
+                name = %key.name,
+            );
+            let (store, reconcile, ctx) =
+                (self.store.clone(), self.reconcile.clone(), self.ctx.clone());
+            self.running.spawn(
+                async move {
+                    let ran = AssertUnwindSafe(async {
+                        match store.get(&key).await {
+                            Ok(Some(obj)) => match watcher::convert::<R>(obj) {
+                                Ok(obj) => {
                                     let obj = Arc::new(obj);
                                     let result = reconcile(obj.clone(), ctx).await;
                                     Ran::Reconciled(obj, result)
                                 }
-                                Ok(None) => Ran::Missing,
-                                Err(e) => Ran::StoreFailed(e),
-                            }
-                        })
-                        .catch_unwind()
-                        .await
-                        .unwrap_or(Ran::Panicked);
-                        (key, ran)
-                    }
-                    .instrument(span),
-                );
-            }
-            let next_due = queue.next_due();
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                Some(joined) = running.join_next() => {
-                    if let Ok((key, ran)) = joined {
-                        let outcome = outcome_of(&key, ran, &error_policy, &ctx);
-                        queue.finish(&key, outcome, Instant::now());
-                    }
+                                Err(e) => Ran::Unreadable(e),
+                            },
+                            Ok(None) => Ran::Missing,
+                            Err(e) => Ran::StoreFailed(e),
+                        }
+                    })
+                    .catch_unwind()
+                    .await
+                    .unwrap_or(Ran::Panicked);
+                    (key, ran)
                 }
-                Some(key) = keys_rx.recv() => {
-                    queue.schedule(key, Instant::now());
-                }
-                () = sleep_until(next_due), if next_due.is_some() => {}
-            }
+                .instrument(span),
+            );
         }
-        tracing::info!(kind = %controller_kind, running = running.len(), "controller shutting down; waiting for running reconciles");
-        feeds.abort_all();
-        while let Some(joined) = running.join_next().await {
-            if let Ok((key, ran)) = joined {
-                let outcome = outcome_of(&key, ran, &error_policy, &ctx);
-                queue.finish(&key, outcome, Instant::now());
+    }
+
+    /// Records the end of a reconcile in the queue; the item to yield, if any.
+    fn finish(
+        &mut self,
+        key: ObjectRef,
+        ran: Ran<R, E>,
+    ) -> Option<Result<(ObjectRef, Action), ReconcileFailure<E>>> {
+        let (outcome, item) = match ran {
+            Ran::Reconciled(_, Ok(action)) => (
+                RunOutcome::Succeeded {
+                    requeue_after: action.requeue_after(),
+                },
+                Some(Ok((key.clone(), action))),
+            ),
+            Ran::Reconciled(obj, Err(error)) => {
+                tracing::warn!(%key, %error, "reconcile failed");
+                let action = (self.error_policy)(obj, &error, self.ctx.clone());
+                (
+                    RunOutcome::Failed {
+                        retry: action.requeue_after().is_some(),
+                        requeue_after: action.requeue_after(),
+                    },
+                    Some(Err(ReconcileFailure::Reconciler {
+                        key: key.clone(),
+                        error,
+                    })),
+                )
             }
-        }
-        while feeds.join_next().await.is_some() {}
+            Ran::Missing => (
+                RunOutcome::Succeeded {
+                    requeue_after: None,
+                },
+                None,
+            ),
+            Ran::Unreadable(source) => {
+                tracing::warn!(%key, error = %source, "cannot convert the object to reconcile; retrying when it changes");
+                (
+                    RunOutcome::Failed {
+                        retry: false,
+                        requeue_after: None,
+                    },
+                    Some(Err(ReconcileFailure::Store {
+                        key: key.clone(),
+                        source,
+                    })),
+                )
+            }
+            Ran::StoreFailed(source) => {
+                tracing::warn!(%key, error = %source, "cannot read the object to reconcile");
+                (
+                    RunOutcome::Failed {
+                        retry: true,
+                        requeue_after: None,
+                    },
+                    Some(Err(ReconcileFailure::Store {
+                        key: key.clone(),
+                        source,
+                    })),
+                )
+            }
+            Ran::Panicked => {
+                tracing::error!(%key, "reconcile panicked");
+                (
+                    RunOutcome::Failed {
+                        retry: true,
+                        requeue_after: None,
+                    },
+                    Some(Err(ReconcileFailure::Panicked { key: key.clone() })),
+                )
+            }
+        };
+        self.queue.finish(&key, outcome, Instant::now());
+        item
     }
 }
 
-impl Controller {
-    /// [`Controller::run`] with a typed reconciler: each object is converted to `R`
-    /// first. A conversion failure is a reconcile error (`E::from` a
-    /// [`StoreError::Conversion`]); the error policy sees the untyped object,
-    /// since the typed one may not exist.
-    pub async fn run_typed<R, Ctx, E, F, Fut, P>(self, reconcile: F, error_policy: P, ctx: Arc<Ctx>)
-    where
-        R: Resource,
-        Ctx: Send + Sync + 'static,
-        E: From<StoreError> + fmt::Display + Send + 'static,
-        F: Fn(Arc<R>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Action, E>> + Send + 'static,
-        P: Fn(Arc<DynamicObject>, &E, Arc<Ctx>) -> Action + Send + Sync + 'static,
-    {
-        let reconcile = Arc::new(reconcile);
-        self.run(
-            move |obj: Arc<DynamicObject>, ctx: Arc<Ctx>| {
-                let reconcile = reconcile.clone();
-                async move {
-                    let name = obj.metadata.name.clone();
-                    let typed = R::from_dynamic((*obj).clone()).map_err(|source| {
-                        E::from(StoreError::Conversion {
-                            kind: R::KIND.to_string(),
-                            name,
-                            source,
-                        })
-                    })?;
-                    reconcile(Arc::new(typed), ctx).await
+/// Follows one watched kind with a [watcher](watcher::watcher) and sends the
+/// keys its objects map to. When a related kind's watcher lists again (after
+/// the first list), every object of the primary kind is re-queued.
+async fn feed(
+    store: Arc<dyn Store>,
+    source: Source,
+    primary: &'static str,
+    engine: Option<String>,
+    config: watcher::Config,
+    keys: mpsc::Sender<ObjectRef>,
+) {
+    let events = watcher::watcher(
+        store.clone(),
+        source.kind,
+        engine.as_deref(),
+        config.clone(),
+    );
+    let mut events = std::pin::pin!(events);
+    let mut synced = false;
+    while let Some(item) = events.next().await {
+        let found = match item {
+            Ok(Event::Init) => {
+                if synced
+                    && source.related
+                    && !resync(&*store, primary, engine.as_deref(), &config, &keys).await
+                {
+                    return;
                 }
-            },
-            error_policy,
-            ctx,
-        )
-        .await
+                continue;
+            }
+            Ok(Event::InitDone { .. }) => {
+                synced = true;
+                continue;
+            }
+            Ok(Event::InitApply(obj) | Event::Apply(obj) | Event::Delete(obj)) => (source.map)(obj),
+            Err(e) => {
+                tracing::warn!(kind = source.kind, error = %e, "controller watch failed; relisting");
+                continue;
+            }
+        };
+        for key in found {
+            if keys.send(key).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends the key of every object of `kind`, listing until it succeeds; `false`
+/// when the controller is gone.
+async fn resync(
+    store: &dyn Store,
+    kind: &str,
+    engine: Option<&str>,
+    config: &watcher::Config,
+    keys: &mpsc::Sender<ObjectRef>,
+) -> bool {
+    let mut query = ListQuery::kind(kind);
+    query.engine = engine.map(str::to_owned);
+    let mut failures = 0u32;
+    loop {
+        match store.list(&query).await {
+            Ok(list) => {
+                for obj in &list.items {
+                    if keys.send(ObjectRef::of(obj)).await.is_err() {
+                        return false;
+                    }
+                }
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "controller cannot list for a resync; retrying");
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(config.delay(failures)).await;
+            }
+        }
     }
 }
 
@@ -433,137 +722,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-fn outcome_of<Ctx, E: fmt::Display>(
-    key: &ObjectRef,
-    ran: Ran<E>,
-    error_policy: &impl Fn(Arc<DynamicObject>, &E, Arc<Ctx>) -> Action,
-    ctx: &Arc<Ctx>,
-) -> RunOutcome {
-    match ran {
-        Ran::Reconciled(_, Ok(action)) => RunOutcome::Succeeded {
-            requeue_after: action.requeue_after(),
-        },
-        Ran::Reconciled(obj, Err(e)) => {
-            tracing::warn!(%key, error = %e, "reconcile failed");
-            let action = error_policy(obj, &e, ctx.clone());
-            RunOutcome::Failed {
-                retry: action.requeue_after().is_some(),
-                requeue_after: action.requeue_after(),
-            }
-        }
-        Ran::Missing => RunOutcome::Succeeded {
-            requeue_after: None,
-        },
-        Ran::StoreFailed(e) => {
-            tracing::warn!(%key, error = %e, "cannot read the object to reconcile");
-            RunOutcome::Failed {
-                retry: true,
-                requeue_after: None,
-            }
-        }
-        Ran::Panicked => {
-            tracing::error!(%key, "reconcile panicked");
-            RunOutcome::Failed {
-                retry: true,
-                requeue_after: None,
-            }
-        }
-    }
-}
-
-/// Lists and watches one kind forever, sending the keys its objects map to.
-/// Relists after `Gone` (and after store errors, with backoff); for a related
-/// kind, a `Gone` also re-queues every primary object.
-async fn feed(
-    store: Arc<dyn Store>,
-    source: Source,
-    engine: Option<String>,
-    backoff: Backoff,
-    keys: mpsc::Sender<ObjectRef>,
-) {
-    let mut failures = 0u32;
-    let mut resync_primary = false;
-    let mut query = ListQuery::kind(&source.kind);
-    query.engine = engine.clone();
-    loop {
-        if failures > 0 {
-            tokio::time::sleep(backoff.delay(failures)).await;
-        }
-        if let (true, Some(primary)) = (resync_primary, &source.primary) {
-            let mut all = ListQuery::kind(primary);
-            all.engine = engine.clone();
-            match store.list(&all).await {
-                Ok(list) => {
-                    for obj in &list.items {
-                        if keys.send(ObjectRef::of(obj)).await.is_err() {
-                            return;
-                        }
-                    }
-                    resync_primary = false;
-                }
-                Err(e) => {
-                    tracing::warn!(kind = %primary, error = %e, "controller cannot list for a resync; retrying");
-                    failures = failures.saturating_add(1);
-                    continue;
-                }
-            }
-        }
-        let list = match store.list(&query).await {
-            Ok(list) => list,
-            Err(e) => {
-                tracing::warn!(kind = %source.kind, error = %e, "controller cannot list; retrying");
-                failures = failures.saturating_add(1);
-                continue;
-            }
-        };
-        for obj in &list.items {
-            for key in (source.mapper)(obj) {
-                if keys.send(key).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let mut events = match store
-            .watch(&source.kind, engine.as_deref(), list.revision)
-            .await
-        {
-            Ok(stream) => stream,
-            Err(e) => {
-                if e.is_gone() {
-                    resync_primary = true;
-                } else {
-                    tracing::warn!(kind = %source.kind, error = %e, "controller cannot watch; retrying");
-                    failures = failures.saturating_add(1);
-                }
-                continue;
-            }
-        };
-        failures = 0;
-        loop {
-            match events.next().await {
-                Some(Ok(event)) => {
-                    for key in (source.mapper)(&event.object) {
-                        if keys.send(key).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(e)) if e.is_gone() => {
-                    tracing::info!(kind = %source.kind, error = %e, "watch fell behind compaction; relisting");
-                    resync_primary = true;
-                    break;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(kind = %source.kind, error = %e, "watch failed; relisting");
-                    failures = failures.saturating_add(1);
-                    break;
-                }
-                // The store was closed: nothing more will come.
-                None => return,
-            }
-        }
     }
 }

@@ -9,8 +9,8 @@ use futures::{Stream, StreamExt};
 use crate::ark::Ark;
 use crate::host::Capabilities;
 use crate::model::{
-    Diagnostics, ObjectMeta, Pipeline, PipelineExecution, PipelineSetting, PipelineSettingSpec,
-    StepPhase,
+    Diagnostics, DynamicObject, ObjectMeta, Pipeline, PipelineExecution, PipelineSetting,
+    PipelineSettingSpec, Resource, StepPhase,
 };
 use crate::pipeline::EngineCore;
 use crate::pipeline::logs::LogKey;
@@ -19,7 +19,8 @@ pub use crate::pipeline::{
     TriggerRequest,
 };
 use crate::runtime::{Activation, BizInfo, BizLease, InstallError, LifecycleError, UninstallMode};
-use crate::store::{Api, DeleteOptions, LabelSelector, Requirement, StoreError};
+use crate::store::watcher::{self, Event};
+use crate::store::{Api, DeleteOptions, LabelSelector, Requirement, StoreError, await_condition};
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -520,46 +521,38 @@ impl Engine {
     }
 
     /// The successive states of an execution, from now until it finishes (the
-    /// current state first). Ends after the finished state.
+    /// current state first). Ends after the finished state, or after the
+    /// execution was deleted (its last state). Store errors are items; the
+    /// stream goes on after them (it lists again, so it survives compaction).
     ///
     /// # Errors
     ///
     /// [`EngineError::NotFound`] when there is no such execution; [`EngineError::Store`]
-    /// when the watch cannot start. Items of the stream are store errors.
+    /// when the watch cannot start.
     pub async fn watch_execution(&self, execution: &str) -> Result<ExecutionStream, EngineError> {
-        let api = Api::<PipelineExecution>::new(self.core.store.clone());
-        let (engine, name) = (self.core.name.clone(), execution.to_owned());
-        let current = api
-            .get(&engine, &name)
-            .await?
-            .ok_or_else(|| self.not_found("execution", execution))?;
-        let from = current.metadata.resource_version;
-        let done = current.status.phase.is_finished();
-        let first = futures::stream::iter([Ok(current)]);
-        if done {
-            return Ok(Box::pin(first));
-        }
-        let events = api.watch(Some(&engine), from).await?;
-        let named = events
-            .filter_map(move |ev| {
-                let name = name.clone();
-                async move {
-                    match ev {
-                        Ok(ev) if ev.object.metadata.name == name => Some(Ok(ev.object)),
-                        Ok(_) => None,
-                        Err(e) => Some(Err(e)),
-                    }
-                }
-            })
-            .boxed();
-        // End right after the finished state, without waiting for another event.
-        let rest = futures::stream::unfold(Some(named), |events| async move {
-            let mut events = events?;
-            let item = events.next().await?;
-            let done = matches!(&item, Ok(e) if e.status.phase.is_finished());
-            Some((item, if done { None } else { Some(events) }))
+        let events = watcher::watcher(
+            self.core.store.clone(),
+            PipelineExecution::KIND,
+            Some(&self.core.name),
+            watcher::Config::default(),
+        );
+        let mut states = ExecutionStates {
+            events: Box::pin(events),
+            name: execution.to_owned(),
+            listed: None,
+            seen: None,
+            done: false,
+        };
+        let current = match states.next().await {
+            Some(Ok(current)) => current,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(self.not_found("execution", execution)),
+        };
+        let rest = futures::stream::unfold(states, |mut states| async move {
+            let item = states.next().await?;
+            Some((item, states))
         });
-        Ok(Box::pin(first.chain(rest)))
+        Ok(Box::pin(futures::stream::iter([Ok(current)]).chain(rest)))
     }
 
     /// Waits until the execution finishes and returns its final state.
@@ -569,19 +562,12 @@ impl Engine {
     /// [`EngineError::NotFound`] when there is no such execution; [`EngineError::Store`]
     /// when the store fails.
     pub async fn wait(&self, execution: &str) -> Result<PipelineExecution, EngineError> {
-        let mut stream = self.watch_execution(execution).await?;
-        let mut last = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(e) => last = Some(e),
-                Err(e) if e.is_gone() => {
-                    // Fell behind compaction: start again from the current state.
-                    stream = self.watch_execution(execution).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        last.ok_or_else(|| self.not_found("execution", execution))
+        let api = Api::<PipelineExecution>::new(self.core.store.clone());
+        let finished =
+            |e: Option<&PipelineExecution>| e.is_none_or(|e| e.status.phase.is_finished());
+        await_condition(&api, &self.core.name, execution, finished)
+            .await?
+            .ok_or_else(|| self.not_found("execution", execution))
     }
 
     /// The log of one step so far (every attempt).
@@ -649,6 +635,62 @@ impl Engine {
             execution: execution.to_owned(),
             step: step.to_owned(),
         }
+    }
+}
+
+/// The state of [`Engine::watch_execution`]: one execution's states picked
+/// out of a watcher of the engine's executions.
+struct ExecutionStates {
+    events: Pin<Box<dyn Stream<Item = Result<Event<DynamicObject>, StoreError>> + Send>>,
+    name: String,
+    /// While a list is read: the execution, if listed.
+    listed: Option<Option<DynamicObject>>,
+    /// The `resource_version` of the last state yielded.
+    seen: Option<u64>,
+    done: bool,
+}
+
+impl ExecutionStates {
+    /// The next state; `None` once finished or deleted (or, before the first
+    /// state, when the execution does not exist).
+    async fn next(&mut self) -> Option<Result<PipelineExecution, StoreError>> {
+        while !self.done {
+            let event = match self.events.next().await? {
+                Ok(event) => event,
+                Err(e) => return Some(Err(e)),
+            };
+            let named = |o: &DynamicObject| o.metadata.name == self.name;
+            let state = match event {
+                Event::Init => {
+                    self.listed = Some(None);
+                    continue;
+                }
+                Event::InitApply(obj) if named(&obj) => {
+                    self.listed = Some(Some(obj));
+                    continue;
+                }
+                Event::InitDone { .. } => match self.listed.take() {
+                    // Unchanged since the last state yielded.
+                    Some(Some(obj)) if Some(obj.metadata.resource_version) == self.seen => continue,
+                    Some(Some(obj)) => obj,
+                    // Not there (deleted in a gap of the watch, or never created).
+                    Some(None) | None => return None,
+                },
+                Event::Apply(obj) if named(&obj) => obj,
+                Event::Delete(obj) if named(&obj) => {
+                    self.done = true;
+                    obj
+                }
+                Event::InitApply(_) | Event::Apply(_) | Event::Delete(_) => continue,
+            };
+            self.seen = Some(state.metadata.resource_version);
+            let state = watcher::convert::<PipelineExecution>(state);
+            if let Ok(exec) = &state {
+                self.done |= exec.status.phase.is_finished();
+            }
+            return Some(state);
+        }
+        None
     }
 }
 

@@ -39,7 +39,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::controller::{Action, Controller};
-use crate::model::{DynamicObject, Pipeline, PipelineExecution};
+use crate::model::{ExecutionPhase, Pipeline, PipelineExecution};
 use crate::store::{Api, LabelSelector, ObjectRef};
 
 pub use arks::ArkStore;
@@ -67,14 +67,10 @@ pub(crate) fn start(
             async move { token.cancelled().await }
         }
     };
-    let error_policy = |_: Arc<_>, e: &ReconcileError, _: Arc<EngineCore>| {
-        tracing::debug!(error = %e, "reconcile failed; retrying");
-        Action::requeue(Duration::from_millis(50))
-    };
 
     tasks.push(tokio::spawn(admission::run(core.clone())));
 
-    let executions = Controller::for_resource::<PipelineExecution>(core.store.clone())
+    let executions = Controller::<PipelineExecution>::new(core.store.clone())
         .engine(&core.name)
         .concurrency(core.options.concurrency)
         .reconcile_on(tokio_stream_from(pokes))
@@ -82,24 +78,20 @@ pub(crate) fn start(
             // A driver of this process owns a running execution's status: its
             // own writes need no reconcile (an abort, a deletion or the end do).
             let core = core.clone();
-            move |obj: &DynamicObject| {
-                let phase = obj.status.get("phase").and_then(|p| p.as_str());
-                let abort = obj
-                    .spec
-                    .get("abort")
-                    .and_then(serde_json::Value::as_bool)
-                    .unwrap_or(false);
-                let driven_here = matches!(phase, Some("Pending" | "Running"))
-                    && core.runs().contains_key(&obj.metadata.name);
-                abort || !driven_here
+            move |exec: &PipelineExecution| {
+                let driven_here = matches!(
+                    exec.status.phase,
+                    ExecutionPhase::Pending | ExecutionPhase::Running
+                ) && core.runs().contains_key(&exec.metadata.name);
+                exec.spec.abort || !driven_here
             }
         })
         .graceful_shutdown_on(shutdown());
-    tasks.push(tokio::spawn(executions.run_typed(
-        reconcile_execution,
-        error_policy,
-        core.clone(),
-    )));
+    tasks.push(tokio::spawn(
+        executions
+            .run(reconcile_execution, error_policy, core.clone())
+            .for_each(|_| async {}),
+    ));
 
     let registry_events = {
         let (rx, store, engine) = (
@@ -138,31 +130,37 @@ pub(crate) fn start(
         }
     })
     .map(move |()| deployment_key.clone());
-    let deployments = Controller::for_resource::<crate::model::BizDeployment>(core.store.clone())
+    let deployments = Controller::<crate::model::BizDeployment>::new(core.store.clone())
         .engine(&core.name)
         .concurrency(1)
         .reconcile_on(lifecycle)
         .graceful_shutdown_on(shutdown());
-    tasks.push(tokio::spawn(deployments.run_typed(
-        deployment::reconcile_deployment,
-        error_policy,
-        core.clone(),
-    )));
+    tasks.push(tokio::spawn(
+        deployments
+            .run(deployment::reconcile_deployment, error_policy, core.clone())
+            .for_each(|_| async {}),
+    ));
 
     let timers = tokio_stream_from(timer_keys);
-    let pipelines = Controller::for_resource::<Pipeline>(core.store.clone())
+    let pipelines = Controller::<Pipeline>::new(core.store.clone())
         .engine(&core.name)
         .concurrency(core.options.concurrency.min(8))
-        .watches("PipelineExecution", pipeline_of_finished_execution)
+        .watches(pipeline_of_finished_execution)
         .reconcile_on(registry_events)
         .reconcile_on(timers)
         .graceful_shutdown_on(shutdown());
-    tasks.push(tokio::spawn(pipelines.run_typed(
-        reconcile_pipeline,
-        error_policy,
-        core,
-    )));
+    tasks.push(tokio::spawn(
+        pipelines
+            .run(reconcile_pipeline, error_policy, core)
+            .for_each(|_| async {}),
+    ));
     tasks
+}
+
+/// Every controller's error policy: retry soon (the queue's backoff grows the delay).
+fn error_policy<R>(_: Arc<R>, e: &ReconcileError, _: Arc<EngineCore>) -> Action {
+    tracing::debug!(error = %e, "reconcile failed; retrying");
+    Action::requeue(Duration::from_millis(50))
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -173,13 +171,14 @@ fn tokio_stream_from<T: Send + 'static>(
 
 /// An execution's pipeline, when the change matters to the pipeline's status
 /// (the execution finished).
-fn pipeline_of_finished_execution(obj: &DynamicObject) -> Vec<ObjectRef> {
-    let phase = obj.status.get("phase").and_then(|p| p.as_str());
-    let matters = matches!(phase, Some("Succeeded" | "Failed" | "Aborted"));
-    match obj.spec.get("pipeline").and_then(|p| p.as_str()) {
-        Some(pipeline) if matters => {
-            vec![ObjectRef::new("Pipeline", &obj.metadata.engine, pipeline)]
-        }
-        _ => vec![],
+fn pipeline_of_finished_execution(exec: &PipelineExecution) -> Vec<ObjectRef> {
+    if exec.status.phase.is_finished() {
+        vec![ObjectRef::new(
+            "Pipeline",
+            &exec.metadata.engine,
+            &exec.spec.pipeline,
+        )]
+    } else {
+        vec![]
     }
 }

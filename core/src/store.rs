@@ -8,7 +8,9 @@
 //!
 //! Backends: [`MemoryStore`] (tests, ephemeral engines) and [`RedbStore`], the
 //! embedded default (one file, group commit). All are used through
-//! `Arc<dyn Store>`; [`Api`] adds typed access for any [`Resource`](crate::model::Resource).
+//! `Arc<dyn Store>`; [`Api`] adds typed access for any [`Resource`].
+//! Over both, [`watcher`](watcher()) is the one list/watch/relist loop every
+//! controller, admission queue and wait is built on.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -40,7 +42,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::model::DynamicObject;
+use crate::model::{DynamicObject, ObjectMeta, Resource};
 
 mod api;
 mod embedded;
@@ -49,12 +51,14 @@ mod memory;
 mod mutation;
 mod selector;
 mod watch;
+pub mod watcher;
 
 pub use api::{Api, TypedEvent};
 pub use embedded::{RedbOptions, RedbStore, SCHEMA_VERSION};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use selector::{LabelSelector, Requirement, SelectorError};
+pub use watcher::{await_condition, watcher};
 
 /// How many watch events a backend keeps before compacting automatically. Events
 /// older than either limit are compacted after each write; `None` disables a limit.
@@ -140,9 +144,39 @@ impl ObjectRef {
         }
     }
 
-    /// The reference of a stored object.
-    pub fn of(obj: &DynamicObject) -> Self {
-        Self::new(&obj.kind, &obj.metadata.engine, &obj.metadata.name)
+    /// The reference of an object, typed (`ObjectRef::of(&pipeline)`) or not.
+    pub fn of<O: Object + ?Sized>(obj: &O) -> Self {
+        let meta = obj.metadata();
+        Self::new(obj.kind(), &meta.engine, &meta.name)
+    }
+}
+
+/// What the store layer reads of any object, typed or not: its kind and
+/// metadata. Implemented for [`DynamicObject`] and every [`Resource`].
+pub trait Object {
+    /// The kind, e.g. `Pipeline`.
+    fn kind(&self) -> &str;
+    /// The metadata.
+    fn metadata(&self) -> &ObjectMeta;
+}
+
+impl Object for DynamicObject {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+impl<R: Resource> Object for R {
+    fn kind(&self) -> &str {
+        R::KIND
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        self.meta()
     }
 }
 

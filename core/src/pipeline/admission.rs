@@ -1,7 +1,7 @@
 //! Admission: the engine's `executor_quota` and its FIFO queue.
 //!
 //! One task per engine follows the engine's executions and settings through
-//! store watches, **in revision order**, and keeps the queue of `Queued`
+//! [watchers](mod@crate::store::watcher), **in revision order**, and keeps the queue of `Queued`
 //! executions in creation order and the set of admitted ones (`Pending` or
 //! `Running`). Whenever there is room it admits the head of the queue: it picks a
 //! node (cache affinity) and writes `Pending` with the `Admitted` condition. The
@@ -19,10 +19,11 @@ use futures::StreamExt;
 use crate::model::resources::set_condition;
 use crate::model::{
     Condition, ConditionStatus, ConditionType, ExecutionPhase, Pipeline, PipelineExecution,
-    PipelineSetting, Resource,
+    PipelineSetting,
 };
 use crate::pipeline::context::{EngineCore, SETTINGS_NAME};
-use crate::store::{Api, EventType, LabelSelector, StoreError};
+use crate::store::watcher::{self, Event};
+use crate::store::{Api, StoreError};
 
 /// Chooses where an execution runs: the most recent of the pipeline's
 /// `recent_nodes` that has room (its cache is likely warm there), otherwise the
@@ -80,7 +81,8 @@ impl Queue {
     }
 }
 
-/// Runs the engine's admission until shutdown. Store errors are retried.
+/// Runs the engine's admission until shutdown. A failed admission write starts
+/// a new session from fresh lists after a backoff.
 pub(crate) async fn run(core: Arc<EngineCore>) {
     let mut failures = 0u32;
     while !core.shutdown.is_cancelled() {
@@ -93,61 +95,112 @@ pub(crate) async fn run(core: Arc<EngineCore>) {
         }
         match session(&core).await {
             Ok(()) => return,
-            Err(e) if e.is_gone() => failures = 0,
             Err(e) => {
-                tracing::warn!(engine = %core.name, error = %e, "admission lost its watch; relisting");
+                tracing::warn!(engine = %core.name, error = %e, "admission failed to write; relisting");
                 failures = failures.saturating_add(1);
             }
         }
     }
 }
 
-/// One list + watch session; returns `Ok` on shutdown.
-async fn session(core: &Arc<EngineCore>) -> Result<(), StoreError> {
-    let execs = Api::<PipelineExecution>::new(core.store.clone());
-    let settings = Api::<PipelineSetting>::new(core.store.clone());
-    let mut queue = Queue::default();
-    let (items, revision) = execs
-        .list(Some(&core.name), LabelSelector::default())
-        .await?;
-    for exec in &items {
-        queue.observe(exec, false);
+/// The engine's quota as followed by the settings watcher.
+#[derive(Debug, Default)]
+struct QuotaView {
+    /// `Some` once the first list is complete; `Err` while the settings named
+    /// `default` do not convert (admission waits rather than admit without a quota).
+    current: Option<Result<Option<u64>, ()>>,
+    /// While a list is read: what it found so far.
+    listing: Option<Result<Option<u64>, ()>>,
+}
+
+impl QuotaView {
+    fn observe(&mut self, item: Result<Event<PipelineSetting>, StoreError>, engine: &str) {
+        let is_default = |s: &PipelineSetting| s.metadata.name == SETTINGS_NAME;
+        match item {
+            Ok(Event::Init) => self.listing = Some(Ok(None)),
+            Ok(Event::InitApply(s)) if is_default(&s) => self.listing = Some(Ok(s.spec.quota())),
+            Ok(Event::InitDone { .. }) => {
+                self.current = Some(self.listing.take().unwrap_or(Ok(None)))
+            }
+            Ok(Event::Apply(s)) if is_default(&s) => self.current = Some(Ok(s.spec.quota())),
+            Ok(Event::Delete(s)) if is_default(&s) => self.current = Some(Ok(None)),
+            Ok(_) => {}
+            Err(e) if matches!(&e, StoreError::Conversion { name, .. } if name == SETTINGS_NAME) => {
+                tracing::warn!(engine, error = %e, "the engine's settings are unreadable; admission waits until they are fixed");
+                match &mut self.listing {
+                    Some(listed) => *listed = Err(()),
+                    None => self.current = Some(Err(())),
+                }
+            }
+            Err(e) => tracing::warn!(engine, error = %e, "admission's settings watch failed"),
+        }
     }
-    queue.quota = settings
-        .get(&core.name, SETTINGS_NAME)
-        .await?
-        .and_then(|s| s.spec.quota());
-    let exec_events = execs.watch(Some(&core.name), revision).await?;
-    let setting_events = settings.watch(Some(&core.name), revision).await?;
-    let mut exec_events = std::pin::pin!(exec_events);
-    let mut setting_events = std::pin::pin!(setting_events);
-    admit(core, &mut queue).await?;
+}
+
+/// The queue as followed by the executions watcher: a list (after a relist,
+/// e.g. past a compaction) rebuilds it from the listed executions.
+#[derive(Debug, Default)]
+struct QueueView {
+    queue: Queue,
+    /// While a list is read: the queue it becomes.
+    listing: Option<Queue>,
+    synced: bool,
+}
+
+impl QueueView {
+    fn observe(&mut self, item: Result<Event<PipelineExecution>, StoreError>, engine: &str) {
+        match item {
+            Ok(Event::Init) => self.listing = Some(Queue::default()),
+            Ok(Event::InitApply(exec)) => match &mut self.listing {
+                Some(listing) => listing.observe(&exec, false),
+                None => self.queue.observe(&exec, false),
+            },
+            Ok(Event::InitDone { .. }) => {
+                if let Some(listed) = self.listing.take() {
+                    self.queue = listed;
+                }
+                self.synced = true;
+            }
+            Ok(Event::Apply(exec)) => self.queue.observe(&exec, false),
+            Ok(Event::Delete(exec)) => self.queue.observe(&exec, true),
+            // An execution that does not convert is left out of the queue.
+            Err(e) => tracing::warn!(engine, error = %e, "admission's executions watch failed"),
+        }
+    }
+
+    /// The queue, once it reflects a complete list.
+    fn ready(&mut self) -> Option<&mut Queue> {
+        (self.synced && self.listing.is_none()).then_some(&mut self.queue)
+    }
+}
+
+/// One session over watchers of the engine's executions and settings; returns
+/// `Ok` on shutdown, `Err` when an admission write failed.
+async fn session(core: &Arc<EngineCore>) -> Result<(), StoreError> {
+    let execs = Api::<PipelineExecution>::new(core.store.clone())
+        .watcher(Some(&core.name), watcher::Config::default());
+    let settings = Api::<PipelineSetting>::new(core.store.clone())
+        .watcher(Some(&core.name), watcher::Config::default());
+    let mut exec_events = std::pin::pin!(execs);
+    let mut setting_events = std::pin::pin!(settings);
+    let mut queue = QueueView::default();
+    let mut quota = QuotaView::default();
     loop {
         tokio::select! {
             () = core.shutdown.cancelled() => return Ok(()),
-            event = exec_events.next() => {
-                let Some(event) = event else { return Err(StoreError::Gone { requested: 0, compacted: 0 }) };
-                let event = event?;
-                queue.observe(&event.object, event.event_type == EventType::Deleted);
+            Some(item) = exec_events.next() => {
+                queue.observe(item, &core.name);
                 // Drain what is already there before admitting: fewer writes, same order.
                 while let Some(Some(more)) = futures::FutureExt::now_or_never(exec_events.next()) {
-                    let more = more?;
-                    queue.observe(&more.object, more.event_type == EventType::Deleted);
+                    queue.observe(more, &core.name);
                 }
             }
-            event = setting_events.next() => {
-                let Some(event) = event else { return Err(StoreError::Gone { requested: 0, compacted: 0 }) };
-                let event = event?;
-                if event.object.meta().name == SETTINGS_NAME {
-                    queue.quota = if event.event_type == EventType::Deleted {
-                        None
-                    } else {
-                        event.object.spec.quota()
-                    };
-                }
-            }
+            Some(item) = setting_events.next() => quota.observe(item, &core.name),
         }
-        admit(core, &mut queue).await?;
+        if let (Some(queue), Some(Ok(quota))) = (queue.ready(), quota.current) {
+            queue.quota = quota;
+            admit(core, queue).await?;
+        }
     }
 }
 

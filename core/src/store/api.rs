@@ -64,12 +64,7 @@ impl<R: Resource> Api<R> {
     }
 
     fn from_dynamic(obj: DynamicObject) -> Result<R, StoreError> {
-        let name = obj.metadata.name.clone();
-        R::from_dynamic(obj).map_err(|source| StoreError::Conversion {
-            kind: R::KIND.to_string(),
-            name,
-            source,
-        })
+        super::watcher::convert(obj)
     }
 
     /// One object, or `None`.

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arkline::controller::{Action, Backoff, Controller};
-use arkline::model::{API_VERSION, DynamicObject, ObjectMeta, OwnerRef};
+use arkline::controller::{Action, Backoff, Controller, ReconcileFailure};
+use arkline::model::{API_VERSION, DynamicObject, ObjectMeta, OwnerRef, Resource};
 use arkline::store::{
     DeleteOptions, DeleteOutcome, ListQuery, MemoryStore, ObjectList, ObjectRef, RedbStore,
     Revision, Store, StoreError, WatchStream,
@@ -27,6 +27,80 @@ impl From<StoreError> for Error {
         Error(e.to_string())
     }
 }
+
+/// A resource `$ty` of kind `$kind` with typed spec and status.
+macro_rules! resource {
+    ($ty:ident, $kind:literal, $spec:ty, $status:ty) => {
+        #[derive(Debug, Clone, PartialEq)]
+        struct $ty {
+            metadata: ObjectMeta,
+            spec: $spec,
+            status: $status,
+        }
+
+        impl Resource for $ty {
+            const KIND: &'static str = $kind;
+            type Spec = $spec;
+            type Status = $status;
+
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+
+            fn to_dynamic(&self) -> Result<DynamicObject, serde_json::Error> {
+                Ok(DynamicObject {
+                    api_version: API_VERSION.into(),
+                    kind: Self::KIND.into(),
+                    metadata: self.metadata.clone(),
+                    spec: serde_json::to_value(&self.spec)?,
+                    status: serde_json::to_value(&self.status)?,
+                })
+            }
+
+            fn from_dynamic(obj: DynamicObject) -> Result<Self, serde_json::Error> {
+                if obj.kind != Self::KIND {
+                    return Err(serde::de::Error::custom(format!("not a {}", Self::KIND)));
+                }
+                let status = if obj.status.is_null() {
+                    <$status>::default()
+                } else {
+                    serde_json::from_value(obj.status)?
+                };
+                Ok(Self {
+                    metadata: obj.metadata,
+                    spec: serde_json::from_value(obj.spec)?,
+                    status,
+                })
+            }
+        }
+    };
+}
+
+resource!(Parent, "Pipeline", serde_json::Value, serde_json::Value);
+resource!(
+    Child,
+    "PipelineExecution",
+    serde_json::Value,
+    serde_json::Value
+);
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct WidgetSpec {
+    size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PartSpec {
+    widget: String,
+    done: bool,
+}
+
+resource!(Widget, "Widget", WidgetSpec, serde_json::Value);
+resource!(Part, "Part", PartSpec, serde_json::Value);
 
 fn object(kind: &str, name: &str, spec: serde_json::Value) -> DynamicObject {
     DynamicObject {
@@ -79,10 +153,7 @@ async fn wait_for(
 }
 
 /// Keeps `spec.replicas` executions per pipeline and reports them in status.
-async fn replicate(
-    pipeline: Arc<DynamicObject>,
-    store: Arc<Arc<dyn Store>>,
-) -> Result<Action, Error> {
+async fn replicate(pipeline: Arc<Parent>, store: Arc<Arc<dyn Store>>) -> Result<Action, Error> {
     let want = pipeline.spec["replicas"].as_u64().unwrap_or(0);
     let owned: Vec<_> = store
         .list(&ListQuery::kind("PipelineExecution").engine(&pipeline.metadata.engine))
@@ -127,7 +198,7 @@ async fn replicate(
         .count();
     let status = json!({ "executions": count, "observedGeneration": pipeline.metadata.generation });
     if pipeline.status != status {
-        let mut updated = (*pipeline).clone();
+        let mut updated = pipeline.to_dynamic().expect("JSON");
         updated.status = status;
         match store.update_status(updated).await {
             // A newer version is on its way to us through the watch.
@@ -143,8 +214,8 @@ async fn replicate(
 async fn reconcile_loop_converges(store: Arc<dyn Store>) {
     let (stop, stopped) = oneshot::channel::<()>();
     let controller = tokio::spawn(
-        Controller::new(store.clone(), "Pipeline")
-            .owns("PipelineExecution")
+        Controller::<Parent>::new(store.clone())
+            .owns::<Child>()
             .concurrency(2)
             .graceful_shutdown_on(async {
                 let _ = stopped.await;
@@ -153,7 +224,8 @@ async fn reconcile_loop_converges(store: Arc<dyn Store>) {
                 replicate,
                 |_obj, _err: &Error, _ctx| Action::requeue(Duration::from_millis(1)),
                 Arc::new(store.clone()),
-            ),
+            )
+            .for_each(|_| async {}),
     );
 
     let p = store
@@ -229,13 +301,13 @@ async fn a_key_never_runs_twice_at_once_and_concurrency_is_bounded() {
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let controller = tokio::spawn(
-        Controller::new(store.clone(), "Pipeline")
+        Controller::<Parent>::new(store.clone())
             .concurrency(3)
             .graceful_shutdown_on(async {
                 let _ = stopped.await;
             })
             .run(
-                |obj: Arc<DynamicObject>, t: Arc<Tracker>| async move {
+                |obj: Arc<Parent>, t: Arc<Tracker>| async move {
                     let name = obj.metadata.name.clone();
                     if !t.active.lock().unwrap().insert(name.clone()) {
                         t.overlaps.fetch_add(1, Ordering::SeqCst);
@@ -253,7 +325,8 @@ async fn a_key_never_runs_twice_at_once_and_concurrency_is_bounded() {
                 },
                 |_, _, _| Action::await_change(),
                 tracker.clone(),
-            ),
+            )
+            .for_each(|_| async {}),
     );
 
     // Many updates to a few keys, from several writers at once.
@@ -315,7 +388,7 @@ async fn failures_are_retried_with_backoff_until_success() {
         .unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let controller = tokio::spawn(
-        Controller::new(store.clone(), "Pipeline")
+        Controller::<Parent>::new(store.clone())
             .backoff(Backoff {
                 base: Duration::from_millis(1),
                 max: Duration::from_millis(4),
@@ -341,7 +414,8 @@ async fn failures_are_retried_with_backoff_until_success() {
                     Action::requeue(Duration::from_millis(1))
                 },
                 flaky.clone(),
-            ),
+            )
+            .for_each(|_| async {}),
     );
     tokio::time::timeout(GUARD, done_rx)
         .await
@@ -374,7 +448,7 @@ async fn shutdown_lets_running_reconciles_finish() {
     *ctx.started.lock().unwrap() = Some(started_tx);
     let (stop, stopped) = oneshot::channel::<()>();
     let controller = tokio::spawn(
-        Controller::new(store.clone(), "Pipeline")
+        Controller::<Parent>::new(store.clone())
             .graceful_shutdown_on(async {
                 let _ = stopped.await;
             })
@@ -389,7 +463,8 @@ async fn shutdown_lets_running_reconciles_finish() {
                 },
                 |_, _, _| Action::await_change(),
                 ctx.clone(),
-            ),
+            )
+            .for_each(|_| async {}),
     );
     tokio::time::timeout(GUARD, started_rx)
         .await
@@ -498,18 +573,19 @@ async fn gone_triggers_a_relist_that_catches_up() {
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<String>();
     let (stop, stopped) = oneshot::channel::<()>();
     let controller = tokio::spawn(
-        Controller::new(store.clone(), "Pipeline")
+        Controller::<Parent>::new(store.clone())
             .graceful_shutdown_on(async {
                 let _ = stopped.await;
             })
             .run(
-                |obj: Arc<DynamicObject>, seen: Arc<mpsc::UnboundedSender<String>>| async move {
+                |obj: Arc<Parent>, seen: Arc<mpsc::UnboundedSender<String>>| async move {
                     let _ = seen.send(obj.metadata.name.clone());
                     Ok::<_, Error>(Action::await_change())
                 },
                 |_, _, _| Action::await_change(),
                 Arc::new(seen_tx),
-            ),
+            )
+            .for_each(|_| async {}),
     );
     tokio::time::timeout(GUARD, watching_rx)
         .await
@@ -550,13 +626,13 @@ async fn gone_on_a_related_kind_resyncs_every_primary() {
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Revision>();
     let (stop, stopped) = oneshot::channel::<()>();
     let controller = tokio::spawn(
-        Controller::new(store.clone(), "Pipeline")
-            .owns("PipelineExecution")
+        Controller::<Parent>::new(store.clone())
+            .owns::<Child>()
             .graceful_shutdown_on(async {
                 let _ = stopped.await;
             })
             .run(
-                |_obj: Arc<DynamicObject>,
+                |_obj: Arc<Parent>,
                  ctx: Arc<(Arc<dyn Store>, mpsc::UnboundedSender<Revision>)>| async move {
                     let revision = ctx.0.revision().await?;
                     let _ = ctx.1.send(revision);
@@ -564,7 +640,8 @@ async fn gone_on_a_related_kind_resyncs_every_primary() {
                 },
                 |_, _, _| Action::await_change(),
                 Arc::new((store.clone(), seen_tx)),
-            ),
+            )
+            .for_each(|_| async {}),
     );
     tokio::time::timeout(GUARD, watching_rx)
         .await
@@ -613,7 +690,7 @@ async fn requeue_runs_a_key_again_without_any_change() {
     let (runs_tx, mut runs_rx) = mpsc::unbounded_channel::<usize>();
     let (stop, stopped) = oneshot::channel::<()>();
     let controller = tokio::spawn(
-        Controller::new(store.clone(), "Pipeline")
+        Controller::<Parent>::new(store.clone())
             .graceful_shutdown_on(async {
                 let _ = stopped.await;
             })
@@ -629,7 +706,8 @@ async fn requeue_runs_a_key_again_without_any_change() {
                 },
                 |_, _, _| Action::await_change(),
                 Arc::new((AtomicUsize::new(0), runs_tx)),
-            ),
+            )
+            .for_each(|_| async {}),
     );
     let runs: Vec<usize> = tokio::time::timeout(GUARD, async {
         let mut runs = Vec::new();
@@ -651,4 +729,139 @@ async fn requeue_runs_a_key_again_without_any_change() {
     // `await_change` on the third run: no fourth run was started before shutdown
     // unless something changed (nothing did).
     assert!(runs_rx.try_recv().is_err());
+}
+
+/// The next outcome of a controller's stream, within the guard.
+async fn next_outcome<S>(outcomes: &mut S) -> S::Item
+where
+    S: futures::Stream + Unpin,
+{
+    tokio::time::timeout(GUARD, outcomes.next())
+        .await
+        .expect("an outcome in time")
+        .expect("the controller is still running")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_filter_and_mapper_see_typed_objects_and_run_yields_outcomes() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let filtered = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
+    let mapped = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+    let policy_saw = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let outcomes = Controller::<Widget>::new(store.clone())
+        .engine("ci")
+        .concurrency(1)
+        .filter({
+            let filtered = filtered.clone();
+            move |w: &Widget| {
+                filtered
+                    .lock()
+                    .unwrap()
+                    .push((w.metadata.name.clone(), w.spec.size));
+                w.spec.size > 0
+            }
+        })
+        .watches({
+            let mapped = mapped.clone();
+            move |p: &Part| {
+                mapped
+                    .lock()
+                    .unwrap()
+                    .push((p.metadata.name.clone(), p.spec.done));
+                if p.spec.done {
+                    vec![ObjectRef::new(
+                        Widget::KIND,
+                        &p.metadata.engine,
+                        &p.spec.widget,
+                    )]
+                } else {
+                    vec![]
+                }
+            }
+        })
+        .graceful_shutdown_on(async {
+            let _ = stopped.await;
+        })
+        .run(
+            |w: Arc<Widget>, _ctx: Arc<()>| async move {
+                if w.spec.size == 13 {
+                    return Err(Error(format!("{} is unlucky", w.metadata.name)));
+                }
+                Ok(Action::requeue(Duration::from_secs(3600)))
+            },
+            {
+                let policy_saw = policy_saw.clone();
+                move |w: Arc<Widget>, _err: &Error, _ctx: Arc<()>| {
+                    policy_saw.lock().unwrap().push(w.spec.size);
+                    Action::await_change()
+                }
+            },
+            Arc::new(()),
+        );
+    let mut outcomes = Box::pin(outcomes);
+    let create = |name: &str, spec: serde_json::Value| {
+        let store = store.clone();
+        let obj = object("Widget", name, spec);
+        async move { store.create(obj).await.unwrap() }
+    };
+    let key = |kind: &str, name: &str| ObjectRef::new(kind, "ci", name);
+
+    // The filter skips `small` (size 0); with one reconcile at a time and keys
+    // in arrival order, `big` being first shows `small` was never queued.
+    create("small", json!({ "size": 0 })).await;
+    create("big", json!({ "size": 2 })).await;
+    let (reconciled, action) = next_outcome(&mut outcomes).await.expect("big reconciles");
+    assert_eq!(reconciled, key("Widget", "big"));
+    assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
+
+    // The mapper sees typed parts; a done part triggers its (filtered) widget.
+    let part = store
+        .create(object(
+            "Part",
+            "p1",
+            json!({ "widget": "small", "done": false }),
+        ))
+        .await
+        .unwrap();
+    let mut done = part.clone();
+    done.spec = json!({ "widget": "small", "done": true });
+    store.update(done).await.unwrap();
+    let (reconciled, _) = next_outcome(&mut outcomes).await.expect("small reconciles");
+    assert_eq!(reconciled, key("Widget", "small"));
+    assert_eq!(
+        *mapped.lock().unwrap(),
+        [("p1".to_owned(), false), ("p1".to_owned(), true)]
+    );
+    let mut filtered = filtered.lock().unwrap().clone();
+    filtered.sort();
+    assert_eq!(filtered, [("big".to_owned(), 2), ("small".to_owned(), 0)]);
+
+    // A stored widget that is not a `Widget` is reported, not handed to the
+    // reconciler or the error policy.
+    create("broken", json!({ "size": "large" })).await;
+    match next_outcome(&mut outcomes).await {
+        Err(ReconcileFailure::Store { key: k, source }) => {
+            assert_eq!(k, key("Widget", "broken"));
+            assert!(matches!(source, StoreError::Conversion { .. }), "{source}");
+        }
+        other => panic!("expected a conversion failure, got {other:?}"),
+    }
+
+    // A reconciler error is an item too; the policy gets the typed object.
+    create("unlucky", json!({ "size": 13 })).await;
+    match next_outcome(&mut outcomes).await {
+        Err(ReconcileFailure::Reconciler { key: k, error }) => {
+            assert_eq!(k, key("Widget", "unlucky"));
+            assert_eq!(error.0, "unlucky is unlucky");
+        }
+        other => panic!("expected the reconciler's error, got {other:?}"),
+    }
+    assert_eq!(*policy_saw.lock().unwrap(), [13]);
+
+    stop.send(()).unwrap();
+    let end = tokio::time::timeout(GUARD, outcomes.next())
+        .await
+        .expect("the stream ends after shutdown");
+    assert!(end.is_none(), "nothing was running: {end:?}");
 }

@@ -22,4 +22,5 @@ mod resources;
 mod runtime;
 mod schema;
 mod typed_api;
+mod watcher;
 mod work_queue;

@@ -141,11 +141,11 @@ async fn a_typed_controller_reconciles_typed_objects() {
     let api = Api::<Setting>::new(store.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(
-        Controller::for_resource::<Setting>(store.clone())
+        Controller::<Setting>::new(store.clone())
             .graceful_shutdown_on(async {
                 let _ = stopped.await;
             })
-            .run_typed(
+            .run(
                 |setting: Arc<Setting>, api: Arc<Api<Setting>>| async move {
                     let quota = u32::try_from(setting.spec.executor_quota).unwrap_or(0);
                     if setting.status.running != quota {
@@ -157,7 +157,8 @@ async fn a_typed_controller_reconciles_typed_objects() {
                 },
                 |_, _, _| Action::await_change(),
                 Arc::new(api.clone()),
-            ),
+            )
+            .for_each(|_| async {}),
     );
     let created = api.create(&setting(3)).await.unwrap();
     let mut events = api
