@@ -258,3 +258,37 @@ pub fn cargo_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("cargo"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_options_become_cargo_flags_with_an_absolute_target_dir() {
+        assert!(CargoOptions::default().flags().is_empty());
+        let options = CargoOptions {
+            locked: true,
+            frozen: true,
+            offline: true,
+            target_dir: Some(PathBuf::from("out/ci")),
+        };
+        assert_eq!(options.flags(), ["--locked", "--frozen", "--offline"]);
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(
+            options.absolute_target_dir().expect("absolute"),
+            Some(cwd.join("out/ci"))
+        );
+
+        let mut build = std::process::Command::new("cargo");
+        options.apply_to_build(&mut build).expect("applies");
+        let args: Vec<_> = build.get_args().map(|a| a.to_owned()).collect();
+        assert_eq!(
+            args,
+            ["--locked", "--frozen", "--offline", "--target-dir"]
+                .map(std::ffi::OsString::from)
+                .into_iter()
+                .chain([cwd.join("out/ci").into_os_string()])
+                .collect::<Vec<_>>()
+        );
+    }
+}
