@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::shell::{Color, Shell, Verbosity};
 
+pub use crate::project::CargoOptions;
+
 mod build;
 mod container;
 mod inspect;
@@ -120,6 +122,16 @@ impl Command {
             Command::Container(cmd) => cmd.exec(shell).map(drop),
         }
     }
+}
+
+/// Prints the one JSON object a `--json` subcommand gives CI scripts on stdout.
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn clap_cargo_styles() -> clap::builder::Styles {

@@ -41,7 +41,9 @@ pub struct BuiltComponent {
 }
 
 /// Builds `project` for [`TARGET`] with the [`PROFILE`] profile and returns the
-/// component. Installs the target with rustup when it is missing.
+/// component. Installs the target with rustup when it is missing. The cargo flags
+/// the project was located with (`--locked`, `--frozen`, `--offline`,
+/// `--target-dir`) are passed to `cargo build`.
 pub fn build(
     cargo: &Path,
     project: &PluginProject,
@@ -68,6 +70,10 @@ pub fn build(
         .env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags(project))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    project.cargo.apply_to_build(&mut cmd)?;
+    if let Some(when) = shell.cargo_color() {
+        cmd.args(["--color", when]);
+    }
     if !project.defines_ark_profile() {
         for setting in DEFAULT_PROFILE {
             cmd.args(["--config", setting]);

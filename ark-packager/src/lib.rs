@@ -47,9 +47,14 @@ pub struct Packaged {
 }
 
 /// Builds and packages the selected plugin crate exactly as `cargo ark package`
-/// does (status lines go to `shell`; cargo's own output to stderr), writing the
-/// archive to its usual place under the workspace's target directory.
-pub fn package_crate(selection: &cmd::PackageSelection, shell: &Shell) -> anyhow::Result<Packaged> {
+/// does (status lines go to `shell`; cargo's own output to stderr), with `cargo`'s
+/// flags passed to cargo, writing the archive to its usual place under the target
+/// directory (`<target dir>/ark/`).
+pub fn package_crate(
+    selection: &cmd::PackageSelection,
+    cargo: &project::CargoOptions,
+    shell: &Shell,
+) -> anyhow::Result<Packaged> {
     let global = cmd::GlobalOpts {
         quiet: shell.verbosity() == shell::Verbosity::Quiet,
         verbose: shell.verbosity() == shell::Verbosity::Verbose,
@@ -57,7 +62,8 @@ pub fn package_crate(selection: &cmd::PackageSelection, shell: &Shell) -> anyhow
     };
     let package = cmd::PackageCmd {
         selection: selection.clone(),
-        output: None,
+        cargo: cargo.clone(),
+        ..cmd::PackageCmd::default()
     };
     let archive = package.exec(&global, shell)?;
     Ok(Packaged {

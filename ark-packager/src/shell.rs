@@ -1,5 +1,10 @@
 //! Status output in cargo's style: `{verb:>12} message` on stderr, the verb in bold
 //! green (errors in bold red, warnings in bold yellow).
+//!
+//! `--color auto` colours only a terminal and honours `NO_COLOR` (and
+//! `CLICOLOR`/`CLICOLOR_FORCE`, through `anstream`); `never` writes no escape
+//! codes. The choice is passed on to the cargo that builds the guest, which does
+//! not read `NO_COLOR` itself.
 
 use std::io::Write;
 
@@ -99,5 +104,18 @@ impl Shell {
     /// Whether stdout output should be coloured.
     pub fn color_choice(&self) -> ColorChoice {
         self.choice
+    }
+
+    /// The `--color` to give a cargo `cargo ark` runs: what was asked for, `never`
+    /// when `NO_COLOR` is set under `auto`, else nothing (cargo decides).
+    pub fn cargo_color(&self) -> Option<&'static str> {
+        match self.choice {
+            ColorChoice::Always | ColorChoice::AlwaysAnsi => Some("always"),
+            ColorChoice::Never => Some("never"),
+            ColorChoice::Auto if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) => {
+                Some("never")
+            }
+            ColorChoice::Auto => None,
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod color;
 pub mod ctl;
 pub mod run;
 pub mod serve;
@@ -18,6 +19,10 @@ pub mod validate;
 #[derive(Debug, Parser)]
 #[command(name = "arkline", version, about, long_about = None)]
 pub struct Cli {
+    /// Coloured output and live progress: `auto` (on a terminal, unless `NO_COLOR`
+    /// is set), `always`, or `never` (no escape codes at all).
+    #[arg(long, global = true, value_enum, default_value_t = color::ColorChoice::Auto, value_name = "WHEN")]
+    pub color: color::ColorChoice,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -40,9 +45,9 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => args.exec(),
-        Command::Validate(args) => args.exec(),
-        Command::Serve(args) => args.exec(),
+        Command::Run(args) => args.exec(cli.color),
+        Command::Validate(args) => args.exec(cli.color),
+        Command::Serve(args) => args.exec(cli.color),
         Command::Ctl(args) => args.exec(),
     };
     match result {

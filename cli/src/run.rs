@@ -49,6 +49,8 @@ use arkline::container::archive::ContainerArchive;
 use arkline::model::{ParamType, PipelineSpec, Trigger};
 use arkline::{Container, Engine, PipelineExecution, TriggerRequest};
 
+use crate::color::{ColorChoice, ColorEnv};
+
 pub mod progress;
 
 use progress::{Event, EventKind, ExecutionId, LOG_TAIL_LINES, Progress, SummaryRow};
@@ -287,7 +289,7 @@ pub fn default_data_dir(archive_path: &Path, container: &str) -> PathBuf {
 
 impl RunArgs {
     /// Runs the subcommand.
-    pub fn exec(self) -> anyhow::Result<ExitCode> {
+    pub fn exec(self, color: ColorChoice) -> anyhow::Result<ExitCode> {
         let archive = ContainerArchive::open(&self.archive).with_context(|| {
             format!(
                 "cannot use {} as a container archive",
@@ -300,16 +302,19 @@ impl RunArgs {
             .data_dir
             .clone()
             .unwrap_or_else(|| default_data_dir(&self.archive, &archive.manifest.name));
+        // Spinners redraw with escape codes, so they need a terminal that takes
+        // them and a colour choice that allows them (not `never`, not NO_COLOR).
+        let env = ColorEnv::from_process();
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let colored = color.resolve(terminal, env);
         let progress = if self.json {
             Progress::Json
-        } else if std::io::IsTerminal::is_terminal(&std::io::stderr())
-            && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
-        {
+        } else if terminal && !env.dumb_term && colored {
             Progress::Tty(progress::Tty::new())
         } else {
-            Progress::Plain
+            Progress::Plain { color: colored }
         };
-        init_tracing();
+        init_tracing(colored);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -318,13 +323,13 @@ impl RunArgs {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(color: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("ARKLINE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(color)
         .try_init();
 }
 

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use arkline::Container;
 use arkline::container::archive::ContainerArchive;
+use arkline::model::ByteSize;
 use axum::Router;
 
 pub mod api;
@@ -23,7 +24,6 @@ pub mod error;
 pub mod hooks;
 pub mod metrics;
 pub mod openapi;
-pub mod size;
 pub mod state;
 
 pub use state::{AppState, Limits};
@@ -48,18 +48,18 @@ pub struct ServeArgs {
     /// Serve the admin API without authentication (only on a loopback address).
     #[arg(long, conflicts_with = "tokens")]
     pub insecure_no_auth: bool,
-    /// Largest .ark / .arkc upload.
-    #[arg(long, default_value = "64MiB", value_parser = size::parse)]
-    pub max_upload: u64,
-    /// Largest JSON or YAML request body.
-    #[arg(long, default_value = "1MiB", value_parser = size::parse)]
-    pub max_body: u64,
+    /// Largest .ark / .arkc upload (B, K/KiB, M/MiB, G/GiB, or KB, MB, GB).
+    #[arg(long, default_value = "64MiB", value_name = "SIZE")]
+    pub max_upload: ByteSize,
+    /// Largest JSON or YAML request body (same units).
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub max_body: ByteSize,
 }
 
 impl ServeArgs {
     /// Runs the subcommand.
-    pub fn exec(self) -> anyhow::Result<ExitCode> {
-        init_tracing();
+    pub fn exec(self, color: crate::color::ColorChoice) -> anyhow::Result<ExitCode> {
+        init_tracing(color);
         let auth = match (&self.tokens, self.insecure_no_auth) {
             (Some(path), _) => auth::Auth::load(path)?,
             (None, true) => {
@@ -207,12 +207,13 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(color: crate::color::ColorChoice) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ARKLINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color.stderr())
         .try_init();
 }
 

@@ -20,7 +20,7 @@
 //! Exit status: 0 when every file is valid (warnings allowed), 1 when any has an
 //! error (an unreadable file included).
 
-use std::io::{IsTerminal, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -84,7 +84,7 @@ struct JsonDiagnostic<'a> {
 
 impl ValidateArgs {
     /// Runs the subcommand.
-    pub fn exec(self) -> anyhow::Result<ExitCode> {
+    pub fn exec(self, color: crate::color::ColorChoice) -> anyhow::Result<ExitCode> {
         let reports: Vec<FileReport> = self.files.iter().map(|f| check_path(f)).collect();
         let failed = reports.iter().any(FileReport::has_errors);
         let stdout = std::io::stdout();
@@ -98,7 +98,7 @@ impl ValidateArgs {
             serde_json::to_writer_pretty(&mut out, &all).context("cannot write to stdout")?;
             writeln!(out).context("cannot write to stdout")?;
         } else {
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let color = color.stdout();
             for report in &reports {
                 write!(out, "{}", render_report(report, color))
                     .context("cannot write to stdout")?;

@@ -73,6 +73,7 @@
 //! assert!(err.render(src).contains("did you mean `timeout`?"));
 //! ```
 
+mod byte_size;
 pub mod config_schema;
 pub mod decode;
 pub mod diagnostic;
@@ -83,6 +84,7 @@ pub mod resources;
 pub mod validate;
 mod yaml;
 
+pub use byte_size::{ByteSize, ByteSizeError};
 pub use config_schema::validate_with_schemas;
 pub use decode::SourceMap;
 pub use diagnostic::{Diagnostic, Diagnostics, Severity, Span};

@@ -256,22 +256,25 @@ fn install(source: &Source, grants: &Capabilities) -> Result<BizLease, HarnessEr
 }
 
 fn compile(source: &Source) -> Result<Compiled, HarnessError> {
-    let (path, cache) =
-        match source {
-            Source::Crate(manifest) => {
-                let selection = cargo_ark::cmd::PackageSelection {
-                    manifest_path: Some(manifest.clone()),
-                    package: None,
-                };
-                let packaged = cargo_ark::package_crate(&selection, &crate::quiet_shell())
-                    .map_err(|e| HarnessError::Package {
-                        manifest: manifest.clone(),
-                        message: format!("{e:#}"),
-                    })?;
-                (packaged.archive, Some(packaged.compiled_cache))
-            }
-            Source::Ark(path) => (path.clone(), None),
-        };
+    let (path, cache) = match source {
+        Source::Crate(manifest) => {
+            let selection = cargo_ark::cmd::PackageSelection {
+                manifest_path: Some(manifest.clone()),
+                package: None,
+            };
+            let packaged = cargo_ark::package_crate(
+                &selection,
+                &cargo_ark::cmd::CargoOptions::default(),
+                &crate::quiet_shell(),
+            )
+            .map_err(|e| HarnessError::Package {
+                manifest: manifest.clone(),
+                message: format!("{e:#}"),
+            })?;
+            (packaged.archive, Some(packaged.compiled_cache))
+        }
+        Source::Ark(path) => (path.clone(), None),
+    };
     let ark = Ark::open(&path).map_err(|e| HarnessError::Archive {
         path: path.clone(),
         message: e.to_string(),

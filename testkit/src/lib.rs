@@ -123,6 +123,7 @@ fn package(name: &str) -> Result<PathBuf, String> {
             package: Some(name.to_owned()),
         },
         output: Some(out_dir.join(format!("{name}.ark"))),
+        ..cargo_ark::cmd::PackageCmd::default()
     };
     let global = cargo_ark::cmd::GlobalOpts {
         quiet: true,

@@ -5,15 +5,18 @@ use clap::Args;
 
 use crate::cmd::{GlobalOpts, PackageSelection};
 use crate::guest::{self, BuiltComponent};
-use crate::project::{PluginProject, cargo_path};
+use crate::project::{CargoOptions, PluginProject, cargo_path};
 use crate::shell::Shell;
 
 /// Build the plugin's component for wasm32-wasip2 and check it exports the step world.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct BuildCmd {
     /// Which package.
     #[command(flatten)]
     pub selection: PackageSelection,
+    /// Flags passed to cargo.
+    #[command(flatten)]
+    pub cargo: CargoOptions,
 }
 
 impl BuildCmd {
@@ -24,7 +27,7 @@ impl BuildCmd {
         shell: &Shell,
     ) -> anyhow::Result<(PluginProject, BuiltComponent, ComponentInfo)> {
         let cargo = cargo_path();
-        let project = PluginProject::locate(&cargo, &self.selection)?;
+        let project = PluginProject::locate(&cargo, &self.selection, &self.cargo)?;
         let built = guest::build(&cargo, &project, shell)?;
         shell.status("Checking", format!("component {}", built.path.display()));
         let info = arkline::runtime::inspect_component(&built.bytes).map_err(|e| {

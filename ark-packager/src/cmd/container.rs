@@ -45,11 +45,13 @@ use clap::Args;
 use semver::Version;
 use serde::Deserialize;
 
-use crate::cmd::PackageSelection;
+use crate::cmd::{PackageSelection, print_json};
+use crate::project::CargoOptions;
 use crate::shell::Shell;
 
 /// Build every biz of a container source description and write
-/// `target/ark/<name>-<version>.arkc` next to it.
+/// `target/ark/<name>-<version>.arkc` next to it (`<DIRECTORY>/ark/` with
+/// `--target-dir`).
 #[derive(Debug, Clone, Args)]
 pub struct ContainerCmd {
     /// The source description.
@@ -58,6 +60,14 @@ pub struct ContainerCmd {
     /// Write the archive here instead of `target/ark/` next to the description.
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Print one JSON object on stdout: `name`, `version`, `archive`, `size`
+    /// (bytes), `sha256`, `engines` (bizes, pipelines). Status lines stay on stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Flags passed to cargo (for the bizes built from `path`); `--target-dir`
+    /// also moves the default output to `<DIRECTORY>/ark/`.
+    #[command(flatten)]
+    pub cargo: CargoOptions,
 }
 
 /// A container source description (`container.toml` without `format_version`).
@@ -171,6 +181,7 @@ enum Origin<'a> {
 struct Bizes<'s> {
     dir: PathBuf,
     shell: &'s Shell,
+    cargo: &'s CargoOptions,
     /// Canonical source path → identity.
     loaded: BTreeMap<PathBuf, (String, Version)>,
     /// Identity → archive bytes and where they came from.
@@ -207,7 +218,7 @@ impl Bizes<'_> {
                     manifest_path: Some(manifest_path),
                     package: None,
                 };
-                crate::package_crate(&selection, self.shell)
+                crate::package_crate(&selection, self.cargo, self.shell)
                     .with_context(|| format!("{owner}: cannot package the plugin at `{written}`"))?
                     .archive
             }
@@ -323,14 +334,14 @@ impl ContainerCmd {
                 ),
             );
         }
-        let out = match &self.out {
-            Some(out) => out.clone(),
-            None => dir
-                .join("target")
-                .join("ark")
-                .join(format!("{}-{}.arkc", source.name, source.version)),
+        let file_name = format!("{}-{}.arkc", source.name, source.version);
+        let out = match (&self.out, self.cargo.absolute_target_dir()?) {
+            (Some(out), _) => out.clone(),
+            (None, Some(target_dir)) => target_dir.join("ark").join(file_name),
+            (None, None) => dir.join("target").join("ark").join(file_name),
         };
         write_atomically(&out, &bytes)?;
+        let sha256 = arkline::ark::sha256_hex(&bytes);
         shell.status(
             "Packaged",
             format!(
@@ -339,9 +350,12 @@ impl ContainerCmd {
                 source.version,
                 out.display(),
                 bytes.len().div_ceil(1024),
-                &archive.sha256[..16]
+                &sha256[..16]
             ),
         );
+        if self.json {
+            print_json(&container_json(&archive, &out, &bytes, &sha256))?;
+        }
         Ok(out)
     }
 
@@ -368,6 +382,7 @@ impl ContainerCmd {
         let mut bizes = Bizes {
             dir: dir.to_path_buf(),
             shell,
+            cargo: &self.cargo,
             loaded: BTreeMap::new(),
             bytes: BTreeMap::new(),
         };
@@ -458,6 +473,48 @@ impl ContainerCmd {
             .collect();
         Ok((manifest, bytes, pipelines))
     }
+}
+
+/// What `cargo ark container --json` prints.
+fn container_json(
+    archive: &ContainerArchive,
+    path: &Path,
+    bytes: &[u8],
+    sha256: &str,
+) -> serde_json::Value {
+    let m = &archive.manifest;
+    let engines: Vec<serde_json::Value> = m
+        .engines
+        .iter()
+        .map(|engine| {
+            let bizes: Vec<serde_json::Value> = archive
+                .engine_bizes(&engine.name)
+                .iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "name": b.name,
+                        "version": b.version.to_string(),
+                        "active": b.active,
+                        "shared": b.shared,
+                        "grants": b.grants,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": engine.name,
+                "bizes": bizes,
+                "pipelines": engine.pipelines.iter().map(|p| &p.path).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": m.name,
+        "version": m.version.to_string(),
+        "archive": path,
+        "size": bytes.len(),
+        "sha256": sha256,
+        "engines": engines,
+    })
 }
 
 /// The shared biz `name` or `name@version` names.

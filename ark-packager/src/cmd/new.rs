@@ -8,17 +8,97 @@ use clap::Args;
 use crate::shell::Shell;
 
 /// Create a new step plugin crate that packages out of the box.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct NewCmd {
     /// Directory to create; its last component is the default name.
     pub path: PathBuf,
     /// Plugin (package and biz) name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Path to the `arkline-sdk` crate (it is not on a registry); defaults to the SDK
-    /// in the arkline source tree this cargo-ark was built from.
+    /// A local `arkline-sdk` crate to depend on (with its version, so the plugin
+    /// can also be built from the registry). Default: the SDK in the arkline source
+    /// tree this cargo-ark was built from, when there is one; otherwise the plugin
+    /// depends on `arkline-sdk` from the registry.
     #[arg(long, value_name = "DIR")]
     pub sdk_path: Option<PathBuf>,
+    /// Depend on `arkline-sdk` from the registry only, even when a local SDK is known.
+    #[arg(long, conflicts_with = "sdk_path")]
+    pub no_sdk_path: bool,
+}
+
+/// Where the scaffold's `arkline-sdk` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdkDependency {
+    /// The registry: `arkline-sdk = "0.1"`.
+    Registry,
+    /// A local checkout, with the version too: `{ version = "0.1", path = … }`.
+    Local(PathBuf),
+}
+
+impl SdkDependency {
+    /// Decides as `cargo ark new` does: no local SDK when `registry_only`; the
+    /// `explicit` one (which must be an `arkline-sdk` crate); else `default` when
+    /// it is an `arkline-sdk` crate; else the registry.
+    pub fn choose(
+        explicit: Option<&Path>,
+        registry_only: bool,
+        default: &Path,
+    ) -> anyhow::Result<SdkDependency> {
+        if registry_only {
+            return Ok(SdkDependency::Registry);
+        }
+        if let Some(dir) = explicit {
+            let dir = dir.canonicalize().with_context(|| {
+                format!(
+                    "cannot find arkline-sdk at {}; pass --sdk-path <arkline checkout>/plugins/sdk, or leave it out to use the registry",
+                    dir.display()
+                )
+            })?;
+            if !is_sdk_crate(&dir) {
+                bail!(
+                    "{} is not the arkline-sdk crate (its Cargo.toml does not name package `arkline-sdk`); pass --sdk-path <arkline checkout>/plugins/sdk",
+                    dir.display()
+                );
+            }
+            return Ok(SdkDependency::Local(dir));
+        }
+        Ok(match default.canonicalize() {
+            Ok(dir) if is_sdk_crate(&dir) => SdkDependency::Local(dir),
+            _ => SdkDependency::Registry,
+        })
+    }
+
+    /// The dependency line of the scaffold's `Cargo.toml`.
+    pub fn toml_line(&self) -> String {
+        let version = toml_string(&sdk_requirement());
+        match self {
+            SdkDependency::Registry => format!("arkline-sdk = {version}"),
+            SdkDependency::Local(dir) => format!(
+                "arkline-sdk = {{ version = {version}, path = {} }}",
+                toml_string(&dir.display().to_string())
+            ),
+        }
+    }
+}
+
+/// The SDK released with this cargo-ark: `major.minor` of its version (a caret
+/// requirement, so `0.1` is any 0.1.x).
+pub fn sdk_requirement() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => format!("{major}.{minor}"),
+        _ => version.to_owned(),
+    }
+}
+
+/// Whether `dir` holds the `arkline-sdk` package.
+fn is_sdk_crate(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml"))
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("package")?.get("name")?.as_str().map(str::to_owned))
+        .is_some_and(|name| name == "arkline-sdk")
 }
 
 impl NewCmd {
@@ -40,16 +120,11 @@ impl NewCmd {
                 self.path.display()
             );
         }
-        let sdk = match &self.sdk_path {
-            Some(p) => p.clone(),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk"),
-        };
-        let sdk = sdk.canonicalize().with_context(|| {
-            format!(
-                "cannot find arkline-sdk at {}; pass --sdk-path <arkline checkout>/plugins/sdk",
-                sdk.display()
-            )
-        })?;
+        let sdk = SdkDependency::choose(
+            self.sdk_path.as_deref(),
+            self.no_sdk_path,
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk"),
+        )?;
 
         std::fs::create_dir_all(self.path.join("src"))
             .with_context(|| format!("cannot create {}", self.path.display()))?;
@@ -64,9 +139,17 @@ impl NewCmd {
             std::fs::write(&path, contents)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        let from = match &sdk {
+            SdkDependency::Registry => "the registry".to_owned(),
+            SdkDependency::Local(dir) => dir.display().to_string(),
+        };
         shell.status(
             "Created",
-            format!("step plugin `{name}` at {}", self.path.display()),
+            format!(
+                "step plugin `{name}` at {} (arkline-sdk {} from {from})",
+                self.path.display(),
+                sdk_requirement()
+            ),
         );
         Ok(())
     }
@@ -85,7 +168,7 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-fn cargo_toml(name: &str, sdk: &Path) -> String {
+fn cargo_toml(name: &str, sdk: &SdkDependency) -> String {
     format!(
         r#"[package]
 name = {name}
@@ -99,7 +182,7 @@ publish = false
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-arkline-sdk = {{ path = {sdk} }}
+{sdk}
 schemars = "1"
 serde = {{ version = "1", features = ["derive"] }}
 
@@ -124,7 +207,7 @@ strip = "debuginfo"
 [workspace]
 "#,
         name = toml_string(name),
-        sdk = toml_string(&sdk.display().to_string()),
+        sdk = sdk.toml_line(),
     )
 }
 
@@ -179,4 +262,51 @@ stages:
 Outputs: `greeting`.
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sdk_dependency_names_a_version_with_or_without_a_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let missing = tmp.path().join("no-sdk-here");
+        assert_eq!(
+            SdkDependency::choose(None, false, &missing).expect("chooses"),
+            SdkDependency::Registry
+        );
+        assert_eq!(SdkDependency::Registry.toml_line(), "arkline-sdk = \"0.1\"");
+
+        let sdk = tmp.path().join("sdk");
+        std::fs::create_dir_all(&sdk).expect("mkdir");
+        std::fs::write(
+            sdk.join("Cargo.toml"),
+            "[package]\nname = \"arkline-sdk\"\nversion = \"0.1.0\"\n",
+        )
+        .expect("write");
+        let local = SdkDependency::choose(None, false, &sdk).expect("chooses");
+        let dir = sdk.canonicalize().expect("canonical");
+        assert_eq!(local, SdkDependency::Local(dir.clone()));
+        assert_eq!(
+            local.toml_line(),
+            format!(
+                "arkline-sdk = {{ version = \"0.1\", path = {} }}",
+                toml_string(&dir.display().to_string())
+            )
+        );
+        assert_eq!(
+            SdkDependency::choose(None, true, &sdk).expect("chooses"),
+            SdkDependency::Registry
+        );
+
+        // An explicit path must exist and be the SDK.
+        let err = SdkDependency::choose(Some(&missing), false, &sdk).expect_err("missing");
+        assert!(err.to_string().contains("cannot find arkline-sdk"), "{err}");
+        let err = SdkDependency::choose(Some(tmp.path()), false, &sdk).expect_err("not the sdk");
+        assert!(
+            err.to_string().contains("is not the arkline-sdk crate"),
+            "{err}"
+        );
+    }
 }

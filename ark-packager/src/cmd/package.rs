@@ -8,15 +8,16 @@ use arkline::ark::{BuildInfo, ComponentEntry, FORMAT_VERSION, Manifest, StepEntr
 use clap::Args;
 use semver::VersionReq;
 
-use crate::cmd::{BuildCmd, GlobalOpts, PackageSelection};
+use crate::cmd::{BuildCmd, GlobalOpts, PackageSelection, print_json};
 use crate::guest;
+use crate::project::CargoOptions;
 use crate::shell::Shell;
 
 /// Path of the component inside an archive written by this packager.
 const COMPONENT_PATH: &str = "component.wasm";
 
 /// Build the plugin and write `target/ark/<name>-<version>.ark`.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct PackageCmd {
     /// Which package.
     #[command(flatten)]
@@ -24,6 +25,13 @@ pub struct PackageCmd {
     /// Write the archive here instead of target/ark/.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Print one JSON object on stdout: `name`, `version`, `archive`, `size`
+    /// (bytes), `sha256`, `steps`. Status lines stay on stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Flags passed to cargo.
+    #[command(flatten)]
+    pub cargo: CargoOptions,
 }
 
 impl PackageCmd {
@@ -31,6 +39,7 @@ impl PackageCmd {
     pub fn exec(&self, global: &GlobalOpts, shell: &Shell) -> anyhow::Result<PathBuf> {
         let build = BuildCmd {
             selection: self.selection.clone(),
+            cargo: self.cargo.clone(),
         };
         let (project, built, info) = build.exec(global, shell)?;
         let name = project.biz_name();
@@ -100,6 +109,7 @@ impl PackageCmd {
                 .join(format!("{name}-{}.ark", package.version)),
         };
         write_atomically(&path, &bytes)?;
+        let sha256 = arkline::ark::sha256_hex(&bytes);
         shell.status(
             "Packaged",
             format!(
@@ -107,9 +117,19 @@ impl PackageCmd {
                 package.version,
                 path.display(),
                 bytes.len().div_ceil(1024),
-                &arkline::ark::sha256_hex(&bytes)[..16]
+                &sha256[..16]
             ),
         );
+        if self.json {
+            print_json(&serde_json::json!({
+                "name": name,
+                "version": package.version.to_string(),
+                "archive": path,
+                "size": bytes.len(),
+                "sha256": sha256,
+                "steps": info.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            }))?;
+        }
         Ok(path)
     }
 }

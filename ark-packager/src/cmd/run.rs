@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use arkline::ark::Ark;
 use arkline::host::{Capabilities, merge_grants, parse_grant};
 use arkline::host::{LogLevel, LogLine, LogSink};
+use arkline::model::ByteSize;
 use arkline::runtime::{
     Activation, BizRegistry, CacheOutcome, Runtime, RuntimeConfig, StepCall, StepFailure,
     StepFault, StepOutcome, StepReport,
@@ -22,7 +23,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cmd::{GlobalOpts, PackageSelection};
-use crate::project::cargo_path;
+use crate::project::{CargoOptions, cargo_path};
 use crate::shell::Shell;
 
 /// The engine name the step runs under (it appears in capability refusals).
@@ -57,9 +58,9 @@ pub struct RunCmd {
     /// Wall-clock limit of the call.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
     pub timeout: Duration,
-    /// Linear-memory limit of the call (B, KiB, MiB, GiB, or KB, MB, GB).
-    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
-    pub memory: usize,
+    /// Linear-memory limit of the call (B, K/KiB, M/MiB, G/GiB, or KB, MB, GB).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_memory)]
+    pub memory: ByteSize,
     /// Fuel for the call (default: unlimited); the fuel consumed is reported.
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
@@ -72,6 +73,9 @@ pub struct RunCmd {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Flags passed to cargo.
+    #[command(flatten)]
+    pub cargo: CargoOptions,
 }
 
 impl RunCmd {
@@ -81,9 +85,9 @@ impl RunCmd {
         let config = self.config()?;
         let grants = merge_grants(&self.grants);
         let (archive, cache) = match &self.ark {
-            Some(path) => (path.clone(), compiled_cache_of_cwd(shell)),
+            Some(path) => (path.clone(), compiled_cache_of_cwd(&self.cargo, shell)?),
             None => {
-                let packaged = crate::package_crate(&self.selection, shell)?;
+                let packaged = crate::package_crate(&self.selection, &self.cargo, shell)?;
                 (packaged.archive, Some(packaged.compiled_cache))
             }
         };
@@ -92,8 +96,10 @@ impl RunCmd {
         let workspace = self.workspace(shell)?;
 
         // One call at a time; the pooling slots must fit the memory asked for.
+        // `parse_memory` checked that it fits.
+        let memory = usize::try_from(self.memory.bytes()).unwrap_or(usize::MAX);
         let mut runtime_config = RuntimeConfig::default().max_instances(4);
-        runtime_config.max_memory = runtime_config.max_memory.max(self.memory);
+        runtime_config.max_memory = runtime_config.max_memory.max(memory);
         if let Some(dir) = &cache {
             runtime_config = runtime_config.cache_dir(dir);
         }
@@ -108,7 +114,7 @@ impl RunCmd {
         let call = StepCall::new(&self.step, serde_json::Value::Object(config))
             .workspace(&workspace)
             .timeout(self.timeout)
-            .memory_limit(self.memory)
+            .memory_limit(memory)
             .log_sink(log_printer(shell));
         let call = match self.fuel {
             Some(fuel) => call.fuel(fuel),
@@ -345,12 +351,14 @@ fn log_printer(shell: &Shell) -> LogSink {
     })
 }
 
-/// The compiled cache of the cargo project around the current directory, if any:
-/// an archive from elsewhere still runs, compiled in memory.
-fn compiled_cache_of_cwd(shell: &Shell) -> Option<PathBuf> {
-    let mut cmd = cargo_metadata::MetadataCommand::new();
-    cmd.cargo_path(cargo_path()).no_deps();
-    match cmd.exec() {
+/// The compiled cache of `--target-dir`, or of the cargo project around the
+/// current directory, if any: an archive from elsewhere still runs, compiled in
+/// memory.
+fn compiled_cache_of_cwd(cargo: &CargoOptions, shell: &Shell) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(dir) = cargo.absolute_target_dir()? {
+        return Ok(Some(dir.join("ark").join("compiled")));
+    }
+    Ok(match cargo.metadata_command(&cargo_path()).exec() {
         Ok(metadata) => Some(
             metadata
                 .target_directory
@@ -365,7 +373,7 @@ fn compiled_cache_of_cwd(shell: &Shell) -> Option<PathBuf> {
             );
             None
         }
-    }
+    })
 }
 
 fn round_to_micros(d: Duration) -> Duration {
@@ -442,39 +450,16 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses a byte size: a number with an optional unit (B, KiB, MiB, GiB, KB, MB, GB;
-/// K, M and G are binary).
-fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (e.g. `256MiB`, `1GiB`)"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}`; use B, KiB, MiB, GiB, KB, MB or GB"
-            ));
-        }
-    };
-    let bytes = n
-        .checked_mul(multiplier)
-        .and_then(|b| usize::try_from(b).ok())
-        .ok_or_else(|| format!("`{text}` is too large"))?;
-    if bytes == 0 {
-        return Err("the memory limit must be above zero".to_owned());
+/// Parses `--memory`: a [`ByteSize`] above zero that fits this machine's `usize`.
+fn parse_memory(text: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = text.parse().map_err(|e| format!("{e}"))?;
+    if size.is_zero() {
+        return Err("the memory limit must be above zero, like `256MiB`".to_owned());
     }
-    Ok(bytes)
+    if usize::try_from(size.bytes()).is_err() {
+        return Err(format!("{size} does not fit in this machine's memory"));
+    }
+    Ok(size)
 }
 
 #[cfg(test)]
@@ -510,19 +495,21 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("64k"), Ok(64 << 10));
-        assert_eq!(parse_size("2MB"), Ok(2_000_000));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+    fn memory_limits_parse_as_byte_sizes_above_zero() {
+        let bytes = |text: &str| parse_memory(text).map(ByteSize::bytes);
+        assert_eq!(bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(bytes("1 GiB"), Ok(1 << 30));
+        assert_eq!(bytes("64k"), Ok(64 << 10));
+        assert_eq!(bytes("2MB"), Ok(2_000_000));
+        assert_eq!(bytes("4096"), Ok(4096));
+        assert!(bytes("lots").unwrap_err().contains("`lots` is not a size"));
         assert!(
-            parse_size("3 parsecs")
+            bytes("3 parsecs")
                 .unwrap_err()
-                .contains("unknown size unit")
+                .contains("unknown unit `parsecs`")
         );
-        assert!(parse_size("0").unwrap_err().contains("above zero"));
+        assert!(bytes("0").unwrap_err().contains("above zero"));
+        assert!(bytes("0 MiB").unwrap_err().contains("above zero"));
     }
 
     #[test]

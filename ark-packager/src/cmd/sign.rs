@@ -4,11 +4,12 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use arkline::ark::{Ark, PublicKey, SecretKey, SignaturePolicy};
+use arkline::ark::{Ark, PublicKey, SecretKey, SignaturePolicy, SignatureStatus};
 use arkline::container::archive::ContainerArchive;
 use arkline::container::archive::biz_path;
 use clap::Args;
 
+use crate::cmd::print_json;
 use crate::shell::Shell;
 
 /// Create an ed25519 key pair for signing archives: `NAME.key` (secret, mode 0600)
@@ -118,6 +119,19 @@ pub struct VerifyCmd {
     /// Refuse unsigned archives even when no key is given.
     #[arg(long)]
     pub require_signature: bool,
+    /// Print one JSON object on stdout instead of the problem lines: `archive`,
+    /// `kind`, `size`, `sha256`, `verified`, `problems`, and the signature
+    /// (`status`, `key`) of the .ark or of each biz of the .arkc. Exits 1 when
+    /// verification fails, as without it.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one verification found: the problems, and the JSON fields describing
+/// the archive (name, signatures, …) for `--json`.
+struct Verification {
+    problems: Vec<String>,
+    fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl VerifyCmd {
@@ -135,17 +149,36 @@ impl VerifyCmd {
             require_signature: self.require_signature || !trusted.is_empty(),
             trusted,
         };
-        let problems = if super::container::is_container(&self.file) {
+        let container = super::container::is_container(&self.file);
+        let Verification { problems, fields } = if container {
             verify_container(&self.file, &policy, shell)
         } else {
             verify(&self.file, &policy, shell)
         };
+        if self.json {
+            // Digest and size of the file as it is, even when it does not read.
+            let bytes = std::fs::read(&self.file).ok();
+            let mut value = serde_json::json!({
+                "archive": self.file,
+                "kind": if container { "arkc" } else { "ark" },
+                "size": bytes.as_ref().map(Vec::len),
+                "sha256": bytes.as_deref().map(arkline::ark::sha256_hex),
+                "verified": problems.is_empty(),
+                "problems": problems,
+            });
+            if let Some(object) = value.as_object_mut() {
+                object.extend(fields);
+            }
+            print_json(&value)?;
+        }
         if problems.is_empty() {
             return Ok(());
         }
-        let mut out = std::io::stdout().lock();
-        for p in &problems {
-            writeln!(out, "{}: {p}", self.file.display())?;
+        if !self.json {
+            let mut out = std::io::stdout().lock();
+            for p in &problems {
+                writeln!(out, "{}: {p}", self.file.display())?;
+            }
         }
         bail!(
             "{} failed verification ({} problem{})",
@@ -156,13 +189,44 @@ impl VerifyCmd {
     }
 }
 
-fn verify(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec<String> {
+/// `{"status": "unsigned" | "trusted" | "unverified" | "invalid", "key": hex or
+/// null, "key_id": the short id or null, "message": what a person is told}`.
+fn signature_json<E: std::fmt::Display>(result: &Result<SignatureStatus, E>) -> serde_json::Value {
+    let (status, key) = match result {
+        Ok(SignatureStatus::Unsigned) => ("unsigned", None),
+        Ok(SignatureStatus::Trusted(key)) => ("trusted", Some(key)),
+        Ok(SignatureStatus::Unverified(key)) => ("unverified", Some(key)),
+        Err(_) => ("invalid", None),
+    };
+    let message = match result {
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
+    };
+    serde_json::json!({
+        "status": status,
+        "key": key.map(ToString::to_string),
+        "key_id": key.map(PublicKey::id),
+        "message": message,
+    })
+}
+
+fn verify(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Verification {
+    let mut fields = serde_json::Map::new();
     let ark = match Ark::open(file) {
         Ok(ark) => ark,
-        Err(e) => return vec![e.to_string()],
+        Err(e) => {
+            return Verification {
+                problems: vec![e.to_string()],
+                fields,
+            };
+        }
     };
+    fields.insert("name".into(), ark.manifest.name.clone().into());
+    fields.insert("version".into(), ark.manifest.version.to_string().into());
     let mut problems = Vec::new();
-    match ark.verify_signature(policy) {
+    let signature = ark.verify_signature(policy);
+    fields.insert("signature".into(), signature_json(&signature));
+    match signature {
         Ok(status) => shell.status("Signature", status.to_string()),
         Err(e) => problems.push(e.to_string()),
     }
@@ -178,18 +242,28 @@ fn verify(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec<String> {
             ),
         );
     }
-    problems
+    Verification { problems, fields }
 }
 
 /// An `.arkc`: every check of the reader (which applies each engine's signature
 /// policy), then, for each nested biz, the policy given on the command line and
 /// the component checks of a single `.ark`.
-fn verify_container(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec<String> {
+fn verify_container(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Verification {
+    let mut fields = serde_json::Map::new();
     let arkc = match ContainerArchive::open(file) {
         Ok(arkc) => arkc,
-        Err(e) => return vec![e.to_string()],
+        Err(e) => {
+            return Verification {
+                problems: vec![e.to_string()],
+                fields,
+            };
+        }
     };
+    fields.insert("name".into(), arkc.manifest.name.clone().into());
+    fields.insert("version".into(), arkc.manifest.version.to_string().into());
+    let mut engines = Vec::new();
     for engine in &arkc.manifest.engines {
+        let mut bizes = Vec::new();
         for biz in arkc.engine_bizes(&engine.name) {
             shell.status(
                 "Signature",
@@ -198,8 +272,15 @@ fn verify_container(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec
                     engine.name, biz.name, biz.version, biz.signature
                 ),
             );
+            bizes.push(serde_json::json!({
+                "name": biz.name,
+                "version": biz.version.to_string(),
+                "signature": signature_json::<String>(&Ok(biz.signature.clone())),
+            }));
         }
+        engines.push(serde_json::json!({ "name": engine.name, "bizes": bizes }));
     }
+    fields.insert("engines".into(), engines.into());
     let cli_policy = policy.require_signature || !policy.trusted.is_empty();
     let mut problems = Vec::new();
     for ((name, version), ark) in &arkc.bizes {
@@ -231,7 +312,7 @@ fn verify_container(file: &Path, policy: &SignaturePolicy, shell: &Shell) -> Vec
             ),
         );
     }
-    problems
+    Verification { problems, fields }
 }
 
 fn plural(n: usize, suffix: &str) -> &str {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::time::Duration;
 
+use anstyle::{AnsiColor, Style};
 use chrono::{DateTime, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -16,6 +17,28 @@ use arkline::model::{ExecutionPhase, StepPhase, StepStatus};
 
 /// Lines of a failed step's log shown with its failure.
 pub const LOG_TAIL_LINES: usize = 10;
+
+const GREEN: Style = AnsiColor::Green.on_default();
+const RED: Style = AnsiColor::Red.on_default();
+const DIM: Style = Style::new().dimmed();
+const BOLD: Style = Style::new().bold();
+const VERB: Style = AnsiColor::Green.on_default().bold();
+const BAD_VERB: Style = AnsiColor::Red.on_default().bold();
+
+/// `text` in `style` when colouring, else as it is.
+fn paint(style: Style, text: &str, color: bool) -> String {
+    if color {
+        format!("{style}{text}{style:#}")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// A status verb right-aligned to 12 columns (cargo style), painted after
+/// padding so the columns line up either way.
+fn verb(style: Style, verb: &str, color: bool) -> String {
+    paint(style, &format!("{verb:>12}"), color)
+}
 
 /// What an event is about. Serialized in snake_case (`execution_started`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -244,9 +267,13 @@ pub fn human_duration(ms: u64) -> String {
 pub enum Progress {
     /// One JSON object per line on stdout.
     Json,
-    /// Plain status lines on stderr (not a terminal, or asked for).
-    Plain,
-    /// Live spinners on stderr.
+    /// Plain status lines on stderr (not a terminal, or no escape codes wanted),
+    /// their verbs coloured when `color` (`--color always`).
+    Plain {
+        /// Whether to colour the verbs.
+        color: bool,
+    },
+    /// Live spinners on stderr (a terminal, escape codes allowed).
     Tty(Tty),
 }
 
@@ -335,9 +362,9 @@ impl Tty {
                     bar.set_message(format!("running{attempt}"));
                 } else {
                     let mark = match e.phase.as_str() {
-                        "Succeeded" => "\x1b[32m✓\x1b[0m",
-                        "Skipped" => "\x1b[2m-\x1b[0m",
-                        _ => "\x1b[31m✗\x1b[0m",
+                        "Succeeded" => paint(GREEN, "✓", true),
+                        "Skipped" => paint(DIM, "-", true),
+                        _ => paint(RED, "✗", true),
                     };
                     bar.set_style(style("  {msg}"));
                     bar.finish_with_message(format!(
@@ -360,15 +387,14 @@ impl Tty {
             EventKind::ExecutionFinished => {
                 let x = self.execution(e);
                 let mark = if e.phase == "Succeeded" {
-                    "\x1b[32m✓\x1b[0m"
+                    paint(GREEN, "✓", true)
                 } else {
-                    "\x1b[31m✗\x1b[0m"
+                    paint(RED, "✗", true)
                 };
                 x.header.set_style(style("{msg}"));
                 x.header.finish_with_message(format!(
-                    "{mark} \x1b[1m{}/{}\x1b[0m {}{}{}",
-                    e.engine,
-                    e.execution,
+                    "{mark} {} {}{}{}",
+                    paint(BOLD, &format!("{}/{}", e.engine, e.execution), true),
                     e.phase,
                     e.duration_ms
                         .map(|d| format!(" in {}", human_duration(d)))
@@ -433,8 +459,8 @@ impl Progress {
                 writeln!(out)?;
                 out.flush()
             }
-            Progress::Plain => {
-                let line = plain_line(e);
+            Progress::Plain { color } => {
+                let line = plain_line(e, *color);
                 let mut err = std::io::stderr().lock();
                 writeln!(err, "{line}")?;
                 if let Some(tail) = &e.log_tail {
@@ -454,8 +480,10 @@ impl Progress {
     pub fn status(&self, verb: &str, message: &str) {
         match self {
             Progress::Json => {}
-            Progress::Plain => eprintln!("{verb:>12} {message}"),
-            Progress::Tty(tty) => tty.println(&format!("\x1b[1;32m{verb:>12}\x1b[0m {message}")),
+            Progress::Plain { color } => eprintln!("{} {message}", self::verb(VERB, verb, *color)),
+            Progress::Tty(tty) => {
+                tty.println(&format!("{} {message}", self::verb(VERB, verb, true)))
+            }
         }
     }
 
@@ -476,7 +504,8 @@ impl Progress {
     }
 }
 
-fn plain_line(e: &Event) -> String {
+/// One event as a plain line: a cargo-style verb, the execution, the step.
+fn plain_line(e: &Event, color: bool) -> String {
     let who = format!("{}/{}", e.engine, e.execution);
     let took = e
         .duration_ms
@@ -487,15 +516,23 @@ fn plain_line(e: &Event) -> String {
         .as_ref()
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
+    let phase_style = match e.phase.as_str() {
+        "Failed" | "Aborted" => BAD_VERB,
+        "Skipped" => DIM,
+        _ => VERB,
+    };
     match e.event {
         EventKind::ExecutionStarted if e.resumed == Some(true) => {
             format!(
-                "{:>12} {who} ({}, left unfinished by an earlier run)",
-                "Resuming", e.phase
+                "{} {who} ({}, left unfinished by an earlier run)",
+                verb(VERB, "Resuming", color),
+                e.phase
             )
         }
-        EventKind::ExecutionStarted => format!("{:>12} {who} ({})", "Started", e.phase),
-        EventKind::ExecutionPhase => format!("{:>12} {who}", e.phase),
+        EventKind::ExecutionStarted => {
+            format!("{} {who} ({})", verb(VERB, "Started", color), e.phase)
+        }
+        EventKind::ExecutionPhase => format!("{} {who}", verb(phase_style, &e.phase, color)),
         EventKind::Step => {
             let step = match &e.stage {
                 Some(stage) => format!("{stage}/{}", e.step.as_deref().unwrap_or_default()),
@@ -505,18 +542,25 @@ fn plain_line(e: &Event) -> String {
                 Some(a) if a > 1 => format!(" (attempt {a})"),
                 _ => String::new(),
             };
-            let verb = match e.phase.as_str() {
+            let name = match e.phase.as_str() {
                 "Succeeded" => "Ok",
                 other => other,
             };
-            format!("{verb:>12} {who} {step}{attempt}{took}{why}")
+            format!(
+                "{} {who} {step}{attempt}{took}{why}",
+                verb(phase_style, name, color)
+            )
         }
         EventKind::ExecutionFinished => {
             let steps = match (e.steps_ok, e.steps_total) {
                 (Some(ok), Some(total)) => format!(" ({ok}/{total} steps ok)"),
                 _ => String::new(),
             };
-            format!("{:>12} {who} {}{took}{steps}{why}", "Finished", e.phase)
+            format!(
+                "{} {who} {}{took}{steps}{why}",
+                verb(phase_style, "Finished", color),
+                e.phase
+            )
         }
     }
 }

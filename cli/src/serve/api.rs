@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arkline::container::archive::ContainerArchive;
 use arkline::engine::StoredLine;
-use arkline::model::{Pipeline, PipelineExecution, StepPhase};
+use arkline::model::{ByteSize, Pipeline, PipelineExecution, StepPhase};
 use arkline::runtime::{BizInfo, BizState, UninstallMode};
 use arkline::{Engine, TriggerRequest};
 use axum::body::{Body, Bytes};
@@ -448,17 +448,18 @@ pub fn operations() -> Vec<Operation> {
 // ---- helpers ----
 
 /// Reads a body of at most `limit` bytes; a longer one is a 413 naming `flag`.
-async fn read_body(body: Body, limit: u64, flag: &str) -> Result<Bytes, ApiError> {
+async fn read_body(body: Body, limit: ByteSize, flag: &str) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let mut seen: u64 = 0;
+    let cap = limit.bytes();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         seen = seen.saturating_add(chunk.len() as u64);
-        if seen > limit {
+        if seen > cap {
             // Drain a while so the client reads the answer, then give up.
-            while seen <= limit.saturating_add(DRAIN_PAST_LIMIT) {
+            while seen <= cap.saturating_add(DRAIN_PAST_LIMIT) {
                 match stream.next().await {
                     Some(Ok(c)) => seen = seen.saturating_add(c.len() as u64),
                     _ => break,

@@ -3,6 +3,7 @@
 
 use arkline::TriggerError;
 use arkline::container::ContainerError;
+use arkline::model::ByteSize;
 use arkline::runtime::{InstallError, LifecycleError};
 use arkline::store::StoreError;
 use arkline::{DeployError, EngineError};
@@ -87,14 +88,14 @@ impl ApiError {
     }
 
     /// 413 `payload_too_large`.
-    pub fn payload_too_large(limit: u64, flag: &str) -> Self {
+    pub fn payload_too_large(limit: ByteSize, flag: &str) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!(
                 "the request body is larger than this server's limit of {}; send a smaller body, \
                  or start `arkline serve` with a larger `{flag}`",
-                crate::serve::size::display(limit)
+                limit
             ),
         )
     }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arkline::model::ByteSize;
 use arkline::{Container, Engine};
 use tokio::sync::watch;
 
@@ -12,17 +13,17 @@ use super::error::ApiError;
 /// Request body caps of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest `.ark` / `.arkc` upload, in bytes.
-    pub max_upload: u64,
-    /// Largest JSON or YAML body, in bytes.
-    pub max_body: u64,
+    /// Largest `.ark` / `.arkc` upload.
+    pub max_upload: ByteSize,
+    /// Largest JSON or YAML body.
+    pub max_body: ByteSize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_upload: 64 << 20,
-            max_body: 1 << 20,
+            max_upload: ByteSize::mib(64),
+            max_body: ByteSize::mib(1),
         }
     }
 }

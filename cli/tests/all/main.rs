@@ -3,10 +3,12 @@
 //! wasmtime's own `tests/all`). Run one area with
 //! `cargo test -p arkline-cli --test all <module>::`.
 
+mod color;
 mod ctl;
 mod hooks;
 mod metrics;
 mod run;
 mod serve;
+mod size_flags;
 mod support;
 mod validate;

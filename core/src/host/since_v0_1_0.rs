@@ -15,7 +15,7 @@ pub const VERSION: Version = Version::new(0, 1, 0);
 #[allow(missing_docs)]
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit/since_v0.1.0",
+        path: "wit/since_v0.1.0",
         world: "step",
         imports: { default: async },
         exports: { default: async },

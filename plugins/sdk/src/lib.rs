@@ -72,7 +72,8 @@ pub use context::{Context, HostError, Outcome, StepError, StepResult};
 pub mod bindings {
     wit_bindgen::generate!({
         world: "step",
-        path: "../../wit/since_v0.1.0",
+        // `plugins/sdk/wit` links to the workspace's `wit/`, so the packaged crate has it.
+        path: "wit/since_v0.1.0",
         pub_export_macro: true,
         export_macro_name: "__export_step_world",
         default_bindings_module: "::arkline_sdk::bindings",
