@@ -9,7 +9,7 @@
 //!   to the spec fields, the form people write by hand;
 //! * **resource** — `apiVersion: arkline.dev/v1alpha1`, `kind: Pipeline`,
 //!   `metadata: {name, engine, labels, annotations}`, `spec: {…}`, the form
-//!   the store and `arkline ctl get -o yaml` use. `status` is never read from a file.
+//!   the store and the admin API (`GET …/pipelines/{name}`) use. `status` is never read from a file.
 //!
 //! ```yaml
 //! name: build-and-deploy

@@ -10,7 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::server::{
-    self, ADMIN, READER, Server, TEAM_A, arkc, eventually, faults, faults_as, write_tokens,
+    self, ADMIN, READER, Server, TEAM_A, arkc, eventually, faults, faults_as,
+    faults_other_component, write_tokens,
 };
 
 const HOLD: &str = "name: hold\nstages:\n  - name: s\n    steps:\n      - name: wait\n        uses: faults/sleep\n        with: { ms: 600000 }\n";
@@ -355,6 +356,16 @@ async fn serve_deploys_manages_and_restores_over_http() {
         )
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    // The same name@version with another component is a conflict, not a bad archive.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/engines/team-a/bizes",
+            Some(TEAM_A),
+            Some(faults_other_component()),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     assert_eq!(api.bizes().await, before);
     assert_eq!(api.engine_names(ADMIN).await, ["team-a"]);
 

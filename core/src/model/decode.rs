@@ -142,7 +142,7 @@ impl<'s> Decoder<'s> {
         self.diags.push(d);
     }
 
-    /// Warns about keys a file may carry (it was written by `ctl get -o yaml`)
+    /// Warns about keys a file may carry (it was copied from the API: `GET /api/v1/engines/{engine}/pipelines/{name}`)
     /// but that only the store or controllers set, so they are ignored.
     fn ignored_keys(&mut self, node: &Node, keys: &[&str]) {
         if let NodeKind::Map(entries) = &node.kind {

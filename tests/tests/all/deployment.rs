@@ -432,3 +432,81 @@ mod archive {
         container.shutdown().await;
     }
 }
+
+/// The faults component with a custom section appended: the same `name@version`,
+/// other bytes (a valid component all the same).
+fn faults_other_component() -> Vec<u8> {
+    let ark = Ark::from_bytes(&faults_bytes()).expect("reads");
+    let mut component = ark.component.to_vec();
+    // Custom section: id 0, size 3, name "x" (length 1), payload "y".
+    component.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'y']);
+    write_ark(ark.manifest.clone(), &component, &ark.files)
+        .expect("rewrites")
+        .0
+}
+
+/// Each way a deploy fails is its own `DeployError`, with the engine named, and
+/// nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_failures_are_typed_and_change_nothing() {
+    use arkline::{DeployError, EngineError};
+    let data = tempfile::tempdir().expect("tempdir");
+    let container = Container::builder()
+        .data_dir(data.path())
+        .build()
+        .expect("container");
+    let engine = container.engine("team-a").await.expect("engine");
+    let info = engine
+        .deploy_biz(&faults_bytes(), &[], true)
+        .await
+        .expect("deploys");
+    let before = engine.bizes();
+
+    let deploy_error = |e: EngineError| match e {
+        EngineError::Deploy { engine, error } => {
+            assert_eq!(engine, "team-a");
+            error
+        }
+        other => panic!("expected a deploy error, got {other:?}"),
+    };
+    let archive = deploy_error(
+        engine
+            .deploy_biz(b"not a zip", &[], true)
+            .await
+            .expect_err("garbage"),
+    );
+    assert!(matches!(archive, DeployError::Archive(_)), "{archive:?}");
+
+    let grant = deploy_error(
+        engine
+            .deploy_biz(&faults_version("9.1.0"), &["teleport=x".to_owned()], true)
+            .await
+            .expect_err("bad grant"),
+    );
+    match &grant {
+        DeployError::Grant { biz, .. } => assert_eq!(biz, "faults@9.1.0"),
+        other => panic!("expected a grant error, got {other:?}"),
+    }
+    assert!(
+        grant.to_string().contains("unknown capability `teleport`"),
+        "{grant}"
+    );
+
+    let clash = deploy_error(
+        engine
+            .deploy_biz(&faults_other_component(), &[], true)
+            .await
+            .expect_err("same version, other component"),
+    );
+    match &clash {
+        DeployError::VersionClash { biz, version } => {
+            assert_eq!(
+                (biz.as_str(), version.as_str()),
+                ("faults", &*info.version.to_string())
+            );
+        }
+        other => panic!("expected a version clash, got {other:?}"),
+    }
+    assert_eq!(engine.bizes(), before, "a refused deploy changes nothing");
+    container.shutdown().await;
+}

@@ -65,6 +65,18 @@ pub fn faults_as(version: &str) -> Vec<u8> {
         .0
 }
 
+/// The faults component with a custom section appended: the same
+/// `name@version` as [`faults`], other component bytes.
+pub fn faults_other_component() -> Vec<u8> {
+    let ark = Ark::from_bytes(faults()).expect("faults reads");
+    let mut component = ark.component.to_vec();
+    // Custom section: id 0, size 3, name "x" (length 1), payload "y".
+    component.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'y']);
+    write_ark(ark.manifest.clone(), &component, &ark.files)
+        .expect("rewrites")
+        .0
+}
+
 /// An `.arkc` with one engine holding `biz` (its bytes) with `grants`, and `pipelines`
 /// (file name → YAML).
 pub fn arkc(engine: &str, biz: &[u8], grants: &[&str], pipelines: &[(&str, &str)]) -> Vec<u8> {
