@@ -55,7 +55,7 @@ pub enum EngineError {
         engine: String,
         /// What went wrong.
         #[source]
-        error: DeployError,
+        error: Box<DeployError>,
     },
     /// No such object.
     #[error("{kind} `{name}` does not exist in engine `{engine}`")]
@@ -303,7 +303,7 @@ impl Engine {
             .await
             .map_err(|error| EngineError::Deploy {
                 engine: self.core.name.clone(),
-                error,
+                error: Box::new(error),
             })
     }
 

@@ -194,7 +194,7 @@ impl From<EngineError> for ApiError {
             EngineError::Install(e @ InstallError::Component { .. }) => {
                 ApiError::invalid_archive(e.to_string())
             }
-            EngineError::Deploy { error, .. } => error.into(),
+            EngineError::Deploy { error, .. } => (*error).into(),
             EngineError::NotFound { .. } => ApiError::not_found(e.to_string()),
             other => ApiError::internal(other.to_string()),
         }

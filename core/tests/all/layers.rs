@@ -268,7 +268,7 @@ fn check(src: &Path) -> Vec<Violation> {
             let Some(target_top) = path.first() else {
                 continue;
             };
-            if target_top != top && modules.contains_key(&path[..1].to_vec()) {
+            if target_top != top && modules.contains_key(&path[..1]) {
                 match layers.get(top.as_str()) {
                     None => violations.push(Violation {
                         file: file.clone(),
@@ -295,7 +295,7 @@ fn check(src: &Path) -> Vec<Violation> {
             // The deepest existing module file the path names.
             let target = (1..=path.len())
                 .rev()
-                .find_map(|n| modules.get(&path[..n].to_vec()))
+                .find_map(|n| modules.get(&path[..n]))
                 .cloned();
             if let Some(target) = target {
                 let target_module = module_of(Path::new(&target));

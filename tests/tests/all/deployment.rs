@@ -465,7 +465,7 @@ async fn deploy_failures_are_typed_and_change_nothing() {
     let deploy_error = |e: EngineError| match e {
         EngineError::Deploy { engine, error } => {
             assert_eq!(engine, "team-a");
-            error
+            *error
         }
         other => panic!("expected a deploy error, got {other:?}"),
     };
