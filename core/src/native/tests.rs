@@ -1,5 +1,5 @@
 //! Table validation and the calling convention, with tables built in-process.
-//! Loading real libraries is tested in `tests/tests/native_plugins.rs`.
+//! Loading real libraries is tested in `tests/tests/all/native_plugins.rs`.
 
 use std::cell::Cell;
 use std::ffi::c_void;

@@ -149,6 +149,20 @@ fn code_only(text: &str) -> String {
     out
 }
 
+/// The identifiers of a path, `a::b::C<…>` → `[a, b, C]`, up to the first
+/// segment that is not one (`{`, `*`, a generic argument).
+fn segments(tail: &str) -> Vec<String> {
+    tail.split("::")
+        .map_while(|seg| {
+            let ident: String = seg
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            (!ident.is_empty()).then_some(ident)
+        })
+        .collect()
+}
+
 /// Every `crate::a::b…` path in `code`, with its line number (1-based).
 fn crate_paths(code: &str) -> Vec<(usize, Vec<String>)> {
     let mut found = Vec::new();
@@ -161,17 +175,7 @@ fn crate_paths(code: &str) -> Vec<(usize, Vec<String>)> {
             if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
                 continue; // e.g. `$crate::` or `my_crate::`
             }
-            let path: Vec<String> = after
-                .split("::")
-                .map_while(|seg| {
-                    let ident: String = seg
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    (!ident.is_empty() && ident.len() == seg.len().min(ident.len()))
-                        .then_some(ident)
-                })
-                .collect();
+            let path = segments(after);
             if !path.is_empty() {
                 found.push((n + 1, path));
             }
@@ -249,17 +253,7 @@ fn check(src: &Path) -> Vec<Violation> {
                     base.pop();
                     tail = t;
                 }
-                let segs: Vec<String> = tail
-                    .split("::")
-                    .map_while(|seg| {
-                        let ident: String = seg
-                            .chars()
-                            .take_while(|c| c.is_alphanumeric() || *c == '_')
-                            .collect();
-                        (!ident.is_empty()).then_some(ident)
-                    })
-                    .collect();
-                base.extend(segs);
+                base.extend(segments(tail));
                 imported.push((n + 1, base));
             }
         }
