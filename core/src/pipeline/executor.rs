@@ -18,7 +18,7 @@ use futures::future::join_all;
 use tokio::time::Instant;
 
 use crate::model::expr::{self, MapContext, Value};
-use crate::model::resources::set_condition;
+use crate::model::resources::{cap_reason, set_condition};
 use crate::model::{
     Condition, ConditionStatus, ConditionType, ExecutionPhase, PipelineExecution,
     PipelineSettingSpec, StageStatus, Step, StepPhase, StepStatus,
@@ -563,19 +563,44 @@ impl Driver {
         is_finally: bool,
         siblings: &CancelToken,
     ) -> Result<StepPhase, Deleted> {
-        let (phase, attempts) = self.cell.read(|st| {
+        let (phase, attempts, mut interruptions) = self.cell.read(|st| {
             let s = match loc {
                 Loc::Stage(i, j) => &st.stages[i].steps[j],
                 Loc::Finally(j) => &st.finally[j],
             };
-            (s.phase, s.attempts)
+            (s.phase, s.attempts, s.interruptions)
         });
-        let allowed = 1 + step.retries.as_ref().map_or(0, |r| r.count);
+        let retries = step.retries.as_ref().map_or(0, |r| r.count);
         match phase {
             StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed | StepPhase::Aborted => {
                 return Ok(phase);
             }
-            StepPhase::Running if attempts >= allowed => {
+            StepPhase::Running if !step.repeat_on_restart => {
+                let reason = format!(
+                    "interrupted: attempt {attempts} was cut off by a restart and the step is not run again (repeat_on_restart: false)"
+                );
+                self.note(step, attempts, &reason);
+                return self
+                    .end_step(loc, StepPhase::Failed, reason, None, siblings)
+                    .await;
+            }
+            // A restart is not the step's fault: the cut attempt runs again
+            // without counting against its retries, as often as the settings say.
+            StepPhase::Running if interruptions < self.settings.interrupted_retries() => {
+                interruptions += 1;
+                self.cell
+                    .update(|st| step_at(st, loc).interruptions = interruptions);
+                self.note(
+                    step,
+                    attempts,
+                    &format!(
+                        "attempt {attempts} was cut off by a restart; running it again (interruption {interruptions} of {})",
+                        self.settings.interrupted_retries()
+                    ),
+                );
+            }
+            StepPhase::Running if attempts >= 1 + retries + interruptions => {
+                let allowed = 1 + retries + interruptions;
                 let reason = format!(
                     "interrupted: attempt {attempts} of {allowed} was cut off by a restart and no retry is left"
                 );
@@ -593,6 +618,8 @@ impl Driver {
             }
             StepPhase::Waiting => {}
         }
+        // Attempts cut off by a restart and given back do not use up retries.
+        let allowed = 1 + retries + interruptions;
         if !is_finally && self.abort.is_cancelled() {
             return self
                 .end_step(loc, StepPhase::Skipped, "aborted".into(), None, siblings)
@@ -755,7 +782,8 @@ impl Driver {
             }
             let s = step_at(st, loc);
             s.phase = phase;
-            s.reason = reason;
+            // Guest-controlled text: capped in the status (the log has more).
+            s.reason = cap_reason(reason);
             s.finished = Some(now);
         });
         if phase == StepPhase::Failed && self.exec.spec.pipeline_spec.fail_fast {
