@@ -5,8 +5,10 @@
 //! The driver owns the execution's status while it runs: every transition is
 //! written (compare-and-swap, coalesced when several steps finish together)
 //! **before** the next action depends on it, so that after a crash the status says
-//! which steps completed (never run again) and which were interrupted (retried, or
-//! failed with reason `interrupted` when their retries are spent).
+//! which steps completed (never run again) and which were interrupted (run again,
+//! first without using a retry as the settings' `interrupted_retries` allow, or
+//! failed with reason `interrupted` when their retries are spent or the step is
+//! `repeat_on_restart: false`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
