@@ -933,6 +933,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn close_releases_the_file_while_handles_and_watches_live() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let object = DynamicObject {
+            api_version: crate::model::API_VERSION.into(),
+            kind: "Pipeline".into(),
+            metadata: crate::model::ObjectMeta::new("e", "p"),
+            spec: serde_json::json!({}),
+            status: serde_json::Value::Null,
+        };
+        store.create(object.clone()).await.unwrap();
+        let held = store.clone();
+        let mut events = store.watch("Pipeline", Some("e"), 1).await.unwrap();
+        store.close().await.unwrap();
+        store.close().await.unwrap();
+        // The file is free although `held` and `events` are alive.
+        let again = RedbStore::open(dir.path()).unwrap();
+        let key = ObjectRef::new("Pipeline", "e", "p");
+        assert!(again.get(&key).await.unwrap().is_some());
+        assert!(matches!(
+            held.get(&key).await,
+            Err(StoreError::Closed { .. })
+        ));
+        assert!(matches!(
+            held.create(object).await,
+            Err(StoreError::Closed { .. })
+        ));
+        // The watch ends (after an error, at most) instead of hanging.
+        while let Some(item) = events.next().await {
+            assert!(item.is_err(), "no event after 1 was written: {item:?}");
+        }
+        again.close().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn writes_the_schema_version_into_a_new_file() {
         let dir = tempfile::tempdir().unwrap();
         RedbStore::open(dir.path()).unwrap().close().await.unwrap();
