@@ -248,12 +248,12 @@ impl ContainerBuilder {
             }
         };
         let metrics = Metrics::new();
-        let store: Arc<dyn Store> = match self.store {
-            Some(s) => s,
+        let (store, redb): (Arc<dyn Store>, _) = match self.store {
+            Some(s) => (s, None),
             None => {
-                let store = RedbStore::open(&data_dir)?;
+                let store = Arc::new(RedbStore::open(&data_dir)?);
                 metrics.set_store_commit_latency(store.commit_latency());
-                Arc::new(store)
+                (store.clone(), Some(store))
             }
         };
         let runtime = match self.runtime {
@@ -288,6 +288,7 @@ impl ContainerBuilder {
         Ok(Container {
             inner: Arc::new(Inner {
                 store,
+                redb,
                 runtime,
                 key: Arc::new(key),
                 node,
@@ -329,6 +330,8 @@ type Running = (Engine, Vec<tokio::task::JoinHandle<()>>);
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// The data dir's store when the container opened it: closed by `shutdown`.
+    redb: Option<Arc<RedbStore>>,
     runtime: Runtime,
     key: Arc<SecretKey>,
     node: String,
@@ -463,6 +466,7 @@ impl Container {
             options: inner.options.clone(),
             timers,
             runs: Mutex::new(Default::default()),
+            drivers: Mutex::new(tokio::task::JoinSet::new()),
             shutdown: CancelToken::new(),
             pokes,
             started: chrono::Utc::now(),
@@ -662,8 +666,12 @@ impl Container {
 
     /// Stops every engine: controllers end, running steps are interrupted and
     /// their executions stay `Running` in the store, to resume on the next start
-    /// (the interrupted attempt counts as one). Waits up to 10 s for drivers to
-    /// record where they stopped.
+    /// (see `PipelineSettingSpec::interrupted_retries`). Waits for every
+    /// controller and driver task (drivers get 10 s to record where they
+    /// stopped, then are aborted), then closes the data dir's store: when this
+    /// returns, the data dir can be opened again, and this container's (and
+    /// its engines') store calls answer `StoreError::Closed`. A store passed to
+    /// the builder is left open (its owner closes it).
     pub async fn shutdown(&self) {
         let all: Vec<Running> = {
             let mut engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
@@ -675,6 +683,11 @@ impl Container {
         for (engine, tasks) in all {
             stop(&engine, tasks).await;
         }
+        if let Some(redb) = &self.inner.redb
+            && let Err(e) = redb.close().await
+        {
+            tracing::warn!(error = %e, "closing the store");
+        }
         if self.inner.temp {
             let _ = std::fs::remove_dir_all(&self.inner.data_dir);
         }
@@ -685,12 +698,18 @@ impl Container {
 /// record where they stopped.
 async fn stop(engine: &Engine, tasks: Vec<tokio::task::JoinHandle<()>>) {
     engine.core.shutdown.cancel();
+    // The controllers first: once they have ended, no new driver starts.
     for t in tasks {
         let _ = t.await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !engine.core.runs().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut drivers = engine.core.take_drivers();
+    let joined = tokio::time::timeout(Duration::from_secs(10), async {
+        while drivers.join_next().await.is_some() {}
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!(engine = %engine.core.name, left = drivers.len(), "drivers did not record where they stopped within 10 s; aborting them");
+        drivers.shutdown().await;
     }
 }
 

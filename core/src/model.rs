@@ -96,11 +96,11 @@ pub use pipeline::{
 };
 pub use resources::{
     BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings, Ciphertext,
-    Condition, ConditionStatus, ConditionType, DesiredBiz, EngineRecord, EngineRecordSpec,
-    EngineRecordStatus, ExecutionPhase, Pipeline, PipelineExecution, PipelineExecutionSpec,
-    PipelineExecutionStatus, PipelineSetting, PipelineSettingSpec, PipelineSettingStatus,
-    PipelineStatus, Retention, Secret, SecretSpec, SecretStatus, StageStatus, StepLimits,
-    StepPhase, StepStatus, TriggerKind,
+    Condition, ConditionStatus, ConditionType, DEFAULT_INTERRUPTED_RETRIES, DesiredBiz,
+    EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, MAX_REASON_BYTES, Pipeline,
+    PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus, PipelineSetting,
+    PipelineSettingSpec, PipelineSettingStatus, PipelineStatus, Retention, Secret, SecretSpec,
+    SecretStatus, StageStatus, StepLimits, StepPhase, StepStatus, TriggerKind,
 };
 pub use validate::validate;
 

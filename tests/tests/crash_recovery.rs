@@ -31,14 +31,27 @@
 //!   between rounds, the final state); and no step of a later stage wrote before
 //!   that line.
 //! - A step found `Running` in the store after a kill was interrupted: it ends
-//!   `Succeeded` with more attempts, and its log says the attempt was cut off by
-//!   a restart. Every step's log is numbered on across restarts.
+//!   `Succeeded` with more attempts and `interruptions: 1` (the first cut
+//!   attempt is given back; later ones use its retries), and its log says the
+//!   attempt was cut off by a restart. Every step's log is numbered on across restarts.
 //! - The execution ends `Succeeded`, nothing is left `Running`, and there is one
 //!   execution (a restart never triggers a second one).
 //!
 //! The child starts the engine before it installs the biz again (bizes are not
 //! persisted yet), so a resumed execution also exercises waiting for the exact
 //! biz version it resolved before the crash.
+//!
+//! Then three short scenarios (`ARKLINE_CRASH_SCENARIO`), each on its own data
+//! dir, with one step that has **no retries** and sleeps for ten minutes in its
+//! first attempt only (`faults/sleep-first`): the first child is killed once the
+//! step is `Running`, a second child resumes the execution.
+//!
+//! - By default a restart gives the cut attempt back once: the step runs again
+//!   (attempt 2), the execution ends `Succeeded` and the step records
+//!   `interruptions: 1`.
+//! - With the engine's `interrupted_retries: 0`, the step fails with reason
+//!   `interrupted` (the behaviour before interruptions were given back).
+//! - A step marked `repeat_on_restart: false` fails with reason `interrupted`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -49,7 +62,9 @@ use std::time::{Duration, Instant};
 
 use arkline::ark::Ark;
 use arkline::host::Capabilities;
-use arkline::model::{ExecutionPhase, PipelineExecution, StepPhase, StepStatus};
+use arkline::model::{
+    ExecutionPhase, PipelineExecution, PipelineSettingSpec, StepPhase, StepStatus,
+};
 use arkline::store::{Api, LabelSelector, RedbStore, Store};
 use arkline::{Container, TriggerRequest};
 use futures::StreamExt;
@@ -57,6 +72,8 @@ use futures::StreamExt;
 const CHILD_ENV: &str = "ARKLINE_CRASH_RECOVERY_CHILD";
 const ARK_ENV: &str = "ARKLINE_CRASH_RECOVERY_ARK";
 const SEED_ENV: &str = "ARKLINE_CRASH_SEED";
+/// Set for a child of one of the interruption scenarios: its name.
+const SCENARIO_ENV: &str = "ARKLINE_CRASH_SCENARIO";
 const ENGINE: &str = "crash";
 const PIPELINE: &str = "crash";
 /// Children killed before the one allowed to finish.
@@ -123,6 +140,39 @@ stages:
         retries: 20
 "#;
 
+/// The interruption scenarios: name, engine settings, pipeline. The pipeline
+/// is named like the main one, so the child code is shared.
+fn scenario(name: &str) -> (PipelineSettingSpec, String) {
+    let step = |extra: &str| {
+        format!(
+            r#"
+name: crash
+stages:
+  - name: only
+    steps:
+      - name: once
+        uses: faults/sleep-first
+        with: {{ ms: 600000 }}{extra}
+"#
+        )
+    };
+    match name {
+        "default" => (PipelineSettingSpec::default(), step("")),
+        "no-interrupted-retries" => (
+            PipelineSettingSpec {
+                interrupted_retries: Some(0),
+                ..PipelineSettingSpec::default()
+            },
+            step(""),
+        ),
+        "not-repeatable" => (
+            PipelineSettingSpec::default(),
+            step("\n        repeat_on_restart: false"),
+        ),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
 fn main() {
     match std::env::var(CHILD_ENV) {
         Ok(dir) => child(Path::new(&dir)),
@@ -180,6 +230,14 @@ fn child(dir: &Path) {
             .build()
             .expect("the container builds on the data dir");
         let engine = container.engine(ENGINE).await.expect("the engine starts");
+        let (settings, yaml) = match std::env::var(SCENARIO_ENV) {
+            Ok(name) => scenario(&name),
+            Err(_) => (PipelineSettingSpec::default(), PIPELINE_YAML.to_owned()),
+        };
+        engine
+            .apply_settings(settings)
+            .await
+            .expect("the settings apply");
         engine
             .install(faults, &Capabilities::default())
             .await
@@ -192,7 +250,7 @@ fn child(dir: &Path) {
             Some(exec) => exec.metadata.name.clone(),
             None => {
                 engine
-                    .apply_pipeline_yaml("crash.yaml", PIPELINE_YAML)
+                    .apply_pipeline_yaml("crash.yaml", &yaml)
                     .await
                     .unwrap_or_else(|e| panic!("the pipeline applies: {e}"));
                 engine
@@ -344,10 +402,26 @@ enum Heard {
 
 impl Running {
     fn spawn(exe: &Path, data: &Path, ark: &Path, stderr: PathBuf) -> Self {
+        Self::start(
+            Command::new(exe).env(CHILD_ENV, data).env(ARK_ENV, ark),
+            stderr,
+        )
+    }
+
+    /// A child of interruption scenario `name`.
+    fn spawn_scenario(exe: &Path, data: &Path, ark: &Path, stderr: PathBuf, name: &str) -> Self {
+        Self::start(
+            Command::new(exe)
+                .env(CHILD_ENV, data)
+                .env(ARK_ENV, ark)
+                .env(SCENARIO_ENV, name),
+            stderr,
+        )
+    }
+
+    fn start(command: &mut Command, stderr: PathBuf) -> Self {
         let file = std::fs::File::create(&stderr).expect("stderr file");
-        let mut child = Command::new(exe)
-            .env(CHILD_ENV, data)
-            .env(ARK_ENV, ark)
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(file)
             .spawn()
@@ -656,6 +730,108 @@ fn parent() {
         ledger.interrupted.len(),
         started.elapsed()
     );
+
+    let once = interrupted_once(&runtime, &exe, &ark, dir.path(), "default");
+    assert_eq!(
+        (once.phase, once.attempts, once.interruptions),
+        (StepPhase::Succeeded, 2, 1),
+        "by default the attempt cut by the kill runs again, beyond the step's (no) retries: {once:?}"
+    );
+    for name in ["no-interrupted-retries", "not-repeatable"] {
+        let once = interrupted_once(&runtime, &exe, &ark, dir.path(), name);
+        assert_eq!(
+            (once.phase, once.attempts, once.interruptions),
+            (StepPhase::Failed, 1, 0),
+            "{name}: the cut attempt is not run again: {once:?}"
+        );
+        assert!(
+            once.reason.starts_with("interrupted"),
+            "{name}: the reason says it was interrupted: {once:?}"
+        );
+    }
+    println!("crash_recovery: interruption scenarios ok");
+}
+
+/// Runs scenario `name` on a data dir of its own: a child killed once the
+/// step `once` is `Running` (its first attempt sleeps ten minutes, so the kill
+/// surely cuts it off), then a child that resumes and finishes the execution.
+/// Returns the step's final status, read from the store file.
+fn interrupted_once(
+    runtime: &tokio::runtime::Runtime,
+    exe: &Path,
+    ark: &Path,
+    dir: &Path,
+    name: &str,
+) -> StepStatus {
+    let data = dir.join(format!("scenario-{name}"));
+    let mut first = Running::spawn_scenario(
+        exe,
+        &data,
+        ark,
+        dir.join(format!("scenario-{name}-0.stderr")),
+        name,
+    );
+    loop {
+        match first.next_line(None, name) {
+            Heard::Line(line) if line == "STEP once Running 1 -" => break,
+            Heard::Line(line) if line.starts_with("DONE") => {
+                panic!("{name}: the execution ended before the kill: {line}")
+            }
+            Heard::Line(_) | Heard::Tick => {}
+            Heard::End => panic!(
+                "{name}: the first child ended before the step ran; stderr:\n{}",
+                first.stderr()
+            ),
+        }
+    }
+    first.child.kill().expect("SIGKILL the child");
+    let _ = first.child.wait();
+    let mut second = Running::spawn_scenario(
+        exe,
+        &data,
+        ark,
+        dir.join(format!("scenario-{name}-1.stderr")),
+        name,
+    );
+    let mut done = None;
+    loop {
+        match second.next_line(None, name) {
+            Heard::Line(line) => {
+                if let Some(phase) = line.strip_prefix("DONE ") {
+                    done = Some(phase.to_owned());
+                }
+            }
+            Heard::Tick => {}
+            Heard::End => break,
+        }
+    }
+    let status = second.child.wait().expect("wait for the child");
+    assert!(
+        status.success() && done.is_some(),
+        "{name}: the resuming child ended ({status}) without finishing; stderr:\n{}",
+        second.stderr()
+    );
+    runtime.block_on(async {
+        let store = Arc::new(RedbStore::open(&data).expect("the store opens after the run"));
+        let api = Api::<PipelineExecution>::new(store as Arc<dyn Store>);
+        let (execs, _) = api
+            .list(Some(ENGINE), LabelSelector::default())
+            .await
+            .expect("list executions");
+        let [exec] = execs.as_slice() else {
+            panic!("{name}: one execution, not {}", execs.len());
+        };
+        let expected = if done.as_deref() == Some("Succeeded") {
+            ExecutionPhase::Succeeded
+        } else {
+            ExecutionPhase::Failed
+        };
+        assert_eq!(exec.status.phase, expected, "{name}: {:#?}", exec.status);
+        steps(exec)
+            .find(|s| s.name == "once")
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: no step `once` in {:#?}", exec.status))
+    })
 }
 
 /// The final checks, through the public API of a new container on the data dir.
@@ -742,10 +918,16 @@ async fn check(data: &Path, ledger: &Ledger) {
             "step {step} was cut off on attempt {cut} and ended with {} attempts",
             status.attempts
         );
+        // The first interruption is given back (`interrupted_retries`, 1 by
+        // default); later ones use the step's retries.
+        assert_eq!(
+            status.interruptions, 1,
+            "step {step} was cut off; its status counts one interruption given back: {status:?}"
+        );
         let log = engine.logs(name, step).await.expect("log");
-        let note = format!("attempt {cut} was cut off by a restart; retrying");
+        let note = format!("attempt {cut} was cut off by a restart; ");
         assert!(
-            log.iter().any(|l| l.message == note),
+            log.iter().any(|l| l.message.starts_with(&note)),
             "the log of {step} lacks `{note}`: {:#?}",
             log.iter().map(|l| &l.message).collect::<Vec<_>>()
         );

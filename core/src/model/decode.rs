@@ -84,8 +84,16 @@ const SPEC_FIELDS: [&str; 10] = [
     "stages",
     "finally",
 ];
-const STEP_FIELDS: [&str; 8] = [
-    "name", "uses", "with", "env", "when", "timeout", "retries", "cache",
+const STEP_FIELDS: [&str; 9] = [
+    "name",
+    "uses",
+    "with",
+    "env",
+    "when",
+    "timeout",
+    "retries",
+    "cache",
+    "repeat_on_restart",
 ];
 
 struct Fields<'n> {
@@ -554,6 +562,10 @@ impl<'s> Decoder<'s> {
         let cache = f
             .get("cache")
             .and_then(|n| self.cache(n, &join(path, "cache")));
+        let repeat_on_restart = f
+            .get("repeat_on_restart")
+            .and_then(|n| self.bool(n, &join(path, "repeat_on_restart"), "`repeat_on_restart`"))
+            .unwrap_or(true);
         // A step whose `uses` is broken is kept (with the error reported) so that
         // references to it from later steps do not cause follow-on errors.
         let uses = uses.unwrap_or_else(|| Uses {
@@ -570,6 +582,7 @@ impl<'s> Decoder<'s> {
             timeout,
             retries,
             cache,
+            repeat_on_restart,
         })
     }
 

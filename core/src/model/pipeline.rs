@@ -231,6 +231,26 @@ pub struct Step {
     /// Cache restored before and saved after the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
+    /// Whether an attempt cut off by a restart of the host (a crash, a kill, a
+    /// shutdown) may run again. `false` for a step that is not safe to repeat
+    /// (it pays, deploys, sends): an interrupted attempt then fails the step with
+    /// reason `interrupted`, whatever its retries. Default `true`: the
+    /// interrupted attempt runs again, first without counting against `retries`
+    /// (the engine's `interrupted_retries`, 1 by default).
+    #[serde(
+        default = "repeat_on_restart_default",
+        skip_serializing_if = "is_repeat_on_restart_default"
+    )]
+    pub repeat_on_restart: bool,
+}
+
+fn repeat_on_restart_default() -> bool {
+    true
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's signature")]
+fn is_repeat_on_restart_default(repeat: &bool) -> bool {
+    *repeat
 }
 
 /// A condition on a stage or step. All parts must hold.

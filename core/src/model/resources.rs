@@ -110,9 +110,51 @@ pub struct PipelineSettingSpec {
     /// Refuse bizes whose archive is not signed by a trusted key.
     #[serde(default)]
     pub require_signed_bizes: bool,
+    /// How many times a step attempt cut off by a restart of the host (a crash,
+    /// a kill, a shutdown) is run again beyond the step's own `retries`; unset
+    /// means [`DEFAULT_INTERRUPTED_RETRIES`], `0` counts an interrupted attempt
+    /// against the step's retries. Steps with `repeat_on_restart: false` are
+    /// never run again after an interruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_retries: Option<u32>,
+}
+
+/// Attempts cut off by a restart that a step gets again, beyond its retries,
+/// when the settings say nothing: a host crash is not the step's fault.
+pub const DEFAULT_INTERRUPTED_RETRIES: u32 = 1;
+
+/// The most bytes of a step's failure reason kept in a status, marker included:
+/// a guest controls that text, and a status is rewritten on every transition.
+/// Longer text is cut at a character boundary and ends ` … (N bytes, cut)` (N
+/// its full length), as a native plugin's message does; the step's log has the
+/// text in full up to the log's cap.
+pub const MAX_REASON_BYTES: usize = 64 * 1024;
+
+/// `text` cut to [`MAX_REASON_BYTES`] (marker included) at a character
+/// boundary, marked with its full length; unchanged when it fits, so capping
+/// twice is capping once.
+pub(crate) fn cap_reason(mut text: String) -> String {
+    if text.len() <= MAX_REASON_BYTES {
+        return text;
+    }
+    let marker = format!(" … ({} bytes, cut)", text.len());
+    // The marker fits inside the cap, so capping again changes nothing.
+    let mut end = MAX_REASON_BYTES - marker.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&marker);
+    text
 }
 
 impl PipelineSettingSpec {
+    /// [`PipelineSettingSpec::interrupted_retries`] or its default.
+    pub fn interrupted_retries(&self) -> u32 {
+        self.interrupted_retries
+            .unwrap_or(DEFAULT_INTERRUPTED_RETRIES)
+    }
+
     /// The quota as a count, `None` when unlimited.
     pub fn quota(&self) -> Option<u64> {
         u64::try_from(self.executor_quota).ok().filter(|q| *q > 0)
@@ -442,13 +484,18 @@ pub struct StepStatus {
     /// Attempts started so far.
     #[serde(default)]
     pub attempts: u32,
+    /// Attempts cut off by a restart of the host and run again without counting
+    /// against the step's retries (see `PipelineSettingSpec::interrupted_retries`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interruptions: u32,
     /// Start of the first attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<DateTime<Utc>>,
     /// Finish of the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<DateTime<Utc>>,
-    /// Why it failed or was skipped (e.g. `timeout`, `interrupted`, `when`).
+    /// Why it failed or was skipped (e.g. `timeout`, `interrupted`, `when`); at
+    /// most [`MAX_REASON_BYTES`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
@@ -542,4 +589,25 @@ pub struct BizDeploymentStatus {
     /// Conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_capped_once_at_a_char_boundary() {
+        assert_eq!(cap_reason("short".into()), "short");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let capped = cap_reason(long.clone());
+        assert!(capped.len() <= MAX_REASON_BYTES, "{}", capped.len());
+        let marker = format!(" … ({} bytes, cut)", long.len());
+        assert!(capped.ends_with(&marker));
+        assert!(capped.trim_end_matches(&marker).chars().all(|c| c == 'é'));
+        assert_eq!(cap_reason(capped.clone()), capped, "idempotent");
+    }
 }

@@ -67,6 +67,9 @@ pub(crate) struct EngineCore {
     pub(crate) timers: Timers<ObjectRef>,
     /// Executions driven by this process now, by name.
     pub(crate) runs: Mutex<HashMap<String, RunHandle>>,
+    /// The driver tasks of `runs`, joined when the engine stops (so no task
+    /// holds the store after a shutdown).
+    pub(crate) drivers: Mutex<tokio::task::JoinSet<()>>,
     /// Stops drivers on shutdown (steps interrupted; executions stay `Running`
     /// and resume on the next start).
     pub(crate) shutdown: CancelToken,
@@ -93,6 +96,18 @@ pub(crate) struct EngineCore {
 impl EngineCore {
     pub(crate) fn runs(&self) -> MutexGuard<'_, HashMap<String, RunHandle>> {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a driver task, tracked in `drivers` (finished ones are reaped).
+    pub(crate) fn spawn_driver(&self, driver: impl Future<Output = ()> + Send + 'static) {
+        let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        while drivers.try_join_next().is_some() {}
+        drivers.spawn(driver);
+    }
+
+    /// Takes the driver tasks started so far (to join them on a stop).
+    pub(crate) fn take_drivers(&self) -> tokio::task::JoinSet<()> {
+        std::mem::take(&mut *self.drivers.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Hands out the next run number of `pipeline`, never below `floor` (the

@@ -5,8 +5,10 @@
 //! The driver owns the execution's status while it runs: every transition is
 //! written (compare-and-swap, coalesced when several steps finish together)
 //! **before** the next action depends on it, so that after a crash the status says
-//! which steps completed (never run again) and which were interrupted (retried, or
-//! failed with reason `interrupted` when their retries are spent).
+//! which steps completed (never run again) and which were interrupted (run again,
+//! first without using a retry as the settings' `interrupted_retries` allow, or
+//! failed with reason `interrupted` when their retries are spent or the step is
+//! `repeat_on_restart: false`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use futures::future::join_all;
 use tokio::time::Instant;
 
 use crate::model::expr::{self, MapContext, Value};
-use crate::model::resources::set_condition;
+use crate::model::resources::{cap_reason, set_condition};
 use crate::model::{
     Condition, ConditionStatus, ConditionType, ExecutionPhase, PipelineExecution,
     PipelineSettingSpec, StageStatus, Step, StepPhase, StepStatus,
@@ -563,19 +565,44 @@ impl Driver {
         is_finally: bool,
         siblings: &CancelToken,
     ) -> Result<StepPhase, Deleted> {
-        let (phase, attempts) = self.cell.read(|st| {
+        let (phase, attempts, mut interruptions) = self.cell.read(|st| {
             let s = match loc {
                 Loc::Stage(i, j) => &st.stages[i].steps[j],
                 Loc::Finally(j) => &st.finally[j],
             };
-            (s.phase, s.attempts)
+            (s.phase, s.attempts, s.interruptions)
         });
-        let allowed = 1 + step.retries.as_ref().map_or(0, |r| r.count);
+        let retries = step.retries.as_ref().map_or(0, |r| r.count);
         match phase {
             StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed | StepPhase::Aborted => {
                 return Ok(phase);
             }
-            StepPhase::Running if attempts >= allowed => {
+            StepPhase::Running if !step.repeat_on_restart => {
+                let reason = format!(
+                    "interrupted: attempt {attempts} was cut off by a restart and the step is not run again (repeat_on_restart: false)"
+                );
+                self.note(step, attempts, &reason);
+                return self
+                    .end_step(loc, StepPhase::Failed, reason, None, siblings)
+                    .await;
+            }
+            // A restart is not the step's fault: the cut attempt runs again
+            // without counting against its retries, as often as the settings say.
+            StepPhase::Running if interruptions < self.settings.interrupted_retries() => {
+                interruptions += 1;
+                self.cell
+                    .update(|st| step_at(st, loc).interruptions = interruptions);
+                self.note(
+                    step,
+                    attempts,
+                    &format!(
+                        "attempt {attempts} was cut off by a restart; running it again (interruption {interruptions} of {})",
+                        self.settings.interrupted_retries()
+                    ),
+                );
+            }
+            StepPhase::Running if attempts >= 1 + retries + interruptions => {
+                let allowed = 1 + retries + interruptions;
                 let reason = format!(
                     "interrupted: attempt {attempts} of {allowed} was cut off by a restart and no retry is left"
                 );
@@ -593,6 +620,8 @@ impl Driver {
             }
             StepPhase::Waiting => {}
         }
+        // Attempts cut off by a restart and given back do not use up retries.
+        let allowed = 1 + retries + interruptions;
         if !is_finally && self.abort.is_cancelled() {
             return self
                 .end_step(loc, StepPhase::Skipped, "aborted".into(), None, siblings)
@@ -755,7 +784,8 @@ impl Driver {
             }
             let s = step_at(st, loc);
             s.phase = phase;
-            s.reason = reason;
+            // Guest-controlled text: capped in the status (the log has more).
+            s.reason = cap_reason(reason);
             s.finished = Some(now);
         });
         if phase == StepPhase::Failed && self.exec.spec.pipeline_spec.fail_fast {

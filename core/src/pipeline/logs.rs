@@ -799,6 +799,33 @@ impl LogWriter {
         );
     }
 
+    /// Appends long host-side text about the step (a guest's failure message)
+    /// at level `error`, source `host`: masked, in lines of at most 16 KiB (cut
+    /// at character boundaries), counted against the cap like the guest's own
+    /// lines, so a huge message fills the log up to its cap and no further.
+    pub fn text(&self, message: &str) {
+        const LINE: usize = 16 << 10;
+        let h = &self.handle;
+        let masked = h.mask(message);
+        let mut rest = masked.as_str();
+        while !rest.is_empty() && !h.closed.load(Ordering::Acquire) {
+            let mut end = rest.len().min(LINE);
+            while !rest.is_char_boundary(end) {
+                end -= 1;
+            }
+            let (line, tail) = rest.split_at(end);
+            h.append(
+                Utc::now(),
+                LogLevel::Error,
+                LogSource::Host,
+                line.to_owned(),
+                Vec::new(),
+                true,
+            );
+            rest = tail;
+        }
+    }
+
     /// Closes the writer (see [`LogWriter::close`]).
     pub fn finish(self) {
         self.handle.close();

@@ -73,7 +73,7 @@ pub(crate) async fn reconcile_execution(
                             abort: abort.clone(),
                         },
                     );
-                    tokio::spawn(executor::drive(core.clone(), (*exec).clone(), abort));
+                    core.spawn_driver(executor::drive(core.clone(), (*exec).clone(), abort));
                 }
             }
             Ok(Action::await_change())

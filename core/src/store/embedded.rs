@@ -12,7 +12,7 @@
 //! Reads use redb read transactions on the blocking pool and never wait for the writer.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -122,11 +122,30 @@ struct Command {
 
 #[derive(Debug)]
 struct Shared {
-    db: Database,
+    /// `None` once [`RedbStore::close`] has closed the file (and released its
+    /// lock), whoever still holds a handle.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
 }
 
 impl Shared {
+    /// The database, held open for as long as the guard lives.
+    fn lock_db(&self) -> RwLockReadGuard<'_, Option<Database>> {
+        self.db.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn database<'g>(&self, guard: &'g Option<Database>) -> Result<&'g Database, StoreError> {
+        guard.as_ref().ok_or_else(|| StoreError::Closed {
+            path: self.path.clone(),
+        })
+    }
+
+    fn begin_read(&self, guard: &Option<Database>) -> Result<redb::ReadTransaction, StoreError> {
+        self.database(guard)?
+            .begin_read()
+            .map_err(self.backend("begin a read"))
+    }
+
     fn backend<E>(&self, operation: &'static str) -> impl FnOnce(E) -> StoreError + '_
     where
         E: Into<redb::Error>,
@@ -151,7 +170,8 @@ impl Shared {
     }
 
     fn get(&self, key: &ObjectRef) -> Result<Option<DynamicObject>, StoreError> {
-        let txn = self.db.begin_read().map_err(self.backend("begin a read"))?;
+        let db = self.lock_db();
+        let txn = self.begin_read(&db)?;
         let table = txn
             .open_table(OBJECTS)
             .map_err(self.backend("open the objects table"))?;
@@ -165,7 +185,8 @@ impl Shared {
     }
 
     fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
-        let txn = self.db.begin_read().map_err(self.backend("begin a read"))?;
+        let db = self.lock_db();
+        let txn = self.begin_read(&db)?;
         let meta = txn
             .open_table(META)
             .map_err(self.backend("open the meta table"))?;
@@ -191,7 +212,8 @@ impl Shared {
     }
 
     fn compacted(&self) -> Result<Revision, StoreError> {
-        let txn = self.db.begin_read().map_err(self.backend("begin a read"))?;
+        let db = self.lock_db();
+        let txn = self.begin_read(&db)?;
         let meta = txn
             .open_table(META)
             .map_err(self.backend("open the meta table"))?;
@@ -259,7 +281,8 @@ impl EventLog for Shared {
         engine: Option<&str>,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        let txn = self.db.begin_read().map_err(self.backend("begin a read"))?;
+        let db = self.lock_db();
+        let txn = self.begin_read(&db)?;
         let meta = txn
             .open_table(META)
             .map_err(self.backend("open the meta table"))?;
@@ -316,7 +339,12 @@ impl Drop for RedbStore {
     /// file can be opened again as soon as the last handle is gone — unless watch
     /// streams still hold it.
     fn drop(&mut self) {
-        self.commands = mpsc::channel(1).0;
+        drop(
+            self.commands
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         let handle = self
             .writer
             .lock()
@@ -332,7 +360,8 @@ impl Drop for RedbStore {
 #[derive(Debug)]
 pub struct RedbStore {
     shared: Arc<Shared>,
-    commands: mpsc::Sender<Command>,
+    /// `None` once closed: the writer ends when the last sender is gone.
+    commands: Mutex<Option<mpsc::Sender<Command>>>,
     head: watch::Receiver<Revision>,
     writer: Mutex<Option<JoinHandle<()>>>,
     commit_latency: Arc<Histogram>,
@@ -363,7 +392,10 @@ impl RedbStore {
                 source: Box::new(redb::Error::from(e)),
             },
         })?;
-        let shared = Arc::new(Shared { db, path });
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db)),
+            path,
+        });
         let revision = prepare(&shared)?;
         let (commands, queue) = mpsc::channel(options.queue_depth.max(1));
         let (head_tx, head) = watch::channel(revision);
@@ -381,7 +413,7 @@ impl RedbStore {
             })?;
         Ok(Self {
             shared,
-            commands,
+            commands: Mutex::new(Some(commands)),
             head,
             writer: Mutex::new(Some(writer)),
             commit_latency,
@@ -400,30 +432,52 @@ impl RedbStore {
         &self.shared.path
     }
 
-    /// Stops the writer after it has answered every queued operation, and waits
-    /// for it. The file is closed once open watch streams are dropped too.
-    pub async fn close(mut self) -> Result<(), StoreError> {
-        let shared = self.shared.clone();
-        self.commands = mpsc::channel(1).0;
+    /// Closes the store: stops the writer after it has answered every queued
+    /// operation, waits for it and for reads in progress, then closes the file
+    /// (releasing its lock), even while other handles to this store or watch
+    /// streams are alive: from then on they answer [`StoreError::Closed`] (and
+    /// watch streams end). The data dir can be opened again when this returns.
+    /// Closing twice is closing once.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Closed`] when the writer thread panicked.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        drop(
+            self.commands
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         let handle = self
             .writer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(handle) = handle {
-            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                return Err(StoreError::Closed {
-                    path: shared.path.clone(),
-                });
-            }
+        let shared = self.shared.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let joined = handle.map_or(Ok(()), JoinHandle::join);
+            // Waits for reads in progress (they hold the read lock).
+            drop(
+                shared
+                    .db
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
+            joined
+        })
+        .await;
+        if matches!(joined, Ok(Ok(()))) {
+            Ok(())
+        } else {
+            Err(self.closed())
         }
-        Ok(())
     }
 
     async fn write(&self, op: Op) -> Result<OpOutput, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.commands
+        self.sender()?
             .send(Command {
                 job: Job::Write(Box::new(op)),
                 reply: Reply::Write(tx),
@@ -431,6 +485,14 @@ impl RedbStore {
             .await
             .map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Command>, StoreError> {
+        self.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| self.closed())
     }
 
     fn closed(&self) -> StoreError {
@@ -456,8 +518,9 @@ impl RedbStore {
 
 /// Creates the tables, checks and migrates the schema; answers the head revision.
 fn prepare(shared: &Shared) -> Result<Revision, StoreError> {
+    let db = shared.lock_db();
     let txn = shared
-        .db
+        .database(&db)?
         .begin_write()
         .map_err(shared.backend("begin the schema check"))?;
     let revision;
@@ -596,8 +659,9 @@ impl Writer {
     fn commit(&self, jobs: Vec<Job>) -> Result<(Vec<Outcome>, Revision), StoreError> {
         let started = std::time::Instant::now();
         let shared = &*self.shared;
+        let db = shared.lock_db();
         let mut txn = shared
-            .db
+            .database(&db)?
             .begin_write()
             .map_err(shared.backend("begin a write"))?;
         txn.set_quick_repair(self.options.quick_repair);
@@ -799,7 +863,7 @@ impl Store for RedbStore {
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.commands
+        self.sender()?
             .send(Command {
                 job: Job::Compact(revision),
                 reply: Reply::Compact(tx),
@@ -866,6 +930,42 @@ mod tests {
         assert_eq!(snap.count, 1);
         assert!(snap.sum > 0.0);
         store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_releases_the_file_while_handles_and_watches_live() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let object = DynamicObject {
+            api_version: crate::model::API_VERSION.into(),
+            kind: "Pipeline".into(),
+            metadata: crate::model::ObjectMeta::new("e", "p"),
+            spec: serde_json::json!({}),
+            status: serde_json::Value::Null,
+        };
+        store.create(object.clone()).await.unwrap();
+        let held = store.clone();
+        let mut events = store.watch("Pipeline", Some("e"), 1).await.unwrap();
+        store.close().await.unwrap();
+        store.close().await.unwrap();
+        // The file is free although `held` and `events` are alive.
+        let again = RedbStore::open(dir.path()).unwrap();
+        let key = ObjectRef::new("Pipeline", "e", "p");
+        assert!(again.get(&key).await.unwrap().is_some());
+        assert!(matches!(
+            held.get(&key).await,
+            Err(StoreError::Closed { .. })
+        ));
+        assert!(matches!(
+            held.create(object).await,
+            Err(StoreError::Closed { .. })
+        ));
+        // The watch ends (after an error, at most) instead of hanging.
+        while let Some(item) = events.next().await {
+            assert!(item.is_err(), "no event after 1 was written: {item:?}");
+        }
+        again.close().await.unwrap();
     }
 
     #[tokio::test]

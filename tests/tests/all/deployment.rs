@@ -510,3 +510,91 @@ async fn deploy_failures_are_typed_and_change_nothing() {
     assert_eq!(engine.bizes(), before, "a refused deploy changes nothing");
     container.shutdown().await;
 }
+
+/// Issue 19, item 15: when `shutdown` returns, every task is done and the store
+/// file is closed, so the data dir opens again at once — 50 times in a row,
+/// each time with a finished execution, one still running (its driver stops
+/// with the shutdown) and a watch stream the caller still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_then_reopen_never_finds_the_store_locked() {
+    use arkline::ContainerError;
+    use arkline::model::StepPhase;
+    use arkline::store::StoreError;
+    use futures::StreamExt;
+
+    const ROUNDS: usize = 50;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quick = "name: quick\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: hi }\n";
+    let slow = "name: slow\nstages:\n  - name: s\n    steps:\n      - name: nap\n        uses: faults/sleep\n        with: { ms: 600000 }\n";
+    for round in 0..ROUNDS {
+        let container = match Container::builder().data_dir(dir.path()).build() {
+            Ok(c) => c,
+            Err(ContainerError::Store(StoreError::Locked { path })) => {
+                panic!(
+                    "round {round}: {} is still locked after shutdown",
+                    path.display()
+                )
+            }
+            Err(e) => panic!("round {round}: the container does not build: {e}"),
+        };
+        let engine = container.engine("loop").await.expect("engine starts");
+        if round == 0 {
+            engine
+                .deploy_biz(&faults_bytes(), &[], true)
+                .await
+                .expect("deploys");
+            engine
+                .apply_pipeline_yaml("quick.yaml", quick)
+                .await
+                .expect("applies quick");
+            engine
+                .apply_pipeline_yaml("slow.yaml", slow)
+                .await
+                .expect("applies slow");
+        }
+        let exec = engine
+            .trigger("quick", TriggerRequest::manual())
+            .await
+            .expect("trigger quick");
+        let done = wait(&engine, &exec.metadata.name).await;
+        assert_eq!(
+            done.status.phase,
+            ExecutionPhase::Succeeded,
+            "round {round}: {:#?}",
+            done.status
+        );
+        // A step running when the shutdown comes, and a watch still held.
+        let napping = engine
+            .trigger("slow", TriggerRequest::manual())
+            .await
+            .expect("trigger slow");
+        let mut states = engine
+            .watch_execution(&napping.metadata.name)
+            .await
+            .expect("watch");
+        tokio::time::timeout(LIMIT, async {
+            while let Some(state) = states.next().await {
+                let state = state.expect("state");
+                if state
+                    .status
+                    .stages
+                    .first()
+                    .and_then(|s| s.steps.first())
+                    .is_some_and(|s| s.phase == StepPhase::Running)
+                {
+                    return;
+                }
+            }
+            panic!("round {round}: the watch ended before the step ran");
+        })
+        .await
+        .expect("the slow step starts");
+        container.shutdown().await;
+        // Handles outlive the shutdown; they no longer reach the store.
+        assert!(
+            engine.execution(&napping.metadata.name).await.is_err(),
+            "round {round}: the engine still reads a closed store"
+        );
+        drop(states);
+    }
+}

@@ -9,7 +9,7 @@ use arkline::ark::Ark;
 use arkline::container::ManualClock;
 use arkline::host::Capabilities;
 use arkline::model::{
-    ExecutionPhase, PipelineExecution, PipelineSettingSpec, StepPhase, StepStatus,
+    ExecutionPhase, MAX_REASON_BYTES, PipelineExecution, PipelineSettingSpec, StepPhase, StepStatus,
 };
 use arkline::{Container, Engine, TriggerRequest};
 use futures::StreamExt;
@@ -807,7 +807,11 @@ finally:
         exec.status
     );
     let slow = step(&exec, "slow");
-    assert_eq!(slow.attempts, 2, "the interrupted attempt counts: {slow:?}");
+    assert_eq!(
+        (slow.attempts, slow.interruptions),
+        (3, 1),
+        "the interrupted attempt is given back once, beyond the step's retry: {slow:?}"
+    );
     assert!(slow.reason.contains("timeout"), "{slow:?}");
     assert_eq!(step(&exec, "first").attempts, 1);
     assert_eq!(
@@ -948,5 +952,63 @@ async fn a_burst_larger_than_the_instance_pool_waits_for_slots_instead_of_failin
             done.status
         );
     }
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_failure_message_is_stored_capped_and_logged() {
+    const MESSAGE: u64 = 20 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        r#"
+name: loud
+stages:
+  - name: only
+    steps:
+      - name: shout
+        uses: faults/fail-with
+        with: { bytes: 20971521 }
+"#,
+        TriggerRequest::manual(),
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Failed);
+    let shout = step(&exec, "shout");
+    assert_eq!(shout.phase, StepPhase::Failed);
+    let marker = format!(" … ({} bytes, cut)", "failed: ".len() as u64 + MESSAGE + 1);
+    assert!(
+        shout.reason.ends_with(&marker),
+        "the reason ends with the cut marker {marker:?}: …{:?}",
+        &shout.reason[shout.reason.len().saturating_sub(80)..]
+    );
+    assert!(
+        shout.reason.len() <= MAX_REASON_BYTES,
+        "the stored reason is {} bytes",
+        shout.reason.len()
+    );
+    assert!(
+        shout.reason.starts_with("failed: éé"),
+        "cut at a char boundary"
+    );
+    // The whole object stays small: the stage's and the execution's reasons
+    // quote the capped text, not the message.
+    let stored = serde_json::to_vec(&exec).expect("serializes");
+    assert!(
+        stored.len() < 8 * MAX_REASON_BYTES,
+        "the execution is {} bytes",
+        stored.len()
+    );
+    // The log has more of the message than the status (up to the log's cap).
+    let log = engine
+        .logs(&exec.metadata.name, "shout")
+        .await
+        .expect("log");
+    let logged: usize = log.iter().map(|l| l.message.len()).sum();
+    assert!(
+        logged > 4 * MAX_REASON_BYTES,
+        "the log keeps the message: {logged} bytes"
+    );
     container.shutdown().await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Driver, interpolate_json};
+use crate::model::resources::{MAX_REASON_BYTES, cap_reason};
 use crate::model::{Step, expr};
 use crate::pipeline::logs::{LogKey, LogWriter, MaskFn};
 use crate::pipeline::secrets::Masker;
@@ -287,10 +288,17 @@ impl Driver {
                     failure,
                     StepFailure::InvalidConfig { .. } | StepFailure::UnknownStepType { .. }
                 );
+                let reason = masker
+                    .mask(&format!("{}: {failure}", failure.kind()))
+                    .into_owned();
+                // The guest chose this text: the log takes it whole (up to the
+                // log's cap); the status and the notes, which are not capped
+                // by the log, get the capped reason.
+                if reason.len() > MAX_REASON_BYTES {
+                    writer.text(&reason);
+                }
                 return Err(AttemptFailure {
-                    reason: masker
-                        .mask(&format!("{}: {failure}", failure.kind()))
-                        .into_owned(),
+                    reason: cap_reason(reason),
                     retryable,
                     cancelled: false,
                 });

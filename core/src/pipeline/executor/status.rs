@@ -22,7 +22,7 @@ pub(super) fn step_at(st: &mut PipelineExecutionStatus, loc: Loc) -> &mut StepSt
     }
 }
 
-/// The execution was deleted while it ran.
+/// The execution was deleted while it ran (or the store was closed under it).
 #[derive(Debug)]
 pub(super) struct Deleted;
 
@@ -85,13 +85,17 @@ impl StatusCell {
                         state.0.metadata = latest.metadata;
                         state.0.spec.abort = latest.spec.abort;
                     }
-                    Ok(None) => return Err(Deleted),
+                    Ok(None) | Err(StoreError::Closed { .. }) => return Err(Deleted),
                     Err(e) => {
                         failures += 1;
                         store_trouble(&e, failures).await;
                     }
                 },
-                Err(StoreError::NotFound { .. }) => return Err(Deleted),
+                // Not found: deleted. Closed: the container shut down and
+                // closed its store; the next start resumes from the last write.
+                Err(StoreError::NotFound { .. } | StoreError::Closed { .. }) => {
+                    return Err(Deleted);
+                }
                 Err(e) => {
                     failures += 1;
                     store_trouble(&e, failures).await;

@@ -2,7 +2,8 @@
 //! type per behaviour the runtime must run, limit or contain.
 //!
 //! - Plain steps that benchmarks and output tests use: `upper`, `echo`, `print`,
-//!   `huge-output`, `log-flood`, `context`, `fail`.
+//!   `huge-output`, `log-flood`, `context`, `fail`, `fail-with`, `flaky`,
+//!   `sleep-first`.
 //! - Faults a host limit must stop ([`limits`]): `spin` (CPU), `sleep` (wall clock in
 //!   a host call), `memory-bomb` (memory), `recurse` (stack), `panic` (a guest trap).
 //! - Filesystem access ([`filesystem`]): `read-file`, `write-file`, and the
@@ -67,6 +68,31 @@ pub struct Fail {
 /// Runs the `fail` step: fails with the configured message.
 pub fn fail(_ctx: &Context, config: Fail) -> StepResult {
     Err(StepError::failed(config.message))
+}
+
+/// Configuration of the `fail-with` step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailWith {
+    /// Size in bytes of the failure message.
+    pub bytes: u64,
+}
+
+/// Runs the `fail-with` step: fails with a message of `bytes` bytes (`é`s, two
+/// bytes each, then an `x` when `bytes` is odd), so a host that cuts it must
+/// find a character boundary.
+pub fn fail_with(_ctx: &Context, config: FailWith) -> StepResult {
+    let size = usize::try_from(config.bytes)
+        .map_err(|_| StepError::invalid_config("bytes", "too large for a 32-bit guest"))?;
+    let mut message = String::new();
+    message
+        .try_reserve_exact(size)
+        .map_err(|e| StepError::failed(format!("cannot allocate {size} bytes: {e}")))?;
+    message.push_str(&"é".repeat(size / 2));
+    if size % 2 == 1 {
+        message.push('x');
+    }
+    Err(StepError::failed(message))
 }
 
 /// Configuration of the `flaky` step.
@@ -248,6 +274,8 @@ arkline_sdk::steps! {
     "echo" => echo,
     /// Fails with `message`.
     "fail" => fail,
+    /// Fails with a message of `bytes` bytes (failure-text caps).
+    "fail-with" => fail_with,
     /// Fails its first `failures` attempts, then succeeds (retry tests).
     "flaky" => flaky,
     /// Appends `line` to the file `path`; outputs the line count `lines`.
@@ -256,6 +284,8 @@ arkline_sdk::steps! {
     "spin" => limits::spin,
     /// Sleeps `ms` milliseconds through the WASI clock, then outputs `slept_ms`.
     "sleep" => limits::sleep,
+    /// Sleeps `ms` milliseconds in its first attempt only (crash-recovery tests).
+    "sleep-first" => limits::sleep_first,
     /// Allocates and touches 1 MiB chunks forever; only the memory limit stops it.
     "memory-bomb" => limits::memory_bomb,
     /// Recurses without bound until the guest's stack overflows.

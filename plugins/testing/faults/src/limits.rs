@@ -50,6 +50,17 @@ pub fn sleep(_ctx: &Context, config: Sleep) -> StepResult {
         .output("elapsed_ms", start.elapsed().as_millis().to_string()))
 }
 
+/// Runs the `sleep-first` step: like `sleep` in attempt 1, at once in later
+/// attempts; outputs `attempt`. A test that kills the host during attempt 1
+/// sees the step run again and end without waiting.
+pub fn sleep_first(ctx: &Context, config: Sleep) -> StepResult {
+    if ctx.attempt <= 1 {
+        arkline_sdk::info!("sleeping {} ms", config.ms);
+        thread::sleep(Duration::from_millis(config.ms));
+    }
+    Ok(Outcome::new().output("attempt", ctx.attempt.to_string()))
+}
+
 /// Configuration of the `memory-bomb` step (none).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
