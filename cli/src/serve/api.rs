@@ -453,8 +453,10 @@ async fn read_body(body: Body, limit: u64, flag: &str) -> Result<Bytes, ApiError
     let mut buf = Vec::new();
     let mut seen: u64 = 0;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| match super::connections::body_timeout(&e) {
+            Some(timeout) => ApiError::request_timeout(timeout.to_string()),
+            None => ApiError::bad_request(format!("cannot read the request body: {e}")),
+        })?;
         seen = seen.saturating_add(chunk.len() as u64);
         if seen > limit {
             // Drain a while so the client reads the answer, then give up.
