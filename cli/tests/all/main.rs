@@ -5,6 +5,7 @@
 
 mod ctl;
 mod hooks;
+mod limits;
 mod metrics;
 mod run;
 mod serve;
