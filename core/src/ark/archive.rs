@@ -304,7 +304,6 @@ pub(crate) fn read_entries(
 ) -> Result<BTreeMap<String, Vec<u8>>, ArchiveError> {
     let mut zip =
         ZipArchive::new(Cursor::new(bytes)).map_err(|e| ArchiveError::Zip(e.to_string()))?;
-    check_no_stray_bytes(bytes, &mut zip)?;
     if zip.len() > limits.max_entries {
         return Err(ArchiveError::TooManyEntries {
             count: zip.len(),
@@ -320,6 +319,7 @@ pub(crate) fn read_entries(
     if let Some(name) = repeated_central_name(bytes) {
         return Err(ArchiveError::DuplicateEntry(name));
     }
+    check_no_stray_bytes(bytes, &mut zip)?;
     let mut entries = BTreeMap::new();
     let mut total = 0u64;
     for index in 0..zip.len() {
