@@ -161,10 +161,10 @@ impl Server {
     }
 
     async fn finished(&self, name: &str) -> PipelineExecution {
-        tokio::time::timeout(LIMIT, self.engine.wait(name))
-            .await
-            .unwrap_or_else(|_| panic!("{name} finished in time"))
-            .expect("wait")
+        let Ok(done) = tokio::time::timeout(LIMIT, self.engine.wait(name)).await else {
+            panic!("{name} did not finish in time")
+        };
+        done.expect("wait")
     }
 }
 
@@ -535,7 +535,10 @@ async fn a_gitlab_delivery_sent_again_with_its_idempotency_key_starts_nothing() 
     let headers = [
         ("X-Gitlab-Event", "Push Hook"),
         ("X-Gitlab-Token", GITLAB_SECRET),
-        ("X-Gitlab-Event-UUID", "13792a34-cac6-4fda-95a8-c58e00a3954e"),
+        (
+            "X-Gitlab-Event-UUID",
+            "13792a34-cac6-4fda-95a8-c58e00a3954e",
+        ),
         ("Idempotency-Key", "f5e5f430-f57b-4e6e-9fac-d9128cd7232f"),
     ];
     let (status, first) = s.post("build", &headers, body.clone()).await;
@@ -544,7 +547,10 @@ async fn a_gitlab_delivery_sent_again_with_its_idempotency_key_starts_nothing() 
     let retry = [
         headers[0],
         headers[1],
-        ("X-Gitlab-Event-UUID", "0b3c5f1e-0000-4000-8000-000000000001"),
+        (
+            "X-Gitlab-Event-UUID",
+            "0b3c5f1e-0000-4000-8000-000000000001",
+        ),
         headers[3],
     ];
     let (status, again) = s.post("build", &retry, body).await;
@@ -590,10 +596,7 @@ async fn a_replayed_github_delivery_starts_nothing_even_after_a_restart() {
     )
     .expect("writes app.arkc");
     let data = dir.path().join("data");
-    let server = Server::start(
-        &data,
-        &[app.to_str().expect("utf-8"), "--insecure-no-auth"],
-    );
+    let server = Server::start(&data, &[app.to_str().expect("utf-8"), "--insecure-no-auth"]);
     let http = reqwest::Client::new();
     let status = http
         .put(format!(
@@ -637,7 +640,10 @@ async fn a_replayed_github_delivery_starts_nothing_even_after_a_restart() {
     });
     let (status, again) = send(server.url.clone(), ID).await;
     assert_eq!((status, &again), (200, &duplicate));
-    assert_eq!(build_executions(&http, &server.url).await, [execution.clone()]);
+    assert_eq!(
+        build_executions(&http, &server.url).await,
+        std::slice::from_ref(&execution)
+    );
 
     // The ids are in the data dir: a restarted server still knows this one.
     let (exit, stderr) = server.terminate();
@@ -645,7 +651,10 @@ async fn a_replayed_github_delivery_starts_nothing_even_after_a_restart() {
     let server = Server::start(&data, &["--insecure-no-auth"]);
     let (status, after) = send(server.url.clone(), ID).await;
     assert_eq!((status, &after), (200, &duplicate));
-    assert_eq!(build_executions(&http, &server.url).await, [execution.clone()]);
+    assert_eq!(
+        build_executions(&http, &server.url).await,
+        std::slice::from_ref(&execution)
+    );
 
     // Another delivery of the same payload is another push.
     let (status, other) = send(server.url.clone(), "d6e0a2c0-1b7f-11ef-8f5e-3a1f0c9d2b12").await;

@@ -412,7 +412,7 @@ fn check_no_stray_bytes<R: Read + std::io::Seek>(
     let len = bytes.len() as u64;
     let leading = if zip.offset() > 0 {
         zip.offset()
-    } else if zip.len() > 0 && !bytes.starts_with(LOCAL) {
+    } else if !zip.is_empty() && !bytes.starts_with(LOCAL) {
         // The first entry's local header: wherever the directory says it is.
         (0..zip.len())
             .filter_map(|i| zip.by_index_raw(i).ok().map(|f| f.header_start()))

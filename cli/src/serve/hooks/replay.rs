@@ -36,7 +36,7 @@ pub const MAX_ID_LEN: usize = 128;
 pub enum Claim {
     /// First time within the window: this request may start an execution, and
     /// records it with [`record`] (or gives the claim up with [`release`]).
-    New(DynamicObject),
+    New(Box<DynamicObject>),
     /// Seen within the window; the execution it started, when it is known (a
     /// copy arriving while the first is still being handled has none yet).
     Seen {
@@ -108,7 +108,7 @@ pub async fn claim(
             status: serde_json::Value::Null,
         };
         match store.create(record).await {
-            Ok(created) => return Ok(Claim::New(created)),
+            Ok(created) => return Ok(Claim::New(Box::new(created))),
             Err(StoreError::AlreadyExists { .. }) => continue,
             Err(e) => return Err(e),
         }
@@ -123,11 +123,11 @@ pub async fn claim(
 /// When the store fails.
 pub async fn record(
     store: &Arc<dyn Store>,
-    mut claimed: DynamicObject,
+    mut claimed: Box<DynamicObject>,
     execution: &str,
 ) -> Result<(), StoreError> {
     claimed.spec["execution"] = json!(execution);
-    store.update(claimed).await.map(|_| ())
+    store.update(*claimed).await.map(|_| ())
 }
 
 /// Gives a claim up (starting the execution failed), so a retry may start it.
