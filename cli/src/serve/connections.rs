@@ -7,7 +7,7 @@
 //! - **connection cap**: a semaphore permit per connection; past the cap a new
 //!   connection gets a short `503` and is closed at once, without a task;
 //! - **header and idle timeouts**: hyper's header-read timer, driven by a timer
-//!   of our own per connection ([`HeadTimer`]) which knows whether the client has
+//!   of our own per connection (`HeadTimer`) which knows whether the client has
 //!   sent anything since the last response: the first request's head must arrive
 //!   within the header timeout of the accept; between requests the connection
 //!   may sit idle for the idle timeout, and once the next request's first byte
