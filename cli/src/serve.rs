@@ -6,11 +6,14 @@
 //!   secrets), `/healthz`, `/readyz`; `auth`: tokens and scopes; `error`: the
 //!   JSON error shape; `openapi`: the document built from `api`'s route table;
 //! - `hooks`: `POST /hooks/<engine>/<pipeline>` (GitHub/GitLab-compatible webhooks);
-//! - `metrics`: Prometheus `/metrics`.
+//! - `metrics`: Prometheus `/metrics`;
+//! - `connections`: the accept loop with the connection cap and the header,
+//!   body and idle timeouts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use arkline::Container;
@@ -20,12 +23,14 @@ use axum::Router;
 
 pub mod api;
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod hooks;
 pub mod metrics;
 pub mod openapi;
 pub mod state;
 
+pub use connections::ConnectionLimits;
 pub use state::{AppState, Limits};
 
 /// Default listening address: loopback only.
@@ -54,6 +59,35 @@ pub struct ServeArgs {
     /// Largest JSON or YAML request body (same units).
     #[arg(long, default_value = "1MiB", value_name = "SIZE")]
     pub max_body: ByteSize,
+    /// Time a client has to send a request's head (request line and headers),
+    /// from the connection or from the first byte of a later request.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    pub header_timeout: Duration,
+    /// Time a client has to send a whole request body once its head arrived
+    /// (slow uploads of large archives may need more).
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    pub body_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    pub idle_timeout: Duration,
+    /// Connections served at once; new ones past it get a 503 and are closed.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// How long webhook delivery ids are remembered: a delivery sent again within
+    /// it (a replay or a redelivery) starts nothing.
+    #[arg(long, default_value = "72h", value_parser = parse_timeout)]
+    pub webhook_dedup_window: Duration,
+}
+
+/// A duration flag: `10s`, `500ms`, `72h`; never zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!("`{text}` is not a duration ({e}): write e.g. `10s`, `500ms` or `72h`")
+    })?;
+    if d.is_zero() {
+        return Err("a zero duration would refuse every request; give a positive one".into());
+    }
+    Ok(d)
 }
 
 impl ServeArgs {
@@ -110,7 +144,14 @@ impl ServeArgs {
             .with_limits(Limits {
                 max_upload: self.max_upload,
                 max_body: self.max_body,
-            });
+            })
+            .with_webhook_dedup_window(self.webhook_dedup_window);
+        let connection_limits = ConnectionLimits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections as usize,
+        };
         state.set_ready(false);
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
@@ -131,9 +172,10 @@ impl ServeArgs {
         let server = tokio::spawn({
             let state = state.clone();
             async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { state.shutting_down().await })
-                    .await
+                connections::serve(listener, app, connection_limits, async move {
+                    state.shutting_down().await
+                })
+                .await;
             }
         });
         let signal_task = tokio::spawn(signals);
@@ -170,10 +212,15 @@ impl ServeArgs {
             state.set_ready(true);
             eprintln!("ready");
         }
-        let served = server.await.context("the HTTP server task failed")?;
+        let sweeper = tokio::spawn(hooks::replay::sweep_periodically(
+            container.store().clone(),
+            self.webhook_dedup_window,
+        ));
+        let served = server.await.context("the HTTP server task failed");
         signal_task.abort();
+        sweeper.abort();
         container.shutdown().await;
-        served.context("the HTTP server failed")?;
+        served?;
         eprintln!("stopped");
         Ok(ExitCode::SUCCESS)
     }

@@ -426,7 +426,7 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
             Operation {
                 request: Payload::Json(schema::<serde_json::Value>),
                 reply: Reply::Json(202, schema::<serde_json::Value>),
-                ..op(Method::POST, "/hooks/{engine}/{pipeline}", "webhook", "A GitHub-compatible (`X-Hub-Signature-256`, `X-GitHub-Event`) or GitLab-compatible (`X-Gitlab-Token`, `X-Gitlab-Event`) push, tag or pull/merge-request delivery, checked against the secret named by the pipeline's webhook trigger (no bearer token). 202 with the execution when one starts; 200 `{triggered: false, reason}` for a ping or a delivery the trigger's filters turn away; 401 for a bad signature, 409 when the pipeline has no webhook trigger with a secret.", "webhooks", None)
+                ..op(Method::POST, "/hooks/{engine}/{pipeline}", "webhook", "A GitHub-compatible (`X-Hub-Signature-256`, `X-GitHub-Event`) or GitLab-compatible (`X-Gitlab-Token`, `X-Gitlab-Event`) push, tag or pull/merge-request delivery, checked against the secret named by the pipeline's webhook trigger (no bearer token). 202 with the execution when one starts; 200 `{triggered: false, reason}` for a ping, a delivery the trigger's filters turn away, or a delivery id already seen (`execution` names the first one's); 401, the same for every address, when the delivery cannot be verified (unknown engine or pipeline, no webhook trigger or secret, wrong signature).", "webhooks", None)
             },
             post(super::hooks::receive),
         )
@@ -454,8 +454,10 @@ async fn read_body(body: Body, limit: ByteSize, flag: &str) -> Result<Bytes, Api
     let mut seen: u64 = 0;
     let cap = limit.bytes();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| match super::connections::body_timeout(&e) {
+            Some(timeout) => ApiError::request_timeout(timeout.to_string()),
+            None => ApiError::bad_request(format!("cannot read the request body: {e}")),
+        })?;
         seen = seen.saturating_add(chunk.len() as u64);
         if seen > cap {
             // Drain a while so the client reads the answer, then give up.

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 pub struct ErrorBody {
     /// Stable machine-readable code: `unauthorized`, `forbidden`, `not_found`,
     /// `no_route`, `method_not_allowed`, `bad_request`, `invalid_pipeline`,
-    /// `invalid_archive`, `payload_too_large`, `conflict`, `not_ready`, `internal`.
+    /// `invalid_archive`, `request_timeout`, `payload_too_large`, `conflict`, `not_ready`,
+    /// `internal`.
     pub code: String,
     /// What is wrong and what to do about it.
     pub message: String,
@@ -87,6 +88,12 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_archive", message)
     }
 
+    /// 408 `request_timeout`: the body did not arrive in time (the connection is
+    /// closed after the answer).
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
     /// 413 `payload_too_large`.
     pub fn payload_too_large(limit: ByteSize, flag: &str) -> Self {
         Self::new(
@@ -129,7 +136,15 @@ impl IntoResponse for ApiError {
             message: self.message,
             details: self.details,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may never come: do not wait for it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 

@@ -12,16 +12,23 @@
 //! - `202 {"triggered": true, "execution": …}` — an execution was created;
 //! - `200 {"triggered": false, "reason": …}` — authenticated, nothing to run
 //!   (GitHub's `ping`, an event or branch the trigger does not accept, a branch
-//!   deletion, a closed pull request);
+//!   deletion, a closed pull request, or a delivery id already seen within the
+//!   replay window: then `execution` names the first delivery's execution; see
+//!   [`replay`]);
 //! - errors `{"code", "message"}`: 400 (not a GitHub/GitLab delivery, bad JSON),
-//!   401 (missing or wrong signature; nothing is triggered), 404 (no such engine
-//!   or pipeline), 409 (the pipeline has no webhook trigger, or none names a
-//!   secret the engine has), 413 (body over [`MAX_BODY`]), 422 (the pipeline
-//!   needs params a webhook cannot give).
+//!   401 (no signature, or nothing here verifies it; nothing is triggered),
+//!   408 (the body did not arrive in time), 413 (body over [`MAX_BODY`]), 422
+//!   (the pipeline needs params a webhook cannot give).
 //!
-//! The endpoint needs no admin token: the signature is the credential.
+//! The endpoint needs no admin token: the signature is the credential. Until it
+//! is verified, the answer does not depend on what exists: an unknown engine,
+//! an unknown pipeline, a pipeline without a webhook trigger, a trigger whose
+//! secret is not set and a wrong signature all get the same `401` (the server
+//! logs which it was), so an unauthenticated caller cannot map engines and
+//! pipelines.
 
 pub mod delivery;
+pub mod replay;
 pub mod signature;
 
 use std::collections::BTreeMap;
@@ -38,6 +45,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use self::delivery::{Delivery, Provider};
+use self::replay::Claim;
 use self::signature::{GithubSignature, SignatureError};
 use super::AppState;
 
@@ -80,12 +88,34 @@ impl HookError {
 
 impl IntoResponse for HookError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({ "code": self.code, "message": self.message })),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may never come: do not wait for it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
+}
+
+/// The one answer to a delivery that cannot be verified, whatever the reason:
+/// unknown engine or pipeline, no webhook trigger, no secret set, wrong
+/// signature. `why` goes to the log only.
+fn unverified(engine: &str, pipeline: &str, why: &str) -> HookError {
+    tracing::warn!(engine, pipeline, "webhook refused: {why}");
+    HookError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "the delivery cannot be verified: no webhook at this address has a secret that \
+         matches its signature or token; check the webhook's URL and secret (the server's \
+         log says which)",
+    )
 }
 
 /// One webhook trigger of the pipeline.
@@ -140,12 +170,17 @@ async fn read_body(body: Body) -> Result<Vec<u8>, HookError> {
     let mut out = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            HookError::new(
+        let chunk = chunk.map_err(|e| match super::connections::body_timeout(&e) {
+            Some(timeout) => HookError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                timeout.to_string(),
+            ),
+            None => HookError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!("cannot read the delivery's body: {e}"),
-            )
+            ),
         })?;
         if out.len() + chunk.len() > MAX_BODY {
             return Err(too_large());
@@ -181,6 +216,9 @@ pub(crate) async fn receive(
             format!("the delivery is {len} bytes, over the {MAX_BODY} bytes a webhook may send"),
         ));
     }
+    // What the sender claims is checked before anything is looked up, so these
+    // answers are the same for every address.
+    let credential = Credential::parse(provider, &headers)?;
     let body = read_body(body).await?;
 
     // Never start an engine for a delivery: only those already running answer.
@@ -190,35 +228,25 @@ pub(crate) async fn receive(
         .into_iter()
         .find(|e| e.name() == engine_name)
     else {
-        return Err(HookError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("there is no engine `{engine_name}` on this server"),
-        ));
+        return Err(unverified(&engine_name, &pipeline_name, "no such engine"));
     };
-    let pipeline = engine
+    let Some(pipeline) = engine
         .pipeline(&pipeline_name)
         .await
         .map_err(|e| HookError::internal("cannot read the pipeline", e))?
-        .ok_or_else(|| {
-            HookError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("pipeline `{pipeline_name}` does not exist in engine `{engine_name}`"),
-            )
-        })?;
+    else {
+        return Err(unverified(&engine_name, &pipeline_name, "no such pipeline"));
+    };
     let hooks = webhook_triggers(&pipeline);
     if hooks.is_empty() {
-        return Err(HookError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "pipeline `{pipeline_name}` has no webhook trigger: add one to its `triggers`, e.g. \
-                 `{{type: webhook, events: [push], secret: <secret name>}}`"
-            ),
+        return Err(unverified(
+            &engine_name,
+            &pipeline_name,
+            "the pipeline has no webhook trigger; add one to its `triggers`, e.g. \
+             `{type: webhook, events: [push], secret: <secret name>}`",
         ));
     }
-    let accepted = authenticate(&engine, &pipeline_name, &hooks, provider, &headers, &body).await?;
+    let accepted = authenticate(&engine, &pipeline_name, &hooks, &credential, &body).await?;
 
     let payload: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         HookError::new(
@@ -257,13 +285,38 @@ pub(crate) async fn receive(
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect();
     labels.insert(PROVIDER_LABEL.into(), provider.as_str().into());
-    let delivery_id = match provider {
-        Provider::Github => header(&headers, "x-github-delivery"),
-        Provider::Gitlab => header(&headers, "x-gitlab-event-uuid"),
+    let delivery_id = delivery_id(provider, &headers);
+    let claim = match delivery_id {
+        Some(id) => {
+            labels.insert(DELIVERY_LABEL.into(), id.to_owned());
+            let claim = replay::claim(
+                state.container.store(),
+                &engine_name,
+                &pipeline_name,
+                provider,
+                id,
+                state.webhook_dedup_window,
+            )
+            .await
+            .map_err(|e| HookError::internal("cannot check the delivery id", e))?;
+            match claim {
+                Claim::New(claimed) => Some(claimed),
+                Claim::Seen { execution } => {
+                    tracing::info!(engine = %engine_name, pipeline = %pipeline_name, delivery = id, "webhook: duplicate delivery");
+                    return Ok((
+                        StatusCode::OK,
+                        Json(json!({
+                            "triggered": false,
+                            "reason": format!("duplicate delivery {id}"),
+                            "execution": execution,
+                        })),
+                    )
+                        .into_response());
+                }
+            }
+        }
+        None => None,
     };
-    if let Some(id) = delivery_id.filter(|id| !id.is_empty() && id.len() <= 128) {
-        labels.insert(DELIVERY_LABEL.into(), id.to_owned());
-    }
     let request = TriggerRequest {
         event: run.event.to_owned(),
         branch: run.branch.clone(),
@@ -272,20 +325,37 @@ pub(crate) async fn receive(
         labels,
         ..TriggerRequest::default()
     };
-    let exec = engine
-        .trigger(&pipeline_name, request)
-        .await
-        .map_err(|e| match e {
-            EngineError::Trigger(TriggerError::NoPipeline { .. }) => {
-                HookError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+    let triggered = engine.trigger(&pipeline_name, request).await;
+    let store = state.container.store();
+    let exec = match (triggered, claim) {
+        (Ok(exec), Some(claimed)) => {
+            if let Err(e) = replay::record(store, claimed, &exec.metadata.name).await {
+                // The claim stands (a copy is still refused); only the name of
+                // the execution is missing from it.
+                tracing::warn!(error = %e, execution = %exec.metadata.name, "webhook: cannot record the delivery's execution");
             }
-            EngineError::Trigger(TriggerError::Params { .. }) => HookError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad_request",
-                format!("{e}; a webhook gives no params, so declare defaults for them"),
-            ),
-            e => HookError::internal("cannot create the execution", e),
-        })?;
+            exec
+        }
+        (Ok(exec), None) => exec,
+        (Err(e), claimed) => {
+            if let Some(claimed) = claimed
+                && let Err(release) = replay::release(store, &claimed).await
+            {
+                tracing::warn!(error = %release, "webhook: cannot release the delivery id");
+            }
+            return Err(match e {
+                EngineError::Trigger(TriggerError::NoPipeline { .. }) => {
+                    HookError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+                }
+                EngineError::Trigger(TriggerError::Params { .. }) => HookError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_request",
+                    format!("{e}; a webhook gives no params, so declare defaults for them"),
+                ),
+                e => HookError::internal("cannot create the execution", e),
+            });
+        }
+    };
     tracing::info!(
         engine = %engine_name,
         pipeline = %pipeline_name,
@@ -338,50 +408,73 @@ fn webhook_triggers(pipeline: &Pipeline) -> Vec<Hook> {
         .collect()
 }
 
+/// The forge's id of a delivery, when it sends one of a plausible length:
+/// GitHub's `X-GitHub-Delivery`; GitLab's `Idempotency-Key` (the same across
+/// its retries) or else `X-Gitlab-Event-UUID`.
+fn delivery_id(provider: Provider, headers: &HeaderMap) -> Option<&str> {
+    let id = match provider {
+        Provider::Github => header(headers, "x-github-delivery"),
+        Provider::Gitlab => header(headers, "idempotency-key")
+            .filter(|id| !id.is_empty())
+            .or_else(|| header(headers, "x-gitlab-event-uuid")),
+    };
+    id.filter(|id| !id.is_empty() && id.len() <= replay::MAX_ID_LEN)
+}
+
+/// What the delivery presents as its credential.
+enum Credential<'a> {
+    Github(GithubSignature),
+    Gitlab(&'a str),
+}
+
+impl<'a> Credential<'a> {
+    /// Reads the signature or token header; its absence is said the same way
+    /// for every address.
+    fn parse(provider: Provider, headers: &'a HeaderMap) -> Result<Self, HookError> {
+        let refused = |e: SignatureError| {
+            tracing::warn!("webhook refused: {e}");
+            HookError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+        };
+        match provider {
+            Provider::Github => header(headers, "x-hub-signature-256")
+                .ok_or(SignatureError::MissingGithubSignature)
+                .and_then(GithubSignature::parse)
+                .map(Credential::Github)
+                .map_err(refused),
+            Provider::Gitlab => header(headers, "x-gitlab-token")
+                .ok_or(SignatureError::MissingGitlabToken)
+                .map(Credential::Gitlab)
+                .map_err(refused),
+        }
+    }
+
+    fn verifies(&self, secret: &str, body: &[u8]) -> bool {
+        match self {
+            Credential::Github(sig) => sig.verifies(secret.as_bytes(), body),
+            Credential::Gitlab(token) => signature::gitlab_token_matches(token, secret),
+        }
+    }
+}
+
 /// Checks the delivery against the secret of each webhook trigger; answers the
-/// triggers whose secret it carries (at least one, or an error).
+/// triggers whose secret it carries (at least one, or the one [`unverified`]
+/// error).
 async fn authenticate<'h>(
     engine: &Engine,
     pipeline: &str,
     hooks: &'h [Hook],
-    provider: Provider,
-    headers: &HeaderMap,
+    credential: &Credential<'_>,
     body: &[u8],
 ) -> Result<Vec<&'h Hook>, HookError> {
-    let unauthorized = |e: SignatureError| {
-        tracing::warn!(engine = %engine.name(), pipeline, "webhook refused: {e}");
-        HookError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-    };
-    // Parse what the sender claims before reading any secret.
-    let github = match provider {
-        Provider::Github => Some(
-            header(headers, "x-hub-signature-256")
-                .ok_or(SignatureError::MissingGithubSignature)
-                .and_then(GithubSignature::parse)
-                .map_err(unauthorized)?,
-        ),
-        Provider::Gitlab => None,
-    };
-    let gitlab = match provider {
-        Provider::Gitlab => Some(
-            header(headers, "x-gitlab-token")
-                .ok_or(SignatureError::MissingGitlabToken)
-                .map_err(unauthorized)?,
-        ),
-        Provider::Github => None,
-    };
     let mut names: Vec<&str> = hooks.iter().filter_map(|h| h.secret.as_deref()).collect();
     names.sort_unstable();
     names.dedup();
     if names.is_empty() {
-        return Err(HookError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "pipeline `{pipeline}` accepts no deliveries: its webhook trigger names no secret; add \
-                 `secret: <name>` (an engine secret also listed in the pipeline's `secrets`) and \
-                 give the forge the same value"
-            ),
+        return Err(unverified(
+            engine.name(),
+            pipeline,
+            "its webhook trigger names no secret; add `secret: <name>` (an engine secret \
+             also listed in the pipeline's `secrets`) and give the forge the same value",
         ));
     }
     let total = names.len();
@@ -396,32 +489,21 @@ async fn authenticate<'h>(
             missing.push(name);
             continue;
         };
-        let ok = match (&github, gitlab) {
-            (Some(sig), _) => sig.verifies(value.as_bytes(), body),
-            (None, Some(token)) => signature::gitlab_token_matches(token, &value),
-            (None, None) => false,
-        };
-        if ok {
+        if credential.verifies(&value, body) {
             matched.push(name);
         }
     }
     if matched.is_empty() {
-        // Nothing could verify it: say what to configure (the sender learns
-        // only that the server is not set up, never a value).
-        if missing.len() == total {
-            tracing::warn!(engine = %engine.name(), pipeline, ?missing, "webhook refused: the webhook secret is not set");
-            return Err(HookError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!(
-                    "engine `{}` has no secret `{}`, which pipeline `{pipeline}`'s webhook trigger names: \
-                     set it to the forge's webhook secret",
-                    engine.name(),
-                    missing.join("`, `")
-                ),
-            ));
-        }
-        return Err(unauthorized(SignatureError::Mismatch));
+        let why = if missing.len() == total {
+            format!(
+                "the engine has no secret `{}`, which the webhook trigger names: set it to the \
+                 forge's webhook secret",
+                missing.join("`, `")
+            )
+        } else {
+            SignatureError::Mismatch.to_string()
+        };
+        return Err(unverified(engine.name(), pipeline, &why));
     }
     Ok(hooks
         .iter()

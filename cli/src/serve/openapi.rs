@@ -101,6 +101,10 @@ fn errors(op: &Operation) -> Vec<(u16, &'static str)> {
     if !matches!(op.request, Payload::None) {
         out.push((400, "Malformed request (`bad_request`)."));
         out.push((
+            408,
+            "The body did not arrive within `--body-timeout` (`request_timeout`).",
+        ));
+        out.push((
             413,
             "The body is larger than the server's limit (`payload_too_large`).",
         ));

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arkline::model::ByteSize;
 use arkline::{Container, Engine};
@@ -35,6 +36,7 @@ pub struct AppState {
     pub container: Container,
     pub(crate) auth: Arc<Auth>,
     pub(crate) limits: Limits,
+    pub(crate) webhook_dedup_window: Duration,
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
     shutdown_tx: Arc<watch::Sender<bool>>,
@@ -49,6 +51,7 @@ impl AppState {
             container,
             auth: Arc::new(Auth::Tokens(Vec::new())),
             limits: Limits::default(),
+            webhook_dedup_window: super::hooks::replay::DEFAULT_WINDOW,
             ready: Arc::new(AtomicBool::new(true)),
             shutdown: rx,
             shutdown_tx: Arc::new(tx),
@@ -64,6 +67,13 @@ impl AppState {
     /// Uses `limits` for request bodies.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Remembers webhook delivery ids for `window` (a delivery seen again within
+    /// it starts nothing).
+    pub fn with_webhook_dedup_window(mut self, window: Duration) -> Self {
+        self.webhook_dedup_window = window;
         self
     }
 

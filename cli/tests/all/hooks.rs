@@ -4,6 +4,7 @@
 //! branches mapped and filtered, the commit and branch in the execution spec,
 //! and `when: {event: …}` deciding steps from the delivery.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arkline::ark::Ark;
@@ -89,6 +90,7 @@ async fn start(dir: &std::path::Path) -> Server {
 }
 
 impl Server {
+    /// A signed GitHub delivery with a delivery id of its own.
     async fn github(
         &self,
         pipeline: &str,
@@ -96,13 +98,30 @@ impl Server {
         body: &Value,
         secret: &str,
     ) -> (u16, Value) {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = format!(
+            "72d3162e-cc78-11e3-81ab-{:012x}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        self.github_as(pipeline, event, body, secret, &id).await
+    }
+
+    /// A signed GitHub delivery with delivery id `id`.
+    async fn github_as(
+        &self,
+        pipeline: &str,
+        event: &str,
+        body: &Value,
+        secret: &str,
+        id: &str,
+    ) -> (u16, Value) {
         let bytes = serde_json::to_vec(body).expect("json");
         let sig = github_signature(secret.as_bytes(), &bytes);
         self.post(
             pipeline,
             &[
                 ("X-GitHub-Event", event),
-                ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+                ("X-GitHub-Delivery", id),
                 ("X-Hub-Signature-256", &sig),
             ],
             bytes,
@@ -142,10 +161,10 @@ impl Server {
     }
 
     async fn finished(&self, name: &str) -> PipelineExecution {
-        tokio::time::timeout(LIMIT, self.engine.wait(name))
-            .await
-            .unwrap_or_else(|_| panic!("{name} finished in time"))
-            .expect("wait")
+        let Ok(done) = tokio::time::timeout(LIMIT, self.engine.wait(name)).await else {
+            panic!("{name} did not finish in time")
+        };
+        done.expect("wait")
     }
 }
 
@@ -176,7 +195,7 @@ async fn bad_or_missing_signatures_are_refused_and_trigger_nothing() {
         answer["message"]
             .as_str()
             .unwrap_or("")
-            .contains("does not match"),
+            .contains("cannot be verified"),
         "{answer}"
     );
 
@@ -240,11 +259,12 @@ async fn github_push_runs_only_on_branches_the_trigger_accepts_with_its_commit()
     assert!(s.executions().await.is_empty(), "dev is filtered out");
 
     let (status, answer) = s
-        .github(
+        .github_as(
             "build",
             "push",
             &push("refs/heads/main", sha),
             GITHUB_SECRET,
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
         )
         .await;
     assert_eq!(status, 202, "{answer}");
@@ -436,37 +456,33 @@ async fn tags_pull_requests_and_gitlab_deliveries_land_in_the_spec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_targets_pipelines_without_webhooks_and_big_bodies_are_refused() {
+async fn unverified_deliveries_get_one_answer_whatever_exists_and_big_bodies_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = start(dir.path()).await;
     let body = push("refs/heads/main", "aaaa");
 
-    let (status, answer) = s.github("manual", "push", &body, GITHUB_SECRET).await;
-    assert_eq!(status, 409, "{answer}");
-    assert!(
-        answer["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("no webhook trigger"),
-        "{answer}"
-    );
-
-    let (status, answer) = s.github("nope", "push", &body, GITHUB_SECRET).await;
-    assert_eq!(
-        (status, answer["code"].as_str()),
-        (404, Some("not_found")),
-        "{answer}"
-    );
-
+    // A real hook with a wrong signature, a pipeline without a webhook trigger,
+    // an unknown pipeline and an unknown engine: one status, one body.
+    let (status, wrong) = s.github("build", "push", &body, "not-the-secret").await;
+    assert_eq!(status, 401, "{wrong}");
+    assert_eq!(wrong["code"], "unauthorized");
+    for pipeline in ["manual", "nope"] {
+        let (status, answer) = s.github(pipeline, "push", &body, GITHUB_SECRET).await;
+        assert_eq!((status, &answer), (401, &wrong), "pipeline {pipeline}");
+    }
+    let bytes = serde_json::to_vec(&body).expect("json");
+    let sig = github_signature(GITHUB_SECRET.as_bytes(), &bytes);
     let resp = s
         .http
         .post(format!("{}/hooks/other-engine/build", s.base))
         .header("X-GitHub-Event", "push")
-        .body("{}")
+        .header("X-Hub-Signature-256", &sig)
+        .body(bytes)
         .send()
         .await
         .expect("answers");
-    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(resp.json::<Value>().await.expect("json"), wrong);
     assert!(
         s.container
             .engines()
@@ -495,7 +511,8 @@ async fn unknown_targets_pipelines_without_webhooks_and_big_bodies_are_refused()
         "{answer}"
     );
 
-    // A secret the trigger names but the engine lacks: nothing can verify.
+    // A secret the trigger names but the engine lacks: nothing can verify, and
+    // the sender learns no more than from a wrong signature.
     s.engine.delete_secret("gitlab-hook").await.expect("delete");
     let (status, answer) = s
         .gitlab(
@@ -504,7 +521,145 @@ async fn unknown_targets_pipelines_without_webhooks_and_big_bodies_are_refused()
             GITLAB_SECRET,
         )
         .await;
-    assert_eq!(status, 401, "{answer}");
+    assert_eq!((status, &answer), (401, &wrong));
     assert!(s.executions().await.is_empty());
     s.container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_delivery_sent_again_with_its_idempotency_key_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let body = serde_json::to_vec(&json!({"ref": "refs/heads/dev", "checkout_sha": "c0ffee"}))
+        .expect("json");
+    let headers = [
+        ("X-Gitlab-Event", "Push Hook"),
+        ("X-Gitlab-Token", GITLAB_SECRET),
+        (
+            "X-Gitlab-Event-UUID",
+            "13792a34-cac6-4fda-95a8-c58e00a3954e",
+        ),
+        ("Idempotency-Key", "f5e5f430-f57b-4e6e-9fac-d9128cd7232f"),
+    ];
+    let (status, first) = s.post("build", &headers, body.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    // A retry: GitLab keeps the Idempotency-Key (and sends a new event UUID).
+    let retry = [
+        headers[0],
+        headers[1],
+        (
+            "X-Gitlab-Event-UUID",
+            "0b3c5f1e-0000-4000-8000-000000000001",
+        ),
+        headers[3],
+    ];
+    let (status, again) = s.post("build", &retry, body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["triggered"], false);
+    assert_eq!(
+        again["reason"],
+        "duplicate delivery f5e5f430-f57b-4e6e-9fac-d9128cd7232f"
+    );
+    assert_eq!(again["execution"], first["execution"]);
+    assert_eq!(s.executions().await.len(), 1);
+    s.container.shutdown().await;
+}
+
+const REPLAY_PIPELINE: &str = "name: build\nsecrets: [github-hook]\ntriggers:\n  - {type: webhook, events: [push], secret: github-hook}\nstages:\n  - name: s\n    steps:\n      - { name: compile, uses: faults/echo, with: { data: x } }\n";
+
+/// The executions of `build` in team-a, through the admin API.
+async fn build_executions(http: &reqwest::Client, url: &str) -> Vec<String> {
+    let list: Value = http
+        .get(format!("{url}/api/v1/engines/team-a/executions"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    list.as_array()
+        .unwrap_or_else(|| panic!("an array: {list}"))
+        .iter()
+        .map(|e| e["metadata"]["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_github_delivery_starts_nothing_even_after_a_restart() {
+    use crate::support::server::{Server, arkc, faults};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app.arkc");
+    std::fs::write(
+        &app,
+        arkc("team-a", faults(), &[], &[("build.yaml", REPLAY_PIPELINE)]),
+    )
+    .expect("writes app.arkc");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[app.to_str().expect("utf-8"), "--insecure-no-auth"]);
+    let http = reqwest::Client::new();
+    let status = http
+        .put(format!(
+            "{}/api/v1/engines/team-a/secrets/github-hook",
+            server.url
+        ))
+        .body(json!({"value": GITHUB_SECRET}).to_string())
+        .send()
+        .await
+        .expect("answers")
+        .status();
+    assert_eq!(status.as_u16(), 204);
+
+    let body = serde_json::to_vec(&push("refs/heads/main", "abcd")).expect("json");
+    let sig = github_signature(GITHUB_SECRET.as_bytes(), &body);
+    let send = |url: String, id: &'static str| {
+        let (http, body, sig) = (http.clone(), body.clone(), sig.clone());
+        async move {
+            let resp = http
+                .post(format!("{url}/hooks/team-a/build"))
+                .header("X-GitHub-Event", "push")
+                .header("X-GitHub-Delivery", id)
+                .header("X-Hub-Signature-256", sig)
+                .body(body)
+                .send()
+                .await
+                .expect("answers");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("json"))
+        }
+    };
+    const ID: &str = "d6e0a2c0-1b7f-11ef-8f5e-3a1f0c9d2b11";
+
+    let (status, first) = send(server.url.clone(), ID).await;
+    assert_eq!(status, 202, "{first}");
+    let execution = first["execution"].as_str().expect("execution").to_owned();
+    let duplicate = json!({
+        "triggered": false,
+        "reason": format!("duplicate delivery {ID}"),
+        "execution": execution,
+    });
+    let (status, again) = send(server.url.clone(), ID).await;
+    assert_eq!((status, &again), (200, &duplicate));
+    assert_eq!(
+        build_executions(&http, &server.url).await,
+        std::slice::from_ref(&execution)
+    );
+
+    // The ids are in the data dir: a restarted server still knows this one.
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr:#?}");
+    let server = Server::start(&data, &["--insecure-no-auth"]);
+    let (status, after) = send(server.url.clone(), ID).await;
+    assert_eq!((status, &after), (200, &duplicate));
+    assert_eq!(
+        build_executions(&http, &server.url).await,
+        std::slice::from_ref(&execution)
+    );
+
+    // Another delivery of the same payload is another push.
+    let (status, other) = send(server.url.clone(), "d6e0a2c0-1b7f-11ef-8f5e-3a1f0c9d2b12").await;
+    assert_eq!(status, 202, "{other}");
+    assert_eq!(build_executions(&http, &server.url).await.len(), 2);
+    let (exit, _) = server.terminate();
+    assert!(exit.success());
 }

@@ -6,6 +6,7 @@
 mod color;
 mod ctl;
 mod hooks;
+mod limits;
 mod metrics;
 mod run;
 mod serve;

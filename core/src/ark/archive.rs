@@ -131,6 +131,20 @@ pub enum ArchiveError {
         /// Expected and actual digest or size.
         detail: String,
     },
+    /// Bytes before the zip's first local header or after its end-of-central-
+    /// directory record (a zip wrapped in another envelope, such as a multipart
+    /// request body, or a self-extracting stub).
+    #[error(
+        "the archive has {leading} stray bytes before its zip data and {trailing} after it; \
+         an archive must be exactly the zip file `cargo ark package` wrote (was it wrapped, \
+         e.g. sent as a multipart form instead of the raw file?)"
+    )]
+    StrayBytes {
+        /// Bytes before the first local file header.
+        leading: u64,
+        /// Bytes after the end-of-central-directory record and its comment.
+        trailing: u64,
+    },
 }
 
 /// Limits a reader applies while decompressing, whatever the archive declares.
@@ -305,6 +319,7 @@ pub(crate) fn read_entries(
     if let Some(name) = repeated_central_name(bytes) {
         return Err(ArchiveError::DuplicateEntry(name));
     }
+    check_no_stray_bytes(bytes, &mut zip)?;
     let mut entries = BTreeMap::new();
     let mut total = 0u64;
     for index in 0..zip.len() {
@@ -382,6 +397,47 @@ fn check_entry_metadata<R: Read>(
         });
     }
     Ok(name)
+}
+
+/// The zip must start at byte 0 with a local file header and end with its
+/// end-of-central-directory record (and comment): the zip layer tolerates data
+/// before (`offset()`) and after the archive, which would let a wrapped file or a
+/// polyglot through.
+fn check_no_stray_bytes<R: Read + std::io::Seek>(
+    bytes: &[u8],
+    zip: &mut ZipArchive<R>,
+) -> Result<(), ArchiveError> {
+    const LOCAL: &[u8] = &[0x50, 0x4b, 0x03, 0x04];
+    const EOCD: &[u8] = &[0x50, 0x4b, 0x05, 0x06];
+    let len = bytes.len() as u64;
+    let leading = if zip.offset() > 0 {
+        zip.offset()
+    } else if !zip.is_empty() && !bytes.starts_with(LOCAL) {
+        // The first entry's local header: wherever the directory says it is.
+        (0..zip.len())
+            .filter_map(|i| zip.by_index_raw(i).ok().map(|f| f.header_start()))
+            .min()
+            .unwrap_or(0)
+            .max(1)
+    } else {
+        0
+    };
+    // The end-of-central-directory record that the zip layer read: the last one
+    // whose comment length matches the archive's comment.
+    let comment = zip.comment().len();
+    let floor = bytes.len().saturating_sub(22 + 0xffff);
+    let end = bytes.len().checked_sub(22).and_then(|top| {
+        (floor..=top).rev().find_map(|i| {
+            let record = bytes.get(i..i + 22)?;
+            let stated = usize::from(u16::from_le_bytes([record[20], record[21]]));
+            (record[..4] == *EOCD && stated == comment).then_some((i + 22 + comment) as u64)
+        })
+    });
+    let trailing = end.map_or(0, |end| len.saturating_sub(end));
+    if leading > 0 || trailing > 0 {
+        return Err(ArchiveError::StrayBytes { leading, trailing });
+    }
+    Ok(())
 }
 
 /// The first name that appears twice in the central directory, if any. Walks the

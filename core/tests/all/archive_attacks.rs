@@ -487,3 +487,43 @@ proptest! {
         prop_assert_eq!(Manifest::from_toml(&text).expect("parses"), m);
     }
 }
+
+#[test]
+fn bytes_before_or_after_the_zip_are_refused() {
+    let zip = valid();
+    // An .ark inside a multipart envelope, as a form upload would send it.
+    let mut wrapped =
+        b"--boundary\r\nContent-Disposition: form-data; name=\"ark\"; filename=\"a.ark\"\r\n\r\n"
+            .to_vec();
+    let head = wrapped.len() as u64;
+    wrapped.extend_from_slice(&zip);
+    wrapped.extend_from_slice(b"\r\n--boundary--\r\n");
+    let err = refused(&wrapped);
+    assert!(
+        matches!(err, ArchiveError::StrayBytes { leading, trailing: 16 } if leading == head),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("multipart"), "{err}");
+
+    let mut prefixed = b"MZ-stub".to_vec();
+    prefixed.extend_from_slice(&zip);
+    assert!(matches!(
+        refused(&prefixed),
+        ArchiveError::StrayBytes {
+            leading: 7,
+            trailing: 0
+        }
+    ));
+
+    let mut suffixed = zip.clone();
+    suffixed.extend_from_slice(b"tail");
+    assert!(matches!(
+        refused(&suffixed),
+        ArchiveError::StrayBytes {
+            leading: 0,
+            trailing: 4
+        }
+    ));
+    // The exact file is still accepted.
+    Ark::from_bytes(&zip).expect("the exact archive reads");
+}
