@@ -194,8 +194,11 @@ impl<'s> Decoder<'s> {
     /// every entrance refuses what the API refuses.
     fn object_name(&mut self, node: &Node, path: &str, what: &str) -> Option<String> {
         let name = self.string(node, path, what)?;
+        // An empty engine means "the one it is applied to", as in the store.
+        let empty_engine = name.is_empty() && path.ends_with("engine");
         match check_object_name(&name) {
             Ok(()) => Some(name),
+            Err(_) if empty_engine => Some(name),
             Err(e) => {
                 let shown = if name.len() > 64 {
                     format!("{what} ({} bytes)", name.len())

@@ -670,7 +670,7 @@ fn a_pipeline_that_does_not_parse() {
 fn a_pipeline_bomb_inside_an_archive_is_refused_by_the_parser_caps() {
     let path = pipeline_path("team-a", "build.yaml");
     let steps: String = (0..400_000)
-        .map(|i| format!("      - {{name: s{i}, uses: shell/run@^0.1}}\n"))
+        .map(|i| format!("      - {{name: step-number-{i:07}, uses: shell/run@^0.1}}\n"))
         .collect();
     let bomb = format!("name: build\nstages:\n  - name: compile\n    steps:\n{steps}");
     assert!(bomb.len() > 20 << 20);
