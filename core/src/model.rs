@@ -80,9 +80,9 @@ pub mod expr;
 mod limits;
 pub mod meta;
 pub mod pipeline;
+mod position;
 pub mod resources;
 pub mod validate;
-mod position;
 mod work;
 mod yaml;
 

@@ -541,7 +541,11 @@ fn scoped(
 
 /// Parses and validates a pipeline off the async workers (see
 /// [`AppState::parse_off_workers`]).
-async fn parse_yaml(state: &AppState, source: Bytes, file_name: String) -> Result<Pipeline, ApiError> {
+async fn parse_yaml(
+    state: &AppState,
+    source: Bytes,
+    file_name: String,
+) -> Result<Pipeline, ApiError> {
     state
         .parse_off_workers(move || parse_yaml_now(&source, &file_name))
         .await?

@@ -259,8 +259,11 @@ fn validate_refuses_names_the_api_refuses_and_bombs_over_the_caps() {
         .map(|i| format!("      - {{name: s{i}, uses: faults/upper}}\n"))
         .collect();
     let bomb = tmp.path().join("bomb.yaml");
-    std::fs::write(&bomb, format!("name: hello\nstages:\n  - name: s\n    steps:\n{steps}"))
-        .expect("write");
+    std::fs::write(
+        &bomb,
+        format!("name: hello\nstages:\n  - name: s\n    steps:\n{steps}"),
+    )
+    .expect("write");
     let out = arkline()
         .args(["validate", "--json"])
         .arg(&bomb)

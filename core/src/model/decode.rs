@@ -15,8 +15,8 @@ use crate::model::pipeline::{
     CacheSpec, DurationSpec, Filter, ParamSpec, ParamType, PipelineSpec, Retry, SourceSpec, Stage,
     Step, Trigger, Uses, UsesError, When,
 };
-use crate::model::resources::Pipeline;
 use crate::model::position::SourceIndex;
+use crate::model::resources::Pipeline;
 use crate::model::yaml::{self, Loaded, Node, NodeKind};
 
 /// Where each decoded value came from, keyed by its path in the spec

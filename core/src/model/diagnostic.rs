@@ -200,7 +200,10 @@ impl Diagnostic {
             (0, line.len())
         };
         work::add(to - from);
-        let span_end = span.end.saturating_sub(line_start).clamp(caret, to.max(caret));
+        let span_end = span
+            .end
+            .saturating_sub(line_start)
+            .clamp(caret, to.max(caret));
         // Underline at most to the end of the first line (a multi-line span, a
         // whole mapping, is shown by its first line) and of the window.
         let width = line[caret..span_end].chars().count().max(1);

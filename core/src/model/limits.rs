@@ -146,7 +146,9 @@ mod tests {
     use crate::model::{Diagnostics, parse_pipeline_with, work};
 
     fn one_step(name: &str, extra: &str) -> String {
-        format!("name: p\nstages:\n  - name: s\n    steps:\n      - name: {name}\n        uses: shell\n{extra}")
+        format!(
+            "name: p\nstages:\n  - name: s\n    steps:\n      - name: {name}\n        uses: shell\n{extra}"
+        )
     }
 
     fn refused(src: &str, limits: &Limits) -> Diagnostics {
@@ -187,9 +189,8 @@ mod tests {
     #[test]
     fn every_count_has_its_cap() {
         let limits = Limits::default();
-        let many = |n: usize, item: &dyn Fn(usize) -> String| -> String {
-            (0..n).map(item).collect()
-        };
+        let many =
+            |n: usize, item: &dyn Fn(usize) -> String| -> String { (0..n).map(item).collect() };
         let stages = many(101, &|i| {
             format!("  - name: st{i}\n    steps: [{{name: s{i}, uses: shell}}]\n")
         });
@@ -200,24 +201,36 @@ mod tests {
         for (src, expected) in [
             (format!("name: p\nstages:\n{stages}"), "101 stages"),
             (format!("name: p\nparams:\n{params}{stage}"), "201 params"),
-            (format!("name: p\ntriggers:\n{triggers}{stage}"), "51 triggers"),
+            (
+                format!("name: p\ntriggers:\n{triggers}{stage}"),
+                "51 triggers",
+            ),
             (format!("name: p\n{stage}finally:\n{finally}"), "1002 steps"),
         ] {
             let diags = refused(&src, &limits);
             assert_eq!(diags.0.len(), 1, "{diags}");
             assert_eq!(diags.0[0].code, "limit-exceeded");
-            assert!(diags.0[0].message.contains(expected), "{}", diags.0[0].message);
+            assert!(
+                diags.0[0].message.contains(expected),
+                "{}",
+                diags.0[0].message
+            );
         }
         // At the caps, all is well.
         let at_cap = many(100, &|i| {
             format!("  - name: st{i}\n    steps: [{{name: s{i}, uses: shell}}]\n")
         });
-        assert!(parse_pipeline_with("p.yaml", &format!("name: p\nstages:\n{at_cap}"), &limits).is_ok());
+        assert!(
+            parse_pipeline_with("p.yaml", &format!("name: p\nstages:\n{at_cap}"), &limits).is_ok()
+        );
     }
 
     #[test]
     fn a_file_over_the_byte_cap_is_refused_before_parsing() {
-        let src = one_step("a", &format!("        with: {{x: \"{}\"}}\n", "y".repeat(2 << 20)));
+        let src = one_step(
+            "a",
+            &format!("        with: {{x: \"{}\"}}\n", "y".repeat(2 << 20)),
+        );
         work::take();
         let diags = refused(&src, &Limits::default());
         assert_eq!(work::take(), 0);
@@ -237,7 +250,14 @@ mod tests {
                 && d.message.contains("max_name_len")),
             "{diags}"
         );
-        assert!(parse_pipeline_with("p.yaml", &one_step(&"a".repeat(253), ""), &Limits::default()).is_ok());
+        assert!(
+            parse_pipeline_with(
+                "p.yaml",
+                &one_step(&"a".repeat(253), ""),
+                &Limits::default()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -247,14 +267,20 @@ mod tests {
             ("\"a\\0b\"", "control character"),
             (&"n".repeat(10_000), "10000 bytes long"),
         ] {
-            let src = format!("name: {name}\nstages:\n  - name: s\n    steps: [{{name: a, uses: shell}}]\n");
+            let src = format!(
+                "name: {name}\nstages:\n  - name: s\n    steps: [{{name: a, uses: shell}}]\n"
+            );
             let diags = refused(&src, &Limits::default());
             assert!(
-                diags.0.iter().any(|d| d.code == "invalid-name" && d.message.contains(why)),
+                diags
+                    .0
+                    .iter()
+                    .any(|d| d.code == "invalid-name" && d.message.contains(why)),
                 "{name}: {diags}"
             );
         }
-        let src = "name: p\nengine: \"x/y\"\nstages:\n  - name: s\n    steps: [{name: a, uses: shell}]\n";
+        let src =
+            "name: p\nengine: \"x/y\"\nstages:\n  - name: s\n    steps: [{name: a, uses: shell}]\n";
         assert_eq!(refused(src, &Limits::default()).0[0].code, "invalid-name");
     }
 
@@ -277,15 +303,21 @@ mod tests {
         assert_eq!(note.code, "more-diagnostics");
         assert!(note.message.starts_with("44900 more"), "{}", note.message);
         assert_eq!(rendered.matches("error[unknown-field]").count(), 100);
-        assert!(spent < src.len() as u64, "{spent} steps for {} bytes", src.len());
+        assert!(
+            spent < src.len() as u64,
+            "{spent} steps for {} bytes",
+            src.len()
+        );
     }
 
     #[test]
     fn many_references_in_one_scalar_are_positioned_in_linear_work() {
         // Not ASCII, so columns need counting characters.
         let value = "é${{ params.b }}".repeat(100_000);
-        let src = format!("name: p\nparams: [{{name: a}}]\n{}", one_step("a", "").replacen("name: p\n", "", 1))
-            + &format!("        env: {{X: \"{value}\"}}\n");
+        let src = format!(
+            "name: p\nparams: [{{name: a}}]\n{}",
+            one_step("a", "").replacen("name: p\n", "", 1)
+        ) + &format!("        env: {{X: \"{value}\"}}\n");
         let limits = Limits {
             max_bytes: usize::MAX,
             ..Limits::default()
@@ -301,9 +333,22 @@ mod tests {
         let d = &diags.0[99];
         let span = d.span.expect("span");
         assert_eq!(&src[span.start..span.end], "params.b");
-        assert_eq!(span.column, src[..span.start].rsplit('\n').next().unwrap_or_default().chars().count() + 1);
+        assert_eq!(
+            span.column,
+            src[..span.start]
+                .rsplit('\n')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .count()
+                + 1
+        );
         assert_eq!(rendered.matches("error[unknown-param]").count(), 100);
-        assert!(spent < 4 * src.len() as u64, "{spent} steps for {} bytes", src.len());
+        assert!(
+            spent < 4 * src.len() as u64,
+            "{spent} steps for {} bytes",
+            src.len()
+        );
         // Declared, the same references cost no positioning at all.
         let ok = src.replace("params.b", "params.a");
         work::take();
@@ -314,7 +359,9 @@ mod tests {
     #[test]
     fn suggestions_for_long_names_cost_bounded_work() {
         let name = |seed: usize| -> String { format!("{seed:02}{}", "ab".repeat(1500)) };
-        let params: String = (0..40).map(|i| format!("  - name: p{}\n", name(i))).collect();
+        let params: String = (0..40)
+            .map(|i| format!("  - name: p{}\n", name(i)))
+            .collect();
         let env: String = (0..40)
             .map(|i| format!("          E{i}: \"${{{{ params.q{} }}}}\"\n", name(i)))
             .collect();
@@ -330,7 +377,12 @@ mod tests {
         let spent = work::take();
         assert_eq!(diags.errors().count(), 40, "{diags}");
         assert!(diags.0.iter().all(|d| d.code == "unknown-param"));
-        assert!(diags.0.iter().all(|d| !d.hint.as_deref().unwrap_or_default().contains("did you mean")));
+        assert!(diags.0.iter().all(|d| {
+            !d.hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("did you mean")
+        }));
         // 40 × 40 comparisons of 3,000 characters would be 1.4e10 cells.
         assert!(spent < 1_000_000, "{spent}");
     }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::decode::SourceMap;
 use crate::model::diagnostic::{Collector, Diagnostic, Severity, Span, did_you_mean};
-use crate::model::limits::Limits;
 use crate::model::expr::{self, ExprError, Reference};
+use crate::model::limits::Limits;
 use crate::model::pipeline::{EVENTS, Filter, MAX_RETRIES, PipelineSpec, Step, Trigger, When};
 
 /// Where a step sits, for deciding which steps it may read.
@@ -63,13 +63,7 @@ impl<'a> Checker<'a, '_> {
         self.push(code, message, span, hint);
     }
 
-    fn push(
-        &mut self,
-        code: &str,
-        message: String,
-        span: Option<Span>,
-        hint: Option<String>,
-    ) {
+    fn push(&mut self, code: &str, message: String, span: Option<Span>, hint: Option<String>) {
         if self.skip() {
             return;
         }

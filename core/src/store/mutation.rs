@@ -104,8 +104,8 @@ fn check_part(
     allow_empty: bool,
 ) -> Result<(), StoreError> {
     // One rule for names everywhere: the pipeline parser applies the same one.
-    let bad = !(allow_empty && value.is_empty())
-        && crate::model::meta::check_object_name(value).is_err();
+    let bad =
+        !(allow_empty && value.is_empty()) && crate::model::meta::check_object_name(value).is_err();
     if bad {
         return Err(StoreError::Invalid {
             kind: obj_kind.to_string(),
