@@ -61,7 +61,11 @@ impl Span {
     /// The span moved `offset` bytes right and shortened to `len` bytes; used to
     /// point inside a scalar (e.g. at one reference in an expression). Only valid
     /// when the scalar's text maps one-to-one onto the source (plain or simple
-    /// quoted scalars on one line), which the caller checks.
+    /// quoted scalars on one line), which the caller checks. It counts the
+    /// characters from the span's start, so calling it for many points of one
+    /// long span is quadratic; [`SourceMap::span_in`] uses an index instead.
+    ///
+    /// [`SourceMap::span_in`]: crate::model::SourceMap::span_in
     pub fn narrow(self, source: &str, offset: usize, len: usize) -> Span {
         let start = (self.start + offset).min(self.end);
         let end = (start + len).min(self.end).max(start);
