@@ -256,7 +256,11 @@ pub fn check_pipeline(file: &str, bytes: &[u8]) -> FileReport {
         }
         Err(diags) => report.diagnostics = diags.0,
     }
-    report.sources.push((file.to_owned(), source.to_owned()));
+    // A file over the size cap is refused without a position: no need to keep
+    // a copy of it for rendering.
+    if source.len() <= arkline::model::Limits::default().max_bytes {
+        report.sources.push((file.to_owned(), source.to_owned()));
+    }
     report
 }
 

@@ -78,10 +78,13 @@ pub mod config_schema;
 pub mod decode;
 pub mod diagnostic;
 pub mod expr;
+mod limits;
 pub mod meta;
 pub mod pipeline;
+mod position;
 pub mod resources;
 pub mod validate;
+mod work;
 mod yaml;
 
 pub use byte_size::{ByteSize, ByteSizeError};
@@ -89,7 +92,11 @@ pub use config_schema::validate_with_schemas;
 pub use decode::SourceMap;
 pub use diagnostic::{Diagnostic, Diagnostics, Severity, Span};
 pub use expr::{EvalContext, Expr, Value, interpolate};
-pub use meta::{API_VERSION, DynamicObject, ObjectMeta, OwnerRef, Resource};
+pub use limits::Limits;
+pub use meta::{
+    API_VERSION, DynamicObject, MAX_NAME_LEN, NameError, ObjectMeta, OwnerRef, Resource,
+    check_object_name,
+};
 pub use pipeline::{
     CacheSpec, DurationSpec, Filter, ParamError, ParamSpec, ParamType, PipelineSpec, Retry,
     SourceSpec, Stage, Step, Trigger, Uses, When, WhenError,
@@ -116,18 +123,37 @@ pub struct ParsedPipeline {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Parses and validates a pipeline file, reporting every error at once.
+/// Parses and validates a pipeline file, reporting every error at once, within
+/// the default [`Limits`].
 pub fn parse_pipeline(file_name: &str, source: &str) -> Result<Pipeline, Diagnostics> {
     parse_pipeline_file(file_name, source).map(|p| p.pipeline)
 }
 
+/// Like [`parse_pipeline`], with caps other than the default ones.
+pub fn parse_pipeline_with(
+    file_name: &str,
+    source: &str,
+    limits: &Limits,
+) -> Result<Pipeline, Diagnostics> {
+    parse_pipeline_file_with(file_name, source, limits).map(|p| p.pipeline)
+}
+
 /// Like [`parse_pipeline`], keeping the source map.
 pub fn parse_pipeline_file(file_name: &str, source: &str) -> Result<ParsedPipeline, Diagnostics> {
-    let (pipeline, source_map, mut diags) = decode::decode(file_name, source);
+    parse_pipeline_file_with(file_name, source, &Limits::default())
+}
+
+/// Like [`parse_pipeline_file`], with caps other than the default ones.
+pub fn parse_pipeline_file_with(
+    file_name: &str,
+    source: &str,
+    limits: &Limits,
+) -> Result<ParsedPipeline, Diagnostics> {
+    let (pipeline, source_map, mut collector) = decode::decode(file_name, source, limits);
     if let Some(p) = &pipeline {
-        diags.extend(validate::validate(&p.spec, &source_map));
+        validate::check(&p.spec, &source_map, &mut collector);
     }
-    let mut diags = Diagnostics(diags);
+    let mut diags = Diagnostics(collector.finish(file_name));
     diags.sort();
     match pipeline {
         Some(pipeline) if !diags.has_errors() => Ok(ParsedPipeline {

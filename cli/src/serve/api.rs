@@ -542,7 +542,19 @@ fn scoped(
     state.engine(name)
 }
 
-fn parse_yaml(source: &Bytes, file_name: &str) -> Result<Pipeline, ApiError> {
+/// Parses and validates a pipeline off the async workers (see
+/// [`AppState::parse_off_workers`]).
+async fn parse_yaml(
+    state: &AppState,
+    source: Bytes,
+    file_name: String,
+) -> Result<Pipeline, ApiError> {
+    state
+        .parse_off_workers(move || parse_yaml_now(&source, &file_name))
+        .await?
+}
+
+fn parse_yaml_now(source: &Bytes, file_name: &str) -> Result<Pipeline, ApiError> {
     let text = std::str::from_utf8(source).map_err(|_| {
         ApiError::bad_request("the pipeline is not UTF-8 text: send the YAML file as UTF-8")
     })?;
@@ -640,9 +652,9 @@ async fn deploy_container(
 ) -> Result<(StatusCode, Json<DeployedView>), ApiError> {
     caller.require_write_access()?;
     let bytes = read_body(body, state.limits.max_upload, "--max-upload").await?;
-    let archive = tokio::task::spawn_blocking(move || ContainerArchive::from_bytes(&bytes))
-        .await
-        .map_err(|e| ApiError::internal(format!("the archive reader failed: {e}")))?
+    let archive = state
+        .parse_off_workers(move || ContainerArchive::from_bytes(&bytes))
+        .await?
         .map_err(|e| {
             ApiError::invalid_archive(format!(
                 "the .arkc is refused: {e}; build it with `cargo ark container` and check it with `cargo ark verify`"
@@ -809,7 +821,7 @@ async fn apply_pipeline(
 ) -> Result<Json<Pipeline>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
-    let pipeline = parse_yaml(&bytes, "pipeline.yaml")?;
+    let pipeline = parse_yaml(&state, bytes, "pipeline.yaml".into()).await?;
     Ok(Json(engine.apply_pipeline(&pipeline).await?))
 }
 
@@ -834,7 +846,7 @@ async fn put_pipeline(
 ) -> Result<Json<Pipeline>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
-    let parsed = parse_yaml(&bytes, &format!("{pipeline}.yaml"))?;
+    let parsed = parse_yaml(&state, bytes, format!("{pipeline}.yaml")).await?;
     if parsed.metadata.name != pipeline {
         return Err(ApiError::bad_request(format!(
             "the YAML names pipeline `{}` but the path names `{pipeline}`: make them agree, or POST it to /api/v1/engines/{name}/pipelines",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arkline::model::ByteSize;
 use arkline::{Container, Engine};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use super::auth::Auth;
 use super::error::ApiError;
@@ -29,6 +29,9 @@ impl Default for Limits {
     }
 }
 
+/// Most pipeline or archive parses running at once; further requests wait.
+const PARSE_CONCURRENCY: usize = 2;
+
 /// Shared state of the server. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -37,6 +40,10 @@ pub struct AppState {
     pub(crate) auth: Arc<Auth>,
     pub(crate) limits: Limits,
     pub(crate) webhook_dedup_window: Duration,
+    /// Permits for CPU-bound parsing (pipelines, archives), which runs on
+    /// blocking threads so that no request can hold up the async workers, and
+    /// at most this many at once so that a burst of them cannot take every core.
+    parsing: Arc<Semaphore>,
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
     shutdown_tx: Arc<watch::Sender<bool>>,
@@ -52,6 +59,7 @@ impl AppState {
             auth: Arc::new(Auth::Tokens(Vec::new())),
             limits: Limits::default(),
             webhook_dedup_window: super::hooks::replay::DEFAULT_WINDOW,
+            parsing: Arc::new(Semaphore::new(PARSE_CONCURRENCY)),
             ready: Arc::new(AtomicBool::new(true)),
             shutdown: rx,
             shutdown_tx: Arc::new(tx),
@@ -75,6 +83,24 @@ impl AppState {
     pub fn with_webhook_dedup_window(mut self, window: Duration) -> Self {
         self.webhook_dedup_window = window;
         self
+    }
+
+    /// Runs CPU-bound `work` (parsing a pipeline or reading an archive) on a
+    /// blocking thread, at most [`PARSE_CONCURRENCY`] at a time, so the async
+    /// workers keep serving other requests (`/healthz` included) meanwhile.
+    pub(crate) async fn parse_off_workers<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let _permit = self
+            .parsing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the server is shutting down"))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::internal(format!("parsing failed: {e}")))
     }
 
     /// Whether the admin API answers (the engines are restored and the server is

@@ -224,3 +224,60 @@ fn container_archives_are_read_with_the_hardened_reader_and_checked_against_step
         "{all:?}"
     );
 }
+
+/// `arkline validate` applies the API's name rule and the parser's caps: names
+/// the store would refuse, and bomb files, are refused with one clear diagnostic.
+#[test]
+fn validate_refuses_names_the_api_refuses_and_bombs_over_the_caps() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let long = "n".repeat(10_000);
+    for (file, name, expected) in [
+        ("traversal.yaml", "\"../../etc/passwd\"", "contains `/`"),
+        ("nul.yaml", "\"a\\0b\"", "control character"),
+        ("long.yaml", long.as_str(), "10000 bytes long"),
+    ] {
+        let path = tmp.path().join(file);
+        std::fs::write(&path, GOOD.replace("name: hello", &format!("name: {name}")))
+            .expect("write");
+        let out = arkline()
+            .args(["validate", "--json"])
+            .arg(&path)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let diags = json.as_array().expect("array");
+        assert!(
+            diags.iter().any(|d| d["code"] == "invalid-name"
+                && d["message"].as_str().is_some_and(|m| m.contains(expected))),
+            "{file}: {json}"
+        );
+    }
+
+    // 400,000 one-line steps (22 MiB): refused by the byte cap, one diagnostic.
+    let steps: String = (0..400_000)
+        .map(|i| format!("      - {{name: s{i}, uses: faults/upper}}\n"))
+        .collect();
+    let bomb = tmp.path().join("bomb.yaml");
+    std::fs::write(
+        &bomb,
+        format!("name: hello\nstages:\n  - name: s\n    steps:\n{steps}"),
+    )
+    .expect("write");
+    let out = arkline()
+        .args(["validate", "--json"])
+        .arg(&bomb)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let diags = json.as_array().expect("array");
+    assert_eq!(diags.len(), 1, "{json}");
+    assert_eq!(diags[0]["code"], "limit-exceeded");
+    assert!(
+        diags[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("more than the limit of 1048576 bytes")),
+        "{json}"
+    );
+}

@@ -11,7 +11,7 @@
 use serde_json::Value;
 
 use crate::model::decode::SourceMap;
-use crate::model::diagnostic::{Diagnostic, did_you_mean};
+use crate::model::diagnostic::{Collector, Diagnostic, did_you_mean};
 use crate::model::pipeline::{PipelineSpec, Uses};
 
 /// Nested schemas deeper than this are not followed; real step schemas are shallow.
@@ -254,5 +254,10 @@ pub fn validate_with_schemas(
     }
     let mut diags = crate::model::Diagnostics(diags);
     diags.sort();
-    diags.0
+    // As many as the parser reports at most, then a note for the rest.
+    let mut capped = Collector::new(crate::model::Limits::default().max_diagnostics);
+    for d in diags.0 {
+        capped.push(d);
+    }
+    capped.finish(&map.file)
 }

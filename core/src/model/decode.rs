@@ -6,15 +6,18 @@
 //! tests (serde → YAML → this decoder) keep the two in step.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::model::diagnostic::{Diagnostic, Span, did_you_mean};
-use crate::model::meta::{API_VERSION, ObjectMeta};
+use crate::model::diagnostic::{Collector, Diagnostic, Severity, Span, did_you_mean};
+use crate::model::limits::Limits;
+use crate::model::meta::{API_VERSION, ObjectMeta, check_object_name};
 use crate::model::pipeline::{
     CacheSpec, DurationSpec, Filter, ParamSpec, ParamType, PipelineSpec, Retry, SourceSpec, Stage,
     Step, Trigger, Uses, UsesError, When,
 };
+use crate::model::position::SourceIndex;
 use crate::model::resources::Pipeline;
-use crate::model::yaml::{self, Node, NodeKind};
+use crate::model::yaml::{self, Loaded, Node, NodeKind};
 
 /// Where each decoded value came from, keyed by its path in the spec
 /// (`stages[0].steps[1].with.image`), so checks that run on the typed spec can
@@ -26,6 +29,8 @@ pub struct SourceMap {
     /// The file's text.
     pub source: String,
     spans: BTreeMap<String, Loc>,
+    /// Lines and characters of `source`, for positions inside scalars.
+    index: Arc<SourceIndex>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,11 +58,25 @@ impl SourceMap {
     /// at `path`; the whole value when the value is not verbatim source text.
     pub fn span_in(&self, path: &str, range: std::ops::Range<usize>) -> Option<Span> {
         let loc = self.spans.get(path)?;
-        Some(match loc.inner {
-            Some(inner) => loc
-                .span
-                .narrow(&self.source, inner + range.start, range.len()),
-            None => loc.span,
+        let Some(inner) = loc.inner else {
+            return Some(loc.span);
+        };
+        // What `Span::narrow` does, with the column from the index: counting
+        // characters from the scalar's start for each reference would make a
+        // scalar with many references quadratic.
+        let span = loc.span;
+        let mut start = (span.start + inner + range.start).min(span.end);
+        while !self.source.is_char_boundary(start) {
+            start -= 1;
+        }
+        let end = (start + range.len()).min(span.end).max(start);
+        let chars = self.index.chars_before(&self.source, start)
+            - self.index.chars_before(&self.source, span.start);
+        Some(Span {
+            start,
+            end,
+            line: span.line,
+            column: span.column + chars,
         })
     }
 
@@ -120,34 +139,92 @@ fn join(path: &str, key: &str) -> String {
 
 pub(crate) struct Decoder<'s> {
     pub(crate) map: SourceMap,
-    pub(crate) diags: Vec<Diagnostic>,
+    pub(crate) diags: Collector,
     source: &'s str,
+    limits: Limits,
 }
 
 impl<'s> Decoder<'s> {
-    fn new(file: &str, source: &'s str) -> Self {
+    fn new(file: &str, source: &'s str, limits: &Limits) -> Self {
         Self {
             map: SourceMap {
                 file: file.to_owned(),
-                source: source.to_owned(),
+                source: String::new(),
                 spans: BTreeMap::new(),
+                index: Arc::default(),
             },
-            diags: Vec::new(),
+            diags: Collector::new(limits.max_diagnostics),
             source,
+            limits: *limits,
         }
     }
 
     fn err(&mut self, code: &str, message: impl Into<String>, span: Span, hint: Option<String>) {
+        if self.diags.full() {
+            return self.diags.count(Severity::Error);
+        }
         let mut d = Diagnostic::error(code, message).at(&self.map.file, self.source, Some(span));
         d.hint = hint;
         self.diags.push(d);
     }
 
     fn warn(&mut self, code: &str, message: impl Into<String>, span: Span, hint: &str) {
+        if self.diags.full() {
+            return self.diags.count(Severity::Warning);
+        }
         let mut d = Diagnostic::error(code, message).at(&self.map.file, self.source, Some(span));
-        d.severity = crate::model::diagnostic::Severity::Warning;
+        d.severity = Severity::Warning;
         d.hint = Some(hint.to_owned());
         self.diags.push(d);
+    }
+
+    /// A name of a stage, step, param or secret: a string of at most
+    /// `max_name_len` bytes.
+    fn name(&mut self, node: &Node, path: &str, what: &str) -> Option<String> {
+        let name = self.string(node, path, what)?;
+        if name.len() > self.limits.max_name_len {
+            self.err(
+                "limit-exceeded",
+                format!(
+                    "{what} is {} bytes long, more than the limit of {} (`max_name_len`)",
+                    name.len(),
+                    self.limits.max_name_len
+                ),
+                node.span,
+                Some("use a shorter name".into()),
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    /// The pipeline's `name` or `engine`: the store's rule for object names, so
+    /// every entrance refuses what the API refuses.
+    fn object_name(&mut self, node: &Node, path: &str, what: &str) -> Option<String> {
+        let name = self.string(node, path, what)?;
+        // An empty engine means "the one it is applied to", as in the store.
+        let empty_engine = name.is_empty() && path.ends_with("engine");
+        match check_object_name(&name) {
+            Ok(()) => Some(name),
+            Err(_) if empty_engine => Some(name),
+            Err(e) => {
+                let shown = if name.len() > 64 {
+                    format!("{what} ({} bytes)", name.len())
+                } else {
+                    format!("{what} {name:?}")
+                };
+                self.err(
+                    "invalid-name",
+                    format!("{shown} {e}"),
+                    node.span,
+                    Some(format!(
+                        "use 1 to {} bytes without `/` or control characters, e.g. `build-and-deploy`",
+                        crate::model::meta::MAX_NAME_LEN
+                    )),
+                );
+                None
+            }
+        }
     }
 
     /// Warns about keys a file may carry (it was copied from the API: `GET /api/v1/engines/{engine}/pipelines/{name}`)
@@ -219,6 +296,10 @@ impl<'s> Decoder<'s> {
                 continue;
             };
             if !known.contains(&key) {
+                if self.diags.full() {
+                    self.diags.count(Severity::Error);
+                    continue;
+                }
                 let hint = match did_you_mean(key, known.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("{what} fields are: {}", known.join(", ")),
@@ -529,7 +610,7 @@ impl<'s> Decoder<'s> {
     fn step(&mut self, node: &Node, path: &str) -> Option<Step> {
         let f = self.fields(node, path, "a step", &STEP_FIELDS)?;
         let name = self.required(&f, "name", "a step");
-        let name = name.and_then(|n| self.string(n, &join(path, "name"), "a step name"));
+        let name = name.and_then(|n| self.name(n, &join(path, "name"), "a step name"));
         let what = name
             .as_deref()
             .map_or_else(|| "this step".to_owned(), |n| format!("step `{n}`"));
@@ -597,7 +678,7 @@ impl<'s> Decoder<'s> {
     fn stage(&mut self, node: &Node, path: &str) -> Option<Stage> {
         let f = self.fields(node, path, "a stage", &["name", "when", "timeout", "steps"])?;
         let name = self.required(&f, "name", "a stage");
-        let name = name.and_then(|n| self.string(n, &join(path, "name"), "a stage name"));
+        let name = name.and_then(|n| self.name(n, &join(path, "name"), "a stage name"));
         let what = name
             .as_deref()
             .map_or_else(|| "this stage".to_owned(), |n| format!("stage `{n}`"));
@@ -625,7 +706,7 @@ impl<'s> Decoder<'s> {
             &["name", "type", "default", "description"],
         )?;
         let name = self.required(&f, "name", "a param");
-        let name = name.and_then(|n| self.string(n, &join(path, "name"), "a param name"));
+        let name = name.and_then(|n| self.name(n, &join(path, "name"), "a param name"));
         let kind = match f.get("type") {
             None => ParamType::String,
             Some(n) => {
@@ -775,7 +856,11 @@ impl<'s> Decoder<'s> {
                 .collect();
         }
         if let Some(n) = f.get("secrets") {
-            spec.secrets = self.string_list(n, "secrets", "`secrets`");
+            let items = self.seq(n, "secrets", "`secrets`");
+            spec.secrets = items
+                .into_iter()
+                .filter_map(|(p, n)| self.name(n, &p, "a secret name"))
+                .collect();
         }
         spec.source = f.get("source").and_then(|n| self.source_spec(n, "source"));
         if let Some(n) = f.get("triggers") {
@@ -842,12 +927,12 @@ impl<'s> Decoder<'s> {
     fn meta_fields(&mut self, f: &Fields<'_>, path: &str, meta: &mut ObjectMeta) {
         if let Some(n) = self.required(f, "name", "the pipeline") {
             meta.name = self
-                .string(n, &join(path, "name"), "the pipeline name")
+                .object_name(n, &join(path, "name"), "the pipeline name")
                 .unwrap_or_default();
         }
         if let Some(n) = f.get("engine") {
             meta.engine = self
-                .string(n, &join(path, "engine"), "`engine`")
+                .object_name(n, &join(path, "engine"), "the engine name")
                 .unwrap_or_default();
         }
         if let Some(n) = f.get("labels") {
@@ -922,10 +1007,35 @@ impl<'s> Decoder<'s> {
 }
 
 /// Decodes a file: the pipeline (possibly partial when there are errors), where
-/// each value came from, and the structural errors.
-pub(crate) fn decode(file: &str, source: &str) -> (Option<Pipeline>, SourceMap, Vec<Diagnostic>) {
-    let mut d = Decoder::new(file, source);
-    let pipeline = match yaml::load(source) {
+/// each value came from, and the structural errors. A file over a cap of
+/// `limits` gives that one diagnostic and no pipeline.
+pub(crate) fn decode(
+    file: &str,
+    source: &str,
+    limits: &Limits,
+) -> (Option<Pipeline>, SourceMap, Collector) {
+    let mut d = Decoder::new(file, source, limits);
+    if source.len() > limits.max_bytes {
+        d.diags.push(
+            Diagnostic::error(
+                "limit-exceeded",
+                format!(
+                    "the pipeline file is {} bytes, more than the limit of {} bytes (`max_bytes`)",
+                    source.len(),
+                    limits.max_bytes
+                ),
+            )
+            .with_hint(
+                "split it into several pipelines; a pipeline file this large is usually generated by mistake",
+            )
+            .at(file, "", None),
+        );
+        return (None, d.map, d.diags);
+    }
+    let index = Arc::new(SourceIndex::new(source));
+    d.map.source = source.to_owned();
+    d.map.index = Arc::clone(&index);
+    let pipeline = match yaml::load(source, &index, limits) {
         Err(e) => {
             d.err(
                 "yaml-syntax",
@@ -935,7 +1045,29 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Pipeline>, SourceMap, 
             );
             None
         }
-        Ok(None) => {
+        Ok(Loaded::Exceeded(ex)) => {
+            let noun = ex.what.noun();
+            let count = if ex.at_least {
+                format!("at least {}", ex.count)
+            } else {
+                ex.count.to_string()
+            };
+            d.err(
+                "limit-exceeded",
+                format!(
+                    "the pipeline has {count} {noun}, more than the limit of {} (`{}`)",
+                    ex.limit,
+                    ex.what.field()
+                ),
+                ex.span,
+                Some(format!(
+                    "this is the first one over the limit; {}",
+                    ex.what.hint()
+                )),
+            );
+            None
+        }
+        Ok(Loaded::Tree(None)) => {
             let span = Span {
                 start: 0,
                 end: 0,
@@ -950,7 +1082,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Pipeline>, SourceMap, 
             );
             None
         }
-        Ok(Some(root)) => d.file(&root),
+        Ok(Loaded::Tree(Some(root))) => d.file(&root),
     };
     (pipeline, d.map, d.diags)
 }

@@ -5,8 +5,44 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::work;
+
 /// Longest part of a source line shown in a rendered diagnostic.
 const MAX_SHOWN: usize = 120;
+
+/// Longest offending text kept in a diagnostic, in bytes (a value can be a whole
+/// file long; the start is what a reader needs to find it).
+const MAX_TEXT: usize = 240;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The byte offset `n` characters before `at` in `text`, stopping at its start.
+fn back_chars(text: &str, at: usize, n: usize) -> usize {
+    text[..at]
+        .char_indices()
+        .rev()
+        .take(n)
+        .last()
+        .map_or(at, |(i, _)| i)
+}
+
+/// The byte offset `n` characters after `at` in `text`, stopping at its end.
+fn forward_chars(text: &str, at: usize, n: usize) -> usize {
+    text[at..]
+        .char_indices()
+        .nth(n)
+        .map_or(text.len(), |(i, _)| at + i)
+}
 
 /// A region of a source file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +61,11 @@ impl Span {
     /// The span moved `offset` bytes right and shortened to `len` bytes; used to
     /// point inside a scalar (e.g. at one reference in an expression). Only valid
     /// when the scalar's text maps one-to-one onto the source (plain or simple
-    /// quoted scalars on one line), which the caller checks.
+    /// quoted scalars on one line), which the caller checks. It counts the
+    /// characters from the span's start, so calling it for many points of one
+    /// long span is quadratic; [`SourceMap::span_in`] uses an index instead.
+    ///
+    /// [`SourceMap::span_in`]: crate::model::SourceMap::span_in
     pub fn narrow(self, source: &str, offset: usize, len: usize) -> Span {
         let start = (self.start + offset).min(self.end);
         let end = (start + len).min(self.end).max(start);
@@ -103,12 +143,8 @@ impl Diagnostic {
             // A span over a whole mapping would quote the entire block; its first
             // line is what a reader needs to find it.
             let text = source.get(span.start..span.end).unwrap_or_default();
-            self.text = text
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_end()
-                .to_owned();
+            let first = text.lines().next().unwrap_or_default().trim_end();
+            self.text = shorten(first, MAX_TEXT);
         }
         self
     }
@@ -150,35 +186,37 @@ impl Diagnostic {
             self.file, span.line, span.column
         ));
         out.push_str(&format!("{pad} {blue}|{reset}\n"));
-        let line_text = source
-            .lines()
-            .nth(span.line.saturating_sub(1))
-            .unwrap_or_default();
+        // The line is found from the span's offset (a scan of that line only,
+        // not of every line before it), and only a window of it is looked at.
+        let mut at = span.start.min(source.len());
+        while !source.is_char_boundary(at) {
+            at -= 1;
+        }
+        let line_start = source[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = source[at..].find('\n').map_or(source.len(), |i| at + i);
+        let line = source[line_start..line_end].trim_end();
+        let caret = (at - line_start).min(line.len());
+        let long = line.len() > MAX_SHOWN && line.chars().nth(MAX_SHOWN).is_some();
+        let (from, to) = if long {
+            let from = back_chars(line, caret, MAX_SHOWN / 3);
+            (from, forward_chars(line, from, MAX_SHOWN))
+        } else {
+            (0, line.len())
+        };
+        work::add(to - from);
+        let span_end = span
+            .end
+            .saturating_sub(line_start)
+            .clamp(caret, to.max(caret));
+        // Underline at most to the end of the first line (a multi-line span, a
+        // whole mapping, is shown by its first line) and of the window.
+        let width = line[caret..span_end].chars().count().max(1);
         // Tabs become one space each so the caret line stays aligned.
-        let line: Vec<char> = line_text
-            .trim_end()
+        let mut shown: String = line[from..to]
             .chars()
             .map(|c| if c == '\t' { ' ' } else { c })
             .collect();
-        let start_col = span.column.saturating_sub(1).min(line.len());
-        let span_chars = source
-            .get(span.start..span.end)
-            .map_or(1, |s| s.chars().count());
-        // Underline at most to the end of the first line: a multi-line span
-        // (a whole mapping) is shown by its first line.
-        let width = span_chars.min(line.len().saturating_sub(start_col)).max(1);
-        // Show a window of a long line around the span so the caret stays on screen.
-        let from = if line.len() > MAX_SHOWN {
-            start_col.saturating_sub(MAX_SHOWN / 3)
-        } else {
-            0
-        };
-        let to = line.len().min(from + MAX_SHOWN);
-        let mut shown: String = line
-            .get(from..to)
-            .map(|c| c.iter().collect())
-            .unwrap_or_default();
-        let mut caret_at = start_col - from;
+        let mut caret_at = line[from..caret].chars().count();
         if from > 0 {
             shown.insert(0, '…');
             caret_at += 1;
@@ -186,7 +224,6 @@ impl Diagnostic {
         if to < line.len() {
             shown.push('…');
         }
-        let width = width.min((to - start_col.min(to)).max(1));
         out.push_str(&format!("{blue}{:>gutter$} |{reset} {shown}\n", span.line));
         out.push_str(&format!(
             "{pad} {blue}|{reset} {}{accent}{}{reset}\n",
@@ -282,33 +319,147 @@ impl Diagnostics {
     }
 }
 
+/// Collects a file's diagnostics up to a cap; past it only counts them, and
+/// [`finish`](Self::finish) sums the rest up in one note.
+#[derive(Debug)]
+pub(crate) struct Collector {
+    diags: Vec<Diagnostic>,
+    max: usize,
+    dropped: usize,
+    dropped_error: bool,
+}
+
+impl Collector {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            diags: Vec::new(),
+            max,
+            dropped: 0,
+            dropped_error: false,
+        }
+    }
+
+    /// Whether the cap is reached: callers skip work that only serves a
+    /// diagnostic's text (suggestions, positions), and call [`count`](Self::count).
+    pub(crate) fn full(&self) -> bool {
+        self.diags.len() >= self.max
+    }
+
+    /// Counts a diagnostic that is not kept.
+    pub(crate) fn count(&mut self, severity: Severity) {
+        self.dropped += 1;
+        self.dropped_error |= severity == Severity::Error;
+    }
+
+    pub(crate) fn push(&mut self, d: Diagnostic) {
+        if self.full() {
+            self.count(d.severity);
+        } else {
+            self.diags.push(d);
+        }
+    }
+
+    /// The diagnostics kept, then a note for those past the cap (an error when
+    /// any of them is one, so the outcome does not depend on the cap).
+    pub(crate) fn finish(mut self, file: &str) -> Vec<Diagnostic> {
+        if self.dropped > 0 {
+            let mut note = Diagnostic::error(
+                "more-diagnostics",
+                format!(
+                    "{} more problem(s) not shown; at most {} are reported per file",
+                    self.dropped, self.max
+                ),
+            )
+            .with_hint("fix the problems shown and check the file again")
+            .at(file, "", None);
+            if !self.dropped_error {
+                note.severity = Severity::Warning;
+            }
+            self.diags.push(note);
+        }
+        self.diags
+    }
+}
+
+/// Longest word, in characters, for which a suggestion is looked for: typos are
+/// made in names people type, and the cost of comparing grows with the length.
+const MAX_SUGGEST_LEN: usize = 64;
+
+/// Most candidates compared for one suggestion.
+const MAX_CANDIDATES: usize = 1000;
+
 /// The candidate closest to `word` by edit distance, when close enough to be a
 /// plausible typo (at most a third of the word's length, at least 1).
+///
+/// The work is bounded whatever the input: words longer than 64 characters get
+/// no suggestion, at most 1,000 candidates are compared, a candidate whose length
+/// alone puts it out of reach is skipped, and a comparison stops as soon as it
+/// cannot beat the best so far.
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|c| (levenshtein(word, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    // Bytes first: a long word is refused without counting its characters.
+    if word.len() > MAX_SUGGEST_LEN * 4 {
+        return None;
+    }
+    let word: Vec<char> = word.chars().collect();
+    if word.len() > MAX_SUGGEST_LEN {
+        return None;
+    }
+    let limit = (word.len() / 3).max(1);
+    let mut best: Option<(usize, &'a str)> = None;
+    for candidate in candidates.into_iter().take(MAX_CANDIDATES) {
+        let reach = best.map_or(limit, |(d, _)| d.saturating_sub(1));
+        // A candidate whose byte length is more than four times the longest
+        // reachable character count cannot be within reach.
+        if candidate.len() > (word.len() + reach) * 4 {
+            continue;
+        }
+        let other: Vec<char> = candidate.chars().collect();
+        if let Some(d) = levenshtein_within(&word, &other, reach) {
+            best = Some((d, candidate));
+            if d == 0 {
+                break;
+            }
+        }
+    }
+    best.map(|(_, c)| c)
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+/// The edit distance between `a` and `b` when it is at most `max`. Only the
+/// diagonal band of width `2 * max + 1` is computed, and the computation stops
+/// at the first row whose every cell exceeds `max`.
+fn levenshtein_within(a: &[char], b: &[char], max: usize) -> Option<usize> {
+    if a.len().abs_diff(b.len()) > max {
+        return None;
     }
-    prev[b.len()]
+    let out = max + 1;
+    let mut prev: Vec<usize> = (0..=b.len()).map(|j| j.min(out)).collect();
+    let mut cur = vec![out; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        let row = i + 1;
+        let lo = row.saturating_sub(max).max(1);
+        let hi = (row + max).min(b.len());
+        cur[lo - 1] = if lo == 1 { row.min(out) } else { out };
+        let mut row_min = cur[lo - 1];
+        for j in lo..=hi {
+            let cost = usize::from(*ca != b[j - 1]);
+            let v = (prev[j - 1] + cost)
+                .min(prev[j] + 1)
+                .min(cur[j - 1] + 1)
+                .min(out);
+            cur[j] = v;
+            row_min = row_min.min(v);
+        }
+        work::add((hi + 1).saturating_sub(lo));
+        if row_min > max {
+            return None;
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    let d = prev[b.len()];
+    (d <= max).then_some(d)
 }
 
 #[cfg(test)]

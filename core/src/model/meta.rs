@@ -12,6 +12,60 @@ use serde::{Deserialize, Serialize};
 /// The `apiVersion` every arkline resource carries.
 pub const API_VERSION: &str = "arkline.dev/v1alpha1";
 
+/// Longest object name (and engine name), in bytes, that the store keeps.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// Why a name cannot name a stored object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("is empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("is {0} bytes long; at most {max} are allowed", max = MAX_NAME_LEN)]
+    TooLong(usize),
+    /// The name contains `/`, which separates the parts of storage keys and paths.
+    #[error("contains `/`")]
+    Slash,
+    /// The name contains a control character (NUL, newline, escape, …).
+    #[error("contains the control character {0:?}")]
+    Control(char),
+}
+
+/// The rule every stored object's name and engine follow (the store refuses
+/// others): 1 to [`MAX_NAME_LEN`] bytes, no `/`, no control characters. The
+/// pipeline parser applies it to a file's `name` and `engine`, so
+/// `arkline validate` refuses what the API would.
+///
+/// ```
+/// use arkline::model::{NameError, check_object_name};
+///
+/// assert!(check_object_name("build-and-deploy").is_ok());
+/// assert_eq!(check_object_name("../../etc/passwd"), Err(NameError::Slash));
+/// assert_eq!(check_object_name("a\0b"), Err(NameError::Control('\0')));
+/// assert_eq!(check_object_name(&"x".repeat(254)), Err(NameError::TooLong(254)));
+/// ```
+///
+/// # Errors
+///
+/// The first part of the rule the name breaks.
+pub fn check_object_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if name.contains('/') {
+        return Err(NameError::Slash);
+    }
+    match name.chars().find(|c| c.is_control()) {
+        Some(c) => Err(NameError::Control(c)),
+        None => Ok(()),
+    }
+}
+
 /// Metadata of a stored object. Fields the store owns (`uid`, `resource_version`,
 /// `generation`, `created`, `deletion_requested`) are ignored on create and set by the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::decode::SourceMap;
-use crate::model::diagnostic::{Diagnostic, Severity, did_you_mean};
+use crate::model::diagnostic::{Collector, Diagnostic, Severity, Span, did_you_mean};
 use crate::model::expr::{self, ExprError, Reference};
+use crate::model::limits::Limits;
 use crate::model::pipeline::{EVENTS, Filter, MAX_RETRIES, PipelineSpec, Step, Trigger, When};
 
 /// Where a step sits, for deciding which steps it may read.
@@ -30,11 +31,14 @@ struct Reader<'a> {
     condition: bool,
 }
 
-struct Checker<'a> {
+struct Checker<'a, 'c> {
     spec: &'a PipelineSpec,
     map: &'a SourceMap,
-    diags: Vec<Diagnostic>,
+    diags: &'c mut Collector,
     steps: BTreeMap<&'a str, Position>,
+    /// Declared params and secrets, for lookups per reference.
+    params: BTreeSet<&'a str>,
+    secrets: BTreeSet<&'a str>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -43,19 +47,26 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-impl<'a> Checker<'a> {
+impl<'a> Checker<'a, '_> {
+    /// Whether the diagnostic about to be made is past the cap; then it is only
+    /// counted, and the caller skips the work of writing it.
+    fn skip(&mut self) -> bool {
+        let full = self.diags.full();
+        if full {
+            self.diags.count(Severity::Error);
+        }
+        full
+    }
+
     fn report(&mut self, code: &str, message: String, path: &str, hint: Option<String>) {
         let span = self.map.span(path);
         self.push(code, message, span, hint);
     }
 
-    fn push(
-        &mut self,
-        code: &str,
-        message: String,
-        span: Option<crate::model::diagnostic::Span>,
-        hint: Option<String>,
-    ) {
+    fn push(&mut self, code: &str, message: String, span: Option<Span>, hint: Option<String>) {
+        if self.skip() {
+            return;
+        }
         let mut d = self.map.locate(Diagnostic::error(code, message), span);
         d.hint = hint;
         self.diags.push(d);
@@ -175,10 +186,14 @@ impl<'a> Checker<'a> {
         range: std::ops::Range<usize>,
         reader: Reader<'_>,
     ) {
-        let span = self.map.span_in(path, range);
+        // Positions and suggestions are worked out only for diagnostics kept.
+        let span = |c: &Self| c.map.span_in(path, range.clone());
         match r {
             Reference::Param(name) => {
-                if !self.spec.params.iter().any(|p| &p.name == name) {
+                if !self.params.contains(name.as_str()) {
+                    if self.skip() {
+                        return;
+                    }
                     let hint = match did_you_mean(
                         name,
                         self.spec.params.iter().map(|p| p.name.as_str()),
@@ -189,7 +204,7 @@ impl<'a> Checker<'a> {
                     self.push(
                         "unknown-param",
                         format!("param `{name}` is not declared"),
-                        span,
+                        span(self),
                         Some(hint),
                     );
                 }
@@ -199,10 +214,13 @@ impl<'a> Checker<'a> {
                     self.push(
                         "secret-in-condition",
                         format!("conditions cannot read `secrets.{name}`"),
-                        span,
+                        span(self),
                         Some("branching on a secret would reveal it; use a param".into()),
                     );
-                } else if !self.spec.secrets.iter().any(|s| s == name) {
+                } else if !self.secrets.contains(name.as_str()) {
+                    if self.skip() {
+                        return;
+                    }
                     let hint =
                         match did_you_mean(name, self.spec.secrets.iter().map(String::as_str)) {
                             Some(s) => format!("did you mean `secrets.{s}`?"),
@@ -211,12 +229,16 @@ impl<'a> Checker<'a> {
                     self.push(
                         "undeclared-secret",
                         format!("secret `{name}` is not declared"),
-                        span,
+                        span(self),
                         Some(hint),
                     );
                 }
             }
             Reference::StepOutput { step, .. } | Reference::StepState(step) => {
+                if !self.steps.contains_key(step.as_str()) && self.skip() {
+                    return;
+                }
+                let span = span(self);
                 self.step_reference(step, r, span, reader);
             }
             Reference::Event | Reference::Branch | Reference::Commit => {}
@@ -227,7 +249,7 @@ impl<'a> Checker<'a> {
         &mut self,
         step: &str,
         r: &Reference,
-        span: Option<crate::model::diagnostic::Span>,
+        span: Option<Span>,
         reader: Reader<'_>,
     ) {
         let Some(&target) = self.steps.get(step) else {
@@ -515,16 +537,25 @@ impl<'a> Checker<'a> {
 
 /// Checks a spec's names, references, expressions, globs and schedules.
 /// `map` locates the diagnostics; use [`SourceMap::detached`] for a spec that did
-/// not come from a file.
+/// not come from a file. At most [`Limits::max_diagnostics`] (by default) are
+/// reported, then one note for the rest.
 pub fn validate(spec: &PipelineSpec, map: &SourceMap) -> Vec<Diagnostic> {
+    let mut diags = Collector::new(Limits::default().max_diagnostics);
+    check(spec, map, &mut diags);
+    diags.finish(&map.file)
+}
+
+/// [`validate`] into a collector shared with the decoder.
+pub(crate) fn check(spec: &PipelineSpec, map: &SourceMap, diags: &mut Collector) {
     let mut c = Checker {
         spec,
         map,
-        diags: Vec::new(),
+        diags,
         steps: BTreeMap::new(),
+        params: spec.params.iter().map(|p| p.name.as_str()).collect(),
+        secrets: spec.secrets.iter().map(String::as_str).collect(),
     };
     c.run();
-    c.diags
 }
 
 /// Whether any diagnostic is an error.

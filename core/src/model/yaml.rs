@@ -4,6 +4,8 @@
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle};
 
 use crate::model::diagnostic::Span;
+use crate::model::limits::{Counted, Limits};
+use crate::model::position::SourceIndex;
 
 /// Nesting deeper than this is refused: no pipeline needs it, and it keeps the
 /// recursive decoder's stack use bounded on hostile input.
@@ -132,38 +134,12 @@ pub(crate) struct SyntaxError {
 /// Maps parser markers (character indexes) to byte spans.
 struct Positions<'a> {
     source: &'a str,
-    /// Byte offset of each character; empty when the source is ASCII.
-    char_bytes: Vec<usize>,
-    /// Byte offset of the start of each line.
-    line_starts: Vec<usize>,
+    index: &'a SourceIndex,
 }
 
-impl<'a> Positions<'a> {
-    fn new(source: &'a str) -> Self {
-        let char_bytes = if source.is_ascii() {
-            Vec::new()
-        } else {
-            source.char_indices().map(|(i, _)| i).collect()
-        };
-        let line_starts = std::iter::once(0)
-            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        Self {
-            source,
-            char_bytes,
-            line_starts,
-        }
-    }
-
+impl Positions<'_> {
     fn byte(&self, m: Marker) -> usize {
-        if self.char_bytes.is_empty() {
-            m.index().min(self.source.len())
-        } else {
-            self.char_bytes
-                .get(m.index())
-                .copied()
-                .unwrap_or(self.source.len())
-        }
+        self.index.byte_of_char(self.source, m.index())
     }
 
     /// Line and column are computed from the byte offset rather than taken from
@@ -171,12 +147,7 @@ impl<'a> Positions<'a> {
     /// of columns in flow collections.
     fn span(&self, start: Marker, end: Marker) -> Span {
         let s = self.byte(start);
-        let line = self.line_starts.partition_point(|&ls| ls <= s).max(1);
-        let line_start = self.line_starts.get(line - 1).copied().unwrap_or(0);
-        let column = self
-            .source
-            .get(line_start..s)
-            .map_or(1, |t| t.chars().count() + 1);
+        let (line, column) = self.index.line_column(self.source, s);
         Span {
             start: s,
             end: self.byte(end).max(s),
@@ -186,23 +157,73 @@ impl<'a> Positions<'a> {
     }
 }
 
-enum Frame {
-    Seq(Vec<Node>, Span),
-    Map(Vec<(Node, Node)>, Option<Node>, Span),
+/// A collection being read, with the key it is the value of (`[]` for a list
+/// item) and which capped list it is, if any.
+struct Frame {
+    kind: FrameKind,
+    span: Span,
+    key: String,
+    counted: Option<Counted>,
 }
 
-/// Parses one YAML document into a tree. `Ok(None)` for an empty file.
-pub(crate) fn load(source: &str) -> Result<Option<Node>, SyntaxError> {
-    let pos = Positions::new(source);
+enum FrameKind {
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>, Option<Node>),
+}
+
+/// The first list that went over its cap while loading.
+#[derive(Debug, Clone)]
+pub(crate) struct Exceeded {
+    pub(crate) what: Counted,
+    /// How many items the list holds (all of them: counting goes on to the end
+    /// of the file, without building the tree).
+    pub(crate) count: usize,
+    /// Whether the count stopped short of the end of the file (a syntax error
+    /// after the cap was reached), so the file holds at least `count`.
+    pub(crate) at_least: bool,
+    pub(crate) limit: usize,
+    /// The first item over the cap.
+    pub(crate) span: Span,
+}
+
+/// What [`load`] found.
+pub(crate) enum Loaded {
+    /// The document's tree; `None` for an empty file.
+    Tree(Option<Node>),
+    /// A list went over its cap; no tree was kept.
+    Exceeded(Exceeded),
+}
+
+/// Parses one YAML document into a tree, counting the items of the capped lists
+/// of a pipeline as it goes. At the first item over a cap it stops building the
+/// tree and only counts to the end, so a hostile file costs its parse and no
+/// more memory than its nesting.
+pub(crate) fn load(
+    source: &str,
+    index: &SourceIndex,
+    limits: &Limits,
+) -> Result<Loaded, SyntaxError> {
+    let pos = Positions { source, index };
     let mut parser = Parser::new_from_str(source);
     let mut stack: Vec<Frame> = Vec::new();
     let mut root: Option<Node> = None;
     let mut documents = 0;
+    let mut counts = [0usize; Counted::ALL.len()];
+    let mut exceeded: Option<Exceeded> = None;
     while let Some(next) = parser.next_event() {
-        let (event, span) = next.map_err(|e| SyntaxError {
-            message: e.info().to_owned(),
-            span: pos.span(*e.marker(), *e.marker()),
-        })?;
+        let (event, span) = match next {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Some(mut ex) = exceeded {
+                    ex.at_least = true;
+                    return Ok(Loaded::Exceeded(ex));
+                }
+                return Err(SyntaxError {
+                    message: e.info().to_owned(),
+                    span: pos.span(*e.marker(), *e.marker()),
+                });
+            }
+        };
         let span = pos.span(span.start, span.end);
         let done = match event {
             Event::StreamEnd => break,
@@ -243,38 +264,96 @@ pub(crate) fn load(source: &str) -> Result<Option<Node>, SyntaxError> {
                         span,
                     });
                 }
-                stack.push(if matches!(event, Event::SequenceStart(..)) {
-                    Frame::Seq(Vec::new(), span)
+                let key = match stack.last() {
+                    Some(Frame {
+                        kind: FrameKind::Map(_, Some(key)),
+                        ..
+                    }) => key.scalar_text().unwrap_or("?").to_owned(),
+                    Some(Frame {
+                        kind: FrameKind::Map(_, None),
+                        ..
+                    }) => "?".to_owned(),
+                    _ => "[]".to_owned(),
+                };
+                let is_seq = matches!(event, Event::SequenceStart(..));
+                // Only lists near the root can be capped ones.
+                let counted = if is_seq && stack.len() <= 4 {
+                    let path: Vec<&str> = stack
+                        .iter()
+                        .skip(1)
+                        .map(|f| f.key.as_str())
+                        .chain(std::iter::once(key.as_str()))
+                        .collect();
+                    Counted::of_path(&path)
                 } else {
-                    Frame::Map(Vec::new(), None, span)
+                    None
+                };
+                stack.push(Frame {
+                    kind: if is_seq {
+                        FrameKind::Seq(Vec::new())
+                    } else {
+                        FrameKind::Map(Vec::new(), None)
+                    },
+                    span,
+                    key,
+                    counted,
                 });
                 None
             }
-            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq(items, start)) => Some(Node {
-                    kind: NodeKind::Seq(items),
-                    span: join(start, span),
-                }),
-                Some(Frame::Map(entries, _, start)) => Some(Node {
-                    kind: NodeKind::Map(entries),
-                    span: join(start, span),
-                }),
-                None => None,
-            },
+            Event::SequenceEnd | Event::MappingEnd => stack.pop().map(|frame| {
+                let span = join(frame.span, span);
+                match frame.kind {
+                    FrameKind::Seq(items) => Node {
+                        kind: NodeKind::Seq(items),
+                        span,
+                    },
+                    FrameKind::Map(entries, _) => Node {
+                        kind: NodeKind::Map(entries),
+                        span,
+                    },
+                }
+            }),
             _ => None,
         };
-        if let Some(node) = done {
-            match stack.last_mut() {
-                Some(Frame::Seq(items, _)) => items.push(node),
-                Some(Frame::Map(entries, pending, _)) => match pending.take() {
-                    Some(key) => entries.push((key, node)),
-                    None => *pending = Some(node),
-                },
-                None => root = Some(node),
+        let Some(node) = done else { continue };
+        let Some(parent) = stack.last_mut() else {
+            root = Some(node);
+            continue;
+        };
+        if let Some(what) = parent.counted {
+            let count = &mut counts[what as usize];
+            *count += 1;
+            let limit = what.limit(limits);
+            if *count > limit && exceeded.is_none() {
+                exceeded = Some(Exceeded {
+                    what,
+                    count: *count,
+                    at_least: false,
+                    limit,
+                    span: node.span,
+                });
+            }
+            if let Some(ex) = exceeded.as_mut()
+                && ex.what == what
+            {
+                ex.count = *count;
             }
         }
+        match &mut parent.kind {
+            // Past a cap only keys are kept (for the paths of lists below them).
+            FrameKind::Seq(_) if exceeded.is_some() => {}
+            FrameKind::Seq(items) => items.push(node),
+            FrameKind::Map(entries, pending) => match pending.take() {
+                Some(_) if exceeded.is_some() => {}
+                Some(key) => entries.push((key, node)),
+                None => *pending = Some(node),
+            },
+        }
     }
-    Ok(root)
+    Ok(match exceeded {
+        Some(ex) => Loaded::Exceeded(ex),
+        None => Loaded::Tree(root),
+    })
 }
 
 fn join(start: Span, end: Span) -> Span {

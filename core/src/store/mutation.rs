@@ -103,9 +103,9 @@ fn check_part(
     value: &str,
     allow_empty: bool,
 ) -> Result<(), StoreError> {
-    let bad = (!allow_empty && value.is_empty())
-        || value.len() > 253
-        || value.chars().any(|c| c == '/' || c.is_control());
+    // One rule for names everywhere: the pipeline parser applies the same one.
+    let bad =
+        !(allow_empty && value.is_empty()) && crate::model::meta::check_object_name(value).is_err();
     if bad {
         return Err(StoreError::Invalid {
             kind: obj_kind.to_string(),

@@ -663,6 +663,42 @@ fn a_pipeline_that_does_not_parse() {
     assert!(rendered.contains("usse"), "{rendered}");
 }
 
+/// The `.arkc` that drove a server to 5.8 GiB: a small upload holding a 22 MiB
+/// pipeline of 400,000 one-line steps. The reader refuses it with the parser's
+/// size cap, before any YAML is parsed.
+#[test]
+fn a_pipeline_bomb_inside_an_archive_is_refused_by_the_parser_caps() {
+    let path = pipeline_path("team-a", "build.yaml");
+    let steps: String = (0..400_000)
+        .map(|i| format!("      - {{name: step-number-{i:07}, uses: shell/run@^0.1}}\n"))
+        .collect();
+    let bomb = format!("name: build\nstages:\n  - name: compile\n    steps:\n{steps}");
+    assert!(bomb.len() > 20 << 20);
+    let err = refused(&with_manifest(|_, entries| {
+        entries.insert(path.clone(), bomb.clone().into_bytes());
+    }));
+    let ContainerArchiveError::Pipeline { diagnostics, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(diagnostics.0.len(), 1, "{err}");
+    assert_eq!(diagnostics.0[0].code, "limit-exceeded");
+    assert!(diagnostics.0[0].message.contains("max_bytes"), "{err}");
+
+    // Under the byte cap, the step count is what refuses it.
+    let steps: String = (0..1_500)
+        .map(|i| format!("      - {{name: s{i}, uses: shell/run@^0.1}}\n"))
+        .collect();
+    let many = format!("name: build\nstages:\n  - name: compile\n    steps:\n{steps}");
+    let err = refused(&with_manifest(|_, entries| {
+        entries.insert(path.clone(), many.clone().into_bytes());
+    }));
+    let ContainerArchiveError::Pipeline { diagnostics, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(diagnostics.0.len(), 1, "{err}");
+    assert!(diagnostics.0[0].message.contains("1500 steps"), "{err}");
+}
+
 #[test]
 fn a_pipeline_using_a_biz_its_engine_does_not_have() {
     // team-a has only shell: tools belongs to team-b.
