@@ -303,6 +303,23 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_loosening_counts_from_the_grant_and_only_with_process() {
+        let loose = Capabilities {
+            process: vec!["sh".into()],
+            process_net: true,
+            process_exec: true,
+            ..Capabilities::default()
+        };
+        let eff = EffectiveCapabilities::new(&caps(&["sh"], false), &loose);
+        assert!(eff.effective().process_net && eff.effective().process_exec);
+        // A manifest cannot ask for them; without an effective program they are void.
+        let eff = EffectiveCapabilities::new(&loose, &caps(&["sh"], false));
+        assert!(!eff.effective().process_net && !eff.effective().process_exec);
+        let eff = EffectiveCapabilities::new(&caps(&["git"], false), &loose);
+        assert!(!eff.effective().process_net);
+    }
+
+    #[test]
     fn denial_names_capability_biz_and_engine() {
         let who = CallerIdentity {
             engine: "team-a".into(),

@@ -16,7 +16,7 @@
 use super::Capabilities;
 
 /// The grant forms, for error messages.
-const GRANT_FORMS: &str = "the accepted forms are `process=PROG[,PROG…]`, `process-net=none|host`, `process-exec=none|workspace`, `http=HOST[,HOST…]`, `cache` and `host-call=NAME[,NAME…]`";
+const GRANT_FORMS: &str = "the accepted forms are `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` and `host-call=NAME[,NAME…]`, and with `process`, `process-net=none|host` and `process-exec=none|workspace`";
 
 /// A `--grant` that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

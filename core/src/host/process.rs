@@ -867,6 +867,32 @@ mod tests {
     }
 
     #[test]
+    fn loader_variables_and_a_workspace_path_are_refused() {
+        let ws = Path::new("/srv/ws");
+        for (name, value) in [
+            ("LD_PRELOAD", "/workspace/lib.so"),
+            ("LD_AUDIT", "x"),
+            ("GCONV_PATH", "/workspace"),
+            ("BASH_ENV", "/workspace/rc"),
+            ("PATH", "/workspace/bin:/usr/bin"),
+            ("PATH", "/srv/ws/bin"),
+            ("PATH", "bin:/usr/bin"),
+            ("PATH", "/usr/bin::/bin"),
+            ("PATH", "/usr/../workspace"),
+        ] {
+            assert!(refused_env(name, value, ws), "{name}={value}");
+        }
+        for (name, value) in [
+            ("PATH", "/usr/lib/git-core:/usr/local/bin:/usr/bin:/bin"),
+            ("HOME", "/workspace"),
+            ("GIT_DIR", "/workspace/.git"),
+            ("TMPDIR", "/workspace/tmp"),
+        ] {
+            assert!(!refused_env(name, value, ws), "{name}={value}");
+        }
+    }
+
+    #[test]
     fn programs_resolve_on_path_at_grant_time() {
         let policy = ProcessPolicy::resolve(
             &["sh".into(), "no-such-program-xyz".into(), "rel/x".into()],
