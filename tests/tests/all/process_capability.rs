@@ -455,3 +455,33 @@ async fn the_workspace_is_noexec_unless_the_engine_grants_it() {
         read(&ws, "err.txt")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_requires_the_sandbox_runs_nothing_without_it() {
+    let ark = Ark::open(arkline_testkit::plugin("shell")).expect("shell archive");
+    let mut config = RuntimeConfig::default().max_instances(4);
+    config.process_limits.sandbox = false;
+    config.process_limits.require_sandbox = true;
+    let registry = BizRegistry::new(Runtime::new(config).expect("runtime"), "proc");
+    let grants = Capabilities {
+        process: vec!["sh".into()],
+        ..Capabilities::default()
+    };
+    registry
+        .install(Arc::new(ark), &grants, Activation::IfNone)
+        .await
+        .expect("installs");
+    let lease = registry.resolve("shell").expect("resolves");
+    let ws = tempfile::tempdir().expect("tempdir");
+    let report = lease
+        .invoke(script("echo ran > ran.txt").workspace(ws.path()))
+        .await;
+    match &report.result {
+        Err(StepFailure::Failed(message)) => assert!(
+            message.contains("this host requires it") && message.contains("turned off"),
+            "{message}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!ws.path().join("ran.txt").exists());
+}
