@@ -62,8 +62,9 @@ pub struct ProcessLimits {
     /// Confine file-system access with Landlock when the kernel supports it.
     pub landlock: bool,
     /// Directories readable (and executable) besides the workspace: bound
-    /// read-only into the sandbox (`/proc`, `/sys` and `/dev` excepted: the
-    /// sandbox has its own), and allowed under Landlock when it is the fallback.
+    /// read-only into the sandbox (except `/proc` and `/dev`, which the sandbox
+    /// has its own of, and `/sys`, which it does not have), and allowed under
+    /// Landlock when it is the fallback.
     pub read_only_paths: Vec<PathBuf>,
     /// Run each program in its namespace sandbox when the kernel allows it.
     pub sandbox: bool,
@@ -430,10 +431,11 @@ pub async fn run(
                         request.program
                     )));
                 }
-                SANDBOX_UNAVAILABLE.store(true, Ordering::Relaxed);
-                tracing::warn!(
-                    "{what}: programs run for guests are no longer isolated from host processes, the network and the host's file system (Landlock, where the kernel has it, process groups, environment scrubbing and rlimits remain)"
-                );
+                if !SANDBOX_UNAVAILABLE.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{what}: programs run for guests are no longer isolated from host processes, the network and the host's file system (Landlock, where the kernel has it, process groups, environment scrubbing and rlimits remain)"
+                    );
+                }
             }
         }
     } else if limits.require_sandbox {

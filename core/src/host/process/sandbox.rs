@@ -239,8 +239,9 @@ fn cstr(path: impl AsRef<std::ffi::OsStr>) -> io::Result<CString> {
 /// (a user namespace may not clear them), as `MS_*` flags.
 fn locked_flags(path: &Path) -> libc::c_ulong {
     let Ok(c) = cstr(path) else { return 0 };
-    // SAFETY: `st` is a valid out-pointer and `c` a NUL-terminated path.
+    // SAFETY: `statvfs` is plain data, valid all zero.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer and `c` a NUL-terminated path.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return 0;
     }
