@@ -296,6 +296,13 @@ impl SandboxPlan {
         let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
         let mut bound: Vec<PathBuf> = Vec::new();
 
+        // A private /tmp first: a granted program's directory or the workspace
+        // may live under the host's /tmp and is bound on top of it.
+        mkdir_all(&mut ops, Path::new("/tmp"))?;
+        ops.push(Op::Tmpfs {
+            dst: inner(Path::new("/tmp"))?,
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+        });
         for dir in spec.system_dirs {
             if dir == Path::new("/proc") || dir == Path::new("/sys") || dir == Path::new("/dev") {
                 continue; // fresh ones, or none
@@ -373,12 +380,7 @@ impl SandboxPlan {
                 }
             }
         }
-        // A private /tmp, then the workspace (which may live under /tmp).
-        mkdir_all(&mut ops, Path::new("/tmp"))?;
-        ops.push(Op::Tmpfs {
-            dst: inner(Path::new("/tmp"))?,
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
-        });
+        // The workspace (under /tmp, if it lives there, on the private one).
         mkdir_all(&mut ops, spec.workspace)?;
         let mut ws_flags = libc::MS_NOSUID | libc::MS_NODEV | locked_flags(spec.workspace);
         if !spec.exec_workspace {
