@@ -47,7 +47,9 @@ pub struct RunCmd {
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Grant a capability (repeatable, additive; default: none beyond `log`):
-    /// `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache`, `host-call=NAME[,NAME…]`.
+    /// `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache`, `host-call=NAME[,NAME…]`;
+    /// with `process`, `process-net=host` (programs get the host's network instead
+    /// of none) and `process-exec=workspace` (files in the workspace may run).
     ///
     /// A biz may use what its manifest requests *and* the engine grants; `*` grants
     /// whatever the manifest requests of that kind. Examples: `--grant process=sh,git`,

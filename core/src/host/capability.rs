@@ -26,6 +26,17 @@ pub struct Capabilities {
     /// Named calls into native plugins the biz may make.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_call: Vec<String>,
+    /// Programs run through `process` share the host's network (grant
+    /// `process-net=host`): every loopback and private address the host reaches,
+    /// outside the `http` capability's checks. By default they run in an empty
+    /// network namespace. An engine-side decision: only the grant counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub process_net: bool,
+    /// Programs run through `process` may execute files from the workspace
+    /// (grant `process-exec=workspace`); by default it is mounted `noexec`, so a
+    /// step cannot drop a binary there and run it. Only the grant counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub process_exec: bool,
 }
 
 impl Capabilities {
@@ -106,6 +117,14 @@ impl EffectiveCapabilities {
             http: hosts(&requested.http, &granted.http),
             cache: requested.cache && granted.cache,
             host_call: both(&requested.host_call, &granted.host_call),
+            process_net: false,
+            process_exec: false,
+        };
+        let process = !effective.process.is_empty();
+        let effective = Capabilities {
+            process_net: process && granted.process_net,
+            process_exec: process && granted.process_exec,
+            ..effective
         };
         EffectiveCapabilities {
             requested: requested.clone(),
@@ -281,6 +300,23 @@ mod tests {
         // A biz naming its hosts still gets only those.
         let eff = EffectiveCapabilities::new(&hosts(&["api.example.com"]), &hosts(&["127.0.0.1"]));
         assert!(eff.effective().http.is_empty());
+    }
+
+    #[test]
+    fn sandbox_loosening_counts_from_the_grant_and_only_with_process() {
+        let loose = Capabilities {
+            process: vec!["sh".into()],
+            process_net: true,
+            process_exec: true,
+            ..Capabilities::default()
+        };
+        let eff = EffectiveCapabilities::new(&caps(&["sh"], false), &loose);
+        assert!(eff.effective().process_net && eff.effective().process_exec);
+        // A manifest cannot ask for them; without an effective program they are void.
+        let eff = EffectiveCapabilities::new(&loose, &caps(&["sh"], false));
+        assert!(!eff.effective().process_net && !eff.effective().process_exec);
+        let eff = EffectiveCapabilities::new(&caps(&["git"], false), &loose);
+        assert!(!eff.effective().process_net);
     }
 
     #[test]

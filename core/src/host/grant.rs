@@ -5,11 +5,18 @@
 //! `host-call=NAME[,NAME…]`; several grants add up ([`merge_grants`]). What a biz
 //! may use is the grant intersected with its manifest's request
 //! ([`EffectiveCapabilities`](crate::host::EffectiveCapabilities)).
+//!
+//! Two grants loosen the sandbox of `process` programs and count only with a
+//! `process` grant: `process-net=host` (the host's network: loopback services,
+//! private ranges and cloud metadata, none of the `http` capability's checks;
+//! `none`, the default, is an empty network namespace) and
+//! `process-exec=workspace` (files in the workspace may be executed; `none`,
+//! the default, mounts it `noexec`).
 
 use super::Capabilities;
 
 /// The grant forms, for error messages.
-const GRANT_FORMS: &str = "the accepted forms are `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` and `host-call=NAME[,NAME…]`";
+const GRANT_FORMS: &str = "the accepted forms are `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` and `host-call=NAME[,NAME…]`, and with `process`, `process-net=none|host` and `process-exec=none|workspace`";
 
 /// A `--grant` that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +58,12 @@ impl Capabilities {
         if !self.host_call.is_empty() {
             out.push(format!("host-call={}", self.host_call.join(",")));
         }
+        if self.process_net {
+            out.push("process-net=host".to_owned());
+        }
+        if self.process_exec {
+            out.push("process-exec=workspace".to_owned());
+        }
         out
     }
 }
@@ -73,6 +86,24 @@ pub fn parse_grant(spec: &str) -> Result<Capabilities, GrantError> {
                     Ok(grant)
                 }
                 Some(_) => Err(problem("`cache` takes no value".to_owned())),
+            };
+        }
+        "process-net" | "process-exec" => {
+            let (flag, on) = if kind == "process-net" {
+                (&mut grant.process_net, "host")
+            } else {
+                (&mut grant.process_exec, "workspace")
+            };
+            return match list.map(str::trim) {
+                Some(v) if v == on => {
+                    *flag = true;
+                    Ok(grant)
+                }
+                Some("none") => Ok(grant),
+                Some(other) => Err(problem(format!(
+                    "`{kind}` is `none` or `{on}`, not `{other}`"
+                ))),
+                None => Err(problem(format!("`{kind}` needs a value: `{kind}={on}`"))),
             };
         }
         "process" => &mut grant.process,
@@ -121,6 +152,8 @@ pub fn merge_grants(grants: &[Capabilities]) -> Capabilities {
         add(&mut all.http, &grant.http);
         add(&mut all.host_call, &grant.host_call);
         all.cache |= grant.cache;
+        all.process_net |= grant.process_net;
+        all.process_exec |= grant.process_exec;
     }
     all
 }
@@ -169,6 +202,13 @@ mod tests {
             ])
         );
         assert_eq!(parse_grants(&caps.to_grants()).expect("round trip"), caps);
+        let loose = parse_grants(&["process=sh", "process-net=host", "process-exec=workspace"])
+            .expect("sandbox grants");
+        assert!(loose.process_net && loose.process_exec);
+        assert_eq!(parse_grants(&loose.to_grants()).expect("round trip"), loose);
+        let tight = parse_grants(&["process=sh", "process-net=none", "process-exec=none"])
+            .expect("defaults spelled out");
+        assert!(!tight.process_net && !tight.process_exec);
         assert!(Capabilities::default().to_grants().is_empty());
         let err = parse_grants(&["cache", "net=x"])
             .expect_err("bad")
@@ -187,6 +227,12 @@ mod tests {
             ("log", "always granted"),
             ("", "empty"),
             ("process=a b", "whitespace"),
+            ("process-net=all", "`process-net` is `none` or `host`"),
+            ("process-net", "needs a value"),
+            (
+                "process-exec=yes",
+                "`process-exec` is `none` or `workspace`",
+            ),
         ] {
             let err = parse_grant(spec).expect_err(spec).to_string();
             assert!(err.contains(problem), "{spec}: {err}");

@@ -10,10 +10,21 @@
 //!   passes. Guest paths (`/workspace/…`) in `cwd`, arguments and environment values
 //!   are translated to host paths; a `cwd` outside the workspace is refused.
 //! - Resource limits (CPU seconds, file size, no core dumps) are set in the child.
-//! - File-system access is confined with Landlock where the kernel has it: the
-//!   workspace read-write, system directories read-only, `/dev` for its device
-//!   files, nothing else. Where Landlock is missing a warning is logged once and
-//!   the program runs with the host user's file access.
+//! - Each run is sandboxed in its own namespaces (`process/sandbox.rs`): an unprivileged
+//!   uid without capabilities, its own PID namespace and `/proc` (no host process
+//!   visible or signalable; everything left dies with the program, `setsid`
+//!   included), no network unless the engine grants `process-net=host`, and a
+//!   root of the system directories (read-only, secrets masked), the granted
+//!   programs' directories, the workspace (read-write, `noexec` unless the engine
+//!   grants `process-exec=workspace`), a small `/dev` and a tmpfs `/tmp`.
+//! - Where the kernel cannot build the sandbox (user namespaces disabled, …) a
+//!   warning naming what is missing is logged once and the program runs
+//!   confined by Landlock where the kernel has it (the workspace read-write,
+//!   system directories read-only, `/dev`), or else by process group,
+//!   environment and rlimits only; [`ProcessLimits::require_sandbox`] makes such
+//!   a run fail instead.
+//! - Loader and shell start-up variables (`LD_*`, `PATH`, `GCONV_PATH`, …) from
+//!   the guest are refused.
 //! - Stdout and stderr are returned (capped) and, when asked, streamed line by line
 //!   into the step log.
 
@@ -23,11 +34,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::step_log::{LogCapture, LogLevel, LogSource};
+
+mod sandbox;
+
+use sandbox::{SandboxPlan, SandboxSpec, Stage, StageCell};
 
 /// Where the workspace appears to guests.
 const GUEST_WORKSPACE: &str = "/workspace";
@@ -45,8 +61,16 @@ pub struct ProcessLimits {
     pub stdin_cap: usize,
     /// Confine file-system access with Landlock when the kernel supports it.
     pub landlock: bool,
-    /// Directories readable (and executable) under Landlock besides the workspace.
+    /// Directories readable (and executable) besides the workspace: bound
+    /// read-only into the sandbox (except `/proc` and `/dev`, which the sandbox
+    /// has its own of, and `/sys`, which it does not have), and allowed under
+    /// Landlock when it is the fallback.
     pub read_only_paths: Vec<PathBuf>,
+    /// Run each program in its namespace sandbox when the kernel allows it.
+    pub sandbox: bool,
+    /// Fail a run whose sandbox cannot be built instead of falling back to
+    /// Landlock and rlimits.
+    pub require_sandbox: bool,
 }
 
 impl Default for ProcessLimits {
@@ -64,6 +88,8 @@ impl Default for ProcessLimits {
             .iter()
             .map(PathBuf::from)
             .collect(),
+            sandbox: true,
+            require_sandbox: false,
         }
     }
 }
@@ -73,6 +99,8 @@ impl Default for ProcessLimits {
 pub struct ProcessPolicy {
     programs: BTreeMap<String, Result<PathBuf, String>>,
     limits: ProcessLimits,
+    network: bool,
+    exec_workspace: bool,
 }
 
 impl ProcessPolicy {
@@ -86,7 +114,28 @@ impl ProcessPolicy {
             .iter()
             .map(|name| (name.clone(), resolve_program(name, path_var.as_deref())))
             .collect();
-        ProcessPolicy { programs, limits }
+        ProcessPolicy {
+            programs,
+            limits,
+            network: false,
+            exec_workspace: false,
+        }
+    }
+
+    /// Programs share the host's network (grant `process-net=host`) instead of
+    /// an empty network namespace.
+    #[must_use]
+    pub fn with_host_network(mut self, network: bool) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Programs may execute files from the workspace (grant
+    /// `process-exec=workspace`); otherwise it is mounted `noexec`.
+    #[must_use]
+    pub fn with_workspace_exec(mut self, exec: bool) -> Self {
+        self.exec_workspace = exec;
+        self
     }
 
     /// The resolved path of a granted program.
@@ -97,6 +146,23 @@ impl ProcessPolicy {
     /// The limits.
     pub fn limits(&self) -> &ProcessLimits {
         &self.limits
+    }
+
+    fn program_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for path in self.programs.values().flatten() {
+            for p in [Some(path.clone()), path.canonicalize().ok()]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(dir) = p.parent()
+                    && !dirs.iter().any(|d: &PathBuf| d == dir)
+                {
+                    dirs.push(dir.to_path_buf());
+                }
+            }
+        }
+        dirs
     }
 
     fn path_dirs(&self) -> OsString {
@@ -257,72 +323,167 @@ pub async fn run(
     std::fs::create_dir_all(&tmp)
         .map_err(|e| ProcessError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
 
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(request.args.iter().map(|a| translate(&workspace, a)))
-        .env_clear()
-        .env("PATH", ctx.policy.path_dirs())
-        .env("HOME", &workspace)
-        .env("TMPDIR", &tmp)
-        .env("LANG", "C.UTF-8")
-        .envs(
-            request
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), translate(&workspace, v))),
-        )
-        .current_dir(&cwd)
-        .stdin(if request.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    if let Some((name, _)) = request
+        .env
+        .iter()
+        .find(|(k, v)| refused_env(k, v, &workspace))
+    {
+        return Err(ProcessError::InvalidArgument(format!(
+            "environment variable `{name}` is refused: loader and start-up variables (`LD_*`, `GCONV_PATH`, `BASH_ENV`, …) and a `PATH` with a relative, empty or workspace directory would let a step run other code than the granted program; `PATH` may only name absolute directories outside the workspace"
+        )));
+    }
 
-    let ruleset = if limits.landlock {
-        landlock_ruleset(&workspace, &program, &limits.read_only_paths)
-    } else {
-        None
+    let command = || {
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(request.args.iter().map(|a| translate(&workspace, a)))
+            .env_clear()
+            .env("PATH", ctx.policy.path_dirs())
+            .env("HOME", &workspace)
+            .env("TMPDIR", &tmp)
+            .env("LANG", "C.UTF-8")
+            .envs(
+                request
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), translate(&workspace, v))),
+            )
+            .current_dir(&cwd)
+            .stdin(if request.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd
     };
     let rlimits = [
         (libc::RLIMIT_CPU, limits.cpu_seconds),
         (libc::RLIMIT_FSIZE, limits.file_size),
         (libc::RLIMIT_CORE, 0),
     ];
-    let ruleset_fd = ruleset.as_ref().map(AsRawFd::as_raw_fd);
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setrlimit, prctl, landlock_restrict_self)
-    // on values prepared before the fork; it allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (resource, value) in rlimits {
-                let limit = libc::rlimit {
-                    rlim_cur: value,
-                    rlim_max: value,
-                };
-                if libc::setrlimit(resource, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+    let set_rlimits = move || -> std::io::Result<()> {
+        for (resource, value) in rlimits {
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            // SAFETY: setrlimit with a valid struct, async-signal-safe.
+            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            if let Some(fd) = ruleset_fd {
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+        }
+        Ok(())
+    };
 
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| ProcessError::Failed(format!("cannot start `{}`: {e}", program.display())))?;
-    drop(ruleset);
+    let mut spawned = None;
+    if limits.sandbox && !SANDBOX_UNAVAILABLE.load(Ordering::Relaxed) {
+        let spec = SandboxSpec {
+            system_dirs: &limits.read_only_paths,
+            program_dirs: ctx.policy.program_dirs(),
+            workspace: &workspace,
+            cwd: &cwd,
+            network: ctx.policy.network,
+            exec_workspace: ctx.policy.exec_workspace,
+        };
+        let stage = StageCell::new()
+            .map_err(|e| ProcessError::Failed(format!("cannot prepare the sandbox: {e}")))?;
+        let plan = SandboxPlan::new(&spec, &stage)
+            .map_err(|e| ProcessError::Failed(format!("cannot prepare the sandbox: {e}")))?;
+        let plan = std::sync::Arc::new(plan);
+        let mut cmd = command();
+        let in_child = plan.clone();
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (setrlimit, unshare, mount, clone, …) on
+        // values prepared before the fork; it allocates nothing and takes no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                set_rlimits()?;
+                in_child.enter()
+            });
+        }
+        match cmd.spawn() {
+            Ok(child) => spawned = Some(child),
+            Err(e) => {
+                let failed = stage.get();
+                if failed == Stage::Exec || failed == Stage::None {
+                    return Err(ProcessError::Failed(format!(
+                        "cannot start `{}`: {e}",
+                        program.display()
+                    )));
+                }
+                let what = format!(
+                    "the process sandbox could not be built ({} failed: {e})",
+                    failed.describe()
+                );
+                if limits.require_sandbox {
+                    return Err(ProcessError::Failed(format!(
+                        "cannot run `{}`: {what}, and this host requires the sandbox (`ProcessLimits::require_sandbox`)",
+                        request.program
+                    )));
+                }
+                if !failed.is_missing_mechanism() {
+                    return Err(ProcessError::Failed(format!(
+                        "cannot run `{}`: {what}",
+                        request.program
+                    )));
+                }
+                if !SANDBOX_UNAVAILABLE.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{what}: programs run for guests are no longer isolated from host processes, the network and the host's file system (Landlock, where the kernel has it, process groups, environment scrubbing and rlimits remain)"
+                    );
+                }
+            }
+        }
+    } else if limits.require_sandbox {
+        return Err(ProcessError::Failed(format!(
+            "cannot run `{}`: the process sandbox is {} and this host requires it (`ProcessLimits::require_sandbox`)",
+            request.program,
+            if limits.sandbox {
+                "unavailable on this kernel"
+            } else {
+                "turned off"
+            }
+        )));
+    }
+    let mut child = match spawned {
+        Some(child) => child,
+        None => {
+            let ruleset = if limits.landlock {
+                landlock_ruleset(&workspace, &program, &limits.read_only_paths)
+            } else {
+                None
+            };
+            let ruleset_fd = ruleset.as_ref().map(AsRawFd::as_raw_fd);
+            let mut cmd = command();
+            // SAFETY: the closure runs in the forked child before exec and only
+            // makes async-signal-safe system calls (setrlimit, prctl,
+            // landlock_restrict_self) on values prepared before the fork; it
+            // allocates nothing and takes no lock.
+            unsafe {
+                cmd.pre_exec(move || {
+                    set_rlimits()?;
+                    if let Some(fd) = ruleset_fd {
+                        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        if libc::syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().map_err(|e| {
+                ProcessError::Failed(format!("cannot start `{}`: {e}", program.display()))
+            })?;
+            drop(ruleset);
+            child
+        }
+    };
     let group = ProcessGroup(child.id().map(|id| id as i32));
 
     if let (Some(bytes), Some(mut stdin)) = (request.stdin, child.stdin.take()) {
@@ -388,6 +549,37 @@ pub async fn run(
         stdout_truncated,
         stderr_truncated,
     })
+}
+
+/// Set once a run found that the kernel cannot build the sandbox (logged then),
+/// so later runs go straight to the fallback.
+static SANDBOX_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Environment variables a guest may not set: they make the dynamic loader, libc
+/// or a shell load code the grant did not name.
+fn refused_env(name: &str, value: &str, workspace: &Path) -> bool {
+    if name == "PATH" {
+        return value.split(':').any(|dir| {
+            dir.is_empty()
+                || !dir.starts_with('/')
+                || dir.split('/').any(|c| c == "..")
+                || Path::new(dir).starts_with(GUEST_WORKSPACE)
+                || Path::new(dir).starts_with(workspace)
+        });
+    }
+    name.starts_with("LD_")
+        || matches!(
+            name,
+            "GCONV_PATH"
+                | "GETCONF_DIR"
+                | "HOSTALIASES"
+                | "LOCPATH"
+                | "NLSPATH"
+                | "MALLOC_TRACE"
+                | "GLIBC_TUNABLES"
+                | "BASH_ENV"
+                | "ENV"
+        )
 }
 
 /// Kills the whole group when dropped: after a normal exit (stray background
@@ -674,6 +866,32 @@ mod tests {
         std::os::unix::fs::symlink("/etc", ws.join("out")).expect("symlink");
         let err = guest_dir(&ws, "/workspace/out").expect_err("symlink out");
         assert!(err.to_string().contains("outside the workspace"), "{err}");
+    }
+
+    #[test]
+    fn loader_variables_and_a_workspace_path_are_refused() {
+        let ws = Path::new("/srv/ws");
+        for (name, value) in [
+            ("LD_PRELOAD", "/workspace/lib.so"),
+            ("LD_AUDIT", "x"),
+            ("GCONV_PATH", "/workspace"),
+            ("BASH_ENV", "/workspace/rc"),
+            ("PATH", "/workspace/bin:/usr/bin"),
+            ("PATH", "/srv/ws/bin"),
+            ("PATH", "bin:/usr/bin"),
+            ("PATH", "/usr/bin::/bin"),
+            ("PATH", "/usr/../workspace"),
+        ] {
+            assert!(refused_env(name, value, ws), "{name}={value}");
+        }
+        for (name, value) in [
+            ("PATH", "/usr/lib/git-core:/usr/local/bin:/usr/bin:/bin"),
+            ("HOME", "/workspace"),
+            ("GIT_DIR", "/workspace/.git"),
+            ("TMPDIR", "/workspace/tmp"),
+        ] {
+            assert!(!refused_env(name, value, ws), "{name}={value}");
+        }
     }
 
     #[test]

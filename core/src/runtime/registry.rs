@@ -379,10 +379,14 @@ impl BizRegistry {
         let version = manifest.version.clone();
         let capabilities = Arc::new(EffectiveCapabilities::new(&manifest.capabilities, grants));
         // Granted programs are resolved now, once, not at every call.
-        let process = Arc::new(ProcessPolicy::resolve(
-            &capabilities.effective().process,
-            self.inner.runtime.config().process_limits.clone(),
-        ));
+        let process = Arc::new(
+            ProcessPolicy::resolve(
+                &capabilities.effective().process,
+                self.inner.runtime.config().process_limits.clone(),
+            )
+            .with_host_network(capabilities.effective().process_net)
+            .with_workspace_exec(capabilities.effective().process_exec),
+        );
         let http = Arc::new(HttpPolicy::new(capabilities.effective().http.clone()));
         let biz = Arc::new(Installed {
             step_types: manifest.steps.iter().map(|s| s.id.clone()).collect(),

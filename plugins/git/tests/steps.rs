@@ -150,6 +150,8 @@ fn remote() -> Remote {
 fn git() -> Harness {
     Harness::current_crate(env!("CARGO_MANIFEST_DIR")).grant(Capabilities {
         process: vec!["git".into()],
+        // The tests serve repositories on 127.0.0.1.
+        process_net: true,
         ..Capabilities::default()
     })
 }

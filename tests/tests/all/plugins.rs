@@ -162,6 +162,8 @@ async fn clone_test_archive_and_notify() {
             "git",
             Capabilities {
                 process: vec!["git".into()],
+                // The repository is served on 127.0.0.1.
+                process_net: true,
                 ..Capabilities::default()
             },
         ),

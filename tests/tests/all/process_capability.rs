@@ -1,6 +1,9 @@
 //! The `process` capability through the real `shell` biz: granted programs only,
-//! outputs, streaming, scrubbed environment, rlimits, Landlock confinement, and the
-//! process group killed on timeout and on cancel.
+//! outputs, streaming, scrubbed environment, rlimits, Landlock confinement, the
+//! process group killed on timeout and on cancel, and the namespace sandbox (no
+//! network unless granted, no host process visible or signalable, nothing left
+//! after the step, loader variables refused, secrets and devices hidden, a
+//! `noexec` workspace unless granted).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +18,17 @@ use arkline::runtime::{
 use serde_json::json;
 
 async fn shell(grant: &[&str]) -> (BizRegistry, BizLease) {
+    shell_granted(Capabilities {
+        process: grant.iter().map(|s| s.to_string()).collect(),
+        ..Capabilities::default()
+    })
+    .await
+}
+
+async fn shell_granted(grants: Capabilities) -> (BizRegistry, BizLease) {
     let ark = Ark::open(arkline_testkit::plugin("shell")).expect("shell archive");
     let runtime = Runtime::new(RuntimeConfig::default().max_instances(16)).expect("runtime");
     let registry = BizRegistry::new(runtime, "proc");
-    let grants = Capabilities {
-        process: grant.iter().map(|s| s.to_string()).collect(),
-        ..Capabilities::default()
-    };
     registry
         .install(Arc::new(ark), &grants, Activation::IfNone)
         .await
@@ -257,4 +264,224 @@ async fn a_timeout_or_a_cancel_kills_the_whole_process_group() {
     let report = running.await.expect("joins");
     assert_eq!(report.fault(), Some(&StepFault::Cancelled));
     assert_eq!(survivors(&marker).await, Vec::<String>::new());
+}
+
+/// Runs `script` (errors not fatal) in a fresh workspace and returns it.
+async fn run_script(lease: &BizLease, script: &str) -> tempfile::TempDir {
+    let ws = tempfile::tempdir().expect("tempdir");
+    let report = lease
+        .invoke(
+            StepCall::new("run", json!({ "script": script, "errexit": false }))
+                .workspace(ws.path()),
+        )
+        .await;
+    assert!(
+        report.result.is_ok(),
+        "{:?}\n{}",
+        report.result,
+        report.log.text()
+    );
+    ws
+}
+
+fn read(ws: &tempfile::TempDir, name: &str) -> String {
+    std::fs::read_to_string(ws.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_step_has_no_network_unless_the_engine_grants_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    // bash, for its /dev/tcp.
+    let probe = format!(
+        "if bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>err.txt; then echo connected > net.txt; else echo refused > net.txt; fi"
+    );
+    let (_registry, lease) = shell(&["sh", "bash"]).await;
+    let ws = run_script(&lease, &probe).await;
+    assert_eq!(
+        read(&ws, "net.txt").trim(),
+        "refused",
+        "{}",
+        read(&ws, "err.txt")
+    );
+
+    let (_registry, lease) = shell_granted(
+        arkline::host::parse_grants(&["process=sh,bash", "process-net=host"]).expect("grants"),
+    )
+    .await;
+    let ws = run_script(&lease, &probe).await;
+    assert_eq!(
+        read(&ws, "net.txt").trim(),
+        "connected",
+        "{}",
+        read(&ws, "err.txt")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_step_cannot_signal_a_host_process() {
+    let marker = format!("3124.{}1", std::process::id());
+    let mut victim = std::process::Command::new("sleep")
+        .arg(&marker)
+        .spawn()
+        .expect("sleep");
+    let (_registry, lease) = shell(&["sh"]).await;
+    let ws = run_script(
+        &lease,
+        &format!("kill -9 {} 2> kill.txt; echo $? >> kill.txt", victim.id()),
+    )
+    .await;
+    let alive = victim.try_wait().expect("try_wait").is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(
+        alive,
+        "the step killed a host process: {}",
+        read(&ws, "kill.txt")
+    );
+    assert_ne!(read(&ws, "kill.txt").lines().last(), Some("0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_step_sees_no_host_process_in_proc() {
+    let (_registry, lease) = shell(&["sh"]).await;
+    let me = std::process::id();
+    let ws = run_script(
+        &lease,
+        &format!(
+            "for p in /proc/[0-9]*; do echo ${{p#/proc/}}; done > pids.txt\n\
+             if cat /proc/{me}/environ > environ.txt 2>/dev/null; then echo read; else echo unreadable; fi > result.txt\n\
+             cat /proc/1/cmdline > init.txt"
+        ),
+    )
+    .await;
+    let pids: Vec<u32> = read(&ws, "pids.txt")
+        .lines()
+        .map(|l| l.parse().expect("a pid"))
+        .collect();
+    // The script's shell is PID 1; nothing of the host shows.
+    assert!(pids.contains(&1), "{pids:?}");
+    assert!(!pids.contains(&me), "{pids:?}");
+    assert!(pids.len() <= 3, "{pids:?}");
+    assert_eq!(read(&ws, "result.txt").trim(), "unreadable");
+    assert!(!read(&ws, "environ.txt").contains("CARGO"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setsid_child_does_not_outlive_its_step() {
+    let (_registry, lease) = shell(&["sh"]).await;
+    let marker = format!("3123.{}45", std::process::id());
+    let _ws = run_script(
+        &lease,
+        &format!("setsid sleep {marker} > /dev/null 2>&1 < /dev/null &\necho started"),
+    )
+    .await;
+    assert_eq!(survivors(&marker).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_variables_from_the_guest_are_refused() {
+    let (_registry, lease) = shell(&["sh"]).await;
+    let ws = tempfile::tempdir().expect("tempdir");
+    for name in [
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "PATH",
+        "GCONV_PATH",
+        "BASH_ENV",
+    ] {
+        let report = lease
+            .invoke(
+                StepCall::new(
+                    "run",
+                    json!({ "script": "echo ran > ran.txt", "env": { name: "/workspace/lib.so" } }),
+                )
+                .workspace(ws.path()),
+            )
+            .await;
+        match &report.result {
+            Err(StepFailure::Failed(message)) => assert!(
+                message.contains(&format!("`{name}` is refused")),
+                "{name}: {message}"
+            ),
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+        assert!(!ws.path().join("ran.txt").exists(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_host_devices_are_hidden() {
+    let (_registry, lease) = shell(&["sh"]).await;
+    let ws = run_script(
+        &lease,
+        "cat /etc/shadow /etc/gshadow > shadow.txt 2>&1\nls /dev > dev.txt\ncat /etc/passwd > passwd.txt",
+    )
+    .await;
+    let shadow = read(&ws, "shadow.txt");
+    assert!(!shadow.contains("root:"), "{shadow}");
+    // The rest of /etc is there.
+    assert!(read(&ws, "passwd.txt").contains("root:"));
+    for dev in read(&ws, "dev.txt").lines() {
+        assert!(
+            [
+                "null", "zero", "full", "random", "urandom", "tty", "fd", "stdin", "stdout",
+                "stderr"
+            ]
+            .contains(&dev),
+            "{dev} is visible"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workspace_is_noexec_unless_the_engine_grants_it() {
+    let copy_and_run =
+        "cp \"$(command -v sh)\" ./mysh && ./mysh -c 'echo ran' > ran.txt 2> err.txt; true";
+    let (_registry, lease) = shell(&["sh"]).await;
+    let ws = run_script(&lease, copy_and_run).await;
+    assert!(ws.path().join("mysh").exists(), "the copy is made");
+    assert_eq!(read(&ws, "ran.txt"), "", "{}", read(&ws, "err.txt"));
+
+    let (_registry, lease) = shell_granted(
+        arkline::host::parse_grants(&["process=sh", "process-exec=workspace"]).expect("grants"),
+    )
+    .await;
+    let ws = run_script(&lease, copy_and_run).await;
+    assert_eq!(
+        read(&ws, "ran.txt").trim(),
+        "ran",
+        "{}",
+        read(&ws, "err.txt")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_requires_the_sandbox_runs_nothing_without_it() {
+    let ark = Ark::open(arkline_testkit::plugin("shell")).expect("shell archive");
+    let mut config = RuntimeConfig::default().max_instances(4);
+    config.process_limits.sandbox = false;
+    config.process_limits.require_sandbox = true;
+    let registry = BizRegistry::new(Runtime::new(config).expect("runtime"), "proc");
+    let grants = Capabilities {
+        process: vec!["sh".into()],
+        ..Capabilities::default()
+    };
+    registry
+        .install(Arc::new(ark), &grants, Activation::IfNone)
+        .await
+        .expect("installs");
+    let lease = registry.resolve("shell").expect("resolves");
+    let ws = tempfile::tempdir().expect("tempdir");
+    let report = lease
+        .invoke(script("echo ran > ran.txt").workspace(ws.path()))
+        .await;
+    match &report.result {
+        Err(StepFailure::Failed(message)) => assert!(
+            message.contains("this host requires it") && message.contains("turned off"),
+            "{message}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!ws.path().join("ran.txt").exists());
 }

@@ -1,0 +1,719 @@
+//! The namespace sandbox around one program run (in the manner of bubblewrap).
+//!
+//! Everything is prepared before the fork ([`SandboxPlan::new`]): paths as C
+//! strings, the list of mount operations, the uid/gid map lines. The forked child
+//! ([`SandboxPlan::enter`], from `pre_exec`) then only makes system calls:
+//!
+//! 1. `unshare` a user, PID, network (unless granted), mount, IPC, UTS and cgroup
+//!    namespace; map the host uid/gid to [`SANDBOX_ID`] (`setgroups` denied);
+//! 2. fork again: the grandchild is PID 1 of the new PID namespace, so when it
+//!    ends the kernel kills every process left in it (`setsid` included); the
+//!    first child only waits for it and passes its status on;
+//! 3. the grandchild builds a new root on a tmpfs (the system directories and the
+//!    granted programs' directories read-only, secrets masked, the workspace
+//!    read-write and `noexec` unless granted, a fresh `/proc`, a `/dev` of
+//!    null/zero/full/random/urandom/tty, a tmpfs `/tmp`), `pivot_root`s into it,
+//!    brings `lo` up in its empty network namespace, drops its capability
+//!    bounding set and returns to `exec` the program, which starts without
+//!    capabilities (it is not uid 0 in its namespace).
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The uid and gid programs run as inside the sandbox.
+pub const SANDBOX_ID: u32 = 1000;
+
+/// Where the new root is assembled before `pivot_root` (a tmpfs mounted over it
+/// in the sandbox's own mount namespace; the host's stays untouched). Nothing the
+/// sandbox binds lives under it.
+const BUILD_BASE: &str = "/sys";
+
+/// Files under the visible system directories that hold secrets: masked with an
+/// empty file (the sandbox's uid owns what the host uid owns, so when the host
+/// runs as root, root-only files would otherwise be readable).
+const SECRET_FILES: &[&str] = &[
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/security/opasswd",
+];
+
+/// Directories of secrets, masked with an empty read-only tmpfs.
+const SECRET_DIRS: &[&str] = &["/etc/ssl/private", "/etc/sudoers.d"];
+
+/// Device files bound into the sandbox's `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// A step of the setup, recorded in shared memory so a failure names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Stage {
+    /// Not started.
+    None = 0,
+    /// `unshare` of the namespaces.
+    Unshare,
+    /// Writing the uid/gid maps.
+    IdMap,
+    /// Forking the PID namespace's init.
+    Fork,
+    /// Making the mount tree private and mounting the new root's tmpfs.
+    Root,
+    /// A bind mount of a directory or file.
+    Bind,
+    /// Mounting `/proc`.
+    Proc,
+    /// Mounting a tmpfs (`/dev`, `/tmp`, a masked directory).
+    Tmpfs,
+    /// `pivot_root` into the new root.
+    Pivot,
+    /// Everything after the pivot (chdir, read-only root, capabilities).
+    Finish,
+    /// The sandbox is set up; what fails now is the `exec` of the program.
+    Exec,
+}
+
+impl Stage {
+    fn from_u32(v: u32) -> Stage {
+        match v {
+            1 => Stage::Unshare,
+            2 => Stage::IdMap,
+            3 => Stage::Fork,
+            4 => Stage::Root,
+            5 => Stage::Bind,
+            6 => Stage::Proc,
+            7 => Stage::Tmpfs,
+            8 => Stage::Pivot,
+            9 => Stage::Finish,
+            10 => Stage::Exec,
+            _ => Stage::None,
+        }
+    }
+
+    /// What failed, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stage::None => "before the sandbox started",
+            Stage::Unshare => {
+                "creating user/PID/network/mount namespaces (unshare; are unprivileged user namespaces disabled?)"
+            }
+            Stage::IdMap => "writing the user namespace's uid/gid maps",
+            Stage::Fork => "starting the PID namespace's first process",
+            Stage::Root => "mounting the sandbox's root file system",
+            Stage::Bind => "bind-mounting a directory into the sandbox",
+            Stage::Proc => "mounting a fresh /proc",
+            Stage::Tmpfs => "mounting a tmpfs",
+            Stage::Pivot => "pivot_root into the sandbox's root",
+            Stage::Finish => "finishing the sandbox (read-only root, capabilities)",
+            Stage::Exec => "starting the program",
+        }
+    }
+
+    /// Whether a failure here means the kernel (or its configuration) lacks a
+    /// mechanism, rather than something about this one run.
+    pub fn is_missing_mechanism(self) -> bool {
+        matches!(
+            self,
+            Stage::Unshare | Stage::IdMap | Stage::Fork | Stage::Root | Stage::Proc | Stage::Pivot
+        )
+    }
+}
+
+/// A one-word page shared with the forked children, where they record the stage
+/// they are in (so the parent can say what failed).
+pub struct StageCell(*mut u32);
+
+// SAFETY: the pointer is to a private anonymous mapping owned by this value; the
+// parent only reads it after the child has reported, through a volatile read.
+unsafe impl Send for StageCell {}
+// SAFETY: as above; the value is a plain u32 written by another process.
+unsafe impl Sync for StageCell {}
+
+impl StageCell {
+    /// Maps the shared word.
+    pub fn new() -> io::Result<StageCell> {
+        // SAFETY: an anonymous shared mapping of one page, no file involved.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(StageCell(ptr.cast()))
+    }
+
+    /// The stage last recorded.
+    pub fn get(&self) -> Stage {
+        // SAFETY: the mapping is live for as long as `self`.
+        Stage::from_u32(unsafe { std::ptr::read_volatile(self.0) })
+    }
+
+    fn set(ptr: *mut u32, stage: Stage) {
+        // SAFETY: called in the forked children on the live shared mapping.
+        unsafe { std::ptr::write_volatile(ptr, stage as u32) }
+    }
+}
+
+impl Drop for StageCell {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the page mapped in `new`, no longer used.
+        unsafe {
+            libc::munmap(self.0.cast(), 4096);
+        }
+    }
+}
+
+/// One mount-tree operation in the child, all paths absolute in the build root.
+enum Op {
+    Mkdir(CString),
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    Touch(CString),
+    /// Bind `src` on `dst`; then, when `remount` is set, remount the bind with
+    /// those flags (read-only, nosuid, …; the host mount's locked flags kept).
+    Bind {
+        src: CString,
+        dst: CString,
+        remount: Option<libc::c_ulong>,
+        optional: bool,
+    },
+    Tmpfs {
+        dst: CString,
+        flags: libc::c_ulong,
+    },
+    Proc(CString),
+}
+
+/// What to build for one run, prepared before the fork.
+pub struct SandboxPlan {
+    flags: libc::c_int,
+    uid_map: CString,
+    gid_map: CString,
+    ops: Vec<Op>,
+    base: CString,
+    cwd: CString,
+    network: bool,
+    stage: *mut u32,
+}
+
+// SAFETY: `stage` points into a `StageCell` that outlives the spawn using the plan.
+unsafe impl Send for SandboxPlan {}
+// SAFETY: as above; the plan is only read.
+unsafe impl Sync for SandboxPlan {}
+
+/// What the sandbox exposes for one run.
+pub struct SandboxSpec<'a> {
+    /// System directories bound read-only (symlinks reproduced as symlinks).
+    pub system_dirs: &'a [PathBuf],
+    /// Directories of the granted programs (bound read-only when not already
+    /// under a system directory).
+    pub program_dirs: Vec<PathBuf>,
+    /// The workspace, bound read-write at its host path.
+    pub workspace: &'a Path,
+    /// The working directory (inside the workspace).
+    pub cwd: &'a Path,
+    /// Share the host's network namespace.
+    pub network: bool,
+    /// Allow executing files from the workspace.
+    pub exec_workspace: bool,
+}
+
+fn cstr(path: impl AsRef<std::ffi::OsStr>) -> io::Result<CString> {
+    CString::new(path.as_ref().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path contains a NUL byte"))
+}
+
+/// The mount flags of the host mount holding `path` that a bind remount must keep
+/// (a user namespace may not clear them), as `MS_*` flags.
+fn locked_flags(path: &Path) -> libc::c_ulong {
+    let Ok(c) = cstr(path) else { return 0 };
+    // SAFETY: `statvfs` is plain data, valid all zero.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer and `c` a NUL-terminated path.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    let f = st.f_flag;
+    let mut out = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f & st_flag != 0 {
+            out |= ms_flag;
+        }
+    }
+    out
+}
+
+impl SandboxPlan {
+    /// Prepares the plan; `stage` must outlive the spawn.
+    pub fn new(spec: &SandboxSpec<'_>, stage: &StageCell) -> io::Result<SandboxPlan> {
+        let mut flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP;
+        if !spec.network {
+            flags |= libc::CLONE_NEWNET;
+        }
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let mut ops = Vec::new();
+        let mut dirs_made: Vec<PathBuf> = Vec::new();
+        let inner = |p: &Path| -> io::Result<CString> {
+            let rel = p.strip_prefix("/").unwrap_or(p);
+            cstr(Path::new(BUILD_BASE).join(rel))
+        };
+        let mut mkdir_all = |ops: &mut Vec<Op>, p: &Path| -> io::Result<()> {
+            let mut acc = PathBuf::from("/");
+            for comp in p.components().skip(1) {
+                acc.push(comp);
+                if !dirs_made.contains(&acc) {
+                    dirs_made.push(acc.clone());
+                    ops.push(Op::Mkdir(inner(&acc)?));
+                }
+            }
+            Ok(())
+        };
+        let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        let mut bound: Vec<PathBuf> = Vec::new();
+
+        // A private /tmp first: a granted program's directory or the workspace
+        // may live under the host's /tmp and is bound on top of it.
+        mkdir_all(&mut ops, Path::new("/tmp"))?;
+        ops.push(Op::Tmpfs {
+            dst: inner(Path::new("/tmp"))?,
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+        });
+        for dir in spec.system_dirs {
+            if dir == Path::new("/proc") || dir == Path::new("/sys") || dir == Path::new("/dev") {
+                continue; // fresh ones, or none
+            }
+            let Ok(meta) = std::fs::symlink_metadata(dir) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(dir)?;
+                if let Some(parent) = dir.parent() {
+                    mkdir_all(&mut ops, parent)?;
+                }
+                ops.push(Op::Symlink {
+                    target: cstr(&target)?,
+                    link: inner(dir)?,
+                });
+            } else if meta.is_dir() {
+                mkdir_all(&mut ops, dir)?;
+                ops.push(Op::Bind {
+                    src: cstr(dir)?,
+                    dst: inner(dir)?,
+                    remount: Some(ro | locked_flags(dir)),
+                    optional: false,
+                });
+                bound.push(dir.clone());
+            }
+        }
+        for dir in &spec.program_dirs {
+            let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            if bound
+                .iter()
+                .any(|b| dir.starts_with(b.canonicalize().unwrap_or_else(|_| b.clone())))
+            {
+                continue;
+            }
+            mkdir_all(&mut ops, &dir)?;
+            ops.push(Op::Bind {
+                src: cstr(&dir)?,
+                dst: inner(&dir)?,
+                remount: Some(ro | locked_flags(&dir)),
+                optional: false,
+            });
+            bound.push(dir);
+        }
+        // Secrets under what is visible.
+        let etc_visible = bound.iter().any(|b| Path::new("/etc").starts_with(b));
+        if etc_visible {
+            let empty = Path::new("/.arkline-empty");
+            ops.push(Op::Touch(inner(empty)?));
+            let mut secrets: Vec<PathBuf> = SECRET_FILES.iter().map(PathBuf::from).collect();
+            if let Ok(entries) = std::fs::read_dir("/etc/ssh") {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if name.as_bytes().ends_with(b"_key") {
+                        secrets.push(entry.path());
+                    }
+                }
+            }
+            for secret in secrets {
+                if std::fs::symlink_metadata(&secret).is_ok_and(|m| m.is_file()) {
+                    ops.push(Op::Bind {
+                        src: inner(empty)?,
+                        dst: inner(&secret)?,
+                        remount: Some(ro),
+                        optional: false,
+                    });
+                }
+            }
+            for dir in SECRET_DIRS {
+                if std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+                    ops.push(Op::Tmpfs {
+                        dst: inner(Path::new(dir))?,
+                        flags: ro | libc::MS_NOEXEC,
+                    });
+                }
+            }
+        }
+        // The workspace (under /tmp, if it lives there, on the private one).
+        mkdir_all(&mut ops, spec.workspace)?;
+        let mut ws_flags = libc::MS_NOSUID | libc::MS_NODEV | locked_flags(spec.workspace);
+        if !spec.exec_workspace {
+            ws_flags |= libc::MS_NOEXEC;
+        }
+        ops.push(Op::Bind {
+            src: cstr(spec.workspace)?,
+            dst: inner(spec.workspace)?,
+            remount: Some(ws_flags),
+            optional: false,
+        });
+        // /dev: a tmpfs with the harmless devices bound in.
+        mkdir_all(&mut ops, Path::new("/dev"))?;
+        ops.push(Op::Tmpfs {
+            dst: inner(Path::new("/dev"))?,
+            flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        });
+        for dev in DEVICES {
+            let host = Path::new("/dev").join(dev);
+            if !host.exists() {
+                continue;
+            }
+            ops.push(Op::Touch(inner(&host)?));
+            ops.push(Op::Bind {
+                src: cstr(&host)?,
+                dst: inner(&host)?,
+                remount: None,
+                optional: true,
+            });
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            ops.push(Op::Symlink {
+                target: cstr(target)?,
+                link: inner(&Path::new("/dev").join(name))?,
+            });
+        }
+        mkdir_all(&mut ops, Path::new("/proc"))?;
+        ops.push(Op::Proc(inner(Path::new("/proc"))?));
+
+        Ok(SandboxPlan {
+            flags,
+            uid_map: cstr(format!("{SANDBOX_ID} {uid} 1\n"))?,
+            gid_map: cstr(format!("{SANDBOX_ID} {gid} 1\n"))?,
+            ops,
+            base: cstr(BUILD_BASE)?,
+            cwd: cstr(spec.cwd)?,
+            network: spec.network,
+            stage: stage.0,
+        })
+    }
+
+    /// Enters the sandbox. Runs in the forked child before `exec`: only system
+    /// calls on data prepared in [`SandboxPlan::new`], no allocation, no lock.
+    /// Returns (in the PID namespace's init) to let the caller `exec`; the first
+    /// child never returns (it exits with the init's status).
+    ///
+    /// # Safety
+    /// Call only in a freshly forked child of a (possibly multi-threaded) process.
+    pub unsafe fn enter(&self) -> io::Result<()> {
+        let fail = || Err(io::Error::last_os_error());
+        let stage = |s: Stage| StageCell::set(self.stage, s);
+        // SAFETY (whole body): raw system calls on NUL-terminated strings and
+        // buffers owned by `self`, which the fork copied into this process.
+        unsafe {
+            // Drop the host's supplementary groups while we still may (root).
+            libc::setgroups(0, std::ptr::null());
+            stage(Stage::Unshare);
+            if libc::unshare(self.flags) != 0 {
+                return fail();
+            }
+            stage(Stage::IdMap);
+            write_file(c"/proc/self/setgroups", b"deny")?;
+            write_file(c"/proc/self/uid_map", self.uid_map.as_bytes())?;
+            write_file(c"/proc/self/gid_map", self.gid_map.as_bytes())?;
+            stage(Stage::Fork);
+            // A raw clone: no atfork handlers run in this child of a threaded process.
+            let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+            if pid < 0 {
+                return fail();
+            }
+            if pid > 0 {
+                wait_and_exit(pid as libc::pid_t);
+            }
+            // PID 1 of the new namespace.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            stage(Stage::Root);
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            if libc::mount(
+                c"tmpfs".as_ptr(),
+                self.base.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=0755".as_ptr().cast(),
+            ) != 0
+            {
+                return fail();
+            }
+            for op in &self.ops {
+                self.apply(op)?;
+            }
+            stage(Stage::Pivot);
+            if libc::chdir(self.base.as_ptr()) != 0
+                || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
+                || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+                || libc::chdir(c"/".as_ptr()) != 0
+            {
+                return fail();
+            }
+            stage(Stage::Finish);
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            if libc::chdir(self.cwd.as_ptr()) != 0 {
+                return fail();
+            }
+            if !self.network {
+                loopback_up();
+            }
+            libc::sethostname(c"arkline".as_ptr(), 7);
+            // The program is not uid 0 here, so exec clears its capabilities;
+            // an empty bounding set keeps it so.
+            for cap in 0..64 {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return fail();
+            }
+            stage(Stage::Exec);
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// As [`SandboxPlan::enter`].
+    unsafe fn apply(&self, op: &Op) -> io::Result<()> {
+        let fail = || Err(io::Error::last_os_error());
+        let null = std::ptr::null::<libc::c_char>();
+        // SAFETY: system calls on NUL-terminated strings owned by `self`.
+        unsafe {
+            match op {
+                Op::Mkdir(path) => {
+                    if libc::mkdir(path.as_ptr(), 0o755) != 0
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
+                        // A directory under a read-only bind exists already.
+                        let e = *libc::__errno_location();
+                        if e != libc::EROFS {
+                            return fail();
+                        }
+                    }
+                }
+                Op::Symlink { target, link } => {
+                    if libc::symlink(target.as_ptr(), link.as_ptr()) != 0
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
+                        return fail();
+                    }
+                }
+                Op::Touch(path) => {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o444,
+                    );
+                    if fd < 0 {
+                        return fail();
+                    }
+                    libc::close(fd);
+                }
+                Op::Bind {
+                    src,
+                    dst,
+                    remount,
+                    optional,
+                } => {
+                    StageCell::set(self.stage, Stage::Bind);
+                    if libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        null,
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return if *optional { Ok(()) } else { fail() };
+                    }
+                    if let Some(flags) = remount
+                        && libc::mount(
+                            null,
+                            dst.as_ptr(),
+                            null,
+                            libc::MS_BIND | libc::MS_REMOUNT | flags,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return fail();
+                    }
+                }
+                Op::Tmpfs { dst, flags } => {
+                    StageCell::set(self.stage, Stage::Tmpfs);
+                    if libc::mount(
+                        c"tmpfs".as_ptr(),
+                        dst.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        *flags,
+                        c"mode=0755".as_ptr().cast(),
+                    ) != 0
+                    {
+                        return fail();
+                    }
+                }
+                Op::Proc(dst) => {
+                    StageCell::set(self.stage, Stage::Proc);
+                    if libc::mount(
+                        c"proc".as_ptr(),
+                        dst.as_ptr(),
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return fail();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` with raw calls.
+///
+/// # Safety
+/// Async-signal-safe; for the forked child.
+unsafe fn write_file(path: &std::ffi::CStr, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: open/write/close on a NUL-terminated path and a live buffer.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if n != bytes.len() as isize {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// In the first child: closes everything (so the parent's pipes see their end
+/// when the program's do), waits for the namespace's init and exits the way it
+/// did.
+///
+/// # Safety
+/// Async-signal-safe; for the forked child.
+unsafe fn wait_and_exit(pid: libc::pid_t) -> ! {
+    // SAFETY: raw system calls on this process only.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(pid, &mut status, 0);
+            if r == pid {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig);
+        }
+        libc::_exit(127)
+    }
+}
+
+/// Brings `lo` up in the new network namespace (best effort: programs that talk
+/// to themselves over loopback work; nothing reaches the host).
+///
+/// # Safety
+/// Async-signal-safe; for the forked child.
+unsafe fn loopback_up() {
+    // SAFETY: a socket and two ioctls on a zeroed, correctly sized `ifreq`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        libc::close(fd);
+    }
+}
