@@ -170,6 +170,8 @@ async fn bomb_uploads_are_refused_while_healthz_answers_and_rss_stays_bounded() 
     for (status, body, _) in &dyms {
         assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["code"], "invalid_pipeline", "{body}");
+        let message = body["message"].as_str().expect("message");
+        assert!(message.contains("error[unknown-param]"), "{message}");
     }
     assert!(polls > 0);
     assert!(failures.is_empty(), "/healthz did not answer: {failures:?}");
