@@ -1040,26 +1040,64 @@ fn declare_size(bytes: &mut [u8], entry: &str, size: u32) {
     assert_eq!(patched, 2, "local header and central record of `{entry}`");
 }
 
+/// Overwrites part of `entry`'s compressed stream with garbage, so any attempt to
+/// decompress it fails: a refusal that names the cap shows nothing was read.
+fn garble_stream(bytes: &mut [u8], entry: &str) {
+    let name = entry.as_bytes();
+    let at = (30..bytes.len())
+        .find(|&at| {
+            bytes[at..].starts_with(name) && bytes[at - 30..at - 26] == [0x50, 0x4b, 0x03, 0x04]
+        })
+        .expect("local header of the entry");
+    let extra = usize::from(u16::from_le_bytes([bytes[at - 2], bytes[at - 1]]));
+    let data = at + name.len() + extra;
+    bytes[data..data + 256].fill(0xff);
+}
+
 #[test]
 fn a_pipeline_declared_over_the_yaml_cap_is_refused_before_it_is_read() {
     let path = pipeline_path("team-a", "build.yaml");
     let bomb = bomb_pipeline(400_000);
     assert!(bomb.len() > 20 << 20, "{} bytes", bomb.len());
-    let bytes = with_manifest(|_, e| {
-        e.insert(path.clone(), bomb.clone().into_bytes());
-    });
-    assert!(
-        bytes.len() < 4 << 20,
-        "the bomb compresses: {} bytes",
-        bytes.len()
-    );
-    let message = refused(&bytes).to_string();
-    for part in [
+    let expected = [
         format!("pipeline `{path}` of engine `team-a` is not valid"),
         format!("the pipeline file is {} bytes", bomb.len()),
         "more than the limit of 1048576 bytes (`max_bytes`)".to_owned(),
-    ] {
-        assert!(message.contains(&part), "`{part}` missing from: {message}");
+    ];
+    // Declared by container.toml and the zip alike; declared by the zip while
+    // container.toml says less (its digest and size would not match anyway).
+    let honest = with_manifest(|_, e| {
+        e.insert(path.clone(), bomb.clone().into_bytes());
+    });
+    assert!(
+        honest.len() < 4 << 20,
+        "the bomb compresses: {} bytes",
+        honest.len()
+    );
+    let understated = {
+        let mut entries = entries_of(&valid());
+        let mut manifest = manifest_of(&entries);
+        entries.insert(path.clone(), bomb.clone().into_bytes());
+        repin(&mut entries, &mut manifest);
+        for p in &mut manifest.engines[0].pipelines {
+            if p.path == path {
+                p.size = BUILD.len() as u64;
+            }
+        }
+        entries.insert(
+            "container.toml".into(),
+            manifest.to_toml().expect("toml").into_bytes(),
+        );
+        rezip(&entries)
+    };
+    for mut bytes in [honest, understated] {
+        let intact = refused(&bytes).to_string();
+        garble_stream(&mut bytes, &path);
+        let garbled = refused(&bytes).to_string();
+        assert_eq!(intact, garbled, "the stream was read");
+        for part in &expected {
+            assert!(intact.contains(part), "`{part}` missing from: {intact}");
+        }
     }
 }
 
