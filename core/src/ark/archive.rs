@@ -643,6 +643,32 @@ mod tests {
     }
 
     #[test]
+    fn a_per_entry_cap_skips_or_stops_entries_whatever_they_declare() {
+        let bytes = sample_ark();
+        // Left out: nothing of the entry is read.
+        let only_manifest = read_entries_with(&bytes, ReadLimits::default(), |name, _| {
+            Ok::<_, ArchiveError>((name == "ark.toml").then_some(u64::MAX))
+        })
+        .expect("reads");
+        assert_eq!(only_manifest.keys().collect::<Vec<_>>(), ["ark.toml"]);
+        // A cap below what the entry decompresses to stops the read at the cap.
+        let mut declared = None;
+        let err = read_entries_with(&bytes, ReadLimits::default(), |name, size| {
+            if name == "component.wasm" {
+                declared = Some(size);
+                return Ok::<_, ArchiveError>(Some(4));
+            }
+            Ok(Some(u64::MAX))
+        })
+        .expect_err("over the cap");
+        assert_eq!(declared, Some(b"\0asm component bytes".len() as u64));
+        assert!(
+            matches!(err, ArchiveError::EntryTooLarge { ref name, limit: 4 } if name == "component.wasm"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tampered_component_is_refused() {
         let bytes = rezip(|e| {
             let c = e.get_mut("component.wasm").expect("component");
