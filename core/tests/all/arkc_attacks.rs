@@ -1102,7 +1102,7 @@ fn a_pipeline_declared_over_the_yaml_cap_is_refused_before_it_is_read() {
 }
 
 #[test]
-fn a_pipeline_that_lies_about_its_size_is_cut_off_at_the_yaml_cap() {
+fn a_pipeline_that_understates_its_size_everywhere_is_cut_off_while_streaming() {
     let path = pipeline_path("team-a", "build.yaml");
     let bomb = bomb_pipeline(60_000);
     assert!(bomb.len() > 2 << 20, "{} bytes", bomb.len());
