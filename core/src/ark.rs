@@ -17,7 +17,7 @@ mod archive;
 mod manifest;
 mod signature;
 
-pub(crate) use archive::read_entries;
+pub(crate) use archive::read_entries_with;
 pub use archive::{ArchiveError, Ark, ReadLimits, write_ark, write_deterministic_zip};
 pub use manifest::{
     BuildInfo, ComponentEntry, FORMAT_VERSION, FileEntry, MANIFEST_PATH, Manifest, ManifestError,

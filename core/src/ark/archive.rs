@@ -302,22 +302,38 @@ pub(crate) fn read_entries(
     bytes: &[u8],
     limits: ReadLimits,
 ) -> Result<BTreeMap<String, Vec<u8>>, ArchiveError> {
+    read_entries_with(bytes, limits, |_, _| Ok(Some(limits.max_entry_bytes)))
+}
+
+/// Like [`read_entries`], with a say per entry before it is decompressed:
+/// `cap(name, declared uncompressed size)` returns `None` to leave the entry out,
+/// `Some(bytes)` for the most it may decompress to (never more than
+/// `limits.max_entry_bytes`; past it the read stops and gives
+/// [`ArchiveError::EntryTooLarge`] with that cap), or an error to refuse it. The
+/// declared size comes from the central directory and may lie; the cap holds on
+/// the decompressed stream whatever it says.
+pub(crate) fn read_entries_with<E: From<ArchiveError>>(
+    bytes: &[u8],
+    limits: ReadLimits,
+    mut cap: impl FnMut(&str, u64) -> Result<Option<u64>, E>,
+) -> Result<BTreeMap<String, Vec<u8>>, E> {
     let mut zip =
         ZipArchive::new(Cursor::new(bytes)).map_err(|e| ArchiveError::Zip(e.to_string()))?;
     if zip.len() > limits.max_entries {
         return Err(ArchiveError::TooManyEntries {
             count: zip.len(),
             limit: limits.max_entries,
-        });
+        }
+        .into());
     }
     // The zip layer indexes entries by name, so a repeated name would silently
     // shadow another: look for repeats in the central directory itself.
     if zip.has_duplicate_names() {
         let name = repeated_central_name(bytes).unwrap_or_else(|| "<a repeated name>".to_owned());
-        return Err(ArchiveError::DuplicateEntry(name));
+        return Err(ArchiveError::DuplicateEntry(name).into());
     }
     if let Some(name) = repeated_central_name(bytes) {
-        return Err(ArchiveError::DuplicateEntry(name));
+        return Err(ArchiveError::DuplicateEntry(name).into());
     }
     check_no_stray_bytes(bytes, &mut zip)?;
     let mut entries = BTreeMap::new();
@@ -325,33 +341,39 @@ pub(crate) fn read_entries(
     for index in 0..zip.len() {
         // Metadata first, from the raw entry: no decompressor is set up for an
         // entry that is refused.
-        let name = {
+        let (name, declared) = {
             let file = zip
                 .by_index_raw(index)
                 .map_err(|e| ArchiveError::Zip(e.to_string()))?;
-            check_entry_metadata(bytes, &file)?
+            (check_entry_metadata(bytes, &file)?, file.size())
         };
+        if entries.contains_key(&name) {
+            return Err(ArchiveError::DuplicateEntry(name).into());
+        }
+        let Some(entry_cap) = cap(&name, declared)? else {
+            continue;
+        };
+        let entry_cap = entry_cap.min(limits.max_entry_bytes);
         let file = zip
             .by_index(index)
             .map_err(|e| ArchiveError::Zip(e.to_string()))?;
-        if entries.contains_key(&name) {
-            return Err(ArchiveError::DuplicateEntry(name));
-        }
         let mut data = Vec::new();
-        file.take(limits.max_entry_bytes.saturating_add(1))
+        file.take(entry_cap.saturating_add(1))
             .read_to_end(&mut data)
             .map_err(|e| ArchiveError::Zip(format!("entry `{name}`: {e}")))?;
-        if data.len() as u64 > limits.max_entry_bytes {
+        if data.len() as u64 > entry_cap {
             return Err(ArchiveError::EntryTooLarge {
                 name,
-                limit: limits.max_entry_bytes,
-            });
+                limit: entry_cap,
+            }
+            .into());
         }
         total += data.len() as u64;
         if total > limits.max_total_bytes {
             return Err(ArchiveError::TooLarge {
                 limit: limits.max_total_bytes,
-            });
+            }
+            .into());
         }
         entries.insert(name, data);
     }
@@ -618,6 +640,32 @@ mod tests {
         let mut entries = read_entries(&sample_ark(), ReadLimits::default()).expect("reads");
         mutate(&mut entries);
         write_deterministic_zip(&entries, |_| false).expect("writes")
+    }
+
+    #[test]
+    fn a_per_entry_cap_skips_or_stops_entries_whatever_they_declare() {
+        let bytes = sample_ark();
+        // Left out: nothing of the entry is read.
+        let only_manifest = read_entries_with(&bytes, ReadLimits::default(), |name, _| {
+            Ok::<_, ArchiveError>((name == "ark.toml").then_some(u64::MAX))
+        })
+        .expect("reads");
+        assert_eq!(only_manifest.keys().collect::<Vec<_>>(), ["ark.toml"]);
+        // A cap below what the entry decompresses to stops the read at the cap.
+        let mut declared = None;
+        let err = read_entries_with(&bytes, ReadLimits::default(), |name, size| {
+            if name == "component.wasm" {
+                declared = Some(size);
+                return Ok::<_, ArchiveError>(Some(4));
+            }
+            Ok(Some(u64::MAX))
+        })
+        .expect_err("over the cap");
+        assert_eq!(declared, Some(b"\0asm component bytes".len() as u64));
+        assert!(
+            matches!(err, ArchiveError::EntryTooLarge { ref name, limit: 4 } if name == "component.wasm"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -75,10 +75,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ark::{
     ArchiveError, Ark, FileEntry, KeyError, PublicKey, ReadLimits, SignaturePolicy,
-    SignatureStatus, is_valid_name, read_entries, sha256_hex, write_deterministic_zip,
+    SignatureStatus, is_valid_name, read_entries_with, sha256_hex, write_deterministic_zip,
 };
 use crate::host::{Capabilities, GrantError, merge_grants, parse_grant};
-use crate::model::{Diagnostic, Diagnostics, PipelineSettingSpec, Uses};
+use crate::model::{Diagnostic, Diagnostics, Limits, PipelineSettingSpec, Uses};
 
 /// The container format version this build writes and reads.
 pub const CONTAINER_FORMAT_VERSION: u32 = 1;
@@ -756,16 +756,68 @@ impl ContainerArchive {
     /// decompressed, the entries of the nested bizes included; each nested biz gets
     /// the entry count and per-entry caps of `limits`.
     pub fn from_bytes_with_limits(bytes: &[u8], limits: ReadLimits) -> Result<ContainerArchive> {
-        let mut entries = read_entries(bytes, limits)?;
-        let mut budget = limits
-            .max_total_bytes
-            .saturating_sub(entries.values().map(|v| v.len() as u64).sum());
-        let manifest_bytes = entries
-            .remove(CONTAINER_MANIFEST_PATH)
-            .ok_or(ContainerArchiveError::MissingManifest)?;
+        // The manifest first, alone: it says how large each pipeline may be, so a
+        // pipeline over the YAML cap is refused before it is decompressed.
+        let manifest_bytes = read_entries_with(bytes, limits, |name, _| {
+            Ok::<_, ArchiveError>((name == CONTAINER_MANIFEST_PATH).then_some(u64::MAX))
+        })?
+        .remove(CONTAINER_MANIFEST_PATH)
+        .ok_or(ContainerArchiveError::MissingManifest)?;
         let text = std::str::from_utf8(&manifest_bytes)
             .map_err(|_| ContainerArchiveError::Syntax("container.toml is not UTF-8".into()))?;
         let manifest = ContainerManifest::from_toml(text)?;
+        let max_yaml = Limits::default().max_bytes;
+        let declared_pipelines: BTreeMap<&str, (&str, u64)> = manifest
+            .engines
+            .iter()
+            .flat_map(|e| {
+                e.pipelines
+                    .iter()
+                    .map(|f| (f.path.as_str(), (e.name.as_str(), f.size)))
+            })
+            .collect();
+        let too_large = |engine: &str, path: &str, size: Option<u64>| {
+            let diagnostics =
+                Diagnostics(vec![crate::model::decode::too_large(path, size, max_yaml)]);
+            ContainerArchiveError::Pipeline {
+                engine: engine.to_owned(),
+                path: path.to_owned(),
+                rendered: diagnostics.render(""),
+                diagnostics,
+            }
+        };
+        let rest_limits = ReadLimits {
+            max_total_bytes: limits
+                .max_total_bytes
+                .saturating_sub(manifest_bytes.len() as u64),
+            ..limits
+        };
+        let read = read_entries_with(bytes, rest_limits, |name, zip_size| {
+            if name == CONTAINER_MANIFEST_PATH {
+                return Ok(None);
+            }
+            let Some(&(engine, pinned)) = declared_pipelines.get(name) else {
+                return Ok(Some(u64::MAX));
+            };
+            // Either declaration over the cap refuses it unread; the cap on the
+            // stream holds when both lie.
+            let declared = pinned.max(zip_size);
+            if declared > max_yaml as u64 {
+                return Err(too_large(engine, name, Some(declared)));
+            }
+            Ok(Some(max_yaml as u64))
+        });
+        let mut entries = match read {
+            Err(ContainerArchiveError::Archive(ArchiveError::EntryTooLarge { name, .. }))
+                if declared_pipelines.contains_key(name.as_str()) =>
+            {
+                return Err(too_large(declared_pipelines[name.as_str()].0, &name, None));
+            }
+            read => read?,
+        };
+        let mut budget = rest_limits
+            .max_total_bytes
+            .saturating_sub(entries.values().map(|v| v.len() as u64).sum());
 
         let mut nested = BTreeMap::new();
         for file in &manifest.files {

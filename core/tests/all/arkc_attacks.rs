@@ -1008,3 +1008,129 @@ proptest! {
         prop_assert_eq!(toml::from_str::<ContainerManifest>(&text).expect("parses"), m);
     }
 }
+
+/// A pipeline of `steps` one-line steps: megabytes of YAML that deflate to little.
+fn bomb_pipeline(steps: usize) -> String {
+    let mut text = String::from("name: bomb\nstages:\n  - name: s\n    steps:\n");
+    for i in 0..steps {
+        text.push_str(&format!(
+            "      - {{name: s{i:07}, uses: shell/run, with: {{script: x}}}}\n"
+        ));
+    }
+    text
+}
+
+/// Sets the uncompressed size `entry` declares, in its local header and in the
+/// central directory, to `size`: what a lying archive writer does.
+fn declare_size(bytes: &mut [u8], entry: &str, size: u32) {
+    let name = entry.as_bytes();
+    let mut patched = 0;
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(name.len()).position(|w| w == name) {
+        let at = i + at;
+        if at >= 30 && bytes[at - 30..at - 26] == [0x50, 0x4b, 0x03, 0x04] {
+            bytes[at - 8..at - 4].copy_from_slice(&size.to_le_bytes());
+            patched += 1;
+        } else if at >= 46 && bytes[at - 46..at - 42] == [0x50, 0x4b, 0x01, 0x02] {
+            bytes[at - 22..at - 18].copy_from_slice(&size.to_le_bytes());
+            patched += 1;
+        }
+        i = at + name.len();
+    }
+    assert_eq!(patched, 2, "local header and central record of `{entry}`");
+}
+
+/// Overwrites part of `entry`'s compressed stream with garbage, so any attempt to
+/// decompress it fails: a refusal that names the cap shows nothing was read.
+fn garble_stream(bytes: &mut [u8], entry: &str) {
+    let name = entry.as_bytes();
+    let at = (30..bytes.len())
+        .find(|&at| {
+            bytes[at..].starts_with(name) && bytes[at - 30..at - 26] == [0x50, 0x4b, 0x03, 0x04]
+        })
+        .expect("local header of the entry");
+    let extra = usize::from(u16::from_le_bytes([bytes[at - 2], bytes[at - 1]]));
+    let data = at + name.len() + extra;
+    bytes[data..data + 256].fill(0xff);
+}
+
+#[test]
+fn a_pipeline_declared_over_the_yaml_cap_is_refused_before_it_is_read() {
+    let path = pipeline_path("team-a", "build.yaml");
+    let bomb = bomb_pipeline(400_000);
+    assert!(bomb.len() > 20 << 20, "{} bytes", bomb.len());
+    let expected = [
+        format!("pipeline `{path}` of engine `team-a` is not valid"),
+        format!("the pipeline file is {} bytes", bomb.len()),
+        "more than the limit of 1048576 bytes (`max_bytes`)".to_owned(),
+    ];
+    // Declared by container.toml and the zip alike; declared by the zip while
+    // container.toml says less (its digest and size would not match anyway).
+    let honest = with_manifest(|_, e| {
+        e.insert(path.clone(), bomb.clone().into_bytes());
+    });
+    assert!(
+        honest.len() < 4 << 20,
+        "the bomb compresses: {} bytes",
+        honest.len()
+    );
+    let understated = {
+        let mut entries = entries_of(&valid());
+        let mut manifest = manifest_of(&entries);
+        entries.insert(path.clone(), bomb.clone().into_bytes());
+        repin(&mut entries, &mut manifest);
+        for p in &mut manifest.engines[0].pipelines {
+            if p.path == path {
+                p.size = BUILD.len() as u64;
+            }
+        }
+        entries.insert(
+            "container.toml".into(),
+            manifest.to_toml().expect("toml").into_bytes(),
+        );
+        rezip(&entries)
+    };
+    for mut bytes in [honest, understated] {
+        let intact = refused(&bytes).to_string();
+        garble_stream(&mut bytes, &path);
+        let garbled = refused(&bytes).to_string();
+        assert_eq!(intact, garbled, "the stream was read");
+        for part in &expected {
+            assert!(intact.contains(part), "`{part}` missing from: {intact}");
+        }
+    }
+}
+
+#[test]
+fn a_pipeline_that_understates_its_size_everywhere_is_cut_off_while_streaming() {
+    let path = pipeline_path("team-a", "build.yaml");
+    let bomb = bomb_pipeline(60_000);
+    assert!(bomb.len() > 2 << 20, "{} bytes", bomb.len());
+    let mut entries = entries_of(&valid());
+    let mut manifest = manifest_of(&entries);
+    entries.insert(path.clone(), bomb.into_bytes());
+    repin(&mut entries, &mut manifest);
+    // container.toml and the zip both declare the size of the real pipeline.
+    let small = BUILD.len() as u64;
+    for p in &mut manifest.engines[0].pipelines {
+        if p.path == path {
+            p.size = small;
+        }
+    }
+    entries.insert(
+        "container.toml".into(),
+        manifest.to_toml().expect("toml").into_bytes(),
+    );
+    let mut bytes = rezip(&entries);
+    declare_size(&mut bytes, &path, small as u32);
+    // The zip layer stops a stream that outgrows its declared size; the reader's
+    // own cap at the YAML limit is there should a zip layer not. Either way the
+    // read stops early and the user is told which entry.
+    let message = refused(&bytes).to_string();
+    assert!(message.contains(&format!("`{path}`")), "{message}");
+    assert!(
+        message.contains("larger than its declared uncompressed size")
+            || message.contains("more than the limit of 1048576 bytes (`max_bytes`)"),
+        "{message}"
+    );
+}

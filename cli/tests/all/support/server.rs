@@ -187,6 +187,11 @@ impl Server {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its stderr so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr
