@@ -559,3 +559,30 @@ async fn a_memory_hog_is_killed_by_the_runs_memory_limit() {
         other => panic!("expected the hog to be killed, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_requires_the_sandbox_makes_its_runtime_require_it() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let container = arkline::Container::builder()
+        .data_dir(data.path())
+        .require_process_sandbox(true)
+        .build()
+        .expect("builds");
+    assert!(container.runtime().config().process_limits.require_sandbox);
+    container.shutdown().await;
+
+    // A shared runtime that does not require it is refused, not silently kept.
+    let runtime = Runtime::new(RuntimeConfig::default().max_instances(2)).expect("runtime");
+    let refused = arkline::Container::builder()
+        .data_dir(data.path().join("other"))
+        .runtime(runtime)
+        .require_process_sandbox(true)
+        .build();
+    match refused {
+        Err(e) => assert!(
+            e.to_string().contains("requires the process sandbox"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a shared runtime without require_sandbox was accepted"),
+    }
+}
