@@ -290,6 +290,8 @@ pub struct ProcessContext<'a> {
     pub log: &'a LogCapture,
     /// The step's deadline.
     pub deadline: Instant,
+    /// The engine requires the sandbox (besides `ProcessLimits::require_sandbox`).
+    pub require_sandbox: bool,
 }
 
 /// Runs `request`; the capability check has already passed.
@@ -298,6 +300,13 @@ pub async fn run(
     request: ProcessRequest,
 ) -> Result<ProcessOutput, ProcessError> {
     let limits = ctx.policy.limits();
+    // Either the runtime (the operator) or the engine may require the sandbox.
+    let require_sandbox = limits.require_sandbox || ctx.require_sandbox;
+    let required_by = if limits.require_sandbox {
+        "this host requires it (`ProcessLimits::require_sandbox`, `--require-sandbox`)"
+    } else {
+        "this engine requires it (the `require_sandbox` setting)"
+    };
     let program = match ctx.policy.program(&request.program) {
         Some(Ok(path)) => path.clone(),
         Some(Err(why)) => return Err(ProcessError::Failed(why.clone())),
@@ -396,9 +405,9 @@ pub async fn run(
         (pids, memory) => match RunCgroup::create(CgroupLimits { pids, memory }) {
             Ok(cgroup) => Some(std::sync::Arc::new(cgroup)),
             Err(why) => {
-                if limits.require_sandbox {
+                if require_sandbox {
                     return Err(ProcessError::Failed(format!(
-                        "cannot run `{}`: the per-run pids and memory limits cannot be enforced ({why}), and this host requires the sandbox (`ProcessLimits::require_sandbox`)",
+                        "cannot run `{}`: the per-run pids and memory limits cannot be enforced ({why}), and {required_by}",
                         request.program
                     )));
                 }
@@ -464,9 +473,9 @@ pub async fn run(
                     "the process sandbox could not be built ({} failed: {e})",
                     failed.describe()
                 );
-                if limits.require_sandbox {
+                if require_sandbox {
                     return Err(ProcessError::Failed(format!(
-                        "cannot run `{}`: {what}, and this host requires the sandbox (`ProcessLimits::require_sandbox`)",
+                        "cannot run `{}`: {what}, and {required_by}",
                         request.program
                     )));
                 }
@@ -483,9 +492,9 @@ pub async fn run(
                 }
             }
         }
-    } else if limits.require_sandbox {
+    } else if require_sandbox {
         return Err(ProcessError::Failed(format!(
-            "cannot run `{}`: the process sandbox is {} and this host requires it (`ProcessLimits::require_sandbox`)",
+            "cannot run `{}`: the process sandbox is {} and {required_by}",
             request.program,
             if limits.sandbox {
                 "unavailable on this kernel"

@@ -586,3 +586,55 @@ async fn a_container_that_requires_the_sandbox_makes_its_runtime_require_it() {
         Ok(_) => panic!("a shared runtime without require_sandbox was accepted"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_requires_the_sandbox_refuses_process_steps_without_it() {
+    use arkline::model::PipelineSettingSpec;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = RuntimeConfig::default().max_instances(4);
+    config.process_limits.sandbox = false;
+    let container = arkline::Container::builder()
+        .data_dir(data.path())
+        .runtime_config(config)
+        .build()
+        .expect("builds");
+    let engine = container.engine("team-a").await.expect("engine");
+    engine
+        .install(
+            Ark::open(arkline_testkit::plugin("shell")).expect("shell archive"),
+            &Capabilities {
+                process: vec!["sh".into()],
+                ..Capabilities::default()
+            },
+        )
+        .await
+        .expect("installs");
+    engine
+        .apply_settings(PipelineSettingSpec {
+            require_sandbox: true,
+            ..PipelineSettingSpec::default()
+        })
+        .await
+        .expect("settings");
+    let p = engine
+        .apply_pipeline_yaml(
+            "t.yaml",
+            "name: t\nstages:\n  - name: s\n    steps:\n      - name: sh\n        uses: shell\n        with: { script: echo ran }\n",
+        )
+        .await
+        .expect("pipeline");
+    let exec = engine
+        .trigger(&p.metadata.name, arkline::TriggerRequest::default())
+        .await
+        .expect("trigger");
+    let done = tokio::time::timeout(Duration::from_secs(120), engine.wait(&exec.metadata.name))
+        .await
+        .expect("the execution finishes")
+        .expect("wait");
+    let text = format!("{:?}", done.status);
+    assert!(
+        text.contains("this engine requires it") && text.contains("turned off"),
+        "{text}"
+    );
+    container.shutdown().await;
+}
