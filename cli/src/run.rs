@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// Print one JSON object per event on stdout instead of progress for people.
     #[arg(long)]
     pub json: bool,
+    /// Fail every `process` run whose sandbox (namespaces, per-run cgroup)
+    /// cannot be built, instead of running it with weaker confinement.
+    #[arg(long)]
+    pub require_sandbox: bool,
 }
 
 /// A pipeline of the archive.
@@ -319,7 +323,13 @@ impl RunArgs {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        runtime.block_on(run(archive, targets, data_dir, progress))
+        runtime.block_on(run(
+            archive,
+            targets,
+            data_dir,
+            self.require_sandbox,
+            progress,
+        ))
     }
 }
 
@@ -356,10 +366,12 @@ async fn run(
     archive: ContainerArchive,
     targets: Vec<Target>,
     data_dir: PathBuf,
+    require_sandbox: bool,
     mut progress: Progress,
 ) -> anyhow::Result<ExitCode> {
     let container = Container::builder()
         .data_dir(&data_dir)
+        .require_process_sandbox(require_sandbox)
         .build()
         .with_context(|| format!("cannot open the data dir {}", data_dir.display()))?;
     progress.status(

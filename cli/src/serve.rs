@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// it (a replay or a redelivery) starts nothing.
     #[arg(long, default_value = "72h", value_parser = parse_timeout)]
     pub webhook_dedup_window: Duration,
+    /// Fail every `process` run whose sandbox (namespaces, per-run cgroup)
+    /// cannot be built, instead of running it with weaker confinement.
+    #[arg(long)]
+    pub require_sandbox: bool,
 }
 
 /// A duration flag: `10s`, `500ms`, `72h`; never zero.
@@ -137,6 +141,7 @@ impl ServeArgs {
             .with_context(|| format!("cannot create the data dir {}", self.data_dir.display()))?;
         let container = Container::builder()
             .data_dir(&self.data_dir)
+            .require_process_sandbox(self.require_sandbox)
             .build()
             .with_context(|| format!("cannot open the data dir {}", self.data_dir.display()))?;
         let state = AppState::new(container.clone())

@@ -127,6 +127,12 @@ pub enum ContainerError {
         /// What failed.
         source: Box<EngineError>,
     },
+    /// The builder requires the `process` sandbox but was given a shared
+    /// runtime that does not.
+    #[error(
+        "the container requires the process sandbox, but the shared runtime it was given does not: set `RuntimeConfig::process_limits.require_sandbox` on that runtime, or let the builder create the runtime"
+    )]
+    SandboxNotRequired,
     /// Neither a data dir nor a store was given.
     #[error(
         "a container needs a data dir (`Container::builder().data_dir(..)`) or a store (`.store(..)`)"
@@ -145,6 +151,7 @@ pub struct ContainerBuilder {
     node: Option<String>,
     options: ExecOptions,
     blob_cache_cap: u64,
+    require_process_sandbox: bool,
 }
 
 impl std::fmt::Debug for ContainerBuilder {
@@ -176,6 +183,16 @@ impl ContainerBuilder {
     /// data dir unless set.
     pub fn runtime_config(mut self, config: RuntimeConfig) -> Self {
         self.runtime_config = Some(config);
+        self
+    }
+
+    /// Refuses every `process` run whose sandbox (namespaces, per-run cgroup)
+    /// cannot be built, instead of falling back to weaker confinement: sets
+    /// `ProcessLimits::require_sandbox` on the runtime this builder creates (a
+    /// shared runtime given to [`ContainerBuilder::runtime`] must require it
+    /// already, or `build` fails). `false` leaves the runtime config as it is.
+    pub fn require_process_sandbox(mut self, require: bool) -> Self {
+        self.require_process_sandbox = require;
         self
     }
 
@@ -257,9 +274,15 @@ impl ContainerBuilder {
             }
         };
         let runtime = match self.runtime {
-            Some(r) => r,
+            Some(r) => {
+                if self.require_process_sandbox && !r.config().process_limits.require_sandbox {
+                    return Err(ContainerError::SandboxNotRequired);
+                }
+                r
+            }
             None => {
                 let mut config = self.runtime_config.unwrap_or_default();
+                config.process_limits.require_sandbox |= self.require_process_sandbox;
                 if config.cache_dir.is_none() && !temp {
                     config = config.cache_dir(data_dir.join("compiled"));
                 }
@@ -375,6 +398,7 @@ impl Container {
             node: None,
             options: ExecOptions::default(),
             blob_cache_cap: 1 << 30,
+            require_process_sandbox: false,
         }
     }
 

@@ -605,3 +605,36 @@ fn ctrl_c_aborts_the_executions_and_finally_still_runs() {
     assert_eq!(last["event"], "execution_finished");
     assert_eq!(last["phase"], "Aborted");
 }
+
+#[test]
+fn require_sandbox_runs_process_steps_where_the_sandbox_can_be_built() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let archive = arkc::write(
+        tmp.path(),
+        "sandboxed.arkc",
+        &[TestEngine {
+            name: "team-a",
+            bizes: &[("shell", &["process=sh"])],
+            quota: 1,
+            pipelines: &[(
+                "sandboxed.yaml",
+                "name: sandboxed\nstages:\n  - name: s\n    steps:\n      - name: ps\n        uses: shell\n        with: { script: 'test \"$(id -u)\" = 1000' }\n",
+            )],
+        }],
+    );
+    let out = arkline()
+        .arg("run")
+        .arg(&archive)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg("--require-sandbox")
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

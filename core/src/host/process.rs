@@ -9,7 +9,9 @@
 //!   programs, `HOME` and `TMPDIR` point into the workspace, plus what the guest
 //!   passes. Guest paths (`/workspace/…`) in `cwd`, arguments and environment values
 //!   are translated to host paths; a `cwd` outside the workspace is refused.
-//! - Resource limits (CPU seconds, file size, no core dumps) are set in the child.
+//! - Resource limits (CPU seconds, file size, no core dumps) are set in the child;
+//!   each run has its own cgroup (`process/cgroup.rs`) limiting its tasks and
+//!   memory, or, where none is usable, a warning logged once.
 //! - Each run is sandboxed in its own namespaces (`process/sandbox.rs`): an unprivileged
 //!   uid without capabilities, its own PID namespace and `/proc` (no host process
 //!   visible or signalable; everything left dies with the program, `setsid`
@@ -41,8 +43,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::step_log::{LogCapture, LogLevel, LogSource};
 
+mod cgroup;
 mod sandbox;
 
+use cgroup::{CgroupLimits, RunCgroup};
 use sandbox::{SandboxPlan, SandboxSpec, Stage, StageCell};
 
 /// Where the workspace appears to guests.
@@ -71,6 +75,13 @@ pub struct ProcessLimits {
     /// Fail a run whose sandbox cannot be built instead of falling back to
     /// Landlock and rlimits.
     pub require_sandbox: bool,
+    /// Most tasks (processes and threads) one run may have alive at once,
+    /// enforced through a cgroup per run (`None`: no limit).
+    pub max_pids: Option<u64>,
+    /// Most bytes of memory one run may use (all its processes together),
+    /// enforced through a cgroup per run; the kernel kills a process of the run
+    /// when it is exceeded (`None`: no limit).
+    pub max_memory: Option<u64>,
 }
 
 impl Default for ProcessLimits {
@@ -90,6 +101,8 @@ impl Default for ProcessLimits {
             .collect(),
             sandbox: true,
             require_sandbox: false,
+            max_pids: Some(512),
+            max_memory: Some(2 << 30),
         }
     }
 }
@@ -277,6 +290,8 @@ pub struct ProcessContext<'a> {
     pub log: &'a LogCapture,
     /// The step's deadline.
     pub deadline: Instant,
+    /// The engine requires the sandbox (besides `ProcessLimits::require_sandbox`).
+    pub require_sandbox: bool,
 }
 
 /// Runs `request`; the capability check has already passed.
@@ -285,6 +300,13 @@ pub async fn run(
     request: ProcessRequest,
 ) -> Result<ProcessOutput, ProcessError> {
     let limits = ctx.policy.limits();
+    // Either the runtime (the operator) or the engine may require the sandbox.
+    let require_sandbox = limits.require_sandbox || ctx.require_sandbox;
+    let required_by = if limits.require_sandbox {
+        "this host requires it (`ProcessLimits::require_sandbox`, `--require-sandbox`)"
+    } else {
+        "this engine requires it (the `require_sandbox` setting)"
+    };
     let program = match ctx.policy.program(&request.program) {
         Some(Ok(path)) => path.clone(),
         Some(Err(why)) => return Err(ProcessError::Failed(why.clone())),
@@ -378,6 +400,35 @@ pub async fn run(
         Ok(())
     };
 
+    let cgroup = match (limits.max_pids, limits.max_memory) {
+        (None, None) => None,
+        (pids, memory) => match RunCgroup::create(CgroupLimits { pids, memory }) {
+            Ok(cgroup) => Some(std::sync::Arc::new(cgroup)),
+            Err(why) => {
+                if require_sandbox {
+                    return Err(ProcessError::Failed(format!(
+                        "cannot run `{}`: the per-run pids and memory limits cannot be enforced ({why}), and {required_by}",
+                        request.program
+                    )));
+                }
+                if !CGROUP_UNAVAILABLE.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{why}: programs run for guests have no per-run pids and memory limits (a fork or memory bomb is bounded only by the host's own limits)"
+                    );
+                }
+                None
+            }
+        },
+    };
+    let join_cgroup = move |cgroup: &Option<std::sync::Arc<RunCgroup>>| -> std::io::Result<()> {
+        match cgroup {
+            // SAFETY: only called from the `pre_exec` closures below, in the
+            // forked child.
+            Some(cgroup) => unsafe { cgroup.join() },
+            None => Ok(()),
+        }
+    };
+
     let started = Instant::now();
     let mut spawned = None;
     if limits.sandbox && !SANDBOX_UNAVAILABLE.load(Ordering::Relaxed) {
@@ -396,11 +447,14 @@ pub async fn run(
         let plan = std::sync::Arc::new(plan);
         let mut cmd = command();
         let in_child = plan.clone();
+        let cgroup_in_child = cgroup.clone();
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls (setrlimit, unshare, mount, clone, …) on
-        // values prepared before the fork; it allocates nothing and takes no lock.
+        // async-signal-safe system calls (open/write on cgroup.procs, setrlimit,
+        // unshare, mount, clone, …) on values prepared before the fork; it
+        // allocates nothing and takes no lock.
         unsafe {
             cmd.pre_exec(move || {
+                join_cgroup(&cgroup_in_child)?;
                 set_rlimits()?;
                 in_child.enter()
             });
@@ -419,9 +473,9 @@ pub async fn run(
                     "the process sandbox could not be built ({} failed: {e})",
                     failed.describe()
                 );
-                if limits.require_sandbox {
+                if require_sandbox {
                     return Err(ProcessError::Failed(format!(
-                        "cannot run `{}`: {what}, and this host requires the sandbox (`ProcessLimits::require_sandbox`)",
+                        "cannot run `{}`: {what}, and {required_by}",
                         request.program
                     )));
                 }
@@ -438,9 +492,9 @@ pub async fn run(
                 }
             }
         }
-    } else if limits.require_sandbox {
+    } else if require_sandbox {
         return Err(ProcessError::Failed(format!(
-            "cannot run `{}`: the process sandbox is {} and this host requires it (`ProcessLimits::require_sandbox`)",
+            "cannot run `{}`: the process sandbox is {} and {required_by}",
             request.program,
             if limits.sandbox {
                 "unavailable on this kernel"
@@ -459,12 +513,14 @@ pub async fn run(
             };
             let ruleset_fd = ruleset.as_ref().map(AsRawFd::as_raw_fd);
             let mut cmd = command();
+            let cgroup_in_child = cgroup.clone();
             // SAFETY: the closure runs in the forked child before exec and only
-            // makes async-signal-safe system calls (setrlimit, prctl,
-            // landlock_restrict_self) on values prepared before the fork; it
-            // allocates nothing and takes no lock.
+            // makes async-signal-safe system calls (open/write on cgroup.procs,
+            // setrlimit, prctl, landlock_restrict_self) on values prepared
+            // before the fork; it allocates nothing and takes no lock.
             unsafe {
                 cmd.pre_exec(move || {
+                    join_cgroup(&cgroup_in_child)?;
                     set_rlimits()?;
                     if let Some(fd) = ruleset_fd {
                         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
@@ -542,6 +598,9 @@ pub async fn run(
             }
         };
     drop(group);
+    // Kills what is left in the run's cgroup (children of an unsandboxed run)
+    // and removes it.
+    drop(cgroup);
     Ok(ProcessOutput {
         status,
         stdout,
@@ -554,6 +613,9 @@ pub async fn run(
 /// Set once a run found that the kernel cannot build the sandbox (logged then),
 /// so later runs go straight to the fallback.
 static SANDBOX_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Set once a run found no usable cgroup (logged then).
+static CGROUP_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 
 /// Environment variables a guest may not set: they make the dynamic loader, libc
 /// or a shell load code the grant did not name.

@@ -80,6 +80,7 @@ impl bindings::arkline::step::process::Host for StepState {
             workspace: self.call.workspace.as_deref(),
             log: &self.log,
             deadline: self.call.deadline,
+            require_sandbox: self.call.require_process_sandbox,
         };
         match process::run(ctx, request).await {
             Ok(out) => Ok(Output {

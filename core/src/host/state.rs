@@ -109,6 +109,8 @@ pub struct CallResources {
     pub deadline: Instant,
     /// Programs the biz may run.
     pub process: Arc<ProcessPolicy>,
+    /// The call requires the `process` sandbox (an engine setting).
+    pub require_process_sandbox: bool,
     /// The engine's blob cache, when it has one.
     pub cache: Option<super::BlobCache>,
     /// Hosts the biz may reach.

@@ -110,6 +110,10 @@ pub struct PipelineSettingSpec {
     /// Refuse bizes whose archive is not signed by a trusted key.
     #[serde(default)]
     pub require_signed_bizes: bool,
+    /// Refuse to run `process` steps whose sandbox (namespaces, per-run
+    /// cgroup) cannot be built, even where the host does not require it.
+    #[serde(default)]
+    pub require_sandbox: bool,
     /// How many times a step attempt cut off by a restart of the host (a crash,
     /// a kill, a shutdown) is run again beyond the step's own `retries`; unset
     /// means [`DEFAULT_INTERRUPTED_RETRIES`], `0` counts an interrupted attempt

@@ -53,6 +53,9 @@ pub struct CallLimits {
     pub log: Option<usize>,
     /// Output cap in bytes.
     pub output: Option<usize>,
+    /// Refuse `process` runs whose sandbox cannot be built, whatever the
+    /// runtime's `ProcessLimits::require_sandbox` says (an engine setting).
+    pub require_process_sandbox: bool,
 }
 
 /// A request to run one step.
@@ -121,6 +124,13 @@ impl StepCall {
     /// Sets the memory limit.
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.limits.memory = Some(bytes);
+        self
+    }
+
+    /// Refuses `process` runs of this call whose sandbox cannot be built (in
+    /// addition to the runtime's `ProcessLimits::require_sandbox`).
+    pub fn require_process_sandbox(mut self, require: bool) -> Self {
+        self.limits.require_process_sandbox = require;
         self
     }
 
@@ -444,6 +454,7 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
             workspace: call.workspace.clone(),
             deadline,
             process: target.process.clone(),
+            require_process_sandbox: call.limits.require_process_sandbox,
             cache: target.cache.clone(),
             http: target.http.clone(),
             http_client: target.runtime.http_client(),

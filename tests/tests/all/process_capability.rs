@@ -485,3 +485,156 @@ async fn a_host_that_requires_the_sandbox_runs_nothing_without_it() {
     }
     assert!(!ws.path().join("ran.txt").exists());
 }
+
+/// The shell biz granted `sh`, in a runtime with `limits` changed by `set`.
+async fn shell_limited(
+    set: impl FnOnce(&mut arkline::host::ProcessLimits),
+) -> (BizRegistry, BizLease) {
+    let ark = Ark::open(arkline_testkit::plugin("shell")).expect("shell archive");
+    let mut config = RuntimeConfig::default().max_instances(4);
+    set(&mut config.process_limits);
+    let registry = BizRegistry::new(Runtime::new(config).expect("runtime"), "proc");
+    let grants = Capabilities {
+        process: vec!["sh".into()],
+        ..Capabilities::default()
+    };
+    registry
+        .install(Arc::new(ark), &grants, Activation::IfNone)
+        .await
+        .expect("installs");
+    let lease = registry.resolve("shell").expect("resolves");
+    (registry, lease)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_stopped_by_the_runs_pids_limit() {
+    let (_registry, lease) = shell_limited(|limits| limits.max_pids = Some(32)).await;
+    let ws = tempfile::tempdir().expect("tempdir");
+    // Each child records itself before becoming a long sleep; without the
+    // limit all 300 would start.
+    let report = lease
+        .invoke(
+            script(
+                "for i in $(seq 1 300); do { echo x >> started.txt; exec sleep 3107; } & done 2>/dev/null\necho looped > looped.txt",
+            )
+            .workspace(ws.path()),
+        )
+        .await;
+    let started = std::fs::read_to_string(ws.path().join("started.txt")).unwrap_or_default();
+    let started = started.lines().count();
+    assert!(
+        (1..32).contains(&started),
+        "{started} children started under a pids limit of 32: {:?}\n{}",
+        report.result,
+        report.log.text()
+    );
+    assert_eq!(survivors("sleep 3107").await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_is_killed_by_the_runs_memory_limit() {
+    let (_registry, lease) = shell_limited(|limits| limits.max_memory = Some(64 << 20)).await;
+    let ws = tempfile::tempdir().expect("tempdir");
+    // `tail -n 1` keeps the whole newline-free input: 400 MiB without a limit.
+    let report = lease
+        .invoke(
+            script("head -c 400M /dev/zero | tail -n 1 > /dev/null\necho $? > status.txt")
+                .workspace(ws.path()),
+        )
+        .await;
+    // The kernel kills `tail` (the pipeline then reports 137) or, when it
+    // picks the script's shell, the whole step ends with 137.
+    let status = std::fs::read_to_string(ws.path().join("status.txt")).unwrap_or_default();
+    match &report.result {
+        Ok(_) => assert_eq!(
+            status.trim(),
+            "137",
+            "tail was not killed by the memory limit"
+        ),
+        Err(StepFailure::Failed(message)) => assert!(
+            message.contains("exit code 137"),
+            "{message}\n{}",
+            report.log.text()
+        ),
+        other => panic!("expected the hog to be killed, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_requires_the_sandbox_makes_its_runtime_require_it() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let container = arkline::Container::builder()
+        .data_dir(data.path())
+        .require_process_sandbox(true)
+        .build()
+        .expect("builds");
+    assert!(container.runtime().config().process_limits.require_sandbox);
+    container.shutdown().await;
+
+    // A shared runtime that does not require it is refused, not silently kept.
+    let runtime = Runtime::new(RuntimeConfig::default().max_instances(2)).expect("runtime");
+    let refused = arkline::Container::builder()
+        .data_dir(data.path().join("other"))
+        .runtime(runtime)
+        .require_process_sandbox(true)
+        .build();
+    match refused {
+        Err(e) => assert!(
+            e.to_string().contains("requires the process sandbox"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a shared runtime without require_sandbox was accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_requires_the_sandbox_refuses_process_steps_without_it() {
+    use arkline::model::PipelineSettingSpec;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = RuntimeConfig::default().max_instances(4);
+    config.process_limits.sandbox = false;
+    let container = arkline::Container::builder()
+        .data_dir(data.path())
+        .runtime_config(config)
+        .build()
+        .expect("builds");
+    let engine = container.engine("team-a").await.expect("engine");
+    engine
+        .install(
+            Ark::open(arkline_testkit::plugin("shell")).expect("shell archive"),
+            &Capabilities {
+                process: vec!["sh".into()],
+                ..Capabilities::default()
+            },
+        )
+        .await
+        .expect("installs");
+    engine
+        .apply_settings(PipelineSettingSpec {
+            require_sandbox: true,
+            ..PipelineSettingSpec::default()
+        })
+        .await
+        .expect("settings");
+    let p = engine
+        .apply_pipeline_yaml(
+            "t.yaml",
+            "name: t\nstages:\n  - name: s\n    steps:\n      - name: sh\n        uses: shell\n        with: { script: echo ran }\n",
+        )
+        .await
+        .expect("pipeline");
+    let exec = engine
+        .trigger(&p.metadata.name, arkline::TriggerRequest::default())
+        .await
+        .expect("trigger");
+    let done = tokio::time::timeout(Duration::from_secs(120), engine.wait(&exec.metadata.name))
+        .await
+        .expect("the execution finishes")
+        .expect("wait");
+    let text = format!("{:?}", done.status);
+    assert!(
+        text.contains("this engine requires it") && text.contains("turned off"),
+        "{text}"
+    );
+    container.shutdown().await;
+}

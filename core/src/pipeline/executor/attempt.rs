@@ -243,6 +243,9 @@ impl Driver {
         if let Some(f) = limits.fuel {
             call = call.fuel(f);
         }
+        if self.settings.require_sandbox {
+            call = call.require_process_sandbox(true);
+        }
         // Wait for a slot of the container's pool (fair across engines) rather
         // than fail with a `Capacity` fault when the instance pool is full.
         let slot = tokio::select! {
