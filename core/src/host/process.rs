@@ -13,7 +13,9 @@
 //!   each run has its own cgroup (`process/cgroup.rs`) limiting its tasks and
 //!   memory, or, where none is usable, a warning logged once.
 //! - Each run is sandboxed in its own namespaces (`process/sandbox.rs`): an unprivileged
-//!   uid without capabilities, its own PID namespace and `/proc` (no host process
+//!   uid without capabilities (an unprivileged host id too when the host runs as
+//!   root), a Landlock domain (`process/landlock.rs`) where the kernel has one,
+//!   its own PID namespace and `/proc` (no host process
 //!   visible or signalable; everything left dies with the program, `setsid`
 //!   included), no network unless the engine grants `process-net=host`, and a
 //!   root of the system directories (read-only, secrets masked), the granted
@@ -32,10 +34,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use super::step_log::{LogCapture, LogLevel, LogSource};
 
 mod cgroup;
+mod landlock;
 mod sandbox;
 
 use cgroup::{CgroupLimits, RunCgroup};
@@ -63,7 +65,10 @@ pub struct ProcessLimits {
     pub output_cap: usize,
     /// Largest stdin the guest may pass.
     pub stdin_cap: usize,
-    /// Confine file-system access with Landlock when the kernel supports it.
+    /// Confine programs with Landlock when the kernel supports it: inside the
+    /// sandbox, its view again as rules plus the ABI 6 signal and
+    /// abstract-socket scopes; in the fallback, the workspace read-write and
+    /// the read-only paths.
     pub landlock: bool,
     /// Directories readable (and executable) besides the workspace: bound
     /// read-only into the sandbox (except `/proc` and `/dev`, which the sandbox
@@ -439,7 +444,16 @@ pub async fn run(
             cwd: &cwd,
             network: ctx.policy.network,
             exec_workspace: ctx.policy.exec_workspace,
+            landlock: limits.landlock,
         };
+        // As root, the sandbox's uid is an unprivileged host id: give it the
+        // workspace (what steps wrote since the last run included).
+        sandbox::hand_over(&workspace).map_err(|e| {
+            ProcessError::Failed(format!(
+                "cannot hand the workspace {} to the sandbox's uid: {e}",
+                workspace.display()
+            ))
+        })?;
         let stage = StageCell::new()
             .map_err(|e| ProcessError::Failed(format!("cannot prepare the sandbox: {e}")))?;
         let plan = SandboxPlan::new(&spec, &stage)
@@ -507,7 +521,7 @@ pub async fn run(
         Some(child) => child,
         None => {
             let ruleset = if limits.landlock {
-                landlock_ruleset(&workspace, &program, &limits.read_only_paths)
+                landlock::host_ruleset(&workspace, &program, &limits.read_only_paths)
             } else {
                 None
             };
@@ -526,9 +540,7 @@ pub async fn run(
                         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                             return Err(std::io::Error::last_os_error());
                         }
-                        if libc::syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
+                        landlock::restrict_self(fd)?;
                     }
                     Ok(())
                 });
@@ -770,134 +782,23 @@ fn guest_dir(workspace: &Path, guest: &str) -> Result<PathBuf, ProcessError> {
     Ok(real)
 }
 
-// Landlock, through its three system calls (the kernel ABI is stable; the calls
-// are made directly so the child needs nothing but `landlock_restrict_self`).
-const SYS_LANDLOCK_CREATE_RULESET: libc::c_long = 444;
-const SYS_LANDLOCK_ADD_RULE: libc::c_long = 445;
-const SYS_LANDLOCK_RESTRICT_SELF: libc::c_long = 446;
-const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
-const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
-
-const ACCESS_EXECUTE: u64 = 1 << 0;
-const ACCESS_WRITE_FILE: u64 = 1 << 1;
-const ACCESS_READ_FILE: u64 = 1 << 2;
-const ACCESS_READ_DIR: u64 = 1 << 3;
-const ACCESS_TRUNCATE: u64 = 1 << 14;
-const ACCESS_IOCTL_DEV: u64 = 1 << 15;
-
-#[repr(C)]
-struct RulesetAttr {
-    handled_access_fs: u64,
-}
-
-#[repr(C, packed)]
-struct PathBeneathAttr {
-    allowed_access: u64,
-    parent_fd: i32,
-}
-
-/// The Landlock ABI version of the running kernel, or 0 without Landlock.
-fn landlock_abi() -> i64 {
-    static ABI: OnceLock<i64> = OnceLock::new();
-    *ABI.get_or_init(|| {
-        // SAFETY: querying the ABI version passes no pointers (NULL, size 0).
-        let v = unsafe {
-            libc::syscall(
-                SYS_LANDLOCK_CREATE_RULESET,
-                std::ptr::null::<RulesetAttr>(),
-                0usize,
-                LANDLOCK_CREATE_RULESET_VERSION,
-            )
-        };
-        if v <= 0 {
-            tracing::warn!(
-                "Landlock is not available on this kernel: programs run for guests are confined by process group, environment and rlimits only, not in their file-system access"
-            );
-        }
-        v.max(0)
-    })
-}
-
 /// Whether programs are confined with Landlock on this host.
 pub fn landlock_available() -> bool {
-    landlock_abi() > 0
+    landlock::abi() > 0
 }
 
-/// Builds a ruleset: everything under the workspace, read/execute under the
-/// system directories and the program's own directory, device files under `/dev`.
-/// `None` when the kernel has no Landlock or the ruleset cannot be built (logged).
-fn landlock_ruleset(workspace: &Path, program: &Path, read_only: &[PathBuf]) -> Option<OwnedFd> {
-    let abi = landlock_abi();
-    if abi == 0 {
-        return None;
-    }
-    let mut handled: u64 = (1 << 13) - 1; // ABI 1: execute … make_sym
-    if abi >= 2 {
-        handled |= 1 << 13; // refer
-    }
-    if abi >= 3 {
-        handled |= ACCESS_TRUNCATE;
-    }
-    if abi >= 5 {
-        handled |= ACCESS_IOCTL_DEV;
-    }
-    let attr = RulesetAttr {
-        handled_access_fs: handled,
-    };
-    // SAFETY: `attr` is a valid `landlock_ruleset_attr` of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            SYS_LANDLOCK_CREATE_RULESET,
-            &attr as *const RulesetAttr,
-            std::mem::size_of::<RulesetAttr>(),
-            0u32,
-        )
-    };
-    if fd < 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot create a Landlock ruleset; running the program unconfined");
-        return None;
-    }
-    // SAFETY: the syscall returned a new file descriptor that nothing else owns.
-    let ruleset = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    let read_exec = ACCESS_EXECUTE | ACCESS_READ_FILE | ACCESS_READ_DIR;
-    let devices = (ACCESS_READ_FILE
-        | ACCESS_WRITE_FILE
-        | ACCESS_READ_DIR
-        | ACCESS_TRUNCATE
-        | ACCESS_IOCTL_DEV)
-        & handled;
-    let mut rules: Vec<(&Path, u64)> = vec![(workspace, handled), (Path::new("/dev"), devices)];
-    for path in read_only {
-        rules.push((path, read_exec));
-    }
-    if let Some(dir) = program.parent() {
-        rules.push((dir, read_exec));
-    }
-    for (path, access) in rules {
-        let Ok(dir) = std::fs::File::open(path) else {
-            continue; // a missing system directory needs no rule
-        };
-        let rule = PathBeneathAttr {
-            allowed_access: access & handled,
-            parent_fd: dir.as_raw_fd(),
-        };
-        // SAFETY: `rule` is a valid `landlock_path_beneath_attr` and both file
-        // descriptors are open for the duration of the call.
-        let rc = unsafe {
-            libc::syscall(
-                SYS_LANDLOCK_ADD_RULE,
-                ruleset.as_raw_fd(),
-                LANDLOCK_RULE_PATH_BENEATH,
-                &rule as *const PathBeneathAttr,
-                0u32,
-            )
-        };
-        if rc != 0 {
-            tracing::warn!(path = %path.display(), error = %std::io::Error::last_os_error(), "cannot add a Landlock rule; running the program unconfined");
-            return None;
-        }
-    }
-    Some(ruleset)
+/// The running kernel's Landlock ABI version (0: none). From 6 on, programs
+/// are also scoped: no signal to, and no abstract unix socket of, a process
+/// outside their domain.
+pub fn landlock_abi() -> i64 {
+    landlock::abi()
+}
+
+/// The host uid and gid a program's uid inside the sandbox maps to: the
+/// host's own when it runs unprivileged, an unprivileged id (root's
+/// `/etc/subuid` range, or 100000) when it runs as root.
+pub fn sandbox_host_ids() -> (u32, u32) {
+    sandbox::host_ids()
 }
 
 #[cfg(test)]

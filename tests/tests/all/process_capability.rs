@@ -343,6 +343,138 @@ async fn a_process_step_cannot_signal_a_host_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_step_is_never_host_root_towards_files() {
+    // A root-only file in a directory the sandbox shows read-only, not in
+    // the masked list: as root, the sandbox's uid must not own it.
+    let visible = tempfile::tempdir().expect("tempdir");
+    let dir = visible.path().canonicalize().expect("canonical");
+    std::fs::write(dir.join("secret.txt"), "root only").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(
+        dir.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    let shown = dir.clone();
+    let (_registry, lease) = shell_limited(move |limits| limits.read_only_paths.push(shown)).await;
+    let ws = run_script(
+        &lease,
+        &format!(
+            "id -u > uid.txt\ncat {}/secret.txt > secret.txt 2>&1\nmkdir -p made/deep && echo mine > made/deep/mine.txt",
+            dir.display()
+        ),
+    )
+    .await;
+    assert_eq!(read(&ws, "uid.txt").trim(), "1000");
+    // /proc/self belongs to the effective uid.
+    let root = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
+    };
+    let (host_uid, _) = arkline::host::process::sandbox_host_ids();
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(ws.path().join("made/deep/mine.txt"))
+            .expect("written")
+            .uid()
+    };
+    assert_eq!(
+        owner, host_uid,
+        "what the program writes is owned by its host id"
+    );
+    if root {
+        assert_ne!(
+            host_uid, 0,
+            "as root, the sandbox maps to an unprivileged id"
+        );
+        let secret = read(&ws, "secret.txt");
+        assert!(
+            !secret.contains("root only"),
+            "read a root-only file: {secret}"
+        );
+        assert!(secret.contains("Permission denied"), "{secret}");
+        // A later run can still write what an earlier step (the host, as
+        // root) left in the workspace.
+        std::fs::write(ws.path().join("from-host.txt"), "host").expect("write");
+        let report = lease
+            .invoke(
+                StepCall::new(
+                    "run",
+                    json!({ "script": "echo more >> from-host.txt", "errexit": true }),
+                )
+                .workspace(ws.path()),
+            )
+            .await;
+        assert!(
+            report.result.is_ok(),
+            "{:?}\n{}",
+            report.result,
+            report.log.text()
+        );
+        assert_eq!(read(&ws, "from-host.txt"), "hostmore\n");
+    } else {
+        eprintln!("not running as root: the host-root case is exercised in CI (root)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landlock_scopes_stop_abstract_sockets_and_signals_the_namespaces_let_through() {
+    let abi = arkline::host::process::landlock_abi();
+    assert!(
+        abi >= 6,
+        "this test needs Landlock ABI 6 (Linux 6.12 or later with CONFIG_SECURITY_LANDLOCK); this kernel has ABI {abi}"
+    );
+    // With the host network, the host's abstract unix sockets are in reach
+    // of the namespaces; the abstract-socket scope stops them.
+    let name = format!("arkline-test-{}", std::process::id());
+    let addr = {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name")
+    };
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr).expect("abstract listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (_registry, lease) = shell_granted(
+        arkline::host::parse_grants(&["process=sh", "process=perl", "process-net=host"])
+            .expect("grants"),
+    )
+    .await;
+    let probe = format!(
+        "perl -MSocket -e 'socket(S, PF_UNIX, SOCK_STREAM, 0) or die \"socket: $!\"; connect(S, pack_sockaddr_un(\"\\0{name}\")) or die \"refused: $!\"; print \"connected\"' > abstract.txt 2>&1; true"
+    );
+    let ws = run_script(&lease, &probe).await;
+    let outcome = read(&ws, "abstract.txt");
+    assert!(
+        listener.accept().is_err(),
+        "the step reached a host abstract socket: {outcome}"
+    );
+    assert!(outcome.contains("refused"), "{outcome}");
+
+    // Without the namespace sandbox (the fallback), the signal scope still
+    // keeps host processes out of reach.
+    let marker = format!("3125.{}1", std::process::id());
+    let mut victim = std::process::Command::new("sleep")
+        .arg(&marker)
+        .spawn()
+        .expect("sleep");
+    let (_registry, lease) = shell_limited(|limits| limits.sandbox = false).await;
+    let ws = run_script(
+        &lease,
+        &format!("kill -9 {} 2> kill.txt; echo $? >> kill.txt", victim.id()),
+    )
+    .await;
+    let alive = victim.try_wait().expect("try_wait").is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(
+        alive,
+        "the step killed a host process: {}",
+        read(&ws, "kill.txt")
+    );
+    assert_ne!(read(&ws, "kill.txt").lines().last(), Some("0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_step_sees_no_host_process_in_proc() {
     let (_registry, lease) = shell(&["sh"]).await;
     let me = std::process::id();
@@ -436,8 +568,9 @@ async fn secrets_and_host_devices_are_hidden() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workspace_is_noexec_unless_the_engine_grants_it() {
-    let copy_and_run =
-        "cp \"$(command -v sh)\" ./mysh && ./mysh -c 'echo ran' > ran.txt 2> err.txt; true";
+    // The workspace, and the sandbox's /tmp beside it.
+    let copy_and_run = "cp \"$(command -v sh)\" ./mysh && ./mysh -c 'echo ran' > ran.txt 2> err.txt; \
+         cp \"$(command -v sh)\" /tmp/mysh && /tmp/mysh -c 'echo tmp' >> ran.txt 2>> err.txt; true";
     let (_registry, lease) = shell(&["sh"]).await;
     let ws = run_script(&lease, copy_and_run).await;
     assert!(ws.path().join("mysh").exists(), "the copy is made");
@@ -449,8 +582,8 @@ async fn the_workspace_is_noexec_unless_the_engine_grants_it() {
     .await;
     let ws = run_script(&lease, copy_and_run).await;
     assert_eq!(
-        read(&ws, "ran.txt").trim(),
-        "ran",
+        read(&ws, "ran.txt"),
+        "ran\ntmp\n",
         "{}",
         read(&ws, "err.txt")
     );

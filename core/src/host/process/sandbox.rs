@@ -4,26 +4,43 @@
 //! strings, the list of mount operations, the uid/gid map lines. The forked child
 //! ([`SandboxPlan::enter`], from `pre_exec`) then only makes system calls:
 //!
-//! 1. `unshare` a user, PID, network (unless granted), mount, IPC, UTS and cgroup
-//!    namespace; map the host uid/gid to [`SANDBOX_ID`] (`setgroups` denied);
-//! 2. fork again: the grandchild is PID 1 of the new PID namespace, so when it
-//!    ends the kernel kills every process left in it (`setsid` included); the
-//!    first child only waits for it and passes its status on;
-//! 3. the grandchild builds a new root on a tmpfs (the system directories and the
-//!    granted programs' directories read-only, secrets masked, the workspace
-//!    read-write and `noexec` unless granted, a fresh `/proc`, a `/dev` of
-//!    null/zero/full/random/urandom/tty, a tmpfs `/tmp`), `pivot_root`s into it,
-//!    brings `lo` up in its empty network namespace, drops its capability
-//!    bounding set and returns to `exec` the program, which starts without
-//!    capabilities (it is not uid 0 in its namespace).
+//! 1. the first child `clone`s the second into a new user, PID, network (unless
+//!    granted), mount, IPC, UTS and cgroup namespace. The second is PID 1 of the
+//!    new PID namespace, so when it ends the kernel kills every process left in
+//!    it (`setsid` included);
+//! 2. the first child, still in the host's namespaces, writes the second's
+//!    uid/gid maps (`setgroups` denied): [`SANDBOX_ID`] inside is the host's uid
+//!    when the host runs unprivileged, and an unprivileged host id (root's
+//!    `/etc/subuid` range, or [`DEFAULT_ROOT_SANDBOX_HOST_ID`]) when it runs as
+//!    root, so that a program is never host root towards files; it then only
+//!    waits for the second and passes its status on;
+//! 3. the second becomes [`SANDBOX_ID`], builds a new root on a tmpfs (the
+//!    system directories and the granted programs' directories read-only,
+//!    secrets masked, the workspace read-write and `noexec` unless granted, a
+//!    fresh `/proc`, a `/dev` of null/zero/full/random/urandom/tty, a tmpfs
+//!    `/tmp`, `noexec` as the workspace is), `pivot_root`s into it, brings `lo`
+//!    up in its empty network namespace, drops its capability bounding set,
+//!    enters a Landlock domain (the same file-system view as rules, plus the
+//!    ABI 6 signal and abstract-socket scopes where the kernel has them) and
+//!    returns to `exec` the program, which starts without capabilities (it is
+//!    not uid 0 in its namespace).
+//!
+//! When the host runs as root, the workspace is handed to the sandbox's host id
+//! before each run ([`hand_over`]), so the program can write it.
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::landlock::{self, SandboxRuleset};
+
 /// The uid and gid programs run as inside the sandbox.
 pub const SANDBOX_ID: u32 = 1000;
+
+/// The host uid and gid [`SANDBOX_ID`] maps to when the host runs as root and
+/// `/etc/subuid` (`/etc/subgid`) gives root no range.
+pub const DEFAULT_ROOT_SANDBOX_HOST_ID: u32 = 100_000;
 
 /// Where the new root is assembled before `pivot_root` (a tmpfs mounted over it
 /// in the sandbox's own mount namespace; the host's stays untouched). Nothing the
@@ -54,11 +71,11 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 pub enum Stage {
     /// Not started.
     None = 0,
-    /// `unshare` of the namespaces.
+    /// `clone` into the new namespaces.
     Unshare,
-    /// Writing the uid/gid maps.
+    /// Writing the uid/gid maps, becoming [`SANDBOX_ID`].
     IdMap,
-    /// Forking the PID namespace's init.
+    /// Preparing the `clone` (the pipe the two children talk over).
     Fork,
     /// Making the mount tree private and mounting the new root's tmpfs.
     Root,
@@ -72,6 +89,8 @@ pub enum Stage {
     Pivot,
     /// Everything after the pivot (chdir, read-only root, capabilities).
     Finish,
+    /// Entering the Landlock domain.
+    Landlock,
     /// The sandbox is set up; what fails now is the `exec` of the program.
     Exec,
 }
@@ -88,7 +107,8 @@ impl Stage {
             7 => Stage::Tmpfs,
             8 => Stage::Pivot,
             9 => Stage::Finish,
-            10 => Stage::Exec,
+            10 => Stage::Landlock,
+            11 => Stage::Exec,
             _ => Stage::None,
         }
     }
@@ -98,9 +118,11 @@ impl Stage {
         match self {
             Stage::None => "before the sandbox started",
             Stage::Unshare => {
-                "creating user/PID/network/mount namespaces (unshare; are unprivileged user namespaces disabled?)"
+                "creating user/PID/network/mount namespaces (clone; are unprivileged user namespaces disabled?)"
             }
-            Stage::IdMap => "writing the user namespace's uid/gid maps",
+            Stage::IdMap => {
+                "writing the user namespace's uid/gid maps (or becoming the sandbox's uid)"
+            }
             Stage::Fork => "starting the PID namespace's first process",
             Stage::Root => "mounting the sandbox's root file system",
             Stage::Bind => "bind-mounting a directory into the sandbox",
@@ -108,6 +130,7 @@ impl Stage {
             Stage::Tmpfs => "mounting a tmpfs",
             Stage::Pivot => "pivot_root into the sandbox's root",
             Stage::Finish => "finishing the sandbox (read-only root, capabilities)",
+            Stage::Landlock => "entering the sandbox's Landlock domain",
             Stage::Exec => "starting the program",
         }
     }
@@ -205,6 +228,7 @@ pub struct SandboxPlan {
     base: CString,
     cwd: CString,
     network: bool,
+    landlock: Option<SandboxRuleset>,
     stage: *mut u32,
 }
 
@@ -226,8 +250,130 @@ pub struct SandboxSpec<'a> {
     pub cwd: &'a Path,
     /// Share the host's network namespace.
     pub network: bool,
-    /// Allow executing files from the workspace.
+    /// Allow executing files from the workspace (and the sandbox's `/tmp`).
     pub exec_workspace: bool,
+    /// Enter a Landlock domain where the kernel has Landlock.
+    pub landlock: bool,
+}
+
+/// The host uid and gid the sandbox's [`SANDBOX_ID`] maps to: the host's own
+/// when it runs unprivileged (an unprivileged user may map only itself), and
+/// an unprivileged id when it runs as root: the first of root's range in
+/// `/etc/subuid` and `/etc/subgid`, or [`DEFAULT_ROOT_SANDBOX_HOST_ID`].
+pub fn host_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getuid/getgid cannot fail.
+    let (euid, uid, gid) = unsafe { (libc::geteuid(), libc::getuid(), libc::getgid()) };
+    if euid != 0 {
+        return (uid, gid);
+    }
+    static ROOT: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        (
+            subordinate_start("/etc/subuid").unwrap_or(DEFAULT_ROOT_SANDBOX_HOST_ID),
+            subordinate_start("/etc/subgid").unwrap_or(DEFAULT_ROOT_SANDBOX_HOST_ID),
+        )
+    })
+}
+
+/// The first id of root's range in a `/etc/subuid`-style file.
+fn subordinate_start(file: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.trim().split(':');
+        let (who, start, count) = (parts.next()?, parts.next()?, parts.next()?);
+        let start: u32 = start.parse().ok()?;
+        let count: u32 = count.parse().ok()?;
+        (matches!(who, "root" | "0") && start > 0 && count > 0).then_some(start)
+    })
+}
+
+/// Hands the workspace over to the sandbox's host ids (when the host runs as
+/// root and they differ from its own): every file and directory in it not
+/// already theirs is `lchown`ed, walking through directory descriptors opened
+/// with `O_NOFOLLOW`, so a symbolic link a program left (or swaps in while the
+/// walk runs) is changed itself, never what it points at.
+pub fn hand_over(workspace: &Path) -> io::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let (uid, gid) = host_ids();
+    let root = cstr(workspace)?;
+    // SAFETY: open on a NUL-terminated path; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            root.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let dir = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    chown_fd(&dir, uid, gid)?;
+    let mut stack = vec![dir];
+    while let Some(dir) = stack.pop() {
+        use std::os::fd::AsRawFd;
+        // Names through the descriptor itself, not the path.
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+        for entry in listing {
+            let entry = entry?;
+            let name = cstr(entry.file_name())?;
+            // SAFETY: plain data, valid all zero; fstatat fills it.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstatat relative to an open directory, not following links.
+            if unsafe {
+                libc::fstatat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    &mut st,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            } != 0
+            {
+                continue; // gone meanwhile
+            }
+            if st.st_uid != uid || st.st_gid != gid {
+                // SAFETY: fchownat relative to an open directory, on the entry itself.
+                unsafe {
+                    libc::fchownat(
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        uid,
+                        gid,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    );
+                }
+            }
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                // SAFETY: openat relative to an open directory, refusing a link.
+                let fd = unsafe {
+                    libc::openat(
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                if fd >= 0 {
+                    // SAFETY: a new descriptor nothing else owns.
+                    stack.push(unsafe {
+                        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn chown_fd(fd: &std::os::fd::OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fchown on an open descriptor.
+    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn cstr(path: impl AsRef<std::ffi::OsStr>) -> io::Result<CString> {
@@ -274,8 +420,7 @@ impl SandboxPlan {
         if !spec.network {
             flags |= libc::CLONE_NEWNET;
         }
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = host_ids();
         let mut ops = Vec::new();
         let mut dirs_made: Vec<PathBuf> = Vec::new();
         let inner = |p: &Path| -> io::Result<CString> {
@@ -298,10 +443,15 @@ impl SandboxPlan {
 
         // A private /tmp first: a granted program's directory or the workspace
         // may live under the host's /tmp and is bound on top of it.
+        let noexec = if spec.exec_workspace {
+            0
+        } else {
+            libc::MS_NOEXEC
+        };
         mkdir_all(&mut ops, Path::new("/tmp"))?;
         ops.push(Op::Tmpfs {
             dst: inner(Path::new("/tmp"))?,
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            flags: libc::MS_NOSUID | libc::MS_NODEV | noexec,
         });
         for dir in spec.system_dirs {
             if dir == Path::new("/proc") || dir == Path::new("/sys") || dir == Path::new("/dev") {
@@ -346,6 +496,24 @@ impl SandboxPlan {
                 optional: false,
             });
             bound.push(dir);
+        }
+        // With the host network, name resolution: a `/etc/resolv.conf` that
+        // links outside what is bound (systemd-resolved's `/run/…`) gets the
+        // directory it points into, read-only.
+        if spec.network
+            && std::fs::symlink_metadata("/etc/resolv.conf").is_ok_and(|m| m.is_symlink())
+            && let Ok(target) = std::fs::canonicalize("/etc/resolv.conf")
+            && let Some(dir) = target.parent()
+            && !bound.iter().any(|b| dir.starts_with(b))
+        {
+            mkdir_all(&mut ops, dir)?;
+            ops.push(Op::Bind {
+                src: cstr(dir)?,
+                dst: inner(dir)?,
+                remount: Some(ro | libc::MS_NOEXEC | locked_flags(dir)),
+                optional: true,
+            });
+            bound.push(dir.to_path_buf());
         }
         // Secrets under what is visible.
         let etc_visible = bound.iter().any(|b| Path::new("/etc").starts_with(b));
@@ -425,6 +593,29 @@ impl SandboxPlan {
         mkdir_all(&mut ops, Path::new("/proc"))?;
         ops.push(Op::Proc(inner(Path::new("/proc"))?));
 
+        // The Landlock domain: the same view again, as rules on the sandbox's
+        // own paths, and the scopes.
+        let landlock = match spec.landlock.then(SandboxRuleset::new).flatten() {
+            Some(mut rules) => {
+                let all = rules.all();
+                let no_exec = if spec.exec_workspace {
+                    all
+                } else {
+                    all & !landlock::EXECUTE
+                };
+                rules.allow(Path::new("/"), landlock::READ_DIR)?;
+                for dir in &bound {
+                    rules.allow(dir, landlock::READ_EXEC)?;
+                }
+                rules.allow(spec.workspace, no_exec)?;
+                rules.allow(Path::new("/tmp"), no_exec)?;
+                rules.allow(Path::new("/dev"), landlock::DEVICES)?;
+                rules.allow(Path::new("/proc"), landlock::READ_FILE | landlock::READ_DIR)?;
+                Some(rules)
+            }
+            None => None,
+        };
+
         Ok(SandboxPlan {
             flags,
             uid_map: cstr(format!("{SANDBOX_ID} {uid} 1\n"))?,
@@ -433,6 +624,7 @@ impl SandboxPlan {
             base: cstr(BUILD_BASE)?,
             cwd: cstr(spec.cwd)?,
             network: spec.network,
+            landlock,
             stage: stage.0,
         })
     }
@@ -452,25 +644,79 @@ impl SandboxPlan {
         unsafe {
             // Drop the host's supplementary groups while we still may (root).
             libc::setgroups(0, std::ptr::null());
-            stage(Stage::Unshare);
-            if libc::unshare(self.flags) != 0 {
+            stage(Stage::Fork);
+            // The second child waits on this pipe until its maps are written.
+            let mut pipe = [0 as libc::c_int; 2];
+            if libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
                 return fail();
             }
-            stage(Stage::IdMap);
-            write_file(c"/proc/self/setgroups", b"deny")?;
-            write_file(c"/proc/self/uid_map", self.uid_map.as_bytes())?;
-            write_file(c"/proc/self/gid_map", self.gid_map.as_bytes())?;
-            stage(Stage::Fork);
-            // A raw clone: no atfork handlers run in this child of a threaded process.
-            let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+            stage(Stage::Unshare);
+            // A raw clone: no atfork handlers run in this child of a threaded
+            // process; the new child is PID 1 of its own namespaces.
+            let pid = libc::syscall(
+                libc::SYS_clone,
+                (libc::SIGCHLD | self.flags) as libc::c_ulong,
+                0,
+                0,
+                0,
+                0,
+            );
             if pid < 0 {
                 return fail();
             }
             if pid > 0 {
-                wait_and_exit(pid as libc::pid_t);
+                // The first child: still in the host's user namespace, so (as
+                // root) it may map an id other than its own.
+                libc::close(pipe[0]);
+                stage(Stage::IdMap);
+                let pid = pid as libc::pid_t;
+                let mut path = [0u8; 64];
+                let mapped = write_file(proc_path(&mut path, pid, b"setgroups"), b"deny")
+                    .and_then(|()| {
+                        write_file(
+                            proc_path(&mut path, pid, b"uid_map"),
+                            self.uid_map.as_bytes(),
+                        )
+                    })
+                    .and_then(|()| {
+                        write_file(
+                            proc_path(&mut path, pid, b"gid_map"),
+                            self.gid_map.as_bytes(),
+                        )
+                    });
+                if let Err(e) = mapped {
+                    // Never return with the second child alive: returning
+                    // makes the caller `exec` the program here, unsandboxed,
+                    // but an error return fails the spawn.
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    return Err(e);
+                }
+                libc::write(pipe[1], b"m".as_ptr().cast(), 1);
+                libc::close(pipe[1]);
+                wait_and_exit(pid);
             }
-            // PID 1 of the new namespace.
+            // PID 1 of the new namespace: wait for the maps, then become the
+            // sandbox's uid (keeping, in this namespace only, the capabilities
+            // the mounts below need; `exec` drops them).
+            libc::close(pipe[1]);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            let mut byte = 0u8;
+            let got = loop {
+                let n = libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                break n;
+            };
+            libc::close(pipe[0]);
+            if got != 1 {
+                libc::_exit(127);
+            }
+            let id = SANDBOX_ID as libc::uid_t;
+            if libc::setresgid(id, id, id) != 0 || libc::setresuid(id, id, id) != 0 {
+                return fail();
+            }
             stage(Stage::Root);
             if libc::mount(
                 std::ptr::null(),
@@ -532,6 +778,10 @@ impl SandboxPlan {
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return fail();
+            }
+            if let Some(rules) = &self.landlock {
+                stage(Stage::Landlock);
+                rules.enter()?;
             }
             stage(Stage::Exec);
         }
@@ -634,6 +884,38 @@ impl SandboxPlan {
         }
         Ok(())
     }
+}
+
+/// `/proc/<pid>/<leaf>` as a C string in `buf`, without allocating.
+fn proc_path<'a>(buf: &'a mut [u8; 64], pid: libc::pid_t, leaf: &[u8]) -> &'a std::ffi::CStr {
+    let mut digits = [0u8; 12];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut at = 0;
+    for &b in b"/proc/" {
+        buf[at] = b;
+        at += 1;
+    }
+    for i in (0..len).rev() {
+        buf[at] = digits[i];
+        at += 1;
+    }
+    buf[at] = b'/';
+    at += 1;
+    for &b in leaf {
+        buf[at] = b;
+        at += 1;
+    }
+    buf[at] = 0;
+    std::ffi::CStr::from_bytes_until_nul(&buf[..=at]).unwrap_or(c"/proc/self/invalid")
 }
 
 /// Writes `bytes` to `path` with raw calls.
