@@ -26,7 +26,7 @@ pub use capability::{CallerIdentity, Capabilities, Capability, EffectiveCapabili
 pub use grant::{GrantError, merge_grants, parse_grant, parse_grants};
 pub use process::{ProcessLimits, ProcessPolicy};
 pub use state::{CallResources, StepLimiter, StepState};
-pub use step_log::{LogLevel, LogLine, LogSink, LogSource, StepLog};
+pub use step_log::{LogLevel, LogLine, LogMask, LogSink, LogSource, StepLog};
 
 /// The WIT package every step plugin targets.
 pub const PACKAGE: &str = "arkline:step";

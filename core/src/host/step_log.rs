@@ -94,6 +94,11 @@ pub struct LogLine {
 /// A callback that sees every line as it is logged (for live follow).
 pub type LogSink = Arc<dyn Fn(&LogLine) + Send + Sync>;
 
+/// Rewrites each line before it is kept, streamed or traced (the engine
+/// passes one replacing the step's secret values with `***`, so no copy of a
+/// line, the host's own `tracing` output included, carries a secret).
+pub type LogMask = Arc<dyn Fn(&str) -> std::borrow::Cow<'_, str> + Send + Sync>;
+
 /// The captured log of one step call.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepLog {
@@ -151,6 +156,7 @@ pub struct LogCapture {
     inner: Arc<Mutex<Inner>>,
     labels: Arc<LogLabels>,
     sink: Option<LogSink>,
+    mask: Option<LogMask>,
 }
 
 /// The longest line kept whole; longer stdout/stderr lines are split.
@@ -168,7 +174,14 @@ impl LogCapture {
             })),
             labels: Arc::new(labels),
             sink,
+            mask: None,
         }
+    }
+
+    /// Masks every line (message and field values) before anything sees it.
+    pub fn with_mask(mut self, mask: Option<LogMask>) -> Self {
+        self.mask = mask;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -196,6 +209,19 @@ impl LogCapture {
         message: String,
         fields: Vec<(String, String)>,
     ) {
+        let (message, fields) = match &self.mask {
+            None => (message, fields),
+            Some(mask) => {
+                let masked = |s: String| match mask(&s) {
+                    std::borrow::Cow::Borrowed(_) => s,
+                    std::borrow::Cow::Owned(m) => m,
+                };
+                (
+                    masked(message),
+                    fields.into_iter().map(|(k, v)| (k, masked(v))).collect(),
+                )
+            }
+        };
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         if inner.log.bytes + size > inner.cap {
             if inner.log.dropped_bytes == 0 {

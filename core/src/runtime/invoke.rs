@@ -16,8 +16,8 @@ use super::{Runtime, StepPre};
 use crate::host::since_v0_1_0::arkline::step::types as wit;
 use crate::host::step_log::{LogCapture, LogLabels};
 use crate::host::{
-    CallResources, CallerIdentity, EffectiveCapabilities, LogSink, LogSource, ProcessPolicy,
-    StepLimiter, StepLog, StepState,
+    CallResources, CallerIdentity, EffectiveCapabilities, LogMask, LogSink, LogSource,
+    ProcessPolicy, StepLimiter, StepLog, StepState,
 };
 
 /// Where guests see the workspace.
@@ -75,6 +75,8 @@ pub struct StepCall {
     pub cancel: Option<CancelToken>,
     /// Sees each log line as it is written.
     pub log_sink: Option<LogSink>,
+    /// Rewrites each log line first (secret masking).
+    pub log_mask: Option<LogMask>,
 }
 
 impl std::fmt::Debug for StepCall {
@@ -161,6 +163,13 @@ impl StepCall {
     /// Streams log lines to `sink` as they are written.
     pub fn log_sink(mut self, sink: LogSink) -> Self {
         self.log_sink = Some(sink);
+        self
+    }
+
+    /// Rewrites every log line with `mask` before it is kept, streamed to the
+    /// sink or traced (the engine masks the step's secrets so).
+    pub fn log_mask(mut self, mask: LogMask) -> Self {
+        self.log_mask = Some(mask);
         self
     }
 }
@@ -403,7 +412,8 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
         call.limits.log.unwrap_or(config.log_limit),
         labels,
         call.log_sink.clone(),
-    );
+    )
+    .with_mask(call.log_mask.clone());
     let instantiated = AtomicBool::new(false);
     let report =
         |result: Result<StepOutcome, StepFailure>, log: &LogCapture, fuel: u64| StepReport {

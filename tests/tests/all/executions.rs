@@ -531,6 +531,7 @@ params:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_reaches_only_the_step_that_references_it_and_is_masked() {
+    let traced = trace_step_lines();
     let dir = tempfile::tempdir().expect("tempdir");
     let (container, engine) = engine_in(dir.path()).await;
     let plaintext = "hunter2-very-secret";
@@ -545,7 +546,7 @@ stages:
     steps:
       - name: uses-it
         uses: faults/print
-        with: { stdout: "token is ${{ secrets.token }}", stderr: "" }
+        with: { stdout: "token is ${{ secrets.token }}", stderr: "stderr has ${{ secrets.token }}" }
         env: { TOKEN: "${{ secrets.token }}" }
       - name: echo-it
         uses: faults/echo
@@ -567,6 +568,11 @@ stages:
         .await
         .expect("log");
     assert!(log.iter().any(|l| l.message == "token is ***"), "{log:#?}");
+    // The host's own tracing of step lines (what `arkline serve` prints on
+    // stderr) is masked too.
+    let traced = String::from_utf8_lossy(&traced.lock().expect("trace")).into_owned();
+    assert!(traced.contains("stderr has ***"), "{traced}");
+    assert!(!traced.contains(plaintext), "{traced}");
     // The other step's environment has no trace of it.
     assert!(!output(&exec, "other", "env").contains(plaintext));
     // Stored outputs are masked; nothing stored holds the plaintext.
@@ -1011,4 +1017,32 @@ stages:
         "the log keeps the message: {logged} bytes"
     );
     container.shutdown().await;
+}
+
+/// Installs (once, for the whole test binary) a `tracing` subscriber that
+/// records every line the host traces for steps, as `arkline serve` would print
+/// them; returns the record.
+fn trace_step_lines() -> &'static std::sync::Mutex<Vec<u8>> {
+    static TRACED: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    TRACED.get_or_init(|| {
+        let buffer: &'static std::sync::Mutex<Vec<u8>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct Sink(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("trace").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || Sink(buffer))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        buffer
+    })
 }

@@ -233,6 +233,11 @@ impl Driver {
             .cancel_on(cancel.clone());
         let sink_writer = writer.clone();
         call = call.log_sink(Arc::new(move |line| sink_writer.write(line)));
+        if !masker.is_empty() {
+            // Masked at the source: the host traces each line too.
+            let m = masker.clone();
+            call = call.log_mask(Arc::new(move |s: &str| m.mask(s)));
+        }
         if let Some(t) = timeout {
             call = call.timeout(t);
         }
