@@ -226,6 +226,9 @@ impl From<DeployError> for ApiError {
                 "the .ark is refused: {e}; build it with `cargo ark package` and check it with `cargo ark verify`"
             )),
             DeployError::Grant { .. } => ApiError::bad_request(format!("bad grant: {e}")),
+            DeployError::Signature { .. } => ApiError::forbidden(format!(
+                "{e}; sign it with `cargo ark sign --key KEY` using a key the engine's `trusted_keys` setting lists"
+            )),
             DeployError::VersionClash { .. } => ApiError::conflict(e.to_string()),
             DeployError::Install(InstallError::Lifecycle(e)) => e.into(),
             DeployError::Install(e @ InstallError::Component { .. }) => {

@@ -193,7 +193,7 @@ impl EngineSpec {
     /// when `require_signed` or `settings.require_signed_bizes` says so.
     pub fn signature_policy(&self) -> Result<SignaturePolicy, ContainerArchiveError> {
         let mut trusted = Vec::new();
-        for key in &self.trusted_keys {
+        for key in self.trusted_keys.iter().chain(&self.settings.trusted_keys) {
             let parsed: PublicKey =
                 key.parse()
                     .map_err(|source| ContainerArchiveError::BadKey {

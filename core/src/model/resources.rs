@@ -107,9 +107,16 @@ pub struct PipelineSettingSpec {
     /// How long finished executions and their logs are kept.
     #[serde(default)]
     pub retention: Retention,
-    /// Refuse bizes whose archive is not signed by a trusted key.
+    /// Refuse bizes whose archive is not signed (by one of `trusted_keys`, when
+    /// any are given), whether they come in a `.arkc` or through the API.
     #[serde(default)]
     pub require_signed_bizes: bool,
+    /// Hex ed25519 public keys (`cargo ark keygen`) the operator trusts: when
+    /// any are given, a signed biz must be signed by one of them, whether it
+    /// comes in a `.arkc` or through the API. A signature that does not verify
+    /// is refused always.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
     /// Refuse to run `process` steps whose sandbox (namespaces, per-run
     /// cgroup) cannot be built, even where the host does not require it.
     #[serde(default)]

@@ -43,6 +43,26 @@ pub(crate) async fn deploy_biz(
         biz: format!("{}@{}", ark.manifest.name, ark.manifest.version),
         source,
     })?;
+    // The same signature policy as a `.arkc`'s engines get, from the settings.
+    let settings = core.settings().await?;
+    let signature = |source| DeployError::Signature {
+        biz: format!("{}@{}", ark.manifest.name, ark.manifest.version),
+        engine: core.name.clone(),
+        source,
+    };
+    let mut trusted = Vec::new();
+    for key in &settings.trusted_keys {
+        trusted.push(key.parse().map_err(|e: crate::ark::KeyError| {
+            signature(crate::ark::ArchiveError::BadSignature(format!(
+                "the engine's trusted key `{key}` is malformed ({e}); fix the `trusted_keys` setting"
+            )))
+        })?);
+    }
+    let policy = crate::ark::SignaturePolicy {
+        trusted,
+        require_signature: settings.require_signed_bizes,
+    };
+    ark.verify_signature(&policy).map_err(signature)?;
     let (name, version, digest) = (
         ark.manifest.name.clone(),
         ark.manifest.version.to_string(),

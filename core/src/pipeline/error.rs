@@ -26,6 +26,17 @@ pub enum DeployError {
         /// The grant's problem.
         source: GrantError,
     },
+    /// The archive's signature is bad, or missing or by an untrusted key where
+    /// the engine's settings (`require_signed_bizes`, `trusted_keys`) want one.
+    #[error("{biz} is refused by engine `{engine}`'s signature policy: {source}")]
+    Signature {
+        /// `name@version`.
+        biz: String,
+        /// Engine.
+        engine: String,
+        /// What is wrong with the signature.
+        source: ArchiveError,
+    },
     /// The same `name@version` is installed with a different component.
     #[error(
         "{biz}@{version} is already installed with a different component: publish a new version"

@@ -511,6 +511,64 @@ async fn deploy_failures_are_typed_and_change_nothing() {
     container.shutdown().await;
 }
 
+/// Bizes deployed through the API meet the same signature policy as a
+/// `.arkc`'s: the engine's `require_signed_bizes` and `trusted_keys` settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_meet_the_engines_signature_policy() {
+    use arkline::ark::SecretKey;
+    use arkline::{DeployError, EngineError};
+    let data = tempfile::tempdir().expect("tempdir");
+    let container = Container::builder()
+        .data_dir(data.path())
+        .build()
+        .expect("container");
+    let engine = container.engine("team-a").await.expect("engine");
+    let trusted = SecretKey::generate().expect("key");
+    let stranger = SecretKey::generate().expect("key");
+    let sign = |version: &str, key: &SecretKey| {
+        Ark::from_bytes(&faults_version(version))
+            .expect("reads")
+            .signed(key)
+            .expect("signs")
+    };
+    let refusal = |e: EngineError| match e {
+        EngineError::Deploy { error, .. } => match *error {
+            DeployError::Signature { biz, source, .. } => format!("{biz}: {source}"),
+            other => panic!("expected a signature refusal, got {other:?}"),
+        },
+        other => panic!("expected a deploy error, got {other:?}"),
+    };
+    let mut settings = engine.settings().await.expect("settings");
+    settings.require_signed_bizes = true;
+    settings.trusted_keys = vec![trusted.public_key().to_string()];
+    engine.apply_settings(settings).await.expect("applies");
+
+    let unsigned = refusal(
+        engine
+            .deploy_biz(&faults_version("9.0.2"), &[], true)
+            .await
+            .expect_err("unsigned"),
+    );
+    assert!(unsigned.starts_with("faults@9.0.2"), "{unsigned}");
+    let untrusted = refusal(
+        engine
+            .deploy_biz(&sign("9.0.3", &stranger), &[], true)
+            .await
+            .expect_err("untrusted key"),
+    );
+    assert!(
+        untrusted.contains(&stranger.public_key().id()),
+        "{untrusted}"
+    );
+    assert!(engine.bizes().is_empty(), "nothing refused was installed");
+    let info = engine
+        .deploy_biz(&sign("9.0.4", &trusted), &[], true)
+        .await
+        .expect("a biz signed by a trusted key deploys");
+    assert_eq!(info.version.to_string(), "9.0.4");
+    container.shutdown().await;
+}
+
 /// Issue 19, item 15: when `shutdown` returns, every task is done and the store
 /// file is closed, so the data dir opens again at once — 50 times in a row,
 /// each time with a finished execution, one still running (its driver stops
