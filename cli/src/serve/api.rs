@@ -736,6 +736,9 @@ async fn install_biz(
         }
     }
     let bytes = read_body(body, state.limits.max_upload, "--max-upload").await?;
+    // Reading the archive runs on a blocking thread inside `deploy_biz`; the
+    // permit bounds how many uploads are read at once, as for pipelines.
+    let _permit = state.parse_permit().await?;
     let info = engine.deploy_biz(&bytes, &grants, activate).await?;
     Ok((StatusCode::CREATED, Json(info.into())))
 }

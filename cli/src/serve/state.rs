@@ -103,6 +103,16 @@ impl AppState {
             .map_err(|e| ApiError::internal(format!("parsing failed: {e}")))
     }
 
+    /// One of the [`PARSE_CONCURRENCY`] slots, for work that goes off the
+    /// workers by itself (a biz upload: `Engine::deploy_biz` reads the archive
+    /// on a blocking thread).
+    pub(crate) async fn parse_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.parsing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the server is shutting down"))
+    }
+
     /// Whether the admin API answers (the engines are restored and the server is
     /// not shutting down).
     pub fn is_ready(&self) -> bool {

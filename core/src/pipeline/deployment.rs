@@ -38,7 +38,17 @@ pub(crate) async fn deploy_biz(
     grants: &[String],
     activate: bool,
 ) -> Result<BizInfo, DeployError> {
-    let ark = Ark::from_bytes(bytes).map_err(DeployError::Archive)?;
+    // Reading (inflating, hashing, checking) an archive is CPU work: off the
+    // async workers, so a large upload does not stall other tasks.
+    let owned = bytes.to_vec();
+    let ark = tokio::task::spawn_blocking(move || Ark::from_bytes(&owned))
+        .await
+        .map_err(|e| {
+            DeployError::Archive(crate::ark::ArchiveError::Zip(format!(
+                "reading the archive failed: {e}"
+            )))
+        })?
+        .map_err(DeployError::Archive)?;
     let caps = parse_grants(grants).map_err(|source| DeployError::Grant {
         biz: format!("{}@{}", ark.manifest.name, ark.manifest.version),
         source,
