@@ -285,38 +285,59 @@ pub(crate) async fn receive(
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect();
     labels.insert(PROVIDER_LABEL.into(), provider.as_str().into());
+    // Replays are refused by two keys, each claimed in the store for the
+    // window: the forge's delivery id, and the digest of the signed body (the
+    // id header is not covered by the signature, so a captured delivery sent
+    // again with a new id, or none, is still the same body).
     let delivery_id = delivery_id(provider, &headers);
-    let claim = match delivery_id {
-        Some(id) => {
-            labels.insert(DELIVERY_LABEL.into(), id.to_owned());
-            let claim = replay::claim(
-                state.container.store(),
-                &engine_name,
-                &pipeline_name,
-                provider,
-                id,
-                state.webhook_dedup_window,
-            )
-            .await
-            .map_err(|e| HookError::internal("cannot check the delivery id", e))?;
-            match claim {
-                Claim::New(claimed) => Some(claimed),
-                Claim::Seen { execution } => {
-                    tracing::info!(engine = %engine_name, pipeline = %pipeline_name, delivery = id, "webhook: duplicate delivery");
-                    return Ok((
-                        StatusCode::OK,
-                        Json(json!({
-                            "triggered": false,
-                            "reason": format!("duplicate delivery {id}"),
-                            "execution": execution,
-                        })),
-                    )
-                        .into_response());
+    if let Some(id) = delivery_id {
+        labels.insert(DELIVERY_LABEL.into(), id.to_owned());
+    }
+    let body_key = {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)))
+    };
+    let mut claims = Vec::new();
+    for key in delivery_id.into_iter().chain([body_key.as_str()]) {
+        let claim = replay::claim(
+            state.container.store(),
+            &engine_name,
+            &pipeline_name,
+            provider,
+            key,
+            state.webhook_dedup_window,
+        )
+        .await
+        .map_err(|e| HookError::internal("cannot check the delivery id", e))?;
+        match claim {
+            Claim::New(claimed) => claims.push(claimed),
+            Claim::Seen { execution } => {
+                for claimed in &claims {
+                    if let Err(release) = replay::release(state.container.store(), claimed).await {
+                        tracing::warn!(error = %release, "webhook: cannot release the delivery id");
+                    }
                 }
+                let reason = if key == body_key {
+                    format!(
+                        "duplicate delivery: a delivery with the same signed body arrived within the last {}",
+                        humantime::format_duration(state.webhook_dedup_window)
+                    )
+                } else {
+                    format!("duplicate delivery {key}")
+                };
+                tracing::info!(engine = %engine_name, pipeline = %pipeline_name, delivery = ?delivery_id, "webhook: {reason}");
+                return Ok((
+                    StatusCode::OK,
+                    Json(json!({
+                        "triggered": false,
+                        "reason": reason,
+                        "execution": execution,
+                    })),
+                )
+                    .into_response());
             }
         }
-        None => None,
-    };
+    }
     let request = TriggerRequest {
         event: run.event.to_owned(),
         branch: run.branch.clone(),
@@ -327,21 +348,22 @@ pub(crate) async fn receive(
     };
     let triggered = engine.trigger(&pipeline_name, request).await;
     let store = state.container.store();
-    let exec = match (triggered, claim) {
-        (Ok(exec), Some(claimed)) => {
-            if let Err(e) = replay::record(store, claimed, &exec.metadata.name).await {
-                // The claim stands (a copy is still refused); only the name of
-                // the execution is missing from it.
-                tracing::warn!(error = %e, execution = %exec.metadata.name, "webhook: cannot record the delivery's execution");
+    let exec = match triggered {
+        Ok(exec) => {
+            for claimed in claims {
+                if let Err(e) = replay::record(store, claimed, &exec.metadata.name).await {
+                    // The claim stands (a copy is still refused); only the name
+                    // of the execution is missing from it.
+                    tracing::warn!(error = %e, execution = %exec.metadata.name, "webhook: cannot record the delivery's execution");
+                }
             }
             exec
         }
-        (Ok(exec), None) => exec,
-        (Err(e), claimed) => {
-            if let Some(claimed) = claimed
-                && let Err(release) = replay::release(store, &claimed).await
-            {
-                tracing::warn!(error = %release, "webhook: cannot release the delivery id");
+        Err(e) => {
+            for claimed in &claims {
+                if let Err(release) = replay::release(store, claimed).await {
+                    tracing::warn!(error = %release, "webhook: cannot release the delivery id");
+                }
             }
             return Err(match e {
                 EngineError::Trigger(TriggerError::NoPipeline { .. }) => {

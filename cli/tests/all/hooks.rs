@@ -656,9 +656,46 @@ async fn a_replayed_github_delivery_starts_nothing_even_after_a_restart() {
         std::slice::from_ref(&execution)
     );
 
-    // Another delivery of the same payload is another push.
+    // The id header is not signed: the same signed body sent again under a
+    // new id, or with none, is the same replay.
     let (status, other) = send(server.url.clone(), "d6e0a2c0-1b7f-11ef-8f5e-3a1f0c9d2b12").await;
-    assert_eq!(status, 202, "{other}");
+    assert_eq!(status, 200, "{other}");
+    assert_eq!(other["triggered"], false);
+    assert!(
+        other["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the same signed body")),
+        "{other}"
+    );
+    assert_eq!(other["execution"], json!(execution));
+    let resp = http
+        .post(format!("{}/hooks/team-a/build", server.url))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sig.clone())
+        .body(body.clone())
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        build_executions(&http, &server.url).await,
+        std::slice::from_ref(&execution)
+    );
+    // Another push (another body) runs.
+    let next = serde_json::to_vec(&push("refs/heads/main", "abce")).expect("json");
+    let resp = http
+        .post(format!("{}/hooks/team-a/build", server.url))
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", "d6e0a2c0-1b7f-11ef-8f5e-3a1f0c9d2b13")
+        .header(
+            "X-Hub-Signature-256",
+            github_signature(GITHUB_SECRET.as_bytes(), &next),
+        )
+        .body(next)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status().as_u16(), 202);
     assert_eq!(build_executions(&http, &server.url).await.len(), 2);
     let (exit, _) = server.terminate();
     assert!(exit.success());
