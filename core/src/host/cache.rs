@@ -36,6 +36,9 @@ pub enum CacheError {
 /// The longest key accepted, in bytes.
 pub const MAX_KEY: usize = 1024;
 
+/// The longest namespace of [`BlobCache::key_in`].
+pub const MAX_NAMESPACE: usize = 256;
+
 #[derive(Debug)]
 struct Entry {
     blob: String,
@@ -162,8 +165,32 @@ impl BlobCache {
         self.cap
     }
 
-    fn ref_name(key: &str) -> Result<String, CacheError> {
+    /// The key `key` takes in `namespace`: each user of an engine's cache has
+    /// its own (a biz's `cache` calls `biz/<name>`, pipelines' step caches
+    /// `step`), so none can read or replace another's values. A namespace has
+    /// no NUL, so no key in one equals a key in another.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidArgument`] when `key` is empty or over [`MAX_KEY`]
+    /// bytes, or the namespace is empty, long or holds a NUL.
+    pub fn key_in(namespace: &str, key: &str) -> Result<String, CacheError> {
         if key.is_empty() || key.len() > MAX_KEY {
+            return Err(CacheError::InvalidArgument(format!(
+                "cache keys are 1 to {MAX_KEY} bytes; this one is {}",
+                key.len()
+            )));
+        }
+        if namespace.is_empty() || namespace.len() > MAX_NAMESPACE || namespace.contains('\0') {
+            return Err(CacheError::InvalidArgument(format!(
+                "cache namespace `{}` is not 1 to {MAX_NAMESPACE} bytes without NUL",
+                namespace.escape_debug()
+            )));
+        }
+        Ok(format!("{namespace}\0{key}"))
+    }
+
+    fn ref_name(key: &str) -> Result<String, CacheError> {
+        if key.is_empty() || key.len() > MAX_KEY + MAX_NAMESPACE + 1 {
             return Err(CacheError::InvalidArgument(format!(
                 "cache keys are 1 to {MAX_KEY} bytes; this one is {}",
                 key.len()

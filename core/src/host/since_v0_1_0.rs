@@ -172,17 +172,30 @@ impl StepState {
     }
 }
 
+impl StepState {
+    /// The namespace of this biz's keys in its engine's cache.
+    fn cache_namespace(&self) -> String {
+        format!("biz/{}", self.caller.biz)
+    }
+}
+
 impl bindings::arkline::step::cache::Host for StepState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
-        self.with_cache(move |cache| cache.get(&key)).await
+        let ns = self.cache_namespace();
+        self.with_cache(move |cache| cache.get(&super::BlobCache::key_in(&ns, &key)?))
+            .await
     }
 
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
-        self.with_cache(move |cache| cache.put(&key, &value)).await
+        let ns = self.cache_namespace();
+        self.with_cache(move |cache| cache.put(&super::BlobCache::key_in(&ns, &key)?, &value))
+            .await
     }
 
     async fn remove(&mut self, key: String) -> Result<(), HostError> {
-        self.with_cache(move |cache| cache.remove(&key)).await
+        let ns = self.cache_namespace();
+        self.with_cache(move |cache| cache.remove(&super::BlobCache::key_in(&ns, &key)?))
+            .await
     }
 }
 

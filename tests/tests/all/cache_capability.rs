@@ -124,3 +124,44 @@ async fn the_cache_needs_a_grant_and_respects_its_size() {
     assert_eq!(got["found"], "false");
     assert!(registry.blob_cache().expect("cache").size() <= 16);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bizs_keys_live_in_its_own_namespace_apart_from_step_caches() {
+    let runtime = Runtime::new(RuntimeConfig::default().max_instances(8)).expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, lease) = engine(&runtime, "team-a", dir.path(), 1 << 20, true).await;
+    let cache = registry.blob_cache().expect("the engine's cache");
+    // A pipeline's step cache under `deps`.
+    cache
+        .put(
+            &BlobCache::key_in("step", "deps").expect("key"),
+            b"step tar",
+        )
+        .expect("put");
+    // The biz sees nothing under the same key, and what it writes there
+    // does not replace the step cache.
+    let got = op(&lease, json!({ "op": "get", "key": "deps" }))
+        .await
+        .expect("get");
+    assert_eq!(got["found"], "false");
+    op(
+        &lease,
+        json!({ "op": "put", "key": "deps", "value": "poison" }),
+    )
+    .await
+    .expect("put");
+    assert_eq!(
+        cache
+            .get(&BlobCache::key_in("step", "deps").expect("key"))
+            .expect("get")
+            .as_deref(),
+        Some(&b"step tar"[..])
+    );
+    assert_eq!(
+        cache
+            .get(&BlobCache::key_in("biz/faults", "deps").expect("key"))
+            .expect("get")
+            .as_deref(),
+        Some(&b"poison"[..])
+    );
+}

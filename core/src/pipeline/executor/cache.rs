@@ -5,6 +5,10 @@ use super::Driver;
 use crate::pipeline::logs::LogWriter;
 use crate::pipeline::workspace;
 
+/// The namespace of pipelines' step caches in an engine's blob cache (bizes
+/// granted `cache` have their own, `biz/<name>`, and cannot reach it).
+const STEP_CACHE_NAMESPACE: &str = "step";
+
 impl Driver {
     pub(super) async fn restore_cache(
         &self,
@@ -21,7 +25,13 @@ impl Driver {
         let (ws, key_owned) = (self.workspace.clone(), key.to_owned());
         let done =
             tokio::task::spawn_blocking(move || -> Result<Option<workspace::Unpacked>, String> {
-                match blobs.get(&key_owned).map_err(|e| e.to_string())? {
+                match blobs
+                    .get(
+                        &crate::host::BlobCache::key_in(STEP_CACHE_NAMESPACE, &key_owned)
+                            .map_err(|e| e.to_string())?,
+                    )
+                    .map_err(|e| e.to_string())?
+                {
                     Some(bytes) => workspace::unpack(&ws, &bytes, cap)
                         .map(Some)
                         .map_err(|e| e.to_string()),
@@ -55,7 +65,11 @@ impl Driver {
         let done = tokio::task::spawn_blocking(move || -> Result<workspace::Packed, String> {
             let packed = workspace::pack(&ws, &paths, cap).map_err(|e| e.to_string())?;
             blobs
-                .put(&key_owned, &packed.bytes)
+                .put(
+                    &crate::host::BlobCache::key_in(STEP_CACHE_NAMESPACE, &key_owned)
+                        .map_err(|e| e.to_string())?,
+                    &packed.bytes,
+                )
                 .map_err(|e| e.to_string())?;
             Ok(packed)
         })
