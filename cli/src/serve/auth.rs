@@ -87,7 +87,31 @@ impl Auth {
     pub fn load(path: &Path) -> anyhow::Result<Auth> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read the tokens file {}: {e}", path.display()))?;
-        Auth::parse(&text).map_err(|e| anyhow::anyhow!("tokens file {}: {e}", path.display()))
+        let auth = Auth::parse(&text)
+            .map_err(|e| anyhow::anyhow!("tokens file {}: {e}", path.display()))?;
+        // Plaintext tokens are credentials: like `secret.key`, the file must
+        // not be readable by others (digests may be).
+        let plaintext = toml::from_str::<TokensFile>(&text)
+            .map(|f| f.tokens.iter().any(|t| t.token.is_some()))
+            .unwrap_or(true);
+        if plaintext {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot read the tokens file {}: {e}", path.display())
+                })?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "the tokens file {} holds plaintext tokens and is readable by others (mode {:o}): run `chmod 600 {}`, or keep only `sha256` digests in it",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                );
+            }
+        }
+        Ok(auth)
     }
 
     /// Parses the text of a tokens file; every problem names the token and what to fix.
@@ -323,6 +347,29 @@ access = "read"
         let other = reader.require("team-b", Access::Read).unwrap_err();
         assert!(other.message.contains("not scoped to engine `team-b`"));
         assert!(!reader.sees("team-ab"));
+    }
+
+    #[test]
+    fn a_tokens_file_with_plaintext_tokens_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.toml");
+        let plain =
+            "[[tokens]]\nname='x'\ntoken='0123456789abcdefgh'\nengines=['*']\naccess='read'\n";
+        std::fs::write(&path, plain).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Auth::load(&path).err().expect("refused").to_string();
+        assert!(e.contains("chmod 600") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        Auth::load(&path).expect("a private file loads");
+        // Digests are not credentials: a readable file of them loads.
+        let digest = format!(
+            "[[tokens]]\nname='x'\nsha256='{}'\nengines=['*']\naccess='read'\n",
+            "ab".repeat(32)
+        );
+        std::fs::write(&path, digest).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        Auth::load(&path).expect("a file of digests loads");
     }
 
     #[test]

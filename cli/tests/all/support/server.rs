@@ -36,6 +36,9 @@ pub fn write_tokens(dir: &Path) -> PathBuf {
     );
     let path = dir.join("tokens.toml");
     std::fs::write(&path, text).expect("writes the tokens file");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("the tokens file is private");
     path
 }
 
