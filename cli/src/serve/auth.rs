@@ -273,6 +273,49 @@ fn matches_pattern(pattern: &str, engine: &str) -> bool {
     }
 }
 
+/// Without tokens (`--insecure-no-auth`, loopback only), a request must also
+/// come from this machine's own clients, not a web page in a local browser:
+/// its `Host` must be a loopback name or address (a DNS-rebinding page sends
+/// its own name), and an `Origin` or `Sec-Fetch-Site`, which browsers send,
+/// must say the same site (a cross-site `POST` would otherwise install a biz).
+fn same_machine_only(parts: &Parts) -> Result<(), ApiError> {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("host").unwrap_or("");
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err(ApiError::forbidden(format!(
+            "without tokens (--insecure-no-auth) only requests addressed to a loopback name are served, not Host `{}`: this refuses pages that rebind a name to 127.0.0.1; use 127.0.0.1 or localhost, or give --tokens",
+            host.escape_debug()
+        )));
+    }
+    let same_origin = |origin: &str| {
+        origin
+            .strip_prefix("http://")
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+    };
+    if let Some(origin) = header("origin")
+        && !same_origin(origin)
+    {
+        return Err(ApiError::forbidden(format!(
+            "without tokens (--insecure-no-auth) cross-site requests are refused (Origin `{}`): a web page must not drive the admin API; give --tokens to serve browsers",
+            origin.escape_debug()
+        )));
+    }
+    if header("sec-fetch-site").is_some_and(|site| site == "cross-site" || site == "same-site") {
+        return Err(ApiError::forbidden(
+            "without tokens (--insecure-no-auth) cross-site requests are refused (Sec-Fetch-Site): a web page must not drive the admin API; give --tokens to serve browsers",
+        ));
+    }
+    Ok(())
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -281,6 +324,7 @@ impl FromRequestParts<AppState> for Caller {
             return Err(ApiError::not_ready());
         }
         if let Auth::Disabled = *state.auth {
+            same_machine_only(parts)?;
             return Ok(Caller::Anyone);
         }
         let Some(header) = parts.headers.get(AUTHORIZATION) else {

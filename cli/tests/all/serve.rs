@@ -746,3 +746,59 @@ fn serve_refuses_to_start_without_tokens_or_off_loopback_without_auth() {
         "nothing is created when the server refuses to start"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_only_this_machines_clients_are_served_not_web_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &["--insecure-no-auth"]);
+    let http = reqwest::Client::new();
+    let engines = format!("{}/api/v1/engines", server.url);
+    let port = server.url.rsplit(':').next().expect("port").to_owned();
+    let status = |resp: reqwest::Response| resp.status();
+    // A local client (reqwest sends Host 127.0.0.1:PORT) is served.
+    let ok = http.get(&engines).send().await.expect("answers");
+    assert_eq!(status(ok), StatusCode::OK);
+    let ok = http
+        .get(&engines)
+        .header("Host", format!("localhost:{port}"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(status(ok), StatusCode::OK);
+    // A page that rebinds its own name to 127.0.0.1 sends that name.
+    let rebound = http
+        .get(&engines)
+        .header("Host", format!("attacker.example:{port}"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    let body = rebound.text().await.expect("body");
+    assert!(body.contains("loopback name"), "{body}");
+    // A cross-site page's request carries its Origin (or Sec-Fetch-Site).
+    let cross = http
+        .post(format!("{}/api/v1/engines/team-a/bizes", server.url))
+        .header("Origin", "http://attacker.example")
+        .body(b"not even read".to_vec())
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+    let cross = http
+        .get(&engines)
+        .header("Sec-Fetch-Site", "cross-site")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+    // The same origin is fine.
+    let same = http
+        .get(&engines)
+        .header("Origin", server.url.clone())
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(same.status(), StatusCode::OK);
+    let (exit, _) = server.terminate();
+    assert!(exit.success());
+}
