@@ -54,8 +54,49 @@ struct Migration {
 }
 
 /// Every migration, in order. Empty while there is one schema version; add one
-/// here (and bump [`SCHEMA_VERSION`]) when the layout changes.
+/// here (and bump [`SCHEMA_VERSION`]) when the layout changes. Before the first
+/// migration runs, the file is copied beside itself
+/// (`store.redb.schema<N>.bak`, once); the migrations then run in the same
+/// transaction as the version bump, so a crash leaves the old version whole.
+#[cfg(not(test))]
 const MIGRATIONS: &[Migration] = &[];
+
+/// In unit tests, a no-op migration from a made-up version 0 exercises the
+/// backup and the version bump.
+#[cfg(test)]
+const MIGRATIONS: &[Migration] = &[Migration {
+    from: 0,
+    run: |_| Ok(()),
+}];
+
+/// Copies the store file to `store.redb.schema<version>.bak` beside it, unless
+/// that backup exists (a migration interrupted before its commit left the
+/// file at `version`, and the first copy is the one to keep).
+fn back_up_before_migrating(shared: &Shared, version: u32) -> Result<(), StoreError> {
+    let backup = shared
+        .path
+        .with_file_name(format!("{FILE_NAME}.schema{version}.bak"));
+    if backup.exists() {
+        return Ok(());
+    }
+    let tmp = backup.with_extension("bak.tmp");
+    let copied = std::fs::copy(&shared.path, &tmp)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &backup));
+    copied.map_err(|source| StoreError::Backend {
+        operation: "back up the store before migrating it",
+        path: backup.clone(),
+        source: Box::new(source),
+    })?;
+    tracing::warn!(
+        path = %shared.path.display(),
+        backup = %backup.display(),
+        from = version,
+        to = SCHEMA_VERSION,
+        "migrating the store to this build's schema; the old file is kept as the backup"
+    );
+    Ok(())
+}
 
 /// Options of a [`RedbStore`].
 #[derive(Debug, Clone)]
@@ -547,6 +588,9 @@ fn prepare(shared: &Shared) -> Result<Revision, StoreError> {
                 supported: SCHEMA_VERSION,
             });
         }
+        if version < SCHEMA_VERSION {
+            back_up_before_migrating(shared, version)?;
+        }
         while version < SCHEMA_VERSION {
             let step = MIGRATIONS
                 .iter()
@@ -966,6 +1010,53 @@ mod tests {
             assert!(item.is_err(), "no event after 1 was written: {item:?}");
         }
         again.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_older_schema_is_backed_up_once_then_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let object = DynamicObject {
+            api_version: crate::model::API_VERSION.into(),
+            kind: "Pipeline".into(),
+            metadata: crate::model::ObjectMeta::new("e", "p"),
+            spec: serde_json::json!({"kept": true}),
+            status: serde_json::Value::Null,
+        };
+        store.create(object).await.unwrap();
+        store.close().await.unwrap();
+        let set_version = |v: u64| {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, v).unwrap();
+            txn.commit().unwrap();
+        };
+        set_version(0);
+        let store = RedbStore::open(dir.path()).unwrap();
+        let key = ObjectRef::new("Pipeline", "e", "p");
+        let kept = store.get(&key).await.unwrap().expect("the object survives");
+        assert_eq!(kept.spec["kept"], true);
+        store.close().await.unwrap();
+        let schema_of = |path: &std::path::Path| {
+            let db = Database::create(path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            meta_value(&meta, SCHEMA_KEY).unwrap()
+        };
+        let backup = dir.path().join(format!("{FILE_NAME}.schema0.bak"));
+        assert_eq!(schema_of(&backup), 0, "the backup is the old file");
+        let backup_bytes = std::fs::read(&backup).expect("a backup was made");
+        assert_eq!(
+            schema_of(&dir.path().join(FILE_NAME)),
+            u64::from(SCHEMA_VERSION)
+        );
+        // Only once: a later migration from 0 keeps the first backup.
+        set_version(0);
+        RedbStore::open(dir.path()).unwrap().close().await.unwrap();
+        assert!(
+            std::fs::read(&backup).unwrap() == backup_bytes,
+            "the first backup is kept"
+        );
     }
 
     #[tokio::test]

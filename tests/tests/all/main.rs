@@ -16,3 +16,4 @@ mod plugins;
 mod process_capability;
 mod runtime;
 mod shell_plugin;
+mod upgrade;
