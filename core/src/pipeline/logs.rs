@@ -448,6 +448,8 @@ struct Resume {
     truncated: bool,
     stored_bytes: u64,
     new_file: bool,
+    /// Directories above the file this call created (0: its parent existed).
+    new_dirs: usize,
 }
 
 /// Opens (creating if needed) a log file for appending, cutting off a torn last
@@ -457,7 +459,13 @@ fn open_for_append(path: &Path) -> Result<(File, Resume), LogError> {
         path: path.to_owned(),
         source,
     };
+    let mut new_dirs = 0;
     if let Some(dir) = path.parent() {
+        new_dirs = dir
+            .ancestors()
+            .take(SYNCED_DIR_LEVELS - 1)
+            .take_while(|d| !d.exists())
+            .count();
         fs::create_dir_all(dir).map_err(|source| LogError::Io {
             path: dir.to_owned(),
             source,
@@ -473,6 +481,7 @@ fn open_for_append(path: &Path) -> Result<(File, Resume), LogError> {
     file.read_to_end(&mut bytes).map_err(io_err)?;
     let mut resume = Resume {
         new_file: bytes.is_empty(),
+        new_dirs,
         ..Resume::default()
     };
     let parsed = parse_lines(path, &bytes, 0, 0, |line| {
@@ -582,11 +591,20 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Fsyncs the directories a new log file was created in, so that the file's name
-/// survives a crash too.
-fn sync_dirs(path: &Path) {
+/// The directory levels above a log file (`<logs>/<engine>/<execution>/`).
+const SYNCED_DIR_LEVELS: usize = 3;
+
+/// Fsyncs what a new log file's name needs to survive a crash: its directory,
+/// and the parent of each directory that was created with it (`new_dirs`), so
+/// the first step of an execution syncs its engine's directory and the others
+/// only their execution's.
+fn sync_dirs(path: &Path, new_dirs: usize) {
     if cfg!(unix) {
-        for dir in path.ancestors().skip(1).take(3) {
+        for dir in path
+            .ancestors()
+            .skip(1)
+            .take((1 + new_dirs).min(SYNCED_DIR_LEVELS))
+        {
             if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync a step log directory");
             }
@@ -612,6 +630,8 @@ struct LiveState {
     memory_only: bool,
     /// Whether the file was created by this process (its directories are fsynced).
     new_file: bool,
+    /// Directories created with the file (their parents are fsynced too).
+    new_dirs: usize,
     /// The most recent lines, contiguous in `seq`, ending at `next_seq - 1`.
     recent: VecDeque<Arc<StoredLine>>,
     recent_bytes: u64,
@@ -654,6 +674,7 @@ impl LiveLog {
                 memory_only: path.is_none(),
                 file,
                 new_file: resume.new_file,
+                new_dirs: resume.new_dirs,
                 recent: VecDeque::new(),
                 recent_bytes: 0,
                 next_seq: resume.next_seq,
@@ -929,7 +950,10 @@ impl WriterHandle {
                 registry.remove(&live.key);
             }
             live.changed.send_modify(|n| *n += 1);
-            (file, std::mem::take(&mut state.new_file))
+            (
+                file,
+                std::mem::take(&mut state.new_file).then(|| std::mem::take(&mut state.new_dirs)),
+            )
         };
         // Fsync outside the locks: writers and readers of other logs need not wait.
         if let Some(file) = file
@@ -937,8 +961,8 @@ impl WriterHandle {
         {
             tracing::warn!(log = %live.key, error = %e, "cannot fsync a step log file");
         }
-        if let (true, Some(path)) = (new_file, &live.path) {
-            sync_dirs(path);
+        if let (Some(new_dirs), Some(path)) = (new_file, &live.path) {
+            sync_dirs(path, new_dirs);
         }
     }
 }
