@@ -402,7 +402,10 @@ access = "read"
             "[[tokens]]\nname='x'\ntoken='0123456789abcdefgh'\nengines=['*']\naccess='read'\n";
         std::fs::write(&path, plain).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let e = Auth::load(&path).err().expect("refused").to_string();
+        let Err(e) = Auth::load(&path) else {
+            panic!("a readable file of plaintext tokens loads");
+        };
+        let e = e.to_string();
         assert!(e.contains("chmod 600") && e.contains("644"), "{e}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         Auth::load(&path).expect("a private file loads");
