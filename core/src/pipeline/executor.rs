@@ -549,10 +549,26 @@ impl Driver {
         is_finally: bool,
     ) -> Result<Vec<StepPhase>, Deleted> {
         let siblings = CancelToken::new();
-        let runs = steps
-            .iter()
-            .zip(locs)
-            .map(|(step, loc)| self.run_step(stage, step, *loc, deadline, is_finally, &siblings));
+        let remaining = std::sync::atomic::AtomicUsize::new(steps.len());
+        let runs = steps.iter().zip(locs).map(|(step, loc)| {
+            let (siblings, remaining) = (&siblings, &remaining);
+            async move {
+                let phase = self
+                    .run_step(stage, step, *loc, deadline, is_finally, siblings)
+                    .await?;
+                // A step that ends while siblings still run is written now
+                // (they may run long). The last one's end is carried by the
+                // next write, which follows at once: the next step's start,
+                // a skipped stage's, or the finish — one commit fewer per
+                // group. A crash in between finds the step `Running`, and it
+                // runs again as an interrupted attempt (at-least-once until
+                // its completion is recorded, as always).
+                if remaining.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) > 1 {
+                    self.cell.flush().await?;
+                }
+                Ok(phase)
+            }
+        });
         join_all(runs).await.into_iter().collect()
     }
 
@@ -791,7 +807,7 @@ impl Driver {
         if phase == StepPhase::Failed && self.exec.spec.pipeline_spec.fail_fast {
             siblings.cancel();
         }
-        self.cell.flush().await?;
+        // Written by `run_group` (now, or with the next write).
         Ok(phase)
     }
 }
