@@ -34,6 +34,13 @@ use crate::model::diagnostic::did_you_mean;
 /// recursive parser and evaluator cannot overflow the stack.
 pub const MAX_DEPTH: usize = 32;
 
+/// Binary operators (`&&`, `||`, `==`, `!=`, `in`) one expression may hold. A
+/// chain of `&&` or `||` parses into a tree as deep as it is long, which the
+/// recursive evaluator, reference collector and drop walk: the cap keeps that
+/// depth (with [`MAX_DEPTH`]) far from any thread's stack (fuzzing found 25,000
+/// `&&` overflowing a 2 MiB worker stack).
+pub const MAX_OPERATORS: usize = 256;
+
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
@@ -333,6 +340,7 @@ struct ExprParser<'a> {
     pos: usize,
     src: &'a str,
     depth: usize,
+    operators: usize,
 }
 
 impl ExprParser<'_> {
@@ -374,9 +382,23 @@ impl ExprParser<'_> {
         Ok(())
     }
 
+    /// Counts one binary operator, refusing past [`MAX_OPERATORS`].
+    fn operator(&mut self) -> Result<(), ExprError> {
+        self.operators += 1;
+        if self.operators > MAX_OPERATORS {
+            return Err(ExprError::new(
+                format!("expression has more than {MAX_OPERATORS} operators"),
+                self.range(),
+            )
+            .hint("split the condition, or compute it in a step and test its output"));
+        }
+        Ok(())
+    }
+
     fn or(&mut self) -> Result<Expr, ExprError> {
         let mut left = self.and()?;
         while self.eat_op("||") {
+            self.operator()?;
             let right = self.and()?;
             left = Expr::Binary(BinOp::Or, Box::new(left), Box::new(right));
         }
@@ -386,6 +408,7 @@ impl ExprParser<'_> {
     fn and(&mut self) -> Result<Expr, ExprError> {
         let mut left = self.cmp()?;
         while self.eat_op("&&") {
+            self.operator()?;
             let right = self.cmp()?;
             left = Expr::Binary(BinOp::And, Box::new(left), Box::new(right));
         }
@@ -404,6 +427,7 @@ impl ExprParser<'_> {
         } else {
             return Ok(left);
         };
+        self.operator()?;
         let right = self.unary()?;
         Ok(Expr::Binary(op, Box::new(left), Box::new(right)))
     }
@@ -533,6 +557,7 @@ pub fn parse(src: &str) -> Result<Expr, ExprError> {
         pos: 0,
         src,
         depth: 0,
+        operators: 0,
     };
     let e = p.or()?;
     if p.pos < p.toks.len() {
@@ -792,6 +817,38 @@ pub fn interpolate(template: &str, ctx: &dyn EvalContext) -> Result<String, Inte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/`): a long `&&` chain parsed into a tree as
+    /// deep as the chain, and walking it overflowed a worker's stack. The cap
+    /// refuses it; what is under the cap parses, evaluates and drops on a
+    /// 2 MiB stack (a tokio worker's).
+    #[test]
+    fn long_operator_chains_are_refused_and_what_is_allowed_runs_on_a_small_stack() {
+        let chain = |n: usize| vec!["true"; n + 1].join(" && ");
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let err = parse(&chain(100_000)).expect_err("refused");
+                assert!(
+                    err.to_string()
+                        .contains(&format!("more than {MAX_OPERATORS} operators")),
+                    "{err}"
+                );
+                let mixed = vec!["'a' == 'a'"; MAX_OPERATORS / 2 + 1].join(" || ");
+                assert!(parse(&mixed).is_err(), "`==` counts too");
+                let allowed = parse(&chain(MAX_OPERATORS)).expect("parses");
+                assert_eq!(
+                    evaluate(&allowed, &MapContext::default()),
+                    Ok(Value::Bool(true))
+                );
+                let mut refs = Vec::new();
+                allowed.collect_refs(&mut refs);
+                drop(allowed);
+            })
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+    }
 
     fn ctx() -> MapContext {
         let mut c = MapContext::default();

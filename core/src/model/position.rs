@@ -12,8 +12,9 @@ const BLOCK: usize = 64;
 pub(crate) struct SourceIndex {
     /// Byte offset of the start of each line.
     line_starts: Vec<usize>,
-    /// Characters before each `BLOCK`-byte block; empty when the text is ASCII
-    /// (then characters are bytes).
+    /// Characters before each `BLOCK`-byte block, then the text's whole count
+    /// (so the end of a text whose length is a multiple of `BLOCK` has its
+    /// entry); empty when the text is ASCII (then characters are bytes).
     block_chars: Vec<usize>,
     /// Length of the text, in bytes.
     len: usize,
@@ -33,14 +34,16 @@ impl SourceIndex {
             Vec::new()
         } else {
             let mut chars = 0;
-            bytes
+            let mut before: Vec<usize> = bytes
                 .chunks(BLOCK)
                 .map(|block| {
                     let before = chars;
                     chars += block.iter().filter(|b| is_char_start(**b)).count();
                     before
                 })
-                .collect()
+                .collect();
+            before.push(chars);
+            before
         };
         Self {
             line_starts,
@@ -129,12 +132,20 @@ mod tests {
     #[test]
     fn positions_agree_with_counting_characters() {
         let long = "é".repeat(100);
+        // Found by fuzzing (`fuzz/`, pipeline_yaml): a non-ASCII text whose
+        // length is a multiple of the block size, positioned at its very end.
+        let mut block_sized = "name: p\ndescription: café ".to_owned();
+        while block_sized.len() < 2 * BLOCK {
+            block_sized.push('x');
+        }
         for source in [
             "name: p\nstages: x\n".to_owned(),
             format!("a: {long}\nb: ü{long}x\n\nc: d"),
+            block_sized,
         ] {
             let index = SourceIndex::new(&source);
-            for (byte, _) in source.char_indices() {
+            let ends = source.char_indices().map(|(b, _)| b);
+            for byte in ends.chain([source.len()]) {
                 let line = source[..byte].matches('\n').count() + 1;
                 let line_start = source[..byte].rfind('\n').map_or(0, |i| i + 1);
                 let column = source[line_start..byte].chars().count() + 1;
