@@ -320,14 +320,20 @@ async fn a_process_step_has_no_network_unless_the_engine_grants_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_step_cannot_signal_a_host_process() {
-    let marker = format!("3124.{}1", std::process::id());
+    let (_registry, lease) = shell(&["sh"]).await;
+    assert_cannot_kill_a_host_process(&lease, "3124").await;
+}
+
+/// Starts a host `sleep` (its argument marked with `tag`), has the step
+/// `kill -9` it, and checks it is alive and the kill failed.
+async fn assert_cannot_kill_a_host_process(lease: &BizLease, tag: &str) {
+    let marker = format!("{tag}.{}1", std::process::id());
     let mut victim = std::process::Command::new("sleep")
         .arg(&marker)
         .spawn()
         .expect("sleep");
-    let (_registry, lease) = shell(&["sh"]).await;
     let ws = run_script(
-        &lease,
+        lease,
         &format!("kill -9 {} 2> kill.txt; echo $? >> kill.txt", victim.id()),
     )
     .await;
@@ -452,26 +458,8 @@ async fn landlock_scopes_stop_abstract_sockets_and_signals_the_namespaces_let_th
 
     // Without the namespace sandbox (the fallback), the signal scope still
     // keeps host processes out of reach.
-    let marker = format!("3125.{}1", std::process::id());
-    let mut victim = std::process::Command::new("sleep")
-        .arg(&marker)
-        .spawn()
-        .expect("sleep");
     let (_registry, lease) = shell_limited(|limits| limits.sandbox = false).await;
-    let ws = run_script(
-        &lease,
-        &format!("kill -9 {} 2> kill.txt; echo $? >> kill.txt", victim.id()),
-    )
-    .await;
-    let alive = victim.try_wait().expect("try_wait").is_none();
-    let _ = victim.kill();
-    let _ = victim.wait();
-    assert!(
-        alive,
-        "the step killed a host process: {}",
-        read(&ws, "kill.txt")
-    );
-    assert_ne!(read(&ws, "kill.txt").lines().last(), Some("0"));
+    assert_cannot_kill_a_host_process(&lease, "3125").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
