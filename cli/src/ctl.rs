@@ -7,12 +7,13 @@
 //! reach the server exits with 2.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arkline::host::terminal::escape_line;
 use arkline::model::{ExecutionPhase, Pipeline, PipelineExecution};
 use clap::{Args, Subcommand};
 use reqwest::Method;
@@ -650,7 +651,14 @@ impl CtlArgs {
         if self.json {
             println!("{}", serde_json::to_string(line)?);
         } else {
-            println!("{}", line.message.trim_end_matches('\n'));
+            let message = line.message.trim_end_matches('\n');
+            // On a terminal, what the guest wrote cannot drive it; piped, the
+            // lines go out as written (`--json` keeps them exact either way).
+            if std::io::stdout().is_terminal() {
+                println!("{}", escape_line(message));
+            } else {
+                println!("{message}");
+            }
         }
         Ok(())
     }

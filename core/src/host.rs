@@ -20,6 +20,7 @@ pub mod process;
 pub mod since_v0_1_0;
 mod state;
 pub mod step_log;
+pub mod terminal;
 
 pub use cache::BlobCache;
 pub use capability::{CallerIdentity, Capabilities, Capability, EffectiveCapabilities};

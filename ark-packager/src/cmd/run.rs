@@ -12,6 +12,7 @@ use std::time::Duration;
 use anstyle::{AnsiColor, Style};
 use anyhow::Context as _;
 use arkline::ark::Ark;
+use arkline::host::terminal::{escape_line, escape_text};
 use arkline::host::{Capabilities, merge_grants, parse_grant};
 use arkline::host::{LogLevel, LogLine, LogSink};
 use arkline::model::ByteSize;
@@ -269,11 +270,20 @@ impl std::fmt::Display for StepFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.failure {
             // Its message already names the biz, the step type and the types it has.
-            StepFailure::UnknownStepType { .. } => write!(f, "{}", self.failure)?,
-            failure => write!(f, "step `{}` failed: {failure}", self.step)?,
+            // The guest wrote the message and named the functions of the
+            // backtrace: escaped, so it cannot drive the terminal.
+            StepFailure::UnknownStepType { .. } => {
+                write!(f, "{}", escape_text(&self.failure.to_string()))?
+            }
+            failure => write!(
+                f,
+                "step `{}` failed: {}",
+                self.step,
+                escape_text(&failure.to_string())
+            )?,
         }
         if let Some(backtrace) = fault_backtrace(&self.failure) {
-            write!(f, "\n\nguest backtrace:\n{backtrace}")?;
+            write!(f, "\n\nguest backtrace:\n{}", escape_text(backtrace))?;
         }
         Ok(())
     }
@@ -306,17 +316,20 @@ fn failure_json(failure: &StepFailure) -> serde_json::Value {
 }
 
 /// `summary: …` (when there is one), then `outputs:` and one `key = value` line per
-/// output; continuation lines of a multi-line value are indented under it.
+/// output; continuation lines of a multi-line value are indented under it. The
+/// guest wrote all of it, so control characters are shown escaped.
 fn write_outcome(out: &mut impl std::io::Write, outcome: &StepOutcome) -> std::io::Result<()> {
     if let Some(summary) = &outcome.summary {
-        writeln!(out, "summary: {summary}")?;
+        writeln!(out, "summary: {}", escape_line(summary))?;
     }
     if outcome.outputs.is_empty() {
         return writeln!(out, "outputs: (none)");
     }
     writeln!(out, "outputs:")?;
     for (key, value) in &outcome.outputs {
-        let indent = " ".repeat(key.len() + 5);
+        let key = escape_line(key);
+        let value = escape_text(value);
+        let indent = " ".repeat(key.chars().count() + 5);
         let mut lines = value.split('\n');
         writeln!(out, "  {key} = {}", lines.next().unwrap_or_default())?;
         for line in lines {
@@ -340,7 +353,7 @@ fn log_printer(shell: &Shell) -> LogSink {
         let fields: String = line
             .fields
             .iter()
-            .map(|(k, v)| format!(" {k}={v}"))
+            .map(|(k, v)| format!(" {}={}", escape_line(k), escape_line(v)))
             .collect();
         let mut err = anstream::AutoStream::new(std::io::stderr(), choice).lock();
         // A closed stderr must not disturb the step.
@@ -348,7 +361,7 @@ fn log_printer(shell: &Shell) -> LogSink {
             err,
             "{style}{:>5}{style:#} {source:<6} | {}{fields}",
             line.level.as_str(),
-            line.message
+            escape_line(&line.message)
         );
     })
 }
@@ -532,6 +545,28 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "summary: done\noutputs:\n  a = x\n      y\n"
+        );
+    }
+
+    #[test]
+    fn guest_text_cannot_drive_the_terminal() {
+        let outcome = StepOutcome {
+            outputs: [("k\x1b[2J".to_owned(), "red\x1b[31m\rok\nnext".to_owned())].into(),
+            summary: Some("\x1b]0;title\x07".to_owned()),
+        };
+        let mut out = Vec::new();
+        write_outcome(&mut out, &outcome).expect("writes");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "summary: \\u{1b}]0;title\\u{7}\noutputs:\n  k\\u{1b}[2J = red\\u{1b}[31m\\rok\n               next\n"
+        );
+        let failed = StepFailed {
+            step: "s".to_owned(),
+            failure: StepFailure::Failed("bad\x1b[1A\x1b[2Kall good".to_owned()),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "step `s` failed: bad\\u{1b}[1A\\u{1b}[2Kall good"
         );
     }
 }

@@ -189,6 +189,41 @@ crate-type = ["cdylib"]
 }
 
 #[test]
+fn a_component_importing_an_interface_the_host_lacks_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("foreign-import");
+    scaffold(&dir);
+    // The step calls a function of `acme:db/query`, which no arkline host serves.
+    let lib = std::fs::read_to_string(dir.join("src/lib.rs")).expect("lib.rs");
+    let lib = lib.replace(
+        "let greeting = format!(\"hello, {}!\", config.name);",
+        "let greeting = acme::db::query::run(&config.name);",
+    ) + r#"
+arkline_sdk::__private::wit_bindgen::generate!({
+    inline: "package acme:db; interface query { run: func(sql: string) -> string; } world extra { import query; }",
+    world: "extra",
+    runtime_path: "::arkline_sdk::__private::wit_bindgen::rt",
+});
+"#;
+    assert!(lib.contains("acme::db::query::run"), "the scaffold changed");
+    std::fs::write(dir.join("src/lib.rs"), lib).expect("write");
+    let archive = target_dir().join("ark/foreign-import-0.1.0.ark");
+    let _ = std::fs::remove_file(&archive);
+    cargo_ark()
+        .args(["ark", "package", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("is not a usable step plugin"))
+        .stderr(predicate::str::contains(
+            "imports something this host does not provide",
+        ))
+        .stderr(predicate::str::contains("acme:db/query"))
+        .stderr(predicate::str::contains("Packaged").not());
+    assert!(!archive.exists(), "no archive is written");
+}
+
+#[test]
 fn parses_as_cargo_subcommand_and_directly() {
     cargo_ark()
         .args(["ark", "--help"])

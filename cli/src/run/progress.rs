@@ -13,6 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use arkline::PipelineExecution;
+use arkline::host::terminal::escape_line;
 use arkline::model::{ExecutionPhase, StepPhase, StepStatus};
 
 /// Lines of a failed step's log shown with its failure.
@@ -376,7 +377,7 @@ impl Tty {
                             .unwrap_or_default(),
                         e.reason
                             .as_ref()
-                            .map(|r| format!(": {r}"))
+                            .map(|r| format!(": {}", escape_line(r)))
                             .unwrap_or_default()
                     ));
                 }
@@ -401,7 +402,7 @@ impl Tty {
                         .unwrap_or_default(),
                     e.reason
                         .as_ref()
-                        .map(|r| format!(": {r}"))
+                        .map(|r| format!(": {}", escape_line(r)))
                         .unwrap_or_default()
                 ));
             }
@@ -444,7 +445,7 @@ fn failure_block(e: &Event, tail: &[String]) -> String {
     );
     for line in tail {
         out.push_str("\n    ");
-        out.push_str(line);
+        out.push_str(&escape_line(line));
     }
     out
 }
@@ -514,7 +515,7 @@ fn plain_line(e: &Event, color: bool) -> String {
     let why = e
         .reason
         .as_ref()
-        .map(|r| format!(": {r}"))
+        .map(|r| format!(": {}", escape_line(r)))
         .unwrap_or_default();
     let phase_style = match e.phase.as_str() {
         "Failed" | "Aborted" => BAD_VERB,
@@ -742,6 +743,24 @@ mod tests {
         }
         assert_eq!(v["event"], "execution_started");
         assert_eq!(v["resumed"], true);
+    }
+
+    #[test]
+    fn guest_text_in_plain_lines_is_escaped() {
+        let mut e = id().event(EventKind::Step, "Failed".into());
+        e.stage = Some("build".into());
+        e.step = Some("compile".into());
+        e.reason = Some("boom\x1b[2K\rall good".into());
+        assert_eq!(
+            plain_line(&e, false),
+            "      Failed team-a/build-1 build/compile: boom\\u{1b}[2K\\rall good"
+        );
+        let block = failure_block(&e, &["\x1b]0;owned\x07line".into()]);
+        assert!(!block.contains('\x1b'), "{block:?}");
+        assert!(
+            block.ends_with("\n    \\u{1b}]0;owned\\u{7}line"),
+            "{block:?}"
+        );
     }
 
     #[test]

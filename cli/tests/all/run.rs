@@ -68,6 +68,7 @@ stages:
         with:
           script: |
             echo \"checking the widget\"
+            printf 'title \\033]0;owned\\007 then \\033[2Kerased\\n'
             echo \"widget is bent\" >&2
             exit 3
   - name: never
@@ -318,6 +319,12 @@ fn a_failing_pipeline_exits_1_and_shows_the_failing_steps_log_tail() {
         stderr.contains("widget is bent"),
         "the log tail is shown: {stderr}"
     );
+    // What the step printed cannot drive the terminal: escapes are shown, not sent.
+    assert!(
+        stderr.contains("title \\u{1b}]0;owned\\u{7} then \\u{1b}[2Kerased"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
     assert!(
         !stderr.contains("Running team-a/broken-1 never/after"),
         "{stderr}"

@@ -99,7 +99,8 @@ pub fn inspect_component(wasm: &[u8]) -> Result<ComponentInfo, ComponentError> {
     describe_component(&describe_engine()?, wasm)
 }
 
-/// Checks `wasm` is a component exporting a step world this host serves, then
+/// Checks `wasm` is a component exporting a step world this host serves and
+/// importing nothing the host lacks ([`ComponentError::Link`]), then
 /// instantiates it (WASI with nothing granted: no files, no environment; every
 /// other import a trap) and calls `describe()` under a fuel cap and a deadline.
 ///
@@ -115,6 +116,7 @@ pub fn describe_component(engine: &Engine, wasm: &[u8]) -> Result<ComponentInfo,
         .map(|(name, _)| name.to_owned())
         .collect();
     let api_version = step_api_version(engine, &component)?;
+    check_imports(engine, &component)?;
 
     let steps = call_describe(engine, &component)?;
     check_steps(&steps)?;
@@ -159,6 +161,20 @@ pub(crate) fn step_api_version(
         });
     }
     Ok(api_version)
+}
+
+/// Refuses a component importing anything the step host does not provide: a
+/// link against the host's real linker (WASI 0.2 and every `arkline:step`
+/// interface it serves), without instantiating. `describe()` itself runs with
+/// unknown imports as traps, so without this a component importing, say,
+/// `acme:db/query` would package fine and only be refused at install.
+fn check_imports(engine: &Engine, component: &Component) -> Result<(), ComponentError> {
+    let link_err = |e: wasmtime::Error| ComponentError::Link(format!("{e:#}"));
+    let mut linker = Linker::<host::StepState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_err)?;
+    since_v0_1_0::add_to_linker(&mut linker).map_err(link_err)?;
+    linker.instantiate_pre(component).map_err(link_err)?;
+    Ok(())
 }
 
 pub(crate) fn check_header(wasm: &[u8]) -> Result<(), ComponentError> {
