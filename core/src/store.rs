@@ -290,6 +290,108 @@ pub struct WatchEvent {
 /// `Err(StoreError::Gone)` item means the watcher fell behind compaction: relist.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
 
+/// An object as [`Store::watch_encoded`] hands it over: the JSON a backend
+/// stored, not yet decoded, or an object a backend keeps decoded. Decoding it
+/// once, straight into the form a consumer needs ([`EncodedObject::decode`]
+/// for a typed [`Resource`]), skips the `serde_json::Value` tree of a
+/// [`DynamicObject`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum EncodedObject {
+    /// The stored JSON of a [`DynamicObject`] of `kind` (the redb store).
+    Json {
+        /// The object's kind, from the event's header.
+        kind: String,
+        /// The object's JSON.
+        json: Vec<u8>,
+    },
+    /// An object kept decoded (the memory store, and stores that do not
+    /// implement [`Store::watch_encoded`]).
+    Decoded(DynamicObject),
+}
+
+impl EncodedObject {
+    /// The untyped object.
+    pub fn into_dynamic(self) -> Result<DynamicObject, StoreError> {
+        match self {
+            EncodedObject::Decoded(obj) => Ok(obj),
+            EncodedObject::Json { kind, json } => {
+                serde_json::from_slice(&json).map_err(|source| StoreError::Conversion {
+                    kind,
+                    name: String::new(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Whether the object's `metadata.name` is `name`; stored JSON is only
+    /// scanned for it, nothing else is kept (an undecodable object has no name).
+    pub fn is_named(&self, name: &str) -> bool {
+        match self {
+            EncodedObject::Decoded(obj) => obj.metadata.name == name,
+            EncodedObject::Json { json, .. } => {
+                serde_json::from_slice::<NameOnly>(json).is_ok_and(|o| o.metadata.name == name)
+            }
+        }
+    }
+
+    /// The typed object, decoded once ([`Resource::from_json`]).
+    pub fn decode<R: Resource>(self) -> Result<R, StoreError> {
+        match self {
+            EncodedObject::Decoded(obj) => watcher::convert(obj),
+            EncodedObject::Json { json, .. } => R::from_json(&json).map_err(|source| {
+                // Only on failure: the name, for the message.
+                let name = serde_json::from_slice::<NameOnly>(&json)
+                    .map(|o| o.metadata.name)
+                    .unwrap_or_default();
+                StoreError::Conversion {
+                    kind: R::KIND.to_string(),
+                    name,
+                    source,
+                }
+            }),
+        }
+    }
+}
+
+/// Just enough of an object to name it in an error.
+#[derive(Deserialize)]
+struct NameOnly {
+    metadata: NameOnlyMeta,
+}
+
+#[derive(Deserialize)]
+struct NameOnlyMeta {
+    #[serde(default)]
+    name: String,
+}
+
+/// One change, as delivered by [`Store::watch_encoded`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedWatchEvent {
+    /// What happened.
+    pub event_type: EventType,
+    /// The revision of the write.
+    pub revision: Revision,
+    /// The object after the write (for `Deleted`, its last state).
+    pub object: EncodedObject,
+}
+
+impl EncodedWatchEvent {
+    /// The event with its object decoded untyped.
+    pub fn into_dynamic(self) -> Result<WatchEvent, StoreError> {
+        Ok(WatchEvent {
+            event_type: self.event_type,
+            revision: self.revision,
+            object: self.object.into_dynamic()?,
+        })
+    }
+}
+
+/// The stream returned by [`Store::watch_encoded`]; as [`WatchStream`].
+pub type EncodedWatchStream =
+    Pin<Box<dyn Stream<Item = Result<EncodedWatchEvent, StoreError>> + Send>>;
+
 /// A resource store with Kubernetes-over-etcd semantics. Object-safe: use it as
 /// `Arc<dyn Store>`.
 ///
@@ -341,6 +443,26 @@ pub trait Store: Send + Sync + fmt::Debug {
         engine: Option<&str>,
         from_revision: Revision,
     ) -> Result<WatchStream, StoreError>;
+
+    /// As [`Store::watch`], with each object as the backend holds it, so a
+    /// consumer decodes it once into the form it needs. The default wraps
+    /// [`Store::watch`]; a backend that keeps encoded objects overrides it.
+    async fn watch_encoded(
+        &self,
+        kind: &str,
+        engine: Option<&str>,
+        from_revision: Revision,
+    ) -> Result<EncodedWatchStream, StoreError> {
+        use futures::StreamExt as _;
+        let events = self.watch(kind, engine, from_revision).await?;
+        Ok(Box::pin(events.map(|item| {
+            item.map(|e| EncodedWatchEvent {
+                event_type: e.event_type,
+                revision: e.revision,
+                object: EncodedObject::Decoded(e.object),
+            })
+        })))
+    }
 
     /// Forgets the events at or before `revision` (objects are kept). Compacting
     /// beyond the current revision compacts up to it.

@@ -150,6 +150,27 @@ pub trait Resource: Sized + Clone + Send + Sync + 'static {
     fn to_dynamic(&self) -> Result<DynamicObject, serde_json::Error>;
     /// Converts from the untyped form (the kind must match).
     fn from_dynamic(obj: DynamicObject) -> Result<Self, serde_json::Error>;
+    /// Decodes the JSON of a [`DynamicObject`] of this kind (as a store keeps
+    /// it) straight into the typed form. The result equals
+    /// `from_dynamic(serde_json::from_slice(json)?)`; the kinds of this crate
+    /// override it to skip the intermediate `serde_json::Value` tree.
+    fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
+        Self::from_dynamic(serde_json::from_slice(json)?)
+    }
+}
+
+/// The envelope of a stored object with typed spec and status: what
+/// [`Resource::from_json`] decodes into. A `null` or missing status is the
+/// default one, and other fields are ignored, as in `from_dynamic`.
+#[derive(Deserialize)]
+pub(crate) struct TypedEnvelope<S, T> {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    #[serde(default)]
+    pub status: Option<T>,
 }
 
 impl ObjectMeta {
@@ -214,6 +235,26 @@ macro_rules! impl_resource {
                     metadata: obj.metadata,
                     spec: serde_json::from_value(obj.spec)?,
                     status,
+                })
+            }
+
+            fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
+                use serde::de::Error as _;
+                let obj: $crate::model::meta::TypedEnvelope<$spec, $status> =
+                    serde_json::from_slice(json)?;
+                if obj.kind != Self::KIND {
+                    return Err(serde_json::Error::custom(format!(
+                        "expected kind `{}`, found `{}`",
+                        Self::KIND,
+                        obj.kind
+                    )));
+                }
+                Ok(Self {
+                    api_version: obj.api_version,
+                    kind: obj.kind,
+                    metadata: obj.metadata,
+                    spec: obj.spec,
+                    status: obj.status.unwrap_or_default(),
                 })
             }
         }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::{
-    DeleteOptions, LabelSelector, ListQuery, ObjectRef, Revision, Store, StoreError, WatchEvent,
+    DeleteOptions, EncodedWatchEvent, LabelSelector, ListQuery, ObjectRef, Revision, Store,
+    StoreError,
 };
 use crate::model::{DynamicObject, Resource};
 
@@ -128,10 +129,13 @@ impl<R: Resource> Api<R> {
         impl futures::Stream<Item = Result<TypedEvent<R>, StoreError>> + Send + use<R>,
         StoreError,
     > {
-        let stream = self.store.watch(R::KIND, engine, from_revision).await?;
+        let stream = self
+            .store
+            .watch_encoded(R::KIND, engine, from_revision)
+            .await?;
         Ok(stream.map(|item| {
             item.and_then(
-                |WatchEvent {
+                |EncodedWatchEvent {
                      event_type,
                      revision,
                      object,
@@ -139,7 +143,7 @@ impl<R: Resource> Api<R> {
                     Ok(TypedEvent {
                         event_type,
                         revision,
-                        object: Self::from_dynamic(object)?,
+                        object: object.decode::<R>()?,
                     })
                 },
             )

@@ -23,8 +23,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::mutation::{self, Op, OpOutput, Persist};
 use super::watch::{EventLog, EventPage};
 use super::{
-    DeleteOptions, DeleteOutcome, ListQuery, ObjectList, ObjectRef, Retention, Revision, Store,
-    StoreError, WatchEvent, WatchStream,
+    DeleteOptions, DeleteOutcome, EncodedObject, EncodedWatchEvent, EncodedWatchStream, EventType,
+    ListQuery, ObjectList, ObjectRef, Retention, Revision, Store, StoreError, WatchEvent,
+    WatchStream,
 };
 use crate::metrics::{COMMIT_DURATION_BUCKETS, Histogram};
 use crate::model::DynamicObject;
@@ -271,20 +272,40 @@ fn meta_value(
 
 /// Event encoding: `at` (i64 ms, big endian), then `u16` length + kind, `u16`
 /// length + engine (so watchers filter without decoding JSON), then the JSON of
-/// the [`WatchEvent`].
-fn encode_event(at: DateTime<Utc>, event: &WatchEvent) -> Result<Vec<u8>, serde_json::Error> {
-    let json = serde_json::to_vec(event)?;
-    let kind = event.object.kind.as_bytes();
-    let engine = event.object.metadata.engine.as_bytes();
-    let mut out = Vec::with_capacity(12 + kind.len() + engine.len() + json.len());
+/// the [`WatchEvent`], built around `object_json` (the object's JSON, encoded
+/// once for both the stored object and its event) rather than encoding the
+/// object again.
+fn encode_event(
+    at: DateTime<Utc>,
+    object: &DynamicObject,
+    event_type: EventType,
+    revision: Revision,
+    object_json: &[u8],
+) -> Vec<u8> {
+    let kind = object.kind.as_bytes();
+    let engine = object.metadata.engine.as_bytes();
+    let event_type = match event_type {
+        EventType::Added => "Added",
+        EventType::Modified => "Modified",
+        EventType::Deleted => "Deleted",
+    };
+    let mut out = Vec::with_capacity(80 + kind.len() + engine.len() + object_json.len());
     out.extend_from_slice(&at.timestamp_millis().to_be_bytes());
     // Kinds and engines are at most 253 bytes (checked by `mutation::validate_key`).
     out.extend_from_slice(&(kind.len() as u16).to_be_bytes());
     out.extend_from_slice(kind);
     out.extend_from_slice(&(engine.len() as u16).to_be_bytes());
     out.extend_from_slice(engine);
-    out.extend_from_slice(&json);
-    Ok(out)
+    // Exactly what `serde_json::to_vec(&WatchEvent { .. })` writes (field order,
+    // no spaces); the encoding test holds the two together.
+    out.extend_from_slice(b"{\"event_type\":\"");
+    out.extend_from_slice(event_type.as_bytes());
+    out.extend_from_slice(b"\",\"revision\":");
+    out.extend_from_slice(revision.to_string().as_bytes());
+    out.extend_from_slice(b",\"object\":");
+    out.extend_from_slice(object_json);
+    out.push(b'}');
+    out
 }
 
 /// The parts of an encoded event.
@@ -306,6 +327,29 @@ fn split_event(bytes: &[u8]) -> Option<EventParts<'_>> {
         engine,
         json,
     })
+}
+
+/// The type, revision and object JSON of an event's JSON as [`encode_event`]
+/// writes it (`{"event_type":"…","revision":N,"object":{…}}`), without
+/// decoding the object; `None` for any other shape (then decode it whole).
+fn split_event_json(json: &[u8]) -> Option<(EventType, Revision, &[u8])> {
+    let rest = json.strip_prefix(b"{\"event_type\":\"")?;
+    let (event_type, rest) = if let Some(rest) = rest.strip_prefix(b"Added") {
+        (EventType::Added, rest)
+    } else if let Some(rest) = rest.strip_prefix(b"Modified") {
+        (EventType::Modified, rest)
+    } else {
+        (EventType::Deleted, rest.strip_prefix(b"Deleted")?)
+    };
+    let rest = rest.strip_prefix(b"\",\"revision\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let revision = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let object = rest[digits..]
+        .strip_prefix(b",\"object\":")?
+        .strip_suffix(b"}")?;
+    // An object, outer braces and all (the rest is checked when it is decoded).
+    (object.len() >= 2 && object.starts_with(b"{") && object.ends_with(b"}"))
+        .then_some((event_type, revision, object))
 }
 
 fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -362,8 +406,27 @@ impl EventLog for Shared {
             if parts.kind == kind.as_bytes()
                 && engine.is_none_or(|en| en.as_bytes() == parts.engine)
             {
-                let event: WatchEvent = serde_json::from_slice(parts.json)
-                    .map_err(|err| self.corrupt(format!("event {rev}"), err))?;
+                // The object's JSON is handed over undecoded: each watcher
+                // decodes it once, into the form it needs.
+                let event = match split_event_json(parts.json) {
+                    Some((event_type, revision, object)) => EncodedWatchEvent {
+                        event_type,
+                        revision,
+                        object: EncodedObject::Json {
+                            kind: kind.to_owned(),
+                            json: object.to_vec(),
+                        },
+                    },
+                    None => {
+                        let event: WatchEvent = serde_json::from_slice(parts.json)
+                            .map_err(|err| self.corrupt(format!("event {rev}"), err))?;
+                        EncodedWatchEvent {
+                            event_type: event.event_type,
+                            revision: event.revision,
+                            object: EncodedObject::Decoded(event.object),
+                        }
+                    }
+                };
                 page.events.push(event);
             }
         }
@@ -768,36 +831,43 @@ impl Writer {
                     name: key.clone(),
                     reason: format!("cannot encode as JSON: {e}"),
                 };
-                match &change.persist {
-                    Persist::Nothing => {
-                        outcomes.push(Ok(Some(change.output)));
+                let Some(event_type) = change.event_type() else {
+                    outcomes.push(Ok(Some(change.output)));
+                    continue;
+                };
+                // The object is encoded once: the stored value, and the event
+                // around the same bytes.
+                let json = match serde_json::to_vec(change.object()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        outcomes.push(Err(invalid(e)));
                         continue;
                     }
-                    Persist::Put(obj) => {
-                        let bytes = match serde_json::to_vec(&**obj) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                outcomes.push(Err(invalid(e)));
-                                continue;
-                            }
-                        };
+                };
+                match change.persist {
+                    Persist::Put(_) => {
                         objects
-                            .insert(key.as_str(), bytes.as_slice())
+                            .insert(key.as_str(), json.as_slice())
                             .map_err(shared.backend("write an object"))?;
                     }
-                    Persist::Remove => {
+                    // (`Nothing` logs no event: it was answered above.)
+                    Persist::Remove | Persist::Nothing => {
                         objects
                             .remove(key.as_str())
                             .map_err(shared.backend("remove an object"))?;
                     }
                 }
                 head += 1;
-                if let Some(event) = &change.event {
-                    let bytes = encode_event(now, event).map_err(invalid)?;
-                    events
-                        .insert(head, bytes.as_slice())
-                        .map_err(shared.backend("write an event"))?;
-                }
+                let event = encode_event(
+                    now,
+                    change.object(),
+                    event_type,
+                    change.object().metadata.resource_version,
+                    &json,
+                );
+                events
+                    .insert(head, event.as_slice())
+                    .map_err(shared.backend("write an event"))?;
                 outcomes.push(Ok(Some(change.output)));
             }
             let mut target = self.options.retention.count_target(head);
@@ -888,6 +958,17 @@ impl Store for RedbStore {
         engine: Option<&str>,
         from_revision: Revision,
     ) -> Result<WatchStream, StoreError> {
+        Ok(super::watch::decoded(
+            self.watch_encoded(kind, engine, from_revision).await?,
+        ))
+    }
+
+    async fn watch_encoded(
+        &self,
+        kind: &str,
+        engine: Option<&str>,
+        from_revision: Revision,
+    ) -> Result<EncodedWatchStream, StoreError> {
         let compacted = self.read(|s| s.compacted()).await?;
         if from_revision < compacted {
             return Err(StoreError::Gone {
@@ -1089,13 +1170,64 @@ mod tests {
                 status: serde_json::Value::Null,
             },
         };
-        let bytes = encode_event(Utc::now(), &event).unwrap();
-        let parts = split_event(&bytes).unwrap();
-        assert_eq!((parts.kind, parts.engine), (&b"Pipeline"[..], &b"e"[..]));
-        assert_eq!(
-            serde_json::from_slice::<WatchEvent>(parts.json).unwrap(),
-            event
-        );
+        for event_type in [EventType::Added, EventType::Modified, EventType::Deleted] {
+            let event = WatchEvent {
+                event_type,
+                ..event.clone()
+            };
+            let object_json = serde_json::to_vec(&event.object).unwrap();
+            let bytes = encode_event(Utc::now(), &event.object, event_type, 7, &object_json);
+            let parts = split_event(&bytes).unwrap();
+            assert_eq!((parts.kind, parts.engine), (&b"Pipeline"[..], &b"e"[..]));
+            // Byte for byte what serde writes, so events written before and after
+            // this encoding read alike.
+            assert_eq!(parts.json, serde_json::to_vec(&event).unwrap().as_slice());
+            assert_eq!(
+                serde_json::from_slice::<WatchEvent>(parts.json).unwrap(),
+                event
+            );
+        }
+        let object_json = serde_json::to_vec(&event.object).unwrap();
+        let bytes = encode_event(Utc::now(), &event.object, event.event_type, 7, &object_json);
         assert!(split_event(&bytes[..12]).is_none());
+    }
+
+    #[test]
+    fn event_json_splits_without_decoding_the_object_or_is_left_whole() {
+        let object = br#"{"apiVersion":"v","kind":"K","metadata":{"name":"a}"},"spec":"\"}"}"#;
+        for (event_type, name) in [
+            (EventType::Added, "Added"),
+            (EventType::Modified, "Modified"),
+            (EventType::Deleted, "Deleted"),
+        ] {
+            let json = [
+                format!(r#"{{"event_type":"{name}","revision":18446744073709551615,"object":"#)
+                    .as_bytes(),
+                object,
+                b"}",
+            ]
+            .concat();
+            assert_eq!(
+                split_event_json(&json),
+                Some((event_type, u64::MAX, &object[..]))
+            );
+        }
+        // Any other shape is not split (the reader then decodes it whole).
+        for odd in [
+            &br#"{"revision":1,"event_type":"Added","object":{}}"#[..],
+            br#"{"event_type":"Added","revision":1,"object":{}"#,
+            br#"{"event_type":"Renamed","revision":1,"object":{}}"#,
+            br#"{"event_type":"Added","revision":-1,"object":{}}"#,
+            br#"{"event_type":"Added","revision":99999999999999999999,"object":{}}"#,
+            br#"{"event_type":"Added","revision":1,"object":null}"#,
+            br#"{ "event_type":"Added","revision":1,"object":{}}"#,
+        ] {
+            assert_eq!(
+                split_event_json(odd),
+                None,
+                "{}",
+                String::from_utf8_lossy(odd)
+            );
+        }
     }
 }

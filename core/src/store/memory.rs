@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use super::mutation::{self, LoggedEvent, Op, OpOutput, Persist};
 use super::watch::{EventLog, EventPage};
 use super::{
-    DeleteOptions, DeleteOutcome, ListQuery, ObjectList, ObjectRef, Retention, Revision, Store,
-    StoreError, WatchStream,
+    DeleteOptions, DeleteOutcome, EncodedObject, EncodedWatchEvent, EncodedWatchStream, ListQuery,
+    ObjectList, ObjectRef, Retention, Revision, Store, StoreError, WatchStream,
 };
 use crate::model::DynamicObject;
 
@@ -93,7 +93,11 @@ impl EventLog for Shared {
             let e = &logged.event;
             page.scanned_to = e.revision;
             if e.object.kind == kind && engine.is_none_or(|en| e.object.metadata.engine == en) {
-                page.events.push(e.clone());
+                page.events.push(EncodedWatchEvent {
+                    event_type: e.event_type,
+                    revision: e.revision,
+                    object: EncodedObject::Decoded(e.object.clone()),
+                });
             }
         }
         Ok(page)
@@ -140,15 +144,15 @@ impl MemoryStore {
         let change = mutation::plan(op, current, state.revision + 1, Utc::now())?;
         match change.persist {
             Persist::Nothing => return Ok(change.output),
-            Persist::Put(obj) => {
-                state.objects.insert(key, *obj);
+            Persist::Put(_) => {
+                state.objects.insert(key, change.object().clone());
             }
             Persist::Remove => {
                 state.objects.remove(&key);
             }
         }
         state.revision += 1;
-        if let Some(event) = change.event {
+        if let Some(event) = change.watch_event() {
             state.events.push_back(LoggedEvent {
                 at: Utc::now(),
                 event,
@@ -220,6 +224,17 @@ impl Store for MemoryStore {
         engine: Option<&str>,
         from_revision: Revision,
     ) -> Result<WatchStream, StoreError> {
+        Ok(super::watch::decoded(
+            self.watch_encoded(kind, engine, from_revision).await?,
+        ))
+    }
+
+    async fn watch_encoded(
+        &self,
+        kind: &str,
+        engine: Option<&str>,
+        from_revision: Revision,
+    ) -> Result<EncodedWatchStream, StoreError> {
         let compacted = self.shared.lock().compacted;
         if from_revision < compacted {
             return Err(StoreError::Gone {

@@ -56,23 +56,56 @@ impl OpOutput {
 }
 
 /// What to persist.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Persist {
     /// Nothing changed (no revision is used).
     Nothing,
-    /// Store this object under its key.
-    Put(Box<DynamicObject>),
-    /// Remove the key.
+    /// Store [`Change::object`] under its key; the event is of this type
+    /// (`Added` or `Modified`).
+    Put(EventType),
+    /// Remove the key; the event is `Deleted`, with [`Change::object`] as the
+    /// last state.
     Remove,
 }
 
-/// The decision for one operation.
+/// The decision for one operation. The object written (or removed) lives once,
+/// in `output`: a backend encodes it from there, and copies it only where it
+/// keeps objects in memory.
 #[derive(Debug)]
 pub(crate) struct Change {
     pub persist: Persist,
-    /// The event to log; present exactly when `persist` is not `Nothing`.
-    pub event: Option<WatchEvent>,
     pub output: OpOutput,
+}
+
+impl Change {
+    /// The object after the write: the one stored by `Put`, the last state for
+    /// `Remove` (for `Nothing`, the object as it is).
+    pub(crate) fn object(&self) -> &DynamicObject {
+        match &self.output {
+            OpOutput::Object(o)
+            | OpOutput::Delete(DeleteOutcome::Deleted(o))
+            | OpOutput::Delete(DeleteOutcome::Pending(o)) => o,
+        }
+    }
+
+    /// The type of the event to log; `None` exactly when nothing is persisted.
+    pub(crate) fn event_type(&self) -> Option<EventType> {
+        match self.persist {
+            Persist::Nothing => None,
+            Persist::Put(t) => Some(t),
+            Persist::Remove => Some(EventType::Deleted),
+        }
+    }
+
+    /// The watch event of this change (a copy of the object), if it logs one.
+    pub(crate) fn watch_event(&self) -> Option<WatchEvent> {
+        let object = self.object();
+        Some(WatchEvent {
+            event_type: self.event_type()?,
+            revision: object.metadata.resource_version,
+            object: object.clone(),
+        })
+    }
 }
 
 /// An event as kept in an event log (with its time, for age-based compaction).
@@ -186,7 +219,7 @@ pub(crate) fn plan(
                     reason: "no finalizer can be added once deletion was requested".into(),
                 });
             }
-            let mut new = old.clone();
+            let mut new = old;
             if new.spec != obj.spec {
                 new.metadata.generation += 1;
             }
@@ -223,7 +256,6 @@ pub(crate) fn plan(
                 // Already terminating: nothing to write.
                 return Ok(Change {
                     persist: Persist::Nothing,
-                    event: None,
                     output: OpOutput::Delete(DeleteOutcome::Pending(old)),
                 });
             }
@@ -231,12 +263,7 @@ pub(crate) fn plan(
             new.metadata.deletion_requested = Some(now);
             new.metadata.resource_version = next;
             Ok(Change {
-                persist: Persist::Put(Box::new(new.clone())),
-                event: Some(WatchEvent {
-                    event_type: EventType::Modified,
-                    revision: next,
-                    object: new.clone(),
-                }),
+                persist: Persist::Put(EventType::Modified),
                 output: OpOutput::Delete(DeleteOutcome::Pending(new)),
             })
         }
@@ -257,12 +284,7 @@ fn check_cas(key: &ObjectRef, expected: Revision, old: &DynamicObject) -> Result
 
 fn written(event_type: EventType, obj: DynamicObject) -> Change {
     Change {
-        persist: Persist::Put(Box::new(obj.clone())),
-        event: Some(WatchEvent {
-            event_type,
-            revision: obj.metadata.resource_version,
-            object: obj.clone(),
-        }),
+        persist: Persist::Put(event_type),
         output: OpOutput::Object(obj),
     }
 }
@@ -270,11 +292,6 @@ fn written(event_type: EventType, obj: DynamicObject) -> Change {
 fn removed(last: DynamicObject) -> Change {
     Change {
         persist: Persist::Remove,
-        event: Some(WatchEvent {
-            event_type: EventType::Deleted,
-            revision: last.metadata.resource_version,
-            object: last.clone(),
-        }),
         output: OpOutput::Delete(DeleteOutcome::Deleted(last)),
     }
 }

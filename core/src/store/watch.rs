@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Revision, StoreError, WatchEvent, WatchStream};
+use futures::StreamExt as _;
+
+use super::{EncodedWatchEvent, EncodedWatchStream, Revision, StoreError, WatchStream};
 
 /// Events read per page.
 const PAGE: usize = 512;
@@ -16,8 +18,8 @@ const PAGE: usize = 512;
 /// A page of events read from a log.
 #[derive(Debug, Default)]
 pub(crate) struct EventPage {
-    /// Matching events, in revision order.
-    pub events: Vec<WatchEvent>,
+    /// Matching events, in revision order, their objects as the log keeps them.
+    pub events: Vec<EncodedWatchEvent>,
     /// Every event at or before this revision was examined.
     pub scanned_to: Revision,
     /// The page reached the end of the log.
@@ -46,7 +48,7 @@ struct Cursor {
     kind: Arc<str>,
     engine: Option<Arc<str>>,
     pos: Revision,
-    buffer: VecDeque<WatchEvent>,
+    buffer: VecDeque<EncodedWatchEvent>,
     done: bool,
 }
 
@@ -75,6 +77,11 @@ impl Cursor {
     }
 }
 
+/// The events of `encoded` with their objects decoded untyped.
+pub(crate) fn decoded(encoded: EncodedWatchStream) -> WatchStream {
+    Box::pin(encoded.map(|item| item.and_then(EncodedWatchEvent::into_dynamic)))
+}
+
 /// A stream of the events of `kind` (and `engine`) after `from`.
 pub(crate) fn stream(
     log: Arc<dyn EventLog>,
@@ -82,7 +89,7 @@ pub(crate) fn stream(
     kind: &str,
     engine: Option<&str>,
     from: Revision,
-) -> WatchStream {
+) -> EncodedWatchStream {
     let cursor = Cursor {
         log,
         head,

@@ -14,10 +14,15 @@
 //! failed watch is yielded as `Err` and the watcher lists again after a backoff
 //! (exponential, reset once a relist succeeds; see [`Config`]). `Gone` is not an
 //! error here — it is handled by relisting — so it is never yielded. The stream
-//! never ends; drop it to stop watching. With the typed form
-//! ([`Api::watcher`](super::Api::watcher)) an object that does not convert to `R`
-//! is yielded as `Err(StoreError::Conversion)` in place of its event, and the
-//! stream goes on with the next one.
+//! never ends; drop it to stop watching. An object that does not decode (to `R`
+//! with the typed form, [`Api::watcher`](super::Api::watcher)) is yielded as
+//! `Err(StoreError::Conversion)` in place of its event, and the stream goes on
+//! with the next one.
+//!
+//! Objects are decoded once, by the consumer: the watcher passes on what
+//! [`Store::watch_encoded`] hands over (the redb store's stored JSON), and the
+//! typed form decodes it straight into `R` ([`Resource::from_json`]), with no
+//! `serde_json::Value` tree between.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -53,7 +58,10 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 
-use super::{Api, EventType, ListQuery, Object, Revision, Store, StoreError, WatchStream};
+use super::{
+    Api, EncodedObject, EncodedWatchStream, EventType, ListQuery, Object, Revision, Store,
+    StoreError,
+};
 use crate::model::{DynamicObject, Resource};
 
 /// One step of a watcher's view of a kind.
@@ -171,6 +179,18 @@ pub fn watcher(
     engine: Option<&str>,
     config: Config,
 ) -> impl Stream<Item = Result<Event<DynamicObject>, StoreError>> + Send + use<> {
+    encoded_watcher(store, kind, engine, config)
+        .map(|item| item.and_then(|event| event.try_map(EncodedObject::into_dynamic)))
+}
+
+/// The watcher loop with objects as the store hands them over, for each
+/// consumer to decode once into its own form.
+fn encoded_watcher(
+    store: Arc<dyn Store>,
+    kind: &str,
+    engine: Option<&str>,
+    config: Config,
+) -> impl Stream<Item = Result<Event<EncodedObject>, StoreError>> + Send + use<> {
     let watcher = Watcher::new(store, kind, engine, config);
     futures::stream::unfold(watcher, |mut w| async move {
         let item = w.next().await;
@@ -187,8 +207,9 @@ impl<R: Resource> Api<R> {
         engine: Option<&str>,
         config: Config,
     ) -> impl Stream<Item = Result<Event<R>, StoreError>> + Send + use<R> {
-        watcher(self.store().clone(), R::KIND, engine, config)
-            .map(|item| item.and_then(|event| event.try_map(convert::<R>)))
+        // Each stored object is decoded once, straight into `R`.
+        encoded_watcher(self.store().clone(), R::KIND, engine, config)
+            .map(|item| item.and_then(|event| event.try_map(EncodedObject::decode::<R>)))
     }
 }
 
@@ -242,7 +263,7 @@ pub async fn await_condition<R: Resource>(
         Config::default(),
     );
     // The named object as listed by the batch in progress.
-    let mut listed: Option<DynamicObject> = None;
+    let mut listed: Option<EncodedObject> = None;
     loop {
         let current = match watcher.next().await? {
             Event::Init => {
@@ -250,17 +271,17 @@ pub async fn await_condition<R: Resource>(
                 continue;
             }
             Event::InitApply(obj) => {
-                if obj.metadata.name == name {
+                if obj.is_named(name) {
                     listed = Some(obj);
                 }
                 continue;
             }
             Event::InitDone { .. } => listed.take(),
-            Event::Apply(obj) if obj.metadata.name == name => Some(obj),
-            Event::Delete(obj) if obj.metadata.name == name => None,
+            Event::Apply(obj) if obj.is_named(name) => Some(obj),
+            Event::Delete(obj) if obj.is_named(name) => None,
             Event::Apply(_) | Event::Delete(_) => continue,
         };
-        let current = current.map(convert::<R>).transpose()?;
+        let current = current.map(EncodedObject::decode::<R>).transpose()?;
         if cond(current.as_ref()) {
             return Ok(current);
         }
@@ -295,10 +316,10 @@ enum State {
     Listing {
         items: std::vec::IntoIter<DynamicObject>,
         revision: Revision,
-        events: WatchStream,
+        events: EncodedWatchStream,
     },
     /// Following the watch.
-    Watching(WatchStream),
+    Watching(EncodedWatchStream),
 }
 
 impl Watcher {
@@ -316,7 +337,7 @@ impl Watcher {
 
     /// The next event; never the end. Cancel-safe only as part of the stream
     /// (the stream keeps an unfinished call alive).
-    async fn next(&mut self) -> Result<Event<DynamicObject>, StoreError> {
+    async fn next(&mut self) -> Result<Event<EncodedObject>, StoreError> {
         loop {
             match std::mem::replace(&mut self.state, State::Relist) {
                 State::Relist => {
@@ -353,7 +374,7 @@ impl Watcher {
                                 revision,
                                 events,
                             };
-                            Event::InitApply(obj)
+                            Event::InitApply(EncodedObject::Decoded(obj))
                         }
                         None => {
                             self.state = State::Watching(events);
@@ -391,7 +412,7 @@ impl Watcher {
 async fn relist(store: &dyn Store, query: &ListQuery) -> Result<State, StoreError> {
     let list = store.list(query).await?;
     let events = store
-        .watch(&query.kind, query.engine.as_deref(), list.revision)
+        .watch_encoded(&query.kind, query.engine.as_deref(), list.revision)
         .await?;
     Ok(State::Listing {
         items: list.items.into_iter(),

@@ -16,6 +16,9 @@ fn round_trip<
     let dynamic = r.to_dynamic().expect("to dynamic");
     assert_eq!(dynamic.api_version, API_VERSION);
     assert_eq!(dynamic.kind, R::KIND);
+    // The stored JSON of the dynamic form decodes straight to the same object.
+    let stored = serde_json::to_vec(&dynamic).expect("stored json");
+    assert_eq!(&R::from_json(&stored).expect("from stored json"), r);
     assert_eq!(&R::from_dynamic(dynamic).expect("from dynamic"), r);
     let json = serde_json::to_value(r).expect("json");
     assert_eq!(
@@ -104,8 +107,23 @@ fn from_dynamic_refuses_another_kind_and_accepts_a_null_status() {
     );
     dynamic.kind = "PipelineExecution".into();
     dynamic.status = serde_json::Value::Null;
+    let stored = serde_json::to_vec(&dynamic).expect("json");
     let fresh = PipelineExecution::from_dynamic(dynamic).expect("null status");
     assert_eq!(fresh.status, PipelineExecutionStatus::default());
+    // Decoding the stored JSON directly agrees, and refuses what it refuses.
+    assert_eq!(
+        PipelineExecution::from_json(&stored).expect("null status"),
+        fresh
+    );
+    let other_kind = String::from_utf8(stored)
+        .expect("utf-8")
+        .replace("\"kind\":\"PipelineExecution\"", "\"kind\":\"Secret\"");
+    let err = PipelineExecution::from_json(other_kind.as_bytes()).expect_err("wrong kind");
+    assert!(
+        err.to_string()
+            .contains("expected kind `PipelineExecution`"),
+        "{err}"
+    );
 }
 
 #[test]
