@@ -1,6 +1,9 @@
 //! Durable write throughput of the redb store under 1, 16 and 256 concurrent
-//! writers (group commit should make more writers cheaper per write), and the
-//! latency from a write to its watch event.
+//! writers (group commit should make more writers cheaper per write), the
+//! latency from a write to its watch event, and what a watcher pays to turn a
+//! stored five-step execution into its typed form: through a
+//! `serde_json::Value` tree (`DynamicObject`, then `Resource::from_dynamic`) or
+//! straight from the stored JSON (`Resource::from_json`).
 //!
 //! `cargo bench --bench store_writes -- --warm-up-time 1 --measurement-time 3`
 
@@ -8,7 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arkline::model::{API_VERSION, DynamicObject, ObjectMeta};
+use arkline::model::{
+    API_VERSION, DynamicObject, ExecutionPhase, ObjectMeta, PipelineExecution,
+    PipelineExecutionSpec, Resource, StageStatus, StepPhase, StepStatus, parse_pipeline,
+};
 use arkline::store::{RedbOptions, RedbStore, Store};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
@@ -125,9 +131,73 @@ fn watch_latency(c: &mut Criterion) {
     group.finish();
 }
 
+/// A five-step execution as the durable path stores it near its end: the
+/// pipeline snapshot in the spec, every step's status written.
+fn five_step_execution() -> PipelineExecution {
+    let yaml = (1..=5).fold(String::from("name: five\nstages:\n"), |mut y, i| {
+        y.push_str(&format!(
+            "  - name: stage-{i}\n    steps:\n      - name: step-{i}\n        uses: faults/upper\n        with: {{ text: \"hello from step {i}\" }}\n"
+        ));
+        y
+    });
+    let pipeline = parse_pipeline("five.yaml", &yaml).expect("valid pipeline");
+    let mut exec = PipelineExecution::new(
+        ObjectMeta::new("bench", "five-1"),
+        PipelineExecutionSpec {
+            pipeline: "five".into(),
+            pipeline_spec: pipeline.spec,
+            run: 1,
+            ..Default::default()
+        },
+    );
+    exec.status.phase = ExecutionPhase::Running;
+    for i in 1..=5 {
+        exec.status.stages.push(StageStatus {
+            name: format!("stage-{i}"),
+            phase: StepPhase::Succeeded,
+            steps: vec![StepStatus {
+                name: format!("step-{i}"),
+                phase: StepPhase::Succeeded,
+                attempts: 1,
+                started: Some(chrono::Utc::now()),
+                finished: Some(chrono::Utc::now()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        exec.status.outputs.insert(
+            format!("step-{i}"),
+            [("text".to_owned(), format!("HELLO FROM STEP {i}"))].into(),
+        );
+    }
+    exec
+}
+
+fn typed_decode(c: &mut Criterion) {
+    let exec = five_step_execution();
+    let stored = serde_json::to_vec(&exec.to_dynamic().expect("dynamic")).expect("json");
+    let mut group = c.benchmark_group(format!("decode_execution_{}_bytes", stored.len()));
+    group.bench_function("via_value", |b| {
+        b.iter(|| {
+            let dynamic: DynamicObject = serde_json::from_slice(&stored).expect("decodes");
+            PipelineExecution::from_dynamic(dynamic).expect("converts")
+        })
+    });
+    group.bench_function("from_json", |b| {
+        b.iter(|| PipelineExecution::from_json(&stored).expect("decodes"))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
     targets = durable_writes, watch_latency
 }
-criterion_main!(benches);
+
+criterion_group! {
+    name = decode;
+    config = Criterion::default();
+    targets = typed_decode
+}
+criterion_main!(benches, decode);

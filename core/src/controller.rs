@@ -67,9 +67,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::model::{DynamicObject, Resource};
+use crate::model::Resource;
 use crate::store::watcher::{self, Event};
-use crate::store::{ListQuery, ObjectRef, Store, StoreError};
+use crate::store::{EncodedObject, ListQuery, ObjectRef, Store, StoreError};
 
 mod queue;
 
@@ -126,7 +126,21 @@ impl Default for ControllerConfig {
 
 /// Maps a stored object of a watched kind to the keys to reconcile (typed
 /// mappers and filters convert it inside).
-type KeyMapper = Arc<dyn Fn(DynamicObject) -> Vec<ObjectRef> + Send + Sync>;
+/// Maps a watched object, as the store handed it over, to the keys it
+/// queues; each mapper decodes only what it needs.
+type KeyMapper = Arc<dyn Fn(EncodedObject) -> Vec<ObjectRef> + Send + Sync>;
+
+/// The key of a watched object, from its metadata alone; `None` (logged) when
+/// even that does not decode.
+fn key_of(obj: &EncodedObject) -> Option<ObjectRef> {
+    match obj.meta() {
+        Ok((kind, meta)) => Some(ObjectRef::new(kind, meta.engine, meta.name)),
+        Err(e) => {
+            tracing::warn!(error = %e, "controller cannot read a watched object; it triggers nothing");
+            None
+        }
+    }
+}
 
 /// A predicate on primary objects (see [`Controller::filter`]).
 type Filter<R> = Arc<dyn Fn(&R) -> bool + Send + Sync>;
@@ -244,12 +258,12 @@ impl<R: Resource> Controller<R> {
     {
         self.related.push(Source {
             kind: O::KIND,
-            map: Arc::new(move |obj: DynamicObject| {
-                let key = ObjectRef::of(&obj);
-                match watcher::convert::<O>(obj) {
+            map: Arc::new(move |obj: EncodedObject| {
+                let key = key_of(&obj);
+                match obj.decode::<O>() {
                     Ok(obj) => mapper(&obj).into_iter().collect(),
                     Err(e) => {
-                        tracing::warn!(%key, error = %e, "controller cannot read a watched object; it triggers nothing");
+                        tracing::warn!(key = ?key, error = %e, "controller cannot read a watched object; it triggers nothing");
                         Vec::new()
                     }
                 }
@@ -265,8 +279,14 @@ impl<R: Resource> Controller<R> {
     pub fn owns<C: Resource>(mut self) -> Self {
         self.related.push(Source {
             kind: C::KIND,
-            map: Arc::new(|obj: DynamicObject| {
-                let meta = &obj.metadata;
+            map: Arc::new(|obj: EncodedObject| {
+                let meta = match obj.meta() {
+                    Ok((_, meta)) => meta,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "controller cannot read a watched object; it triggers nothing");
+                        return Vec::new();
+                    }
+                };
                 meta.owners
                     .iter()
                     .filter(|o| o.kind == R::KIND)
@@ -365,14 +385,14 @@ impl<R: Resource> Controller<R> {
             triggers,
         } = self;
         let primary: KeyMapper = match filter {
-            None => Arc::new(|obj: DynamicObject| vec![ObjectRef::of(&obj)]),
-            Some(keep) => Arc::new(move |obj: DynamicObject| {
-                let key = ObjectRef::of(&obj);
-                match watcher::convert::<R>(obj) {
-                    Ok(obj) if keep(&obj) => vec![key],
+            None => Arc::new(|obj: EncodedObject| key_of(&obj).into_iter().collect()),
+            Some(keep) => Arc::new(move |obj: EncodedObject| {
+                let key = key_of(&obj);
+                match obj.decode::<R>() {
+                    Ok(obj) if keep(&obj) => vec![ObjectRef::of(&obj)],
                     Ok(_) => Vec::new(),
                     // Reconciled anyway: the reconcile reports the conversion error.
-                    Err(_) => vec![key],
+                    Err(_) => key.into_iter().collect(),
                 }
             }),
         };
@@ -650,7 +670,8 @@ async fn feed(
     config: watcher::Config,
     keys: mpsc::Sender<ObjectRef>,
 ) {
-    let events = watcher::watcher(
+    // Objects as the store hands them over: each mapper decodes what it needs.
+    let events = watcher::encoded_watcher(
         store.clone(),
         source.kind,
         engine.as_deref(),

@@ -335,6 +335,20 @@ impl EncodedObject {
         }
     }
 
+    /// The object's kind and metadata, without decoding spec and status.
+    pub fn meta(&self) -> Result<(std::borrow::Cow<'_, str>, ObjectMeta), StoreError> {
+        match self {
+            EncodedObject::Decoded(obj) => Ok((obj.kind.as_str().into(), obj.metadata.clone())),
+            EncodedObject::Json { kind, json } => serde_json::from_slice::<MetaOnly>(json)
+                .map(|o| (kind.as_str().into(), o.metadata))
+                .map_err(|source| StoreError::Conversion {
+                    kind: kind.clone(),
+                    name: String::new(),
+                    source,
+                }),
+        }
+    }
+
     /// The typed object, decoded once ([`Resource::from_json`]).
     pub fn decode<R: Resource>(self) -> Result<R, StoreError> {
         match self {
@@ -352,6 +366,12 @@ impl EncodedObject {
             }),
         }
     }
+}
+
+/// An object's metadata alone (spec and status are skipped, not kept).
+#[derive(Deserialize)]
+struct MetaOnly {
+    metadata: ObjectMeta,
 }
 
 /// Just enough of an object to name it in an error.

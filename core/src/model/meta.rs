@@ -157,6 +157,11 @@ pub trait Resource: Sized + Clone + Send + Sync + 'static {
     fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
         Self::from_dynamic(serde_json::from_slice(json)?)
     }
+    /// The status as JSON, as [`to_dynamic`](Resource::to_dynamic) would give
+    /// it; the kinds of this crate override it to leave the spec unencoded.
+    fn status_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        Ok(self.to_dynamic()?.status)
+    }
 }
 
 /// The envelope of a stored object with typed spec and status: what
@@ -236,6 +241,10 @@ macro_rules! impl_resource {
                     spec: serde_json::from_value(obj.spec)?,
                     status,
                 })
+            }
+
+            fn status_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+                serde_json::to_value(&self.status)
             }
 
             fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {

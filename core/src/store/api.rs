@@ -9,7 +9,7 @@ use super::{
     DeleteOptions, EncodedWatchEvent, LabelSelector, ListQuery, ObjectRef, Revision, Store,
     StoreError,
 };
-use crate::model::{DynamicObject, Resource};
+use crate::model::{DynamicObject, ObjectMeta, Resource};
 
 /// Typed access to the objects of kind `R::KIND` (like kube-rs `Api<K>`).
 #[derive(Debug)]
@@ -107,7 +107,51 @@ impl<R: Resource> Api<R> {
 
     /// Updates status with compare-and-swap; see [`Store::update_status`].
     pub async fn update_status(&self, obj: &R) -> Result<R, StoreError> {
-        Self::from_dynamic(self.store.update_status(Self::to_dynamic(obj)?).await?)
+        let request = Self::status_request(obj.meta(), &Self::status_of(obj)?)?;
+        Self::from_dynamic(self.store.update_status(request).await?)
+    }
+
+    /// Writes `status` as the status of the object `meta` names, with the
+    /// compare-and-swap of [`Api::update_status`] on `meta.resource_version`,
+    /// and returns the metadata stored (the new `resource_version`). For a
+    /// writer that keeps its own copy of the object: its spec is neither
+    /// serialized nor decoded again, which on a large spec is most of the work.
+    pub async fn write_status(
+        &self,
+        meta: &ObjectMeta,
+        status: &R::Status,
+    ) -> Result<ObjectMeta, StoreError> {
+        let status = serde_json::to_value(status).map_err(|source| StoreError::Conversion {
+            kind: R::KIND.to_string(),
+            name: meta.name.clone(),
+            source,
+        })?;
+        let request = Self::status_request(meta, &status)?;
+        Ok(self.store.update_status(request).await?.metadata)
+    }
+
+    /// `obj`'s status as JSON (without encoding its spec).
+    fn status_of(obj: &R) -> Result<serde_json::Value, StoreError> {
+        obj.status_json().map_err(|source| StoreError::Conversion {
+            kind: R::KIND.to_string(),
+            name: obj.meta().name.clone(),
+            source,
+        })
+    }
+
+    /// The request [`Store::update_status`] reads: key, `resource_version` and
+    /// status. The spec is left out (the store ignores it there).
+    fn status_request(
+        meta: &ObjectMeta,
+        status: &serde_json::Value,
+    ) -> Result<DynamicObject, StoreError> {
+        Ok(DynamicObject {
+            api_version: crate::model::API_VERSION.to_owned(),
+            kind: R::KIND.to_owned(),
+            metadata: meta.clone(),
+            spec: serde_json::Value::Null,
+            status: status.clone(),
+        })
     }
 
     /// Deletes (or marks for deletion); see [`Store::delete`].

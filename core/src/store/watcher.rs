@@ -185,7 +185,7 @@ pub fn watcher(
 
 /// The watcher loop with objects as the store hands them over, for each
 /// consumer to decode once into its own form.
-fn encoded_watcher(
+pub(crate) fn encoded_watcher(
     store: Arc<dyn Store>,
     kind: &str,
     engine: Option<&str>,

@@ -179,3 +179,62 @@ async fn a_typed_controller_reconciles_typed_objects() {
     stop.send(()).unwrap();
     controller.await.unwrap();
 }
+
+#[tokio::test]
+async fn write_status_writes_only_the_status_and_typed_watches_decode_the_stored_json() {
+    use arkline::model::{ExecutionPhase, PipelineExecution, PipelineExecutionSpec};
+    use arkline::store::RedbStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
+    let api = Api::<PipelineExecution>::new(store.clone());
+    let pipeline = arkline::model::parse_pipeline(
+        "p.yaml",
+        "name: p\nstages: [{name: s, steps: [{name: a, uses: shell}]}]\n",
+    )
+    .unwrap();
+    let created = api
+        .create(&PipelineExecution::new(
+            ObjectMeta::new("ci", "p-1"),
+            PipelineExecutionSpec {
+                pipeline: "p".into(),
+                pipeline_spec: pipeline.spec,
+                run: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let mut typed = api.watch(Some("ci"), 0).await.unwrap();
+    let mut untyped = store
+        .watch("PipelineExecution", Some("ci"), 0)
+        .await
+        .unwrap();
+
+    let mut status = created.status.clone();
+    status.phase = ExecutionPhase::Running;
+    let meta = api.write_status(&created.metadata, &status).await.unwrap();
+    assert_eq!(meta.resource_version, created.metadata.resource_version + 1);
+    // The version it was given is checked, as by update_status.
+    let stale = api.write_status(&created.metadata, &status).await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let stored = api.get("ci", "p-1").await.unwrap().unwrap();
+    assert_eq!(stored.spec, created.spec, "the spec is left as it was");
+    assert_eq!(stored.status, status);
+    assert_eq!(stored.metadata, meta);
+
+    // Both watches see the same two objects: the typed one decoded straight from
+    // the stored JSON, the untyped one through `DynamicObject`.
+    for expected in [&created, &stored] {
+        let event = typed.next().await.unwrap().unwrap();
+        assert_eq!(&event.object, expected);
+        let event = untyped.next().await.unwrap().unwrap();
+        assert_eq!(
+            PipelineExecution::from_dynamic(event.object).unwrap(),
+            *expected
+        );
+    }
+}

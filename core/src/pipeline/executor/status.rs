@@ -55,42 +55,42 @@ impl StatusCell {
         let mut written = self.written.lock().await;
         let mut failures = 0u32;
         loop {
-            let (snapshot, version) = {
+            // The status and metadata only: the spec (the pipeline's snapshot,
+            // most of the object) is neither copied nor encoded for a write.
+            let (meta, status, version) = {
                 let state = self.lock();
-                (state.0.clone(), state.1)
+                (state.0.metadata.clone(), state.0.status.clone(), state.1)
             };
             if *written >= version {
                 return Ok(());
             }
-            match self.api.update_status(&snapshot).await {
+            match self.api.write_status(&meta, &status).await {
                 Ok(stored) => {
-                    self.lock().0.metadata = stored.metadata;
+                    self.lock().0.metadata = stored;
                     *written = version;
                     return Ok(());
                 }
-                Err(StoreError::Conflict { .. }) => match self
-                    .api
-                    .get(&snapshot.metadata.engine, &snapshot.metadata.name)
-                    .await
-                {
-                    Ok(Some(latest)) => {
-                        if latest.status.phase.is_finished() {
-                            // Another driver finished it: never write over that.
-                            return Err(Deleted);
+                Err(StoreError::Conflict { .. }) => {
+                    match self.api.get(&meta.engine, &meta.name).await {
+                        Ok(Some(latest)) => {
+                            if latest.status.phase.is_finished() {
+                                // Another driver finished it: never write over that.
+                                return Err(Deleted);
+                            }
+                            if latest.spec.abort {
+                                self.abort.cancel();
+                            }
+                            let mut state = self.lock();
+                            state.0.metadata = latest.metadata;
+                            state.0.spec.abort = latest.spec.abort;
                         }
-                        if latest.spec.abort {
-                            self.abort.cancel();
+                        Ok(None) | Err(StoreError::Closed { .. }) => return Err(Deleted),
+                        Err(e) => {
+                            failures += 1;
+                            store_trouble(&e, failures).await;
                         }
-                        let mut state = self.lock();
-                        state.0.metadata = latest.metadata;
-                        state.0.spec.abort = latest.spec.abort;
                     }
-                    Ok(None) | Err(StoreError::Closed { .. }) => return Err(Deleted),
-                    Err(e) => {
-                        failures += 1;
-                        store_trouble(&e, failures).await;
-                    }
-                },
+                }
                 // Not found: deleted. Closed: the container shut down and
                 // closed its store; the next start resumes from the last write.
                 Err(StoreError::NotFound { .. } | StoreError::Closed { .. }) => {
