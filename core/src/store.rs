@@ -306,14 +306,14 @@ pub enum EncodedObject {
     },
     /// An object kept decoded (the memory store, and stores that do not
     /// implement [`Store::watch_encoded`]).
-    Decoded(DynamicObject),
+    Decoded(Box<DynamicObject>),
 }
 
 impl EncodedObject {
     /// The untyped object.
     pub fn into_dynamic(self) -> Result<DynamicObject, StoreError> {
         match self {
-            EncodedObject::Decoded(obj) => Ok(obj),
+            EncodedObject::Decoded(obj) => Ok(*obj),
             EncodedObject::Json { kind, json } => {
                 serde_json::from_slice(&json).map_err(|source| StoreError::Conversion {
                     kind,
@@ -352,7 +352,7 @@ impl EncodedObject {
     /// The typed object, decoded once ([`Resource::from_json`]).
     pub fn decode<R: Resource>(self) -> Result<R, StoreError> {
         match self {
-            EncodedObject::Decoded(obj) => watcher::convert(obj),
+            EncodedObject::Decoded(obj) => watcher::convert(*obj),
             EncodedObject::Json { json, .. } => R::from_json(&json).map_err(|source| {
                 // Only on failure: the name, for the message.
                 let name = serde_json::from_slice::<NameOnly>(&json)
@@ -479,7 +479,7 @@ pub trait Store: Send + Sync + fmt::Debug {
             item.map(|e| EncodedWatchEvent {
                 event_type: e.event_type,
                 revision: e.revision,
-                object: EncodedObject::Decoded(e.object),
+                object: EncodedObject::Decoded(Box::new(e.object)),
             })
         })))
     }

@@ -423,7 +423,7 @@ impl EventLog for Shared {
                         EncodedWatchEvent {
                             event_type: event.event_type,
                             revision: event.revision,
-                            object: EncodedObject::Decoded(event.object),
+                            object: EncodedObject::Decoded(Box::new(event.object)),
                         }
                     }
                 };

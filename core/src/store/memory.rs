@@ -96,7 +96,7 @@ impl EventLog for Shared {
                 page.events.push(EncodedWatchEvent {
                     event_type: e.event_type,
                     revision: e.revision,
-                    object: EncodedObject::Decoded(e.object.clone()),
+                    object: EncodedObject::Decoded(Box::new(e.object.clone())),
                 });
             }
         }

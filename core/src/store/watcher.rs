@@ -374,7 +374,7 @@ impl Watcher {
                                 revision,
                                 events,
                             };
-                            Event::InitApply(EncodedObject::Decoded(obj))
+                            Event::InitApply(EncodedObject::Decoded(Box::new(obj)))
                         }
                         None => {
                             self.state = State::Watching(events);
