@@ -52,6 +52,14 @@
 //! - With the engine's `interrupted_retries: 0`, the step fails with reason
 //!   `interrupted` (the behaviour before interruptions were given back).
 //! - A step marked `repeat_on_restart: false` fails with reason `interrupted`.
+//!
+//! Last, a burst (`ARKLINE_CRASH_SCENARIO=burst`, its own data dir): the child
+//! triggers 200 executions of a pipeline of two `append` steps around a short
+//! sleep, and is killed once 20 have finished, with the rest in flight. A
+//! second child resumes them all. Every execution ends `Succeeded` with no
+//! step left `Running`; a step the store held as `Succeeded` when the first
+//! child was killed wrote its line exactly once and kept its attempts (it never
+//! ran again); any other wrote at least once and at most once per attempt.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -140,6 +148,41 @@ stages:
         retries: 20
 "#;
 
+/// The burst scenario: its name, how many executions it triggers, and after
+/// how many have finished its first child is killed.
+const BURST: &str = "burst";
+const BURST_EXECUTIONS: usize = 200;
+const BURST_KILL_AFTER: usize = 20;
+
+const BURST_YAML: &str = r#"
+name: crash
+stages:
+  - name: one
+    steps:
+      - name: a
+        uses: faults/append
+        with: { path: /workspace/count.txt, line: "a;" }
+        retries: 5
+  - name: two
+    steps:
+      - name: nap
+        uses: faults/sleep
+        with: { ms: 50 }
+        retries: 5
+  - name: three
+    steps:
+      - name: b
+        uses: faults/append
+        with: { path: /workspace/count.txt, line: "b;" }
+        retries: 5
+  - name: check
+    steps:
+      - name: count
+        uses: faults/read-file
+        with: { path: /workspace/count.txt }
+        retries: 5
+"#;
+
 /// The interruption scenarios: name, engine settings, pipeline. The pipeline
 /// is named like the main one, so the child code is shared.
 fn scenario(name: &str) -> (PipelineSettingSpec, String) {
@@ -169,6 +212,7 @@ stages:
             PipelineSettingSpec::default(),
             step("\n        repeat_on_restart: false"),
         ),
+        BURST => (PipelineSettingSpec::default(), BURST_YAML.to_owned()),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -242,6 +286,11 @@ fn child(dir: &Path) {
             .install(faults, &Capabilities::default())
             .await
             .expect("faults installs");
+        if std::env::var(SCENARIO_ENV).as_deref() == Ok(BURST) {
+            burst_child(&engine, &yaml).await;
+            container.shutdown().await;
+            return;
+        }
         let existing = engine
             .executions(Some(PIPELINE))
             .await
@@ -295,6 +344,56 @@ fn child(dir: &Path) {
         say(&format!("DONE {:?}", last.status.phase));
         container.shutdown().await;
     });
+}
+
+/// The burst's child: triggers the executions (unless an earlier child did),
+/// then says `FINISHED <n>` as executions finish and `DONE <phase>` once all
+/// have (`Succeeded` only when every one did).
+async fn burst_child(engine: &arkline::Engine, yaml: &str) {
+    let existing = engine
+        .executions(Some(PIPELINE))
+        .await
+        .expect("list executions");
+    if existing.is_empty() {
+        engine
+            .apply_pipeline_yaml("crash.yaml", yaml)
+            .await
+            .unwrap_or_else(|e| panic!("the pipeline applies: {e}"));
+        for _ in 0..BURST_EXECUTIONS {
+            engine
+                .trigger(PIPELINE, TriggerRequest::manual())
+                .await
+                .expect("trigger");
+        }
+    }
+    say("TRIGGERED");
+    let mut said = None;
+    loop {
+        let execs = engine
+            .executions(Some(PIPELINE))
+            .await
+            .expect("list executions");
+        let finished = execs
+            .iter()
+            .filter(|e| e.status.phase.is_finished())
+            .count();
+        if said != Some(finished) {
+            say(&format!("FINISHED {finished}"));
+            said = Some(finished);
+        }
+        if finished == execs.len() {
+            let all_ok = execs
+                .iter()
+                .all(|e| e.status.phase == ExecutionPhase::Succeeded);
+            say(if all_ok {
+                "DONE Succeeded"
+            } else {
+                "DONE Failed"
+            });
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 // ---- the parent ----
@@ -750,6 +849,150 @@ fn parent() {
         );
     }
     println!("crash_recovery: interruption scenarios ok");
+
+    let (in_flight, held) = burst_in_flight(&runtime, &exe, &ark, dir.path());
+    println!(
+        "crash_recovery: burst ok ({BURST_EXECUTIONS} executions, killed with {in_flight} in flight and {held} steps recorded Succeeded)"
+    );
+}
+
+/// The executions of the engine, read from the store file of `data`.
+fn stored_executions(runtime: &tokio::runtime::Runtime, data: &Path) -> Vec<PipelineExecution> {
+    runtime.block_on(async {
+        let store = Arc::new(RedbStore::open(data).expect("the store opens after the run"));
+        let api = Api::<PipelineExecution>::new(store as Arc<dyn Store>);
+        let (execs, _) = api
+            .list(Some(ENGINE), LabelSelector::default())
+            .await
+            .expect("list executions");
+        execs
+    })
+}
+
+/// The burst scenario (see the module documentation). Returns how many
+/// executions were in flight at the kill and how many steps the store held as
+/// `Succeeded` then.
+fn burst_in_flight(
+    runtime: &tokio::runtime::Runtime,
+    exe: &Path,
+    ark: &Path,
+    dir: &Path,
+) -> (usize, usize) {
+    let data = dir.join("scenario-burst");
+    let mut first =
+        Running::spawn_scenario(exe, &data, ark, dir.join("scenario-burst-0.stderr"), BURST);
+    loop {
+        match first.next_line(None, BURST) {
+            Heard::Line(line) => {
+                if let Some(n) = line.strip_prefix("FINISHED ") {
+                    if n.parse::<usize>().expect("a count") >= BURST_KILL_AFTER {
+                        break;
+                    }
+                } else if line.starts_with("DONE") {
+                    panic!("burst: every execution finished before the kill: {line}");
+                }
+            }
+            Heard::Tick => {}
+            Heard::End => panic!(
+                "burst: the first child ended before the kill; stderr:\n{}",
+                first.stderr()
+            ),
+        }
+    }
+    first.child.kill().expect("SIGKILL the child");
+    let _ = first.child.wait();
+
+    // What the store file holds after the kill: the steps recorded Succeeded.
+    let before = stored_executions(runtime, &data);
+    assert_eq!(before.len(), BURST_EXECUTIONS, "every trigger was stored");
+    let in_flight = before
+        .iter()
+        .filter(|e| !e.status.phase.is_finished())
+        .count();
+    assert!(
+        in_flight > 0,
+        "burst: the kill found no execution in flight"
+    );
+    let held: BTreeMap<(String, String), u32> = before
+        .iter()
+        .flat_map(|e| {
+            steps(e)
+                .filter(|s| s.phase == StepPhase::Succeeded)
+                .map(|s| ((e.metadata.name.clone(), s.name.clone()), s.attempts))
+        })
+        .collect();
+
+    let mut second =
+        Running::spawn_scenario(exe, &data, ark, dir.join("scenario-burst-1.stderr"), BURST);
+    let mut done = None;
+    loop {
+        match second.next_line(None, BURST) {
+            Heard::Line(line) => {
+                if let Some(phase) = line.strip_prefix("DONE ") {
+                    done = Some(phase.to_owned());
+                }
+            }
+            Heard::Tick => {}
+            Heard::End => break,
+        }
+    }
+    let status = second.child.wait().expect("wait for the child");
+    assert!(
+        status.success() && done.as_deref() == Some("Succeeded"),
+        "burst: the resuming child ended ({status}, {done:?}); stderr:\n{}",
+        second.stderr()
+    );
+
+    let after = stored_executions(runtime, &data);
+    assert_eq!(after.len(), BURST_EXECUTIONS, "a restart triggers nothing");
+    for exec in &after {
+        let name = &exec.metadata.name;
+        assert_eq!(
+            exec.status.phase,
+            ExecutionPhase::Succeeded,
+            "{name}: {:#?}",
+            exec.status
+        );
+        for step in steps(exec) {
+            assert_eq!(
+                step.phase,
+                StepPhase::Succeeded,
+                "{name}: nothing is left Running: {step:#?}"
+            );
+        }
+        let content = exec
+            .status
+            .outputs
+            .get("count")
+            .and_then(|o| o.get("content"))
+            .unwrap_or_else(|| panic!("{name}: no content read back: {:#?}", exec.status));
+        for (step_name, line) in [("a", "a;"), ("b", "b;")] {
+            let step = steps(exec)
+                .find(|s| s.name == step_name)
+                .unwrap_or_else(|| panic!("{name}: no step {step_name}"));
+            // A cut attempt may leave its text without the newline, so count
+            // the text, not lines.
+            let writes = content.matches(line).count();
+            match held.get(&(name.clone(), step_name.to_owned())) {
+                Some(&attempts) => {
+                    assert_eq!(
+                        writes, 1,
+                        "{name}/{step_name} was recorded Succeeded before the kill and ran again: {content:?}"
+                    );
+                    assert_eq!(
+                        step.attempts, attempts,
+                        "{name}/{step_name}: its attempts changed after its success was recorded"
+                    );
+                }
+                None => assert!(
+                    (1..=step.attempts as usize).contains(&writes),
+                    "{name}/{step_name}: {writes} writes in {} attempts: {content:?}",
+                    step.attempts
+                ),
+            }
+        }
+    }
+    (in_flight, held.len())
 }
 
 /// Runs scenario `name` on a data dir of its own: a child killed once the
@@ -811,27 +1054,20 @@ fn interrupted_once(
         "{name}: the resuming child ended ({status}) without finishing; stderr:\n{}",
         second.stderr()
     );
-    runtime.block_on(async {
-        let store = Arc::new(RedbStore::open(&data).expect("the store opens after the run"));
-        let api = Api::<PipelineExecution>::new(store as Arc<dyn Store>);
-        let (execs, _) = api
-            .list(Some(ENGINE), LabelSelector::default())
-            .await
-            .expect("list executions");
-        let [exec] = execs.as_slice() else {
-            panic!("{name}: one execution, not {}", execs.len());
-        };
-        let expected = if done.as_deref() == Some("Succeeded") {
-            ExecutionPhase::Succeeded
-        } else {
-            ExecutionPhase::Failed
-        };
-        assert_eq!(exec.status.phase, expected, "{name}: {:#?}", exec.status);
-        steps(exec)
-            .find(|s| s.name == "once")
-            .cloned()
-            .unwrap_or_else(|| panic!("{name}: no step `once` in {:#?}", exec.status))
-    })
+    let execs = stored_executions(runtime, &data);
+    let [exec] = execs.as_slice() else {
+        panic!("{name}: one execution, not {}", execs.len());
+    };
+    let expected = if done.as_deref() == Some("Succeeded") {
+        ExecutionPhase::Succeeded
+    } else {
+        ExecutionPhase::Failed
+    };
+    assert_eq!(exec.status.phase, expected, "{name}: {:#?}", exec.status);
+    steps(exec)
+        .find(|s| s.name == "once")
+        .cloned()
+        .unwrap_or_else(|| panic!("{name}: no step `once` in {:#?}", exec.status))
 }
 
 /// The final checks, through the public API of a new container on the data dir.
