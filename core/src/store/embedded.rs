@@ -11,6 +11,7 @@
 //!
 //! Reads use redb read transactions on the blocking pool and never wait for the writer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -168,6 +169,8 @@ struct Shared {
     /// lock), whoever still holds a handle.
     db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// Events handed to watches, by the watch's kind and engine filter.
+    delivered: Mutex<HashMap<(String, Option<String>), u64>>,
 }
 
 impl Shared {
@@ -430,6 +433,14 @@ impl EventLog for Shared {
                 page.events.push(event);
             }
         }
+        if !page.events.is_empty() {
+            *self
+                .delivered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry((kind.to_owned(), engine.map(str::to_owned)))
+                .or_default() += page.events.len() as u64;
+        }
         Ok(page)
     }
 
@@ -499,6 +510,7 @@ impl RedbStore {
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             path,
+            delivered: Mutex::default(),
         });
         let revision = prepare(&shared)?;
         let (commands, queue) = mpsc::channel(options.queue_depth.max(1));
@@ -529,6 +541,21 @@ impl RedbStore {
     /// batches, which skip the fsync, are not counted.
     pub fn commit_latency(&self) -> Arc<Histogram> {
         self.commit_latency.clone()
+    }
+
+    /// How many events this store has handed to watches of `kind` filtered on
+    /// `engine` (`None`: watches of every engine). Events are filtered on their
+    /// header before they are handed over, so a watch of one engine is never
+    /// given, let alone decodes, another engine's events; this counts what
+    /// was given.
+    pub fn delivered_events(&self, kind: &str, engine: Option<&str>) -> u64 {
+        self.shared
+            .delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(kind.to_owned(), engine.map(str::to_owned)))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The store file.

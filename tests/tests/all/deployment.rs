@@ -246,6 +246,42 @@ async fn a_flood_in_one_engine_does_not_starve_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engines_watches_are_never_handed_another_engines_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The container's store, kept to read its counters.
+    let store = std::sync::Arc::new(
+        arkline::store::RedbStore::open(dir.path().join("store")).expect("opens"),
+    );
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .store(store.clone())
+        .build()
+        .expect("builds");
+    let a = container.engine("team-a").await.expect("engine a");
+    let b = container.engine("team-b").await.expect("engine b");
+    a.deploy_biz(&faults_bytes(), &[], true).await.expect("a");
+    b.deploy_biz(&faults_bytes(), &[], true).await.expect("b");
+    let yaml = "name: up\nstages:\n  - name: s\n    steps:\n      - name: x\n        uses: faults/upper\n        with: { text: hi }\n";
+    for _ in 0..10 {
+        assert_eq!(run(&a, yaml).await.status.phase, ExecutionPhase::Succeeded);
+    }
+    let kind = "PipelineExecution";
+    assert!(
+        store.delivered_events(kind, Some("team-a")) >= 10,
+        "engine a's controllers and admission follow its executions"
+    );
+    assert_eq!(
+        store.delivered_events(kind, Some("team-b")),
+        0,
+        "engine b's watches were handed engine a's events"
+    );
+    // Its own execution reaches it.
+    assert_eq!(run(&b, yaml).await.status.phase, ExecutionPhase::Succeeded);
+    assert!(store.delivered_events(kind, Some("team-b")) > 0);
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_are_restored_and_one_can_be_removed_without_disturbing_another() {
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = "name: work\nstages:\n  - name: s\n    steps:\n      - name: x\n        uses: faults/sleep\n        with: { ms: 1000 }\n";
