@@ -27,6 +27,12 @@
 //! `Succeeded`, or whose phase changed after they had finished, are counted and
 //! the first few listed.
 //!
+//! Each container's data dir is kept until the end of the run and removed
+//! then: deleting thousands of step-log files between rounds made ext4's inode
+//! allocator search past them when the next round created its own, so every
+//! round was slower than the one before (measured 2026-12-05: 254/s in the
+//! first round, 127/s in the fifth).
+//!
 //! `cargo bench -p arkline-benches --bench executions -- --warm-up-time 1 --measurement-time 5`
 //! (unset `RUST_BACKTRACE` first). Prints tables, no criterion: a batch's
 //! throughput is not a per-iteration time. `--warm-up-time` and
@@ -48,6 +54,9 @@ use arkline::{Container, Engine, MemoryStore, RedbStore, TriggerRequest};
 use arkline_benches::{Latencies, arg_secs, env_list, ms, us};
 use futures::StreamExt;
 use serde_json::json;
+
+/// Data dirs of containers already shut down, removed when the run ends.
+static KEPT_DIRS: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
 
 const ENGINE: &str = "bench";
 
@@ -213,8 +222,14 @@ impl Setup {
         self.container.store().revision().await.expect("revision")
     }
 
+    /// Shuts the container down; its data dir is kept until the end of the run
+    /// (see the module documentation).
     async fn shutdown(self) {
         self.container.shutdown().await;
+        KEPT_DIRS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(self._dir);
     }
 }
 
@@ -864,4 +879,9 @@ fn main() {
             if rate >= 1000.0 { "✓" } else { "✗" }
         );
     }
+    // Removes every kept data dir (a static is never dropped on its own).
+    KEPT_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
 }
