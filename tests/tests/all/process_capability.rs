@@ -319,6 +319,39 @@ async fn a_process_step_has_no_network_unless_the_engine_grants_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_under_a_private_directory_is_reachable_in_the_sandbox() {
+    // A `0700` directory of the host's user (like `/root`, or what `mktemp -d`
+    // makes) holding the workspace: the sandbox's uid may not search it, yet
+    // the workspace is bound from a descriptor opened by the host.
+    let private = tempfile::tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod 0700");
+    let ws = private.path().join("deeper").join("workspace");
+    std::fs::create_dir_all(&ws).expect("workspace");
+    let (_registry, lease) = shell(&["sh"]).await;
+    let report = lease
+        .invoke(
+            StepCall::new(
+                "run",
+                json!({ "script": "echo from the sandbox > out.txt; cat out.txt" }),
+            )
+            .workspace(&ws),
+        )
+        .await;
+    assert!(
+        report.result.is_ok(),
+        "{:?}\n{}",
+        report.result,
+        report.log.text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("out.txt")).expect("written in the workspace"),
+        "from the sandbox\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_step_cannot_signal_a_host_process() {
     let (_registry, lease) = shell(&["sh"]).await;
     assert_cannot_kill_a_host_process(&lease, "3124").await;

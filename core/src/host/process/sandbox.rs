@@ -30,6 +30,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -230,6 +231,9 @@ pub struct SandboxPlan {
     network: bool,
     landlock: Option<SandboxRuleset>,
     stage: *mut u32,
+    /// The workspace, opened here (by the host's user): the first child
+    /// changes into it before it clones the second, which binds it from ".".
+    workspace_dir: OwnedFd,
 }
 
 // SAFETY: `stage` points into a `StageCell` that outlives the spawn using the plan.
@@ -374,6 +378,24 @@ fn chown_fd(fd: &std::os::fd::OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Opens the directory `path` (`O_PATH`, close-on-exec) for the child to
+/// change into.
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    // SAFETY: a NUL-terminated path; the descriptor is owned right away.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn cstr(path: impl AsRef<std::ffi::OsStr>) -> io::Result<CString> {
@@ -554,8 +576,14 @@ impl SandboxPlan {
         if !spec.exec_workspace {
             ws_flags |= libc::MS_NOEXEC;
         }
+        // Bound from "." : the first child changes into the workspace through a
+        // descriptor opened here (`workspace_dir`) before it clones the second,
+        // whose working directory is then the workspace in its own mount
+        // namespace. So the sandbox's uid needs no search permission on the
+        // workspace's parents (a `0700` directory such as `/root`, or what
+        // `mktemp -d` makes), which a bind by path would.
         ops.push(Op::Bind {
-            src: cstr(spec.workspace)?,
+            src: cstr(".")?,
             dst: inner(spec.workspace)?,
             remount: Some(ws_flags),
             optional: false,
@@ -626,6 +654,7 @@ impl SandboxPlan {
             network: spec.network,
             landlock,
             stage: stage.0,
+            workspace_dir: open_dir(spec.workspace)?,
         })
     }
 
@@ -648,6 +677,10 @@ impl SandboxPlan {
             // The second child waits on this pipe until its maps are written.
             let mut pipe = [0 as libc::c_int; 2];
             if libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                return fail();
+            }
+            // The second child starts in the workspace (see `workspace_dir`).
+            if libc::fchdir(self.workspace_dir.as_raw_fd()) != 0 {
                 return fail();
             }
             stage(Stage::Unshare);
