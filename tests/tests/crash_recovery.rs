@@ -554,6 +554,22 @@ impl Running {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Reads the child's output to its end; the phase of its `DONE` line, if any.
+    fn done(&mut self, context: &str) -> Option<String> {
+        let mut done = None;
+        loop {
+            match self.next_line(None, context) {
+                Heard::Line(line) => {
+                    if let Some(phase) = line.strip_prefix("DONE ") {
+                        done = Some(phase.to_owned());
+                    }
+                }
+                Heard::Tick => {}
+                Heard::End => return done,
+            }
+        }
+    }
+
     /// The next line of output, waiting at most until `until`; a child that runs
     /// past [`ROUND_LIMIT`] is killed and fails the test.
     fn next_line(&mut self, until: Option<Instant>, context: &str) -> Heard {
@@ -924,18 +940,7 @@ fn burst_in_flight(
 
     let mut second =
         Running::spawn_scenario(exe, &data, ark, dir.join("scenario-burst-1.stderr"), BURST);
-    let mut done = None;
-    loop {
-        match second.next_line(None, BURST) {
-            Heard::Line(line) => {
-                if let Some(phase) = line.strip_prefix("DONE ") {
-                    done = Some(phase.to_owned());
-                }
-            }
-            Heard::Tick => {}
-            Heard::End => break,
-        }
-    }
+    let done = second.done(BURST);
     let status = second.child.wait().expect("wait for the child");
     assert!(
         status.success() && done.as_deref() == Some("Succeeded"),
@@ -1036,18 +1041,7 @@ fn interrupted_once(
         dir.join(format!("scenario-{name}-1.stderr")),
         name,
     );
-    let mut done = None;
-    loop {
-        match second.next_line(None, name) {
-            Heard::Line(line) => {
-                if let Some(phase) = line.strip_prefix("DONE ") {
-                    done = Some(phase.to_owned());
-                }
-            }
-            Heard::Tick => {}
-            Heard::End => break,
-        }
-    }
+    let done = second.done(name);
     let status = second.child.wait().expect("wait for the child");
     assert!(
         status.success() && done.is_some(),
