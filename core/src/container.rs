@@ -600,10 +600,12 @@ impl Container {
             Ok(_) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        if let Err(e) = self.inner.logs.remove_engine(name).await {
+            tracing::warn!(engine = %name, error = %e, "cannot remove a removed engine's logs");
+        }
         let data = &self.inner.data_dir;
         for dir in [
             data.join("workspaces").join(name),
-            data.join("logs").join(name),
             data.join("cache").join(name),
         ] {
             if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -707,6 +709,7 @@ impl Container {
         for (engine, tasks) in all {
             stop(&engine, tasks).await;
         }
+        self.inner.logs.close().await;
         if let Some(redb) = &self.inner.redb
             && let Err(e) = redb.close().await
         {

@@ -6,18 +6,23 @@
 //! attempts and process restarts. Lines can be read while the step runs
 //! ([`LogStore::read`], [`LogStore::tail`]) and followed live ([`LogStore::follow`]).
 //!
-//! The file backend ([`LogStore::open`]) keeps one JSON object per line in
-//! `dir/<engine>/<execution>/<step>.jsonl`. Each line reaches the OS as soon as it
-//! is written, so another process can read it; the file is fsynced when the writer
-//! finishes. The memory backend ([`LogStore::in_memory`]) behaves the same without
-//! files.
+//! The durable backend ([`LogStore::open`]) keeps every line as a row of one redb
+//! file, `dir/logs.redb`, written by one thread that group-commits (see the `db`
+//! module): lines are handed to it as they are written, and one `fdatasync` covers
+//! every line that arrived while the previous commit ran. A writer's
+//! [`LogWriter::finish_durable`] resolves once its lines are on disk. Logs written
+//! by arkline before 0.2 — one JSON-lines file per step,
+//! `dir/<engine>/<execution>/<step>.jsonl` — are still read, and a step resumed
+//! from such a file carries its lines over into the database. The memory backend
+//! ([`LogStore::in_memory`]) behaves the same without a disk.
 //!
 //! (The module's tests begin with a worked example: `example::log_store`.)
 //!
 //! Invariants:
 //! - Within one step log, `seq` starts at 0 and increases by one per stored line.
-//!   Lines are written to the file, then to the in-memory tail, then announced, all
-//!   under one lock, so every line older than the in-memory tail is in the file.
+//!   Lines are queued for the database, put in the in-memory tail and announced
+//!   under one lock; a line leaves the tail only once its commit has been
+//!   confirmed, so every line older than the in-memory tail is in the database.
 //! - A [`LogStore`] and its clones share the set of live logs; open one store per
 //!   directory per process, or followers will not see another store's writers.
 //! - This module knows nothing about secrets: it is handed a [`MaskFn`].
@@ -25,8 +30,8 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -37,6 +42,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::host::step_log::{LogLevel, LogLine, LogSource};
+
+mod db;
+use db::{LogDb, Msg};
+
+/// The database file inside a log directory.
+const DB_FILE: &str = "logs.redb";
 
 /// Replaces secret values in a piece of log text; applied to every message and
 /// field value before it is stored or shown to a follower.
@@ -54,7 +65,7 @@ where
 }
 
 /// Lines kept in memory per live log for followers; a follower further behind
-/// re-reads the file.
+/// reads the database.
 const RECENT_LINES: usize = 1024;
 /// Message bytes kept in memory per live log for followers (same purpose).
 const RECENT_BYTES: u64 = 1 << 20;
@@ -78,7 +89,7 @@ pub enum LogError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// Reading, writing or removing a log file failed.
+    /// Reading, writing or removing a log (its database or a legacy file) failed.
     #[error("step log I/O failed on {}: {source}", path.display())]
     Io {
         /// The file or directory.
@@ -87,21 +98,22 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    /// The log has no file and no writer in this process.
+    /// The log has no stored line and no writer in this process.
     #[error(
         "no log for step {0}: nothing has been written for it yet, or its execution was removed"
     )]
     NotFound(LogKey),
-    /// A line before the last one of a log file is not a log line.
+    /// A stored line is not a log line: a line before the last one of a legacy
+    /// log file, or a row of the database.
     #[error(
         "step log {} is corrupt at line {line}: {source}; it was changed by something other than \
          arkline — move the file aside to read or extend this step's log",
         path.display()
     )]
     Corrupt {
-        /// The file.
+        /// The legacy file or the database.
         path: PathBuf,
-        /// The 1-based line number.
+        /// The 1-based line number (for the database, `seq + 1`).
         line: u64,
         /// Why the line does not parse.
         #[source]
@@ -109,8 +121,9 @@ pub enum LogError {
     },
 }
 
-/// Names one step's log: `engine/execution/step`. Each part becomes a path
-/// component of the file backend, so each must be a single safe component.
+/// Names one step's log: `engine/execution/step`. Each part is a path component
+/// of the legacy file layout and the parts are joined with `/` in the database's
+/// keys, so each must be a single safe component.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct LogKey {
     /// The engine's name.
@@ -174,7 +187,7 @@ fn check_component(part: &'static str, value: &str) -> Result<(), LogError> {
     })
 }
 
-/// One stored line of a step log: one JSON object per line in the file backend.
+/// One stored line of a step log, stored as one JSON object.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct StoredLine {
     /// Position in the step's log, from 0, across attempts and restarts.
@@ -216,7 +229,12 @@ pub struct LogStore {
 
 #[derive(Debug)]
 enum Backend {
-    Files(PathBuf),
+    /// The database, and the directory of logs written before it if there are
+    /// any (read, and carried over when their step is resumed).
+    Db {
+        db: LogDb,
+        legacy: Option<PathBuf>,
+    },
     Memory,
 }
 
@@ -228,15 +246,44 @@ struct StoreInner {
 }
 
 impl StoreInner {
-    fn path_of(&self, key: &LogKey) -> Option<PathBuf> {
+    fn db(&self) -> Option<&LogDb> {
         match &self.backend {
-            Backend::Files(root) => Some(
+            Backend::Db { db, .. } => Some(db),
+            Backend::Memory => None,
+        }
+    }
+
+    /// Where a log written before the database would be.
+    fn legacy_path_of(&self, key: &LogKey) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Db {
+                legacy: Some(root), ..
+            } => Some(
                 root.join(&key.engine)
                     .join(&key.execution)
                     .join(format!("{}.jsonl", key.step)),
             ),
-            Backend::Memory => None,
+            _ => None,
         }
+    }
+
+    /// Every stored line of a log from `seq` `from` on, from the database or a
+    /// legacy file; `None` when there is neither. Blocking.
+    fn stored(&self, key: &LogKey, from: u64) -> Result<Option<Vec<StoredLine>>, LogError> {
+        let Some(db) = self.db() else {
+            return Ok(None);
+        };
+        let lines = db.read(&db_key(key), from)?;
+        if !lines.is_empty() {
+            return Ok(Some(lines));
+        }
+        let Some(path) = self.legacy_path_of(key) else {
+            return Ok(None);
+        };
+        Ok(read_legacy(&path)?.map(|mut lines| {
+            lines.retain(|line| line.seq >= from);
+            lines
+        }))
     }
 
     fn live(&self, key: &LogKey) -> Option<Arc<LiveLog>> {
@@ -254,14 +301,22 @@ impl fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// A store keeping logs as files under `dir` (created if missing).
+    /// A store keeping logs durably in `dir/logs.redb` (the directory is created
+    /// if missing). Step logs that an older arkline left as files under `dir`
+    /// stay readable.
+    ///
+    /// Fails with [`LogError::Io`] when the directory cannot be created or the
+    /// database cannot be opened (for instance because another process has it
+    /// open).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, LogError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|source| LogError::Io {
             path: dir.clone(),
             source,
         })?;
-        Ok(Self::with_backend(Backend::Files(dir)))
+        let legacy = has_legacy_logs(&dir).then(|| dir.clone());
+        let db = LogDb::open(dir.join(DB_FILE))?;
+        Ok(Self::with_backend(Backend::Db { db, legacy }))
     }
 
     /// A store keeping logs in memory only, for embedders without a disk. Logs live
@@ -283,12 +338,11 @@ impl LogStore {
     ///
     /// If the log already exists (an earlier attempt, or a step resumed after a
     /// restart), `seq` continues after its last line and `cap_bytes` counts the
-    /// message bytes of the whole log; a torn last line left by a crash is cut off
-    /// the file first. `mask` is applied to every message and field value before
-    /// it is counted or stored.
+    /// message bytes of the whole log. `mask` is applied to every message and
+    /// field value before it is counted or stored.
     ///
-    /// Fails with [`LogError::InvalidKey`], [`LogError::Io`] when the file cannot be
-    /// created or read, or [`LogError::Corrupt`] when an earlier line is damaged.
+    /// Fails with [`LogError::InvalidKey`], [`LogError::Io`] when the stored log
+    /// cannot be read, or [`LogError::Corrupt`] when a stored line is damaged.
     pub fn writer(
         &self,
         key: &LogKey,
@@ -298,20 +352,14 @@ impl LogStore {
     ) -> Result<LogWriter, LogError> {
         key.validate()?;
         let live = {
-            // The registry lock is held while the file is scanned so that two
-            // writers cannot both scan and truncate the same file.
+            // The registry lock is held while the stored log is read, so that two
+            // writers cannot both resume the same log.
             let mut registry = lock(&self.inner.live);
             let live = match registry.get(key) {
                 Some(live) => Arc::clone(live),
                 None => {
-                    let live = match self.inner.path_of(key) {
-                        Some(path) => {
-                            let (file, resume) = open_for_append(&path)?;
-                            LiveLog::new(key.clone(), Some(path), Some(file), resume)
-                        }
-                        None => LiveLog::new(key.clone(), None, None, Resume::default()),
-                    };
-                    let live = Arc::new(live);
+                    let live = Arc::new(self.resume(key)?);
+                    self.carry_over(&live, key)?;
                     registry.insert(key.clone(), Arc::clone(&live));
                     live
                 }
@@ -331,23 +379,60 @@ impl LogStore {
         })
     }
 
+    /// A live log for `key`, continuing where its stored lines end.
+    fn resume(&self, key: &LogKey) -> Result<LiveLog, LogError> {
+        let Some(db) = self.inner.db() else {
+            return Ok(LiveLog::new(key, true, &[]));
+        };
+        let lines = db.read(&db_key(key), 0)?;
+        Ok(LiveLog::new(key, false, &lines))
+    }
+
+    /// For a log written before the database (a legacy file, and nothing in the
+    /// database yet), copies the file's lines into the database through `live`,
+    /// and removes the file once they are committed.
+    fn carry_over(&self, live: &Arc<LiveLog>, key: &LogKey) -> Result<(), LogError> {
+        let (Some(db), Some(path)) = (self.inner.db(), self.inner.legacy_path_of(key)) else {
+            return Ok(());
+        };
+        if lock(&live.state).next_seq > 0 {
+            return Ok(());
+        }
+        let Some(lines) = read_legacy(&path)? else {
+            return Ok(());
+        };
+        let resume = Resume::of(&lines);
+        {
+            let mut state = lock(&live.state);
+            state.bytes = resume.bytes;
+            state.truncated = resume.truncated;
+            for line in lines {
+                live.push(Some(db), &mut state, line);
+            }
+        }
+        tracing::info!(log = %key, path = %path.display(), "carrying a step log written by an older arkline over into the log database");
+        db.barrier(Box::new(move |committed| {
+            if committed && let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a step log file carried over into the log database");
+            }
+        }));
+        Ok(())
+    }
+
     /// Every line of `key`'s log written so far, in `seq` order.
     ///
-    /// [`LogError::NotFound`] when the log has neither a file nor a writer in this
-    /// process; an existing but empty log is `Ok(vec![])`.
+    /// [`LogError::NotFound`] when the log has no stored line and no writer in
+    /// this process.
     pub async fn read(&self, key: &LogKey) -> Result<Vec<StoredLine>, LogError> {
         key.validate()?;
-        let path = self.inner.path_of(key);
         let Some(live) = self.inner.live(key) else {
-            let Some(path) = path else {
-                return Err(LogError::NotFound(key.clone()));
-            };
-            let chunk = blocking(path.clone(), move || read_from(&path, 0, 0)).await?;
-            return chunk
-                .map(|chunk| chunk.lines)
+            let inner = Arc::clone(&self.inner);
+            let owned = key.clone();
+            return blocking(self.db_path(), move || inner.stored(&owned, 0))
+                .await?
                 .ok_or_else(|| LogError::NotFound(key.clone()));
         };
-        let mut cursor = Cursor::new(live, path);
+        let mut cursor = Cursor::new(live, Arc::clone(&self.inner));
         let mut out = Vec::new();
         loop {
             let batch = cursor.next_batch().await?;
@@ -358,6 +443,12 @@ impl LogStore {
                 return Ok(out);
             }
         }
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.inner
+            .db()
+            .map_or_else(PathBuf::new, |db| db.path().to_owned())
     }
 
     #[cfg(test)]
@@ -374,10 +465,10 @@ impl LogStore {
     /// writer of the log is open in this process (finished, closed or dropped); a
     /// log with no writer here ends after its existing lines.
     ///
-    /// A follower that falls far behind re-reads the file rather than lose lines.
-    /// Errors are yielded as the stream's last item: [`LogError::InvalidKey`],
-    /// [`LogError::NotFound`] (no file and no writer when `follow` is called),
-    /// [`LogError::Io`] or [`LogError::Corrupt`].
+    /// A follower that falls far behind reads the database rather than lose
+    /// lines. Errors are yielded as the stream's last item:
+    /// [`LogError::InvalidKey`], [`LogError::NotFound`] (nothing stored and no
+    /// writer when `follow` is called), [`LogError::Io`] or [`LogError::Corrupt`].
     pub fn follow(&self, key: &LogKey) -> BoxStream<'static, Result<StoredLine, LogError>> {
         if let Err(e) = key.validate() {
             return stream::once(async move { Err(e) }).boxed();
@@ -396,7 +487,7 @@ impl LogStore {
         };
         let follower = Follower {
             changed: live.changed.subscribe(),
-            cursor: Cursor::new(live, self.inner.path_of(key)),
+            cursor: Cursor::new(live, Arc::clone(&self.inner)),
             pending: VecDeque::new(),
             done: false,
         };
@@ -407,123 +498,172 @@ impl LogStore {
         .boxed()
     }
 
-    /// Removes every step log of one execution (retention). Removing an execution
-    /// that has no logs is not an error. Remove executions whose steps have
-    /// finished: a writer still open keeps writing to a file that no longer has a
-    /// name, and its followers keep following it.
-    pub fn remove_execution(&self, engine: &str, execution: &str) -> Result<(), LogError> {
+    /// Removes every step log of one execution (retention), durably: it returns
+    /// once the removal is committed. Removing an execution that has no logs is
+    /// not an error. Remove executions whose steps have finished: a writer still
+    /// open keeps its lines in memory, and its followers keep following it.
+    pub async fn remove_execution(&self, engine: &str, execution: &str) -> Result<(), LogError> {
         check_component("engine", engine)?;
         check_component("execution", execution)?;
         lock(&self.inner.live).retain(|key, _| key.engine != engine || key.execution != execution);
-        if let Backend::Files(root) = &self.inner.backend {
-            let dir = root.join(engine).join(execution);
+        self.remove(format!("{engine}/{execution}/"), &[engine, execution])
+            .await
+    }
+
+    /// Removes every step log of one engine (the engine was removed), durably.
+    pub async fn remove_engine(&self, engine: &str) -> Result<(), LogError> {
+        check_component("engine", engine)?;
+        lock(&self.inner.live).retain(|key, _| key.engine != engine);
+        self.remove(format!("{engine}/"), &[engine]).await
+    }
+
+    async fn remove(&self, prefix: String, legacy_dir: &[&str]) -> Result<(), LogError> {
+        let Backend::Db { db, legacy } = &self.inner.backend else {
+            return Ok(());
+        };
+        if let Some(root) = legacy {
+            let dir = legacy_dir
+                .iter()
+                .fold(root.clone(), |dir, part| dir.join(part));
             match fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => return Err(LogError::Io { path: dir, source }),
             }
         }
-        Ok(())
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        db.remove_prefix(
+            prefix,
+            Box::new(move |committed| {
+                let _ = tx.send(committed);
+            }),
+        );
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(LogError::Io {
+                path: db.path().to_owned(),
+                source: io::Error::other("the removal of step logs was not committed"),
+            }),
+        }
+    }
+
+    /// Commits every line written so far, stops the database's writer and
+    /// closes its file (releasing its lock), even while clones of this store
+    /// are alive: from then on their lines are kept in memory only. The memory
+    /// backend has nothing to close. Closing twice is closing once.
+    pub async fn close(&self) {
+        let inner = Arc::clone(&self.inner);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(db) = inner.db() {
+                db.close();
+            }
+        })
+        .await;
     }
 
     #[cfg(test)]
-    /// How many bytes `key`'s log takes in its JSON-lines form (for the file
-    /// backend, the file's length); `None` when there is no such log or the key is
-    /// invalid.
+    /// How many bytes `key`'s log takes in its JSON-lines form; `None` when
+    /// there is no such log or the key is invalid.
     pub fn size(&self, key: &LogKey) -> Option<u64> {
         key.validate().ok()?;
         if let Some(live) = self.inner.live(key) {
             return Some(lock(&live.state).stored_bytes);
         }
-        let path = self.inner.path_of(key)?;
-        fs::metadata(path).ok().map(|meta| meta.len())
+        let lines = self.inner.stored(key, 0).ok()??;
+        Some(lines.iter().map(|line| json_line(line).len() as u64).sum())
     }
 }
 
-/// What a resumed log's existing file says.
+/// The database key of a log: its parts joined with `/`.
+fn db_key(key: &LogKey) -> String {
+    format!("{}/{}/{}", key.engine, key.execution, key.step)
+}
+
+/// A line as stored: its JSON, ending in a newline (the newline is counted in
+/// a log's size, and kept in legacy files, but not stored in the database).
+fn json_line(line: &StoredLine) -> Vec<u8> {
+    match serde_json::to_vec(line) {
+        Ok(mut json) => {
+            json.push(b'\n');
+            json
+        }
+        Err(e) => {
+            // Cannot happen for this type.
+            tracing::warn!(error = %e, "cannot encode a step log line");
+            Vec::new()
+        }
+    }
+}
+
+/// Whether `dir` holds anything besides the log database: step logs written
+/// by an arkline from before the database (one directory per engine).
+fn has_legacy_logs(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+    })
+}
+
+/// Where a resumed log stands.
 #[derive(Default)]
 struct Resume {
     next_seq: u64,
     bytes: u64,
     truncated: bool,
     stored_bytes: u64,
-    new_file: bool,
-    /// Directories above the file this call created (0: its parent existed).
-    new_dirs: usize,
 }
 
-/// Opens (creating if needed) a log file for appending, cutting off a torn last
-/// line, and reads where the log stands.
-fn open_for_append(path: &Path) -> Result<(File, Resume), LogError> {
-    let io_err = |source| LogError::Io {
-        path: path.to_owned(),
-        source,
+impl Resume {
+    fn of(lines: &[StoredLine]) -> Self {
+        let mut resume = Resume::default();
+        for line in lines {
+            resume.next_seq = resume.next_seq.max(line.seq + 1);
+            resume.stored_bytes += json_line(line).len() as u64;
+            if line.is_truncation_marker() {
+                resume.truncated = true;
+            } else {
+                resume.bytes += line.message.len() as u64;
+            }
+        }
+        resume
+    }
+}
+
+/// Reads a legacy step log file: every complete line, leaving out a torn last
+/// line left by a crash; `None` when there is no such file.
+fn read_legacy(path: &Path) -> Result<Option<Vec<StoredLine>>, LogError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LogError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
-    let mut new_dirs = 0;
-    if let Some(dir) = path.parent() {
-        new_dirs = dir
-            .ancestors()
-            .take(SYNCED_DIR_LEVELS - 1)
-            .take_while(|d| !d.exists())
-            .count();
-        fs::create_dir_all(dir).map_err(|source| LogError::Io {
-            path: dir.to_owned(),
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|source| LogError::Io {
+            path: path.to_owned(),
             source,
         })?;
-    }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(io_err)?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io_err)?;
-    let mut resume = Resume {
-        new_file: bytes.is_empty(),
-        new_dirs,
-        ..Resume::default()
-    };
-    let parsed = parse_lines(path, &bytes, 0, 0, |line| {
-        resume.next_seq = resume.next_seq.max(line.seq + 1);
-        if line.is_truncation_marker() {
-            resume.truncated = true;
-        } else {
-            resume.bytes += line.message.len() as u64;
-        }
-    })?;
-    if parsed.end < bytes.len() as u64 {
-        tracing::warn!(
-            path = %path.display(),
-            bytes = bytes.len() as u64 - parsed.end,
-            "cutting a torn last line (left by a crash) off a step log before appending"
-        );
-        file.set_len(parsed.end).map_err(io_err)?;
-    }
-    resume.stored_bytes = parsed.end;
-    Ok((file, resume))
+    let mut lines = Vec::new();
+    parse_lines(path, &bytes, |line| lines.push(line))?;
+    Ok(Some(lines))
 }
 
-/// Where parsing stopped.
-struct Parsed {
-    /// Offset just past the last complete, well-formed line.
-    end: u64,
-    /// Number of lines before `end`.
-    line_no: u64,
-}
-
-/// Parses the complete lines of `bytes` (which start at `offset`, after `line_no`
-/// lines of the file). A last line without a newline, or a newline-terminated last
-/// line that is not JSON, is a torn write and is left out; a bad line before it is
-/// [`LogError::Corrupt`].
+/// Parses the complete lines of `bytes`. A last line without a newline, or a
+/// newline-terminated last line that is not JSON, is a torn write and is left
+/// out; a bad line before it is [`LogError::Corrupt`].
 fn parse_lines(
     path: &Path,
     bytes: &[u8],
-    offset: u64,
-    mut line_no: u64,
     mut each: impl FnMut(StoredLine),
-) -> Result<Parsed, LogError> {
+) -> Result<(), LogError> {
     let mut pos = 0;
+    let mut line_no = 0;
     while let Some(len) = bytes[pos..].iter().position(|&b| b == b'\n') {
         let next = pos + len + 1;
         match serde_json::from_slice::<StoredLine>(&bytes[pos..pos + len]) {
@@ -540,44 +680,10 @@ fn parse_lines(
         pos = next;
         line_no += 1;
     }
-    Ok(Parsed {
-        end: offset + pos as u64,
-        line_no,
-    })
+    Ok(())
 }
 
-/// Lines read from a file, and where the next read should start.
-struct Chunk {
-    lines: Vec<StoredLine>,
-    end: u64,
-    line_no: u64,
-}
-
-/// Reads the complete lines of `path` from `offset` (a line boundary); `None` when
-/// the file does not exist.
-fn read_from(path: &Path, offset: u64, line_no: u64) -> Result<Option<Chunk>, LogError> {
-    let io_err = |source| LogError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(io_err(source)),
-    };
-    file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io_err)?;
-    let mut lines = Vec::new();
-    let parsed = parse_lines(path, &bytes, offset, line_no, |line| lines.push(line))?;
-    Ok(Some(Chunk {
-        lines,
-        end: parsed.end,
-        line_no: parsed.line_no,
-    }))
-}
-
-/// Runs blocking file work off the async worker threads.
+/// Runs blocking store work off the async worker threads.
 async fn blocking<T: Send + 'static>(
     path: PathBuf,
     work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
@@ -591,51 +697,26 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// The directory levels above a log file (`<logs>/<engine>/<execution>/`).
-const SYNCED_DIR_LEVELS: usize = 3;
-
-/// Fsyncs what a new log file's name needs to survive a crash: its directory,
-/// and the parent of each directory that was created with it (`new_dirs`), so
-/// the first step of an execution syncs its engine's directory and the others
-/// only their execution's.
-fn sync_dirs(path: &Path, new_dirs: usize) {
-    if cfg!(unix) {
-        for dir in path
-            .ancestors()
-            .skip(1)
-            .take((1 + new_dirs).min(SYNCED_DIR_LEVELS))
-        {
-            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync a step log directory");
-            }
-        }
-    }
-}
-
 /// One step log as seen by this process's writers and followers.
 struct LiveLog {
     key: LogKey,
-    path: Option<PathBuf>,
+    /// `key` as the database names it.
+    db_key: String,
     state: Mutex<LiveState>,
     /// Bumped after each stored line and each closed writer.
     changed: watch::Sender<u64>,
 }
 
 struct LiveState {
-    /// The open file; `None` for the memory backend, after an I/O error, and once
-    /// the last writer has closed.
-    file: Option<File>,
-    /// Whether lines from now on are kept in memory only (memory backend, or the
-    /// file failed). The in-memory tail is then never trimmed.
+    /// Whether lines are kept in memory only (memory backend, or the database
+    /// failed or was closed). The in-memory tail is then never trimmed.
     memory_only: bool,
-    /// Whether the file was created by this process (its directories are fsynced).
-    new_file: bool,
-    /// Directories created with the file (their parents are fsynced too).
-    new_dirs: usize,
     /// The most recent lines, contiguous in `seq`, ending at `next_seq - 1`.
     recent: VecDeque<Arc<StoredLine>>,
     recent_bytes: u64,
     next_seq: u64,
+    /// Lines below this `seq` are committed to the database.
+    committed: u64,
     /// Message bytes kept, across the whole step (what the cap counts).
     bytes: u64,
     /// Message bytes dropped at the cap by this process.
@@ -649,7 +730,7 @@ struct LiveState {
 }
 
 impl LiveState {
-    /// The `seq` of the oldest line in memory; older lines are in the file.
+    /// The `seq` of the oldest line in memory; older lines are in the database.
     fn base_seq(&self) -> u64 {
         self.recent.front().map_or(self.next_seq, |line| line.seq)
     }
@@ -662,29 +743,29 @@ enum Snapshot {
         lines: Vec<Arc<StoredLine>>,
         complete: bool,
     },
-    /// The lines from that `seq` are no longer in memory: read the file.
+    /// The lines from that `seq` are no longer in memory: read the database.
     Behind { base: u64 },
 }
 
 impl LiveLog {
-    fn new(key: LogKey, path: Option<PathBuf>, file: Option<File>, resume: Resume) -> Self {
+    /// A live log continuing after `stored`, its lines already stored.
+    fn new(key: &LogKey, memory_only: bool, stored: &[StoredLine]) -> Self {
+        let resume = Resume::of(stored);
         LiveLog {
-            key,
+            key: key.clone(),
+            db_key: db_key(key),
             state: Mutex::new(LiveState {
-                memory_only: path.is_none(),
-                file,
-                new_file: resume.new_file,
-                new_dirs: resume.new_dirs,
+                memory_only,
                 recent: VecDeque::new(),
                 recent_bytes: 0,
                 next_seq: resume.next_seq,
+                committed: resume.next_seq,
                 bytes: resume.bytes,
                 dropped_bytes: 0,
                 truncated: resume.truncated,
                 stored_bytes: resume.stored_bytes,
                 writers: 0,
             }),
-            path,
             changed: watch::Sender::new(0),
         }
     }
@@ -702,54 +783,69 @@ impl LiveLog {
         }
     }
 
-    /// Stores one line: to the file, then to memory, then tells followers.
-    fn push(&self, state: &mut LiveState, mut line: StoredLine) {
+    /// Stores one line: queues it for the database, keeps it in memory, then
+    /// tells followers.
+    fn push(self: &Arc<Self>, db: Option<&LogDb>, state: &mut LiveState, mut line: StoredLine) {
         line.seq = state.next_seq;
         state.next_seq += 1;
-        let json = match serde_json::to_vec(&line) {
-            Ok(mut json) => {
-                json.push(b'\n');
-                json
-            }
-            Err(e) => {
-                // Cannot happen for this type; keep the line in memory anyway.
-                tracing::warn!(log = %self.key, error = %e, "cannot encode a step log line");
-                Vec::new()
-            }
-        };
-        if let Some(file) = state.file.as_mut()
-            && let Err(e) = file.write_all(&json)
-        {
-            tracing::warn!(
-                log = %self.key,
-                path = %self.path.as_deref().unwrap_or(Path::new("")).display(),
-                error = %e,
-                "cannot write a step log file; this step's later lines are kept in memory only"
-            );
-            state.file = None;
-            state.memory_only = true;
-        }
+        let mut json = json_line(&line);
         state.stored_bytes += json.len() as u64;
+        if !state.memory_only
+            && let Some(db) = db
+        {
+            json.pop(); // the newline
+            let put = Msg::Put {
+                live: Arc::clone(self),
+                seq: line.seq,
+                json,
+            };
+            if db.send(put).is_err() {
+                tracing::warn!(log = %self.key, "the step log database is closed; this step's later lines are kept in memory only");
+                state.memory_only = true;
+            }
+        }
         state.recent_bytes += line.message.len() as u64;
         state.recent.push_back(Arc::new(line));
-        if !state.memory_only {
-            while state.recent.len() > 1
-                && (state.recent.len() > RECENT_LINES || state.recent_bytes > RECENT_BYTES)
-            {
-                if let Some(old) = state.recent.pop_front() {
-                    state.recent_bytes -= old.message.len() as u64;
-                }
+        self.trim(state);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Drops committed lines from the in-memory tail beyond its limits.
+    fn trim(&self, state: &mut LiveState) {
+        if state.memory_only {
+            return;
+        }
+        while state.recent.len() > 1
+            && (state.recent.len() > RECENT_LINES || state.recent_bytes > RECENT_BYTES)
+            && state
+                .recent
+                .front()
+                .is_some_and(|l| l.seq < state.committed)
+        {
+            if let Some(old) = state.recent.pop_front() {
+                state.recent_bytes -= old.message.len() as u64;
             }
         }
-        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// The writer thread's word on line `seq`: committed, or not (then this log
+    /// keeps its lines in memory from now on).
+    fn committed(&self, seq: u64, ok: bool) {
+        let mut state = lock(&self.state);
+        if ok {
+            state.committed = state.committed.max(seq + 1);
+        } else if !state.memory_only {
+            tracing::warn!(log = %self.key, "cannot store a step log line; this step's later lines are kept in memory only");
+            state.memory_only = true;
+        }
     }
 }
 
 /// Appends one attempt's lines to a step log. Cheap to clone; clones share one
-/// writer, which closes when [`LogWriter::finish`] or [`LogWriter::close`] is
-/// called or the last clone is dropped.
+/// writer, which closes when [`LogWriter::finish`] or
+/// [`LogWriter::finish_durable`] is called or the last clone is dropped.
 ///
-/// Writing never fails: an I/O error is reported once with `tracing::warn!` and
+/// Writing never fails: a storage error is reported once with `tracing::warn!` and
 /// the log's later lines are kept in memory only (still readable and followable
 /// through this store). Lines written after close are ignored.
 #[derive(Clone)]
@@ -847,9 +943,34 @@ impl LogWriter {
         }
     }
 
-    /// Closes the writer (see [`LogWriter::close`]).
+    /// Closes the writer: later lines are ignored, and once no writer of the
+    /// log is open its followers end. The log's lines become durable shortly
+    /// after (with the next group commit); [`LogWriter::finish_durable`] waits
+    /// for that.
     pub fn finish(self) {
         self.handle.close();
+    }
+
+    /// Closes the writer as [`LogWriter::finish`] does, and resolves once every
+    /// line of the log written so far is on disk: `true` then, `false` when that
+    /// is not so (the memory backend, or the database failed or was closed; the
+    /// lines are then kept in memory). A step's log is made durable this way
+    /// before its outcome is recorded. Clones of this writer are closed too.
+    pub async fn finish_durable(self) -> bool {
+        match self.handle.close() {
+            Some(rx) => rx.await.unwrap_or(false),
+            // Already closed by a clone: wait for everything queued so far.
+            None => match self.handle.store.db() {
+                Some(db) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    db.barrier(Box::new(move |ok| {
+                        let _ = tx.send(ok);
+                    }));
+                    rx.await.unwrap_or(false)
+                }
+                None => false,
+            },
+        }
     }
 
     #[cfg(test)]
@@ -897,14 +1018,14 @@ impl WriterHandle {
                     ),
                     Vec::new(),
                 );
-                live.push(&mut state, marker);
+                live.push(self.store.db(), &mut state, marker);
             }
             state.dropped_bytes += len;
             return;
         }
         state.bytes += len;
         let line = self.line(time, level, source, message, fields);
-        live.push(&mut state, line);
+        live.push(self.store.db(), &mut state, line);
     }
 
     fn line(
@@ -926,44 +1047,46 @@ impl WriterHandle {
         }
     }
 
-    fn close(&self) {
+    /// Closes this writer; once no writer of the log is open, its followers end.
+    /// Returns what resolves once every line of the log written so far is
+    /// durable (`true`), or is known not to be (`false`).
+    fn close(&self) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         if self.closed.swap(true, Ordering::AcqRel) {
-            return;
+            return None;
         }
         let live = &self.live;
-        let (file, new_file) = {
-            let mut registry = lock(&self.store.live);
+        {
             let mut state = lock(&live.state);
             state.writers = state.writers.saturating_sub(1);
-            let file = if state.writers == 0 {
-                state.file.take()
-            } else {
-                state.file.as_ref().and_then(|f| f.try_clone().ok())
-            };
-            if state.writers == 0
-                && !state.memory_only
-                && registry
-                    .get(&live.key)
-                    .is_some_and(|entry| Arc::ptr_eq(entry, live))
-            {
-                // The file holds everything now; the next writer re-reads it.
-                registry.remove(&live.key);
-            }
             live.changed.send_modify(|n| *n += 1);
-            (
-                file,
-                std::mem::take(&mut state.new_file).then(|| std::mem::take(&mut state.new_dirs)),
-            )
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let Some(db) = self.store.db() else {
+            let _ = tx.send(false);
+            return Some(rx);
         };
-        // Fsync outside the locks: writers and readers of other logs need not wait.
-        if let Some(file) = file
-            && let Err(e) = file.sync_data()
-        {
-            tracing::warn!(log = %live.key, error = %e, "cannot fsync a step log file");
-        }
-        if let (Some(new_dirs), Some(path)) = (new_file, &live.path) {
-            sync_dirs(path, new_dirs);
-        }
+        // Once the lines are committed, the log leaves the registry (unless a
+        // writer opened it again meanwhile): the next writer resumes it from the
+        // database. The closure holds the store weakly: the writer thread must
+        // not keep it alive.
+        let store = Arc::downgrade(&self.store);
+        let live = Arc::clone(live);
+        db.barrier(Box::new(move |committed| {
+            if let Some(store) = store.upgrade() {
+                let mut registry = lock(&store.live);
+                let state = lock(&live.state);
+                if state.writers == 0
+                    && !state.memory_only
+                    && registry
+                        .get(&live.key)
+                        .is_some_and(|entry| Arc::ptr_eq(entry, &live))
+                {
+                    registry.remove(&live.key);
+                }
+            }
+            let _ = tx.send(committed);
+        }));
+        Some(rx)
     }
 }
 
@@ -974,15 +1097,12 @@ impl Drop for WriterHandle {
 }
 
 /// Reads a live log from `seq` 0 on: from the in-memory tail when it reaches back
-/// far enough, from the file otherwise.
+/// far enough, from the database otherwise.
 struct Cursor {
     live: Arc<LiveLog>,
-    path: Option<PathBuf>,
+    store: Arc<StoreInner>,
     /// The next `seq` to return.
     next: u64,
-    /// Where the next file read starts (a line boundary), and the lines before it.
-    offset: u64,
-    line_no: u64,
 }
 
 enum Batch {
@@ -1005,13 +1125,11 @@ impl Batch {
 }
 
 impl Cursor {
-    fn new(live: Arc<LiveLog>, path: Option<PathBuf>) -> Self {
+    fn new(live: Arc<LiveLog>, store: Arc<StoreInner>) -> Self {
         Cursor {
             live,
-            path,
+            store,
             next: 0,
-            offset: 0,
-            line_no: 0,
         }
     }
 
@@ -1028,16 +1146,16 @@ impl Cursor {
                 None => Ok(Batch::UpToDate { complete }),
             },
             Snapshot::Behind { base } => {
-                let lines = self.read_file().await?;
+                let lines = self.read_stored().await?;
                 if lines.is_empty() {
-                    // Every line older than the in-memory tail was in the file
-                    // before it left the tail, so only a removed or replaced file
-                    // gets here; go on from what is still known.
+                    // Every line older than the in-memory tail was committed
+                    // before it left the tail, so only a removal gets here; go
+                    // on from what is still known.
                     tracing::warn!(
                         log = %self.live.key,
                         from = self.next,
                         to = base,
-                        "step log lines are missing from the file; skipping them"
+                        "step log lines are missing from the log database; skipping them"
                     );
                     self.next = base;
                 }
@@ -1049,23 +1167,18 @@ impl Cursor {
         }
     }
 
-    async fn read_file(&mut self) -> Result<Vec<StoredLine>, LogError> {
-        let Some(path) = self.path.clone() else {
+    async fn read_stored(&mut self) -> Result<Vec<StoredLine>, LogError> {
+        let Some(db) = self.store.db() else {
             return Ok(Vec::new());
         };
-        let (offset, line_no) = (self.offset, self.line_no);
-        let read = blocking(path.clone(), move || read_from(&path, offset, line_no)).await?;
-        let Some(chunk) = read else {
-            return Ok(Vec::new());
-        };
-        self.offset = chunk.end;
-        self.line_no = chunk.line_no;
-        let next = self.next;
-        let lines: Vec<_> = chunk
-            .lines
-            .into_iter()
-            .filter(|line| line.seq >= next)
-            .collect();
+        let path = db.path().to_owned();
+        let store = Arc::clone(&self.store);
+        let (key, from) = (self.live.db_key.clone(), self.next);
+        let lines = blocking(path, move || match store.db() {
+            Some(db) => db.read(&key, from),
+            None => Ok(Vec::new()),
+        })
+        .await?;
         if let Some(last) = lines.last() {
             self.next = last.seq + 1;
         }
@@ -1168,7 +1281,7 @@ mod tests {
     const BIG: u64 = 1 << 30;
 
     #[tokio::test]
-    async fn written_lines_are_read_back_from_the_file() {
+    async fn written_lines_are_read_back_from_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path()).unwrap();
         let key = key("build");
@@ -1188,10 +1301,17 @@ mod tests {
             messages(&lines),
             ["attempt 1 of 3 started", "compiling", "done"]
         );
-        writer.finish();
+        assert!(writer.finish_durable().await, "committed");
 
-        // ...and afterwards, from the file alone.
+        // ...and afterwards from the database alone, in this process and the next.
+        assert!(
+            store.inner.live(&key).is_none(),
+            "the log left the registry"
+        );
         let lines = store.read(&key).await.unwrap();
+        drop(store);
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.read(&key).await.unwrap(), lines);
         assert_eq!(seqs(&lines), [0, 1, 2]);
         assert_eq!(
             (lines[0].source.as_str(), lines[0].level.as_str()),
@@ -1204,10 +1324,9 @@ mod tests {
         assert_eq!(lines[1].fields, [("file".to_owned(), "main.rs".to_owned())]);
         assert!(lines.iter().all(|l| l.attempt == 1));
 
-        let raw = fs::read_to_string(file_of(dir.path(), &key)).unwrap();
-        assert_eq!(raw.lines().count(), 3);
-        assert!(raw.ends_with('\n'));
-        assert_eq!(store.size(&key), Some(raw.len() as u64));
+        assert!(!file_of(dir.path(), &key).exists(), "no file per step");
+        let size: usize = lines.iter().map(|l| json_line(l).len()).sum();
+        assert_eq!(store.size(&key), Some(size as u64));
         assert_eq!(
             messages(&store.tail(&key, 2).await.unwrap()),
             ["compiling", "done"]
@@ -1264,6 +1383,7 @@ mod tests {
 
         // Another restart: the marker is recognised, so nothing more is kept and no
         // second marker is written.
+        drop(store);
         let store = LogStore::open(dir.path()).unwrap();
         let fourth = store.writer(&key, 4, 10, None).unwrap();
         fourth.write(&line("x"));
@@ -1272,57 +1392,86 @@ mod tests {
         assert_eq!(store.read(&key).await.unwrap().len(), 4);
     }
 
-    #[tokio::test]
-    async fn a_torn_last_line_is_ignored_and_cut_before_appending() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path()).unwrap();
-        let key = key("torn");
-        let writer = store.writer(&key, 1, BIG, None).unwrap();
-        writer.write(&line("a"));
-        writer.write(&line("b"));
-        writer.finish();
-        let path = file_of(dir.path(), &key);
-        let intact = fs::read(&path).unwrap();
+    /// Writes a log file the way arkline 0.1 did.
+    fn write_legacy(dir: &Path, key: &LogKey, lines: &[&str], tail: &[u8]) -> PathBuf {
+        let path = file_of(dir, key);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut bytes = Vec::new();
+        for (seq, message) in lines.iter().enumerate() {
+            let line = StoredLine {
+                seq: seq as u64,
+                time: Utc::now(),
+                attempt: 1,
+                level: "info".into(),
+                source: "stdout".into(),
+                message: (*message).to_owned(),
+                fields: Vec::new(),
+            };
+            bytes.extend(json_line(&line));
+        }
+        bytes.extend_from_slice(tail);
+        fs::write(&path, &bytes).unwrap();
+        path
+    }
 
+    #[tokio::test]
+    async fn a_legacy_log_file_is_read_and_carried_over_when_its_step_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key("torn");
         // A crash in the middle of writing the third line.
-        let mut torn = intact.clone();
-        torn.extend_from_slice(br#"{"seq":2,"time":"2026-01-0"#);
-        fs::write(&path, &torn).unwrap();
+        let path = write_legacy(
+            dir.path(),
+            &key,
+            &["a", "b"],
+            br#"{"seq":2,"time":"2026-01-0"#,
+        );
+        let other = write_legacy(
+            dir.path(),
+            &LogKey::new("eng", "exec-1", "done").unwrap(),
+            &["x"],
+            b"",
+        );
 
         let store = LogStore::open(dir.path()).unwrap();
         assert_eq!(messages(&store.read(&key).await.unwrap()), ["a", "b"]);
         let writer = store.writer(&key, 2, BIG, None).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), intact, "the torn line is cut off");
         writer.write(&line("c"));
-        writer.finish();
+        assert!(writer.finish_durable().await);
+        assert!(!path.exists(), "the carried-over file is removed");
+        assert!(other.exists(), "a log that was not resumed stays a file");
 
-        let raw = fs::read_to_string(&path).unwrap();
-        for l in raw.lines() {
-            serde_json::from_str::<StoredLine>(l).expect("every line in the file parses");
-        }
+        drop(store);
+        let store = LogStore::open(dir.path()).unwrap();
         let lines = store.read(&key).await.unwrap();
         assert_eq!(messages(&lines), ["a", "b", "c"]);
         assert_eq!(seqs(&lines), [0, 1, 2]);
+        assert_eq!(
+            lines.iter().map(|l| l.attempt).collect::<Vec<_>>(),
+            [1, 1, 2]
+        );
+        let done = LogKey::new("eng", "exec-1", "done").unwrap();
+        assert_eq!(messages(&store.read(&done).await.unwrap()), ["x"]);
+        assert_eq!(messages(&collect(store.follow(&done)).await), ["x"]);
+        // Retention removes both kinds.
+        store.remove_execution("eng", "exec-1").await.unwrap();
+        assert!(!dir.path().join("eng/exec-1").exists());
+        assert!(matches!(store.read(&key).await, Err(LogError::NotFound(_))));
+        assert!(matches!(
+            store.read(&done).await,
+            Err(LogError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
     async fn a_bad_last_line_with_a_newline_is_torn_but_a_bad_earlier_line_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path()).unwrap();
         let key = key("bad");
-        let writer = store.writer(&key, 1, BIG, None).unwrap();
-        writer.write(&line("a"));
-        writer.finish();
-        let path = file_of(dir.path(), &key);
-        let intact = fs::read(&path).unwrap();
-
-        let mut bad_last = intact.clone();
-        bad_last.extend_from_slice(b"{not json\n");
-        fs::write(&path, &bad_last).unwrap();
+        let path = write_legacy(dir.path(), &key, &["a"], b"{not json\n");
+        let store = LogStore::open(dir.path()).unwrap();
         assert_eq!(messages(&store.read(&key).await.unwrap()), ["a"]);
 
-        let mut bad_middle = bad_last;
-        bad_middle.extend_from_slice(&intact);
+        let mut bad_middle = fs::read(&path).unwrap();
+        bad_middle.extend(json_line(&store.read(&key).await.unwrap()[0]));
         fs::write(&path, &bad_middle).unwrap();
         let err = store.read(&key).await.unwrap_err();
         assert!(matches!(err, LogError::Corrupt { line: 2, .. }), "{err}");
@@ -1379,7 +1528,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn secrets_are_masked_before_the_cap_and_never_reach_the_file() {
+    async fn secrets_are_masked_before_the_cap_and_never_reach_the_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path()).unwrap();
         let key = key("deploy");
@@ -1398,13 +1547,19 @@ mod tests {
         });
         writer.note("restored cache key hunter2");
         assert_eq!(writer.dropped_bytes(), 0);
-        writer.finish();
+        assert!(writer.finish_durable().await);
+        store.close().await;
 
-        let raw = fs::read(file_of(dir.path(), &key)).unwrap();
+        let raw = fs::read(dir.path().join(DB_FILE)).unwrap();
+        assert!(
+            raw.windows(3).any(|w| w == b"bob"),
+            "the lines are in the database"
+        );
         assert!(
             !raw.windows(7).any(|w| w == b"hunter2"),
-            "plaintext in the file"
+            "plaintext in the database"
         );
+        let store = LogStore::open(dir.path()).unwrap();
         let lines = store.read(&key).await.unwrap();
         assert_eq!(messages(&lines), [masked, "restored cache key ***"]);
         assert_eq!(
@@ -1477,7 +1632,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_follower_behind_the_in_memory_tail_rereads_the_file() {
+    async fn a_follower_behind_the_in_memory_tail_reads_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path()).unwrap();
         let key = key("lag");
@@ -1490,9 +1645,17 @@ mod tests {
         // `partway` takes two lines from memory, then both fall far behind.
         assert_eq!(partway.next().await.unwrap().unwrap().seq, 0);
         assert_eq!(partway.next().await.unwrap().unwrap().seq, 1);
-        for i in 2..total {
+        for i in 2..total - 1 {
             writer.write(&line(&i.to_string()));
         }
+        // Once the lines are committed, the next one trims the in-memory tail.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.inner.db().unwrap().barrier(Box::new(move |ok| {
+            let _ = tx.send(ok);
+        }));
+        assert!(rx.await.unwrap());
+        writer.write(&line(&(total - 1).to_string()));
+        assert!(lock(&writer.handle.live.state).recent.len() <= RECENT_LINES);
         assert_eq!(fresh.next().await.unwrap().unwrap().seq, 0);
         writer.finish();
 
@@ -1535,25 +1698,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_io_error_keeps_later_lines_in_memory() {
+    async fn once_the_database_is_closed_later_lines_are_kept_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path()).unwrap();
         let key = key("failing");
-        let path = file_of(dir.path(), &key);
         let writer = store.writer(&key, 1, BIG, None).unwrap();
         writer.write(&line("before"));
-        // Swap in a read-only handle so the next write fails.
-        lock(&writer.handle.live.state).file = Some(File::open(&path).unwrap());
+        store.close().await;
         writer.write(&line("after 1"));
         writer.write(&line("after 2"));
-        writer.finish();
+        assert!(!writer.finish_durable().await, "not durable");
 
-        let raw = fs::read_to_string(&path).unwrap();
-        assert_eq!(raw.lines().count(), 1, "{raw}");
         let lines = store.read(&key).await.unwrap();
         assert_eq!(messages(&lines), ["before", "after 1", "after 2"]);
         assert_eq!(seqs(&lines), [0, 1, 2]);
         assert_eq!(collect(store.follow(&key)).await, lines);
+        drop(store);
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            messages(&store.read(&key).await.unwrap()),
+            ["before"],
+            "what was committed before the close"
+        );
     }
 
     #[tokio::test]
@@ -1587,7 +1753,7 @@ mod tests {
         assert_eq!(store.tail(&key, 1).await.unwrap(), lines[2..]);
         assert!(store.size(&key).is_some_and(|n| n > 0));
 
-        store.remove_execution("eng", "exec-1").unwrap();
+        store.remove_execution("eng", "exec-1").await.unwrap();
         assert!(matches!(store.read(&key).await, Err(LogError::NotFound(_))));
         assert_eq!(store.size(&key), None);
     }
@@ -1601,16 +1767,28 @@ mod tests {
         for k in [&gone, &kept] {
             store.writer(k, 1, BIG, None).unwrap().write(&line("hi"));
         }
-        store.remove_execution("eng", "exec-1").unwrap();
-        assert!(!dir.path().join("eng/exec-1").exists());
+        store.remove_execution("eng", "exec-1").await.unwrap();
         assert!(matches!(
             store.read(&gone).await,
             Err(LogError::NotFound(_))
         ));
         assert_eq!(messages(&store.read(&kept).await.unwrap()), ["hi"]);
-        store.remove_execution("eng", "never-ran").unwrap();
+        store.remove_execution("eng", "never-ran").await.unwrap();
+        // The removal is durable; and an engine's removal takes all of it.
+        drop(store);
+        let store = LogStore::open(dir.path()).unwrap();
         assert!(matches!(
-            store.remove_execution("eng", ".."),
+            store.read(&gone).await,
+            Err(LogError::NotFound(_))
+        ));
+        assert_eq!(messages(&store.read(&kept).await.unwrap()), ["hi"]);
+        store.remove_engine("eng").await.unwrap();
+        assert!(matches!(
+            store.read(&kept).await,
+            Err(LogError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.remove_execution("eng", "..").await,
             Err(LogError::InvalidKey {
                 part: "execution",
                 ..
@@ -1659,11 +1837,11 @@ mod tests {
         let followed: Vec<_> = store.follow(&bad).collect().await;
         assert!(matches!(followed[..], [Err(LogError::InvalidKey { .. })]));
         assert_eq!(store.size(&bad), None);
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "nothing created"
-        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [DB_FILE], "nothing created beside the database");
     }
 
     #[test]

@@ -113,7 +113,13 @@ async fn finished(
         all.retain(|e| e.status.phase.is_finished());
         all.sort_by_key(|e| std::cmp::Reverse(e.spec.run));
         for old in all.iter().skip(keep as usize) {
-            let _ = core.logs.remove_execution(&core.name, &old.metadata.name);
+            if let Err(e) = core
+                .logs
+                .remove_execution(&core.name, &old.metadata.name)
+                .await
+            {
+                tracing::warn!(execution = %old.metadata.name, error = %e, "cannot remove an old execution's logs");
+            }
             match execs
                 .delete(&core.name, &old.metadata.name, &DeleteOptions::default())
                 .await
@@ -127,7 +133,9 @@ async fn finished(
         let expires = at + chrono::Duration::from_std(keep.0).unwrap_or(chrono::Duration::MAX);
         let now = core.clock.now();
         if expires <= now {
-            let _ = core.logs.remove_execution(&core.name, name);
+            if let Err(e) = core.logs.remove_execution(&core.name, name).await {
+                tracing::warn!(execution = %name, error = %e, "cannot remove an expired execution's logs");
+            }
         } else if let Ok(left) = (expires - now).to_std() {
             return Ok(Action::requeue(left));
         }

@@ -136,8 +136,8 @@ impl Driver {
             Ok(_) => writer.note(&format!("attempt {attempt} succeeded")),
             Err(f) => writer.note(&format!("attempt {attempt} failed: {}", f.reason)),
         }
-        // The fsync of the log runs off the async workers.
-        let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
+        // The log is durable before the attempt's outcome is recorded.
+        writer.finish_durable().await;
         result
     }
 
