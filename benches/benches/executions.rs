@@ -41,6 +41,10 @@
 //! `ARKLINE_EXEC_STORES` (`durable,redb-memlogs,memory`) and
 //! `ARKLINE_EXEC_PIPELINES` (`five,wide,five-spread,five-10-engines`) shrink it.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -199,7 +199,10 @@ impl Driver {
                     .await;
             }
         }
-        self.cell.flush().await?;
+        // Not flushed here: the execution's start is carried by the next write,
+        // which follows at once (the first step's start, a skipped stage, or the
+        // finish). A crash before it finds the execution as it was, and it
+        // starts again: nothing has run yet.
 
         let mut failure: Option<String> = None;
         for (i, stage) in spec.stages.iter().enumerate() {
