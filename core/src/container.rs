@@ -299,13 +299,14 @@ impl ContainerBuilder {
             None if temp => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             None => node_id(&data_dir)?,
         };
-        let logs = if temp {
-            LogStore::in_memory()
-        } else {
-            LogStore::open(data_dir.join("logs")).map_err(|e| ContainerError::DataDir {
+        let logs = match &redb {
+            _ if temp => LogStore::in_memory(),
+            // Log lines ride on the store's commits.
+            Some(redb) => LogStore::in_store(redb.clone(), &data_dir.join("logs")),
+            None => LogStore::open(data_dir.join("logs")).map_err(|e| ContainerError::DataDir {
                 path: data_dir.join("logs"),
                 message: e.to_string(),
-            })?
+            })?,
         };
         let pool = crate::pipeline::pool::WorkerPool::new(runtime.config().max_instances as usize);
         Ok(Container {

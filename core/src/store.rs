@@ -55,6 +55,7 @@ pub mod watcher;
 
 pub use api::{Api, TypedEvent};
 pub use embedded::{RedbOptions, RedbStore, SCHEMA_VERSION};
+pub(crate) use embedded::{Rider, Settle};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use selector::{LabelSelector, Requirement, SelectorError};

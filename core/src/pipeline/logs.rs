@@ -319,6 +319,17 @@ impl LogStore {
         Ok(Self::with_backend(Backend::Db { db, legacy }))
     }
 
+    /// A store keeping logs in a table of `store`'s file, committed with the
+    /// store's own writes (one `fdatasync` covers both). Step logs that an
+    /// older arkline left as files under `legacy_dir` stay readable.
+    pub fn in_store(store: Arc<crate::store::RedbStore>, legacy_dir: &Path) -> Self {
+        let legacy = has_legacy_logs(legacy_dir).then(|| legacy_dir.to_owned());
+        Self::with_backend(Backend::Db {
+            db: LogDb::in_store(store),
+            legacy,
+        })
+    }
+
     /// A store keeping logs in memory only, for embedders without a disk. Logs live
     /// until [`LogStore::remove_execution`] or until the last clone is dropped.
     pub fn in_memory() -> Self {
@@ -951,11 +962,24 @@ impl LogWriter {
         self.handle.close();
     }
 
+    /// Closes the writer as [`LogWriter::finish`] does, and resolves once the
+    /// log's lines will be durable no later than any store write sent after
+    /// this resolves: at once when the lines ride on the store's commits
+    /// ([`LogStore::in_store`]: they are committed with that write or before
+    /// it), after their own commit otherwise ([`LogWriter::finish_durable`]).
+    /// A step's log is made durable before its outcome this way.
+    pub async fn finish_before_store_writes(self) {
+        if self.handle.store.db().is_some_and(LogDb::rides_on_store) {
+            self.handle.close();
+        } else {
+            self.finish_durable().await;
+        }
+    }
+
     /// Closes the writer as [`LogWriter::finish`] does, and resolves once every
     /// line of the log written so far is on disk: `true` then, `false` when that
     /// is not so (the memory backend, or the database failed or was closed; the
-    /// lines are then kept in memory). A step's log is made durable this way
-    /// before its outcome is recorded. Clones of this writer are closed too.
+    /// lines are then kept in memory). Clones of this writer are closed too.
     pub async fn finish_durable(self) -> bool {
         match self.handle.close() {
             Some(rx) => rx.await.unwrap_or(false),
@@ -1756,6 +1780,55 @@ mod tests {
         store.remove_execution("eng", "exec-1").await.unwrap();
         assert!(matches!(store.read(&key).await, Err(LogError::NotFound(_))));
         assert_eq!(store.size(&key), None);
+    }
+
+    #[tokio::test]
+    async fn lines_kept_in_the_store_ride_on_its_commits() {
+        use crate::store::{RedbStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("logs");
+        let redb = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let store = LogStore::in_store(redb.clone(), &legacy);
+        let key = key("build");
+
+        // With nothing else to write, the store commits the lines on their own.
+        let first = store.writer(&key, 1, BIG, None).unwrap();
+        first.write(&line("alone"));
+        assert!(first.finish_durable().await);
+        assert!(redb.commit_latency().snapshot().count >= 1);
+
+        // Lines queued before a store write are committed with it or before it.
+        let second = store.writer(&key, 2, BIG, None).unwrap();
+        second.write(&line("before the write"));
+        second.finish_before_store_writes().await;
+        let object = crate::model::DynamicObject {
+            api_version: crate::model::API_VERSION.into(),
+            kind: "Pipeline".into(),
+            metadata: crate::model::ObjectMeta::new("eng", "p"),
+            spec: serde_json::json!({}),
+            status: serde_json::Value::Null,
+        };
+        redb.create(object).await.unwrap();
+        // Closed as a crash would leave it: the log store is not closed first.
+        redb.close().await.unwrap();
+        drop(store);
+        drop(redb);
+
+        let redb = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let store = LogStore::in_store(redb.clone(), &legacy);
+        let lines = store.read(&key).await.unwrap();
+        assert_eq!(messages(&lines), ["alone", "before the write"]);
+        assert_eq!(seqs(&lines), [0, 1]);
+        // A resumed step goes on from there; retention removes it.
+        let third = store.writer(&key, 3, BIG, None).unwrap();
+        third.write(&line("resumed"));
+        assert!(third.finish_durable().await);
+        assert_eq!(seqs(&store.read(&key).await.unwrap()), [0, 1, 2]);
+        store.remove_execution("eng", "exec-1").await.unwrap();
+        assert!(matches!(store.read(&key).await, Err(LogError::NotFound(_))));
+        assert!(!dir.path().join(DB_FILE).exists(), "no log file of its own");
+        store.close().await;
+        redb.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -150,12 +150,31 @@ impl RedbOptions {
 enum Job {
     Write(Box<Op>),
     Compact(Revision),
+    /// Nothing of the store's own: the rider has rows waiting.
+    Nudge,
 }
 
 /// Where the writer answers.
 enum Reply {
     Write(oneshot::Sender<Result<OpOutput, StoreError>>),
     Compact(oneshot::Sender<Result<(), StoreError>>),
+    Nothing,
+}
+
+/// What runs after a commit that carried a rider's rows; its argument says
+/// whether the commit succeeded.
+pub(crate) type Settle = Box<dyn FnOnce(bool) + Send>;
+
+/// Rows of another part of arkline that ride on the store's group commit, so
+/// that one `fdatasync` covers both: step log lines. The writer calls
+/// [`Rider::write`] inside every write transaction, after the batch's own
+/// operations, and runs the returned [`Settle`] once the transaction is
+/// committed (or has failed). Rows the rider queued before an operation was
+/// sent to the store are therefore committed no later than that operation.
+pub(crate) trait Rider: Send + Sync {
+    /// Writes what is waiting into `txn`: whether anything was written, and
+    /// what to run after the commit.
+    fn write(&self, txn: &WriteTransaction) -> Result<(bool, Settle), redb::Error>;
 }
 
 struct Command {
@@ -163,14 +182,23 @@ struct Command {
     reply: Reply,
 }
 
-#[derive(Debug)]
 struct Shared {
     /// `None` once [`RedbStore::close`] has closed the file (and released its
     /// lock), whoever still holds a handle.
     db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// Rows that ride on this store's commits (see [`Rider`]).
+    rider: RwLock<Option<Arc<dyn Rider>>>,
     /// Events handed to watches, by the watch's kind and engine filter.
     delivered: Mutex<HashMap<(String, Option<String>), u64>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -510,6 +538,7 @@ impl RedbStore {
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             path,
+            rider: RwLock::default(),
             delivered: Mutex::default(),
         });
         let revision = prepare(&shared)?;
@@ -561,6 +590,42 @@ impl RedbStore {
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Lets `rider`'s rows ride on this store's commits (replacing any rider
+    /// before it).
+    pub(crate) fn attach_rider(&self, rider: Arc<dyn Rider>) {
+        *self
+            .shared
+            .rider
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(rider);
+    }
+
+    /// Asks the writer for a commit soon, for the rider's rows. Never waits:
+    /// when the queue is full, a commit is coming anyway.
+    pub(crate) fn nudge(&self) -> bool {
+        let Ok(commands) = self.sender() else {
+            return false;
+        };
+        match commands.try_send(Command {
+            job: Job::Nudge,
+            reply: Reply::Nothing,
+        }) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Runs `f` over a read transaction of the store file (for the rider's
+    /// tables), on the calling thread.
+    pub(crate) fn read_raw<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> T,
+    ) -> Result<T, StoreError> {
+        let guard = self.shared.lock_db();
+        let txn = self.shared.begin_read(&guard)?;
+        Ok(f(&txn))
     }
 
     /// Closes the store: stops the writer after it has answered every queued
@@ -759,6 +824,7 @@ impl Writer {
                             Reply::Compact(tx) => {
                                 let _ = tx.send(outcome.map(|_| ()));
                             }
+                            Reply::Nothing => {}
                         }
                     }
                 }
@@ -773,6 +839,7 @@ impl Writer {
                             Reply::Compact(tx) => {
                                 let _ = tx.send(Err(self.failed(&message)));
                             }
+                            Reply::Nothing => {}
                         }
                     }
                 }
@@ -801,6 +868,7 @@ impl Writer {
         txn.set_quick_repair(self.options.quick_repair);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(jobs.len());
         let revision;
+        let wrote;
         {
             let mut objects = txn
                 .open_table(OBJECTS)
@@ -820,6 +888,10 @@ impl Writer {
             for job in jobs {
                 let op = match job {
                     Job::Write(op) => *op,
+                    Job::Nudge => {
+                        outcomes.push(Ok(None));
+                        continue;
+                    }
                     Job::Compact(rev) => {
                         let target = rev.min(head);
                         if target > compacted {
@@ -919,22 +991,39 @@ impl Writer {
                 compacted = target;
             }
             revision = head;
-            if head == start_head && compacted == start_compacted {
-                // Nothing was written (every operation failed or was a no-op):
-                // skip the fsync.
-                drop((objects, events, meta));
-                txn.abort()
-                    .map_err(shared.backend("abort an empty batch"))?;
-                return Ok((outcomes, revision));
+            wrote = head != start_head || compacted != start_compacted;
+            if wrote {
+                meta.insert(REVISION_KEY, head)
+                    .map_err(shared.backend("write the revision"))?;
+                meta.insert(COMPACTED_KEY, compacted)
+                    .map_err(shared.backend("write the compacted revision"))?;
             }
-            meta.insert(REVISION_KEY, head)
-                .map_err(shared.backend("write the revision"))?;
-            meta.insert(COMPACTED_KEY, compacted)
-                .map_err(shared.backend("write the compacted revision"))?;
         }
-        txn.commit()
-            .map_err(shared.backend("commit a write batch"))?;
+        let rider = shared
+            .rider
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let (rode, settle) = match rider {
+            Some(rider) => rider
+                .write(&txn)
+                .map_err(shared.backend("write rows riding on the commit"))?,
+            None => (false, Box::new(|_| {}) as Settle),
+        };
+        if !wrote && !rode {
+            // Nothing was written (every operation failed or was a no-op):
+            // skip the fsync.
+            txn.abort()
+                .map_err(shared.backend("abort an empty batch"))?;
+            settle(true);
+            return Ok((outcomes, revision));
+        }
+        if let Err(e) = txn.commit() {
+            settle(false);
+            return Err(shared.backend("commit a write batch")(e));
+        }
         self.commit_latency.observe(started.elapsed());
+        settle(true);
         Ok((outcomes, revision))
     }
 }

@@ -137,7 +137,7 @@ impl Driver {
             Err(f) => writer.note(&format!("attempt {attempt} failed: {}", f.reason)),
         }
         // The log is durable before the attempt's outcome is recorded.
-        writer.finish_durable().await;
+        writer.finish_before_store_writes().await;
         result
     }
 

@@ -1,28 +1,40 @@
-//! The durable home of step logs: one redb file (`logs.redb`) with one writer
-//! thread that group-commits.
+//! The durable home of step logs: a redb table, group-committed.
 //!
 //! Every stored line is one row, keyed by the log's `engine/execution/step` and
-//! its `seq`, holding the line's JSON. Writers hand lines to the thread as they
-//! are written; the thread takes everything waiting in its queue, inserts it in
-//! one write transaction and commits it with one `fdatasync`, then tells each
-//! line's live log that it is on disk. So many steps' lines share one sync, no
-//! file is created per step (creating and syncing a file and two directories
-//! per step cost a quarter of a burst's CPU), and a barrier
-//! ([`LogDb::barrier`]) resolves once everything queued before it is durable —
-//! which is how a step's log is made durable before its `Succeeded` is recorded.
+//! its `seq`, holding the line's JSON. Writers queue lines as they are written;
+//! a writer takes everything waiting in the queue, inserts it in one write
+//! transaction and commits it with one `fdatasync`, then tells each line's live
+//! log that it is on disk. So many steps' lines share one sync, no file is
+//! created per step (creating and syncing a file and two directories per step
+//! cost a quarter of a burst's CPU), and a barrier ([`LogDb::barrier`])
+//! resolves once everything queued before it is durable.
+//!
+//! The table lives in one of two homes. In the store's own file
+//! ([`LogDb::in_store`], what a container with a redb store uses) the lines
+//! ride on the store's commits ([`Rider`]): the store's writer takes the queue
+//! inside each of its transactions, so lines queued before a status write are
+//! committed with it or before it, under the same sync — a step's log is
+//! durable before its `Succeeded` without a sync of its own. In a file of its
+//! own ([`LogDb::open`], `logs.redb`, for stores that are not redb) a writer
+//! thread of its own commits, and a step waits for a barrier before its
+//! outcome is written.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{JoinHandle, ThreadId};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
 
 use super::{LiveLog, LogError, StoredLine, lock};
+use crate::store::RedbStore;
+use crate::store::{Rider, Settle};
 
-/// `("engine/execution/step", seq)` → the line's JSON.
-const LINES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("lines");
+/// `("engine/execution/step", seq)` → the line's JSON. The same table in a
+/// file of its own (`logs.redb`) or in the store's file.
+const LINES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("log_lines");
 
 /// Most queued operations committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -51,33 +63,45 @@ struct Shared {
     path: PathBuf,
 }
 
-impl Shared {
-    fn io(&self, what: &str, e: impl std::fmt::Display) -> LogError {
-        LogError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::other(format!("{what}: {e}")),
-        }
+fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(format!("{what}: {e}")),
     }
 }
 
-/// The log database and its writer thread.
+/// Where the lines are kept.
+enum Home {
+    /// A file of its own, with its own writer thread.
+    File {
+        shared: Arc<Shared>,
+        writer: Mutex<Option<JoinHandle<()>>>,
+        writer_id: ThreadId,
+    },
+    /// A table of the store's file, riding on the store's commits: one
+    /// `fdatasync` covers a batch's log lines and its status writes.
+    Store {
+        store: Arc<RedbStore>,
+        rider: Arc<LogRider>,
+    },
+}
+
+/// The log database and the queue to its writer.
 pub(super) struct LogDb {
-    shared: Arc<Shared>,
     queue: Mutex<Option<Sender<Msg>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    writer_id: ThreadId,
+    home: Home,
 }
 
 impl std::fmt::Debug for LogDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogDb")
-            .field("path", &self.shared.path)
+            .field("path", &self.path())
             .finish_non_exhaustive()
     }
 }
 
 impl LogDb {
-    /// Opens (or creates) the database at `path` and starts its writer.
+    /// Opens (or creates) a database of its own at `path` and starts its writer.
     pub(super) fn open(path: PathBuf) -> Result<Self, LogError> {
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => LogError::Io {
@@ -87,26 +111,12 @@ impl LogDb {
                      this one) using the same data dir; stop it or use another data dir",
                 ),
             },
-            e => LogError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(format!("cannot open the step log database: {e}")),
-            },
+            e => io_error(&path, "cannot open the step log database", e),
         })?;
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             path,
         });
-        {
-            // Create the table, so that reads never meet a missing one.
-            let guard = shared.db.read().unwrap_or_else(PoisonError::into_inner);
-            let db = guard.as_ref().expect("just opened");
-            let txn = db
-                .begin_write()
-                .map_err(|e| shared.io("begin a write", e))?;
-            txn.open_table(LINES)
-                .map_err(|e| shared.io("create the lines table", e))?;
-            txn.commit().map_err(|e| shared.io("commit", e))?;
-        }
         let (tx, rx) = mpsc::channel();
         let thread_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -117,24 +127,55 @@ impl LogDb {
                 source,
             })?;
         Ok(LogDb {
-            writer_id: writer.thread().id(),
-            shared,
             queue: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            home: Home::File {
+                writer_id: writer.thread().id(),
+                shared,
+                writer: Mutex::new(Some(writer)),
+            },
         })
+    }
+
+    /// Keeps the lines in a table of `store`'s file, committed with the store's
+    /// own writes.
+    pub(super) fn in_store(store: Arc<RedbStore>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let rider = Arc::new(LogRider {
+            queue: Mutex::new(rx),
+            nudged: AtomicBool::new(false),
+        });
+        store.attach_rider(rider.clone());
+        LogDb {
+            queue: Mutex::new(Some(tx)),
+            home: Home::Store { store, rider },
+        }
+    }
+
+    /// Whether the lines ride on the store's commits.
+    pub(super) fn rides_on_store(&self) -> bool {
+        matches!(self.home, Home::Store { .. })
     }
 
     /// The database file.
     pub(super) fn path(&self) -> &Path {
-        &self.shared.path
+        match &self.home {
+            Home::File { shared, .. } => &shared.path,
+            Home::Store { store, .. } => store.path(),
+        }
     }
 
     /// Queues work; gives the message back once the database is closed.
     pub(super) fn send(&self, msg: Msg) -> Result<(), Msg> {
         match &*lock(&self.queue) {
-            Some(queue) => queue.send(msg).map_err(|e| e.0),
-            None => Err(msg),
+            Some(queue) => queue.send(msg).map_err(|e| e.0)?,
+            None => return Err(msg),
         }
+        if let Home::Store { store, rider } = &self.home
+            && !rider.nudged.swap(true, Ordering::AcqRel)
+        {
+            store.nudge();
+        }
+        Ok(())
     }
 
     /// Runs `then(committed)` once everything queued before it is durable; runs
@@ -155,56 +196,55 @@ impl LogDb {
 
     /// Every stored line of `key` with `seq >= from`, in `seq` order.
     pub(super) fn read(&self, key: &str, from: u64) -> Result<Vec<StoredLine>, LogError> {
-        let guard = self
-            .shared
-            .db
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let db = guard
-            .as_ref()
-            .ok_or_else(|| self.shared.io("read", "closed"))?;
-        let txn = db
-            .begin_read()
-            .map_err(|e| self.shared.io("begin a read", e))?;
-        let table = txn
-            .open_table(LINES)
-            .map_err(|e| self.shared.io("open the lines table", e))?;
-        let range = table
-            .range((key, from)..=(key, u64::MAX))
-            .map_err(|e| self.shared.io("read lines", e))?;
-        let mut lines = Vec::new();
-        for row in range {
-            let (k, v) = row.map_err(|e| self.shared.io("read a line", e))?;
-            let seq = k.value().1;
-            let line: StoredLine =
-                serde_json::from_slice(v.value()).map_err(|source| LogError::Corrupt {
-                    path: self.shared.path.clone(),
-                    line: seq + 1,
-                    source,
-                })?;
-            lines.push(line);
+        let path = self.path();
+        match &self.home {
+            Home::File { shared, .. } => {
+                let guard = shared.db.read().unwrap_or_else(PoisonError::into_inner);
+                let db = guard
+                    .as_ref()
+                    .ok_or_else(|| io_error(path, "read", "closed"))?;
+                let txn = db
+                    .begin_read()
+                    .map_err(|e| io_error(path, "begin a read", e))?;
+                read_lines(&txn, key, from, path)
+            }
+            Home::Store { store, .. } => store
+                .read_raw(|txn| read_lines(txn, key, from, path))
+                .map_err(|e| io_error(path, "read", e))?,
         }
-        Ok(lines)
     }
 
     /// Stops the writer after it has committed everything queued, and closes
-    /// the file (releasing its lock) once reads in progress end. Later sends
-    /// are refused and later reads fail. Closing twice is closing once.
+    /// the file (releasing its lock) once reads in progress end; for lines kept
+    /// in the store, what is queued is committed with the store's next (or
+    /// last) batch. Later sends are refused and later reads fail. Closing twice
+    /// is closing once.
     pub(super) fn close(&self) {
         drop(lock(&self.queue).take());
-        let handle = lock(&self.writer).take();
-        if let Some(handle) = handle
-            && std::thread::current().id() != self.writer_id
-        {
-            let _ = handle.join();
+        match &self.home {
+            Home::File {
+                shared,
+                writer,
+                writer_id,
+            } => {
+                let handle = lock(writer).take();
+                if let Some(handle) = handle
+                    && std::thread::current().id() != *writer_id
+                {
+                    let _ = handle.join();
+                }
+                drop(
+                    shared
+                        .db
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take(),
+                );
+            }
+            Home::Store { store, .. } => {
+                store.nudge();
+            }
         }
-        drop(
-            self.shared
-                .db
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
     }
 }
 
@@ -214,8 +254,66 @@ impl Drop for LogDb {
     }
 }
 
-/// The writer thread: batches, commits, then tells each line's log and runs
-/// each barrier.
+fn read_lines(
+    txn: &redb::ReadTransaction,
+    key: &str,
+    from: u64,
+    path: &Path,
+) -> Result<Vec<StoredLine>, LogError> {
+    let table = match txn.open_table(LINES) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(path, "open the log lines table", e)),
+    };
+    let range = table
+        .range((key, from)..=(key, u64::MAX))
+        .map_err(|e| io_error(path, "read lines", e))?;
+    let mut lines = Vec::new();
+    for row in range {
+        let (k, v) = row.map_err(|e| io_error(path, "read a line", e))?;
+        let seq = k.value().1;
+        let line: StoredLine =
+            serde_json::from_slice(v.value()).map_err(|source| LogError::Corrupt {
+                path: path.to_owned(),
+                line: seq + 1,
+                source,
+            })?;
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// The log lines' side of the store's commits.
+pub(super) struct LogRider {
+    queue: Mutex<Receiver<Msg>>,
+    /// Whether the store has been asked for a commit that has not yet taken
+    /// the queue.
+    nudged: AtomicBool,
+}
+
+impl Rider for LogRider {
+    fn write(&self, txn: &WriteTransaction) -> Result<(bool, Settle), redb::Error> {
+        // Cleared before the queue is taken: a line queued after this asks for
+        // the next commit itself.
+        self.nudged.store(false, Ordering::Release);
+        let batch: Vec<Msg> = {
+            let queue = lock(&self.queue);
+            std::iter::from_fn(|| queue.try_recv().ok()).collect()
+        };
+        if batch.is_empty() {
+            return Ok((false, Box::new(|_| {})));
+        }
+        match apply(txn, &batch) {
+            Ok(wrote) => Ok((wrote, Box::new(move |ok| settle(batch, ok)))),
+            Err(e) => {
+                settle(batch, false);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The writer thread of a file of its own: batches, commits, then settles.
 fn write_loop(shared: &Shared, queue: &Receiver<Msg>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -231,63 +329,68 @@ fn write_loop(shared: &Shared, queue: &Receiver<Msg>) {
                 tracing::warn!(
                     path = %shared.path.display(),
                     error = %e,
-                    lines = batch.iter().filter(|m| matches!(m, Msg::Put { .. })).count(),
                     "cannot commit step log lines; those logs keep their later lines in memory only"
                 );
                 false
             }
         };
-        for msg in batch {
-            match msg {
-                Msg::Put { live, seq, .. } => live.committed(seq, committed),
-                Msg::Barrier(then) | Msg::RemovePrefix { done: then, .. } => then(committed),
-            }
+        settle(batch, committed);
+    }
+}
+
+/// Tells each line's log whether it was committed, and runs each barrier.
+fn settle(batch: Vec<Msg>, committed: bool) {
+    for msg in batch {
+        match msg {
+            Msg::Put { live, seq, .. } => live.committed(seq, committed),
+            Msg::Barrier(then) | Msg::RemovePrefix { done: then, .. } => then(committed),
         }
     }
 }
 
 fn commit(shared: &Shared, batch: &[Msg]) -> Result<(), LogError> {
+    let path = &shared.path;
     let guard = shared.db.read().unwrap_or_else(PoisonError::into_inner);
-    let db = guard.as_ref().ok_or_else(|| shared.io("write", "closed"))?;
-    let mut writes = false;
+    let db = guard
+        .as_ref()
+        .ok_or_else(|| io_error(path, "write", "closed"))?;
     let txn = db
         .begin_write()
-        .map_err(|e| shared.io("begin a write", e))?;
-    {
-        let mut table = txn
-            .open_table(LINES)
-            .map_err(|e| shared.io("open the lines table", e))?;
-        for msg in batch {
-            match msg {
-                Msg::Put { live, seq, json } => {
-                    table
-                        .insert((live.db_key.as_str(), *seq), json.as_slice())
-                        .map_err(|e| shared.io("insert a line", e))?;
-                    writes = true;
-                }
-                Msg::RemovePrefix { prefix, .. } => {
-                    let end = prefix_end(prefix);
-                    table
-                        .retain_in::<(&str, u64), _>(
-                            (
-                                Bound::Included((prefix.as_str(), 0)),
-                                Bound::Excluded((end.as_str(), 0)),
-                            ),
-                            |_, _| false,
-                        )
-                        .map_err(|e| shared.io("remove lines", e))?;
-                    writes = true;
-                }
-                Msg::Barrier(_) => {}
-            }
-        }
-    }
-    if writes {
-        txn.commit().map_err(|e| shared.io("commit", e))
+        .map_err(|e| io_error(path, "begin a write", e))?;
+    let wrote = apply(&txn, batch).map_err(|e| io_error(path, "write lines", e))?;
+    if wrote {
+        txn.commit().map_err(|e| io_error(path, "commit", e))
     } else {
         txn.abort()
-            .map_err(|e| shared.io("abort an empty write", e))
+            .map_err(|e| io_error(path, "abort an empty write", e))
     }
+}
+
+/// Applies a batch's puts and removals to `txn`; whether anything was written.
+fn apply(txn: &WriteTransaction, batch: &[Msg]) -> Result<bool, redb::Error> {
+    let mut wrote = false;
+    let mut table = txn.open_table(LINES)?;
+    for msg in batch {
+        match msg {
+            Msg::Put { live, seq, json } => {
+                table.insert((live.db_key.as_str(), *seq), json.as_slice())?;
+                wrote = true;
+            }
+            Msg::RemovePrefix { prefix, .. } => {
+                let end = prefix_end(prefix);
+                table.retain_in::<(&str, u64), _>(
+                    (
+                        Bound::Included((prefix.as_str(), 0)),
+                        Bound::Excluded((end.as_str(), 0)),
+                    ),
+                    |_, _| false,
+                )?;
+                wrote = true;
+            }
+            Msg::Barrier(_) => {}
+        }
+    }
+    Ok(wrote)
 }
 
 /// The least string above every key that starts with `prefix`, which ends in
