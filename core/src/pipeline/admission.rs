@@ -227,7 +227,13 @@ async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreErr
         let mut failed = None;
         for (name, result) in batch.iter().zip(results) {
             match result {
-                Ok(Some(stored)) => queue.observe(&stored, false),
+                Ok(Some(stored)) => {
+                    // Admitted here: the driver starts now, not when the
+                    // execution controller sees the write come back through
+                    // its watch (it then finds the driver running).
+                    crate::pipeline::reconcile::ensure_driver(core, &stored, true);
+                    queue.observe(&stored, false);
+                }
                 Ok(None) => {
                     queue.last.remove(name);
                 }

@@ -37,20 +37,31 @@ mod status;
 use status::{Deleted, Loc, StatusCell, step_at};
 
 /// Runs one execution to its end (or until shutdown).
-pub(crate) async fn drive(core: Arc<EngineCore>, exec: PipelineExecution, abort: CancelToken) {
+pub(crate) async fn drive(
+    core: Arc<EngineCore>,
+    exec: PipelineExecution,
+    abort: CancelToken,
+    fresh: bool,
+) {
     let name = exec.metadata.name.clone();
     // The reconciler may have read the object before a previous driver of it
     // finished: start from the stored state, and not at all if it is over.
-    let exec = match Api::<PipelineExecution>::new(core.store.clone())
-        .get(&core.name, &name)
-        .await
-    {
-        Ok(Some(fresh)) if !fresh.status.phase.is_finished() => fresh,
-        Ok(_) => {
-            core.runs().remove(&name);
-            return;
+    // (Admission hands over the state it has just written: that is the stored
+    // state.)
+    let exec = if fresh {
+        exec
+    } else {
+        match Api::<PipelineExecution>::new(core.store.clone())
+            .get(&core.name, &name)
+            .await
+        {
+            Ok(Some(fresh)) if !fresh.status.phase.is_finished() => fresh,
+            Ok(_) => {
+                core.runs().remove(&name);
+                return;
+            }
+            Err(_) => exec,
         }
-        Err(_) => exec,
     };
     let driver = Driver {
         cell: StatusCell {

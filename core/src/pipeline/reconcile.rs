@@ -23,7 +23,6 @@ pub(crate) async fn reconcile_execution(
     exec: Arc<PipelineExecution>,
     core: Arc<EngineCore>,
 ) -> Result<Action, ReconcileError> {
-    let name = exec.metadata.name.clone();
     match exec.status.phase {
         ExecutionPhase::Queued => {
             if exec.spec.abort {
@@ -49,37 +48,42 @@ pub(crate) async fn reconcile_execution(
             Ok(Action::await_change())
         }
         ExecutionPhase::Pending | ExecutionPhase::Running => {
-            if exec.status.node.as_ref().is_some_and(|n| *n != core.node) {
-                return Ok(Action::await_change());
-            }
-            if core.shutdown.is_cancelled() {
-                return Ok(Action::await_change());
-            }
-            let mut runs = core.runs();
-            match runs.get(&name) {
-                Some(handle) => {
-                    if exec.spec.abort {
-                        handle.abort.cancel();
-                    }
-                }
-                None => {
-                    let abort = CancelToken::new();
-                    if exec.spec.abort {
-                        abort.cancel();
-                    }
-                    runs.insert(
-                        name,
-                        RunHandle {
-                            abort: abort.clone(),
-                        },
-                    );
-                    core.spawn_driver(executor::drive(core.clone(), (*exec).clone(), abort));
-                }
-            }
+            ensure_driver(&core, &exec, false);
             Ok(Action::await_change())
         }
         ExecutionPhase::Succeeded | ExecutionPhase::Failed | ExecutionPhase::Aborted => {
             finished(&exec, &core).await
+        }
+    }
+}
+
+/// Starts a driver for an execution that is `Pending` or `Running` on this
+/// node, unless one runs (then passes an abort on to it). `fresh`: `exec` is
+/// the state just written (admission hands its write over directly), so the
+/// driver need not read it again.
+pub(crate) fn ensure_driver(core: &Arc<EngineCore>, exec: &PipelineExecution, fresh: bool) {
+    if exec.status.node.as_ref().is_some_and(|n| *n != core.node) || core.shutdown.is_cancelled() {
+        return;
+    }
+    let mut runs = core.runs();
+    match runs.get(&exec.metadata.name) {
+        Some(handle) => {
+            if exec.spec.abort {
+                handle.abort.cancel();
+            }
+        }
+        None => {
+            let abort = CancelToken::new();
+            if exec.spec.abort {
+                abort.cancel();
+            }
+            runs.insert(
+                exec.metadata.name.clone(),
+                RunHandle {
+                    abort: abort.clone(),
+                },
+            );
+            core.spawn_driver(executor::drive(core.clone(), exec.clone(), abort, fresh));
         }
     }
 }
