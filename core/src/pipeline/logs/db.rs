@@ -21,7 +21,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{JoinHandle, ThreadId};
@@ -38,6 +38,16 @@ const LINES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new
 
 /// Most queued operations committed in one transaction.
 const MAX_BATCH: usize = 4096;
+
+/// Lines riding on the store's commits wait at most this long for a store
+/// write before they ask for a commit of their own: a step's lines usually
+/// ride on its next status write, and a quiet store is not made to sync for
+/// every line.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// ... or until this many are waiting (which also bounds the in-memory tails
+/// that wait for their commit).
+const FLUSH_LINES: usize = 512;
 
 /// What the writer thread runs after the commit that covers everything queued
 /// before it; the argument says whether that commit succeeded.
@@ -83,6 +93,9 @@ enum Home {
     Store {
         store: Arc<RedbStore>,
         rider: Arc<LogRider>,
+        /// Asks for a commit of lines that waited [`FLUSH_EVERY`] for a
+        /// store write to ride on.
+        flusher: Mutex<Option<JoinHandle<()>>>,
     },
 }
 
@@ -143,11 +156,32 @@ impl LogDb {
         let rider = Arc::new(LogRider {
             queue: Mutex::new(rx),
             nudged: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
         });
         store.attach_rider(rider.clone());
+        let flusher = {
+            let (store, rider) = (store.clone(), rider.clone());
+            std::thread::Builder::new()
+                .name("arkline-log-flush".into())
+                .spawn(move || {
+                    while !rider.stop.load(Ordering::Acquire) {
+                        std::thread::park_timeout(FLUSH_EVERY);
+                        if rider.waiting.load(Ordering::Acquire) > 0 {
+                            rider.nudge(&store);
+                        }
+                    }
+                })
+                .map_err(|e| tracing::warn!(error = %e, "cannot start the step log flusher; lines wait for the store's next write"))
+                .ok()
+        };
         LogDb {
             queue: Mutex::new(Some(tx)),
-            home: Home::Store { store, rider },
+            home: Home::Store {
+                store,
+                rider,
+                flusher: Mutex::new(flusher),
+            },
         }
     }
 
@@ -166,14 +200,17 @@ impl LogDb {
 
     /// Queues work; gives the message back once the database is closed.
     pub(super) fn send(&self, msg: Msg) -> Result<(), Msg> {
+        let is_line = matches!(msg, Msg::Put { .. });
         match &*lock(&self.queue) {
             Some(queue) => queue.send(msg).map_err(|e| e.0)?,
             None => return Err(msg),
         }
-        if let Home::Store { store, rider } = &self.home
-            && !rider.nudged.swap(true, Ordering::AcqRel)
-        {
-            store.nudge();
+        if let Home::Store { store, rider, .. } = &self.home {
+            // A barrier or a removal is waited for: commit now. Lines wait for
+            // a store write to ride on (see `FLUSH_EVERY`).
+            if !is_line || rider.waiting.fetch_add(1, Ordering::AcqRel) + 1 >= FLUSH_LINES {
+                rider.nudge(store);
+            }
         }
         Ok(())
     }
@@ -241,8 +278,17 @@ impl LogDb {
                         .take(),
                 );
             }
-            Home::Store { store, .. } => {
-                store.nudge();
+            Home::Store {
+                store,
+                rider,
+                flusher,
+            } => {
+                rider.nudge(store);
+                rider.stop.store(true, Ordering::Release);
+                if let Some(flusher) = lock(flusher).take() {
+                    flusher.thread().unpark();
+                    let _ = flusher.join();
+                }
             }
         }
     }
@@ -289,6 +335,19 @@ pub(super) struct LogRider {
     /// Whether the store has been asked for a commit that has not yet taken
     /// the queue.
     nudged: AtomicBool,
+    /// Lines queued since the store last took the queue.
+    waiting: AtomicUsize,
+    /// Tells the flusher thread to end.
+    stop: AtomicBool,
+}
+
+impl LogRider {
+    /// Asks the store for a commit, unless one has been asked for already.
+    fn nudge(&self, store: &RedbStore) {
+        if !self.nudged.swap(true, Ordering::AcqRel) {
+            store.nudge();
+        }
+    }
 }
 
 impl Rider for LogRider {
@@ -296,6 +355,7 @@ impl Rider for LogRider {
         // Cleared before the queue is taken: a line queued after this asks for
         // the next commit itself.
         self.nudged.store(false, Ordering::Release);
+        self.waiting.store(0, Ordering::Release);
         let batch: Vec<Msg> = {
             let queue = lock(&self.queue);
             std::iter::from_fn(|| queue.try_recv().ok()).collect()
