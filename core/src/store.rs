@@ -204,6 +204,11 @@ pub struct ListQuery {
     pub engine: Option<String>,
     /// Only objects whose labels match.
     pub selector: LabelSelector,
+    /// Only the object of this name (Kubernetes' `fieldSelector=metadata.name=`):
+    /// a list of one or none, which with an engine reads that one object
+    /// instead of the whole kind. A watcher waiting for one object lists this
+    /// way.
+    pub name: Option<String>,
 }
 
 impl ListQuery {
@@ -225,6 +230,19 @@ impl ListQuery {
     pub fn selector(mut self, selector: LabelSelector) -> Self {
         self.selector = selector;
         self
+    }
+
+    /// Restricts the query to the object named `name` (see [`ListQuery::name`]).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Whether `obj` (of this query's kind and engine range) matches the
+    /// query's name and selector.
+    pub(crate) fn matches(&self, obj: &DynamicObject) -> bool {
+        self.name.as_ref().is_none_or(|n| *n == obj.metadata.name)
+            && self.selector.matches(&obj.metadata.labels)
     }
 }
 

@@ -268,7 +268,7 @@ impl Shared {
         let table = txn
             .open_table(OBJECTS)
             .map_err(self.backend("open the objects table"))?;
-        let (from, to) = mutation::storage_prefix(&query.kind, query.engine.as_deref());
+        let (from, to) = mutation::storage_range(query);
         let mut items = Vec::new();
         for entry in table
             .range(from.as_str()..to.as_str())
@@ -276,7 +276,7 @@ impl Shared {
         {
             let (k, v) = entry.map_err(self.backend("list objects"))?;
             let obj = self.decode_object(k.value(), v.value())?;
-            if query.selector.matches(&obj.metadata.labels) {
+            if query.matches(&obj) {
                 items.push(obj);
             }
         }

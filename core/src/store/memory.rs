@@ -182,13 +182,13 @@ impl Store for MemoryStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
-        let (from, to) = mutation::storage_prefix(&query.kind, query.engine.as_deref());
+        let (from, to) = mutation::storage_range(query);
         let state = self.shared.lock();
         let mut items: Vec<DynamicObject> = state
             .objects
             .range(from..to)
             .map(|(_, o)| o)
-            .filter(|o| query.selector.matches(&o.metadata.labels))
+            .filter(|o| query.matches(o))
             .cloned()
             .collect();
         let revision = state.revision;

@@ -120,12 +120,16 @@ pub(crate) fn storage_key(key: &ObjectRef) -> String {
     format!("{}/{}/{}", key.kind, key.engine, key.name)
 }
 
-/// Range bounds covering every key of a kind (and engine).
-pub(crate) fn storage_prefix(kind: &str, engine: Option<&str>) -> (String, String) {
-    // `0` is the byte after `/`, so [prefix/, prefix0) holds exactly the prefix.
-    match engine {
-        Some(e) => (format!("{kind}/{e}/"), format!("{kind}/{e}0")),
-        None => (format!("{kind}/"), format!("{kind}0")),
+/// Range bounds covering every key a query can match: a kind, an engine's
+/// objects of it, or with both an engine and a name the one key.
+pub(crate) fn storage_range(query: &super::ListQuery) -> (String, String) {
+    let kind = &query.kind;
+    // `0` is the byte after `/`, so [prefix/, prefix0) holds exactly the prefix;
+    // names hold no NUL, so [key, key\0) holds exactly the key.
+    match (query.engine.as_deref(), query.name.as_deref()) {
+        (Some(e), Some(n)) => (format!("{kind}/{e}/{n}"), format!("{kind}/{e}/{n}\0")),
+        (Some(e), None) => (format!("{kind}/{e}/"), format!("{kind}/{e}0")),
+        (None, _) => (format!("{kind}/"), format!("{kind}0")),
     }
 }
 

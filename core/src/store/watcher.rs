@@ -262,6 +262,9 @@ pub async fn await_condition<R: Resource>(
         Some(engine),
         Config::default(),
     );
+    // Lists the one object, not the whole kind: waiting for one execution
+    // among thousands must not read them all.
+    watcher.query.name = Some(name.to_owned());
     // The named object as listed by the batch in progress.
     let mut listed: Option<EncodedObject> = None;
     loop {

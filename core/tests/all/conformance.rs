@@ -321,6 +321,42 @@ async fn list_filters_by_kind_engine_and_labels(h: Harness) {
             .items
             .is_empty()
     );
+
+    // By name: the one object (a name that prefixes another's is not a match),
+    // within the selector; or none.
+    let named = |engine: Option<&str>, name: &str| {
+        let mut query = ListQuery::kind("Pipeline").named(name);
+        query.engine = engine.map(str::to_owned);
+        query
+    };
+    s.create(object("Pipeline", "ci", "a-2", &[]))
+        .await
+        .unwrap();
+    assert_eq!(names(s.list(&named(Some("ci"), "a")).await.unwrap()), ["a"]);
+    assert_eq!(names(s.list(&named(None, "a")).await.unwrap()), ["a"]);
+    assert_eq!(names(s.list(&named(None, "d")).await.unwrap()), ["d"]);
+    assert!(
+        s.list(&named(Some("cd"), "a"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        s.list(&named(Some("ci"), "zz"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let sel: LabelSelector = "tier=db".parse().unwrap();
+    assert!(
+        s.list(&named(Some("ci"), "a").selector(sel))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 async fn watch_replays_from_a_revision_then_follows(h: Harness) {
