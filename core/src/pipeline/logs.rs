@@ -422,11 +422,14 @@ impl LogStore {
             }
         }
         tracing::info!(log = %key, path = %path.display(), "carrying a step log written by an older arkline over into the log database");
-        db.barrier(Box::new(move |committed| {
-            if committed && let Err(e) = fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove a step log file carried over into the log database");
-            }
-        }));
+        db.barrier(
+            Box::new(move |committed| {
+                if committed && let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a step log file carried over into the log database");
+                }
+            }),
+            false,
+        );
         Ok(())
     }
 
@@ -810,7 +813,7 @@ impl LiveLog {
                 seq: line.seq,
                 json,
             };
-            if db.send(put).is_err() {
+            if db.send(put, false).is_err() {
                 tracing::warn!(log = %self.key, "the step log database is closed; this step's later lines are kept in memory only");
                 state.memory_only = true;
             }
@@ -959,7 +962,7 @@ impl LogWriter {
     /// after (with the next group commit); [`LogWriter::finish_durable`] waits
     /// for that.
     pub fn finish(self) {
-        self.handle.close();
+        self.handle.close(false);
     }
 
     /// Closes the writer as [`LogWriter::finish`] does, and resolves once the
@@ -970,7 +973,7 @@ impl LogWriter {
     /// A step's log is made durable before its outcome this way.
     pub async fn finish_before_store_writes(self) {
         if self.handle.store.db().is_some_and(LogDb::rides_on_store) {
-            self.handle.close();
+            self.handle.close(false);
         } else {
             self.finish_durable().await;
         }
@@ -981,15 +984,18 @@ impl LogWriter {
     /// is not so (the memory backend, or the database failed or was closed; the
     /// lines are then kept in memory). Clones of this writer are closed too.
     pub async fn finish_durable(self) -> bool {
-        match self.handle.close() {
+        match self.handle.close(true) {
             Some(rx) => rx.await.unwrap_or(false),
             // Already closed by a clone: wait for everything queued so far.
             None => match self.handle.store.db() {
                 Some(db) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    db.barrier(Box::new(move |ok| {
-                        let _ = tx.send(ok);
-                    }));
+                    db.barrier(
+                        Box::new(move |ok| {
+                            let _ = tx.send(ok);
+                        }),
+                        true,
+                    );
                     rx.await.unwrap_or(false)
                 }
                 None => false,
@@ -1073,8 +1079,10 @@ impl WriterHandle {
 
     /// Closes this writer; once no writer of the log is open, its followers end.
     /// Returns what resolves once every line of the log written so far is
-    /// durable (`true`), or is known not to be (`false`).
-    fn close(&self) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+    /// durable (`true`), or is known not to be (`false`). `urgent`: the caller
+    /// waits for that, so lines kept in the store ask for a commit now rather
+    /// than ride on the next store write.
+    fn close(&self, urgent: bool) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return None;
         }
@@ -1095,28 +1103,31 @@ impl WriterHandle {
         // not keep it alive.
         let store = Arc::downgrade(&self.store);
         let live = Arc::clone(live);
-        db.barrier(Box::new(move |committed| {
-            if let Some(store) = store.upgrade() {
-                let mut registry = lock(&store.live);
-                let state = lock(&live.state);
-                if state.writers == 0
-                    && !state.memory_only
-                    && registry
-                        .get(&live.key)
-                        .is_some_and(|entry| Arc::ptr_eq(entry, &live))
-                {
-                    registry.remove(&live.key);
+        db.barrier(
+            Box::new(move |committed| {
+                if let Some(store) = store.upgrade() {
+                    let mut registry = lock(&store.live);
+                    let state = lock(&live.state);
+                    if state.writers == 0
+                        && !state.memory_only
+                        && registry
+                            .get(&live.key)
+                            .is_some_and(|entry| Arc::ptr_eq(entry, &live))
+                    {
+                        registry.remove(&live.key);
+                    }
                 }
-            }
-            let _ = tx.send(committed);
-        }));
+                let _ = tx.send(committed);
+            }),
+            urgent,
+        );
         Some(rx)
     }
 }
 
 impl Drop for WriterHandle {
     fn drop(&mut self) {
-        self.close();
+        self.close(false);
     }
 }
 
@@ -1674,9 +1685,12 @@ mod tests {
         }
         // Once the lines are committed, the next one trims the in-memory tail.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        store.inner.db().unwrap().barrier(Box::new(move |ok| {
-            let _ = tx.send(ok);
-        }));
+        store.inner.db().unwrap().barrier(
+            Box::new(move |ok| {
+                let _ = tx.send(ok);
+            }),
+            true,
+        );
         assert!(rx.await.unwrap());
         writer.write(&line(&(total - 1).to_string()));
         assert!(lock(&writer.handle.live.state).recent.len() <= RECENT_LINES);

@@ -199,26 +199,27 @@ impl LogDb {
     }
 
     /// Queues work; gives the message back once the database is closed.
-    pub(super) fn send(&self, msg: Msg) -> Result<(), Msg> {
-        let is_line = matches!(msg, Msg::Put { .. });
+    /// `urgent`: someone waits for it, so the store commits now; otherwise it
+    /// waits for a store write to ride on (see [`FLUSH_EVERY`]). A file of its
+    /// own commits everything at once either way.
+    pub(super) fn send(&self, msg: Msg, urgent: bool) -> Result<(), Msg> {
         match &*lock(&self.queue) {
             Some(queue) => queue.send(msg).map_err(|e| e.0)?,
             None => return Err(msg),
         }
-        if let Home::Store { store, rider, .. } = &self.home {
-            // A barrier or a removal is waited for: commit now. Lines wait for
-            // a store write to ride on (see `FLUSH_EVERY`).
-            if !is_line || rider.waiting.fetch_add(1, Ordering::AcqRel) + 1 >= FLUSH_LINES {
-                rider.nudge(store);
-            }
+        if let Home::Store { store, rider, .. } = &self.home
+            && (urgent || rider.waiting.fetch_add(1, Ordering::AcqRel) + 1 >= FLUSH_LINES)
+        {
+            rider.nudge(store);
         }
         Ok(())
     }
 
     /// Runs `then(committed)` once everything queued before it is durable; runs
-    /// it at once with `false` when the database is closed.
-    pub(super) fn barrier(&self, then: AfterCommit) {
-        if let Err(Msg::Barrier(then)) = self.send(Msg::Barrier(then)) {
+    /// it at once with `false` when the database is closed. `urgent` as for
+    /// [`LogDb::send`].
+    pub(super) fn barrier(&self, then: AfterCommit, urgent: bool) {
+        if let Err(Msg::Barrier(then)) = self.send(Msg::Barrier(then), urgent) {
             then(false);
         }
     }
@@ -226,7 +227,9 @@ impl LogDb {
     /// Deletes every line of the logs whose key starts with `prefix` (which
     /// ends in `/`), then runs `done(committed)`.
     pub(super) fn remove_prefix(&self, prefix: String, done: AfterCommit) {
-        if let Err(Msg::RemovePrefix { done, .. }) = self.send(Msg::RemovePrefix { prefix, done }) {
+        if let Err(Msg::RemovePrefix { done, .. }) =
+            self.send(Msg::RemovePrefix { prefix, done }, true)
+        {
             done(false);
         }
     }
