@@ -73,6 +73,21 @@ struct Shared {
     path: PathBuf,
 }
 
+impl Shared {
+    /// Runs `f` on the open database; an error naming `what` once it is closed.
+    fn with_db<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Database) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| io_error(&self.path, what, "closed"))?;
+        f(db)
+    }
+}
+
 fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Io {
         path: path.to_owned(),
@@ -238,16 +253,12 @@ impl LogDb {
     pub(super) fn read(&self, key: &str, from: u64) -> Result<Vec<StoredLine>, LogError> {
         let path = self.path();
         match &self.home {
-            Home::File { shared, .. } => {
-                let guard = shared.db.read().unwrap_or_else(PoisonError::into_inner);
-                let db = guard
-                    .as_ref()
-                    .ok_or_else(|| io_error(path, "read", "closed"))?;
+            Home::File { shared, .. } => shared.with_db("read", |db| {
                 let txn = db
                     .begin_read()
                     .map_err(|e| io_error(path, "begin a read", e))?;
                 read_lines(&txn, key, from, path)
-            }
+            }),
             Home::Store { store, .. } => store
                 .read_raw(|txn| read_lines(txn, key, from, path))
                 .map_err(|e| io_error(path, "read", e))?,
@@ -413,20 +424,18 @@ fn settle(batch: Vec<Msg>, committed: bool) {
 
 fn commit(shared: &Shared, batch: &[Msg]) -> Result<(), LogError> {
     let path = &shared.path;
-    let guard = shared.db.read().unwrap_or_else(PoisonError::into_inner);
-    let db = guard
-        .as_ref()
-        .ok_or_else(|| io_error(path, "write", "closed"))?;
-    let txn = db
-        .begin_write()
-        .map_err(|e| io_error(path, "begin a write", e))?;
-    let wrote = apply(&txn, batch).map_err(|e| io_error(path, "write lines", e))?;
-    if wrote {
-        txn.commit().map_err(|e| io_error(path, "commit", e))
-    } else {
-        txn.abort()
-            .map_err(|e| io_error(path, "abort an empty write", e))
-    }
+    shared.with_db("write", |db| {
+        let txn = db
+            .begin_write()
+            .map_err(|e| io_error(path, "begin a write", e))?;
+        let wrote = apply(&txn, batch).map_err(|e| io_error(path, "write lines", e))?;
+        if wrote {
+            txn.commit().map_err(|e| io_error(path, "commit", e))
+        } else {
+            txn.abort()
+                .map_err(|e| io_error(path, "abort an empty write", e))
+        }
+    })
 }
 
 /// Applies a batch's puts and removals to `txn`; whether anything was written.
