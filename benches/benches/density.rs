@@ -1,15 +1,24 @@
-//! Density and leaks of the isolation runtime, as resident memory (RSS):
+//! Density and leaks of the isolation runtime, as memory: proportional set size
+//! (PSS: shared pages divided among the processes that map them, what an
+//! operator adds up) with the resident set (RSS) beside it.
 //!
-//! - 1, 10, 100 and 1,000 distinct bizes (`biz-0000@1.0.0` …) installed in one
-//!   engine, each its own loaded component and `InstancePre` (they share one
-//!   compiled artifact on disk, so this measures the per-install cost, not 1,000
-//!   compilations), then each called once; budget: 1,000 within 1 GiB;
+//! - 1, 10, 100 and 1,000 **distinct** bizes (`biz-0000@1.0.0` …) installed in
+//!   one engine, then each called once. Each is the `faults` component with a
+//!   distinct constant in its code (the `seed` step's `i64.const`, rewritten in
+//!   the component's bytes), so each has its own compiled artifact, mapped from
+//!   the compiled cache, as 1,000 really different bizes would; the `seed` call
+//!   checks that each runs its own code. Budget: 1,000 within 1 GiB of PSS.
+//!   Compiling 1,000 components takes minutes: they are compiled once, in a
+//!   first process, into a cache kept under `target/density-cache` (one
+//!   directory per `faults` build; others are removed), and measured in a second
+//!   process that only loads them, so the compiler's own memory is not counted;
 //! - 10,000 install → call → uninstall cycles of one biz; budget: RSS after them
 //!   within 5 % of RSS after the first 1,000 (the warm-up).
 //!
 //! `cargo bench -p arkline-benches --bench density` (prints a table; no criterion:
-//! RSS is a level, not a timing). `ARKLINE_DENSITY_BIZES` and
-//! `ARKLINE_DENSITY_CYCLES` shrink it for a quick look.
+//! memory is a level, not a timing). `ARKLINE_DENSITY_BIZES` and
+//! `ARKLINE_DENSITY_CYCLES` shrink it for a quick look; `ARKLINE_DENSITY_CACHE`
+//! moves the compiled cache.
 
 use std::sync::Arc;
 
@@ -27,21 +36,23 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Anonymous, file-backed and shared-memory parts of RSS, from smaps_rollup.
-fn rss_parts() -> String {
+/// A field of `/proc/self/smaps_rollup`, in bytes.
+fn rollup(name: &str) -> u64 {
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    let field = |name: &str| {
-        rollup
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Anonymous, file-backed and shared-memory parts of PSS.
+fn pss_parts() -> String {
     format!(
         "anon {}, file {}, shmem {}",
-        mib(field("Pss_Anon:")),
-        mib(field("Pss_File:")),
-        mib(field("Pss_Shmem:"))
+        mib(rollup("Pss_Anon:")),
+        mib(rollup("Pss_File:")),
+        mib(rollup("Pss_Shmem:"))
     )
 }
 
@@ -49,12 +60,54 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn renamed(ark: &Ark, name: &str) -> Ark {
+/// Signed LEB128, as `i64.const` encodes its immediate.
+fn sleb128(value: i64) -> Vec<u8> {
+    let mut value = value;
+    let mut out = Vec::new();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        let done = (value == 0 && byte & 0x40 == 0) || (value == -1 && byte & 0x40 != 0);
+        out.push(if done { byte } else { byte | 0x80 });
+        if done {
+            return out;
+        }
+    }
+}
+
+/// The `faults` component with its `seed` constant replaced by `seed`: the same
+/// encoded length (only the low 32 bits change), so nothing else moves.
+fn with_seed(component: &[u8], seed: u64) -> Vec<u8> {
+    let from = sleb128(FAULTS_SEED as i64);
+    let to = sleb128(seed as i64);
+    assert_eq!(from.len(), to.len(), "the seed keeps its encoded length");
+    let mut out = component.to_vec();
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(pos) = out[at..].windows(from.len()).position(|w| w == from) {
+        let start = at + pos;
+        out[start..start + to.len()].copy_from_slice(&to);
+        found += 1;
+        at = start + to.len();
+    }
+    assert!(
+        found > 0,
+        "the faults component has no `i64.const {FAULTS_SEED:#x}`: rebuild it (the `seed` step)"
+    );
+    out
+}
+
+/// `faults`' `SEED` (plugins/testing/faults/src/lib.rs).
+const FAULTS_SEED: u64 = 0x5EED_C0DE_0000_0000;
+
+fn variant(ark: &Ark, i: usize) -> (Ark, u64) {
+    let seed = FAULTS_SEED | (i as u64 + 1);
     let mut manifest = ark.manifest.clone();
-    manifest.name = name.to_owned();
+    manifest.name = format!("biz-{i:04}");
     manifest.version = semver::Version::new(1, 0, 0);
-    let (bytes, _) = write_ark(manifest, &ark.component, &ark.files).expect("writes");
-    Ark::from_bytes(&bytes).expect("reads")
+    let component = with_seed(&ark.component, seed);
+    let (bytes, _) = write_ark(manifest, &component, &ark.files).expect("writes");
+    (Ark::from_bytes(&bytes).expect("reads"), seed)
 }
 
 fn env_count(name: &str, default: usize) -> usize {
@@ -70,14 +123,77 @@ fn main() {
     }
     let bizes = env_count("ARKLINE_DENSITY_BIZES", 1000);
     let cycles = env_count("ARKLINE_DENSITY_CYCLES", 10_000);
+    let ark_path = match std::env::var_os("ARKLINE_DENSITY_ARK") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => arkline_testkit::plugin("faults"),
+    };
+    let ark = Ark::open(&ark_path).expect("faults archive");
+    let cache_root = std::env::var_os("ARKLINE_DENSITY_CACHE").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/density-cache"),
+        std::path::PathBuf::from,
+    );
+    let cache_dir = cache_root.join(&ark.manifest.component.sha256[..16]);
+    if std::env::var("ARKLINE_DENSITY_PHASE").as_deref() != Ok("measure") {
+        precompile(&ark, bizes, &cache_root, &cache_dir);
+        let status = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .args(std::env::args_os().skip(1))
+            .env("ARKLINE_DENSITY_PHASE", "measure")
+            .env("ARKLINE_DENSITY_ARK", &ark_path)
+            .status()
+            .expect("runs the measuring process");
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    measure(ark, bizes, cycles, &cache_dir);
+}
+
+/// Compiles the base component and every variant into `cache_dir` (those not
+/// there yet), and removes the caches of other `faults` builds.
+fn precompile(ark: &Ark, bizes: usize, cache_root: &std::path::Path, cache_dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(cache_root) {
+        for entry in entries.flatten() {
+            if entry.path() != cache_dir {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let runtime =
+        Runtime::new(RuntimeConfig::default().cache_dir(cache_dir)).expect("compiling runtime");
+    let started = std::time::Instant::now();
+    runtime.prepare(ark).expect("compiles faults");
+    let compiled = std::sync::atomic::AtomicUsize::new(0);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= bizes {
+                        return;
+                    }
+                    let (variant, _) = variant(ark, i);
+                    let prepared = runtime.prepare(&variant).expect("compiles a variant");
+                    if prepared.cache != arkline::runtime::CacheOutcome::Hit {
+                        compiled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    println!(
+        "density: {bizes} distinct components ready in {} ({} compiled now, the rest cached) in {:.1} s",
+        cache_dir.display(),
+        compiled.into_inner(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn measure(ark: Ark, bizes: usize, cycles: usize, cache_dir: &std::path::Path) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let ark = Ark::open(arkline_testkit::plugin("faults")).expect("faults archive");
-    let cache = tempfile::tempdir().expect("tempdir");
-    let mut config = RuntimeConfig::default().cache_dir(cache.path());
+    let mut config = RuntimeConfig::default().cache_dir(cache_dir);
     if let Some(n) = std::env::var("ARKLINE_WARM_SLOTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -96,56 +212,66 @@ fn main() {
         config.keep_resident >> 10
     );
     let runtime = Runtime::new(config).expect("runtime");
-    runtime.prepare(&ark).expect("warms the compiled cache");
     let grants = Capabilities::default();
 
     let before = rss_bytes();
+    let pss_before = rollup("Pss:");
     let registry = BizRegistry::new(runtime.clone(), "density");
     // Tiers of 1, 10, 100, 1,000 distinct bizes (up to `bizes`): at each, the
     // new bizes are installed (each archive made, installed and dropped in
     // turn, as a deployment would: what stays is what the runtime keeps per
-    // biz), RSS read, then each called once (instantiated) and RSS read again.
+    // biz), memory read, then each called once (instantiated) and read again.
     let mut tiers: Vec<usize> = [1, 10, 100, 1000]
         .into_iter()
         .filter(|&t| t < bizes)
         .collect();
     tiers.push(bizes);
-    println!("density: RSS before any biz {}", mib(before));
+    println!(
+        "density: before any biz: PSS {}, RSS {}",
+        mib(pss_before),
+        mib(before)
+    );
     println!();
     println!(
-        "| distinct bizes | RSS installed | RSS installed and each called once | per biz (called) over the RSS before | PSS parts |"
+        "| distinct bizes | PSS installed | PSS installed and each called once | RSS (called) | PSS per biz (called) over the PSS before | PSS parts |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     let mut done = 0;
+    let mut seeds = Vec::new();
     for &tier in &tiers {
         for i in done..tier {
-            let variant = renamed(&ark, &format!("biz-{i:04}"));
+            let (variant, seed) = variant(&ark, i);
             registry
                 .install_blocking(&variant, &grants, Activation::IfNone)
                 .expect("installs");
+            seeds.push(seed);
         }
-        let installed_only = rss_bytes();
+        let installed_only = rollup("Pss:");
         rt.block_on(async {
-            for i in done..tier {
+            for (i, seed) in seeds.iter().enumerate().take(tier).skip(done) {
                 let lease = registry.resolve(&format!("biz-{i:04}")).expect("resolves");
-                let report = lease
-                    .invoke(StepCall::new("upper", json!({ "text": "x" })))
-                    .await;
-                assert!(report.result.is_ok(), "{:?}", report.result);
+                let report = lease.invoke(StepCall::new("seed", json!({}))).await;
+                let outputs = report.outputs().expect("the seed step succeeds");
+                assert_eq!(
+                    outputs.get("seed").map(String::as_str),
+                    Some(format!("{seed:016x}").as_str()),
+                    "biz-{i:04} runs its own code"
+                );
             }
         });
         done = tier;
-        let called = rss_bytes();
+        let called = rollup("Pss:");
         println!(
-            "| {tier} | {} | {} | {} | {} |",
+            "| {tier} | {} | {} | {} | {} | {} |",
             mib(installed_only),
             mib(called),
-            mib(called.saturating_sub(before) / tier.max(1) as u64),
-            rss_parts()
+            mib(rss_bytes()),
+            mib(called.saturating_sub(pss_before) / tier.max(1) as u64),
+            pss_parts()
         );
     }
     println!();
-    println!("density budget: 1,000 bizes within 1 GiB");
+    println!("density budget: 1,000 distinct bizes within 1 GiB of PSS");
     rt.block_on(async {
         for i in 0..bizes {
             registry
@@ -160,6 +286,7 @@ fn main() {
     });
     println!("density: after uninstalling all: RSS {}", mib(rss_bytes()));
 
+    runtime.prepare(&ark).expect("loads faults");
     let ark = Arc::new(ark);
     let one_cycle = |rt: &tokio::runtime::Runtime| {
         rt.block_on(async {

@@ -10,6 +10,10 @@
 //!
 //! - **runtime**: `BizLease::invoke` on the two engines' leases (the isolation
 //!   runtime alone: instantiate, call, drop);
+//! - **runtime, a call longer than a slice**: `faults/burn` of ~40 ms of CPU,
+//!   which moves to the guest threads after its first slice and competes there
+//!   with the spinners: the engines' CPU shares (equal weights, then the quiet
+//!   engine at weight 400);
 //! - **executions**: durable one-step executions (data dir: redb and file logs)
 //!   triggered one at a time and waited for; the step's own latency (its
 //!   recorded start → end) and the execution's (trigger → seen finished). The
@@ -249,6 +253,65 @@ async fn runtime_row(
     }
 }
 
+/// Runtime level, a call that outlasts its slice: `burn` on the quiet lease
+/// (about `target` of CPU, so it moves to the guest threads after its first
+/// slice and competes there with the spinners) at `weight`, while the noisy
+/// lease's spinners run at the default weight. Shows the engines' CPU shares:
+/// with equal weights the quiet call gets half the guest threads, not one
+/// slice in five.
+#[allow(clippy::too_many_arguments)]
+async fn burn_row(
+    what: &'static str,
+    quiet: Arc<BizLease>,
+    noisy: Arc<BizLease>,
+    iterations: u64,
+    weight: u32,
+    spinners: usize,
+    deadline: Duration,
+    warm_up: Duration,
+    measure: Duration,
+) -> Row {
+    let one = || {
+        let quiet = quiet.clone();
+        async move {
+            let at = Instant::now();
+            let report = quiet
+                .invoke(
+                    StepCall::new("burn", json!({ "iterations": iterations })).cpu_weight(weight),
+                )
+                .await;
+            assert!(report.result.is_ok(), "{:?}", report.result);
+            at.elapsed()
+        }
+    };
+    let calm = sample(warm_up, measure, one).await;
+    let noise = Noise::runtime(noisy, spinners, deadline);
+    let loud = sample(warm_up, measure, one).await;
+    let noise_calls = noise.stop().await;
+    Row {
+        what,
+        samples: (calm.len(), loud.len()),
+        quiet: Latencies::of(calm),
+        noisy: Latencies::of(loud),
+        noise_calls,
+    }
+}
+
+/// Loop iterations of `burn` that take about `target` on this machine.
+async fn calibrate(lease: &BizLease, target: Duration) -> u64 {
+    let probe = 20_000_000u64;
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let at = Instant::now();
+        let report = lease
+            .invoke(StepCall::new("burn", json!({ "iterations": probe })))
+            .await;
+        assert!(report.result.is_ok(), "{:?}", report.result);
+        best = best.min(at.elapsed());
+    }
+    (probe as f64 * target.as_secs_f64() / best.as_secs_f64()) as u64
+}
+
 /// Execution level: durable one-step executions of `quiet`, while `noisy` runs
 /// spin executions. Returns the step row and the execution row.
 async fn execution_rows(
@@ -364,11 +427,34 @@ fn main() {
             measure,
         )
         .await;
+        let iterations = calibrate(&quiet_lease, Duration::from_millis(40)).await;
+        let mut burn_rows = Vec::new();
+        for (what, weight) in [
+            ("runtime: `burn` call, ~40 ms of CPU, equal weights", 100),
+            ("runtime: `burn` call, ~40 ms of CPU, quiet weight 400", 400),
+        ] {
+            burn_rows.push(
+                burn_row(
+                    what,
+                    quiet_lease.clone(),
+                    noisy_lease.clone(),
+                    iterations,
+                    weight,
+                    spinners,
+                    deadline,
+                    warm_up,
+                    measure,
+                )
+                .await,
+            );
+        }
         drop((quiet_lease, noisy_lease));
         let (step_row, exec_row) =
             execution_rows(quiet.clone(), noisy.clone(), spinners, warm_up, measure).await;
         container.shutdown().await;
-        [runtime_row, step_row, exec_row]
+        println!("guest threads by engine: {:?}", runtime.guest_cpu());
+        let [equal, weighted] = <[Row; 2]>::try_from(burn_rows).ok().expect("two burn rows");
+        [runtime_row, equal, weighted, step_row, exec_row]
     });
     println!();
     println!(
@@ -378,4 +464,6 @@ fn main() {
     rows[0].print(us);
     rows[1].print(ms);
     rows[2].print(ms);
+    rows[3].print(ms);
+    rows[4].print(ms);
 }

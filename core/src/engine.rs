@@ -32,6 +32,9 @@ pub enum EngineError {
     /// A pipeline file does not parse or validate.
     #[error("the pipeline is not valid:\n{0}")]
     Invalid(Diagnostics),
+    /// The settings are not valid (the message names the field and the fix).
+    #[error("the engine's settings are not valid: {0}")]
+    InvalidSettings(String),
     /// A trigger was refused.
     #[error(transparent)]
     Trigger(#[from] TriggerError),
@@ -122,8 +125,10 @@ impl Engine {
     ///
     /// # Errors
     ///
+    /// [`EngineError::InvalidSettings`] when a field is out of its range;
     /// [`EngineError::Store`] when the settings cannot be written.
     pub async fn apply_settings(&self, spec: PipelineSettingSpec) -> Result<(), EngineError> {
+        crate::pipeline::check_settings(&spec).map_err(EngineError::InvalidSettings)?;
         let api = Api::<PipelineSetting>::new(self.core.store.clone());
         loop {
             let result = match api.get(&self.core.name, SETTINGS_NAME).await? {

@@ -182,3 +182,44 @@ fn pipeline_of_finished_execution(exec: &PipelineExecution) -> Vec<ObjectRef> {
         vec![]
     }
 }
+
+/// Checks the settings fields that have a range.
+///
+/// # Errors
+///
+/// What is wrong and how to fix it.
+pub(crate) fn check_settings(spec: &crate::model::PipelineSettingSpec) -> Result<(), String> {
+    if let Some(weight) = spec.cpu_weight
+        && !(1..=crate::runtime::MAX_CPU_WEIGHT).contains(&weight)
+    {
+        return Err(format!(
+            "`cpu_weight` is {weight}; give a weight from 1 to {} (100 is the default share)",
+            crate::runtime::MAX_CPU_WEIGHT
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::check_settings;
+    use crate::model::PipelineSettingSpec;
+
+    #[test]
+    fn cpu_weight_must_be_in_cgroup_range() {
+        let with = |w| PipelineSettingSpec {
+            cpu_weight: w,
+            ..PipelineSettingSpec::default()
+        };
+        assert!(check_settings(&with(None)).is_ok());
+        assert!(check_settings(&with(Some(1))).is_ok());
+        assert!(check_settings(&with(Some(10_000))).is_ok());
+        for bad in [0, 10_001] {
+            let err = check_settings(&with(Some(bad))).expect_err("out of range");
+            assert!(
+                err.contains(&format!("`cpu_weight` is {bad}")) && err.contains("from 1 to 10000"),
+                "{err}"
+            );
+        }
+    }
+}

@@ -28,6 +28,7 @@
 mod cancel;
 mod compiled;
 mod component;
+mod guests;
 mod invoke;
 mod registry;
 
@@ -37,6 +38,7 @@ pub use component::{
     ComponentError, ComponentInfo, DescribedStep, describe_component, describe_engine,
     inspect_component,
 };
+pub use guests::{DEFAULT_CPU_WEIGHT, EngineCpu, MAX_CPU_WEIGHT};
 pub use invoke::{
     CallContext, CallLimits, StepCall, StepFailure, StepFault, StepOutcome, StepReport,
     WORKSPACE_GUEST_PATH,
@@ -260,20 +262,11 @@ struct RuntimeInner {
     native: crate::native::NativePlugins,
 }
 
-/// The threads step calls run on: a tokio runtime of its own, so the CPU a guest
-/// burns is scheduled against other guests, not against the host's control plane.
+/// The threads step calls run on once their first poll did not finish them,
+/// shared fairly by engines (weighted fair queueing, see `runtime/guests.rs`), so the CPU a guest burns is scheduled
+/// against other guests, not against the host's control plane.
 struct Guests {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Guests {
-    fn drop(&mut self) {
-        // The last clone of a `Runtime` may be dropped inside an async task, where
-        // a blocking shutdown panics; guest tasks hold a clone, so none is left.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+    threads: Option<guests::GuestThreads>,
 }
 
 /// Adds `nice` to the calling thread's nice value (Linux: per thread). Best
@@ -369,13 +362,7 @@ impl Runtime {
                 .max(1),
             n => n,
         };
-        let nice = config.guest_nice;
-        let guests = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("arkline-guest")
-            .on_thread_start(move || lower_priority(nice))
-            .enable_all()
-            .build()
+        let guests = guests::GuestThreads::start(threads, config.guest_nice)
             .map_err(|e| RuntimeError::Engine(format!("cannot start the guest threads: {e}")))?;
 
         Ok(Runtime {
@@ -387,7 +374,7 @@ impl Runtime {
                 linker_v0_1_0: linker,
                 ticker: Mutex::new(Some(Ticker { stop, thread })),
                 guests: Guests {
-                    runtime: Some(guests),
+                    threads: Some(guests),
                 },
                 http: std::sync::OnceLock::new(),
                 native: crate::native::NativePlugins::new(),
@@ -400,10 +387,14 @@ impl Runtime {
     /// more than a short call). A call that waits — a guest that used up its
     /// epoch slice and yields, or one waiting on a host call — moves to the
     /// guest threads, so a guest computing until its deadline never holds a
-    /// worker of the caller's runtime for more than one slice. Dropping the
+    /// worker of the caller's runtime for more than one slice. There the
+    /// engines share the threads by `cpu_weight` (weighted fair queueing by
+    /// the CPU each engine's calls used), not first come, first served. Dropping the
     /// returned future aborts the call (its store is dropped where it runs).
     pub(crate) async fn run_guest_call<T: Send + 'static>(
         &self,
+        engine: &str,
+        cpu_weight: u32,
         call: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, String> {
         use std::task::Poll;
@@ -413,23 +404,21 @@ impl Runtime {
         {
             return Ok(done);
         }
-        let Some(runtime) = &self.inner.guests.runtime else {
+        let Some(threads) = &self.inner.guests.threads else {
             return Err("the guest threads have stopped".into());
         };
-        struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-        impl<T> Drop for AbortOnDrop<T> {
-            fn drop(&mut self) {
-                self.0.abort();
-            }
-        }
-        let mut task = AbortOnDrop(runtime.spawn(call));
-        (&mut task.0).await.map_err(|e| {
-            if e.is_panic() {
-                format!("the host panicked running the step: {e}")
-            } else {
-                "the step call was cancelled".to_owned()
-            }
-        })
+        threads.spawn(engine, cpu_weight, call).await
+    }
+
+    /// What the guest threads did for each engine so far (polls, busy time,
+    /// weight), by engine name: how the engines' CPU shares came out.
+    pub fn guest_cpu(&self) -> Vec<(String, EngineCpu)> {
+        self.inner
+            .guests
+            .threads
+            .as_ref()
+            .map(guests::GuestThreads::cpu)
+            .unwrap_or_default()
     }
 
     /// The wasmtime engine.

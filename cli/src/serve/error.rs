@@ -211,6 +211,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Deploy { error, .. } => (*error).into(),
             EngineError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            EngineError::InvalidSettings(_) => ApiError::bad_request(e.to_string()),
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -564,6 +564,8 @@ impl ContainerManifest {
                 return Err(ContainerArchiveError::DuplicateEngine(engine.name.clone()));
             }
             engine.signature_policy()?;
+            crate::pipeline::check_settings(&engine.settings)
+                .map_err(|problem| invalid(format!("engines[{e}].settings"), problem))?;
             for (b, biz) in engine.bizes.iter().enumerate() {
                 let id = format!("{}@{}", biz.name, biz.version);
                 check_biz_name(&format!("engines[{e}].bizes[{b}].name"), &biz.name)?;

@@ -128,6 +128,13 @@ pub struct PipelineSettingSpec {
     /// never run again after an interruption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted_retries: Option<u32>,
+    /// This engine's share of the guest threads against the other engines of
+    /// the container when both have guests computing (as cgroup v2's
+    /// `cpu.weight`: 1–10,000, unset means 100). An engine of weight 200 gets
+    /// twice the guest-thread time of an engine of weight 100 while both have
+    /// work, and all of it while it alone has work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
 }
 
 /// Attempts cut off by a restart that a step gets again, beyond its retries,

@@ -56,6 +56,9 @@ pub struct CallLimits {
     /// Refuse `process` runs whose sandbox cannot be built, whatever the
     /// runtime's `ProcessLimits::require_sandbox` says (an engine setting).
     pub require_process_sandbox: bool,
+    /// The engine's CPU weight on the guest threads (1–10,000; `None`:
+    /// [`DEFAULT_CPU_WEIGHT`](crate::runtime::DEFAULT_CPU_WEIGHT)).
+    pub cpu_weight: Option<u32>,
 }
 
 /// A request to run one step.
@@ -133,6 +136,13 @@ impl StepCall {
     /// addition to the runtime's `ProcessLimits::require_sandbox`).
     pub fn require_process_sandbox(mut self, require: bool) -> Self {
         self.limits.require_process_sandbox = require;
+        self
+    }
+
+    /// Sets the CPU weight of the caller's engine on the guest threads (an
+    /// engine setting; 1–10,000, clamped).
+    pub fn cpu_weight(mut self, weight: u32) -> Self {
+        self.limits.cpu_weight = Some(weight);
         self
     }
 

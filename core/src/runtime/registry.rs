@@ -790,6 +790,7 @@ impl BizLease {
             std::time::Instant::now(),
         );
         let step_type = call.step_type.clone();
+        let cpu_weight = call.limits.cpu_weight.unwrap_or(super::DEFAULT_CPU_WEIGHT);
         let guest = {
             let runtime = runtime.clone();
             async move {
@@ -810,7 +811,10 @@ impl BizLease {
                 .await
             }
         };
-        let report = match runtime.run_guest_call(guest).await {
+        let report = match runtime
+            .run_guest_call(&self.registry.engine, cpu_weight, guest)
+            .await
+        {
             Ok(report) => report,
             Err(reason) => StepReport {
                 biz: self.id(),

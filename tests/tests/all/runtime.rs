@@ -786,3 +786,80 @@ async fn a_guest_reaches_only_granted_http_hosts() {
     let out = report.outputs().expect("ok");
     assert_eq!(out["kind"], "failed", "{}", out["error"]);
 }
+
+/// Engines share the guest threads by weight, not one slice per call: with
+/// one guest thread, two spinning calls of `noisy` and one long `burn` of
+/// `quiet` at weight 250, `noisy` gets less of the thread than `quiet` while
+/// `quiet`'s call runs (first come, first served would give it two slices for
+/// each of `quiet`'s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_share_the_guest_threads_by_weight() {
+    let runtime = Runtime::new(RuntimeConfig::default().max_instances(8).guest_threads(1))
+        .expect("runtime starts");
+    let ark = faults();
+    let noisy = BizRegistry::new(runtime.clone(), "noisy");
+    let quiet = BizRegistry::new(runtime.clone(), "quiet");
+    install(&noisy, ark.clone()).await;
+    install(&quiet, ark).await;
+    let stop = CancelToken::new();
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let lease = noisy.resolve("faults").expect("resolves");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                lease
+                    .invoke(
+                        StepCall::new("spin", json!({}))
+                            .timeout(Duration::from_secs(600))
+                            .cancel_on(stop),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    // Let both spinners reach the guest thread.
+    let polls = |engine: &str| {
+        runtime
+            .guest_cpu()
+            .into_iter()
+            .find(|(name, _)| name == engine)
+            .map(|(_, cpu)| cpu)
+            .unwrap_or_default()
+    };
+    while polls("noisy").polls < 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let noisy_before = polls("noisy").polls;
+    let report = quiet
+        .resolve("faults")
+        .expect("resolves")
+        .invoke(StepCall::new("burn", json!({ "iterations": 400_000_000u64 })).cpu_weight(250))
+        .await;
+    let noisy_during = polls("noisy").polls - noisy_before;
+    stop.cancel();
+    for spinner in spinners {
+        let report = spinner.await.expect("spinner task");
+        assert!(
+            matches!(report.result, Err(StepFailure::Fault(StepFault::Cancelled))),
+            "{:?}",
+            report.result
+        );
+    }
+    let outputs = report.outputs().expect("burn succeeds");
+    assert_eq!(outputs["iterations"], "400000000");
+    let quiet_cpu = polls("quiet");
+    assert_eq!(
+        quiet_cpu.weight, 250,
+        "the call's weight reached the threads"
+    );
+    assert!(
+        quiet_cpu.polls >= 3,
+        "the burn outlasted its first slice and ran on the guest thread: {quiet_cpu:?}"
+    );
+    assert!(
+        noisy_during <= quiet_cpu.polls,
+        "noisy's two spinners got {noisy_during} slices while quiet (weight 250) got {}: \
+         not weighted shares",
+        quiet_cpu.polls
+    );
+}

@@ -251,6 +251,9 @@ impl Driver {
         if self.settings.require_sandbox {
             call = call.require_process_sandbox(true);
         }
+        if let Some(weight) = self.settings.cpu_weight {
+            call = call.cpu_weight(weight);
+        }
         // Wait for a slot of the container's pool (fair across engines) rather
         // than fail with a `Capacity` fault when the instance pool is full.
         let slot = tokio::select! {

@@ -3,8 +3,9 @@
 //!
 //! - Plain steps that benchmarks and output tests use: `upper`, `echo`, `print`,
 //!   `huge-output`, `log-flood`, `context`, `fail`, `fail-with`, `flaky`,
-//!   `sleep-first`.
-//! - Faults a host limit must stop ([`limits`]): `spin` (CPU), `sleep` (wall clock in
+//!   `sleep-first`, `seed`.
+//! - Faults a host limit must stop ([`limits`]): `spin` (CPU; `burn` is a bounded
+//!   one), `sleep` (wall clock in
 //!   a host call), `memory-bomb` (memory), `recurse` (stack), `panic` (a guest trap).
 //! - Filesystem access ([`filesystem`]): `read-file`, `write-file`, and the
 //!   `escape-*` steps, which try to leave `/workspace` and report what happened.
@@ -40,6 +41,25 @@ pub struct Upper {
 /// logging) because benchmarks time the call overhead with it.
 pub fn upper(_ctx: &Context, config: Upper) -> StepResult {
     Ok(Outcome::new().output("text", config.text.to_uppercase()))
+}
+
+/// The constant the `seed` step returns, as it appears in the component's code:
+/// the density benchmark makes distinct components (distinct code, so distinct
+/// compiled artifacts) by replacing its encoding (`i64.const`, a 10-byte LEB128
+/// whatever the low 32 bits are) with another value.
+pub const SEED: u64 = 0x5EED_C0DE_0000_0000;
+
+/// Configuration of the `seed` step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Seed {}
+
+/// Runs the `seed` step: outputs `seed`, the [`SEED`] constant in this
+/// component's code, in hex.
+pub fn seed(_ctx: &Context, _config: Seed) -> StepResult {
+    // `black_box` keeps the constant an immediate in this function's code.
+    let seed = std::hint::black_box(SEED);
+    Ok(Outcome::new().output("seed", format!("{seed:016x}")))
 }
 
 /// Configuration of the `echo` step.
@@ -314,6 +334,10 @@ arkline_sdk::steps! {
     "cache" => capability::cache_op,
     /// Returns the step's context, environment and current directory as outputs.
     "context" => context,
+    /// Returns the constant in its code (distinct-component density benchmarks).
+    "seed" => seed,
+    /// Runs `iterations` turns of a CPU loop, then returns (CPU-share tests).
+    "burn" => limits::burn,
 }
 
 #[cfg(test)]

@@ -9,6 +9,25 @@ use std::time::{Duration, Instant};
 
 use arkline_sdk::prelude::*;
 
+/// Configuration of the `burn` step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Burn {
+    /// Loop iterations to run (a fixed amount of CPU work).
+    pub iterations: u64,
+}
+
+/// Runs the `burn` step: `iterations` turns of a CPU loop that makes no host
+/// call, then outputs `iterations`. A bounded `spin`: CPU-share tests and
+/// benchmarks give it more work than one epoch slice.
+pub fn burn(_ctx: &Context, config: Burn) -> StepResult {
+    let mut counter: u64 = 0;
+    for _ in 0..config.iterations {
+        counter = black_box(counter.wrapping_add(1));
+    }
+    Ok(Outcome::new().output("iterations", counter.to_string()))
+}
+
 /// Configuration of the `spin` step (none).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
