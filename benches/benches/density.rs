@@ -56,6 +56,39 @@ fn pss_parts() -> String {
     )
 }
 
+/// Size and resident part of the mappings of files under `dir`, summed by
+/// permission (`r-xp` is code; `r--p` the artifact's metadata and data).
+fn artifact_mappings(dir: &std::path::Path) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let dir = dir.to_string_lossy();
+    let mut sums: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+    let mut current: Option<String> = None;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+            current = (fields.len() >= 6 && fields[5].contains(dir.as_ref()))
+                .then(|| fields[1].to_owned());
+            continue;
+        }
+        let Some(perms) = &current else { continue };
+        let kb = || fields.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+        let entry = sums.entry(perms.clone()).or_default();
+        match fields.first() {
+            Some(&"Size:") => entry.0 += kb(),
+            Some(&"Rss:") => entry.1 += kb(),
+            Some(&"Pss:") => entry.2 += kb(),
+            _ => {}
+        }
+    }
+    sums.iter()
+        .map(|(perms, (size, rss, pss))| {
+            format!("{perms}: size {}, RSS {}, PSS {}", mib(*size), mib(*rss), mib(*pss))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -272,6 +305,10 @@ fn measure(ark: Ark, bizes: usize, cycles: usize, cache_dir: &std::path::Path) {
     }
     println!();
     println!("density budget: 1,000 distinct bizes within 1 GiB of PSS");
+    println!(
+        "density: the compiled artifacts' mappings, by permission (all bizes): {}",
+        artifact_mappings(cache_dir)
+    );
     rt.block_on(async {
         for i in 0..bizes {
             registry
