@@ -66,13 +66,22 @@ fn artifact_mappings(dir: &std::path::Path) -> String {
     let mut current: Option<String> = None;
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.first().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
             current = (fields.len() >= 6 && fields[5].contains(dir.as_ref()))
                 .then(|| fields[1].to_owned());
             continue;
         }
         let Some(perms) = &current else { continue };
-        let kb = || fields.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+        let kb = || {
+            fields
+                .get(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
         let entry = sums.entry(perms.clone()).or_default();
         match fields.first() {
             Some(&"Size:") => entry.0 += kb(),
@@ -83,7 +92,12 @@ fn artifact_mappings(dir: &std::path::Path) -> String {
     }
     sums.iter()
         .map(|(perms, (size, rss, pss))| {
-            format!("{perms}: size {}, RSS {}, PSS {}", mib(*size), mib(*rss), mib(*pss))
+            format!(
+                "{perms}: size {}, RSS {}, PSS {}",
+                mib(*size),
+                mib(*rss),
+                mib(*pss)
+            )
         })
         .collect::<Vec<_>>()
         .join("; ")

@@ -400,20 +400,28 @@ fn main() {
             .expect("ARKLINE_NOISY_GUEST_THREADS: a count");
         config = config.guest_threads(threads);
     }
+    if let Ok(fuel) = std::env::var("ARKLINE_NOISY_SLICE_FUEL") {
+        let fuel: u64 = fuel
+            .parse()
+            .expect("ARKLINE_NOISY_SLICE_FUEL: fuel (0: none)");
+        config = config.slice_fuel((fuel > 0).then_some(fuel));
+    }
     if let Ok(nice) = std::env::var("ARKLINE_NOISY_GUEST_NICE") {
-        let nice = nice.parse().expect("ARKLINE_NOISY_GUEST_NICE: a nice value");
+        let nice = nice
+            .parse()
+            .expect("ARKLINE_NOISY_GUEST_NICE: a nice value");
         config = config.guest_nice(nice);
     }
     let tick = config.epoch_tick;
     let config_threads = config.guest_threads;
     let config_nice = config.guest_nice;
+    let config_fuel = config.slice_fuel;
     let runtime = Runtime::new(config).expect("runtime");
     runtime.prepare(&ark).expect("warms the compiled cache");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "noisy neighbour: {} CPUs (load average before: {}), tokio 2 workers, epoch tick {tick:?}, guest threads {config_threads} (0: one per CPU but one) at nice {}; {spinners} spinners, deadline {deadline:?}; warm-up {warm_up:?}, measurement {measure:?} each side",
+        "noisy neighbour: {} CPUs (load average before: {}), tokio 2 workers, epoch tick {tick:?}, guest threads {config_threads} (0: one per CPU but one) at nice {config_nice}, slice fuel {config_fuel:?}; {spinners} spinners, deadline {deadline:?}; warm-up {warm_up:?}, measurement {measure:?} each side",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        config_nice,
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()

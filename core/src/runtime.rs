@@ -85,6 +85,13 @@ pub struct RuntimeConfig {
     /// How often the epoch advances: the granularity of timeouts, cancellation and
     /// async yields of CPU-bound guests.
     pub epoch_tick: Duration,
+    /// Fuel a guest burns between two yields to its executor (wasmtime's
+    /// `fuel_async_yield_interval`; `None`: only the epoch tick yields). The
+    /// default, 1,000,000 (about a millisecond of guest code here), bounds how
+    /// long a computing guest's first poll holds the caller's async worker, and
+    /// how long a call of another engine waits for a guest thread, to about a
+    /// millisecond instead of up to an epoch tick.
+    pub slice_fuel: Option<u64>,
     /// Threads that run guest code that outlasts its first epoch slice (0: one
     /// per CPU but one, at least one, so the control plane keeps a core). Such
     /// calls run on these, never on the caller's async workers, so a guest
@@ -124,6 +131,7 @@ impl Default for RuntimeConfig {
             keep_resident: 1 << 20,
             warm_slots: 100,
             epoch_tick: Duration::from_millis(10),
+            slice_fuel: Some(1_000_000),
             guest_threads: 0,
             guest_nice: 10,
             memory_limit: 256 << 20,
@@ -201,6 +209,13 @@ impl RuntimeConfig {
     /// Sets the number of guest threads (0: one per CPU but one, at least one).
     pub fn guest_threads(mut self, threads: usize) -> Self {
         self.guest_threads = threads;
+        self
+    }
+
+    /// Sets the fuel between two yields of a computing guest (`None`: only the
+    /// epoch tick yields).
+    pub fn slice_fuel(mut self, fuel: Option<u64>) -> Self {
+        self.slice_fuel = fuel;
         self
     }
 
@@ -325,6 +340,11 @@ impl Runtime {
         }
         if config.epoch_tick.is_zero() {
             return Err(RuntimeError::Config("epoch_tick must be above zero".into()));
+        }
+        if config.slice_fuel == Some(0) {
+            return Err(RuntimeError::Config(
+                "slice_fuel must be above zero (or None: yield on the epoch tick only)".into(),
+            ));
         }
         let (engine, pooling) = build_engine(&config)?;
         let cache = match &config.cache_dir {

@@ -487,6 +487,10 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
         let fault = StepFault::Instantiate(format!("cannot set fuel: {e:#}"));
         return report(Err(fault.into()), &log, 0);
     }
+    if let Err(e) = store.fuel_async_yield_interval(config.slice_fuel) {
+        let fault = StepFault::Instantiate(format!("cannot set the fuel yield interval: {e:#}"));
+        return report(Err(fault.into()), &log, 0);
+    }
     let call_token = call.cancel.clone();
     let biz_token = target.biz_cancel.clone();
     store.set_epoch_deadline(1);
