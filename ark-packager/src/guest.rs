@@ -40,6 +40,24 @@ pub struct BuiltComponent {
     pub rustc: String,
 }
 
+/// The cargo profile of the build `cargo ark` takes config schemas from: the
+/// dev profile (fast to build; only its `describe()` is called).
+pub const SCHEMA_PROFILE: &str = "ark-schema";
+
+/// The SDK feature that builds config schemas into a component.
+pub const SCHEMA_FEATURE: &str = "arkline-sdk/schema";
+
+/// Which build of the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// The component that ships: [`PROFILE`], the SDK without its `schema`
+    /// feature (no `schemars` code).
+    Ship,
+    /// A component whose `describe()` reports the config schemas:
+    /// [`SCHEMA_PROFILE`] with [`SCHEMA_FEATURE`].
+    Schemas,
+}
+
 /// Builds `project` for [`TARGET`] with the [`PROFILE`] profile and returns the
 /// component. Installs the target with rustup when it is missing. The cargo flags
 /// the project was located with (`--locked`, `--frozen`, `--offline`,
@@ -49,13 +67,35 @@ pub fn build(
     project: &PluginProject,
     shell: &Shell,
 ) -> anyhow::Result<BuiltComponent> {
+    build_flavor(cargo, project, shell, Flavor::Ship)
+}
+
+/// Builds `project` as `flavor` says (see [`build`]).
+pub fn build_flavor(
+    cargo: &Path,
+    project: &PluginProject,
+    shell: &Shell,
+    flavor: Flavor,
+) -> anyhow::Result<BuiltComponent> {
     ensure_target(shell)?;
     let package = &project.package;
+    let profile = match flavor {
+        Flavor::Ship => PROFILE,
+        Flavor::Schemas => SCHEMA_PROFILE,
+    };
     shell.status(
-        "Compiling",
+        match flavor {
+            Flavor::Ship => "Compiling",
+            Flavor::Schemas => "Schemas",
+        },
         format!(
-            "{} v{} ({TARGET}, profile {PROFILE})",
-            package.name, package.version
+            "{} v{} ({TARGET}, profile {profile}{})",
+            package.name,
+            package.version,
+            match flavor {
+                Flavor::Ship => String::new(),
+                Flavor::Schemas => format!(", feature {SCHEMA_FEATURE}"),
+            }
         ),
     );
 
@@ -63,7 +103,7 @@ pub fn build(
     cmd.arg("build")
         .arg("--manifest-path")
         .arg(package.manifest_path.as_std_path())
-        .args(["--target", TARGET, "--profile", PROFILE])
+        .args(["--target", TARGET, "--profile", profile])
         .args(["--message-format", "json-render-diagnostics"])
         .arg("-p")
         .arg(format!("{}@{}", package.name, package.version))
@@ -74,9 +114,21 @@ pub fn build(
     if let Some(when) = shell.cargo_color() {
         cmd.args(["--color", when]);
     }
-    if !project.defines_ark_profile() {
-        for setting in DEFAULT_PROFILE {
-            cmd.args(["--config", setting]);
+    match flavor {
+        Flavor::Ship => {
+            if !project.defines_ark_profile() {
+                for setting in DEFAULT_PROFILE {
+                    cmd.args(["--config", setting]);
+                }
+            }
+        }
+        Flavor::Schemas => {
+            cmd.args(["--features", SCHEMA_FEATURE]).args([
+                "--config",
+                "profile.ark-schema.inherits=\"dev\"",
+                "--config",
+                "profile.ark-schema.debug=false",
+            ]);
         }
     }
     if shell.verbosity() == crate::shell::Verbosity::Quiet {
@@ -111,7 +163,13 @@ pub fn build(
     }
     let status = child.wait().context("cargo build did not finish")?;
     if !status.success() {
-        bail!("cargo build of `{}` for {TARGET} failed", package.name);
+        match flavor {
+            Flavor::Ship => bail!("cargo build of `{}` for {TARGET} failed", package.name),
+            Flavor::Schemas => bail!(
+                "cargo build of `{}` for {TARGET} with `--features {SCHEMA_FEATURE}` failed; the package must depend on arkline-sdk directly so that cargo ark can build its config schemas",
+                package.name
+            ),
+        }
     }
     let Some(path) = wasm else {
         bail!(

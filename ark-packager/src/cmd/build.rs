@@ -30,9 +30,12 @@ impl BuildCmd {
         let project = PluginProject::locate(&cargo, &self.selection, &self.cargo)?;
         let built = guest::build(&cargo, &project, shell)?;
         shell.status("Checking", format!("component {}", built.path.display()));
-        let info = arkline::runtime::inspect_component(&built.bytes).map_err(|e| {
+        let mut info = arkline::runtime::inspect_component(&built.bytes).map_err(|e| {
             anyhow::anyhow!("{} is not a usable step plugin: {e}", built.path.display())
         })?;
+        if info.steps.iter().any(|s| s.config_schema.is_null()) {
+            fill_schemas(&cargo, &project, shell, &mut info)?;
+        }
         shell.status(
             "Finished",
             format!(
@@ -49,4 +52,43 @@ impl BuildCmd {
         );
         Ok((project, built, info))
     }
+}
+
+/// Takes the config schemas the shipped component does not carry (the SDK built
+/// without its `schema` feature) from a second build with the feature: the
+/// same source, so the same step types, which is checked.
+fn fill_schemas(
+    cargo: &std::path::Path,
+    project: &PluginProject,
+    shell: &Shell,
+    info: &mut ComponentInfo,
+) -> anyhow::Result<()> {
+    let built = guest::build_flavor(cargo, project, shell, guest::Flavor::Schemas)?;
+    let described = arkline::runtime::inspect_component(&built.bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} (the build for config schemas) is not a usable step plugin: {e}",
+            built.path.display()
+        )
+    })?;
+    let ids = |i: &ComponentInfo| i.steps.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+    if ids(info) != ids(&described) {
+        anyhow::bail!(
+            "the build for config schemas describes step types [{}] but the shipped build [{}]; they come from the same source, so a `cfg` must differ between them",
+            ids(&described).join(", "),
+            ids(info).join(", ")
+        );
+    }
+    for (step, with_schema) in info.steps.iter_mut().zip(described.steps) {
+        if step.config_schema.is_null() {
+            if with_schema.config_schema.is_null() {
+                anyhow::bail!(
+                    "step type `{}` has no config schema even in a build with `{}`: is arkline-sdk older than this cargo ark?",
+                    step.id,
+                    guest::SCHEMA_FEATURE
+                );
+            }
+            step.config_schema = with_schema.config_schema;
+        }
+    }
+    Ok(())
 }

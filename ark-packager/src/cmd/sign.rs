@@ -335,7 +335,16 @@ fn verify_component(ark: &Ark) -> Vec<String> {
                 ));
             }
             for step in &info.steps {
-                if ark.step_schema(&step.id).as_ref() != Some(&step.config_schema) {
+                // A component built without its schemas (the SDK's default):
+                // the archive's schema file is the only copy.
+                if step.config_schema.is_null() {
+                    if ark.step_schema(&step.id).is_none() {
+                        problems.push(format!(
+                            "step type `{}` has no schema file, and the component does not carry one",
+                            step.id
+                        ));
+                    }
+                } else if ark.step_schema(&step.id).as_ref() != Some(&step.config_schema) {
                     problems.push(format!(
                         "the schema file of step type `{}` differs from what the component describes",
                         step.id

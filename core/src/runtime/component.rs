@@ -70,7 +70,9 @@ pub struct DescribedStep {
     pub id: String,
     /// One-line description.
     pub description: String,
-    /// JSON Schema of its config.
+    /// JSON Schema of its config; `Null` when the component does not carry
+    /// it (`describe()` reported an empty string: `cargo ark` ships components
+    /// without their schemas and keeps them in the `.ark`).
     pub config_schema: serde_json::Value,
 }
 
@@ -268,12 +270,18 @@ fn call_describe(
     described
         .into_iter()
         .map(|s| {
-            let config_schema = serde_json::from_str(&s.config_schema).map_err(|e| {
-                ComponentError::InvalidDescription(format!(
-                    "the config schema of step type `{}` is not JSON: {e}",
-                    s.id
-                ))
-            })?;
+            // Empty: the component does not carry its schemas (the SDK built
+            // without `schema`); the `.ark` has them.
+            let config_schema = if s.config_schema.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&s.config_schema).map_err(|e| {
+                    ComponentError::InvalidDescription(format!(
+                        "the config schema of step type `{}` is not JSON: {e}",
+                        s.id
+                    ))
+                })?
+            };
             Ok(DescribedStep {
                 id: s.id,
                 description: s.description,

@@ -49,8 +49,23 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-/// The JSON Schema of config type `C`, as JSON text, as `describe()` reports it.
+/// The config schema as `describe()` reports it: the JSON Schema of `C` as
+/// JSON text when the SDK's `schema` feature is on, and an empty string (not
+/// in this component) when it is off.
+///
+/// `cargo ark` ships components built without the feature, so they carry no
+/// `schemars` code (about 80 KiB of a hello-world component), and takes the
+/// schemas from a second build with it; the `.ark` holds them as files.
 pub fn config_schema<C: schemars::JsonSchema>() -> String {
+    if cfg!(feature = "schema") {
+        schema_json::<C>()
+    } else {
+        String::new()
+    }
+}
+
+/// The JSON Schema of config type `C`, as JSON text.
+pub fn schema_json<C: schemars::JsonSchema>() -> String {
     let schema = schemars::schema_for!(C);
     // Serialising a schema (a JSON value) cannot fail.
     serde_json::to_string(&schema).unwrap_or_else(|_| "{}".to_owned())
@@ -152,7 +167,7 @@ mod tests {
     #[test]
     fn schema_lists_fields_and_required() {
         let schema: serde_json::Value =
-            serde_json::from_str(&config_schema::<Config>()).expect("json");
+            serde_json::from_str(&schema_json::<Config>()).expect("json");
         assert_eq!(schema["type"], "object");
         assert_eq!(schema["properties"]["script"]["type"], "string");
         assert_eq!(schema["properties"]["script"]["description"], "The script.");

@@ -63,7 +63,7 @@ pub mod log;
 pub mod process;
 pub mod workspace;
 
-pub use config::{config_schema, decode_config};
+pub use config::{config_schema, decode_config, schema_json};
 pub use context::{Context, HostError, Outcome, StepError, StepResult};
 
 /// The bindings generated from the host API (`arkline:step@0.1.0`). Step authors do
