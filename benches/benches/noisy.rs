@@ -318,6 +318,7 @@ async fn execution_rows(
     quiet: Engine,
     noisy: Engine,
     spinners: usize,
+    deadline: Duration,
     warm_up: Duration,
     measure: Duration,
 ) -> (Row, Row) {
@@ -350,7 +351,17 @@ async fn execution_rows(
         all.into_iter().unzip()
     };
     let calm = sample(warm_up, measure, one).await;
-    let noise = Noise::executions(noisy, spinners);
+    // `ARKLINE_NOISY_EXEC_NOISE=calls`: the same spinners as bare calls (no
+    // store writes, no logs): tells CPU contention from the shared store.
+    let noise = if std::env::var("ARKLINE_NOISY_EXEC_NOISE").as_deref() == Ok("calls") {
+        Noise::runtime(
+            Arc::new(noisy.lease("faults").expect("resolves")),
+            spinners,
+            deadline,
+        )
+    } else {
+        Noise::executions(noisy, spinners)
+    };
     let loud = sample(warm_up, measure, one).await;
     let noise_calls = noise.stop().await;
     let samples = (calm.len(), loud.len());
@@ -463,8 +474,15 @@ fn main() {
             );
         }
         drop((quiet_lease, noisy_lease));
-        let (step_row, exec_row) =
-            execution_rows(quiet.clone(), noisy.clone(), spinners, warm_up, measure).await;
+        let (step_row, exec_row) = execution_rows(
+            quiet.clone(),
+            noisy.clone(),
+            spinners,
+            deadline,
+            warm_up,
+            measure,
+        )
+        .await;
         container.shutdown().await;
         println!("guest threads by engine: {:?}", runtime.guest_cpu());
         let [equal, weighted] = <[Row; 2]>::try_from(burn_rows).ok().expect("two burn rows");
