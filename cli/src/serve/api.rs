@@ -433,7 +433,7 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         .add(
             Operation {
                 reply: Reply::Text(200, "text/plain; version=0.0.4"),
-                ..op(Method::GET, "/metrics", "metrics", "Prometheus metrics (text exposition format 0.0.4): executions by engine and phase, queue depth, step durations by biz, instantiations and faults by kind, cache hits and misses, store commit latency. No token: serve on a private interface.", "metrics", None)
+                ..op(Method::GET, "/metrics", "metrics", "Prometheus metrics (text exposition format 0.0.4): executions by engine and phase, queue depth, step durations by biz, instantiations and faults by kind, cache hits and misses, guest-thread CPU and weight by engine, store commit latency. No token: serve on a private interface.", "metrics", None)
             },
             get(super::metrics::scrape),
         );

@@ -15,6 +15,9 @@
 //! - `arkline_cache_hits_total{engine}`, `arkline_cache_misses_total{engine}`
 //!   (counters): lookups in the engine's blob cache (step caches and the `cache`
 //!   capability);
+//! - `arkline_guest_cpu_seconds_total{engine}` (counter) and
+//!   `arkline_guest_cpu_weight{engine}` (gauge): time the guest threads ran each
+//!   engine's calls past their first poll, and its `cpu_weight` (CPU shares);
 //! - `arkline_store_commit_duration_seconds` (histogram): the redb writer's
 //!   group commits (absent when the store is not the data dir's redb file);
 //! - `arkline_build_info{version}` (gauge, always 1).
@@ -217,6 +220,34 @@ pub async fn render(container: &Container) -> Result<String, StoreError> {
             "arkline_cache_misses_total",
             &[("engine", &c.engine)],
             &c.misses.to_string(),
+        );
+    }
+
+    // CPU shares: what the guest threads ran for each engine (engines whose
+    // calls never left their first poll have no series yet).
+    let guest_cpu = container.runtime().guest_cpu();
+    out.family(
+        "arkline_guest_cpu_seconds_total",
+        "counter",
+        "Time the guest threads ran each engine's step calls past their first poll (shared by cpu_weight).",
+    );
+    for (engine, cpu) in &guest_cpu {
+        out.sample(
+            "arkline_guest_cpu_seconds_total",
+            &[("engine", engine)],
+            &format!("{:.6}", cpu.busy.as_secs_f64()),
+        );
+    }
+    out.family(
+        "arkline_guest_cpu_weight",
+        "gauge",
+        "Each engine's weight on the guest threads (its cpu_weight setting; 100 by default).",
+    );
+    for (engine, cpu) in &guest_cpu {
+        out.sample(
+            "arkline_guest_cpu_weight",
+            &[("engine", engine)],
+            &cpu.weight.to_string(),
         );
     }
 

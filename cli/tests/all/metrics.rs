@@ -228,6 +228,8 @@ async fn metrics_after_real_executions_parse_and_count_calls_faults_and_cache_hi
         ("arkline_cache_hits_total", "counter"),
         ("arkline_cache_misses_total", "counter"),
         ("arkline_store_commit_duration_seconds", "histogram"),
+        ("arkline_guest_cpu_seconds_total", "counter"),
+        ("arkline_guest_cpu_weight", "gauge"),
     ] {
         assert_eq!(
             types.get(family).map(String::as_str),
