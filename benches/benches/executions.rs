@@ -877,6 +877,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    println!(
+        "guest threads (calls past their first poll), by engine: {:?}",
+        runtime.guest_cpu()
+    );
     if let Some(rate) = budget {
         println!(
             "budget: ≥ 1,000 durable five-step executions/s on 2 cores: {rate:.0}/s {}",
