@@ -220,66 +220,28 @@ async fn container(
     (container, quiet, noisy)
 }
 
-/// Runtime level: `upper` on the quiet lease, `spin` on the noisy one.
-async fn runtime_row(
-    quiet: Arc<BizLease>,
-    noisy: Arc<BizLease>,
-    spinners: usize,
-    deadline: Duration,
-    warm_up: Duration,
-    measure: Duration,
-) -> Row {
-    let one = || {
-        let quiet = quiet.clone();
-        async move {
-            let at = Instant::now();
-            let report = quiet
-                .invoke(StepCall::new("upper", json!({ "text": "x" })))
-                .await;
-            assert!(report.result.is_ok(), "{:?}", report.result);
-            at.elapsed()
-        }
-    };
-    let calm = sample(warm_up, measure, one).await;
-    let noise = Noise::runtime(noisy, spinners, deadline);
-    let loud = sample(warm_up, measure, one).await;
-    let noise_calls = noise.stop().await;
-    Row {
-        what: "runtime: `upper` call (BizLease::invoke)",
-        samples: (calm.len(), loud.len()),
-        quiet: Latencies::of(calm),
-        noisy: Latencies::of(loud),
-        noise_calls,
-    }
-}
-
-/// Runtime level, a call that outlasts its slice: `burn` on the quiet lease
-/// (about `target` of CPU, so it moves to the guest threads after its first
-/// slice and competes there with the spinners) at `weight`, while the noisy
-/// lease's spinners run at the default weight. Shows the engines' CPU shares:
-/// with equal weights the quiet call gets half the guest threads, not one
-/// slice in five.
+/// Runtime level: `call` on the quiet lease, one at a time, quiet and then
+/// while the noisy lease's spinners run. `upper` is the isolation runtime's
+/// own cost; `burn` (~40 ms of CPU, past its first slice) competes with the
+/// spinners on the guest threads, at the weight the call carries: the engines'
+/// CPU shares (with equal weights the quiet call gets half the guest threads,
+/// not one slice in five).
 #[allow(clippy::too_many_arguments)]
-async fn burn_row(
+async fn call_row(
     what: &'static str,
     quiet: Arc<BizLease>,
     noisy: Arc<BizLease>,
-    iterations: u64,
-    weight: u32,
+    call: StepCall,
     spinners: usize,
     deadline: Duration,
     warm_up: Duration,
     measure: Duration,
 ) -> Row {
     let one = || {
-        let quiet = quiet.clone();
+        let (quiet, call) = (quiet.clone(), call.clone());
         async move {
             let at = Instant::now();
-            let report = quiet
-                .invoke(
-                    StepCall::new("burn", json!({ "iterations": iterations })).cpu_weight(weight),
-                )
-                .await;
+            let report = quiet.invoke(call).await;
             assert!(report.result.is_ok(), "{:?}", report.result);
             at.elapsed()
         }
@@ -443,9 +405,11 @@ fn main() {
         let (container, quiet, noisy) = container(dir.path(), &runtime, &ark, deadline).await;
         let quiet_lease = Arc::new(quiet.lease("faults").expect("resolves"));
         let noisy_lease = Arc::new(noisy.lease("faults").expect("resolves"));
-        let runtime_row = runtime_row(
+        let runtime_row = call_row(
+            "runtime: `upper` call (BizLease::invoke)",
             quiet_lease.clone(),
             noisy_lease.clone(),
+            StepCall::new("upper", json!({ "text": "x" })),
             spinners,
             deadline,
             warm_up,
@@ -459,12 +423,11 @@ fn main() {
             ("runtime: `burn` call, ~40 ms of CPU, quiet weight 400", 400),
         ] {
             burn_rows.push(
-                burn_row(
+                call_row(
                     what,
                     quiet_lease.clone(),
                     noisy_lease.clone(),
-                    iterations,
-                    weight,
+                    StepCall::new("burn", json!({ "iterations": iterations })).cpu_weight(weight),
                     spinners,
                     deadline,
                     warm_up,
