@@ -74,11 +74,14 @@ pub(crate) fn start(
         .engine(&core.name)
         .concurrency(core.options.concurrency)
         .reconcile_on(tokio_stream_from(pokes))
-        .filter({
+        .filter_view({
             // A driver of this process owns a running execution's status: its
             // own writes need no reconcile (an abort, a deletion or the end do).
+            // Read from a view: most events are those writes, and decoding a
+            // whole execution (its pipeline's snapshot included) to drop it
+            // cost more than the reconcile it saves.
             let core = core.clone();
-            move |exec: &PipelineExecution| {
+            move |exec: &ExecutionView| {
                 let driven_here = matches!(
                     exec.status.phase,
                     ExecutionPhase::Pending | ExecutionPhase::Running
@@ -145,7 +148,7 @@ pub(crate) fn start(
     let pipelines = Controller::<Pipeline>::new(core.store.clone())
         .engine(&core.name)
         .concurrency(core.options.concurrency.min(8))
-        .watches(pipeline_of_finished_execution)
+        .watches_view::<PipelineExecution, _, _, _>(pipeline_of_finished_execution)
         .reconcile_on(registry_events)
         .reconcile_on(timers)
         .graceful_shutdown_on(shutdown());
@@ -169,9 +172,54 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|k| (k, rx)) })
 }
 
+/// The fields of a stored execution the controllers' filters read; the rest
+/// (the pipeline's snapshot, the steps' states) is skipped, not decoded.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ExecutionView {
+    pub(crate) metadata: ViewMeta,
+    pub(crate) spec: ExecutionSpecView,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub(crate) status: ExecutionStatusView,
+}
+
+/// An object's name, engine, and what admission orders by.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ViewMeta {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) engine: String,
+    #[serde(default)]
+    pub(crate) created: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// See [`ExecutionView`].
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ExecutionSpecView {
+    pub(crate) pipeline: String,
+    pub(crate) run: u64,
+    #[serde(default)]
+    pub(crate) abort: bool,
+}
+
+/// See [`ExecutionView`].
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct ExecutionStatusView {
+    #[serde(default)]
+    pub(crate) phase: ExecutionPhase,
+}
+
+/// A `null` status reads as the default one, as in [`crate::model::Resource::from_json`].
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
+}
+
 /// An execution's pipeline, when the change matters to the pipeline's status
 /// (the execution finished).
-fn pipeline_of_finished_execution(exec: &PipelineExecution) -> Vec<ObjectRef> {
+fn pipeline_of_finished_execution(exec: &ExecutionView) -> Vec<ObjectRef> {
     if exec.status.phase.is_finished() {
         vec![ObjectRef::new(
             "Pipeline",

@@ -343,6 +343,14 @@ impl EncodedObject {
         }
     }
 
+    /// The object's kind.
+    pub fn kind(&self) -> &str {
+        match self {
+            EncodedObject::Json { kind, .. } => kind,
+            EncodedObject::Decoded(obj) => obj.kind.as_str(),
+        }
+    }
+
     /// Whether the object's `metadata.name` is `name`; stored JSON is only
     /// scanned for it, nothing else is kept (an undecodable object has no name).
     pub fn is_named(&self, name: &str) -> bool {
@@ -365,6 +373,27 @@ impl EncodedObject {
                     name: String::new(),
                     source,
                 }),
+        }
+    }
+
+    /// Only the fields the view `V` declares (a `#[derive(Deserialize)]` struct
+    /// of the few fields a consumer needs): stored JSON is scanned and every
+    /// other field skipped, not kept. Much cheaper than [`EncodedObject::decode`]
+    /// for a filter that looks at a phase or a flag before deciding whether the
+    /// whole object is worth decoding.
+    pub fn view<V: serde::de::DeserializeOwned>(&self) -> Result<V, StoreError> {
+        let conversion = |kind: &str, source| StoreError::Conversion {
+            kind: kind.to_owned(),
+            name: String::new(),
+            source,
+        };
+        match self {
+            EncodedObject::Json { kind, json } => {
+                serde_json::from_slice(json).map_err(|e| conversion(kind, e))
+            }
+            EncodedObject::Decoded(obj) => serde_json::to_value(obj)
+                .and_then(serde_json::from_value)
+                .map_err(|e| conversion(obj.kind.as_str(), e)),
         }
     }
 

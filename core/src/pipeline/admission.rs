@@ -16,14 +16,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
+use crate::model::Resource;
 use crate::model::resources::set_condition;
 use crate::model::{
     Condition, ConditionStatus, ConditionType, ExecutionPhase, Pipeline, PipelineExecution,
     PipelineSetting,
 };
+use crate::pipeline::ExecutionView;
 use crate::pipeline::context::{EngineCore, SETTINGS_NAME};
 use crate::store::watcher::{self, Event};
-use crate::store::{Api, StoreError};
+use crate::store::{Api, EncodedObject, StoreError};
 
 /// Chooses where an execution runs: the most recent of the pipeline's
 /// `recent_nodes` that has room (its cache is likely warm there), otherwise the
@@ -50,34 +52,101 @@ struct Queue {
     last: std::collections::HashMap<String, PipelineExecution>,
 }
 
+/// What admission reads of every execution event: most are status writes of
+/// running executions, decoded no further than this.
+#[derive(Debug)]
+struct Seen {
+    name: String,
+    created: DateTime<Utc>,
+    run: u64,
+    phase: ExecutionPhase,
+    abort: bool,
+}
+
+impl Seen {
+    fn of(exec: &PipelineExecution) -> Self {
+        Seen {
+            name: exec.metadata.name.clone(),
+            created: exec.metadata.created.unwrap_or_default(),
+            run: exec.spec.run,
+            phase: exec.status.phase,
+            abort: exec.spec.abort,
+        }
+    }
+
+    fn from_view(view: ExecutionView) -> Self {
+        Seen {
+            name: view.metadata.name,
+            created: view.metadata.created.unwrap_or_default(),
+            run: view.spec.run,
+            phase: view.status.phase,
+            abort: view.spec.abort,
+        }
+    }
+
+    /// Whether admission keeps the whole execution (it writes from it).
+    fn queued(&self) -> bool {
+        self.phase == ExecutionPhase::Queued && !self.abort
+    }
+}
+
 impl Queue {
-    fn observe(&mut self, exec: &PipelineExecution, deleted: bool) {
-        let name = &exec.metadata.name;
-        let key = (
-            exec.metadata.created.unwrap_or_default(),
-            exec.spec.run,
-            name.clone(),
-        );
+    /// `whole` is the execution itself when `seen` is queued (admission writes
+    /// from it); without it a queued execution is left out.
+    fn observe(&mut self, seen: Seen, whole: Option<PipelineExecution>, deleted: bool) {
+        let key = (seen.created, seen.run, seen.name);
         self.queued.remove(&key);
-        self.active.remove(name);
-        self.last.remove(name);
+        self.active.remove(&key.2);
+        self.last.remove(&key.2);
         if deleted {
             return;
         }
-        match exec.status.phase {
-            ExecutionPhase::Queued if !exec.spec.abort => {
-                self.queued.insert(key);
-                self.last.insert(name.clone(), exec.clone());
+        match seen.phase {
+            ExecutionPhase::Queued if !seen.abort => {
+                if let Some(whole) = whole {
+                    self.last.insert(key.2.clone(), whole);
+                    self.queued.insert(key);
+                }
             }
             ExecutionPhase::Pending | ExecutionPhase::Running => {
-                self.active.insert(name.clone());
+                self.active.insert(key.2);
             }
             _ => {}
         }
     }
 
+    /// As [`Queue::observe`], from a whole execution.
+    fn observe_whole(&mut self, exec: &PipelineExecution) {
+        let seen = Seen::of(exec);
+        let whole = seen.queued().then(|| exec.clone());
+        self.observe(seen, whole, false);
+    }
+
     fn seen(&self, name: &str) -> Option<PipelineExecution> {
         self.last.get(name).cloned()
+    }
+}
+
+/// Reads an execution event's object: its view, and the whole execution only
+/// when it is queued. `None` (logged) when it does not decode: an execution
+/// that does not convert is left out of the queue.
+fn read_event(obj: EncodedObject, engine: &str) -> Option<(Seen, Option<PipelineExecution>)> {
+    let seen = match obj.view::<ExecutionView>() {
+        Ok(view) => Seen::from_view(view),
+        Err(e) => {
+            tracing::warn!(engine, error = %e, "admission cannot read an execution; it is left out of the queue");
+            return None;
+        }
+    };
+    if !seen.queued() {
+        return Some((seen, None));
+    }
+    match obj.decode::<PipelineExecution>() {
+        Ok(whole) => Some((seen, Some(whole))),
+        Err(e) => {
+            tracing::warn!(engine, error = %e, "admission cannot read an execution; it is left out of the queue");
+            Some((seen, None))
+        }
     }
 }
 
@@ -148,22 +217,33 @@ struct QueueView {
 }
 
 impl QueueView {
-    fn observe(&mut self, item: Result<Event<PipelineExecution>, StoreError>, engine: &str) {
+    fn observe(&mut self, item: Result<Event<EncodedObject>, StoreError>, engine: &str) {
         match item {
             Ok(Event::Init) => self.listing = Some(Queue::default()),
-            Ok(Event::InitApply(exec)) => match &mut self.listing {
-                Some(listing) => listing.observe(&exec, false),
-                None => self.queue.observe(&exec, false),
-            },
+            Ok(Event::InitApply(obj)) => {
+                if let Some((seen, whole)) = read_event(obj, engine) {
+                    match &mut self.listing {
+                        Some(listing) => listing.observe(seen, whole, false),
+                        None => self.queue.observe(seen, whole, false),
+                    }
+                }
+            }
             Ok(Event::InitDone { .. }) => {
                 if let Some(listed) = self.listing.take() {
                     self.queue = listed;
                 }
                 self.synced = true;
             }
-            Ok(Event::Apply(exec)) => self.queue.observe(&exec, false),
-            Ok(Event::Delete(exec)) => self.queue.observe(&exec, true),
-            // An execution that does not convert is left out of the queue.
+            Ok(Event::Apply(obj)) => {
+                if let Some((seen, whole)) = read_event(obj, engine) {
+                    self.queue.observe(seen, whole, false);
+                }
+            }
+            Ok(Event::Delete(obj)) => {
+                if let Some((seen, _)) = read_event(obj, engine) {
+                    self.queue.observe(seen, None, true);
+                }
+            }
             Err(e) => tracing::warn!(engine, error = %e, "admission's executions watch failed"),
         }
     }
@@ -177,8 +257,13 @@ impl QueueView {
 /// One session over watchers of the engine's executions and settings; returns
 /// `Ok` on shutdown, `Err` when an admission write failed.
 async fn session(core: &Arc<EngineCore>) -> Result<(), StoreError> {
-    let execs = Api::<PipelineExecution>::new(core.store.clone())
-        .watcher(Some(&core.name), watcher::Config::default());
+    // Objects as stored: most events are viewed, not decoded (`read_event`).
+    let execs = watcher::encoded_watcher(
+        core.store.clone(),
+        PipelineExecution::KIND,
+        Some(&core.name),
+        watcher::Config::default(),
+    );
     let settings = Api::<PipelineSetting>::new(core.store.clone())
         .watcher(Some(&core.name), watcher::Config::default());
     let mut exec_events = std::pin::pin!(execs);
@@ -232,7 +317,7 @@ async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreErr
                     // execution controller sees the write come back through
                     // its watch (it then finds the driver running).
                     crate::pipeline::reconcile::ensure_driver(core, &stored, true);
-                    queue.observe(&stored, false);
+                    queue.observe_whole(&stored);
                 }
                 Ok(None) => {
                     queue.last.remove(name);
@@ -240,7 +325,7 @@ async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreErr
                 Err(e) => {
                     // Back in its place; the session restarts from a fresh list.
                     if let Some(exec) = queue.last.get(name).cloned() {
-                        queue.observe(&exec, false);
+                        queue.observe_whole(&exec);
                     }
                     failed = Some(e);
                 }

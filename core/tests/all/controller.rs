@@ -865,3 +865,118 @@ async fn typed_filter_and_mapper_see_typed_objects_and_run_yields_outcomes() {
         .expect("the stream ends after shutdown");
     assert!(end.is_none(), "nothing was running: {end:?}");
 }
+
+/// The fields of a widget a view filter reads.
+#[derive(serde::Deserialize)]
+struct SizeView {
+    spec: SizeOnly,
+}
+
+#[derive(serde::Deserialize)]
+struct SizeOnly {
+    size: u32,
+}
+
+/// The fields of a part a view mapper reads.
+#[derive(serde::Deserialize)]
+struct PartView {
+    metadata: NameOnly,
+    spec: PartSpec,
+}
+
+#[derive(serde::Deserialize)]
+struct NameOnly {
+    name: String,
+    engine: String,
+}
+
+async fn view_filter_and_mapper_read_only_their_fields(store: Arc<dyn Store>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mapped = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+    let outcomes = Controller::<Widget>::new(store.clone())
+        .engine("ci")
+        .concurrency(1)
+        .filter_view(|w: &SizeView| w.spec.size > 0)
+        .watches_view::<Part, _, _, _>({
+            let mapped = mapped.clone();
+            move |p: &PartView| {
+                mapped
+                    .lock()
+                    .unwrap()
+                    .push((p.metadata.name.clone(), p.spec.done));
+                p.spec
+                    .done
+                    .then(|| ObjectRef::new(Widget::KIND, &p.metadata.engine, &p.spec.widget))
+            }
+        })
+        .graceful_shutdown_on(async {
+            let _ = stopped.await;
+        })
+        .run(
+            |_: Arc<Widget>, _ctx: Arc<()>| async move {
+                Ok::<_, Error>(Action::requeue(Duration::from_secs(3600)))
+            },
+            |_: Arc<Widget>, _err: &Error, _ctx: Arc<()>| Action::await_change(),
+            Arc::new(()),
+        );
+    let mut outcomes = Box::pin(outcomes);
+    let key = |name: &str| ObjectRef::new(Widget::KIND, "ci", name);
+
+    // `small` is filtered out by its view: `big`, created after it, comes first.
+    store
+        .create(object("Widget", "small", json!({ "size": 0 })))
+        .await
+        .unwrap();
+    store
+        .create(object("Widget", "big", json!({ "size": 2 })))
+        .await
+        .unwrap();
+    let (reconciled, _) = next_outcome(&mut outcomes).await.expect("big reconciles");
+    assert_eq!(reconciled, key("big"));
+
+    // A part's view maps it to its widget once it is done.
+    let part = store
+        .create(object(
+            "Part",
+            "p1",
+            json!({ "widget": "small", "done": false }),
+        ))
+        .await
+        .unwrap();
+    let mut done = part.clone();
+    done.spec = json!({ "widget": "small", "done": true });
+    store.update(done).await.unwrap();
+    let (reconciled, _) = next_outcome(&mut outcomes).await.expect("small reconciles");
+    assert_eq!(reconciled, key("small"));
+    assert_eq!(
+        *mapped.lock().unwrap(),
+        [("p1".to_owned(), false), ("p1".to_owned(), true)]
+    );
+
+    // A widget whose view does not decode is not filtered out: its reconcile
+    // reports that it does not convert.
+    store
+        .create(object("Widget", "broken", json!({ "size": "large" })))
+        .await
+        .unwrap();
+    match next_outcome(&mut outcomes).await {
+        Err(ReconcileFailure::Store { key: k, source }) => {
+            assert_eq!(k, key("broken"));
+            assert!(matches!(source, StoreError::Conversion { .. }), "{source}");
+        }
+        other => panic!("expected a conversion failure, got {other:?}"),
+    }
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_filter_and_mapper_on_memory() {
+    view_filter_and_mapper_read_only_their_fields(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_filter_and_mapper_on_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    view_filter_and_mapper_read_only_their_fields(Arc::new(RedbStore::open(dir.path()).unwrap()))
+        .await;
+}
