@@ -618,8 +618,8 @@ where
             self.running.spawn(
                 async move {
                     let ran = AssertUnwindSafe(async {
-                        match store.get(&key).await {
-                            Ok(Some(obj)) => match watcher::convert::<R>(obj) {
+                        match store.get_encoded(&key).await {
+                            Ok(Some(obj)) => match obj.decode::<R>() {
                                 Ok(obj) => {
                                     let obj = Arc::new(obj);
                                     let result = reconcile(obj.clone(), ctx).await;

@@ -256,6 +256,16 @@ pub struct ObjectList {
     pub revision: Revision,
 }
 
+/// The answer to [`Store::list_encoded`]: as [`ObjectList`], objects not yet
+/// decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedList {
+    /// Matching objects, ordered as in [`ObjectList`].
+    pub items: Vec<EncodedObject>,
+    /// Store revision of the snapshot.
+    pub revision: Revision,
+}
+
 /// Preconditions of a delete. More (e.g. a fencing token for the etcd backend) may
 /// be added; build with `DeleteOptions::default()` and the setters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -501,6 +511,31 @@ pub trait Store: Send + Sync + fmt::Debug {
         key: &ObjectRef,
         options: &DeleteOptions,
     ) -> Result<DeleteOutcome, StoreError>;
+
+    /// As [`Store::get`], with the object as the backend holds it, for the
+    /// caller to decode once into the form it needs ([`EncodedObject::decode`]).
+    /// The default wraps [`Store::get`]; a backend that keeps encoded objects
+    /// overrides it.
+    async fn get_encoded(&self, key: &ObjectRef) -> Result<Option<EncodedObject>, StoreError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|obj| EncodedObject::Decoded(Box::new(obj))))
+    }
+
+    /// As [`Store::list`], with each object as the backend holds it (see
+    /// [`Store::get_encoded`]). The default wraps [`Store::list`].
+    async fn list_encoded(&self, query: &ListQuery) -> Result<EncodedList, StoreError> {
+        let list = self.list(query).await?;
+        Ok(EncodedList {
+            items: list
+                .items
+                .into_iter()
+                .map(|obj| EncodedObject::Decoded(Box::new(obj)))
+                .collect(),
+            revision: list.revision,
+        })
+    }
 
     /// Every event of `kind` (in `engine`, or every engine) after `from_revision`,
     /// in order, then live events. Fails with [`StoreError::Gone`] when events after

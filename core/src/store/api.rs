@@ -6,8 +6,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::{
-    DeleteOptions, EncodedWatchEvent, LabelSelector, ListQuery, ObjectRef, Revision, Store,
-    StoreError,
+    DeleteOptions, EncodedObject, EncodedWatchEvent, LabelSelector, ListQuery, ObjectRef, Revision,
+    Store, StoreError,
 };
 use crate::model::{DynamicObject, ObjectMeta, Resource};
 
@@ -71,9 +71,9 @@ impl<R: Resource> Api<R> {
     /// One object, or `None`.
     pub async fn get(&self, engine: &str, name: &str) -> Result<Option<R>, StoreError> {
         self.store
-            .get(&Self::key(engine, name))
+            .get_encoded(&Self::key(engine, name))
             .await?
-            .map(Self::from_dynamic)
+            .map(EncodedObject::decode)
             .transpose()
     }
 
@@ -86,11 +86,11 @@ impl<R: Resource> Api<R> {
     ) -> Result<(Vec<R>, Revision), StoreError> {
         let mut query = ListQuery::kind(R::KIND).selector(selector);
         query.engine = engine.map(str::to_string);
-        let list = self.store.list(&query).await?;
+        let list = self.store.list_encoded(&query).await?;
         let items = list
             .items
             .into_iter()
-            .map(Self::from_dynamic)
+            .map(EncodedObject::decode)
             .collect::<Result<_, _>>()?;
         Ok((items, list.revision))
     }

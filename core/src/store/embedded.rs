@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::mutation::{self, Op, OpOutput, Persist};
 use super::watch::{EventLog, EventPage};
 use super::{
-    DeleteOptions, DeleteOutcome, EncodedObject, EncodedWatchEvent, EncodedWatchStream, EventType,
-    ListQuery, ObjectList, ObjectRef, Retention, Revision, Store, StoreError, WatchEvent,
-    WatchStream,
+    DeleteOptions, DeleteOutcome, EncodedList, EncodedObject, EncodedWatchEvent,
+    EncodedWatchStream, EventType, ListQuery, ObjectList, ObjectRef, Retention, Revision, Store,
+    StoreError, WatchEvent, WatchStream,
 };
 use crate::metrics::{COMMIT_DURATION_BUCKETS, Histogram};
 use crate::model::DynamicObject;
@@ -255,6 +255,79 @@ impl Shared {
         found
             .map(|g| self.decode_object(&key, g.value()))
             .transpose()
+    }
+
+    /// As [`Shared::get`], the stored JSON as it is.
+    fn get_encoded(&self, key: &ObjectRef) -> Result<Option<EncodedObject>, StoreError> {
+        let db = self.lock_db();
+        let txn = self.begin_read(&db)?;
+        let table = txn
+            .open_table(OBJECTS)
+            .map_err(self.backend("open the objects table"))?;
+        let storage_key = mutation::storage_key(key);
+        let found = table
+            .get(storage_key.as_str())
+            .map_err(self.backend("read an object"))?;
+        Ok(found.map(|g| EncodedObject::Json {
+            kind: key.kind.clone(),
+            json: g.value().to_vec(),
+        }))
+    }
+
+    /// As [`Shared::list`], the stored JSON as it is: only the metadata is read,
+    /// to match the name and selector and to order the items.
+    fn list_encoded(&self, query: &ListQuery) -> Result<EncodedList, StoreError> {
+        /// What a list matches and orders by.
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            metadata: ListedMeta,
+        }
+        #[derive(serde::Deserialize)]
+        struct ListedMeta {
+            name: String,
+            #[serde(default)]
+            engine: String,
+            #[serde(default)]
+            labels: std::collections::BTreeMap<String, String>,
+        }
+        let db = self.lock_db();
+        let txn = self.begin_read(&db)?;
+        let meta = txn
+            .open_table(META)
+            .map_err(self.backend("open the meta table"))?;
+        let revision =
+            meta_value(&meta, REVISION_KEY).map_err(self.backend("read the revision"))?;
+        let table = txn
+            .open_table(OBJECTS)
+            .map_err(self.backend("open the objects table"))?;
+        let (from, to) = mutation::storage_range(query);
+        let mut items = Vec::new();
+        for entry in table
+            .range(from.as_str()..to.as_str())
+            .map_err(self.backend("list objects"))?
+        {
+            let (k, v) = entry.map_err(self.backend("list objects"))?;
+            let listed: Listed = serde_json::from_slice(v.value())
+                .map_err(|e| self.corrupt(format!("object {}", k.value()), e))?;
+            let m = listed.metadata;
+            if query.name.as_ref().is_none_or(|n| *n == m.name) && query.selector.matches(&m.labels)
+            {
+                items.push((
+                    (m.engine, m.name),
+                    EncodedObject::Json {
+                        kind: query.kind.clone(),
+                        json: v.value().to_vec(),
+                    },
+                ));
+            }
+        }
+        if query.engine.is_none() {
+            items.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(EncodedList {
+            items: items.into_iter().map(|(_, obj)| obj).collect(),
+            revision,
+        })
     }
 
     fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
@@ -1042,6 +1115,16 @@ impl Store for RedbStore {
     async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
         let query = query.clone();
         self.read(move |s| s.list(&query)).await
+    }
+
+    async fn get_encoded(&self, key: &ObjectRef) -> Result<Option<EncodedObject>, StoreError> {
+        let key = key.clone();
+        self.read(move |s| s.get_encoded(&key)).await
+    }
+
+    async fn list_encoded(&self, query: &ListQuery) -> Result<EncodedList, StoreError> {
+        let query = query.clone();
+        self.read(move |s| s.list_encoded(&query)).await
     }
 
     async fn create(&self, obj: DynamicObject) -> Result<DynamicObject, StoreError> {

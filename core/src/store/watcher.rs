@@ -317,7 +317,7 @@ enum State {
     Relist,
     /// Yielding the listed objects; the watch from the list's revision is open.
     Listing {
-        items: std::vec::IntoIter<DynamicObject>,
+        items: std::vec::IntoIter<EncodedObject>,
         revision: Revision,
         events: EncodedWatchStream,
     },
@@ -377,7 +377,7 @@ impl Watcher {
                                 revision,
                                 events,
                             };
-                            Event::InitApply(EncodedObject::Decoded(Box::new(obj)))
+                            Event::InitApply(obj)
                         }
                         None => {
                             self.state = State::Watching(events);
@@ -413,7 +413,7 @@ impl Watcher {
 
 /// Lists, then opens the watch from the list's revision.
 async fn relist(store: &dyn Store, query: &ListQuery) -> Result<State, StoreError> {
-    let list = store.list(query).await?;
+    let list = store.list_encoded(query).await?;
     let events = store
         .watch_encoded(&query.kind, query.engine.as_deref(), list.revision)
         .await?;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use arkline::model::{API_VERSION, DynamicObject, ObjectMeta};
 use arkline::store::{
-    DeleteOptions, DeleteOutcome, EventType, LabelSelector, ListQuery, MemoryStore, ObjectRef,
-    RedbStore, Store, StoreError, WatchEvent, WatchStream,
+    DeleteOptions, DeleteOutcome, EventType, LabelSelector, ListQuery, MemoryStore, ObjectList,
+    ObjectRef, RedbStore, Store, StoreError, WatchEvent, WatchStream,
 };
 use futures::StreamExt;
 use serde_json::json;
@@ -259,6 +259,30 @@ async fn status_update_is_separate_and_cas(h: Harness) {
     assert_eq!(v3.metadata.generation, 2);
 }
 
+/// `list`, checked against `list_encoded` (the same objects in the same order,
+/// at the same revision) and `get_encoded` (each item as `get` has it).
+async fn list_both(s: &dyn Store, query: &ListQuery) -> Result<ObjectList, StoreError> {
+    let list = s.list(query).await?;
+    let encoded = s.list_encoded(query).await?;
+    assert_eq!(encoded.revision, list.revision, "{query:?}");
+    let decoded: Vec<_> = encoded
+        .items
+        .into_iter()
+        .map(|o| o.into_dynamic().unwrap())
+        .collect();
+    assert_eq!(decoded, list.items, "{query:?}");
+    for obj in &list.items {
+        let key = ObjectRef::new(&obj.kind, &obj.metadata.engine, &obj.metadata.name);
+        let got = s
+            .get_encoded(&key)
+            .await?
+            .map(|o| o.into_dynamic().unwrap());
+        assert_eq!(got.as_ref(), Some(obj));
+        assert_eq!(got, s.get(&key).await?);
+    }
+    Ok(list)
+}
+
 async fn list_filters_by_kind_engine_and_labels(h: Harness) {
     let s = h.store;
     for (engine, name, labels) in [
@@ -276,13 +300,13 @@ async fn list_filters_by_kind_engine_and_labels(h: Harness) {
         .await
         .unwrap();
 
-    let names = |list: arkline::store::ObjectList| {
+    let names = |list: ObjectList| {
         list.items
             .into_iter()
             .map(|o| o.metadata.name)
             .collect::<Vec<_>>()
     };
-    let all = s.list(&ListQuery::kind("Pipeline")).await.unwrap();
+    let all = list_both(&*s, &ListQuery::kind("Pipeline")).await.unwrap();
     assert_eq!(all.revision, 6);
     assert_eq!(names(all), ["d", "a", "b", "c", "e"]);
     let ci = s
@@ -308,14 +332,14 @@ async fn list_filters_by_kind_engine_and_labels(h: Harness) {
     for (selector, expected) in cases {
         let sel: LabelSelector = selector.parse().unwrap();
         let got = names(
-            s.list(&ListQuery::kind("Pipeline").engine("ci").selector(sel))
+            list_both(&*s, &ListQuery::kind("Pipeline").engine("ci").selector(sel))
                 .await
                 .unwrap(),
         );
         assert_eq!(&got, expected, "selector {selector}");
     }
     assert!(
-        s.list(&ListQuery::kind("Nothing"))
+        list_both(&*s, &ListQuery::kind("Nothing"))
             .await
             .unwrap()
             .items
@@ -332,18 +356,27 @@ async fn list_filters_by_kind_engine_and_labels(h: Harness) {
     s.create(object("Pipeline", "ci", "a-2", &[]))
         .await
         .unwrap();
-    assert_eq!(names(s.list(&named(Some("ci"), "a")).await.unwrap()), ["a"]);
-    assert_eq!(names(s.list(&named(None, "a")).await.unwrap()), ["a"]);
-    assert_eq!(names(s.list(&named(None, "d")).await.unwrap()), ["d"]);
+    assert_eq!(
+        names(list_both(&*s, &named(Some("ci"), "a")).await.unwrap()),
+        ["a"]
+    );
+    assert_eq!(
+        names(list_both(&*s, &named(None, "a")).await.unwrap()),
+        ["a"]
+    );
+    assert_eq!(
+        names(list_both(&*s, &named(None, "d")).await.unwrap()),
+        ["d"]
+    );
     assert!(
-        s.list(&named(Some("cd"), "a"))
+        list_both(&*s, &named(Some("cd"), "a"))
             .await
             .unwrap()
             .items
             .is_empty()
     );
     assert!(
-        s.list(&named(Some("ci"), "zz"))
+        list_both(&*s, &named(Some("ci"), "zz"))
             .await
             .unwrap()
             .items
@@ -351,7 +384,7 @@ async fn list_filters_by_kind_engine_and_labels(h: Harness) {
     );
     let sel: LabelSelector = "tier=db".parse().unwrap();
     assert!(
-        s.list(&named(Some("ci"), "a").selector(sel))
+        list_both(&*s, &named(Some("ci"), "a").selector(sel))
             .await
             .unwrap()
             .items
