@@ -512,6 +512,36 @@ pub trait Store: Send + Sync + fmt::Debug {
         options: &DeleteOptions,
     ) -> Result<DeleteOutcome, StoreError>;
 
+    /// Writes `status`, already encoded, as the status of `key`, with the
+    /// compare-and-swap of [`Store::update_status`] on `resource_version`, and
+    /// returns the metadata stored (the new `resource_version`). For a writer
+    /// that keeps its own copy of the object: nothing of the spec is sent,
+    /// decoded, encoded again or returned. The default wraps
+    /// [`Store::update_status`]; a backend that keeps encoded objects
+    /// overrides it to splice the status into the stored bytes.
+    async fn write_status_json(
+        &self,
+        key: &ObjectRef,
+        resource_version: Revision,
+        status: Box<serde_json::value::RawValue>,
+    ) -> Result<ObjectMeta, StoreError> {
+        let status = serde_json::from_str(status.get()).map_err(|e| StoreError::Invalid {
+            kind: key.kind.clone(),
+            name: key.name.clone(),
+            reason: format!("the status is not JSON: {e}"),
+        })?;
+        let mut metadata = ObjectMeta::new(&key.engine, &key.name);
+        metadata.resource_version = resource_version;
+        let request = DynamicObject {
+            api_version: crate::model::API_VERSION.to_owned(),
+            kind: key.kind.clone(),
+            metadata,
+            spec: serde_json::Value::Null,
+            status,
+        };
+        Ok(self.update_status(request).await?.metadata)
+    }
+
     /// As [`Store::get`], with the object as the backend holds it, for the
     /// caller to decode once into the form it needs ([`EncodedObject::decode`]).
     /// The default wraps [`Store::get`]; a backend that keeps encoded objects

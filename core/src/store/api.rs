@@ -121,13 +121,19 @@ impl<R: Resource> Api<R> {
         meta: &ObjectMeta,
         status: &R::Status,
     ) -> Result<ObjectMeta, StoreError> {
-        let status = serde_json::to_value(status).map_err(|source| StoreError::Conversion {
-            kind: R::KIND.to_string(),
-            name: meta.name.clone(),
-            source,
-        })?;
-        let request = Self::status_request(meta, &status)?;
-        Ok(self.store.update_status(request).await?.metadata)
+        let status =
+            serde_json::value::to_raw_value(status).map_err(|source| StoreError::Conversion {
+                kind: R::KIND.to_string(),
+                name: meta.name.clone(),
+                source,
+            })?;
+        self.store
+            .write_status_json(
+                &Self::key(&meta.engine, &meta.name),
+                meta.resource_version,
+                status,
+            )
+            .await
     }
 
     /// `obj`'s status as JSON (without encoding its spec).

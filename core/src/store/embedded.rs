@@ -29,7 +29,7 @@ use super::{
     StoreError, WatchEvent, WatchStream,
 };
 use crate::metrics::{COMMIT_DURATION_BUCKETS, Histogram};
-use crate::model::DynamicObject;
+use crate::model::{DynamicObject, ObjectMeta};
 
 /// The schema version this build writes. Files with an older version are
 /// migrated on open; files with a newer one are refused.
@@ -381,13 +381,12 @@ fn meta_value(
 /// object again.
 fn encode_event(
     at: DateTime<Utc>,
-    object: &DynamicObject,
+    (kind, engine): (&str, &str),
     event_type: EventType,
     revision: Revision,
     object_json: &[u8],
 ) -> Vec<u8> {
-    let kind = object.kind.as_bytes();
-    let engine = object.metadata.engine.as_bytes();
+    let (kind, engine) = (kind.as_bytes(), engine.as_bytes());
     let event_type = match event_type {
         EventType::Added => "Added",
         EventType::Modified => "Modified",
@@ -410,6 +409,72 @@ fn encode_event(
     out.extend_from_slice(object_json);
     out.push(b'}');
     out
+}
+
+/// A status write against the stored JSON of `key`: the compare-and-swap on
+/// `expected`, the metadata's `resource_version` set to `next`, the status
+/// replaced; the spec is copied as bytes, never decoded. The result is what
+/// `serde_json::to_vec(&DynamicObject)` would write for the same object (the
+/// same fields in the same order), and the new metadata.
+fn splice_status(
+    shared: &Shared,
+    key: &ObjectRef,
+    stored: &[u8],
+    expected: Revision,
+    next: Revision,
+    status: &serde_json::value::RawValue,
+) -> Result<(Vec<u8>, ObjectMeta), StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Stored<'a> {
+        #[serde(rename = "apiVersion")]
+        api_version: String,
+        kind: String,
+        metadata: ObjectMeta,
+        #[serde(borrow, default)]
+        spec: Option<&'a serde_json::value::RawValue>,
+    }
+    let Stored {
+        api_version,
+        kind,
+        mut metadata,
+        spec,
+    } = serde_json::from_slice(stored)
+        .map_err(|e| shared.corrupt(format!("object {}", mutation::storage_key(key)), e))?;
+    if metadata.resource_version != expected {
+        return Err(StoreError::Conflict {
+            key: key.clone(),
+            expected,
+            actual: metadata.resource_version,
+        });
+    }
+    metadata.resource_version = next;
+    let spec = spec.map_or("null", |s| s.get());
+    let mut json = Vec::with_capacity(stored.len() + status.get().len());
+    json.extend_from_slice(b"{\"apiVersion\":");
+    put_json(&mut json, &api_version, key)?;
+    json.extend_from_slice(b",\"kind\":");
+    put_json(&mut json, &kind, key)?;
+    json.extend_from_slice(b",\"metadata\":");
+    put_json(&mut json, &metadata, key)?;
+    json.extend_from_slice(b",\"spec\":");
+    json.extend_from_slice(spec.as_bytes());
+    json.extend_from_slice(b",\"status\":");
+    json.extend_from_slice(status.get().as_bytes());
+    json.push(b'}');
+    Ok((json, metadata))
+}
+
+/// Appends `value`'s JSON to `out`.
+fn put_json<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+    key: &ObjectRef,
+) -> Result<(), StoreError> {
+    serde_json::to_writer(out, value).map_err(|e| StoreError::Invalid {
+        kind: key.kind.clone(),
+        name: key.name.clone(),
+        reason: format!("cannot encode as JSON: {e}"),
+    })
 }
 
 /// The parts of an encoded event.
@@ -977,6 +1042,51 @@ impl Writer {
                         continue;
                     }
                 };
+                if let Op::WriteStatus {
+                    key,
+                    expected,
+                    status,
+                } = &op
+                {
+                    // Spliced into the stored bytes: only the metadata is
+                    // decoded; the spec is copied as it is.
+                    let storage_key = mutation::storage_key(key);
+                    let spliced = match mutation::validate_key(key) {
+                        Err(e) => Err(e),
+                        Ok(()) => match objects
+                            .get(storage_key.as_str())
+                            .map_err(shared.backend("read an object"))?
+                        {
+                            None => Err(StoreError::NotFound { key: key.clone() }),
+                            Some(g) => {
+                                splice_status(shared, key, g.value(), *expected, head + 1, status)
+                            }
+                        },
+                    };
+                    let (json, meta) = match spliced {
+                        Ok(done) => done,
+                        Err(e) => {
+                            outcomes.push(Err(e));
+                            continue;
+                        }
+                    };
+                    objects
+                        .insert(storage_key.as_str(), json.as_slice())
+                        .map_err(shared.backend("write an object"))?;
+                    head += 1;
+                    let event = encode_event(
+                        now,
+                        (&key.kind, &key.engine),
+                        EventType::Modified,
+                        head,
+                        &json,
+                    );
+                    events
+                        .insert(head, event.as_slice())
+                        .map_err(shared.backend("write an event"))?;
+                    outcomes.push(Ok(Some(OpOutput::Meta(meta))));
+                    continue;
+                }
                 let key = mutation::storage_key(&op.key());
                 let current = match objects
                     .get(key.as_str())
@@ -1032,7 +1142,7 @@ impl Writer {
                 head += 1;
                 let event = encode_event(
                     now,
-                    change.object(),
+                    (&change.object().kind, &change.object().metadata.engine),
                     event_type,
                     change.object().metadata.resource_version,
                     &json,
@@ -1120,6 +1230,21 @@ impl Store for RedbStore {
     async fn get_encoded(&self, key: &ObjectRef) -> Result<Option<EncodedObject>, StoreError> {
         let key = key.clone();
         self.read(move |s| s.get_encoded(&key)).await
+    }
+
+    async fn write_status_json(
+        &self,
+        key: &ObjectRef,
+        resource_version: Revision,
+        status: Box<serde_json::value::RawValue>,
+    ) -> Result<ObjectMeta, StoreError> {
+        self.write(Op::WriteStatus {
+            key: key.clone(),
+            expected: resource_version,
+            status,
+        })
+        .await
+        .map(OpOutput::into_meta)
     }
 
     async fn list_encoded(&self, query: &ListQuery) -> Result<EncodedList, StoreError> {
@@ -1375,7 +1500,13 @@ mod tests {
                 ..event.clone()
             };
             let object_json = serde_json::to_vec(&event.object).unwrap();
-            let bytes = encode_event(Utc::now(), &event.object, event_type, 7, &object_json);
+            let bytes = encode_event(
+                Utc::now(),
+                (&event.object.kind, &event.object.metadata.engine),
+                event_type,
+                7,
+                &object_json,
+            );
             let parts = split_event(&bytes).unwrap();
             assert_eq!((parts.kind, parts.engine), (&b"Pipeline"[..], &b"e"[..]));
             // Byte for byte what serde writes, so events written before and after
@@ -1387,8 +1518,51 @@ mod tests {
             );
         }
         let object_json = serde_json::to_vec(&event.object).unwrap();
-        let bytes = encode_event(Utc::now(), &event.object, event.event_type, 7, &object_json);
+        let bytes = encode_event(
+            Utc::now(),
+            (&event.object.kind, &event.object.metadata.engine),
+            event.event_type,
+            7,
+            &object_json,
+        );
         assert!(split_event(&bytes[..12]).is_none());
+    }
+
+    #[test]
+    fn a_spliced_status_is_byte_for_byte_what_serde_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let mut meta = crate::model::ObjectMeta::new("e", "p");
+        meta.resource_version = 4;
+        meta.labels.insert("a".into(), "b".into());
+        let mut obj = DynamicObject {
+            api_version: crate::model::API_VERSION.into(),
+            kind: "Pipeline".into(),
+            metadata: meta,
+            spec: serde_json::json!({ "x": [1, { "y": "z\"\u{e9}" }], "w": null }),
+            status: serde_json::json!({ "old": true }),
+        };
+        let stored = serde_json::to_vec(&obj).unwrap();
+        let status = serde_json::value::to_raw_value(&serde_json::json!({ "new": [1] })).unwrap();
+        let key = ObjectRef::new("Pipeline", "e", "p");
+        let (json, meta) = splice_status(&store.shared, &key, &stored, 4, 9, &status).unwrap();
+        obj.metadata.resource_version = 9;
+        obj.status = serde_json::json!({ "new": [1] });
+        assert_eq!(meta, obj.metadata);
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            String::from_utf8(serde_json::to_vec(&obj).unwrap()).unwrap()
+        );
+        match splice_status(&store.shared, &key, &stored, 3, 9, &status) {
+            Err(StoreError::Conflict {
+                expected: 3,
+                actual: 4,
+                ..
+            }) => {}
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let err = splice_status(&store.shared, &key, b"{not json", 4, 9, &status).unwrap_err();
+        assert!(err.to_string().contains("Pipeline/e/p"), "{err}");
     }
 
     #[test]

@@ -259,6 +259,59 @@ async fn status_update_is_separate_and_cas(h: Harness) {
     assert_eq!(v3.metadata.generation, 2);
 }
 
+async fn encoded_status_writes_splice_the_status_in(h: Harness) {
+    use serde_json::value::to_raw_value;
+    let s = h.store;
+    let mut labelled = object("Pipeline", "ci", "p", &[("app", "web")]);
+    labelled.spec =
+        json!({ "n": 7, "nested": { "list": [1, "two", null], "esc": "a\"b\\c\u{e9}" } });
+    labelled
+        .metadata
+        .annotations
+        .insert("note".into(), "kept".into());
+    let v1 = s.create(labelled).await.unwrap();
+    let key = ObjectRef::new("Pipeline", "ci", "p");
+    let mut events = s.watch("Pipeline", Some("ci"), 1).await.unwrap();
+
+    let status = to_raw_value(&json!({ "phase": "Running", "n": [1, 2] })).unwrap();
+    let meta = s.write_status_json(&key, 1, status).await.unwrap();
+    assert_eq!(meta.resource_version, 2);
+    assert_eq!(meta.generation, 1);
+    assert_eq!(meta.uid, v1.metadata.uid);
+    let v2 = s.get(&key).await.unwrap().unwrap();
+    let mut expected = v1.clone();
+    expected.status = json!({ "phase": "Running", "n": [1, 2] });
+    expected.metadata.resource_version = 2;
+    assert_eq!(v2, expected, "only the status and the version change");
+    assert_eq!(v2.metadata, meta);
+    let event = next_event(&mut events).await;
+    assert_eq!(event.event_type, EventType::Modified);
+    assert_eq!(event.revision, 2);
+    assert_eq!(event.object, expected);
+
+    // Compare-and-swap on the version given; a missing object is not found.
+    let err = s
+        .write_status_json(&key, 1, to_raw_value(&json!({})).unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    let missing = ObjectRef::new("Pipeline", "ci", "nope");
+    let err = s
+        .write_status_json(&missing, 1, to_raw_value(&json!({})).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert_eq!(s.get(&key).await.unwrap().unwrap(), expected);
+    assert_eq!(s.revision().await.unwrap(), 2);
+
+    // A spec update after it keeps the spliced status.
+    let mut spec_change = v2.clone();
+    spec_change.spec = json!({ "n": 8 });
+    let v3 = s.update(spec_change).await.unwrap();
+    assert_eq!(v3.status, json!({ "phase": "Running", "n": [1, 2] }));
+    assert_eq!(v3.metadata.generation, 2);
+}
+
 /// `list`, checked against `list_encoded` (the same objects in the same order,
 /// at the same revision) and `get_encoded` (each item as `get` has it).
 async fn list_both(s: &dyn Store, query: &ListQuery) -> Result<ObjectList, StoreError> {
@@ -628,6 +681,7 @@ conformance!(
     concurrent_cas_has_exactly_one_winner,
     generation_follows_spec_only,
     status_update_is_separate_and_cas,
+    encoded_status_writes_splice_the_status_in,
     list_filters_by_kind_engine_and_labels,
     watch_replays_from_a_revision_then_follows,
     watch_answers_gone_after_compaction,
