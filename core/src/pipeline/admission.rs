@@ -312,12 +312,13 @@ async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreErr
         let mut failed = None;
         for (name, result) in batch.iter().zip(results) {
             match result {
-                Ok(Some(stored)) => {
-                    // Admitted here: the driver starts now, not when the
-                    // execution controller sees the write come back through
-                    // its watch (it then finds the driver running).
-                    crate::pipeline::reconcile::ensure_driver(core, &stored, true);
-                    queue.observe_whole(&stored);
+                Ok(Some(admitted)) => {
+                    // Admitted here: the driver starts now, from the admitted
+                    // state (whose first write carries the admission when it
+                    // runs on this node), not when the execution controller
+                    // sees a write come back through its watch.
+                    crate::pipeline::reconcile::ensure_driver(core, &admitted, true);
+                    queue.observe_whole(&admitted);
                 }
                 Ok(None) => {
                     queue.last.remove(name);
@@ -337,8 +338,16 @@ async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreErr
     }
 }
 
-/// Writes `Pending` for one execution (compare-and-swap from the state last seen
-/// on the watch, re-read on conflict). `None` when it is no longer `Queued`.
+/// Admits one execution: `Pending` on the node chosen, with the `Admitted`
+/// condition, from the state last seen on the watch. `None` when it is no
+/// longer `Queued`.
+///
+/// Admitted on this node, nothing is written here: the driver starts from the
+/// admitted state and its first write (the first step's start, or the finish)
+/// carries the admission, one durable write fewer in series per execution. A
+/// crash before that write finds the execution `Queued` again, and it is
+/// admitted again. Admitted on another node, `Pending` is written
+/// (compare-and-swap, re-read on conflict): that write hands it over.
 async fn admit_one(
     core: &Arc<EngineCore>,
     seen: Option<PipelineExecution>,
@@ -377,6 +386,9 @@ async fn admit_one(
                 last_transition: Some(now),
             },
         );
+        if node == core.node {
+            return Ok(Some(exec));
+        }
         match execs.update_status(&exec).await {
             Ok(stored) => return Ok(Some(stored)),
             Err(StoreError::Conflict { .. }) => {

@@ -46,8 +46,8 @@ pub(crate) async fn drive(
     let name = exec.metadata.name.clone();
     // The reconciler may have read the object before a previous driver of it
     // finished: start from the stored state, and not at all if it is over.
-    // (Admission hands over the state it has just written: that is the stored
-    // state.)
+    // (Admission hands over the state it has just decided, on top of the
+    // stored one: the first write carries it.)
     let exec = if fresh {
         exec
     } else {

@@ -25,6 +25,12 @@ pub(crate) async fn reconcile_execution(
 ) -> Result<Action, ReconcileError> {
     match exec.status.phase {
         ExecutionPhase::Queued => {
+            if core.runs().contains_key(&exec.metadata.name) {
+                // Admitted on this node, its driver not yet past its first
+                // write (which carries the admission): an abort goes to it.
+                ensure_driver(&core, &exec, false);
+                return Ok(Action::await_change());
+            }
             if exec.spec.abort {
                 let now = core.clock.now();
                 let mut done = (*exec).clone();
@@ -59,8 +65,8 @@ pub(crate) async fn reconcile_execution(
 
 /// Starts a driver for an execution that is `Pending` or `Running` on this
 /// node, unless one runs (then passes an abort on to it). `fresh`: `exec` is
-/// the state just written (admission hands its write over directly), so the
-/// driver need not read it again.
+/// the state admission has just decided, on top of the stored one (its
+/// `resource_version`), so the driver need not read it again.
 pub(crate) fn ensure_driver(core: &Arc<EngineCore>, exec: &PipelineExecution, fresh: bool) {
     if exec.status.node.as_ref().is_some_and(|n| *n != core.node) || core.shutdown.is_cancelled() {
         return;
