@@ -498,6 +498,7 @@ impl Container {
             pool: inner.pool.clone(),
             arks: crate::pipeline::ArkStore::new(inner.data_dir.join("arks")),
             run_counters: Mutex::new(Default::default()),
+            finished_runs: Mutex::new(Default::default()),
             metrics: inner.metrics.clone(),
             deploy_lock: tokio::sync::Mutex::new(()),
         });

@@ -148,7 +148,23 @@ pub(crate) fn start(
     let pipelines = Controller::<Pipeline>::new(core.store.clone())
         .engine(&core.name)
         .concurrency(core.options.concurrency.min(8))
-        .watches_view::<PipelineExecution, _, _, _>(pipeline_of_finished_execution)
+        .watches_view::<PipelineExecution, _, _, _>({
+            let core = core.clone();
+            move |exec: &ExecutionView| {
+                if exec.status.phase.is_finished() {
+                    core.note_finished(
+                        &exec.spec.pipeline,
+                        context::FinishedRun {
+                            run: exec.spec.run,
+                            name: exec.metadata.name.clone(),
+                            phase: exec.status.phase,
+                            node: exec.status.node.clone(),
+                        },
+                    );
+                }
+                pipeline_of_finished_execution(exec)
+            }
+        })
         .reconcile_on(registry_events)
         .reconcile_on(timers)
         .graceful_shutdown_on(shutdown());
@@ -206,6 +222,8 @@ pub(crate) struct ExecutionSpecView {
 pub(crate) struct ExecutionStatusView {
     #[serde(default)]
     pub(crate) phase: ExecutionPhase,
+    #[serde(default)]
+    pub(crate) node: Option<String>,
 }
 
 /// A `null` status reads as the default one, as in [`crate::model::Resource::from_json`].

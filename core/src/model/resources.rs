@@ -298,13 +298,15 @@ pub struct PipelineStatus {
     /// Conditions, e.g. `Resolved=False`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Name of the last execution.
+    /// Name of the newest finished execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_execution: Option<String>,
-    /// Phase of the last execution.
+    /// Phase of the newest finished execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_state: Option<ExecutionPhase>,
-    /// Run number the next execution gets (starts at 1).
+    /// Run number the next execution gets (starts at 1); kept up as executions
+    /// finish, so after a restart it may lag by the executions in flight, whose
+    /// names the next triggers skip.
     #[serde(default)]
     pub next_run: u64,
     /// Last distinct nodes that ran this pipeline, most recent first.

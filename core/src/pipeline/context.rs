@@ -52,6 +52,15 @@ pub(crate) struct RunHandle {
     pub(crate) abort: CancelToken,
 }
 
+/// A finished execution, as the pipeline's status records it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FinishedRun {
+    pub(crate) run: u64,
+    pub(crate) name: String,
+    pub(crate) phase: crate::model::ExecutionPhase,
+    pub(crate) node: Option<String>,
+}
+
 /// One engine's execution machinery.
 #[derive(Debug)]
 pub(crate) struct EngineCore {
@@ -85,6 +94,9 @@ pub(crate) struct EngineCore {
     pub(crate) arks: crate::pipeline::arks::ArkStore,
     /// Next run number per pipeline handed out by this process.
     pub(crate) run_counters: Mutex<HashMap<String, u64>>,
+    /// The newest finished execution seen per pipeline (from the pipeline
+    /// controller's watch of executions), for the pipeline's status.
+    pub(crate) finished_runs: Mutex<HashMap<String, FinishedRun>>,
     /// The container's counters (step attempt durations are observed here).
     pub(crate) metrics: crate::metrics::Metrics,
     /// Serialises changes of the engine's bizes: an API change (desired state,
@@ -121,11 +133,22 @@ impl EngineCore {
         run
     }
 
-    /// The next run number this process would hand out (1 when it has not
-    /// triggered the pipeline).
-    pub(crate) fn peek_next_run(&self, pipeline: &str) -> u64 {
-        let counters = self.run_counters.lock().unwrap_or_else(|p| p.into_inner());
-        counters.get(pipeline).copied().unwrap_or(1)
+    /// Records a finished execution of `pipeline`, unless a newer one was.
+    pub(crate) fn note_finished(&self, pipeline: &str, run: FinishedRun) {
+        let mut done = self.finished_runs.lock().unwrap_or_else(|p| p.into_inner());
+        match done.get_mut(pipeline) {
+            Some(newest) if newest.run > run.run => {}
+            Some(newest) => *newest = run,
+            None => {
+                done.insert(pipeline.to_owned(), run);
+            }
+        }
+    }
+
+    /// The newest finished execution of `pipeline` seen by this process.
+    pub(crate) fn last_finished(&self, pipeline: &str) -> Option<FinishedRun> {
+        let done = self.finished_runs.lock().unwrap_or_else(|p| p.into_inner());
+        done.get(pipeline).cloned()
     }
 
     /// The engine's settings (defaults when none were applied).

@@ -210,18 +210,24 @@ pub(crate) async fn reconcile_pipeline(
         },
     );
 
-    status.next_run = status.next_run.max(core.peek_next_run(&p.metadata.name));
-    if status.next_run > 1 {
-        let last = format!("{}-{}", p.metadata.name, status.next_run - 1);
-        if let Some(exec) = Api::<PipelineExecution>::new(core.store.clone())
-            .get(&core.name, &last)
-            .await?
-        {
-            status.last_execution = Some(last);
-            status.last_state = Some(exec.status.phase);
-            if let Some(node) = &exec.status.node
-                && exec.status.phase != ExecutionPhase::Queued
-            {
+    // The newest finished execution, as the controller's watch of executions
+    // saw it. Only finished ones: recording a running one made the status
+    // chase every trigger (each write of it, seen again by this controller,
+    // found a newer run), three writes of the pipeline per execution.
+    // `next_run` follows finished runs too; after a restart the run counter
+    // skips the few names taken since (creating a name is its reservation).
+    if let Some(done) = core.last_finished(&p.metadata.name) {
+        let recorded = status
+            .last_execution
+            .as_deref()
+            .and_then(|name| name.strip_prefix(p.metadata.name.as_str()))
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|run| run.parse::<u64>().ok());
+        if recorded.is_none_or(|r| done.run >= r) {
+            status.next_run = status.next_run.max(done.run + 1);
+            status.last_execution = Some(done.name);
+            status.last_state = Some(done.phase);
+            if let Some(node) = &done.node {
                 let window = core.settings().await?.cache.affinity_window.max(1) as usize;
                 status.record_node(node, window);
             }

@@ -151,9 +151,22 @@ stages:
         log.iter().any(|l| l.message.contains("attempt 1 of 1")),
         "{log:?}"
     );
-    // The pipeline status follows.
-    let p = engine.pipeline("flow").await.expect("get").expect("exists");
+    // The pipeline status follows (its reconciler sees the execution finish).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let p = loop {
+        let p = engine.pipeline("flow").await.expect("get").expect("exists");
+        if p.status.last_execution.is_some() || std::time::Instant::now() > deadline {
+            break p;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_eq!(p.status.next_run, 2);
+    assert_eq!(p.status.last_execution.as_deref(), Some("flow-1"));
+    assert_eq!(
+        p.status.last_state,
+        Some(arkline::model::ExecutionPhase::Succeeded)
+    );
+    assert_eq!(p.status.recent_nodes, [container.node()]);
     container.shutdown().await;
 }
 
@@ -1045,4 +1058,45 @@ fn trace_step_lines() -> &'static std::sync::Mutex<Vec<u8>> {
         tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
         buffer
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_status_is_written_once_per_finished_execution_at_most() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let yaml = "name: steady\nstages:\n  - name: s\n    steps:\n      - name: a\n        uses: faults/upper\n        with: { text: x }\n";
+    let p = engine
+        .apply_pipeline_yaml("steady.yaml", yaml)
+        .await
+        .expect("applies");
+    let from = container.store().revision().await.expect("revision");
+    let mut events = container
+        .store()
+        .watch("Pipeline", Some("team-a"), from)
+        .await
+        .expect("watch");
+    for _ in 0..5 {
+        let exec = engine
+            .trigger(&p.metadata.name, TriggerRequest::default())
+            .await
+            .expect("trigger");
+        wait(&engine, &exec.metadata.name).await;
+    }
+    // The status reaches the fifth run, without chasing runs in flight.
+    let mut writes = 0;
+    loop {
+        let event = tokio::time::timeout(LIMIT, events.next())
+            .await
+            .expect("the pipeline status reaches the fifth run")
+            .expect("a watch event")
+            .expect("no watch error");
+        writes += 1;
+        if event.object.status["last_execution"] == "steady-5" {
+            assert_eq!(event.object.status["next_run"], 6);
+            assert_eq!(event.object.status["last_state"], "Succeeded");
+            break;
+        }
+    }
+    assert!(writes <= 6, "{writes} writes of the pipeline for five runs");
+    container.shutdown().await;
 }
