@@ -191,6 +191,49 @@ struct Shared {
     rider: RwLock<Option<Arc<dyn Rider>>>,
     /// Events handed to watches, by the watch's kind and engine filter.
     delivered: Mutex<HashMap<(String, Option<String>), u64>>,
+    /// The newest events, as committed, for watches that keep up: read from
+    /// memory, without a read transaction or a hop to the blocking pool.
+    recent: Mutex<Recent>,
+}
+
+/// The newest events of the log, in memory (see [`Shared::read_recent`]).
+#[derive(Debug, Default)]
+struct Recent {
+    /// The revision just before the first event kept (events are consecutive).
+    start: Revision,
+    events: std::collections::VecDeque<Arc<[u8]>>,
+    bytes: usize,
+    /// The log's compacted revision.
+    compacted: Revision,
+}
+
+/// How many events, and bytes of them, [`Recent`] keeps at most.
+const RECENT_EVENTS: usize = 4096;
+const RECENT_BYTES: usize = 16 << 20;
+
+impl Recent {
+    /// Appends the events of a commit (revisions `start + len + 1`…).
+    fn extend(&mut self, first: Revision, events: Vec<Vec<u8>>, compacted: Revision) {
+        self.compacted = compacted;
+        if first != self.start + self.events.len() as u64 + 1 {
+            // Not consecutive (cannot happen: one writer appends every
+            // commit): start again from here rather than serve a gap.
+            self.events.clear();
+            self.bytes = 0;
+            self.start = first - 1;
+        }
+        for event in events {
+            self.bytes += event.len();
+            self.events.push_back(event.into());
+        }
+        while self.events.len() > RECENT_EVENTS || self.bytes > RECENT_BYTES {
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= old.len();
+            self.start += 1;
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -527,7 +570,101 @@ fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((field, &bytes[2 + len..]))
 }
 
+impl Shared {
+    /// The event encoded as `bytes` (revision `rev`) for a watch of `kind` and
+    /// `engine`, if it is one; its object's JSON is handed over undecoded.
+    fn matching_event(
+        &self,
+        rev: Revision,
+        bytes: &[u8],
+        kind: &str,
+        engine: Option<&str>,
+    ) -> Result<Option<EncodedWatchEvent>, StoreError> {
+        let parts =
+            split_event(bytes).ok_or_else(|| self.corrupt(format!("event {rev}"), "truncated"))?;
+        if parts.kind != kind.as_bytes() || engine.is_some_and(|en| en.as_bytes() != parts.engine) {
+            return Ok(None);
+        }
+        // Each watcher decodes the object once, into the form it needs.
+        Ok(Some(match split_event_json(parts.json) {
+            Some((event_type, revision, object)) => EncodedWatchEvent {
+                event_type,
+                revision,
+                object: EncodedObject::Json {
+                    kind: kind.to_owned(),
+                    json: object.to_vec(),
+                },
+            },
+            None => {
+                let event: WatchEvent = serde_json::from_slice(parts.json)
+                    .map_err(|err| self.corrupt(format!("event {rev}"), err))?;
+                EncodedWatchEvent {
+                    event_type: event.event_type,
+                    revision: event.revision,
+                    object: EncodedObject::Decoded(Box::new(event.object)),
+                }
+            }
+        }))
+    }
+
+    fn count_delivered(&self, kind: &str, engine: Option<&str>, n: usize) {
+        if n > 0 {
+            *self
+                .delivered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry((kind.to_owned(), engine.map(str::to_owned)))
+                .or_default() += n as u64;
+        }
+    }
+}
+
 impl EventLog for Shared {
+    fn read_recent(
+        &self,
+        after: Revision,
+        kind: &str,
+        engine: Option<&str>,
+        limit: usize,
+    ) -> Option<Result<EventPage, StoreError>> {
+        if self.lock_db().is_none() {
+            // Closed: `read` says so.
+            return None;
+        }
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if after < recent.compacted {
+            return Some(Err(StoreError::Gone {
+                requested: after,
+                compacted: recent.compacted,
+            }));
+        }
+        if after < recent.start {
+            return None;
+        }
+        let mut page = EventPage {
+            scanned_to: after,
+            exhausted: true,
+            ..EventPage::default()
+        };
+        let skip = usize::try_from(after - recent.start).unwrap_or(usize::MAX);
+        for (i, bytes) in recent.events.iter().skip(skip).enumerate() {
+            if i == limit {
+                page.exhausted = false;
+                break;
+            }
+            let rev = after + 1 + i as u64;
+            page.scanned_to = rev;
+            match self.matching_event(rev, bytes, kind, engine) {
+                Ok(Some(event)) => page.events.push(event),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        drop(recent);
+        self.count_delivered(kind, engine, page.events.len());
+        Some(Ok(page))
+    }
+
     fn read(
         &self,
         after: Revision,
@@ -569,44 +706,11 @@ impl EventLog for Shared {
             let (rev, bytes) = entry.map_err(self.backend("read events"))?;
             let rev = rev.value();
             page.scanned_to = rev;
-            let bytes = bytes.value();
-            let parts = split_event(bytes)
-                .ok_or_else(|| self.corrupt(format!("event {rev}"), "truncated"))?;
-            if parts.kind == kind.as_bytes()
-                && engine.is_none_or(|en| en.as_bytes() == parts.engine)
-            {
-                // The object's JSON is handed over undecoded: each watcher
-                // decodes it once, into the form it needs.
-                let event = match split_event_json(parts.json) {
-                    Some((event_type, revision, object)) => EncodedWatchEvent {
-                        event_type,
-                        revision,
-                        object: EncodedObject::Json {
-                            kind: kind.to_owned(),
-                            json: object.to_vec(),
-                        },
-                    },
-                    None => {
-                        let event: WatchEvent = serde_json::from_slice(parts.json)
-                            .map_err(|err| self.corrupt(format!("event {rev}"), err))?;
-                        EncodedWatchEvent {
-                            event_type: event.event_type,
-                            revision: event.revision,
-                            object: EncodedObject::Decoded(Box::new(event.object)),
-                        }
-                    }
-                };
+            if let Some(event) = self.matching_event(rev, bytes.value(), kind, engine)? {
                 page.events.push(event);
             }
         }
-        if !page.events.is_empty() {
-            *self
-                .delivered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry((kind.to_owned(), engine.map(str::to_owned)))
-                .or_default() += page.events.len() as u64;
-        }
+        self.count_delivered(kind, engine, page.events.len());
         Ok(page)
     }
 
@@ -678,8 +782,15 @@ impl RedbStore {
             path,
             rider: RwLock::default(),
             delivered: Mutex::default(),
+            recent: Mutex::default(),
         });
         let revision = prepare(&shared)?;
+        {
+            let compacted = shared.compacted()?;
+            let mut recent = shared.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.start = revision;
+            recent.compacted = compacted;
+        }
         let (commands, queue) = mpsc::channel(options.queue_depth.max(1));
         let (head_tx, head) = watch::channel(revision);
         let writer_shared = shared.clone();
@@ -1005,6 +1116,10 @@ impl Writer {
             .map_err(shared.backend("begin a write"))?;
         txn.set_quick_repair(self.options.quick_repair);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(jobs.len());
+        // The batch's events, for `Shared::recent` once committed.
+        let mut logged: Vec<Vec<u8>> = Vec::new();
+        let first_event;
+        let compacted_after;
         let revision;
         let wrote;
         {
@@ -1022,6 +1137,7 @@ impl Writer {
             let mut compacted = meta_value(&meta, COMPACTED_KEY)
                 .map_err(shared.backend("read the compacted revision"))?;
             let (start_head, start_compacted) = (head, compacted);
+            first_event = head + 1;
             let now = Utc::now();
             for job in jobs {
                 let op = match job {
@@ -1084,6 +1200,7 @@ impl Writer {
                     events
                         .insert(head, event.as_slice())
                         .map_err(shared.backend("write an event"))?;
+                    logged.push(event);
                     outcomes.push(Ok(Some(OpOutput::Meta(meta))));
                     continue;
                 }
@@ -1150,6 +1267,7 @@ impl Writer {
                 events
                     .insert(head, event.as_slice())
                     .map_err(shared.backend("write an event"))?;
+                logged.push(event);
                 outcomes.push(Ok(Some(change.output)));
             }
             let mut target = self.options.retention.count_target(head);
@@ -1174,6 +1292,7 @@ impl Writer {
                 compacted = target;
             }
             revision = head;
+            compacted_after = compacted;
             wrote = head != start_head || compacted != start_compacted;
             if wrote {
                 meta.insert(REVISION_KEY, head)
@@ -1205,6 +1324,13 @@ impl Writer {
             settle(false);
             return Err(shared.backend("commit a write batch")(e));
         }
+        // Before the head moves (the caller moves it): a watch woken by it
+        // finds these events in memory.
+        shared
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(first_event, logged, compacted_after);
         self.commit_latency.observe(started.elapsed());
         settle(true);
         Ok((outcomes, revision))
@@ -1526,6 +1652,89 @@ mod tests {
             &object_json,
         );
         assert!(split_event(&bytes[..12]).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recent_events_are_served_from_memory_like_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        for i in 0..10 {
+            let kind = if i % 2 == 0 {
+                "Pipeline"
+            } else {
+                "PipelineExecution"
+            };
+            let obj = DynamicObject {
+                api_version: crate::model::API_VERSION.into(),
+                kind: kind.into(),
+                metadata: crate::model::ObjectMeta::new(
+                    if i < 5 { "a" } else { "b" },
+                    format!("o{i}"),
+                ),
+                spec: serde_json::json!({ "i": i }),
+                status: serde_json::Value::Null,
+            };
+            store.create(obj).await.unwrap();
+        }
+        let shared = &store.shared;
+        for (after, kind, engine) in [
+            (0, "Pipeline", None),
+            (3, "Pipeline", Some("b")),
+            (4, "PipelineExecution", Some("a")),
+            (10, "Pipeline", None),
+        ] {
+            let memory = shared
+                .read_recent(after, kind, engine, 512)
+                .unwrap()
+                .unwrap();
+            let log = shared.read(after, kind, engine, 512).unwrap();
+            assert_eq!(memory.events, log.events, "{after} {kind} {engine:?}");
+            assert_eq!(memory.scanned_to, log.scanned_to);
+            assert_eq!(memory.exhausted, log.exhausted);
+        }
+        // A page stops at the limit, as the log's does.
+        let page = shared.read_recent(0, "Pipeline", None, 3).unwrap().unwrap();
+        assert_eq!(
+            (page.scanned_to, page.exhausted, page.events.len()),
+            (3, false, 2)
+        );
+        // Older than what memory keeps: the log answers.
+        shared.recent.lock().unwrap().start = 4;
+        assert!(shared.read_recent(3, "Pipeline", None, 512).is_none());
+        shared.recent.lock().unwrap().start = 0;
+        // Compacted: gone, in memory too.
+        store.compact(6).await.unwrap();
+        match shared.read_recent(5, "Pipeline", None, 512) {
+            Some(Err(StoreError::Gone {
+                requested: 5,
+                compacted: 6,
+            })) => {}
+            other => panic!("expected gone, got {other:?}"),
+        }
+        let page = shared
+            .read_recent(6, "Pipeline", None, 512)
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.events.len(), 2);
+    }
+
+    #[test]
+    fn recent_events_keep_a_bounded_consecutive_tail() {
+        let mut recent = Recent::default();
+        recent.extend(1, vec![vec![0u8; 10]; RECENT_EVENTS + 5], 0);
+        assert_eq!(recent.events.len(), RECENT_EVENTS);
+        assert_eq!(recent.start, 5);
+        assert_eq!(recent.bytes, RECENT_EVENTS * 10);
+        // A gap (never made by the one writer) starts the tail again.
+        recent.extend(RECENT_EVENTS as u64 + 100, vec![vec![1u8; 4]], 2);
+        assert_eq!(
+            (recent.start, recent.events.len(), recent.compacted),
+            (RECENT_EVENTS as u64 + 99, 1, 2)
+        );
+        // Bytes bound it too.
+        recent.extend(RECENT_EVENTS as u64 + 101, vec![vec![2u8; RECENT_BYTES]], 2);
+        assert_eq!(recent.events.len(), 1);
+        assert_eq!(recent.bytes, RECENT_BYTES);
     }
 
     #[test]

@@ -40,6 +40,18 @@ pub(crate) trait EventLog: Send + Sync + 'static {
 
     /// Whether `read` blocks on I/O (then it runs on the blocking pool).
     fn blocking(&self) -> bool;
+
+    /// As [`EventLog::read`], from what the log keeps in memory, without
+    /// blocking; `None` when `after` is older than that (then `read` answers).
+    fn read_recent(
+        &self,
+        _after: Revision,
+        _kind: &str,
+        _engine: Option<&str>,
+        _limit: usize,
+    ) -> Option<Result<EventPage, StoreError>> {
+        None
+    }
 }
 
 struct Cursor {
@@ -54,6 +66,12 @@ struct Cursor {
 
 impl Cursor {
     async fn read_page(&self) -> Result<EventPage, StoreError> {
+        if let Some(page) = self
+            .log
+            .read_recent(self.pos, &self.kind, self.engine.as_deref(), PAGE)
+        {
+            return page;
+        }
         if self.log.blocking() {
             let (log, kind, engine, pos) = (
                 self.log.clone(),
