@@ -984,6 +984,13 @@ mod tests {
         workspaces.remove_engine("eng").unwrap();
     }
 
+    /// A directory made as a new workspace is (same umask), to compare modes.
+    fn first_mode_probe(root: &tempfile::TempDir) -> PathBuf {
+        let probe = root.path().join("probe");
+        let _ = fs::create_dir(&probe);
+        probe
+    }
+
     #[test]
     fn removed_workspaces_are_emptied_and_reused() {
         use std::os::unix::fs::MetadataExt;
@@ -1023,7 +1030,11 @@ mod tests {
         workspaces.remove("other", "run-2").unwrap();
         assert!(!second.exists());
         let third = workspaces.create("eng", "run-3").unwrap();
-        assert_ne!(fs::metadata(&third).unwrap().ino(), inode);
+        // (Inode numbers are reused: the mode tells the two apart.)
+        assert_eq!(
+            fs::metadata(&third).unwrap().mode() & 0o7777,
+            fs::metadata(&first_mode_probe(&root)).unwrap().mode() & 0o7777
+        );
         // Removing what is not there is still no error, and keeps nothing.
         workspaces.remove("eng", "run-9").unwrap();
         assert_eq!(
