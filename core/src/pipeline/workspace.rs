@@ -1033,7 +1033,7 @@ mod tests {
         // (Inode numbers are reused: the mode tells the two apart.)
         assert_eq!(
             fs::metadata(&third).unwrap().mode() & 0o7777,
-            fs::metadata(&first_mode_probe(&root)).unwrap().mode() & 0o7777
+            fs::metadata(first_mode_probe(&root)).unwrap().mode() & 0o7777
         );
         // Removing what is not there is still no error, and keeps nothing.
         workspaces.remove("eng", "run-9").unwrap();
