@@ -374,30 +374,20 @@ impl Shared {
     }
 
     fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
-        let db = self.lock_db();
-        let txn = self.begin_read(&db)?;
-        let meta = txn
-            .open_table(META)
-            .map_err(self.backend("open the meta table"))?;
-        let revision =
-            meta_value(&meta, REVISION_KEY).map_err(self.backend("read the revision"))?;
-        let table = txn
-            .open_table(OBJECTS)
-            .map_err(self.backend("open the objects table"))?;
-        let (from, to) = mutation::storage_range(query);
-        let mut items = Vec::new();
-        for entry in table
-            .range(from.as_str()..to.as_str())
-            .map_err(self.backend("list objects"))?
-        {
-            let (k, v) = entry.map_err(self.backend("list objects"))?;
-            let obj = self.decode_object(k.value(), v.value())?;
-            if query.matches(&obj) {
-                items.push(obj);
-            }
-        }
-        mutation::sort_items(&mut items, query);
-        Ok(ObjectList { items, revision })
+        let listed = self.list_encoded(query)?;
+        let items = listed
+            .items
+            .into_iter()
+            .map(|obj| match obj {
+                EncodedObject::Json { json, .. } => serde_json::from_slice(&json)
+                    .map_err(|e| self.corrupt(format!("object of kind {}", query.kind), e)),
+                EncodedObject::Decoded(obj) => Ok(*obj),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ObjectList {
+            items,
+            revision: listed.revision,
+        })
     }
 
     fn compacted(&self) -> Result<Revision, StoreError> {
