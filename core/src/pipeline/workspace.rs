@@ -251,7 +251,12 @@ impl Workspaces {
                     self.spares.settle(id, false);
                     return Ok(());
                 }
-                Ok(meta) if meta.is_dir() && meta.uid() == uid && meta.mode() & 0o7777 == mode => {
+                Ok(meta)
+                    if meta.is_dir()
+                        && meta.uid() == uid
+                        && meta.mode() & 0o7777 == mode
+                        && !has_xattrs(&path) =>
+                {
                     empty_dir(&path).is_ok() && fs::rename(&path, self.spares.path(id)).is_ok()
                 }
                 _ => false,
@@ -289,6 +294,19 @@ fn check_name(name: &str) -> Result<(), WorkspaceError> {
         name: name.to_owned(),
         reason,
     })
+}
+
+/// Whether `path` itself carries extended attributes (ACLs are some): a step
+/// could leave data or grants there for whoever gets the directory next, so
+/// such a workspace is removed, not kept. `true` when it cannot be told.
+fn has_xattrs(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: a NUL-terminated path and no buffer (size 0): the call only
+    // returns the size the list would need.
+    let size = unsafe { libc::llistxattr(c_path.as_ptr(), std::ptr::null_mut(), 0) };
+    size != 0
 }
 
 /// Removes everything in the directory `path`, not following symlinks.
@@ -1034,6 +1052,28 @@ mod tests {
         assert_eq!(
             fs::metadata(&third).unwrap().mode() & 0o7777,
             fs::metadata(first_mode_probe(&root)).unwrap().mode() & 0o7777
+        );
+        // One carrying an extended attribute (data or an ACL a step left for
+        // the next user) is removed, not kept.
+        let attr = std::ffi::CString::new(third.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated path and name; a 1-byte value.
+        let set = unsafe {
+            libc::setxattr(
+                attr.as_ptr(),
+                c"user.left-behind".as_ptr(),
+                b"x".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        assert_eq!(set, 0, "setxattr: {}", io::Error::last_os_error());
+        workspaces.remove("eng", "run-3").unwrap();
+        assert!(!third.exists());
+        assert_eq!(
+            fs::read_dir(root.path().join("workspaces.spare"))
+                .unwrap()
+                .count(),
+            0
         );
         // Removing what is not there is still no error, and keeps nothing.
         workspaces.remove("eng", "run-9").unwrap();
