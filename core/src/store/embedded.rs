@@ -286,18 +286,13 @@ impl Shared {
     }
 
     fn get(&self, key: &ObjectRef) -> Result<Option<DynamicObject>, StoreError> {
-        let db = self.lock_db();
-        let txn = self.begin_read(&db)?;
-        let table = txn
-            .open_table(OBJECTS)
-            .map_err(self.backend("open the objects table"))?;
-        let key = mutation::storage_key(key);
-        let found = table
-            .get(key.as_str())
-            .map_err(self.backend("read an object"))?;
-        found
-            .map(|g| self.decode_object(&key, g.value()))
-            .transpose()
+        match self.get_encoded(key)? {
+            Some(EncodedObject::Json { json, .. }) => self
+                .decode_object(&mutation::storage_key(key), &json)
+                .map(Some),
+            Some(EncodedObject::Decoded(obj)) => Ok(Some(*obj)),
+            None => Ok(None),
+        }
     }
 
     /// As [`Shared::get`], the stored JSON as it is.
