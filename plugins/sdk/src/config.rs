@@ -23,30 +23,10 @@ pub fn decode_config<C: DeserializeOwned>(json: &str) -> Result<C, StepError> {
     // An absent `with` is sent as an empty string; treat it as an empty object so a
     // config type whose fields all have defaults decodes.
     let json = if json.trim().is_empty() { "{}" } else { json };
-    let de = &mut serde_json::Deserializer::from_str(json);
-    let config = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = strip_position(&inner.to_string());
-        StepError::InvalidConfig {
-            field: (path != ".").then_some(path),
-            message,
-        }
-    })?;
-    de.end().map_err(|e| StepError::InvalidConfig {
-        field: None,
-        message: format!("{e} (the configuration must be one JSON object)"),
-    })?;
-    Ok(config)
-}
-
-/// serde_json appends " at line L column C" to its messages; for a config the field
-/// path says where, and positions in a generated JSON text mean nothing to the user.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
+    crate::json::from_str(json).map_err(|e| StepError::InvalidConfig {
+        field: e.path(),
+        message: e.message().to_owned(),
+    })
 }
 
 /// The config schema as `describe()` reports it: the JSON Schema of `C` as

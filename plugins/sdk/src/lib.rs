@@ -59,6 +59,7 @@ mod config;
 mod context;
 pub mod host_call;
 pub mod http;
+mod json;
 pub mod log;
 pub mod process;
 pub mod workspace;
