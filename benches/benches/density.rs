@@ -12,6 +12,9 @@
 //!   first process, into a cache kept under `target/density-cache` (one
 //!   directory per `faults` build; others are removed), and measured in a second
 //!   process that only loads them, so the compiler's own memory is not counted;
+//!   Then, with nothing called, the same after the runtime's default idle
+//!   release (`RuntimeConfig::idle_release`, 60 s: the pages of code no call
+//!   used for that long are handed back to the kernel);
 //! - 10,000 install → call → uninstall cycles of one biz; budget: RSS after them
 //!   within 5 % of RSS after the first 1,000 (the warm-up).
 //!
@@ -318,11 +321,25 @@ fn measure(ark: Ark, bizes: usize, cycles: usize, cache_dir: &std::path::Path) {
         );
     }
     println!();
-    println!("density budget: 1,000 distinct bizes within 1 GiB of PSS");
     println!(
         "density: the compiled artifacts' mappings, by permission (all bizes): {}",
         artifact_mappings(cache_dir)
     );
+    // Idle: every biz was last called above; after the release period and one
+    // sweep (a quarter of it), their code is no longer resident.
+    let idle = runtime.config().idle_release;
+    if let Some(idle) = idle {
+        std::thread::sleep(idle + idle / 4 + std::time::Duration::from_secs(2));
+        println!(
+            "density: {bizes} bizes, each called once, then idle {} s (the default idle release): PSS {}, RSS {} ({}); code mappings: {}",
+            idle.as_secs(),
+            mib(rollup("Pss:")),
+            mib(rss_bytes()),
+            pss_parts(),
+            artifact_mappings(cache_dir)
+        );
+    }
+    println!("density budget: 1,000 distinct bizes within 1 GiB of PSS");
     rt.block_on(async {
         for i in 0..bizes {
             registry

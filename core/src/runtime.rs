@@ -29,6 +29,7 @@ mod cancel;
 mod compiled;
 mod component;
 mod guests;
+mod idle;
 mod invoke;
 mod registry;
 
@@ -119,6 +120,12 @@ pub struct RuntimeConfig {
     pub max_wasm_stack: usize,
     /// Limits of programs run through the `process` capability.
     pub process_limits: crate::host::ProcessLimits,
+    /// Hand the pages of a biz's compiled code back to the kernel once no call
+    /// has used it for this long (`None`: never). The code stays mapped; its
+    /// next call faults the pages it needs back in from the compiled cache
+    /// (once, a few hundred microseconds to a few milliseconds). Only code
+    /// loaded from the cache directory is released. Default: 60 s.
+    pub idle_release: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -141,6 +148,7 @@ impl Default for RuntimeConfig {
             output_limit: 1 << 20,
             max_wasm_stack: 1 << 20,
             process_limits: crate::host::ProcessLimits::default(),
+            idle_release: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -236,6 +244,12 @@ impl RuntimeConfig {
         self.output_limit = bytes;
         self
     }
+
+    /// Sets [`RuntimeConfig::idle_release`].
+    pub fn idle_release(mut self, after: Option<Duration>) -> Self {
+        self.idle_release = after;
+        self
+    }
 }
 
 /// Why the runtime could not start.
@@ -275,6 +289,7 @@ struct RuntimeInner {
     guests: Guests,
     http: std::sync::OnceLock<Result<crate::host::http::HttpClient, String>>,
     native: crate::native::NativePlugins,
+    images: Arc<idle::Images>,
 }
 
 /// The threads step calls run on once their first poll did not finish them,
@@ -366,12 +381,25 @@ impl Runtime {
         let (stop, stopped) = mpsc::channel::<()>();
         let tick = config.epoch_tick;
         let ticking = engine.clone();
+        let images = Arc::new(idle::Images::default());
+        let sweeping = images.clone();
+        let idle_release = config.idle_release;
         let thread = std::thread::Builder::new()
             .name("arkline-epoch".into())
             .spawn(move || {
+                // Idle images are looked for a few times per release period.
+                let sweep_every =
+                    idle_release.map(|idle| (idle / 4).clamp(tick, Duration::from_secs(5)));
+                let mut last_sweep = std::time::Instant::now();
                 // Ends when the runtime drops its sender.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
                     ticking.increment_epoch();
+                    if let (Some(idle), Some(every)) = (idle_release, sweep_every)
+                        && last_sweep.elapsed() >= every
+                    {
+                        last_sweep = std::time::Instant::now();
+                        sweeping.sweep(idle);
+                    }
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
@@ -398,6 +426,7 @@ impl Runtime {
                 },
                 http: std::sync::OnceLock::new(),
                 native: crate::native::NativePlugins::new(),
+                images,
             }),
         })
     }
@@ -492,12 +521,17 @@ impl Runtime {
         };
         let api_version = component::step_api_version(&self.inner.engine, &component)?;
         let pre = self.link(&component, &api_version)?;
+        let image = self.inner.images.track(
+            component.image_range(),
+            !matches!(cache, CacheOutcome::Uncached),
+        );
         Ok(PreparedBiz {
             name: ark.manifest.name.clone(),
             version: ark.manifest.version.clone(),
             sha256: sha256.clone(),
             api_version,
             pre,
+            image,
             cache,
         })
     }
@@ -543,6 +577,8 @@ pub struct PreparedBiz {
     /// The `arkline:step` version it targets.
     pub api_version: Version,
     pub(crate) pre: StepPre,
+    /// Its compiled code's mapping, released when idle.
+    pub(crate) image: Arc<idle::Image>,
     /// Where the compiled code came from.
     pub cache: CacheOutcome,
 }
@@ -563,7 +599,16 @@ fn base_config(config: &RuntimeConfig) -> Config {
     c.consume_fuel(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
-        .max_wasm_stack(config.max_wasm_stack);
+        .max_wasm_stack(config.max_wasm_stack)
+        // Each biz's compiled artifact is mapped for as long as it is installed,
+        // and the pages around every touched one come in with it (fault-around),
+        // so sections nothing reads still cost memory per biz. Wasmtime's own
+        // trap handling and backtraces need neither of these: native unwind
+        // tables (`.eh_frame`) serve only outside unwinders, and the address map
+        // only adds a wasm offset beside each function name in a guest backtrace.
+        // Together they were ~13 % of a compiled biz (ARCHITECTURE.md, "density").
+        .native_unwind_info(false)
+        .generate_address_map(false);
     c
 }
 

@@ -90,8 +90,20 @@ impl CompiledCache {
         if let Err(e) = self.store(&component, &path, &sum_path) {
             // The cache is an optimisation: a full disk costs time, not correctness.
             tracing::warn!(path = %path.display(), error = %e, "could not write a compiled-cache entry");
+            return Ok((component, outcome));
         }
-        Ok((component, outcome))
+        // Run the stored copy, mapped, rather than the one compiled in memory: its
+        // code pages are then file-backed, shared and releasable when idle
+        // (`runtime/idle.rs`), as after a restart.
+        // SAFETY: as in `load`: the file was written just now by `store` (temp
+        // file + rename) from this engine's own serialisation.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(mapped) => Ok((mapped, outcome)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "could not map a compiled-cache entry just written");
+                Ok((component, outcome))
+            }
+        }
     }
 
     /// `Ok(None)`: no entry. `Err`: an entry that must not be loaded.

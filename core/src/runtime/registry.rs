@@ -794,6 +794,7 @@ impl BizLease {
         let guest = {
             let runtime = runtime.clone();
             async move {
+                let _in_use = biz.prepared.image.begin();
                 invoke::invoke(
                     Invocable {
                         runtime: &runtime,

@@ -183,6 +183,17 @@ struct Deserializer<'de> {
     depth: usize,
 }
 
+enum Token<'de> {
+    Null,
+    Bool(bool),
+    Str(Cow<'de, str>),
+    Number(Number<'de>),
+    /// After `[`.
+    Array,
+    /// After `{`.
+    Object,
+}
+
 enum Number<'de> {
     Unsigned(u64),
     Signed(i64),
@@ -388,14 +399,106 @@ impl<'de> Deserializer<'de> {
         }
     }
 
-    fn visit_number<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, Error> {
-        match self.number()? {
-            Number::Unsigned(n) => visitor.visit_u64(n),
-            Number::Signed(n) => visitor.visit_i64(n),
-            Number::Float(f, text) => visitor
-                .visit_f64::<Error>(f)
-                .map_err(|e| e.with_float(text)),
+    /// Reads the next value's first token: a whole scalar, or the opening
+    /// bracket of an array or object (entered: the depth is counted).
+    ///
+    /// Not generic and not inlined, so each visitor type's copy of
+    /// `deserialize_any` is a dispatch on the token, not a parser of its own.
+    #[inline(never)]
+    fn token(&mut self) -> Result<Token<'de>, Error> {
+        Ok(match self.peek() {
+            Some(b'n') => {
+                self.literal("null")?;
+                Token::Null
+            }
+            Some(b't') => {
+                self.literal("true")?;
+                Token::Bool(true)
+            }
+            Some(b'f') => {
+                self.literal("false")?;
+                Token::Bool(false)
+            }
+            Some(b'"') => Token::Str(self.string()?),
+            Some(b'-' | b'0'..=b'9') => Token::Number(self.number()?),
+            Some(open @ (b'[' | b'{')) => {
+                self.enter()?;
+                self.pos += 1;
+                if open == b'[' {
+                    Token::Array
+                } else {
+                    Token::Object
+                }
+            }
+            _ => return Err(self.expected_value()),
+        })
+    }
+
+    /// Leaves an array or object whose visitor has returned: `close` must come
+    /// next (a visitor that stopped early leaves elements behind).
+    #[inline(never)]
+    fn close(&mut self, close: u8) -> Result<(), Error> {
+        self.depth -= 1;
+        if self.eat(close) {
+            return Ok(());
         }
+        Err(match (self.peek(), close) {
+            (None, b']') => Error::new("EOF while parsing a list"),
+            (None, _) => Error::new("EOF while parsing an object"),
+            (Some(_), _) => Error::new("trailing characters"),
+        })
+    }
+
+    /// Moves to the next element of an array: `false` at its end.
+    #[inline(never)]
+    fn element(&mut self, index: usize) -> Result<bool, Error> {
+        match self.peek() {
+            Some(b']') => Ok(false),
+            None => Err(Error::new("EOF while parsing a list")),
+            Some(b',') if index > 0 => {
+                self.pos += 1;
+                if self.peek() == Some(b']') {
+                    return Err(Error::new("trailing comma"));
+                }
+                Ok(true)
+            }
+            Some(_) if index > 0 => Err(Error::new("expected `,` or `]`")),
+            Some(_) => Ok(true),
+        }
+    }
+
+    /// Reads the next key of an object: `None` at its end.
+    #[inline(never)]
+    fn key(&mut self, first: bool) -> Result<Option<Cow<'de, str>>, Error> {
+        match self.peek() {
+            Some(b'}') => return Ok(None),
+            None => return Err(Error::new("EOF while parsing an object")),
+            Some(b',') if !first => {
+                self.pos += 1;
+                if self.peek() == Some(b'}') {
+                    return Err(Error::new("trailing comma"));
+                }
+            }
+            Some(_) if !first => return Err(Error::new("expected `,` or `}`")),
+            Some(_) => {}
+        }
+        match self.peek() {
+            Some(b'"') => self.string().map(Some),
+            None => Err(Error::new("EOF while parsing an object")),
+            Some(_) => Err(Error::new("key must be a string")),
+        }
+    }
+
+    /// The `:` after a key.
+    #[inline(never)]
+    fn colon(&mut self) -> Result<(), Error> {
+        if self.eat(b':') {
+            return Ok(());
+        }
+        Err(match self.peek() {
+            None => Error::new("EOF while parsing an object"),
+            Some(_) => Error::new("expected `:`"),
+        })
     }
 
     /// An error for a value that is missing where one must start.
@@ -412,60 +515,31 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     type Error = Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self.peek() {
-            Some(b'n') => {
-                self.literal("null")?;
-                visitor.visit_unit()
-            }
-            Some(b't') => {
-                self.literal("true")?;
-                visitor.visit_bool(true)
-            }
-            Some(b'f') => {
-                self.literal("false")?;
-                visitor.visit_bool(false)
-            }
-            Some(b'"') => match self.string()? {
-                Cow::Borrowed(s) => visitor.visit_borrowed_str(s),
-                Cow::Owned(s) => visitor.visit_string(s),
-            },
-            Some(b'-' | b'0'..=b'9') => self.visit_number(visitor),
-            Some(b'[') => {
-                self.enter()?;
-                self.pos += 1;
+        match self.token()? {
+            Token::Null => visitor.visit_unit(),
+            Token::Bool(b) => visitor.visit_bool(b),
+            Token::Str(Cow::Borrowed(s)) => visitor.visit_borrowed_str(s),
+            Token::Str(Cow::Owned(s)) => visitor.visit_string(s),
+            Token::Number(Number::Unsigned(n)) => visitor.visit_u64(n),
+            Token::Number(Number::Signed(n)) => visitor.visit_i64(n),
+            Token::Number(Number::Float(f, text)) => visitor
+                .visit_f64::<Error>(f)
+                .map_err(|e| e.with_float(text)),
+            Token::Array => {
                 let value = visitor.visit_seq(Seq {
                     de: &mut *self,
                     index: 0,
                 })?;
-                self.depth -= 1;
-                if self.eat(b']') {
-                    Ok(value)
-                } else {
-                    Err(match self.peek() {
-                        None => Error::new("EOF while parsing a list"),
-                        Some(_) => Error::new("trailing characters"),
-                    })
-                }
+                self.close(b']').map(|()| value)
             }
-            Some(b'{') => {
-                self.enter()?;
-                self.pos += 1;
+            Token::Object => {
                 let value = visitor.visit_map(Map {
                     de: &mut *self,
                     first: true,
                     key: None,
                 })?;
-                self.depth -= 1;
-                if self.eat(b'}') {
-                    Ok(value)
-                } else {
-                    Err(match self.peek() {
-                        None => Error::new("EOF while parsing an object"),
-                        Some(_) => Error::new("trailing characters"),
-                    })
-                }
+                self.close(b'}').map(|()| value)
             }
-            _ => Err(self.expected_value()),
         }
     }
 
@@ -500,32 +574,15 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
             Some(b'{') => {
                 self.enter()?;
                 self.pos += 1;
-                if self.peek() != Some(b'"') {
-                    return Err(match self.peek() {
-                        None => Error::new("EOF while parsing an object"),
-                        Some(_) => Error::new("key must be a string"),
-                    });
-                }
-                let variant = self.string()?;
-                if !self.eat(b':') {
-                    return Err(match self.peek() {
-                        None => Error::new("EOF while parsing an object"),
-                        Some(_) => Error::new("expected `:`"),
-                    });
-                }
+                let Some(variant) = self.key(true)? else {
+                    return Err(Error::new("expected a variant name, found an empty object"));
+                };
+                self.colon()?;
                 let value = visitor.visit_enum(Enum {
                     de: &mut *self,
                     variant,
                 })?;
-                self.depth -= 1;
-                if self.eat(b'}') {
-                    Ok(value)
-                } else {
-                    Err(match self.peek() {
-                        None => Error::new("EOF while parsing an object"),
-                        Some(_) => Error::new("expected `}`"),
-                    })
-                }
+                self.close(b'}').map(|()| value)
             }
             _ => self.deserialize_any(visitor),
         }
@@ -550,17 +607,8 @@ impl<'de> de::SeqAccess<'de> for Seq<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        match self.de.peek() {
-            Some(b']') => return Ok(None),
-            None => return Err(Error::new("EOF while parsing a list")),
-            Some(b',') if self.index > 0 => {
-                self.de.pos += 1;
-                if self.de.peek() == Some(b']') {
-                    return Err(Error::new("trailing comma"));
-                }
-            }
-            Some(_) if self.index > 0 => return Err(Error::new("expected `,` or `]`")),
-            Some(_) => {}
+        if !self.de.element(self.index)? {
+            return Ok(None);
         }
         let index = self.index;
         self.index += 1;
@@ -583,34 +631,14 @@ impl<'de> de::MapAccess<'de> for Map<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        match self.de.peek() {
-            Some(b'}') => return Ok(None),
-            None => return Err(Error::new("EOF while parsing an object")),
-            Some(b',') if !self.first => {
-                self.de.pos += 1;
-                if self.de.peek() == Some(b'}') {
-                    return Err(Error::new("trailing comma"));
-                }
-            }
-            Some(_) if !self.first => return Err(Error::new("expected `,` or `}`")),
-            Some(_) => {}
-        }
+        let Some(key) = self.de.key(self.first)? else {
+            return Ok(None);
+        };
         self.first = false;
-        match self.de.peek() {
-            Some(b'"') => {}
-            None => return Err(Error::new("EOF while parsing an object")),
-            Some(_) => return Err(Error::new("key must be a string")),
-        }
-        let key = self.de.string()?;
         let value = seed
             .deserialize(Key(&key))
             .map_err(|e| e.at(Segment::Key(key.clone().into_owned())))?;
-        if !self.de.eat(b':') {
-            return Err(match self.de.peek() {
-                None => Error::new("EOF while parsing an object"),
-                Some(_) => Error::new("expected `:`"),
-            });
-        }
+        self.de.colon()?;
         self.key = Some(key);
         Ok(Some(value))
     }

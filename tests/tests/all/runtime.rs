@@ -665,6 +665,80 @@ async fn the_compiled_cache_is_reused_and_a_corrupt_entry_is_recompiled() {
     );
 }
 
+/// Resident bytes of this process's mappings of files under `dir`.
+fn resident_under(dir: &std::path::Path) -> u64 {
+    let dir = dir.canonicalize().expect("canonical");
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let mut inside = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            inside = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|path| std::path::Path::new(path).starts_with(&dir));
+        } else if inside && first == "Rss:" {
+            kib += fields
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_biz_gives_its_compiled_code_back_and_its_next_call_brings_it_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(
+        RuntimeConfig::default()
+            .max_instances(4)
+            .cache_dir(dir.path())
+            .idle_release(Some(Duration::from_secs(1))),
+    )
+    .expect("runtime");
+    let registry = BizRegistry::new(runtime, "idle");
+    install(&registry, faults()).await;
+    let call = || async {
+        let report = registry
+            .resolve("faults")
+            .expect("resolves")
+            .invoke(StepCall::new("upper", json!({ "text": "idle" })))
+            .await;
+        assert_eq!(report.outputs().expect("ok")["text"], "IDLE");
+    };
+    call().await;
+    let used = resident_under(dir.path());
+    assert!(
+        used > 256 << 10,
+        "a called biz's code is resident: {used} bytes"
+    );
+
+    // Once idle for the release period, its pages leave the process.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let released = loop {
+        let now = resident_under(dir.path());
+        if now < used / 4 {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {now} bytes resident of {used} after 30 s idle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The next call runs as before and faults back in what it needs.
+    call().await;
+    let again = resident_under(dir.path());
+    assert!(
+        again > released,
+        "{again} bytes resident after the call, {released} before"
+    );
+}
+
 #[test]
 fn an_archive_needing_an_unsupported_host_api_is_refused() {
     let ark = faults();
