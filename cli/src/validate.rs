@@ -40,6 +40,10 @@ pub struct ValidateArgs {
     /// column, end_line, end_column, severity, code, message, hint, text).
     #[arg(long)]
     pub json: bool,
+    /// Biz archives (`.ark`) whose step schemas check the `with:` of steps in
+    /// pipeline files (an `.arkc` carries its own bizes). Repeatable.
+    #[arg(long = "ark", value_name = "FILE")]
+    pub arks: Vec<PathBuf>,
 }
 
 /// What checking one file found.
@@ -85,7 +89,17 @@ struct JsonDiagnostic<'a> {
 impl ValidateArgs {
     /// Runs the subcommand.
     pub fn exec(self, color: crate::color::ColorChoice) -> anyhow::Result<ExitCode> {
-        let reports: Vec<FileReport> = self.files.iter().map(|f| check_path(f)).collect();
+        let mut arks = Vec::new();
+        for path in &self.arks {
+            let ark = arkline::ark::Ark::open(path).with_context(|| {
+                format!(
+                    "cannot use {} with --ark: it must be a biz archive made by `cargo ark package`",
+                    path.display()
+                )
+            })?;
+            arks.push(ark);
+        }
+        let reports: Vec<FileReport> = self.files.iter().map(|f| check_path(f, &arks)).collect();
         let failed = reports.iter().any(FileReport::has_errors);
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
@@ -195,8 +209,9 @@ fn render_report(report: &FileReport, color: bool) -> String {
     out
 }
 
-/// Checks one file, by kind: a container archive or a pipeline file.
-pub fn check_path(path: &Path) -> FileReport {
+/// Checks one file, by kind: a container archive or a pipeline file (whose
+/// steps' `with:` are checked against the schemas of `arks`).
+pub fn check_path(path: &Path, arks: &[arkline::ark::Ark]) -> FileReport {
     let file = path.display().to_string();
     let bytes = match read_file(path) {
         Ok(b) => b,
@@ -219,7 +234,7 @@ pub fn check_path(path: &Path) -> FileReport {
     if is_archive {
         check_archive(&file, &bytes)
     } else {
-        check_pipeline(&file, &bytes)
+        check_pipeline(&file, &bytes, arks)
     }
 }
 
@@ -232,8 +247,25 @@ fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
-/// Checks one pipeline file.
-pub fn check_pipeline(file: &str, bytes: &[u8]) -> FileReport {
+/// The archive among `arks` that a step's `uses` resolves to: the biz of that
+/// name with the highest version its requirement accepts.
+fn resolve_ark<'a>(
+    arks: &'a [arkline::ark::Ark],
+    uses: &arkline::model::Uses,
+) -> Option<&'a arkline::ark::Ark> {
+    arks.iter()
+        .filter(|a| a.manifest.name == uses.biz)
+        .filter(|a| {
+            uses.req
+                .as_ref()
+                .is_none_or(|r| r.matches(&a.manifest.version))
+        })
+        .max_by(|a, b| a.manifest.version.cmp(&b.manifest.version))
+}
+
+/// Checks one pipeline file; with `arks`, its steps' `with:` against their
+/// schemas too.
+pub fn check_pipeline(file: &str, bytes: &[u8], arks: &[arkline::ark::Ark]) -> FileReport {
     let mut report = FileReport {
         file: file.to_owned(),
         diagnostics: Vec::new(),
@@ -253,6 +285,31 @@ pub fn check_pipeline(file: &str, bytes: &[u8]) -> FileReport {
         Ok(parsed) => {
             report.checked = format!("pipeline `{}`", parsed.pipeline.metadata.name);
             report.diagnostics = parsed.warnings;
+            if !arks.is_empty() {
+                let schema_for = |uses: &arkline::model::Uses| {
+                    let ark = resolve_ark(arks, uses)?;
+                    let step = match &uses.step {
+                        Some(step) => step.clone(),
+                        None => match ark.manifest.steps.as_slice() {
+                            [only] => only.id.clone(),
+                            _ => return None,
+                        },
+                    };
+                    ark.step_schema(&step)
+                };
+                report
+                    .diagnostics
+                    .extend(arkline::model::validate_with_schemas(
+                        &parsed.pipeline.spec,
+                        &parsed.source_map,
+                        &schema_for,
+                    ));
+                report.checked = format!(
+                    "pipeline `{}`, step configs checked against {} biz archive(s)",
+                    parsed.pipeline.metadata.name,
+                    arks.len()
+                );
+            }
         }
         Err(diags) => report.diagnostics = diags.0,
     }

@@ -161,14 +161,43 @@ impl Engine {
         Ok(self.core.settings().await?)
     }
 
+    /// Checks every step's `with:` against the config schema of the biz version
+    /// it would run now (a JSON Schema validator: `$ref`s, `$defs`, every
+    /// keyword). A step whose biz is not installed in this engine is not checked:
+    /// it may be installed later, and is checked again when it runs. `map`
+    /// places the diagnostics ([`SourceMap::detached`](crate::model::SourceMap::detached)
+    /// for none).
+    pub fn check_step_configs(
+        &self,
+        spec: &crate::model::PipelineSpec,
+        map: &crate::model::SourceMap,
+    ) -> crate::model::Diagnostics {
+        let registry = &self.core.registry;
+        let schema_for = |uses: &crate::model::Uses| {
+            registry.step_schema(&uses.biz, uses.req.as_ref(), uses.step.as_deref())
+        };
+        crate::model::Diagnostics(crate::model::validate_with_schemas(spec, map, &schema_for))
+    }
+
     /// Creates the pipeline, or replaces the spec of the one with its name. The
-    /// engine name in its metadata is ignored.
+    /// engine name in its metadata is ignored. Steps' `with:` are checked against
+    /// their bizes' schemas first ([`Engine::check_step_configs`]).
     ///
     /// # Errors
     ///
-    /// [`EngineError::Invalid`] with every diagnostic when the pipeline does not validate;
-    /// [`EngineError::Store`] when it cannot be written.
+    /// [`EngineError::Invalid`] with every diagnostic when a step's `with:` does not
+    /// fit its biz's schema; [`EngineError::Store`] when it cannot be written.
     pub async fn apply_pipeline(&self, pipeline: &Pipeline) -> Result<Pipeline, EngineError> {
+        let map =
+            crate::model::SourceMap::detached(&format!("pipeline `{}`", pipeline.metadata.name));
+        let diagnostics = self.check_step_configs(&pipeline.spec, &map);
+        if diagnostics.has_errors() {
+            return Err(EngineError::Invalid(diagnostics));
+        }
+        self.write_pipeline(pipeline).await
+    }
+
+    async fn write_pipeline(&self, pipeline: &Pipeline) -> Result<Pipeline, EngineError> {
         let api = Api::<Pipeline>::new(self.core.store.clone());
         let name = &pipeline.metadata.name;
         loop {
@@ -195,7 +224,8 @@ impl Engine {
         }
     }
 
-    /// Parses, validates and applies a pipeline file.
+    /// Parses, validates and applies a pipeline file; steps' `with:` are checked
+    /// against their bizes' schemas, with positions in the file.
     ///
     /// # Errors
     ///
@@ -206,9 +236,13 @@ impl Engine {
         file_name: &str,
         source: &str,
     ) -> Result<Pipeline, EngineError> {
-        let pipeline =
-            crate::model::parse_pipeline(file_name, source).map_err(EngineError::Invalid)?;
-        self.apply_pipeline(&pipeline).await
+        let parsed =
+            crate::model::parse_pipeline_file(file_name, source).map_err(EngineError::Invalid)?;
+        let diagnostics = self.check_step_configs(&parsed.pipeline.spec, &parsed.source_map);
+        if diagnostics.has_errors() {
+            return Err(EngineError::Invalid(diagnostics));
+        }
+        self.write_pipeline(&parsed.pipeline).await
     }
 
     /// A pipeline with its status.

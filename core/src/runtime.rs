@@ -49,6 +49,7 @@ pub use registry::{
     LifecycleEvent, UninstallMode, parse_reference,
 };
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -525,6 +526,12 @@ impl Runtime {
             component.image_range(),
             !matches!(cache, CacheOutcome::Uncached),
         );
+        let schemas = ark
+            .manifest
+            .steps
+            .iter()
+            .filter_map(|step| Some((step.id.clone(), ark.step_schema(&step.id)?)))
+            .collect();
         Ok(PreparedBiz {
             name: ark.manifest.name.clone(),
             version: ark.manifest.version.clone(),
@@ -532,6 +539,7 @@ impl Runtime {
             api_version,
             pre,
             image,
+            schemas: Arc::new(schemas),
             cache,
         })
     }
@@ -579,6 +587,9 @@ pub struct PreparedBiz {
     pub(crate) pre: StepPre,
     /// Its compiled code's mapping, released when idle.
     pub(crate) image: Arc<idle::Image>,
+    /// The config schema of each step type the archive carries (step id →
+    /// JSON Schema), which pipelines' `with:` are checked against.
+    pub(crate) schemas: Arc<BTreeMap<String, serde_json::Value>>,
     /// Where the compiled code came from.
     pub cache: CacheOutcome,
 }

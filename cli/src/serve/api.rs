@@ -544,34 +544,53 @@ fn scoped(
 
 /// Parses and validates a pipeline off the async workers (see
 /// [`AppState::parse_off_workers`]).
+/// Parses a pipeline file off the async workers, then checks its steps'
+/// `with:` against the engine's bizes' schemas, with positions in the file.
 async fn parse_yaml(
     state: &AppState,
+    engine: &arkline::Engine,
     source: Bytes,
     file_name: String,
 ) -> Result<Pipeline, ApiError> {
-    state
+    let text = source.clone();
+    let parsed = state
         .parse_off_workers(move || parse_yaml_now(&source, &file_name))
-        .await?
+        .await??;
+    let diagnostics = engine.check_step_configs(&parsed.pipeline.spec, &parsed.source_map);
+    if diagnostics.has_errors() {
+        return Err(invalid_pipeline(
+            &diagnostics,
+            std::str::from_utf8(&text).unwrap_or_default(),
+        ));
+    }
+    Ok(parsed.pipeline)
 }
 
-fn parse_yaml_now(source: &Bytes, file_name: &str) -> Result<Pipeline, ApiError> {
+fn parse_yaml_now(
+    source: &Bytes,
+    file_name: &str,
+) -> Result<arkline::model::ParsedPipeline, ApiError> {
     let text = std::str::from_utf8(source).map_err(|_| {
         ApiError::bad_request("the pipeline is not UTF-8 text: send the YAML file as UTF-8")
     })?;
-    arkline::model::parse_pipeline(file_name, text).map_err(|diags| {
-        let err = ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_pipeline",
-            format!(
-                "the pipeline is not valid; fix it and apply it again:\n{}",
-                diags.render(text)
-            ),
-        );
-        match serde_json::to_value(&diags) {
-            Ok(d) => err.with_details(d),
-            Err(_) => err,
-        }
-    })
+    arkline::model::parse_pipeline_file(file_name, text)
+        .map_err(|diags| invalid_pipeline(&diags, text))
+}
+
+/// 422 with every diagnostic, rendered against the file and as details.
+fn invalid_pipeline(diags: &arkline::model::Diagnostics, text: &str) -> ApiError {
+    let err = ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_pipeline",
+        format!(
+            "the pipeline is not valid; fix it and apply it again:\n{}",
+            diags.render(text)
+        ),
+    );
+    match serde_json::to_value(diags) {
+        Ok(d) => err.with_details(d),
+        Err(_) => err,
+    }
 }
 
 fn step_names(exec: &PipelineExecution) -> impl Iterator<Item = &str> {
@@ -824,7 +843,7 @@ async fn apply_pipeline(
 ) -> Result<Json<Pipeline>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
-    let pipeline = parse_yaml(&state, bytes, "pipeline.yaml".into()).await?;
+    let pipeline = parse_yaml(&state, &engine, bytes, "pipeline.yaml".into()).await?;
     Ok(Json(engine.apply_pipeline(&pipeline).await?))
 }
 
@@ -849,7 +868,7 @@ async fn put_pipeline(
 ) -> Result<Json<Pipeline>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
-    let parsed = parse_yaml(&state, bytes, format!("{pipeline}.yaml")).await?;
+    let parsed = parse_yaml(&state, &engine, bytes, format!("{pipeline}.yaml")).await?;
     if parsed.metadata.name != pipeline {
         return Err(ApiError::bad_request(format!(
             "the YAML names pipeline `{}` but the path names `{pipeline}`: make them agree, or POST it to /api/v1/engines/{name}/pipelines",

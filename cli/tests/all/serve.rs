@@ -389,6 +389,30 @@ async fn serve_deploys_manages_and_restores_over_http() {
         "{body}"
     );
 
+    // A step's `with:` that does not fit its installed biz's schema is refused
+    // the same way, with the position inside `with:` (the schema's `$ref`s
+    // followed: `via` is an enum).
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/engines/team-a/pipelines",
+            Some(TEAM_A),
+            Some(
+                b"name: flood\nstages:\n  - name: s\n    steps:\n      - name: f\n        uses: faults/log-flood\n        with: { lines: 1, bytes_per_line: 8, via: stdot }\n"
+                    .to_vec(),
+            ),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_pipeline",
+    );
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("`via` must be one of"), "{body}");
+    assert!(message.contains("pipeline.yaml:7:"), "{body}");
+
     // An execution holds faults@<version> while a new version is installed,
     // switched to and the old one uninstalled.
     let (status, hold) = api

@@ -281,3 +281,51 @@ fn validate_refuses_names_the_api_refuses_and_bombs_over_the_caps() {
         "{json}"
     );
 }
+
+/// `--ark` checks a standalone pipeline file's `with:` against the biz
+/// archives' schemas, `$ref`s included; without it only the model is checked.
+#[test]
+fn standalone_pipelines_are_checked_against_the_schemas_of_given_arks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let faults = arkline_testkit::plugin("faults");
+    let path = tmp.path().join("flood.yaml");
+    std::fs::write(
+        &path,
+        "name: flood\nstages:\n  - name: s\n    steps:\n      - name: f\n        uses: faults/log-flood\n        with: { lines: 1, bytes_per_line: 8, via: stdot }\n",
+    )
+    .expect("write");
+    let out = arkline().arg("validate").arg(&path).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0), "without --ark: {out:?}");
+
+    let out = arkline()
+        .args(["validate", "--json", "--ark"])
+        .arg(&faults)
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let diags: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = &diags[0];
+    assert_eq!(d["code"], "config-schema", "{diags}");
+    assert_eq!(d["line"], 7, "{diags}");
+    assert!(
+        d["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(r#"`via` must be one of "log", "stdout", "stderr""#)),
+        "{diags}"
+    );
+    assert_eq!(d["hint"], "did you mean `stdout`?", "{diags}");
+
+    // A file given to --ark that is not a biz archive is refused, saying so.
+    let out = arkline()
+        .args(["validate", "--ark"])
+        .arg(&path)
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("with --ark"),
+        "{out:?}"
+    );
+}

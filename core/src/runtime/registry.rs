@@ -512,6 +512,30 @@ impl BizRegistry {
         }
     }
 
+    /// The config schema of step type `step` of biz `name` (its only step type
+    /// when `None`), from the version a call would resolve now (the first
+    /// activated one matching `req`); `None` when no such version is installed
+    /// or it carries no schema.
+    pub fn step_schema(
+        &self,
+        name: &str,
+        req: Option<&semver::VersionReq>,
+        step: Option<&str>,
+    ) -> Option<serde_json::Value> {
+        let bizes = self.lock();
+        let (_, entry) = bizes.get(name)?.versions.iter().find(|(v, e)| {
+            e.state == BizState::Activated && req.is_none_or(|req| req.matches(v))
+        })?;
+        let step = match step {
+            Some(step) => step,
+            None => match entry.biz.step_types.as_slice() {
+                [only] => only.as_str(),
+                _ => return None,
+            },
+        };
+        entry.biz.prepared.schemas.get(step).cloned()
+    }
+
     /// Leases exactly `name@version`, activated or not (an execution resuming on
     /// the version it resolved before a restart). Refused while draining or broken.
     pub fn lease(&self, name: &str, version: &Version) -> Result<BizLease, LifecycleError> {

@@ -103,3 +103,120 @@ fn nested_values_and_arrays_are_checked() {
             .is_empty()
     );
 }
+
+/// What `schemars` emits for a config with an enum and an optional nested
+/// struct: `$ref`s into `$defs`, which the checker must follow.
+fn schemars_style_schema() -> serde_json::Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Config",
+        "type": "object",
+        "properties": {
+            "mode": { "$ref": "#/$defs/Mode" },
+            "tls": { "anyOf": [{ "$ref": "#/$defs/Tls" }, { "type": "null" }] },
+            "retries": { "type": "integer", "format": "uint32", "minimum": 0 }
+        },
+        "required": ["mode"],
+        "additionalProperties": false,
+        "$defs": {
+            "Mode": { "type": "string", "enum": ["fast", "safe"] },
+            "Tls": {
+                "type": "object",
+                "properties": { "cert": { "type": "string" } },
+                "required": ["cert"],
+                "additionalProperties": false
+            }
+        }
+    })
+}
+
+#[test]
+fn refs_and_defs_are_followed() {
+    let schema = schemars_style_schema();
+    let violations = config_schema::check_value(
+        &schema,
+        &json!({ "mode": "fastt", "tls": { "cert": 1 }, "retries": -1 }),
+    );
+    let found: Vec<(&str, &str)> = violations
+        .iter()
+        .map(|v| (v.path.as_str(), v.message.as_str()))
+        .collect();
+    assert!(
+        found.contains(&("mode", r#"`mode` must be one of "fast", "safe""#)),
+        "{found:#?}"
+    );
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.path == "mode" && v.hint.as_deref() == Some("did you mean `fast`?")),
+        "{violations:#?}"
+    );
+    // Inside the `Option<Tls>` (`anyOf: [Tls, null]`): what is wrong in the `Tls`.
+    assert!(
+        found.contains(&("tls.cert", "`tls.cert` must be string, found integer")),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(&("retries", "`retries` must be at least 0")),
+        "{found:#?}"
+    );
+    // Valid values pass, through the `$ref`s.
+    assert_eq!(
+        config_schema::check_value(&schema, &json!({ "mode": "safe", "tls": { "cert": "c" } })),
+        []
+    );
+    assert_eq!(
+        config_schema::check_value(&schema, &json!({ "mode": "fast", "tls": null })),
+        []
+    );
+}
+
+#[test]
+fn templated_values_wait_for_run_time_but_their_keys_are_checked() {
+    let schema = schemars_style_schema();
+    assert_eq!(
+        config_schema::check_value(
+            &schema,
+            &json!({ "mode": "${{ params.mode }}", "tls": { "cert": "${{ secrets.cert }}" } })
+        ),
+        []
+    );
+    let violations =
+        config_schema::check_value(&schema, &json!({ "mode": "${{ params.mode }}", "mod": 1 }));
+    assert_eq!(violations.len(), 1, "{violations:#?}");
+    assert_eq!(violations[0].message, "unknown setting `mod`");
+    assert_eq!(violations[0].hint.as_deref(), Some("did you mean `mode`?"));
+}
+
+#[test]
+fn an_invalid_schema_is_reported_not_ignored() {
+    let violations = config_schema::check_value(&json!({ "type": 12 }), &json!({}));
+    assert_eq!(violations.len(), 1, "{violations:#?}");
+    assert!(
+        violations[0].message.contains("not a valid JSON Schema"),
+        "{violations:#?}"
+    );
+}
+
+#[test]
+fn an_enum_of_documented_constants_names_its_values() {
+    // `schemars` for an enum whose variants have doc comments.
+    let schema = json!({
+        "type": "object",
+        "properties": { "via": { "$ref": "#/$defs/Via", "default": "log" } },
+        "$defs": { "Via": { "oneOf": [
+            { "type": "string", "const": "log", "description": "The log." },
+            { "type": "string", "const": "stdout", "description": "Standard output." }
+        ] } }
+    });
+    let violations = config_schema::check_value(&schema, &json!({ "via": "stdot" }));
+    assert_eq!(violations.len(), 1, "{violations:#?}");
+    assert_eq!(
+        violations[0].message,
+        r#"`via` must be one of "log", "stdout""#
+    );
+    assert_eq!(
+        violations[0].hint.as_deref(),
+        Some("did you mean `stdout`?")
+    );
+}

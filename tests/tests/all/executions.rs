@@ -1100,3 +1100,57 @@ async fn the_pipeline_status_is_written_once_per_finished_execution_at_most() {
     assert!(writes <= 6, "{writes} writes of the pipeline for five runs");
     container.shutdown().await;
 }
+
+/// Every way of applying a pipeline checks its steps' `with:` against the
+/// installed biz's schema, `$ref`s included (an enum `schemars` writes as a
+/// `$ref` to a `oneOf` of constants), and refuses it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_configs_are_checked_against_the_installed_bizes_schemas_on_every_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_container, engine) = engine_in(dir.path()).await;
+    let yaml = r#"name: flood
+stages:
+  - name: s
+    steps:
+      - name: f
+        uses: faults/log-flood
+        with:
+          lines: 1
+          bytes_per_line: 8
+          via: stdot
+"#;
+    // From a file: the diagnostic points into `with:`.
+    let err = engine
+        .apply_pipeline_yaml("flood.yaml", yaml)
+        .await
+        .expect_err("a wrong enum value is refused");
+    let arkline::EngineError::Invalid(diagnostics) = err else {
+        panic!("expected invalid, got {err}");
+    };
+    let rendered = diagnostics.render(yaml);
+    assert!(
+        rendered.contains(r#"`via` must be one of "log", "stdout", "stderr""#),
+        "{rendered}"
+    );
+    assert!(rendered.contains("flood.yaml:10:16"), "{rendered}");
+    assert!(rendered.contains("did you mean `stdout`?"), "{rendered}");
+
+    // A typed pipeline (as the API and embedders apply them) is checked too.
+    let pipeline = arkline::model::parse_pipeline("flood.yaml", yaml).expect("parses");
+    let err = engine
+        .apply_pipeline(&pipeline)
+        .await
+        .expect_err("refused when typed too");
+    assert!(err.to_string().contains("must be one of"), "{err}");
+    assert!(engine.pipeline("flood").await.expect("reads").is_none());
+
+    // Fixed, it applies and runs; a biz not installed here is not checked.
+    let fixed = yaml.replace("via: stdot", "via: stdout");
+    let exec = run(&engine, &fixed, TriggerRequest::default()).await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Succeeded, "{exec:?}");
+    let other = fixed.replace("faults/log-flood", "elsewhere/step");
+    engine
+        .apply_pipeline_yaml("other.yaml", &other)
+        .await
+        .expect("a biz not installed here is not checked");
+}
