@@ -36,6 +36,16 @@ impl BuildCmd {
         if info.steps.iter().any(|s| s.config_schema.is_null()) {
             fill_schemas(&cargo, &project, shell, &mut info)?;
         }
+        // Engines check pipelines' `with:` against these schemas: one they cannot
+        // compile would be reported against every pipeline that uses the step.
+        for step in &info.steps {
+            if let Err(e) = arkline::model::config_schema::ConfigSchema::new(&step.config_schema) {
+                anyhow::bail!(
+                    "step type `{}` has a config schema that is not a valid JSON Schema ({e}); fix its config type's `JsonSchema` derive or attributes",
+                    step.id
+                );
+            }
+        }
         shell.status(
             "Finished",
             format!(
