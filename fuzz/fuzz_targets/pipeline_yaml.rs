@@ -12,7 +12,7 @@ use arkline::model::{self, Severity};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let report = arkline_cli::validate::check_pipeline("fuzz.yaml", data);
+    let report = arkline_cli::validate::check_pipeline("fuzz.yaml", data, &[]);
     let Ok(src) = std::str::from_utf8(data) else {
         assert!(report.has_errors(), "non-UTF-8 input must be refused");
         return;
