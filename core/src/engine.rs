@@ -238,6 +238,22 @@ impl Engine {
     ) -> Result<Pipeline, EngineError> {
         let parsed =
             crate::model::parse_pipeline_file(file_name, source).map_err(EngineError::Invalid)?;
+        self.apply_parsed_pipeline(&parsed).await
+    }
+
+    /// Applies a pipeline file parsed with
+    /// [`parse_pipeline_file`](crate::model::parse_pipeline_file) (by a caller
+    /// that parses elsewhere, such as off its async workers); steps' `with:` are
+    /// checked against their bizes' schemas, with positions in the file.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Invalid`] with every diagnostic when a step's `with:` does not
+    /// fit its biz's schema; [`EngineError::Store`] when it cannot be written.
+    pub async fn apply_parsed_pipeline(
+        &self,
+        parsed: &crate::model::ParsedPipeline,
+    ) -> Result<Pipeline, EngineError> {
         let diagnostics = self.check_step_configs(&parsed.pipeline.spec, &parsed.source_map);
         if diagnostics.has_errors() {
             return Err(EngineError::Invalid(diagnostics));

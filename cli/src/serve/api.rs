@@ -544,26 +544,36 @@ fn scoped(
 
 /// Parses and validates a pipeline off the async workers (see
 /// [`AppState::parse_off_workers`]).
-/// Parses a pipeline file off the async workers, then checks its steps'
-/// `with:` against the engine's bizes' schemas, with positions in the file.
-async fn parse_yaml(
+/// Parses a pipeline file off the async workers and applies it; a step's
+/// `with:` that does not fit its biz's schema is a 422 with positions in the
+/// posted file.
+async fn apply_yaml(
     state: &AppState,
-    engine: &arkline::Engine,
+    engine: &Engine,
     source: Bytes,
     file_name: String,
+    expected_name: Option<&str>,
 ) -> Result<Pipeline, ApiError> {
     let text = source.clone();
     let parsed = state
         .parse_off_workers(move || parse_yaml_now(&source, &file_name))
         .await??;
-    let diagnostics = engine.check_step_configs(&parsed.pipeline.spec, &parsed.source_map);
-    if diagnostics.has_errors() {
-        return Err(invalid_pipeline(
+    if let Some(expected) = expected_name
+        && parsed.pipeline.metadata.name != expected
+    {
+        return Err(ApiError::bad_request(format!(
+            "the YAML names pipeline `{}` but the path names `{expected}`: make them agree, or POST it to /api/v1/engines/{}/pipelines",
+            parsed.pipeline.metadata.name,
+            engine.name()
+        )));
+    }
+    match engine.apply_parsed_pipeline(&parsed).await {
+        Err(arkline::EngineError::Invalid(diagnostics)) => Err(invalid_pipeline(
             &diagnostics,
             std::str::from_utf8(&text).unwrap_or_default(),
-        ));
+        )),
+        other => Ok(other?),
     }
-    Ok(parsed.pipeline)
 }
 
 fn parse_yaml_now(
@@ -843,8 +853,9 @@ async fn apply_pipeline(
 ) -> Result<Json<Pipeline>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
-    let pipeline = parse_yaml(&state, &engine, bytes, "pipeline.yaml".into()).await?;
-    Ok(Json(engine.apply_pipeline(&pipeline).await?))
+    Ok(Json(
+        apply_yaml(&state, &engine, bytes, "pipeline.yaml".into(), None).await?,
+    ))
 }
 
 async fn get_pipeline(
@@ -868,14 +879,16 @@ async fn put_pipeline(
 ) -> Result<Json<Pipeline>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
-    let parsed = parse_yaml(&state, &engine, bytes, format!("{pipeline}.yaml")).await?;
-    if parsed.metadata.name != pipeline {
-        return Err(ApiError::bad_request(format!(
-            "the YAML names pipeline `{}` but the path names `{pipeline}`: make them agree, or POST it to /api/v1/engines/{name}/pipelines",
-            parsed.metadata.name
-        )));
-    }
-    Ok(Json(engine.apply_pipeline(&parsed).await?))
+    Ok(Json(
+        apply_yaml(
+            &state,
+            &engine,
+            bytes,
+            format!("{pipeline}.yaml"),
+            Some(&pipeline),
+        )
+        .await?,
+    ))
 }
 
 async fn delete_pipeline(
