@@ -103,7 +103,7 @@ const SPEC_FIELDS: [&str; 10] = [
     "stages",
     "finally",
 ];
-const STEP_FIELDS: [&str; 9] = [
+const STEP_FIELDS: [&str; 10] = [
     "name",
     "uses",
     "with",
@@ -113,6 +113,7 @@ const STEP_FIELDS: [&str; 9] = [
     "retries",
     "cache",
     "repeat_on_restart",
+    "continue_on_error",
 ];
 
 struct Fields<'n> {
@@ -647,6 +648,10 @@ impl<'s> Decoder<'s> {
             .get("repeat_on_restart")
             .and_then(|n| self.bool(n, &join(path, "repeat_on_restart"), "`repeat_on_restart`"))
             .unwrap_or(true);
+        let continue_on_error = f
+            .get("continue_on_error")
+            .and_then(|n| self.bool(n, &join(path, "continue_on_error"), "`continue_on_error`"))
+            .unwrap_or(false);
         // A step whose `uses` is broken is kept (with the error reported) so that
         // references to it from later steps do not cause follow-on errors.
         let uses = uses.unwrap_or_else(|| Uses {
@@ -664,6 +669,7 @@ impl<'s> Decoder<'s> {
             retries,
             cache,
             repeat_on_restart,
+            continue_on_error,
         })
     }
 
@@ -676,7 +682,12 @@ impl<'s> Decoder<'s> {
     }
 
     fn stage(&mut self, node: &Node, path: &str) -> Option<Stage> {
-        let f = self.fields(node, path, "a stage", &["name", "when", "timeout", "steps"])?;
+        let f = self.fields(
+            node,
+            path,
+            "a stage",
+            &["name", "when", "timeout", "steps", "continue_on_error"],
+        )?;
         let name = self.required(&f, "name", "a stage");
         let name = name.and_then(|n| self.name(n, &join(path, "name"), "a stage name"));
         let what = name
@@ -695,6 +706,10 @@ impl<'s> Decoder<'s> {
                 .get("timeout")
                 .and_then(|n| self.duration(n, &join(path, "timeout"), "a stage `timeout`")),
             steps,
+            continue_on_error: f
+                .get("continue_on_error")
+                .and_then(|n| self.bool(n, &join(path, "continue_on_error"), "`continue_on_error`"))
+                .unwrap_or(false),
         })
     }
 

@@ -202,6 +202,11 @@ pub struct Stage {
     pub timeout: Option<DurationSpec>,
     /// The steps, run in parallel.
     pub steps: Vec<Step>,
+    /// Whether the pipeline goes on when this stage fails: the stage is
+    /// recorded `Failed`, and the stages after it run as if it had succeeded
+    /// (GitHub's job-level `continue-on-error`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_error: bool,
 }
 
 /// One step: a call of a biz step type.
@@ -242,6 +247,13 @@ pub struct Step {
         skip_serializing_if = "is_repeat_on_restart_default"
     )]
     pub repeat_on_restart: bool,
+    /// Whether the stage goes on when this step fails (after its retries): the
+    /// step is recorded `Failed` with its reason, its siblings are not
+    /// cancelled under `fail_fast`, and its stage and the execution succeed if
+    /// nothing else fails (GitHub's step-level `continue-on-error`). An abort
+    /// still aborts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_error: bool,
 }
 
 fn repeat_on_restart_default() -> bool {

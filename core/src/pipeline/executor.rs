@@ -222,7 +222,7 @@ impl Driver {
                 phase,
                 StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed | StepPhase::Aborted
             ) {
-                if matches!(phase, StepPhase::Failed | StepPhase::Aborted) {
+                if status::fails(phase, stage.continue_on_error) {
                     failure.get_or_insert_with(|| {
                         self.cell.read(|s| {
                             format!("stage `{}` failed: {}", stage.name, s.stages[i].reason)
@@ -249,7 +249,9 @@ impl Driver {
                             st.stages[i].phase = StepPhase::Failed;
                             st.stages[i].reason = reason.clone();
                         });
-                        failure = Some(format!("stage `{}`: {reason}", stage.name));
+                        if !stage.continue_on_error {
+                            failure = Some(format!("stage `{}`: {reason}", stage.name));
+                        }
                         self.cell.flush().await?;
                         continue;
                     }
@@ -273,9 +275,11 @@ impl Driver {
                 self.cell.flush().await?;
                 return Ok(());
             }
+            // A step that continues on error leaves its stage succeeding.
             let failed = phases
                 .iter()
-                .position(|p| matches!(p, StepPhase::Failed | StepPhase::Aborted));
+                .zip(&stage.steps)
+                .position(|(p, step)| status::fails(*p, step.continue_on_error));
             let finished = self.core.clock.now();
             let reason = failed.map(|j| {
                 let step = &stage.steps[j];
@@ -298,7 +302,10 @@ impl Driver {
                 }
             });
             if let Some(r) = reason {
-                failure.get_or_insert(format!("stage `{}`: {r}", stage.name));
+                let phase = self.cell.read(|s| s.stages[i].phase);
+                if status::fails(phase, stage.continue_on_error) {
+                    failure.get_or_insert(format!("stage `{}`: {r}", stage.name));
+                }
             }
             // Not flushed here: the next step's start (or the finish) writes it,
             // and a resumed run derives a stage's end from its steps.
@@ -309,7 +316,11 @@ impl Driver {
             let phases = self
                 .run_group("finally", &spec.finally, &locs, self.deadline, true)
                 .await?;
-            if let Some(j) = phases.iter().position(|p| *p == StepPhase::Failed) {
+            if let Some(j) = phases
+                .iter()
+                .zip(&spec.finally)
+                .position(|(p, step)| *p == StepPhase::Failed && !step.continue_on_error)
+            {
                 let why = self.cell.read(|s| s.finally[j].reason.clone());
                 failure.get_or_insert(format!(
                     "finally step `{}` failed: {why}",
@@ -818,7 +829,10 @@ impl Driver {
             s.reason = cap_reason(reason);
             s.finished = Some(now);
         });
-        if phase == StepPhase::Failed && self.exec.spec.pipeline_spec.fail_fast {
+        if phase == StepPhase::Failed
+            && self.exec.spec.pipeline_spec.fail_fast
+            && !status::spec_at(&self.exec.spec.pipeline_spec, loc).continue_on_error
+        {
             siblings.cancel();
         }
         // Written by `run_group` (now, or with the next write).

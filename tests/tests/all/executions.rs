@@ -1154,3 +1154,80 @@ stages:
         .await
         .expect("a biz not installed here is not checked");
 }
+
+/// `continue_on_error`: a tolerated step failure leaves its stage and the
+/// execution succeeding and does not cancel its siblings under `fail_fast`; a
+/// tolerated stage failure lets the next stages run; an untolerated one still
+/// fails the execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_on_error_tolerates_a_failed_step_or_stage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        r#"name: tolerant
+fail_fast: true
+stages:
+  - name: checks
+    steps:
+      - name: lint
+        uses: faults/fail
+        with: { message: style }
+        continue_on_error: true
+      - name: slow
+        uses: faults/sleep
+        with: { ms: 300 }
+  - name: optional
+    continue_on_error: true
+    steps:
+      - name: flaky-upload
+        uses: faults/fail
+        with: { message: unreachable }
+  - name: build
+    steps:
+      - name: up
+        uses: faults/upper
+        with: { text: done }
+finally:
+  - name: cleanup
+    uses: faults/fail
+    with: { message: ignored }
+    continue_on_error: true
+"#,
+        TriggerRequest::default(),
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Succeeded, "{exec:?}");
+    let checks = &exec.status.stages[0];
+    assert_eq!(checks.phase, StepPhase::Succeeded, "{checks:?}");
+    assert_eq!(checks.steps[0].phase, StepPhase::Failed);
+    assert!(checks.steps[0].reason.contains("style"), "{checks:?}");
+    // Not cancelled by the tolerated failure, although `fail_fast` is on.
+    assert_eq!(checks.steps[1].phase, StepPhase::Succeeded, "{checks:?}");
+    assert_eq!(exec.status.stages[1].phase, StepPhase::Failed);
+    assert_eq!(exec.status.stages[2].phase, StepPhase::Succeeded);
+    assert_eq!(exec.status.outputs["up"]["text"], "DONE");
+    assert_eq!(exec.status.finally[0].phase, StepPhase::Failed);
+
+    // Without it, the same failure fails the execution and skips what follows.
+    let strict = run(
+        &engine,
+        r#"name: strict
+stages:
+  - name: checks
+    steps:
+      - name: lint
+        uses: faults/fail
+        with: { message: style }
+  - name: build
+    steps:
+      - name: up
+        uses: faults/upper
+        with: { text: done }
+"#,
+        TriggerRequest::default(),
+    )
+    .await;
+    assert_eq!(strict.status.phase, ExecutionPhase::Failed, "{strict:?}");
+    assert_eq!(strict.status.stages[1].phase, StepPhase::Skipped);
+}

@@ -22,6 +22,25 @@ pub(super) fn step_at(st: &mut PipelineExecutionStatus, loc: Loc) -> &mut StepSt
     }
 }
 
+/// The spec of the step at `loc`.
+pub(super) fn spec_at(spec: &crate::model::PipelineSpec, loc: Loc) -> &crate::model::Step {
+    match loc {
+        Loc::Stage(i, j) => &spec.stages[i].steps[j],
+        Loc::Finally(j) => &spec.finally[j],
+    }
+}
+
+/// Whether a step (or stage) that ended in `phase` fails what contains it: an
+/// abort always does; a failure unless `continue_on_error` tolerates it.
+pub(super) fn fails(phase: crate::model::StepPhase, continue_on_error: bool) -> bool {
+    use crate::model::StepPhase;
+    match phase {
+        StepPhase::Aborted => true,
+        StepPhase::Failed => !continue_on_error,
+        _ => false,
+    }
+}
+
 /// The execution was deleted while it ran (or the store was closed under it).
 #[derive(Debug)]
 pub(super) struct Deleted;
