@@ -4,13 +4,18 @@
 //! expr    := or
 //! or      := and ("||" and)*
 //! and     := cmp ("&&" cmp)*
-//! cmp     := unary (("==" | "!=" | "in") unary)?
+//! cmp     := unary (("==" | "!=" | "<" | "<=" | ">" | ">=" | "in") unary)?
 //! unary   := "!" unary | primary
 //! primary := STRING | NUMBER | "true" | "false" | "[" (expr ("," expr)*)? "]"
-//!          | reference | "(" expr ")"
+//!          | reference | "(" expr ")" | FUNCTION "(" (expr ("," expr)*)? ")"
 //! reference := "params." NAME | "secrets." NAME | "steps." NAME ".outputs." NAME
 //!            | "steps." NAME ".state" | "event" | "branch" | "commit"
 //! ```
+//! Functions (GitHub Actions' names): `contains(haystack, needle)` (substring
+//! or list member), `startsWith(s, prefix)`, `endsWith(s, suffix)`,
+//! `format('{0}-{1}', a, b)` (`{{`/`}}` for braces), `join(list, sep = ',')`,
+//! `toJSON(value)`, `fromJSON(text)`; their names and arities are checked when
+//! parsing. `<`, `<=`, `>`, `>=` compare two numbers or two strings.
 //! Strings are `'…'` or `"…"` with `\` escapes. Names may contain `-` (step names
 //! often do). The language is total: the parser returns positioned errors,
 //! nesting is bounded, and evaluation returns [`EvalError`] for a missing
@@ -54,6 +59,57 @@ pub enum Expr {
     Not(Box<Expr>),
     /// `a op b`.
     Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `f(args…)`, with the byte range of the call.
+    Call(Func, Vec<Expr>, std::ops::Range<usize>),
+}
+
+/// A function of the expression language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    /// `contains(haystack, needle)`: substring, or list membership.
+    Contains,
+    /// `startsWith(s, prefix)`.
+    StartsWith,
+    /// `endsWith(s, suffix)`.
+    EndsWith,
+    /// `format(template, args…)`: `{0}`, `{1}`… replaced by the arguments.
+    Format,
+    /// `join(list, separator)`; the separator defaults to `,`.
+    Join,
+    /// `toJSON(value)`: the value as JSON text.
+    ToJson,
+    /// `fromJSON(text)`: a JSON string, number, boolean or list as a value.
+    FromJson,
+}
+
+impl Func {
+    const ALL: [(&'static str, Func); 7] = [
+        ("contains", Func::Contains),
+        ("startsWith", Func::StartsWith),
+        ("endsWith", Func::EndsWith),
+        ("format", Func::Format),
+        ("join", Func::Join),
+        ("toJSON", Func::ToJson),
+        ("fromJSON", Func::FromJson),
+    ];
+
+    /// The function's name in expressions.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// How many arguments it takes, at least and at most.
+    fn arity(self) -> (usize, usize) {
+        match self {
+            Func::Contains | Func::StartsWith | Func::EndsWith => (2, 2),
+            Func::Format => (1, 32),
+            Func::Join => (1, 2),
+            Func::ToJson | Func::FromJson => (1, 1),
+        }
+    }
 }
 
 /// A binary operator.
@@ -69,6 +125,14 @@ pub enum BinOp {
     Or,
     /// `in`: list membership or substring.
     In,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
 }
 
 /// A name an expression can read.
@@ -299,6 +363,8 @@ fn lex(src: &str) -> Result<Vec<(Tok, std::ops::Range<usize>)>, ExprError> {
             "!=" => Some("!="),
             "&&" => Some("&&"),
             "||" => Some("||"),
+            "<=" => Some("<="),
+            ">=" => Some(">="),
             _ => None,
         };
         if let Some(op) = op {
@@ -315,6 +381,8 @@ fn lex(src: &str) -> Result<Vec<(Tok, std::ops::Range<usize>)>, ExprError> {
             ']' => "]",
             ',' => ",",
             '.' => ".",
+            '<' => "<",
+            '>' => ">",
             _ => {
                 let mut e =
                     ExprError::new(format!("unexpected character `{c}`"), i..i + c.len_utf8());
@@ -323,7 +391,7 @@ fn lex(src: &str) -> Result<Vec<(Tok, std::ops::Range<usize>)>, ExprError> {
                     '&' => e.hint("use `&&` for and"),
                     '|' => e.hint("use `||` for or"),
                     _ => e.hint(
-                        "expressions use literals, references, `== != && || ! in` and parentheses",
+                        "expressions use literals, references, functions, `== != < <= > >= && || ! in` and parentheses",
                     ),
                 };
                 return Err(e);
@@ -421,6 +489,14 @@ impl ExprParser<'_> {
             BinOp::Eq
         } else if self.eat_op("!=") {
             BinOp::Ne
+        } else if self.eat_op("<=") {
+            BinOp::Le
+        } else if self.eat_op(">=") {
+            BinOp::Ge
+        } else if self.eat_op("<") {
+            BinOp::Lt
+        } else if self.eat_op(">") {
+            BinOp::Gt
         } else if matches!(self.peek(), Some(Tok::Ident(i)) if i == "in") {
             self.pos += 1;
             BinOp::In
@@ -477,12 +553,58 @@ impl ExprParser<'_> {
             }
             Tok::Ident(id) if id == "true" => Ok(Expr::Literal(Value::Bool(true))),
             Tok::Ident(id) if id == "false" => Ok(Expr::Literal(Value::Bool(false))),
+            Tok::Ident(id) if matches!(self.peek(), Some(Tok::Op("("))) => self.call(&id, range),
             Tok::Ident(id) => self.reference(id, range),
             Tok::Op(op) => Err(ExprError::new(
                 format!("expected a value, found `{op}`"),
                 range,
             )),
         }
+    }
+
+    /// A call: the name was read and `(` is next.
+    fn call(&mut self, name: &str, range: std::ops::Range<usize>) -> Result<Expr, ExprError> {
+        let Some(func) = Func::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f) else {
+            let e = ExprError::new(format!("unknown function `{name}`"), range);
+            let names = Func::ALL.iter().map(|(n, _)| *n);
+            return Err(match did_you_mean(name, names) {
+                Some(s) => e.hint(format!("did you mean `{s}`?")),
+                None => e.hint(
+                    "functions are contains, startsWith, endsWith, format, join, toJSON, fromJSON",
+                ),
+            });
+        };
+        self.expect_op("(")?;
+        self.enter()?;
+        let mut args = Vec::new();
+        if !self.eat_op(")") {
+            loop {
+                args.push(self.or()?);
+                if self.eat_op(")") {
+                    break;
+                }
+                self.expect_op(",")?;
+            }
+        }
+        self.depth -= 1;
+        let end = self
+            .toks
+            .get(self.pos - 1)
+            .map_or(range.end, |(_, r)| r.end);
+        let whole = range.start..end;
+        let (min, max) = func.arity();
+        if args.len() < min || args.len() > max {
+            let wanted = if min == max {
+                format!("{min}")
+            } else {
+                format!("{min} to {max}")
+            };
+            return Err(ExprError::new(
+                format!("`{name}` takes {wanted} argument(s), found {}", args.len()),
+                whole,
+            ));
+        }
+        Ok(Expr::Call(func, args, whole))
     }
 
     fn reference(
@@ -590,6 +712,7 @@ impl Expr {
                 a.collect_refs(out);
                 b.collect_refs(out);
             }
+            Self::Call(_, args, _) => args.iter().for_each(|e| e.collect_refs(out)),
         }
     }
 }
@@ -657,6 +780,14 @@ pub enum EvalError {
     /// A condition evaluated to something other than a boolean.
     #[error("a condition must be true or false, found a {0}")]
     NotBool(&'static str),
+    /// A function got arguments it cannot use.
+    #[error("`{func}`: {message}")]
+    Function {
+        /// The function's name.
+        func: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Evaluates an expression. Never panics: a missing reference or a type error
@@ -678,6 +809,12 @@ pub fn evaluate(expr: &Expr, ctx: &dyn EvalContext) -> Result<Value, EvalError> 
                 right: "nothing",
             }),
         },
+        Expr::Call(func, args, _) => call(
+            *func,
+            args.iter()
+                .map(|e| evaluate(e, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
         Expr::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
             let left = bool_operand(evaluate(a, ctx)?, *op)?;
             // Short-circuit so `steps.x.state == 'Succeeded' && steps.x.outputs.y`
@@ -693,6 +830,7 @@ pub fn evaluate(expr: &Expr, ctx: &dyn EvalContext) -> Result<Value, EvalError> 
             match op {
                 BinOp::Eq => Ok(Value::Bool(l == r)),
                 BinOp::Ne => Ok(Value::Bool(l != r)),
+                BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => compare(*op, &l, &r),
                 _ => match (&l, &r) {
                     (_, Value::List(items)) => Ok(Value::Bool(items.contains(&l))),
                     (Value::String(needle), Value::String(hay)) => {
@@ -706,6 +844,147 @@ pub fn evaluate(expr: &Expr, ctx: &dyn EvalContext) -> Result<Value, EvalError> 
                 },
             }
         }
+    }
+}
+
+/// `<`, `<=`, `>`, `>=` on two numbers or two strings.
+fn compare(op: BinOp, l: &Value, r: &Value) -> Result<Value, EvalError> {
+    use std::cmp::Ordering;
+    let name = match op {
+        BinOp::Lt => "<",
+        BinOp::Le => "<=",
+        BinOp::Gt => ">",
+        _ => ">=",
+    };
+    let ordering = match (l, r) {
+        (Value::Number(a), Value::Number(b)) => a.partial_cmp(b),
+        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+        _ => None,
+    };
+    let Some(ordering) = ordering else {
+        return Err(EvalError::Type {
+            op: name,
+            left: l.type_name(),
+            right: r.type_name(),
+        });
+    };
+    Ok(Value::Bool(match op {
+        BinOp::Lt => ordering == Ordering::Less,
+        BinOp::Le => ordering != Ordering::Greater,
+        BinOp::Gt => ordering == Ordering::Greater,
+        _ => ordering != Ordering::Less,
+    }))
+}
+
+/// Calls a function on evaluated arguments.
+fn call(func: Func, args: Vec<Value>) -> Result<Value, EvalError> {
+    let fail = |message: String| EvalError::Function {
+        func: func.name(),
+        message,
+    };
+    let string = |v: &Value, what: &str| match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(fail(format!(
+            "{what} must be a string, found a {}",
+            other.type_name()
+        ))),
+    };
+    match func {
+        Func::Contains => match (&args[0], &args[1]) {
+            (Value::List(items), needle) => Ok(Value::Bool(items.contains(needle))),
+            (Value::String(hay), Value::String(needle)) => {
+                Ok(Value::Bool(hay.contains(needle.as_str())))
+            }
+            (hay, needle) => Err(fail(format!(
+                "cannot look for a {} in a {}",
+                needle.type_name(),
+                hay.type_name()
+            ))),
+        },
+        Func::StartsWith | Func::EndsWith => {
+            let s = string(&args[0], "the first argument")?;
+            let affix = string(&args[1], "the second argument")?;
+            Ok(Value::Bool(if func == Func::StartsWith {
+                s.starts_with(&affix)
+            } else {
+                s.ends_with(&affix)
+            }))
+        }
+        Func::Format => {
+            let template = string(&args[0], "the template")?;
+            let mut out = String::new();
+            let mut rest = template.as_str();
+            while let Some(i) = rest.find(['{', '}']) {
+                out.push_str(&rest[..i]);
+                let tail = &rest[i..];
+                if let Some(after) = tail.strip_prefix("{{") {
+                    out.push('{');
+                    rest = after;
+                } else if let Some(after) = tail.strip_prefix("}}") {
+                    out.push('}');
+                    rest = after;
+                } else if tail.starts_with('{') {
+                    let close = tail.find('}').ok_or_else(|| {
+                        fail("a `{` is not closed (write `{{` for a brace)".to_owned())
+                    })?;
+                    let index: usize = tail[1..close].parse().map_err(|_| {
+                        fail(format!(
+                            "`{}` is not an argument number such as {{0}}",
+                            &tail[..=close]
+                        ))
+                    })?;
+                    let value = args.get(index + 1).ok_or_else(|| {
+                        fail(format!(
+                            "{{{index}}} has no argument ({} given after the template)",
+                            args.len() - 1
+                        ))
+                    })?;
+                    out.push_str(&value.to_string());
+                    rest = &tail[close + 1..];
+                } else {
+                    return Err(fail(
+                        "a `}` is not opened (write `}}` for a brace)".to_owned(),
+                    ));
+                }
+            }
+            out.push_str(rest);
+            Ok(Value::String(out))
+        }
+        Func::Join => {
+            let separator = match args.get(1) {
+                Some(v) => string(v, "the separator")?,
+                None => ",".to_owned(),
+            };
+            match &args[0] {
+                Value::List(items) => Ok(Value::String(
+                    items
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(&separator),
+                )),
+                other => Ok(Value::String(other.to_string())),
+            }
+        }
+        Func::ToJson => Ok(Value::String(to_json(&args[0]).to_string())),
+        Func::FromJson => {
+            let text = string(&args[0], "the argument")?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| fail(format!("not JSON: {e}")))?;
+            Value::from_json(&json).ok_or_else(|| {
+                fail("only strings, numbers, booleans and lists of them are values here (not null or objects)".to_owned())
+            })
+        }
+    }
+}
+
+fn to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::String(s) => serde_json::Value::String(s.clone()),
+        Value::Number(n) => serde_json::Number::from_f64(*n)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::List(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
     }
 }
 
@@ -817,6 +1096,91 @@ pub fn interpolate(template: &str, ctx: &dyn EvalContext) -> Result<String, Inte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn eval_with_params(src: &str) -> Result<Value, String> {
+        let mut ctx = MapContext::default();
+        ctx.params.insert("n".into(), Value::Number(3.0));
+        ctx.params
+            .insert("tag".into(), Value::String("v1.2.0".into()));
+        ctx.params.insert(
+            "os".into(),
+            Value::List(vec![
+                Value::String("linux".into()),
+                Value::String("mac".into()),
+            ]),
+        );
+        let e = parse(src).map_err(|e| format!("parse: {e}"))?;
+        evaluate(&e, &ctx).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn functions_evaluate_as_documented() {
+        let s = |v: &str| Ok(Value::String(v.into()));
+        let b = |v: bool| Ok(Value::Bool(v));
+        assert_eq!(eval_with_params("contains(params.tag, '1.2')"), b(true));
+        assert_eq!(eval_with_params("contains(params.os, 'mac')"), b(true));
+        assert_eq!(eval_with_params("contains(params.os, 'win')"), b(false));
+        assert_eq!(eval_with_params("startsWith(params.tag, 'v1')"), b(true));
+        assert_eq!(eval_with_params("endsWith(params.tag, '.0')"), b(true));
+        assert_eq!(
+            eval_with_params("format('{0}-{1} {{x}} {0}', params.tag, params.n)"),
+            s("v1.2.0-3 {x} v1.2.0")
+        );
+        assert_eq!(eval_with_params("join(params.os)"), s("linux,mac"));
+        assert_eq!(eval_with_params("join(params.os, ' / ')"), s("linux / mac"));
+        assert_eq!(
+            eval_with_params("toJSON(params.os)"),
+            s(r#"["linux","mac"]"#)
+        );
+        assert_eq!(
+            eval_with_params(r#"fromJSON('[1, "a", true]')"#),
+            Ok(Value::List(vec![
+                Value::Number(1.0),
+                Value::String("a".into()),
+                Value::Bool(true)
+            ]))
+        );
+        assert_eq!(
+            eval_with_params(
+                "contains(fromJSON(toJSON(params.os)), 'linux') && !contains('abc', 'd')"
+            ),
+            b(true)
+        );
+    }
+
+    #[test]
+    fn comparisons_order_numbers_and_strings() {
+        let b = |v: bool| Ok(Value::Bool(v));
+        assert_eq!(eval_with_params("params.n > 2"), b(true));
+        assert_eq!(eval_with_params("params.n >= 3 && params.n <= 3"), b(true));
+        assert_eq!(eval_with_params("params.n < 3"), b(false));
+        assert_eq!(eval_with_params("'a' < 'b'"), b(true));
+        let err = eval_with_params("params.n < 'x'").expect_err("type error");
+        assert!(
+            err.contains("`<` cannot be applied to number and string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn function_mistakes_are_reported_with_positions_or_reasons() {
+        let err = parse("startswith(branch, 'release/')").expect_err("unknown");
+        assert_eq!(err.message, "unknown function `startswith`");
+        assert_eq!(err.range, 0..10);
+        assert_eq!(err.hint.as_deref(), Some("did you mean `startsWith`?"));
+        let err = parse("contains('a')").expect_err("arity");
+        assert_eq!(err.message, "`contains` takes 2 argument(s), found 1");
+        assert_eq!(err.range, 0..13);
+        let err = eval_with_params("format('{2}', 1)").expect_err("missing argument");
+        assert!(err.contains("{2} has no argument"), "{err}");
+        let err = eval_with_params("fromJSON('{\"a\": 1}')").expect_err("object");
+        assert!(err.contains("not null or objects"), "{err}");
+        let err = eval_with_params("startsWith(params.n, 'x')").expect_err("type");
+        assert!(err.contains("must be a string, found a number"), "{err}");
+        // References inside calls are found (validation checks them).
+        let e = parse("contains(steps.build.outputs.tags, params.tag)").expect("parses");
+        assert_eq!(e.references().len(), 2);
+    }
 
     /// Found by fuzzing (`fuzz/`): a long `&&` chain parsed into a tree as
     /// deep as the chain, and walking it overflowed a worker's stack. The cap
