@@ -227,6 +227,18 @@ pub fn diff(
         if before == Some((step.phase, step.attempts)) {
             continue;
         }
+        // A step that started and ended between two observed states (its
+        // start and its end written together) still reports that it ran; not
+        // the steps a resumed run had finished before this process.
+        let ran = step.started.is_some() && step.phase != StepPhase::Running;
+        let earlier = resumed && prev.is_none();
+        if ran && !earlier && before != Some((StepPhase::Running, step.attempts)) {
+            let mut e = id.event(EventKind::Step, phase_name(StepPhase::Running));
+            e.stage = stage.map(str::to_owned);
+            e.step = Some(step.name.clone());
+            e.attempt = Some(step.attempts.max(1));
+            out.push(e);
+        }
         let mut e = id.event(EventKind::Step, phase_name(step.phase));
         e.stage = stage.map(str::to_owned);
         e.step = Some(step.name.clone());
