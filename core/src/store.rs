@@ -6,8 +6,9 @@
 //! and then follows live ones, and `compact` forgets old events (a watch from a
 //! compacted revision answers [`StoreError::Gone`], after which a client relists).
 //!
-//! Backends: [`MemoryStore`] (tests, ephemeral engines) and [`RedbStore`], the
-//! embedded default (one file, group commit). All are used through
+//! Backends: [`MemoryStore`] (tests, ephemeral engines), [`RedbStore`], the
+//! embedded default (one file, group commit), and with the `etcd` feature
+//! `EtcdStore`, for several nodes on one etcd cluster. All are used through
 //! `Arc<dyn Store>`; [`Api`] adds typed access for any [`Resource`].
 //! Over both, [`watcher`](watcher()) is the one list/watch/relist loop every
 //! controller, admission queue and wait is built on.
@@ -47,6 +48,8 @@ use crate::model::{DynamicObject, ObjectMeta, Resource};
 mod api;
 mod embedded;
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod memory;
 mod mutation;
 mod selector;
@@ -57,6 +60,8 @@ pub use api::{Api, TypedEvent};
 pub use embedded::{RedbOptions, RedbStore, SCHEMA_VERSION};
 pub(crate) use embedded::{Rider, Settle};
 pub use error::StoreError;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use memory::MemoryStore;
 pub use selector::{LabelSelector, Requirement, SelectorError};
 pub use watcher::{await_condition, watcher};

@@ -5,6 +5,7 @@
 //! - [`Harness`] runs a plugin's real component from the plugin's own tests: it
 //!   packages the crate, installs it in the isolation runtime, and runs steps.
 //! - [`plugin`] packages one of this workspace's plugins and hands tests the `.ark`.
+//! - [`etcd`] starts a real etcd for a test, or names the shared test cluster.
 //!
 //! ```no_run
 //! use arkline_testkit::{Harness, StepFailure};
@@ -29,6 +30,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub mod etcd;
 mod harness;
 
 pub use arkline::host::Capabilities;

@@ -134,6 +134,31 @@ pub enum StoreError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The etcd cluster could not be reached, or failed a request.
+    #[error(
+        "etcd at {endpoints} failed to {operation}: {source}; check that the members are up, \
+         reachable from this host, and that the endpoints (and TLS or user options) are right"
+    )]
+    Etcd {
+        /// What the store was doing, e.g. `commit a write`.
+        operation: &'static str,
+        /// The client URLs, comma-separated.
+        endpoints: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The store refuses a backend location (wrong version, a key prefix
+    /// owned by something else); nothing was written.
+    #[error("refusing {location}: {reason}")]
+    Refused {
+        /// The cluster and prefix, or the file.
+        location: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// The store was shut down (its writer stopped).
     #[error("store {path} is closed: its writer stopped; reopen the store")]
     Closed {

@@ -14,7 +14,15 @@ use serde_json::json;
 /// A store under test (and whatever must outlive it).
 struct Harness {
     store: Arc<dyn Store>,
+    /// The revision of the empty store: 0, except on etcd (whose revision
+    /// counts the cluster's own writes). Every expected revision is relative.
+    base: u64,
+    /// A watch is sent every event in history when it starts (etcd), so
+    /// compaction after that takes nothing from it.
+    watch_delivers_ahead: bool,
     _dir: Option<tempfile::TempDir>,
+    #[cfg(feature = "etcd")]
+    _etcd: Option<arkline_testkit::etcd::EtcdServer>,
 }
 
 fn memory() -> Harness {
@@ -22,7 +30,11 @@ fn memory() -> Harness {
         store: Arc::new(MemoryStore::with_retention(
             arkline::store::Retention::unlimited(),
         )),
+        base: 0,
+        watch_delivers_ahead: false,
         _dir: None,
+        #[cfg(feature = "etcd")]
+        _etcd: None,
     }
 }
 
@@ -35,7 +47,30 @@ fn redb() -> Harness {
     .expect("open redb store");
     Harness {
         store: Arc::new(store),
+        base: 0,
+        watch_delivers_ahead: false,
         _dir: Some(dir),
+        #[cfg(feature = "etcd")]
+        _etcd: None,
+    }
+}
+
+/// A store on a private, fresh etcd server.
+#[cfg(feature = "etcd")]
+async fn etcd() -> Harness {
+    let server = arkline_testkit::etcd::EtcdServer::start();
+    let options = arkline::store::EtcdOptions::new([server.endpoint()])
+        .retention(arkline::store::Retention::unlimited());
+    let store = arkline::store::EtcdStore::connect(options)
+        .await
+        .expect("connect to the test etcd");
+    let base = store.revision().await.unwrap();
+    Harness {
+        store: Arc::new(store),
+        base,
+        watch_delivers_ahead: true,
+        _dir: None,
+        _etcd: Some(server),
     }
 }
 
@@ -70,19 +105,19 @@ async fn next_event(stream: &mut WatchStream) -> WatchEvent {
 }
 
 async fn create_sets_store_fields_and_refuses_duplicates(h: Harness) {
-    let s = h.store;
-    assert_eq!(s.revision().await.unwrap(), 0);
+    let (s, b) = (h.store, h.base);
+    assert_eq!(s.revision().await.unwrap(), b);
     let mut input = pipeline("a");
     input.metadata.uid = "forged".into();
     input.metadata.generation = 42;
     input.metadata.resource_version = 99;
     let a = s.create(input).await.unwrap();
-    assert_eq!(a.metadata.resource_version, 1);
+    assert_eq!(a.metadata.resource_version, b + 1);
     assert_eq!(a.metadata.generation, 1);
     assert!(a.metadata.created.is_some());
     assert_ne!(a.metadata.uid, "forged");
     assert_eq!(a.metadata.uid.len(), 36, "uuid text: {}", a.metadata.uid);
-    assert_eq!(s.revision().await.unwrap(), 1);
+    assert_eq!(s.revision().await.unwrap(), b + 1);
     assert_eq!(s.get(&ObjectRef::of(&a)).await.unwrap(), Some(a.clone()));
 
     let err = s.create(pipeline("a")).await.unwrap_err();
@@ -90,30 +125,30 @@ async fn create_sets_store_fields_and_refuses_duplicates(h: Harness) {
     assert!(err.to_string().contains("\"a\""), "{err}");
     assert_eq!(
         s.revision().await.unwrap(),
-        1,
+        b + 1,
         "a failed write uses no revision"
     );
 
     // Same name in another engine or kind is another object.
-    let b = s
+    let o2 = s
         .create(object("Pipeline", "other", "a", &[]))
         .await
         .unwrap();
     let c = s.create(object("Secret", "ci", "a", &[])).await.unwrap();
     assert_eq!(
-        (b.metadata.resource_version, c.metadata.resource_version),
-        (2, 3)
+        (o2.metadata.resource_version, c.metadata.resource_version),
+        (b + 2, b + 3)
     );
-    assert_ne!(a.metadata.uid, b.metadata.uid);
+    assert_ne!(a.metadata.uid, o2.metadata.uid);
 }
 
 async fn update_is_compare_and_swap(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     let v1 = s.create(pipeline("p")).await.unwrap();
     let mut change = v1.clone();
     change.spec = json!({ "n": 1 });
     let v2 = s.update(change.clone()).await.unwrap();
-    assert_eq!(v2.metadata.resource_version, 2);
+    assert_eq!(v2.metadata.resource_version, b + 2);
 
     // A second writer holding v1 loses.
     let err = s.update(change).await.unwrap_err();
@@ -124,13 +159,15 @@ async fn update_is_compare_and_swap(h: Harness) {
             actual,
         } => {
             assert_eq!(key, &ObjectRef::new("Pipeline", "ci", "p"));
-            assert_eq!((*expected, *actual), (1, 2));
+            assert_eq!((*expected, *actual), (b + 1, b + 2));
         }
         other => panic!("expected a conflict, got {other}"),
     }
     let text = err.to_string();
     assert!(
-        text.contains("\"p\"") && text.contains('1') && text.contains('2'),
+        text.contains("\"p\"")
+            && text.contains(&(b + 1).to_string())
+            && text.contains(&(b + 2).to_string()),
         "{text}"
     );
     assert_eq!(s.get(&ObjectRef::of(&v2)).await.unwrap(), Some(v2));
@@ -140,7 +177,7 @@ async fn update_is_compare_and_swap(h: Harness) {
 }
 
 async fn concurrent_cas_has_exactly_one_winner(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     let v1 = s.create(pipeline("p")).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..32 {
@@ -156,7 +193,7 @@ async fn concurrent_cas_has_exactly_one_winner(h: Harness) {
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(s.revision().await.unwrap(), 2);
+    assert_eq!(s.revision().await.unwrap(), b + 2);
 
     // Retrying on conflict, every increment lands.
     let mut tasks = Vec::new();
@@ -191,7 +228,7 @@ async fn concurrent_cas_has_exactly_one_winner(h: Harness) {
 }
 
 async fn generation_follows_spec_only(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     let v1 = s.create(pipeline("p")).await.unwrap();
 
     let mut labels_only = v1.clone();
@@ -212,7 +249,7 @@ async fn generation_follows_spec_only(h: Harness) {
     same_spec.spec = json!({ "n": 0 });
     let v3 = s.update(same_spec).await.unwrap();
     assert_eq!(v3.metadata.generation, 1);
-    assert_eq!(v3.metadata.resource_version, 3);
+    assert_eq!(v3.metadata.resource_version, b + 3);
 
     let mut new_spec = v3.clone();
     new_spec.spec = json!({ "n": 7 });
@@ -231,7 +268,7 @@ async fn generation_follows_spec_only(h: Harness) {
 }
 
 async fn status_update_is_separate_and_cas(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     let v1 = s.create(pipeline("p")).await.unwrap();
 
     let mut with_status = v1.clone();
@@ -245,7 +282,7 @@ async fn status_update_is_separate_and_cas(h: Harness) {
         "status update must not touch spec"
     );
     assert_eq!(v2.metadata.generation, 1);
-    assert_eq!(v2.metadata.resource_version, 2);
+    assert_eq!(v2.metadata.resource_version, b + 2);
 
     let err = s.update_status(with_status).await.unwrap_err();
     assert!(err.is_conflict(), "{err}");
@@ -261,7 +298,7 @@ async fn status_update_is_separate_and_cas(h: Harness) {
 
 async fn encoded_status_writes_splice_the_status_in(h: Harness) {
     use serde_json::value::to_raw_value;
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     let mut labelled = object("Pipeline", "ci", "p", &[("app", "web")]);
     labelled.spec =
         json!({ "n": 7, "nested": { "list": [1, "two", null], "esc": "a\"b\\c\u{e9}" } });
@@ -271,38 +308,38 @@ async fn encoded_status_writes_splice_the_status_in(h: Harness) {
         .insert("note".into(), "kept".into());
     let v1 = s.create(labelled).await.unwrap();
     let key = ObjectRef::new("Pipeline", "ci", "p");
-    let mut events = s.watch("Pipeline", Some("ci"), 1).await.unwrap();
+    let mut events = s.watch("Pipeline", Some("ci"), b + 1).await.unwrap();
 
     let status = to_raw_value(&json!({ "phase": "Running", "n": [1, 2] })).unwrap();
-    let meta = s.write_status_json(&key, 1, status).await.unwrap();
-    assert_eq!(meta.resource_version, 2);
+    let meta = s.write_status_json(&key, b + 1, status).await.unwrap();
+    assert_eq!(meta.resource_version, b + 2);
     assert_eq!(meta.generation, 1);
     assert_eq!(meta.uid, v1.metadata.uid);
     let v2 = s.get(&key).await.unwrap().unwrap();
     let mut expected = v1.clone();
     expected.status = json!({ "phase": "Running", "n": [1, 2] });
-    expected.metadata.resource_version = 2;
+    expected.metadata.resource_version = b + 2;
     assert_eq!(v2, expected, "only the status and the version change");
     assert_eq!(v2.metadata, meta);
     let event = next_event(&mut events).await;
     assert_eq!(event.event_type, EventType::Modified);
-    assert_eq!(event.revision, 2);
+    assert_eq!(event.revision, b + 2);
     assert_eq!(event.object, expected);
 
     // Compare-and-swap on the version given; a missing object is not found.
     let err = s
-        .write_status_json(&key, 1, to_raw_value(&json!({})).unwrap())
+        .write_status_json(&key, b + 1, to_raw_value(&json!({})).unwrap())
         .await
         .unwrap_err();
     assert!(err.is_conflict(), "{err}");
     let missing = ObjectRef::new("Pipeline", "ci", "nope");
     let err = s
-        .write_status_json(&missing, 1, to_raw_value(&json!({})).unwrap())
+        .write_status_json(&missing, b + 1, to_raw_value(&json!({})).unwrap())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     assert_eq!(s.get(&key).await.unwrap().unwrap(), expected);
-    assert_eq!(s.revision().await.unwrap(), 2);
+    assert_eq!(s.revision().await.unwrap(), b + 2);
 
     // A spec update after it keeps the spliced status.
     let mut spec_change = v2.clone();
@@ -337,7 +374,7 @@ async fn list_both(s: &dyn Store, query: &ListQuery) -> Result<ObjectList, Store
 }
 
 async fn list_filters_by_kind_engine_and_labels(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     for (engine, name, labels) in [
         ("ci", "a", vec![("app", "web"), ("tier", "front")]),
         ("ci", "b", vec![("app", "web"), ("tier", "db")]),
@@ -360,7 +397,7 @@ async fn list_filters_by_kind_engine_and_labels(h: Harness) {
             .collect::<Vec<_>>()
     };
     let all = list_both(&*s, &ListQuery::kind("Pipeline")).await.unwrap();
-    assert_eq!(all.revision, 6);
+    assert_eq!(all.revision, b + 6);
     assert_eq!(names(all), ["d", "a", "b", "c", "e"]);
     let ci = s
         .list(&ListQuery::kind("Pipeline").engine("ci"))
@@ -446,7 +483,7 @@ async fn list_filters_by_kind_engine_and_labels(h: Harness) {
 }
 
 async fn watch_replays_from_a_revision_then_follows(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     let a = s.create(pipeline("a")).await.unwrap(); // 1
     s.create(object("Secret", "ci", "s", &[])).await.unwrap(); // 2
     let mut a2 = a.clone();
@@ -454,19 +491,19 @@ async fn watch_replays_from_a_revision_then_follows(h: Harness) {
     let a2 = s.update(a2).await.unwrap(); // 3
     s.create(object("Pipeline", "cd", "b", &[])).await.unwrap(); // 4
 
-    let mut all = s.watch("Pipeline", None, 1).await.unwrap();
+    let mut all = s.watch("Pipeline", None, b + 1).await.unwrap();
     let e = next_event(&mut all).await;
-    assert_eq!((e.event_type, e.revision), (EventType::Modified, 3));
+    assert_eq!((e.event_type, e.revision), (EventType::Modified, b + 3));
     assert_eq!(e.object, a2);
     let e = next_event(&mut all).await;
     assert_eq!(
         (e.event_type, e.revision, e.object.metadata.name.as_str()),
-        (EventType::Added, 4, "b")
+        (EventType::Added, b + 4, "b")
     );
 
-    let mut ci = s.watch("Pipeline", Some("ci"), 0).await.unwrap();
-    assert_eq!(next_event(&mut ci).await.revision, 1);
-    assert_eq!(next_event(&mut ci).await.revision, 3);
+    let mut ci = s.watch("Pipeline", Some("ci"), b).await.unwrap();
+    assert_eq!(next_event(&mut ci).await.revision, b + 1);
+    assert_eq!(next_event(&mut ci).await.revision, b + 3);
 
     // Live events, in order, for both watchers.
     s.delete(&ObjectRef::of(&a2), &DeleteOptions::default())
@@ -474,33 +511,34 @@ async fn watch_replays_from_a_revision_then_follows(h: Harness) {
         .unwrap(); // 5
     s.create(pipeline("c")).await.unwrap(); // 6
     s.create(object("Pipeline", "cd", "d", &[])).await.unwrap(); // 7
-    for expected in [(EventType::Deleted, 5), (EventType::Added, 6)] {
+    for expected in [(EventType::Deleted, b + 5), (EventType::Added, b + 6)] {
         let e = next_event(&mut ci).await;
         assert_eq!((e.event_type, e.revision), expected);
     }
     let e = next_event(&mut all).await;
-    assert_eq!((e.event_type, e.revision), (EventType::Deleted, 5));
+    assert_eq!((e.event_type, e.revision), (EventType::Deleted, b + 5));
     assert_eq!(e.object.metadata.name, "a");
-    assert_eq!(e.object.metadata.resource_version, 5);
-    assert_eq!(next_event(&mut all).await.revision, 6);
-    assert_eq!(next_event(&mut all).await.revision, 7);
+    assert_eq!(e.object.metadata.resource_version, b + 5);
+    assert_eq!(next_event(&mut all).await.revision, b + 6);
+    assert_eq!(next_event(&mut all).await.revision, b + 7);
 
     // A watch from the head sees only what comes next.
-    let mut from_head = s.watch("Pipeline", None, 7).await.unwrap();
+    let mut from_head = s.watch("Pipeline", None, b + 7).await.unwrap();
     s.create(pipeline("z")).await.unwrap();
     assert_eq!(next_event(&mut from_head).await.object.metadata.name, "z");
 }
 
 async fn watch_answers_gone_after_compaction(h: Harness) {
-    let s = h.store;
+    let delivered_before_compaction = h.watch_delivers_ahead;
+    let (s, b) = (h.store, h.base);
     for i in 0..5 {
         s.create(pipeline(&format!("p{i}"))).await.unwrap();
     }
-    let mut early = s.watch("Pipeline", None, 1).await.unwrap();
-    s.compact(3).await.unwrap();
-    assert_eq!(s.compacted_revision().await.unwrap(), 3);
+    let mut early = s.watch("Pipeline", None, b + 1).await.unwrap();
+    s.compact(b + 3).await.unwrap();
+    assert_eq!(s.compacted_revision().await.unwrap(), b + 3);
 
-    let err = match s.watch("Pipeline", None, 2).await {
+    let err = match s.watch("Pipeline", None, b + 2).await {
         Err(e) => e,
         Ok(_) => panic!("watch from a compacted revision must fail"),
     };
@@ -508,32 +546,42 @@ async fn watch_answers_gone_after_compaction(h: Harness) {
         StoreError::Gone {
             requested,
             compacted,
-        } => assert_eq!((requested, compacted), (2, 3)),
+        } => assert_eq!((requested, compacted), (b + 2, b + 3)),
         other => panic!("expected Gone, got {other}"),
     }
     // From the compacted revision itself nothing is missing.
-    let mut ok = s.watch("Pipeline", None, 3).await.unwrap();
-    assert_eq!(next_event(&mut ok).await.revision, 4);
+    let mut ok = s.watch("Pipeline", None, b + 3).await.unwrap();
+    assert_eq!(next_event(&mut ok).await.revision, b + 4);
 
-    // A watcher that fell behind learns it on the stream.
     let item = early.next().await.expect("an item");
-    assert!(
-        matches!(
-            item,
-            Err(StoreError::Gone {
-                requested: 1,
-                compacted: 3
-            })
-        ),
-        "{item:?}"
-    );
-    assert!(early.next().await.is_none(), "the stream ends after Gone");
+    if delivered_before_compaction {
+        // etcd had sent this watch its events when it started: it goes on,
+        // without a gap, as a Kubernetes watch does.
+        let first = item.expect("the events after revision 1");
+        assert_eq!(first.revision, b + 2);
+        for r in 3..=5 {
+            assert_eq!(next_event(&mut early).await.revision, b + r);
+        }
+    } else {
+        // A watcher that fell behind learns it on the stream.
+        assert!(
+            matches!(
+                item,
+                Err(StoreError::Gone {
+                    requested,
+                    compacted,
+                }) if (requested, compacted) == (b + 1, b + 3)
+            ),
+            "{item:?}"
+        );
+        assert!(early.next().await.is_none(), "the stream ends after Gone");
+    }
 
     // Compacting past the head stops at the head; compacting backwards is a no-op.
-    s.compact(1000).await.unwrap();
-    assert_eq!(s.compacted_revision().await.unwrap(), 5);
-    s.compact(1).await.unwrap();
-    assert_eq!(s.compacted_revision().await.unwrap(), 5);
+    s.compact(b + 1000).await.unwrap();
+    assert_eq!(s.compacted_revision().await.unwrap(), b + 5);
+    s.compact(b + 1).await.unwrap();
+    assert_eq!(s.compacted_revision().await.unwrap(), b + 5);
     // Objects survive compaction.
     assert_eq!(
         s.list(&ListQuery::kind("Pipeline"))
@@ -546,19 +594,19 @@ async fn watch_answers_gone_after_compaction(h: Harness) {
 }
 
 async fn finalizers_hold_deletion(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     let mut input = pipeline("p");
     input.metadata.finalizers = vec!["arkline.dev/cleanup".into(), "other".into()];
     let v1 = s.create(input).await.unwrap();
     let key = ObjectRef::of(&v1);
-    let mut watch = s.watch("Pipeline", None, 1).await.unwrap();
+    let mut watch = s.watch("Pipeline", None, b + 1).await.unwrap();
 
     let pending = match s.delete(&key, &DeleteOptions::default()).await.unwrap() {
         DeleteOutcome::Pending(o) => o,
         other => panic!("expected Pending, got {other:?}"),
     };
     assert!(pending.metadata.deletion_requested.is_some());
-    assert_eq!(pending.metadata.resource_version, 2);
+    assert_eq!(pending.metadata.resource_version, b + 2);
     assert_eq!(s.get(&key).await.unwrap(), Some(pending.clone()));
 
     // Deleting again changes nothing.
@@ -566,7 +614,7 @@ async fn finalizers_hold_deletion(h: Harness) {
         s.delete(&key, &DeleteOptions::default()).await.unwrap(),
         DeleteOutcome::Pending(_)
     ));
-    assert_eq!(s.revision().await.unwrap(), 2);
+    assert_eq!(s.revision().await.unwrap(), b + 2);
 
     // No finalizer may be added while deleting.
     let mut add = pending.clone();
@@ -597,34 +645,34 @@ async fn finalizers_hold_deletion(h: Harness) {
     assert_eq!(
         kinds,
         [
-            (EventType::Modified, 2),
-            (EventType::Modified, 3),
-            (EventType::Deleted, 4)
+            (EventType::Modified, b + 2),
+            (EventType::Modified, b + 3),
+            (EventType::Deleted, b + 4)
         ]
     );
 }
 
 async fn delete_checks_preconditions(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     let v1 = s.create(pipeline("p")).await.unwrap();
     let key = ObjectRef::of(&v1);
     let err = s
-        .delete(&key, &DeleteOptions::default().resource_version(7))
+        .delete(&key, &DeleteOptions::default().resource_version(b + 7))
         .await
         .unwrap_err();
     assert!(
         matches!(
             err,
             StoreError::Conflict {
-                expected: 7,
-                actual: 1,
+                expected,
+                actual,
                 ..
-            }
+            } if (expected, actual) == (b + 7, b + 1)
         ),
         "{err}"
     );
     let gone = s
-        .delete(&key, &DeleteOptions::default().resource_version(1))
+        .delete(&key, &DeleteOptions::default().resource_version(b + 1))
         .await
         .unwrap();
     assert!(matches!(gone, DeleteOutcome::Deleted(o) if o.metadata.name == "p"));
@@ -636,7 +684,7 @@ async fn delete_checks_preconditions(h: Harness) {
 }
 
 async fn invalid_objects_are_refused_with_reasons(h: Harness) {
-    let s = h.store;
+    let (s, b) = (h.store, h.base);
     for (obj, needle) in [
         (pipeline(""), "name"),
         (pipeline("a/b"), "name"),
@@ -651,7 +699,7 @@ async fn invalid_objects_are_refused_with_reasons(h: Harness) {
     wrong_version.api_version = "v0".into();
     let err = s.create(wrong_version).await.unwrap_err();
     assert!(err.to_string().contains(API_VERSION), "{err}");
-    assert_eq!(s.revision().await.unwrap(), 0);
+    assert_eq!(s.revision().await.unwrap(), b);
 }
 
 macro_rules! conformance {
@@ -669,6 +717,15 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::redb()).await;
+                }
+            )*
+        }
+        #[cfg(feature = "etcd")]
+        mod etcd_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::etcd().await).await;
                 }
             )*
         }
