@@ -8,6 +8,8 @@
 # pipelines concurrently in one `arkline run` process, on a fresh data dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# protoc, for the etcd client's build (installed when missing).
+bash .ci/deps.sh
 
 cargo run --quiet -p cargo-ark -- ark package -p shell
 ark="${CARGO_TARGET_DIR:-target}/ark/shell-0.1.0.ark"

@@ -81,6 +81,80 @@ pub struct ServeArgs {
     /// cannot be built, instead of running it with weaker confinement.
     #[arg(long)]
     pub require_sandbox: bool,
+    /// The store: `etcd://host:port[,host:port…][/prefix]` (`etcds://` for
+    /// TLS) keeps the deployment and executions in an etcd cluster (3.4 or
+    /// newer) instead of the data dir's embedded redb file (the default).
+    #[arg(long, env = "ARKLINE_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// etcd: the CA certificate (PEM) that signs the members' certificates.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd: this node's client certificate (PEM), with --etcd-key.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// etcd: the client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd: the user name, for clusters with authentication on; the
+    /// password is read from ARKLINE_ETCD_PASSWORD (never a flag: flags are
+    /// visible to every user of the machine).
+    #[arg(
+        long,
+        env = "ARKLINE_ETCD_USER",
+        value_name = "USER",
+        requires = "store"
+    )]
+    pub etcd_user: Option<String>,
+}
+
+impl ServeArgs {
+    /// Connects to the store `--store` names (only etcd is remote).
+    async fn open_store(
+        &self,
+        url: &str,
+    ) -> anyhow::Result<std::sync::Arc<dyn arkline::store::Store>> {
+        use arkline::store::etcd::{EtcdOptions, EtcdStore, EtcdTls};
+        let mut options =
+            EtcdOptions::from_url(url).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the etcd {what} {}", path.display()))
+        };
+        if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
+            if options.tls.is_none() {
+                anyhow::bail!(
+                    "--etcd-ca and --etcd-cert are for TLS: write the store as etcds://… instead of etcd://…"
+                );
+            }
+            options.tls = Some(EtcdTls {
+                ca_pem: self
+                    .etcd_ca
+                    .as_ref()
+                    .map(|p| read(p, "CA certificate"))
+                    .transpose()?,
+                identity: match (&self.etcd_cert, &self.etcd_key) {
+                    (Some(c), Some(k)) => {
+                        Some((read(c, "client certificate")?, read(k, "client key")?))
+                    }
+                    _ => None,
+                },
+            });
+        }
+        if let Some(user) = &self.etcd_user {
+            let password = std::env::var("ARKLINE_ETCD_PASSWORD").map_err(|_| {
+                anyhow::anyhow!(
+                    "--etcd-user {user} needs its password in the environment variable ARKLINE_ETCD_PASSWORD"
+                )
+            })?;
+            options.user = Some((user.clone(), password));
+        }
+        let endpoints = options.endpoints_text();
+        let store = EtcdStore::connect(options)
+            .await
+            .with_context(|| format!("cannot use the etcd store at {endpoints}"))?;
+        tracing::info!(endpoints = %endpoints, prefix = %store.options().prefix, "store: etcd");
+        Ok(std::sync::Arc::new(store))
+    }
 }
 
 /// A duration flag: `10s`, `500ms`, `72h`; never zero.
@@ -139,9 +213,13 @@ impl ServeArgs {
     ) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create the data dir {}", self.data_dir.display()))?;
-        let container = Container::builder()
+        let mut builder = Container::builder()
             .data_dir(&self.data_dir)
-            .require_process_sandbox(self.require_sandbox)
+            .require_process_sandbox(self.require_sandbox);
+        if let Some(url) = &self.store {
+            builder = builder.store(self.open_store(url).await?);
+        }
+        let container = builder
             .build()
             .with_context(|| format!("cannot open the data dir {}", self.data_dir.display()))?;
         let state = AppState::new(container.clone())

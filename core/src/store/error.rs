@@ -136,7 +136,7 @@ pub enum StoreError {
 
     /// The etcd cluster could not be reached, or failed a request.
     #[error(
-        "etcd at {endpoints} failed to {operation}: {source}; check that the members are up, \
+        "etcd at {endpoints} failed to {operation}: {cause}; check that the members are up, \
          reachable from this host, and that the endpoints (and TLS or user options) are right"
     )]
     Etcd {
@@ -144,9 +144,8 @@ pub enum StoreError {
         operation: &'static str,
         /// The client URLs, comma-separated.
         endpoints: String,
-        /// The client's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// The client's error (in the message; not repeated as a source).
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The store refuses a backend location (wrong version, a key prefix

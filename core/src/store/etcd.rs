@@ -210,7 +210,7 @@ fn etcd_error<'a>(
     move |e| StoreError::Etcd {
         operation,
         endpoints: options.endpoints_text(),
-        source: Box::new(e),
+        cause: Box::new(e),
     }
 }
 
@@ -250,10 +250,10 @@ impl EtcdStore {
             }
             connect = connect.with_tls(t);
         }
-        let unreachable = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Etcd {
+        let unreachable = |cause: Box<dyn std::error::Error + Send + Sync>| StoreError::Etcd {
             operation: "connect",
             endpoints: options.endpoints_text(),
-            source,
+            cause,
         };
         // `connect` itself may not touch the network; the status call does.
         let attempt = async {
@@ -527,7 +527,7 @@ impl EtcdStore {
                 return Err(StoreError::Etcd {
                     operation: "read the compaction revision",
                     endpoints: self.options.endpoints_text(),
-                    source: "the watch ended without an answer".into(),
+                    cause: "the watch ended without an answer".into(),
                 });
             };
             if response.compact_revision() > 0 {
@@ -798,7 +798,7 @@ impl Store for EtcdStore {
                             Err(StoreError::Etcd {
                                 operation: "watch",
                                 endpoints: s.options.endpoints_text(),
-                                source: format!("the cluster cancelled the watch: {reason}").into(),
+                                cause: format!("the cluster cancelled the watch: {reason}").into(),
                             }),
                             s,
                         ));

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing arkline needs beyond the Rust toolchain,
+# when it is missing: `protoc` (the etcd client's build compiles etcd's gRPC
+# protocol) and, with `--test`, the `etcd` server and `etcdctl` the tests run.
+# Debian/Ubuntu packages via apt-get, as root or with passwordless sudo;
+# elsewhere it says what to install. Source it or run it.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+if [ "${1:-}" = "--test" ]; then
+  command -v etcd >/dev/null || need+=(etcd-server)
+  command -v etcdctl >/dev/null || need+=(etcd-client)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null; then
+    echo "arkline needs: ${need[*]} (protoc; etcd and etcdctl for the tests); install them with your package manager" >&2
+    exit 1
+  fi
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "arkline needs the Debian packages ${need[*]}; install them: sudo apt-get install ${need[*]}" >&2
+      exit 1
+    fi
+  fi
+  echo "installing ${need[*]} (apt-get)" >&2
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,211 @@
+//! `arkline serve --store etcd://…` on a real etcd server (a private one per
+//! test): a deployment and its executions live in the cluster and survive the
+//! node's restart; an unreachable cluster, a prefix owned by something else
+//! and bad store URLs are refused with messages that say what to do, and
+//! nothing is written.
+
+use std::process::Command;
+
+use arkline_testkit::etcd::EtcdServer;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::server::{Server, arkc, eventually, faults};
+
+const QUICK: &str = "name: quick\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: \"on etcd\" }\n";
+
+/// `etcdctl get --prefix <prefix> --keys-only` on `server`: the keys.
+fn keys(server: &EtcdServer, prefix: &str) -> Vec<String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &server.endpoint(),
+            "get",
+            "--prefix",
+            "--keys-only",
+            prefix,
+        ])
+        .output()
+        .expect("etcdctl runs (Debian: etcd-client; `bash .ci/deps.sh --test` installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn serve_err(data: &std::path::Path, store: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_arkline"))
+        .args([
+            "serve",
+            "--insecure-no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store,
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_its_deployment_and_executions_in_etcd_across_a_restart() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app.arkc");
+    std::fs::write(
+        &app,
+        arkc("team-a", faults(), &[], &[("quick.yaml", QUICK)]),
+    )
+    .expect("writes");
+    let data = dir.path().join("data");
+    let url = etcd.store_url();
+    let args = ["--insecure-no-auth", "--store", url.as_str()];
+    let mut with_app = vec![app.to_str().expect("utf-8")];
+    with_app.extend(args);
+    let server = Server::start(&data, &with_app);
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!(
+            "{}/api/v1/engines/team-a/pipelines/quick/executions",
+            server.url
+        ))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    let name = created["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_owned();
+    let execution_url = format!("{}/api/v1/engines/team-a/executions/{name}", server.url);
+    let done = eventually("the execution to finish", || async {
+        let e: Value = http
+            .get(&execution_url)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (e["status"]["phase"] == "Succeeded").then_some(e)
+    })
+    .await;
+    assert_eq!(done["status"]["outputs"]["up"]["text"], "ON ETCD", "{done}");
+
+    // The objects are etcd keys under the default prefix, with its marker.
+    let stored = keys(&etcd, "/arkline/");
+    assert!(
+        stored.contains(&"/arkline/.arkline".to_owned()),
+        "{stored:?}"
+    );
+    assert!(
+        stored.contains(&format!("/arkline/PipelineExecution/team-a/{name}")),
+        "{stored:?}"
+    );
+    assert!(
+        stored.contains(&"/arkline/Pipeline/team-a/quick".to_owned()),
+        "{stored:?}"
+    );
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    // A restart on the same cluster (no archive given) restores the engine
+    // from etcd and still has the execution.
+    let server = Server::start(&data, &args);
+    let execution_url = format!("{}/api/v1/engines/team-a/executions/{name}", server.url);
+    let response = http.get(&execution_url).send().await.expect("answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let again: Value = response.json().await.expect("json");
+    assert_eq!(again["status"]["phase"], "Succeeded", "{again}");
+}
+
+#[test]
+fn an_unreachable_cluster_is_a_clear_error_naming_its_endpoints() {
+    let data = tempfile::tempdir().expect("tempdir");
+    // Nothing listens on port 1 of loopback.
+    let (code, stderr) = serve_err(data.path(), "etcd://127.0.0.1:1,127.0.0.1:2");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("http://127.0.0.1:1,http://127.0.0.1:2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("check that the members are up"), "{stderr}");
+}
+
+#[test]
+fn a_prefix_owned_by_something_else_is_refused_and_left_alone() {
+    let etcd = EtcdServer::start();
+    let put = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "put",
+            "/shared/app/config",
+            "theirs",
+        ])
+        .output()
+        .expect("etcdctl runs");
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let (code, stderr) = serve_err(data.path(), &format!("{}/shared", etcd.store_url()));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1 keys that arkline did not write"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("choose another prefix"), "{stderr}");
+    assert_eq!(
+        keys(&etcd, "/shared"),
+        ["/shared/app/config"],
+        "nothing written"
+    );
+
+    // Another prefix on the same cluster is fine: it gets arkline's marker.
+    let server = Server::start(
+        data.path(),
+        &[
+            "--insecure-no-auth",
+            "--store",
+            &format!("{}/ci", etcd.store_url()),
+        ],
+    );
+    assert_eq!(keys(&etcd, "/ci/"), ["/ci/.arkline"]);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn bad_store_urls_say_how_to_write_one() {
+    let data = tempfile::tempdir().expect("tempdir");
+    for (url, needle) in [
+        ("redis://127.0.0.1:6379", "etcd://host:port"),
+        ("etcd://127.0.0.1", "is not host:port"),
+        ("etcd://127.0.0.1:2379/", "names the root as key prefix"),
+    ] {
+        let (code, stderr) = serve_err(data.path(), url);
+        assert_eq!(code, Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(needle), "{url}: {stderr}");
+    }
+}
