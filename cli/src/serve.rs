@@ -105,14 +105,19 @@ pub struct ServeArgs {
         requires = "store"
     )]
     pub etcd_user: Option<String>,
+    /// etcd: the TTL of this node's registration lease; a node that stops
+    /// renewing it (dead, or cut off from the cluster) is gone after it.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    pub node_ttl: Duration,
+    /// etcd: the URL other nodes reach this node's API at (default: the
+    /// listening address).
+    #[arg(long, value_name = "URL", requires = "store")]
+    pub advertise: Option<String>,
 }
 
 impl ServeArgs {
     /// Connects to the store `--store` names (only etcd is remote).
-    async fn open_store(
-        &self,
-        url: &str,
-    ) -> anyhow::Result<std::sync::Arc<dyn arkline::store::Store>> {
+    async fn open_store(&self, url: &str) -> anyhow::Result<arkline::store::EtcdStore> {
         use arkline::store::etcd::{EtcdOptions, EtcdStore, EtcdTls};
         let mut options =
             EtcdOptions::from_url(url).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
@@ -153,7 +158,73 @@ impl ServeArgs {
             .await
             .with_context(|| format!("cannot use the etcd store at {endpoints}"))?;
         tracing::info!(endpoints = %endpoints, prefix = %store.options().prefix, "store: etcd");
-        Ok(std::sync::Arc::new(store))
+        Ok(store)
+    }
+
+    /// Registers this node in etcd under its lease, and keeps the list of
+    /// engines it serves current.
+    async fn register_node(
+        &self,
+        store: &arkline::store::EtcdStore,
+        container: &Container,
+        addr: SocketAddr,
+    ) -> anyhow::Result<(
+        arkline::store::etcd::NodeRegistration,
+        tokio::task::JoinHandle<()>,
+    )> {
+        let engines = |c: &Container| {
+            let mut names: Vec<String> = c.engines().iter().map(|e| e.name().to_owned()).collect();
+            names.sort();
+            names
+        };
+        let info = arkline::store::etcd::NodeInfo {
+            id: container.node().to_owned(),
+            address: self
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}")),
+            capacity: container.runtime().config().max_instances,
+            engines: engines(container),
+            started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let registration = store
+            .register_node(info, self.node_ttl)
+            .await
+            .context("cannot register this node in etcd")?;
+        tracing::info!(
+            node = container.node(),
+            lease = registration.lease(),
+            "node registered"
+        );
+        let refresher = {
+            let (registration_info, container) = (registration.lost(), container.clone());
+            let handle = registration.updater();
+            let period = (self.node_ttl / 2).max(Duration::from_secs(1));
+            tokio::spawn(async move {
+                let mut served = engines(&container);
+                loop {
+                    tokio::time::sleep(period).await;
+                    if *registration_info.borrow() {
+                        tracing::error!(
+                            "this node lost its etcd lease; it is no longer registered"
+                        );
+                        return;
+                    }
+                    let now = engines(&container);
+                    if now != served {
+                        let update = now.clone();
+                        match handle.update(move |i| i.engines = update).await {
+                            Ok(()) => served = now,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot update the node registration")
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        Ok((registration, refresher))
     }
 }
 
@@ -216,8 +287,12 @@ impl ServeArgs {
         let mut builder = Container::builder()
             .data_dir(&self.data_dir)
             .require_process_sandbox(self.require_sandbox);
-        if let Some(url) = &self.store {
-            builder = builder.store(self.open_store(url).await?);
+        let etcd = match &self.store {
+            Some(url) => Some(self.open_store(url).await?),
+            None => None,
+        };
+        if let Some(store) = &etcd {
+            builder = builder.store(std::sync::Arc::new(store.clone()));
         }
         let container = builder
             .build()
@@ -291,6 +366,20 @@ impl ServeArgs {
             container.shutdown().await;
             return Err(e);
         }
+        let registered = match &etcd {
+            Some(store) if !state.is_shutting_down() => {
+                match self.register_node(store, &container, addr).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        state.begin_shutdown();
+                        let _ = server.await;
+                        container.shutdown().await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
         if !state.is_shutting_down() {
             state.set_ready(true);
             eprintln!("ready");
@@ -303,6 +392,13 @@ impl ServeArgs {
         signal_task.abort();
         sweeper.abort();
         container.shutdown().await;
+        if let Some((registration, refresher)) = registered {
+            refresher.abort();
+            // Leave at once rather than after the TTL.
+            if let Err(e) = registration.revoke().await {
+                tracing::warn!(error = %e, "cannot revoke the node lease; it expires by itself");
+            }
+        }
         served?;
         eprintln!("stopped");
         Ok(ExitCode::SUCCESS)

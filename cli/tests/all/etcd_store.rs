@@ -191,7 +191,10 @@ fn a_prefix_owned_by_something_else_is_refused_and_left_alone() {
             &format!("{}/ci", etcd.store_url()),
         ],
     );
-    assert_eq!(keys(&etcd, "/ci/"), ["/ci/.arkline"]);
+    let written = keys(&etcd, "/ci/");
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert_eq!(written[0], "/ci/.arkline");
+    assert!(written[1].starts_with("/ci/nodes/"), "{written:?}");
     let (status, _) = server.terminate();
     assert!(status.success());
 }
@@ -207,5 +210,82 @@ fn bad_store_urls_say_how_to_write_one() {
         let (code, stderr) = serve_err(data.path(), url);
         assert_eq!(code, Some(2), "{url}: {stderr}");
         assert!(stderr.contains(needle), "{url}: {stderr}");
+    }
+}
+
+/// The node registrations: `etcdctl get --prefix /arkline/nodes/`, decoded.
+fn registered(etcd: &EtcdServer) -> Vec<Value> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "get",
+            "--prefix",
+            "--print-value-only",
+            "/arkline/nodes/",
+        ])
+        .output()
+        .expect("etcdctl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("a node registration is JSON"))
+        .collect()
+}
+
+#[test]
+fn nodes_register_under_a_lease_that_ends_with_them() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = etcd.store_url();
+    let args = [
+        "--insecure-no-auth",
+        "--store",
+        url.as_str(),
+        "--node-ttl",
+        "2s",
+    ];
+    let first = Server::start(&dir.path().join("a"), &args);
+    let second = Server::start(&dir.path().join("b"), &args);
+    let nodes = registered(&etcd);
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let addresses: Vec<_> = nodes
+        .iter()
+        .map(|n| n["address"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        addresses.contains(&first.url) && addresses.contains(&second.url),
+        "{nodes:?}"
+    );
+    assert_ne!(nodes[0]["id"], nodes[1]["id"]);
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["capacity"].as_u64().is_some_and(|c| c > 0)),
+        "{nodes:?}"
+    );
+
+    // A graceful stop revokes the lease: the key goes at once.
+    let (status, _) = first.terminate();
+    assert!(status.success());
+    let left = registered(&etcd);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["address"].as_str(), Some(second.url.as_str()));
+
+    // SIGKILL: nothing revokes it; the lease expires after its TTL.
+    let pid = second.pid().to_string();
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !registered(&etcd).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead node's key outlived its lease"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

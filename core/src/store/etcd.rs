@@ -33,11 +33,14 @@ use etcd_client::{
 use futures::StreamExt as _;
 
 use super::mutation::{self, Op, OpOutput, Persist};
+
+mod nodes;
 use super::{
     DeleteOptions, DeleteOutcome, EventType, ListQuery, ObjectList, ObjectRef, Retention, Revision,
     Store, StoreError, WatchEvent, WatchStream,
 };
 use crate::model::DynamicObject;
+pub use nodes::{DEFAULT_NODE_TTL, NodeInfo, NodeRegistration, NodeUpdater};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/arkline";

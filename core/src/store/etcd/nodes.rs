@@ -1,0 +1,277 @@
+//! Node registration: each process serving engines on an etcd store keeps
+//! `<prefix>/nodes/<id>` alive under an etcd lease, with what it can do and is
+//! doing. The key disappears when the lease is revoked (graceful shutdown) or
+//! expires (a node that died or lost the cluster for longer than the TTL),
+//! so the list of keys is the list of live nodes, as etcd sees it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::GetOptions;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{EtcdStore, etcd_error};
+use crate::store::StoreError;
+
+/// Default lease TTL of a node registration.
+pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(10);
+
+/// What a node says about itself in its registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id (its name in the container).
+    pub id: String,
+    /// The address other nodes reach its API at (e.g. `http://10.0.0.5:8740`).
+    pub address: String,
+    /// How many step instances it runs at once (the runtime's
+    /// `max_instances`).
+    pub capacity: u32,
+    /// The engines it serves.
+    pub engines: Vec<String>,
+    /// When it registered (RFC 3339).
+    pub started: String,
+    /// The arkline version it runs.
+    pub version: String,
+}
+
+/// A live registration. Its lease is kept alive in the background until
+/// [`NodeRegistration::revoke`] (or drop, which leaves the lease to expire).
+#[derive(Debug)]
+pub struct NodeRegistration {
+    store: EtcdStore,
+    key: String,
+    lease: i64,
+    info: Arc<std::sync::Mutex<NodeInfo>>,
+    lost: watch::Receiver<bool>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl EtcdStore {
+    fn node_key(&self, id: &str) -> String {
+        format!("{}/nodes/{id}", self.options.prefix)
+    }
+
+    /// Registers this node under a lease of `ttl` (whole seconds, at least
+    /// 2) and keeps it alive. Fails when another live node holds the id.
+    pub async fn register_node(
+        &self,
+        info: NodeInfo,
+        ttl: Duration,
+    ) -> Result<NodeRegistration, StoreError> {
+        let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
+        let key = self.node_key(&info.id);
+        let mut lease_client = self.client.lease_client();
+        let lease = lease_client
+            .grant(ttl_secs, None)
+            .await
+            .map_err(etcd_error(&self.options, "grant the node lease"))?
+            .id();
+        let value = encode(&info)?;
+        // Create only: a live node with the same id keeps its key.
+        let txn = etcd_client::Txn::new()
+            .when([etcd_client::Compare::create_revision(
+                key.clone(),
+                etcd_client::CompareOp::Equal,
+                0,
+            )])
+            .and_then([etcd_client::TxnOp::put(
+                key.clone(),
+                value,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )]);
+        let created = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd_error(&self.options, "register the node"))?
+            .succeeded();
+        if !created {
+            let _ = lease_client.revoke(lease).await;
+            return Err(StoreError::Refused {
+                location: key,
+                reason: format!(
+                    "a live node already registered as {:?}: give this node another name, or wait for that one's lease to end",
+                    info.id
+                ),
+            });
+        }
+        let (lost_tx, lost) = watch::channel(false);
+        let keeper = tokio::spawn(keep_alive(self.clone(), lease, ttl_secs, lost_tx));
+        Ok(NodeRegistration {
+            store: self.clone(),
+            key,
+            lease,
+            info: Arc::new(std::sync::Mutex::new(info)),
+            lost,
+            keeper,
+        })
+    }
+
+    /// The nodes registered now (live leases), ordered by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let prefix = format!("{}/nodes/", self.options.prefix);
+        let response = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_error(&self.options, "list the nodes"))?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|source| StoreError::Conversion {
+                    kind: "Node".into(),
+                    name: String::from_utf8_lossy(kv.key()).into_owned(),
+                    source,
+                })
+            })
+            .collect()
+    }
+}
+
+fn encode(info: &NodeInfo) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(info).map_err(|source| StoreError::Conversion {
+        kind: "Node".into(),
+        name: info.id.clone(),
+        source,
+    })
+}
+
+/// Sends a keep-alive every third of the TTL; marks the registration lost
+/// when the cluster says the lease is gone, or when no renewal succeeded for
+/// a whole TTL (then the lease has expired, or will before we could know).
+async fn keep_alive(store: EtcdStore, lease: i64, ttl_secs: i64, lost: watch::Sender<bool>) {
+    let period = Duration::from_secs(ttl_secs.unsigned_abs()) / 3;
+    let ttl = Duration::from_secs(ttl_secs.unsigned_abs());
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        let attempt = async {
+            let (mut keeper, mut responses) = store.client.lease_client().keep_alive(lease).await?;
+            loop {
+                keeper.keep_alive().await?;
+                match responses.message().await? {
+                    Some(r) if r.ttl() > 0 => {
+                        last_renewed = tokio::time::Instant::now();
+                    }
+                    // TTL 0: the cluster no longer knows the lease.
+                    Some(_) => return Ok::<bool, etcd_client::Error>(true),
+                    None => return Ok(false),
+                }
+                tokio::time::sleep(period).await;
+            }
+        };
+        match tokio::time::timeout(ttl, attempt).await {
+            Ok(Ok(true)) => {
+                tracing::error!(
+                    lease,
+                    "the node's lease expired: this node is no longer registered"
+                );
+                lost.send_replace(true);
+                return;
+            }
+            Ok(Ok(false)) | Ok(Err(_)) | Err(_) => {}
+        }
+        if last_renewed.elapsed() >= ttl {
+            tracing::error!(
+                lease,
+                "no lease renewal for a whole TTL: this node counts as gone"
+            );
+            lost.send_replace(true);
+            return;
+        }
+        tokio::time::sleep(period.min(Duration::from_secs(1))).await;
+    }
+}
+
+/// Updates a registration from another task (see [`NodeRegistration::updater`]).
+#[derive(Debug, Clone)]
+pub struct NodeUpdater {
+    store: EtcdStore,
+    key: String,
+    lease: i64,
+    info: Arc<std::sync::Mutex<NodeInfo>>,
+}
+
+impl NodeRegistration {
+    /// A handle that rewrites this registration (under its lease) from
+    /// another task.
+    pub fn updater(&self) -> NodeUpdater {
+        NodeUpdater {
+            store: self.store.clone(),
+            key: self.key.clone(),
+            lease: self.lease,
+            info: self.info.clone(),
+        }
+    }
+
+    /// Rewrites the registration (e.g. the engines served), under the same lease.
+    pub async fn update(&self, change: impl FnOnce(&mut NodeInfo)) -> Result<(), StoreError> {
+        self.updater().update(change).await
+    }
+
+    /// The lease id (for writes fenced on it).
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// Becomes `true` once the lease is known lost (expired or unrenewable).
+    pub fn lost(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+
+    /// Ends the registration now (graceful shutdown): the key is deleted.
+    pub async fn revoke(self) -> Result<(), StoreError> {
+        self.keeper.abort();
+        self.store
+            .client
+            .lease_client()
+            .revoke(self.lease)
+            .await
+            .map_err(etcd_error(&self.store.options, "revoke the node lease"))?;
+        Ok(())
+    }
+}
+
+impl NodeUpdater {
+    /// Rewrites the registration, under its lease; refused once the lease is gone.
+    pub async fn update(&self, change: impl FnOnce(&mut NodeInfo)) -> Result<(), StoreError> {
+        let value = {
+            let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+            change(&mut info);
+            encode(&info)?
+        };
+        // Only while the key is still ours: a lost lease writes nothing.
+        let txn = etcd_client::Txn::new()
+            .when([etcd_client::Compare::lease(
+                self.key.clone(),
+                etcd_client::CompareOp::Equal,
+                self.lease,
+            )])
+            .and_then([etcd_client::TxnOp::put(
+                self.key.clone(),
+                value,
+                Some(etcd_client::PutOptions::new().with_lease(self.lease)),
+            )]);
+        let done = self
+            .store
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd_error(
+                &self.store.options,
+                "update the node registration",
+            ))?;
+        if done.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Refused {
+                location: self.key.clone(),
+                reason: "the node's lease is gone; it is no longer registered".into(),
+            })
+        }
+    }
+}
