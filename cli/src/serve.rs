@@ -189,7 +189,7 @@ impl ServeArgs {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let registration = store
-            .register_node(info, self.node_ttl)
+            .register_node(info, self.node_ttl, true)
             .await
             .context("cannot register this node in etcd")?;
         tracing::info!(

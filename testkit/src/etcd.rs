@@ -115,11 +115,16 @@ impl EtcdServer {
     }
 
     fn args(&self, dir: &std::path::Path) -> Vec<String> {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        self.member_args(dir, "test", &format!("test={peer}"))
+    }
+
+    fn member_args(&self, dir: &std::path::Path, name: &str, cluster: &str) -> Vec<String> {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         vec![
             "--name".into(),
-            "test".into(),
+            name.into(),
             "--data-dir".into(),
             dir.join("data").display().to_string(),
             "--listen-client-urls".into(),
@@ -131,7 +136,7 @@ impl EtcdServer {
             "--initial-advertise-peer-urls".into(),
             peer.clone(),
             "--initial-cluster".into(),
-            format!("test={peer}"),
+            cluster.into(),
             "--initial-cluster-state".into(),
             "new".into(),
             "--log-level".into(),
@@ -162,6 +167,70 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private etcd cluster of several members on loopback (to kill one of
+/// them in a test); every member is killed and removed on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    /// The members, in order.
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until every one is healthy (a quorum
+    /// elected a leader).
+    pub fn start(n: usize) -> Self {
+        let binary = etcd_binary();
+        let mut last_error = String::new();
+        for attempt in 0..3 {
+            let token = format!("arkline-test-{}-{}-{attempt}", std::process::id(), unique());
+            let mut members: Vec<EtcdServer> = (0..n)
+                .map(|i| EtcdServer {
+                    child: None,
+                    dir: std::env::temp_dir().join(format!("{token}-m{i}")),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                })
+                .collect();
+            let cluster = members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| format!("m{i}=http://127.0.0.1:{}", m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            for (i, m) in members.iter_mut().enumerate() {
+                std::fs::create_dir_all(&m.dir).expect("cannot create an etcd data dir");
+                let log = std::fs::File::create(m.dir.join("etcd.log")).expect("etcd log");
+                let mut args = m.member_args(&m.dir, &format!("m{i}"), &cluster);
+                args.extend(["--initial-cluster-token".into(), token.clone()]);
+                m.child = Some(
+                    Command::new(&binary)
+                        .args(args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(log)
+                        .spawn()
+                        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display())),
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if members.iter().all(|m| healthy(m.client_port)) {
+                    return Self { members };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            last_error =
+                std::fs::read_to_string(members[0].dir.join("etcd.log")).unwrap_or_default();
+        }
+        panic!("the etcd test cluster did not become healthy; a member's log:\n{last_error}");
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(EtcdServer::endpoint).collect()
     }
 }
 

@@ -192,9 +192,10 @@ fn a_prefix_owned_by_something_else_is_refused_and_left_alone() {
         ],
     );
     let written = keys(&etcd, "/ci/");
-    assert_eq!(written.len(), 2, "{written:?}");
+    assert_eq!(written.len(), 3, "{written:?}");
     assert_eq!(written[0], "/ci/.arkline");
-    assert!(written[1].starts_with("/ci/nodes/"), "{written:?}");
+    assert_eq!(written[1], "/ci/nodes/.sole");
+    assert!(written[2].starts_with("/ci/nodes/node-"), "{written:?}");
     let (status, _) = server.terminate();
     assert!(status.success());
 }
@@ -229,13 +230,14 @@ fn registered(etcd: &EtcdServer) -> Vec<Value> {
         .expect("etcdctl runs");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| !l.is_empty())
+        // The registrations are JSON; `.sole` holds the serving node's id.
+        .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).expect("a node registration is JSON"))
         .collect()
 }
 
 #[test]
-fn nodes_register_under_a_lease_that_ends_with_them() {
+fn a_node_holds_its_prefix_under_a_lease_that_ends_with_it() {
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let url = etcd.store_url();
@@ -247,36 +249,28 @@ fn nodes_register_under_a_lease_that_ends_with_them() {
         "2s",
     ];
     let first = Server::start(&dir.path().join("a"), &args);
-    let second = Server::start(&dir.path().join("b"), &args);
     let nodes = registered(&etcd);
-    assert_eq!(nodes.len(), 2, "{nodes:?}");
-    let addresses: Vec<_> = nodes
-        .iter()
-        .map(|n| n["address"].as_str().unwrap_or("").to_owned())
-        .collect();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["address"].as_str(), Some(first.url.as_str()));
     assert!(
-        addresses.contains(&first.url) && addresses.contains(&second.url),
+        nodes[0]["capacity"].as_u64().is_some_and(|c| c > 0),
         "{nodes:?}"
     );
-    assert_ne!(nodes[0]["id"], nodes[1]["id"]);
+    let first_id = nodes[0]["id"].as_str().expect("an id").to_owned();
+
+    // A second node on the same prefix is refused while the first lives:
+    // without execution claims both would run the same executions.
+    let (code, stderr) = serve_err(&dir.path().join("b"), &url);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        nodes
-            .iter()
-            .all(|n| n["capacity"].as_u64().is_some_and(|c| c > 0)),
-        "{nodes:?}"
+        stderr.contains(&format!("node {first_id:?} serves this prefix")),
+        "{stderr}"
     );
 
-    // A graceful stop revokes the lease: the key goes at once.
-    let (status, _) = first.terminate();
-    assert!(status.success());
-    let left = registered(&etcd);
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(left[0]["address"].as_str(), Some(second.url.as_str()));
-
-    // SIGKILL: nothing revokes it; the lease expires after its TTL.
-    let pid = second.pid().to_string();
+    // SIGKILL: nothing revokes the lease; it expires after its TTL, and
+    // then the second node starts.
     let killed = Command::new("kill")
-        .args(["-KILL", &pid])
+        .args(["-KILL", &first.pid().to_string()])
         .status()
         .expect("kill runs");
     assert!(killed.success());
@@ -288,4 +282,19 @@ fn nodes_register_under_a_lease_that_ends_with_them() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    drop(first);
+    let second = Server::start(&dir.path().join("b"), &args);
+    let nodes = registered(&etcd);
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["address"].as_str(), Some(second.url.as_str()));
+
+    // A graceful stop revokes the lease: the keys go at once.
+    let (status, _) = second.terminate();
+    assert!(status.success());
+    assert!(registered(&etcd).is_empty());
+    assert!(
+        !keys(&etcd, "/arkline/nodes/")
+            .iter()
+            .any(|k| k.ends_with(".sole"))
+    );
 }

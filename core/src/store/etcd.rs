@@ -373,12 +373,13 @@ impl EtcdStore {
     /// Reads one key: the object (with its `resource_version`) and its
     /// `mod_revision` (0 when absent).
     async fn read(&self, key: &ObjectRef) -> Result<(Option<DynamicObject>, i64), StoreError> {
+        let etcd_key = self.key(key);
         let response = self
-            .client
-            .kv_client()
-            .get(self.key(key), None)
-            .await
-            .map_err(etcd_error(&self.options, "read an object"))?;
+            .retry("read an object", || {
+                let (mut kv, key) = (self.client.kv_client(), etcd_key.clone());
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         match response.kvs().first() {
             None => Ok((None, 0)),
             Some(kv) => Ok((Some(self.decode(kv)?), kv.mod_revision())),
@@ -422,11 +423,11 @@ impl EtcdStore {
                 .and_then([put])
                 .or_else([TxnOp::get(etcd_key.clone(), None)]);
             let response = self
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(etcd_error(&self.options, "commit a write"))?;
+                .retry("commit a write", || {
+                    let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
             if response.succeeded() {
                 let revision = response
                     .header()
@@ -513,14 +514,15 @@ impl EtcdStore {
     /// marker's creation (nothing compacted).
     async fn etcd_compacted(&self) -> Result<Revision, StoreError> {
         let mut stream = self
-            .client
-            .watch_client()
-            .watch(
-                self.marker_key(),
-                Some(WatchOptions::new().with_start_revision(1)),
-            )
-            .await
-            .map_err(etcd_error(&self.options, "read the compaction revision"))?;
+            .retry("read the compaction revision", || {
+                let (mut watch, key) = (self.client.watch_client(), self.marker_key());
+                async move {
+                    watch
+                        .watch(key, Some(WatchOptions::new().with_start_revision(1)))
+                        .await
+                }
+            })
+            .await?;
         loop {
             let Some(response) = stream
                 .message()
@@ -543,11 +545,47 @@ impl EtcdStore {
         }
     }
 
+    /// Runs a request, again while the cluster answers "unavailable" (a
+    /// member down, the client not yet moved to another), within the request
+    /// timeout. Such a request did not reach a member, so a retried write
+    /// applies at most once (and every write is conditioned anyway).
+    async fn retry<T, Fut>(
+        &self,
+        operation: &'static str,
+        mut request: impl FnMut() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match request().await {
+                Ok(v) => return Ok(v),
+                Err(e) if unavailable(&e) && tokio::time::Instant::now() + delay < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(etcd_error(&self.options, operation)(e)),
+            }
+        }
+    }
+
     fn watch_prefix(&self, kind: &str, engine: Option<&str>) -> String {
         match engine {
             Some(engine) => format!("{}/{kind}/{engine}/", self.options.prefix),
             None => format!("{}/{kind}/", self.options.prefix),
         }
+    }
+}
+
+/// Whether a request failed without reaching a member (connection refused or
+/// reset, no leader yet): worth sending again.
+fn unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
     }
 }
 
@@ -635,11 +673,11 @@ fn to_revision(revision: i64) -> Revision {
 impl Store for EtcdStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         let response = self
-            .client
-            .kv_client()
-            .get(self.marker_key(), Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(etcd_error(&self.options, "read the revision"))?;
+            .retry("read the revision", || {
+                let (mut kv, key) = (self.client.kv_client(), self.marker_key());
+                async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?;
         Ok(to_revision(response.header().map_or(0, |h| h.revision())))
     }
 
@@ -651,7 +689,7 @@ impl Store for EtcdStore {
         let (from, to) = mutation::storage_range(query);
         let prefix = &self.options.prefix;
         let (mut from, to) = (format!("{prefix}/{from}"), format!("{prefix}/{to}"));
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let mut items = Vec::new();
         // Pages read at the first page's revision: one consistent snapshot.
         let mut at = 0i64;
@@ -662,10 +700,12 @@ impl Store for EtcdStore {
             if at > 0 {
                 options = options.with_revision(at);
             }
-            let response = kv
-                .get(from.clone(), Some(options))
-                .await
-                .map_err(etcd_error(&self.options, "list objects"))?;
+            let response = self
+                .retry("list objects", || {
+                    let (mut kv, from, options) = (kv.clone(), from.clone(), options.clone());
+                    async move { kv.get(from, Some(options)).await }
+                })
+                .await?;
             if at == 0 {
                 at = response.header().map_or(0, |h| h.revision());
             }
@@ -733,20 +773,19 @@ impl Store for EtcdStore {
             });
         }
         let start = i64::try_from(from_revision.saturating_add(1)).unwrap_or(i64::MAX);
+        let prefix = self.watch_prefix(kind, engine);
         let stream = self
-            .client
-            .watch_client()
-            .watch(
-                self.watch_prefix(kind, engine),
-                Some(
-                    WatchOptions::new()
+            .retry("watch", || {
+                let (mut watch, prefix) = (self.client.watch_client(), prefix.clone());
+                async move {
+                    let options = WatchOptions::new()
                         .with_prefix()
                         .with_start_revision(start)
-                        .with_prev_key(),
-                ),
-            )
-            .await
-            .map_err(etcd_error(&self.options, "watch"))?;
+                        .with_prev_key();
+                    watch.watch(prefix, Some(options)).await
+                }
+            })
+            .await?;
         let (sender, responses) = stream.split();
         let options = self.options.clone();
         struct State {

@@ -9,6 +9,7 @@
 
 mod cache_capability;
 mod deployment;
+mod etcd;
 mod executions;
 mod http_capability;
 mod native_plugins;

@@ -53,11 +53,15 @@ impl EtcdStore {
     }
 
     /// Registers this node under a lease of `ttl` (whole seconds, at least
-    /// 2) and keeps it alive. Fails when another live node holds the id.
+    /// 2) and keeps it alive. Fails when another live node holds the id, or,
+    /// with `sole`, when any other node is registered (the prefix is then
+    /// held by this node alone until its lease ends: without execution
+    /// claims, two nodes would run the same executions).
     pub async fn register_node(
         &self,
         info: NodeInfo,
         ttl: Duration,
+        sole: bool,
     ) -> Result<NodeRegistration, StoreError> {
         let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
         let key = self.node_key(&info.id);
@@ -69,26 +73,59 @@ impl EtcdStore {
             .id();
         let value = encode(&info)?;
         // Create only: a live node with the same id keeps its key.
-        let txn = etcd_client::Txn::new()
-            .when([etcd_client::Compare::create_revision(
-                key.clone(),
+        let sole_key = format!("{}/nodes/.sole", self.options.prefix);
+        let leased = || Some(etcd_client::PutOptions::new().with_lease(lease));
+        let mut when = vec![etcd_client::Compare::create_revision(
+            key.clone(),
+            etcd_client::CompareOp::Equal,
+            0,
+        )];
+        let mut then = vec![etcd_client::TxnOp::put(key.clone(), value, leased())];
+        if sole {
+            when.push(etcd_client::Compare::create_revision(
+                sole_key.clone(),
                 etcd_client::CompareOp::Equal,
                 0,
-            )])
-            .and_then([etcd_client::TxnOp::put(
-                key.clone(),
-                value,
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            )]);
+            ));
+            then.push(etcd_client::TxnOp::put(
+                sole_key.clone(),
+                info.id.clone(),
+                leased(),
+            ));
+        }
+        let txn = etcd_client::Txn::new()
+            .when(when)
+            .and_then(then)
+            .or_else([etcd_client::TxnOp::get(sole_key.clone(), None)]);
         let created = self
             .client
             .kv_client()
             .txn(txn)
             .await
-            .map_err(etcd_error(&self.options, "register the node"))?
-            .succeeded();
-        if !created {
+            .map_err(etcd_error(&self.options, "register the node"))?;
+        if !created.succeeded() {
             let _ = lease_client.revoke(lease).await;
+            let holder = created.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                _ => None,
+            });
+            if let Some(holder) = holder.filter(|h| sole && *h != info.id) {
+                return Err(StoreError::Refused {
+                    location: format!(
+                        "etcd {} prefix {}",
+                        self.options.endpoints_text(),
+                        self.options.prefix
+                    ),
+                    reason: format!(
+                        "node {holder:?} serves this prefix: this version runs one node per prefix \
+                         (several need execution claims, not built yet); stop that node, wait for its \
+                         lease to end, or give this node another prefix"
+                    ),
+                });
+            }
             return Err(StoreError::Refused {
                 location: key,
                 reason: format!(
@@ -121,6 +158,7 @@ impl EtcdStore {
         response
             .kvs()
             .iter()
+            .filter(|kv| !kv.key().ends_with(b"/.sole"))
             .map(|kv| {
                 serde_json::from_slice(kv.value()).map_err(|source| StoreError::Conversion {
                     kind: "Node".into(),
@@ -152,27 +190,24 @@ async fn keep_alive(store: EtcdStore, lease: i64, ttl_secs: i64, lost: watch::Se
             let (mut keeper, mut responses) = store.client.lease_client().keep_alive(lease).await?;
             loop {
                 keeper.keep_alive().await?;
-                match responses.message().await? {
-                    Some(r) if r.ttl() > 0 => {
-                        last_renewed = tokio::time::Instant::now();
-                    }
+                // A renewal that does not come back within the TTL counts as none.
+                match tokio::time::timeout(ttl, responses.message()).await {
+                    Ok(Ok(Some(r))) if r.ttl() > 0 => last_renewed = tokio::time::Instant::now(),
                     // TTL 0: the cluster no longer knows the lease.
-                    Some(_) => return Ok::<bool, etcd_client::Error>(true),
-                    None => return Ok(false),
+                    Ok(Ok(Some(_))) => return Ok::<bool, etcd_client::Error>(true),
+                    Ok(Ok(None)) | Err(_) => return Ok(false),
+                    Ok(Err(e)) => return Err(e),
                 }
                 tokio::time::sleep(period).await;
             }
         };
-        match tokio::time::timeout(ttl, attempt).await {
-            Ok(Ok(true)) => {
-                tracing::error!(
-                    lease,
-                    "the node's lease expired: this node is no longer registered"
-                );
-                lost.send_replace(true);
-                return;
-            }
-            Ok(Ok(false)) | Ok(Err(_)) | Err(_) => {}
+        if let Ok(true) = attempt.await {
+            tracing::error!(
+                lease,
+                "the node's lease expired: this node is no longer registered"
+            );
+            lost.send_replace(true);
+            return;
         }
         if last_renewed.elapsed() >= ttl {
             tracing::error!(
