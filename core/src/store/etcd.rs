@@ -5,7 +5,7 @@
 //!   `/arkline`), as the JSON of a [`DynamicObject`] without its
 //!   `resource_version`: that is the key's etcd `mod_revision`, filled in on
 //!   every read, so the store's revision is etcd's.
-//! - Every write is planned by the shared rules ([`super::mutation::plan`])
+//! - Every write is planned by the shared rules (`mutation::plan`)
 //!   against the key as read, then committed by a transaction conditioned on
 //!   the key's `mod_revision` being unchanged (0: still absent). A lost race
 //!   re-reads and plans again, so a caller's own compare-and-swap is checked
