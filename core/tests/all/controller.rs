@@ -528,9 +528,16 @@ impl Store for GoneOnce {
         engine: Option<&str>,
         from: Revision,
     ) -> Result<WatchStream, StoreError> {
-        let trip = self.trip.lock().unwrap().take();
+        // Taken only by a watch of the tripping kind: a concurrent watch of
+        // another kind must not hold it even briefly (it once did, and the
+        // tripping watch, finding it gone, never tripped).
+        let trip = if kind == self.trip_kind {
+            self.trip.lock().unwrap().take()
+        } else {
+            None
+        };
         match trip {
-            Some(trip) if kind == self.trip_kind => {
+            Some(trip) => {
                 if let Some(tx) = self.watching.lock().unwrap().take() {
                     let _ = tx.send(());
                 }
@@ -542,12 +549,7 @@ impl Store for GoneOnce {
                     })
                 })))
             }
-            other => {
-                if let Some(trip) = other {
-                    *self.trip.lock().unwrap() = Some(trip);
-                }
-                self.inner.watch(kind, engine, from).await
-            }
+            None => self.inner.watch(kind, engine, from).await,
         }
     }
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
