@@ -17,7 +17,9 @@
 //!   in flight;
 //! - where the time goes: the same runs on three stores — `durable` (a data dir:
 //!   redb store and file logs; the budget's), `redb+memlogs` (the redb store, logs
-//!   in memory), `memory` (`MemoryStore`, logs in memory); store writes per
+//!   in memory), `memory` (`MemoryStore`, logs in memory), and `etcd` (a data
+//!   dir for logs, the store on a private single-member etcd with its data on
+//!   disk; opt in with `ARKLINE_EXEC_STORES=…,etcd`); store writes per
 //!   execution (from the store's revision); on-CPU time per thread during a batch
 //!   (`/proc/self/task/*/schedstat`); and the mean time of each phase of an
 //!   execution (created → admitted → driver → steps → finished) from the
@@ -143,6 +145,9 @@ enum Backing {
     RedbMemLogs,
     /// `MemoryStore`; logs in memory.
     Memory,
+    /// A data dir for logs and workspaces, the store on a private
+    /// single-member etcd whose data is on disk (fsynced, as redb is).
+    Etcd,
 }
 
 impl Backing {
@@ -151,6 +156,7 @@ impl Backing {
             Backing::Durable => "durable",
             Backing::RedbMemLogs => "redb+memlogs",
             Backing::Memory => "memory",
+            Backing::Etcd => "etcd",
         }
     }
 
@@ -159,6 +165,7 @@ impl Backing {
             "durable" => Some(Backing::Durable),
             "redb-memlogs" | "redb+memlogs" => Some(Backing::RedbMemLogs),
             "memory" => Some(Backing::Memory),
+            "etcd" => Some(Backing::Etcd),
             _ => None,
         }
     }
@@ -171,18 +178,31 @@ struct Setup {
     /// Every engine, the first one included (`bench`, `bench-1`, …).
     engines: Vec<Engine>,
     _dir: tempfile::TempDir,
+    /// The private etcd of [`Backing::Etcd`], stopped at shutdown.
+    etcd: Option<arkline_testkit::etcd::EtcdServer>,
 }
 
 impl Setup {
     async fn new(backing: Backing, runtime: &Runtime, ark: &Ark, engines: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let builder = Container::builder().runtime(runtime.clone());
+        let mut etcd = None;
         let builder = match backing {
             Backing::Durable => builder.data_dir(dir.path()),
             Backing::RedbMemLogs => {
                 builder.store(Arc::new(RedbStore::open(dir.path()).expect("redb opens")))
             }
             Backing::Memory => builder.store(Arc::new(MemoryStore::new())),
+            Backing::Etcd => {
+                let server = arkline_testkit::etcd::EtcdServer::start_in(dir.path());
+                let store = arkline::store::EtcdStore::connect(arkline::store::EtcdOptions::new([
+                    server.endpoint(),
+                ]))
+                .await
+                .expect("connects to the bench's etcd");
+                etcd = Some(server);
+                builder.data_dir(dir.path()).store(Arc::new(store))
+            }
         };
         let container = builder.build().expect("container builds");
         let mut all = Vec::with_capacity(engines);
@@ -219,6 +239,7 @@ impl Setup {
             engine: all[0].clone(),
             engines: all,
             _dir: dir,
+            etcd,
         }
     }
 
@@ -230,6 +251,7 @@ impl Setup {
     /// (see the module documentation).
     async fn shutdown(self) {
         self.container.shutdown().await;
+        drop(self.etcd);
         KEPT_DIRS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

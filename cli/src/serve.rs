@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -206,9 +207,6 @@ impl ServeArgs {
                 loop {
                     tokio::time::sleep(period).await;
                     if *registration_info.borrow() {
-                        tracing::error!(
-                            "this node lost its etcd lease; it is no longer registered"
-                        );
                         return;
                     }
                     let now = engines(&container);
@@ -337,6 +335,40 @@ impl ServeArgs {
             }
         });
         let signal_task = tokio::spawn(signals);
+        let registered = match &etcd {
+            Some(store) if !state.is_shutting_down() => {
+                match self.register_node(store, &container, addr).await {
+                    Ok(r) => {
+                        // Every write from here on holds only while this
+                        // node's registration does.
+                        r.0.fence(store);
+                        Some(r)
+                    }
+                    Err(e) => {
+                        state.begin_shutdown();
+                        let _ = server.await;
+                        container.shutdown().await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        // A node that lost its registration stops: another node may own its
+        // work now, and its writes are refused by the fence anyway.
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some((registration, _)) = &registered {
+            let (mut gone, state, lost) = (registration.lost(), state.clone(), lost.clone());
+            tokio::spawn(async move {
+                if gone.wait_for(|lost| *lost).await.is_ok() {
+                    eprintln!(
+                        "this node lost its etcd registration (lease expired or unrenewable): stopping; another node may take over its work"
+                    );
+                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    state.begin_shutdown();
+                }
+            });
+        }
         let started = async {
             let engines = container
                 .restore()
@@ -366,20 +398,6 @@ impl ServeArgs {
             container.shutdown().await;
             return Err(e);
         }
-        let registered = match &etcd {
-            Some(store) if !state.is_shutting_down() => {
-                match self.register_node(store, &container, addr).await {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        state.begin_shutdown();
-                        let _ = server.await;
-                        container.shutdown().await;
-                        return Err(e);
-                    }
-                }
-            }
-            _ => None,
-        };
         if !state.is_shutting_down() {
             state.set_ready(true);
             eprintln!("ready");
@@ -401,6 +419,9 @@ impl ServeArgs {
         }
         served?;
         eprintln!("stopped");
+        if lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(ExitCode::FAILURE);
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -68,12 +68,18 @@ impl EtcdServer {
     /// Starts a fresh single-member etcd on free loopback ports and waits
     /// until it is healthy. Panics, saying what to install, without `etcd`.
     pub fn start() -> Self {
-        let binary = etcd_binary();
         let base = if std::path::Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
+        Self::start_in(&base)
+    }
+
+    /// As [`EtcdServer::start`], with the data in a new directory under
+    /// `base` (on disk, for a benchmark that compares it with redb).
+    pub fn start_in(base: &std::path::Path) -> Self {
+        let binary = etcd_binary();
         let mut last_error = String::new();
         for attempt in 0..5 {
             let dir = base.join(format!(

@@ -148,6 +148,18 @@ pub enum StoreError {
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A fenced store's write was refused: the registration it is fenced on
+    /// (this node's lease) is gone, so another node may own the work now.
+    #[error(
+        "write refused: this node's registration {holder} is gone (its lease was revoked or \
+         expired), so another node may own this work now; the node writes nothing more — \
+         restart it to register again"
+    )]
+    Fenced {
+        /// The registration key the writes were fenced on.
+        holder: String,
+    },
+
     /// The store refuses a backend location (wrong version, a key prefix
     /// owned by something else); nothing was written.
     #[error("refusing {location}: {reason}")]

@@ -194,6 +194,16 @@ pub struct EtcdStore {
     client: Client,
     options: Arc<EtcdOptions>,
     compaction: Arc<Mutex<Compaction>>,
+    /// When set, every write is conditioned on this key still being held by
+    /// this lease (the node's registration): see [`EtcdStore::fence`].
+    fence: Arc<Mutex<Option<Fence>>>,
+}
+
+/// The condition of a fenced store's writes.
+#[derive(Debug, Clone)]
+struct Fence {
+    key: String,
+    lease: i64,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -285,9 +295,22 @@ impl EtcdStore {
             client,
             options: Arc::new(options),
             compaction: Arc::default(),
+            fence: Arc::default(),
         };
         store.claim_prefix().await?;
         Ok(store)
+    }
+
+    /// Fences every later write of this store (and of its clones) on
+    /// `key` still being held by `lease`: once the lease is gone (revoked, or
+    /// expired while this node was cut off), writes fail with
+    /// [`StoreError::Fenced`] and change nothing, so a node that lost its
+    /// registration cannot overwrite what another node did since.
+    pub fn fence(&self, key: impl Into<String>, lease: i64) {
+        *self.fence.lock().unwrap_or_else(PoisonError::into_inner) = Some(Fence {
+            key: key.into(),
+            lease,
+        });
     }
 
     /// The options this store was opened with.
@@ -414,14 +437,26 @@ impl EtcdStore {
                 }
                 Persist::Remove => TxnOp::delete(etcd_key.clone(), None),
             };
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    etcd_key.clone(),
+            let fence = self
+                .fence
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let mut when = vec![Compare::mod_revision(
+                etcd_key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )];
+            let mut otherwise = vec![TxnOp::get(etcd_key.clone(), None)];
+            if let Some(fence) = &fence {
+                when.push(Compare::lease(
+                    fence.key.clone(),
                     CompareOp::Equal,
-                    mod_revision,
-                )])
-                .and_then([put])
-                .or_else([TxnOp::get(etcd_key.clone(), None)]);
+                    fence.lease,
+                ));
+                otherwise.push(TxnOp::get(fence.key.clone(), None));
+            }
+            let txn = Txn::new().when(when).and_then([put]).or_else(otherwise);
             let response = self
                 .retry("commit a write", || {
                     let (mut kv, txn) = (self.client.kv_client(), txn.clone());
@@ -437,15 +472,25 @@ impl EtcdStore {
                 self.after_write(revision);
                 return Ok(with_revision(change.output, revision));
             }
-            // Lost the race: plan again against what is there now.
-            (current, mod_revision) = (None, 0);
-            for op in response.op_responses() {
-                if let etcd_client::TxnOpResponse::Get(get) = op
-                    && let Some(kv) = get.kvs().first()
-                {
-                    current = Some(self.decode(kv)?);
-                    mod_revision = kv.mod_revision();
+            // Fenced off, or lost the race: then plan again against what is
+            // there now.
+            let mut reads = response.op_responses().into_iter().map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+                _ => None,
+            });
+            let object = reads.next().flatten();
+            if let Some(fence) = &fence {
+                let held = reads.next().flatten();
+                if held.is_none_or(|kv| kv.lease() != fence.lease) {
+                    return Err(StoreError::Fenced {
+                        holder: fence.key.clone(),
+                    });
                 }
+            }
+            (current, mod_revision) = (None, 0);
+            if let Some(kv) = object {
+                current = Some(self.decode(&kv)?);
+                mod_revision = kv.mod_revision();
             }
         }
     }

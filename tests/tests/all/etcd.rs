@@ -188,3 +188,91 @@ async fn the_store_carries_on_when_one_member_of_three_is_killed() {
         Err(e) => assert!(matches!(e, arkline::store::StoreError::Etcd { .. }), "{e}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_store_writes_nothing_once_its_registration_is_gone() {
+    use arkline::store::etcd::NodeInfo;
+    let endpoints = arkline_testkit::etcd::cluster_endpoints();
+    let prefix = unique_prefix("fence");
+    let node = |id: &str| NodeInfo {
+        id: id.into(),
+        address: format!("http://{id}.invalid"),
+        capacity: 1,
+        engines: vec![],
+        started: String::new(),
+        version: "test".into(),
+    };
+    let a = connect(&endpoints[0], &prefix).await;
+    let ttl = std::time::Duration::from_secs(5);
+    let registration = a.register_node(node("a"), ttl, true).await.unwrap();
+    registration.fence(&a);
+    let obj = DynamicObject {
+        api_version: API_VERSION.into(),
+        kind: "Pipeline".into(),
+        metadata: ObjectMeta::new("ci", "p"),
+        spec: json!({ "n": 1 }),
+        status: serde_json::Value::Null,
+    };
+    let v1 = a.create(obj).await.expect("a registered node writes");
+
+    // While `a` holds the prefix, `b` cannot register.
+    let b = connect(&endpoints[1], &prefix).await;
+    let refused = b.register_node(node("b"), ttl, true).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("node \"a\" serves this prefix"),
+        "{refused}"
+    );
+
+    // `a`'s lease ends without `a` knowing (as when it expires while `a` is
+    // cut off): `b` revokes it.
+    b.client()
+        .lease_client()
+        .revoke(registration.lease())
+        .await
+        .expect("revoke");
+    let mut change = v1.clone();
+    change.spec = json!({ "n": 2 });
+    let err = a.update(change).await.unwrap_err();
+    assert!(
+        matches!(err, arkline::store::StoreError::Fenced { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("writes nothing more"), "{err}");
+    let mut other = v1.clone();
+    other.metadata.name = "q".into();
+    assert!(matches!(
+        a.create(other).await.unwrap_err(),
+        arkline::store::StoreError::Fenced { .. }
+    ));
+    // Nothing was written: `p` is as `a` left it, `q` does not exist.
+    let p = b
+        .get(&ObjectRef::new("Pipeline", "ci", "p"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (p.spec, p.metadata.resource_version),
+        (json!({ "n": 1 }), v1.metadata.resource_version)
+    );
+    assert!(
+        b.get(&ObjectRef::new("Pipeline", "ci", "q"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // `a` learns it: its registration is lost (within a keep-alive period).
+    let mut lost = registration.lost();
+    tokio::time::timeout(ttl * 2, lost.wait_for(|l| *l))
+        .await
+        .expect("the registration is marked lost")
+        .expect("lost");
+
+    // And `b` can now hold the prefix.
+    let held = b
+        .register_node(node("b"), ttl, true)
+        .await
+        .expect("b registers");
+    held.revoke().await.unwrap();
+}

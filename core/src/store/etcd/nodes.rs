@@ -247,6 +247,12 @@ impl NodeRegistration {
         self.updater().update(change).await
     }
 
+    /// Fences every later write of `store` (and its clones) on this
+    /// registration ([`EtcdStore::fence`]).
+    pub fn fence(&self, store: &EtcdStore) {
+        store.fence(self.key.clone(), self.lease);
+    }
+
     /// The lease id (for writes fenced on it).
     pub fn lease(&self) -> i64 {
         self.lease
