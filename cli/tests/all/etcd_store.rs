@@ -298,3 +298,119 @@ fn a_node_holds_its_prefix_under_a_lease_that_ends_with_it() {
             .any(|k| k.ends_with(".sole"))
     );
 }
+
+/// A TCP proxy on loopback to `target` that can cut every connection and
+/// refuse new ones: a node "cut off from etcd" while etcd stays up.
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cut2, conns2) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut all = conns2.lock().unwrap_or_else(|p| p.into_inner());
+                for s in [&client, &server] {
+                    if let Ok(clone) = s.try_clone() {
+                        all.push(clone);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, conns }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_etcd_stops_and_another_takes_the_prefix() {
+    let etcd = EtcdServer::start();
+    let target = etcd
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("a socket address");
+    let proxy = Proxy::start(target);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let via_proxy = format!("etcd://127.0.0.1:{}", proxy.port);
+    let cut_off = Server::start(
+        &dir.path().join("a"),
+        &[
+            "--insecure-no-auth",
+            "--store",
+            &via_proxy,
+            "--node-ttl",
+            "2s",
+        ],
+    );
+    assert_eq!(registered(&etcd).len(), 1);
+
+    proxy.cut();
+    // Its lease expires in etcd, and the node, unable to renew it for a
+    // whole TTL, stops on its own with exit code 1.
+    let (status, stderr) = cut_off.wait_exit(std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{stderr:#?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("lost its etcd registration")),
+        "{stderr:#?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !registered(&etcd).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut-off node's lease outlived its TTL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Another node takes the prefix.
+    let url = etcd.store_url();
+    let next = Server::start(
+        &dir.path().join("b"),
+        &["--insecure-no-auth", "--store", &url],
+    );
+    let nodes = registered(&etcd);
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["address"].as_str(), Some(next.url.as_str()));
+}

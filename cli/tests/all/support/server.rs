@@ -203,6 +203,23 @@ impl Server {
             .clone()
     }
 
+    /// Waits, at most `limit`, for the server to exit on its own.
+    pub fn wait_exit(mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                while self.lines.recv_timeout(Duration::from_secs(5)).is_ok() {}
+                return (status, self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "arkline serve did not exit within {limit:?}; stderr: {:#?}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
         let status = Command::new("kill")
