@@ -952,3 +952,58 @@ impl Store for EtcdStore {
         self.etcd_compacted().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_before_3_4_are_refused_with_what_to_do() {
+        let options = EtcdOptions::new(["http://127.0.0.1:2379"]);
+        for ok in ["3.4.23", "3.5.0", "3.6.1", "4.0.0"] {
+            assert!(check_version(&options, ok).is_ok(), "{ok}");
+        }
+        for old in ["3.3.27", "3.2.0", "2.3.8", "", "garbage"] {
+            let err = check_version(&options, old).unwrap_err().to_string();
+            assert!(err.contains("needs etcd 3.4 or newer"), "{old}: {err}");
+            assert!(err.contains("http://127.0.0.1:2379"), "{old}: {err}");
+        }
+    }
+
+    #[test]
+    fn store_urls_name_members_and_an_optional_prefix() {
+        let o = EtcdOptions::from_url("etcd://10.0.0.1:2379,10.0.0.2:2379").unwrap();
+        assert_eq!(
+            o.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(o.prefix, DEFAULT_PREFIX);
+        assert!(o.tls.is_none());
+        let o = EtcdOptions::from_url("etcds://etcd.internal:2379/ci/prod/").unwrap();
+        assert_eq!(o.endpoints, ["https://etcd.internal:2379"]);
+        assert_eq!(o.prefix, "/ci/prod");
+        assert!(o.tls.is_some());
+        for (bad, needle) in [
+            ("http://10.0.0.1:2379", "not an etcd store URL"),
+            ("etcd://10.0.0.1", "is not host:port"),
+            ("etcd://10.0.0.1:0", "is not host:port"),
+            ("etcd://:2379", "is not host:port"),
+            ("etcd://10.0.0.1:2379/", "names the root"),
+        ] {
+            let err = EtcdOptions::from_url(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_marker_that_is_not_arklines_is_refused() {
+        assert!(check_marker("x", MARKER_VALUE.as_bytes()).is_ok());
+        let err = check_marker("x", br#"{"owner":"arkline","layout":2}"#).unwrap_err();
+        assert!(err.to_string().contains("layout 2"), "{err}");
+        let err = check_marker("x", b"someone else's").unwrap_err();
+        assert!(
+            err.to_string().contains("belongs to something else"),
+            "{err}"
+        );
+    }
+}
