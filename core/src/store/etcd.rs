@@ -616,6 +616,53 @@ impl EtcdStore {
         }
     }
 
+    /// `Gone` when events after `from` were compacted. A read at revision
+    /// `from` fails exactly then, and answers at once; the compaction
+    /// revision itself (a watch from revision 1, which etcd answers only when
+    /// it next syncs its lagging watchers, up to 100 ms later) is read only
+    /// for the error, or for `from == 0`.
+    async fn check_not_compacted(&self, from: Revision) -> Result<(), StoreError> {
+        let gone = |compacted| StoreError::Gone {
+            requested: from,
+            compacted,
+        };
+        if from == 0 {
+            let compacted = self.etcd_compacted().await?;
+            return if compacted > 0 {
+                Err(gone(compacted))
+            } else {
+                Ok(())
+            };
+        }
+        let at = i64::try_from(from).unwrap_or(i64::MAX);
+        let read = self
+            .retry("check the watch start against compaction", || {
+                let (mut kv, key) = (self.client.kv_client(), self.marker_key());
+                async move {
+                    kv.get(
+                        key,
+                        Some(GetOptions::new().with_revision(at).with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await;
+        match read {
+            Ok(_) => Ok(()),
+            Err(StoreError::Etcd { cause, .. })
+                if cause.to_string().contains("future revision") =>
+            {
+                Ok(())
+            }
+            Err(StoreError::Etcd { cause, .. })
+                if cause.to_string().contains("has been compacted") =>
+            {
+                Err(gone(self.etcd_compacted().await?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn watch_prefix(&self, kind: &str, engine: Option<&str>) -> String {
         match engine {
             Some(engine) => format!("{}/{kind}/{engine}/", self.options.prefix),
@@ -810,13 +857,7 @@ impl Store for EtcdStore {
         engine: Option<&str>,
         from_revision: Revision,
     ) -> Result<WatchStream, StoreError> {
-        let compacted = self.compacted_revision().await?;
-        if from_revision < compacted {
-            return Err(StoreError::Gone {
-                requested: from_revision,
-                compacted,
-            });
-        }
+        self.check_not_compacted(from_revision).await?;
         let start = i64::try_from(from_revision.saturating_add(1)).unwrap_or(i64::MAX);
         let prefix = self.watch_prefix(kind, engine);
         let stream = self
