@@ -290,7 +290,15 @@ impl ServeArgs {
             None => None,
         };
         if let Some(store) = &etcd {
-            builder = builder.store(std::sync::Arc::new(store.clone()));
+            // This node holds the prefix alone (see `register_node`): the
+            // unfinished executions of a node that held it before are its to
+            // adopt and resume.
+            builder = builder
+                .store(std::sync::Arc::new(store.clone()))
+                .exec_options(arkline::ExecOptions {
+                    adopt_other_nodes: true,
+                    ..Default::default()
+                });
         }
         let container = builder
             .build()

@@ -414,3 +414,126 @@ fn a_node_cut_off_from_etcd_stops_and_another_takes_the_prefix() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["address"].as_str(), Some(next.url.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_step_is_taken_over_and_its_execution_finishes() {
+    const SLOW: &str = "name: slow\nstages:\n  - name: a\n    steps:\n      - name: first\n        uses: faults/upper\n        with: { text: once }\n  - name: b\n    steps:\n      - name: nap\n        uses: faults/sleep\n        with: { ms: 4000 }\n  - name: c\n    steps:\n      - name: last\n        uses: faults/upper\n        with: { text: done }\n";
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app.arkc");
+    std::fs::write(&app, arkc("team-a", faults(), &[], &[("slow.yaml", SLOW)])).expect("writes");
+    let url = etcd.store_url();
+    let args = [
+        app.to_str().expect("utf-8"),
+        "--insecure-no-auth",
+        "--store",
+        url.as_str(),
+        "--node-ttl",
+        "2s",
+    ];
+    let first = Server::start(&dir.path().join("a"), &args);
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!(
+            "{}/api/v1/engines/team-a/pipelines/slow/executions",
+            first.url
+        ))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    let name = created["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_owned();
+    let at = |url: &str| format!("{url}/api/v1/engines/team-a/executions/{name}");
+    // Wait until the sleep step runs on the first node, then SIGKILL it.
+    eventually("the nap step to run", || async {
+        let e: Value = http
+            .get(at(&first.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let steps = e["status"]["stages"].as_array()?;
+        let nap = steps
+            .iter()
+            .flat_map(|s| s["steps"].as_array().into_iter().flatten())
+            .find(|s| s["name"] == "nap")?;
+        (nap["phase"] == "Running").then_some(())
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    drop(first);
+
+    // Once the lease is gone, a second node takes the prefix and finishes it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !registered(&etcd).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead node's lease outlived its TTL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let second = Server::start(&dir.path().join("b"), &args);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let e: Value = http
+            .get(at(&second.url))
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("json");
+        if matches!(
+            e["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed" | "Aborted")
+        ) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished on the second node: {e:#}\nits stderr: {:#?}",
+            second.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
+    assert_eq!(
+        done["status"]["outputs"]["last"]["text"], "DONE",
+        "{done:#}"
+    );
+    // It was adopted from the dead node, by a write that says so.
+    let admitted = done["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Admitted")
+        .expect("an Admitted condition")
+        .clone();
+    assert_eq!(admitted["reason"], "Adopted", "{admitted:#}");
+    assert!(
+        admitted["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("which is gone")),
+        "{admitted:#}"
+    );
+    // The step finished before the kill was not run again.
+    let first_step = done["status"]["stages"][0]["steps"][0].clone();
+    assert_eq!(first_step["name"], "first");
+    assert_eq!(
+        first_step["attempt"].as_u64().unwrap_or(1),
+        1,
+        "{first_step:#}"
+    );
+}

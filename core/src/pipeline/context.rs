@@ -31,6 +31,13 @@ pub struct ExecOptions {
     /// How long an execution resumed after a restart waits for the exact biz
     /// versions it resolved before to be installed again, before failing.
     pub resume_grace: std::time::Duration,
+    /// This node is the only live one on its store (`arkline serve` on etcd
+    /// holds the prefix alone): an unfinished execution recorded on another
+    /// node is that dead node's. It is adopted — its `node` rewritten to this
+    /// one by a compare-and-swap — and resumed from its recorded state
+    /// (finished steps are not run again). Off by default: on a store that
+    /// other live nodes share, their executions are theirs.
+    pub adopt_other_nodes: bool,
 }
 
 impl Default for ExecOptions {
@@ -41,6 +48,7 @@ impl Default for ExecOptions {
             keep_workspaces: false,
             concurrency: 64,
             resume_grace: std::time::Duration::from_secs(60),
+            adopt_other_nodes: false,
         }
     }
 }

@@ -68,7 +68,13 @@ pub(crate) async fn reconcile_execution(
 /// the state admission has just decided, on top of the stored one (its
 /// `resource_version`), so the driver need not read it again.
 pub(crate) fn ensure_driver(core: &Arc<EngineCore>, exec: &PipelineExecution, fresh: bool) {
-    if exec.status.node.as_ref().is_some_and(|n| *n != core.node) || core.shutdown.is_cancelled() {
+    if core.shutdown.is_cancelled() {
+        return;
+    }
+    if let Some(other) = exec.status.node.as_ref().filter(|n| **n != core.node) {
+        if core.options.adopt_other_nodes {
+            adopt(core, exec, other);
+        }
         return;
     }
     let mut runs = core.runs();
@@ -92,6 +98,48 @@ pub(crate) fn ensure_driver(core: &Arc<EngineCore>, exec: &PipelineExecution, fr
             core.spawn_driver(executor::drive(core.clone(), exec.clone(), abort, fresh));
         }
     }
+}
+
+/// Rewrites an execution of a dead node to this one (compare-and-swap on
+/// the state seen). The write's event reconciles it again, now on this node,
+/// and its driver resumes it; a conflict means it changed meanwhile, and that
+/// change's event decides.
+fn adopt(core: &Arc<EngineCore>, exec: &PipelineExecution, from: &str) {
+    let mut adopted = exec.clone();
+    adopted.status.node = Some(core.node.clone());
+    let message = format!(
+        "adopted by node `{}` from node `{from}`, which is gone",
+        core.node
+    );
+    set_condition(
+        &mut adopted.status.conditions,
+        Condition {
+            kind: ConditionType::Admitted,
+            status: ConditionStatus::True,
+            reason: "Adopted".into(),
+            message,
+            last_transition: Some(core.clock.now()),
+        },
+    );
+    let (core, from) = (core.clone(), from.to_owned());
+    tokio::spawn(async move {
+        let api = Api::<PipelineExecution>::new(core.store.clone());
+        match api.update_status(&adopted).await {
+            Ok(_) => tracing::info!(
+                engine = %core.name,
+                execution = %adopted.metadata.name,
+                from = %from,
+                "adopted an execution of a node that is gone"
+            ),
+            Err(e) if e.is_conflict() || e.is_not_found() => {}
+            Err(e) => tracing::warn!(
+                engine = %core.name,
+                execution = %adopted.metadata.name,
+                error = %e,
+                "cannot adopt an execution of a node that is gone"
+            ),
+        }
+    });
 }
 
 /// Cleanup and retention of a finished execution.
