@@ -40,6 +40,25 @@ fn keys(server: &EtcdServer, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Triggers `pipeline` of engine `team-a` over the API; the execution's name.
+async fn trigger(http: &reqwest::Client, url: &str, pipeline: &str) -> String {
+    let created: Value = http
+        .post(format!(
+            "{url}/api/v1/engines/team-a/pipelines/{pipeline}/executions"
+        ))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    created["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_owned()
+}
+
 fn serve_err(data: &std::path::Path, store: &str) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_arkline"))
         .args([
@@ -78,22 +97,7 @@ async fn serve_keeps_its_deployment_and_executions_in_etcd_across_a_restart() {
     with_app.extend(args);
     let server = Server::start(&data, &with_app);
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!(
-            "{}/api/v1/engines/team-a/pipelines/quick/executions",
-            server.url
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("answers")
-        .json()
-        .await
-        .expect("json");
-    let name = created["metadata"]["name"]
-        .as_str()
-        .expect("a name")
-        .to_owned();
+    let name = trigger(&http, &server.url, "quick").await;
     let execution_url = format!("{}/api/v1/engines/team-a/executions/{name}", server.url);
     let done = eventually("the execution to finish", || async {
         let e: Value = http
@@ -433,22 +437,7 @@ async fn a_node_killed_mid_step_is_taken_over_and_its_execution_finishes() {
     ];
     let first = Server::start(&dir.path().join("a"), &args);
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!(
-            "{}/api/v1/engines/team-a/pipelines/slow/executions",
-            first.url
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("answers")
-        .json()
-        .await
-        .expect("json");
-    let name = created["metadata"]["name"]
-        .as_str()
-        .expect("a name")
-        .to_owned();
+    let name = trigger(&http, &first.url, "slow").await;
     let at = |url: &str| format!("{url}/api/v1/engines/team-a/executions/{name}");
     // Wait until the sleep step runs on the first node, then SIGKILL it.
     eventually("the nap step to run", || async {

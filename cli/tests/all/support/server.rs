@@ -208,6 +208,7 @@ impl Server {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // The reader thread ends with the pipe; wait for the last lines.
                 while self.lines.recv_timeout(Duration::from_secs(5)).is_ok() {}
                 return (status, self.stderr());
             }
@@ -216,31 +217,18 @@ impl Server {
                 "arkline serve did not exit within {limit:?}; stderr: {:#?}",
                 self.stderr()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+    pub fn terminate(self) -> (ExitStatus, Vec<String>) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // The reader thread ends with the pipe; wait for the last lines.
-                while self.lines.recv_timeout(Duration::from_secs(5)).is_ok() {}
-                return (status, self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "arkline serve did not exit after SIGTERM; stderr: {:#?}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(LIMIT)
     }
 }
 
