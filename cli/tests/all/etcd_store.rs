@@ -40,6 +40,24 @@ fn keys(server: &EtcdServer, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits (at most 30 s) until no node is registered; fails with `what`.
+fn wait_unregistered(etcd: &EtcdServer, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !registered(etcd).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// SIGKILLs a server: nothing it does on a clean stop happens.
+fn sigkill(server: &Server) {
+    let killed = Command::new("kill")
+        .args(["-KILL", &server.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+}
+
 /// Triggers `pipeline` of engine `team-a` over the API; the execution's name.
 async fn trigger(http: &reqwest::Client, url: &str, pipeline: &str) -> String {
     let created: Value = http
@@ -273,19 +291,8 @@ fn a_node_holds_its_prefix_under_a_lease_that_ends_with_it() {
 
     // SIGKILL: nothing revokes the lease; it expires after its TTL, and
     // then the second node starts.
-    let killed = Command::new("kill")
-        .args(["-KILL", &first.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !registered(&etcd).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dead node's key outlived its lease"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    sigkill(&first);
+    wait_unregistered(&etcd, "the dead node's key outlived its lease");
     drop(first);
     let second = Server::start(&dir.path().join("b"), &args);
     let nodes = registered(&etcd);
@@ -400,14 +407,7 @@ fn a_node_cut_off_from_etcd_stops_and_another_takes_the_prefix() {
             .any(|l| l.contains("lost its etcd registration")),
         "{stderr:#?}"
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !registered(&etcd).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cut-off node's lease outlived its TTL"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_unregistered(&etcd, "the cut-off node's lease outlived its TTL");
     // Another node takes the prefix.
     let url = etcd.store_url();
     let next = Server::start(
@@ -457,22 +457,11 @@ async fn a_node_killed_mid_step_is_taken_over_and_its_execution_finishes() {
         (nap["phase"] == "Running").then_some(())
     })
     .await;
-    let killed = Command::new("kill")
-        .args(["-KILL", &first.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
+    sigkill(&first);
     drop(first);
 
     // Once the lease is gone, a second node takes the prefix and finishes it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !registered(&etcd).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dead node's lease outlived its TTL"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_unregistered(&etcd, "the dead node's lease outlived its TTL");
     let second = Server::start(&dir.path().join("b"), &args);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let done = loop {
