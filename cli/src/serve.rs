@@ -190,7 +190,7 @@ impl ServeArgs {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let registration = store
-            .register_node(info, self.node_ttl, true)
+            .register_node(info, self.node_ttl, false)
             .await
             .context("cannot register this node in etcd")?;
         tracing::info!(
@@ -201,7 +201,9 @@ impl ServeArgs {
         let refresher = {
             let (registration_info, container) = (registration.lost(), container.clone());
             let handle = registration.updater();
-            let period = (self.node_ttl / 2).max(Duration::from_secs(1));
+            // Checked every second: admission gives a node an engine's executions
+            // only once its registration lists the engine.
+            let period = Duration::from_secs(1);
             tokio::spawn(async move {
                 let mut served = engines(&container);
                 loop {
@@ -290,15 +292,7 @@ impl ServeArgs {
             None => None,
         };
         if let Some(store) = &etcd {
-            // This node holds the prefix alone (see `register_node`): the
-            // unfinished executions of a node that held it before are its to
-            // adopt and resume.
-            builder = builder
-                .store(std::sync::Arc::new(store.clone()))
-                .exec_options(arkline::ExecOptions {
-                    adopt_other_nodes: true,
-                    ..Default::default()
-                });
+            builder = builder.store(std::sync::Arc::new(store.clone()));
         }
         let container = builder
             .build()
@@ -350,6 +344,15 @@ impl ServeArgs {
                         // Every write from here on holds only while this
                         // node's registration does.
                         r.0.fence(store);
+                        // The engines about to start share admission, cron
+                        // and retention with the other nodes on the prefix.
+                        let cluster = arkline::store::etcd::EtcdCluster::new(store, &r.0);
+                        if let Err(e) = container.join_cluster(cluster) {
+                            state.begin_shutdown();
+                            let _ = server.await;
+                            container.shutdown().await;
+                            return Err(e.into());
+                        }
                         Some(r)
                     }
                     Err(e) => {
@@ -367,6 +370,7 @@ impl ServeArgs {
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some((registration, _)) = &registered {
             let (mut gone, state, lost) = (registration.lost(), state.clone(), lost.clone());
+            let container = container.clone();
             tokio::spawn(async move {
                 if gone.wait_for(|lost| *lost).await.is_ok() {
                     eprintln!(
@@ -374,6 +378,10 @@ impl ServeArgs {
                     );
                     lost.store(true, std::sync::atomic::Ordering::SeqCst);
                     state.begin_shutdown();
+                    // Its steps stop now, not after the HTTP connections
+                    // drain: it learns of the loss a quarter of a TTL before
+                    // another node can be given its executions.
+                    container.shutdown().await;
                 }
             });
         }

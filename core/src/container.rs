@@ -72,7 +72,7 @@ pub use crate::pipeline::{Clock, ExecOptions, ManualClock, SecretKey, SystemCloc
 use crate::runtime::{
     BizRegistry, CancelToken, ComponentError, Runtime, RuntimeConfig, RuntimeError,
 };
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{Cluster, RedbStore, SoloCluster, Store, StoreError};
 
 /// Why a container could not be built or an engine added.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +133,11 @@ pub enum ContainerError {
         "the container requires the process sandbox, but the shared runtime it was given does not: set `RuntimeConfig::process_limits.require_sandbox` on that runtime, or let the builder create the runtime"
     )]
     SandboxNotRequired,
+    /// [`Container::join_cluster`] refused the cluster: an engine already
+    /// runs (it would go on without the cluster's leadership and
+    /// membership), or the cluster is another node's.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
     /// Neither a data dir nor a store was given.
     #[error(
         "a container needs a data dir (`Container::builder().data_dir(..)`) or a store (`.store(..)`)"
@@ -315,7 +320,7 @@ impl ContainerBuilder {
                 redb,
                 runtime,
                 key: Arc::new(key),
-                node,
+                node: node.clone(),
                 clock: self.clock,
                 options: self.options,
                 logs,
@@ -326,6 +331,7 @@ impl ContainerBuilder {
                 metrics,
                 starting: tokio::sync::Mutex::new(()),
                 engines: Mutex::new(BTreeMap::new()),
+                cluster: Mutex::new(Arc::new(SoloCluster::new(node.clone()))),
             }),
         })
     }
@@ -369,6 +375,8 @@ struct Inner {
     metrics: Metrics,
     starting: tokio::sync::Mutex<()>,
     engines: Mutex<BTreeMap<String, Running>>,
+    /// The nodes sharing the store; engines started later use it.
+    cluster: Mutex<Arc<dyn Cluster>>,
 }
 
 /// The process-wide container of engines. Cheap to clone.
@@ -422,6 +430,34 @@ impl Container {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Joins the nodes that share this container's store: engines started
+    /// from now on take admission, cron triggers, pipeline status and
+    /// retention in turn with the other nodes (whoever `cluster` says
+    /// leads), and run the executions admission gives this node. Without
+    /// it, the container is alone ([`SoloCluster`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::Cluster`] when an engine already runs, or when
+    /// the cluster sees itself as another node than this container.
+    pub fn join_cluster(&self, cluster: Arc<dyn Cluster>) -> Result<(), ContainerError> {
+        if cluster.node() != self.inner.node {
+            return Err(ContainerError::Cluster(format!(
+                "it is node `{}`'s view, and this container is node `{}`",
+                cluster.node(),
+                self.inner.node
+            )));
+        }
+        let engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = engines.keys().next() {
+            return Err(ContainerError::Cluster(format!(
+                "engine `{name}` already runs; join before `restore`, `engine` or `deploy_archive` start one"
+            )));
+        }
+        *self.inner.cluster.lock().unwrap_or_else(|p| p.into_inner()) = cluster;
+        Ok(())
     }
 
     /// The data dir (a temporary one when the container was built with a store only).
@@ -479,9 +515,16 @@ impl Container {
         registry.set_metrics(inner.metrics.clone());
         let (timers, timer_keys) = Timers::start(inner.clock.clone());
         let (pokes, poked) = tokio::sync::mpsc::unbounded_channel();
+        let cluster = inner
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let core = Arc::new(EngineCore {
             name: name.to_owned(),
             node: inner.node.clone(),
+            leads: cluster.leadership(name),
+            cluster,
             store: inner.store.clone(),
             registry,
             logs: inner.logs.clone(),

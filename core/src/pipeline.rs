@@ -102,28 +102,48 @@ pub(crate) fn start(
             core.store.clone(),
             core.name.clone(),
         );
-        futures::stream::unfold(rx, |mut rx| async move {
+        // A biz change may resolve or break a pipeline's `uses`; becoming the
+        // engine's leader makes this node the one that writes pipeline
+        // statuses and fires cron triggers: either way every pipeline is
+        // looked at again.
+        let biz_changes = futures::stream::unfold(rx, |mut rx| async move {
             match rx.recv().await {
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
             }
-        })
-        .then(move |()| {
-            let (store, engine) = (store.clone(), engine.clone());
-            async move {
-                let list = Api::<Pipeline>::new(store)
-                    .list(Some(&engine), LabelSelector::default())
-                    .await
-                    .map(|(items, _)| items)
-                    .unwrap_or_default();
-                futures::stream::iter(
-                    list.into_iter()
-                        .map(|p| ObjectRef::new("Pipeline", &p.metadata.engine, &p.metadata.name))
-                        .collect::<Vec<_>>(),
-                )
-            }
-        })
-        .flatten()
+        });
+        let elected = futures::stream::unfold(
+            (core.leads.clone(), false),
+            |(mut leads, mut led)| async move {
+                loop {
+                    let leads_now = *leads.borrow_and_update();
+                    if leads_now && !led {
+                        return Some(((), (leads, true)));
+                    }
+                    led = leads_now;
+                    leads.changed().await.ok()?;
+                }
+            },
+        );
+        futures::stream::select(biz_changes, elected)
+            .then(move |()| {
+                let (store, engine) = (store.clone(), engine.clone());
+                async move {
+                    let list = Api::<Pipeline>::new(store)
+                        .list(Some(&engine), LabelSelector::default())
+                        .await
+                        .map(|(items, _)| items)
+                        .unwrap_or_default();
+                    futures::stream::iter(
+                        list.into_iter()
+                            .map(|p| {
+                                ObjectRef::new("Pipeline", &p.metadata.engine, &p.metadata.name)
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            })
+            .flatten()
     };
     let deployment_key = ObjectRef::new("BizDeployment", &core.name, deployment::DEPLOYMENT_NAME);
     let lifecycle = futures::stream::unfold(core.registry.subscribe(), |mut rx| async move {

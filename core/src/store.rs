@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{DynamicObject, ObjectMeta, Resource};
 
 mod api;
+pub mod cluster;
 mod embedded;
 mod error;
 #[cfg(feature = "etcd")]
@@ -57,6 +58,7 @@ mod watch;
 pub mod watcher;
 
 pub use api::{Api, TypedEvent};
+pub use cluster::{Cluster, Member, Membership, SoloCluster};
 pub use embedded::{RedbOptions, RedbStore, SCHEMA_VERSION};
 pub(crate) use embedded::{Rider, Settle};
 pub use error::StoreError;

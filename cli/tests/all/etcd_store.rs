@@ -42,8 +42,13 @@ fn keys(server: &EtcdServer, prefix: &str) -> Vec<String> {
 
 /// Waits (at most 30 s) until no node is registered; fails with `what`.
 fn wait_unregistered(etcd: &EtcdServer, what: &str) {
+    wait_registered(etcd, 0, what);
+}
+
+/// Waits (at most 30 s) until `n` nodes are registered; fails with `what`.
+fn wait_registered(etcd: &EtcdServer, n: usize, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !registered(etcd).is_empty() {
+    while registered(etcd).len() != n {
         assert!(std::time::Instant::now() < deadline, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -214,10 +219,9 @@ fn a_prefix_owned_by_something_else_is_refused_and_left_alone() {
         ],
     );
     let written = keys(&etcd, "/ci/");
-    assert_eq!(written.len(), 3, "{written:?}");
+    assert_eq!(written.len(), 2, "{written:?}");
     assert_eq!(written[0], "/ci/.arkline");
-    assert_eq!(written[1], "/ci/nodes/.sole");
-    assert!(written[2].starts_with("/ci/nodes/node-"), "{written:?}");
+    assert!(written[1].starts_with("/ci/nodes/node-"), "{written:?}");
     let (status, _) = server.terminate();
     assert!(status.success());
 }
@@ -252,14 +256,13 @@ fn registered(etcd: &EtcdServer) -> Vec<Value> {
         .expect("etcdctl runs");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        // The registrations are JSON; `.sole` holds the serving node's id.
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).expect("a node registration is JSON"))
         .collect()
 }
 
 #[test]
-fn a_node_holds_its_prefix_under_a_lease_that_ends_with_it() {
+fn nodes_share_a_prefix_each_under_a_lease_that_ends_with_it() {
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let url = etcd.store_url();
@@ -280,34 +283,40 @@ fn a_node_holds_its_prefix_under_a_lease_that_ends_with_it() {
     );
     let first_id = nodes[0]["id"].as_str().expect("an id").to_owned();
 
-    // A second node on the same prefix is refused while the first lives:
-    // without execution claims both would run the same executions.
-    let (code, stderr) = serve_err(&dir.path().join("b"), &url);
+    // A second node joins the first on the same prefix.
+    let second = Server::start(&dir.path().join("b"), &args);
+    let nodes = registered(&etcd);
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["address"].as_str() == Some(second.url.as_str())),
+        "{nodes:?}"
+    );
+
+    // A node with a live node's id is refused (the data dir holds the id).
+    let copy = dir.path().join("a-copy");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    std::fs::copy(dir.path().join("a").join("node-id"), copy.join("node-id")).expect("copies");
+    let (code, stderr) = serve_err(&copy, &url);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains(&format!("node {first_id:?} serves this prefix")),
+        stderr.contains(&format!("a live node already registered as {first_id:?}")),
         "{stderr}"
     );
 
-    // SIGKILL: nothing revokes the lease; it expires after its TTL, and
-    // then the second node starts.
+    // SIGKILL: nothing revokes the first node's lease; it expires after
+    // its TTL, and the second node stays.
     sigkill(&first);
-    wait_unregistered(&etcd, "the dead node's key outlived its lease");
+    wait_registered(&etcd, 1, "the dead node's key outlived its lease");
     drop(first);
-    let second = Server::start(&dir.path().join("b"), &args);
     let nodes = registered(&etcd);
-    assert_eq!(nodes.len(), 1, "{nodes:?}");
     assert_eq!(nodes[0]["address"].as_str(), Some(second.url.as_str()));
 
-    // A graceful stop revokes the lease: the keys go at once.
+    // A graceful stop revokes the lease: the key goes at once.
     let (status, _) = second.terminate();
     assert!(status.success());
     assert!(registered(&etcd).is_empty());
-    assert!(
-        !keys(&etcd, "/arkline/nodes/")
-            .iter()
-            .any(|k| k.ends_with(".sole"))
-    );
 }
 
 /// A TCP proxy on loopback to `target` that can cut every connection and
@@ -491,7 +500,8 @@ async fn a_node_killed_mid_step_is_taken_over_and_its_execution_finishes() {
         done["status"]["outputs"]["last"]["text"], "DONE",
         "{done:#}"
     );
-    // It was adopted from the dead node, by a write that says so.
+    // It was admitted again after the dead node's lease ended, by a write
+    // that says so.
     let admitted = done["status"]["conditions"]
         .as_array()
         .expect("conditions")
@@ -499,11 +509,11 @@ async fn a_node_killed_mid_step_is_taken_over_and_its_execution_finishes() {
         .find(|c| c["type"] == "Admitted")
         .expect("an Admitted condition")
         .clone();
-    assert_eq!(admitted["reason"], "Adopted", "{admitted:#}");
+    assert_eq!(admitted["reason"], "Readmitted", "{admitted:#}");
     assert!(
         admitted["message"]
             .as_str()
-            .is_some_and(|m| m.contains("which is gone")),
+            .is_some_and(|m| m.contains("is gone (its lease ended)")),
         "{admitted:#}"
     );
     // The step finished before the kill was not run again.

@@ -6,6 +6,7 @@
 mod bombs;
 mod color;
 mod ctl;
+mod etcd_nodes;
 mod etcd_store;
 mod hooks;
 mod limits;

@@ -1,5 +1,8 @@
-//! Admission: the engine's `executor_quota` and its FIFO queue.
+//! Admission: the engine's `executor_quota` and its FIFO queue, and where
+//! each execution runs.
 //!
+//! It runs on one node at a time, the engine's leader (see
+//! [`Cluster`](crate::store::Cluster)); on the others it waits to be elected.
 //! One task per engine follows the engine's executions and settings through
 //! [watchers](mod@crate::store::watcher), **in revision order**, and keeps the queue of `Queued`
 //! executions in creation order and the set of admitted ones (`Pending` or
@@ -10,7 +13,7 @@
 //! and the order is the order in which executions were created, whatever order
 //! their reconciles happen to run in.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -25,31 +28,80 @@ use crate::model::{
 use crate::pipeline::ExecutionView;
 use crate::pipeline::context::{EngineCore, SETTINGS_NAME};
 use crate::store::watcher::{self, Event};
-use crate::store::{Api, EncodedObject, StoreError};
+use crate::store::{Api, EncodedObject, Membership, StoreError};
 
 /// Chooses where an execution runs: the most recent of the pipeline's
 /// `recent_nodes` that has room (its cache is likely warm there), otherwise the
-/// first candidate with room. Never pins: a recent node without room is passed
+/// candidate with room running the fewest of the engine's executions (the
+/// first of those on a tie). Never pins: a recent node without room is passed
 /// over. `None` when no candidate has room.
-pub fn choose_node(recent: &[String], candidates: &[(String, bool)]) -> Option<String> {
-    let has_room = |n: &str| candidates.iter().any(|(c, room)| c == n && *room);
+pub fn choose_node(recent: &[String], candidates: &[Candidate]) -> Option<String> {
+    let has_room = |n: &str| candidates.iter().any(|c| c.id == n && c.has_room());
     recent.iter().find(|n| has_room(n)).cloned().or_else(|| {
         candidates
             .iter()
-            .find(|(_, room)| *room)
-            .map(|(c, _)| c.clone())
+            .filter(|c| c.has_room())
+            .min_by_key(|c| c.load)
+            .map(|c| c.id.clone())
     })
+}
+
+/// A node admission may give an execution to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The node's id.
+    pub id: String,
+    /// The engine's admitted, unfinished executions on it.
+    pub load: usize,
+    /// Most it takes at once (`None`: no limit but the engine's quota).
+    pub capacity: Option<u32>,
+}
+
+impl Candidate {
+    fn has_room(&self) -> bool {
+        self.capacity.is_none_or(|c| self.load < c as usize)
+    }
+}
+
+/// The candidates: the live nodes that serve the engine, and this node
+/// (which runs the engine, even before its registration says so).
+fn candidates(core: &EngineCore, queue: &Queue, members: &Membership) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = members
+        .nodes
+        .iter()
+        .filter(|m| m.id == core.node || m.serves(&core.name))
+        .map(|m| Candidate {
+            id: m.id.clone(),
+            load: 0,
+            capacity: m.capacity,
+        })
+        .collect();
+    if !out.iter().any(|c| c.id == core.node) {
+        out.push(Candidate {
+            id: core.node.clone(),
+            load: 0,
+            capacity: None,
+        });
+    }
+    for node in queue.active.values().flatten() {
+        if let Some(c) = out.iter_mut().find(|c| c.id == *node) {
+            c.load += 1;
+        }
+    }
+    out
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     /// `(created, run, name)` of `Queued` executions.
     queued: BTreeSet<(DateTime<Utc>, u64, String)>,
-    /// Names of admitted, unfinished executions.
-    active: HashSet<String>,
+    /// Admitted, unfinished executions, with the node each runs on.
+    active: HashMap<String, Option<String>>,
+    /// Executions of gone nodes admitted again, until their write is seen.
+    readmitted: HashSet<String>,
     quota: Option<u64>,
     /// The last state seen of each queued execution (what admission writes from).
-    last: std::collections::HashMap<String, PipelineExecution>,
+    last: HashMap<String, PipelineExecution>,
 }
 
 /// What admission reads of every execution event: most are status writes of
@@ -61,6 +113,7 @@ struct Seen {
     run: u64,
     phase: ExecutionPhase,
     abort: bool,
+    node: Option<String>,
 }
 
 impl Seen {
@@ -71,6 +124,7 @@ impl Seen {
             run: exec.spec.run,
             phase: exec.status.phase,
             abort: exec.spec.abort,
+            node: exec.status.node.clone(),
         }
     }
 
@@ -81,6 +135,7 @@ impl Seen {
             run: view.spec.run,
             phase: view.status.phase,
             abort: view.spec.abort,
+            node: view.status.node,
         }
     }
 
@@ -98,6 +153,7 @@ impl Queue {
         self.queued.remove(&key);
         self.active.remove(&key.2);
         self.last.remove(&key.2);
+        self.readmitted.remove(&key.2);
         if deleted {
             return;
         }
@@ -109,7 +165,7 @@ impl Queue {
                 }
             }
             ExecutionPhase::Pending | ExecutionPhase::Running => {
-                self.active.insert(key.2);
+                self.active.insert(key.2, seen.node);
             }
             _ => {}
         }
@@ -150,10 +206,12 @@ fn read_event(obj: EncodedObject, engine: &str) -> Option<(Seen, Option<Pipeline
     }
 }
 
-/// Runs the engine's admission until shutdown. A failed admission write starts
-/// a new session from fresh lists after a backoff.
+/// Runs the engine's admission until shutdown, whenever this node leads the
+/// engine. A failed admission write starts a new session from fresh lists
+/// after a backoff.
 pub(crate) async fn run(core: Arc<EngineCore>) {
     let mut failures = 0u32;
+    let mut leads = core.leads.clone();
     while !core.shutdown.is_cancelled() {
         if failures > 0 {
             let delay = std::time::Duration::from_millis(100 << failures.min(8));
@@ -162,8 +220,12 @@ pub(crate) async fn run(core: Arc<EngineCore>) {
                 () = core.shutdown.cancelled() => return,
             }
         }
+        tokio::select! {
+            r = leads.wait_for(|l| *l) => if r.is_err() { return },
+            () = core.shutdown.cancelled() => return,
+        }
         match session(&core).await {
-            Ok(()) => return,
+            Ok(()) => failures = 0,
             Err(e) => {
                 tracing::warn!(engine = %core.name, error = %e, "admission failed to write; relisting");
                 failures = failures.saturating_add(1);
@@ -254,8 +316,9 @@ impl QueueView {
     }
 }
 
-/// One session over watchers of the engine's executions and settings; returns
-/// `Ok` on shutdown, `Err` when an admission write failed.
+/// One session over watchers of the engine's executions and settings and
+/// the cluster's members; returns `Ok` on shutdown or when this node no
+/// longer leads, `Err` when an admission write failed.
 async fn session(core: &Arc<EngineCore>) -> Result<(), StoreError> {
     // Objects as stored: most events are viewed, not decoded (`read_event`).
     let execs = watcher::encoded_watcher(
@@ -268,11 +331,18 @@ async fn session(core: &Arc<EngineCore>) -> Result<(), StoreError> {
         .watcher(Some(&core.name), watcher::Config::default());
     let mut exec_events = std::pin::pin!(execs);
     let mut setting_events = std::pin::pin!(settings);
+    let mut members = core.cluster.members();
+    let mut leads = core.leads.clone();
     let mut queue = QueueView::default();
     let mut quota = QuotaView::default();
     loop {
         tokio::select! {
             () = core.shutdown.cancelled() => return Ok(()),
+            r = leads.wait_for(|l| !*l) => {
+                tracing::warn!(engine = %core.name, "this node no longer leads the engine: admission stops here");
+                let _ = r;
+                return Ok(());
+            }
             Some(item) = exec_events.next() => {
                 queue.observe(item, &core.name);
                 // Drain what is already there before admitting: fewer writes, same order.
@@ -281,36 +351,66 @@ async fn session(core: &Arc<EngineCore>) -> Result<(), StoreError> {
                 }
             }
             Some(item) = setting_events.next() => quota.observe(item, &core.name),
+            Ok(()) = members.changed() => {}
         }
-        if let (Some(queue), Some(Ok(quota))) = (queue.ready(), quota.current) {
+        let membership = members.borrow_and_update().clone();
+        if let (Some(queue), Some(Ok(quota)), Some(membership)) =
+            (queue.ready(), quota.current, membership)
+        {
             queue.quota = quota;
-            admit(core, queue).await?;
+            readmit(core, queue, &membership).await?;
+            admit(core, queue, &membership).await?;
         }
     }
 }
 
 /// Admits queue heads while there is room: every head that fits is admitted in
 /// one pass, their writes issued together (the store commits them as a group).
-async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreError> {
+async fn admit(
+    core: &Arc<EngineCore>,
+    queue: &mut Queue,
+    members: &Membership,
+) -> Result<(), StoreError> {
     loop {
-        let mut batch = Vec::new();
         let free = queue.quota.map_or(usize::MAX, |q| {
             (q as usize).saturating_sub(queue.active.len())
         });
+        let mut candidates = candidates(core, queue, members);
+        let mut recent = Recent::default();
+        let mut batch = Vec::new();
         while batch.len() < free.min(256) {
-            let Some(head) = queue.queued.pop_first() else {
+            let Some(head) = queue.queued.first().cloned() else {
                 break;
             };
-            batch.push(head.2);
+            let Some(exec) = queue.seen(&head.2) else {
+                queue.queued.remove(&head);
+                continue;
+            };
+            let recent = recent
+                .of(core, &exec.spec.pipeline, candidates.len())
+                .await?;
+            let Some(node) = choose_node(recent, &candidates) else {
+                // No node has room: the head waits (FIFO), and so does the rest.
+                break;
+            };
+            if let Some(c) = candidates.iter_mut().find(|c| c.id == node) {
+                c.load += 1;
+            }
+            queue.queued.remove(&head);
+            batch.push((exec, node));
         }
         if batch.is_empty() {
             return Ok(());
         }
-        let results =
-            futures::future::join_all(batch.iter().map(|name| admit_one(core, queue.seen(name))))
-                .await;
+        let names: Vec<String> = batch.iter().map(|(e, _)| e.metadata.name.clone()).collect();
+        let results = futures::future::join_all(
+            batch
+                .into_iter()
+                .map(|(exec, node)| admit_one(core, exec, node)),
+        )
+        .await;
         let mut failed = None;
-        for (name, result) in batch.iter().zip(results) {
+        for (name, result) in names.iter().zip(results) {
             match result {
                 Ok(Some(admitted)) => {
                     // Admitted here: the driver starts now, from the admitted
@@ -338,7 +438,34 @@ async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreErr
     }
 }
 
-/// Admits one execution: `Pending` on the node chosen, with the `Admitted`
+/// The pipelines' `recent_nodes`, read once per admission pass.
+#[derive(Debug, Default)]
+struct Recent(HashMap<String, Vec<String>>);
+
+impl Recent {
+    /// `pipeline`'s recent nodes; not read when there is one candidate.
+    async fn of(
+        &mut self,
+        core: &EngineCore,
+        pipeline: &str,
+        candidates: usize,
+    ) -> Result<&[String], StoreError> {
+        if candidates < 2 {
+            return Ok(&[]);
+        }
+        if !self.0.contains_key(pipeline) {
+            let nodes = Api::<Pipeline>::new(core.store.clone())
+                .get(&core.name, pipeline)
+                .await?
+                .map(|p| p.status.recent_nodes)
+                .unwrap_or_default();
+            self.0.insert(pipeline.to_owned(), nodes);
+        }
+        Ok(self.0.get(pipeline).map_or(&[], Vec::as_slice))
+    }
+}
+
+/// Admits one execution: `Pending` on `node`, with the `Admitted`
 /// condition, from the state last seen on the watch. `None` when it is no
 /// longer `Queued`.
 ///
@@ -350,29 +477,14 @@ async fn admit(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreErr
 /// (compare-and-swap, re-read on conflict): that write hands it over.
 async fn admit_one(
     core: &Arc<EngineCore>,
-    seen: Option<PipelineExecution>,
+    mut exec: PipelineExecution,
+    node: String,
 ) -> Result<Option<PipelineExecution>, StoreError> {
     let execs = Api::<PipelineExecution>::new(core.store.clone());
-    let Some(mut exec) = seen else {
-        return Ok(None);
-    };
     loop {
         if exec.status.phase != ExecutionPhase::Queued || exec.spec.abort {
             return Ok(None);
         }
-        // One node today: this one. A multi-node store adds the others (with
-        // whether they have room) and reads the pipeline's recent nodes here.
-        let candidates = [(core.node.clone(), true)];
-        let recent = if candidates.len() > 1 {
-            Api::<Pipeline>::new(core.store.clone())
-                .get(&core.name, &exec.spec.pipeline)
-                .await?
-                .map(|p| p.status.recent_nodes)
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let node = choose_node(&recent, &candidates).unwrap_or_else(|| core.node.clone());
         let now = core.clock.now();
         exec.status.phase = ExecutionPhase::Pending;
         exec.status.node = Some(node.clone());
@@ -403,6 +515,72 @@ async fn admit_one(
     }
 }
 
+/// Admits again, on a live node, the unfinished executions of nodes the
+/// cluster knows are gone (their lease ended: they write nothing more, and
+/// stopped their steps before it ended). The new node resumes each from its
+/// recorded state: finished steps are not run again, an interrupted one is.
+async fn readmit(
+    core: &Arc<EngineCore>,
+    queue: &mut Queue,
+    members: &Membership,
+) -> Result<(), StoreError> {
+    let orphans: Vec<(String, String)> = queue
+        .active
+        .iter()
+        .filter(|(name, _)| !queue.readmitted.contains(*name))
+        .filter_map(|(name, node)| {
+            let node = node.as_ref()?;
+            (*node != core.node && members.is_gone(node)).then(|| (name.clone(), node.clone()))
+        })
+        .collect();
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    let execs = Api::<PipelineExecution>::new(core.store.clone());
+    for (name, gone) in orphans {
+        let candidates: Vec<Candidate> = candidates(core, queue, members)
+            .into_iter()
+            .filter(|c| !members.is_gone(&c.id))
+            .collect();
+        let Some(node) = choose_node(&[], &candidates) else {
+            return Ok(());
+        };
+        loop {
+            let Some(mut exec) = execs.get(&core.name, &name).await? else {
+                break;
+            };
+            if exec.status.phase.is_finished() || exec.status.node.as_deref() != Some(&gone) {
+                break;
+            }
+            exec.status.node = Some(node.clone());
+            set_condition(
+                &mut exec.status.conditions,
+                Condition {
+                    kind: ConditionType::Admitted,
+                    status: ConditionStatus::True,
+                    reason: "Readmitted".into(),
+                    message: format!(
+                        "node `{gone}` is gone (its lease ended); admitted again on node `{node}`"
+                    ),
+                    last_transition: Some(core.clock.now()),
+                },
+            );
+            match execs.update_status(&exec).await {
+                Ok(stored) => {
+                    tracing::info!(engine = %core.name, execution = %name, from = %gone, to = %node, "an execution of a gone node admitted again");
+                    queue.observe_whole(&stored);
+                    queue.readmitted.insert(name.clone());
+                    break;
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound { .. }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,13 +589,17 @@ mod tests {
         v.iter().map(|x| (*x).to_owned()).collect()
     }
 
+    fn c(id: &str, load: usize, capacity: Option<u32>) -> Candidate {
+        Candidate {
+            id: id.into(),
+            load,
+            capacity,
+        }
+    }
+
     #[test]
     fn node_choice_prefers_recent_nodes_with_room_and_never_pins() {
-        let candidates = vec![
-            ("a".to_owned(), true),
-            ("b".to_owned(), false),
-            ("c".to_owned(), true),
-        ];
+        let candidates = vec![c("a", 1, Some(4)), c("b", 2, Some(2)), c("c", 3, None)];
         assert_eq!(choose_node(&s(&["c", "a"]), &candidates), Some("c".into()));
         assert_eq!(
             choose_node(&s(&["b", "a"]), &candidates),
@@ -429,7 +611,15 @@ mod tests {
             Some("a".into()),
             "falls back to any node with room"
         );
-        assert_eq!(choose_node(&s(&[]), &candidates), Some("a".into()));
-        assert_eq!(choose_node(&s(&["a"]), &[("a".into(), false)]), None);
+        assert_eq!(
+            choose_node(&s(&[]), &candidates),
+            Some("a".into()),
+            "the least loaded node with room"
+        );
+        assert_eq!(
+            choose_node(&s(&[]), &[c("a", 5, None), c("b", 0, None)]),
+            Some("b".into())
+        );
+        assert_eq!(choose_node(&s(&["a"]), &[c("a", 3, Some(3))]), None);
     }
 }

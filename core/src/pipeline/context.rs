@@ -9,7 +9,7 @@ use crate::pipeline::schedule::{Clock, Timers};
 use crate::pipeline::secrets::Secrets;
 use crate::pipeline::workspace::Workspaces;
 use crate::runtime::{BizRegistry, CancelToken};
-use crate::store::{Api, ObjectRef, Store, StoreError};
+use crate::store::{Api, Cluster, ObjectRef, Store, StoreError};
 
 /// The name of the [`PipelineSetting`] an engine reads (one per engine).
 pub const SETTINGS_NAME: &str = "default";
@@ -31,13 +31,6 @@ pub struct ExecOptions {
     /// How long an execution resumed after a restart waits for the exact biz
     /// versions it resolved before to be installed again, before failing.
     pub resume_grace: std::time::Duration,
-    /// This node is the only live one on its store (`arkline serve` on etcd
-    /// holds the prefix alone): an unfinished execution recorded on another
-    /// node is that dead node's. It is adopted — its `node` rewritten to this
-    /// one by a compare-and-swap — and resumed from its recorded state
-    /// (finished steps are not run again). Off by default: on a store that
-    /// other live nodes share, their executions are theirs.
-    pub adopt_other_nodes: bool,
 }
 
 impl Default for ExecOptions {
@@ -48,7 +41,6 @@ impl Default for ExecOptions {
             keep_workspaces: false,
             concurrency: 64,
             resume_grace: std::time::Duration::from_secs(60),
-            adopt_other_nodes: false,
         }
     }
 }
@@ -74,6 +66,11 @@ pub(crate) struct FinishedRun {
 pub(crate) struct EngineCore {
     pub(crate) name: String,
     pub(crate) node: String,
+    /// The nodes sharing the store.
+    pub(crate) cluster: Arc<dyn Cluster>,
+    /// Whether this node leads the engine: runs its admission, cron
+    /// triggers, pipeline status and retention.
+    pub(crate) leads: tokio::sync::watch::Receiver<bool>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: BizRegistry,
     pub(crate) logs: LogStore,
@@ -157,6 +154,11 @@ impl EngineCore {
     pub(crate) fn last_finished(&self, pipeline: &str) -> Option<FinishedRun> {
         let done = self.finished_runs.lock().unwrap_or_else(|p| p.into_inner());
         done.get(pipeline).cloned()
+    }
+
+    /// Whether this node leads the engine now.
+    pub(crate) fn leads(&self) -> bool {
+        *self.leads.borrow()
     }
 
     /// The engine's settings (defaults when none were applied).

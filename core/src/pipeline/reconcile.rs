@@ -71,10 +71,9 @@ pub(crate) fn ensure_driver(core: &Arc<EngineCore>, exec: &PipelineExecution, fr
     if core.shutdown.is_cancelled() {
         return;
     }
-    if let Some(other) = exec.status.node.as_ref().filter(|n| **n != core.node) {
-        if core.options.adopt_other_nodes {
-            adopt(core, exec, other);
-        }
+    if exec.status.node.as_ref().is_some_and(|n| *n != core.node) {
+        // Another node's: it runs it, or, once it is gone, the engine's
+        // leader admits it again (see `admission`).
         return;
     }
     let mut runs = core.runs();
@@ -100,48 +99,6 @@ pub(crate) fn ensure_driver(core: &Arc<EngineCore>, exec: &PipelineExecution, fr
     }
 }
 
-/// Rewrites an execution of a dead node to this one (compare-and-swap on
-/// the state seen). The write's event reconciles it again, now on this node,
-/// and its driver resumes it; a conflict means it changed meanwhile, and that
-/// change's event decides.
-fn adopt(core: &Arc<EngineCore>, exec: &PipelineExecution, from: &str) {
-    let mut adopted = exec.clone();
-    adopted.status.node = Some(core.node.clone());
-    let message = format!(
-        "adopted by node `{}` from node `{from}`, which is gone",
-        core.node
-    );
-    set_condition(
-        &mut adopted.status.conditions,
-        Condition {
-            kind: ConditionType::Admitted,
-            status: ConditionStatus::True,
-            reason: "Adopted".into(),
-            message,
-            last_transition: Some(core.clock.now()),
-        },
-    );
-    let (core, from) = (core.clone(), from.to_owned());
-    tokio::spawn(async move {
-        let api = Api::<PipelineExecution>::new(core.store.clone());
-        match api.update_status(&adopted).await {
-            Ok(_) => tracing::info!(
-                engine = %core.name,
-                execution = %adopted.metadata.name,
-                from = %from,
-                "adopted an execution of a node that is gone"
-            ),
-            Err(e) if e.is_conflict() || e.is_not_found() => {}
-            Err(e) => tracing::warn!(
-                engine = %core.name,
-                execution = %adopted.metadata.name,
-                error = %e,
-                "cannot adopt an execution of a node that is gone"
-            ),
-        }
-    });
-}
-
 /// Cleanup and retention of a finished execution.
 async fn finished(
     exec: &PipelineExecution,
@@ -159,6 +116,10 @@ async fn finished(
         {
             tracing::warn!(engine = %core.name, execution = %name, error = %e, "cannot remove a finished execution's workspace");
         }
+    }
+    if !core.leads() {
+        // Retention is the engine leader's: one node deletes, not every node.
+        return Ok(Action::await_change());
     }
     let settings = core.settings().await?;
     if let Some(keep) = settings.retention.executions {
@@ -207,6 +168,12 @@ pub(crate) async fn reconcile_pipeline(
     p: Arc<Pipeline>,
     core: Arc<EngineCore>,
 ) -> Result<Action, ReconcileError> {
+    if !core.leads() {
+        // The engine's leader writes pipeline statuses and fires cron
+        // triggers; when this node becomes it, every pipeline is
+        // reconciled again (`pipeline::start`).
+        return Ok(Action::await_change());
+    }
     let mut status = p.status.clone();
     let now = core.clock.now();
 

@@ -34,12 +34,14 @@ use futures::StreamExt as _;
 
 use super::mutation::{self, Op, OpOutput, Persist};
 
+mod cluster;
 mod nodes;
 use super::{
     DeleteOptions, DeleteOutcome, EventType, ListQuery, ObjectList, ObjectRef, Retention, Revision,
     Store, StoreError, WatchEvent, WatchStream,
 };
 use crate::model::DynamicObject;
+pub use cluster::EtcdCluster;
 pub use nodes::{DEFAULT_NODE_TTL, NodeInfo, NodeRegistration, NodeUpdater};
 
 /// The default key prefix.

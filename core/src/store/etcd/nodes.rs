@@ -178,46 +178,59 @@ fn encode(info: &NodeInfo) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-/// Sends a keep-alive every third of the TTL; marks the registration lost
-/// when the cluster says the lease is gone, or when no renewal succeeded for
-/// a whole TTL (then the lease has expired, or will before we could know).
+/// Sends a keep-alive every third of the TTL. Marks the registration lost
+/// when the cluster says the lease is gone, or when no renewal sent in the
+/// last three quarters of the TTL was answered: the cluster counts the TTL
+/// from when it received the last renewal, which was after it was sent, so
+/// this node knows it is gone (and stops its steps) a quarter of a TTL
+/// before another node can be given its work.
 async fn keep_alive(store: EtcdStore, lease: i64, ttl_secs: i64, lost: watch::Sender<bool>) {
-    let period = Duration::from_secs(ttl_secs.unsigned_abs()) / 3;
     let ttl = Duration::from_secs(ttl_secs.unsigned_abs());
-    let mut last_renewed = tokio::time::Instant::now();
+    let period = ttl / 3;
+    let grace = ttl * 3 / 4;
+    // The lease was granted just before: its TTL started no earlier than now.
+    let mut renewed = tokio::time::Instant::now();
+    let mut stream = None;
     loop {
-        let attempt = async {
-            let (mut keeper, mut responses) = store.client.lease_client().keep_alive(lease).await?;
-            loop {
-                keeper.keep_alive().await?;
-                // A renewal that does not come back within the TTL counts as none.
-                match tokio::time::timeout(ttl, responses.message()).await {
-                    Ok(Ok(Some(r))) if r.ttl() > 0 => last_renewed = tokio::time::Instant::now(),
-                    // TTL 0: the cluster no longer knows the lease.
-                    Ok(Ok(Some(_))) => return Ok::<bool, etcd_client::Error>(true),
-                    Ok(Ok(None)) | Err(_) => return Ok(false),
-                    Ok(Err(e)) => return Err(e),
-                }
-                tokio::time::sleep(period).await;
+        let sent = tokio::time::Instant::now();
+        let attempt = tokio::time::timeout_at(renewed + grace, async {
+            if stream.is_none() {
+                stream = Some(store.client.lease_client().keep_alive(lease).await?);
             }
-        };
-        if let Ok(true) = attempt.await {
-            tracing::error!(
-                lease,
-                "the node's lease expired: this node is no longer registered"
-            );
-            lost.send_replace(true);
-            return;
+            let Some((keeper, responses)) = stream.as_mut() else {
+                return Ok(None);
+            };
+            keeper.keep_alive().await?;
+            responses.message().await
+        })
+        .await;
+        match attempt {
+            Err(_) => {
+                tracing::error!(
+                    lease,
+                    "no lease renewal answered for three quarters of the TTL: this node counts as gone"
+                );
+                lost.send_replace(true);
+                return;
+            }
+            Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = sent,
+            Ok(Ok(Some(_))) => {
+                // TTL 0: the cluster no longer knows the lease.
+                tracing::error!(
+                    lease,
+                    "the node's lease expired: this node is no longer registered"
+                );
+                lost.send_replace(true);
+                return;
+            }
+            Ok(Ok(None) | Err(_)) => {
+                // The stream ended or failed: open another one soon.
+                stream = None;
+                tokio::time::sleep(period.min(Duration::from_millis(500))).await;
+                continue;
+            }
         }
-        if last_renewed.elapsed() >= ttl {
-            tracing::error!(
-                lease,
-                "no lease renewal for a whole TTL: this node counts as gone"
-            );
-            lost.send_replace(true);
-            return;
-        }
-        tokio::time::sleep(period.min(Duration::from_secs(1))).await;
+        tokio::time::sleep_until(sent + period).await;
     }
 }
 
@@ -251,6 +264,15 @@ impl NodeRegistration {
     /// registration ([`EtcdStore::fence`]).
     pub fn fence(&self, store: &EtcdStore) {
         store.fence(self.key.clone(), self.lease);
+    }
+
+    /// The node's id.
+    pub fn node(&self) -> String {
+        self.info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .id
+            .clone()
     }
 
     /// The lease id (for writes fenced on it).

@@ -1,0 +1,333 @@
+//! Three `arkline serve` nodes on one etcd prefix: the engine's leader
+//! spreads the executions over them, and when a node is SIGKILLed mid-step
+//! (here the leader itself), another node is elected, admits its executions
+//! again once its lease has ended, and they finish there. A counting HTTP
+//! server on loopback sees every step run: none runs on two nodes at once,
+//! and the steps of executions no kill touched run exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arkline_testkit::etcd::EtcdServer;
+use serde_json::{Value, json};
+
+use crate::support::server::{Server, arkc, eventually};
+
+/// How long the counting server holds the `hold` step's request.
+const HOLD: Duration = Duration::from_millis(1500);
+
+/// What the counting server saw: when each `<id>/<step>` request arrived,
+/// and which `hold` requests are being answered now.
+#[derive(Debug, Default)]
+struct Hits {
+    started: Vec<(String, Instant)>,
+    holding: BTreeSet<String>,
+}
+
+/// A loopback HTTP server that records every step's request.
+async fn counting_server() -> (u16, Arc<Mutex<Hits>>) {
+    use axum::extract::{Path, State};
+    let hits = Arc::new(Mutex::new(Hits::default()));
+    let app =
+        axum::Router::new()
+            .route(
+                "/{id}/{step}",
+                axum::routing::get(
+                    |State(hits): State<Arc<Mutex<Hits>>>,
+                     Path((id, step)): Path<(String, String)>| async move {
+                        let key = format!("{id}/{step}");
+                        {
+                            let mut h = hits.lock().unwrap_or_else(|p| p.into_inner());
+                            h.started.push((key.clone(), Instant::now()));
+                            if step == "hold" {
+                                h.holding.insert(id.clone());
+                            }
+                        }
+                        if step == "hold" {
+                            tokio::time::sleep(HOLD).await;
+                            hits.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .holding
+                                .remove(&id);
+                        }
+                        "counted"
+                    },
+                ),
+            )
+            .with_state(hits.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, hits)
+}
+
+/// The node registrations (decoded) on `etcd`.
+fn registrations(etcd: &EtcdServer) -> Vec<Value> {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "get",
+            "--prefix",
+            "--print-value-only",
+            "/arkline/nodes/",
+        ])
+        .output()
+        .expect("etcdctl runs (Debian: etcd-client; `bash .ci/deps.sh --test` installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a registration is JSON"))
+        .collect()
+}
+
+async fn get(http: &reqwest::Client, url: String) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
+    let etcd = EtcdServer::start();
+    let (port, hits) = counting_server().await;
+    let step = |name: &str| {
+        format!(
+            "      - name: {name}\n        uses: http/request\n        with: {{ url: \"http://127.0.0.1:{port}/${{{{ params.id }}}}/{name}\", timeout: 30s }}\n"
+        )
+    };
+    let pipeline = format!(
+        "name: count\nparams:\n  - name: id\nstages:\n  - name: a\n    steps:\n{}  - name: b\n    steps:\n{}  - name: c\n    steps:\n{}",
+        step("one"),
+        step("hold"),
+        step("two")
+    );
+    let http_biz = std::fs::read(arkline_testkit::plugin("arkline-http")).expect("reads");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app.arkc");
+    std::fs::write(
+        &app,
+        arkc(
+            "team-a",
+            &http_biz,
+            &["http=127.0.0.1"],
+            &[("count.yaml", &pipeline)],
+        ),
+    )
+    .expect("writes");
+    let url = etcd.store_url();
+    let args = [
+        app.to_str().expect("utf-8"),
+        "--insecure-no-auth",
+        "--store",
+        url.as_str(),
+        "--node-ttl",
+        "2s",
+    ];
+    // The first node starts first: it is elected the engine's leader.
+    let mut nodes: Vec<Option<Server>> = ["a", "b", "c"]
+        .iter()
+        .map(|d| Some(Server::start(&dir.path().join(d), &args)))
+        .collect();
+    let http = reqwest::Client::new();
+    let ids: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|d| {
+            std::fs::read_to_string(dir.path().join(d).join("node-id"))
+                .expect("the node id is in the data dir")
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    // Every node lists the engine before anything is triggered (admission
+    // gives a node executions only once it does).
+    eventually("three registrations serving team-a", || async {
+        let regs = registrations(&etcd);
+        (regs.len() == 3
+            && regs.iter().all(|r| {
+                r["engines"]
+                    .as_array()
+                    .is_some_and(|e| e.contains(&json!("team-a")))
+            }))
+        .then_some(())
+    })
+    .await;
+
+    // 30 executions, triggered round-robin through the three APIs.
+    let mut id_of = BTreeMap::new();
+    for i in 0..30 {
+        let node = nodes[i % 3].as_ref().expect("running");
+        let created: Value = http
+            .post(format!(
+                "{}/api/v1/engines/team-a/pipelines/count/executions",
+                node.url
+            ))
+            .json(&json!({ "params": { "id": format!("x{i}") } }))
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("json");
+        let name = created["metadata"]["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no execution: {created:#}"))
+            .to_owned();
+        id_of.insert(name, format!("x{i}"));
+    }
+    let list_url = format!(
+        "{}/api/v1/engines/team-a/executions",
+        nodes[1].as_ref().expect("running").url
+    );
+
+    // SIGKILL the leader while one of its own executions holds its `hold`
+    // step open.
+    let leader = ids[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = get(&http, list_url.clone()).await.unwrap_or_default();
+        let holding = hits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holding
+            .clone();
+        let items = list.as_array().cloned().unwrap_or_default();
+        let found = items.iter().any(|e| {
+            e["status"]["node"].as_str() == Some(leader.as_str())
+                && e["metadata"]["name"]
+                    .as_str()
+                    .and_then(|n| id_of.get(n))
+                    .is_some_and(|id| holding.contains(id))
+        });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no execution of the leader {leader} in its hold step; holding {holding:?}; executions {:#?}; leader's stderr {:#?}",
+            items
+                .iter()
+                .map(|e| (
+                    e["metadata"]["name"].clone(),
+                    e["status"]["phase"].clone(),
+                    e["status"]["node"].clone(),
+                    e["status"]["reason"].clone()
+                ))
+                .collect::<Vec<_>>(),
+            nodes[0].as_ref().map(Server::stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = nodes[0].take().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &killed.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    drop(killed);
+
+    // Every execution finishes, on the nodes that are left.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let items = loop {
+        let list = get(&http, list_url.clone()).await.unwrap_or_default();
+        let items = list.as_array().cloned().unwrap_or_default();
+        if items.len() == 30
+            && items
+                .iter()
+                .all(|e| e["status"]["phase"] == "Succeeded" || e["status"]["phase"] == "Failed")
+        {
+            break items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all finished: {:#?}\nnode b: {:#?}\nnode c: {:#?}",
+            items
+                .iter()
+                .map(|e| (
+                    e["metadata"]["name"].clone(),
+                    e["status"]["phase"].clone(),
+                    e["status"]["node"].clone()
+                ))
+                .collect::<Vec<_>>(),
+            nodes[1].as_ref().map(Server::stderr),
+            nodes[2].as_ref().map(Server::stderr),
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    let admitted = |e: &Value| -> Value {
+        e["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Admitted").cloned())
+            .unwrap_or_default()
+    };
+    let mut ran_on = BTreeSet::new();
+    let mut readmitted = BTreeSet::new();
+    for e in &items {
+        assert_eq!(e["status"]["phase"], "Succeeded", "{e:#}");
+        let node = e["status"]["node"].as_str().expect("a node").to_owned();
+        assert_ne!(
+            node, leader,
+            "finished on the killed node after its death: {e:#}"
+        );
+        let condition = admitted(e);
+        if condition["reason"] == "Readmitted" {
+            let message = condition["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(&format!("node `{leader}` is gone")),
+                "{condition:#}"
+            );
+            readmitted.insert(id_of[e["metadata"]["name"].as_str().expect("name")].clone());
+            ran_on.insert(leader.clone());
+        }
+        ran_on.insert(node);
+    }
+    assert_eq!(
+        ran_on.len(),
+        3,
+        "every node ran some executions: {ran_on:?} of {ids:?}"
+    );
+    assert!(
+        !readmitted.is_empty(),
+        "the killed node's executions were admitted again elsewhere"
+    );
+
+    // What the steps did, as the counting server saw it.
+    let started = hits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .started
+        .clone();
+    let mut by_key: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
+    for (key, at) in started {
+        by_key.entry(key).or_default().push(at);
+    }
+    for i in 0..30 {
+        let id = format!("x{i}");
+        for step in ["one", "hold", "two"] {
+            let key = format!("{id}/{step}");
+            let runs = by_key.get(&key).map(Vec::as_slice).unwrap_or_default();
+            if readmitted.contains(&id) {
+                // The killed attempt, then at most its resumption.
+                assert!(
+                    (1..=2).contains(&runs.len()),
+                    "{key} ran {} times",
+                    runs.len()
+                );
+            } else {
+                assert_eq!(runs.len(), 1, "{key}: a step no kill touched runs once");
+            }
+            // Never on two nodes at once: a resumption starts after the
+            // dead node's lease ended, well after its attempt began.
+            for pair in runs.windows(2) {
+                assert!(
+                    pair[1].duration_since(pair[0]) >= Duration::from_secs(1),
+                    "{key} ran twice within {:?}",
+                    pair[1].duration_since(pair[0])
+                );
+            }
+        }
+    }
+}
