@@ -110,9 +110,32 @@ pub struct ServeArgs {
     /// renewing it (dead, or cut off from the cluster) is gone after it.
     #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     pub node_ttl: Duration,
+    /// A directory all nodes on the etcd prefix share (a network file
+    /// system): uploaded archives and the secret key are kept there, so a
+    /// biz or secret given to one node works on every node. Without it,
+    /// each node keeps them in its data dir and runs only what it was given.
+    #[arg(
+        long,
+        env = "ARKLINE_SHARED_DIR",
+        value_name = "DIR",
+        requires = "store"
+    )]
+    pub shared_dir: Option<PathBuf>,
+    /// Where finished step logs are shipped, so any node serves them, after
+    /// the node that ran the step is gone too: `file:///dir` or
+    /// `s3://bucket/prefix` (builds with the `s3` feature; credentials from
+    /// the `AWS_*` environment variables). Default with --shared-dir: its
+    /// `logs/`.
+    #[arg(long, env = "ARKLINE_LOG_ARCHIVE", value_name = "URL")]
+    pub log_archive: Option<String>,
     /// etcd: the URL other nodes reach this node's API at (default: the
     /// listening address).
-    #[arg(long, value_name = "URL", requires = "store")]
+    #[arg(
+        long,
+        env = "ARKLINE_ADVERTISE",
+        value_name = "URL",
+        requires = "store"
+    )]
     pub advertise: Option<String>,
 }
 
@@ -294,10 +317,25 @@ impl ServeArgs {
         if let Some(store) = &etcd {
             builder = builder.store(std::sync::Arc::new(store.clone()));
         }
+        if let Some(shared) = &self.shared_dir {
+            let shared = std::path::absolute(shared)
+                .with_context(|| format!("--shared-dir {}: not a usable path", shared.display()))?;
+            builder = builder.shared_dir(shared);
+        }
+        if let Some(url) = &self.log_archive {
+            builder = builder.log_archive(
+                arkline::container::LogArchive::open(url)
+                    .map_err(|e| anyhow::anyhow!("--log-archive: {e}"))?,
+            );
+        }
         let container = builder
             .build()
             .with_context(|| format!("cannot open the data dir {}", self.data_dir.display()))?;
-        let state = AppState::new(container.clone())
+        let mut state = AppState::new(container.clone());
+        if let Some(store) = &etcd {
+            state = state.with_peers(store.clone());
+        }
+        let state = state
             .with_auth(auth)
             .with_limits(Limits {
                 max_upload: self.max_upload,
@@ -414,6 +452,8 @@ impl ServeArgs {
             container.shutdown().await;
             return Err(e);
         }
+        // Engines other nodes add or remove start or stop here too.
+        let follower = etcd.as_ref().map(|_| container.follow_engines());
         if !state.is_shutting_down() {
             state.set_ready(true);
             eprintln!("ready");
@@ -425,6 +465,9 @@ impl ServeArgs {
         let served = server.await.context("the HTTP server task failed");
         signal_task.abort();
         sweeper.abort();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         container.shutdown().await;
         if let Some((registration, refresher)) = registered {
             refresher.abort();

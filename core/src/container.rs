@@ -68,7 +68,7 @@ use crate::pipeline::logs::LogStore;
 use crate::pipeline::schedule::Timers;
 use crate::pipeline::secrets::Secrets;
 use crate::pipeline::workspace::Workspaces;
-pub use crate::pipeline::{Clock, ExecOptions, ManualClock, SecretKey, SystemClock};
+pub use crate::pipeline::{Clock, ExecOptions, LogArchive, ManualClock, SecretKey, SystemClock};
 use crate::runtime::{
     BizRegistry, CancelToken, ComponentError, Runtime, RuntimeConfig, RuntimeError,
 };
@@ -157,6 +157,8 @@ pub struct ContainerBuilder {
     options: ExecOptions,
     blob_cache_cap: u64,
     require_process_sandbox: bool,
+    shared_dir: Option<PathBuf>,
+    log_archive: Option<LogArchive>,
 }
 
 impl std::fmt::Debug for ContainerBuilder {
@@ -223,6 +225,26 @@ impl ContainerBuilder {
     /// The node's name (default: kept in the data dir, generated on first start).
     pub fn node_name(mut self, node: impl Into<String>) -> Self {
         self.node = Some(node.into());
+        self
+    }
+
+    /// A directory every node of the cluster shares (a network file
+    /// system): the uploaded archives (`arks/`, by digest, so any node
+    /// installs a biz another node was given) and the secret key
+    /// (`secret.key`, unless [`ContainerBuilder::secret_key`] gives one, so
+    /// any node reads the secrets another node wrote) go there instead of
+    /// the data dir. Finished step logs are shipped to its `logs/` unless
+    /// [`ContainerBuilder::log_archive`] names another archive.
+    pub fn shared_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.shared_dir = Some(dir.into());
+        self
+    }
+
+    /// Ships every finished step log to `archive` (an object store every
+    /// node reads, such as S3), where any node's API reads the logs of steps
+    /// another node ran, after that node is gone too.
+    pub fn log_archive(mut self, archive: LogArchive) -> Self {
+        self.log_archive = Some(archive);
         self
     }
 
@@ -294,11 +316,19 @@ impl ContainerBuilder {
                 Runtime::new(config)?
             }
         };
-        let key = match self.secret_key {
-            Some(k) => k,
-            None if temp => SecretKey::generate()?,
-            None => SecretKey::load_or_create(&data_dir.join("secret.key"))?,
+        if let Some(shared) = &self.shared_dir {
+            std::fs::create_dir_all(shared).map_err(|e| ContainerError::DataDir {
+                path: shared.clone(),
+                message: format!("cannot create the shared dir: {e}"),
+            })?;
+        }
+        let key = match (self.secret_key, &self.shared_dir) {
+            (Some(k), _) => k,
+            (None, Some(shared)) => SecretKey::load_or_create(&shared.join("secret.key"))?,
+            (None, None) if temp => SecretKey::generate()?,
+            (None, None) => SecretKey::load_or_create(&data_dir.join("secret.key"))?,
         };
+        let arks_dir = self.shared_dir.as_ref().unwrap_or(&data_dir).join("arks");
         let node = match self.node {
             Some(n) => n,
             None if temp => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -313,6 +343,26 @@ impl ContainerBuilder {
                 message: e.to_string(),
             })?,
         };
+        let archive = match (self.log_archive, &self.shared_dir) {
+            (Some(archive), _) => Some(archive),
+            (None, Some(shared)) => {
+                let dir = shared.join("logs");
+                let url = url::Url::from_directory_path(&dir)
+                    .map_err(|()| ContainerError::DataDir {
+                        path: dir.clone(),
+                        message: "the shared dir must be an absolute path".into(),
+                    })?
+                    .to_string();
+                Some(LogArchive::open(&url).map_err(|e| ContainerError::DataDir {
+                    path: dir,
+                    message: e.to_string(),
+                })?)
+            }
+            (None, None) => None,
+        };
+        if let Some(archive) = archive {
+            logs.set_archive(archive);
+        }
         let pool = crate::pipeline::pool::WorkerPool::new(runtime.config().max_instances as usize);
         Ok(Container {
             inner: Arc::new(Inner {
@@ -325,6 +375,7 @@ impl ContainerBuilder {
                 options: self.options,
                 logs,
                 data_dir,
+                arks_dir,
                 temp,
                 blob_cache_cap: self.blob_cache_cap,
                 pool,
@@ -369,6 +420,8 @@ struct Inner {
     options: ExecOptions,
     logs: LogStore,
     data_dir: PathBuf,
+    /// Where uploaded archives are kept (the shared dir's, or the data dir's).
+    arks_dir: PathBuf,
     temp: bool,
     blob_cache_cap: u64,
     pool: crate::pipeline::pool::WorkerPool,
@@ -408,6 +461,8 @@ impl Container {
             options: ExecOptions::default(),
             blob_cache_cap: 1 << 30,
             require_process_sandbox: false,
+            shared_dir: None,
+            log_archive: None,
         }
     }
 
@@ -473,6 +528,18 @@ impl Container {
     /// [`ContainerError::EngineName`] for a name that is not a valid engine name;
     /// [`ContainerError::Store`] when the engine cannot be recorded or started.
     pub async fn engine(&self, name: &str) -> Result<Engine, ContainerError> {
+        self.start_engine(name, true)
+            .await
+            .map(|e| e.expect("started when the record may be created"))
+    }
+
+    /// Starts `name` unless it runs; records it first when `record`, or
+    /// starts nothing (`None`) when it is not recorded.
+    async fn start_engine(
+        &self,
+        name: &str,
+        record: bool,
+    ) -> Result<Option<Engine>, ContainerError> {
         if !valid_engine_name(name) {
             return Err(ContainerError::EngineName(name.to_owned()));
         }
@@ -485,13 +552,16 @@ impl Container {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
         {
-            return Ok(engine.clone());
+            return Ok(Some(engine.clone()));
         }
         let inner = &self.inner;
         // The engine is part of the deployment from now on: a restart's
         // `restore` starts it again.
         let records = crate::store::Api::<EngineRecord>::new(inner.store.clone());
         if records.get("", name).await?.is_none() {
+            if !record {
+                return Ok(None);
+            }
             match records
                 .create(&EngineRecord::new(
                     crate::model::ObjectMeta::new("", name),
@@ -539,7 +609,7 @@ impl Container {
             pokes,
             started: chrono::Utc::now(),
             pool: inner.pool.clone(),
-            arks: crate::pipeline::ArkStore::new(inner.data_dir.join("arks")),
+            arks: crate::pipeline::ArkStore::new(inner.arks_dir.clone()),
             run_counters: Mutex::new(Default::default()),
             finished_runs: Mutex::new(Default::default()),
             metrics: inner.metrics.clone(),
@@ -563,7 +633,7 @@ impl Container {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), (engine.clone(), tasks));
-        Ok(engine)
+        Ok(Some(engine))
     }
 
     /// Starts every engine of the deployment (those created with
@@ -582,6 +652,59 @@ impl Container {
             engines.push(self.engine(&record.metadata.name).await?);
         }
         Ok(engines)
+    }
+
+    /// Follows the engines recorded in the store, as other nodes sharing it
+    /// add and remove them: an engine recorded there starts here (its bizes
+    /// installed from the archive store, which the nodes must share: see
+    /// [`ContainerBuilder::shared_dir`]); an engine removed there stops here
+    /// and its bizes are uninstalled. Runs until the container shuts down
+    /// or the task is aborted.
+    pub fn follow_engines(&self) -> tokio::task::JoinHandle<()> {
+        let container = self.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let records = crate::store::Api::<EngineRecord>::new(container.inner.store.clone())
+                .watcher(Some(""), crate::store::watcher::Config::default());
+            let mut records = std::pin::pin!(records);
+            while let Some(event) = records.next().await {
+                use crate::store::watcher::Event;
+                let started = match event {
+                    Ok(Event::Apply(r) | Event::InitApply(r)) => {
+                        // Only while it is recorded: an engine removed since
+                        // is not brought back.
+                        container
+                            .start_engine(&r.metadata.name, false)
+                            .await
+                            .map(drop)
+                    }
+                    Ok(Event::Delete(r)) => {
+                        let name = r.metadata.name;
+                        let _starting = container.inner.starting.lock().await;
+                        let running = container
+                            .inner
+                            .engines
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&name);
+                        if let Some(running) = running {
+                            tracing::info!(engine = %name, "engine removed by another node: stopped here");
+                            container.inner.metrics.forget_engine(&name);
+                            stop_and_uninstall(running).await;
+                        }
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "following the recorded engines failed; it goes on");
+                        Ok(())
+                    }
+                };
+                if let Err(e) = started {
+                    tracing::warn!(error = %e, "cannot start an engine another node added");
+                }
+            }
+        })
     }
 
     /// Removes an engine while the container runs: its running executions are
@@ -606,19 +729,8 @@ impl Container {
             return Ok(false);
         }
         self.inner.metrics.forget_engine(name);
-        if let Some((engine, tasks)) = running {
-            stop(&engine, tasks).await;
-            for biz in engine.core.registry.list() {
-                let _ = engine
-                    .core
-                    .registry
-                    .uninstall(
-                        &biz.name,
-                        &biz.version,
-                        crate::runtime::UninstallMode::Force,
-                    )
-                    .await;
-            }
+        if let Some(running) = running {
+            stop_and_uninstall(running).await;
         }
         let store = &self.inner.store;
         for kind in [
@@ -763,6 +875,23 @@ impl Container {
         if self.inner.temp {
             let _ = std::fs::remove_dir_all(&self.inner.data_dir);
         }
+    }
+}
+
+/// Stops an engine here (its executions are interrupted) and uninstalls its
+/// bizes; its objects stay in the store.
+async fn stop_and_uninstall((engine, tasks): Running) {
+    stop(&engine, tasks).await;
+    for biz in engine.core.registry.list() {
+        let _ = engine
+            .core
+            .registry
+            .uninstall(
+                &biz.name,
+                &biz.version,
+                crate::runtime::UninstallMode::Force,
+            )
+            .await;
     }
 }
 

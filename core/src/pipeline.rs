@@ -46,7 +46,7 @@ pub use arks::ArkStore;
 pub(crate) use context::EngineCore;
 pub use context::{ExecOptions, PIPELINE_LABEL, SETTINGS_NAME};
 pub use error::{DeployError, ReconcileError, TriggerError};
-pub use logs::{LogError, StoredLine};
+pub use logs::{LogArchive, LogError, StoredLine};
 use reconcile::{reconcile_execution, reconcile_pipeline};
 pub use schedule::{Clock, ManualClock, SystemClock};
 pub use secrets::{SecretError, SecretKey};

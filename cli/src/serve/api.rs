@@ -973,6 +973,7 @@ async fn step_logs(
     caller: Caller,
     Path((name, execution, step)): Path<(String, String, String)>,
     q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Read)?;
@@ -983,6 +984,16 @@ async fn step_logs(
             "execution `{execution}` has no step `{step}`; its steps: {}",
             step_names(&exec).collect::<Vec<_>>().join(", ")
         )));
+    }
+    // An unfinished execution another live node runs: its log is being
+    // written there, so that node answers (once ended, the log is in the
+    // archive every node reads). Forwarded once at most.
+    if !exec.status.phase.is_finished()
+        && !headers.contains_key(FORWARDED)
+        && let Some(owner) = exec.status.node.as_deref()
+        && let Some(address) = state.peer_address(owner).await
+    {
+        return forward(&address, &uri, &headers).await;
     }
     let wants_stream = follow
         || headers
@@ -996,6 +1007,47 @@ async fn step_logs(
     Ok(Sse::new(follow_events(state, engine, execution, step))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Marks a request one node forwarded to another.
+const FORWARDED: &str = "x-arkline-forwarded-by";
+
+/// Sends `uri` (path and query) to the node at `address` with the caller's
+/// credentials, and streams its answer back as it comes.
+async fn forward(
+    address: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default()
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = client
+        .get(format!("{}{path}", address.trim_end_matches('/')))
+        .header(FORWARDED, "1");
+    for name in [axum::http::header::AUTHORIZATION, ACCEPT] {
+        if let Some(value) = headers.get(&name) {
+            request = request.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let answer = request.send().await.map_err(|e| {
+        ApiError::peer_unavailable(format!(
+            "the step runs on the node at {address}, which does not answer: {e}; try again, or once the step has ended"
+        ))
+    })?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::builder().status(status);
+    if let Some(kind) = answer.headers().get(reqwest::header::CONTENT_TYPE) {
+        response = response.header(axum::http::header::CONTENT_TYPE, kind.as_bytes());
+    }
+    response
+        .body(Body::from_stream(answer.bytes_stream()))
+        .map_err(|e| ApiError::internal(format!("cannot relay the answer: {e}")))
 }
 
 /// `line` events, then one `end` event with the step's phase; cut short (without

@@ -116,6 +116,12 @@ impl ApiError {
         )
     }
 
+    /// 502 `peer_unavailable`: the node that runs what was asked for does
+    /// not answer.
+    pub fn peer_unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "peer_unavailable", message)
+    }
+
     /// 503 `not_ready`.
     pub fn not_ready() -> Self {
         Self::new(

@@ -98,6 +98,12 @@ fn errors(op: &Operation) -> Vec<(u16, &'static str)> {
     if op.path.contains('{') || matches!(op.request, Payload::Binary(_)) {
         out.push((404, "No such engine or object (`not_found`)."));
     }
+    if op.path.ends_with("/logs") {
+        out.push((
+            502,
+            "The step runs on another node, which does not answer (`peer_unavailable`).",
+        ));
+    }
     if !matches!(op.request, Payload::None) {
         out.push((400, "Malformed request (`bad_request`)."));
         out.push((

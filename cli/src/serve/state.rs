@@ -47,6 +47,9 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
     shutdown_tx: Arc<watch::Sender<bool>>,
+    /// The other nodes on the etcd prefix (their registered addresses), for
+    /// requests about executions they run.
+    pub(crate) peers: Option<arkline::store::EtcdStore>,
 }
 
 impl AppState {
@@ -62,8 +65,25 @@ impl AppState {
             parsing: Arc::new(Semaphore::new(PARSE_CONCURRENCY)),
             ready: Arc::new(AtomicBool::new(true)),
             shutdown: rx,
+            peers: None,
             shutdown_tx: Arc::new(tx),
         }
+    }
+
+    /// Requests about an execution another node runs (its live step logs)
+    /// are forwarded to that node, found in `store`'s registrations.
+    pub fn with_peers(mut self, store: arkline::store::EtcdStore) -> Self {
+        self.peers = Some(store);
+        self
+    }
+
+    /// The registered address of live node `id`, if it is another node.
+    pub(crate) async fn peer_address(&self, id: &str) -> Option<String> {
+        if id == self.container.node() {
+            return None;
+        }
+        let nodes = self.peers.as_ref()?.nodes().await.ok()?;
+        nodes.into_iter().find(|n| n.id == id).map(|n| n.address)
     }
 
     /// Uses `auth` for the admin API.

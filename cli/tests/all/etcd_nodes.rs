@@ -118,6 +118,7 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
     )
     .expect("writes");
     let url = etcd.store_url();
+    let shared = dir.path().join("shared");
     let args = [
         app.to_str().expect("utf-8"),
         "--insecure-no-auth",
@@ -125,6 +126,8 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
         url.as_str(),
         "--node-ttl",
         "2s",
+        "--shared-dir",
+        shared.to_str().expect("utf-8"),
     ];
     // The first node starts first: it is elected the engine's leader.
     let mut nodes: Vec<Option<Server>> = ["a", "b", "c"]
@@ -294,6 +297,31 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
         "the killed node's executions were admitted again elsewhere"
     );
 
+    // The killed node's finished logs outlive it: another node's API serves
+    // them from the shared archive.
+    let survivor = nodes[1].as_ref().expect("running").url.clone();
+    let readmitted_name = id_of
+        .iter()
+        .find(|(_, id)| readmitted.contains(*id))
+        .map(|(name, _)| name.clone())
+        .expect("a readmitted execution");
+    let log = get(
+        &http,
+        format!("{survivor}/api/v1/engines/team-a/executions/{readmitted_name}/steps/one/logs"),
+    )
+    .await
+    .expect("a log");
+    let messages: Vec<&str> = log
+        .as_array()
+        .unwrap_or_else(|| panic!("lines: {log:#}"))
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert!(
+        messages.contains(&"attempt 1 succeeded"),
+        "the killed node's log of `one`: {messages:?}"
+    );
+
     // What the steps did, as the counting server saw it.
     let started = hits
         .lock()
@@ -330,4 +358,177 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
             }
         }
     }
+}
+
+/// Two nodes with a shared dir: an app and a secret given to one node's API
+/// reach the other (the engine starts there, its bizes install from the
+/// shared archives, the secret decrypts with the shared key), and the
+/// executions triggered through the other node run on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_one_node_is_given_every_node_runs_with_a_shared_dir() {
+    const SECRET: &str = "name: secret\nsecrets: [token]\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: \"${{ secrets.token }}\" }\n";
+    const NAP: &str = "name: nap\nstages:\n  - name: s\n    steps:\n      - name: zz\n        uses: faults/sleep\n        with: { ms: 2000 }\n";
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = dir.path().join("shared");
+    let url = etcd.store_url();
+    let args = [
+        "--insecure-no-auth",
+        "--store",
+        url.as_str(),
+        "--node-ttl",
+        "2s",
+        "--shared-dir",
+        shared.to_str().expect("utf-8"),
+    ];
+    let a = Server::start(&dir.path().join("a"), &args);
+    let b = Server::start(&dir.path().join("b"), &args);
+    let b_id = std::fs::read_to_string(dir.path().join("b").join("node-id"))
+        .expect("node id")
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::new();
+
+    // Everything goes through node a.
+    let deployed = http
+        .post(format!("{}/api/v1/engines", a.url))
+        .body(arkc(
+            "team-a",
+            crate::support::server::faults(),
+            &[],
+            &[("secret.yaml", SECRET), ("nap.yaml", NAP)],
+        ))
+        .send()
+        .await
+        .expect("deploys");
+    assert_eq!(deployed.status(), reqwest::StatusCode::CREATED);
+    let put = http
+        .put(format!("{}/api/v1/engines/team-a/secrets/token", a.url))
+        .json(&json!({ "value": "from node a" }))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(put.status(), reqwest::StatusCode::NO_CONTENT);
+
+    // Node b starts the engine and lists it.
+    eventually("node b to serve team-a", || async {
+        registrations(&etcd)
+            .iter()
+            .any(|r| {
+                r["id"].as_str() == Some(b_id.as_str())
+                    && r["engines"]
+                        .as_array()
+                        .is_some_and(|e| e.contains(&json!("team-a")))
+            })
+            .then_some(())
+    })
+    .await;
+    let resolved = |url: String| {
+        let http = http.clone();
+        async move {
+            let p = get(&http, url).await?;
+            p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Resolved" && c["status"] == "True")
+                .then_some(())
+        }
+    };
+    eventually("the pipeline resolved", || {
+        resolved(format!("{}/api/v1/engines/team-a/pipelines/secret", b.url))
+    })
+    .await;
+
+    // Executions triggered through node b run on both nodes and read the
+    // secret node a wrote.
+    let mut names = Vec::new();
+    for _ in 0..8 {
+        let created: Value = http
+            .post(format!(
+                "{}/api/v1/engines/team-a/pipelines/secret/executions",
+                b.url
+            ))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("json");
+        names.push(
+            created["metadata"]["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no execution: {created:#}"))
+                .to_owned(),
+        );
+    }
+    let mut nodes = BTreeSet::new();
+    for name in &names {
+        let done = eventually(&format!("{name} to finish"), || async {
+            let e = get(
+                &http,
+                format!("{}/api/v1/engines/team-a/executions/{name}", b.url),
+            )
+            .await?;
+            matches!(
+                e["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed" | "Aborted")
+            )
+            .then_some(e)
+        })
+        .await;
+        assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
+        nodes.insert(done["status"]["node"].as_str().expect("node").to_owned());
+    }
+    assert_eq!(nodes.len(), 2, "both nodes ran some: {nodes:?}");
+    assert!(nodes.contains(&b_id));
+    // A running step's log, asked of the node that does not run it, is
+    // forwarded from the one that does, live.
+    let created: Value = http
+        .post(format!(
+            "{}/api/v1/engines/team-a/pipelines/nap/executions",
+            a.url
+        ))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    let nap = created["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_owned();
+    let (owner, running) = eventually("the nap step to run", || async {
+        let e = get(
+            &http,
+            format!("{}/api/v1/engines/team-a/executions/{nap}", a.url),
+        )
+        .await?;
+        (e["status"]["phase"] == "Running")
+            .then(|| e["status"]["node"].as_str().map(str::to_owned))
+            .flatten()
+            .map(|n| (n, e))
+    })
+    .await;
+    assert_eq!(running["status"]["phase"], "Running");
+    let other = if owner == b_id { &a.url } else { &b.url };
+    let streamed = http
+        .get(format!(
+            "{other}/api/v1/engines/team-a/executions/{nap}/steps/zz/logs?follow=true"
+        ))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("the stream ends with the step");
+    assert!(streamed.contains("sleeping 2000 ms"), "{streamed}");
+    assert!(streamed.contains("event: end"), "{streamed}");
+
+    // Both nodes use the one key in the shared dir.
+    assert!(shared.join("secret.key").exists());
+    assert!(!dir.path().join("a").join("secret.key").exists());
+    drop((a, b));
 }

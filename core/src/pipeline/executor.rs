@@ -424,6 +424,11 @@ impl Driver {
                 .metadata
                 .created
                 .is_some_and(|c| c < self.core.started);
+        // Admitted here while this node is still installing what the
+        // engine's deployment names (given to another node of the cluster a
+        // moment ago): it waits the same way (checked at the first failure).
+        let mut resumed = resumed;
+        let mut checked_deployment = false;
         let deadline = Instant::now() + self.core.options.resume_grace;
         let mut events = self.core.registry.subscribe();
         let mut waited = false;
@@ -432,6 +437,10 @@ impl Driver {
                 Ok(()) => return Ok(()),
                 Err(reason) => reason,
             };
+            if !resumed && !checked_deployment {
+                checked_deployment = true;
+                resumed = self.deployment_pending().await;
+            }
             if !resumed || Instant::now() >= deadline || self.core.shutdown.is_cancelled() {
                 return Err(if waited {
                     format!(
@@ -453,6 +462,29 @@ impl Driver {
                 () = self.abort.cancelled() => return Err("aborted while waiting for its bizes".into()),
             }
         }
+    }
+
+    /// Whether the engine's deployment names a biz version this node has not
+    /// installed yet (its deployment reconciler is on the way).
+    async fn deployment_pending(&self) -> bool {
+        let deployment =
+            crate::store::Api::<crate::model::BizDeployment>::new(self.core.store.clone())
+                .get(
+                    &self.core.name,
+                    crate::pipeline::deployment::DEPLOYMENT_NAME,
+                )
+                .await;
+        let Ok(Some(deployment)) = deployment else {
+            return false;
+        };
+        let installed = self.core.registry.list();
+        deployment.spec.bizes.iter().any(|desired| {
+            desired.versions.iter().any(|version| {
+                !installed
+                    .iter()
+                    .any(|b| b.name == desired.name && b.version.to_string() == *version)
+            })
+        })
     }
 
     /// Leases every `uses`: the exact versions recorded before a restart, or the

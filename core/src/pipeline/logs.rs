@@ -43,7 +43,9 @@ use tokio::sync::watch;
 
 use crate::host::step_log::{LogLevel, LogLine, LogSource};
 
+mod archive;
 mod db;
+pub use archive::LogArchive;
 use db::{LogDb, Msg};
 
 /// The database file inside a log directory.
@@ -97,6 +99,14 @@ pub enum LogError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// The shared log archive failed, or its URL is not one this build reads.
+    #[error("step log archive {url}: {message}")]
+    Archive {
+        /// The archive's URL.
+        url: String,
+        /// What failed.
+        message: String,
     },
     /// The log has no stored line and no writer in this process.
     #[error(
@@ -240,6 +250,8 @@ enum Backend {
 
 struct StoreInner {
     backend: Backend,
+    /// Where finished logs are shipped, when the nodes share one.
+    archive: std::sync::OnceLock<LogArchive>,
     /// Logs with a writer in this process, and logs held only in memory (all logs
     /// of the memory backend, and file logs whose file failed).
     live: Mutex<HashMap<LogKey, Arc<LiveLog>>>,
@@ -340,6 +352,7 @@ impl LogStore {
         LogStore {
             inner: Arc::new(StoreInner {
                 backend,
+                archive: std::sync::OnceLock::new(),
                 live: Mutex::new(HashMap::new()),
             }),
         }
@@ -433,11 +446,50 @@ impl LogStore {
         Ok(())
     }
 
-    /// Every line of `key`'s log written so far, in `seq` order.
+    /// Ships finished logs to `archive` as well ([`LogStore::ship`]), and
+    /// reads a log this node does not have from it. Set once; `false` when
+    /// an archive was set before.
+    pub fn set_archive(&self, archive: LogArchive) -> bool {
+        self.inner.archive.set(archive).is_ok()
+    }
+
+    /// Ships `key`'s log, as stored here, to the archive (nothing without
+    /// one): call it once the step's attempt has ended, before its outcome is
+    /// recorded, so a recorded outcome's log outlives this node.
+    pub async fn ship(&self, key: &LogKey) -> Result<(), LogError> {
+        let Some(archive) = self.inner.archive.get() else {
+            return Ok(());
+        };
+        match self.read_here(key).await {
+            Ok(lines) => archive.put(key, &lines).await,
+            Err(LogError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every line of `key`'s log written so far, in `seq` order: this node's
+    /// copy, or else the one shipped to the archive by the node that ran
+    /// the step.
     ///
-    /// [`LogError::NotFound`] when the log has no stored line and no writer in
-    /// this process.
+    /// [`LogError::NotFound`] when the log has no stored line, no writer in
+    /// this process, and no shipped copy.
     pub async fn read(&self, key: &LogKey) -> Result<Vec<StoredLine>, LogError> {
+        match self.read_here(key).await {
+            Err(LogError::NotFound(_)) if self.inner.archive.get().is_some() => {
+                let Some(archive) = self.inner.archive.get() else {
+                    return Err(LogError::NotFound(key.clone()));
+                };
+                archive
+                    .get(key)
+                    .await?
+                    .ok_or_else(|| LogError::NotFound(key.clone()))
+            }
+            other => other,
+        }
+    }
+
+    /// [`LogStore::read`] of this node's copy only.
+    async fn read_here(&self, key: &LogKey) -> Result<Vec<StoredLine>, LogError> {
         key.validate()?;
         let Some(live) = self.inner.live(key) else {
             let inner = Arc::clone(&self.inner);
@@ -521,14 +573,22 @@ impl LogStore {
         check_component("execution", execution)?;
         lock(&self.inner.live).retain(|key, _| key.engine != engine || key.execution != execution);
         self.remove(format!("{engine}/{execution}/"), &[engine, execution])
-            .await
+            .await?;
+        match self.inner.archive.get() {
+            Some(archive) => archive.remove(engine, Some(execution)).await,
+            None => Ok(()),
+        }
     }
 
     /// Removes every step log of one engine (the engine was removed), durably.
     pub async fn remove_engine(&self, engine: &str) -> Result<(), LogError> {
         check_component("engine", engine)?;
         lock(&self.inner.live).retain(|key, _| key.engine != engine);
-        self.remove(format!("{engine}/"), &[engine]).await
+        self.remove(format!("{engine}/"), &[engine]).await?;
+        match self.inner.archive.get() {
+            Some(archive) => archive.remove(engine, None).await,
+            None => Ok(()),
+        }
     }
 
     async fn remove(&self, prefix: String, legacy_dir: &[&str]) -> Result<(), LogError> {

@@ -117,12 +117,10 @@ async fn finished(
             tracing::warn!(engine = %core.name, execution = %name, error = %e, "cannot remove a finished execution's workspace");
         }
     }
-    if !core.leads() {
-        // Retention is the engine leader's: one node deletes, not every node.
-        return Ok(Action::await_change());
-    }
     let settings = core.settings().await?;
-    if let Some(keep) = settings.retention.executions {
+    // Deleting old executions is the engine leader's work (one node, not
+    // every node); each node expires its own copies of logs below.
+    if let Some(keep) = settings.retention.executions.filter(|_| core.leads()) {
         let execs = Api::<PipelineExecution>::new(core.store.clone());
         let selector = LabelSelector::everything().and(Requirement::Equals(
             PIPELINE_LABEL.into(),
