@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing arkline needs beyond the Rust toolchain,
 # when it is missing: `protoc` (the etcd client's build compiles etcd's gRPC
-# protocol) and, with `--test`, the `etcd` server and `etcdctl` the tests run.
+# protocol) and, with `--test`, the `etcd` server and `etcdctl` the tests run
+# and `moto_server` (an S3-compatible server, from PyPI) for the log archive.
 # Debian/Ubuntu packages via apt-get, as root or with passwordless sudo;
 # elsewhere it says what to install. Source it or run it.
 set -euo pipefail
@@ -27,4 +28,15 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} (apt-get)" >&2
   $sudo apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The S3-compatible server the log archive's tests ship logs to (PyPI).
+if [ "${1:-}" = "--test" ] && ! command -v moto_server >/dev/null; then
+  if ! command -v pip3 >/dev/null && ! command -v pip >/dev/null; then
+    echo "the tests need moto_server (an S3-compatible server): install Python's pip, then pip install 'moto[server]'" >&2
+    exit 1
+  fi
+  echo "installing moto[server] (pip)" >&2
+  "$(command -v pip3 || command -v pip)" install -q 'moto[server]' >/dev/null 2>&1 \
+    || "$(command -v pip3 || command -v pip)" install -q --user 'moto[server]' >/dev/null
 fi

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub mod etcd;
 mod harness;
+pub mod s3;
 
 pub use arkline::host::Capabilities;
 pub use arkline::host::{LogLevel, LogLine, LogSource, StepLog};

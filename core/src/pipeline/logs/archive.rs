@@ -30,6 +30,21 @@ impl LogArchive {
     /// [`LogError::Archive`] for a URL that does not parse, a scheme this
     /// build does not support, or a directory that cannot be created.
     pub fn open(url: &str) -> Result<Self, LogError> {
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        Self::open_with(url, env)
+    }
+
+    /// [`LogArchive::open`] with the store's options given (for S3:
+    /// `aws_endpoint`, `aws_region`, `aws_access_key_id`, … as `object_store`
+    /// names them) instead of read from the environment.
+    ///
+    /// # Errors
+    ///
+    /// As [`LogArchive::open`].
+    pub fn open_with(url: &str, options: Vec<(String, String)>) -> Result<Self, LogError> {
         let fail = |message: String| LogError::Archive {
             url: url.to_owned(),
             message,
@@ -46,11 +61,7 @@ impl LogArchive {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("AWS_"))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        let (store, root) = object_store::parse_url_opts(&parsed, env).map_err(|e| {
+        let (store, root) = object_store::parse_url_opts(&parsed, options).map_err(|e| {
             fail(format!(
                 "{e} (this build reads file:// URLs{})",
                 if cfg!(feature = "s3") {
@@ -191,7 +202,26 @@ mod tests {
         let url = url::Url::from_directory_path(dir.path().join("logs"))
             .expect("a file URL")
             .to_string();
-        let archive = LogArchive::open(&url).expect("opens");
+        check_archive(LogArchive::open(&url).expect("opens")).await;
+
+        let bad = LogArchive::open("ftp://example.com/x").expect_err("refused");
+        assert!(bad.to_string().contains("ftp://example.com/x"), "{bad}");
+        let relative = LogArchive::open("logs/here").expect_err("refused");
+        assert!(relative.to_string().contains("file:///"), "{relative}");
+    }
+
+    /// The same on a real S3-compatible server (`moto_server`).
+    #[cfg(feature = "s3")]
+    #[tokio::test]
+    async fn shipped_logs_on_an_s3_compatible_server() {
+        let server = arkline_testkit::s3::S3Server::start();
+        server.create_bucket("arkline-logs");
+        let archive = LogArchive::open_with("s3://arkline-logs/team/logs", server.client_options())
+            .expect("opens");
+        check_archive(archive).await;
+    }
+
+    async fn check_archive(archive: LogArchive) {
         let key = LogKey::new("eng", "exec-1", "build").expect("key");
         assert_eq!(archive.get(&key).await.expect("reads"), None);
 
@@ -221,10 +251,5 @@ mod tests {
         assert!(archive.get(&other).await.expect("reads").is_some());
         archive.remove("eng", None).await.expect("removes");
         assert_eq!(archive.get(&other).await.expect("reads"), None);
-
-        let bad = LogArchive::open("ftp://example.com/x").expect_err("refused");
-        assert!(bad.to_string().contains("ftp://example.com/x"), "{bad}");
-        let relative = LogArchive::open("logs/here").expect_err("refused");
-        assert!(relative.to_string().contains("file:///"), "{relative}");
     }
 }
