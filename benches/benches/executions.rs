@@ -19,7 +19,11 @@
 //!   redb store and file logs; the budget's), `redb+memlogs` (the redb store, logs
 //!   in memory), `memory` (`MemoryStore`, logs in memory), and `etcd` (a data
 //!   dir for logs, the store on a private single-member etcd with its data on
-//!   disk; opt in with `ARKLINE_EXEC_STORES=…,etcd`); store writes per
+//!   disk; opt in with `ARKLINE_EXEC_STORES=…,etcd`), and `etcd3` (three
+//!   nodes in this process on one such etcd, the triggers sent to the first;
+//!   opt in the same way; it also measures a takeover: a node dies while its
+//!   step runs, and the time until its registration is gone, its execution is
+//!   admitted again elsewhere, and finishes there); store writes per
 //!   execution (from the store's revision); on-CPU time per thread during a batch
 //!   (`/proc/self/task/*/schedstat`); and the mean time of each phase of an
 //!   execution (created → admitted → driver → steps → finished) from the
@@ -108,6 +112,17 @@ stages:
       - { name: e, uses: faults/upper, with: { text: x } }
 "#;
 
+/// The takeover measurement's pipeline: a 1 s step (the one running when its
+/// node dies), then an `upper`.
+const NAP: &str = r#"
+name: nap
+stages:
+  - name: s1
+    steps: [{ name: zz, uses: faults/sleep, with: { ms: 1000 } }]
+  - name: s2
+    steps: [{ name: up, uses: faults/upper, with: { text: x } }]
+"#;
+
 /// `five-spread` triggers round-robin over this many copies of `five`, so that
 /// triggers do not all compete for one pipeline's run counter.
 const SPREAD: usize = 50;
@@ -148,6 +163,10 @@ enum Backing {
     /// A data dir for logs and workspaces, the store on a private
     /// single-member etcd whose data is on disk (fsynced, as redb is).
     Etcd,
+    /// Three nodes (containers in this process, each with its own etcd
+    /// client, registration and data dir) on one such etcd: the triggers go
+    /// to the first, the engine's leader spreads the executions over all.
+    Etcd3,
 }
 
 impl Backing {
@@ -157,6 +176,7 @@ impl Backing {
             Backing::RedbMemLogs => "redb+memlogs",
             Backing::Memory => "memory",
             Backing::Etcd => "etcd",
+            Backing::Etcd3 => "etcd, 3 nodes",
         }
     }
 
@@ -166,6 +186,7 @@ impl Backing {
             "redb-memlogs" | "redb+memlogs" => Some(Backing::RedbMemLogs),
             "memory" => Some(Backing::Memory),
             "etcd" => Some(Backing::Etcd),
+            "etcd3" | "etcd-3-nodes" => Some(Backing::Etcd3),
             _ => None,
         }
     }
@@ -180,6 +201,66 @@ struct Setup {
     _dir: tempfile::TempDir,
     /// The private etcd of [`Backing::Etcd`], stopped at shutdown.
     etcd: Option<arkline_testkit::etcd::EtcdServer>,
+    /// [`Backing::Etcd3`]: every node (the first is `container`), its
+    /// store handle and registration.
+    nodes: Vec<Node>,
+}
+
+/// One node of [`Backing::Etcd3`].
+struct Node {
+    container: Container,
+    store: arkline::store::EtcdStore,
+    registration: Option<arkline::store::etcd::NodeRegistration>,
+}
+
+/// The lease TTL of the bench's nodes (the takeover measurement's scale).
+const NODE_TTL: Duration = Duration::from_secs(3);
+
+/// Starts node `i` of [`Backing::Etcd3`] on `endpoint`, serving `engines`.
+async fn start_node(
+    i: usize,
+    endpoint: &str,
+    dir: &std::path::Path,
+    runtime: &Runtime,
+    engines: &[String],
+) -> Node {
+    let store = arkline::store::EtcdStore::connect(arkline::store::EtcdOptions::new([
+        endpoint.to_owned(),
+    ]))
+    .await
+    .expect("connects to the bench's etcd");
+    let id = format!("node-{i}");
+    let container = Container::builder()
+        .runtime(runtime.clone())
+        .data_dir(dir.join(&id))
+        .store(Arc::new(store.clone()))
+        .node_name(&id)
+        .build()
+        .expect("container builds");
+    let registration = store
+        .register_node(
+            arkline::store::etcd::NodeInfo {
+                id: id.clone(),
+                address: String::new(),
+                capacity: runtime.config().max_instances,
+                engines: engines.to_vec(),
+                started: String::new(),
+                version: String::new(),
+            },
+            NODE_TTL,
+            false,
+        )
+        .await
+        .expect("registers");
+    registration.fence(&store);
+    container
+        .join_cluster(arkline::store::etcd::EtcdCluster::new(&store, &registration))
+        .expect("joins");
+    Node {
+        container,
+        store,
+        registration: Some(registration),
+    }
 }
 
 impl Setup {
@@ -203,8 +284,38 @@ impl Setup {
                 etcd = Some(server);
                 builder.data_dir(dir.path()).store(Arc::new(store))
             }
+            Backing::Etcd3 => builder,
         };
-        let container = builder.build().expect("container builds");
+        let names: Vec<String> = (0..engines.max(1))
+            .map(|i| {
+                if i == 0 {
+                    ENGINE.to_owned()
+                } else {
+                    format!("{ENGINE}-{i}")
+                }
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        let container = if backing == Backing::Etcd3 {
+            let server = arkline_testkit::etcd::EtcdServer::start_in(dir.path());
+            for i in 0..3 {
+                nodes.push(start_node(i, &server.endpoint(), dir.path(), runtime, &names).await);
+            }
+            etcd = Some(server);
+            // The other nodes run the engines too, with the same bizes.
+            for node in &nodes[1..] {
+                for name in &names {
+                    let engine = node.container.engine(name).await.expect("engine starts");
+                    engine
+                        .install(ark.clone(), &Capabilities::default())
+                        .await
+                        .expect("faults installs");
+                }
+            }
+            nodes[0].container.clone()
+        } else {
+            builder.build().expect("container builds")
+        };
         let mut all = Vec::with_capacity(engines);
         for i in 0..engines.max(1) {
             let name = if i == 0 {
@@ -240,6 +351,7 @@ impl Setup {
             engines: all,
             _dir: dir,
             etcd,
+            nodes,
         }
     }
 
@@ -249,8 +361,14 @@ impl Setup {
 
     /// Shuts the container down; its data dir is kept until the end of the run
     /// (see the module documentation).
-    async fn shutdown(self) {
+    async fn shutdown(mut self) {
         self.container.shutdown().await;
+        for node in &mut self.nodes {
+            node.container.shutdown().await;
+            if let Some(registration) = node.registration.take() {
+                let _ = registration.revoke().await;
+            }
+        }
         drop(self.etcd);
         KEPT_DIRS
             .lock()
@@ -448,6 +566,8 @@ struct Batch {
     /// Size of one finished execution object as JSON.
     object_bytes: usize,
     timeline: Timeline,
+    /// Executions per node that ran them.
+    spread: String,
 }
 
 impl Batch {
@@ -575,6 +695,17 @@ async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
     let object_bytes = execs
         .first()
         .map_or(0, |e| serde_json::to_vec(e).map_or(0, |v| v.len()));
+    let mut per_node: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in &execs {
+        *per_node
+            .entry(e.status.node.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    let spread = per_node
+        .iter()
+        .map(|(node, count)| format!("{node} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let not_succeeded: Vec<String> = execs
         .into_iter()
         .filter(|e| e.status.phase != ExecutionPhase::Succeeded)
@@ -602,6 +733,107 @@ async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
         cpu,
         object_bytes,
         timeline,
+        spread,
+    }
+}
+
+/// Times from a node's death to its execution's takeover.
+struct Takeover {
+    gone: Duration,
+    readmitted: Duration,
+    finished: Duration,
+}
+
+/// One execution of `nap` (a 1 s step, then an `upper`) on a node of three;
+/// once its step runs, that node dies as a SIGKILLed one would for the
+/// store: every later write of it is refused (fenced on a lease it does not
+/// hold), its lease is no longer renewed (nor revoked), and its engines
+/// stop. Measured from that moment: its registration gone, the execution
+/// admitted again on another node, and finished there.
+async fn takeover(runtime: &Runtime, ark: &Ark) -> Takeover {
+    let mut setup = Setup::new(Backing::Etcd3, runtime, ark, 1).await;
+    setup
+        .engine
+        .apply_pipeline_yaml("nap.yaml", NAP)
+        .await
+        .expect("nap applies");
+    let exec = setup
+        .engine
+        .trigger("nap", TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let name = exec.metadata.name.clone();
+    let running_on = loop {
+        let e = setup
+            .engine
+            .execution(&name)
+            .await
+            .expect("reads")
+            .expect("exists");
+        if e.status.phase == ExecutionPhase::Running
+            && e.status.stages.first().and_then(|s| s.steps.first()).is_some_and(|s| s.started.is_some())
+        {
+            break e.status.node.clone().expect("a node");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let victim = setup
+        .nodes
+        .iter_mut()
+        .find(|n| n.container.node() == running_on)
+        .expect("a node of the bench");
+    let died = Instant::now();
+    victim.store.fence(format!("/arkline/nodes/{running_on}"), -1);
+    drop(victim.registration.take());
+    let dead = victim.container.clone();
+    tokio::spawn(async move { dead.shutdown().await });
+    let store = setup.nodes[0].store.clone();
+    let watcher = setup
+        .nodes
+        .iter()
+        .find(|n| n.container.node() != running_on)
+        .expect("a survivor")
+        .container
+        .clone();
+    let survivor = watcher.engine(ENGINE).await.expect("engine");
+    let mut gone = None;
+    let mut readmitted = None;
+    let finished = loop {
+        if gone.is_none()
+            && !store
+                .nodes()
+                .await
+                .expect("lists nodes")
+                .iter()
+                .any(|n| n.id == running_on)
+        {
+            gone = Some(died.elapsed());
+        }
+        let e = survivor
+            .execution(&name)
+            .await
+            .expect("reads")
+            .expect("exists");
+        if readmitted.is_none() && e.status.node.as_deref() != Some(running_on.as_str()) {
+            readmitted = Some(died.elapsed());
+        }
+        if e.status.phase.is_finished() {
+            assert_eq!(e.status.phase, ExecutionPhase::Succeeded, "{}", e.status.reason);
+            break died.elapsed();
+        }
+        assert!(died.elapsed() < BATCH_LIMIT, "not taken over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The bench's setup shuts down what is left (the victim's own shutdown
+    // runs on, fenced).
+    if setup.nodes[0].container.node() == running_on {
+        setup.container = watcher;
+    }
+    setup.shutdown().await;
+    Takeover {
+        gone: gone.unwrap_or(finished),
+        readmitted: readmitted.unwrap_or(finished),
+        finished,
     }
 }
 
@@ -884,6 +1116,9 @@ fn main() {
                         .join(", ")
                 ));
                 cpu_lines.push(format!("  timeline: {}", b.timeline.line()));
+                if backing == Backing::Etcd3 {
+                    cpu_lines.push(format!("  executions per node: {}", b.spread));
+                }
                 let bad: usize = runs.iter().map(|r| r.not_succeeded.len()).sum();
                 let flipped: usize = runs.iter().map(|r| r.flips.len()).sum();
                 println!(
@@ -916,6 +1151,23 @@ fn main() {
         );
         for a in &anomalies {
             println!("- {a}");
+        }
+    }
+    if backings.contains(&Backing::Etcd3) {
+        println!();
+        println!(
+            "takeover (three nodes, lease TTL {NODE_TTL:?}): a node running a step dies (its writes fenced off, its lease left to expire, its engines stopped) →"
+        );
+        println!("| round | node gone (lease expired) | admitted again elsewhere | finished there |");
+        println!("|---|---|---|---|");
+        for round in 1..=rounds {
+            let t = rt.block_on(takeover(&runtime, &ark));
+            println!(
+                "| {round} | {} | {} | {} |",
+                ms(t.gone),
+                ms(t.readmitted),
+                ms(t.finished)
+            );
         }
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -234,6 +234,14 @@ async fn keep_alive(store: EtcdStore, lease: i64, ttl_secs: i64, lost: watch::Se
     }
 }
 
+impl Drop for NodeRegistration {
+    /// Stops renewing the lease, without revoking it: the registration ends
+    /// when the lease expires, as if the node had died.
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
 /// Updates a registration from another task (see [`NodeRegistration::updater`]).
 #[derive(Debug, Clone)]
 pub struct NodeUpdater {
