@@ -39,4 +39,6 @@ if [ "${1:-}" = "--test" ] && ! command -v moto_server >/dev/null; then
   echo "installing moto[server] (pip)" >&2
   "$(command -v pip3 || command -v pip)" install -q 'moto[server]' >/dev/null 2>&1 \
     || "$(command -v pip3 || command -v pip)" install -q --user 'moto[server]' >/dev/null
+  # pyenv installs a new script's shim on rehash.
+  if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 fi

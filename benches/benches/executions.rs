@@ -224,11 +224,10 @@ async fn start_node(
     runtime: &Runtime,
     engines: &[String],
 ) -> Node {
-    let store = arkline::store::EtcdStore::connect(arkline::store::EtcdOptions::new([
-        endpoint.to_owned(),
-    ]))
-    .await
-    .expect("connects to the bench's etcd");
+    let store =
+        arkline::store::EtcdStore::connect(arkline::store::EtcdOptions::new([endpoint.to_owned()]))
+            .await
+            .expect("connects to the bench's etcd");
     let id = format!("node-{i}");
     let container = Container::builder()
         .runtime(runtime.clone())
@@ -254,7 +253,10 @@ async fn start_node(
         .expect("registers");
     registration.fence(&store);
     container
-        .join_cluster(arkline::store::etcd::EtcdCluster::new(&store, &registration))
+        .join_cluster(arkline::store::etcd::EtcdCluster::new(
+            &store,
+            &registration,
+        ))
         .expect("joins");
     Node {
         container,
@@ -737,6 +739,73 @@ async fn batch(setup: &Setup, pipeline: &str, n: usize) -> Batch {
     }
 }
 
+/// The affinity measurement's pipeline: one step whose cache key changes
+/// with `gen`; `lines` counts the runs its cached file has seen (1 = a
+/// cache miss).
+const CACHED: &str = r#"
+name: cached
+params:
+  - name: gen
+stages:
+  - name: s
+    steps:
+      - name: build
+        uses: faults/append
+        with: { path: /workspace/runs.txt, line: x }
+        cache:
+          key: deps-${{ params.gen }}
+          paths: [runs.txt]
+"#;
+
+/// Cache affinity over three nodes: `runs` runs of `cached`, one at a time,
+/// the cache key changing every `per_key` runs (a lock file that changes now
+/// and then). Returns (hits, what uniformly random placement would hit on
+/// average for the same sequence: a run whose key `k` earlier runs used hits
+/// with probability 1 − (2/3)^k).
+async fn affinity(runtime: &Runtime, ark: &Ark, runs: usize, per_key: usize) -> (usize, f64) {
+    let setup = Setup::new(Backing::Etcd3, runtime, ark, 1).await;
+    setup
+        .engine
+        .apply_pipeline_yaml("cached.yaml", CACHED)
+        .await
+        .expect("cached applies");
+    let mut hits = 0;
+    let mut random = 0.0;
+    for i in 0..runs {
+        let generation = i / per_key;
+        let exec = setup
+            .engine
+            .trigger(
+                "cached",
+                TriggerRequest::manual().param("gen", generation.to_string()),
+            )
+            .await
+            .expect("trigger");
+        let done = setup.engine.wait(&exec.metadata.name).await.expect("waits");
+        succeeded(&done);
+        let lines: usize = done.status.outputs["build"]["lines"]
+            .parse()
+            .expect("a count");
+        if lines > 1 {
+            hits += 1;
+        }
+        random += 1.0 - (2.0f64 / 3.0).powi((i % per_key) as i32);
+        // The next placement reads the pipeline's recent nodes: wait until
+        // the leader recorded this run.
+        for _ in 0..500 {
+            let p = setup.engine.pipeline("cached").await.expect("reads");
+            if p.is_some_and(|p| {
+                p.status.last_execution.as_deref() == Some(exec.metadata.name.as_str())
+            }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    setup.shutdown().await;
+    (hits, random)
+}
+
 /// Times from a node's death to its execution's takeover.
 struct Takeover {
     gone: Duration,
@@ -771,7 +840,11 @@ async fn takeover(runtime: &Runtime, ark: &Ark) -> Takeover {
             .expect("reads")
             .expect("exists");
         if e.status.phase == ExecutionPhase::Running
-            && e.status.stages.first().and_then(|s| s.steps.first()).is_some_and(|s| s.started.is_some())
+            && e.status
+                .stages
+                .first()
+                .and_then(|s| s.steps.first())
+                .is_some_and(|s| s.started.is_some())
         {
             break e.status.node.clone().expect("a node");
         }
@@ -783,7 +856,9 @@ async fn takeover(runtime: &Runtime, ark: &Ark) -> Takeover {
         .find(|n| n.container.node() == running_on)
         .expect("a node of the bench");
     let died = Instant::now();
-    victim.store.fence(format!("/arkline/nodes/{running_on}"), -1);
+    victim
+        .store
+        .fence(format!("/arkline/nodes/{running_on}"), -1);
     drop(victim.registration.take());
     let dead = victim.container.clone();
     tokio::spawn(async move { dead.shutdown().await });
@@ -818,7 +893,12 @@ async fn takeover(runtime: &Runtime, ark: &Ark) -> Takeover {
             readmitted = Some(died.elapsed());
         }
         if e.status.phase.is_finished() {
-            assert_eq!(e.status.phase, ExecutionPhase::Succeeded, "{}", e.status.reason);
+            assert_eq!(
+                e.status.phase,
+                ExecutionPhase::Succeeded,
+                "{}",
+                e.status.reason
+            );
             break died.elapsed();
         }
         assert!(died.elapsed() < BATCH_LIMIT, "not taken over");
@@ -1154,11 +1234,20 @@ fn main() {
         }
     }
     if backings.contains(&Backing::Etcd3) {
+        let (runs, per_key) = (30, 3);
+        let (hits, random) = rt.block_on(affinity(&runtime, &ark, runs, per_key));
+        println!();
+        println!(
+            "cache affinity (three nodes; {runs} runs one at a time, the cache key changing every {per_key}): {hits} cache hits; uniformly random placement: {random:.1} expected ({:.1}×)",
+            hits as f64 / random
+        );
         println!();
         println!(
             "takeover (three nodes, lease TTL {NODE_TTL:?}): a node running a step dies (its writes fenced off, its lease left to expire, its engines stopped) →"
         );
-        println!("| round | node gone (lease expired) | admitted again elsewhere | finished there |");
+        println!(
+            "| round | node gone (lease expired) | admitted again elsewhere | finished there |"
+        );
         println!("|---|---|---|---|");
         for round in 1..=rounds {
             let t = rt.block_on(takeover(&runtime, &ark));

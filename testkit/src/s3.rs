@@ -28,12 +28,20 @@ impl S3Server {
                 .and_then(|l| l.local_addr())
                 .map(|a| a.port())
                 .expect("cannot bind a loopback port");
-            let child = Command::new(&binary)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
+            let args = ["-H", "127.0.0.1", "-p", &port.to_string()];
+            let spawn = |program: &str, prefix: &[&str]| {
+                Command::new(program)
+                    .args(prefix)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            };
+            // The script, or the module where the script's directory is not
+            // on PATH (a `pip install --user`).
+            let child = spawn(&binary, &[])
+                .or_else(|_| spawn("python3", &["-m", "moto.server"]))
                 .unwrap_or_else(|e| {
                     panic!(
                         "this test needs an S3-compatible server, `{binary}` (PyPI: \
@@ -54,7 +62,11 @@ impl S3Server {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        panic!("the S3-compatible server `{binary}` did not answer on loopback ({last})");
+        panic!(
+            "the S3-compatible server `{binary}` did not answer on loopback ({last}); \
+             is it installed? (PyPI: pip install 'moto[server]'; `bash .ci/deps.sh --test` \
+             installs it)"
+        );
     }
 
     /// Whether it answers an HTTP request.

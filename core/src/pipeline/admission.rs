@@ -375,6 +375,9 @@ async fn admit(
         let free = queue.quota.map_or(usize::MAX, |q| {
             (q as usize).saturating_sub(queue.active.len())
         });
+        if queue.queued.is_empty() || free == 0 {
+            return Ok(());
+        }
         let mut candidates = candidates(core, queue, members);
         let mut recent = Recent::default();
         let mut batch = Vec::new();
@@ -524,6 +527,10 @@ async fn readmit(
     queue: &mut Queue,
     members: &Membership,
 ) -> Result<(), StoreError> {
+    if !members.complete {
+        // No node is known to be gone (a node alone, or not yet listed).
+        return Ok(());
+    }
     let orphans: Vec<(String, String)> = queue
         .active
         .iter()

@@ -8,6 +8,7 @@
 //! `main`.
 
 mod cache_capability;
+mod cluster;
 mod deployment;
 mod etcd;
 mod executions;
