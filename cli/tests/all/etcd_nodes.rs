@@ -1,5 +1,5 @@
 //! Three `arkline serve` nodes on one etcd prefix: the engine's leader
-//! spreads the executions over them, and when a node is SIGKILLed mid-step
+//! spreads 300 executions of three pipelines over them, and when a node is SIGKILLed mid-step
 //! (here the leader itself), another node is elected, admits its executions
 //! again once its lease has ended, and they finish there. A counting HTTP
 //! server on loopback sees every step run: none runs on two nodes at once,
@@ -13,6 +13,9 @@ use arkline_testkit::etcd::EtcdServer;
 use serde_json::{Value, json};
 
 use crate::support::server::{Server, arkc, eventually};
+
+/// Executions in the three-node test.
+const EXECUTIONS: usize = 300;
 
 /// How long the counting server holds the `hold` step's request.
 const HOLD: Duration = Duration::from_millis(1500);
@@ -113,7 +116,11 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
             "team-a",
             &http_biz,
             &["http=127.0.0.1"],
-            &[("count.yaml", &pipeline)],
+            &[
+                ("count-0.yaml", &pipeline.replace("name: count", "name: count-0")),
+                ("count-1.yaml", &pipeline.replace("name: count", "name: count-1")),
+                ("count-2.yaml", &pipeline.replace("name: count", "name: count-2")),
+            ],
         ),
     )
     .expect("writes");
@@ -158,14 +165,16 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
     })
     .await;
 
-    // 30 executions, triggered round-robin through the three APIs.
+    // 300 executions of three pipelines, triggered round-robin through the
+    // three APIs.
     let mut id_of = BTreeMap::new();
-    for i in 0..30 {
+    for i in 0..EXECUTIONS {
         let node = nodes[i % 3].as_ref().expect("running");
         let created: Value = http
             .post(format!(
-                "{}/api/v1/engines/team-a/pipelines/count/executions",
-                node.url
+                "{}/api/v1/engines/team-a/pipelines/count-{}/executions",
+                node.url,
+                i % 3
             ))
             .json(&json!({ "params": { "id": format!("x{i}") } }))
             .send()
@@ -236,7 +245,7 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
     let items = loop {
         let list = get(&http, list_url.clone()).await.unwrap_or_default();
         let items = list.as_array().cloned().unwrap_or_default();
-        if items.len() == 30
+        if items.len() == EXECUTIONS
             && items
                 .iter()
                 .all(|e| e["status"]["phase"] == "Succeeded" || e["status"]["phase"] == "Failed")
@@ -332,7 +341,7 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
     for (key, at) in started {
         by_key.entry(key).or_default().push(at);
     }
-    for i in 0..30 {
+    for i in 0..EXECUTIONS {
         let id = format!("x{i}");
         for step in ["one", "hold", "two"] {
             let key = format!("{id}/{step}");
