@@ -243,6 +243,7 @@ async fn start_node(
                 address: String::new(),
                 capacity: runtime.config().max_instances,
                 engines: engines.to_vec(),
+                load: 0,
                 started: String::new(),
                 version: String::new(),
             },

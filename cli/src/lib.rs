@@ -36,7 +36,7 @@ pub enum Command {
     /// Check pipeline YAML files and container archives, printing every diagnostic.
     Validate(validate::ValidateArgs),
     /// Serve the admin HTTP API (and webhooks, metrics) over a data dir.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Drive a running `arkline serve` over its API.
     Ctl(ctl::CtlArgs),
 }

@@ -128,6 +128,18 @@ pub struct ServeArgs {
     /// `logs/`.
     #[arg(long, env = "ARKLINE_LOG_ARCHIVE", value_name = "URL")]
     pub log_archive: Option<String>,
+    /// An object store uploaded archives are kept in as well, so every node
+    /// installs a biz any node was given without a shared file system:
+    /// `s3://bucket/prefix` (credentials from the `AWS_*` environment
+    /// variables) or `file:///dir`.
+    #[arg(long, env = "ARKLINE_ARCHIVE_STORE", value_name = "URL")]
+    pub archive_store: Option<String>,
+    /// The key secrets are encrypted with (a file of 64 hex digits, as the
+    /// data dir's `secret.key`): give every node the same one, so a secret
+    /// written through one node is read on all. Default: the shared dir's,
+    /// or the data dir's, created on first start.
+    #[arg(long, env = "ARKLINE_SECRET_KEY_FILE", value_name = "FILE")]
+    pub secret_key: Option<PathBuf>,
     /// etcd: the URL other nodes reach this node's API at (default: the
     /// listening address).
     #[arg(
@@ -209,6 +221,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| format!("http://{addr}")),
             capacity: container.runtime().config().max_instances,
             engines: engines(container),
+            load: 0,
             started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
@@ -227,17 +240,25 @@ impl ServeArgs {
             // Checked every second: admission gives a node an engine's executions
             // only once its registration lists the engine.
             let period = Duration::from_secs(1);
+            let load = |c: &Container| u32::try_from(c.running_executions()).unwrap_or(u32::MAX);
             tokio::spawn(async move {
-                let mut served = engines(&container);
+                let mut served = (engines(&container), 0);
                 loop {
                     tokio::time::sleep(period).await;
                     if *registration_info.borrow() {
                         return;
                     }
-                    let now = engines(&container);
+                    // Written only when it changed: an idle node writes nothing.
+                    let now = (engines(&container), load(&container));
                     if now != served {
-                        let update = now.clone();
-                        match handle.update(move |i| i.engines = update).await {
+                        let (names, running) = now.clone();
+                        match handle
+                            .update(move |i| {
+                                i.engines = names;
+                                i.load = running;
+                            })
+                            .await
+                        {
                             Ok(()) => served = now,
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot update the node registration")
@@ -321,6 +342,14 @@ impl ServeArgs {
             let shared = std::path::absolute(shared)
                 .with_context(|| format!("--shared-dir {}: not a usable path", shared.display()))?;
             builder = builder.shared_dir(shared);
+        }
+        if let Some(url) = &self.archive_store {
+            builder = builder.archive_store(url);
+        }
+        if let Some(path) = &self.secret_key {
+            let key = arkline::container::SecretKey::load(path)
+                .with_context(|| format!("--secret-key {}", path.display()))?;
+            builder = builder.secret_key(key);
         }
         if let Some(url) = &self.log_archive {
             builder = builder.log_archive(

@@ -138,6 +138,9 @@ pub enum ContainerError {
     /// membership), or the cluster is another node's.
     #[error("cannot join the cluster: {0}")]
     Cluster(String),
+    /// The remote archive store's URL is unusable.
+    #[error("the archive store {0}")]
+    ArchiveStore(String),
     /// Neither a data dir nor a store was given.
     #[error(
         "a container needs a data dir (`Container::builder().data_dir(..)`) or a store (`.store(..)`)"
@@ -159,6 +162,7 @@ pub struct ContainerBuilder {
     require_process_sandbox: bool,
     shared_dir: Option<PathBuf>,
     log_archive: Option<LogArchive>,
+    archive_store: Option<String>,
 }
 
 impl std::fmt::Debug for ContainerBuilder {
@@ -237,6 +241,15 @@ impl ContainerBuilder {
     /// [`ContainerBuilder::log_archive`] names another archive.
     pub fn shared_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.shared_dir = Some(dir.into());
+        self
+    }
+
+    /// Keeps uploaded archives in the object store at `url` as well
+    /// (`s3://bucket/prefix` with the `s3` feature, or `file:///dir`;
+    /// credentials from the `AWS_*` environment variables): a node that
+    /// lacks one, because another node was given it, fetches it from there.
+    pub fn archive_store(mut self, url: impl Into<String>) -> Self {
+        self.archive_store = Some(url.into());
         self
     }
 
@@ -328,7 +341,14 @@ impl ContainerBuilder {
             (None, None) if temp => SecretKey::generate()?,
             (None, None) => SecretKey::load_or_create(&data_dir.join("secret.key"))?,
         };
-        let arks_dir = self.shared_dir.as_ref().unwrap_or(&data_dir).join("arks");
+        let mut arks = crate::pipeline::ArkStore::new(
+            self.shared_dir.as_ref().unwrap_or(&data_dir).join("arks"),
+        );
+        if let Some(url) = &self.archive_store {
+            arks = arks
+                .with_remote(url, None)
+                .map_err(|e| ContainerError::ArchiveStore(format!("{url}: {e}")))?;
+        }
         let node = match self.node {
             Some(n) => n,
             None if temp => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -375,7 +395,7 @@ impl ContainerBuilder {
                 options: self.options,
                 logs,
                 data_dir,
-                arks_dir,
+                arks,
                 temp,
                 blob_cache_cap: self.blob_cache_cap,
                 pool,
@@ -420,8 +440,9 @@ struct Inner {
     options: ExecOptions,
     logs: LogStore,
     data_dir: PathBuf,
-    /// Where uploaded archives are kept (the shared dir's, or the data dir's).
-    arks_dir: PathBuf,
+    /// Where uploaded archives are kept (the shared dir's, or the data
+    /// dir's; and the remote archive store).
+    arks: crate::pipeline::ArkStore,
     temp: bool,
     blob_cache_cap: u64,
     pool: crate::pipeline::pool::WorkerPool,
@@ -463,6 +484,7 @@ impl Container {
             require_process_sandbox: false,
             shared_dir: None,
             log_archive: None,
+            archive_store: None,
         }
     }
 
@@ -609,7 +631,7 @@ impl Container {
             pokes,
             started: chrono::Utc::now(),
             pool: inner.pool.clone(),
-            arks: crate::pipeline::ArkStore::new(inner.arks_dir.clone()),
+            arks: inner.arks.clone(),
             run_counters: Mutex::new(Default::default()),
             finished_runs: Mutex::new(Default::default()),
             metrics: inner.metrics.clone(),
@@ -845,6 +867,13 @@ impl Container {
     pub fn engines(&self) -> Vec<Engine> {
         let engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
         engines.values().map(|(e, _)| e.clone()).collect()
+    }
+
+    /// How many executions this container's engines drive now (its load, as
+    /// a node registration reports it).
+    pub fn running_executions(&self) -> usize {
+        let engines = self.inner.engines.lock().unwrap_or_else(|p| p.into_inner());
+        engines.values().map(|(e, _)| e.core.runs().len()).sum()
     }
 
     /// Stops every engine: controllers end, running steps are interrupted and

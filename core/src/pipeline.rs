@@ -28,6 +28,7 @@ mod executor;
 pub(crate) mod logs;
 pub(crate) mod pool;
 mod reconcile;
+pub(crate) mod remote;
 pub(crate) mod schedule;
 pub(crate) mod secrets;
 mod trigger;

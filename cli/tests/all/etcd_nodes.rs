@@ -198,6 +198,15 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
             .to_owned();
         id_of.insert(name, format!("x{i}"));
     }
+    // The registrations report what each node drives (refreshed every
+    // second): a node in the middle of its executions says so.
+    eventually("a registration with a load", || async {
+        registrations(&etcd)
+            .iter()
+            .any(|r| r["load"].as_u64().is_some_and(|l| l > 0))
+            .then_some(())
+    })
+    .await;
     let list_url = format!(
         "{}/api/v1/engines/team-a/executions",
         nodes[1].as_ref().expect("running").url
@@ -391,24 +400,83 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
 /// executions triggered through the other node run on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_one_node_is_given_every_node_runs_with_a_shared_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = dir.path().join("shared");
+    given_to_one_run_on_all(
+        dir.path(),
+        &["--shared-dir", shared.to_str().expect("utf-8")],
+        &[],
+    )
+    .await;
+    // Both nodes use the one key in the shared dir.
+    assert!(shared.join("secret.key").exists());
+    assert!(!dir.path().join("a").join("secret.key").exists());
+}
+
+/// The same without a shared file system: archives and finished logs in an
+/// S3-compatible object store (`moto_server`), the secret key given to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_one_node_is_given_every_node_runs_with_an_object_store() {
+    let s3 = arkline_testkit::s3::S3Server::start();
+    s3.create_bucket("arkline");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("secret.key");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .expect("creates the key file");
+        writeln!(f, "{}", "7e".repeat(32)).expect("writes");
+    }
+    let env: Vec<(String, String)> = s3
+        .client_options()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_uppercase(), v))
+        .collect();
+    given_to_one_run_on_all(
+        dir.path(),
+        &[
+            "--archive-store",
+            "s3://arkline/arks",
+            "--log-archive",
+            "s3://arkline/logs",
+            "--secret-key",
+            key.to_str().expect("utf-8"),
+        ],
+        &env,
+    )
+    .await;
+    assert!(!dir.path().join("a").join("secret.key").exists());
+}
+
+/// Two nodes started with `extra` flags and `env`: an app and a secret given
+/// to node a reach node b, executions triggered through b run on both, a
+/// running step's log streams through the node that does not run it, and a
+/// finished step's log is served by the node that did not run it.
+async fn given_to_one_run_on_all(dir: &std::path::Path, extra: &[&str], env: &[(String, String)]) {
     const SECRET: &str = "name: secret\nsecrets: [token]\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: \"${{ secrets.token }}\" }\n";
     const NAP: &str = "name: nap\nstages:\n  - name: s\n    steps:\n      - name: zz\n        uses: faults/sleep\n        with: { ms: 2000 }\n";
     let etcd = EtcdServer::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let shared = dir.path().join("shared");
     let url = etcd.store_url();
-    let args = [
+    let mut args = vec![
         "--insecure-no-auth",
         "--store",
         url.as_str(),
         "--node-ttl",
         "2s",
-        "--shared-dir",
-        shared.to_str().expect("utf-8"),
     ];
-    let a = Server::start(&dir.path().join("a"), &args);
-    let b = Server::start(&dir.path().join("b"), &args);
-    let b_id = std::fs::read_to_string(dir.path().join("b").join("node-id"))
+    args.extend_from_slice(extra);
+    let a = Server::start_with_env(&dir.join("a"), &args, env);
+    let b = Server::start_with_env(&dir.join("b"), &args, env);
+    let a_id = std::fs::read_to_string(dir.join("a").join("node-id"))
+        .expect("node id")
+        .trim()
+        .to_owned();
+    let b_id = std::fs::read_to_string(dir.join("b").join("node-id"))
         .expect("node id")
         .trim()
         .to_owned();
@@ -488,6 +556,7 @@ async fn what_one_node_is_given_every_node_runs_with_a_shared_dir() {
         );
     }
     let mut nodes = BTreeSet::new();
+    let mut ran_on_a = None;
     for name in &names {
         let done = eventually(&format!("{name} to finish"), || async {
             let e = get(
@@ -503,7 +572,11 @@ async fn what_one_node_is_given_every_node_runs_with_a_shared_dir() {
         })
         .await;
         assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
-        nodes.insert(done["status"]["node"].as_str().expect("node").to_owned());
+        let node = done["status"]["node"].as_str().expect("node").to_owned();
+        if node == a_id {
+            ran_on_a = Some(name.clone());
+        }
+        nodes.insert(node);
     }
     assert_eq!(nodes.len(), 2, "both nodes ran some: {nodes:?}");
     assert!(nodes.contains(&b_id));
@@ -552,8 +625,45 @@ async fn what_one_node_is_given_every_node_runs_with_a_shared_dir() {
     assert!(streamed.contains("sleeping 2000 ms"), "{streamed}");
     assert!(streamed.contains("event: end"), "{streamed}");
 
-    // Both nodes use the one key in the shared dir.
-    assert!(shared.join("secret.key").exists());
-    assert!(!dir.path().join("a").join("secret.key").exists());
+    // A new version installed and switched to through node a is installed
+    // and active on node b too.
+    let installed = http
+        .post(format!("{}/api/v1/engines/team-a/bizes", a.url))
+        .body(crate::support::server::faults_as("9.9.9"))
+        .send()
+        .await
+        .expect("answers");
+    assert!(
+        installed.status().is_success(),
+        "{:?}",
+        installed.text().await
+    );
+    eventually("9.9.9 active on node b", || async {
+        let bizes = get(&http, format!("{}/api/v1/engines/team-a/bizes", b.url)).await?;
+        bizes
+            .as_array()?
+            .iter()
+            .any(|z| z["version"] == "9.9.9" && z["state"] == "activated")
+            .then_some(())
+    })
+    .await;
+
+    // A finished step's log, asked of the node that did not run it, comes
+    // from the archive the other node shipped it to.
+    let ran_on_a = ran_on_a.expect("an execution ran on node a");
+    let log = get(
+        &http,
+        format!(
+            "{}/api/v1/engines/team-a/executions/{ran_on_a}/steps/up/logs",
+            b.url
+        ),
+    )
+    .await
+    .expect("a log");
+    assert!(
+        log.as_array()
+            .is_some_and(|lines| lines.iter().any(|l| l["message"] == "attempt 1 succeeded")),
+        "{log:#}"
+    );
     drop((a, b));
 }

@@ -88,9 +88,10 @@ pub(crate) async fn deploy_biz(
     let _changing = core.deploy_lock.lock().await;
     core.arks
         .put(&digest, bytes)
+        .await
         .map_err(|source| DeployError::Keep {
             biz: format!("{name}@{version}"),
-            dir: core.arks.dir().to_path_buf(),
+            location: core.arks.location(),
             source,
         })?;
     let semver_version = ark.manifest.version.clone();
@@ -204,7 +205,7 @@ pub(crate) async fn reconcile_deployment(
                 problems.push(format!("{}@{v}: no archive digest recorded", biz.name));
                 continue;
             };
-            let ark = match core.arks.get(digest) {
+            let ark = match core.arks.get(digest).await {
                 Ok(a) => a,
                 Err(e) => {
                     problems.push(format!("{}@{v}: {e}", biz.name));

@@ -1,7 +1,5 @@
 //! Why the execution machinery's operations fail.
 
-use std::path::PathBuf;
-
 use crate::ark::ArchiveError;
 use crate::host::GrantError;
 use crate::model::ParamError;
@@ -48,12 +46,12 @@ pub enum DeployError {
         version: String,
     },
     /// The archive could not be kept in the archive store.
-    #[error("cannot keep the archive of {biz} in {}: {source}", .dir.display())]
+    #[error("cannot keep the archive of {biz} in {location}: {source}")]
     Keep {
         /// `name@version`.
         biz: String,
-        /// The archive store's directory.
-        dir: PathBuf,
+        /// The archive store (its directory, and its remote store if any).
+        location: String,
         /// The I/O error.
         source: std::io::Error,
     },

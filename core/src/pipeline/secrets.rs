@@ -282,7 +282,15 @@ impl SecretKey {
         XChaCha20Poly1305::new(Key::from_slice(&*self.bytes))
     }
 
-    fn load(path: &Path) -> Result<SecretKey, SecretError> {
+    /// Reads an existing key file (64 hex digits, not readable by group or
+    /// others), as [`SecretKey::load_or_create`] does; a missing file is an
+    /// error, not a new key.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretError::Io`] when the file cannot be read, [`SecretError::KeyFile`]
+    /// when group or others may access it or it does not hold a key.
+    pub fn load(path: &Path) -> Result<SecretKey, SecretError> {
         let io_err = |source| SecretError::Io {
             path: path.to_owned(),
             source,

@@ -199,6 +199,7 @@ async fn a_fenced_store_writes_nothing_once_its_registration_is_gone() {
         address: format!("http://{id}.invalid"),
         capacity: 1,
         engines: vec![],
+        load: 0,
         started: String::new(),
         version: "test".into(),
     };

@@ -134,12 +134,18 @@ impl Server {
     /// Starts `arkline serve --data-dir <data> --listen 127.0.0.1:0 <args>` and
     /// waits until it is ready.
     pub fn start(data: &Path, args: &[&str]) -> Server {
+        Self::start_with_env(data, args, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set.
+    pub fn start_with_env(data: &Path, args: &[&str], env: &[(String, String)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_arkline"))
             .arg("serve")
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

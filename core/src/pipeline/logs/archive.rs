@@ -11,6 +11,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
 use super::{LogError, LogKey, StoredLine};
+use crate::pipeline::remote::Remote;
 
 /// Where finished step logs are shipped.
 #[derive(Debug, Clone)]
@@ -30,11 +31,7 @@ impl LogArchive {
     /// [`LogError::Archive`] for a URL that does not parse, a scheme this
     /// build does not support, or a directory that cannot be created.
     pub fn open(url: &str) -> Result<Self, LogError> {
-        let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("AWS_"))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        Self::open_with(url, env)
+        Self::open_with(url, Remote::env_options())
     }
 
     /// [`LogArchive::open`] with the store's options given (for S3:
@@ -45,36 +42,14 @@ impl LogArchive {
     ///
     /// As [`LogArchive::open`].
     pub fn open_with(url: &str, options: Vec<(String, String)>) -> Result<Self, LogError> {
-        let fail = |message: String| LogError::Archive {
+        let remote = Remote::open(url, options).map_err(|message| LogError::Archive {
             url: url.to_owned(),
             message,
-        };
-        let parsed = url::Url::parse(url).map_err(|e| {
-            fail(format!(
-                "not a URL ({e}): write file:///shared/dir/logs or s3://bucket/prefix"
-            ))
-        })?;
-        if parsed.scheme() == "file" {
-            let dir = parsed
-                .to_file_path()
-                .map_err(|()| fail("a file URL needs an absolute path".into()))?;
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let (store, root) = object_store::parse_url_opts(&parsed, options).map_err(|e| {
-            fail(format!(
-                "{e} (this build reads file:// URLs{})",
-                if cfg!(feature = "s3") {
-                    " and s3:// URLs"
-                } else {
-                    "; s3:// needs the `s3` feature"
-                }
-            ))
         })?;
         Ok(Self {
-            store: Arc::from(store),
-            root,
-            url: url.to_owned(),
+            store: remote.store,
+            root: remote.root,
+            url: remote.url,
         })
     }
 

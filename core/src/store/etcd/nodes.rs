@@ -29,6 +29,9 @@ pub struct NodeInfo {
     pub capacity: u32,
     /// The engines it serves.
     pub engines: Vec<String>,
+    /// The executions it drives now (refreshed at most every second).
+    #[serde(default)]
+    pub load: u32,
     /// When it registered (RFC 3339).
     pub started: String,
     /// The arkline version it runs.
