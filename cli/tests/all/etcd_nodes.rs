@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use arkline_testkit::etcd::EtcdServer;
 use serde_json::{Value, json};
 
+use crate::etcd_store::registered;
 use crate::support::server::{Server, arkc, eventually};
 
 /// Executions in the three-node test.
@@ -67,25 +68,29 @@ async fn counting_server() -> (u16, Arc<Mutex<Hits>>) {
     (port, hits)
 }
 
-/// The node registrations (decoded) on `etcd`.
-fn registrations(etcd: &EtcdServer) -> Vec<Value> {
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &etcd.endpoint(),
-            "get",
-            "--prefix",
-            "--print-value-only",
-            "/arkline/nodes/",
-        ])
-        .output()
-        .expect("etcdctl runs (Debian: etcd-client; `bash .ci/deps.sh --test` installs it)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("a registration is JSON"))
-        .collect()
+/// Triggers `pipeline` of `team-a` through the node at `url` with `body`;
+/// the execution's name.
+pub(crate) async fn trigger(
+    http: &reqwest::Client,
+    url: &str,
+    pipeline: &str,
+    body: Value,
+) -> String {
+    let created: Value = http
+        .post(format!(
+            "{url}/api/v1/engines/team-a/pipelines/{pipeline}/executions"
+        ))
+        .json(&body)
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    created["metadata"]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no execution: {created:#}"))
+        .to_owned()
 }
 
 async fn get(http: &reqwest::Client, url: String) -> Option<Value> {
@@ -163,7 +168,7 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
     // Every node lists the engine before anything is triggered (admission
     // gives a node executions only once it does).
     eventually("three registrations serving team-a", || async {
-        let regs = registrations(&etcd);
+        let regs = registered(&etcd);
         (regs.len() == 3
             && regs.iter().all(|r| {
                 r["engines"]
@@ -179,29 +184,19 @@ async fn three_nodes_share_the_executions_and_finish_a_killed_nodes() {
     let mut id_of = BTreeMap::new();
     for i in 0..EXECUTIONS {
         let node = nodes[i % 3].as_ref().expect("running");
-        let created: Value = http
-            .post(format!(
-                "{}/api/v1/engines/team-a/pipelines/count-{}/executions",
-                node.url,
-                i % 3
-            ))
-            .json(&json!({ "params": { "id": format!("x{i}") } }))
-            .send()
-            .await
-            .expect("answers")
-            .json()
-            .await
-            .expect("json");
-        let name = created["metadata"]["name"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no execution: {created:#}"))
-            .to_owned();
+        let name = trigger(
+            &http,
+            &node.url,
+            &format!("count-{}", i % 3),
+            json!({ "params": { "id": format!("x{i}") } }),
+        )
+        .await;
         id_of.insert(name, format!("x{i}"));
     }
     // The registrations report what each node drives (refreshed every
     // second): a node in the middle of its executions says so.
     eventually("a registration with a load", || async {
-        registrations(&etcd)
+        registered(&etcd)
             .iter()
             .any(|r| r["load"].as_u64().is_some_and(|l| l > 0))
             .then_some(())
@@ -505,7 +500,7 @@ async fn given_to_one_run_on_all(dir: &std::path::Path, extra: &[&str], env: &[(
 
     // Node b starts the engine and lists it.
     eventually("node b to serve team-a", || async {
-        registrations(&etcd)
+        registered(&etcd)
             .iter()
             .any(|r| {
                 r["id"].as_str() == Some(b_id.as_str())
@@ -536,24 +531,7 @@ async fn given_to_one_run_on_all(dir: &std::path::Path, extra: &[&str], env: &[(
     // secret node a wrote.
     let mut names = Vec::new();
     for _ in 0..8 {
-        let created: Value = http
-            .post(format!(
-                "{}/api/v1/engines/team-a/pipelines/secret/executions",
-                b.url
-            ))
-            .json(&json!({}))
-            .send()
-            .await
-            .expect("answers")
-            .json()
-            .await
-            .expect("json");
-        names.push(
-            created["metadata"]["name"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no execution: {created:#}"))
-                .to_owned(),
-        );
+        names.push(trigger(&http, &b.url, "secret", json!({})).await);
     }
     let mut nodes = BTreeSet::new();
     let mut ran_on_a = None;
@@ -582,22 +560,7 @@ async fn given_to_one_run_on_all(dir: &std::path::Path, extra: &[&str], env: &[(
     assert!(nodes.contains(&b_id));
     // A running step's log, asked of the node that does not run it, is
     // forwarded from the one that does, live.
-    let created: Value = http
-        .post(format!(
-            "{}/api/v1/engines/team-a/pipelines/nap/executions",
-            a.url
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("answers")
-        .json()
-        .await
-        .expect("json");
-    let nap = created["metadata"]["name"]
-        .as_str()
-        .expect("a name")
-        .to_owned();
+    let nap = trigger(&http, &a.url, "nap", json!({})).await;
     let (owner, running) = eventually("the nap step to run", || async {
         let e = get(
             &http,

@@ -10,6 +10,7 @@ use arkline_testkit::etcd::EtcdServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::etcd_nodes::trigger;
 use crate::support::server::{Server, arkc, eventually, faults};
 
 const QUICK: &str = "name: quick\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: \"on etcd\" }\n";
@@ -63,25 +64,6 @@ fn sigkill(server: &Server) {
     assert!(killed.success());
 }
 
-/// Triggers `pipeline` of engine `team-a` over the API; the execution's name.
-async fn trigger(http: &reqwest::Client, url: &str, pipeline: &str) -> String {
-    let created: Value = http
-        .post(format!(
-            "{url}/api/v1/engines/team-a/pipelines/{pipeline}/executions"
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("answers")
-        .json()
-        .await
-        .expect("json");
-    created["metadata"]["name"]
-        .as_str()
-        .expect("a name")
-        .to_owned()
-}
-
 fn serve_err(data: &std::path::Path, store: &str) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_arkline"))
         .args([
@@ -120,7 +102,7 @@ async fn serve_keeps_its_deployment_and_executions_in_etcd_across_a_restart() {
     with_app.extend(args);
     let server = Server::start(&data, &with_app);
     let http = reqwest::Client::new();
-    let name = trigger(&http, &server.url, "quick").await;
+    let name = trigger(&http, &server.url, "quick", json!({})).await;
     let execution_url = format!("{}/api/v1/engines/team-a/executions/{name}", server.url);
     let done = eventually("the execution to finish", || async {
         let e: Value = http
@@ -241,7 +223,7 @@ fn bad_store_urls_say_how_to_write_one() {
 }
 
 /// The node registrations: `etcdctl get --prefix /arkline/nodes/`, decoded.
-fn registered(etcd: &EtcdServer) -> Vec<Value> {
+pub(crate) fn registered(etcd: &EtcdServer) -> Vec<Value> {
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args([
@@ -446,7 +428,7 @@ async fn a_node_killed_mid_step_is_taken_over_and_its_execution_finishes() {
     ];
     let first = Server::start(&dir.path().join("a"), &args);
     let http = reqwest::Client::new();
-    let name = trigger(&http, &first.url, "slow").await;
+    let name = trigger(&http, &first.url, "slow", json!({})).await;
     let at = |url: &str| format!("{url}/api/v1/engines/team-a/executions/{name}");
     // Wait until the sleep step runs on the first node, then SIGKILL it.
     eventually("the nap step to run", || async {

@@ -488,18 +488,13 @@ async fn admit_one(
         if exec.status.phase != ExecutionPhase::Queued || exec.spec.abort {
             return Ok(None);
         }
-        let now = core.clock.now();
         exec.status.phase = ExecutionPhase::Pending;
-        exec.status.node = Some(node.clone());
-        set_condition(
-            &mut exec.status.conditions,
-            Condition {
-                kind: ConditionType::Admitted,
-                status: ConditionStatus::True,
-                reason: "QuotaAvailable".into(),
-                message: format!("admitted on node `{node}`"),
-                last_transition: Some(now),
-            },
+        assign(
+            core,
+            &mut exec,
+            &node,
+            "QuotaAvailable",
+            format!("admitted on node `{node}`"),
         );
         if node == core.node {
             return Ok(Some(exec));
@@ -516,6 +511,27 @@ async fn admit_one(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Gives `exec` to `node`, with the `Admitted` condition saying why.
+fn assign(
+    core: &EngineCore,
+    exec: &mut PipelineExecution,
+    node: &str,
+    reason: &str,
+    message: String,
+) {
+    exec.status.node = Some(node.to_owned());
+    set_condition(
+        &mut exec.status.conditions,
+        Condition {
+            kind: ConditionType::Admitted,
+            status: ConditionStatus::True,
+            reason: reason.into(),
+            message,
+            last_transition: Some(core.clock.now()),
+        },
+    );
 }
 
 /// Admits again, on a live node, the unfinished executions of nodes the
@@ -559,18 +575,12 @@ async fn readmit(
             if exec.status.phase.is_finished() || exec.status.node.as_deref() != Some(&gone) {
                 break;
             }
-            exec.status.node = Some(node.clone());
-            set_condition(
-                &mut exec.status.conditions,
-                Condition {
-                    kind: ConditionType::Admitted,
-                    status: ConditionStatus::True,
-                    reason: "Readmitted".into(),
-                    message: format!(
-                        "node `{gone}` is gone (its lease ended); admitted again on node `{node}`"
-                    ),
-                    last_transition: Some(core.clock.now()),
-                },
+            assign(
+                core,
+                &mut exec,
+                &node,
+                "Readmitted",
+                format!("node `{gone}` is gone (its lease ended); admitted again on node `{node}`"),
             );
             match execs.update_status(&exec).await {
                 Ok(stored) => {
