@@ -460,3 +460,82 @@ fn emit_seq(items: &[serde_json::Value], indent: usize, out: &mut String) {
         }
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The JSON a YAML tree stands for (plain scalars resolved as YAML 1.2's
+    /// core schema does, as the decoder reads them).
+    fn to_json(node: &Node) -> serde_json::Value {
+        match &node.kind {
+            NodeKind::Scalar {
+                value,
+                quoted: false,
+            } => plain_scalar(value),
+            NodeKind::Scalar {
+                value,
+                quoted: true,
+            } => serde_json::Value::String(value.clone()),
+            NodeKind::Seq(items) => items.iter().map(to_json).collect(),
+            NodeKind::Map(entries) => entries
+                .iter()
+                .map(|(k, v)| {
+                    let key = match &k.kind {
+                        NodeKind::Scalar { value, .. } => value.clone(),
+                        _ => panic!("examples have scalar keys"),
+                    };
+                    (key, to_json(v))
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        }
+    }
+
+    /// Every pipeline file under `examples/` is valid against the published
+    /// JSON Schema (`schema/pipeline.schema.json`, what editors check with),
+    /// as well as against the decoder (other tests).
+    #[test]
+    fn every_example_pipeline_is_valid_against_the_published_schema() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("schema/pipeline.schema.json")).expect("schema"),
+        )
+        .expect("the schema is JSON");
+        let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+        let mut files = Vec::new();
+        let mut dirs = vec![root.join("examples")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("reads").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    if path.file_name().is_some_and(|n| n != "target") {
+                        dirs.push(path);
+                    }
+                } else if path.extension().is_some_and(|e| e == "yaml")
+                    && path.components().any(|c| c.as_os_str() == "pipelines")
+                {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() >= 10, "found only {files:?}");
+        for file in files {
+            let source = std::fs::read_to_string(&file).expect("reads");
+            let index = SourceIndex::new(&source);
+            let Ok(Loaded::Tree(Some(tree))) = load(&source, &index, &Limits::default()) else {
+                panic!("{} does not parse", file.display());
+            };
+            let value = to_json(&tree);
+            let problems: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(
+                problems.is_empty(),
+                "{} is not valid against schema/pipeline.schema.json: {problems:#?}",
+                file.display()
+            );
+        }
+    }
+}
