@@ -210,6 +210,22 @@ pub fn pipeline_file_schema() -> serde_json::Value {
         .into_root_schema_for::<Pipeline>()
         .to_value();
     let mut defs = root.get("$defs").cloned().unwrap_or_else(|| json!({}));
+    // Files may write a step's or stage's condition as `if:` (GitHub's form);
+    // the decoder folds it into `when.if`.
+    for def in ["Step", "Stage"] {
+        if let Some(props) = defs[def]
+            .get_mut("properties")
+            .and_then(|p| p.as_object_mut())
+        {
+            props.insert(
+                "if".into(),
+                json!({
+                    "type": "string",
+                    "description": "Short for `when: { if: … }`: an expression that must evaluate to `true`, or the step (stage) is `Skipped`. Not together with `when.if`."
+                }),
+            );
+        }
+    }
     let file_meta_props = json!({
         "name": { "type": "string", "description": "Pipeline name, unique per engine." },
         "engine": { "type": "string", "description": "Engine the pipeline belongs to." },

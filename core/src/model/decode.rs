@@ -103,12 +103,13 @@ const SPEC_FIELDS: [&str; 10] = [
     "stages",
     "finally",
 ];
-const STEP_FIELDS: [&str; 10] = [
+const STEP_FIELDS: [&str; 11] = [
     "name",
     "uses",
     "with",
     "env",
     "when",
+    "if",
     "timeout",
     "retries",
     "cache",
@@ -526,6 +527,29 @@ impl<'s> Decoder<'s> {
         }
     }
 
+    /// A step's or stage's `when`, with `if:` (short for `when: {if: …}`,
+    /// GitHub's form) folded into it. Its expression is positioned as
+    /// `<path>.when.if`, where checks of the typed spec look for it. Both
+    /// forms at once are an error.
+    fn condition(&mut self, f: &Fields<'_>, path: &str, what: &str) -> Option<When> {
+        let mut when = f
+            .get("when")
+            .and_then(|n| self.when(n, &join(path, "when")));
+        if let Some(n) = f.get("if") {
+            if when.as_ref().is_some_and(|w| w.if_expr.is_some()) {
+                self.err(
+                    "duplicate-condition",
+                    format!("this {what}'s condition is given twice, as `if` and as `when.if`"),
+                    n.span,
+                    Some("keep one: `if: …` is short for `when: { if: … }`".into()),
+                );
+            } else if let Some(text) = self.string(n, &join(path, "when.if"), "`if`") {
+                when.get_or_insert_with(When::default).if_expr = Some(text);
+            }
+        }
+        when
+    }
+
     fn when(&mut self, node: &Node, path: &str) -> Option<When> {
         let f = self.fields(node, path, "`when`", &["branch", "event", "if"])?;
         Some(When {
@@ -632,9 +656,7 @@ impl<'s> Decoder<'s> {
             .get("env")
             .map(|n| self.string_map(n, &join(path, "env"), "`env`"))
             .unwrap_or_default();
-        let when = f
-            .get("when")
-            .and_then(|n| self.when(n, &join(path, "when")));
+        let when = self.condition(&f, path, "step");
         let timeout = f
             .get("timeout")
             .and_then(|n| self.duration(n, &join(path, "timeout"), "a step `timeout`"));
@@ -686,8 +708,16 @@ impl<'s> Decoder<'s> {
             node,
             path,
             "a stage",
-            &["name", "when", "timeout", "steps", "continue_on_error"],
+            &[
+                "name",
+                "when",
+                "if",
+                "timeout",
+                "steps",
+                "continue_on_error",
+            ],
         )?;
+        let when = self.condition(&f, path, "stage");
         let name = self.required(&f, "name", "a stage");
         let name = name.and_then(|n| self.name(n, &join(path, "name"), "a stage name"));
         let what = name
@@ -699,9 +729,7 @@ impl<'s> Decoder<'s> {
             .unwrap_or_default();
         Some(Stage {
             name: name.unwrap_or_default(),
-            when: f
-                .get("when")
-                .and_then(|n| self.when(n, &join(path, "when"))),
+            when,
             timeout: f
                 .get("timeout")
                 .and_then(|n| self.duration(n, &join(path, "timeout"), "a stage `timeout`")),

@@ -205,8 +205,11 @@ stages:
       - name: check
         uses: faults/upper
         with: { text: w }
-        when:
-          if: "steps.publish.state == 'Skipped' && steps.compile.state == 'Succeeded'"
+        if: "steps.publish.state == 'Skipped' && steps.compile.state == 'Succeeded'"
+      - name: never
+        uses: faults/upper
+        with: { text: v }
+        if: "steps.compile.state == 'Failed'"
 "#,
         TriggerRequest::manual().branch("dev"),
     )
@@ -222,6 +225,11 @@ stages:
     assert_eq!(exec.status.stages[1].phase, StepPhase::Skipped);
     assert_eq!(step(&exec, "tag").phase, StepPhase::Skipped);
     assert_eq!(step(&exec, "check").phase, StepPhase::Succeeded);
+    assert_eq!(
+        step(&exec, "never").phase,
+        StepPhase::Skipped,
+        "`if:` directly on a step is its condition"
+    );
     container.shutdown().await;
 }
 
