@@ -273,6 +273,13 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         )
         .add(
             Operation {
+                reply: Reply::Json(200, schema::<Vec<NodeView>>),
+                ..op(Method::GET, "/api/v1/nodes", "listNodes", "The live nodes serving this store (on etcd, every registered node; otherwise this one): id, address, capacity, engines, load.", "nodes", READ)
+            },
+            get(list_nodes),
+        )
+        .add(
+            Operation {
                 reply: Reply::Json(200, schema::<Vec<EngineView>>),
                 ..op(Method::GET, "/api/v1/engines", "listEngines", "The engines the token may see.", "engines", READ)
             },
@@ -654,6 +661,63 @@ async fn openapi() -> Json<serde_json::Value> {
         DOC.get_or_init(|| super::openapi::document(&operations()))
             .clone(),
     )
+}
+
+/// A live node, as its registration says.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct NodeView {
+    /// The node's id.
+    pub id: String,
+    /// Where other nodes reach its API (empty for a node alone).
+    pub address: String,
+    /// Step instances it runs at once.
+    pub capacity: u32,
+    /// The engines it serves.
+    pub engines: Vec<String>,
+    /// The executions it drives now.
+    pub load: u32,
+    /// When it registered (RFC 3339; empty for a node alone).
+    pub started: String,
+    /// The arkline version it runs.
+    pub version: String,
+}
+
+async fn list_nodes(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let view = |n: arkline::store::etcd::NodeInfo| NodeView {
+        id: n.id,
+        address: n.address,
+        capacity: n.capacity,
+        engines: n.engines,
+        load: n.load,
+        started: n.started,
+        version: n.version,
+    };
+    if let Some(store) = &state.peers {
+        let nodes = store
+            .nodes()
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot list the nodes: {e}")))?;
+        return Ok(Json(nodes.into_iter().map(view).collect()));
+    }
+    let container = &state.container;
+    let mut engines: Vec<String> = container
+        .engines()
+        .iter()
+        .map(|e| e.name().to_owned())
+        .collect();
+    engines.sort();
+    Ok(Json(vec![NodeView {
+        id: container.node().to_owned(),
+        address: String::new(),
+        capacity: container.runtime().config().max_instances,
+        engines,
+        load: u32::try_from(container.running_executions()).unwrap_or(u32::MAX),
+        started: String::new(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }]))
 }
 
 async fn list_engines(

@@ -527,6 +527,22 @@ async fn given_to_one_run_on_all(dir: &std::path::Path, extra: &[&str], env: &[(
     })
     .await;
 
+    // Either node's API lists both nodes.
+    let listed = get(&http, format!("{}/api/v1/nodes", b.url))
+        .await
+        .expect("nodes");
+    let ids: BTreeSet<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([a_id.as_str(), b_id.as_str()]),
+        "{listed:#}"
+    );
+
     // Executions triggered through node b run on both nodes and read the
     // secret node a wrote.
     let mut names = Vec::new();
