@@ -453,6 +453,11 @@ impl LogStore {
         self.inner.archive.set(archive).is_ok()
     }
 
+    /// Whether finished logs are shipped to an archive.
+    pub fn ships(&self) -> bool {
+        self.inner.archive.get().is_some()
+    }
+
     /// Ships `key`'s log, as stored here, to the archive (nothing without
     /// one): call it once the step's attempt has ended, before its outcome is
     /// recorded, so a recorded outcome's log outlives this node.

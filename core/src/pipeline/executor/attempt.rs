@@ -140,13 +140,15 @@ impl Driver {
         // shipped to the nodes' shared archive (when there is one) before it
         // too: a recorded outcome's log outlives this node.
         writer.finish_before_store_writes().await;
-        let key = crate::pipeline::logs::LogKey {
-            engine: self.core.name.clone(),
-            execution: self.exec.metadata.name.clone(),
-            step: step.name.clone(),
-        };
-        if let Err(e) = self.core.logs.ship(&key).await {
-            tracing::warn!(engine = %self.core.name, execution = %key.execution, step = %key.step, error = %e, "cannot ship the step's log to the archive; it stays on this node");
+        if self.core.logs.ships() {
+            let key = crate::pipeline::logs::LogKey {
+                engine: self.core.name.clone(),
+                execution: self.exec.metadata.name.clone(),
+                step: step.name.clone(),
+            };
+            if let Err(e) = self.core.logs.ship(&key).await {
+                tracing::warn!(engine = %self.core.name, execution = %key.execution, step = %key.step, error = %e, "cannot ship the step's log to the archive; it stays on this node");
+            }
         }
         result
     }
