@@ -465,33 +465,6 @@ fn emit_seq(items: &[serde_json::Value], indent: usize, out: &mut String) {
 mod example_tests {
     use super::*;
 
-    /// The JSON a YAML tree stands for (plain scalars resolved as YAML 1.2's
-    /// core schema does, as the decoder reads them).
-    fn to_json(node: &Node) -> serde_json::Value {
-        match &node.kind {
-            NodeKind::Scalar {
-                value,
-                quoted: false,
-            } => plain_scalar(value),
-            NodeKind::Scalar {
-                value,
-                quoted: true,
-            } => serde_json::Value::String(value.clone()),
-            NodeKind::Seq(items) => items.iter().map(to_json).collect(),
-            NodeKind::Map(entries) => entries
-                .iter()
-                .map(|(k, v)| {
-                    let key = match &k.kind {
-                        NodeKind::Scalar { value, .. } => value.clone(),
-                        _ => panic!("examples have scalar keys"),
-                    };
-                    (key, to_json(v))
-                })
-                .collect::<serde_json::Map<_, _>>()
-                .into(),
-        }
-    }
-
     /// Every pipeline file under `examples/` is valid against the published
     /// JSON Schema (`schema/pipeline.schema.json`, what editors check with),
     /// as well as against the decoder (other tests).
@@ -526,7 +499,7 @@ mod example_tests {
             let Ok(Loaded::Tree(Some(tree))) = load(&source, &index, &Limits::default()) else {
                 panic!("{} does not parse", file.display());
             };
-            let value = to_json(&tree);
+            let value = tree.to_json();
             let problems: Vec<String> = validator
                 .iter_errors(&value)
                 .map(|e| format!("{} at {}", e, e.instance_path()))
