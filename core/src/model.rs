@@ -78,6 +78,7 @@ pub mod config_schema;
 pub mod decode;
 pub mod diagnostic;
 pub mod expr;
+pub(crate) mod hash_files;
 mod limits;
 pub mod meta;
 pub mod pipeline;

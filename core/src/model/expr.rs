@@ -8,18 +8,27 @@
 //! unary   := "!" unary | primary
 //! primary := STRING | NUMBER | "true" | "false" | "[" (expr ("," expr)*)? "]"
 //!          | reference | "(" expr ")" | FUNCTION "(" (expr ("," expr)*)? ")"
-//! reference := "params." NAME | "secrets." NAME | "steps." NAME ".outputs." NAME
-//!            | "steps." NAME ".state" | "event" | "branch" | "commit"
+//! reference := "params." NAME | "secrets." NAME | "env." NAME | "matrix." NAME
+//!            | step ".outputs." NAME | step ".state"
+//!            | "event" | "branch" | "commit" | "pipeline"
+//! step    := "steps." NAME | "steps[" STRING "]"
 //! ```
 //! Functions (GitHub Actions' names): `contains(haystack, needle)` (substring
 //! or list member), `startsWith(s, prefix)`, `endsWith(s, suffix)`,
 //! `format('{0}-{1}', a, b)` (`{{`/`}}` for braces), `join(list, sep = ',')`,
-//! `toJSON(value)`, `fromJSON(text)`; their names and arities are checked when
-//! parsing. `<`, `<=`, `>`, `>=` compare two numbers or two strings.
+//! `toJSON(value)`, `fromJSON(text)`; the status functions `success()`,
+//! `failure()`, `always()`, `cancelled()`, which read the run's
+//! [`StatusFacts`] and so work only where the context has them (a step's or
+//! stage's `if`); and `hashFiles(pattern, …)`, the SHA-256 of the workspace
+//! files the globs select (see [`EvalContext::hash_files`]). Their names and
+//! arities are checked when parsing. `<`, `<=`, `>`, `>=` compare two numbers
+//! or two strings.
 //! Strings are `'…'` or `"…"` with `\` escapes. Names may contain `-` (step names
-//! often do). The language is total: the parser returns positioned errors,
-//! nesting is bounded, and evaluation returns [`EvalError`] for a missing
-//! reference or a type mismatch; nothing panics.
+//! often do); a step whose name has other characters (a matrix cell's, such as
+//! `build (linux, 1)`) is written `steps['build (linux, 1)']`. The language is
+//! total: the parser returns positioned errors, nesting is bounded, and
+//! evaluation returns [`EvalError`] for a missing reference or a type mismatch;
+//! nothing panics.
 //!
 //! ```
 //! use arkline::model::expr::{self, MapContext, Value};
@@ -34,6 +43,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::model::diagnostic::did_you_mean;
+use crate::model::hash_files;
 
 /// Parentheses, `!` and lists may nest this deep; deeper input is refused so the
 /// recursive parser and evaluator cannot overflow the stack.
@@ -80,10 +90,21 @@ pub enum Func {
     ToJson,
     /// `fromJSON(text)`: a JSON string, number, boolean or list as a value.
     FromJson,
+    /// `success()`: no earlier step failed and the run is not cancelled.
+    Success,
+    /// `failure()`: an earlier step failed.
+    Failure,
+    /// `always()`: true, whatever happened.
+    Always,
+    /// `cancelled()`: the run was cancelled.
+    Cancelled,
+    /// `hashFiles(pattern, …)`: the SHA-256 of the workspace files the globs
+    /// select (see [`EvalContext::hash_files`]).
+    HashFiles,
 }
 
 impl Func {
-    const ALL: [(&'static str, Func); 7] = [
+    const ALL: [(&'static str, Func); 12] = [
         ("contains", Func::Contains),
         ("startsWith", Func::StartsWith),
         ("endsWith", Func::EndsWith),
@@ -91,6 +112,11 @@ impl Func {
         ("join", Func::Join),
         ("toJSON", Func::ToJson),
         ("fromJSON", Func::FromJson),
+        ("success", Func::Success),
+        ("failure", Func::Failure),
+        ("always", Func::Always),
+        ("cancelled", Func::Cancelled),
+        ("hashFiles", Func::HashFiles),
     ];
 
     /// The function's name in expressions.
@@ -101,6 +127,15 @@ impl Func {
             .map_or("?", |(n, _)| n)
     }
 
+    /// Whether it is a status function (`success`, `failure`, `always`,
+    /// `cancelled`), which reads the run's [`StatusFacts`].
+    pub fn is_status(self) -> bool {
+        matches!(
+            self,
+            Func::Success | Func::Failure | Func::Always | Func::Cancelled
+        )
+    }
+
     /// How many arguments it takes, at least and at most.
     fn arity(self) -> (usize, usize) {
         match self {
@@ -108,8 +143,22 @@ impl Func {
             Func::Format => (1, 32),
             Func::Join => (1, 2),
             Func::ToJson | Func::FromJson => (1, 1),
+            Func::Success | Func::Failure | Func::Always | Func::Cancelled => (0, 0),
+            Func::HashFiles => (1, MAX_HASH_PATTERNS),
         }
     }
+}
+
+/// Patterns one `hashFiles` call may take.
+pub const MAX_HASH_PATTERNS: usize = 16;
+
+/// What the status functions read: how the run has gone so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusFacts {
+    /// An earlier step (or stage) failed: `failure()` is true, `success()` false.
+    pub failed: bool,
+    /// The run was cancelled: `cancelled()` is true, `success()` false.
+    pub cancelled: bool,
 }
 
 /// A binary operator.
@@ -142,14 +191,18 @@ pub enum Reference {
     Param(String),
     /// `secrets.<name>`
     Secret(String),
-    /// `steps.<step>.outputs.<key>`
+    /// `env.<name>`: an environment variable given to the step.
+    Env(String),
+    /// `matrix.<name>`: a value of the matrix cell the step runs for.
+    Matrix(String),
+    /// `steps.<step>.outputs.<key>` (or `steps['<step>'].outputs.<key>`)
     StepOutput {
         /// Step name.
         step: String,
         /// Output key.
         key: String,
     },
-    /// `steps.<step>.state`
+    /// `steps.<step>.state` (or `steps['<step>'].state`)
     StepState(String),
     /// `event`
     Event,
@@ -157,6 +210,8 @@ pub enum Reference {
     Branch,
     /// `commit`
     Commit,
+    /// `pipeline`: the pipeline's name.
+    Pipeline,
 }
 
 impl Reference {
@@ -174,13 +229,50 @@ impl fmt::Display for Reference {
         match self {
             Self::Param(n) => write!(f, "params.{n}"),
             Self::Secret(n) => write!(f, "secrets.{n}"),
-            Self::StepOutput { step, key } => write!(f, "steps.{step}.outputs.{key}"),
-            Self::StepState(s) => write!(f, "steps.{s}.state"),
+            Self::Env(n) => write!(f, "env.{n}"),
+            Self::Matrix(n) => write!(f, "matrix.{n}"),
+            Self::StepOutput { step, key } => write!(f, "{}.outputs.{key}", StepPath(step)),
+            Self::StepState(s) => write!(f, "{}.state", StepPath(s)),
             Self::Event => f.write_str("event"),
             Self::Branch => f.write_str("branch"),
             Self::Commit => f.write_str("commit"),
+            Self::Pipeline => f.write_str("pipeline"),
         }
     }
+}
+
+/// `steps.<name>`, or `steps['<name>']` when the name is not one the lexer
+/// reads as a single name, so that a displayed reference parses back.
+struct StepPath<'a>(&'a str);
+
+impl fmt::Display for StepPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.0;
+        if is_plain_name(name) {
+            return write!(f, "steps.{name}");
+        }
+        f.write_str("steps['")?;
+        for c in name.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '\'' => f.write_str("\\'")?,
+                '\n' => f.write_str("\\n")?,
+                '\t' => f.write_str("\\t")?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        f.write_str("']")
+    }
+}
+
+/// Whether the lexer reads `name` as one name: an ASCII letter or `_`, then
+/// ASCII letters, digits, `_` and `-`.
+fn is_plain_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A runtime value.
@@ -569,9 +661,10 @@ impl ExprParser<'_> {
             let names = Func::ALL.iter().map(|(n, _)| *n);
             return Err(match did_you_mean(name, names) {
                 Some(s) => e.hint(format!("did you mean `{s}`?")),
-                None => e.hint(
-                    "functions are contains, startsWith, endsWith, format, join, toJSON, fromJSON",
-                ),
+                None => {
+                    let all: Vec<&str> = Func::ALL.iter().map(|(n, _)| *n).collect();
+                    e.hint(format!("functions are {}", all.join(", ")))
+                }
             });
         };
         self.expect_op("(")?;
@@ -612,8 +705,31 @@ impl ExprParser<'_> {
         first: String,
         range: std::ops::Range<usize>,
     ) -> Result<Expr, ExprError> {
+        let bracketed = first == "steps" && matches!(self.peek(), Some(Tok::Op("[")));
         let mut path = vec![first];
         let mut end = range.end;
+        if bracketed {
+            // `steps['name']`: a matrix cell's step name has spaces and parentheses.
+            self.pos += 1;
+            match self.toks.get(self.pos).cloned() {
+                Some((Tok::Str(name), r)) if name.is_empty() => {
+                    return Err(ExprError::new("a step name cannot be empty", r));
+                }
+                Some((Tok::Str(name), _)) => {
+                    path.push(name);
+                    self.pos += 1;
+                }
+                _ => {
+                    return Err(ExprError::new(
+                        "expected a quoted step name after `steps[`",
+                        self.range(),
+                    )
+                    .hint("write `steps['step name']`"));
+                }
+            }
+            end = self.range().end;
+            self.expect_op("]")?;
+        }
         while self.eat_op(".") {
             match self.toks.get(self.pos).cloned() {
                 Some((Tok::Ident(seg), r)) => {
@@ -625,10 +741,26 @@ impl ExprParser<'_> {
             }
         }
         let whole = range.start..end;
+        let not_a_reference = || {
+            let text = match path.as_slice() {
+                [_, step, rest @ ..] if bracketed => {
+                    let mut t = StepPath(step).to_string();
+                    rest.iter().for_each(|seg| {
+                        t.push('.');
+                        t.push_str(seg);
+                    });
+                    t
+                }
+                _ => path.join("."),
+            };
+            ExprError::new(format!("`{text}` is not a reference"), whole.clone())
+        };
         let p: Vec<&str> = path.iter().map(String::as_str).collect();
         let r = match p.as_slice() {
             ["params", name] => Reference::Param((*name).to_owned()),
             ["secrets", name] => Reference::Secret((*name).to_owned()),
+            ["env", name] => Reference::Env((*name).to_owned()),
+            ["matrix", name] => Reference::Matrix((*name).to_owned()),
             ["steps", step, "outputs", key] => Reference::StepOutput {
                 step: (*step).to_owned(),
                 key: (*key).to_owned(),
@@ -637,29 +769,32 @@ impl ExprParser<'_> {
             ["event"] => Reference::Event,
             ["branch"] => Reference::Branch,
             ["commit"] => Reference::Commit,
-            ["steps", step, ..] => {
-                return Err(ExprError::new(
-                    format!("`{}` is not a reference", path.join(".")),
-                    whole,
-                )
-                .hint(format!(
-                    "use `steps.{step}.outputs.<key>` or `steps.{step}.state`"
-                )));
+            ["pipeline"] => Reference::Pipeline,
+            ["steps"] => {
+                return Err(not_a_reference()
+                    .hint("use `steps.<name>.outputs.<key>` or `steps.<name>.state`"));
             }
-            [root @ ("params" | "secrets"), ..] => {
-                return Err(ExprError::new(
-                    format!("`{}` is not a reference", path.join(".")),
-                    whole,
-                )
-                .hint(format!("use `{root}.<name>`")));
+            ["steps", step, ..] => {
+                let step = StepPath(step);
+                return Err(
+                    not_a_reference().hint(format!("use `{step}.outputs.<key>` or `{step}.state`"))
+                );
+            }
+            [root @ ("params" | "secrets" | "env" | "matrix"), ..] => {
+                return Err(not_a_reference().hint(format!("use `{root}.<name>`")));
+            }
+            [root @ ("event" | "branch" | "commit" | "pipeline"), ..] => {
+                return Err(not_a_reference().hint(format!("`{root}` has no fields")));
             }
             [root, ..] => {
-                const ROOTS: [&str; 6] =
-                    ["params", "secrets", "steps", "event", "branch", "commit"];
+                const ROOTS: [&str; 9] = [
+                    "params", "secrets", "env", "matrix", "steps", "event", "branch", "commit",
+                    "pipeline",
+                ];
                 let e = ExprError::new(format!("unknown name `{root}`"), range);
                 return Err(match did_you_mean(root, ROOTS) {
-                    Some(s) => e.hint(format!("did you mean `{s}`?")),
-                    None => e.hint("references start with `params.`, `steps.`, `secrets.`, or are `event`, `branch`, `commit`; quote string literals"),
+                    Some(s) if s != *root => e.hint(format!("did you mean `{s}`?")),
+                    _ => e.hint("references start with `params.`, `secrets.`, `env.`, `matrix.`, `steps.`, or are `event`, `branch`, `commit`, `pipeline`; quote string literals"),
                 });
             }
             [] => return Err(ExprError::new("expected a reference", whole)),
@@ -715,12 +850,77 @@ impl Expr {
             Self::Call(_, args, _) => args.iter().for_each(|e| e.collect_refs(out)),
         }
     }
+
+    /// Every call of a status function (`success()`, `failure()`, `always()`,
+    /// `cancelled()`) with its byte range, in text order, so that a validator
+    /// can point at one used where the run's status is not known.
+    pub fn status_calls(&self) -> Vec<(Func, std::ops::Range<usize>)> {
+        let mut out = Vec::new();
+        self.collect_status_calls(&mut out);
+        out
+    }
+
+    /// Whether a status function is called anywhere in the expression (GitHub
+    /// runs a step whose `if` has none only when everything before succeeded).
+    pub fn uses_status_function(&self) -> bool {
+        match self {
+            Self::Literal(_) | Self::Ref(..) => false,
+            Self::List(items) => items.iter().any(Expr::uses_status_function),
+            Self::Not(e) => e.uses_status_function(),
+            Self::Binary(_, a, b) => a.uses_status_function() || b.uses_status_function(),
+            Self::Call(func, args, _) => {
+                func.is_status() || args.iter().any(Expr::uses_status_function)
+            }
+        }
+    }
+
+    fn collect_status_calls(&self, out: &mut Vec<(Func, std::ops::Range<usize>)>) {
+        match self {
+            Self::Literal(_) | Self::Ref(..) => {}
+            Self::List(items) => items.iter().for_each(|e| e.collect_status_calls(out)),
+            Self::Not(e) => e.collect_status_calls(out),
+            Self::Binary(_, a, b) => {
+                a.collect_status_calls(out);
+                b.collect_status_calls(out);
+            }
+            Self::Call(func, args, range) => {
+                if func.is_status() {
+                    out.push((*func, range.clone()));
+                }
+                args.iter().for_each(|e| e.collect_status_calls(out));
+            }
+        }
+    }
 }
+
+/// The message of the status functions where the context has no
+/// [`StatusFacts`].
+const STATUS_ONLY_IN_IF: &str =
+    "status functions can be used only in a step's or stage's `if` condition";
+
+/// The message of `hashFiles` where the context has no workspace.
+const HASH_FILES_NEEDS_WORKSPACE: &str =
+    "hashFiles needs a workspace; it can be used in a step's `with`, `env`, `if` and cache key";
 
 /// What an expression reads its references from.
 pub trait EvalContext {
     /// The value of a reference, `None` when it is not set.
     fn lookup(&self, reference: &Reference) -> Option<Value>;
+
+    /// How the run has gone, for the status functions; `None` (the default)
+    /// where they cannot be used, which makes `success()`, `failure()` and
+    /// `cancelled()` fail to evaluate (`always()` is true regardless).
+    fn status(&self) -> Option<StatusFacts> {
+        None
+    }
+
+    /// `hashFiles(patterns…)`: the hex SHA-256 of the workspace files the
+    /// globs select, or `""` when none does; the error is the message the
+    /// user sees. The default has no workspace and always fails.
+    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+        let _ = patterns;
+        Err(HASH_FILES_NEEDS_WORKSPACE.into())
+    }
 }
 
 /// An [`EvalContext`] made of maps, for controllers and tests.
@@ -740,6 +940,17 @@ pub struct MapContext {
     pub branch: Option<String>,
     /// Commit.
     pub commit: Option<String>,
+    /// Environment variables (`env.<name>`).
+    pub env: BTreeMap<String, String>,
+    /// The matrix cell's values (`matrix.<name>`).
+    pub matrix: BTreeMap<String, Value>,
+    /// The pipeline's name (`pipeline`).
+    pub pipeline: Option<String>,
+    /// How the run has gone, for the status functions; `None` outside an `if`.
+    pub status: Option<StatusFacts>,
+    /// The directory `hashFiles` globs are relative to; `None` makes
+    /// `hashFiles` fail.
+    pub workspace: Option<std::path::PathBuf>,
 }
 
 impl EvalContext for MapContext {
@@ -757,6 +968,20 @@ impl EvalContext for MapContext {
             Reference::Event => self.event.clone().map(Value::String),
             Reference::Branch => self.branch.clone().map(Value::String),
             Reference::Commit => self.commit.clone().map(Value::String),
+            Reference::Env(n) => self.env.get(n).cloned().map(Value::String),
+            Reference::Matrix(n) => self.matrix.get(n).cloned(),
+            Reference::Pipeline => self.pipeline.clone().map(Value::String),
+        }
+    }
+
+    fn status(&self) -> Option<StatusFacts> {
+        self.status
+    }
+
+    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+        match &self.workspace {
+            Some(root) => hash_files::hash_files(root, patterns).map_err(|e| e.to_string()),
+            None => Err(HASH_FILES_NEEDS_WORKSPACE.into()),
         }
     }
 }
@@ -814,6 +1039,7 @@ pub fn evaluate(expr: &Expr, ctx: &dyn EvalContext) -> Result<Value, EvalError> 
             args.iter()
                 .map(|e| evaluate(e, ctx))
                 .collect::<Result<_, _>>()?,
+            ctx,
         ),
         Expr::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
             let left = bool_operand(evaluate(a, ctx)?, *op)?;
@@ -876,8 +1102,9 @@ fn compare(op: BinOp, l: &Value, r: &Value) -> Result<Value, EvalError> {
     }))
 }
 
-/// Calls a function on evaluated arguments.
-fn call(func: Func, args: Vec<Value>) -> Result<Value, EvalError> {
+/// Calls a function on evaluated arguments; the status functions and
+/// `hashFiles` ask the context.
+fn call(func: Func, args: Vec<Value>, ctx: &dyn EvalContext) -> Result<Value, EvalError> {
     let fail = |message: String| EvalError::Function {
         func: func.name(),
         message,
@@ -975,6 +1202,25 @@ fn call(func: Func, args: Vec<Value>) -> Result<Value, EvalError> {
                 fail("only strings, numbers, booleans and lists of them are values here (not null or objects)".to_owned())
             })
         }
+        Func::Always => Ok(Value::Bool(true)),
+        Func::Success | Func::Failure | Func::Cancelled => {
+            let facts = ctx
+                .status()
+                .ok_or_else(|| fail(STATUS_ONLY_IN_IF.to_owned()))?;
+            Ok(Value::Bool(match func {
+                Func::Success => !facts.failed && !facts.cancelled,
+                Func::Failure => facts.failed,
+                _ => facts.cancelled,
+            }))
+        }
+        Func::HashFiles => {
+            let patterns = args
+                .iter()
+                .enumerate()
+                .map(|(i, v)| string(v, &format!("pattern {}", i + 1)))
+                .collect::<Result<Vec<_>, _>>()?;
+            ctx.hash_files(&patterns).map(Value::String).map_err(fail)
+        }
     }
 }
 
@@ -1062,6 +1308,29 @@ impl Template {
             }
         }
         out
+    }
+
+    /// Every status-function call with its byte range in the template text
+    /// (see [`Expr::status_calls`]).
+    pub fn status_calls(&self) -> Vec<(Func, std::ops::Range<usize>)> {
+        let mut out = Vec::new();
+        for part in &self.parts {
+            if let TemplatePart::Expr(e, offset) = part {
+                out.extend(
+                    e.status_calls()
+                        .into_iter()
+                        .map(|(f, range)| (f, range.start + offset..range.end + offset)),
+                );
+            }
+        }
+        out
+    }
+
+    /// Whether any interpolation calls a status function.
+    pub fn uses_status_function(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, TemplatePart::Expr(e, _) if e.uses_status_function()))
     }
 
     /// Renders the template against a context.
@@ -1282,6 +1551,276 @@ mod tests {
         );
         let deep = format!("{}true{}", "(".repeat(100), ")".repeat(100));
         assert!(parse(&deep).is_err());
+    }
+
+    #[test]
+    fn env_matrix_and_pipeline_references() {
+        let mut c = ctx();
+        c.env.insert("RUST_LOG".into(), "debug".into());
+        c.matrix.insert("os".into(), Value::String("linux".into()));
+        c.matrix.insert("shard".into(), Value::Number(2.0));
+        c.pipeline = Some("release".into());
+        let eval = |src: &str| evaluate(&parse(src).expect(src), &c);
+        assert_eq!(eval("env.RUST_LOG"), Ok(Value::String("debug".into())));
+        assert_eq!(
+            eval("matrix.os == 'linux' && matrix.shard > 1"),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(eval("pipeline"), Ok(Value::String("release".into())));
+        assert_eq!(
+            eval("env.HOME"),
+            Err(EvalError::Missing(Reference::Env("HOME".into())))
+        );
+        let refs: Vec<Reference> = parse("env.A == matrix.b || pipeline == 'p'")
+            .expect("parses")
+            .references()
+            .into_iter()
+            .map(|(r, _)| r.clone())
+            .collect();
+        assert_eq!(
+            refs,
+            [
+                Reference::Env("A".into()),
+                Reference::Matrix("b".into()),
+                Reference::Pipeline
+            ]
+        );
+        for r in &refs {
+            assert_eq!(
+                parse(&r.to_string()),
+                Ok(Expr::Ref(r.clone(), 0..r.to_string().len()))
+            );
+        }
+        let err = parse("env").expect_err("no name");
+        assert_eq!(err.hint.as_deref(), Some("use `env.<name>`"));
+        let err = parse("pipeline.name").expect_err("no fields");
+        assert_eq!(err.message, "`pipeline.name` is not a reference");
+        assert_eq!(err.range, 0..13);
+        let err = parse("matrx.os").expect_err("misspelt");
+        assert_eq!(err.hint.as_deref(), Some("did you mean `matrix`?"));
+    }
+
+    #[test]
+    fn bracketed_step_names_parse_and_display_round_trips() {
+        let e = parse("steps['build (linux, 1)'].outputs.image").expect("parses");
+        let output = Reference::StepOutput {
+            step: "build (linux, 1)".into(),
+            key: "image".into(),
+        };
+        assert_eq!(e, Expr::Ref(output.clone(), 0..39));
+        assert_eq!(
+            parse(r#"steps["x"].state"#),
+            Ok(Expr::Ref(Reference::StepState("x".into()), 0..16))
+        );
+        // A plain name displays in the dotted form, anything else bracketed
+        // (quotes and backslashes escaped), and either parses back.
+        assert_eq!(
+            Reference::StepState("x".into()).to_string(),
+            "steps.x.state"
+        );
+        assert_eq!(
+            output.to_string(),
+            "steps['build (linux, 1)'].outputs.image"
+        );
+        for step in [
+            "build (linux, 1)",
+            "it's",
+            "a\\b",
+            "x.y",
+            "1st",
+            "tab\there",
+            "é",
+        ] {
+            for r in [
+                Reference::StepState(step.into()),
+                Reference::StepOutput {
+                    step: step.into(),
+                    key: "k-1".into(),
+                },
+            ] {
+                let text = r.to_string();
+                assert!(text.starts_with("steps['"), "{text}");
+                match parse(&text) {
+                    Ok(Expr::Ref(back, range)) => {
+                        assert_eq!(back, r, "{text}");
+                        assert_eq!(range, 0..text.len(), "{text}");
+                    }
+                    other => panic!("{text} parsed as {other:?}"),
+                }
+            }
+        }
+        let mut c = ctx();
+        c.states.insert("build (linux, 1)".into(), "Failed".into());
+        assert_eq!(
+            evaluate(
+                &parse("steps['build (linux, 1)'].state == 'Failed'").expect("parses"),
+                &c
+            ),
+            Ok(Value::Bool(true))
+        );
+    }
+
+    #[test]
+    fn bracketed_step_name_mistakes_point_at_the_text() {
+        let err = parse("steps[build].state").expect_err("unquoted");
+        assert_eq!(err.message, "expected a quoted step name after `steps[`");
+        assert_eq!(err.range, 6..11);
+        let err = parse("steps['a'.state").expect_err("unclosed");
+        assert_eq!(err.message, "expected `]`");
+        assert_eq!(err.range, 9..10);
+        let err = parse("steps[''].state").expect_err("empty");
+        assert_eq!(err.message, "a step name cannot be empty");
+        assert_eq!(err.range, 6..8);
+        let err = parse("steps['a b'].result").expect_err("no such field");
+        assert_eq!(err.message, "`steps['a b'].result` is not a reference");
+        assert_eq!(err.range, 0..19);
+        assert_eq!(
+            err.hint.as_deref(),
+            Some("use `steps['a b'].outputs.<key>` or `steps['a b'].state`")
+        );
+        let err = parse("steps['a b']").expect_err("no field");
+        assert_eq!(err.range, 0..12);
+    }
+
+    fn with_status(failed: bool, cancelled: bool) -> MapContext {
+        MapContext {
+            status: Some(StatusFacts { failed, cancelled }),
+            ..ctx()
+        }
+    }
+
+    #[test]
+    fn status_functions_read_the_status_facts() {
+        let run = |src: &str, c: &MapContext| evaluate(&parse(src).expect(src), c);
+        let t = Ok(Value::Bool(true));
+        let f = Ok(Value::Bool(false));
+        let ok = with_status(false, false);
+        let failed = with_status(true, false);
+        let cancelled = with_status(false, true);
+        assert_eq!(run("success()", &ok), t);
+        assert_eq!(run("success()", &failed), f);
+        assert_eq!(run("success()", &cancelled), f);
+        assert_eq!(run("failure()", &ok), f);
+        assert_eq!(run("failure()", &failed), t);
+        assert_eq!(run("cancelled()", &cancelled), t);
+        assert_eq!(run("cancelled()", &failed), f);
+        for c in [&ok, &failed, &cancelled, &ctx()] {
+            assert_eq!(run("always()", c), t);
+        }
+        assert_eq!(
+            run("failure() && steps.build.state == 'Succeeded'", &failed),
+            t
+        );
+        // Without status facts (outside an `if`) they do not evaluate.
+        for func in ["success", "failure", "cancelled"] {
+            let err = run(&format!("{func}()"), &ctx()).expect_err(func);
+            assert_eq!(
+                err,
+                EvalError::Function {
+                    func,
+                    message: STATUS_ONLY_IN_IF.into()
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "`{func}`: status functions can be used only in a step's or stage's `if` condition"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn status_calls_are_found_with_their_positions() {
+        let e = parse("always() || !(failure() && contains(toJSON(cancelled()), 'x'))")
+            .expect("parses");
+        assert!(e.uses_status_function());
+        assert_eq!(
+            e.status_calls(),
+            [
+                (Func::Always, 0..8),
+                (Func::Failure, 14..23),
+                (Func::Cancelled, 43..54)
+            ]
+        );
+        let plain = parse("contains(params.os, 'linux') && hashFiles('a') != ''").expect("parses");
+        assert!(!plain.uses_status_function());
+        assert!(plain.status_calls().is_empty());
+        let t = parse_template("x ${{ success() }} y ${{ params.n }}").expect("parses");
+        assert!(t.uses_status_function());
+        assert_eq!(t.status_calls(), [(Func::Success, 6..15)]);
+        assert!(
+            !parse_template("${{ params.n }}")
+                .expect("parses")
+                .uses_status_function()
+        );
+    }
+
+    #[test]
+    fn new_functions_check_their_arity() {
+        let err = parse("success(1)").expect_err("arity");
+        assert_eq!(err.message, "`success` takes 0 argument(s), found 1");
+        assert_eq!(err.range, 0..10);
+        let err = parse("hashFiles()").expect_err("arity");
+        assert_eq!(
+            err.message,
+            "`hashFiles` takes 1 to 16 argument(s), found 0"
+        );
+        assert_eq!(err.range, 0..11);
+        let many = vec!["'a'"; MAX_HASH_PATTERNS + 1].join(", ");
+        assert!(parse(&format!("hashFiles({many})")).is_err());
+        let err = parse("hashfiles('a')").expect_err("case");
+        assert_eq!(err.hint.as_deref(), Some("did you mean `hashFiles`?"));
+        let err = parse("nope()").expect_err("unknown");
+        assert!(
+            err.hint
+                .is_some_and(|h| h.contains("success, failure, always, cancelled, hashFiles")),
+        );
+    }
+
+    #[test]
+    fn hash_files_hashes_the_workspace_or_says_why_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("a.lock"), "1").expect("write");
+        let mut c = MapContext {
+            workspace: Some(dir.path().to_path_buf()),
+            ..MapContext::default()
+        };
+        let run = |src: &str, c: &MapContext| evaluate(&parse(src).expect(src), c);
+        let Ok(Value::String(first)) = run("hashFiles('*.lock', '!b.lock')", &c) else {
+            panic!("hashFiles gives a string");
+        };
+        assert_eq!(first.len(), 64);
+        assert_eq!(
+            run("hashFiles('*.lock')", &c),
+            Ok(Value::String(first.clone()))
+        );
+        assert_eq!(
+            run("hashFiles('*.txt')", &c),
+            Ok(Value::String(String::new()))
+        );
+        std::fs::write(dir.path().join("a.lock"), "2").expect("write");
+        assert_ne!(run("hashFiles('*.lock')", &c), Ok(Value::String(first)));
+        let err = run("hashFiles('../*.lock')", &c).expect_err("escapes");
+        assert!(
+            err.to_string()
+                .starts_with("`hashFiles`: pattern `../*.lock` leaves the workspace"),
+            "{err}"
+        );
+        let err = run("hashFiles('a', 1)", &c).expect_err("type");
+        assert_eq!(
+            err.to_string(),
+            "`hashFiles`: pattern 2 must be a string, found a number"
+        );
+        c.workspace = None;
+        let err = run("hashFiles('*.lock')", &c).expect_err("no workspace");
+        assert_eq!(
+            err,
+            EvalError::Function {
+                func: "hashFiles",
+                message: HASH_FILES_NEEDS_WORKSPACE.into()
+            }
+        );
     }
 
     #[test]

@@ -242,6 +242,7 @@ impl<'a> Checker<'a, '_> {
                 self.step_reference(step, r, span, reader);
             }
             Reference::Event | Reference::Branch | Reference::Commit => {}
+            Reference::Env(_) | Reference::Matrix(_) | Reference::Pipeline => {}
         }
     }
 

@@ -593,6 +593,7 @@ impl Driver {
             event: Some(spec.event.clone()).filter(|s| !s.is_empty()),
             branch: Some(spec.branch.clone()).filter(|s| !s.is_empty()),
             commit: Some(spec.commit.clone()).filter(|s| !s.is_empty()),
+            ..MapContext::default()
         }
     }
 
