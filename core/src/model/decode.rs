@@ -12,8 +12,8 @@ use crate::model::diagnostic::{Collector, Diagnostic, Severity, Span, did_you_me
 use crate::model::limits::Limits;
 use crate::model::meta::{API_VERSION, ObjectMeta, check_object_name};
 use crate::model::pipeline::{
-    CacheSpec, DurationSpec, Filter, ParamSpec, ParamType, PipelineSpec, Retry, SourceSpec, Stage,
-    Step, Trigger, Uses, UsesError, When,
+    CacheSpec, DurationSpec, Filter, MATRIX_KEYS, Matrix, ParamSpec, ParamType, PipelineSpec,
+    Retry, SourceSpec, Stage, Step, Trigger, Uses, UsesError, When,
 };
 use crate::model::position::SourceIndex;
 use crate::model::resources::Pipeline;
@@ -103,7 +103,7 @@ const SPEC_FIELDS: [&str; 10] = [
     "stages",
     "finally",
 ];
-const STEP_FIELDS: [&str; 11] = [
+const STEP_FIELDS: [&str; 13] = [
     "name",
     "uses",
     "with",
@@ -115,6 +115,8 @@ const STEP_FIELDS: [&str; 11] = [
     "cache",
     "repeat_on_restart",
     "continue_on_error",
+    "needs",
+    "matrix",
 ];
 
 struct Fields<'n> {
@@ -674,6 +676,20 @@ impl<'s> Decoder<'s> {
             .get("continue_on_error")
             .and_then(|n| self.bool(n, &join(path, "continue_on_error"), "`continue_on_error`"))
             .unwrap_or(false);
+        // `needs: a` is shorthand for `needs: [a]`.
+        let needs = match f.get("needs") {
+            Some(n) if matches!(n.kind, NodeKind::Scalar { .. }) && !n.is_null() => {
+                self.mark(&join(path, "needs"), n);
+                self.string(n, &join(path, "needs[0]"), "`needs`")
+                    .into_iter()
+                    .collect()
+            }
+            Some(n) => self.string_list(n, &join(path, "needs"), "`needs`"),
+            None => Vec::new(),
+        };
+        let matrix = f
+            .get("matrix")
+            .and_then(|n| self.matrix(n, &join(path, "matrix")));
         // A step whose `uses` is broken is kept (with the error reported) so that
         // references to it from later steps do not cause follow-on errors.
         let uses = uses.unwrap_or_else(|| Uses {
@@ -692,7 +708,136 @@ impl<'s> Decoder<'s> {
             cache,
             repeat_on_restart,
             continue_on_error,
+            needs,
+            matrix,
         })
+    }
+
+    /// A matrix value: a string, number or boolean.
+    fn matrix_value(&mut self, node: &Node, path: &str, what: &str) -> Option<serde_json::Value> {
+        let v = self.json(node, path);
+        match v {
+            serde_json::Value::String(_)
+            | serde_json::Value::Number(_)
+            | serde_json::Value::Bool(_) => Some(v),
+            _ => {
+                self.type_error(node, what, "a string, number or boolean");
+                None
+            }
+        }
+    }
+
+    /// An `include`/`exclude` entry: key → value.
+    fn matrix_entry(
+        &mut self,
+        node: &Node,
+        path: &str,
+        what: &str,
+    ) -> Option<BTreeMap<String, serde_json::Value>> {
+        self.mark(path, node);
+        let NodeKind::Map(entries) = &node.kind else {
+            self.type_error(node, what, "a mapping");
+            return None;
+        };
+        let mut out = BTreeMap::new();
+        for (k, v) in entries {
+            let Some(key) = k.scalar_text() else {
+                self.type_error(k, &format!("a key of {what}"), "a string");
+                continue;
+            };
+            if let Some(value) =
+                self.matrix_value(v, &join(path, key), &format!("`{key}` in {what}"))
+            {
+                out.insert(key.to_owned(), value);
+            }
+        }
+        Some(out)
+    }
+
+    fn matrix(&mut self, node: &Node, path: &str) -> Option<Matrix> {
+        self.mark(path, node);
+        let NodeKind::Map(entries) = &node.kind else {
+            self.type_error(node, "`matrix`", "a mapping");
+            return None;
+        };
+        let mut m = Matrix {
+            axes: BTreeMap::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            max_parallel: None,
+            fail_fast: true,
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, v) in entries {
+            let Some(key) = k.scalar_text() else {
+                self.type_error(k, "a key of `matrix`", "a string");
+                continue;
+            };
+            if seen.contains(&key) {
+                self.err(
+                    "duplicate-key",
+                    format!("`{key}` is set twice in `matrix`"),
+                    k.span,
+                    None,
+                );
+                continue;
+            }
+            seen.push(key);
+            let at = join(path, key);
+            match key {
+                "include" | "exclude" => {
+                    let items = self.seq(v, &at, &format!("`matrix.{key}`"));
+                    let list: Vec<_> = items
+                        .into_iter()
+                        .filter_map(|(p, n)| {
+                            self.matrix_entry(n, &p, &format!("an entry of `matrix.{key}`"))
+                        })
+                        .collect();
+                    if key == "include" {
+                        m.include = list;
+                    } else {
+                        m.exclude = list;
+                    }
+                }
+                "max_parallel" => {
+                    m.max_parallel = self.count(v, &at, "`matrix.max_parallel`");
+                    if m.max_parallel == Some(0) {
+                        self.err(
+                            "wrong-type",
+                            "`matrix.max_parallel` must be at least 1",
+                            v.span,
+                            Some("leave it out to run every cell at once".into()),
+                        );
+                        m.max_parallel = None;
+                    }
+                }
+                "fail_fast" => {
+                    if let Some(b) = self.bool(v, &at, "`matrix.fail_fast`") {
+                        m.fail_fast = b;
+                    }
+                }
+                axis => {
+                    debug_assert!(!MATRIX_KEYS.contains(&axis));
+                    let items = self.seq(v, &at, &format!("matrix axis `{axis}`"));
+                    if items.is_empty() && !v.is_null() && matches!(v.kind, NodeKind::Seq(_)) {
+                        self.err(
+                            "empty-matrix-axis",
+                            format!("matrix axis `{axis}` has no values"),
+                            v.span,
+                            Some("give it at least one value, or remove it".into()),
+                        );
+                    }
+                    let values: Vec<_> = items
+                        .into_iter()
+                        .filter_map(|(p, n)| {
+                            self.matrix_value(n, &p, &format!("a value of matrix axis `{axis}`"))
+                        })
+                        .collect();
+                    m.axes.insert(axis.to_owned(), values);
+                }
+            }
+        }
+        Some(m)
     }
 
     fn steps(&mut self, node: &Node, path: &str, what: &str) -> Vec<Step> {

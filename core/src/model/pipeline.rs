@@ -254,6 +254,282 @@ pub struct Step {
     /// still aborts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continue_on_error: bool,
+    /// Steps this step waits for (GitHub's `needs`, Tekton's `runAfter`): steps
+    /// of its own stage or of earlier stages, by name (a step with a `matrix`
+    /// stands for all its cells; one cell may be named as `build (linux, 1)`).
+    /// A step that names none waits for every step of the previous stage, so a
+    /// stage is the implicit `needs` of the next one; a step that names some
+    /// waits for those only and starts as soon as they have ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "needs_schema")]
+    pub needs: Vec<String>,
+    /// Runs the step once per cell of a matrix (GitHub's `strategy.matrix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<Matrix>,
+}
+
+/// The most cells one matrix may expand to (GitHub's cap too); more is almost
+/// always a mistake that would queue hundreds of step runs.
+pub const MAX_MATRIX_CELLS: usize = 256;
+
+/// A matrix: every combination of the axes' values is a cell, a run of the
+/// step named `<step> (<values>)` that reads its values as `${{ matrix.<axis> }}`.
+///
+/// In YAML it is one mapping: the axes (`os: [linux, mac]`) beside the
+/// reserved keys `include`, `exclude`, `max_parallel` and `fail_fast`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    /// Axis name → its values (strings, numbers or booleans).
+    pub axes: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Combinations added: an entry whose axis values match existing cells
+    /// adds its other keys to them; one that matches none is a cell of its own.
+    pub include: Vec<BTreeMap<String, serde_json::Value>>,
+    /// Combinations removed: every cell matching all of an entry's keys.
+    pub exclude: Vec<BTreeMap<String, serde_json::Value>>,
+    /// At most this many cells run at once (all when absent).
+    pub max_parallel: Option<u32>,
+    /// Whether a failed cell cancels the matrix's other cells (default `true`,
+    /// as in GitHub).
+    pub fail_fast: bool,
+}
+
+/// The keys of a matrix mapping that are not axes.
+pub const MATRIX_KEYS: [&str; 4] = ["include", "exclude", "max_parallel", "fail_fast"];
+
+/// One cell of a matrix: its values by key, and its name suffix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatrixCell {
+    /// Axis (and included) key → value.
+    pub values: BTreeMap<String, serde_json::Value>,
+}
+
+fn matrix_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Matrix {
+    /// The cells, in order: the product of the axes (axes sorted by name, the
+    /// first varying slowest), less the excluded ones, with `include` applied.
+    pub fn cells(&self) -> Vec<MatrixCell> {
+        let mut cells: Vec<BTreeMap<String, serde_json::Value>> = vec![BTreeMap::new()];
+        if self.axes.is_empty() {
+            cells.clear();
+        }
+        for (axis, values) in &self.axes {
+            let mut next = Vec::with_capacity(cells.len() * values.len());
+            for cell in &cells {
+                for v in values {
+                    let mut c = cell.clone();
+                    c.insert(axis.clone(), v.clone());
+                    next.push(c);
+                }
+                // Guard the product before it grows past any sane size.
+                if next.len() > MAX_MATRIX_CELLS * 4 {
+                    break;
+                }
+            }
+            cells = next;
+        }
+        cells.retain(|cell| {
+            !self
+                .exclude
+                .iter()
+                .any(|ex| !ex.is_empty() && ex.iter().all(|(k, v)| cell.get(k) == Some(v)))
+        });
+        for entry in &self.include {
+            let mut added = false;
+            for cell in &mut cells {
+                let fits = entry
+                    .iter()
+                    .filter(|(k, _)| self.axes.contains_key(*k))
+                    .all(|(k, v)| cell.get(k) == Some(v));
+                if fits {
+                    for (k, v) in entry {
+                        if !self.axes.contains_key(k) {
+                            cell.insert(k.clone(), v.clone());
+                        }
+                    }
+                    added = true;
+                }
+            }
+            if !added {
+                cells.push(entry.clone());
+            }
+        }
+        cells
+            .into_iter()
+            .map(|values| MatrixCell { values })
+            .collect()
+    }
+
+    /// The number of cells before `exclude`/`include`, saturating: for the cap
+    /// check without building them.
+    pub fn product(&self) -> usize {
+        self.axes
+            .values()
+            .fold(1usize, |n, v| n.saturating_mul(v.len()))
+    }
+}
+
+impl MatrixCell {
+    /// The cell's step name: `<step> (v1, v2, …)`, the axes' values in axis
+    /// order, then included keys' values in key order.
+    pub fn name(&self, step: &str, matrix: &Matrix) -> String {
+        let mut parts: Vec<String> = matrix
+            .axes
+            .keys()
+            .filter_map(|k| self.values.get(k).map(matrix_text))
+            .collect();
+        parts.extend(
+            self.values
+                .iter()
+                .filter(|(k, _)| !matrix.axes.contains_key(*k))
+                .map(|(_, v)| matrix_text(v)),
+        );
+        format!("{step} ({})", parts.join(", "))
+    }
+}
+
+impl Serialize for Matrix {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (axis, values) in &self.axes {
+            m.serialize_entry(axis, values)?;
+        }
+        if !self.include.is_empty() {
+            m.serialize_entry("include", &self.include)?;
+        }
+        if !self.exclude.is_empty() {
+            m.serialize_entry("exclude", &self.exclude)?;
+        }
+        if let Some(n) = self.max_parallel {
+            m.serialize_entry("max_parallel", &n)?;
+        }
+        if !self.fail_fast {
+            m.serialize_entry("fail_fast", &false)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Matrix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+        let take = |raw: &mut BTreeMap<String, serde_json::Value>, key: &str| raw.remove(key);
+        let include = match take(&mut raw, "include") {
+            Some(v) => serde_json::from_value(v).map_err(D::Error::custom)?,
+            None => Vec::new(),
+        };
+        let exclude = match take(&mut raw, "exclude") {
+            Some(v) => serde_json::from_value(v).map_err(D::Error::custom)?,
+            None => Vec::new(),
+        };
+        let max_parallel = match take(&mut raw, "max_parallel") {
+            Some(v) => Some(serde_json::from_value(v).map_err(D::Error::custom)?),
+            None => None,
+        };
+        let fail_fast = match take(&mut raw, "fail_fast") {
+            Some(v) => serde_json::from_value(v).map_err(D::Error::custom)?,
+            None => true,
+        };
+        let axes = raw
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::Array(values) => Ok((k, values)),
+                _ => Err(D::Error::custom(format!(
+                    "matrix axis `{k}` must be a list of values"
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            axes,
+            include,
+            exclude,
+            max_parallel,
+            fail_fast,
+        })
+    }
+}
+
+impl JsonSchema for Matrix {
+    fn schema_name() -> Cow<'static, str> {
+        "Matrix".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Runs the step once per combination of the axes' values; each cell reads its values as `${{ matrix.<axis> }}`.",
+            "type": "object",
+            "properties": {
+                "include": {
+                    "description": "Combinations added (or extra keys for the cells they match).",
+                    "type": "array",
+                    "items": { "type": "object", "additionalProperties": { "type": ["string", "number", "boolean"] } }
+                },
+                "exclude": {
+                    "description": "Combinations removed: every cell matching all of an entry's keys.",
+                    "type": "array",
+                    "items": { "type": "object", "additionalProperties": { "type": ["string", "number", "boolean"] } }
+                },
+                "max_parallel": { "description": "At most this many cells run at once.", "type": "integer", "minimum": 1 },
+                "fail_fast": { "description": "Whether a failed cell cancels the other cells (default true).", "type": "boolean" }
+            },
+            "additionalProperties": {
+                "description": "An axis: its values.",
+                "type": "array",
+                "items": { "type": ["string", "number", "boolean"] },
+                "minItems": 1
+            }
+        })
+    }
+}
+
+/// One run of a step: the step itself, or one cell of its matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepInstance<'a> {
+    /// The step as written.
+    pub step: &'a Step,
+    /// The instance's name: the step's, or its cell's (`build (linux, 1)`).
+    pub name: String,
+    /// The cell's values, for a matrix step.
+    pub matrix: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+impl Step {
+    /// The step's runs: one per matrix cell, or the step itself.
+    pub fn instances(&self) -> Vec<StepInstance<'_>> {
+        match &self.matrix {
+            Some(m) => m
+                .cells()
+                .into_iter()
+                .map(|cell| StepInstance {
+                    step: self,
+                    name: cell.name(&self.name, m),
+                    matrix: Some(cell.values),
+                })
+                .collect(),
+            None => vec![StepInstance {
+                step: self,
+                name: self.name.clone(),
+                matrix: None,
+            }],
+        }
+    }
+}
+
+fn needs_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Steps this step waits for (a name, or a list of names); without it, every step of the previous stage.",
+        "oneOf": [
+            { "type": "string" },
+            { "type": "array", "items": { "type": "string" } }
+        ]
+    })
 }
 
 fn repeat_on_restart_default() -> bool {

@@ -385,6 +385,14 @@ impl StepPhase {
             Self::Aborted => "Aborted",
         }
     }
+
+    /// Whether it has ended: succeeded, failed, skipped or aborted.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Aborted
+        )
+    }
 }
 
 /// What started an execution.

@@ -7,7 +7,9 @@ use crate::model::decode::SourceMap;
 use crate::model::diagnostic::{Collector, Diagnostic, Severity, Span, did_you_mean};
 use crate::model::expr::{self, ExprError, Reference};
 use crate::model::limits::Limits;
-use crate::model::pipeline::{EVENTS, Filter, MAX_RETRIES, PipelineSpec, Step, Trigger, When};
+use crate::model::pipeline::{
+    EVENTS, Filter, MAX_MATRIX_CELLS, MAX_RETRIES, PipelineSpec, Step, Trigger, When,
+};
 
 /// Where a step sits, for deciding which steps it may read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,12 @@ struct Checker<'a, 'c> {
     map: &'a SourceMap,
     diags: &'c mut Collector,
     steps: BTreeMap<&'a str, Position>,
+    /// Matrix cell name → its step's name (cells can be named in `needs` and
+    /// read as `steps['build (linux, 1)']`).
+    cells: BTreeMap<String, &'a str>,
+    /// Step → every step it waits for, directly or not (`needs`, or the
+    /// previous stage), for the rules on which results a step may read.
+    ancestors: BTreeMap<&'a str, BTreeSet<&'a str>>,
     /// Declared params and secrets, for lookups per reference.
     params: BTreeSet<&'a str>,
     secrets: BTreeSet<&'a str>,
@@ -118,6 +126,26 @@ impl<'a> Checker<'a, '_> {
                 self.steps.insert(&step.name, pos);
             }
         }
+        // Cells once every step is known, so a cell named like a step is caught.
+        for (step, path, _) in self.step_paths() {
+            let Some(matrix) = &step.matrix else { continue };
+            if matrix.product() > MAX_MATRIX_CELLS * 4 {
+                continue; // reported by `matrix`
+            }
+            for cell in matrix.cells() {
+                let name = cell.name(&step.name, matrix);
+                if self.steps.contains_key(name.as_str()) || self.cells.contains_key(&name) {
+                    self.report(
+                        "duplicate-name",
+                        format!("matrix cell `{name}` has the name of another step or cell"),
+                        &format!("{path}.matrix"),
+                        Some("rename the step, or change the values".into()),
+                    );
+                    continue;
+                }
+                self.cells.insert(name, &step.name);
+            }
+        }
         if self.spec.stages.is_empty() && self.map.span("stages").is_some() {
             self.report(
                 "no-stages",
@@ -158,6 +186,190 @@ impl<'a> Checker<'a, '_> {
                     )),
                 );
             }
+        }
+    }
+
+    /// The step a `needs` entry or reference names: a step, or a matrix cell.
+    fn named_step(&self, name: &str) -> Option<(&'a str, Position)> {
+        if let Some((k, pos)) = self.steps.get_key_value(name) {
+            return Some((k, *pos));
+        }
+        let step = *self.cells.get(name)?;
+        Some((step, *self.steps.get(step)?))
+    }
+
+    /// Checks every `needs` (names, order, cycles) and works out each step's
+    /// ancestors.
+    fn needs(&mut self) {
+        let spec = self.spec;
+        // Direct dependencies, by step name.
+        let mut deps: BTreeMap<&'a str, Vec<&'a str>> = BTreeMap::new();
+        let mut previous: Vec<&'a str> = Vec::new();
+        for (i, stage) in spec.stages.iter().enumerate() {
+            for (j, step) in stage.steps.iter().enumerate() {
+                let path = format!("stages[{i}].steps[{j}]");
+                if deps.contains_key(step.name.as_str()) {
+                    continue; // a duplicate name, reported by `names`
+                }
+                if step.needs.is_empty() {
+                    let implicit = previous.iter().copied().filter(|p| *p != step.name);
+                    deps.insert(&step.name, implicit.collect());
+                    continue;
+                }
+                let mut direct = Vec::new();
+                for (k, need) in step.needs.iter().enumerate() {
+                    let at = format!("{path}.needs[{k}]");
+                    match self.named_step(need) {
+                        None => {
+                            let names = self
+                                .steps
+                                .keys()
+                                .copied()
+                                .chain(self.cells.keys().map(String::as_str));
+                            let hint = match did_you_mean(need, names) {
+                                Some(s) => format!("did you mean `{s}`?"),
+                                None => "name a step of this stage or of an earlier one".into(),
+                            };
+                            self.report(
+                                "unknown-need",
+                                format!("step `{}` needs `{need}`, which does not exist", step.name),
+                                &at,
+                                Some(hint),
+                            );
+                        }
+                        Some((target, _)) if target == step.name => self.report(
+                            "need-cycle",
+                            format!("step `{}` needs itself", step.name),
+                            &at,
+                            Some("a step cannot wait for itself; remove the entry".into()),
+                        ),
+                        Some((_, Position::Finally)) => self.report(
+                            "need-order",
+                            format!("step `{}` needs `{need}`, a `finally` step, which runs after every stage", step.name),
+                            &at,
+                            Some("`finally` steps run last; a stage step cannot wait for one".into()),
+                        ),
+                        Some((_, Position::Stage(b))) if b > i => self.report(
+                            "need-order",
+                            format!("step `{}` needs `{need}`, which runs in a later stage", step.name),
+                            &at,
+                            Some(format!("move `{need}` to this stage or an earlier one")),
+                        ),
+                        Some((target, _)) => {
+                            if !direct.contains(&target) {
+                                direct.push(target);
+                            }
+                        }
+                    }
+                }
+                deps.insert(&step.name, direct);
+            }
+            if !stage.steps.is_empty() {
+                previous = stage.steps.iter().map(|s| s.name.as_str()).collect();
+            }
+        }
+        for (j, step) in spec.finally.iter().enumerate() {
+            if !step.needs.is_empty() {
+                self.report(
+                    "needs-in-finally",
+                    format!("`finally` step `{}` has `needs`", step.name),
+                    &format!("finally[{j}].needs"),
+                    Some("`finally` steps run together after every stage; remove `needs`".into()),
+                );
+            }
+        }
+        // Cycles (only within a stage: needs across stages point backwards).
+        let mut reported: BTreeSet<&str> = BTreeSet::new();
+        for (i, stage) in spec.stages.iter().enumerate() {
+            for (j, step) in stage.steps.iter().enumerate() {
+                if reported.contains(step.name.as_str()) {
+                    continue;
+                }
+                if let Some(cycle) = find_cycle(&step.name, &deps) {
+                    reported.extend(cycle.iter().copied());
+                    let mut shown: Vec<String> = cycle.iter().map(|n| format!("`{n}`")).collect();
+                    shown.push(format!("`{}`", cycle[0]));
+                    self.report(
+                        "need-cycle",
+                        format!(
+                            "steps wait for each other in a cycle: {}",
+                            shown.join(" needs ")
+                        ),
+                        &format!("stages[{i}].steps[{j}].needs"),
+                        Some("remove one of these `needs` so the steps can start".into()),
+                    );
+                }
+            }
+        }
+        // Ancestors, memoised; a cycle (reported above) ends the walk.
+        for name in deps.keys().copied().collect::<Vec<_>>() {
+            let mut seen = BTreeSet::new();
+            let mut stack = vec![name];
+            while let Some(n) = stack.pop() {
+                for d in deps.get(n).into_iter().flatten() {
+                    if seen.insert(*d) {
+                        stack.push(d);
+                    }
+                }
+            }
+            self.ancestors.insert(name, seen);
+        }
+    }
+
+    fn matrix(&mut self, step: &Step, path: &str) {
+        let Some(m) = &step.matrix else { return };
+        let at = format!("{path}.matrix");
+        if m.axes.is_empty() && m.include.is_empty() {
+            self.report(
+                "empty-matrix",
+                format!("the matrix of step `{}` has no axes", step.name),
+                &at,
+                Some("add an axis such as `os: [linux, mac]`, or remove `matrix`".into()),
+            );
+            return;
+        }
+        for (k, entry) in m.exclude.iter().enumerate() {
+            for key in entry.keys() {
+                if !m.axes.contains_key(key) {
+                    let hint = match did_you_mean(key, m.axes.keys().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "an `exclude` entry names axes of the matrix".into(),
+                    };
+                    self.report(
+                        "unknown-matrix-key",
+                        format!("`matrix.exclude` names `{key}`, which is not an axis"),
+                        &format!("{at}.exclude[{k}].{key}"),
+                        Some(hint),
+                    );
+                }
+            }
+        }
+        let product = m.product();
+        let cells = if product > MAX_MATRIX_CELLS * 4 {
+            product
+        } else {
+            m.cells().len()
+        };
+        if cells > MAX_MATRIX_CELLS {
+            self.report(
+                "matrix-too-large",
+                format!(
+                    "the matrix of step `{}` has {cells} cells, more than the limit of {MAX_MATRIX_CELLS}",
+                    step.name
+                ),
+                &at,
+                Some("split the step, or `exclude` combinations you do not need".into()),
+            );
+        } else if cells == 0 {
+            self.report(
+                "empty-matrix",
+                format!(
+                    "the matrix of step `{}` has no cells left after `exclude`",
+                    step.name
+                ),
+                &at,
+                Some("exclude fewer combinations".into()),
+            );
         }
     }
 
@@ -235,14 +447,76 @@ impl<'a> Checker<'a, '_> {
                 }
             }
             Reference::StepOutput { step, .. } | Reference::StepState(step) => {
-                if !self.steps.contains_key(step.as_str()) && self.skip() {
+                if self.named_step(step).is_none() && self.skip() {
                     return;
                 }
                 let span = span(self);
                 self.step_reference(step, r, span, reader);
             }
             Reference::Event | Reference::Branch | Reference::Commit => {}
-            Reference::Env(_) | Reference::Matrix(_) | Reference::Pipeline => {}
+            Reference::Env(name) => {
+                let step = reader
+                    .step
+                    .and_then(|n| self.spec.all_steps().find(|s| s.name == n));
+                let declared = self.spec.env.contains_key(name)
+                    || step.is_some_and(|s| s.env.contains_key(name));
+                if !declared {
+                    let names = self
+                        .spec
+                        .env
+                        .keys()
+                        .chain(step.into_iter().flat_map(|s| s.env.keys()))
+                        .map(String::as_str);
+                    let hint = match did_you_mean(name, names) {
+                        Some(s) => format!("did you mean `env.{s}`?"),
+                        None => format!("set `{name}` under the pipeline's or the step's `env:`"),
+                    };
+                    self.push(
+                        "unknown-env",
+                        format!("`env.{name}` is not set"),
+                        span(self),
+                        Some(hint),
+                    );
+                }
+            }
+            Reference::Matrix(name) => {
+                let matrix = reader
+                    .step
+                    .and_then(|n| self.spec.all_steps().find(|s| s.name == n))
+                    .and_then(|s| s.matrix.as_ref());
+                match matrix {
+                    None => self.push(
+                        "unknown-matrix-key",
+                        format!("{} reads `matrix.{name}` but has no `matrix`", reader.who),
+                        span(self),
+                        Some("`matrix.*` is read by the cells of a step with a `matrix`".into()),
+                    ),
+                    Some(m) => {
+                        let known = m.axes.contains_key(name)
+                            || m.include.iter().any(|e| e.contains_key(name));
+                        // A key only some cells have (from `include`) is
+                        // allowed: cells without it fail at run time.
+                        if !known {
+                            let keys = m
+                                .axes
+                                .keys()
+                                .chain(m.include.iter().flat_map(|e| e.keys()))
+                                .map(String::as_str);
+                            let hint = match did_you_mean(name, keys) {
+                                Some(s) => format!("did you mean `matrix.{s}`?"),
+                                None => "name an axis of the step's matrix".into(),
+                            };
+                            self.push(
+                                "unknown-matrix-key",
+                                format!("`matrix.{name}` is not an axis of the step's matrix"),
+                                span(self),
+                                Some(hint),
+                            );
+                        }
+                    }
+                }
+            }
+            Reference::Pipeline => {}
         }
     }
 
@@ -253,7 +527,7 @@ impl<'a> Checker<'a, '_> {
         span: Option<Span>,
         reader: Reader<'_>,
     ) {
-        let Some(&target) = self.steps.get(step) else {
+        let Some((step, target)) = self.named_step(step) else {
             let hint = match did_you_mean(step, self.steps.keys().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => "steps can read the outputs of steps in earlier stages".into(),
@@ -276,13 +550,25 @@ impl<'a> Checker<'a, '_> {
                 format!("{who} reads its own result `{r}`"),
                 "a step cannot depend on itself".to_owned(),
             ),
+            // A step may read what it waits for, `needs` or earlier stages.
+            (Some(Position::Stage(_)), Position::Stage(_))
+                if reader
+                    .step
+                    .is_some_and(|s| self.ancestors.get(s).is_some_and(|a| a.contains(step))) =>
+            {
+                return;
+            }
             (Some(Position::Stage(a)), Position::Stage(b)) if b > a => (
                 format!("{who} reads `{r}` but `{step}` runs in a later stage"),
                 format!("move `{step}` to an earlier stage, or this step to a later one"),
             ),
             (Some(Position::Stage(a)), Position::Stage(b)) if b == a => (
                 format!("{who} reads `{r}` but `{step}` runs in parallel in the same stage"),
-                format!("move `{step}` to an earlier stage"),
+                format!("add `{step}` to its `needs`, or move `{step}` to an earlier stage"),
+            ),
+            (Some(Position::Stage(_)), Position::Stage(_)) if reader.step.is_some() => (
+                format!("{who} reads `{r}` but does not wait for `{step}`"),
+                format!("add `{step}` to its `needs`"),
             ),
             (Some(Position::Stage(_)), Position::Finally) => (
                 format!(
@@ -304,6 +590,15 @@ impl<'a> Checker<'a, '_> {
         match expr::parse_template(text) {
             Err(e) => self.expr_error(path, &e),
             Ok(t) => {
+                for (func, range) in t.status_calls() {
+                    let span = self.map.span_in(path, range);
+                    self.push(
+                        "status-outside-condition",
+                        format!("`{}()` can be used only in an `if` condition", func.name()),
+                        span,
+                        Some("the status functions say whether a step runs; use `steps.<name>.state` to read a state".into()),
+                    );
+                }
                 for (r, range) in t.references() {
                     self.reference(r, path, range, reader);
                 }
@@ -443,6 +738,7 @@ impl<'a> Checker<'a, '_> {
 
     fn run(&mut self) {
         self.names();
+        self.needs();
         let pipeline_reader = Reader {
             who: "the pipeline",
             step: None,
@@ -532,8 +828,31 @@ impl<'a> Checker<'a, '_> {
         }
         for (step, path, pos) in self.step_paths() {
             self.step(step, &path, pos);
+            self.matrix(step, &path);
         }
     }
+}
+
+/// A cycle of `needs` through `start`, in order, if there is one.
+fn find_cycle<'a>(start: &'a str, deps: &BTreeMap<&'a str, Vec<&'a str>>) -> Option<Vec<&'a str>> {
+    // Depth-first from `start`, looking for a path back to it.
+    let mut path: Vec<(&'a str, usize)> = vec![(start, 0)];
+    let mut visited: BTreeSet<&'a str> = BTreeSet::new();
+    while let Some((node, next)) = path.last_mut() {
+        let children = deps.get(*node).map_or(&[][..], Vec::as_slice);
+        if let Some(child) = children.get(*next) {
+            *next += 1;
+            if *child == start {
+                return Some(path.iter().map(|(n, _)| *n).collect());
+            }
+            if visited.insert(child) {
+                path.push((child, 0));
+            }
+        } else {
+            path.pop();
+        }
+    }
+    None
 }
 
 /// Checks a spec's names, references, expressions, globs and schedules.
@@ -553,6 +872,8 @@ pub(crate) fn check(spec: &PipelineSpec, map: &SourceMap, diags: &mut Collector)
         map,
         diags,
         steps: BTreeMap::new(),
+        cells: BTreeMap::new(),
+        ancestors: BTreeMap::new(),
         params: spec.params.iter().map(|p| p.name.as_str()).collect(),
         secrets: spec.secrets.iter().map(String::as_str).collect(),
     };

@@ -16,14 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use crate::model::expr::{self, MapContext, Value};
+use crate::model::expr::{self, MapContext, StatusFacts, Value};
 use crate::model::resources::{cap_reason, set_condition};
 use crate::model::{
     Condition, ConditionStatus, ConditionType, ExecutionPhase, PipelineExecution,
-    PipelineSettingSpec, StageStatus, Step, StepPhase, StepStatus,
+    PipelineSettingSpec, PipelineSpec, StageStatus, Step, StepPhase, StepStatus,
 };
 use crate::pipeline::context::EngineCore;
 use crate::pipeline::logs::LogKey;
@@ -32,8 +34,10 @@ use crate::store::Api;
 
 mod attempt;
 mod cache;
+mod graph;
 mod status;
 
+use graph::Node;
 use status::{Deleted, Loc, StatusCell, step_at};
 
 /// Runs one execution to its end (or until shutdown).
@@ -77,6 +81,7 @@ pub(crate) async fn drive(
         workspace: PathBuf::new(),
         settings: PipelineSettingSpec::default(),
         deadline: None,
+        nodes: Vec::new(),
     };
     let outcome = driver.run().await;
     if outcome.is_err() {
@@ -109,6 +114,8 @@ struct Driver {
     settings: PipelineSettingSpec,
     /// The whole execution's deadline (`finally` included).
     deadline: Option<(Instant, Duration)>,
+    /// The steps' runs and what each waits for.
+    nodes: Vec<Node>,
 }
 
 fn instant_of(clock_now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
@@ -123,6 +130,7 @@ impl Driver {
     async fn run(mut self) -> Result<(), Deleted> {
         let now = self.core.clock.now();
         let spec = self.exec.spec.pipeline_spec.clone();
+        self.nodes = graph::plan(&spec);
         self.settings = self.core.settings().await.unwrap_or_default();
         let resumed = self.cell.read(|s| s.phase == ExecutionPhase::Running);
         self.cell.update(|st| {
@@ -130,30 +138,22 @@ impl Driver {
             st.started.get_or_insert(now);
             st.node = Some(self.core.node.clone());
             if st.stages.is_empty() {
+                let (stages, finally) = graph::run_names(&spec);
+                let step = |name: String| StepStatus {
+                    name,
+                    ..StepStatus::default()
+                };
                 st.stages = spec
                     .stages
                     .iter()
-                    .map(|s| StageStatus {
+                    .zip(stages)
+                    .map(|(s, names)| StageStatus {
                         name: s.name.clone(),
-                        steps: s
-                            .steps
-                            .iter()
-                            .map(|step| StepStatus {
-                                name: step.name.clone(),
-                                ..StepStatus::default()
-                            })
-                            .collect(),
+                        steps: names.into_iter().map(step).collect(),
                         ..StageStatus::default()
                     })
                     .collect();
-                st.finally = spec
-                    .finally
-                    .iter()
-                    .map(|step| StepStatus {
-                        name: step.name.clone(),
-                        ..StepStatus::default()
-                    })
-                    .collect();
+                st.finally = finally.into_iter().map(step).collect();
             }
         });
         if let Some(timeout) = spec.timeout {
@@ -215,117 +215,35 @@ impl Driver {
         // finish). A crash before it finds the execution as it was, and it
         // starts again: nothing has run yet.
 
-        let mut failure: Option<String> = None;
-        for (i, stage) in spec.stages.iter().enumerate() {
-            let phase = self.cell.read(|s| s.stages[i].phase);
-            if matches!(
-                phase,
-                StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed | StepPhase::Aborted
-            ) {
-                if status::fails(phase, stage.continue_on_error) {
-                    failure.get_or_insert_with(|| {
-                        self.cell.read(|s| {
-                            format!("stage `{}` failed: {}", stage.name, s.stages[i].reason)
-                        })
-                    });
-                }
-                continue;
-            }
-            if let Some(why) = self.stop_reason(&failure) {
-                self.skip_stage(i, &why);
-                continue;
-            }
-            if let Some(when) = &stage.when {
-                match when.evaluate(&self.eval_context(&Default::default())) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.skip_stage(i, "when: condition is false");
-                        self.cell.flush().await?;
-                        continue;
-                    }
-                    Err(e) => {
-                        let reason = format!("when: {e}");
-                        self.cell.update(|st| {
-                            st.stages[i].phase = StepPhase::Failed;
-                            st.stages[i].reason = reason.clone();
-                        });
-                        if !stage.continue_on_error {
-                            failure = Some(format!("stage `{}`: {reason}", stage.name));
-                        }
-                        self.cell.flush().await?;
-                        continue;
-                    }
-                }
-            }
-            let started = self.cell.update(|st| {
-                st.stages[i].phase = StepPhase::Running;
-                *st.stages[i].started.get_or_insert(now)
-            });
-            let stage_deadline = stage.timeout.map(|t| {
-                let at = started + chrono::Duration::from_std(t.0).unwrap_or(chrono::Duration::MAX);
-                (instant_of(self.core.clock.now(), at), t.0)
-            });
-            let deadline = earliest(self.deadline, stage_deadline);
-            let locs: Vec<Loc> = (0..stage.steps.len()).map(|j| Loc::Stage(i, j)).collect();
-            let phases = self
-                .run_group(&stage.name, &stage.steps, &locs, deadline, false)
-                .await?;
-            if self.core.shutdown.is_cancelled() {
-                // Stopped by a shutdown: leave the stage as it is; the next start resumes.
-                self.cell.flush().await?;
-                return Ok(());
-            }
-            // A step that continues on error leaves its stage succeeding.
-            let failed = phases
-                .iter()
-                .zip(&stage.steps)
-                .position(|(p, step)| status::fails(*p, step.continue_on_error));
-            let finished = self.core.clock.now();
-            let reason = failed.map(|j| {
-                let step = &stage.steps[j];
-                let why = self.cell.read(|s| s.stages[i].steps[j].reason.clone());
-                format!("step `{}` failed: {why}", step.name)
-            });
-            self.cell.update(|st| {
-                let s = &mut st.stages[i];
-                s.finished = Some(finished);
-                match &reason {
-                    Some(r) => {
-                        s.phase = if self.abort.is_cancelled() {
-                            StepPhase::Aborted
-                        } else {
-                            StepPhase::Failed
-                        };
-                        s.reason = r.clone();
-                    }
-                    None => s.phase = StepPhase::Succeeded,
-                }
-            });
-            if let Some(r) = reason {
-                let phase = self.cell.read(|s| s.stages[i].phase);
-                if status::fails(phase, stage.continue_on_error) {
-                    failure.get_or_insert(format!("stage `{}`: {r}", stage.name));
-                }
-            }
-            // Not flushed here: the next step's start (or the finish) writes it,
-            // and a resumed run derives a stage's end from its steps.
+        let mut failure = self.run_stages(&spec).await?;
+        if self.core.shutdown.is_cancelled() {
+            // Stopped by a shutdown: leave the stages as they are; the next start resumes.
+            self.cell.flush().await?;
+            return Ok(());
         }
 
-        if !spec.finally.is_empty() && !self.core.shutdown.is_cancelled() {
-            let locs: Vec<Loc> = (0..spec.finally.len()).map(Loc::Finally).collect();
+        let finally: Vec<usize> = (0..self.nodes.len())
+            .filter(|&k| self.nodes[k].stage().is_none())
+            .collect();
+        if !finally.is_empty() && !self.core.shutdown.is_cancelled() {
+            let facts = StatusFacts {
+                failed: failure.is_some(),
+                cancelled: self.abort.is_cancelled(),
+            };
             let phases = self
-                .run_group("finally", &spec.finally, &locs, self.deadline, true)
+                .run_group("finally", &finally, self.deadline, facts)
                 .await?;
-            if let Some(j) = phases
+            if let Some((k, _)) = finally
                 .iter()
-                .zip(&spec.finally)
-                .position(|(p, step)| *p == StepPhase::Failed && !step.continue_on_error)
+                .zip(&phases)
+                .find(|(k, p)| **p == StepPhase::Failed && !self.nodes[**k].step.continue_on_error)
             {
-                let why = self.cell.read(|s| s.finally[j].reason.clone());
-                failure.get_or_insert(format!(
-                    "finally step `{}` failed: {why}",
-                    spec.finally[j].name
-                ));
+                let node = &self.nodes[*k];
+                let why = self.cell.read(|s| match node.loc {
+                    Loc::Finally(j) => s.finally[j].reason.clone(),
+                    Loc::Stage(..) => String::new(),
+                });
+                failure.get_or_insert(format!("finally step `{}` failed: {why}", node.step.name));
             }
         }
         if self.core.shutdown.is_cancelled() {
@@ -344,11 +262,242 @@ impl Driver {
         }
     }
 
-    /// Why no new stage may start, if something says so.
-    fn stop_reason(&self, failure: &Option<String>) -> Option<String> {
-        if self.core.shutdown.is_cancelled() {
-            return Some("shutdown".into());
+    /// Runs the stages' steps as their `needs` allow; returns why the stages
+    /// failed, if they did.
+    async fn run_stages(&self, spec: &PipelineSpec) -> Result<Option<String>, Deleted> {
+        let stage_nodes: Vec<usize> = (0..self.nodes.len())
+            .filter(|&k| self.nodes[k].stage().is_some())
+            .collect();
+        let tokens: Vec<CancelToken> = self.nodes.iter().map(|_| CancelToken::new()).collect();
+        let mut started = vec![false; self.nodes.len()];
+        let mut deadlines: Vec<Option<(Instant, Duration)>> = vec![None; spec.stages.len()];
+        // Stages entered before a restart keep their deadline.
+        for (i, stage) in spec.stages.iter().enumerate() {
+            if let (Some(t), Some(at)) = (stage.timeout, self.cell.read(|s| s.stages[i].started)) {
+                let end = at + chrono::Duration::from_std(t.0).unwrap_or(chrono::Duration::MAX);
+                deadlines[i] = Some((instant_of(self.core.clock.now(), end), t.0));
+            }
         }
+        // Set when a failure stops what has not started: the pipeline's
+        // `fail_fast`, or a matrix's (by group).
+        let mut stopped: Option<String> = None;
+        let mut stopped_groups: BTreeMap<usize, String> = BTreeMap::new();
+        let running_count = std::sync::atomic::AtomicUsize::new(0);
+        let mut running = FuturesUnordered::new();
+        loop {
+            let mut skipped = false;
+            let mut progress = true;
+            while progress {
+                progress = false;
+                for &k in &stage_nodes {
+                    let node = &self.nodes[k];
+                    if started[k] || self.finished(k) {
+                        continue;
+                    }
+                    if self.core.shutdown.is_cancelled() {
+                        break;
+                    }
+                    if !node.deps.iter().all(|&d| self.finished(d)) {
+                        continue;
+                    }
+                    if let Some(group) = node.group
+                        && let Some(limit) = self.nodes[group]
+                            .step
+                            .matrix
+                            .as_ref()
+                            .and_then(|m| m.max_parallel)
+                    {
+                        let busy = stage_nodes
+                            .iter()
+                            .filter(|&&o| {
+                                started[o]
+                                    && !self.finished(o)
+                                    && self.nodes[o].group == Some(group)
+                            })
+                            .count();
+                        if busy >= limit as usize {
+                            continue;
+                        }
+                    }
+                    let Some(i) = node.stage() else { continue };
+                    progress = true;
+                    if let Some(reason) = self.why_not(k, stopped.as_deref(), &stopped_groups) {
+                        self.skip(k, &reason);
+                        skipped = true;
+                        continue;
+                    }
+                    if !self.enter_stage(i, &spec.stages[i], &mut deadlines) {
+                        skipped = true;
+                        continue;
+                    }
+                    started[k] = true;
+                    running_count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let deadline = earliest(self.deadline, deadlines[i]);
+                    let facts = self.facts_for(k);
+                    let (token, running_count) = (&tokens[k], &running_count);
+                    let stage_name = spec.stages[i].name.as_str();
+                    running.push(async move {
+                        let phase = self
+                            .run_step(stage_name, node, deadline, false, token, facts)
+                            .await;
+                        // A step that ends while others still run is written
+                        // now (they may run long). The last one's end is
+                        // carried by the next write, which follows at once:
+                        // the next step's start or the finish — one commit
+                        // fewer. A crash in between finds the step `Running`,
+                        // and it runs again as an interrupted attempt.
+                        if running_count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) > 1
+                            && phase.is_ok()
+                        {
+                            self.cell.flush().await?;
+                        }
+                        phase.map(|p| (k, p))
+                    });
+                }
+                self.settle_stages(spec);
+            }
+            if skipped && running.is_empty() {
+                self.cell.flush().await?;
+            }
+            let Some(done) = running.next().await else {
+                break;
+            };
+            let (k, phase) = done?;
+            let node = &self.nodes[k];
+            if phase == StepPhase::Failed && !node.step.continue_on_error {
+                let tolerant_stage = node
+                    .stage()
+                    .is_some_and(|i| spec.stages[i].continue_on_error);
+                if spec.fail_fast && tolerant_stage {
+                    // Its stage tolerates the failure: its siblings stop, and
+                    // the next stages run as if it had succeeded.
+                    for &o in &stage_nodes {
+                        if self.nodes[o].stage() == node.stage() {
+                            tokens[o].cancel();
+                        }
+                    }
+                } else if spec.fail_fast && stopped.is_none() {
+                    stopped = Some(format!(
+                        "cancelled: step `{}` failed (fail_fast)",
+                        node.step.name
+                    ));
+                    for &o in &stage_nodes {
+                        tokens[o].cancel();
+                    }
+                }
+                if let Some(group) = node.group
+                    && self.nodes[group]
+                        .step
+                        .matrix
+                        .as_ref()
+                        .is_some_and(|m| m.fail_fast)
+                    && !stopped_groups.contains_key(&group)
+                {
+                    stopped_groups.insert(
+                        group,
+                        format!(
+                            "cancelled: cell `{}` failed (matrix fail_fast)",
+                            node.step.name
+                        ),
+                    );
+                    for &o in &stage_nodes {
+                        if self.nodes[o].group == Some(group) {
+                            tokens[o].cancel();
+                        }
+                    }
+                }
+            }
+            self.settle_stages(spec);
+        }
+        // Whatever never became ready (a `needs` cycle an unvalidated spec
+        // carried) must not leave the execution hanging.
+        if !self.core.shutdown.is_cancelled() {
+            for &k in &stage_nodes {
+                if !self.finished(k) && !started[k] {
+                    self.skip(k, "its `needs` never completed (a cycle)");
+                }
+            }
+            self.settle_stages(spec);
+        }
+        Ok(spec.stages.iter().enumerate().find_map(|(i, stage)| {
+            self.cell.read(|s| {
+                let st = &s.stages[i];
+                status::fails(st.phase, stage.continue_on_error)
+                    .then(|| format!("stage `{}`: {}", stage.name, st.reason))
+            })
+        }))
+    }
+
+    /// Whether node `k` has ended (it will not run again).
+    fn finished(&self, k: usize) -> bool {
+        let loc = self.nodes[k].loc;
+        self.cell.read(|st| status::phase_at(st, loc).is_finished())
+    }
+
+    /// Whether node `k`'s end fails what waits for it in stage `reader`.
+    fn poisoned(&self, k: usize, reader: Option<usize>) -> bool {
+        self.poisoned_within(k, reader, self.nodes.len())
+    }
+
+    /// [`Driver::poisoned`], walking at most `depth` skipped steps back (a
+    /// `needs` cycle in an unvalidated spec must not recurse for ever).
+    fn poisoned_within(&self, k: usize, reader: Option<usize>, depth: usize) -> bool {
+        let node = &self.nodes[k];
+        let phase = self.cell.read(|st| status::phase_at(st, node.loc));
+        match phase {
+            StepPhase::Aborted => true,
+            StepPhase::Failed => {
+                // Tolerated by the step, or (for later stages) by its stage.
+                let stage_tolerates = node.stage() != reader
+                    && node
+                        .stage()
+                        .is_some_and(|i| self.exec.spec.pipeline_spec.stages[i].continue_on_error);
+                !node.step.continue_on_error && !stage_tolerates
+            }
+            // Skipped because what it needed failed: that passes on.
+            StepPhase::Skipped => {
+                depth > 0
+                    && !self.checks_status(k)
+                    && node
+                        .deps
+                        .iter()
+                        .any(|&d| self.poisoned_within(d, node.stage(), depth - 1))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether node `k`'s condition (or its stage's) calls a status function,
+    /// which then decides alone whether it runs after a failure.
+    fn checks_status(&self, k: usize) -> bool {
+        let node = &self.nodes[k];
+        let stage_when = node
+            .stage()
+            .and_then(|i| self.exec.spec.pipeline_spec.stages[i].when.as_ref());
+        [node.step.when.as_ref(), stage_when]
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.if_expr.as_deref())
+            .any(|text| expr::parse(text).is_ok_and(|e| e.uses_status_function()))
+    }
+
+    /// The status functions' answers for node `k`.
+    fn facts_for(&self, k: usize) -> StatusFacts {
+        let node = &self.nodes[k];
+        StatusFacts {
+            failed: node.deps.iter().any(|&d| self.poisoned(d, node.stage())),
+            cancelled: self.abort.is_cancelled(),
+        }
+    }
+
+    /// Why node `k`, whose needs have ended, must not run.
+    fn why_not(
+        &self,
+        k: usize,
+        stopped: Option<&str>,
+        stopped_groups: &BTreeMap<usize, String>,
+    ) -> Option<String> {
+        let node = &self.nodes[k];
         if self.abort.is_cancelled() {
             return Some("aborted".into());
         }
@@ -360,26 +509,131 @@ impl Driver {
                 humantime::format_duration(timeout)
             ));
         }
-        failure
-            .as_ref()
-            .map(|_| "an earlier stage failed".to_owned())
+        if let Some(why) = stopped {
+            return Some(why.to_owned());
+        }
+        if let Some(why) = node.group.and_then(|g| stopped_groups.get(&g)) {
+            return Some(why.clone());
+        }
+        if self.checks_status(k) {
+            return None;
+        }
+        let failed = node
+            .deps
+            .iter()
+            .find(|&&d| self.poisoned(d, node.stage()))?;
+        Some(if node.implicit {
+            "an earlier stage failed".to_owned()
+        } else {
+            format!("needed step `{}` failed", self.nodes[*failed].step.name)
+        })
     }
 
-    fn skip_stage(&self, i: usize, why: &str) {
-        if why == "shutdown" {
-            return;
-        }
+    fn skip(&self, k: usize, why: &str) {
+        let loc = self.nodes[k].loc;
         self.cell.update(|st| {
-            let s = &mut st.stages[i];
+            let s = step_at(st, loc);
             s.phase = StepPhase::Skipped;
             s.reason = why.to_owned();
-            for step in &mut s.steps {
-                if step.phase == StepPhase::Waiting {
-                    step.phase = StepPhase::Skipped;
-                    step.reason = why.to_owned();
-                }
-            }
         });
+    }
+
+    /// Enters stage `i` when its first step is about to start: its condition,
+    /// then `Running` and its deadline. `false` when the condition skipped or
+    /// failed the stage's steps instead.
+    fn enter_stage(
+        &self,
+        i: usize,
+        stage: &crate::model::Stage,
+        deadlines: &mut [Option<(Instant, Duration)>],
+    ) -> bool {
+        if self.cell.read(|s| s.stages[i].phase) != StepPhase::Waiting {
+            return true;
+        }
+        if let Some(when) = &stage.when {
+            let facts = StatusFacts {
+                failed: (0..self.nodes.len()).any(|k| {
+                    self.nodes[k].stage().is_some_and(|s| s < i) && self.poisoned(k, Some(i))
+                }),
+                cancelled: self.abort.is_cancelled(),
+            };
+            let verdict = when.evaluate(&self.eval_context(None, &BTreeMap::new(), Some(facts)));
+            let outcome = match verdict {
+                Ok(true) => None,
+                Ok(false) => Some((StepPhase::Skipped, "when: condition is false".to_owned())),
+                Err(e) => Some((StepPhase::Failed, format!("when: {e}"))),
+            };
+            if let Some((phase, reason)) = outcome {
+                self.cell.update(|st| {
+                    let s = &mut st.stages[i];
+                    s.phase = phase;
+                    s.reason.clone_from(&reason);
+                    for step in &mut s.steps {
+                        if step.phase == StepPhase::Waiting {
+                            step.phase = phase;
+                            step.reason.clone_from(&reason);
+                        }
+                    }
+                });
+                return false;
+            }
+        }
+        let now = self.core.clock.now();
+        let started = self.cell.update(|st| {
+            st.stages[i].phase = StepPhase::Running;
+            *st.stages[i].started.get_or_insert(now)
+        });
+        deadlines[i] = stage.timeout.map(|t| {
+            let at = started + chrono::Duration::from_std(t.0).unwrap_or(chrono::Duration::MAX);
+            (instant_of(self.core.clock.now(), at), t.0)
+        });
+        true
+    }
+
+    /// Ends every stage whose steps have all ended.
+    fn settle_stages(&self, spec: &PipelineSpec) {
+        let now = self.core.clock.now();
+        let aborted = self.abort.is_cancelled();
+        for i in 0..spec.stages.len() {
+            let nodes: Vec<&Node> = self.nodes.iter().filter(|n| n.stage() == Some(i)).collect();
+            self.cell.update(|st| {
+                let s = &mut st.stages[i];
+                if s.phase.is_finished() {
+                    return;
+                }
+                let done = s.steps.iter().all(|step| step.phase.is_finished());
+                if !done {
+                    return;
+                }
+                let failed = nodes.iter().find(|n| match n.loc {
+                    Loc::Stage(_, j) => status::fails(s.steps[j].phase, n.step.continue_on_error),
+                    Loc::Finally(_) => false,
+                });
+                if let Some(n) = failed {
+                    let Loc::Stage(_, j) = n.loc else { return };
+                    s.reason = format!("step `{}` failed: {}", n.step.name, s.steps[j].reason);
+                    s.phase = if aborted {
+                        StepPhase::Aborted
+                    } else {
+                        StepPhase::Failed
+                    };
+                } else if s.steps.iter().all(|step| step.phase == StepPhase::Skipped) {
+                    s.phase = StepPhase::Skipped;
+                    if s.reason.is_empty() {
+                        s.reason = s
+                            .steps
+                            .first()
+                            .map(|x| x.reason.clone())
+                            .unwrap_or_default();
+                    }
+                } else {
+                    s.phase = StepPhase::Succeeded;
+                }
+                if s.started.is_some() {
+                    s.finished.get_or_insert(now);
+                }
+            });
+        }
     }
 
     async fn finish(&self, phase: ExecutionPhase, reason: String) -> Result<(), Deleted> {
@@ -567,7 +821,12 @@ impl Driver {
 
     /// The expression context: params, trigger facts, step states and outputs so
     /// far, and the given secrets.
-    fn eval_context(&self, secrets: &BTreeMap<String, String>) -> MapContext {
+    fn eval_context(
+        &self,
+        step: Option<&Step>,
+        secrets: &BTreeMap<String, String>,
+        status: Option<StatusFacts>,
+    ) -> MapContext {
         let spec = &self.exec.spec;
         let (outputs, states) = self.cell.read(|st| {
             let mut states = BTreeMap::new();
@@ -579,9 +838,46 @@ impl Driver {
             {
                 states.insert(step.name.clone(), step.phase.as_str().to_owned());
             }
+            // A matrix step's state is its cells' together.
+            let mut matrices: BTreeMap<&str, Vec<StepPhase>> = BTreeMap::new();
+            for node in self.nodes.iter().filter(|n| n.group.is_some()) {
+                if let Some(base) = node.step.name.split(" (").next() {
+                    matrices
+                        .entry(base)
+                        .or_default()
+                        .push(status::phase_at(st, node.loc));
+                }
+            }
+            for (base, phases) in matrices {
+                let phase = if phases
+                    .iter()
+                    .any(|p| matches!(p, StepPhase::Failed | StepPhase::Aborted))
+                {
+                    StepPhase::Failed
+                } else if phases
+                    .iter()
+                    .any(|p| matches!(p, StepPhase::Running | StepPhase::Waiting))
+                {
+                    StepPhase::Running
+                } else if phases.iter().all(|p| *p == StepPhase::Skipped) {
+                    StepPhase::Skipped
+                } else {
+                    StepPhase::Succeeded
+                };
+                states.insert(base.to_owned(), phase.as_str().to_owned());
+            }
             (st.outputs.clone(), states)
         });
-        MapContext {
+        let matrix = step
+            .and_then(|s| self.nodes.iter().find(|n| n.step.name == s.name))
+            .and_then(|n| n.matrix.as_ref())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), Value::from_json(v)?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut ctx = MapContext {
             params: spec
                 .params
                 .iter()
@@ -593,34 +889,46 @@ impl Driver {
             event: Some(spec.event.clone()).filter(|s| !s.is_empty()),
             branch: Some(spec.branch.clone()).filter(|s| !s.is_empty()),
             commit: Some(spec.commit.clone()).filter(|s| !s.is_empty()),
-            ..MapContext::default()
+            matrix,
+            pipeline: Some(spec.pipeline.clone()),
+            status,
+            workspace: Some(self.workspace.clone()).filter(|w| !w.as_os_str().is_empty()),
+            env: BTreeMap::new(),
+        };
+        // `env.*`: the pipeline's then the step's variables, interpolated
+        // without `env` (a variable cannot read another).
+        let mut env = BTreeMap::new();
+        for (k, v) in spec
+            .pipeline_spec
+            .env
+            .iter()
+            .chain(step.map(|s| &s.env).into_iter().flatten())
+        {
+            if let Ok(value) = expr::interpolate(v, &ctx) {
+                env.insert(k.clone(), value);
+            }
         }
+        ctx.env = env;
+        ctx
     }
 
-    /// Runs steps in parallel; returns their final phases.
+    /// Runs the `finally` steps in parallel; returns their final phases.
     async fn run_group(
         &self,
         stage: &str,
-        steps: &[Step],
-        locs: &[Loc],
+        nodes: &[usize],
         deadline: Option<(Instant, Duration)>,
-        is_finally: bool,
+        facts: StatusFacts,
     ) -> Result<Vec<StepPhase>, Deleted> {
         let siblings = CancelToken::new();
-        let remaining = std::sync::atomic::AtomicUsize::new(steps.len());
-        let runs = steps.iter().zip(locs).map(|(step, loc)| {
+        let remaining = std::sync::atomic::AtomicUsize::new(nodes.len());
+        let runs = nodes.iter().map(|&k| {
             let (siblings, remaining) = (&siblings, &remaining);
             async move {
                 let phase = self
-                    .run_step(stage, step, *loc, deadline, is_finally, siblings)
+                    .run_step(stage, &self.nodes[k], deadline, true, siblings, facts)
                     .await?;
-                // A step that ends while siblings still run is written now
-                // (they may run long). The last one's end is carried by the
-                // next write, which follows at once: the next step's start,
-                // a skipped stage's, or the finish — one commit fewer per
-                // group. A crash in between finds the step `Running`, and it
-                // runs again as an interrupted attempt (at-least-once until
-                // its completion is recorded, as always).
+                // As in `run_stages`: the last end rides on the finish's write.
                 if remaining.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) > 1 {
                     self.cell.flush().await?;
                 }
@@ -633,12 +941,13 @@ impl Driver {
     async fn run_step(
         &self,
         stage: &str,
-        step: &Step,
-        loc: Loc,
+        node: &Node,
         deadline: Option<(Instant, Duration)>,
         is_finally: bool,
         siblings: &CancelToken,
+        facts: StatusFacts,
     ) -> Result<StepPhase, Deleted> {
+        let (step, loc) = (&node.step, node.loc);
         let (phase, attempts, mut interruptions) = self.cell.read(|st| {
             let s = match loc {
                 Loc::Stage(i, j) => &st.stages[i].steps[j],
@@ -656,9 +965,7 @@ impl Driver {
                     "interrupted: attempt {attempts} was cut off by a restart and the step is not run again (repeat_on_restart: false)"
                 );
                 self.note(step, attempts, &reason);
-                return self
-                    .end_step(loc, StepPhase::Failed, reason, None, siblings)
-                    .await;
+                return self.end_step(loc, StepPhase::Failed, reason, None).await;
             }
             // A restart is not the step's fault: the cut attempt runs again
             // without counting against its retries, as often as the settings say.
@@ -681,9 +988,7 @@ impl Driver {
                     "interrupted: attempt {attempts} of {allowed} was cut off by a restart and no retry is left"
                 );
                 self.note(step, attempts, &reason);
-                return self
-                    .end_step(loc, StepPhase::Failed, reason, None, siblings)
-                    .await;
+                return self.end_step(loc, StepPhase::Failed, reason, None).await;
             }
             StepPhase::Running => {
                 self.note(
@@ -698,11 +1003,11 @@ impl Driver {
         let allowed = 1 + retries + interruptions;
         if !is_finally && self.abort.is_cancelled() {
             return self
-                .end_step(loc, StepPhase::Skipped, "aborted".into(), None, siblings)
+                .end_step(loc, StepPhase::Skipped, "aborted".into(), None)
                 .await;
         }
         if let Some(when) = &step.when {
-            match when.evaluate(&self.eval_context(&BTreeMap::new())) {
+            match when.evaluate(&self.eval_context(Some(step), &BTreeMap::new(), Some(facts))) {
                 Ok(true) => {}
                 Ok(false) => {
                     return self
@@ -711,13 +1016,12 @@ impl Driver {
                             StepPhase::Skipped,
                             "when: condition is false".into(),
                             None,
-                            siblings,
                         )
                         .await;
                 }
                 Err(e) => {
                     return self
-                        .end_step(loc, StepPhase::Failed, format!("when: {e}"), None, siblings)
+                        .end_step(loc, StepPhase::Failed, format!("when: {e}"), None)
                         .await;
                 }
             }
@@ -774,24 +1078,18 @@ impl Driver {
             match result {
                 Ok(outputs) => {
                     return self
-                        .end_step(
-                            loc,
-                            StepPhase::Succeeded,
-                            String::new(),
-                            Some(outputs),
-                            siblings,
-                        )
+                        .end_step(loc, StepPhase::Succeeded, String::new(), Some(outputs))
                         .await;
                 }
                 Err(f) if f.cancelled => {
                     let reason = if self.abort.is_cancelled() {
                         "aborted".to_owned()
+                    } else if node.group.is_some() && !self.exec.spec.pipeline_spec.fail_fast {
+                        "cancelled: another cell of its matrix failed (matrix fail_fast)".to_owned()
                     } else {
-                        "cancelled: a sibling step failed (fail_fast)".to_owned()
+                        "cancelled: another step failed (fail_fast)".to_owned()
                     };
-                    return self
-                        .end_step(loc, StepPhase::Aborted, reason, None, siblings)
-                        .await;
+                    return self.end_step(loc, StepPhase::Aborted, reason, None).await;
                 }
                 Err(f) => {
                     let retry = f.retryable && attempt < allowed;
@@ -828,27 +1126,25 @@ impl Driver {
                                     return Ok(StepPhase::Running);
                                 }
                                 return self
-                                    .end_step(loc, StepPhase::Aborted, "aborted while waiting to retry".into(), None, siblings)
+                                    .end_step(loc, StepPhase::Aborted, "aborted while waiting to retry".into(), None)
                                     .await;
                             }
                         }
                     }
-                    return self
-                        .end_step(loc, StepPhase::Failed, f.reason, None, siblings)
-                        .await;
+                    return self.end_step(loc, StepPhase::Failed, f.reason, None).await;
                 }
             }
         }
     }
 
-    /// Records a step's end; a failure cancels the siblings under `fail_fast`.
+    /// Records a step's end (written with the next write; the scheduler
+    /// cancels what a failure stops).
     async fn end_step(
         &self,
         loc: Loc,
         phase: StepPhase,
         reason: String,
         outputs: Option<BTreeMap<String, String>>,
-        siblings: &CancelToken,
     ) -> Result<StepPhase, Deleted> {
         let now = self.core.clock.now();
         self.cell.update(|st| {
@@ -862,13 +1158,6 @@ impl Driver {
             s.reason = cap_reason(reason);
             s.finished = Some(now);
         });
-        if phase == StepPhase::Failed
-            && self.exec.spec.pipeline_spec.fail_fast
-            && !status::spec_at(&self.exec.spec.pipeline_spec, loc).continue_on_error
-        {
-            siblings.cancel();
-        }
-        // Written by `run_group` (now, or with the next write).
         Ok(phase)
     }
 }

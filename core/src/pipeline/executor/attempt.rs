@@ -166,7 +166,7 @@ impl Driver {
         masker: &Masker,
         writer: &LogWriter,
     ) -> Result<BTreeMap<String, String>, AttemptFailure> {
-        let ctx = self.eval_context(secrets);
+        let ctx = self.eval_context(Some(step), secrets, None);
         let config = interpolate_json(
             &serde_json::Value::Object(step.with.clone().into_iter().collect()),
             &ctx,

@@ -22,11 +22,11 @@ pub(super) fn step_at(st: &mut PipelineExecutionStatus, loc: Loc) -> &mut StepSt
     }
 }
 
-/// The spec of the step at `loc`.
-pub(super) fn spec_at(spec: &crate::model::PipelineSpec, loc: Loc) -> &crate::model::Step {
+/// The phase of the step run at `loc`.
+pub(super) fn phase_at(st: &PipelineExecutionStatus, loc: Loc) -> crate::model::StepPhase {
     match loc {
-        Loc::Stage(i, j) => &spec.stages[i].steps[j],
-        Loc::Finally(j) => &spec.finally[j],
+        Loc::Stage(i, j) => st.stages[i].steps[j].phase,
+        Loc::Finally(j) => st.finally[j].phase,
     }
 }
 

@@ -1,0 +1,306 @@
+//! Step graphs end to end with the real faults biz on a real redb file:
+//! `needs` (a diamond, and a step of a later stage that waits for one step
+//! only), matrices (`exclude`, `include`, `fail_fast`, `max_parallel`, outputs
+//! per cell), and the status functions `success()`, `failure()`, `always()`.
+//! Order is asserted from the recorded start and finish times, never from
+//! durations.
+
+use std::time::Duration;
+
+use arkline::ark::Ark;
+use arkline::host::Capabilities;
+use arkline::model::{ExecutionPhase, PipelineExecution, StepPhase, StepStatus};
+use arkline::{Container, Engine, TriggerRequest};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn engine_in(dir: &std::path::Path) -> (Container, Engine) {
+    let container = Container::builder()
+        .data_dir(dir)
+        .build()
+        .expect("container builds");
+    let engine = container.engine("graphs").await.expect("engine starts");
+    let faults =
+        Ark::open(arkline_testkit::plugin("faults")).expect("the faults archive reads back");
+    engine
+        .install(faults, &Capabilities::default())
+        .await
+        .expect("faults installs");
+    (container, engine)
+}
+
+async fn run(engine: &Engine, yaml: &str) -> PipelineExecution {
+    let p = engine
+        .apply_pipeline_yaml("test.yaml", yaml)
+        .await
+        .unwrap_or_else(|e| panic!("pipeline applies: {e}"));
+    let exec = engine
+        .trigger(&p.metadata.name, TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let name = exec.metadata.name.clone();
+    match tokio::time::timeout(LIMIT, engine.wait(&name)).await {
+        Ok(done) => done.expect("wait"),
+        Err(_) => panic!("{name} did not finish"),
+    }
+}
+
+fn step<'a>(exec: &'a PipelineExecution, name: &str) -> &'a StepStatus {
+    exec.status
+        .stages
+        .iter()
+        .flat_map(|s| s.steps.iter())
+        .chain(exec.status.finally.iter())
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name} in {exec:#?}"))
+}
+
+/// (started, finished) of a step that ran.
+fn times(
+    exec: &PipelineExecution,
+    name: &str,
+) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    let s = step(exec, name);
+    match (s.started, s.finished) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!("{name} did not run: {s:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diamond_of_needs_runs_the_middle_together_and_the_last_after_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        r#"name: diamond
+stages:
+  - name: build
+    steps:
+      - name: last
+        uses: faults/upper
+        with: { text: "${{ steps.left.outputs.text }}-${{ steps.right.state }}" }
+        needs: [left, right]
+      - name: left
+        uses: faults/upper
+        with: { text: left }
+        needs: first
+      - name: right
+        uses: faults/sleep
+        with: { ms: 400 }
+        needs: [first]
+      - name: first
+        uses: faults/sleep
+        with: { ms: 100 }
+      - name: slow
+        uses: faults/sleep
+        with: { ms: 1500 }
+  - name: ship
+    steps:
+      - name: early
+        uses: faults/upper
+        with: { text: early }
+        needs: [first]
+      - name: after-all
+        uses: faults/upper
+        with: { text: late }
+"#,
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Succeeded, "{exec:#?}");
+    let first = times(&exec, "first");
+    let (left, right, last) = (
+        times(&exec, "left"),
+        times(&exec, "right"),
+        times(&exec, "last"),
+    );
+    // The middle two start after `first` ends, and run at the same time.
+    assert!(left.0 >= first.1 && right.0 >= first.1, "{exec:#?}");
+    assert!(
+        left.0 < right.1 && right.0 < left.1,
+        "left and right overlap: {exec:#?}"
+    );
+    // The last starts after both ended.
+    assert!(last.0 >= left.1 && last.0 >= right.1, "{exec:#?}");
+    assert_eq!(exec.status.outputs["last"]["text"], "LEFT-SUCCEEDED");
+    // A later stage's step that needs `first` only does not wait for the
+    // stage's slow step; one without `needs` waits for all of it.
+    let (early, slow, after) = (
+        times(&exec, "early"),
+        times(&exec, "slow"),
+        times(&exec, "after-all"),
+    );
+    assert!(
+        early.0 < slow.1,
+        "`early` started before `slow` ended: {exec:#?}"
+    );
+    assert!(after.0 >= slow.1 && after.0 >= last.1, "{exec:#?}");
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_runs_its_cells_and_a_failed_cell_without_fail_fast_lets_the_others_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    // `v: 3` is a number, which `upper` refuses as its `text`: cell (b, 3)
+    // fails; (a, 3) is excluded.
+    let exec = run(
+        &engine,
+        r#"name: matrix
+stages:
+  - name: test
+    steps:
+      - name: up
+        uses: faults/upper
+        with: { text: "${{ matrix.v }}" }
+        matrix:
+          os: [a, b]
+          v: ["1", "2", 3]
+          exclude: [{ os: a, v: 3 }]
+          fail_fast: false
+          max_parallel: 2
+  - name: report
+    continue_on_error: true
+    steps:
+      - name: read
+        uses: faults/upper
+        with: { text: "${{ steps['up (a, 2)'].outputs.text }}/${{ steps.up.state }}" }
+        if: always()
+"#,
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Failed, "{exec:#?}");
+    let cells: Vec<&str> = exec.status.stages[0]
+        .steps
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            "up (a, 1)",
+            "up (a, 2)",
+            "up (b, 1)",
+            "up (b, 2)",
+            "up (b, 3)"
+        ]
+    );
+    for cell in ["up (a, 1)", "up (a, 2)", "up (b, 1)", "up (b, 2)"] {
+        assert_eq!(
+            step(&exec, cell).phase,
+            StepPhase::Succeeded,
+            "{cell}: {exec:#?}"
+        );
+    }
+    assert_eq!(
+        step(&exec, "up (b, 3)").phase,
+        StepPhase::Failed,
+        "{exec:#?}"
+    );
+    assert_eq!(exec.status.outputs["up (b, 2)"]["text"], "2");
+    // `always()` runs after the failure, and reads one cell's output.
+    assert_eq!(exec.status.outputs["read"]["text"], "2/FAILED");
+    // max_parallel: 2 — never three cells running at once.
+    let spans: Vec<_> = cells.iter().map(|c| times(&exec, c)).collect();
+    for (i, a) in spans.iter().enumerate() {
+        let overlapping = spans
+            .iter()
+            .enumerate()
+            .filter(|(j, b)| *j != i && b.0 < a.1 && a.0 < b.1 && b.0 <= a.0)
+            .count();
+        assert!(
+            overlapping <= 1,
+            "cell {i} started with {overlapping} others running: {spans:?}"
+        );
+    }
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cell_cancels_the_others_under_fail_fast() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    // Cell `(oops)` fails (`ms` must be a number); under the matrix's default
+    // `fail_fast` it cancels the long cell, but not the step beside the matrix.
+    let exec = run(
+        &engine,
+        r#"name: matrix-fast
+stages:
+  - name: test
+    steps:
+      - name: wait
+        uses: faults/sleep
+        with: { ms: "${{ matrix.ms }}" }
+        matrix:
+          ms: [600000, oops]
+      - name: beside
+        uses: faults/sleep
+        with: { ms: 300 }
+"#,
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Failed, "{exec:#?}");
+    assert_eq!(step(&exec, "wait (oops)").phase, StepPhase::Failed);
+    let long = step(&exec, "wait (600000)");
+    assert_eq!(long.phase, StepPhase::Aborted, "{exec:#?}");
+    assert!(long.reason.contains("matrix fail_fast"), "{long:?}");
+    assert_eq!(
+        step(&exec, "beside").phase,
+        StepPhase::Succeeded,
+        "{exec:#?}"
+    );
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_functions_decide_what_runs_after_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let exec = run(
+        &engine,
+        r#"name: statuses
+stages:
+  - name: build
+    steps:
+      - name: broken
+        uses: faults/fail
+        with: { message: boom }
+  - name: after
+    steps:
+      - name: plain
+        uses: faults/upper
+        with: { text: plain }
+      - name: on-success
+        uses: faults/upper
+        with: { text: ok }
+        if: success()
+      - name: on-failure
+        uses: faults/upper
+        with: { text: "${{ format('{0} failed', 'build') }}" }
+        if: failure()
+      - name: every-time
+        uses: faults/upper
+        with: { text: always }
+        if: always() && !cancelled()
+finally:
+  - name: report-failure
+    uses: faults/upper
+    with: { text: report }
+    if: failure()
+  - name: report-success
+    uses: faults/upper
+    with: { text: report }
+    if: success()
+"#,
+    )
+    .await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Failed, "{exec:#?}");
+    assert_eq!(step(&exec, "plain").phase, StepPhase::Skipped);
+    assert_eq!(step(&exec, "plain").reason, "an earlier stage failed");
+    assert_eq!(step(&exec, "on-success").phase, StepPhase::Skipped);
+    assert_eq!(exec.status.outputs["on-failure"]["text"], "BUILD FAILED");
+    assert_eq!(step(&exec, "every-time").phase, StepPhase::Succeeded);
+    assert_eq!(step(&exec, "report-failure").phase, StepPhase::Succeeded);
+    assert_eq!(step(&exec, "report-success").phase, StepPhase::Skipped);
+    container.shutdown().await;
+}
