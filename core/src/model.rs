@@ -99,9 +99,9 @@ pub use meta::{
     check_object_name,
 };
 pub use pipeline::{
-    CacheSpec, DurationSpec, Filter, MAX_MATRIX_CELLS, Matrix, MatrixCell, ParamError, ParamSpec,
-    ParamType, PipelineSpec, Retry, SourceSpec, Stage, Step, StepInstance, Trigger, Uses, When,
-    WhenError,
+    CacheSpec, Concurrency, DurationSpec, Filter, MAX_MATRIX_CELLS, Matrix, MatrixCell, ParamError,
+    ParamSpec, ParamType, PipelineSpec, Retry, SourceSpec, Stage, Step, StepInstance, Trigger,
+    Uses, When, WhenError,
 };
 pub use resources::{
     BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings, Ciphertext,

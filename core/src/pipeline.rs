@@ -236,6 +236,8 @@ pub(crate) struct ExecutionSpecView {
     pub(crate) run: u64,
     #[serde(default)]
     pub(crate) abort: bool,
+    #[serde(default)]
+    pub(crate) concurrency: Option<String>,
 }
 
 /// See [`ExecutionView`].

@@ -205,7 +205,7 @@ impl From<EngineError> for ApiError {
             EngineError::Trigger(TriggerError::NoPipeline { .. }) => {
                 ApiError::not_found(e.to_string())
             }
-            EngineError::Trigger(TriggerError::Params { .. }) => {
+            EngineError::Trigger(TriggerError::Params { .. } | TriggerError::Group { .. }) => {
                 ApiError::bad_request(e.to_string())
             }
             EngineError::Trigger(TriggerError::Store(e)) => e.into(),

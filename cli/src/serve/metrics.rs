@@ -47,13 +47,14 @@ use super::AppState;
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const PHASES: [ExecutionPhase; 6] = [
+const PHASES: [ExecutionPhase; 7] = [
     ExecutionPhase::Queued,
     ExecutionPhase::Pending,
     ExecutionPhase::Running,
     ExecutionPhase::Succeeded,
     ExecutionPhase::Failed,
     ExecutionPhase::Aborted,
+    ExecutionPhase::Cancelled,
 ];
 
 fn phase_name(p: ExecutionPhase) -> &'static str {
@@ -64,6 +65,7 @@ fn phase_name(p: ExecutionPhase) -> &'static str {
         ExecutionPhase::Succeeded => "Succeeded",
         ExecutionPhase::Failed => "Failed",
         ExecutionPhase::Aborted => "Aborted",
+        ExecutionPhase::Cancelled => "Cancelled",
     }
 }
 

@@ -12,8 +12,8 @@ use crate::model::diagnostic::{Collector, Diagnostic, Severity, Span, did_you_me
 use crate::model::limits::Limits;
 use crate::model::meta::{API_VERSION, ObjectMeta, check_object_name};
 use crate::model::pipeline::{
-    CacheSpec, DurationSpec, Filter, MATRIX_KEYS, Matrix, ParamSpec, ParamType, PipelineSpec,
-    Retry, SourceSpec, Stage, Step, Trigger, Uses, UsesError, When,
+    CacheSpec, Concurrency, DurationSpec, Filter, MATRIX_KEYS, Matrix, ParamSpec, ParamType,
+    PipelineSpec, Retry, SourceSpec, Stage, Step, Trigger, Uses, UsesError, When,
 };
 use crate::model::position::SourceIndex;
 use crate::model::resources::Pipeline;
@@ -91,8 +91,9 @@ impl SourceMap {
 pub const KEY_SUFFIX: &str = "#key";
 
 /// Spec field names, shared by the bare and the resource forms.
-const SPEC_FIELDS: [&str; 10] = [
+const SPEC_FIELDS: [&str; 11] = [
     "description",
+    "concurrency",
     "params",
     "secrets",
     "source",
@@ -1068,6 +1069,9 @@ impl<'s> Decoder<'s> {
             .get("fail_fast")
             .and_then(|n| self.bool(n, "fail_fast", "`fail_fast`"))
             .unwrap_or(false);
+        spec.concurrency = f
+            .get("concurrency")
+            .and_then(|n| self.concurrency(n, "concurrency"));
         match f.get("stages") {
             Some(n) => {
                 let items = self.seq(n, "stages", "`stages`");
@@ -1089,6 +1093,40 @@ impl<'s> Decoder<'s> {
             spec.finally = self.steps(n, "finally", "`finally`");
         }
         spec
+    }
+
+    /// `concurrency`: `{group, cancel_in_progress}`, or a group alone.
+    fn concurrency(&mut self, node: &Node, path: &str) -> Option<Concurrency> {
+        if let NodeKind::Scalar { .. } = node.kind {
+            let group = self.string(node, &join(path, "group"), "`concurrency`")?;
+            self.mark(path, node);
+            return Some(Concurrency {
+                group,
+                cancel_in_progress: false,
+            });
+        }
+        let f = self.fields(
+            node,
+            path,
+            "`concurrency`",
+            &["group", "cancel_in_progress"],
+        )?;
+        let group = self.required(&f, "group", "`concurrency`");
+        let group = group.and_then(|n| self.string(n, &join(path, "group"), "`concurrency.group`"));
+        let cancel_in_progress = f
+            .get("cancel_in_progress")
+            .and_then(|n| {
+                self.bool(
+                    n,
+                    &join(path, "cancel_in_progress"),
+                    "`concurrency.cancel_in_progress`",
+                )
+            })
+            .unwrap_or(false);
+        Some(Concurrency {
+            group: group?,
+            cancel_in_progress,
+        })
     }
 
     fn metadata(&mut self, node: &Node) -> ObjectMeta {

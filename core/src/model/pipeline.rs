@@ -45,6 +45,9 @@ pub struct PipelineSpec {
     /// Cancel the running siblings of a failed step instead of letting them finish.
     #[serde(default, skip_serializing_if = "is_false")]
     pub fail_fast: bool,
+    /// At most one running execution per group (GitHub's `concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
     /// Stages run in order; the steps of a stage run in parallel.
     pub stages: Vec<Stage>,
     /// Steps run after the stages whatever their outcome (also on abort).
@@ -79,6 +82,21 @@ impl PipelineSpec {
         }
         out
     }
+}
+
+/// A concurrency group: the engine runs at most one execution of a group at
+/// a time; a newer one waits for the running one, or, with
+/// `cancel_in_progress`, cancels the older ones of its group (they end
+/// `Cancelled`, naming it, after their `finally`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    /// The group's name, worked out when the execution is created: may read
+    /// `${{ pipeline }}`, `params`, `branch`, `event` and `commit`.
+    pub group: String,
+    /// Whether a newer execution of the group cancels the older ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_in_progress: bool,
 }
 
 /// A declared parameter.

@@ -346,12 +346,18 @@ pub enum ExecutionPhase {
     Failed,
     /// Aborted by a person or an uninstall.
     Aborted,
+    /// Cancelled by a newer execution of its concurrency group
+    /// (`spec.superseded_by` names it).
+    Cancelled,
 }
 
 impl ExecutionPhase {
     /// Whether the execution is over.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Aborted)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Aborted | Self::Cancelled
+        )
     }
 }
 
@@ -436,6 +442,14 @@ pub struct PipelineExecutionSpec {
     /// Set to request an abort; running steps are interrupted and `finally` runs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub abort: bool,
+    /// The concurrency group, as worked out from the pipeline's
+    /// `concurrency.group` when the execution was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<String>,
+    /// The newer execution of its concurrency group that cancelled this one
+    /// (set with `abort`; it then ends `Cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
 }
 
 /// Status of a [`PipelineExecution`].

@@ -422,7 +422,15 @@ impl<'a> Checker<'a, '_> {
                 }
             }
             Reference::Secret(name) => {
-                if reader.condition {
+                if reader.condition && reader.at.is_none() {
+                    // The concurrency group: a name the API shows.
+                    self.push(
+                        "secret-in-condition",
+                        format!("{} cannot read `secrets.{name}`", reader.who),
+                        span(self),
+                        Some("a group's name is shown in the API; use a param".into()),
+                    );
+                } else if reader.condition {
                     self.push(
                         "secret-in-condition",
                         format!("conditions cannot read `secrets.{name}`"),
@@ -748,6 +756,25 @@ impl<'a> Checker<'a, '_> {
         let spec = self.spec;
         for (k, v) in &spec.env {
             self.template(v, &format!("env.{k}"), pipeline_reader);
+        }
+        if let Some(c) = &spec.concurrency {
+            // Worked out at trigger time: no step has run, and a secret in a
+            // group name would be shown in the API.
+            let reader = Reader {
+                who: "the concurrency group",
+                condition: true,
+                ..pipeline_reader
+            };
+            if c.group.trim().is_empty() {
+                self.report(
+                    "bad-concurrency-group",
+                    "the concurrency group is empty".into(),
+                    "concurrency.group",
+                    Some("name the group, e.g. `${{ pipeline }}-${{ branch }}`".into()),
+                );
+            } else {
+                self.template(&c.group, "concurrency.group", reader);
+            }
         }
         let mut secrets = BTreeSet::new();
         for (i, s) in spec.secrets.iter().enumerate() {

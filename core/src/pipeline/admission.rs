@@ -102,7 +102,15 @@ struct Queue {
     quota: Option<u64>,
     /// The last state seen of each queued execution (what admission writes from).
     last: HashMap<String, PipelineExecution>,
+    /// The concurrency group of each queued or admitted execution that has one.
+    groups: HashMap<String, (QueueKey, String)>,
+    /// Executions asked to give way to a newer one of their group, until
+    /// they are seen to end.
+    superseding: HashSet<String>,
 }
+
+/// An execution's place in the queue: `(created, run, name)`.
+type QueueKey = (DateTime<Utc>, u64, String);
 
 /// What admission reads of every execution event: most are status writes of
 /// running executions, decoded no further than this.
@@ -114,6 +122,7 @@ struct Seen {
     phase: ExecutionPhase,
     abort: bool,
     node: Option<String>,
+    group: Option<String>,
 }
 
 impl Seen {
@@ -125,6 +134,7 @@ impl Seen {
             phase: exec.status.phase,
             abort: exec.spec.abort,
             node: exec.status.node.clone(),
+            group: exec.spec.concurrency.clone(),
         }
     }
 
@@ -136,6 +146,7 @@ impl Seen {
             phase: view.status.phase,
             abort: view.spec.abort,
             node: view.status.node,
+            group: view.spec.concurrency,
         }
     }
 
@@ -154,8 +165,22 @@ impl Queue {
         self.active.remove(&key.2);
         self.last.remove(&key.2);
         self.readmitted.remove(&key.2);
+        self.groups.remove(&key.2);
+        if deleted || seen.phase.is_finished() {
+            self.superseding.remove(&key.2);
+        }
         if deleted {
             return;
+        }
+        let waiting = matches!(seen.phase, ExecutionPhase::Queued) && !seen.abort;
+        let admitted = matches!(
+            seen.phase,
+            ExecutionPhase::Pending | ExecutionPhase::Running
+        );
+        if let Some(group) = seen.group.clone()
+            && (waiting || admitted)
+        {
+            self.groups.insert(key.2.clone(), (key.clone(), group));
         }
         match seen.phase {
             ExecutionPhase::Queued if !seen.abort => {
@@ -371,6 +396,9 @@ async fn admit(
     queue: &mut Queue,
     members: &Membership,
 ) -> Result<(), StoreError> {
+    if !queue.groups.is_empty() {
+        supersede(core, queue).await?;
+    }
     loop {
         let free = queue.quota.map_or(usize::MAX, |q| {
             (q as usize).saturating_sub(queue.active.len())
@@ -380,15 +408,30 @@ async fn admit(
         }
         let mut candidates = candidates(core, queue, members);
         let mut recent = Recent::default();
-        let mut batch = Vec::new();
+        let mut batch: Vec<(PipelineExecution, String)> = Vec::new();
+        // Groups with an admitted execution: their queued ones wait (and are
+        // passed over, so other executions are not held up behind them).
+        let mut busy: HashSet<String> = queue
+            .active
+            .keys()
+            .filter_map(|name| queue.groups.get(name).map(|(_, g)| g.clone()))
+            .collect();
+        let mut passed: BTreeSet<QueueKey> = BTreeSet::new();
         while batch.len() < free.min(256) {
-            let Some(head) = queue.queued.first().cloned() else {
+            let Some(head) = queue.queued.difference(&passed).next().cloned() else {
                 break;
             };
             let Some(exec) = queue.seen(&head.2) else {
                 queue.queued.remove(&head);
                 continue;
             };
+            if let Some(group) = &exec.spec.concurrency {
+                if busy.contains(group) {
+                    passed.insert(head);
+                    continue;
+                }
+                busy.insert(group.clone());
+            }
             let recent = recent
                 .of(core, &exec.spec.pipeline, candidates.len())
                 .await?;
@@ -439,6 +482,61 @@ async fn admit(
             return Err(e);
         }
     }
+}
+
+/// Cancels, for each concurrency group whose newest queued execution's
+/// pipeline says `cancel_in_progress`, every older execution of the group
+/// (queued or running): `abort` with `superseded_by` naming the newer one.
+/// A running one ends `Cancelled` after its `finally`; the newer one is
+/// admitted once it has ended (one running execution per group).
+async fn supersede(core: &Arc<EngineCore>, queue: &mut Queue) -> Result<(), StoreError> {
+    let mut newest: HashMap<String, QueueKey> = HashMap::new();
+    for key in queue.queued.iter().rev() {
+        let Some(exec) = queue.last.get(&key.2) else {
+            continue;
+        };
+        let (Some(group), Some(c)) = (&exec.spec.concurrency, &exec.spec.pipeline_spec.concurrency)
+        else {
+            continue;
+        };
+        if c.cancel_in_progress {
+            newest.entry(group.clone()).or_insert_with(|| key.clone());
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let victims: Vec<(String, String)> = queue
+        .groups
+        .iter()
+        .filter(|(name, _)| !queue.superseding.contains(*name))
+        .filter_map(|(name, (key, group))| {
+            let winner = newest.get(group)?;
+            (key < winner).then(|| (name.clone(), winner.2.clone()))
+        })
+        .collect();
+    let execs = Api::<PipelineExecution>::new(core.store.clone());
+    for (victim, winner) in victims {
+        queue.superseding.insert(victim.clone());
+        queue.queued.retain(|k| k.2 != victim);
+        loop {
+            let Some(mut exec) = execs.get(&core.name, &victim).await? else {
+                break;
+            };
+            if exec.status.phase.is_finished() || exec.spec.abort {
+                break;
+            }
+            exec.spec.abort = true;
+            exec.spec.superseded_by = Some(winner.clone());
+            match execs.update(&exec).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => break,
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(engine = %core.name, execution = %victim, by = %winner, "cancelled by a newer execution of its concurrency group");
+    }
+    Ok(())
 }
 
 /// The pipelines' `recent_nodes`, read once per admission pass.

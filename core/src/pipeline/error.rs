@@ -96,6 +96,18 @@ pub enum TriggerError {
         /// Every problem.
         problems: Vec<ParamError>,
     },
+    /// The pipeline's `concurrency.group` cannot be worked out for this run.
+    #[error(
+        "pipeline `{pipeline}`: the concurrency group `{group}` cannot be worked out: {message}"
+    )]
+    Group {
+        /// Pipeline.
+        pipeline: String,
+        /// The group as written.
+        group: String,
+        /// Why.
+        message: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -252,9 +252,27 @@ impl Driver {
             return Ok(());
         }
         if self.abort.is_cancelled() {
-            return self
-                .finish(ExecutionPhase::Aborted, "aborted".to_owned())
-                .await;
+            // Cancelled by a newer execution of its concurrency group, or
+            // aborted by a person: the stored spec says which.
+            let newer = Api::<PipelineExecution>::new(self.core.store.clone())
+                .get(&self.core.name, &self.exec.metadata.name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|e| e.spec.superseded_by);
+            return match newer {
+                Some(newer) => {
+                    self.finish(
+                        ExecutionPhase::Cancelled,
+                        format!("superseded by `{newer}` (concurrency group)"),
+                    )
+                    .await
+                }
+                None => {
+                    self.finish(ExecutionPhase::Aborted, "aborted".to_owned())
+                        .await
+                }
+            };
         }
         match failure {
             Some(reason) => self.finish(ExecutionPhase::Failed, reason).await,

@@ -34,15 +34,24 @@ pub(crate) async fn reconcile_execution(
             if exec.spec.abort {
                 let now = core.clock.now();
                 let mut done = (*exec).clone();
-                done.status.phase = ExecutionPhase::Aborted;
+                match &exec.spec.superseded_by {
+                    Some(newer) => {
+                        done.status.phase = ExecutionPhase::Cancelled;
+                        done.status.reason =
+                            format!("superseded by `{newer}` before it was admitted");
+                    }
+                    None => {
+                        done.status.phase = ExecutionPhase::Aborted;
+                        done.status.reason = "aborted before it was admitted".into();
+                    }
+                }
                 done.status.finished = Some(now);
-                done.status.reason = "aborted before it was admitted".into();
                 set_condition(
                     &mut done.status.conditions,
                     Condition {
                         kind: ConditionType::Completed,
                         status: ConditionStatus::True,
-                        reason: "Aborted".into(),
+                        reason: format!("{:?}", done.status.phase),
                         message: done.status.reason.clone(),
                         last_transition: Some(now),
                     },
@@ -57,9 +66,10 @@ pub(crate) async fn reconcile_execution(
             ensure_driver(&core, &exec, false);
             Ok(Action::await_change())
         }
-        ExecutionPhase::Succeeded | ExecutionPhase::Failed | ExecutionPhase::Aborted => {
-            finished(&exec, &core).await
-        }
+        ExecutionPhase::Succeeded
+        | ExecutionPhase::Failed
+        | ExecutionPhase::Aborted
+        | ExecutionPhase::Cancelled => finished(&exec, &core).await,
     }
 }
 

@@ -85,13 +85,40 @@ pub(crate) async fn trigger(
     let execs = Api::<PipelineExecution>::new(core.store.clone());
     loop {
         let run = core.next_run(pipeline, p.status.next_run);
-        let exec = new_execution(core, &p, pipeline, run, &req, params.clone());
+        let mut exec = new_execution(core, &p, pipeline, run, &req, params.clone());
+        if let Some(c) = &p.spec.concurrency {
+            exec.spec.concurrency = Some(group_of(&exec, &c.group)?);
+        }
         match execs.create(&exec).await {
             Ok(created) => return Ok(created),
             Err(StoreError::AlreadyExists { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The concurrency group of an execution: its pipeline's `concurrency.group`
+/// with the run's params, branch, event and commit.
+fn group_of(exec: &PipelineExecution, group: &str) -> Result<String, TriggerError> {
+    use crate::model::expr::{MapContext, Value};
+    let spec = &exec.spec;
+    let ctx = MapContext {
+        params: spec
+            .params
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), Value::from_json(v)?)))
+            .collect(),
+        event: Some(spec.event.clone()).filter(|s| !s.is_empty()),
+        branch: Some(spec.branch.clone()),
+        commit: Some(spec.commit.clone()),
+        pipeline: Some(spec.pipeline.clone()),
+        ..MapContext::default()
+    };
+    crate::model::expr::interpolate(group, &ctx).map_err(|e| TriggerError::Group {
+        pipeline: spec.pipeline.clone(),
+        group: group.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn new_execution(
@@ -135,6 +162,8 @@ fn new_execution(
             },
             commit: req.commit.clone(),
             abort: false,
+            concurrency: None,
+            superseded_by: None,
         },
     )
 }

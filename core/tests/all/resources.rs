@@ -46,6 +46,8 @@ fn execution() -> PipelineExecution {
             branch: "main".into(),
             commit: "abc123".into(),
             abort: false,
+            concurrency: Some("p-main".into()),
+            superseded_by: None,
         },
     );
     exec.status.phase = ExecutionPhase::Running;

@@ -304,3 +304,100 @@ finally:
     assert_eq!(step(&exec, "report-success").phase, StepPhase::Skipped);
     container.shutdown().await;
 }
+
+async fn trigger_pushes(engine: &Engine, pipeline: &str, n: usize) -> Vec<PipelineExecution> {
+    let mut names = Vec::new();
+    for _ in 0..n {
+        let exec = engine
+            .trigger(
+                pipeline,
+                TriggerRequest::manual().event("push").branch("main"),
+            )
+            .await
+            .expect("trigger");
+        names.push(exec.metadata.name);
+    }
+    let mut done = Vec::new();
+    for name in names {
+        match tokio::time::timeout(LIMIT, engine.wait(&name)).await {
+            Ok(exec) => done.push(exec.expect("wait")),
+            Err(_) => panic!("{name} did not finish"),
+        }
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_group_cancels_in_progress_runs_or_runs_them_one_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    let pipeline = |name: &str, cancel: bool| {
+        format!(
+            r#"name: {name}
+concurrency:
+  group: "${{{{ pipeline }}}}-${{{{ branch }}}}"
+  cancel_in_progress: {cancel}
+stages:
+  - name: deploy
+    steps:
+      - name: roll-out
+        uses: faults/sleep
+        with: {{ ms: 800 }}
+finally:
+  - name: tidy
+    uses: faults/upper
+    with: {{ text: tidy }}
+"#
+        )
+    };
+    engine
+        .apply_pipeline_yaml("cancel.yaml", &pipeline("cancelling", true))
+        .await
+        .expect("applies");
+    let runs = trigger_pushes(&engine, "cancelling", 3).await;
+    assert_eq!(runs[2].status.phase, ExecutionPhase::Succeeded, "{runs:#?}");
+    assert_eq!(runs[2].spec.concurrency.as_deref(), Some("cancelling-main"));
+    for (i, run) in runs[..2].iter().enumerate() {
+        assert_eq!(run.status.phase, ExecutionPhase::Cancelled, "{run:#?}");
+        let by = run
+            .spec
+            .superseded_by
+            .as_deref()
+            .expect("names its successor");
+        let later: Vec<&str> = runs[i + 1..]
+            .iter()
+            .map(|r| r.metadata.name.as_str())
+            .collect();
+        assert!(later.contains(&by), "{by} is a later run: {run:#?}");
+        assert!(run.status.reason.contains(by), "{run:#?}");
+        // One that had started ran its `finally`.
+        if run
+            .status
+            .stages
+            .first()
+            .is_some_and(|s| s.started.is_some())
+        {
+            assert_eq!(
+                run.status.finally[0].phase,
+                StepPhase::Succeeded,
+                "{run:#?}"
+            );
+        }
+    }
+
+    engine
+        .apply_pipeline_yaml("queue.yaml", &pipeline("queueing", false))
+        .await
+        .expect("applies");
+    let runs = trigger_pushes(&engine, "queueing", 3).await;
+    for pair in runs.windows(2) {
+        assert_eq!(pair[0].status.phase, ExecutionPhase::Succeeded, "{runs:#?}");
+        let (Some(finished), Some(started)) = (pair[0].status.finished, pair[1].status.started)
+        else {
+            panic!("both ran: {runs:#?}")
+        };
+        assert!(started >= finished, "one at a time: {runs:#?}");
+    }
+    assert_eq!(runs[2].status.phase, ExecutionPhase::Succeeded);
+    container.shutdown().await;
+}
