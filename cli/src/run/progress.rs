@@ -530,7 +530,7 @@ fn plain_line(e: &Event, color: bool) -> String {
         .map(|r| format!(": {}", escape_line(r)))
         .unwrap_or_default();
     let phase_style = match e.phase.as_str() {
-        "Failed" | "Aborted" => BAD_VERB,
+        "Failed" | "Aborted" | "Cancelled" => BAD_VERB,
         "Skipped" => DIM,
         _ => VERB,
     };

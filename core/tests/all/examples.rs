@@ -106,7 +106,23 @@ fn the_full_example_uses_every_feature() {
     assert!(spec.fail_fast);
     assert_eq!(spec.timeout.map(|t| t.0.as_secs()), Some(3600));
     assert_eq!(spec.stages.len(), 3);
-    assert_eq!(spec.finally.len(), 1);
+    assert_eq!(spec.finally.len(), 2);
+    assert!(
+        spec.concurrency
+            .as_ref()
+            .is_some_and(|c| c.cancel_in_progress)
+    );
+    let unit = &spec.stages[1].steps[0];
+    let cells: Vec<String> = unit.instances().into_iter().map(|i| i.name).collect();
+    assert_eq!(
+        cells,
+        [
+            "unit (linux, stable)",
+            "unit (linux, beta)",
+            "unit (macos, stable)"
+        ]
+    );
+    assert_eq!(spec.stages[1].steps[1].needs, ["unit (linux, stable)"]);
     let compile = &spec.stages[0].steps[0];
     assert_eq!(compile.uses.to_string(), "rust/cargo@^1.2");
     assert_eq!(compile.retries.as_ref().map(|r| r.count), Some(2));
