@@ -196,6 +196,26 @@ pub enum ExecCmd {
         /// Execution name.
         name: String,
     },
+    /// Approve an approval step that is waiting (as this token).
+    Approve {
+        /// Execution name.
+        execution: String,
+        /// The approval step's name.
+        step: String,
+        /// What you say, kept with the decision.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject an approval step that is waiting: the step fails.
+    Reject {
+        /// Execution name.
+        execution: String,
+        /// The approval step's name.
+        step: String,
+        /// Why, kept with the decision.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
 }
 
 /// `ctl secret …`
@@ -624,6 +644,43 @@ impl CtlArgs {
                 if !self.json {
                     eprintln!("step {step} ended: {}", end.phase);
                 }
+            }
+            ExecCmd::Approve {
+                execution,
+                step,
+                comment,
+            }
+            | ExecCmd::Reject {
+                execution,
+                step,
+                comment,
+            } => {
+                let approve = matches!(cmd, ExecCmd::Approve { .. });
+                let body = serde_json::json!({
+                    "decision": if approve { "approve" } else { "reject" },
+                    "comment": comment,
+                });
+                let exec: PipelineExecution = client
+                    .json(
+                        client
+                            .request(
+                                Method::POST,
+                                &self.engine_path(&format!(
+                                    "/executions/{}/approvals/{}",
+                                    seg(execution),
+                                    seg(step)
+                                ))?,
+                            )
+                            .json(&body),
+                    )
+                    .await?;
+                self.print(&exec, |e| {
+                    println!(
+                        "{} `{step}` of {}",
+                        if approve { "approved" } else { "rejected" },
+                        e.metadata.name
+                    )
+                })?;
             }
             ExecCmd::Abort { name } => {
                 let exec: PipelineExecution = client

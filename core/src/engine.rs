@@ -15,8 +15,8 @@ use crate::model::{
 use crate::pipeline::EngineCore;
 use crate::pipeline::logs::LogKey;
 pub use crate::pipeline::{
-    DeployError, LogError, PIPELINE_LABEL, SETTINGS_NAME, SecretError, StoredLine, TriggerError,
-    TriggerRequest,
+    CALL_DEPTH_LABEL, CALLED_BY_LABEL, DeployError, LogError, PIPELINE_LABEL, SETTINGS_NAME,
+    SecretError, StoredLine, TriggerError, TriggerRequest,
 };
 use crate::runtime::{Activation, BizInfo, BizLease, InstallError, LifecycleError, UninstallMode};
 use crate::store::watcher::{self, Event};
@@ -70,6 +70,43 @@ pub enum EngineError {
         /// Engine.
         engine: String,
     },
+    /// A decision on an approval step was refused.
+    #[error("cannot decide step `{step}` of execution `{execution}`: {reason}")]
+    Decision {
+        /// The execution.
+        execution: String,
+        /// The step.
+        step: String,
+        /// What is wrong, and what to do.
+        reason: String,
+        /// Which refusal.
+        refusal: Refusal,
+    },
+}
+
+/// Why a decision on an approval step was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The step is not an approval gate.
+    NotAGate,
+    /// The step is not waiting for a decision (not started, decided, or the
+    /// execution ended).
+    NotWaiting,
+    /// The one deciding is not among the gate's approvers.
+    NotAnApprover,
+}
+
+/// A decision on an approval step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Approve (`true`) or reject.
+    pub approve: bool,
+    /// Who decides (an API token's name).
+    pub by: String,
+    /// The groups they belong to (matched against `group:<name>` approvers).
+    pub groups: Vec<String>,
+    /// What they say (at most 1 KiB kept).
+    pub comment: String,
 }
 
 /// A handle on one engine. Cheap to clone.
@@ -197,7 +234,63 @@ impl Engine {
         self.write_pipeline(pipeline).await
     }
 
+    /// Refuses a pipeline whose `pipeline:` steps call back to it through the
+    /// engine's other pipelines (a call of itself is refused when parsing).
+    async fn check_call_cycle(&self, pipeline: &Pipeline) -> Result<(), EngineError> {
+        let calls = |spec: &crate::model::PipelineSpec| -> Vec<String> {
+            spec.all_steps()
+                .filter_map(|s| s.pipeline.as_ref().map(|c| c.name.clone()))
+                .collect()
+        };
+        let first = calls(&pipeline.spec);
+        if first.is_empty() {
+            return Ok(());
+        }
+        let name = &pipeline.metadata.name;
+        let (stored, _) = Api::<Pipeline>::new(self.core.store.clone())
+            .list(Some(&self.core.name), LabelSelector::default())
+            .await?;
+        let graph: std::collections::BTreeMap<String, Vec<String>> = stored
+            .iter()
+            .filter(|p| p.metadata.name != *name)
+            .map(|p| (p.metadata.name.clone(), calls(&p.spec)))
+            .chain(std::iter::once((name.clone(), first)))
+            .collect();
+        // Depth-first from the applied pipeline, keeping the path.
+        let mut path: Vec<(String, usize)> = vec![(name.clone(), 0)];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some((node, next)) = path.last_mut() {
+            let edges = graph.get(node.as_str()).map_or(&[][..], Vec::as_slice);
+            let Some(child) = edges.get(*next).cloned() else {
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            if child == *name {
+                let mut cycle: Vec<String> = path.iter().map(|(n, _)| format!("`{n}`")).collect();
+                cycle.push(format!("`{name}`"));
+                let mut d = crate::model::Diagnostic::error(
+                    "pipeline-call-cycle",
+                    format!(
+                        "pipelines call each other in a cycle: {}",
+                        cycle.join(" calls ")
+                    ),
+                );
+                d.file = format!("pipeline `{name}`");
+                d.hint = Some(
+                    "a cycle of calls would never end; remove one of the `pipeline:` steps".into(),
+                );
+                return Err(EngineError::Invalid(crate::model::Diagnostics(vec![d])));
+            }
+            if seen.insert(child.clone()) {
+                path.push((child, 0));
+            }
+        }
+        Ok(())
+    }
+
     async fn write_pipeline(&self, pipeline: &Pipeline) -> Result<Pipeline, EngineError> {
+        self.check_call_cycle(pipeline).await?;
         let api = Api::<Pipeline>::new(self.core.store.clone());
         let name = &pipeline.metadata.name;
         loop {
@@ -567,6 +660,116 @@ impl Engine {
                 return Ok(exec);
             }
             exec.spec.abort = true;
+            match api.update(&exec).await {
+                Ok(e) => return Ok(e),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Approves or rejects an approval step that is waiting, as `decision.by`
+    /// (who must be one of the gate's approvers, by name or by a
+    /// `group:<name>`). The decision is recorded in the execution's spec; the
+    /// driver, wherever it runs, reads it and ends the step (`Succeeded` with
+    /// outputs `approved_by` and `comment`, or `Failed`).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`]; [`EngineError::Decision`] when the step is
+    /// no gate, is not waiting, or `by` may not decide; [`EngineError::Store`].
+    pub async fn decide(
+        &self,
+        execution: &str,
+        step: &str,
+        decision: Decision,
+    ) -> Result<PipelineExecution, EngineError> {
+        let api = Api::<PipelineExecution>::new(self.core.store.clone());
+        let refuse = |refusal: Refusal, reason: String| EngineError::Decision {
+            execution: execution.to_owned(),
+            step: step.to_owned(),
+            reason,
+            refusal,
+        };
+        loop {
+            let mut exec = api
+                .get(&self.core.name, execution)
+                .await?
+                .ok_or_else(|| self.not_found("execution", execution))?;
+            let gate = exec
+                .spec
+                .pipeline_spec
+                .all_steps()
+                .flat_map(crate::model::Step::instances)
+                .find(|i| i.name == step)
+                .map(|i| i.step.approval.clone());
+            let gate = match gate {
+                None => {
+                    return Err(refuse(
+                        Refusal::NotAGate,
+                        format!("the execution has no step `{step}`"),
+                    ));
+                }
+                Some(None) => {
+                    return Err(refuse(
+                        Refusal::NotAGate,
+                        "it is not an approval step".into(),
+                    ));
+                }
+                Some(Some(gate)) => gate,
+            };
+            let waiting = exec
+                .status
+                .stages
+                .iter()
+                .flat_map(|s| s.steps.iter())
+                .chain(exec.status.finally.iter())
+                .any(|s| s.name == step && s.phase == crate::model::StepPhase::Running);
+            if exec.spec.approvals.contains_key(step) {
+                return Err(refuse(Refusal::NotWaiting, "it is already decided".into()));
+            }
+            if exec.status.phase.is_finished() || !waiting {
+                return Err(refuse(
+                    Refusal::NotWaiting,
+                    format!(
+                        "it is not waiting for a decision (the execution is {:?})",
+                        exec.status.phase
+                    ),
+                ));
+            }
+            let allowed = gate.approvers.iter().any(|a| {
+                *a == decision.by
+                    || a == "*"
+                    || a.strip_prefix("group:")
+                        .is_some_and(|g| decision.groups.iter().any(|mine| mine == g))
+            });
+            if !allowed {
+                return Err(refuse(
+                    Refusal::NotAnApprover,
+                    format!(
+                        "`{}` is not one of its approvers ({})",
+                        decision.by,
+                        gate.approvers.join(", ")
+                    ),
+                ));
+            }
+            let mut comment = decision.comment.clone();
+            if comment.len() > 1024 {
+                let mut end = 1024;
+                while !comment.is_char_boundary(end) {
+                    end -= 1;
+                }
+                comment.truncate(end);
+            }
+            exec.spec.approvals.insert(
+                step.to_owned(),
+                crate::model::Approval {
+                    approved: decision.approve,
+                    by: decision.by.clone(),
+                    at: self.core.clock.now(),
+                    comment,
+                },
+            );
             match api.update(&exec).await {
                 Ok(e) => return Ok(e),
                 Err(StoreError::Conflict { .. }) => continue,

@@ -99,13 +99,13 @@ pub use meta::{
     check_object_name,
 };
 pub use pipeline::{
-    CacheSpec, Concurrency, DurationSpec, Filter, MAX_MATRIX_CELLS, Matrix, MatrixCell, ParamError,
-    ParamSpec, ParamType, PipelineSpec, Retry, SourceSpec, Stage, Step, StepInstance, Trigger,
-    Uses, When, WhenError,
+    ApprovalSpec, CacheSpec, Concurrency, DurationSpec, Filter, MAX_CALL_DEPTH, MAX_MATRIX_CELLS,
+    Matrix, MatrixCell, ParamError, ParamSpec, ParamType, PipelineCall, PipelineSpec, Retry,
+    SourceSpec, Stage, Step, StepInstance, Trigger, Uses, When, WhenError,
 };
 pub use resources::{
-    BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings, Ciphertext,
-    Condition, ConditionStatus, ConditionType, DEFAULT_INTERRUPTED_RETRIES, DesiredBiz,
+    Approval, BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings,
+    Ciphertext, Condition, ConditionStatus, ConditionType, DEFAULT_INTERRUPTED_RETRIES, DesiredBiz,
     EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, MAX_REASON_BYTES, Pipeline,
     PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus, PipelineSetting,
     PipelineSettingSpec, PipelineSettingStatus, PipelineStatus, Retention, Secret, SecretSpec,
@@ -154,6 +154,7 @@ pub fn parse_pipeline_file_with(
     let (pipeline, source_map, mut collector) = decode::decode(file_name, source, limits);
     if let Some(p) = &pipeline {
         validate::check(&p.spec, &source_map, &mut collector);
+        validate::check_calls(&p.metadata.name, &p.spec, &source_map, &mut collector);
     }
     let mut diags = Diagnostics(collector.finish(file_name));
     diags.sort();

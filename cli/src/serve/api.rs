@@ -120,6 +120,27 @@ pub struct TriggerBody {
     pub event: String,
 }
 
+/// Body of a decision on an approval step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// `approve` or `reject`.
+    pub decision: DecisionKind,
+    /// What the approver says (kept with the decision, at most 1 KiB).
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// A decision.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// Let the execution go on.
+    Approve,
+    /// Fail the step (and so the execution, unless it continues on error).
+    Reject,
+}
+
 /// Body of a secret write.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -402,6 +423,14 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
                 ..op(Method::POST, "/api/v1/engines/{engine}/executions/{execution}/abort", "abortExecution", "Abort: running steps are interrupted, `finally` runs, the phase becomes `Aborted`. A finished execution is left as it is.", "executions", WRITE)
             },
             post(abort_execution),
+        )
+        .add(
+            Operation {
+                request: Payload::Json(schema::<DecisionBody>),
+                reply: Reply::Json(200, schema::<PipelineExecution>),
+                ..op(Method::POST, "/api/v1/engines/{engine}/executions/{execution}/approvals/{step}", "decideApproval", "Approves or rejects an approval step that is waiting, as the calling token (which must be one of the step's approvers, by name or `group:<name>`). 409 when the step is not waiting, 403 when the token may not decide.", "executions", WRITE)
+            },
+            post(decide_approval),
         )
         .add(
             Operation {
@@ -1030,6 +1059,29 @@ async fn abort_execution(
 ) -> Result<Json<PipelineExecution>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     Ok(Json(engine.abort(&execution).await?))
+}
+
+async fn decide_approval(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, execution, step)): Path<(String, String, String)>,
+    body: Body,
+) -> Result<Json<PipelineExecution>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
+    let body: DecisionBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the decision body does not fit (`{{\"decision\": \"approve\" | \"reject\", \"comment\": \"…\"}}`): {e}"
+        ))
+    })?;
+    let (by, groups) = caller.identity();
+    let decision = arkline::engine::Decision {
+        approve: body.decision == DecisionKind::Approve,
+        by,
+        groups,
+        comment: body.comment,
+    };
+    Ok(Json(engine.decide(&execution, &step, decision).await?))
 }
 
 async fn step_logs(

@@ -60,6 +60,8 @@ struct TokenEntry {
     sha256: Option<String>,
     engines: Vec<String>,
     access: Access,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 /// One token of the tokens file (its SHA-256 only).
@@ -71,6 +73,8 @@ pub struct Token {
     engines: Vec<String>,
     /// What it may do.
     pub access: Access,
+    /// The groups it belongs to (approval steps may name `group:<name>`).
+    pub groups: Vec<String>,
 }
 
 /// How requests are authenticated.
@@ -183,6 +187,7 @@ impl Auth {
                 digest,
                 engines: entry.engines,
                 access: entry.access,
+                groups: entry.groups,
             });
         }
         Ok(Auth::Tokens(tokens))
@@ -219,6 +224,15 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Who the caller is, for records such as an approval's `by`, and the
+    /// groups it belongs to. Without authentication it is `anonymous`.
+    pub fn identity(&self) -> (String, Vec<String>) {
+        match self {
+            Caller::Anyone => ("anonymous".into(), Vec::new()),
+            Caller::Token(t) => (t.name.clone(), t.groups.clone()),
+        }
+    }
+
     /// Whether the caller may see `engine` at all.
     pub fn sees(&self, engine: &str) -> bool {
         match self {

@@ -217,6 +217,11 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Deploy { error, .. } => (*error).into(),
             EngineError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            EngineError::Decision { refusal, .. } => match refusal {
+                arkline::engine::Refusal::NotAGate => ApiError::bad_request(e.to_string()),
+                arkline::engine::Refusal::NotWaiting => ApiError::conflict(e.to_string()),
+                arkline::engine::Refusal::NotAnApprover => ApiError::forbidden(e.to_string()),
+            },
             EngineError::InvalidSettings(_) => ApiError::bad_request(e.to_string()),
             other => ApiError::internal(other.to_string()),
         }

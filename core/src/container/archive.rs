@@ -1127,12 +1127,13 @@ fn check_pipeline(
                 .map(|(j, s)| (format!("finally[{j}]"), s)),
         );
     for (at, step) in steps {
-        if let Err(problem) = resolve(&step.uses) {
+        let Some(uses) = &step.uses else { continue };
+        if let Err(problem) = resolve(uses) {
             unsatisfied.push(
                 map.locate(
                     Diagnostic::error(
                         "unsatisfied-uses",
-                        format!("step `{}` uses `{}`: {problem}", step.name, step.uses),
+                        format!("step `{}` uses `{uses}`: {problem}", step.name),
                     )
                     .with_hint("add the biz to the engine's `bizes`, or to [[shared_bizes]]"),
                     map.span(&format!("{at}.uses")),

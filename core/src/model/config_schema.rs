@@ -331,7 +331,8 @@ pub fn validate_with_schemas(
     // Each distinct schema is compiled once per pipeline.
     let mut compiled: HashMap<String, Result<ConfigSchema, String>> = HashMap::new();
     for (path, step) in steps {
-        let Some(schema) = schema_for(&step.uses) else {
+        let Some(uses) = &step.uses else { continue };
+        let Some(schema) = schema_for(uses) else {
             continue;
         };
         let checker = compiled
@@ -362,7 +363,7 @@ pub fn validate_with_schemas(
             let mut d = map.locate(
                 Diagnostic::error(
                     "config-schema",
-                    format!("step `{}` ({}): {}", step.name, step.uses, v.message),
+                    format!("step `{}` ({uses}): {}", step.name, v.message),
                 ),
                 span,
             );

@@ -12,8 +12,9 @@ use crate::model::diagnostic::{Collector, Diagnostic, Severity, Span, did_you_me
 use crate::model::limits::Limits;
 use crate::model::meta::{API_VERSION, ObjectMeta, check_object_name};
 use crate::model::pipeline::{
-    CacheSpec, Concurrency, DurationSpec, Filter, MATRIX_KEYS, Matrix, ParamSpec, ParamType,
-    PipelineSpec, Retry, SourceSpec, Stage, Step, Trigger, Uses, UsesError, When,
+    ApprovalSpec, CacheSpec, Concurrency, DurationSpec, Filter, MATRIX_KEYS, Matrix, ParamSpec,
+    ParamType, PipelineCall, PipelineSpec, Retry, SourceSpec, Stage, Step, Trigger, Uses,
+    UsesError, When,
 };
 use crate::model::position::SourceIndex;
 use crate::model::resources::Pipeline;
@@ -104,9 +105,11 @@ const SPEC_FIELDS: [&str; 11] = [
     "stages",
     "finally",
 ];
-const STEP_FIELDS: [&str; 13] = [
+const STEP_FIELDS: [&str; 15] = [
     "name",
     "uses",
+    "approval",
+    "pipeline",
     "with",
     "env",
     "when",
@@ -642,8 +645,39 @@ impl<'s> Decoder<'s> {
         let what = name
             .as_deref()
             .map_or_else(|| "this step".to_owned(), |n| format!("step `{n}`"));
-        let uses = self.required(&f, "uses", &what);
-        let uses = uses.and_then(|n| self.uses(n, &join(path, "uses")));
+        // Exactly one of `uses`, `approval` and `pipeline` says what it does.
+        let kinds: Vec<&str> = ["uses", "approval", "pipeline"]
+            .into_iter()
+            .filter(|k| f.get(k).is_some())
+            .collect();
+        match kinds.as_slice() {
+            [] => self.err(
+                "missing-field",
+                format!("{what} has no `uses`"),
+                f.span,
+                Some("name the biz step it calls with `uses: biz/step`, or make it an `approval` gate or a `pipeline` call".into()),
+            ),
+            [_] => {}
+            [_, second, ..] => {
+                let node = f.get(second).map_or(f.span, |n| n.span);
+                self.err(
+                    "step-kind",
+                    format!("{what} has both `{}` and `{second}`", kinds[0]),
+                    node,
+                    Some("a step calls a biz (`uses`), waits for an `approval`, or calls a `pipeline`: keep one".into()),
+                );
+            }
+        }
+        let uses_given = f.get("uses").is_some();
+        let uses = f
+            .get("uses")
+            .and_then(|n| self.uses(n, &join(path, "uses")));
+        let approval = f
+            .get("approval")
+            .and_then(|n| self.approval(n, &join(path, "approval")));
+        let pipeline = f
+            .get("pipeline")
+            .and_then(|n| self.pipeline_call(n, &join(path, "pipeline")));
         let with = match f.get("with") {
             Some(n) => match self.json(n, &join(path, "with")) {
                 serde_json::Value::Object(m) => m.into_iter().collect(),
@@ -693,10 +727,12 @@ impl<'s> Decoder<'s> {
             .and_then(|n| self.matrix(n, &join(path, "matrix")));
         // A step whose `uses` is broken is kept (with the error reported) so that
         // references to it from later steps do not cause follow-on errors.
-        let uses = uses.unwrap_or_else(|| Uses {
-            biz: String::new(),
-            step: None,
-            req: None,
+        let uses = uses.or_else(|| {
+            (uses_given || kinds.is_empty()).then(|| Uses {
+                biz: String::new(),
+                step: None,
+                req: None,
+            })
         });
         Some(Step {
             name: name.unwrap_or_default(),
@@ -711,6 +747,78 @@ impl<'s> Decoder<'s> {
             continue_on_error,
             needs,
             matrix,
+            approval,
+            pipeline,
+        })
+    }
+
+    fn approval(&mut self, node: &Node, path: &str) -> Option<ApprovalSpec> {
+        let f = self.fields(
+            node,
+            path,
+            "`approval`",
+            &["message", "approvers", "timeout"],
+        )?;
+        let message = f
+            .get("message")
+            .and_then(|n| self.string(n, &join(path, "message"), "`approval.message`"))
+            .unwrap_or_default();
+        let approvers = match f.get("approvers") {
+            Some(n) => self.string_list(n, &join(path, "approvers"), "`approval.approvers`"),
+            None => Vec::new(),
+        };
+        if approvers.is_empty() {
+            self.err(
+                "approval-without-approvers",
+                "an `approval` names no approvers",
+                f.get("approvers").map_or(f.span, |n| n.span),
+                Some("list who may decide: API token names, or `group:<name>`".into()),
+            );
+        }
+        let timeout = f
+            .get("timeout")
+            .and_then(|n| self.duration(n, &join(path, "timeout"), "`approval.timeout`"));
+        Some(ApprovalSpec {
+            message,
+            approvers,
+            timeout,
+        })
+    }
+
+    fn pipeline_call(&mut self, node: &Node, path: &str) -> Option<PipelineCall> {
+        if let NodeKind::Scalar { .. } = node.kind {
+            // `pipeline: name` is short for `pipeline: {name: name}`.
+            let name = self.object_name(node, &join(path, "name"), "the called pipeline")?;
+            self.mark(path, node);
+            return Some(PipelineCall {
+                name,
+                params: BTreeMap::new(),
+                wait: true,
+            });
+        }
+        let f = self.fields(node, path, "`pipeline`", &["name", "params", "wait"])?;
+        let name = self.required(&f, "name", "`pipeline`");
+        let name =
+            name.and_then(|n| self.object_name(n, &join(path, "name"), "the called pipeline"));
+        let params = match f.get("params") {
+            Some(n) => match self.json(n, &join(path, "params")) {
+                serde_json::Value::Object(m) => m.into_iter().collect(),
+                serde_json::Value::Null => BTreeMap::new(),
+                _ => {
+                    self.type_error(n, "`pipeline.params`", "a mapping");
+                    BTreeMap::new()
+                }
+            },
+            None => BTreeMap::new(),
+        };
+        let wait = f
+            .get("wait")
+            .and_then(|n| self.bool(n, &join(path, "wait"), "`pipeline.wait`"))
+            .unwrap_or(true);
+        Some(PipelineCall {
+            name: name?,
+            params,
+            wait,
         })
     }
 

@@ -231,7 +231,14 @@ impl fmt::Display for Reference {
             Self::Secret(n) => write!(f, "secrets.{n}"),
             Self::Env(n) => write!(f, "env.{n}"),
             Self::Matrix(n) => write!(f, "matrix.{n}"),
-            Self::StepOutput { step, key } => write!(f, "{}.outputs.{key}", StepPath(step)),
+            Self::StepOutput { step, key } if is_plain_name(key) => {
+                write!(f, "{}.outputs.{key}", StepPath(step))
+            }
+            Self::StepOutput { step, key } => {
+                write!(f, "{}.outputs[", StepPath(step))?;
+                quoted(f, key)?;
+                f.write_str("]")
+            }
             Self::StepState(s) => write!(f, "{}.state", StepPath(s)),
             Self::Event => f.write_str("event"),
             Self::Branch => f.write_str("branch"),
@@ -251,18 +258,25 @@ impl fmt::Display for StepPath<'_> {
         if is_plain_name(name) {
             return write!(f, "steps.{name}");
         }
-        f.write_str("steps['")?;
-        for c in name.chars() {
-            match c {
-                '\\' => f.write_str("\\\\")?,
-                '\'' => f.write_str("\\'")?,
-                '\n' => f.write_str("\\n")?,
-                '\t' => f.write_str("\\t")?,
-                c => write!(f, "{c}")?,
-            }
-        }
-        f.write_str("']")
+        f.write_str("steps[")?;
+        quoted(f, name)?;
+        f.write_str("]")
     }
+}
+
+/// `'text'`, escaped so the lexer reads it back.
+fn quoted(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    f.write_str("'")?;
+    for c in text.chars() {
+        match c {
+            '\\' => f.write_str("\\\\")?,
+            '\'' => f.write_str("\\'")?,
+            '\n' => f.write_str("\\n")?,
+            '\t' => f.write_str("\\t")?,
+            c => write!(f, "{c}")?,
+        }
+    }
+    f.write_str("'")
 }
 
 /// Whether the lexer reads `name` as one name: an ASCII letter or `_`, then
@@ -730,14 +744,40 @@ impl ExprParser<'_> {
             end = self.range().end;
             self.expect_op("]")?;
         }
-        while self.eat_op(".") {
-            match self.toks.get(self.pos).cloned() {
-                Some((Tok::Ident(seg), r)) => {
-                    path.push(seg);
-                    end = r.end;
-                    self.pos += 1;
+        loop {
+            if self.eat_op(".") {
+                match self.toks.get(self.pos).cloned() {
+                    Some((Tok::Ident(seg), r)) => {
+                        path.push(seg);
+                        end = r.end;
+                        self.pos += 1;
+                    }
+                    _ => return Err(ExprError::new("expected a name after `.`", self.range())),
                 }
-                _ => return Err(ExprError::new("expected a name after `.`", self.range())),
+            } else if path.len() == 3
+                && path[0] == "steps"
+                && path[2] == "outputs"
+                && matches!(self.peek(), Some(Tok::Op("[")))
+            {
+                // `steps.x.outputs['key.with.dots']` (a called pipeline's outputs).
+                self.pos += 1;
+                match self.toks.get(self.pos).cloned() {
+                    Some((Tok::Str(key), _)) if !key.is_empty() => {
+                        path.push(key);
+                        self.pos += 1;
+                    }
+                    _ => {
+                        return Err(ExprError::new(
+                            "expected a quoted output name after `outputs[`",
+                            self.range(),
+                        )
+                        .hint("write `steps.<name>.outputs['key']`"));
+                    }
+                }
+                end = self.range().end;
+                self.expect_op("]")?;
+            } else {
+                break;
             }
         }
         let whole = range.start..end;
@@ -1657,6 +1697,26 @@ mod tests {
                 &c
             ),
             Ok(Value::Bool(true))
+        );
+    }
+
+    #[test]
+    fn bracketed_output_keys_parse_and_display_round_trips() {
+        let e = parse("steps.call.outputs['image.text'] == 'x'").expect("parses");
+        let Expr::Binary(_, left, _) = e else {
+            panic!("a comparison")
+        };
+        let key = Reference::StepOutput {
+            step: "call".into(),
+            key: "image.text".into(),
+        };
+        assert_eq!(*left, Expr::Ref(key.clone(), 0..32));
+        assert_eq!(key.to_string(), "steps.call.outputs['image.text']");
+        assert_eq!(parse(&key.to_string()), Ok(Expr::Ref(key, 0..32)));
+        let err = parse("steps.call.outputs[1]").expect_err("unquoted");
+        assert_eq!(
+            err.message,
+            "expected a quoted output name after `outputs[`"
         );
     }
 

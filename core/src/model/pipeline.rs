@@ -75,9 +75,9 @@ impl PipelineSpec {
     /// Every distinct `uses` of the pipeline, in first-use order.
     pub fn uses(&self) -> Vec<&Uses> {
         let mut out: Vec<&Uses> = Vec::new();
-        for step in self.all_steps() {
-            if !out.contains(&&step.uses) {
-                out.push(&step.uses);
+        for uses in self.all_steps().filter_map(|s| s.uses.as_ref()) {
+            if !out.contains(&uses) {
+                out.push(uses);
             }
         }
         out
@@ -233,8 +233,17 @@ pub struct Stage {
 pub struct Step {
     /// Name, unique in the pipeline (stages and `finally` together), referenced as `steps.<name>`.
     pub name: String,
-    /// The biz step type this step calls.
-    pub uses: Uses,
+    /// The biz step type this step calls. A step has exactly one of `uses`,
+    /// `approval` and `pipeline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<Uses>,
+    /// A gate: the step waits (durably, across restarts) until a person
+    /// approves or rejects it through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSpec>,
+    /// A call of another pipeline of the same engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineCall>,
     /// The step's config, checked against the step type's JSON schema. String
     /// values may contain `${{ … }}` interpolations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -285,6 +294,50 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<Matrix>,
 }
+
+/// An approval gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSpec {
+    /// What the approver is asked (may contain interpolations).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Who may decide: API token names, `group:<name>` for every token of a
+    /// group, or `*` for any caller allowed to write to the engine.
+    pub approvers: Vec<String>,
+    /// How long it waits; past it the step fails. Without it, it waits until
+    /// decided or until the pipeline's deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+}
+
+/// A call of another pipeline: the step triggers it and (by default) waits
+/// for it, its outputs becoming the step's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineCall {
+    /// The pipeline called (of the same engine).
+    pub name: String,
+    /// Its params (string values may contain interpolations).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Whether the step waits for the called execution to finish (default
+    /// `true`); without waiting it succeeds once the execution is created.
+    #[serde(default = "wait_default", skip_serializing_if = "is_wait_default")]
+    pub wait: bool,
+}
+
+fn wait_default() -> bool {
+    true
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's signature")]
+fn is_wait_default(wait: &bool) -> bool {
+    *wait
+}
+
+/// How deep pipelines may call pipelines: a call past it fails its step.
+pub const MAX_CALL_DEPTH: u32 = 8;
 
 /// The most cells one matrix may expand to (GitHub's cap too); more is almost
 /// always a mistake that would queue hundreds of step runs.

@@ -412,6 +412,9 @@ pub enum TriggerKind {
     Cron,
     /// A webhook.
     Webhook,
+    /// A step of another pipeline (`pipeline:`); label
+    /// `arkline.dev/called-by` names the calling execution.
+    Pipeline,
 }
 
 /// Spec of a [`PipelineExecution`].
@@ -450,6 +453,25 @@ pub struct PipelineExecutionSpec {
     /// (set with `abort`; it then ends `Cancelled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
+    /// Decisions on its approval steps, by step name (written through the
+    /// API, read by the driver).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub approvals: BTreeMap<String, Approval>,
+}
+
+/// A decision on an approval step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Approved (`true`) or rejected.
+    pub approved: bool,
+    /// Who decided (the API token's name).
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What they said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
 }
 
 /// Status of a [`PipelineExecution`].
@@ -540,6 +562,12 @@ pub struct StepStatus {
     /// most [`MAX_REASON_BYTES`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// An approval step's decision, once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// A pipeline-call step's execution of the called pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub called: Option<String>,
 }
 
 /// Spec of a [`Secret`]: values are ciphertext, base64-encoded.

@@ -703,6 +703,14 @@ impl<'a> Checker<'a, '_> {
         for (k, v) in &step.env {
             self.template(v, &format!("{path}.env.{k}"), reader);
         }
+        if let Some(a) = &step.approval {
+            self.template(&a.message, &format!("{path}.approval.message"), reader);
+        }
+        if let Some(call) = &step.pipeline {
+            for (k, v) in &call.params {
+                self.json_templates(v, &format!("{path}.pipeline.params.{k}"), reader);
+            }
+        }
         if let Some(when) = &step.when {
             self.when(when, &format!("{path}.when"), reader);
         }
@@ -905,6 +913,40 @@ pub(crate) fn check(spec: &PipelineSpec, map: &SourceMap, diags: &mut Collector)
         secrets: spec.secrets.iter().map(String::as_str).collect(),
     };
     c.run();
+}
+
+/// Checks that no step of pipeline `name` calls `name` itself (calls through
+/// other pipelines are checked when it is applied, against the engine's).
+pub(crate) fn check_calls(name: &str, spec: &PipelineSpec, map: &SourceMap, diags: &mut Collector) {
+    let stages = spec.stages.iter().enumerate().flat_map(|(i, s)| {
+        s.steps
+            .iter()
+            .enumerate()
+            .map(move |(j, step)| (format!("stages[{i}].steps[{j}]"), step))
+    });
+    let finally = spec
+        .finally
+        .iter()
+        .enumerate()
+        .map(|(j, step)| (format!("finally[{j}]"), step));
+    for (path, step) in stages.chain(finally) {
+        if step.pipeline.as_ref().is_some_and(|c| c.name == name) {
+            let mut d = map.locate(
+                Diagnostic::error(
+                    "pipeline-calls-itself",
+                    format!(
+                        "step `{}` calls pipeline `{name}`, the pipeline it is in",
+                        step.name
+                    ),
+                ),
+                map.span(&format!("{path}.pipeline.name"))
+                    .or_else(|| map.span(&format!("{path}.pipeline"))),
+            );
+            d.hint =
+                Some("a pipeline calling itself would never end; call another pipeline".into());
+            diags.push(d);
+        }
+    }
 }
 
 /// Whether any diagnostic is an error.

@@ -26,7 +26,7 @@ use crate::model::{
     PipelineSetting,
 };
 use crate::pipeline::ExecutionView;
-use crate::pipeline::context::{EngineCore, SETTINGS_NAME};
+use crate::pipeline::context::{CALLED_BY_LABEL, EngineCore, SETTINGS_NAME};
 use crate::store::watcher::{self, Event};
 use crate::store::{Api, EncodedObject, Membership, StoreError};
 
@@ -403,9 +403,19 @@ async fn admit(
         let free = queue.quota.map_or(usize::MAX, |q| {
             (q as usize).saturating_sub(queue.active.len())
         });
-        if queue.queued.is_empty() || free == 0 {
+        // An execution called by a `pipeline:` step is admitted past the
+        // quota: its caller holds a slot while it waits for it, and a full
+        // quota must not leave both waiting for ever.
+        let is_call = |e: &PipelineExecution| e.metadata.labels.contains_key(CALLED_BY_LABEL);
+        let calls_waiting = free == 0
+            && queue
+                .queued
+                .iter()
+                .any(|k| queue.last.get(&k.2).is_some_and(is_call));
+        if queue.queued.is_empty() || (free == 0 && !calls_waiting) {
             return Ok(());
         }
+        let mut within_quota = 0usize;
         let mut candidates = candidates(core, queue, members);
         let mut recent = Recent::default();
         let mut batch: Vec<(PipelineExecution, String)> = Vec::new();
@@ -417,7 +427,7 @@ async fn admit(
             .filter_map(|name| queue.groups.get(name).map(|(_, g)| g.clone()))
             .collect();
         let mut passed: BTreeSet<QueueKey> = BTreeSet::new();
-        while batch.len() < free.min(256) {
+        while batch.len() < 256 && (within_quota < free || calls_waiting) {
             let Some(head) = queue.queued.difference(&passed).next().cloned() else {
                 break;
             };
@@ -425,12 +435,20 @@ async fn admit(
                 queue.queued.remove(&head);
                 continue;
             };
+            let call = is_call(&exec);
+            if !call && within_quota >= free {
+                passed.insert(head);
+                continue;
+            }
             if let Some(group) = &exec.spec.concurrency {
                 if busy.contains(group) {
                     passed.insert(head);
                     continue;
                 }
                 busy.insert(group.clone());
+            }
+            if !call {
+                within_quota += 1;
             }
             let recent = recent
                 .of(core, &exec.spec.pipeline, candidates.len())

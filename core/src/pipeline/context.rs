@@ -17,6 +17,13 @@ pub const SETTINGS_NAME: &str = "default";
 /// The label every execution carries with its pipeline's name.
 pub const PIPELINE_LABEL: &str = "arkline.dev/pipeline";
 
+/// Label of an execution started by a `pipeline:` step: the calling execution.
+pub const CALLED_BY_LABEL: &str = "arkline.dev/called-by";
+
+/// Label of an execution started by a `pipeline:` step: how deep the calls go
+/// (1 for a call from an execution nobody called).
+pub const CALL_DEPTH_LABEL: &str = "arkline.dev/call-depth";
+
 /// Knobs of the execution machinery that are not engine settings.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
@@ -50,6 +57,9 @@ impl Default for ExecOptions {
 pub(crate) struct RunHandle {
     /// Cancelled to abort the execution (running steps interrupted, `finally` runs).
     pub(crate) abort: CancelToken,
+    /// Notified whenever the execution changes in the store (an approval
+    /// step waits on it).
+    pub(crate) changed: Arc<tokio::sync::Notify>,
 }
 
 /// A finished execution, as the pipeline's status records it.

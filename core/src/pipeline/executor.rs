@@ -34,6 +34,7 @@ use crate::store::Api;
 
 mod attempt;
 mod cache;
+mod gates;
 mod graph;
 mod status;
 
@@ -45,6 +46,7 @@ pub(crate) async fn drive(
     core: Arc<EngineCore>,
     exec: PipelineExecution,
     abort: CancelToken,
+    changed: Arc<tokio::sync::Notify>,
     fresh: bool,
 ) {
     let name = exec.metadata.name.clone();
@@ -82,6 +84,7 @@ pub(crate) async fn drive(
         settings: PipelineSettingSpec::default(),
         deadline: None,
         nodes: Vec::new(),
+        changed,
     };
     let outcome = driver.run().await;
     if outcome.is_err() {
@@ -116,6 +119,8 @@ struct Driver {
     deadline: Option<(Instant, Duration)>,
     /// The steps' runs and what each waits for.
     nodes: Vec<Node>,
+    /// Notified when the execution changes in the store.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 fn instant_of(clock_now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
@@ -978,6 +983,8 @@ impl Driver {
             StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed | StepPhase::Aborted => {
                 return Ok(phase);
             }
+            // A gate or a call cut by a restart goes on waiting: it ran nothing.
+            StepPhase::Running if step.uses.is_none() => {}
             StepPhase::Running if !step.repeat_on_restart => {
                 let reason = format!(
                     "interrupted: attempt {attempts} was cut off by a restart and the step is not run again (repeat_on_restart: false)"
@@ -1043,6 +1050,12 @@ impl Driver {
                         .await;
                 }
             }
+        }
+        if let Some(gate) = &step.approval {
+            return self.run_approval(node, gate, deadline, is_finally).await;
+        }
+        if let Some(call) = &step.pipeline {
+            return self.run_call(node, call, deadline, is_finally).await;
         }
         let mut attempt = attempts;
         loop {

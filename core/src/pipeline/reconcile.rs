@@ -92,19 +92,28 @@ pub(crate) fn ensure_driver(core: &Arc<EngineCore>, exec: &PipelineExecution, fr
             if exec.spec.abort {
                 handle.abort.cancel();
             }
+            handle.changed.notify_waiters();
         }
         None => {
             let abort = CancelToken::new();
             if exec.spec.abort {
                 abort.cancel();
             }
+            let changed = Arc::new(tokio::sync::Notify::new());
             runs.insert(
                 exec.metadata.name.clone(),
                 RunHandle {
                     abort: abort.clone(),
+                    changed: changed.clone(),
                 },
             );
-            core.spawn_driver(executor::drive(core.clone(), exec.clone(), abort, fresh));
+            core.spawn_driver(executor::drive(
+                core.clone(),
+                exec.clone(),
+                abort,
+                changed,
+                fresh,
+            ));
         }
     }
 }

@@ -164,6 +164,7 @@ fn new_execution(
             abort: false,
             concurrency: None,
             superseded_by: None,
+            approvals: BTreeMap::new(),
         },
     )
 }

@@ -48,6 +48,7 @@ fn execution() -> PipelineExecution {
             abort: false,
             concurrency: Some("p-main".into()),
             superseded_by: None,
+            approvals: BTreeMap::new(),
         },
     );
     exec.status.phase = ExecutionPhase::Running;

@@ -401,3 +401,240 @@ finally:
     assert_eq!(runs[2].status.phase, ExecutionPhase::Succeeded);
     container.shutdown().await;
 }
+
+async fn wait_until_waiting(engine: &Engine, name: &str, step_name: &str) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let exec = engine.execution(name).await.expect("read").expect("exists");
+        let waiting = exec
+            .status
+            .stages
+            .iter()
+            .flat_map(|s| s.steps.iter())
+            .any(|s| s.name == step_name && s.phase == StepPhase::Running);
+        if waiting {
+            return;
+        }
+        assert!(
+            !exec.status.phase.is_finished() && tokio::time::Instant::now() < deadline,
+            "{step_name} never waited: {exec:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_waits_for_a_decision_and_a_rejection_fails_the_run_and_runs_finally() {
+    use arkline::engine::{Decision, Refusal};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    engine
+        .apply_pipeline_yaml(
+            "gate.yaml",
+            r#"name: release
+params:
+  - { name: target, default: prod }
+stages:
+  - name: gate
+    steps:
+      - name: sign-off
+        approval:
+          message: "deploy to ${{ params.target }}?"
+          approvers: [alice, "group:release-managers"]
+          timeout: 10m
+  - name: deploy
+    steps:
+      - name: ship
+        uses: faults/upper
+        with: { text: "${{ steps.sign-off.outputs.approved_by }}" }
+finally:
+  - name: tidy
+    uses: faults/upper
+    with: { text: tidy }
+"#,
+        )
+        .await
+        .expect("applies");
+    let decision = |approve: bool, by: &str, groups: &[&str]| Decision {
+        approve,
+        by: by.to_owned(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        comment: "looks good".into(),
+    };
+
+    let approved = engine
+        .trigger("release", TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let name = approved.metadata.name.clone();
+    wait_until_waiting(&engine, &name, "sign-off").await;
+    // Someone else may not decide; a member of the group may.
+    let refused = engine
+        .decide(&name, "sign-off", decision(true, "mallory", &["devs"]))
+        .await
+        .expect_err("not an approver");
+    assert!(
+        matches!(
+            refused,
+            arkline::EngineError::Decision {
+                refusal: Refusal::NotAnApprover,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("mallory"), "{refused}");
+    let refused = engine
+        .decide(&name, "ship", decision(true, "alice", &[]))
+        .await
+        .expect_err("not a gate");
+    assert!(matches!(
+        refused,
+        arkline::EngineError::Decision {
+            refusal: Refusal::NotAGate,
+            ..
+        }
+    ));
+    engine
+        .decide(
+            &name,
+            "sign-off",
+            decision(true, "bob", &["release-managers"]),
+        )
+        .await
+        .expect("a release manager approves");
+    let done = tokio::time::timeout(LIMIT, engine.wait(&name))
+        .await
+        .expect("finishes")
+        .expect("wait");
+    assert_eq!(done.status.phase, ExecutionPhase::Succeeded, "{done:#?}");
+    let gate = step(&done, "sign-off");
+    let record = gate.approval.as_ref().expect("the decision is recorded");
+    assert!(record.approved && record.by == "bob" && record.comment == "looks good");
+    assert_eq!(done.status.outputs["ship"]["text"], "BOB");
+    let late = engine
+        .decide(&name, "sign-off", decision(false, "alice", &[]))
+        .await
+        .expect_err("decided already");
+    assert!(matches!(
+        late,
+        arkline::EngineError::Decision {
+            refusal: Refusal::NotWaiting,
+            ..
+        }
+    ));
+
+    let rejected = engine
+        .trigger("release", TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let name = rejected.metadata.name.clone();
+    wait_until_waiting(&engine, &name, "sign-off").await;
+    engine
+        .decide(&name, "sign-off", decision(false, "alice", &[]))
+        .await
+        .expect("alice rejects");
+    let done = tokio::time::timeout(LIMIT, engine.wait(&name))
+        .await
+        .expect("finishes")
+        .expect("wait");
+    assert_eq!(done.status.phase, ExecutionPhase::Failed, "{done:#?}");
+    assert!(
+        step(&done, "sign-off")
+            .reason
+            .contains("rejected by `alice`"),
+        "{done:#?}"
+    );
+    assert_eq!(step(&done, "ship").phase, StepPhase::Skipped);
+    assert_eq!(
+        step(&done, "tidy").phase,
+        StepPhase::Succeeded,
+        "finally runs: {done:#?}"
+    );
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_calls_a_pipeline_and_gets_its_outputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    engine
+        .apply_pipeline_yaml(
+            "child.yaml",
+            r#"name: build-image
+params:
+  - { name: tag }
+stages:
+  - name: build
+    steps:
+      - name: image
+        uses: faults/upper
+        with: { text: "app:${{ params.tag }}" }
+"#,
+        )
+        .await
+        .expect("child applies");
+    let parent = run(
+        &engine,
+        r#"name: release-train
+stages:
+  - name: build
+    steps:
+      - name: call
+        pipeline:
+          name: build-image
+          params: { tag: "v1" }
+  - name: announce
+    steps:
+      - name: say
+        uses: faults/upper
+        with: { text: "${{ steps.call.outputs['image.text'] }}" }
+"#,
+    )
+    .await;
+    assert_eq!(
+        parent.status.phase,
+        ExecutionPhase::Succeeded,
+        "{parent:#?}"
+    );
+    let called = step(&parent, "call")
+        .called
+        .clone()
+        .expect("records the called execution");
+    let child = engine
+        .execution(&called)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(child.status.phase, ExecutionPhase::Succeeded);
+    assert_eq!(
+        child.metadata.labels.get(arkline::engine::CALLED_BY_LABEL),
+        Some(&parent.metadata.name)
+    );
+    assert_eq!(parent.status.outputs["call"]["image.text"], "APP:V1");
+    assert_eq!(parent.status.outputs["call"]["execution"], called);
+    assert_eq!(parent.status.outputs["say"]["text"], "APP:V1");
+
+    // A cycle through another pipeline is refused when it would close.
+    engine
+        .apply_pipeline_yaml(
+            "a.yaml",
+            "name: ping\nstages:\n  - name: s\n    steps:\n      - { name: c, pipeline: pong }\n",
+        )
+        .await
+        .expect("ping applies while pong does not exist");
+    let cycle = engine
+        .apply_pipeline_yaml(
+            "b.yaml",
+            "name: pong\nstages:\n  - name: s\n    steps:\n      - { name: c, pipeline: ping }\n",
+        )
+        .await
+        .expect_err("pong would close a cycle");
+    assert!(
+        cycle
+            .to_string()
+            .contains("`pong` calls `ping` calls `pong`"),
+        "{cycle}"
+    );
+    container.shutdown().await;
+}

@@ -127,7 +127,11 @@ impl Driver {
                 stage, step, attempt, allowed, deadline, cancel, &secrets, &masker, &writer,
             )
             .await;
-        if let Some((lease, _)) = self.leases.get(&step.uses.to_string()) {
+        if let Some((lease, _)) = step
+            .uses
+            .as_ref()
+            .and_then(|u| self.leases.get(&u.to_string()))
+        {
             self.core
                 .metrics
                 .observe_step(&self.core.name, lease.name(), started.elapsed());
@@ -185,10 +189,14 @@ impl Driver {
                 .map_err(|e| AttemptFailure::fatal(format!("invalid-config: env `{k}`: {e}")))?;
             env.insert(k.clone(), value);
         }
+        let uses = step
+            .uses
+            .as_ref()
+            .ok_or_else(|| AttemptFailure::fatal("the step calls no biz"))?;
         let (lease, step_type) = self
             .leases
-            .get(&step.uses.to_string())
-            .ok_or_else(|| AttemptFailure::fatal(format!("`{}` is not resolved", step.uses)))?;
+            .get(&uses.to_string())
+            .ok_or_else(|| AttemptFailure::fatal(format!("`{uses}` is not resolved")))?;
         writer.note(&format!(
             "attempt {attempt} of {allowed}: {} {step_type}",
             lease.id()
