@@ -3,6 +3,7 @@
 //! wasmtime's own `tests/all`). Run one area with
 //! `cargo test -p arkline-cli --test all <module>::`.
 
+mod approvals;
 mod bombs;
 mod color;
 mod ctl;
