@@ -84,6 +84,7 @@ pub mod meta;
 pub mod pipeline;
 mod position;
 pub mod resources;
+mod typecheck;
 pub mod validate;
 mod work;
 mod yaml;

@@ -10,6 +10,7 @@ use crate::model::limits::Limits;
 use crate::model::pipeline::{
     EVENTS, Filter, MAX_MATRIX_CELLS, MAX_RETRIES, PipelineSpec, Step, Trigger, When,
 };
+use crate::model::typecheck;
 
 /// Where a step sits, for deciding which steps it may read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,6 +387,36 @@ impl<'a> Checker<'a, '_> {
         out
     }
 
+    /// What validation knows of a reference's type: a param's declared
+    /// type; text for outputs, states, secrets, env and the run's facts; a
+    /// matrix value may be anything.
+    fn ref_type(&self, r: &Reference) -> typecheck::Ty {
+        use crate::model::pipeline::ParamType;
+        match r {
+            Reference::Param(name) => match self.spec.params.iter().find(|p| p.name == *name) {
+                Some(p) => match p.kind {
+                    ParamType::String => typecheck::Ty::String,
+                    ParamType::Number => typecheck::Ty::Number,
+                    ParamType::Bool => typecheck::Ty::Bool,
+                    ParamType::Array => typecheck::Ty::List,
+                },
+                None => typecheck::Ty::Any,
+            },
+            Reference::Matrix(_) => typecheck::Ty::Any,
+            _ => typecheck::Ty::String,
+        }
+    }
+
+    fn type_error(&mut self, path: &str, te: typecheck::TypeError, len: usize) {
+        let span = self.map.span_in(path, te.range.unwrap_or(0..len));
+        self.push(
+            "type-mismatch",
+            te.message,
+            span,
+            Some("the types are known before the run; fix the expression, or convert with `format` or `fromJSON`".into()),
+        );
+    }
+
     fn expr_error(&mut self, path: &str, e: &ExprError) {
         let span = self.map.span_in(path, e.range.clone());
         self.push("bad-expression", e.message.clone(), span, e.hint.clone());
@@ -598,6 +629,17 @@ impl<'a> Checker<'a, '_> {
         match expr::parse_template(text) {
             Err(e) => self.expr_error(path, &e),
             Ok(t) => {
+                for part in &t.parts {
+                    if let expr::TemplatePart::Expr(e, offset) = part {
+                        let lookup = |r: &Reference| self.ref_type(r);
+                        let mut errors = Vec::new();
+                        typecheck::check(e, &lookup, &mut errors);
+                        for mut te in errors {
+                            te.range = te.range.map(|r| r.start + offset..r.end + offset);
+                            self.type_error(path, te, text.len());
+                        }
+                    }
+                }
                 for (func, range) in t.status_calls() {
                     let span = self.map.span_in(path, range);
                     self.push(
@@ -673,6 +715,10 @@ impl<'a> Checker<'a, '_> {
             match expr::parse(text) {
                 Err(e) => self.expr_error(&p, &e),
                 Ok(e) => {
+                    let lookup = |r: &Reference| self.ref_type(r);
+                    for te in typecheck::check_condition(&e, &lookup) {
+                        self.type_error(&p, te, text.len());
+                    }
                     for (r, range) in e.references() {
                         self.reference(
                             r,

@@ -65,7 +65,8 @@ fn when_checks_filters_then_the_expression() {
 fn a_step_sees_only_the_secrets_it_references() {
     let src = include_str!("../../../examples/pipelines/full.yaml");
     let spec = model::parse_pipeline("full.yaml", src).expect("valid").spec;
-    let push = &spec.stages[2].steps[0];
+    let push = &spec.stages[2].steps[1];
+    assert_eq!(push.name, "push");
     assert_eq!(
         push.referenced_secrets().into_iter().collect::<Vec<_>>(),
         ["registry-token"]
