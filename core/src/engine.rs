@@ -15,8 +15,8 @@ use crate::model::{
 use crate::pipeline::EngineCore;
 use crate::pipeline::logs::LogKey;
 pub use crate::pipeline::{
-    CALL_DEPTH_LABEL, CALLED_BY_LABEL, DeployError, LogError, PIPELINE_LABEL, SETTINGS_NAME,
-    SecretError, StoredLine, TriggerError, TriggerRequest,
+    CALL_DEPTH_LABEL, CALLED_BY_LABEL, CALLED_BY_STEP_LABEL, DeployError, LogError, PIPELINE_LABEL,
+    SETTINGS_NAME, SecretError, StoredLine, TriggerError, TriggerRequest,
 };
 use crate::runtime::{Activation, BizInfo, BizLease, InstallError, LifecycleError, UninstallMode};
 use crate::store::watcher::{self, Event};

@@ -45,7 +45,10 @@ use crate::store::{Api, LabelSelector, ObjectRef};
 
 pub use arks::ArkStore;
 pub(crate) use context::EngineCore;
-pub use context::{CALL_DEPTH_LABEL, CALLED_BY_LABEL, ExecOptions, PIPELINE_LABEL, SETTINGS_NAME};
+pub use context::{
+    CALL_DEPTH_LABEL, CALLED_BY_LABEL, CALLED_BY_STEP_LABEL, ExecOptions, PIPELINE_LABEL,
+    SETTINGS_NAME,
+};
 pub use error::{DeployError, ReconcileError, TriggerError};
 pub use logs::{LogArchive, LogError, StoredLine};
 use reconcile::{reconcile_execution, reconcile_pipeline};

@@ -426,9 +426,17 @@ async fn admit(
             .keys()
             .filter_map(|name| queue.groups.get(name).map(|(_, g)| g.clone()))
             .collect();
-        let mut passed: BTreeSet<QueueKey> = BTreeSet::new();
+        // Executions passed over stay queued; the walk goes on after them.
+        let mut cursor: Option<QueueKey> = None;
         while batch.len() < 256 && (within_quota < free || calls_waiting) {
-            let Some(head) = queue.queued.difference(&passed).next().cloned() else {
+            let next = match &cursor {
+                None => queue.queued.first(),
+                Some(c) => queue
+                    .queued
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .next(),
+            };
+            let Some(head) = next.cloned() else {
                 break;
             };
             let Some(exec) = queue.seen(&head.2) else {
@@ -437,12 +445,12 @@ async fn admit(
             };
             let call = is_call(&exec);
             if !call && within_quota >= free {
-                passed.insert(head);
+                cursor = Some(head);
                 continue;
             }
             if let Some(group) = &exec.spec.concurrency {
                 if busy.contains(group) {
-                    passed.insert(head);
+                    cursor = Some(head);
                     continue;
                 }
                 busy.insert(group.clone());
@@ -453,7 +461,23 @@ async fn admit(
             let recent = recent
                 .of(core, &exec.spec.pipeline, candidates.len())
                 .await?;
-            let Some(node) = choose_node(recent, &candidates) else {
+            // A call goes to the least loaded node even past its capacity:
+            // its caller holds a place there while it waits for it.
+            let node = choose_node(recent, &candidates).or_else(|| {
+                call.then(|| {
+                    candidates
+                        .iter()
+                        .min_by_key(|c| c.load)
+                        .map(|c| c.id.clone())
+                })
+                .flatten()
+            });
+            let Some(node) = node else {
+                if calls_waiting {
+                    // Calls behind it may still go past the capacity.
+                    cursor = Some(head);
+                    continue;
+                }
                 // No node has room: the head waits (FIFO), and so does the rest.
                 break;
             };

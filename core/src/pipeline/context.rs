@@ -20,6 +20,9 @@ pub const PIPELINE_LABEL: &str = "arkline.dev/pipeline";
 /// Label of an execution started by a `pipeline:` step: the calling execution.
 pub const CALLED_BY_LABEL: &str = "arkline.dev/called-by";
 
+/// Label of an execution started by a `pipeline:` step: the calling step.
+pub const CALLED_BY_STEP_LABEL: &str = "arkline.dev/called-by-step";
+
 /// Label of an execution started by a `pipeline:` step: how deep the calls go
 /// (1 for a call from an execution nobody called).
 pub const CALL_DEPTH_LABEL: &str = "arkline.dev/call-depth";

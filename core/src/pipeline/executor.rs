@@ -360,8 +360,10 @@ impl Driver {
                     let (token, running_count) = (&tokens[k], &running_count);
                     let stage_name = spec.stages[i].name.as_str();
                     running.push(async move {
+                        // A step whose `if` calls a status function is not
+                        // cut by an abort or `fail_fast`: it decided to run.
                         let phase = self
-                            .run_step(stage_name, node, deadline, false, token, facts)
+                            .run_step(stage_name, node, deadline, node.checks_status, token, facts)
                             .await;
                         // A step that ends while others still run is written
                         // now (they may run long). The last one's end is
@@ -457,63 +459,46 @@ impl Driver {
         self.cell.read(|st| status::phase_at(st, loc).is_finished())
     }
 
-    /// Whether node `k`'s end fails what waits for it in stage `reader`.
-    fn poisoned(&self, k: usize, reader: Option<usize>) -> bool {
-        self.poisoned_within(k, reader, self.nodes.len())
-    }
-
-    /// [`Driver::poisoned`], walking at most `depth` skipped steps back (a
-    /// `needs` cycle in an unvalidated spec must not recurse for ever).
-    fn poisoned_within(&self, k: usize, reader: Option<usize>, depth: usize) -> bool {
-        let node = &self.nodes[k];
-        let phase = self.cell.read(|st| status::phase_at(st, node.loc));
-        match phase {
-            StepPhase::Aborted => true,
-            StepPhase::Failed => {
-                // Tolerated by the step, or (for later stages) by its stage.
-                let stage_tolerates = node.stage() != reader
-                    && node
-                        .stage()
-                        .is_some_and(|i| self.exec.spec.pipeline_spec.stages[i].continue_on_error);
-                !node.step.continue_on_error && !stage_tolerates
-            }
-            // Skipped because what it needed failed: that passes on.
-            StepPhase::Skipped => {
-                depth > 0
-                    && !self.checks_status(k)
-                    && node
-                        .deps
-                        .iter()
-                        .any(|&d| self.poisoned_within(d, node.stage(), depth - 1))
-            }
+    /// Whether node `a`'s end fails what waits for it in stage `reader`: a
+    /// failure its step does not tolerate, or an abort; either passes if `a`'s
+    /// stage tolerates failures and the reader is in another stage (the
+    /// stages after a `continue_on_error` stage run as if it had succeeded),
+    /// unless the whole execution was aborted.
+    fn fails_for(&self, a: usize, reader: Option<usize>) -> bool {
+        let node = &self.nodes[a];
+        let stage_tolerates = node.stage() != reader
+            && node
+                .stage()
+                .is_some_and(|i| self.exec.spec.pipeline_spec.stages[i].continue_on_error);
+        match self.cell.read(|st| status::phase_at(st, node.loc)) {
+            StepPhase::Failed => !node.step.continue_on_error && !stage_tolerates,
+            StepPhase::Aborted => self.abort.is_cancelled() || !stage_tolerates,
             _ => false,
         }
     }
 
-    /// Whether node `k`'s condition (or its stage's) calls a status function,
-    /// which then decides alone whether it runs after a failure.
-    fn checks_status(&self, k: usize) -> bool {
-        let node = &self.nodes[k];
-        let stage_when = node
-            .stage()
-            .and_then(|i| self.exec.spec.pipeline_spec.stages[i].when.as_ref());
-        [node.step.when.as_ref(), stage_when]
-            .into_iter()
-            .flatten()
-            .filter_map(|w| w.if_expr.as_deref())
-            .any(|text| expr::parse(text).is_ok_and(|e| e.uses_status_function()))
+    /// The first step node `k` waits for, directly or not, that failed in a
+    /// way `k` must not run after (GitHub's `success()`: every ancestor).
+    fn failed_ancestor(&self, k: usize) -> Option<usize> {
+        let reader = self.nodes[k].stage();
+        self.nodes[k]
+            .ancestors
+            .iter()
+            .copied()
+            .find(|&a| self.fails_for(a, reader))
     }
 
     /// The status functions' answers for node `k`.
     fn facts_for(&self, k: usize) -> StatusFacts {
-        let node = &self.nodes[k];
         StatusFacts {
-            failed: node.deps.iter().any(|&d| self.poisoned(d, node.stage())),
+            failed: self.failed_ancestor(k).is_some(),
             cancelled: self.abort.is_cancelled(),
         }
     }
 
-    /// Why node `k`, whose needs have ended, must not run.
+    /// Why node `k`, whose needs have ended, must not run. A node whose `if`
+    /// calls a status function decides for itself after a failure, a
+    /// `fail_fast` stop or an abort; a passed deadline stops every node.
     fn why_not(
         &self,
         k: usize,
@@ -521,9 +506,6 @@ impl Driver {
         stopped_groups: &BTreeMap<usize, String>,
     ) -> Option<String> {
         let node = &self.nodes[k];
-        if self.abort.is_cancelled() {
-            return Some("aborted".into());
-        }
         if let Some((at, timeout)) = self.deadline
             && Instant::now() >= at
         {
@@ -532,24 +514,23 @@ impl Driver {
                 humantime::format_duration(timeout)
             ));
         }
+        if node.checks_status {
+            return None;
+        }
+        if self.abort.is_cancelled() {
+            return Some("aborted".into());
+        }
+        if let Some(failed) = self.failed_ancestor(k) {
+            return Some(if node.implicit {
+                "an earlier stage failed".to_owned()
+            } else {
+                format!("needed step `{}` failed", self.nodes[failed].step.name)
+            });
+        }
         if let Some(why) = stopped {
             return Some(why.to_owned());
         }
-        if let Some(why) = node.group.and_then(|g| stopped_groups.get(&g)) {
-            return Some(why.clone());
-        }
-        if self.checks_status(k) {
-            return None;
-        }
-        let failed = node
-            .deps
-            .iter()
-            .find(|&&d| self.poisoned(d, node.stage()))?;
-        Some(if node.implicit {
-            "an earlier stage failed".to_owned()
-        } else {
-            format!("needed step `{}` failed", self.nodes[*failed].step.name)
-        })
+        node.group.and_then(|g| stopped_groups.get(&g)).cloned()
     }
 
     fn skip(&self, k: usize, why: &str) {
@@ -570,13 +551,33 @@ impl Driver {
         stage: &crate::model::Stage,
         deadlines: &mut [Option<(Instant, Duration)>],
     ) -> bool {
-        if self.cell.read(|s| s.stages[i].phase) != StepPhase::Waiting {
-            return true;
+        match self.cell.read(|s| s.stages[i].phase) {
+            StepPhase::Waiting => {}
+            StepPhase::Running => return true,
+            // Ended before a restart (its condition failed or was false)
+            // with steps left waiting: they do not run.
+            ended => {
+                self.cell.update(|st| {
+                    let s = &mut st.stages[i];
+                    let reason = s.reason.clone();
+                    for step in &mut s.steps {
+                        if step.phase == StepPhase::Waiting {
+                            step.phase = if ended == StepPhase::Failed {
+                                StepPhase::Failed
+                            } else {
+                                StepPhase::Skipped
+                            };
+                            step.reason.clone_from(&reason);
+                        }
+                    }
+                });
+                return false;
+            }
         }
         if let Some(when) = &stage.when {
             let facts = StatusFacts {
                 failed: (0..self.nodes.len()).any(|k| {
-                    self.nodes[k].stage().is_some_and(|s| s < i) && self.poisoned(k, Some(i))
+                    self.nodes[k].stage().is_some_and(|s| s < i) && self.fails_for(k, Some(i))
                 }),
                 cancelled: self.abort.is_cancelled(),
             };
@@ -640,7 +641,12 @@ impl Driver {
                     } else {
                         StepPhase::Failed
                     };
-                } else if s.steps.iter().all(|step| step.phase == StepPhase::Skipped) {
+                } else if s.phase == StepPhase::Waiting
+                    && s.steps.iter().all(|step| step.phase == StepPhase::Skipped)
+                {
+                    // Never entered: every step was skipped before it (an
+                    // earlier failure, an abort); an entered stage whose
+                    // steps skipped themselves succeeded, as always.
                     s.phase = StepPhase::Skipped;
                     if s.reason.is_empty() {
                         s.reason = s
@@ -1052,10 +1058,14 @@ impl Driver {
             }
         }
         if let Some(gate) = &step.approval {
-            return self.run_approval(node, gate, deadline, is_finally).await;
+            return self
+                .run_approval(node, gate, deadline, is_finally, siblings)
+                .await;
         }
         if let Some(call) = &step.pipeline {
-            return self.run_call(node, call, deadline, is_finally).await;
+            return self
+                .run_call(node, call, deadline, is_finally, siblings)
+                .await;
         }
         let mut attempt = attempts;
         loop {

@@ -86,7 +86,14 @@ pub(crate) async fn trigger(
     loop {
         let run = core.next_run(pipeline, p.status.next_run);
         let mut exec = new_execution(core, &p, pipeline, run, &req, params.clone());
-        if let Some(c) = &p.spec.concurrency {
+        // A called pipeline runs as part of its caller, which holds the
+        // group (the same group would leave each waiting for the other).
+        if let Some(c) = p
+            .spec
+            .concurrency
+            .as_ref()
+            .filter(|_| req.kind != TriggerKind::Pipeline)
+        {
             exec.spec.concurrency = Some(group_of(&exec, &c.group)?);
         }
         match execs.create(&exec).await {

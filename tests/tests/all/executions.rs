@@ -1191,6 +1191,9 @@ stages:
       - name: flaky-upload
         uses: faults/fail
         with: { message: unreachable }
+      - name: slow-upload
+        uses: faults/sleep
+        with: { ms: 600000 }
   - name: build
     steps:
       - name: up
@@ -1213,6 +1216,9 @@ finally:
     // Not cancelled by the tolerated failure, although `fail_fast` is on.
     assert_eq!(checks.steps[1].phase, StepPhase::Succeeded, "{checks:?}");
     assert_eq!(exec.status.stages[1].phase, StepPhase::Failed);
+    // `fail_fast` cancels the failed step's sibling; the stage tolerates it,
+    // so the next stage runs all the same.
+    assert_eq!(exec.status.stages[1].steps[1].phase, StepPhase::Aborted);
     assert_eq!(exec.status.stages[2].phase, StepPhase::Succeeded);
     assert_eq!(exec.status.outputs["up"]["text"], "DONE");
     assert_eq!(exec.status.finally[0].phase, StepPhase::Failed);

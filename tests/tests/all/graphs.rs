@@ -638,3 +638,52 @@ stages:
     );
     container.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_abort_only_steps_asking_for_cancelled_or_always_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    engine
+        .apply_pipeline_yaml(
+            "abort.yaml",
+            r#"name: abortable
+stages:
+  - name: long
+    steps:
+      - name: wait
+        uses: faults/sleep
+        with: { ms: 600000 }
+  - name: after
+    steps:
+      - name: plain
+        uses: faults/upper
+        with: { text: plain }
+      - name: on-cancel
+        uses: faults/upper
+        with: { text: cancelled }
+        if: cancelled()
+      - name: on-success
+        uses: faults/upper
+        with: { text: ok }
+        if: success()
+"#,
+        )
+        .await
+        .expect("applies");
+    let exec = engine
+        .trigger("abortable", TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let name = exec.metadata.name.clone();
+    wait_until_waiting(&engine, &name, "wait").await;
+    engine.abort(&name).await.expect("abort");
+    let done = tokio::time::timeout(LIMIT, engine.wait(&name))
+        .await
+        .expect("finishes")
+        .expect("wait");
+    assert_eq!(done.status.phase, ExecutionPhase::Aborted, "{done:#?}");
+    assert_eq!(step(&done, "plain").phase, StepPhase::Skipped);
+    assert_eq!(step(&done, "on-success").phase, StepPhase::Skipped);
+    assert_eq!(done.status.outputs["on-cancel"]["text"], "CANCELLED");
+    container.shutdown().await;
+}

@@ -14,9 +14,10 @@ use crate::model::{
     ApprovalSpec, ExecutionPhase, MAX_CALL_DEPTH, PipelineCall, PipelineExecution, StepPhase,
     TriggerKind,
 };
-use crate::pipeline::context::{CALL_DEPTH_LABEL, CALLED_BY_LABEL};
+use crate::pipeline::context::{CALL_DEPTH_LABEL, CALLED_BY_LABEL, CALLED_BY_STEP_LABEL};
 use crate::pipeline::trigger::{TriggerRequest, trigger};
-use crate::store::{Api, StoreError};
+use crate::runtime::CancelToken;
+use crate::store::{Api, LabelSelector, Requirement, StoreError};
 
 /// How often a waiting step reads the store when nothing told it of a change.
 const POLL: Duration = Duration::from_secs(2);
@@ -44,6 +45,7 @@ impl Driver {
         gate: &ApprovalSpec,
         deadline: Option<(Instant, Duration)>,
         is_finally: bool,
+        siblings: &CancelToken,
     ) -> Result<StepPhase, Deleted> {
         let step = &node.step;
         let message = expr::interpolate(
@@ -153,9 +155,15 @@ impl Driver {
             tokio::select! {
                 () = changed => {}
                 () = tokio::time::sleep_until(sleep_until) => {}
-                () = self.abort.cancelled(), if !is_finally => {
+                // A gate is no cleanup work: an abort ends it even in `finally`.
+                () = self.abort.cancelled() => {
                     return self
                         .end_step(node.loc, StepPhase::Aborted, "aborted while waiting for approval".into(), None)
+                        .await;
+                }
+                () = siblings.cancelled(), if !is_finally => {
+                    return self
+                        .end_step(node.loc, StepPhase::Aborted, "cancelled: another step failed (fail_fast)".into(), None)
                         .await;
                 }
                 () = self.core.shutdown.cancelled() => return Ok(StepPhase::Running),
@@ -173,6 +181,7 @@ impl Driver {
         call: &PipelineCall,
         deadline: Option<(Instant, Duration)>,
         is_finally: bool,
+        siblings: &CancelToken,
     ) -> Result<StepPhase, Deleted> {
         let step = &node.step;
         let depth = self
@@ -183,7 +192,17 @@ impl Driver {
             .and_then(|d| d.parse::<u32>().ok())
             .unwrap_or(0)
             + 1;
-        let recorded = self.cell.read(|st| step_at_ref(st, node).called.clone());
+        let (recorded, resumed) = self.cell.read(|st| {
+            let s = step_at_ref(st, node);
+            (s.called.clone(), s.phase == StepPhase::Running)
+        });
+        // Cut by a crash after the call was created but before it was
+        // recorded: the label finds it, so it is not started twice.
+        let recorded = match recorded {
+            Some(name) => Some(name),
+            None if resumed => self.started_call(&step.name).await,
+            None => None,
+        };
         let called = match recorded {
             Some(name) => name,
             None => {
@@ -224,6 +243,7 @@ impl Driver {
                     kind: TriggerKind::Pipeline,
                     labels: BTreeMap::from([
                         (CALLED_BY_LABEL.to_owned(), self.exec.metadata.name.clone()),
+                        (CALLED_BY_STEP_LABEL.to_owned(), step.name.clone()),
                         (CALL_DEPTH_LABEL.to_owned(), depth.to_string()),
                     ]),
                 };
@@ -306,7 +326,8 @@ impl Driver {
                     tracing::warn!(engine = %self.core.name, execution = %called, error = %e, "a pipeline call cannot read its execution; trying again")
                 }
             }
-            let stop_child = (self.abort.is_cancelled() && !is_finally)
+            let stop_child = ((self.abort.is_cancelled() || siblings.is_cancelled())
+                && !is_finally)
                 || deadline.is_some_and(|(at, _)| Instant::now() >= at);
             if stop_child && !asked_abort {
                 asked_abort = true;
@@ -315,9 +336,31 @@ impl Driver {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 () = self.abort.cancelled(), if !is_finally && !asked_abort => {}
+                () = siblings.cancelled(), if !is_finally && !asked_abort => {}
                 () = self.core.shutdown.cancelled() => return Ok(StepPhase::Running),
             }
         }
+    }
+}
+
+impl Driver {
+    /// The execution a call step of this execution created, if any (found by
+    /// its labels).
+    async fn started_call(&self, step: &str) -> Option<String> {
+        let selector = LabelSelector::default()
+            .and(Requirement::Equals(
+                CALLED_BY_LABEL.into(),
+                self.exec.metadata.name.clone(),
+            ))
+            .and(Requirement::Equals(
+                CALLED_BY_STEP_LABEL.into(),
+                step.to_owned(),
+            ));
+        let (found, _) = Api::<PipelineExecution>::new(self.core.store.clone())
+            .list(Some(&self.core.name), selector)
+            .await
+            .ok()?;
+        found.into_iter().next().map(|e| e.metadata.name)
     }
 }
 

@@ -22,6 +22,11 @@ pub(super) struct Node {
     pub(super) deps: Vec<usize>,
     /// Whether `deps` are the previous stage's steps (no `needs` written).
     pub(super) implicit: bool,
+    /// Every node it waits for, directly or not.
+    pub(super) ancestors: Vec<usize>,
+    /// Whether its `if` (or its stage's) calls a status function, which then
+    /// alone decides whether it runs after a failure or an abort.
+    pub(super) checks_status: bool,
 }
 
 impl Node {
@@ -58,11 +63,13 @@ pub(super) fn plan(spec: &PipelineSpec) -> Vec<Node> {
                 by_name.entry(step.name.clone()).or_default().push(k);
                 nodes.push(Node {
                     loc: Loc::Stage(i, j),
+                    checks_status: checks_status(step, stage.when.as_ref()),
                     step: renamed,
                     group: instance.matrix.as_ref().map(|_| first),
                     matrix: instance.matrix,
                     deps: Vec::new(),
                     implicit: step.needs.is_empty(),
+                    ancestors: Vec::new(),
                 });
                 if step.needs.is_empty() {
                     nodes[k].deps.clone_from(&previous);
@@ -99,15 +106,41 @@ pub(super) fn plan(spec: &PipelineSpec) -> Vec<Node> {
             renamed.name.clone_from(&instance.name);
             nodes.push(Node {
                 loc: Loc::Finally(finally_index(spec, j) + c),
+                checks_status: checks_status(step, None),
                 step: renamed,
                 group: instance.matrix.as_ref().map(|_| first),
                 matrix: instance.matrix,
                 deps: Vec::new(),
                 implicit: true,
+                ancestors: Vec::new(),
             });
         }
     }
+    // Transitive closures (a cycle an unvalidated spec carries ends the walk).
+    for k in 0..nodes.len() {
+        let mut seen = vec![false; nodes.len()];
+        let mut stack = nodes[k].deps.clone();
+        let mut out = Vec::new();
+        while let Some(d) = stack.pop() {
+            if d != k && !seen[d] {
+                seen[d] = true;
+                out.push(d);
+                stack.extend(nodes[d].deps.iter().copied());
+            }
+        }
+        out.sort_unstable();
+        nodes[k].ancestors = out;
+    }
     nodes
+}
+
+/// Whether the step's or its stage's `if` calls a status function.
+fn checks_status(step: &Step, stage_when: Option<&crate::model::When>) -> bool {
+    [step.when.as_ref(), stage_when]
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w.if_expr.as_deref())
+        .any(|text| crate::model::expr::parse(text).is_ok_and(|e| e.uses_status_function()))
 }
 
 /// The index in `status.finally` of the first run of `finally[j]`.
@@ -169,6 +202,8 @@ mod tests {
         assert!(nodes[2].implicit);
         assert_eq!(nodes[3].deps, [0]);
         assert_eq!(nodes[4].deps, [2, 3]);
+        assert_eq!(nodes[4].ancestors, [0, 1, 2, 3]);
+        assert_eq!(nodes[3].ancestors, [0]);
         assert_eq!(nodes[5].loc, Loc::Finally(0));
     }
 
