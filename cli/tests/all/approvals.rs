@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
-
+use crate::ctl::ctl;
 use crate::support::server::{LIMIT, Server, arkc, faults};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -43,16 +42,6 @@ fn tokens(dir: &Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("private");
     path
-}
-
-fn ctl(server: &Server, token: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arkline"));
-    cmd.arg("ctl")
-        .env("ARKLINE_SERVER", &server.url)
-        .env("ARKLINE_TOKEN", token)
-        .env("ARKLINE_ENGINE", "team-a")
-        .env_remove("RUST_BACKTRACE");
-    cmd
 }
 
 fn execution(server: &Server, name: &str) -> serde_json::Value {

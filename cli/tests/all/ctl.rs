@@ -12,7 +12,7 @@ use crate::support::server::{
 const QUICK: &str = "name: quick\nparams:\n  - name: text\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: \"${{ params.text }}\" }\n      - name: say\n        uses: faults/print\n        with: { stdout: \"said ${{ params.text }}\\n\", stderr: \"\" }\n";
 const FAILS: &str = "name: fails\nstages:\n  - name: s\n    steps:\n      - name: boom\n        uses: faults/fail\n        with: { message: kaboom }\n";
 
-fn ctl(server: &Server, token: &str) -> Command {
+pub(crate) fn ctl(server: &Server, token: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_arkline"));
     cmd.arg("ctl")
         .env("ARKLINE_SERVER", &server.url)

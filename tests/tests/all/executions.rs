@@ -20,7 +20,7 @@ fn faults() -> Ark {
     Ark::open(arkline_testkit::plugin("faults")).expect("the faults archive reads back")
 }
 
-async fn engine_in(dir: &std::path::Path) -> (Container, Engine) {
+pub(crate) async fn engine_in(dir: &std::path::Path) -> (Container, Engine) {
     let container = Container::builder()
         .data_dir(dir)
         .build()
@@ -35,7 +35,7 @@ async fn engine_in(dir: &std::path::Path) -> (Container, Engine) {
     (container, engine)
 }
 
-async fn run(engine: &Engine, yaml: &str, req: TriggerRequest) -> PipelineExecution {
+pub(crate) async fn run(engine: &Engine, yaml: &str, req: TriggerRequest) -> PipelineExecution {
     let p = engine
         .apply_pipeline_yaml("test.yaml", yaml)
         .await
@@ -47,7 +47,7 @@ async fn run(engine: &Engine, yaml: &str, req: TriggerRequest) -> PipelineExecut
     wait(engine, &exec.metadata.name).await
 }
 
-async fn wait(engine: &Engine, name: &str) -> PipelineExecution {
+pub(crate) async fn wait(engine: &Engine, name: &str) -> PipelineExecution {
     match tokio::time::timeout(LIMIT, engine.wait(name)).await {
         Ok(done) => done.expect("wait"),
         Err(_) => {
@@ -72,7 +72,7 @@ async fn wait_until(engine: &Engine, name: &str, pred: impl Fn(&PipelineExecutio
     .expect("condition in time");
 }
 
-fn step<'a>(exec: &'a PipelineExecution, name: &str) -> &'a StepStatus {
+pub(crate) fn step<'a>(exec: &'a PipelineExecution, name: &str) -> &'a StepStatus {
     exec.status
         .stages
         .iter()

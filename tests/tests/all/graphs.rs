@@ -7,52 +7,16 @@
 
 use std::time::Duration;
 
-use arkline::ark::Ark;
-use arkline::host::Capabilities;
-use arkline::model::{ExecutionPhase, PipelineExecution, StepPhase, StepStatus};
-use arkline::{Container, Engine, TriggerRequest};
+use arkline::model::{ExecutionPhase, PipelineExecution, StepPhase};
+use arkline::{Engine, TriggerRequest};
+
+use crate::executions::{engine_in, step, wait};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-async fn engine_in(dir: &std::path::Path) -> (Container, Engine) {
-    let container = Container::builder()
-        .data_dir(dir)
-        .build()
-        .expect("container builds");
-    let engine = container.engine("graphs").await.expect("engine starts");
-    let faults =
-        Ark::open(arkline_testkit::plugin("faults")).expect("the faults archive reads back");
-    engine
-        .install(faults, &Capabilities::default())
-        .await
-        .expect("faults installs");
-    (container, engine)
-}
-
+/// Applies and runs `yaml` once, manually, to its end.
 async fn run(engine: &Engine, yaml: &str) -> PipelineExecution {
-    let p = engine
-        .apply_pipeline_yaml("test.yaml", yaml)
-        .await
-        .unwrap_or_else(|e| panic!("pipeline applies: {e}"));
-    let exec = engine
-        .trigger(&p.metadata.name, TriggerRequest::manual())
-        .await
-        .expect("trigger");
-    let name = exec.metadata.name.clone();
-    match tokio::time::timeout(LIMIT, engine.wait(&name)).await {
-        Ok(done) => done.expect("wait"),
-        Err(_) => panic!("{name} did not finish"),
-    }
-}
-
-fn step<'a>(exec: &'a PipelineExecution, name: &str) -> &'a StepStatus {
-    exec.status
-        .stages
-        .iter()
-        .flat_map(|s| s.steps.iter())
-        .chain(exec.status.finally.iter())
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no step {name} in {exec:#?}"))
+    crate::executions::run(engine, yaml, TriggerRequest::manual()).await
 }
 
 /// (started, finished) of a step that ran.
@@ -319,10 +283,7 @@ async fn trigger_pushes(engine: &Engine, pipeline: &str, n: usize) -> Vec<Pipeli
     }
     let mut done = Vec::new();
     for name in names {
-        match tokio::time::timeout(LIMIT, engine.wait(&name)).await {
-            Ok(exec) => done.push(exec.expect("wait")),
-            Err(_) => panic!("{name} did not finish"),
-        }
+        done.push(wait(engine, &name).await);
     }
     done
 }
@@ -503,10 +464,7 @@ finally:
         )
         .await
         .expect("a release manager approves");
-    let done = tokio::time::timeout(LIMIT, engine.wait(&name))
-        .await
-        .expect("finishes")
-        .expect("wait");
+    let done = wait(&engine, &name).await;
     assert_eq!(done.status.phase, ExecutionPhase::Succeeded, "{done:#?}");
     let gate = step(&done, "sign-off");
     let record = gate.approval.as_ref().expect("the decision is recorded");
@@ -534,10 +492,7 @@ finally:
         .decide(&name, "sign-off", decision(false, "alice", &[]))
         .await
         .expect("alice rejects");
-    let done = tokio::time::timeout(LIMIT, engine.wait(&name))
-        .await
-        .expect("finishes")
-        .expect("wait");
+    let done = wait(&engine, &name).await;
     assert_eq!(done.status.phase, ExecutionPhase::Failed, "{done:#?}");
     assert!(
         step(&done, "sign-off")
@@ -677,10 +632,7 @@ stages:
     let name = exec.metadata.name.clone();
     wait_until_waiting(&engine, &name, "wait").await;
     engine.abort(&name).await.expect("abort");
-    let done = tokio::time::timeout(LIMIT, engine.wait(&name))
-        .await
-        .expect("finishes")
-        .expect("wait");
+    let done = wait(&engine, &name).await;
     assert_eq!(done.status.phase, ExecutionPhase::Aborted, "{done:#?}");
     assert_eq!(step(&done, "plain").phase, StepPhase::Skipped);
     assert_eq!(step(&done, "on-success").phase, StepPhase::Skipped);
