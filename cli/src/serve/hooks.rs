@@ -1,8 +1,11 @@
-//! `POST /hooks/{engine}/{pipeline}`: GitHub- and GitLab-compatible webhooks.
+//! `POST /hooks/{engine}/{pipeline}`: GitHub-, GitLab-, Gitea- and
+//! Forgejo-compatible webhooks.
 //!
 //! A delivery is authenticated with the pipeline's webhook secret (the engine
 //! secret its webhook trigger names with `secret:`): GitHub's
-//! `X-Hub-Signature-256` HMAC of the body, or GitLab's `X-Gitlab-Token`. It is
+//! `X-Hub-Signature-256` HMAC of the body, Gitea's and Forgejo's
+//! `X-Gitea-Signature`/`X-Forgejo-Signature` (the same HMAC in bare hex), or
+//! GitLab's `X-Gitlab-Token`. It is
 //! then read as an event (`push`, `tag`, `pull_request`), a branch and a
 //! commit ([`delivery`]), matched against the trigger's `events` and `branch`
 //! filters, and, when one accepts it, starts an execution whose spec carries
@@ -55,7 +58,8 @@ pub const MAX_BODY: usize = 1 << 20;
 
 /// Label: which forge sent the delivery (`github`, `gitlab`).
 pub const PROVIDER_LABEL: &str = "arkline.dev/webhook-provider";
-/// Label: the forge's delivery id (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`).
+/// Label: the forge's delivery id (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`,
+/// `X-Gitea-Delivery`).
 pub const DELIVERY_LABEL: &str = "arkline.dev/webhook-delivery";
 
 /// A refused delivery: `{code, message}` with an HTTP status (the admin API's
@@ -196,7 +200,10 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HookError> {
-    let (provider, event) = if let Some(e) = header(&headers, "x-github-event") {
+    let gitea = header(&headers, "x-gitea-event").or_else(|| header(&headers, "x-forgejo-event"));
+    let (provider, event) = if let Some(e) = gitea {
+        (Provider::Gitea, e.to_owned())
+    } else if let Some(e) = header(&headers, "x-github-event") {
         (Provider::Github, e.to_owned())
     } else if let Some(e) = header(&headers, "x-gitlab-event") {
         (Provider::Gitlab, e.to_owned())
@@ -204,7 +211,7 @@ pub(crate) async fn receive(
         return Err(HookError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "not a GitHub or GitLab delivery: it has no `X-GitHub-Event` or `X-Gitlab-Event` header",
+            "not a GitHub, GitLab, Gitea or Forgejo delivery: it has no `X-GitHub-Event`, `X-Gitlab-Event`, `X-Gitea-Event` or `X-Forgejo-Event` header",
         ));
     };
     if let Some(len) = header(&headers, "content-length").and_then(|l| l.parse::<u64>().ok())
@@ -258,6 +265,7 @@ pub(crate) async fn receive(
     let delivery = match provider {
         Provider::Github => delivery::github(&event, &payload),
         Provider::Gitlab => delivery::gitlab(&event, &payload),
+        Provider::Gitea => delivery::gitea(&event, &payload),
     }
     .map_err(|e| HookError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
     let run = match delivery {
@@ -436,6 +444,9 @@ fn webhook_triggers(pipeline: &Pipeline) -> Vec<Hook> {
 fn delivery_id(provider: Provider, headers: &HeaderMap) -> Option<&str> {
     let id = match provider {
         Provider::Github => header(headers, "x-github-delivery"),
+        Provider::Gitea => header(headers, "x-gitea-delivery")
+            .or_else(|| header(headers, "x-forgejo-delivery"))
+            .or_else(|| header(headers, "x-github-delivery")),
         Provider::Gitlab => header(headers, "idempotency-key")
             .filter(|id| !id.is_empty())
             .or_else(|| header(headers, "x-gitlab-event-uuid")),
@@ -466,6 +477,12 @@ impl<'a> Credential<'a> {
             Provider::Gitlab => header(headers, "x-gitlab-token")
                 .ok_or(SignatureError::MissingGitlabToken)
                 .map(Credential::Gitlab)
+                .map_err(refused),
+            Provider::Gitea => header(headers, "x-gitea-signature")
+                .or_else(|| header(headers, "x-forgejo-signature"))
+                .ok_or(SignatureError::MissingGiteaSignature)
+                .and_then(GithubSignature::parse_gitea)
+                .map(Credential::Github)
                 .map_err(refused),
         }
     }

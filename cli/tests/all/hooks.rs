@@ -700,3 +700,110 @@ async fn a_replayed_github_delivery_starts_nothing_even_after_a_restart() {
     let (exit, _) = server.terminate();
     assert!(exit.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitea_and_forgejo_deliveries_are_verified_read_and_not_replayed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let signed = |body: &Value| {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let sig = github_signature(GITHUB_SECRET.as_bytes(), &bytes);
+        let bare = sig.strip_prefix("sha256=").expect("prefixed").to_owned();
+        (bytes, bare)
+    };
+    // Gitea sends GitHub's headers too; its own are the ones read.
+    let (bytes, sig) = signed(&push("refs/heads/main", "1111aaaa"));
+    let headers = [
+        ("X-Gitea-Event", "push"),
+        ("X-Gitea-Delivery", "6f2c5a8e-0b7d-4f6e-9a53-2d1e4c8b7a60"),
+        ("X-Gitea-Signature", sig.as_str()),
+        ("X-GitHub-Event", "push"),
+    ];
+    let (status, body) = s.post("build", &headers, bytes.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    let first = body["execution"].as_str().expect("execution").to_owned();
+    let exec = s.finished(&first).await;
+    assert_eq!(exec.status.phase, ExecutionPhase::Succeeded);
+    assert_eq!(
+        (
+            exec.spec.event.as_str(),
+            exec.spec.branch.as_str(),
+            exec.spec.commit.as_str()
+        ),
+        ("push", "main", "1111aaaa")
+    );
+    assert_eq!(exec.spec.trigger, TriggerKind::Webhook);
+    assert_eq!(
+        exec.metadata
+            .labels
+            .get("arkline.dev/webhook-provider")
+            .map(String::as_str),
+        Some("gitea")
+    );
+    // The same delivery again starts nothing.
+    let (status, again) = s.post("build", &headers, bytes).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["triggered"], false);
+    assert_eq!(again["execution"], first.as_str());
+
+    // Forgejo's headers; a pull request with new commits (`synchronized`).
+    let pr = json!({
+        "action": "synchronized",
+        "number": 7,
+        "pull_request": {"head": {"ref": "feature", "sha": "2222bbbb"}, "base": {"ref": "main"}},
+    });
+    let (bytes, sig) = signed(&pr);
+    let (status, body) = s
+        .post(
+            "build",
+            &[
+                ("X-Forgejo-Event", "pull_request"),
+                ("X-Forgejo-Delivery", "0d9b1f4e-5c2a-4e8b-b7f1-93a6c5d2e801"),
+                ("X-Forgejo-Signature", sig.as_str()),
+            ],
+            bytes,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let exec = s
+        .finished(body["execution"].as_str().expect("execution"))
+        .await;
+    assert_eq!(
+        (
+            exec.spec.event.as_str(),
+            exec.spec.branch.as_str(),
+            exec.spec.commit.as_str()
+        ),
+        ("pull_request", "main", "2222bbbb")
+    );
+    assert_eq!(
+        exec.metadata
+            .labels
+            .get("arkline.dev/source-branch")
+            .map(String::as_str),
+        Some("feature")
+    );
+
+    // A signature under another secret, or none, is refused.
+    let bytes = serde_json::to_vec(&push("refs/heads/main", "3333cccc")).expect("json");
+    let wrong = github_signature(b"not-the-secret", &bytes);
+    let wrong = wrong.strip_prefix("sha256=").expect("prefixed");
+    let (status, body) = s
+        .post(
+            "build",
+            &[("X-Gitea-Event", "push"), ("X-Gitea-Signature", wrong)],
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = s.post("build", &[("X-Gitea-Event", "push")], bytes).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("X-Gitea-Signature")),
+        "{body}"
+    );
+    assert_eq!(s.executions().await.len(), 2);
+    s.container.shutdown().await;
+}

@@ -12,10 +12,13 @@ use serde_json::Value;
 /// The forge that sent a delivery, told by its event header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
-    /// `X-GitHub-Event` (also Gitea and Forgejo, which send GitHub's headers).
+    /// `X-GitHub-Event`.
     Github,
     /// `X-Gitlab-Event`.
     Gitlab,
+    /// `X-Gitea-Event` or `X-Forgejo-Event` (which also send GitHub's
+    /// headers; theirs are read first).
+    Gitea,
 }
 
 impl Provider {
@@ -24,6 +27,7 @@ impl Provider {
         match self {
             Provider::Github => "github",
             Provider::Gitlab => "gitlab",
+            Provider::Gitea => "gitea",
         }
     }
 }
@@ -120,6 +124,23 @@ impl Reader<'_> {
                 "`{git_ref}` is neither a branch nor a tag"
             )))
         }
+    }
+}
+
+/// Reads a Gitea or Forgejo delivery of event `event` (the `X-Gitea-Event`
+/// header). The payloads are GitHub's, but for the pull request action that
+/// new commits send: `synchronized`.
+pub fn gitea(event: &str, payload: &Value) -> Result<Delivery, PayloadError> {
+    if event == "pull_request"
+        && payload.get("action").and_then(Value::as_str) == Some("synchronized")
+    {
+        let mut github_form = payload.clone();
+        github_form["action"] = Value::String("synchronize".into());
+        return github(event, &github_form);
+    }
+    match github(event, payload)? {
+        Delivery::Ignored(reason) => Ok(Delivery::Ignored(reason.replacen("GitHub", "Gitea", 1))),
+        other => Ok(other),
     }
 }
 

@@ -26,6 +26,15 @@ pub enum SignatureError {
          (the same value as the engine secret the pipeline's webhook trigger names)"
     )]
     MissingGitlabToken,
+    /// Gitea or Forgejo delivery without `X-Gitea-Signature`/`X-Forgejo-Signature`.
+    #[error(
+        "the delivery has no `X-Gitea-Signature` header: set a secret on the Gitea or Forgejo \
+         webhook (the same value as the engine secret the pipeline's webhook trigger names)"
+    )]
+    MissingGiteaSignature,
+    /// The header is not 64 hex digits.
+    #[error("`X-Gitea-Signature` is not the hex HMAC-SHA256 of the body")]
+    MalformedGiteaSignature,
     /// A well-formed signature or token that no webhook secret of the pipeline matches.
     #[error(
         "the delivery's signature does not match the pipeline's webhook secret: check that the \
@@ -45,12 +54,18 @@ impl GithubSignature {
             .trim()
             .strip_prefix("sha256=")
             .ok_or(SignatureError::MalformedGithubSignature)?;
-        let bytes =
-            hex::decode(hex_digest).map_err(|_| SignatureError::MalformedGithubSignature)?;
-        if bytes.len() != 32 {
-            return Err(SignatureError::MalformedGithubSignature);
-        }
-        Ok(Self(bytes))
+        Self::from_hex(hex_digest).ok_or(SignatureError::MalformedGithubSignature)
+    }
+
+    /// Parses Gitea's and Forgejo's `X-Gitea-Signature`: the same HMAC,
+    /// bare hex.
+    pub fn parse_gitea(header: &str) -> Result<Self, SignatureError> {
+        Self::from_hex(header.trim()).ok_or(SignatureError::MalformedGiteaSignature)
+    }
+
+    fn from_hex(hex_digest: &str) -> Option<Self> {
+        let bytes = hex::decode(hex_digest).ok()?;
+        (bytes.len() == 32).then_some(Self(bytes))
     }
 
     /// Whether this is the HMAC-SHA256 of `body` under `secret` (constant time).
@@ -100,6 +115,23 @@ mod tests {
         )
         .expect("well-formed");
         assert!(sig.verifies(b"It's a Secret to Everybody", b"Hello, World!"));
+    }
+
+    #[test]
+    fn a_gitea_signature_is_the_same_hmac_in_bare_hex() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let github = github_signature(b"s3cret", body);
+        let bare = github.strip_prefix("sha256=").expect("prefixed");
+        let sig = GithubSignature::parse_gitea(bare).expect("parses");
+        assert!(sig.verifies(b"s3cret", body));
+        assert!(!sig.verifies(b"other", body));
+        for bad in ["", "zz", "abcd", &github] {
+            assert_eq!(
+                GithubSignature::parse_gitea(bad),
+                Err(SignatureError::MalformedGiteaSignature),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
