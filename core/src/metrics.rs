@@ -159,6 +159,8 @@ struct Inner {
     /// engine → its cache's counters.
     caches: Mutex<BTreeMap<String, Arc<CacheCounters>>>,
     store_commit: Mutex<Option<Arc<Histogram>>>,
+    /// Per engine: commit statuses posted, and those given up.
+    forge: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 /// The container's counters. Cheap to clone; clones share the counters.
@@ -226,6 +228,18 @@ impl Metrics {
             .clone()
     }
 
+    /// Counts one execution's commit statuses posted to the forge (`ok`) or
+    /// given up after retries.
+    pub fn count_forge_status(&self, engine: &str, ok: bool) {
+        let mut forge = lock(&self.inner.forge);
+        let entry = forge.entry(engine.to_owned()).or_default();
+        if ok {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+    }
+
     /// Reports the store's commit latency from this histogram (the one
     /// [`RedbStore::commit_latency`](crate::RedbStore::commit_latency) feeds).
     pub fn set_store_commit_latency(&self, histogram: Arc<Histogram>) {
@@ -236,6 +250,7 @@ impl Metrics {
     pub fn forget_engine(&self, engine: &str) {
         lock(&self.inner.bizes).remove(engine);
         lock(&self.inner.caches).remove(engine);
+        lock(&self.inner.forge).remove(engine);
     }
 
     /// Every counter as it is now, sorted by engine then biz.
@@ -270,10 +285,19 @@ impl Metrics {
         let store_commit = lock(&self.inner.store_commit)
             .as_ref()
             .map(|h| h.snapshot());
+        let forge = lock(&self.inner.forge)
+            .iter()
+            .map(|(engine, (posted, failed))| ForgeMetrics {
+                engine: engine.clone(),
+                posted: *posted,
+                failed: *failed,
+            })
+            .collect();
         MetricsSnapshot {
             bizes,
             caches,
             store_commit,
+            forge,
         }
     }
 }
@@ -288,6 +312,19 @@ pub struct MetricsSnapshot {
     /// The store's group-commit latency; `None` when the container's store does
     /// not report it (a store given by the embedder, the memory store).
     pub store_commit: Option<HistogramSnapshot>,
+    /// Per engine, commit statuses.
+    pub forge: Vec<ForgeMetrics>,
+}
+
+/// One engine's commit statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgeMetrics {
+    /// Engine.
+    pub engine: String,
+    /// Executions whose statuses were all posted.
+    pub posted: u64,
+    /// Executions whose statuses could not be posted after retries.
+    pub failed: u64,
 }
 
 /// One biz in one engine.

@@ -107,10 +107,10 @@ pub use pipeline::{
 pub use resources::{
     Approval, BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings,
     Ciphertext, Condition, ConditionStatus, ConditionType, DEFAULT_INTERRUPTED_RETRIES, DesiredBiz,
-    EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, MAX_REASON_BYTES, Pipeline,
-    PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus, PipelineSetting,
-    PipelineSettingSpec, PipelineSettingStatus, PipelineStatus, Retention, Secret, SecretSpec,
-    SecretStatus, StageStatus, StepLimits, StepPhase, StepStatus, TriggerKind,
+    EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, ForgeKind, ForgeSettings,
+    MAX_REASON_BYTES, Pipeline, PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus,
+    PipelineSetting, PipelineSettingSpec, PipelineSettingStatus, PipelineStatus, Retention, Secret,
+    SecretSpec, SecretStatus, StageStatus, StepLimits, StepPhase, StepStatus, TriggerKind,
 };
 pub use validate::validate;
 

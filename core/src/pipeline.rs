@@ -25,6 +25,7 @@ mod context;
 pub(crate) mod deployment;
 mod error;
 mod executor;
+mod forge;
 pub(crate) mod logs;
 pub(crate) mod pool;
 mod reconcile;
@@ -288,6 +289,20 @@ pub(crate) fn check_settings(spec: &crate::model::PipelineSettingSpec) -> Result
             "`cpu_weight` is {weight}; give a weight from 1 to {} (100 is the default share)",
             crate::runtime::MAX_CPU_WEIGHT
         ));
+    }
+    if let Some(forge) = &spec.forge {
+        if !(forge.api_url.starts_with("https://") || forge.api_url.starts_with("http://")) {
+            return Err(format!(
+                "`forge.api_url` is `{}`; give the API's http(s) URL, e.g. `https://api.github.com`",
+                forge.api_url
+            ));
+        }
+        if forge.token_secret.trim().is_empty() {
+            return Err(
+                "`forge.token_secret` is empty; name the engine secret holding the API token"
+                    .into(),
+            );
+        }
     }
     Ok(())
 }

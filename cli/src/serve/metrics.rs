@@ -15,6 +15,9 @@
 //! - `arkline_cache_hits_total{engine}`, `arkline_cache_misses_total{engine}`
 //!   (counters): lookups in the engine's blob cache (step caches and the `cache`
 //!   capability);
+//! - `arkline_forge_statuses_total{engine,outcome}` (counter): executions
+//!   whose commit statuses were `posted` to the engine's forge, or `failed`
+//!   (given up after retries);
 //! - `arkline_guest_cpu_seconds_total{engine}` (counter) and
 //!   `arkline_guest_cpu_weight{engine}` (gauge): time the guest threads ran each
 //!   engine's calls past their first poll, and its `cpu_weight` (CPU shares);
@@ -223,6 +226,21 @@ pub async fn render(container: &Container) -> Result<String, StoreError> {
             &[("engine", &c.engine)],
             &c.misses.to_string(),
         );
+    }
+
+    out.family(
+        "arkline_forge_statuses_total",
+        "counter",
+        "Executions whose commit statuses were posted to the forge, or given up after retries.",
+    );
+    for f in &snap.forge {
+        for (outcome, n) in [("posted", f.posted), ("failed", f.failed)] {
+            out.sample(
+                "arkline_forge_statuses_total",
+                &[("engine", &f.engine), ("outcome", outcome)],
+                &n.to_string(),
+            );
+        }
     }
 
     // CPU shares: what the guest threads ran for each engine (engines whose

@@ -135,6 +135,45 @@ pub struct PipelineSettingSpec {
     /// work, and all of it while it alone has work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_weight: Option<u32>,
+    /// Where the engine reports each execution's state on its commit
+    /// (GitHub, GitLab or Gitea commit statuses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<ForgeSettings>,
+}
+
+/// A forge the engine posts commit statuses to: `pending` when an execution
+/// starts, then `success`, `failure` or `error`, for executions that have a
+/// commit. Posting never blocks or fails an execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeSettings {
+    /// Which API.
+    pub kind: ForgeKind,
+    /// The API's base URL: `https://api.github.com`,
+    /// `https://gitlab.example.com/api/v4`, `https://gitea.example.com/api/v1`.
+    pub api_url: String,
+    /// The engine secret holding the API token.
+    pub token_secret: String,
+    /// `owner/repo` (GitHub, Gitea) or the project's id or path (GitLab);
+    /// without it, worked out from the pipeline's `source.repository` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The base of the links the statuses carry: the execution's API address
+    /// (`<target_url>/api/v1/engines/<engine>/executions/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+}
+
+/// A forge's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForgeKind {
+    /// `POST /repos/{owner}/{repo}/statuses/{sha}`, `Authorization: Bearer`.
+    Github,
+    /// `POST /projects/{id}/statuses/{sha}`, `PRIVATE-TOKEN`.
+    Gitlab,
+    /// `POST /repos/{owner}/{repo}/statuses/{sha}`, `Authorization: token`.
+    Gitea,
 }
 
 /// Attempts cut off by a restart that a step gets again, beyond its retries,
@@ -255,6 +294,8 @@ pub enum ConditionType {
     Completed,
     /// The spec was validated.
     Valid,
+    /// The execution's state was posted to the forge (`False`: it could not be).
+    Reported,
 }
 
 /// A Kubernetes-style condition.

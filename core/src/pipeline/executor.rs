@@ -85,6 +85,7 @@ pub(crate) async fn drive(
         deadline: None,
         nodes: Vec::new(),
         changed,
+        forge: Mutex::new(None),
     };
     let outcome = driver.run().await;
     if outcome.is_err() {
@@ -121,6 +122,8 @@ struct Driver {
     nodes: Vec<Node>,
     /// Notified when the execution changes in the store.
     changed: Arc<tokio::sync::Notify>,
+    /// The commit status to post at the end, and the `pending` one's task.
+    forge: Mutex<Option<super::forge::Reporting>>,
 }
 
 fn instant_of(clock_now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
@@ -161,6 +164,17 @@ impl Driver {
                 st.finally = finally.into_iter().map(step).collect();
             }
         });
+        if let Some(report) =
+            super::forge::Report::new(&self.core, self.settings.forge.as_ref(), &self.exec)
+        {
+            let (core, pending) = (self.core.clone(), report.clone());
+            let task = tokio::spawn(async move {
+                pending
+                    .post(&core, super::forge::State::Pending, "running")
+                    .await
+            });
+            *self.forge.lock().unwrap_or_else(|p| p.into_inner()) = Some((report, task));
+        }
         if let Some(timeout) = spec.timeout {
             let started = self.cell.read(|s| s.started).unwrap_or(now);
             let at =
@@ -667,6 +681,8 @@ impl Driver {
 
     async fn finish(&self, phase: ExecutionPhase, reason: String) -> Result<(), Deleted> {
         let now = self.core.clock.now();
+        let forge = self.forge.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let told = forge.as_ref().map(|_| reason.clone());
         self.cell.update(|st| {
             st.phase = phase;
             st.finished = Some(now);
@@ -693,7 +709,14 @@ impl Driver {
                 }
             }
         });
-        self.cell.flush().await
+        let written = self.cell.flush().await;
+        // The outcome goes to the forge once it is recorded here.
+        if written.is_ok()
+            && let (Some((report, pending)), Some(told)) = (forge, told)
+        {
+            super::forge::finish(self.core.clone(), report, Some(pending), phase, told);
+        }
+        written
     }
 
     /// [`Driver::resolve`], but an execution from before this process started

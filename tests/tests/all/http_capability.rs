@@ -12,15 +12,15 @@ use arkline::host::http::{HttpClient, HttpError, HttpPolicy, HttpRequest, USER_A
 
 /// A request as the server received it.
 #[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -29,7 +29,7 @@ impl Seen {
 }
 
 /// What the server does with a request.
-enum Reply {
+pub(crate) enum Reply {
     /// Writes these bytes, then closes the connection.
     Raw(Vec<u8>),
     /// Writes these bytes, then neither answers more nor closes until the client does.
@@ -37,7 +37,7 @@ enum Reply {
 }
 
 /// A response with `Content-Length` and `Connection: close`.
-fn reply(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub(crate) fn reply(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut raw = format!("HTTP/1.1 {status}\r\n");
     for (name, value) in headers {
         raw.push_str(&format!("{name}: {value}\r\n"));
@@ -57,14 +57,14 @@ fn redirect(status: &str, location: &str) -> Reply {
 
 /// A hand-rolled HTTP/1.1 server on 127.0.0.1, one thread per connection, recording
 /// every request it reads.
-struct TestServer {
+pub(crate) struct TestServer {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl TestServer {
     /// `handler` gets each request and the server's own port.
-    fn start(handler: impl Fn(&Seen, u16) -> Reply + Send + Sync + 'static) -> Self {
+    pub(crate) fn start(handler: impl Fn(&Seen, u16) -> Reply + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local port");
         let port = listener.local_addr().expect("local address").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -80,11 +80,11 @@ impl TestServer {
         TestServer { port, seen }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -12,6 +12,7 @@ mod cluster;
 mod deployment;
 mod etcd;
 mod executions;
+mod forge;
 mod graphs;
 mod http_capability;
 mod native_plugins;

@@ -1,0 +1,216 @@
+//! Commit statuses posted to a forge: a loopback server speaking the GitHub,
+//! GitLab and Gitea status endpoints records what the engine sends — `pending`
+//! then the outcome, each forge's path and auth header — and a forge
+//! answering 500 neither fails nor holds up the execution, which records the
+//! failure in its `Reported` condition and the metrics.
+
+use std::time::{Duration, Instant};
+
+use arkline::model::{
+    ConditionStatus, ConditionType, ExecutionPhase, ForgeKind, ForgeSettings, PipelineSettingSpec,
+};
+use arkline::{Engine, TriggerRequest};
+
+use crate::executions::{engine_in, wait};
+use crate::http_capability::{Seen, TestServer, reply};
+
+const PIPELINE: &str = r#"name: app
+source: { repository: "https://github.com/acme/app.git" }
+params:
+  - { name: fail, type: bool, default: false }
+stages:
+  - name: build
+    steps:
+      - name: compile
+        uses: faults/upper
+        with: { text: ok }
+        if: "!params.fail"
+      - name: broken
+        uses: faults/fail
+        with: { message: boom }
+        if: params.fail
+"#;
+
+async fn configure(engine: &Engine, kind: ForgeKind, api: String) {
+    engine
+        .set_secret("forge-token", "t0ken")
+        .await
+        .expect("secret");
+    engine
+        .apply_settings(PipelineSettingSpec {
+            forge: Some(ForgeSettings {
+                kind,
+                api_url: api,
+                token_secret: "forge-token".into(),
+                repository: None,
+                target_url: Some("https://ci.example.com".into()),
+            }),
+            ..PipelineSettingSpec::default()
+        })
+        .await
+        .expect("settings apply");
+    engine
+        .apply_pipeline_yaml("app.yaml", PIPELINE)
+        .await
+        .expect("pipeline applies");
+}
+
+async fn run(engine: &Engine, fail: bool, commit: &str) -> String {
+    let exec = engine
+        .trigger(
+            "app",
+            TriggerRequest::manual().param("fail", fail).commit(commit),
+        )
+        .await
+        .expect("trigger");
+    let done = wait(engine, &exec.metadata.name).await;
+    let want = if fail {
+        ExecutionPhase::Failed
+    } else {
+        ExecutionPhase::Succeeded
+    };
+    assert_eq!(done.status.phase, want, "{done:#?}");
+    exec.metadata.name
+}
+
+/// The requests for `commit`, once `n` have come.
+fn requests_for(server: &TestServer, commit: &str, n: usize) -> Vec<Seen> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: Vec<Seen> = server
+            .seen()
+            .into_iter()
+            .filter(|s| s.target.ends_with(&format!("/statuses/{commit}")))
+            .collect();
+        if seen.len() >= n {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} statuses for {commit}: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn body(seen: &Seen) -> serde_json::Value {
+    serde_json::from_slice(&seen.body).expect("a JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_go_pending_then_to_the_outcome_on_each_forge() {
+    let server = TestServer::start(|_, _| reply("201 Created", &[], b"{}"));
+    for (kind, engine_dir, path, auth) in [
+        (
+            ForgeKind::Github,
+            "github",
+            "/repos/acme/app/statuses/",
+            ("authorization", "Bearer t0ken"),
+        ),
+        (
+            ForgeKind::Gitea,
+            "gitea",
+            "/repos/acme/app/statuses/",
+            ("authorization", "token t0ken"),
+        ),
+        (
+            ForgeKind::Gitlab,
+            "gitlab",
+            "/projects/acme%2Fapp/statuses/",
+            ("private-token", "t0ken"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (container, engine) = engine_in(dir.path()).await;
+        configure(&engine, kind, server.url(&format!("/{engine_dir}"))).await;
+        let ok = format!("{engine_dir}-0k");
+        let name = run(&engine, false, &ok).await;
+        let sent = requests_for(&server, &ok, 2);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        for s in &sent {
+            assert_eq!(s.method, "POST");
+            assert_eq!(s.target, format!("/{engine_dir}{path}{ok}"));
+            assert_eq!(s.header(auth.0), Some(auth.1), "{s:?}");
+        }
+        let (first, last) = (body(&sent[0]), body(&sent[1]));
+        let (pending, success) = if kind == ForgeKind::Gitlab {
+            ("running", "success")
+        } else {
+            ("pending", "success")
+        };
+        assert_eq!(first["state"], pending, "{first}");
+        assert_eq!(last["state"], success, "{last}");
+        let context = if kind == ForgeKind::Gitlab {
+            &last["name"]
+        } else {
+            &last["context"]
+        };
+        assert_eq!(context, "arkline/team-a/app");
+        assert_eq!(
+            last["target_url"],
+            format!("https://ci.example.com/api/v1/engines/team-a/executions/{name}")
+        );
+
+        let bad = format!("{engine_dir}-bad");
+        run(&engine, true, &bad).await;
+        let sent = requests_for(&server, &bad, 2);
+        let failure = if kind == ForgeKind::Gitlab {
+            "failed"
+        } else {
+            "failure"
+        };
+        assert_eq!(body(&sent[1])["state"], failure);
+        assert!(
+            body(&sent[1])["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("boom"))
+        );
+        container.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_forge_neither_fails_nor_holds_up_the_execution() {
+    let server = TestServer::start(|_, _| reply("500 Internal Server Error", &[], b"down"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    configure(&engine, ForgeKind::Github, server.url("")).await;
+    let name = run(&engine, false, "c0ffee").await;
+    // Retried (five attempts for each of the two states), then given up and
+    // recorded on the execution.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exec = loop {
+        let exec = engine
+            .execution(&name)
+            .await
+            .expect("read")
+            .expect("exists");
+        if exec
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.kind == ConditionType::Reported)
+        {
+            break exec;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Reported condition: {exec:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exec.status.phase, ExecutionPhase::Succeeded);
+    let reported = exec
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.kind == ConditionType::Reported)
+        .expect("condition");
+    assert_eq!(reported.status, ConditionStatus::False);
+    assert!(reported.message.contains("500"), "{reported:?}");
+    assert_eq!(requests_for(&server, "c0ffee", 10).len(), 10);
+    let forge = container.metrics().snapshot().forge;
+    assert_eq!(forge.len(), 1, "{forge:?}");
+    assert_eq!((forge[0].posted, forge[0].failed), (0, 1));
+    container.shutdown().await;
+}
