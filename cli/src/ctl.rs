@@ -89,6 +89,12 @@ pub enum EngineCmd {
         /// Engine name.
         name: String,
     },
+    /// The engine's settings (JSON), or replace them with `--set FILE`.
+    Settings {
+        /// A JSON file with the whole settings (`-` for stdin).
+        #[arg(long)]
+        set: Option<PathBuf>,
+    },
 }
 
 /// `ctl biz …`
@@ -332,6 +338,27 @@ impl CtlArgs {
                 if !self.json {
                     println!("removed engine {name}");
                 }
+            }
+            EngineCmd::Settings { set } => {
+                let path = self.engine_path("/settings")?;
+                let settings: serde_json::Value = match set {
+                    None => client.json(client.request(Method::GET, &path)).await?,
+                    Some(file) => {
+                        let text = if file.as_os_str() == "-" {
+                            std::io::read_to_string(std::io::stdin())
+                                .context("reading the settings from stdin")?
+                        } else {
+                            std::fs::read_to_string(file)
+                                .with_context(|| format!("reading {}", file.display()))?
+                        };
+                        let body: serde_json::Value = serde_json::from_str(&text)
+                            .with_context(|| format!("{} is not JSON", file.display()))?;
+                        client
+                            .json(client.request(Method::PUT, &path).json(&body))
+                            .await?
+                    }
+                };
+                println!("{}", serde_json::to_string_pretty(&settings)?);
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arkline::container::archive::ContainerArchive;
 use arkline::engine::StoredLine;
-use arkline::model::{ByteSize, Pipeline, PipelineExecution, StepPhase};
+use arkline::model::{ByteSize, Pipeline, PipelineExecution, PipelineSettingSpec, StepPhase};
 use arkline::runtime::{BizInfo, BizState, UninstallMode};
 use arkline::{Engine, TriggerRequest};
 use axum::body::{Body, Bytes};
@@ -439,6 +439,21 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
                 ..op(Method::GET, "/api/v1/engines/{engine}/executions/{execution}/steps/{step}/logs", "stepLogs", "A step's log, every attempt; live with `follow=true`.", "executions", READ)
             },
             get(step_logs),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<PipelineSettingSpec>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/settings", "getSettings", "The engine's settings (quota, limits, caches, retention, trust, forge…): the `PipelineSetting` named `default`.", "settings", READ)
+            },
+            get(get_settings),
+        )
+        .add(
+            Operation {
+                request: Payload::Json(schema::<PipelineSettingSpec>),
+                reply: Reply::Json(200, schema::<PipelineSettingSpec>),
+                ..op(Method::PUT, "/api/v1/engines/{engine}/settings", "putSettings", "Replace the engine's settings; 400 naming the field when one is out of its range.", "settings", WRITE)
+            },
+            put(put_settings),
         )
         .add(
             Operation {
@@ -1198,6 +1213,27 @@ fn follow_events(
     lines
         .chain(end)
         .take_until(Box::pin(async move { state.shutting_down().await }))
+}
+
+async fn get_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<PipelineSettingSpec>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    Ok(Json(engine.settings().await?))
+}
+
+async fn put_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<PipelineSettingSpec>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let spec: PipelineSettingSpec = read_json(&state, body).await?;
+    engine.apply_settings(spec).await?;
+    Ok(Json(engine.settings().await?))
 }
 
 async fn list_secrets(

@@ -227,3 +227,69 @@ fn ctl_says_when_no_server_answers() {
             "cannot reach the arkline server at http://127.0.0.1:9",
         ));
 }
+
+#[test]
+fn ctl_reads_and_replaces_an_engines_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = write_tokens(dir.path());
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--tokens", tokens.to_str().expect("utf-8")],
+    );
+    let app = dir.path().join("app.arkc");
+    std::fs::write(&app, arkc("team-a", faults(), &[], &[])).expect("writes");
+    ctl(&server, ADMIN)
+        .args(["engine", "add"])
+        .arg(&app)
+        .assert()
+        .success();
+    let settings = |out: String| -> serde_json::Value {
+        serde_json::from_str(&out).expect("the settings are JSON")
+    };
+    let before = settings(stdout(ctl(&server, READER).args(["engine", "settings"])));
+    assert_eq!(before["executor_quota"], 0, "{before}");
+    assert!(before.get("forge").is_none(), "{before}");
+
+    let file = dir.path().join("settings.json");
+    let wanted = serde_json::json!({
+        "executor_quota": 3,
+        "forge": {"kind": "gitea", "api_url": "https://gitea.example.com/api/v1", "token_secret": "gitea-token"},
+    });
+    std::fs::write(&file, wanted.to_string()).expect("writes");
+    let after = settings(stdout(
+        ctl(&server, ADMIN)
+            .args(["engine", "settings", "--set"])
+            .arg(&file),
+    ));
+    assert_eq!(after["executor_quota"], 3, "{after}");
+    assert_eq!(after["forge"]["kind"], "gitea", "{after}");
+    let read = settings(stdout(ctl(&server, READER).args(["engine", "settings"])));
+    assert_eq!(read, after);
+
+    // A read token may not write; a field out of range is named; neither changes anything.
+    ctl(&server, READER)
+        .args(["engine", "settings", "--set"])
+        .arg(&file)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("error[forbidden]"));
+    std::fs::write(
+        &file,
+        serde_json::json!({"forge": {"kind": "github", "api_url": "ftp://x", "token_secret": "t"}})
+            .to_string(),
+    )
+    .expect("writes");
+    ctl(&server, ADMIN)
+        .args(["engine", "settings", "--set"])
+        .arg(&file)
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("error[bad_request]")
+                .and(predicate::str::contains("`forge.api_url` is `ftp://x`")),
+        );
+    assert_eq!(
+        settings(stdout(ctl(&server, READER).args(["engine", "settings"]))),
+        after
+    );
+}
