@@ -290,11 +290,32 @@ impl Engine {
     }
 
     async fn write_pipeline(&self, pipeline: &Pipeline) -> Result<Pipeline, EngineError> {
+        self.write_pipeline_at(pipeline, None).await
+    }
+
+    /// Writes a pipeline; with `expected`, only over the stored one at that
+    /// `resource_version` (a conflict otherwise, never retried).
+    async fn write_pipeline_at(
+        &self,
+        pipeline: &Pipeline,
+        expected: Option<u64>,
+    ) -> Result<Pipeline, EngineError> {
         self.check_call_cycle(pipeline).await?;
         let api = Api::<Pipeline>::new(self.core.store.clone());
         let name = &pipeline.metadata.name;
         loop {
-            let result = match api.get(&self.core.name, name).await? {
+            let stored = api.get(&self.core.name, name).await?;
+            if let Some(want) = expected {
+                let actual = stored.as_ref().map_or(0, |p| p.metadata.resource_version);
+                if actual != want {
+                    return Err(EngineError::Store(StoreError::Conflict {
+                        key: crate::store::ObjectRef::new("Pipeline", &self.core.name, name),
+                        expected: want,
+                        actual,
+                    }));
+                }
+            }
+            let result = match stored {
                 Some(mut existing) => {
                     existing.spec = pipeline.spec.clone();
                     existing.metadata.labels = pipeline.metadata.labels.clone();
@@ -347,11 +368,29 @@ impl Engine {
         &self,
         parsed: &crate::model::ParsedPipeline,
     ) -> Result<Pipeline, EngineError> {
+        self.apply_parsed_pipeline_at(parsed, None).await
+    }
+
+    /// [`Engine::apply_parsed_pipeline`], only if the stored pipeline is still
+    /// at `resource_version` (`Some`): the compare-and-swap an API client asks
+    /// for with `If-Match` after reading the pipeline, so two people editing
+    /// it do not overwrite each other.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::apply_parsed_pipeline`], and [`EngineError::Store`] with
+    /// [`StoreError::Conflict`] when the pipeline changed (or does not exist).
+    pub async fn apply_parsed_pipeline_at(
+        &self,
+        parsed: &crate::model::ParsedPipeline,
+        resource_version: Option<u64>,
+    ) -> Result<Pipeline, EngineError> {
         let diagnostics = self.check_step_configs(&parsed.pipeline.spec, &parsed.source_map);
         if diagnostics.has_errors() {
             return Err(EngineError::Invalid(diagnostics));
         }
-        self.write_pipeline(&parsed.pipeline).await
+        self.write_pipeline_at(&parsed.pipeline, resource_version)
+            .await
     }
 
     /// A pipeline with its status.

@@ -386,7 +386,7 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
             Operation {
                 request: Payload::Yaml,
                 reply: Reply::Json(200, schema::<Pipeline>),
-                ..op(Method::PUT, "/api/v1/engines/{engine}/pipelines/{pipeline}", "putPipeline", "Create or replace a pipeline; the YAML's `name` must be the one in the path.", "pipelines", WRITE)
+                ..op(Method::PUT, "/api/v1/engines/{engine}/pipelines/{pipeline}", "putPipeline", "Create or replace a pipeline; the YAML's `name` must be the one in the path. With `If-Match: <metadata.resourceVersion>` (as read), only if it has not changed since: 409 `conflict` otherwise.", "pipelines", WRITE)
             },
             put(put_pipeline),
         )
@@ -604,6 +604,7 @@ async fn apply_yaml(
     source: Bytes,
     file_name: String,
     expected_name: Option<&str>,
+    expected_version: Option<u64>,
 ) -> Result<Pipeline, ApiError> {
     let text = source.clone();
     let parsed = state
@@ -618,7 +619,10 @@ async fn apply_yaml(
             engine.name()
         )));
     }
-    match engine.apply_parsed_pipeline(&parsed).await {
+    match engine
+        .apply_parsed_pipeline_at(&parsed, expected_version)
+        .await
+    {
         Err(arkline::EngineError::Invalid(diagnostics)) => Err(invalid_pipeline(
             &diagnostics,
             std::str::from_utf8(&text).unwrap_or_default(),
@@ -962,7 +966,7 @@ async fn apply_pipeline(
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
     Ok(Json(
-        apply_yaml(&state, &engine, bytes, "pipeline.yaml".into(), None).await?,
+        apply_yaml(&state, &engine, bytes, "pipeline.yaml".into(), None, None).await?,
     ))
 }
 
@@ -983,9 +987,22 @@ async fn put_pipeline(
     State(state): State<AppState>,
     caller: Caller,
     Path((name, pipeline)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<Pipeline>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
+    // `If-Match: <metadata.resourceVersion>`: replace only what was read.
+    let expected = match headers.get(axum::http::header::IF_MATCH) {
+        None => None,
+        Some(v) => {
+            let text = v.to_str().unwrap_or_default().trim().trim_matches('"');
+            Some(text.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "`If-Match: {text}` is not a resource version: send the pipeline's `metadata.resourceVersion` as read"
+                ))
+            })?)
+        }
+    };
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
     Ok(Json(
         apply_yaml(
@@ -994,6 +1011,7 @@ async fn put_pipeline(
             bytes,
             format!("{pipeline}.yaml"),
             Some(&pipeline),
+            expected,
         )
         .await?,
     ))

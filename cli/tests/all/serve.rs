@@ -532,6 +532,41 @@ async fn serve_deploys_manages_and_restores_over_http() {
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
 
+    // A pipeline is replaced under `If-Match` only if it has not changed
+    // since it was read: the second of two editors gets a conflict.
+    let read = api
+        .get("/api/v1/engines/team-a/pipelines/quick", READER)
+        .await;
+    let seen = read["metadata"]["resource_version"]
+        .as_u64()
+        .expect("a resource version");
+    let edit = |text: &str| {
+        let http = reqwest::Client::new();
+        let url = format!("{}/api/v1/engines/team-a/pipelines/quick", server.url);
+        let body = QUICK.replace("default: hi", &format!("default: {text}"));
+        async move {
+            let resp = http
+                .put(url)
+                .bearer_auth(TEAM_A)
+                .header("If-Match", format!("\"{seen}\""))
+                .body(body)
+                .send()
+                .await
+                .expect("answers");
+            let status = resp.status();
+            (status, resp.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, first) = edit("one").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert!(first["metadata"]["resource_version"].as_u64() > Some(seen));
+    let (status, second) = edit("two").await;
+    assert_error(status, &second, StatusCode::CONFLICT, "conflict");
+    let now = api
+        .get("/api/v1/engines/team-a/pipelines/quick", READER)
+        .await;
+    assert_eq!(now["spec"]["params"][0]["default"], "one", "{now}");
+
     // Every documented route reaches a handler (an answer other than `no_route`
     // or `method_not_allowed`), served as documented.
     let doc = api.get("/api/v1/openapi.json", READER).await;
