@@ -102,7 +102,8 @@ pub use meta::{
 pub use pipeline::{
     ApprovalSpec, CacheSpec, Concurrency, DurationSpec, Filter, MAX_CALL_DEPTH, MAX_MATRIX_CELLS,
     Matrix, MatrixCell, ParamError, ParamSpec, ParamType, PipelineCall, PipelineSpec, Retry,
-    SourceSpec, Stage, Step, StepInstance, Trigger, Uses, When, WhenError,
+    SourceSpec, Stage, Step, StepInstance, Trigger, Uses, When, WhenError, check_branch_name,
+    check_repository_url,
 };
 pub use resources::{
     Approval, BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings,
@@ -110,7 +111,8 @@ pub use resources::{
     EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, ForgeKind, ForgeSettings,
     MAX_REASON_BYTES, Pipeline, PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus,
     PipelineSetting, PipelineSettingSpec, PipelineSettingStatus, PipelineStatus, Retention, Secret,
-    SecretSpec, SecretStatus, StageStatus, StepLimits, StepPhase, StepStatus, TriggerKind,
+    SecretSpec, SecretStatus, SourceStatus, StageStatus, StepLimits, StepPhase, StepStatus,
+    TriggerKind,
 };
 pub use validate::validate;
 

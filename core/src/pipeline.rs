@@ -32,6 +32,7 @@ mod reconcile;
 pub(crate) mod remote;
 pub(crate) mod schedule;
 pub(crate) mod secrets;
+mod source;
 mod trigger;
 pub(crate) mod workspace;
 

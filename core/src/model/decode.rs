@@ -1121,7 +1121,7 @@ impl<'s> Decoder<'s> {
             node,
             path,
             "`source`",
-            &["repository", "branch", "credential"],
+            &["repository", "branch", "credential", "depth"],
         )?;
         let repo = self.required(&f, "repository", "`source`");
         let repository =
@@ -1134,6 +1134,9 @@ impl<'s> Decoder<'s> {
             credential: f
                 .get("credential")
                 .and_then(|n| self.string(n, &join(path, "credential"), "`credential`")),
+            depth: f
+                .get("depth")
+                .and_then(|n| self.count(n, &join(path, "depth"), "`depth`")),
         })
     }
 

@@ -158,18 +158,82 @@ impl ParamType {
     }
 }
 
-/// Where the source comes from.
+/// The repository an execution starts from: the host checks it out into the
+/// execution's workspace (its root) before the first step, at the execution's
+/// commit, or at the head of its branch (resolved to a commit and recorded in
+/// the execution's status first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
-    /// Repository URL.
+    /// Repository URL (`https://`, `http://`, `git://` or `file://`), with no
+    /// credential in it.
     pub repository: String,
-    /// Branch checked out when the trigger names none.
+    /// Branch checked out when the trigger names none (default: the
+    /// repository's default branch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
-    /// Name of a declared secret holding the credential.
+    /// Name of a declared secret holding the credential for an `http(s)`
+    /// repository: its `value` is a token (sent as the password of user
+    /// `x-access-token`), or it has the keys `username` and `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// Commits of history checked out (default 1; 0 for the whole history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+}
+
+/// Checks a `source.repository`: a URL of a scheme git fetches from, with no
+/// credential in it (credentials come from the `credential` secret).
+pub fn check_repository_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "`{url}` is not a URL: give `https://host/owner/repo.git` (or `http://`, `git://`, `file://`)"
+        ));
+    };
+    if !matches!(scheme, "https" | "http" | "git" | "file") {
+        return Err(format!(
+            "has scheme `{scheme}`; the host fetches over `https`, `http`, `git` or `file`"
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "holds a credential in its URL; put it in a secret and name it in `source.credential`"
+                .to_owned(),
+        );
+    }
+    if scheme != "file" && authority.is_empty() {
+        return Err(format!("`{url}` names no host"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace or a control character".to_owned());
+    }
+    Ok(())
+}
+
+/// Checks a branch name the way `git check-ref-format --branch` would for
+/// the names a webhook or a person gives: not empty, no leading `-`, no
+/// whitespace, control characters, `..`, any of `~^:?*[\`, `@{`, no `.lock` or `/`
+/// at the end.
+pub fn check_branch_name(branch: &str) -> Result<(), String> {
+    let bad = branch.is_empty()
+        || branch.starts_with('-')
+        || branch.starts_with('/')
+        || branch.ends_with('/')
+        || branch.ends_with('.')
+        || branch.ends_with(".lock")
+        || branch.contains("..")
+        || branch.contains("//")
+        || branch.contains("@{")
+        || branch == "@"
+        || branch
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if bad {
+        Err(format!("`{branch}` is not a valid branch name"))
+    } else {
+        Ok(())
+    }
 }
 
 /// What starts an execution.

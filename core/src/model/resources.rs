@@ -534,6 +534,10 @@ pub struct PipelineExecutionStatus {
     /// Node running it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The pipeline's `source` as checked out into the workspace: recorded
+    /// before the first step runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStatus>,
     /// Each `uses` (as written) → exact `name@version` it resolved to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resolved: BTreeMap<String, String>,
@@ -552,6 +556,19 @@ pub struct PipelineExecutionStatus {
     /// Why it failed or was aborted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+}
+
+/// The repository an execution's workspace was checked out from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceStatus {
+    /// Repository URL.
+    pub repository: String,
+    /// The commit checked out (full SHA).
+    pub commit: String,
+    /// The branch it was resolved from (empty when a commit was given).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub branch: String,
 }
 
 /// State of one stage.

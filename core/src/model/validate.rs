@@ -841,6 +841,26 @@ impl<'a> Checker<'a, '_> {
                 );
             }
         }
+        if let Some(source) = &spec.source {
+            if let Err(why) = crate::model::pipeline::check_repository_url(&source.repository) {
+                self.report(
+                    "bad-source",
+                    format!("`source.repository` {why}"),
+                    "source.repository",
+                    None,
+                );
+            }
+            if let Some(branch) = &source.branch
+                && let Err(why) = crate::model::pipeline::check_branch_name(branch)
+            {
+                self.report(
+                    "bad-source",
+                    format!("`source.branch` {why}"),
+                    "source.branch",
+                    None,
+                );
+            }
+        }
         if let Some(source) = &spec.source
             && let Some(cred) = &source.credential
             && !spec.secrets.contains(cred)

@@ -34,6 +34,7 @@ use crate::store::Api;
 
 mod attempt;
 mod cache;
+mod checkout;
 mod gates;
 mod graph;
 mod status;
@@ -227,6 +228,14 @@ impl Driver {
                 return self
                     .finish(ExecutionPhase::Failed, format!("workspace: {e}"))
                     .await;
+            }
+        }
+        if let Some(source) = &spec.source {
+            if let Err(reason) = self.check_out(source).await? {
+                return self.finish(ExecutionPhase::Failed, reason).await;
+            }
+            if self.core.shutdown.is_cancelled() {
+                return Ok(());
             }
         }
         // Not flushed here: the execution's start is carried by the next write,

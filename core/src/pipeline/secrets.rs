@@ -518,7 +518,6 @@ impl Secrets {
         }
     }
 
-    #[cfg(test)]
     /// Every key of secret `name` with its plaintext, or `None` when the secret
     /// does not exist.
     pub async fn get_data(

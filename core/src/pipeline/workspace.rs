@@ -206,6 +206,20 @@ impl Workspaces {
         self.root.join(engine).join(execution)
     }
 
+    /// The host's copy of the git objects of `repository` for `engine`, kept
+    /// between executions so a checkout fetches only new objects:
+    /// `<root>.git/<engine>/<first 16 hex digits of the URL's SHA-256>`. Each
+    /// engine has its own, since each has its own credentials. Not created here.
+    pub fn git_mirror(&self, engine: &str, repository: &str) -> Result<PathBuf, WorkspaceError> {
+        use sha2::{Digest, Sha256};
+        check_name(engine)?;
+        let digest = Sha256::digest(repository.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut dir = self.root.clone().into_os_string();
+        dir.push(".git");
+        Ok(PathBuf::from(dir).join(engine).join(hex))
+    }
+
     /// Creates the workspace of `execution` (and its parents) and returns its path.
     ///
     /// An existing workspace, left from before a restart, is kept as it is: crash
@@ -274,6 +288,9 @@ impl Workspaces {
     /// does for one.
     pub fn remove_engine(&self, engine: &str) -> Result<(), WorkspaceError> {
         check_name(engine)?;
+        let mut mirrors = self.root.clone().into_os_string();
+        mirrors.push(".git");
+        remove_tree(&PathBuf::from(mirrors).join(engine))?;
         remove_tree(&self.root.join(engine))
     }
 }

@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::os::fd::OwnedFd;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,50 +16,9 @@ use arkline::host::Capabilities;
 use arkline::model::{ExecutionPhase, PipelineExecution};
 use arkline::{Container, TriggerRequest};
 
+use crate::git_server::{git, git_daemon};
+
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .env("GIT_AUTHOR_NAME", "Ada Lovelace")
-        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-        .env("GIT_COMMITTER_NAME", "Ada Lovelace")
-        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// `git daemon --inetd` per connection on an ephemeral port; returns the port.
-fn git_daemon(root: &Path) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let root = root.to_path_buf();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let out = stream.try_clone().expect("clone the socket");
-            let child = Command::new("git")
-                .args(["daemon", "--inetd", "--export-all"])
-                .arg(format!("--base-path={}", root.display()))
-                .stdin(Stdio::from(OwnedFd::from(stream)))
-                .stdout(Stdio::from(OwnedFd::from(out)))
-                .stderr(Stdio::null())
-                .spawn();
-            if let Ok(mut child) = child {
-                std::thread::spawn(move || child.wait());
-            }
-        }
-    });
-    port
-}
 
 /// A request the webhook received: headers and body.
 type Hook = (BTreeMap<String, String>, Vec<u8>);

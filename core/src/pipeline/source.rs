@@ -1,0 +1,499 @@
+//! The pipeline's `source`: the repository checked out by the host into an
+//! execution's workspace before its first step.
+//!
+//! - **Who runs git.** The host's `git`, through [`crate::host::process::run`]:
+//!   the same namespace sandbox, Landlock domain, cgroup and scrubbed
+//!   environment as a biz's `process` capability. Git is not run by a biz
+//!   (the `git` plugin) because the checkout must happen before any step, and
+//!   whether the host may reach the repository is the pipeline's declaration,
+//!   not a grant.
+//! - **Two runs, two views.** The objects are fetched into a host-side copy of
+//!   the repository kept per engine and repository
+//!   ([`crate::pipeline::workspace::Workspaces::git_mirror`]): one sandboxed
+//!   run sees that copy read-write and the network. The checkout is a second
+//!   run that sees the workspace read-write, the copy read-only and no
+//!   network. The next execution fetches only the objects the copy lacks.
+//! - **Credentials.** The `credential` secret reaches git as an
+//!   `Authorization: Basic` header scoped to the repository's origin, through
+//!   `GIT_CONFIG_*` variables of the fetch run only: never in a URL, a command
+//!   line, `.git/config` or the workspace; the log is masked.
+//! - **Shallow.** One commit of history unless `depth` says otherwise.
+//! - **Resumes.** The commit is recorded in the execution's status before the
+//!   first step runs; a resumed execution checks out that commit again only
+//!   when its workspace has no repository.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+use crate::host::process::{self, ProcessContext, ProcessPolicy, ProcessRequest, ProcessStatus};
+use crate::host::step_log::{LogCapture, LogLevel, LogSource};
+use crate::model::{PipelineExecution, SourceSpec, SourceStatus};
+use crate::pipeline::context::EngineCore;
+use crate::pipeline::secrets::Masker;
+
+/// The log key (in place of a step name) of the checkout's log. Step names
+/// cannot start with `@`.
+pub(crate) const LOG_STEP: &str = "@source";
+
+/// Longest one git command may take.
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The user name sent with a token-only credential (GitHub, GitLab and Gitea
+/// accept any name with a token as the password).
+const TOKEN_USER: &str = "x-access-token";
+
+/// One fetch at a time per host-side copy (a shallow fetch rewrites its
+/// `shallow` file).
+static MIRROR_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+fn mirror_lock(dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = MIRROR_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    locks.entry(dir.to_path_buf()).or_default().clone()
+}
+
+/// What to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Want {
+    /// This commit (full SHA).
+    Commit(String),
+    /// The head of this branch.
+    Branch(String),
+    /// The remote's default branch.
+    Head,
+}
+
+/// One execution's checkout.
+pub(crate) struct Checkout<'a> {
+    pub(crate) core: &'a EngineCore,
+    pub(crate) source: &'a SourceSpec,
+    pub(crate) exec: &'a PipelineExecution,
+    pub(crate) workspace: &'a Path,
+    pub(crate) log: &'a LogCapture,
+    /// The engine requires the process sandbox.
+    pub(crate) require_sandbox: bool,
+}
+
+/// The secret material of one checkout, and the masker that hides it.
+struct Auth {
+    /// `http.<origin>/.extraHeader` and its value.
+    header: Option<(String, Zeroizing<String>)>,
+    masker: Masker,
+}
+
+impl Checkout<'_> {
+    /// The masker of this checkout's credential, to build the log with.
+    pub(crate) async fn masker(core: &EngineCore, source: &SourceSpec) -> Result<Masker, String> {
+        Ok(auth(core, source).await?.masker)
+    }
+
+    /// Checks the source out into the workspace and says what was checked
+    /// out. With `recorded` (a resumed execution), that commit is checked out
+    /// again, and nothing is done when the workspace already holds a
+    /// repository.
+    pub(crate) async fn run(
+        &self,
+        recorded: Option<&SourceStatus>,
+    ) -> Result<SourceStatus, String> {
+        let source = self.source;
+        crate::model::check_repository_url(&source.repository)
+            .map_err(|why| format!("`source.repository` {why}"))?;
+        if let Some(done) = recorded
+            && self.workspace.join(".git").exists()
+        {
+            note(
+                self.log,
+                &format!(
+                    "resumed: the workspace already holds {} at {}",
+                    done.repository, done.commit
+                ),
+            );
+            return Ok(done.clone());
+        }
+        let branch = match recorded {
+            Some(done) => done.branch.clone(),
+            None => [
+                self.exec.spec.branch.as_str(),
+                source.branch.as_deref().unwrap_or(""),
+            ]
+            .into_iter()
+            .find(|b| !b.is_empty())
+            .unwrap_or_default()
+            .to_owned(),
+        };
+        if !branch.is_empty() {
+            crate::model::check_branch_name(&branch).map_err(|why| format!("the branch {why}"))?;
+        }
+        let commit = recorded
+            .map(|r| r.commit.as_str())
+            .unwrap_or(self.exec.spec.commit.as_str());
+        let want = if !commit.is_empty() {
+            if !is_full_sha(commit) {
+                return Err(format!(
+                    "commit `{commit}` is not a full commit SHA (40 or 64 hex digits)"
+                ));
+            }
+            Want::Commit(commit.to_ascii_lowercase())
+        } else if !branch.is_empty() {
+            Want::Branch(branch.clone())
+        } else {
+            Want::Head
+        };
+        let auth = auth(self.core, source).await?;
+        let limits = self.core.registry.runtime().config().process_limits.clone();
+        let policy = ProcessPolicy::resolve(&["git".to_owned()], limits.clone());
+        if let Some(Err(why)) = policy.program("git") {
+            return Err(format!(
+                "the pipeline's `source` is checked out with the host's `git`, and {why}: \
+                 install git on this host"
+            ));
+        }
+        let mirror = self
+            .core
+            .workspaces
+            .git_mirror(&self.core.name, &source.repository)
+            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&mirror)
+            .map_err(|e| format!("cannot create {}: {e}", mirror.display()))?;
+        let lock = mirror_lock(&mirror);
+        let _one_at_a_time = lock.lock().await;
+        let depth = source.depth.unwrap_or(1);
+        let fetch = Git {
+            checkout: self,
+            policy: &policy.clone().with_host_network(true),
+            dir: &mirror,
+            auth: &auth,
+        };
+        let commit = fetch
+            .fetch_into_copy(&source.repository, &want, &branch, depth)
+            .await?;
+
+        let mut local = limits;
+        local.read_only_paths.push(mirror.clone());
+        let local_policy = ProcessPolicy::resolve(&["git".to_owned()], local);
+        let local = Git {
+            checkout: self,
+            policy: &local_policy,
+            dir: self.workspace,
+            auth: &Auth {
+                header: None,
+                masker: auth.masker.clone(),
+            },
+        };
+        local
+            .check_out(&source.repository, &mirror, &commit, &branch, depth)
+            .await?;
+        note(
+            self.log,
+            &format!(
+                "checked out {} at {commit}{}",
+                source.repository,
+                if branch.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (branch {branch})")
+                }
+            ),
+        );
+        Ok(SourceStatus {
+            repository: source.repository.clone(),
+            commit,
+            branch,
+        })
+    }
+}
+
+async fn auth(core: &EngineCore, source: &SourceSpec) -> Result<Auth, String> {
+    let Some(name) = &source.credential else {
+        return Ok(Auth {
+            header: None,
+            masker: Masker::default(),
+        });
+    };
+    let (scheme, rest) = source
+        .repository
+        .split_once("://")
+        .unwrap_or(("", &source.repository));
+    if !matches!(scheme, "http" | "https") {
+        return Err(format!(
+            "`source.credential` is given for `{}`, but credentials are sent over `http(s)` only",
+            source.repository
+        ));
+    }
+    let data = core
+        .secrets
+        .get_data(name)
+        .await
+        .map_err(|e| format!("credential: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "the credential secret `{name}` does not exist in engine `{}`: set it \
+                 (`arkline ctl secret set {name} …`)",
+                core.name
+            )
+        })?;
+    let (user, password) = match (
+        data.get("username"),
+        data.get("password"),
+        data.get(crate::pipeline::secrets::VALUE_KEY),
+    ) {
+        (Some(u), Some(p), _) => (u.clone(), p.clone()),
+        (None, None, Some(token)) => (Zeroizing::new(TOKEN_USER.to_owned()), token.clone()),
+        _ => {
+            return Err(format!(
+                "the credential secret `{name}` has keys {:?}: give it a `value` (a token) or \
+                 `username` and `password`",
+                data.keys().collect::<Vec<_>>()
+            ));
+        }
+    };
+    let basic = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", *user, *password)),
+    );
+    let origin = format!("{scheme}://{}/", rest.split('/').next().unwrap_or_default());
+    let header = Zeroizing::new(format!("Authorization: Basic {}", *basic));
+    Ok(Auth {
+        header: Some((format!("http.{origin}.extraHeader"), header)),
+        masker: Masker::new([password.as_str(), basic.as_str()]),
+    })
+}
+
+/// A line of the host's in the checkout's log.
+fn note(log: &LogCapture, message: &str) {
+    log.push(
+        LogLevel::Info,
+        LogSource::Host,
+        message.to_owned(),
+        Vec::new(),
+    );
+}
+
+fn is_full_sha(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Runs git in one directory, under one policy.
+struct Git<'a> {
+    checkout: &'a Checkout<'a>,
+    policy: &'a ProcessPolicy,
+    dir: &'a Path,
+    auth: &'a Auth,
+}
+
+impl Git<'_> {
+    /// Fetches `want` into the host-side copy; returns the commit.
+    async fn fetch_into_copy(
+        &self,
+        url: &str,
+        want: &Want,
+        branch: &str,
+        depth: u32,
+    ) -> Result<String, String> {
+        if !self.dir.join("HEAD").exists() {
+            self.git(&["init", "--bare", "-q", "."]).await?;
+        }
+        let shallow = self.dir.join("shallow").exists();
+        let depth_arg = format!("--depth={depth}");
+        let mut args = vec!["fetch", "--no-tags", "--no-auto-gc"];
+        if depth > 0 {
+            args.push(&depth_arg);
+        } else if shallow {
+            args.push("--unshallow");
+        }
+        args.extend(["--end-of-options", url]);
+        let commit = match want {
+            Want::Commit(sha) => {
+                let mut by_sha = args.clone();
+                by_sha.push(sha);
+                match self.git(&by_sha).await {
+                    Ok(_) => sha.clone(),
+                    Err(why) if !branch.is_empty() => {
+                        // A server that does not serve commits by SHA: the
+                        // branch's whole history, where the commit must be.
+                        note(
+                            self.checkout.log,
+                            &format!(
+                                "fetching commit {sha} by itself failed ({why}); fetching branch \
+                             {branch} with its history"
+                            ),
+                        );
+                        let mut full = vec!["fetch", "--no-tags", "--no-auto-gc"];
+                        if self.dir.join("shallow").exists() {
+                            full.push("--unshallow");
+                        }
+                        let refspec = format!("refs/heads/{branch}");
+                        full.extend(["--end-of-options", url, &refspec]);
+                        self.git(&full).await?;
+                        let object = format!("{sha}^{{commit}}");
+                        self.git(&["cat-file", "-e", &object]).await.map_err(|_| {
+                            format!("commit {sha} is not on branch {branch} of {url}")
+                        })?;
+                        sha.clone()
+                    }
+                    Err(why) => return Err(why),
+                }
+            }
+            Want::Branch(name) => {
+                let refspec = format!("refs/heads/{name}");
+                let mut by_branch = args.clone();
+                by_branch.push(&refspec);
+                self.git(&by_branch)
+                    .await
+                    .map_err(|why| format!("branch `{name}`: {why}"))?;
+                self.git(&["rev-parse", "--verify", "FETCH_HEAD^{commit}"])
+                    .await?
+            }
+            Want::Head => {
+                let mut head = args.clone();
+                head.push("HEAD");
+                self.git(&head).await?;
+                self.git(&["rev-parse", "--verify", "FETCH_HEAD^{commit}"])
+                    .await?
+            }
+        };
+        // A ref keeps the objects from being pruned and offers them as
+        // haves to the next fetch.
+        let name = match want {
+            Want::Branch(b) => format!("refs/arkline/heads/{b}"),
+            Want::Commit(_) if !branch.is_empty() => format!("refs/arkline/heads/{branch}"),
+            _ => "refs/arkline/HEAD".to_owned(),
+        };
+        self.git(&["update-ref", &name, &commit]).await?;
+        Ok(commit)
+    }
+
+    /// Checks `commit` out of the host-side copy into the workspace.
+    async fn check_out(
+        &self,
+        url: &str,
+        copy: &Path,
+        commit: &str,
+        branch: &str,
+        depth: u32,
+    ) -> Result<(), String> {
+        if !self.dir.join(".git").exists() {
+            self.git(&["init", "-q"]).await?;
+        }
+        let copy_url = format!("file://{}", copy.display());
+        let depth_arg = format!("--depth={depth}");
+        let mut args = vec!["fetch", "-q", "--no-tags", "--no-auto-gc"];
+        if depth > 0 {
+            args.push(&depth_arg);
+        }
+        args.extend(["--end-of-options", &copy_url, commit]);
+        self.git(&args).await?;
+        if branch.is_empty() {
+            self.git(&["checkout", "-q", "-f", "--detach", commit])
+                .await?;
+        } else {
+            self.git(&["checkout", "-q", "-f", "-B", branch, commit])
+                .await?;
+        }
+        // `origin` names the repository (no credential in it), so steps can
+        // fetch from it with credentials of their own.
+        self.git(&["config", "remote.origin.url", url]).await?;
+        self.git(&[
+            "config",
+            "remote.origin.fetch",
+            "+refs/heads/*:refs/remotes/origin/*",
+        ])
+        .await?;
+        Ok(())
+    }
+
+    async fn git(&self, args: &[&str]) -> Result<String, String> {
+        let mut config: Vec<(String, String)> = vec![
+            ("safe.directory".into(), "*".into()),
+            ("uploadpack.allowAnySHA1InWant".into(), "true".into()),
+            ("advice.detachedHead".into(), "false".into()),
+            ("init.defaultBranch".into(), "main".into()),
+            ("protocol.version".into(), "2".into()),
+        ];
+        if let Some((key, value)) = &self.auth.header {
+            config.push((key.clone(), value.to_string()));
+        }
+        let mut env: Vec<(String, String)> = vec![
+            ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+            ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
+            ("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()),
+            ("GIT_CONFIG_COUNT".into(), config.len().to_string()),
+        ];
+        for (i, (key, value)) in config.into_iter().enumerate() {
+            env.push((format!("GIT_CONFIG_KEY_{i}"), key));
+            env.push((format!("GIT_CONFIG_VALUE_{i}"), value));
+        }
+        let request = ProcessRequest {
+            program: "git".into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env,
+            cwd: None,
+            stdin: None,
+            timeout: Some(GIT_TIMEOUT),
+            stream_to_log: true,
+        };
+        let ctx = ProcessContext {
+            policy: self.policy,
+            workspace: Some(self.dir),
+            log: self.checkout.log,
+            deadline: Instant::now() + GIT_TIMEOUT,
+            require_sandbox: self.checkout.require_sandbox,
+        };
+        let output = process::run(ctx, request)
+            .await
+            .map_err(|e| format!("cannot run `git {}`: {e}", args[0]))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = self.auth.masker.mask(stderr.trim()).into_owned();
+        match output.status {
+            ProcessStatus::Exited(0) => {
+                Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+            }
+            status => {
+                let how = match status {
+                    ProcessStatus::Exited(code) => format!("exit status {code}"),
+                    ProcessStatus::Signaled(signal) => format!("signal {signal}"),
+                    ProcessStatus::TimedOut => format!("timed out after {GIT_TIMEOUT:?}"),
+                };
+                let last = stderr.lines().last().unwrap_or("no message");
+                let hint = if [
+                    "could not read Username",
+                    "Authentication failed",
+                    " 401",
+                    " 403",
+                ]
+                .iter()
+                .any(|m| stderr.contains(m))
+                {
+                    match &self.checkout.source.credential {
+                        Some(name) => format!(
+                            " (the repository refused the credential in secret `{name}`: check it)"
+                        ),
+                        None => " (the repository asks for a credential: name a secret in \
+                                 `source.credential`)"
+                            .to_owned(),
+                    }
+                } else {
+                    String::new()
+                };
+                Err(format!("`git {}` failed ({how}): {last}{hint}", args[0]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_shas_only() {
+        assert!(is_full_sha(&"a".repeat(40)));
+        assert!(is_full_sha(&"0123456789abcdefABCDEF".repeat(3)[..64]));
+        assert!(!is_full_sha("abc1234"));
+        assert!(!is_full_sha(&"g".repeat(40)));
+    }
+}
