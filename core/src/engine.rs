@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 
+mod repo;
+
+pub use repo::{RepoEvent, RepoFile, RepoOutcome, RepoRun};
+
 use crate::ark::Ark;
 use crate::host::Capabilities;
 use crate::model::{
@@ -69,6 +73,14 @@ pub enum EngineError {
         name: String,
         /// Engine.
         engine: String,
+    },
+    /// Pipelines cannot be read from the engine's repository.
+    #[error("cannot run pipelines from the repository of engine `{engine}`: {reason}")]
+    Repo {
+        /// Engine.
+        engine: String,
+        /// What is wrong, and what to do.
+        reason: String,
     },
     /// A decision on an approval step was refused.
     #[error("cannot decide step `{step}` of execution `{execution}`: {reason}")]

@@ -107,8 +107,11 @@ pub mod store;
 pub use ark::{ArchiveError, Ark, Manifest};
 pub use container::{Container, ContainerBuilder, ContainerError, ExecOptions};
 pub use controller::{Action, Controller};
-pub use engine::{DeployError, Engine, EngineError, TriggerError, TriggerRequest};
+pub use engine::{
+    DeployError, Engine, EngineError, RepoEvent, RepoOutcome, RepoRun, TriggerError, TriggerRequest,
+};
 pub use host::Capabilities;
 pub use model::{Pipeline, PipelineExecution, PipelineSetting};
+pub use pipeline::FromRepo;
 pub use runtime::{BizInfo, ComponentError, Runtime, RuntimeConfig};
 pub use store::{MemoryStore, RedbStore, Store};

@@ -110,9 +110,9 @@ pub use resources::{
     Ciphertext, Condition, ConditionStatus, ConditionType, DEFAULT_INTERRUPTED_RETRIES, DesiredBiz,
     EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, ForgeKind, ForgeSettings,
     MAX_REASON_BYTES, Pipeline, PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus,
-    PipelineSetting, PipelineSettingSpec, PipelineSettingStatus, PipelineStatus, Retention, Secret,
-    SecretSpec, SecretStatus, SourceStatus, StageStatus, StepLimits, StepPhase, StepStatus,
-    TriggerKind,
+    PipelineOrigin, PipelineSetting, PipelineSettingSpec, PipelineSettingStatus, PipelineStatus,
+    RepoPipelines, Retention, Secret, SecretSpec, SecretStatus, SourceStatus, StageStatus,
+    StepLimits, StepPhase, StepStatus, TriggerKind, default_repo_path,
 };
 pub use validate::validate;
 

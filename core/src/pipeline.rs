@@ -25,14 +25,14 @@ mod context;
 pub(crate) mod deployment;
 mod error;
 mod executor;
-mod forge;
+pub(crate) mod forge;
 pub(crate) mod logs;
 pub(crate) mod pool;
 mod reconcile;
 pub(crate) mod remote;
 pub(crate) mod schedule;
 pub(crate) mod secrets;
-mod source;
+pub(crate) mod source;
 mod trigger;
 pub(crate) mod workspace;
 
@@ -56,8 +56,8 @@ pub use logs::{LogArchive, LogError, StoredLine};
 use reconcile::{reconcile_execution, reconcile_pipeline};
 pub use schedule::{Clock, ManualClock, SystemClock};
 pub use secrets::{SecretError, SecretKey};
-pub use trigger::TriggerRequest;
 pub(crate) use trigger::trigger;
+pub use trigger::{FromRepo, TriggerRequest};
 
 /// Starts the engine's controllers and admission; they stop on `core.shutdown`.
 pub(crate) fn start(
@@ -290,6 +290,25 @@ pub(crate) fn check_settings(spec: &crate::model::PipelineSettingSpec) -> Result
             "`cpu_weight` is {weight}; give a weight from 1 to {} (100 is the default share)",
             crate::runtime::MAX_CPU_WEIGHT
         ));
+    }
+    if let Some(repo) = &spec.pipelines_from_repo {
+        crate::model::check_repository_url(&repo.repository)
+            .map_err(|why| format!("`pipelines_from_repo.repository` {why}"))?;
+        let dir = repo.path.rsplit_once('/').map_or("", |(d, _)| d);
+        if repo.path.is_empty() || repo.path.ends_with('/') || dir.contains(['*', '?', '[', '{']) {
+            return Err(format!(
+                "`pipelines_from_repo.path` is `{}`; give a directory and a file pattern, \
+                 with `*` in the file name only (`.arkline/*.yaml`)",
+                repo.path
+            ));
+        }
+        if repo.webhook_secret.is_empty() {
+            return Err(
+                "`pipelines_from_repo.webhook_secret` is empty; name the engine secret \
+                        holding the repository webhook's secret"
+                    .into(),
+            );
+        }
     }
     if let Some(forge) = &spec.forge {
         if !(forge.api_url.starts_with("https://") || forge.api_url.starts_with("http://")) {

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub mod etcd;
+pub mod git;
 mod harness;
 pub mod s3;
 

@@ -483,6 +483,14 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         )
         .add(
             Operation {
+                request: Payload::Json(schema::<serde_json::Value>),
+                reply: Reply::Json(202, schema::<serde_json::Value>),
+                ..op(Method::POST, "/hooks/{engine}", "repositoryWebhook", "A repository's GitHub-, GitLab-, Gitea- or Forgejo-compatible delivery for an engine that runs its pipelines from that repository (the `pipelines_from_repo` setting), checked against the setting's `webhook_secret`. Runs each pipeline file at the delivery's commit whose webhook triggers accept its event and branch, at that exact content (the file's digest is in the execution's `origin`); pull requests from forks and events outside `trusted_events` run untrusted (no secrets). 202 `{triggered: true, commit, trusted, executions, files}`; 200 `{triggered: false, reason, files}` when nothing ran (invalid files carry their diagnostics); 404 for a repository the engine does not follow; 422 when the repository cannot be read; 401 as for pipeline webhooks.", "webhooks", None)
+            },
+            post(super::hooks::repo::receive),
+        )
+        .add(
+            Operation {
                 reply: Reply::Text(200, "text/plain; version=0.0.4"),
                 ..op(Method::GET, "/metrics", "metrics", "Prometheus metrics (text exposition format 0.0.4): executions by engine and phase, queue depth, step durations by biz, instantiations and faults by kind, cache hits and misses, guest-thread CPU and weight by engine, store commit latency. No token: serve on a private interface.", "metrics", None)
             },

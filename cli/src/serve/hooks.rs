@@ -32,6 +32,7 @@
 
 pub mod delivery;
 pub mod replay;
+pub mod repo;
 pub mod signature;
 
 use std::collections::BTreeMap;
@@ -157,6 +158,25 @@ impl Hook {
     }
 }
 
+/// The forge that sent a delivery and its event, from the event headers.
+fn provider_of(headers: &HeaderMap) -> Result<(Provider, String), HookError> {
+    let gitea = header(headers, "x-gitea-event").or_else(|| header(headers, "x-forgejo-event"));
+    let (provider, event) = if let Some(e) = gitea {
+        (Provider::Gitea, e.to_owned())
+    } else if let Some(e) = header(headers, "x-github-event") {
+        (Provider::Github, e.to_owned())
+    } else if let Some(e) = header(headers, "x-gitlab-event") {
+        (Provider::Gitlab, e.to_owned())
+    } else {
+        return Err(HookError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a GitHub, GitLab, Gitea or Forgejo delivery: it has no `X-GitHub-Event`, `X-Gitlab-Event`, `X-Gitea-Event` or `X-Forgejo-Event` header",
+        ));
+    };
+    Ok((provider, event))
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -200,20 +220,7 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HookError> {
-    let gitea = header(&headers, "x-gitea-event").or_else(|| header(&headers, "x-forgejo-event"));
-    let (provider, event) = if let Some(e) = gitea {
-        (Provider::Gitea, e.to_owned())
-    } else if let Some(e) = header(&headers, "x-github-event") {
-        (Provider::Github, e.to_owned())
-    } else if let Some(e) = header(&headers, "x-gitlab-event") {
-        (Provider::Gitlab, e.to_owned())
-    } else {
-        return Err(HookError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "not a GitHub, GitLab, Gitea or Forgejo delivery: it has no `X-GitHub-Event`, `X-Gitlab-Event`, `X-Gitea-Event` or `X-Forgejo-Event` header",
-        ));
-    };
+    let (provider, event) = provider_of(&headers)?;
     if let Some(len) = header(&headers, "content-length").and_then(|l| l.parse::<u64>().ok())
         && len > MAX_BODY as u64
     {
@@ -301,51 +308,19 @@ pub(crate) async fn receive(
     if let Some(id) = delivery_id {
         labels.insert(DELIVERY_LABEL.into(), id.to_owned());
     }
-    let body_key = {
-        use sha2::Digest as _;
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)))
+    let claims = match claim_delivery(
+        &state,
+        &engine_name,
+        &pipeline_name,
+        provider,
+        delivery_id,
+        &body,
+    )
+    .await?
+    {
+        Ok(claims) => claims,
+        Err(seen) => return Ok(seen),
     };
-    let mut claims = Vec::new();
-    for key in delivery_id.into_iter().chain([body_key.as_str()]) {
-        let claim = replay::claim(
-            state.container.store(),
-            &engine_name,
-            &pipeline_name,
-            provider,
-            key,
-            state.webhook_dedup_window,
-        )
-        .await
-        .map_err(|e| HookError::internal("cannot check the delivery id", e))?;
-        match claim {
-            Claim::New(claimed) => claims.push(claimed),
-            Claim::Seen { execution } => {
-                for claimed in &claims {
-                    if let Err(release) = replay::release(state.container.store(), claimed).await {
-                        tracing::warn!(error = %release, "webhook: cannot release the delivery id");
-                    }
-                }
-                let reason = if key == body_key {
-                    format!(
-                        "duplicate delivery: a delivery with the same signed body arrived within the last {}",
-                        humantime::format_duration(state.webhook_dedup_window)
-                    )
-                } else {
-                    format!("duplicate delivery {key}")
-                };
-                tracing::info!(engine = %engine_name, pipeline = %pipeline_name, delivery = ?delivery_id, "webhook: {reason}");
-                return Ok((
-                    StatusCode::OK,
-                    Json(json!({
-                        "triggered": false,
-                        "reason": reason,
-                        "execution": execution,
-                    })),
-                )
-                    .into_response());
-            }
-        }
-    }
     let request = TriggerRequest {
         event: run.event.to_owned(),
         branch: run.branch.clone(),
@@ -408,6 +383,65 @@ pub(crate) async fn receive(
         })),
     )
         .into_response())
+}
+
+/// Claims the delivery's id and the digest of its body for the replay
+/// window: `Ok(claims)` when neither was seen (record or release them),
+/// `Err(answer)` with the 200 "duplicate delivery" answer otherwise.
+pub(crate) async fn claim_delivery(
+    state: &AppState,
+    engine_name: &str,
+    pipeline_name: &str,
+    provider: Provider,
+    delivery_id: Option<&str>,
+    body: &[u8],
+) -> Result<Result<Vec<Box<arkline::model::DynamicObject>>, Response>, HookError> {
+    let body_key = {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
+    };
+    let mut claims = Vec::new();
+    for key in delivery_id.into_iter().chain([body_key.as_str()]) {
+        let claim = replay::claim(
+            state.container.store(),
+            engine_name,
+            pipeline_name,
+            provider,
+            key,
+            state.webhook_dedup_window,
+        )
+        .await
+        .map_err(|e| HookError::internal("cannot check the delivery id", e))?;
+        match claim {
+            Claim::New(claimed) => claims.push(claimed),
+            Claim::Seen { execution } => {
+                for claimed in &claims {
+                    if let Err(release) = replay::release(state.container.store(), claimed).await {
+                        tracing::warn!(error = %release, "webhook: cannot release the delivery id");
+                    }
+                }
+                let reason = if key == body_key {
+                    format!(
+                        "duplicate delivery: a delivery with the same signed body arrived within the last {}",
+                        humantime::format_duration(state.webhook_dedup_window)
+                    )
+                } else {
+                    format!("duplicate delivery {key}")
+                };
+                tracing::info!(engine = %engine_name, pipeline = %pipeline_name, delivery = ?delivery_id, "webhook: {reason}");
+                return Ok(Err((
+                    StatusCode::OK,
+                    Json(json!({
+                        "triggered": false,
+                        "reason": reason,
+                        "execution": execution,
+                    })),
+                )
+                    .into_response()));
+            }
+        }
+    }
+    Ok(Ok(claims))
 }
 
 fn not_triggered(reason: String) -> Response {

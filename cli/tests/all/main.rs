@@ -12,6 +12,7 @@ mod etcd_store;
 mod hooks;
 mod limits;
 mod metrics;
+mod repo_hooks;
 mod run;
 mod serve;
 mod size_flags;

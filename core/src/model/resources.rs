@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::meta::{API_VERSION, ObjectMeta, impl_resource};
-use crate::model::pipeline::{DurationSpec, PipelineSpec};
+use crate::model::pipeline::{DurationSpec, Filter, PipelineSpec};
 
 /// Declares a resource struct with the Kubernetes-shaped envelope, so every kind
 /// has the same field names and serde attributes.
@@ -139,6 +139,68 @@ pub struct PipelineSettingSpec {
     /// (GitHub, GitLab or Gitea commit statuses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forge: Option<ForgeSettings>,
+    /// Pipelines as code: the engine runs the pipeline files of a repository
+    /// as they are at the commit a webhook delivery (or `ctl exec start
+    /// --ref`) names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipelines_from_repo: Option<RepoPipelines>,
+}
+
+/// Where an engine reads pipelines from a repository, and whom it trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepoPipelines {
+    /// The repository's URL (`https://`, `http://`, `git://` or `file://`),
+    /// as deliveries name it.
+    pub repository: String,
+    /// The pipeline files: a directory and a file pattern with `*`
+    /// (default `.arkline/*.yaml`).
+    #[serde(default = "default_repo_path")]
+    pub path: String,
+    /// Branches whose deliveries are read (empty: every branch).
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub branches: Filter,
+    /// Events whose runs get the pipeline's secrets and every step its
+    /// biz's grants (default `push` and `tag`). Other events, and every pull
+    /// request from a fork, run untrusted: no secret, and only the bizes
+    /// named in `untrusted_bizes` (or bizes granted nothing) may run.
+    #[serde(default = "default_trusted_events")]
+    pub trusted_events: Vec<String>,
+    /// Bizes whose steps may run in an untrusted execution although the
+    /// engine grants them capabilities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untrusted_bizes: Vec<String>,
+    /// The engine secret holding the webhook secret of
+    /// `POST /hooks/<engine>` (GitHub's HMAC key, GitLab's token).
+    pub webhook_secret: String,
+    /// The engine secret holding the credential to fetch the repository
+    /// (a `value` token, or `username` and `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The default `pipelines_from_repo.path`.
+pub fn default_repo_path() -> String {
+    ".arkline/*.yaml".to_owned()
+}
+
+fn default_trusted_events() -> Vec<String> {
+    vec!["push".to_owned(), "tag".to_owned()]
+}
+
+/// Where the pipeline of an execution came from when it was read from a
+/// repository (pipelines as code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineOrigin {
+    /// The repository's URL.
+    pub repository: String,
+    /// The file's path in the repository.
+    pub path: String,
+    /// The commit it was read at.
+    pub commit: String,
+    /// `sha256:<hex>` of the file's content.
+    pub digest: String,
 }
 
 /// A forge the engine posts commit statuses to: `pending` when an execution
@@ -498,6 +560,16 @@ pub struct PipelineExecutionSpec {
     /// API, read by the driver).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub approvals: BTreeMap<String, Approval>,
+    /// The repository file the pipeline spec was read from (pipelines as
+    /// code); `None` for a pipeline stored in the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<PipelineOrigin>,
+    /// Started by an event the engine does not trust (a pull request from a
+    /// fork, an event outside `pipelines_from_repo.trusted_events`), or
+    /// called by such an execution: its steps get no secret, and only bizes
+    /// granted nothing or named in `untrusted_bizes` run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untrusted: bool,
 }
 
 /// A decision on an approval step.

@@ -91,13 +91,22 @@ impl Report {
         if commit.is_empty() {
             return None;
         }
-        let repository = forge.repository.clone().or_else(|| {
-            exec.spec
-                .pipeline_spec
-                .source
-                .as_ref()
-                .and_then(|s| repository_of(&s.repository))
-        })?;
+        let repository = forge
+            .repository
+            .clone()
+            .or_else(|| {
+                exec.spec
+                    .pipeline_spec
+                    .source
+                    .as_ref()
+                    .and_then(|s| repository_of(&s.repository))
+            })
+            .or_else(|| {
+                exec.spec
+                    .origin
+                    .as_ref()
+                    .and_then(|o| repository_of(&o.repository))
+            })?;
         Some(Report {
             forge,
             repository,
@@ -105,6 +114,29 @@ impl Report {
             execution: exec.metadata.name.clone(),
             pipeline: exec.spec.pipeline.clone(),
             commit,
+        })
+    }
+
+    /// The report of a pipeline file that ran nothing (it is not valid):
+    /// its context names the file, and it links nowhere.
+    pub(crate) fn for_file(
+        core: &EngineCore,
+        forge: &ForgeSettings,
+        repository_url: &str,
+        path: &str,
+        commit: &str,
+    ) -> Option<Self> {
+        let repository = forge
+            .repository
+            .clone()
+            .or_else(|| repository_of(repository_url))?;
+        Some(Report {
+            forge: forge.clone(),
+            repository,
+            engine: core.name.clone(),
+            execution: String::new(),
+            pipeline: path.to_owned(),
+            commit: commit.to_owned(),
         })
     }
 
@@ -117,14 +149,19 @@ impl Report {
     ) -> reqwest::RequestBuilder {
         let api = self.forge.api_url.trim_end_matches('/');
         let context = format!("arkline/{}/{}", self.engine, self.pipeline);
-        let target = self.forge.target_url.as_ref().map(|base| {
-            format!(
-                "{}/api/v1/engines/{}/executions/{}",
-                base.trim_end_matches('/'),
-                self.engine,
-                self.execution
-            )
-        });
+        let target = self
+            .forge
+            .target_url
+            .as_ref()
+            .filter(|_| !self.execution.is_empty())
+            .map(|base| {
+                format!(
+                    "{}/api/v1/engines/{}/executions/{}",
+                    base.trim_end_matches('/'),
+                    self.engine,
+                    self.execution
+                )
+            });
         let mut body = serde_json::json!({
             "state": state.word(self.forge.kind),
             "description": description,

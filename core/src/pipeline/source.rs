@@ -89,7 +89,9 @@ struct Auth {
 impl Checkout<'_> {
     /// The masker of this checkout's credential, to build the log with.
     pub(crate) async fn masker(core: &EngineCore, source: &SourceSpec) -> Result<Masker, String> {
-        Ok(auth(core, source).await?.masker)
+        Ok(auth(core, &source.repository, source.credential.as_deref())
+            .await?
+            .masker)
     }
 
     /// Checks the source out into the workspace and says what was checked
@@ -144,15 +146,8 @@ impl Checkout<'_> {
         } else {
             Want::Head
         };
-        let auth = auth(self.core, source).await?;
-        let limits = self.core.registry.runtime().config().process_limits.clone();
-        let policy = ProcessPolicy::resolve(&["git".to_owned()], limits.clone());
-        if let Some(Err(why)) = policy.program("git") {
-            return Err(format!(
-                "the pipeline's `source` is checked out with the host's `git`, and {why}: \
-                 install git on this host"
-            ));
-        }
+        let auth = auth(self.core, &source.repository, source.credential.as_deref()).await?;
+        let (policy, limits) = git_policy(self.core)?;
         let mirror = self
             .core
             .workspaces
@@ -164,10 +159,12 @@ impl Checkout<'_> {
         let _one_at_a_time = lock.lock().await;
         let depth = source.depth.unwrap_or(1);
         let fetch = Git {
-            checkout: self,
             policy: &policy.clone().with_host_network(true),
             dir: &mirror,
             auth: &auth,
+            log: self.log,
+            credential: source.credential.as_deref(),
+            require_sandbox: self.require_sandbox,
         };
         let commit = fetch
             .fetch_into_copy(&source.repository, &want, &branch, depth)
@@ -177,13 +174,15 @@ impl Checkout<'_> {
         local.read_only_paths.push(mirror.clone());
         let local_policy = ProcessPolicy::resolve(&["git".to_owned()], local);
         let local = Git {
-            checkout: self,
             policy: &local_policy,
             dir: self.workspace,
             auth: &Auth {
                 header: None,
                 masker: auth.masker.clone(),
             },
+            log: self.log,
+            credential: None,
+            require_sandbox: self.require_sandbox,
         };
         local
             .check_out(&source.repository, &mirror, &commit, &branch, depth)
@@ -208,21 +207,21 @@ impl Checkout<'_> {
     }
 }
 
-async fn auth(core: &EngineCore, source: &SourceSpec) -> Result<Auth, String> {
-    let Some(name) = &source.credential else {
+async fn auth(
+    core: &EngineCore,
+    repository: &str,
+    credential: Option<&str>,
+) -> Result<Auth, String> {
+    let Some(name) = credential else {
         return Ok(Auth {
             header: None,
             masker: Masker::default(),
         });
     };
-    let (scheme, rest) = source
-        .repository
-        .split_once("://")
-        .unwrap_or(("", &source.repository));
+    let (scheme, rest) = repository.split_once("://").unwrap_or(("", repository));
     if !matches!(scheme, "http" | "https") {
         return Err(format!(
-            "`source.credential` is given for `{}`, but credentials are sent over `http(s)` only",
-            source.repository
+            "a credential is given for `{repository}`, but credentials are sent over `http(s)` only"
         ));
     }
     let data = core
@@ -263,6 +262,142 @@ async fn auth(core: &EngineCore, source: &SourceSpec) -> Result<Auth, String> {
     })
 }
 
+/// The policy running the host's `git` (with this host's process limits).
+fn git_policy(
+    core: &EngineCore,
+) -> Result<(ProcessPolicy, crate::host::process::ProcessLimits), String> {
+    let limits = core.registry.runtime().config().process_limits.clone();
+    let policy = ProcessPolicy::resolve(&["git".to_owned()], limits.clone());
+    if let Some(Err(why)) = policy.program("git") {
+        return Err(format!(
+            "repositories are read with the host's `git`, and {why}: install git on this host"
+        ));
+    }
+    Ok((policy, limits))
+}
+
+/// The pipeline files of a repository at one commit.
+pub(crate) struct RepoRead {
+    /// The commit read (the branch's head resolved, when no commit was given).
+    pub(crate) commit: String,
+    /// Each file matching the setting's `path`, sorted: its path and content,
+    /// or why it was not read.
+    pub(crate) files: Vec<(String, Result<Vec<u8>, String>)>,
+}
+
+/// Reads the pipeline files of `repo` at `commit` (or the head of `branch`,
+/// or of the default branch): fetched into the engine's host-side copy and
+/// read from it, each file at most `max_bytes`.
+pub(crate) async fn read_repo(
+    core: &EngineCore,
+    repo: &crate::model::RepoPipelines,
+    commit: &str,
+    branch: &str,
+    max_bytes: usize,
+    require_sandbox: bool,
+) -> Result<RepoRead, String> {
+    crate::model::check_repository_url(&repo.repository)
+        .map_err(|why| format!("`pipelines_from_repo.repository` {why}"))?;
+    if !branch.is_empty() {
+        crate::model::check_branch_name(branch).map_err(|why| format!("the branch {why}"))?;
+    }
+    let want = if !commit.is_empty() {
+        if !is_full_sha(commit) {
+            return Err(format!(
+                "commit `{commit}` is not a full commit SHA (40 or 64 hex digits)"
+            ));
+        }
+        Want::Commit(commit.to_ascii_lowercase())
+    } else if !branch.is_empty() {
+        Want::Branch(branch.to_owned())
+    } else {
+        Want::Head
+    };
+    let (dir, pattern) = match repo.path.rsplit_once('/') {
+        Some((dir, _)) if dir.contains(['*', '?', '[', '{']) => {
+            return Err(format!(
+                "`pipelines_from_repo.path` `{}` has a pattern in a directory; only the file \
+                 name may have one (`.arkline/*.yaml`)",
+                repo.path
+            ));
+        }
+        Some((dir, _)) => (
+            dir.trim_start_matches("./").to_owned(),
+            repo.path.trim_start_matches("./"),
+        ),
+        None => (String::new(), repo.path.as_str()),
+    };
+    let glob = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("`pipelines_from_repo.path` `{}`: {e}", repo.path))?
+        .compile_matcher();
+    let auth = auth(core, &repo.repository, repo.credential.as_deref()).await?;
+    let (policy, _) = git_policy(core)?;
+    let mirror = core
+        .workspaces
+        .git_mirror(&core.name, &repo.repository)
+        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&mirror)
+        .map_err(|e| format!("cannot create {}: {e}", mirror.display()))?;
+    let log = LogCapture::new(1 << 20, crate::host::step_log::LogLabels::default(), None);
+    let lock = mirror_lock(&mirror);
+    let _one_at_a_time = lock.lock().await;
+    let git = Git {
+        policy: &policy.with_host_network(true),
+        dir: &mirror,
+        auth: &auth,
+        log: &log,
+        credential: repo.credential.as_deref(),
+        require_sandbox,
+    };
+    let branch_name = match &want {
+        Want::Branch(b) => b.clone(),
+        _ => branch.to_owned(),
+    };
+    let commit = git
+        .fetch_into_copy(&repo.repository, &want, &branch_name, 1)
+        .await?;
+    let listing = if dir.is_empty() {
+        git.git(&["ls-tree", "-l", "-z", &commit]).await?
+    } else {
+        let tree = format!("{commit}:{dir}");
+        // No such directory at this commit: no pipeline files.
+        git.git(&["ls-tree", "-l", "-z", &tree])
+            .await
+            .unwrap_or_default()
+    };
+    let mut files = Vec::new();
+    for entry in listing.split('\0').filter(|e| !e.is_empty()) {
+        let Some((meta, name)) = entry.split_once('\t') else {
+            continue;
+        };
+        let fields: Vec<&str> = meta.split_whitespace().collect();
+        let [_, kind, object, size] = fields[..] else {
+            continue;
+        };
+        let path = if dir.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{dir}/{name}")
+        };
+        if kind != "blob" || !glob.is_match(&path) {
+            continue;
+        }
+        let size: usize = size.parse().unwrap_or(usize::MAX);
+        let content = if size > max_bytes {
+            Err(format!(
+                "{path} is {size} bytes, over the {max_bytes} bytes a pipeline file may have"
+            ))
+        } else {
+            git.git_bytes(&["cat-file", "blob", object]).await
+        };
+        files.push((path, content));
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(RepoRead { commit, files })
+}
+
 /// A line of the host's in the checkout's log.
 fn note(log: &LogCapture, message: &str) {
     log.push(
@@ -279,10 +414,13 @@ fn is_full_sha(text: &str) -> bool {
 
 /// Runs git in one directory, under one policy.
 struct Git<'a> {
-    checkout: &'a Checkout<'a>,
     policy: &'a ProcessPolicy,
     dir: &'a Path,
     auth: &'a Auth,
+    log: &'a LogCapture,
+    /// The name of the credential secret (for messages).
+    credential: Option<&'a str>,
+    require_sandbox: bool,
 }
 
 impl Git<'_> {
@@ -316,7 +454,7 @@ impl Git<'_> {
                         // A server that does not serve commits by SHA: the
                         // branch's whole history, where the commit must be.
                         note(
-                            self.checkout.log,
+                            self.log,
                             &format!(
                                 "fetching commit {sha} by itself failed ({why}); fetching branch \
                              {branch} with its history"
@@ -407,6 +545,12 @@ impl Git<'_> {
     }
 
     async fn git(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.git_bytes(args).await?;
+        Ok(String::from_utf8_lossy(&out).trim().to_owned())
+    }
+
+    /// Runs git; its stdout, whole.
+    async fn git_bytes(&self, args: &[&str]) -> Result<Vec<u8>, String> {
         let mut config: Vec<(String, String)> = vec![
             ("safe.directory".into(), "*".into()),
             ("uploadpack.allowAnySHA1InWant".into(), "true".into()),
@@ -434,14 +578,15 @@ impl Git<'_> {
             cwd: None,
             stdin: None,
             timeout: Some(GIT_TIMEOUT),
-            stream_to_log: true,
+            // Not for reads of objects: their content is the output.
+            stream_to_log: !matches!(args.first(), Some(&("cat-file" | "ls-tree"))),
         };
         let ctx = ProcessContext {
             policy: self.policy,
             workspace: Some(self.dir),
-            log: self.checkout.log,
+            log: self.log,
             deadline: Instant::now() + GIT_TIMEOUT,
-            require_sandbox: self.checkout.require_sandbox,
+            require_sandbox: self.require_sandbox,
         };
         let output = process::run(ctx, request)
             .await
@@ -449,9 +594,11 @@ impl Git<'_> {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stderr = self.auth.masker.mask(stderr.trim()).into_owned();
         match output.status {
-            ProcessStatus::Exited(0) => {
-                Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-            }
+            ProcessStatus::Exited(0) if output.stdout_truncated => Err(format!(
+                "`git {}` wrote more than this host's process output cap",
+                args[0]
+            )),
+            ProcessStatus::Exited(0) => Ok(output.stdout),
             status => {
                 let how = match status {
                     ProcessStatus::Exited(code) => format!("exit status {code}"),
@@ -468,7 +615,7 @@ impl Git<'_> {
                 .iter()
                 .any(|m| stderr.contains(m))
                 {
-                    match &self.checkout.source.credential {
+                    match self.credential {
                         Some(name) => format!(
                             " (the repository refused the credential in secret `{name}`: check it)"
                         ),

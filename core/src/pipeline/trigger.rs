@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    ObjectMeta, OwnerRef, Pipeline, PipelineExecution, PipelineExecutionSpec, TriggerKind,
+    ObjectMeta, OwnerRef, Pipeline, PipelineExecution, PipelineExecutionSpec, PipelineOrigin,
+    PipelineSpec, TriggerKind,
 };
 use crate::pipeline::context::{EngineCore, PIPELINE_LABEL};
 use crate::pipeline::error::TriggerError;
@@ -24,6 +25,21 @@ pub struct TriggerRequest {
     pub kind: TriggerKind,
     /// Labels added to the execution.
     pub labels: BTreeMap<String, String>,
+    /// Run this spec, read from a repository, instead of the stored
+    /// pipeline's (pipelines as code).
+    pub from_repo: Option<FromRepo>,
+    /// The execution is untrusted: no secrets, only bizes without grants or
+    /// allowed for untrusted events (see `PipelineExecutionSpec::untrusted`).
+    pub untrusted: bool,
+}
+
+/// A pipeline spec read from a repository file, and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FromRepo {
+    /// The spec, parsed and validated.
+    pub spec: PipelineSpec,
+    /// The file, its commit and digest.
+    pub origin: PipelineOrigin,
 }
 
 impl TriggerRequest {
@@ -64,15 +80,26 @@ pub(crate) async fn trigger(
     pipeline: &str,
     req: TriggerRequest,
 ) -> Result<PipelineExecution, TriggerError> {
-    let pipelines = Api::<Pipeline>::new(core.store.clone());
-    let Some(p) = pipelines.get(&core.name, pipeline).await? else {
-        return Err(TriggerError::NoPipeline {
-            engine: core.name.clone(),
-            pipeline: pipeline.to_owned(),
-        });
+    let stored = Api::<Pipeline>::new(core.store.clone())
+        .get(&core.name, pipeline)
+        .await?;
+    // A pipeline read from a repository need not be stored; when one of
+    // its name is, its run numbers go on.
+    let (spec, floor, owner) = match (&req.from_repo, stored) {
+        (Some(from), stored) => (
+            from.spec.clone(),
+            stored.as_ref().map_or(1, |p| p.status.next_run),
+            None,
+        ),
+        (None, Some(p)) => (p.spec, p.status.next_run, Some(p.metadata.uid)),
+        (None, None) => {
+            return Err(TriggerError::NoPipeline {
+                engine: core.name.clone(),
+                pipeline: pipeline.to_owned(),
+            });
+        }
     };
-    let params = p
-        .spec
+    let params = spec
         .resolve_params(&req.params)
         .map_err(|problems| TriggerError::Params {
             pipeline: pipeline.to_owned(),
@@ -84,12 +111,18 @@ pub(crate) async fn trigger(
     // taken (by another process, or before a restart) is skipped.
     let execs = Api::<PipelineExecution>::new(core.store.clone());
     loop {
-        let run = core.next_run(pipeline, p.status.next_run);
-        let mut exec = new_execution(core, &p, pipeline, run, &req, params.clone());
+        let run = core.next_run(pipeline, floor);
+        let mut exec = new_execution(
+            core,
+            (&spec, owner.as_deref()),
+            pipeline,
+            run,
+            &req,
+            params.clone(),
+        );
         // A called pipeline runs as part of its caller, which holds the
         // group (the same group would leave each waiting for the other).
-        if let Some(c) = p
-            .spec
+        if let Some(c) = spec
             .concurrency
             .as_ref()
             .filter(|_| req.kind != TriggerKind::Pipeline)
@@ -130,7 +163,7 @@ fn group_of(exec: &PipelineExecution, group: &str) -> Result<String, TriggerErro
 
 fn new_execution(
     core: &EngineCore,
-    p: &Pipeline,
+    (spec, owner): (&PipelineSpec, Option<&str>),
     pipeline: &str,
     run: u64,
     req: &TriggerRequest,
@@ -140,16 +173,18 @@ fn new_execution(
     meta.labels = req.labels.clone();
     meta.labels
         .insert(PIPELINE_LABEL.into(), pipeline.to_owned());
-    meta.owners.push(OwnerRef {
-        kind: "Pipeline".into(),
-        name: pipeline.to_owned(),
-        uid: p.metadata.uid.clone(),
-    });
+    if let Some(uid) = owner {
+        meta.owners.push(OwnerRef {
+            kind: "Pipeline".into(),
+            name: pipeline.to_owned(),
+            uid: uid.to_owned(),
+        });
+    }
     PipelineExecution::new(
         meta,
         PipelineExecutionSpec {
             pipeline: pipeline.to_owned(),
-            pipeline_spec: p.spec.clone(),
+            pipeline_spec: spec.clone(),
             run,
             trigger: req.kind,
             params,
@@ -159,8 +194,7 @@ fn new_execution(
                 req.event.clone()
             },
             branch: if req.branch.is_empty() {
-                p.spec
-                    .source
+                spec.source
                     .as_ref()
                     .and_then(|s| s.branch.clone())
                     .unwrap_or_default()
@@ -172,6 +206,8 @@ fn new_execution(
             concurrency: None,
             superseded_by: None,
             approvals: BTreeMap::new(),
+            origin: req.from_repo.as_ref().map(|f| f.origin.clone()),
+            untrusted: req.untrusted,
         },
     )
 }

@@ -798,6 +798,12 @@ impl BizLease {
         &self.biz.manifest
     }
 
+    /// What the biz may do here: what its manifest requests and the engine
+    /// grants.
+    pub fn capabilities(&self) -> &crate::host::Capabilities {
+        self.biz.capabilities.effective()
+    }
+
     /// Runs one step call in a fresh instance. A fault comes back in the report;
     /// an instantiation failure also marks the version `Broken`.
     pub async fn invoke(&self, call: StepCall) -> StepReport {

@@ -49,6 +49,8 @@ fn execution() -> PipelineExecution {
             concurrency: Some("p-main".into()),
             superseded_by: None,
             approvals: BTreeMap::new(),
+            origin: None,
+            untrusted: false,
         },
     );
     exec.status.phase = ExecutionPhase::Running;

@@ -13,7 +13,6 @@ mod deployment;
 mod etcd;
 mod executions;
 mod forge;
-mod git_server;
 mod graphs;
 mod http_capability;
 mod native_plugins;

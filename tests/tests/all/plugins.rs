@@ -16,7 +16,7 @@ use arkline::host::Capabilities;
 use arkline::model::{ExecutionPhase, PipelineExecution};
 use arkline::{Container, TriggerRequest};
 
-use crate::git_server::{git, git_daemon};
+use arkline_testkit::git::{git, git_daemon};
 
 const LIMIT: Duration = Duration::from_secs(180);
 

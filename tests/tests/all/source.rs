@@ -11,7 +11,7 @@ use arkline::model::{ExecutionPhase, PipelineExecution, SourceStatus};
 use arkline::{Container, Engine, ExecOptions, TriggerRequest};
 use base64::Engine as _;
 
-use crate::git_server::{Repo, git, git_daemon, git_http};
+use arkline_testkit::git::{Repo, git, git_daemon, git_http};
 
 const LIMIT: Duration = Duration::from_secs(180);
 

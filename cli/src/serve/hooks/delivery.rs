@@ -127,6 +127,88 @@ impl Reader<'_> {
     }
 }
 
+/// The names a delivery gives its repository (clone and web URLs, `owner/name`),
+/// to compare with the repository an engine reads its pipelines from.
+pub fn repository_names(provider: Provider, payload: &Value) -> Vec<String> {
+    let pointers: &[&str] = match provider {
+        Provider::Github | Provider::Gitea => &[
+            "/repository/clone_url",
+            "/repository/html_url",
+            "/repository/ssh_url",
+            "/repository/git_url",
+            "/repository/full_name",
+        ],
+        Provider::Gitlab => &[
+            "/project/git_http_url",
+            "/project/git_ssh_url",
+            "/project/web_url",
+            "/project/path_with_namespace",
+        ],
+    };
+    pointers
+        .iter()
+        .filter_map(|p| text(payload, p))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether a pull or merge request comes from another repository (a fork);
+/// a request whose source repository is gone counts as one.
+pub fn from_fork(provider: Provider, payload: &Value) -> bool {
+    match provider {
+        Provider::Github | Provider::Gitea => {
+            if payload.get("pull_request").is_none() {
+                return false;
+            }
+            let head = payload.pointer("/pull_request/head/repo/full_name");
+            let base = payload.pointer("/pull_request/base/repo/full_name");
+            head.is_none() || head != base
+        }
+        Provider::Gitlab => {
+            if payload
+                .pointer("/object_attributes/target_project_id")
+                .is_none()
+            {
+                return false;
+            }
+            payload.pointer("/object_attributes/source_project_id")
+                != payload.pointer("/object_attributes/target_project_id")
+        }
+    }
+}
+
+/// A repository URL or `owner/name` reduced for comparison: no scheme,
+/// credential, `.git` or trailing `/`; `git@host:path` as `host/path`; the
+/// host in lower case.
+pub fn normalize_repository(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = match rest.split_once('@') {
+        Some((user, after)) if !user.contains('/') => after,
+        _ => rest,
+    };
+    let rest = if url.contains("://") {
+        rest.to_owned()
+    } else {
+        rest.replacen(':', "/", 1)
+    };
+    let rest = rest.trim_end_matches('/').trim_end_matches(".git");
+    match rest.split_once('/') {
+        Some((host, path)) => format!("{}/{path}", host.to_ascii_lowercase()),
+        None => rest.to_owned(),
+    }
+}
+
+/// Whether one of `names` is `repository`: the same URL, or its path as
+/// `owner/name`.
+pub fn same_repository(repository: &str, names: &[String]) -> bool {
+    let want = normalize_repository(repository);
+    let path = want.split_once('/').map_or("", |(_, p)| p);
+    names.iter().any(|n| {
+        let n = normalize_repository(n);
+        n == want || (!n.is_empty() && n == path)
+    })
+}
+
 /// Reads a Gitea or Forgejo delivery of event `event` (the `X-Gitea-Event`
 /// header). The payloads are GitHub's, but for the pull request action that
 /// new commits send: `synchronized`.
@@ -277,6 +359,27 @@ mod tests {
         ));
         let err = github("push", &json!({"after": "abc"})).unwrap_err();
         assert_eq!(err.to_string(), "the `push` payload has no `ref`");
+    }
+
+    #[test]
+    fn repositories_compare_by_url_or_path_and_forks_are_told() {
+        let payload = json!({
+            "repository": {"clone_url": "https://GitHub.com/acme/app.git", "full_name": "acme/app"},
+            "pull_request": {"head": {"repo": {"full_name": "eve/app"}}, "base": {"repo": {"full_name": "acme/app"}}},
+        });
+        let names = repository_names(Provider::Github, &payload);
+        assert!(same_repository("https://github.com/acme/app", &names));
+        assert!(same_repository("git@github.com:acme/app.git", &names));
+        assert!(!same_repository("https://github.com/acme/other", &names));
+        assert!(from_fork(Provider::Github, &payload));
+        let same = json!({"pull_request": {"head": {"repo": {"full_name": "acme/app"}}, "base": {"repo": {"full_name": "acme/app"}}}});
+        assert!(!from_fork(Provider::Github, &same));
+        assert!(!from_fork(
+            Provider::Github,
+            &json!({"ref": "refs/heads/main"})
+        ));
+        let mr = json!({"object_attributes": {"source_project_id": 7, "target_project_id": 9}});
+        assert!(from_fork(Provider::Gitlab, &mr));
     }
 
     #[test]

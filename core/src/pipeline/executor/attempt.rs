@@ -76,6 +76,15 @@ impl Driver {
         attempt: u32,
     ) -> Result<Prepared, AttemptFailure> {
         let names = step.referenced_secrets();
+        if self.exec.spec.untrusted && !names.is_empty() {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            return Err(AttemptFailure::fatal(format!(
+                "secrets: this execution is untrusted (a pull request from a fork, or an \
+                 event not in `pipelines_from_repo.trusted_events`), so it gets no secret, \
+                 and the step reads {}",
+                names.join(", ")
+            )));
+        }
         let secrets: BTreeMap<String, String> = if names.is_empty() {
             BTreeMap::new()
         } else {
@@ -201,6 +210,22 @@ impl Driver {
             "attempt {attempt} of {allowed}: {} {step_type}",
             lease.id()
         ));
+        if self.exec.spec.untrusted && !lease.capabilities().is_empty() {
+            let allowed = self
+                .settings
+                .pipelines_from_repo
+                .as_ref()
+                .is_some_and(|r| r.untrusted_bizes.iter().any(|b| b == lease.name()));
+            if !allowed {
+                return Err(AttemptFailure::fatal(format!(
+                    "untrusted: biz `{}` is granted capabilities in this engine, and this \
+                     execution is untrusted (a pull request from a fork, or an event not in \
+                     `pipelines_from_repo.trusted_events`); name the biz in \
+                     `pipelines_from_repo.untrusted_bizes` to let it run",
+                    lease.name()
+                )));
+            }
+        }
 
         let cache_key = match &step.cache {
             Some(c) => Some(

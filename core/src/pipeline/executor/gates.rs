@@ -246,6 +246,8 @@ impl Driver {
                         (CALLED_BY_STEP_LABEL.to_owned(), step.name.clone()),
                         (CALL_DEPTH_LABEL.to_owned(), depth.to_string()),
                     ]),
+                    from_repo: None,
+                    untrusted: spec.untrusted,
                 };
                 self.start_waiting(node, &format!("calling pipeline `{}`", call.name));
                 match trigger(&self.core, &call.name, req).await {

@@ -1,4 +1,4 @@
-//! Real git servers on 127.0.0.1 for the tests: `git daemon` (anonymous, the
+//! Real git repositories and servers on 127.0.0.1 for tests: `git daemon` (anonymous, the
 //! `git://` protocol) and `git http-backend` behind a small CGI host that asks
 //! for HTTP Basic credentials.
 
@@ -14,7 +14,7 @@ use base64::Engine as _;
 
 /// Runs git in `dir` with a fixed identity and no user or system
 /// configuration; returns its trimmed stdout.
-pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
+pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -39,14 +39,16 @@ pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A working copy pushing to a bare repository `<srv>/<name>.git` on `main`.
-pub(crate) struct Repo {
-    pub(crate) work: PathBuf,
-    pub(crate) bare: PathBuf,
+pub struct Repo {
+    /// The working copy.
+    pub work: PathBuf,
+    /// The bare repository it pushes to.
+    pub bare: PathBuf,
 }
 
 impl Repo {
     /// Creates the bare repository and an empty working copy beside it.
-    pub(crate) fn new(root: &Path, name: &str) -> Repo {
+    pub fn new(root: &Path, name: &str) -> Repo {
         let srv = root.join("srv");
         std::fs::create_dir_all(&srv).expect("mkdir");
         git(
@@ -64,7 +66,7 @@ impl Repo {
 
     /// Writes `files` (path → content), commits them on the current branch
     /// and pushes it; returns the commit.
-    pub(crate) fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
+    pub fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
         for (path, content) in files {
             let path = self.work.join(path);
             std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
@@ -89,7 +91,7 @@ impl Repo {
 
 /// `git daemon --inetd` per connection on an ephemeral port, serving every
 /// repository under `root`; returns the port.
-pub(crate) fn git_daemon(root: &Path) -> u16 {
+pub fn git_daemon(root: &Path) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let root = root.to_path_buf();
@@ -111,20 +113,20 @@ pub(crate) fn git_daemon(root: &Path) -> u16 {
     port
 }
 
-/// What the HTTP server saw: each request's method and path, and whether it
-/// carried the right credential.
+/// What the HTTP server saw.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Seen {
-    pub(crate) requests: Vec<(String, String, bool)>,
+pub struct Seen {
+    /// Method, path and whether the credential was right, per request.
+    pub requests: Vec<(String, String, bool)>,
     /// Every `Authorization` header value received (to prove the credential
     /// travelled only there).
-    pub(crate) authorizations: Vec<String>,
+    pub authorizations: Vec<String>,
 }
 
 /// `git http-backend` serving the repositories under `root` over HTTP on an
 /// ephemeral port, answering 401 to any request without `user:password` as
 /// Basic credentials. Returns the port and what it saw.
-pub(crate) fn git_http(root: &Path, user: &str, password: &str) -> (u16, Arc<Mutex<Seen>>) {
+pub fn git_http(root: &Path, user: &str, password: &str) -> (u16, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let root = root.to_path_buf();
