@@ -172,6 +172,10 @@ pub enum ExecCmd {
         /// Event (`push`, `pull_request`, `tag`, `manual`).
         #[arg(long, default_value = "")]
         event: String,
+        /// Run the pipeline file as it is at this branch or commit of the
+        /// engine's repository (`pipelines_from_repo`), not the stored pipeline.
+        #[arg(long = "ref", default_value = "", conflicts_with_all = ["branch", "commit"])]
+        reference: String,
         /// Wait until it finishes; exit 1 unless it succeeded.
         #[arg(long)]
         wait: bool,
@@ -530,6 +534,7 @@ impl CtlArgs {
                 branch,
                 commit,
                 event,
+                reference,
                 wait,
             } => {
                 let mut values: BTreeMap<String, serde_json::Value> = params
@@ -541,7 +546,7 @@ impl CtlArgs {
                         .with_context(|| format!("--param-json {k}={v}: the value is not JSON"))?;
                     values.insert(k.clone(), value);
                 }
-                let body = serde_json::json!({"params": values, "branch": branch, "commit": commit, "event": event});
+                let body = serde_json::json!({"params": values, "branch": branch, "commit": commit, "event": event, "ref": reference});
                 let exec: PipelineExecution = client
                     .json(
                         client

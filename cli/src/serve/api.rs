@@ -118,6 +118,11 @@ pub struct TriggerBody {
     pub commit: String,
     /// Event (`push`, `pull_request`, `tag`, `manual`); `manual` when empty.
     pub event: String,
+    /// Run the pipeline as its file is at this branch or full commit SHA of
+    /// the engine's `pipelines_from_repo` repository (pipelines as code),
+    /// instead of the stored pipeline.
+    #[serde(rename = "ref")]
+    pub reference: String,
 }
 
 /// Body of a decision on an approval step.
@@ -436,7 +441,7 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
             Operation {
                 query: &[QueryParam { name: "follow", ty: "boolean", repeated: false, description: "Stream the lines (server-sent events) until the step ends." }],
                 reply: Reply::LogLines(schema::<LogLine>),
-                ..op(Method::GET, "/api/v1/engines/{engine}/executions/{execution}/steps/{step}/logs", "stepLogs", "A step's log, every attempt; live with `follow=true`.", "executions", READ)
+                ..op(Method::GET, "/api/v1/engines/{engine}/executions/{execution}/steps/{step}/logs", "stepLogs", "A step's log, every attempt; live with `follow=true`. Step `@source` is the host's checkout of the pipeline's `source`.", "executions", READ)
             },
             get(step_logs),
         )
@@ -1048,10 +1053,43 @@ async fn trigger(
     } else {
         serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::bad_request(format!(
-                "the trigger body does not fit (`params`, `branch`, `commit`, `event`): {e}"
+                "the trigger body does not fit (`params`, `branch`, `commit`, `event`, `ref`): {e}"
             ))
         })?
     };
+    if !body.reference.is_empty() {
+        if !body.commit.is_empty() || !body.branch.is_empty() {
+            return Err(ApiError::bad_request(
+                "give `ref` (a branch or a full commit SHA) or `branch`/`commit`, not both",
+            ));
+        }
+        let is_sha = matches!(body.reference.len(), 40 | 64)
+            && body.reference.bytes().all(|b| b.is_ascii_hexdigit());
+        let (branch, commit) = if is_sha {
+            (String::new(), body.reference)
+        } else {
+            (body.reference, String::new())
+        };
+        let run = engine
+            .run_from_repo(arkline::RepoEvent {
+                event: body.event,
+                branch,
+                commit,
+                kind: arkline::model::TriggerKind::Manual,
+                only: Some(pipeline.clone()),
+                params: body.params,
+                ..arkline::RepoEvent::default()
+            })
+            .await?;
+        let Some(name) = run.executions().first().map(|n| (*n).to_owned()) else {
+            return Err(ApiError::internal(format!(
+                "pipeline `{pipeline}` was read at {} but did not start",
+                run.commit
+            )));
+        };
+        let exec = execution_of(&engine, &name).await?;
+        return Ok((StatusCode::CREATED, Json(exec)));
+    }
     let request = TriggerRequest {
         params: body.params,
         event: body.event,
@@ -1136,7 +1174,8 @@ async fn step_logs(
     let engine = scoped(&state, &caller, &name, Access::Read)?;
     let LogsQuery { follow } = query(q)?;
     let exec = execution_of(&engine, &execution).await?;
-    if !step_names(&exec).any(|s| s == step) {
+    // `@source` is the host's checkout of the pipeline's `source`.
+    if !step_names(&exec).any(|s| s == step) && !exec.status.logs.contains_key(&step) {
         return Err(ApiError::not_found(format!(
             "execution `{execution}` has no step `{step}`; its steps: {}",
             step_names(&exec).collect::<Vec<_>>().join(", ")

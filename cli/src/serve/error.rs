@@ -223,6 +223,11 @@ impl From<EngineError> for ApiError {
                 arkline::engine::Refusal::NotAnApprover => ApiError::forbidden(e.to_string()),
             },
             EngineError::InvalidSettings(_) => ApiError::bad_request(e.to_string()),
+            EngineError::Repo { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "repository",
+                e.to_string(),
+            ),
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -22,11 +22,12 @@ use sha2::Digest as _;
 const SECRET: &str = "repo-h00k-secret";
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn ci(data: &str) -> String {
+fn ci(url: &str, data: &str) -> String {
     format!(
         r#"
 name: ci
 secrets: [deploy_token]
+source: {{ repository: "{url}" }}
 triggers:
   - {{type: webhook, events: [push, pull_request]}}
 stages:
@@ -102,9 +103,9 @@ fn digest(text: &str) -> String {
 async fn a_push_runs_the_pipeline_file_at_the_pushed_commit_and_forks_get_no_secret() {
     let root = tempfile::tempdir().expect("tempdir");
     let repo = Repo::new(root.path(), "app");
-    let first = repo.commit("ci v1", &[(".arkline/ci.yaml", &ci("v1"))]);
     let port = git_daemon(&root.path().join("srv"));
     let url = format!("git://127.0.0.1:{port}/app.git");
+    let first = repo.commit("ci v1", &[(".arkline/ci.yaml", &ci(&url, "v1"))]);
 
     let data = tempfile::tempdir().expect("tempdir");
     let container = Container::builder()
@@ -148,7 +149,9 @@ async fn a_push_runs_the_pipeline_file_at_the_pushed_commit_and_forks_get_no_sec
         .await
         .expect("binds loopback");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = router(AppState::new(container.clone()));
+    let app = router(
+        AppState::new(container.clone()).with_auth(arkline_cli::serve::auth::Auth::Disabled),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     let server = Server {
         engine,
@@ -178,8 +181,26 @@ async fn a_push_runs_the_pipeline_file_at_the_pushed_commit_and_forks_get_no_sec
     assert_eq!(origin.repository, url);
     assert_eq!(origin.path, ".arkline/ci.yaml");
     assert_eq!(origin.commit, first);
-    assert_eq!(origin.digest, digest(&ci("v1")));
+    assert_eq!(origin.digest, digest(&ci(&url, "v1")));
     assert!(!done.spec.untrusted);
+
+    // The host's checkout of `source` has its log beside the steps'.
+    let log = server
+        .http
+        .get(format!(
+            "{}/api/v1/engines/ci/executions/{name}/steps/@source/logs",
+            server.base
+        ))
+        .send()
+        .await
+        .expect("answers");
+    let code = log.status().as_u16();
+    let text = log.text().await.expect("body");
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.contains(&format!("checked out {url} at {first}")),
+        "{text}"
+    );
 
     // The same delivery again starts nothing.
     let (status, answer) = server
@@ -195,7 +216,7 @@ async fn a_push_runs_the_pipeline_file_at_the_pushed_commit_and_forks_get_no_sec
     );
 
     // A second push changes the file: the new content runs.
-    let second = repo.commit("ci v2", &[(".arkline/ci.yaml", &ci("v2"))]);
+    let second = repo.commit("ci v2", &[(".arkline/ci.yaml", &ci(&url, "v2"))]);
     let (status, answer) = server.deliver("push", &push(&url, &second), None).await;
     assert_eq!(status, 202, "{answer}");
     let done = server
@@ -204,8 +225,48 @@ async fn a_push_runs_the_pipeline_file_at_the_pushed_commit_and_forks_get_no_sec
     assert_eq!(done.status.outputs["build"]["data"], "v2 push");
     assert_eq!(
         done.spec.origin.as_ref().map(|o| o.digest.clone()),
-        Some(digest(&ci("v2")))
+        Some(digest(&ci(&url, "v2")))
     );
+
+    // A person runs the file as it is at a branch or a commit
+    // (`ctl exec start --ref`).
+    for (reference, commit, data) in [
+        ("main", &second, "v2 manual"),
+        (&first[..], &first, "v1 manual"),
+    ] {
+        let resp = server
+            .http
+            .post(format!(
+                "{}/api/v1/engines/ci/pipelines/ci/executions",
+                server.base
+            ))
+            .json(&json!({ "ref": reference }))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(resp.status().as_u16(), 201);
+        let exec: PipelineExecution = resp.json().await.expect("an execution");
+        let done = server.finished(&exec.metadata.name).await;
+        assert_eq!(
+            done.status.phase,
+            ExecutionPhase::Succeeded,
+            "{:#?}",
+            done.status
+        );
+        assert_eq!(done.spec.origin.as_ref().map(|o| &o.commit), Some(commit));
+        assert_eq!(done.status.outputs["build"]["data"], data);
+    }
+    let resp = server
+        .http
+        .post(format!(
+            "{}/api/v1/engines/ci/pipelines/nope/executions",
+            server.base
+        ))
+        .json(&json!({ "ref": "main" }))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status().as_u16(), 404);
 
     // A pull request from a fork: untrusted, so the step reading a secret
     // fails and says why; the step that reads none runs.

@@ -89,6 +89,8 @@ pub enum RepoOutcome {
     Invalid {
         /// The diagnostics.
         message: String,
+        /// The first of them, on one line (the commit status's description).
+        summary: String,
     },
 }
 
@@ -155,21 +157,41 @@ impl Engine {
                         path,
                         digest: String::new(),
                         pipeline: None,
-                        outcome: RepoOutcome::Invalid { message },
+                        outcome: RepoOutcome::Invalid {
+                            summary: message.clone(),
+                            message,
+                        },
                     });
                     continue;
                 }
             };
             let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            let summarize = |d: &crate::model::Diagnostics| {
+                let first =
+                    d.0.iter()
+                        .find(|d| d.severity == crate::model::Severity::Error);
+                let message = d.to_string();
+                let summary = first.map_or_else(
+                    || message.lines().next().unwrap_or_default().to_owned(),
+                    |f| match &f.span {
+                        Some(span) => format!("{}:{}: {}", path, span.line, f.message),
+                        None => format!("{path}: {}", f.message),
+                    },
+                );
+                (message, summary)
+            };
             let parsed = match std::str::from_utf8(&bytes) {
-                Err(e) => Err(format!("{path} is not UTF-8 text: {e}")),
+                Err(e) => {
+                    let m = format!("{path} is not UTF-8 text: {e}");
+                    Err((m.clone(), m))
+                }
                 Ok(text) => match crate::model::parse_pipeline_file(&path, text) {
-                    Err(diagnostics) => Err(diagnostics.to_string()),
+                    Err(diagnostics) => Err(summarize(&diagnostics)),
                     Ok(parsed) => {
                         let checked =
                             self.check_step_configs(&parsed.pipeline.spec, &parsed.source_map);
                         if checked.has_errors() {
-                            Err(checked.to_string())
+                            Err(summarize(&checked))
                         } else {
                             Ok(parsed)
                         }
@@ -178,12 +200,12 @@ impl Engine {
             };
             let parsed = match parsed {
                 Ok(p) => p,
-                Err(message) => {
+                Err((message, summary)) => {
                     files.push(RepoFile {
                         path,
                         digest,
                         pipeline: None,
-                        outcome: RepoOutcome::Invalid { message },
+                        outcome: RepoOutcome::Invalid { message, summary },
                     });
                     continue;
                 }
@@ -252,11 +274,25 @@ impl Engine {
         if let Some(only) = &event.only
             && !found_only
         {
-            return Err(self.not_found("pipeline in the repository", only));
+            let invalid: Vec<String> = files
+                .iter()
+                .filter_map(|f| match &f.outcome {
+                    RepoOutcome::Invalid { message, .. } => Some(format!("{}: {message}", f.path)),
+                    _ => None,
+                })
+                .collect();
+            if invalid.is_empty() {
+                return Err(self.not_found("pipeline in the repository", only));
+            }
+            return Err(repo_error(format!(
+                "no valid file at {} defines pipeline `{only}`, and these are not valid:\n{}",
+                read.commit,
+                invalid.join("\n")
+            )));
         }
         if let Some(forge) = &settings.forge {
             for file in &files {
-                if let RepoOutcome::Invalid { message } = &file.outcome
+                if let RepoOutcome::Invalid { summary, .. } = &file.outcome
                     && let Some(report) = crate::pipeline::forge::Report::for_file(
                         core,
                         forge,
@@ -265,9 +301,9 @@ impl Engine {
                         &read.commit,
                     )
                 {
-                    let (core, message) = (core.clone(), message.clone());
+                    let (core, summary) = (core.clone(), summary.clone());
                     tokio::spawn(async move {
-                        let mut description = message.lines().next().unwrap_or("").to_owned();
+                        let mut description = summary.lines().next().unwrap_or("").to_owned();
                         if let Some((cut, _)) = description.char_indices().nth(137) {
                             description.truncate(cut);
                             description.push('…');

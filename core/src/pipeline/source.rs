@@ -340,7 +340,15 @@ pub(crate) async fn read_repo(
         .map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&mirror)
         .map_err(|e| format!("cannot create {}: {e}", mirror.display()))?;
-    let log = LogCapture::new(1 << 20, crate::host::step_log::LogLabels::default(), None);
+    let log = LogCapture::new(
+        1 << 20,
+        crate::host::step_log::LogLabels {
+            engine: core.name.clone(),
+            biz: "arkline".into(),
+            step: "@repository".into(),
+        },
+        None,
+    );
     let lock = mirror_lock(&mirror);
     let _one_at_a_time = lock.lock().await;
     let git = Git {

@@ -15,7 +15,6 @@ use crate::executions::{engine_in, wait};
 use crate::http_capability::{Seen, TestServer, reply};
 
 const PIPELINE: &str = r#"name: app
-source: { repository: "https://github.com/acme/app.git" }
 params:
   - { name: fail, type: bool, default: false }
 stages:
@@ -42,7 +41,9 @@ async fn configure(engine: &Engine, kind: ForgeKind, api: String) {
                 kind,
                 api_url: api,
                 token_secret: "forge-token".into(),
-                repository: None,
+                // (Worked out from `source.repository` when not given, but a
+                // pipeline with a `source` checks it out, from the network.)
+                repository: Some("acme/app".into()),
                 target_url: Some("https://ci.example.com".into()),
             }),
             ..PipelineSettingSpec::default()
@@ -212,5 +213,90 @@ async fn a_failing_forge_neither_fails_nor_holds_up_the_execution() {
     let forge = container.metrics().snapshot().forge;
     assert_eq!(forge.len(), 1, "{forge:?}");
     assert_eq!((forge[0].posted, forge[0].failed), (0, 1));
+    container.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_pipeline_file_in_the_repository_is_an_error_status_on_its_commit() {
+    use arkline::model::RepoPipelines;
+    use arkline::{RepoEvent, RepoOutcome};
+    use arkline_testkit::git::{Repo, git_daemon};
+
+    let server = TestServer::start(|_, _| reply("201 Created", &[], b"{}"));
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::new(root.path(), "app");
+    let commit = repo.commit(
+        "broken",
+        &[(
+            ".arkline/ci.yaml",
+            "name: ci\nstages:\n  - name: s\n    stepz: []\n",
+        )],
+    );
+    let port = git_daemon(&root.path().join("srv"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, engine) = engine_in(dir.path()).await;
+    engine
+        .set_secret("forge-token", "t0ken")
+        .await
+        .expect("secret");
+    engine
+        .apply_settings(PipelineSettingSpec {
+            forge: Some(ForgeSettings {
+                kind: ForgeKind::Github,
+                api_url: server.url("/gh"),
+                token_secret: "forge-token".into(),
+                repository: Some("acme/app".into()),
+                target_url: None,
+            }),
+            pipelines_from_repo: Some(RepoPipelines {
+                repository: format!("git://127.0.0.1:{port}/app.git"),
+                path: arkline::model::default_repo_path(),
+                branches: arkline::model::Filter::default(),
+                trusted_events: vec!["push".into()],
+                untrusted_bizes: Vec::new(),
+                webhook_secret: "hook".into(),
+                credential: None,
+            }),
+            ..PipelineSettingSpec::default()
+        })
+        .await
+        .expect("settings apply");
+    let run = engine
+        .run_from_repo(RepoEvent {
+            event: "push".into(),
+            branch: "main".into(),
+            commit: commit.clone(),
+            kind: arkline::model::TriggerKind::Webhook,
+            ..RepoEvent::default()
+        })
+        .await
+        .expect("the repository reads");
+    assert_eq!(run.commit, commit);
+    assert!(run.executions().is_empty(), "nothing runs");
+    let [file] = &run.files[..] else {
+        panic!("one file: {run:#?}")
+    };
+    let RepoOutcome::Invalid { message, .. } = &file.outcome else {
+        panic!("invalid: {file:#?}")
+    };
+    assert!(message.contains("stepz"), "{message}");
+    let sent = requests_for(&server, &commit, 1);
+    assert_eq!(
+        sent[0].target,
+        format!("/gh/repos/acme/app/statuses/{commit}")
+    );
+    let status = body(&sent[0]);
+    assert_eq!(status["state"], "error");
+    assert_eq!(
+        status["context"],
+        "arkline/forge/.arkline/ci.yaml".replace("forge", engine.name())
+    );
+    assert!(
+        status["description"]
+            .as_str()
+            .is_some_and(|d| d == ".arkline/ci.yaml:3: stage `s` is missing `steps`"),
+        "{status}"
+    );
+    assert!(status.get("target_url").is_none());
     container.shutdown().await;
 }

@@ -213,9 +213,10 @@ pub(crate) async fn receive(
                     v["outcome"] = "not_run".into();
                     v["reason"] = reason.clone().into();
                 }
-                RepoOutcome::Invalid { message } => {
+                RepoOutcome::Invalid { message, summary } => {
                     v["outcome"] = "invalid".into();
                     v["message"] = message.clone().into();
+                    v["summary"] = summary.clone().into();
                 }
             }
             v

@@ -1,0 +1,3 @@
+set -e
+test "$(cat answer.txt)" = 42
+echo "all tests passed"
