@@ -406,6 +406,40 @@ pub(crate) async fn read_repo(
     Ok(RepoRead { commit, files })
 }
 
+/// Removes the `*.lock` files a git killed with its process (a crash, a
+/// SIGKILL) left in `git_dir` and its `refs/`: git refuses to write while
+/// they exist, and no git runs there now (fetches into a copy are one at a
+/// time; a workspace has one driver).
+fn clear_stale_locks(git_dir: &Path) {
+    let mut dirs = vec![git_dir.to_path_buf()];
+    let refs = git_dir.join("refs");
+    let mut stack = vec![refs];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+        dirs.push(dir);
+    }
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(".lock")
+                && entry.file_type().is_ok_and(|t| t.is_file())
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// A line of the host's in the checkout's log.
 fn note(log: &LogCapture, message: &str) {
     log.push(
@@ -440,7 +474,9 @@ impl Git<'_> {
         branch: &str,
         depth: u32,
     ) -> Result<String, String> {
-        if !self.dir.join("HEAD").exists() {
+        if self.dir.join("HEAD").exists() {
+            clear_stale_locks(self.dir);
+        } else {
             self.git(&["init", "--bare", "-q", "."]).await?;
         }
         let shallow = self.dir.join("shallow").exists();
@@ -522,7 +558,9 @@ impl Git<'_> {
         branch: &str,
         depth: u32,
     ) -> Result<(), String> {
-        if !self.dir.join(".git").exists() {
+        if self.dir.join(".git").exists() {
+            clear_stale_locks(&self.dir.join(".git"));
+        } else {
             self.git(&["init", "-q"]).await?;
         }
         let copy_url = format!("file://{}", copy.display());
@@ -643,6 +681,27 @@ impl Git<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_locks_go_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let git = dir.path();
+        std::fs::create_dir_all(git.join("refs/heads/feature")).expect("mkdir");
+        for f in [
+            "shallow.lock",
+            "HEAD",
+            "refs/heads/main.lock",
+            "refs/heads/feature/x.lock",
+            "refs/heads/main",
+        ] {
+            std::fs::write(git.join(f), "x").expect("write");
+        }
+        clear_stale_locks(git);
+        assert!(!git.join("shallow.lock").exists());
+        assert!(!git.join("refs/heads/main.lock").exists());
+        assert!(!git.join("refs/heads/feature/x.lock").exists());
+        assert!(git.join("HEAD").exists() && git.join("refs/heads/main").exists());
+    }
 
     #[test]
     fn full_shas_only() {
