@@ -15,6 +15,7 @@
 
 mod archive;
 mod manifest;
+pub mod producers;
 mod signature;
 
 pub(crate) use archive::read_entries_with;

@@ -53,6 +53,16 @@ impl InspectCmd {
     }
 }
 
+/// The source language: as recorded when packaged, else from the
+/// component's `producers` sections.
+fn language_of(ark: &Ark) -> Option<String> {
+    ark.manifest
+        .build
+        .language
+        .clone()
+        .or_else(|| arkline::ark::producers::source_language(&ark.component))
+}
+
 fn signature_status(ark: &Ark) -> String {
     match ark.verify_signature(&arkline::ark::SignaturePolicy::default()) {
         Ok(status) => status.to_string(),
@@ -79,6 +89,7 @@ fn to_json(ark: &Ark) -> serde_json::Value {
         "component": m.component,
         "files": m.files,
         "build": m.build,
+        "language": language_of(ark),
         "signature": signature_status(ark),
     })
 }
@@ -98,11 +109,30 @@ fn write_text(out: &mut impl Write, ark: &Ark) -> anyhow::Result<()> {
         writeln!(out, "license:     {license}")?;
     }
     writeln!(out, "host API:    arkline:step {}", m.host_api)?;
+    let toolchain = if m.build.rustc.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", m.build.rustc)
+    };
     writeln!(
         out,
-        "built with:  {} ({}, {} profile, {})",
-        m.build.packager, m.build.target, m.build.profile, m.build.rustc
+        "built with:  {} ({}, {} profile{toolchain})",
+        m.build.packager, m.build.target, m.build.profile
     )?;
+    writeln!(
+        out,
+        "language:    {}",
+        language_of(ark).unwrap_or_else(|| "unknown".to_owned())
+    )?;
+    if ark.component.len() > super::package::LARGE_COMPONENT {
+        writeln!(
+            out,
+            "warning:     a {} MiB component: each node compiles it once when it is \
+             installed (seconds for a language runtime inside a component), then loads it \
+             from its compiled cache",
+            ark.component.len() >> 20
+        )?;
+    }
     writeln!(out, "sha256:      {}", ark.sha256)?;
     writeln!(out, "signature:   {}", signature_status(ark))?;
 

@@ -6,6 +6,7 @@ mod cargo_flags;
 mod cli;
 mod container;
 mod json_output;
+mod prebuilt;
 mod publish;
 mod run;
 mod sign_verify;

@@ -86,8 +86,13 @@ pub struct BuildInfo {
     pub rustc: String,
     /// Target triple, `wasm32-wasip2`.
     pub target: String,
-    /// Cargo profile, normally `ark`.
+    /// Cargo profile, normally `ark`; `prebuilt` for a component packaged
+    /// with `cargo ark package --component`.
     pub profile: String,
+    /// The component's source language when it is not Rust (`Python`,
+    /// `JavaScript`, …), from its `producers` sections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// Digest and size of an archive entry.
@@ -269,6 +274,7 @@ pub(crate) mod tests {
                 rustc: "rustc 1.95.0".into(),
                 target: "wasm32-wasip2".into(),
                 profile: "ark".into(),
+                language: None,
             },
             files: vec![],
         }

@@ -41,6 +41,7 @@ fn manifest(host_api: &str) -> Manifest {
             rustc: "rustc".into(),
             target: "wasm32-wasip2".into(),
             profile: "ark".into(),
+            language: None,
         },
         files: vec![],
     }

@@ -58,6 +58,7 @@ fn ark(name: &str, version: &str, steps: &[&str]) -> Vec<u8> {
             rustc: "rustc".into(),
             target: "wasm32-wasip2".into(),
             profile: "ark".into(),
+            language: None,
         },
         files: vec![],
     };

@@ -1,0 +1,172 @@
+//! `cargo ark package --component`: a component built by another toolchain
+//! (here the `faults` plugin's component, taken out of its archive), packaged
+//! from an `Ark.toml` beside it with the same checks as a cargo package, then
+//! inspected and run by `cargo ark run`.
+
+use std::path::Path;
+
+use arkline::ark::Ark;
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn cargo_ark() -> Command {
+    let mut cmd = Command::cargo_bin("cargo-ark").expect("cargo-ark is built");
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+/// `component.wasm`, `Ark.toml` and a schema file per step (the shipped
+/// `faults` build's `describe()` carries no schemas: `cargo ark` takes them
+/// from a second build, which a prebuilt component's project gives as files).
+fn project(dir: &Path, skip_schema_of: Option<&str>) -> Ark {
+    let faults = Ark::open(arkline_testkit::plugin("faults")).expect("faults");
+    std::fs::write(dir.join("component.wasm"), &faults.component).expect("write");
+    let mut schemas = String::from("[schemas]\n");
+    std::fs::create_dir_all(dir.join("schemas")).expect("mkdir");
+    for step in &faults.manifest.steps {
+        if Some(step.id.as_str()) == skip_schema_of {
+            continue;
+        }
+        let schema = faults.step_schema(&step.id).expect("a schema");
+        std::fs::write(
+            dir.join(format!("schemas/{}.json", step.id)),
+            serde_json::to_vec(&schema).expect("json"),
+        )
+        .expect("write");
+        schemas.push_str(&format!("{} = \"schemas/{}.json\"\n", step.id, step.id));
+    }
+    std::fs::write(
+        dir.join("Ark.toml"),
+        format!(
+            "name = \"prebuilt\"\nversion = \"1.2.3\"\ndescription = \"faults, prebuilt\"\n\
+             license = \"MIT\"\n\n[capabilities]\n\n{schemas}"
+        ),
+    )
+    .expect("write");
+    faults
+}
+
+#[test]
+fn a_prebuilt_component_is_packaged_from_its_ark_toml_inspected_and_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let faults = project(tmp.path(), None);
+    let out = cargo_ark()
+        .args(["ark", "package", "--json", "--component"])
+        .arg(tmp.path().join("component.wasm"))
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["name"], "prebuilt");
+    assert_eq!(json["language"], "Rust");
+    let archive = tmp.path().join("target/ark/prebuilt-1.2.3.ark");
+    assert_eq!(json["archive"], archive.to_str().expect("utf-8"));
+    let ark = Ark::open(&archive).expect("reads back");
+    assert_eq!(ark.component, faults.component);
+    assert_eq!(ark.manifest.build.profile, "prebuilt");
+    assert_eq!(ark.manifest.build.language.as_deref(), Some("Rust"));
+    assert_eq!(ark.manifest.license.as_deref(), Some("MIT"));
+    let ids = |a: &Ark| {
+        a.manifest
+            .steps
+            .iter()
+            .map(|s| s.id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&ark), ids(&faults));
+    for id in ids(&faults) {
+        assert_eq!(ark.step_schema(&id), faults.step_schema(&id), "{id}");
+    }
+
+    // The same inputs, the same archive.
+    let first = std::fs::read(&archive).expect("read");
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(tmp.path().join("component.wasm"))
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&archive).expect("read"), first);
+
+    cargo_ark()
+        .args(["ark", "inspect"])
+        .arg(&archive)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("language:    Rust"))
+        .stdout(predicate::str::contains("prebuilt profile"));
+
+    cargo_ark()
+        .args([
+            "ark",
+            "run",
+            "upper",
+            "--with",
+            r#"{"text":"prebuilt"}"#,
+            "--ark",
+        ])
+        .arg(&archive)
+        .arg("--workspace")
+        .arg(tmp.path().join("ws"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("PREBUILT"));
+}
+
+#[test]
+fn a_prebuilt_component_without_what_cargo_would_give_is_refused_with_the_fix() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    project(tmp.path(), Some("upper"));
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(tmp.path().join("component.wasm"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "step type `upper` has no config schema",
+        ))
+        .stderr(predicate::str::contains("upper = \"schemas/upper.json\""));
+
+    let other = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        tmp.path().join("component.wasm"),
+        other.path().join("c.wasm"),
+    )
+    .expect("copy");
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(other.path().join("c.wasm"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("needs an Ark.toml"));
+
+    std::fs::write(
+        other.path().join("Ark.toml"),
+        "name = \"x\"\nversion = \"0.1.0\"\n[schemas]\nnope = \"n.json\"\n",
+    )
+    .expect("write");
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(other.path().join("c.wasm"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "gives a schema for step type `nope`, which the component does not describe",
+        ));
+
+    std::fs::write(other.path().join("not.wasm"), b"\0asm\x01\0\0\0").expect("write");
+    std::fs::write(
+        other.path().join("Ark.toml"),
+        "name = \"x\"\nversion = \"0.1.0\"\n",
+    )
+    .expect("write");
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(other.path().join("not.wasm"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("is not a usable step plugin"));
+}
