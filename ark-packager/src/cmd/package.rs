@@ -257,7 +257,20 @@ impl PackageCmd {
             None => VersionReq::parse(&format!("^{}", info.api_version))
                 .context("host API requirement")?,
         };
-        warn_about_unrequested_imports(&info.imports, &ark.capabilities, shell);
+        // Bindings generated for the whole world (componentize-py, jco)
+        // import every capability interface, used or not: one line, not a
+        // warning per interface.
+        let unrequested = unrequested_imports(&info.imports, &ark.capabilities);
+        if !unrequested.is_empty() {
+            shell.status(
+                "Note",
+                format!(
+                    "the component imports {}, which Ark.toml's [capabilities] does not request: \
+                     calls of those are denied (request what the steps use)",
+                    unrequested.join(", ")
+                ),
+            );
+        }
         let mut files = BTreeMap::new();
         let mut steps = Vec::new();
         for step in &info.steps {
@@ -365,6 +378,47 @@ impl PackageCmd {
     }
 }
 
+/// The capability interfaces `imports` holds that `requested` does not ask
+/// for, with the manifest key that would (`http` → `http = ["<host>"]`).
+fn unrequested(
+    imports: &[String],
+    requested: &arkline::host::Capabilities,
+) -> Vec<(String, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    for import in imports {
+        let Some((iface, _)) = arkline::host::parse_interface_name(import) else {
+            continue;
+        };
+        let (missing, iface, key) = match iface {
+            "process" => (
+                requested.process.is_empty(),
+                "process",
+                "process = [\"<program>\"]",
+            ),
+            "http" => (requested.http.is_empty(), "http", "http = [\"<host>\"]"),
+            "cache" => (!requested.cache, "cache", "cache = true"),
+            "host-call" => (
+                requested.host_call.is_empty(),
+                "host-call",
+                "host_call = [\"<name>\"]",
+            ),
+            _ => continue,
+        };
+        if missing {
+            out.push((import.clone(), iface, key));
+        }
+    }
+    out
+}
+
+/// The interfaces of [`unrequested`], by name.
+fn unrequested_imports(imports: &[String], requested: &arkline::host::Capabilities) -> Vec<String> {
+    unrequested(imports, requested)
+        .into_iter()
+        .map(|(_, iface, _)| format!("`{iface}`"))
+        .collect()
+}
+
 /// A component that imports a capability interface it does not request will have
 /// every such call denied; say so at packaging time rather than at run time.
 fn warn_about_unrequested_imports(
@@ -372,22 +426,10 @@ fn warn_about_unrequested_imports(
     requested: &arkline::host::Capabilities,
     shell: &Shell,
 ) {
-    for import in imports {
-        let Some((iface, _)) = arkline::host::parse_interface_name(import) else {
-            continue;
-        };
-        let (missing, key) = match iface {
-            "process" => (requested.process.is_empty(), "process = [\"<program>\"]"),
-            "http" => (requested.http.is_empty(), "http = [\"<host>\"]"),
-            "cache" => (!requested.cache, "cache = true"),
-            "host-call" => (requested.host_call.is_empty(), "host_call = [\"<name>\"]"),
-            _ => continue,
-        };
-        if missing {
-            shell.warn(format!(
-                "the component imports `{import}` but [package.metadata.ark] requests no `{iface}` capability, so its calls will be denied; add `capabilities = {{ {key} }}`"
-            ));
-        }
+    for (import, iface, key) in unrequested(imports, requested) {
+        shell.warn(format!(
+            "the component imports `{import}` but [package.metadata.ark] requests no `{iface}` capability, so its calls will be denied; add `capabilities = {{ {key} }}`"
+        ));
     }
 }
 

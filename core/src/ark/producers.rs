@@ -27,6 +27,19 @@ pub fn producers(wasm: &[u8]) -> Producers {
 /// tools that processed it imply (componentize-py: Python; componentize-js
 /// or jco: JavaScript; rustc: Rust).
 pub fn source_language(wasm: &[u8]) -> Option<String> {
+    // Wrappers that record no tool of their own: componentize-py embeds
+    // CPython (`libpython3.*`) beside its runtime, componentize-js
+    // StarlingMonkey.
+    for (marker, language) in [
+        (&b"componentize_py_runtime"[..], "Python"),
+        (b"libpython3.", "Python"),
+        (b"StarlingMonkey", "JavaScript"),
+        (b"componentize-js", "JavaScript"),
+    ] {
+        if memchr::memmem::find(wasm, marker).is_some() {
+            return Some(language.to_owned());
+        }
+    }
     let p = producers(wasm);
     let by_tool = |tools: &[(String, String)]| {
         tools.iter().find_map(|(name, _)| {

@@ -205,6 +205,60 @@ impl WasiView for DescribeState {
     }
 }
 
+/// Defines every import that is not WASI as a trap (`describe()` runs with
+/// no capability). Not `Linker::define_unknown_imports_as_traps`: it defines
+/// an instance under the import's exact name, so an import of a newer WASI
+/// 0.2 patch version (`wasi:cli/environment@0.2.9`, from componentize-py)
+/// would get traps where the linker's WASI 0.2 would have served it by
+/// semver.
+fn stub_capabilities(
+    engine: &Engine,
+    linker: &mut Linker<DescribeState>,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::types::ComponentItem;
+    for (name, item) in component.component_type().imports(engine) {
+        if name.starts_with("wasi:") {
+            continue;
+        }
+        match item.ty {
+            ComponentItem::ComponentInstance(instance) => {
+                let mut stubs = linker.instance(name)?;
+                for (export, item) in instance.exports(engine) {
+                    match item.ty {
+                        ComponentItem::ComponentFunc(_) => {
+                            let what = format!("{name}#{export}");
+                            stubs.func_new(export, move |_, _, _, _| {
+                                Err(wasmtime::format_err!(
+                                    "`{what}` called from describe(), which runs with no capability"
+                                ))
+                            })?;
+                        }
+                        ComponentItem::Resource(_) => {
+                            stubs.resource(
+                                export,
+                                wasmtime::component::ResourceType::host::<()>(),
+                                |_, _| Ok(()),
+                            )?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            ComponentItem::ComponentFunc(_) => {
+                let what = name.to_owned();
+                linker.root().func_new(name, move |_, _, _, _| {
+                    Err(wasmtime::format_err!(
+                        "`{what}` called from describe(), which runs with no capability"
+                    ))
+                })?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn call_describe(
     engine: &Engine,
     component: &Component,
@@ -212,9 +266,7 @@ fn call_describe(
     let describe_err = |e: wasmtime::Error| ComponentError::Describe(format!("{e:#}"));
     let mut linker = Linker::<DescribeState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(describe_err)?;
-    linker
-        .define_unknown_imports_as_traps(component)
-        .map_err(describe_err)?;
+    stub_capabilities(engine, &mut linker, component).map_err(describe_err)?;
     let mut store = Store::new(
         engine,
         DescribeState {
