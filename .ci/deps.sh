@@ -2,7 +2,8 @@
 # Installs what building and testing arkline needs beyond the Rust toolchain,
 # when it is missing: `protoc` (the etcd client's build compiles etcd's gRPC
 # protocol) and, with `--test`, the `etcd` server and `etcdctl` the tests run
-# and `moto_server` (an S3-compatible server, from PyPI) for the log archive.
+# and `moto_server` (an S3-compatible server, from PyPI) for the log archive,
+# and `componentize-py` (PyPI) for the Python step plugin's test.
 # Debian/Ubuntu packages via apt-get, as root or with passwordless sudo;
 # elsewhere it says what to install. Source it or run it.
 set -euo pipefail
@@ -40,5 +41,17 @@ if [ "${1:-}" = "--test" ] && ! command -v moto_server >/dev/null; then
   "$(command -v pip3 || command -v pip)" install -q 'moto[server]' >/dev/null 2>&1 \
     || "$(command -v pip3 || command -v pip)" install -q --user 'moto[server]' >/dev/null
   # pyenv installs a new script's shim on rehash.
+  if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+fi
+
+# The Python step plugin's test builds it with componentize-py (PyPI).
+if [ "${1:-}" = "--test" ] && ! command -v componentize-py >/dev/null; then
+  if ! command -v pip3 >/dev/null && ! command -v pip >/dev/null; then
+    echo "the tests need componentize-py: install Python's pip, then pip install componentize-py==0.25.1" >&2
+    exit 1
+  fi
+  echo "installing componentize-py (pip)" >&2
+  "$(command -v pip3 || command -v pip)" install -q 'componentize-py==0.25.1' >/dev/null 2>&1 \
+    || "$(command -v pip3 || command -v pip)" install -q --user 'componentize-py==0.25.1' >/dev/null
   if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 fi

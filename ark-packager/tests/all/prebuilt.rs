@@ -170,3 +170,68 @@ fn a_prebuilt_component_without_what_cargo_would_give_is_refused_with_the_fix() 
         .failure()
         .stderr(predicate::str::contains("is not a usable step plugin"));
 }
+
+#[test]
+fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
+    let have = std::process::Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        have,
+        "componentize-py is not installed: `pip install componentize-py==0.25.1` \
+         (`.ci/deps.sh --test` installs it)"
+    );
+    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/changelog-py");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wasm = tmp.path().join("changelog.wasm");
+    let built = std::process::Command::new("sh")
+        .arg(plugin.join("build.sh"))
+        .arg(&wasm)
+        .output()
+        .expect("runs build.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let archive = tmp.path().join("changelog.ark");
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(&wasm)
+        .arg("--ark-toml")
+        .arg(plugin.join("Ark.toml"))
+        .arg("--output")
+        .arg(&archive)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("Python"));
+    let ark = Ark::open(&archive).expect("reads back");
+    assert_eq!(ark.manifest.build.language.as_deref(), Some("Python"));
+    assert_eq!(ark.manifest.steps.len(), 1);
+    let schema = ark
+        .step_schema("changelog")
+        .expect("schema from describe()");
+    assert_eq!(schema["required"], serde_json::json!(["commits"]));
+
+    let run = |with: &str| {
+        let mut cmd = cargo_ark();
+        cmd.args(["ark", "run", "changelog", "--with", with, "--ark"])
+            .arg(&archive)
+            .arg("--workspace")
+            .arg(tmp.path().join("ws"));
+        cmd
+    };
+    run(r#"{"commits": ["feat: matrix builds", "fix(api): 409 on conflict", "docs: typo"], "title": "v2.0.0"}"#)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("# v2.0.0"))
+        .stdout(predicate::str::contains("## Features"))
+        .stdout(predicate::str::contains("- matrix builds"))
+        .stdout(predicate::str::contains("- 409 on conflict"));
+    // A config error from Python names the field, as a Rust step's does.
+    run(r#"{"commits": "not a list"}"#)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("commits"));
+}
