@@ -3,7 +3,8 @@
 # when it is missing: `protoc` (the etcd client's build compiles etcd's gRPC
 # protocol) and, with `--test`, the `etcd` server and `etcdctl` the tests run
 # and `moto_server` (an S3-compatible server, from PyPI) for the log archive,
-# and `componentize-py` (PyPI) for the Python step plugin's test.
+# and `componentize-py` (PyPI) and `componentize-js` (npm) for the Python and
+# JavaScript step plugins' tests.
 # Debian/Ubuntu packages via apt-get, as root or with passwordless sudo;
 # elsewhere it says what to install. Source it or run it.
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ "${1:-}" = "--test" ]; then
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v etcdctl >/dev/null || need+=(etcd-client)
+  command -v npm >/dev/null || need+=(nodejs npm)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
@@ -54,4 +56,14 @@ if [ "${1:-}" = "--test" ] && ! command -v componentize-py >/dev/null; then
   "$(command -v pip3 || command -v pip)" install -q 'componentize-py==0.25.1' >/dev/null 2>&1 \
     || "$(command -v pip3 || command -v pip)" install -q --user 'componentize-py==0.25.1' >/dev/null
   if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+fi
+
+# The JavaScript step plugin's test builds it with componentize-js (npm).
+if [ "${1:-}" = "--test" ] && ! command -v componentize-js >/dev/null; then
+  if ! command -v npm >/dev/null; then
+    echo "the tests need componentize-js: install Node.js and npm, then npm install -g @bytecodealliance/componentize-js@0.23.0" >&2
+    exit 1
+  fi
+  echo "installing componentize-js (npm)" >&2
+  npm install -g --silent '@bytecodealliance/componentize-js@0.23.0' >/dev/null
 fi

@@ -219,7 +219,11 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
         cmd.args(["ark", "run", "changelog", "--with", with, "--ark"])
             .arg(&archive)
             .arg("--workspace")
-            .arg(tmp.path().join("ws"));
+            .arg(tmp.path().join("ws"))
+            // The compiled cache under it: one compilation of the big
+            // component for the three runs.
+            .arg("--target-dir")
+            .arg(tmp.path().join("target"));
         cmd
     };
     run(r#"{"commits": ["feat: matrix builds", "fix(api): 409 on conflict", "docs: typo"], "title": "v2.0.0"}"#)
@@ -234,4 +238,77 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("commits"));
+}
+
+#[test]
+fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
+    let have = std::process::Command::new("componentize-js")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        have,
+        "componentize-js is not installed: `npm install -g @bytecodealliance/componentize-js@0.23.0` \
+         (`.ci/deps.sh --test` installs it)"
+    );
+    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/semver-js");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wasm = tmp.path().join("semver.wasm");
+    let built = std::process::Command::new("sh")
+        .arg(plugin.join("build.sh"))
+        .arg(&wasm)
+        .output()
+        .expect("runs build.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let archive = tmp.path().join("semver.ark");
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(&wasm)
+        .arg("--ark-toml")
+        .arg(plugin.join("Ark.toml"))
+        .arg("--output")
+        .arg(&archive)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("JavaScript"));
+    let ark = Ark::open(&archive).expect("reads back");
+    assert_eq!(ark.manifest.build.language.as_deref(), Some("JavaScript"));
+    let schema = ark.step_schema("bump").expect("schema from describe()");
+    assert_eq!(
+        schema["required"],
+        serde_json::json!(["current", "commits"])
+    );
+
+    let run = |with: &str| {
+        let mut cmd = cargo_ark();
+        cmd.args(["ark", "run", "bump", "--with", with, "--ark"])
+            .arg(&archive)
+            .arg("--workspace")
+            .arg(tmp.path().join("ws"))
+            // The compiled cache under it: one compilation of the big
+            // component for the three runs.
+            .arg("--target-dir")
+            .arg(tmp.path().join("target"));
+        cmd
+    };
+    run(r#"{"current": "1.4.2", "commits": ["fix: a", "feat(api): b"]}"#)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("version = 1.5.0"))
+        .stdout(predicate::str::contains("level = minor"));
+    run(r#"{"current": "1.4.2", "commits": ["refactor!: drop the v1 API"]}"#)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("version = 2.0.0"));
+    // A config error thrown as the WIT variant names its field.
+    run(r#"{"current": "x", "commits": []}"#)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "invalid configuration at `current`: `x` is not MAJOR.MINOR.PATCH",
+        ));
 }
