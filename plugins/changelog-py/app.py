@@ -1,21 +1,19 @@
-"""A step plugin in Python: renders a changelog from commit messages."""
-import json
+"""A step plugin in Python: renders a changelog from conventional commit messages."""
 
-from componentize_py_types import Err
-from wit_world import exports
-from wit_world.imports import log, types
+from dataclasses import dataclass, field
 
-SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["commits"],
-    "properties": {
-        "commits": {"type": "array", "items": {"type": "string"},
-                    "description": "Commit subjects, newest first."},
-        "title": {"type": "string", "description": "Heading of the changelog."},
-    },
-}
+from arkline_sdk import Plugin, StepFailed, log
+
+plugin = Plugin()
+
+
+@dataclass
+class ChangelogConfig:
+    """Settings of `changelog`."""
+
+    commits: list[str] = field(metadata={"description": "Commit subjects, newest first."})
+    title: str = field(default="Changelog", metadata={"description": "Heading of the changelog."})
+
 
 SECTIONS = [("feat", "Features"), ("fix", "Fixes"), ("perf", "Performance")]
 
@@ -35,21 +33,13 @@ def render(title, commits):
     return "\n".join(lines)
 
 
-class Plugin(exports.Plugin):
-    def describe(self):
-        return [types.StepType(id="changelog", description="Render a changelog from commit messages",
-                               config_schema=json.dumps(SCHEMA))]
+@plugin.step("changelog", "Render a changelog from commit messages")
+def changelog(ctx, cfg: ChangelogConfig):
+    if not cfg.commits:
+        raise StepFailed("no commits: nothing to put in a changelog")
+    log.info(f"{len(cfg.commits)} commits", title=cfg.title)
+    return {"changelog": render(cfg.title, cfg.commits)}
 
-    def run(self, context, config):
-        if context.step_type != "changelog":
-            raise Err(types.StepError_UnknownStepType(context.step_type))
-        try:
-            cfg = json.loads(config)
-        except ValueError as e:
-            raise Err(types.StepError_InvalidConfig(types.ConfigError(None, f"not JSON: {e}")))
-        commits = cfg.get("commits")
-        if not isinstance(commits, list) or not all(isinstance(c, str) for c in commits):
-            raise Err(types.StepError_InvalidConfig(types.ConfigError("commits", "expected a list of strings")))
-        text = render(cfg.get("title", "Changelog"), commits)
-        log.log(log.Level.INFO, f"{len(commits)} commits", [])
-        return types.Outcome([types.KeyValue("changelog", text)], f"{len(commits)} commits")
+
+# What componentize-py exports.
+Plugin = plugin.component()

@@ -182,6 +182,18 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
         "componentize-py is not installed: `pip install componentize-py==0.25.1` \
          (`.ci/deps.sh --test` installs it)"
     );
+    // The SDK's own tests, in plain CPython.
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk-python");
+    let unit = std::process::Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "tests"])
+        .current_dir(&sdk)
+        .output()
+        .expect("runs python3");
+    assert!(
+        unit.status.success(),
+        "the Python SDK's tests: {}",
+        String::from_utf8_lossy(&unit.stderr)
+    );
     let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/changelog-py");
     let tmp = tempfile::tempdir().expect("tempdir");
     let wasm = tmp.path().join("changelog.wasm");
@@ -233,11 +245,25 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
         .stdout(predicate::str::contains("## Features"))
         .stdout(predicate::str::contains("- matrix builds"))
         .stdout(predicate::str::contains("- 409 on conflict"));
-    // A config error from Python names the field, as a Rust step's does.
-    run(r#"{"commits": "not a list"}"#)
+    // Config errors from the Python SDK name the field, as a Rust step's do.
+    run(r#"{"commits": ["feat: a", 3]}"#)
         .assert()
         .failure()
-        .stderr(predicate::str::contains("commits"));
+        .stderr(predicate::str::contains(
+            "invalid configuration at `commits[1]`: expected a string, found a number",
+        ));
+    run(r#"{"commits": ["feat: a"], "titel": "x"}"#)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "invalid configuration at `titel`: unknown setting `titel`; expected one of commits, title",
+        ));
+    run(r#"{"commits": []}"#)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "no commits: nothing to put in a changelog",
+        ));
 }
 
 #[test]
@@ -250,6 +276,18 @@ fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
         have,
         "componentize-js is not installed: `npm install -g @bytecodealliance/componentize-js@0.23.0` \
          (`.ci/deps.sh --test` installs it)"
+    );
+    // The SDK's own tests, under plain Node.
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk-js");
+    let unit = std::process::Command::new("node")
+        .args(["--test", "test/"])
+        .current_dir(&sdk)
+        .output()
+        .expect("runs node");
+    assert!(
+        unit.status.success(),
+        "the JavaScript SDK's tests: {}",
+        String::from_utf8_lossy(&unit.stdout)
     );
     let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/semver-js");
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -304,11 +342,17 @@ fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
         .assert()
         .success()
         .stdout(predicate::str::contains("version = 2.0.0"));
-    // A config error thrown as the WIT variant names its field.
+    // Config errors, the SDK's and the step's own, name their field.
     run(r#"{"current": "x", "commits": []}"#)
         .assert()
         .failure()
         .stderr(predicate::str::contains(
             "invalid configuration at `current`: `x` is not MAJOR.MINOR.PATCH",
+        ));
+    run(r#"{"current": "1.0.0", "commits": [3]}"#)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "invalid configuration at `commits[0]`: expected a string, found a number",
         ));
 }
