@@ -2,7 +2,9 @@
 
 from dataclasses import dataclass, field
 
-from arkline_sdk import Plugin, StepFailed, log
+from typing import Optional
+
+from arkline_sdk import Denied, Plugin, StepFailed, log, process
 
 plugin = Plugin()
 
@@ -11,7 +13,16 @@ plugin = Plugin()
 class ChangelogConfig:
     """Settings of `changelog`."""
 
-    commits: list[str] = field(metadata={"description": "Commit subjects, newest first."})
+    commits: list[str] = field(
+        default_factory=list, metadata={"description": "Commit subjects, newest first."}
+    )
+    range: Optional[str] = field(
+        default=None,
+        metadata={
+            "description": "Read the subjects with `git log` of this range (`v1.0.0..HEAD`) in "
+            "the workspace instead (needs `process: git`)."
+        },
+    )
     title: str = field(default="Changelog", metadata={"description": "Heading of the changelog."})
 
 
@@ -33,12 +44,23 @@ def render(title, commits):
     return "\n".join(lines)
 
 
+def git_subjects(commit_range):
+    try:
+        out = process.run("git", ["log", "--format=%s", commit_range, "--"], stream_to_log=False)
+    except Denied as e:
+        raise StepFailed(f"`range` reads commits with git, which this biz may not run: {e}")
+    if not out.success:
+        raise StepFailed(f"git log {commit_range}: {out.stderr.decode(errors='replace').strip()}")
+    return [line for line in out.stdout.decode().splitlines() if line]
+
+
 @plugin.step("changelog", "Render a changelog from commit messages")
 def changelog(ctx, cfg: ChangelogConfig):
-    if not cfg.commits:
+    commits = cfg.commits or (git_subjects(cfg.range) if cfg.range else [])
+    if not commits:
         raise StepFailed("no commits: nothing to put in a changelog")
-    log.info(f"{len(cfg.commits)} commits", title=cfg.title)
-    return {"changelog": render(cfg.title, cfg.commits)}
+    log.info(f"{len(commits)} commits", title=cfg.title)
+    return {"changelog": render(cfg.title, commits), "count": len(commits)}
 
 
 # What componentize-py exports.

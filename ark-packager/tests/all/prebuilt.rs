@@ -224,7 +224,9 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
     let schema = ark
         .step_schema("changelog")
         .expect("schema from describe()");
-    assert_eq!(schema["required"], serde_json::json!(["commits"]));
+    assert_eq!(schema["additionalProperties"], false);
+    assert_eq!(schema["properties"]["commits"]["items"]["type"], "string");
+    assert_eq!(schema["properties"]["title"]["type"], "string");
 
     let run = |with: &str| {
         let mut cmd = cargo_ark();
@@ -256,7 +258,7 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
         .assert()
         .failure()
         .stderr(predicate::str::contains(
-            "invalid configuration at `titel`: unknown setting `titel`; expected one of commits, title",
+            "invalid configuration at `titel`: unknown setting `titel`; expected one of commits, range, title",
         ));
     run(r#"{"commits": []}"#)
         .assert()
@@ -264,6 +266,61 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
         .stderr(predicate::str::contains(
             "no commits: nothing to put in a changelog",
         ));
+
+    // Commits from `git log` through the SDK's `process` wrapper: refused
+    // without the grant (the SDK's `Denied`, caught by the step), read with it.
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    for args in [
+        &["init", "-q"][..],
+        &["commit", "-q", "--allow-empty", "-m", "feat: from git"],
+        &["commit", "-q", "--allow-empty", "-m", "fix: also from git"],
+    ] {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", &repo)
+            .env("GIT_AUTHOR_NAME", "a")
+            .env("GIT_AUTHOR_EMAIL", "a@example.com")
+            .env("GIT_COMMITTER_NAME", "a")
+            .env("GIT_COMMITTER_EMAIL", "a@example.com")
+            .status()
+            .expect("git");
+        assert!(ok.success());
+    }
+    let from_git = |grant: bool| {
+        let mut cmd = cargo_ark();
+        cmd.args([
+            "ark",
+            "run",
+            "changelog",
+            "--with",
+            r#"{"range": "HEAD"}"#,
+            "--ark",
+        ])
+        .arg(&archive)
+        .arg("--workspace")
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(tmp.path().join("target"));
+        if grant {
+            cmd.args(["--grant", "process=git"]);
+        }
+        cmd
+    };
+    from_git(false)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "`range` reads commits with git, which this biz may not run: capability `process` denied",
+        ));
+    from_git(true)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("- from git"))
+        .stdout(predicate::str::contains("- also from git"))
+        .stdout(predicate::str::contains("count = 2"));
 }
 
 #[test]
