@@ -24,7 +24,86 @@ pub struct NewCmd {
     /// Depend on `arkline-sdk` from the registry only, even when a local SDK is known.
     #[arg(long, conflicts_with = "sdk_path")]
     pub no_sdk_path: bool,
+    /// The plugin's language: `rust` (a crate), `python` (componentize-py) or
+    /// `js` (componentize-js); the last two get the WIT world, the SDK, a
+    /// build script, an example step and its tests.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    pub lang: Lang,
 }
+
+/// The language of a new plugin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A Rust crate built by `cargo ark`.
+    #[default]
+    Rust,
+    /// Python, built by componentize-py.
+    Python,
+    /// JavaScript, built by componentize-js.
+    Js,
+}
+
+/// The WIT world a Python or JavaScript plugin builds against.
+const WIT: [(&str, &str); 3] = [
+    (
+        "wit/world.wit",
+        include_str!("../../wit/since_v0.1.0/world.wit"),
+    ),
+    (
+        "wit/types.wit",
+        include_str!("../../wit/since_v0.1.0/types.wit"),
+    ),
+    (
+        "wit/capabilities.wit",
+        include_str!("../../wit/since_v0.1.0/capabilities.wit"),
+    ),
+];
+
+/// The Python SDK (`plugins/sdk-python`), vendored into a new project.
+const PYTHON_SDK: [(&str, &str); 9] = [
+    (
+        "arkline_sdk/__init__.py",
+        include_str!("../../sdks/python/__init__.py"),
+    ),
+    (
+        "arkline_sdk/config.py",
+        include_str!("../../sdks/python/config.py"),
+    ),
+    (
+        "arkline_sdk/errors.py",
+        include_str!("../../sdks/python/errors.py"),
+    ),
+    (
+        "arkline_sdk/plugin.py",
+        include_str!("../../sdks/python/plugin.py"),
+    ),
+    (
+        "arkline_sdk/log.py",
+        include_str!("../../sdks/python/log.py"),
+    ),
+    (
+        "arkline_sdk/process.py",
+        include_str!("../../sdks/python/process.py"),
+    ),
+    (
+        "arkline_sdk/http.py",
+        include_str!("../../sdks/python/http.py"),
+    ),
+    (
+        "arkline_sdk/cache.py",
+        include_str!("../../sdks/python/cache.py"),
+    ),
+    (
+        "arkline_sdk/host_call.py",
+        include_str!("../../sdks/python/host_call.py"),
+    ),
+];
+
+/// The JavaScript SDK (`plugins/sdk-js`), vendored into a new project.
+const JS_SDK: [(&str, &str); 2] = [
+    ("sdk/index.js", include_str!("../../sdks/js/index.js")),
+    ("sdk/config.js", include_str!("../../sdks/js/config.js")),
+];
 
 /// Where the scaffold's `arkline-sdk` comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +199,9 @@ impl NewCmd {
                 self.path.display()
             );
         }
+        if self.lang != Lang::Rust {
+            return self.scaffold_component(&name, shell);
+        }
         let sdk = SdkDependency::choose(
             self.sdk_path.as_deref(),
             self.no_sdk_path,
@@ -150,6 +232,119 @@ impl NewCmd {
                 self.path.display(),
                 sdk_requirement()
             ),
+        );
+        Ok(())
+    }
+}
+
+impl NewCmd {
+    /// A Python or JavaScript project: the WIT, the SDK, an example step with
+    /// its tests, `Ark.toml` and `build.sh`.
+    fn scaffold_component(&self, name: &str, shell: &Shell) -> anyhow::Result<()> {
+        let ark_toml = format!(
+            "# What `cargo ark package --component {name}.wasm` needs that a cargo\n\
+             # package's Cargo.toml would give.\n\
+             name = {}\nversion = \"0.1.0\"\ndescription = \"An arkline step plugin\"\n\n\
+             # Capabilities the biz requests; an engine grants some or all of them.\n\
+             # e.g. process = [\"git\"], http = [\"api.example.com\"], cache = true\n\
+             [capabilities]\n",
+            toml_string(name)
+        );
+        let mut files: Vec<(String, String)> = vec![("Ark.toml".into(), ark_toml)];
+        files.extend(WIT.iter().map(|(p, c)| ((*p).to_owned(), (*c).to_owned())));
+        let (lang, tool, run_tests) = match self.lang {
+            Lang::Python => {
+                files.extend(
+                    PYTHON_SDK
+                        .iter()
+                        .map(|(p, c)| ((*p).to_owned(), (*c).to_owned())),
+                );
+                files.push((
+                    "app.py".into(),
+                    include_str!("new/python_app.py").to_owned(),
+                ));
+                files.push((
+                    "tests/test_app.py".into(),
+                    include_str!("new/python_test.py").to_owned(),
+                ));
+                files.push((
+                    "build.sh".into(),
+                    include_str!("new/python_build.sh").replace("@NAME@", name),
+                ));
+                files.push((
+                    ".gitignore".into(),
+                    "*.wasm\n/target\n__pycache__/\n".into(),
+                ));
+                (
+                    "Python",
+                    "pip install componentize-py==0.25.1",
+                    "python3 -m unittest discover -s tests",
+                )
+            }
+            Lang::Js => {
+                files.extend(
+                    JS_SDK
+                        .iter()
+                        .map(|(p, c)| ((*p).to_owned(), (*c).to_owned())),
+                );
+                files.push(("app.js".into(), include_str!("new/js_app.js").to_owned()));
+                files.push((
+                    "greeting.js".into(),
+                    include_str!("new/js_greeting.js").to_owned(),
+                ));
+                files.push((
+                    "test/greeting.test.js".into(),
+                    include_str!("new/js_test.js").to_owned(),
+                ));
+                files.push((
+                    "build.sh".into(),
+                    include_str!("new/js_build.sh").replace("@NAME@", name),
+                ));
+                files.push((
+                    "package.json".into(),
+                    format!(
+                        "{{\n  \"name\": {},\n  \"version\": \"0.1.0\",\n  \"private\": true,\n  \
+                         \"type\": \"module\",\n  \"scripts\": {{ \"test\": \"node --test test/\" }}\n}}\n",
+                        serde_json::to_string(name)?
+                    ),
+                ));
+                files.push((
+                    ".gitignore".into(),
+                    "*.wasm\n/target\nnode_modules/\n".into(),
+                ));
+                (
+                    "JavaScript",
+                    "npm install -g @bytecodealliance/componentize-js@0.23.0",
+                    "node --test test/",
+                )
+            }
+            Lang::Rust => unreachable!("a crate is scaffolded by exec"),
+        };
+        files.push((
+            "README.md".into(),
+            format!(
+                "# {name}\n\nAn arkline step plugin in {lang}: the step `hello` greets someone.\n\n\
+                 ```sh\n{tool}\n{run_tests}                       # the step's tests, no component needed\n\
+                 sh build.sh                            # → {name}.wasm\n\
+                 cargo ark package --component {name}.wasm   # → target/ark/{name}-0.1.0.ark\n\
+                 cargo ark run hello --ark target/ark/{name}-0.1.0.ark --with '{{\"name\": \"world\"}}'\n```\n\n\
+                 `wit/` is arkline's WIT world (`arkline:step@0.1.0`); the SDK is vendored beside the \
+                 step. Request capabilities in `Ark.toml`. The guide for step authors in all three \
+                 languages is `docs/step-authors.md` in arkline's repository.\n"
+            ),
+        ));
+        for (file, contents) in &files {
+            let path = self.path.join(file);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(&path, contents)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        shell.status(
+            "Created",
+            format!("step plugin `{name}` in {lang} at {}", self.path.display()),
         );
         Ok(())
     }

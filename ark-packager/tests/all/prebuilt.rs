@@ -413,3 +413,83 @@ fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
             "invalid configuration at `commits[0]`: expected a string, found a number",
         ));
 }
+
+#[test]
+fn new_python_and_js_projects_test_build_package_and_run_as_scaffolded() {
+    for (lang, tool, unit) in [
+        (
+            "python",
+            "componentize-py",
+            &["python3", "-m", "unittest", "discover", "-s", "tests"][..],
+        ),
+        ("js", "componentize-js", &["node", "--test", "test/"][..]),
+    ] {
+        let have = std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            have,
+            "{tool} is not installed (`.ci/deps.sh --test` installs it)"
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join(format!("hello-{lang}"));
+        cargo_ark()
+            .args(["ark", "new", "--lang", lang])
+            .arg(&dir)
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("Created step plugin"));
+        for file in [
+            "Ark.toml",
+            "build.sh",
+            "README.md",
+            "wit/world.wit",
+            "wit/capabilities.wit",
+        ] {
+            assert!(dir.join(file).is_file(), "{lang}: {file}");
+        }
+        let tests = std::process::Command::new(unit[0])
+            .args(&unit[1..])
+            .current_dir(&dir)
+            .output()
+            .expect("runs the tests");
+        assert!(
+            tests.status.success(),
+            "{lang}: the scaffold's tests: {}{}",
+            String::from_utf8_lossy(&tests.stdout),
+            String::from_utf8_lossy(&tests.stderr)
+        );
+        let built = std::process::Command::new("sh")
+            .arg("build.sh")
+            .current_dir(&dir)
+            .output()
+            .expect("runs build.sh");
+        assert!(
+            built.status.success(),
+            "{lang}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let name = format!("hello-{lang}");
+        cargo_ark()
+            .args(["ark", "package", "--component"])
+            .arg(dir.join(format!("{name}.wasm")))
+            .assert()
+            .success();
+        cargo_ark()
+            .args([
+                "ark",
+                "run",
+                "hello",
+                "--with",
+                r#"{"name": "world", "shout": true}"#,
+                "--ark",
+            ])
+            .arg(dir.join(format!("target/ark/{name}-0.1.0.ark")))
+            .arg("--workspace")
+            .arg(tmp.path().join("ws"))
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("greeting = HELLO, WORLD!"));
+    }
+}

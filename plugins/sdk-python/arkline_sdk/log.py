@@ -2,8 +2,16 @@
 
 
 def _log(level, message, fields):
-    from wit_world.imports import log as wit
-    from wit_world.imports import types
+    try:
+        from wit_world.imports import log as wit
+        from wit_world.imports import types
+    except ImportError:
+        # Plain Python (a step's unit tests): to stderr.
+        import sys
+
+        extra = "".join(f" {k}={v}" for k, v in fields.items())
+        print(f"{level.lower():5} {message}{extra}", file=sys.stderr)
+        return
 
     wit.log(getattr(wit.Level, level), str(message),
             [types.KeyValue(str(k), str(v)) for k, v in fields.items()])

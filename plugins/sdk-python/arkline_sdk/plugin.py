@@ -84,11 +84,15 @@ class Plugin:
         return result
 
     def component(self):
-        """The class componentize-py exports as `Plugin`."""
+        """The class componentize-py exports as `Plugin`; None outside a
+        component build (plain Python, where tests call `run` directly)."""
         plugin = self
-        from componentize_py_types import Err
-        from wit_world import exports
-        from wit_world.imports import types
+        try:
+            from componentize_py_types import Err
+            from wit_world import exports
+            from wit_world.imports import types
+        except ImportError:
+            return None
 
         class Component(exports.Plugin):
             def describe(self):
