@@ -139,6 +139,63 @@ fn package(name: &str) -> Result<PathBuf, String> {
         .map_err(|e| format!("`cargo ark package -p {name}` failed: {e:#}"))
 }
 
+/// The `.ark` of a plugin of this repository written in another language
+/// (`plugins/<dir>`, e.g. `changelog-py`), built once per test process by its
+/// `build.sh` (componentize-py, componentize-js: which must be installed;
+/// `.ci/deps.sh --test` installs them) and packaged as `cargo ark package
+/// --component` does, with the `Ark.toml` beside it. Panics with the reason
+/// when it cannot be built.
+pub fn prebuilt(dir: &str) -> PathBuf {
+    static SLOTS: OnceLock<Mutex<HashMap<String, Arc<OnceLock<Result<PathBuf, String>>>>>> =
+        OnceLock::new();
+    let slot = {
+        let mut slots = SLOTS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slots.entry(dir.to_owned()).or_default().clone()
+    };
+    match slot.get_or_init(|| build_prebuilt(dir)).clone() {
+        Ok(path) => path,
+        Err(e) => panic!("arkline-testkit: cannot build plugin `{dir}`:\n{e}"),
+    }
+}
+
+fn build_prebuilt(dir: &str) -> Result<PathBuf, String> {
+    let source = workspace_root().join("plugins").join(dir);
+    let out_dir = std::env::temp_dir().join(format!("arkline-testkit-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let wasm = out_dir.join(format!("{dir}.wasm"));
+    let built = std::process::Command::new("sh")
+        .arg(source.join("build.sh"))
+        .arg(&wasm)
+        .output()
+        .map_err(|e| format!("cannot run {}/build.sh: {e}", source.display()))?;
+    if !built.status.success() {
+        return Err(format!(
+            "{}/build.sh failed (is its toolchain installed? `.ci/deps.sh --test` installs \
+             componentize-py and componentize-js):\n{}",
+            source.display(),
+            String::from_utf8_lossy(&built.stderr)
+        ));
+    }
+    let package = cargo_ark::cmd::PackageCmd {
+        component: Some(wasm),
+        ark_toml: Some(source.join("Ark.toml")),
+        output: Some(out_dir.join(format!("{dir}.ark"))),
+        ..cargo_ark::cmd::PackageCmd::default()
+    };
+    let global = cargo_ark::cmd::GlobalOpts {
+        quiet: true,
+        verbose: false,
+        color: cargo_ark::shell::Color::Never,
+    };
+    package
+        .exec(&global, &quiet_shell())
+        .map_err(|e| format!("`cargo ark package --component` of {dir} failed: {e:#}"))
+}
+
 /// Status lines off; errors (and cargo's diagnostics) still reach stderr.
 fn quiet_shell() -> cargo_ark::Shell {
     cargo_ark::Shell::new(

@@ -17,6 +17,7 @@ mod graphs;
 mod http_capability;
 mod native_plugins;
 mod plugins;
+mod polyglot;
 mod process_capability;
 mod runtime;
 mod shell_plugin;
