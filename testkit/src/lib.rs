@@ -146,8 +146,7 @@ fn package(name: &str) -> Result<PathBuf, String> {
 /// --component` does, with the `Ark.toml` beside it. Panics with the reason
 /// when it cannot be built.
 pub fn prebuilt(dir: &str) -> PathBuf {
-    static SLOTS: OnceLock<Mutex<HashMap<String, Arc<OnceLock<Result<PathBuf, String>>>>>> =
-        OnceLock::new();
+    static SLOTS: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
     let slot = {
         let mut slots = SLOTS
             .get_or_init(Mutex::default)
