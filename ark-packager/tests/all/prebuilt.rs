@@ -493,3 +493,63 @@ fn new_python_and_js_projects_test_build_package_and_run_as_scaffolded() {
             .stdout(predicate::str::contains("greeting = HELLO, WORLD!"));
     }
 }
+
+#[test]
+fn a_component_of_another_world_is_refused_naming_what_it_exports() {
+    let have = std::process::Command::new("componentize-js")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        have,
+        "componentize-js is not installed (`.ci/deps.sh --test` installs it)"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("wit")).expect("mkdir");
+    std::fs::write(
+        dir.join("wit/other.wit"),
+        "package test:other@0.1.0;\n\nworld other {\n  export greet: func() -> string;\n}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("app.js"),
+        "export function greet() { return \"hello\"; }\n",
+    )
+    .expect("write");
+    let built = std::process::Command::new("componentize-js")
+        .args([
+            "app.js",
+            "--wit",
+            "wit",
+            "-n",
+            "other",
+            "-d",
+            "http",
+            "fetch-event",
+            "-o",
+            "other.wasm",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("runs componentize-js");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::write(
+        dir.join("Ark.toml"),
+        "name = \"other\"\nversion = \"0.1.0\"\n",
+    )
+    .expect("write");
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(dir.join("other.wasm"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "does not export the step world: it has no `arkline:step/plugin@<version>` export (its exports: greet)",
+        ))
+        .stderr(predicate::str::contains("the `step` world of arkline's WIT"));
+}

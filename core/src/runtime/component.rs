@@ -34,7 +34,7 @@ pub enum ComponentError {
     Compile(String),
     /// No `arkline:step/plugin` export.
     #[error(
-        "the component does not export the step world: it has no `arkline:step/plugin@<version>` export (its exports: {exports}); register step functions with `arkline_sdk::steps!`"
+        "the component does not export the step world: it has no `arkline:step/plugin@<version>` export (its exports: {exports}); register step functions with `arkline_sdk::steps!` (Rust), or build the component against the `step` world of arkline's WIT (`wit/since_v0.1.0`)"
     )]
     NotAStepPlugin {
         /// The exports it does have.
