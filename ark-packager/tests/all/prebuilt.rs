@@ -46,6 +46,67 @@ fn project(dir: &Path, skip_schema_of: Option<&str>) -> Ark {
     faults
 }
 
+/// A path in this repository.
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// Fails the test with the install command when `tool` is missing.
+fn require(tool: &str, install: &str) {
+    let have = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        have,
+        "{tool} is not installed: `{install}` (`.ci/deps.sh --test` installs it)"
+    );
+}
+
+/// Runs `argv` in `dir` and requires it to succeed.
+fn succeeds(argv: &[&str], dir: &Path) {
+    let out = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} in {}: {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds `plugins/<plugin>` with its `build.sh` and packages it with
+/// `--component` and its `Ark.toml` (`cargo ark` names the `language`);
+/// the archive, in `dir`.
+fn build_and_package(plugin: &str, language: &str, dir: &Path) -> std::path::PathBuf {
+    let source = repo(&format!("plugins/{plugin}"));
+    let wasm = dir.join(format!("{plugin}.wasm"));
+    succeeds(
+        &[
+            "sh",
+            source.join("build.sh").to_str().expect("utf-8"),
+            wasm.to_str().expect("utf-8"),
+        ],
+        dir,
+    );
+    let archive = dir.join(format!("{plugin}.ark"));
+    cargo_ark()
+        .args(["ark", "package", "--component"])
+        .arg(&wasm)
+        .arg("--ark-toml")
+        .arg(source.join("Ark.toml"))
+        .arg("--output")
+        .arg(&archive)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(language));
+    archive
+}
+
 #[test]
 fn a_prebuilt_component_is_packaged_from_its_ark_toml_inspected_and_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -173,51 +234,14 @@ fn a_prebuilt_component_without_what_cargo_would_give_is_refused_with_the_fix() 
 
 #[test]
 fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
-    let have = std::process::Command::new("componentize-py")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        have,
-        "componentize-py is not installed: `pip install componentize-py==0.25.1` \
-         (`.ci/deps.sh --test` installs it)"
-    );
+    require("componentize-py", "pip install componentize-py==0.25.1");
     // The SDK's own tests, in plain CPython.
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk-python");
-    let unit = std::process::Command::new("python3")
-        .args(["-m", "unittest", "discover", "-s", "tests"])
-        .current_dir(&sdk)
-        .output()
-        .expect("runs python3");
-    assert!(
-        unit.status.success(),
-        "the Python SDK's tests: {}",
-        String::from_utf8_lossy(&unit.stderr)
+    succeeds(
+        &["python3", "-m", "unittest", "discover", "-s", "tests"],
+        &repo("plugins/sdk-python"),
     );
-    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/changelog-py");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let wasm = tmp.path().join("changelog.wasm");
-    let built = std::process::Command::new("sh")
-        .arg(plugin.join("build.sh"))
-        .arg(&wasm)
-        .output()
-        .expect("runs build.sh");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let archive = tmp.path().join("changelog.ark");
-    cargo_ark()
-        .args(["ark", "package", "--component"])
-        .arg(&wasm)
-        .arg("--ark-toml")
-        .arg(plugin.join("Ark.toml"))
-        .arg("--output")
-        .arg(&archive)
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("Python"));
+    let archive = build_and_package("changelog-py", "Python", tmp.path());
     let ark = Ark::open(&archive).expect("reads back");
     assert_eq!(ark.manifest.build.language.as_deref(), Some("Python"));
     assert_eq!(ark.manifest.steps.len(), 1);
@@ -325,51 +349,14 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
 
 #[test]
 fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
-    let have = std::process::Command::new("componentize-js")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        have,
-        "componentize-js is not installed: `npm install -g @bytecodealliance/componentize-js@0.23.0` \
-         (`.ci/deps.sh --test` installs it)"
+    require(
+        "componentize-js",
+        "npm install -g @bytecodealliance/componentize-js@0.23.0",
     );
     // The SDK's own tests, under plain Node.
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk-js");
-    let unit = std::process::Command::new("node")
-        .args(["--test", "test/"])
-        .current_dir(&sdk)
-        .output()
-        .expect("runs node");
-    assert!(
-        unit.status.success(),
-        "the JavaScript SDK's tests: {}",
-        String::from_utf8_lossy(&unit.stdout)
-    );
-    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/semver-js");
+    succeeds(&["node", "--test", "test/"], &repo("plugins/sdk-js"));
     let tmp = tempfile::tempdir().expect("tempdir");
-    let wasm = tmp.path().join("semver.wasm");
-    let built = std::process::Command::new("sh")
-        .arg(plugin.join("build.sh"))
-        .arg(&wasm)
-        .output()
-        .expect("runs build.sh");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let archive = tmp.path().join("semver.ark");
-    cargo_ark()
-        .args(["ark", "package", "--component"])
-        .arg(&wasm)
-        .arg("--ark-toml")
-        .arg(plugin.join("Ark.toml"))
-        .arg("--output")
-        .arg(&archive)
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("JavaScript"));
+    let archive = build_and_package("semver-js", "JavaScript", tmp.path());
     let ark = Ark::open(&archive).expect("reads back");
     assert_eq!(ark.manifest.build.language.as_deref(), Some("JavaScript"));
     let schema = ark.step_schema("bump").expect("schema from describe()");
@@ -416,24 +403,24 @@ fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
 
 #[test]
 fn new_python_and_js_projects_test_build_package_and_run_as_scaffolded() {
-    for (lang, tool, unit) in [
+    for (lang, tool, install, unit) in [
         (
             "python",
             "componentize-py",
+            "pip install componentize-py==0.25.1",
             &["python3", "-m", "unittest", "discover", "-s", "tests"][..],
         ),
-        ("js", "componentize-js", &["node", "--test", "test/"][..]),
+        (
+            "js",
+            "componentize-js",
+            "npm install -g @bytecodealliance/componentize-js@0.23.0",
+            &["node", "--test", "test/"][..],
+        ),
     ] {
-        let have = std::process::Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            have,
-            "{tool} is not installed (`.ci/deps.sh --test` installs it)"
-        );
+        require(tool, install);
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join(format!("hello-{lang}"));
+        let name = format!("hello-{lang}");
+        let dir = tmp.path().join(&name);
         cargo_ark()
             .args(["ark", "new", "--lang", lang])
             .arg(&dir)
@@ -449,28 +436,9 @@ fn new_python_and_js_projects_test_build_package_and_run_as_scaffolded() {
         ] {
             assert!(dir.join(file).is_file(), "{lang}: {file}");
         }
-        let tests = std::process::Command::new(unit[0])
-            .args(&unit[1..])
-            .current_dir(&dir)
-            .output()
-            .expect("runs the tests");
-        assert!(
-            tests.status.success(),
-            "{lang}: the scaffold's tests: {}{}",
-            String::from_utf8_lossy(&tests.stdout),
-            String::from_utf8_lossy(&tests.stderr)
-        );
-        let built = std::process::Command::new("sh")
-            .arg("build.sh")
-            .current_dir(&dir)
-            .output()
-            .expect("runs build.sh");
-        assert!(
-            built.status.success(),
-            "{lang}: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let name = format!("hello-{lang}");
+        // The scaffold's tests, then its build, as its README says.
+        succeeds(unit, &dir);
+        succeeds(&["sh", "build.sh"], &dir);
         cargo_ark()
             .args(["ark", "package", "--component"])
             .arg(dir.join(format!("{name}.wasm")))
@@ -496,13 +464,9 @@ fn new_python_and_js_projects_test_build_package_and_run_as_scaffolded() {
 
 #[test]
 fn a_component_of_another_world_is_refused_naming_what_it_exports() {
-    let have = std::process::Command::new("componentize-js")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        have,
-        "componentize-js is not installed (`.ci/deps.sh --test` installs it)"
+    require(
+        "componentize-js",
+        "npm install -g @bytecodealliance/componentize-js@0.23.0",
     );
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();

@@ -158,6 +158,51 @@ impl Hook {
     }
 }
 
+/// What every delivery goes through before anything is looked up, so these
+/// answers are the same for every address: the forge and event from the
+/// headers, the size, the signature or token header, the body (within
+/// [`MAX_BODY`]).
+async fn admit(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Provider, String, Credential<'_>, Vec<u8>), HookError> {
+    let (provider, event) = provider_of(headers)?;
+    if let Some(len) = header(headers, "content-length").and_then(|l| l.parse::<u64>().ok())
+        && len > MAX_BODY as u64
+    {
+        return Err(HookError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the delivery is {len} bytes, over the {MAX_BODY} bytes a webhook may send"),
+        ));
+    }
+    let credential = Credential::parse(provider, headers)?;
+    let body = read_body(body).await?;
+    Ok((provider, event, credential, body))
+}
+
+/// The verified body as JSON, and what it means.
+fn read_delivery(
+    provider: Provider,
+    event: &str,
+    body: &[u8],
+) -> Result<(serde_json::Value, Delivery), HookError> {
+    let payload: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        HookError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the delivery's body is not JSON: {e}"),
+        )
+    })?;
+    let delivery = match provider {
+        Provider::Github => delivery::github(event, &payload),
+        Provider::Gitlab => delivery::gitlab(event, &payload),
+        Provider::Gitea => delivery::gitea(event, &payload),
+    }
+    .map_err(|e| HookError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    Ok((payload, delivery))
+}
+
 /// The forge that sent a delivery and its event, from the event headers.
 fn provider_of(headers: &HeaderMap) -> Result<(Provider, String), HookError> {
     let gitea = header(headers, "x-gitea-event").or_else(|| header(headers, "x-forgejo-event"));
@@ -220,20 +265,7 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HookError> {
-    let (provider, event) = provider_of(&headers)?;
-    if let Some(len) = header(&headers, "content-length").and_then(|l| l.parse::<u64>().ok())
-        && len > MAX_BODY as u64
-    {
-        return Err(HookError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the delivery is {len} bytes, over the {MAX_BODY} bytes a webhook may send"),
-        ));
-    }
-    // What the sender claims is checked before anything is looked up, so these
-    // answers are the same for every address.
-    let credential = Credential::parse(provider, &headers)?;
-    let body = read_body(body).await?;
+    let (provider, event, credential, body) = admit(&headers, body).await?;
 
     // Never start an engine for a delivery: only those already running answer.
     let Some(engine) = state
@@ -262,19 +294,7 @@ pub(crate) async fn receive(
     }
     let accepted = authenticate(&engine, &pipeline_name, &hooks, &credential, &body).await?;
 
-    let payload: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        HookError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the delivery's body is not JSON: {e}"),
-        )
-    })?;
-    let delivery = match provider {
-        Provider::Github => delivery::github(&event, &payload),
-        Provider::Gitlab => delivery::gitlab(&event, &payload),
-        Provider::Gitea => delivery::gitea(&event, &payload),
-    }
-    .map_err(|e| HookError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let (_, delivery) = read_delivery(provider, &event, &body)?;
     let run = match delivery {
         Delivery::Ping => {
             return Ok(not_triggered(

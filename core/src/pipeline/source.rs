@@ -68,6 +68,28 @@ enum Want {
     Head,
 }
 
+impl Want {
+    /// The commit when there is one (a full SHA), else the branch's head
+    /// (a checked name), else the remote's default branch.
+    fn of(commit: &str, branch: &str) -> Result<Want, String> {
+        if !branch.is_empty() {
+            crate::model::check_branch_name(branch).map_err(|why| format!("the branch {why}"))?;
+        }
+        if !commit.is_empty() {
+            if !is_full_sha(commit) {
+                return Err(format!(
+                    "commit `{commit}` is not a full commit SHA (40 or 64 hex digits)"
+                ));
+            }
+            Ok(Want::Commit(commit.to_ascii_lowercase()))
+        } else if !branch.is_empty() {
+            Ok(Want::Branch(branch.to_owned()))
+        } else {
+            Ok(Want::Head)
+        }
+    }
+}
+
 /// One execution's checkout.
 pub(crate) struct Checkout<'a> {
     pub(crate) core: &'a EngineCore,
@@ -128,24 +150,10 @@ impl Checkout<'_> {
             .unwrap_or_default()
             .to_owned(),
         };
-        if !branch.is_empty() {
-            crate::model::check_branch_name(&branch).map_err(|why| format!("the branch {why}"))?;
-        }
         let commit = recorded
             .map(|r| r.commit.as_str())
             .unwrap_or(self.exec.spec.commit.as_str());
-        let want = if !commit.is_empty() {
-            if !is_full_sha(commit) {
-                return Err(format!(
-                    "commit `{commit}` is not a full commit SHA (40 or 64 hex digits)"
-                ));
-            }
-            Want::Commit(commit.to_ascii_lowercase())
-        } else if !branch.is_empty() {
-            Want::Branch(branch.clone())
-        } else {
-            Want::Head
-        };
+        let want = Want::of(commit, &branch)?;
         let auth = auth(self.core, &source.repository, source.credential.as_deref()).await?;
         let (policy, limits) = git_policy(self.core)?;
         let mirror = self
@@ -298,21 +306,7 @@ pub(crate) async fn read_repo(
 ) -> Result<RepoRead, String> {
     crate::model::check_repository_url(&repo.repository)
         .map_err(|why| format!("`pipelines_from_repo.repository` {why}"))?;
-    if !branch.is_empty() {
-        crate::model::check_branch_name(branch).map_err(|why| format!("the branch {why}"))?;
-    }
-    let want = if !commit.is_empty() {
-        if !is_full_sha(commit) {
-            return Err(format!(
-                "commit `{commit}` is not a full commit SHA (40 or 64 hex digits)"
-            ));
-        }
-        Want::Commit(commit.to_ascii_lowercase())
-    } else if !branch.is_empty() {
-        Want::Branch(branch.to_owned())
-    } else {
-        Want::Head
-    };
+    let want = Want::of(commit, branch)?;
     let (dir, pattern) = match repo.path.rsplit_once('/') {
         Some((dir, _)) if dir.contains(['*', '?', '[', '{']) => {
             return Err(format!(

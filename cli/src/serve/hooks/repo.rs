@@ -27,8 +27,8 @@ use serde_json::json;
 
 use super::delivery::{self, Delivery};
 use super::{
-    Credential, DELIVERY_LABEL, HookError, MAX_BODY, PROVIDER_LABEL, claim_delivery, delivery_id,
-    header, not_triggered, provider_of, read_body, replay, unverified,
+    DELIVERY_LABEL, HookError, PROVIDER_LABEL, admit, claim_delivery, delivery_id, not_triggered,
+    read_delivery, replay, unverified,
 };
 use crate::serve::AppState;
 
@@ -42,18 +42,7 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HookError> {
-    let (provider, event) = provider_of(&headers)?;
-    if let Some(len) = header(&headers, "content-length").and_then(|l| l.parse::<u64>().ok())
-        && len > MAX_BODY as u64
-    {
-        return Err(HookError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the delivery is {len} bytes, over the {MAX_BODY} bytes a webhook may send"),
-        ));
-    }
-    let credential = Credential::parse(provider, &headers)?;
-    let body = read_body(body).await?;
+    let (provider, event, credential, body) = admit(&headers, body).await?;
     let Some(engine) = state
         .container
         .engines()
@@ -98,19 +87,7 @@ pub(crate) async fn receive(
         }
         Some(_) => {}
     }
-    let payload: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        HookError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the delivery's body is not JSON: {e}"),
-        )
-    })?;
-    let parsed = match provider {
-        delivery::Provider::Github => delivery::github(&event, &payload),
-        delivery::Provider::Gitlab => delivery::gitlab(&event, &payload),
-        delivery::Provider::Gitea => delivery::gitea(&event, &payload),
-    }
-    .map_err(|e| HookError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let (payload, parsed) = read_delivery(provider, &event, &body)?;
     let run = match parsed {
         Delivery::Ping => {
             return Ok(not_triggered(
