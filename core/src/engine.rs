@@ -652,6 +652,17 @@ impl Engine {
             branch: old.spec.branch.clone(),
             commit: old.spec.commit.clone(),
             kind: old.spec.trigger,
+            // A pipeline read from a repository reruns as it was read, with
+            // the trust it had.
+            from_repo: old
+                .spec
+                .origin
+                .clone()
+                .map(|origin| crate::pipeline::FromRepo {
+                    spec: old.spec.pipeline_spec.clone(),
+                    origin,
+                }),
+            untrusted: old.spec.untrusted,
             ..TriggerRequest::default()
         };
         req.labels

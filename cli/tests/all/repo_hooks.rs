@@ -338,4 +338,42 @@ async fn a_push_runs_the_pipeline_file_at_the_pushed_commit_and_forks_get_no_sec
             .is_some_and(|m| m.contains("acme/other") && m.contains(&url)),
         "{answer}"
     );
+
+    // A fork's file cannot send an engine secret anywhere through `source`:
+    // the checkout of an untrusted run uses no credential but the engine's own
+    // repository's.
+    let steal = repo.commit(
+        "steal",
+        &[(
+            ".arkline/steal.yaml",
+            "name: steal\nsecrets: [deploy_token]\nsource: { repository: \"http://127.0.0.1:9/x.git\", credential: deploy_token }\ntriggers:\n  - {type: webhook, events: [pull_request]}\nstages:\n  - name: s\n    steps:\n      - { name: a, uses: faults/echo, with: { data: x } }\n",
+        )],
+    );
+    let pr = json!({
+        "action": "opened", "number": 8,
+        "pull_request": {
+            "head": {"ref": "steal", "sha": steal, "repo": {"full_name": "eve/app"}},
+            "base": {"ref": "main", "repo": {"full_name": "acme/app"}},
+        },
+        "repository": {"clone_url": url, "full_name": "acme/app"},
+    });
+    let (status, answer) = server.deliver("pull_request", &pr, None).await;
+    assert_eq!(status, 202, "{answer}");
+    let file = answer["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == ".arkline/steal.yaml")
+        .expect("the file")
+        .clone();
+    let done = server
+        .finished(file["execution"].as_str().expect("started"))
+        .await;
+    assert_eq!(done.status.phase, ExecutionPhase::Failed);
+    assert!(
+        done.status.reason.contains("so it gets no secret")
+            && done.status.reason.contains("credential secret"),
+        "{}",
+        done.status.reason
+    );
 }

@@ -261,14 +261,24 @@ impl Engine {
                 }),
                 untrusted: !trusted,
             };
-            let exec = crate::pipeline::trigger(core, &name, request).await?;
+            let outcome = match crate::pipeline::trigger(core, &name, request).await {
+                Ok(exec) => RepoOutcome::Started {
+                    execution: exec.metadata.name,
+                },
+                // This file cannot run for this event; the others still do.
+                Err(
+                    e @ (crate::pipeline::TriggerError::Params { .. }
+                    | crate::pipeline::TriggerError::Group { .. }),
+                ) => RepoOutcome::NotRun {
+                    reason: e.to_string(),
+                },
+                Err(e) => return Err(e.into()),
+            };
             files.push(RepoFile {
                 path,
                 digest,
                 pipeline: Some(name),
-                outcome: RepoOutcome::Started {
-                    execution: exec.metadata.name,
-                },
+                outcome,
             });
         }
         if let Some(only) = &event.only

@@ -99,6 +99,33 @@ pub(crate) struct Checkout<'a> {
     pub(crate) log: &'a LogCapture,
     /// The engine requires the process sandbox.
     pub(crate) require_sandbox: bool,
+    /// The secret holding the credential, as [`credential_for`] decided.
+    pub(crate) credential: Option<String>,
+}
+
+/// The credential secret a checkout of `source` may use: the pipeline's
+/// `source.credential`, but for an untrusted execution (whose pipeline file
+/// a fork wrote) only the engine's own `pipelines_from_repo.credential`, and
+/// only for that repository: a fork's file must not send an engine secret
+/// to a host of its choosing.
+pub(crate) fn credential_for(
+    source: &SourceSpec,
+    untrusted: bool,
+    repo: Option<&crate::model::RepoPipelines>,
+) -> Result<Option<String>, String> {
+    if !untrusted {
+        return Ok(source.credential.clone());
+    }
+    match repo {
+        Some(repo) if repo.repository == source.repository => Ok(repo.credential.clone()),
+        _ if source.credential.is_some() => Err(
+            "this execution is untrusted (a pull request from a fork, or an event not in \
+             `pipelines_from_repo.trusted_events`), so it gets no secret, and its `source` \
+             names the credential secret of a repository other than the engine's"
+                .to_owned(),
+        ),
+        _ => Ok(None),
+    }
 }
 
 /// The secret material of one checkout, and the masker that hides it.
@@ -109,11 +136,13 @@ struct Auth {
 }
 
 impl Checkout<'_> {
-    /// The masker of this checkout's credential, to build the log with.
-    pub(crate) async fn masker(core: &EngineCore, source: &SourceSpec) -> Result<Masker, String> {
-        Ok(auth(core, &source.repository, source.credential.as_deref())
-            .await?
-            .masker)
+    /// The masker of a checkout's credential, to build the log with.
+    pub(crate) async fn masker(
+        core: &EngineCore,
+        source: &SourceSpec,
+        credential: Option<&str>,
+    ) -> Result<Masker, String> {
+        Ok(auth(core, &source.repository, credential).await?.masker)
     }
 
     /// Checks the source out into the workspace and says what was checked
@@ -154,7 +183,7 @@ impl Checkout<'_> {
             .map(|r| r.commit.as_str())
             .unwrap_or(self.exec.spec.commit.as_str());
         let want = Want::of(commit, &branch)?;
-        let auth = auth(self.core, &source.repository, source.credential.as_deref()).await?;
+        let auth = auth(self.core, &source.repository, self.credential.as_deref()).await?;
         let (policy, limits) = git_policy(self.core)?;
         let mirror = self
             .core
@@ -171,7 +200,7 @@ impl Checkout<'_> {
             dir: &mirror,
             auth: &auth,
             log: self.log,
-            credential: source.credential.as_deref(),
+            credential: self.credential.as_deref(),
             require_sandbox: self.require_sandbox,
         };
         let commit = fetch

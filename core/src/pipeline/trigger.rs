@@ -127,7 +127,14 @@ pub(crate) async fn trigger(
             .as_ref()
             .filter(|_| req.kind != TriggerKind::Pipeline)
         {
-            exec.spec.concurrency = Some(group_of(&exec, &c.group)?);
+            let group = group_of(&exec, &c.group)?;
+            // Groups are the engine's: an untrusted run (a fork's pull
+            // request) must not cancel or hold up a trusted one.
+            exec.spec.concurrency = Some(if req.untrusted {
+                format!("untrusted/{group}")
+            } else {
+                group
+            });
         }
         match execs.create(&exec).await {
             Ok(created) => return Ok(created),

@@ -134,29 +134,50 @@ pub(crate) async fn receive(
         Ok(claims) => claims,
         Err(seen) => return Ok(seen),
     };
-    let outcome = engine
-        .run_from_repo(RepoEvent {
-            event: run.event.to_owned(),
-            branch: run.branch.clone(),
-            commit: run.commit.clone(),
-            from_fork: delivery::from_fork(provider, &payload),
-            kind: TriggerKind::Webhook,
-            labels,
-            only: None,
-            params: BTreeMap::new(),
-        })
-        .await;
-    let store = state.container.store();
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            for claimed in &claims {
-                if let Err(release) = replay::release(store, claimed).await {
-                    tracing::warn!(error = %release, "webhook: cannot release the delivery id");
+    let event = RepoEvent {
+        event: run.event.to_owned(),
+        branch: run.branch.clone(),
+        commit: run.commit.clone(),
+        from_fork: delivery::from_fork(provider, &payload),
+        kind: TriggerKind::Webhook,
+        labels,
+        only: None,
+        params: BTreeMap::new(),
+    };
+    // Reading the repository may outlast the forge's patience: the work runs
+    // in a task of its own, so the claims are recorded or released even when
+    // the forge hangs up and this handler is dropped (a claim left behind
+    // would refuse the forge's redelivery for the whole window).
+    let store = state.container.store().clone();
+    let task = tokio::spawn(async move {
+        let outcome = engine.run_from_repo(event).await;
+        match &outcome {
+            Ok(run) => {
+                let first = run.executions().first().map_or("", |e| *e).to_owned();
+                for claimed in claims {
+                    if let Err(e) = replay::record(&store, claimed, &first).await {
+                        tracing::warn!(error = %e, "webhook: cannot record the delivery's execution");
+                    }
                 }
             }
+            Err(_) => {
+                for claimed in &claims {
+                    if let Err(e) = replay::release(&store, claimed).await {
+                        tracing::warn!(error = %e, "webhook: cannot release the delivery id");
+                    }
+                }
+            }
+        }
+        outcome
+    });
+    let outcome = match task.await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => {
             return Err(match e {
-                EngineError::Repo { .. } | EngineError::Trigger(_) => HookError::new(
+                EngineError::Repo { .. }
+                | EngineError::Trigger(
+                    arkline::TriggerError::Params { .. } | arkline::TriggerError::Group { .. },
+                ) => HookError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "bad_request",
                     e.to_string(),
@@ -164,18 +185,13 @@ pub(crate) async fn receive(
                 e => HookError::internal("cannot run the repository's pipelines", e),
             });
         }
+        Err(e) => return Err(HookError::internal("the repository's run stopped", e)),
     };
     let executions: Vec<String> = outcome
         .executions()
         .into_iter()
         .map(str::to_owned)
         .collect();
-    for claimed in claims {
-        let first = executions.first().map_or("", String::as_str);
-        if let Err(e) = replay::record(store, claimed, first).await {
-            tracing::warn!(error = %e, "webhook: cannot record the delivery's execution");
-        }
-    }
     let files: Vec<serde_json::Value> = outcome
         .files
         .iter()

@@ -369,8 +369,16 @@ impl Driver {
             writer.note(&masker.mask(summary));
         }
         if let (Some(key), Some(spec)) = (&cache_key, &step.cache) {
-            self.save_cache(blobs.as_ref(), key, &spec.paths, cache_cap, writer)
-                .await;
+            if self.exec.spec.untrusted {
+                // The cache is the engine's: what an untrusted run saved,
+                // a trusted one would restore.
+                writer.note(&format!(
+                    "cache `{key}` not saved: this execution is untrusted"
+                ));
+            } else {
+                self.save_cache(blobs.as_ref(), key, &spec.paths, cache_cap, writer)
+                    .await;
+            }
         }
         Ok(outcome.outputs)
     }

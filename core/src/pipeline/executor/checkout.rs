@@ -24,7 +24,15 @@ impl Driver {
             execution: self.exec.metadata.name.clone(),
             step: LOG_STEP.to_owned(),
         };
-        let masker = match Checkout::masker(&self.core, source).await {
+        let credential = match crate::pipeline::source::credential_for(
+            source,
+            self.exec.spec.untrusted,
+            self.settings.pipelines_from_repo.as_ref(),
+        ) {
+            Ok(c) => c,
+            Err(why) => return Ok(Err(format!("source: {why}"))),
+        };
+        let masker = match Checkout::masker(&self.core, source, credential.as_deref()).await {
             Ok(m) => m,
             Err(why) => return Ok(Err(format!("source: {why}"))),
         };
@@ -64,6 +72,7 @@ impl Driver {
             workspace: &self.workspace,
             log: &capture,
             require_sandbox: self.settings.require_sandbox,
+            credential,
         };
         let outcome = tokio::select! {
             done = checkout.run(recorded.as_ref()) => Some(done),
@@ -79,7 +88,8 @@ impl Driver {
                 writer.note(&format!("checkout failed: {why}"));
                 Err(format!("source: {why}"))
             }
-            None if self.abort.is_cancelled() => Err("aborted during the checkout".into()),
+            // Aborted or shut down: the caller takes its usual path (the steps
+            // are not started, `finally` runs, the end says `Aborted`).
             None => Ok(()),
         };
         writer.finish();
