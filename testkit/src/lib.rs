@@ -117,9 +117,7 @@ pub fn try_plugin(name: &str) -> Result<PathBuf, String> {
 }
 
 fn package(name: &str) -> Result<PathBuf, String> {
-    let out_dir = std::env::temp_dir().join(format!("arkline-testkit-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let out_dir = out_dir()?;
     // An archive per process: concurrent test processes never write the same file.
     let package = cargo_ark::cmd::PackageCmd {
         selection: cargo_ark::cmd::PackageSelection {
@@ -162,9 +160,7 @@ pub fn prebuilt(dir: &str) -> PathBuf {
 
 fn build_prebuilt(dir: &str) -> Result<PathBuf, String> {
     let source = workspace_root().join("plugins").join(dir);
-    let out_dir = std::env::temp_dir().join(format!("arkline-testkit-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let out_dir = out_dir()?;
     let wasm = out_dir.join(format!("{dir}.wasm"));
     let built = std::process::Command::new("sh")
         .arg(source.join("build.sh"))
@@ -193,6 +189,40 @@ fn build_prebuilt(dir: &str) -> Result<PathBuf, String> {
     package
         .exec(&global, &quiet_shell())
         .map_err(|e| format!("`cargo ark package --component` of {dir} failed: {e:#}"))
+}
+
+/// This process's directory for the archives it builds,
+/// `$TMPDIR/arkline-testkit-<pid>`. The first call removes the directories of
+/// test processes that are gone: each holds tens of megabytes (the Python and
+/// JavaScript components are 12–18 MB), and repeated runs filled the disk.
+fn out_dir() -> Result<PathBuf, String> {
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    let tmp = std::env::temp_dir();
+    SWEPT.get_or_init(|| remove_stale_dirs(&tmp));
+    let dir = tmp.join(format!("arkline-testkit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Removes `arkline-testkit-<pid>` directories whose process no longer runs.
+fn remove_stale_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("arkline-testkit-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            // Best effort: another process may be sweeping the same one.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Status lines off; errors (and cargo's diagnostics) still reach stderr.
