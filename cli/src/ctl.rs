@@ -112,6 +112,10 @@ pub enum BizCmd {
         /// Keep the active version as it is (the first version of a name is activated anyway).
         #[arg(long)]
         no_activate: bool,
+        /// Answer once the archive is checked and recorded, and let the server
+        /// compile it in the background (`ctl biz list` shows it `installing`).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Make a version the one new executions resolve to.
     Switch {
@@ -396,11 +400,15 @@ impl CtlArgs {
                 archive,
                 grants,
                 no_activate,
+                no_wait,
             } => {
                 let bytes = read_file(archive)?;
                 let mut query: Vec<(&str, String)> =
                     grants.iter().map(|g| ("grant", g.clone())).collect();
                 query.push(("activate", (!no_activate).to_string()));
+                if *no_wait {
+                    query.push(("wait", "false".to_owned()));
+                }
                 let biz: BizView = client
                     .json(
                         client
@@ -410,8 +418,12 @@ impl CtlArgs {
                             .body(bytes),
                     )
                     .await?;
-                self.print(&biz, |b| {
-                    println!("installed {}@{} ({})", b.name, b.version, b.state)
+                self.print(&biz, |b| match b.state.as_str() {
+                    "installing" => println!(
+                        "installing {}@{} in the background (`ctl biz list` shows when it is ready)",
+                        b.name, b.version
+                    ),
+                    _ => println!("installed {}@{} ({})", b.name, b.version, b.state),
                 })?;
             }
             BizCmd::Switch { name, version } => {

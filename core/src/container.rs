@@ -636,6 +636,7 @@ impl Container {
             finished_runs: Mutex::new(Default::default()),
             metrics: inner.metrics.clone(),
             deploy_lock: tokio::sync::Mutex::new(()),
+            pending: Mutex::default(),
         });
         // Install the engine's deployed bizes before anything runs, so executions
         // triggered (or resumed) right after a restart find them.

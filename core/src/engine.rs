@@ -19,8 +19,9 @@ use crate::model::{
 use crate::pipeline::EngineCore;
 use crate::pipeline::logs::LogKey;
 pub use crate::pipeline::{
-    CALL_DEPTH_LABEL, CALLED_BY_LABEL, CALLED_BY_STEP_LABEL, DeployError, LogError, PIPELINE_LABEL,
-    SETTINGS_NAME, SecretError, StoredLine, TriggerError, TriggerRequest,
+    CALL_DEPTH_LABEL, CALLED_BY_LABEL, CALLED_BY_STEP_LABEL, DeployError, Deploying, LogError,
+    PIPELINE_LABEL, PendingBiz, SETTINGS_NAME, SecretError, StoredLine, TriggerError,
+    TriggerRequest,
 };
 use crate::runtime::{Activation, BizInfo, BizLease, InstallError, LifecycleError, UninstallMode};
 use crate::store::watcher::{self, Event};
@@ -506,6 +507,43 @@ impl Engine {
             })
     }
 
+    /// Deploys a biz as [`Engine::deploy_biz`] does, but returns once the
+    /// archive is checked, kept and recorded as desired state, without waiting
+    /// for its compile: a big component not in the compiled cache compiles for
+    /// seconds (a Python or JavaScript step: 7–9 s here). The compile runs in a
+    /// task of its own, beside other compiles; [`Engine::pending_bizes`] shows
+    /// it until it is installed. Executions that need it meanwhile wait for it
+    /// (up to the `resume_grace` option). When the compile fails, the version
+    /// is taken out of the desired state and the failure is kept in
+    /// [`Engine::pending_bizes`] until the version is deployed again or
+    /// uninstalled.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Deploy`] for what can be known before compiling: the
+    /// archive, a grant, the signature policy, a version clash, keeping the
+    /// archive, the store.
+    pub async fn deploy_biz_in_background(
+        &self,
+        bytes: &[u8],
+        grants: &[String],
+        activate: bool,
+    ) -> Result<Deploying, EngineError> {
+        crate::pipeline::deployment::deploy_biz_in_background(&self.core, bytes, grants, activate)
+            .await
+            .map_err(|error| EngineError::Deploy {
+                engine: self.core.name.clone(),
+                error: Box::new(error),
+            })
+    }
+
+    /// Bizes installing in the background
+    /// ([`Engine::deploy_biz_in_background`]) and background installs that
+    /// failed, by name and version.
+    pub fn pending_bizes(&self) -> Vec<PendingBiz> {
+        self.core.pending_list()
+    }
+
     /// Makes `name@version` the version new executions resolve to (recorded in
     /// the engine's `BizDeployment` when the biz was deployed).
     ///
@@ -558,6 +596,13 @@ impl Engine {
                 spec.bizes.retain(|b| !b.versions.is_empty());
             })
             .await?;
+        }
+        // A background install (compiling: its task finds it no longer
+        // wanted and drops it; or failed) goes with its desired state.
+        if self.core.remove_pending(name, version).is_some()
+            && self.core.registry.get(name, version).is_none()
+        {
+            return Ok(());
         }
         // Draining may wait for running calls: not under the lock.
         Ok(self.core.registry.uninstall(name, version, mode).await?)

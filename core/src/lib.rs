@@ -108,7 +108,8 @@ pub use ark::{ArchiveError, Ark, Manifest};
 pub use container::{Container, ContainerBuilder, ContainerError, ExecOptions};
 pub use controller::{Action, Controller};
 pub use engine::{
-    DeployError, Engine, EngineError, RepoEvent, RepoOutcome, RepoRun, TriggerError, TriggerRequest,
+    DeployError, Deploying, Engine, EngineError, PendingBiz, RepoEvent, RepoOutcome, RepoRun,
+    TriggerError, TriggerRequest,
 };
 pub use host::Capabilities;
 pub use model::{Pipeline, PipelineExecution, PipelineSetting};

@@ -51,6 +51,7 @@ pub use context::{
     CALL_DEPTH_LABEL, CALLED_BY_LABEL, CALLED_BY_STEP_LABEL, ExecOptions, PIPELINE_LABEL,
     SETTINGS_NAME,
 };
+pub use deployment::{Deploying, PendingBiz};
 pub use error::{DeployError, ReconcileError, TriggerError};
 pub use logs::{LogArchive, LogError, StoredLine};
 use reconcile::{reconcile_execution, reconcile_pipeline};

@@ -14,7 +14,7 @@ use arkline::container::archive::ContainerArchive;
 use arkline::engine::StoredLine;
 use arkline::model::{ByteSize, Pipeline, PipelineExecution, PipelineSettingSpec, StepPhase};
 use arkline::runtime::{BizInfo, BizState, UninstallMode};
-use arkline::{Engine, TriggerRequest};
+use arkline::{Deploying, Engine, PendingBiz, TriggerRequest};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::header::ACCEPT;
@@ -60,14 +60,17 @@ pub struct BizView {
     pub name: String,
     /// Version.
     pub version: String,
-    /// `resolved`, `activated`, `deactivated`, `draining`, `uninstalled` or `broken`.
+    /// `resolved`, `activated`, `deactivated`, `draining`, `uninstalled` or
+    /// `broken`; for an install in the background (`?wait=false`),
+    /// `installing` while it compiles and `failed` when it did not install.
     pub state: String,
-    /// Why it is broken, when it is.
+    /// Why it is broken or failed, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<String>,
     /// Executions holding it now.
     pub leases: usize,
-    /// The `arkline:step` API version it targets.
+    /// The `arkline:step` API version it targets (while it installs: the
+    /// versions its manifest accepts, `^0.1`).
     pub api_version: String,
     /// SHA-256 of its component.
     pub sha256: String,
@@ -342,6 +345,7 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
                 query: &[
                     QueryParam { name: "grant", ty: "string", repeated: true, description: "A capability granted to the biz in this engine, in the grant syntax (`process=sh`, `http=example.com`, `cache`, `host-call=kv.get`); repeat for several." },
                     QueryParam { name: "activate", ty: "boolean", repeated: false, description: "Make this version the one new executions resolve to (default true; the first version of a name is activated anyway)." },
+                    QueryParam { name: "wait", ty: "boolean", repeated: false, description: "Wait for the component to compile (default true: 201 once installed). `false` answers 202 with state `installing` once the archive is checked and recorded, and compiles in the background (seconds for a big Python or JavaScript component not compiled before); the biz list shows it `installing`, then installed, or `failed` with the reason. Executions that need it meanwhile wait for it." },
                 ],
                 request: Payload::Binary("application/vnd.arkline.ark"),
                 reply: Reply::Json(201, schema::<BizView>),
@@ -580,6 +584,27 @@ impl From<BizInfo> for BizView {
     }
 }
 
+impl From<PendingBiz> for BizView {
+    fn from(p: PendingBiz) -> Self {
+        let state = if p.failed.is_some() {
+            "failed"
+        } else {
+            "installing"
+        };
+        Self {
+            name: p.name,
+            version: p.version.to_string(),
+            state: state.to_owned(),
+            broken: p.failed,
+            leases: 0,
+            api_version: p.host_api.to_string(),
+            sha256: p.sha256,
+            step_types: p.step_types,
+            grants: p.grants,
+        }
+    }
+}
+
 async fn engine_view(engine: &Engine) -> Result<EngineView, ApiError> {
     Ok(EngineView {
         name: engine.name().to_owned(),
@@ -588,10 +613,27 @@ async fn engine_view(engine: &Engine) -> Result<EngineView, ApiError> {
     })
 }
 
+/// The installed versions, and those installing in the background or whose
+/// background install failed, by name and version.
 fn sorted_bizes(engine: &Engine) -> Vec<BizView> {
-    let mut bizes = engine.bizes();
-    bizes.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-    bizes.into_iter().map(BizView::from).collect()
+    let installed = engine.bizes();
+    let pending = engine
+        .pending_bizes()
+        .into_iter()
+        .filter(|p| {
+            !installed
+                .iter()
+                .any(|b| b.name == p.name && b.version == p.version)
+        })
+        .map(|p| ((p.name.clone(), p.version.clone()), BizView::from(p)))
+        .collect::<Vec<_>>();
+    let mut bizes: Vec<_> = installed
+        .into_iter()
+        .map(|b| ((b.name.clone(), b.version.clone()), BizView::from(b)))
+        .chain(pending)
+        .collect();
+    bizes.sort_by(|a, b| a.0.cmp(&b.0));
+    bizes.into_iter().map(|(_, view)| view).collect()
 }
 
 /// The engine, after checking the caller's scope on it (403 before 404, so a
@@ -874,17 +916,20 @@ async fn install_biz(
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let mut grants = Vec::new();
     let mut activate = true;
+    let mut wait = true;
     for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        let flag = |name: &str| {
+            value.parse::<bool>().map_err(|_| {
+                ApiError::bad_request(format!("`{name}={value}`: write `true` or `false`"))
+            })
+        };
         match &*key {
             "grant" => grants.push(value.into_owned()),
-            "activate" => {
-                activate = value.parse().map_err(|_| {
-                    ApiError::bad_request(format!("`activate={value}`: write `true` or `false`"))
-                })?
-            }
+            "activate" => activate = flag("activate")?,
+            "wait" => wait = flag("wait")?,
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{other}`: this request takes `grant` (repeatable) and `activate`"
+                    "unknown query parameter `{other}`: this request takes `grant` (repeatable), `activate` and `wait`"
                 )));
             }
         }
@@ -893,8 +938,20 @@ async fn install_biz(
     // Reading the archive runs on a blocking thread inside `deploy_biz`; the
     // permit bounds how many uploads are read at once, as for pipelines.
     let _permit = state.parse_permit().await?;
-    let info = engine.deploy_biz(&bytes, &grants, activate).await?;
-    Ok((StatusCode::CREATED, Json(info.into())))
+    if wait {
+        let info = engine.deploy_biz(&bytes, &grants, activate).await?;
+        return Ok((StatusCode::CREATED, Json(info.into())));
+    }
+    Ok(
+        match engine
+            .deploy_biz_in_background(&bytes, &grants, activate)
+            .await?
+        {
+            Deploying::Installed(info) => (StatusCode::CREATED, Json(info.into())),
+            Deploying::Installing(pending) => (StatusCode::ACCEPTED, Json(pending.into())),
+            _ => unreachable!("a new way of deploying needs its answer here"),
+        },
+    )
 }
 
 async fn switch_biz(
@@ -922,7 +979,13 @@ async fn uninstall_biz(
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     let UninstallQuery { force } = query(q)?;
     let version = parse_version(&version)?;
-    if engine.biz(&biz, &version).is_none() {
+    let pending = || {
+        engine
+            .pending_bizes()
+            .into_iter()
+            .any(|p| p.name == biz && p.version == version)
+    };
+    if engine.biz(&biz, &version).is_none() && !pending() {
         return Err(ApiError::not_found(format!(
             "{biz}@{version} is not installed in engine `{name}`: list its bizes with `GET /api/v1/engines/{name}/bizes`"
         )));

@@ -634,6 +634,43 @@ async fn serve_deploys_manages_and_restores_over_http() {
         api.get("/api/v1/engines/team-a/secrets", READER).await,
         json!({"names": ["deploy-key"]})
     );
+
+    // An install that does not wait for the compile: 202 `installing`, then
+    // the list shows it installed.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/engines/team-a/bizes?wait=false&activate=false",
+            Some(TEAM_A),
+            Some(faults_as("9.1.0")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        (&body["version"], &body["state"]),
+        (&json!("9.1.0"), &json!("installing"))
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let bizes = api.bizes().await;
+        let state = bizes.iter().find(|b| b.1 == "9.1.0").map(|b| b.2.clone());
+        match state.as_deref() {
+            Some("resolved") => break,
+            Some("installing") | None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => panic!("9.1.0 should install, not activated: {other:?} in {bizes:?}"),
+        }
+    }
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/engines/team-a/bizes?wait=soon",
+            Some(TEAM_A),
+            Some(faults_as("9.2.0")),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     let (status, _) = server.terminate();
     assert!(status.success());
 }

@@ -1,9 +1,10 @@
 //! What every part of one engine's execution machinery shares.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::model::{PipelineSetting, PipelineSettingSpec};
+use crate::pipeline::deployment::PendingBiz;
 use crate::pipeline::logs::LogStore;
 use crate::pipeline::schedule::{Clock, Timers};
 use crate::pipeline::secrets::Secrets;
@@ -121,6 +122,8 @@ pub(crate) struct EngineCore {
     /// then registry) and a pass of the deployment reconciler never interleave,
     /// so the reconciler never acts on a desired state older than the registry.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+    /// Bizes installing in the background, and background installs that failed.
+    pub(crate) pending: Mutex<BTreeMap<(String, semver::Version), PendingBiz>>,
 }
 
 impl EngineCore {
@@ -167,6 +170,54 @@ impl EngineCore {
     pub(crate) fn last_finished(&self, pipeline: &str) -> Option<FinishedRun> {
         let done = self.finished_runs.lock().unwrap_or_else(|p| p.into_inner());
         done.get(pipeline).cloned()
+    }
+
+    fn pending_map(&self) -> MutexGuard<'_, BTreeMap<(String, semver::Version), PendingBiz>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The background install of `name@version`, compiling or failed.
+    pub(crate) fn pending(&self, name: &str, version: &semver::Version) -> Option<PendingBiz> {
+        self.pending_map()
+            .get(&(name.to_owned(), version.clone()))
+            .cloned()
+    }
+
+    /// Background installs, compiling or failed, by name and version.
+    pub(crate) fn pending_list(&self) -> Vec<PendingBiz> {
+        self.pending_map().values().cloned().collect()
+    }
+
+    pub(crate) fn set_pending(&self, pending: PendingBiz) {
+        self.pending_map()
+            .insert((pending.name.clone(), pending.version.clone()), pending);
+    }
+
+    pub(crate) fn remove_pending(
+        &self,
+        name: &str,
+        version: &semver::Version,
+    ) -> Option<PendingBiz> {
+        self.pending_map()
+            .remove(&(name.to_owned(), version.clone()))
+    }
+
+    pub(crate) fn fail_pending(&self, name: &str, version: &semver::Version, reason: String) {
+        if let Some(p) = self
+            .pending_map()
+            .get_mut(&(name.to_owned(), version.clone()))
+        {
+            p.failed = Some(reason);
+        }
+    }
+
+    /// Forgets a failed background install of `name@version` (deployed again).
+    pub(crate) fn clear_failed(&self, name: &str, version: &semver::Version) {
+        let mut pending = self.pending_map();
+        let key = (name.to_owned(), version.clone());
+        if pending.get(&key).is_some_and(|p| p.failed.is_some()) {
+            pending.remove(&key);
+        }
     }
 
     /// Whether this node leads the engine now.

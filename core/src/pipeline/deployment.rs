@@ -22,22 +22,66 @@ use crate::model::{
 };
 use crate::pipeline::context::EngineCore;
 use crate::pipeline::error::{DeployError, ReconcileError};
-use crate::runtime::{Activation, BizInfo, BizState};
+use crate::runtime::{Activation, BizInfo, BizState, InstallError, LifecycleError};
 use crate::store::{Api, StoreError};
 
 /// The name of an engine's [`BizDeployment`].
 pub const DEPLOYMENT_NAME: &str = "default";
 
-/// Deploys a biz from its archive bytes as desired state (see
-/// [`Engine::deploy_biz`](crate::Engine::deploy_biz)): verified, kept in the
-/// archive store, recorded in the engine's `BizDeployment`, installed; taken out
-/// of the desired state again when installing fails.
-pub(crate) async fn deploy_biz(
+/// A biz version whose install runs in the background
+/// ([`Engine::deploy_biz_in_background`](crate::Engine::deploy_biz_in_background)):
+/// compiling, or failed (then it is no longer in the desired state, and the
+/// record stays until the same version is deployed again or uninstalled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBiz {
+    /// Biz name.
+    pub name: String,
+    /// Version.
+    pub version: Version,
+    /// The `arkline:step` versions it declares it works with (its manifest's
+    /// `host_api`).
+    pub host_api: semver::VersionReq,
+    /// SHA-256 of its component.
+    pub sha256: String,
+    /// Its step types.
+    pub step_types: Vec<String>,
+    /// Its grants, in the grant syntax.
+    pub grants: Vec<String>,
+    /// When its install started.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Why the install failed; `None` while it compiles.
+    pub failed: Option<String>,
+}
+
+/// What [`Engine::deploy_biz_in_background`](crate::Engine::deploy_biz_in_background) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Deploying {
+    /// It was installed already (the desired state is recorded; nothing to compile).
+    Installed(BizInfo),
+    /// It is recorded and compiling; it becomes installed (or
+    /// [`PendingBiz::failed`]) when the compile ends.
+    Installing(PendingBiz),
+}
+
+/// An upload that passed its checks.
+struct Checked {
+    ark: Arc<Ark>,
+    caps: crate::host::Capabilities,
+    name: String,
+    version: String,
+    /// The archive's digest (its key in the archive store).
+    digest: String,
+}
+
+/// Reads an upload and checks it: the archive, the grants, the engine's
+/// signature policy, and that the version is not installed with another
+/// component.
+async fn check_upload(
     core: &EngineCore,
     bytes: &[u8],
     grants: &[String],
-    activate: bool,
-) -> Result<BizInfo, DeployError> {
+) -> Result<Checked, DeployError> {
     // Reading (inflating, hashing, checking) an archive is CPU work: off the
     // async workers, so a large upload does not stall other tasks.
     let owned = bytes.to_vec();
@@ -78,25 +122,51 @@ pub(crate) async fn deploy_biz(
         ark.manifest.version.to_string(),
         ark.sha256.clone(),
     );
-    if let Some(info) = core.registry.get(&name, &ark.manifest.version)
-        && info.sha256 != ark.manifest.component.sha256
+    let clash = |sha256: &str| sha256 != ark.manifest.component.sha256;
+    if core
+        .registry
+        .get(&name, &ark.manifest.version)
+        .is_some_and(|info| clash(&info.sha256))
+        || core
+            .pending(&name, &ark.manifest.version)
+            .is_some_and(|p| p.failed.is_none() && clash(&p.sha256))
     {
         return Err(DeployError::VersionClash { biz: name, version });
     }
-    // Desired state first (the archive kept, then recorded), so the
-    // reconciler never acts on a spec that lacks what is being installed.
-    let _changing = core.deploy_lock.lock().await;
+    Ok(Checked {
+        ark: Arc::new(ark),
+        caps,
+        name,
+        version,
+        digest,
+    })
+}
+
+/// Keeps the archive and records it in the desired state. Under the
+/// deployment lock.
+async fn record(
+    core: &EngineCore,
+    checked: &Checked,
+    bytes: &[u8],
+    grants: &[String],
+    activate: bool,
+) -> Result<(), DeployError> {
+    let Checked {
+        name,
+        version,
+        digest,
+        ..
+    } = checked;
     core.arks
-        .put(&digest, bytes)
+        .put(digest, bytes)
         .await
         .map_err(|source| DeployError::Keep {
             biz: format!("{name}@{version}"),
             location: core.arks.location(),
             source,
         })?;
-    let semver_version = ark.manifest.version.clone();
     update_spec(core, |spec| {
-        let entry = match spec.bizes.iter_mut().position(|b| b.name == name) {
+        let entry = match spec.bizes.iter_mut().position(|b| b.name == *name) {
             Some(i) => &mut spec.bizes[i],
             None => {
                 spec.bizes.push(crate::model::DesiredBiz {
@@ -110,7 +180,7 @@ pub(crate) async fn deploy_biz(
                 &mut spec.bizes[last]
             }
         };
-        if !entry.versions.contains(&version) {
+        if !entry.versions.contains(version) {
             entry.versions.push(version.clone());
         }
         entry.digests.insert(version.clone(), digest.clone());
@@ -120,51 +190,198 @@ pub(crate) async fn deploy_biz(
         }
     })
     .await?;
-    let installed = match core.registry.get(&name, &ark.manifest.version) {
-        Some(info) => Ok(info),
-        None => match core
+    Ok(())
+}
+
+/// Takes `name@version` out of the desired state (an install that failed:
+/// nothing stays recorded). Under the deployment lock.
+async fn forget(core: &EngineCore, name: &str, version: &str) -> Result<(), StoreError> {
+    update_spec(core, |spec| {
+        if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
+            b.versions.retain(|x| x != version);
+            b.digests.remove(version);
+            if b.active == version {
+                b.active = b.versions.last().cloned().unwrap_or_default();
+            }
+        }
+        spec.bizes.retain(|b| !b.versions.is_empty());
+    })
+    .await?;
+    Ok(())
+}
+
+/// Switches to `info`'s version when the desired state wants it active.
+/// Under the deployment lock.
+async fn activate_if_wanted(core: &EngineCore, info: &BizInfo) -> Result<(), DeployError> {
+    let wanted_active = Api::<BizDeployment>::new(core.store.clone())
+        .get(&core.name, DEPLOYMENT_NAME)
+        .await?
+        .and_then(|d| d.spec.bizes.into_iter().find(|b| b.name == info.name))
+        .map(|b| b.active);
+    if wanted_active == Some(info.version.to_string()) {
+        core.registry
+            .switch(&info.name, &info.version)
+            .map_err(|e| DeployError::Install(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Deploys a biz from its archive bytes as desired state (see
+/// [`Engine::deploy_biz`](crate::Engine::deploy_biz)): verified, compiled,
+/// kept in the archive store, recorded in the engine's `BizDeployment`,
+/// registered. The compile runs before the deployment lock is taken, so other
+/// deploys, switches and uninstalls of the engine do not wait for it and
+/// several compile in parallel; when it fails nothing was recorded.
+pub(crate) async fn deploy_biz(
+    core: &EngineCore,
+    bytes: &[u8],
+    grants: &[String],
+    activate: bool,
+) -> Result<BizInfo, DeployError> {
+    let checked = check_upload(core, bytes, grants).await?;
+    let version = checked.ark.manifest.version.clone();
+    let prepared = match core.registry.get(&checked.name, &version) {
+        Some(_) => None,
+        None => Some(
+            core.registry
+                .prepare(checked.ark.clone())
+                .await
+                .map_err(DeployError::Install)?,
+        ),
+    };
+    let _changing = core.deploy_lock.lock().await;
+    record(core, &checked, bytes, grants, activate).await?;
+    core.clear_failed(&checked.name, &version);
+    let installed = match (core.registry.get(&checked.name, &version), prepared) {
+        (Some(info), _) => Ok(info),
+        (None, Some(prepared)) => core
             .registry
-            .install(Arc::new(ark), &caps, Activation::Never)
-            .await
-        {
-            Ok(info) => Ok(info),
-            // The reconciler installed it from the desired state meanwhile.
-            Err(e) => match core.registry.get(&name, &semver_version) {
-                Some(info) => Ok(info),
-                None => Err(e),
-            },
-        },
+            .register(
+                prepared,
+                checked.ark.manifest.clone(),
+                &checked.caps,
+                Activation::Never,
+            )
+            .map_err(InstallError::from),
+        // Uninstalled while this one waited for the lock: install it again.
+        (None, None) => {
+            core.registry
+                .install(checked.ark.clone(), &checked.caps, Activation::Never)
+                .await
+        }
     };
     let info = match installed {
         Ok(info) => info,
         Err(e) => {
-            // Take it out of the desired state again: nothing is recorded.
-            let v = version.clone();
-            update_spec(core, |spec| {
-                if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
-                    b.versions.retain(|x| *x != v);
-                    b.digests.remove(&v);
-                    if b.active == v {
-                        b.active = b.versions.last().cloned().unwrap_or_default();
-                    }
-                }
-                spec.bizes.retain(|b| !b.versions.is_empty());
-            })
-            .await?;
+            forget(core, &checked.name, &checked.version).await?;
             return Err(DeployError::Install(e));
         }
     };
-    let wanted_active = crate::store::Api::<crate::model::BizDeployment>::new(core.store.clone())
+    activate_if_wanted(core, &info).await?;
+    Ok(core.registry.get(&info.name, &info.version).unwrap_or(info))
+}
+
+/// Deploys a biz as [`deploy_biz`] does, but answers once the desired state is
+/// recorded: the compile (seconds for a big component not in the compiled
+/// cache) runs in a task of its own. Executions that need the version
+/// meanwhile wait for it (as after a restart, up to `resume_grace`); the
+/// deployment reconciler leaves it to the task. When the compile fails the
+/// version is taken out of the desired state and the failure is kept in
+/// [`EngineCore::pending`] (and logged).
+pub(crate) async fn deploy_biz_in_background(
+    core: &Arc<EngineCore>,
+    bytes: &[u8],
+    grants: &[String],
+    activate: bool,
+) -> Result<Deploying, DeployError> {
+    let checked = check_upload(core, bytes, grants).await?;
+    let version = checked.ark.manifest.version.clone();
+    if core.registry.get(&checked.name, &version).is_some() {
+        return deploy_biz(core, bytes, grants, activate)
+            .await
+            .map(Deploying::Installed);
+    }
+    let pending = {
+        let _changing = core.deploy_lock.lock().await;
+        if let Some(p) = core.pending(&checked.name, &version)
+            && p.failed.is_none()
+        {
+            // Already compiling (the same component: `check_upload` refused another).
+            return Ok(Deploying::Installing(p));
+        }
+        record(core, &checked, bytes, grants, activate).await?;
+        let manifest = &checked.ark.manifest;
+        let pending = PendingBiz {
+            name: checked.name.clone(),
+            version: version.clone(),
+            host_api: manifest.host_api.clone(),
+            sha256: manifest.component.sha256.clone(),
+            step_types: manifest.steps.iter().map(|s| s.id.clone()).collect(),
+            grants: grants.to_vec(),
+            since: core.clock.now(),
+            failed: None,
+        };
+        core.set_pending(pending.clone());
+        pending
+    };
+    let core = core.clone();
+    tokio::spawn(async move {
+        let prepared = core.registry.prepare(checked.ark.clone()).await;
+        let _changing = core.deploy_lock.lock().await;
+        let wanted = match wanted_digest(&core, &checked.name, &checked.version).await {
+            Ok(digest) => digest.as_deref() == Some(checked.digest.as_str()),
+            Err(e) => {
+                tracing::warn!(engine = %core.name, biz = %format!("{}@{}", checked.name, checked.version), error = %e, "cannot read the desired state after a background compile; the deployment reconciler installs it");
+                core.remove_pending(&checked.name, &version);
+                return;
+            }
+        };
+        let result = match prepared {
+            // Uninstalled or replaced while compiling: nothing to do.
+            _ if !wanted => Ok(()),
+            Ok(prepared) => match core.registry.register(
+                prepared,
+                checked.ark.manifest.clone(),
+                &checked.caps,
+                Activation::Never,
+            ) {
+                Ok(info) => activate_if_wanted(&core, &info)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(LifecycleError::AlreadyInstalled { .. }) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                core.remove_pending(&checked.name, &version);
+            }
+            Err(reason) => {
+                tracing::warn!(engine = %core.name, biz = %format!("{}@{}", checked.name, checked.version), error = %reason, "a background install failed; it is taken out of the desired state");
+                if core.registry.get(&checked.name, &version).is_none()
+                    && let Err(e) = forget(&core, &checked.name, &checked.version).await
+                {
+                    tracing::warn!(engine = %core.name, error = %e, "cannot take a failed install out of the desired state");
+                }
+                core.fail_pending(&checked.name, &version, reason);
+            }
+        }
+    });
+    Ok(Deploying::Installing(pending))
+}
+
+/// The archive digest the desired state records for `name@version`.
+async fn wanted_digest(
+    core: &EngineCore,
+    name: &str,
+    version: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(Api::<BizDeployment>::new(core.store.clone())
         .get(&core.name, DEPLOYMENT_NAME)
         .await?
         .and_then(|d| d.spec.bizes.into_iter().find(|b| b.name == name))
-        .map(|b| b.active);
-    if wanted_active.as_deref() == Some(version.as_str()) {
-        core.registry
-            .switch(&name, &info.version)
-            .map_err(|e| DeployError::Install(e.into()))?;
-    }
-    Ok(core.registry.get(&info.name, &info.version).unwrap_or(info))
+        .and_then(|b| b.digests.get(version).cloned()))
 }
 
 /// The biz-deployment reconciler.
@@ -185,6 +402,7 @@ pub(crate) async fn reconcile_deployment(
     };
     let registry = &core.registry;
     let mut problems = Vec::new();
+    let mut in_flight = false;
     for biz in &dep.spec.bizes {
         let caps = match parse_grants(&biz.grants) {
             Ok(c) => c,
@@ -199,6 +417,14 @@ pub(crate) async fn reconcile_deployment(
                 continue;
             };
             if registry.get(&biz.name, &version).is_some() {
+                continue;
+            }
+            // Compiling in the background: its task registers it; look again soon.
+            if core
+                .pending(&biz.name, &version)
+                .is_some_and(|p| p.failed.is_none())
+            {
+                in_flight = true;
                 continue;
             }
             let Some(digest) = biz.digests.get(v) else {
@@ -277,6 +503,10 @@ pub(crate) async fn reconcile_deployment(
             Ok(_) | Err(StoreError::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+    if in_flight {
+        // The status follows once the background compiles are done.
+        return Ok(Action::requeue(std::time::Duration::from_millis(250)));
     }
     Ok(Action::await_change())
 }

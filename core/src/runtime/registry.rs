@@ -321,17 +321,23 @@ impl BizRegistry {
         activation: Activation,
     ) -> Result<BizInfo, InstallError> {
         self.check_not_installed(&ark.manifest.name, &ark.manifest.version)?;
-        let runtime = self.inner.runtime.clone();
-        let compiling = ark.clone();
-        let id = format!("{}@{}", ark.manifest.name, ark.manifest.version);
-        let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&compiling))
-            .await
-            .map_err(|e| InstallError::Task(id, e.to_string()))?
-            .map_err(|source| InstallError::Component {
-                biz: format!("{}@{}", ark.manifest.name, ark.manifest.version),
-                source,
-            })?;
+        let prepared = self.prepare(ark.clone()).await?;
         Ok(self.register(prepared, ark.manifest.clone(), grants, activation)?)
+    }
+
+    /// Compiles `ark`'s component (or loads it from the compiled cache) on a
+    /// blocking thread and links it, registering nothing: [`register`](Self::register)
+    /// does that. Compiles of several archives run in parallel, each on its
+    /// own blocking thread (and wasmtime compiles a component's functions in
+    /// parallel).
+    pub async fn prepare(&self, ark: Arc<Ark>) -> Result<PreparedBiz, InstallError> {
+        let runtime = self.inner.runtime.clone();
+        let id = format!("{}@{}", ark.manifest.name, ark.manifest.version);
+        let compiling = ark.clone();
+        tokio::task::spawn_blocking(move || runtime.prepare(&compiling))
+            .await
+            .map_err(|e| InstallError::Task(id.clone(), e.to_string()))?
+            .map_err(|source| InstallError::Component { biz: id, source })
     }
 
     /// Like [`install`](Self::install), compiling on the calling thread.

@@ -692,3 +692,143 @@ async fn shutdown_then_reopen_never_finds_the_store_locked() {
         drop(states);
     }
 }
+
+/// The faults archive with a component that is not valid WebAssembly past its
+/// header (a compile failure, found only when compiling).
+fn faults_that_does_not_compile(version: &str) -> Vec<u8> {
+    let ark = Ark::from_bytes(&faults_bytes()).expect("reads");
+    let mut manifest = ark.manifest.clone();
+    manifest.version = semver::Version::parse(version).expect("version");
+    let mut component = ark.component[..ark.component.len() / 2].to_vec();
+    component.extend_from_slice(&[0xff; 64]);
+    write_ark(manifest, &component, &ark.files)
+        .expect("rewrites")
+        .0
+}
+
+/// A deploy in the background answers before the compile, an execution
+/// triggered meanwhile waits for the biz and succeeds, and a compile that
+/// fails is reported, taken out of the desired state, and can be cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_deploy_answers_before_compiling_and_executions_wait_for_it() {
+    use arkline::Deploying;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let container = Container::builder()
+            .data_dir(dir.path())
+            .build()
+            .expect("builds");
+        let engine = container.engine("team-a").await.expect("engine");
+        let pending = match engine
+            .deploy_biz_in_background(&faults_bytes(), &["process=true".into()], true)
+            .await
+            .expect("accepted")
+        {
+            Deploying::Installing(p) => p,
+            other => panic!("nothing was installed yet: {other:?}"),
+        };
+        assert_eq!(
+            (pending.name.as_str(), pending.failed.as_ref()),
+            ("faults", None)
+        );
+        assert!(pending.step_types.iter().any(|s| s == "call-capability"));
+        // Triggered before the compile is done: it waits for the biz.
+        let exec = run(&engine, CALL_PROCESS).await;
+        assert_eq!(
+            exec.status.phase,
+            ExecutionPhase::Succeeded,
+            "{:#?}",
+            exec.status
+        );
+        assert_eq!(
+            exec.status.outputs["call"]["result"], "ok",
+            "the grant came with it"
+        );
+        assert!(
+            engine.pending_bizes().is_empty(),
+            "{:?}",
+            engine.pending_bizes()
+        );
+        assert_eq!(engine.bizes().len(), 1);
+
+        // Deploying it again in the background: installed already, nothing to compile.
+        match engine
+            .deploy_biz_in_background(&faults_bytes(), &["process=true".into()], true)
+            .await
+            .expect("accepted")
+        {
+            Deploying::Installed(info) => assert_eq!(info.name, "faults"),
+            other => panic!("it is installed: {other:?}"),
+        }
+
+        // A component that does not compile: accepted (its archive is
+        // sound), then failed, with the reason, and not desired any more.
+        let broken = faults_that_does_not_compile("2.0.0");
+        assert!(matches!(
+            engine
+                .deploy_biz_in_background(&broken, &[], false)
+                .await
+                .expect("accepted"),
+            Deploying::Installing(_)
+        ));
+        let failed = tokio::time::timeout(LIMIT, async {
+            loop {
+                if let Some(p) = engine
+                    .pending_bizes()
+                    .into_iter()
+                    .find(|p| p.failed.is_some())
+                {
+                    return p;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the compile ends");
+        assert_eq!(failed.version.to_string(), "2.0.0");
+        let reason = failed.failed.expect("failed");
+        assert!(reason.contains("faults@2.0.0"), "{reason}");
+        assert_eq!(engine.bizes().len(), 1, "nothing was registered");
+        // The failure is cleared by uninstalling that version.
+        engine
+            .uninstall(
+                "faults",
+                &semver::Version::new(2, 0, 0),
+                UninstallMode::Wait,
+            )
+            .await
+            .expect("clears the failure");
+        assert!(
+            engine.pending_bizes().is_empty(),
+            "{:?}",
+            engine.pending_bizes()
+        );
+        // The same archive deployed waiting: refused, nothing recorded.
+        engine
+            .deploy_biz(&broken, &[], false)
+            .await
+            .expect_err("does not compile");
+        container.shutdown().await;
+    }
+    // After a restart: the one that installed is back, the failed one is not.
+    let container = Container::builder()
+        .data_dir(dir.path())
+        .build()
+        .expect("builds again");
+    let engine = container.engine("team-a").await.expect("engine");
+    let exec = run(&engine, CALL_PROCESS).await;
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        exec.status
+    );
+    let versions: Vec<String> = engine
+        .bizes()
+        .iter()
+        .map(|b| b.version.to_string())
+        .collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert!(engine.pending_bizes().is_empty());
+    container.shutdown().await;
+}
