@@ -3,8 +3,8 @@
 # when it is missing: `protoc` (the etcd client's build compiles etcd's gRPC
 # protocol) and, with `--test`, the `etcd` server and `etcdctl` the tests run
 # and `moto_server` (an S3-compatible server, from PyPI) for the log archive,
-# and `componentize-py` (PyPI) and `componentize-js` (npm) for the Python and
-# JavaScript step plugins' tests.
+# and `componentize-py` (PyPI, into a venv) and `componentize-js` (npm) for
+# the Python and JavaScript step plugins' tests.
 # Debian/Ubuntu packages via apt-get, as root or with passwordless sudo;
 # elsewhere it says what to install. Source it or run it.
 set -euo pipefail
@@ -15,6 +15,10 @@ if [ "${1:-}" = "--test" ]; then
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v etcdctl >/dev/null || need+=(etcd-client)
   command -v npm >/dev/null || need+=(nodejs npm)
+  command -v python3 >/dev/null || need+=(python3)
+  # componentize-py goes into a virtual environment (Debian's Python refuses
+  # a system-wide pip install).
+  python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
@@ -46,16 +50,15 @@ if [ "${1:-}" = "--test" ] && ! command -v moto_server >/dev/null; then
   if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 fi
 
-# The Python step plugin's test builds it with componentize-py (PyPI).
-if [ "${1:-}" = "--test" ] && ! command -v componentize-py >/dev/null; then
-  if ! command -v pip3 >/dev/null && ! command -v pip >/dev/null; then
-    echo "the tests need componentize-py: install Python's pip, then pip install componentize-py==0.25.1" >&2
-    exit 1
-  fi
-  echo "installing componentize-py (pip)" >&2
-  "$(command -v pip3 || command -v pip)" install -q 'componentize-py==0.25.1' >/dev/null 2>&1 \
-    || "$(command -v pip3 || command -v pip)" install -q --user 'componentize-py==0.25.1' >/dev/null
-  if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+# The Python step plugin's test builds it with componentize-py (PyPI), from
+# a virtual environment of its own: $ARKLINE_VENV, by default
+# ~/.local/share/arkline/venv (the test kit looks there; .ci/test.sh puts its
+# bin/ on PATH).
+venv="${ARKLINE_VENV:-$HOME/.local/share/arkline/venv}"
+if [ "${1:-}" = "--test" ] && ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q '0\.25\.1'; then
+  echo "installing componentize-py into $venv (pip, in a venv)" >&2
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'componentize-py==0.25.1' >/dev/null
 fi
 
 # The JavaScript step plugin's test builds it with componentize-js (npm).

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/deps.sh --test
+# componentize-py's virtual environment (.ci/deps.sh installs it there).
+export PATH="${ARKLINE_VENV:-$HOME/.local/share/arkline/venv}/bin:$PATH"
 eval "$(bash .ci/etcd.sh start)"
 trap 'bash .ci/etcd.sh stop' EXIT
 cargo test --workspace "$@"

@@ -158,11 +158,81 @@ pub fn prebuilt(dir: &str) -> PathBuf {
     }
 }
 
+/// The virtual environment `.ci/deps.sh --test` installs the Python tools
+/// into (componentize-py): `$ARKLINE_VENV`, by default
+/// `~/.local/share/arkline/venv`.
+pub fn venv() -> PathBuf {
+    match std::env::var_os("ARKLINE_VENV") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            Path::new(&home).join(".local/share/arkline/venv")
+        }
+    }
+}
+
+/// `PATH` with the tools' virtual environment ([`venv`]) first.
+pub fn tool_path() -> std::ffi::OsString {
+    let mut dirs = vec![venv().join("bin")];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// A command running `program` (found on [`tool_path`]) with the network
+/// off: in a network namespace of its own, which has only a loopback that is
+/// down (`unshare --net`, as root, or in a user namespace of its own
+/// otherwise). The builds of the Python and JavaScript plugins run so: they
+/// must fetch nothing.
+///
+/// # Panics
+/// When no network namespace can be made here, with what would allow it.
+pub fn offline(program: &str) -> std::process::Command {
+    static HOW: OnceLock<Result<&'static [&'static str], String>> = OnceLock::new();
+    let how = HOW.get_or_init(|| {
+        let works = |args: &[&str]| {
+            std::process::Command::new("unshare")
+                .args(args)
+                .arg("true")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        const ROOT: &[&str] = &["--net"];
+        const USER: &[&str] = &["--map-root-user", "--net"];
+        if works(ROOT) {
+            Ok(ROOT)
+        } else if works(USER) {
+            Ok(USER)
+        } else {
+            Err(
+                "cannot run a build with the network off: `unshare --net` (util-linux) \
+                 needs root, or unprivileged user namespaces \
+                 (`sysctl kernel.unprivileged_userns_clone=1`)"
+                    .to_owned(),
+            )
+        }
+    });
+    match how {
+        Ok(args) => {
+            let mut command = std::process::Command::new("unshare");
+            command
+                .args(*args)
+                .arg("--")
+                .arg(program)
+                .env("PATH", tool_path());
+            command
+        }
+        Err(e) => panic!("arkline-testkit: {e}"),
+    }
+}
+
 fn build_prebuilt(dir: &str) -> Result<PathBuf, String> {
     let source = workspace_root().join("plugins").join(dir);
     let out_dir = out_dir()?;
     let wasm = out_dir.join(format!("{dir}.wasm"));
-    let built = std::process::Command::new("sh")
+    // With the network off: the build must fetch nothing.
+    let built = offline("sh")
         .arg(source.join("build.sh"))
         .arg(&wasm)
         .output()

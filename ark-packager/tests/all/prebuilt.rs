@@ -54,6 +54,7 @@ fn repo(path: &str) -> std::path::PathBuf {
 /// Fails the test with the install command when `tool` is missing.
 fn require(tool: &str, install: &str) {
     let have = std::process::Command::new(tool)
+        .env("PATH", arkline_testkit::tool_path())
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
@@ -63,9 +64,10 @@ fn require(tool: &str, install: &str) {
     );
 }
 
-/// Runs `argv` in `dir` and requires it to succeed.
+/// Runs `argv` in `dir` with the network off (builds and tests must fetch
+/// nothing) and requires it to succeed.
 fn succeeds(argv: &[&str], dir: &Path) {
-    let out = std::process::Command::new(argv[0])
+    let out = arkline_testkit::offline(argv[0])
         .args(&argv[1..])
         .current_dir(dir)
         .output()
@@ -77,6 +79,30 @@ fn succeeds(argv: &[&str], dir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A git repository in `dir/repo` with an empty commit per message.
+fn git_repo(dir: &Path, messages: &[&str]) -> std::path::PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let commits = messages
+        .iter()
+        .map(|m| vec!["commit", "-q", "--allow-empty", "-m", m]);
+    for args in std::iter::once(vec!["init", "-q"]).chain(commits) {
+        let ok = std::process::Command::new("git")
+            .args(&args)
+            .current_dir(&repo)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", &repo)
+            .env("GIT_AUTHOR_NAME", "a")
+            .env("GIT_AUTHOR_EMAIL", "a@example.com")
+            .env("GIT_COMMITTER_NAME", "a")
+            .env("GIT_COMMITTER_EMAIL", "a@example.com")
+            .status()
+            .expect("git");
+        assert!(ok.success(), "git {args:?}");
+    }
+    repo
 }
 
 /// Builds `plugins/<plugin>` with its `build.sh` and packages it with
@@ -293,26 +319,7 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
 
     // Commits from `git log` through the SDK's `process` wrapper: refused
     // without the grant (the SDK's `Denied`, caught by the step), read with it.
-    let repo = tmp.path().join("repo");
-    std::fs::create_dir_all(&repo).expect("mkdir");
-    for args in [
-        &["init", "-q"][..],
-        &["commit", "-q", "--allow-empty", "-m", "feat: from git"],
-        &["commit", "-q", "--allow-empty", "-m", "fix: also from git"],
-    ] {
-        let ok = std::process::Command::new("git")
-            .args(args)
-            .current_dir(&repo)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", &repo)
-            .env("GIT_AUTHOR_NAME", "a")
-            .env("GIT_AUTHOR_EMAIL", "a@example.com")
-            .env("GIT_COMMITTER_NAME", "a")
-            .env("GIT_COMMITTER_EMAIL", "a@example.com")
-            .status()
-            .expect("git");
-        assert!(ok.success());
-    }
+    let repo = git_repo(tmp.path(), &["feat: from git", "fix: also from git"]);
     let from_git = |grant: bool| {
         let mut cmd = cargo_ark();
         cmd.args([
@@ -360,10 +367,7 @@ fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
     let ark = Ark::open(&archive).expect("reads back");
     assert_eq!(ark.manifest.build.language.as_deref(), Some("JavaScript"));
     let schema = ark.step_schema("bump").expect("schema from describe()");
-    assert_eq!(
-        schema["required"],
-        serde_json::json!(["current", "commits"])
-    );
+    assert_eq!(schema["required"], serde_json::json!(["current"]));
 
     let run = |with: &str| {
         let mut cmd = cargo_ark();
@@ -399,6 +403,45 @@ fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
         .stderr(predicate::str::contains(
             "invalid configuration at `commits[0]`: expected a string, found a number",
         ));
+
+    // Messages from `git log` through the SDK's `runProcess`: without the
+    // grant the host's refusal reaches the step as a `HostError` of kind
+    // `denied`, the same error a Rust step gets; with it, the bump.
+    let repo = git_repo(
+        tmp.path(),
+        &["fix: a", "feat: from git\n\nBREAKING CHANGE: all of it"],
+    );
+    let from_git = |grant: bool| {
+        let mut cmd = cargo_ark();
+        cmd.args([
+            "ark",
+            "run",
+            "bump",
+            "--with",
+            r#"{"current": "1.4.2", "range": "HEAD"}"#,
+            "--ark",
+        ])
+        .arg(&archive)
+        .arg("--workspace")
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(tmp.path().join("target"));
+        if grant {
+            cmd.args(["--grant", "process=git"]);
+        }
+        cmd
+    };
+    from_git(false)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "`range` reads commits with git, which this biz may not run (denied): capability `process` denied",
+        ));
+    from_git(true)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("version = 2.0.0"))
+        .stdout(predicate::str::contains("level = major"));
 }
 
 #[test]
@@ -481,7 +524,7 @@ fn a_component_of_another_world_is_refused_naming_what_it_exports() {
         "export function greet() { return \"hello\"; }\n",
     )
     .expect("write");
-    let built = std::process::Command::new("componentize-js")
+    let built = arkline_testkit::offline("componentize-js")
         .args([
             "app.js",
             "--wit",

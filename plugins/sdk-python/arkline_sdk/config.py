@@ -1,5 +1,8 @@
-"""Config dataclasses: their JSON Schema, and decoding `with:` into them with
-errors that name the field (`commits[2]`, `env.PATH`)."""
+"""Config types — dataclasses or TypedDicts — their JSON Schema, and decoding
+`with:` into them with errors that name the field (`commits[2]`, `env.PATH`).
+
+A field's description comes from a dataclass field's `metadata={"description":
+...}`, or from a string in `Annotated[T, "..."]` (either kind)."""
 
 import dataclasses
 import types
@@ -29,7 +32,48 @@ def _optional(tp):
     return None
 
 
+def is_config_type(tp):
+    """Whether `tp` can be a step's config type: a dataclass or a TypedDict."""
+    return isinstance(tp, type) and (dataclasses.is_dataclass(tp) or typing.is_typeddict(tp))
+
+
+_WRAPPERS = tuple(w for w in (getattr(typing, "Required", None), getattr(typing, "NotRequired", None)) if w)
+
+
+def _unwrap(tp):
+    """`(T, description)` of `Annotated[T, "description", ...]`, and of
+    `Required[T]` / `NotRequired[T]` (a TypedDict's), else `(tp, None)`."""
+    description = None
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp, *extras = typing.get_args(tp)
+            description = next((e for e in extras if isinstance(e, str)), description)
+        elif origin in _WRAPPERS:
+            (tp,) = typing.get_args(tp)
+        else:
+            return tp, description
+
+
+def _fields(cls):
+    """`[(name, type, description, required)]` of a dataclass or TypedDict."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = []
+    if dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            tp, description = _unwrap(hints[f.name])
+            description = f.metadata.get("description", description)
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            out.append((f.name, tp, description, required))
+    else:
+        for name, hint in hints.items():
+            tp, description = _unwrap(hint)
+            out.append((name, tp, description, name in cls.__required_keys__))
+    return out
+
+
 def _schema(tp):
+    tp, _ = _unwrap(tp)
     inner = _optional(tp)
     if inner is not None:
         return {"anyOf": [_schema(inner), {"type": "null"}]}
@@ -48,32 +92,32 @@ def _schema(tp):
         return {"type": "object", "additionalProperties": _schema(value)}
     if origin is typing.Literal:
         return {"enum": list(typing.get_args(tp))}
-    if dataclasses.is_dataclass(tp):
+    if is_config_type(tp):
         return _object_schema(tp)
     raise TypeError(f"{tp!r} cannot be a config field type (str, int, float, bool, list, dict, "
-                    f"Optional, Literal or a dataclass)")
+                    f"Optional, Literal, Annotated, a dataclass or a TypedDict)")
 
 
 def _object_schema(cls):
-    hints = typing.get_type_hints(cls)
     props, required = {}, []
-    for f in dataclasses.fields(cls):
-        s = _schema(hints[f.name])
-        if "description" in f.metadata:
-            s["description"] = f.metadata["description"]
-        props[f.name] = s
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required.append(f.name)
+    for name, tp, description, needed in _fields(cls):
+        s = _schema(tp)
+        if description is not None:
+            s["description"] = description
+        props[name] = s
+        if needed:
+            required.append(name)
     out = {"type": "object", "additionalProperties": False, "properties": props}
     if required:
         out["required"] = required
-    if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
-        out["description"] = cls.__doc__.strip()
+    doc = cls.__doc__
+    if doc and not doc.startswith(cls.__name__ + "(") and doc != dict.__doc__:
+        out["description"] = doc.strip()
     return out
 
 
 def schema_of(cls):
-    """The JSON Schema (draft 2020-12) of a config dataclass."""
+    """The JSON Schema (draft 2020-12) of a config dataclass or TypedDict."""
     schema = _object_schema(cls)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
@@ -98,6 +142,7 @@ def _join(path, key):
 
 
 def _decode(tp, value, path):
+    tp, _ = _unwrap(tp)
     inner = _optional(tp)
     if inner is not None:
         return None if value is None else _decode(inner, value, path)
@@ -135,31 +180,33 @@ def _decode(tp, value, path):
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a map, found {_kind(value)}")
         return {k: _decode(item, v, _join(path, k)) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if is_config_type(tp):
         return _decode_object(tp, value, path)
     raise TypeError(f"{tp!r} cannot be a config field type")
 
 
 def _decode_object(cls, value, path):
+    """A dataclass instance, or for a TypedDict the dict itself (checked)."""
     if not isinstance(value, dict):
         raise ConfigError(path or None, f"expected a map, found {_kind(value)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = _fields(cls)
+    names = [name for name, *_ in fields]
     for key in value:
-        if key not in fields:
+        if key not in names:
             raise ConfigError(_join(path, key),
-                              f"unknown setting `{key}`; expected one of {', '.join(fields)}")
+                              f"unknown setting `{key}`; expected one of {', '.join(names)}")
     args = {}
-    for name, f in fields.items():
+    for name, tp, _, required in fields:
         if name in value:
-            args[name] = _decode(hints[name], value[name], _join(path, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            args[name] = _decode(tp, value[name], _join(path, name))
+        elif required:
             raise ConfigError(_join(path, name), f"missing setting `{name}`")
     return cls(**args)
 
 
 def decode(cls, text):
-    """Decodes the JSON text of a step's `with:` into the dataclass `cls`."""
+    """Decodes the JSON text of a step's `with:` into `cls`, a dataclass or a
+    TypedDict."""
     import json
 
     try:

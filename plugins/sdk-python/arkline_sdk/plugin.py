@@ -4,7 +4,7 @@ import dataclasses
 import json
 import typing
 
-from .config import ConfigError, decode, schema_of
+from .config import ConfigError, decode, is_config_type, schema_of
 from .errors import HostError, StepFailed
 
 
@@ -40,8 +40,8 @@ class Plugin:
 
     def step(self, id, description):
         """Declares a step type: the decorated function takes `(ctx, cfg)`, where
-        `cfg` is an instance of the dataclass its second parameter is annotated
-        with (or the raw JSON value without an annotation)."""
+        `cfg` is an instance of the dataclass or TypedDict its second parameter
+        is annotated with (or the raw JSON value without an annotation)."""
 
         def register(fn):
             hints = typing.get_type_hints(fn)
@@ -58,7 +58,7 @@ class Plugin:
         """`(id, description, schema JSON text)` per step type."""
         out = []
         for id, (_, description, config) in self._steps.items():
-            schema = schema_of(config) if dataclasses.is_dataclass(config) else {}
+            schema = schema_of(config) if is_config_type(config) else {}
             out.append((id, description, json.dumps(schema)))
         return out
 
@@ -69,7 +69,7 @@ class Plugin:
         if entry is None:
             raise LookupError(ctx.step_type)
         fn, _, config = entry
-        if dataclasses.is_dataclass(config):
+        if is_config_type(config):
             cfg = decode(config, config_text)
         else:
             try:

@@ -4,7 +4,7 @@ import sys
 import unittest
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, NotRequired, Optional, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -62,3 +62,63 @@ class Decoding(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Target(TypedDict):
+    host: Annotated[str, "Where to."]
+    port: NotRequired[int]
+
+
+class Deploy(TypedDict):
+    """Deploys somewhere."""
+
+    targets: list[Target]
+    dry_run: NotRequired[Annotated[bool, "Only say what would change."]]
+
+
+class TypedDicts(unittest.TestCase):
+    def test_schema(self):
+        s = schema_of(Deploy)
+        self.assertEqual(s["required"], ["targets"])
+        self.assertEqual(s["description"], "Deploys somewhere.")
+        self.assertFalse(s["additionalProperties"])
+        self.assertEqual(s["properties"]["dry_run"],
+                         {"type": "boolean", "description": "Only say what would change."})
+        target = s["properties"]["targets"]["items"]
+        self.assertEqual(target["required"], ["host"])
+        self.assertEqual(target["properties"]["host"], {"type": "string", "description": "Where to."})
+        self.assertEqual(target["properties"]["port"], {"type": "integer"})
+
+    def test_decoding_gives_the_dict_and_errors_name_the_field(self):
+        cfg = decode(Deploy, '{"targets": [{"host": "a", "port": 22}]}')
+        self.assertEqual(cfg, {"targets": [{"host": "a", "port": 22}]})
+        for text, field_path, words in [
+            ('{"targets": [{"host": "a"}, {"port": 1}]}', "targets[1].host", "missing setting `host`"),
+            ('{"targets": [{"host": "a", "port": "22"}]}', "targets[0].port", "expected a whole number"),
+            ('{"targets": [], "dryrun": true}', "dryrun", "unknown setting `dryrun`; expected one of targets, dry_run"),
+            ('{}', "targets", "missing setting `targets`"),
+        ]:
+            with self.assertRaises(ConfigError, msg=text) as caught:
+                decode(Deploy, text)
+            self.assertEqual(caught.exception.field, field_path, text)
+            self.assertIn(words, caught.exception.message, text)
+
+    def test_a_step_declared_with_a_typeddict(self):
+        import json
+        from types import SimpleNamespace
+
+        from arkline_sdk import Plugin
+
+        steps = Plugin()
+
+        @steps.step("deploy", "Deploys")
+        def deploy(ctx, cfg: Deploy):
+            return {"hosts": ",".join(t["host"] for t in cfg["targets"])}
+
+        ((id, _, schema),) = steps.describe()
+        self.assertEqual((id, json.loads(schema)["required"]), ("deploy", ["targets"]))
+        ctx = SimpleNamespace(step_type="deploy")
+        out = steps.run(ctx, '{"targets": [{"host": "a"}, {"host": "b"}]}')
+        self.assertEqual(out.outputs, {"hosts": "a,b"})
+        with self.assertRaises(ConfigError):
+            steps.run(ctx, '{"targets": [{"hots": "a"}]}')
