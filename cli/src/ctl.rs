@@ -194,6 +194,13 @@ pub enum ExecCmd {
         /// Only this pipeline's.
         #[arg(long)]
         pipeline: Option<String>,
+        /// Only those whose labels match (`app=web,tier!=db`).
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+        /// After the list, print each execution again as it changes, until
+        /// interrupted (with `--json`: one `{"type", "object"}` line per change).
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// A step's log.
     Logs {
@@ -582,14 +589,58 @@ impl CtlArgs {
                 if !self.json {
                     eprintln!("started {name}; waiting for it to finish");
                 }
-                let path = self.engine_path(&format!("/executions/{}", seg(&name)))?;
-                let done = loop {
-                    let exec: PipelineExecution =
-                        client.json(client.request(Method::GET, &path)).await?;
-                    if exec.status.phase.is_finished() {
-                        break exec;
+                // Watched from the version the trigger answered, so no change
+                // is missed; polled if the watch ends first (a server
+                // restart, compaction).
+                let mut done = None;
+                let watch = client
+                    .send(
+                        client
+                            .request(Method::GET, &self.engine_path("/executions")?)
+                            .query(&[
+                                ("watch", "true".to_owned()),
+                                (
+                                    "resourceVersion",
+                                    exec.metadata.resource_version.to_string(),
+                                ),
+                                ("pipeline", exec.spec.pipeline.clone()),
+                            ])
+                            .header("accept", "text/event-stream"),
+                    )
+                    .await;
+                if let Ok(response) = watch {
+                    let watched = read_events(response, |event| {
+                        if event.event == "ERROR" {
+                            return Ok(false);
+                        }
+                        let Ok(changed) = serde_json::from_str::<PipelineExecution>(&event.data)
+                        else {
+                            return Ok(true);
+                        };
+                        if changed.metadata.name == name
+                            && (changed.status.phase.is_finished() || event.event == "DELETED")
+                        {
+                            done = Some(changed);
+                            return Ok(false);
+                        }
+                        Ok(true)
+                    })
+                    .await;
+                    if let Err(e) = watched {
+                        tracing::debug!(error = %e, "the watch ended; polling");
                     }
-                    tokio::time::sleep(WAIT_POLL).await;
+                }
+                let path = self.engine_path(&format!("/executions/{}", seg(&name)))?;
+                let done = match done {
+                    Some(done) => done,
+                    None => loop {
+                        let exec: PipelineExecution =
+                            client.json(client.request(Method::GET, &path)).await?;
+                        if exec.status.phase.is_finished() {
+                            break exec;
+                        }
+                        tokio::time::sleep(WAIT_POLL).await;
+                    },
                 };
                 self.print(&done, print_execution)?;
                 return Ok(if done.status.phase == ExecutionPhase::Succeeded {
@@ -607,27 +658,76 @@ impl CtlArgs {
                     .await?;
                 self.print(&exec, print_execution)?;
             }
-            ExecCmd::List { pipeline } => {
-                let mut req = client.request(Method::GET, &self.engine_path("/executions")?);
+            ExecCmd::List {
+                pipeline,
+                selector,
+                watch,
+            } => {
+                let mut query: Vec<(&str, String)> = Vec::new();
                 if let Some(p) = pipeline {
-                    req = req.query(&[("pipeline", p)]);
+                    query.push(("pipeline", p.clone()));
                 }
-                let execs: Vec<PipelineExecution> = client.json(req).await?;
-                self.print(&execs, |execs| {
-                    table(
-                        &["NAME", "PIPELINE", "RUN", "PHASE", "STARTED", "REASON"],
-                        execs.iter().map(|e| {
-                            vec![
-                                e.metadata.name.clone(),
-                                e.spec.pipeline.clone(),
-                                e.spec.run.to_string(),
-                                format!("{:?}", e.status.phase),
-                                e.status.started.map_or("-".into(), |t| t.to_rfc3339()),
-                                e.status.reason.clone(),
-                            ]
-                        }),
+                if let Some(l) = selector {
+                    query.push(("labelSelector", l.clone()));
+                }
+                let response = client
+                    .send(
+                        client
+                            .request(Method::GET, &self.engine_path("/executions")?)
+                            .query(&query),
                     )
-                })?;
+                    .await?;
+                let version = response
+                    .headers()
+                    .get("x-resource-version")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let execs: Vec<PipelineExecution> = serde_json::from_slice(
+                    &response
+                        .bytes()
+                        .await
+                        .context("the server's answer was cut off")?,
+                )
+                .context("the server's answer is not the JSON expected")?;
+                if !*watch {
+                    self.print(&execs, |execs| {
+                        table(EXEC_COLUMNS, execs.iter().map(exec_row))
+                    })?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if !self.json {
+                    table(EXEC_COLUMNS, execs.iter().map(exec_row));
+                }
+                let Some(version) = version else {
+                    anyhow::bail!(
+                        "the server gave no X-Resource-Version to watch from; is it older than this ctl?"
+                    );
+                };
+                query.push(("watch", "true".to_owned()));
+                query.push(("resourceVersion", version));
+                let response = client
+                    .send(
+                        client
+                            .request(Method::GET, &self.engine_path("/executions")?)
+                            .query(&query)
+                            .header("accept", "text/event-stream"),
+                    )
+                    .await?;
+                read_events(response, |event| {
+                    if event.event == "ERROR" {
+                        anyhow::bail!("the watch ended: {}", event.data);
+                    }
+                    let changed: PipelineExecution = serde_json::from_str(&event.data)
+                        .context("a watch event is not the JSON expected")?;
+                    if self.json {
+                        let line = serde_json::json!({"type": event.event, "object": changed});
+                        println!("{line}");
+                    } else {
+                        println!("{}", exec_row(&changed).join("  ").trim_end());
+                    }
+                    Ok(true)
+                })
+                .await?;
             }
             ExecCmd::Logs {
                 execution,
@@ -863,6 +963,20 @@ fn print_execution(e: &PipelineExecution) {
 }
 
 /// Prints rows under a header, columns padded to their widest cell.
+const EXEC_COLUMNS: &[&str] = &["NAME", "PIPELINE", "RUN", "PHASE", "STARTED", "REASON"];
+
+/// An execution as a row of `exec list`.
+fn exec_row(e: &PipelineExecution) -> Vec<String> {
+    vec![
+        e.metadata.name.clone(),
+        e.spec.pipeline.clone(),
+        e.spec.run.to_string(),
+        format!("{:?}", e.status.phase),
+        e.status.started.map_or("-".into(), |t| t.to_rfc3339()),
+        e.status.reason.clone(),
+    ]
+}
+
 fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     let rows: Vec<Vec<String>> = rows.collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

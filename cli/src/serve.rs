@@ -27,6 +27,7 @@ pub mod auth;
 pub mod connections;
 pub mod error;
 pub mod hooks;
+pub mod listing;
 pub mod metrics;
 pub mod openapi;
 pub mod state;

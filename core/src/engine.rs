@@ -178,10 +178,42 @@ impl Engine {
     /// [`EngineError::InvalidSettings`] when a field is out of its range;
     /// [`EngineError::Store`] when the settings cannot be written.
     pub async fn apply_settings(&self, spec: PipelineSettingSpec) -> Result<(), EngineError> {
+        self.apply_settings_at(spec, None).await.map(|_| ())
+    }
+
+    /// Replaces the engine's settings if they are still at `resource_version`
+    /// (as read with [`Engine::settings_object`]; `0` for "none applied yet"),
+    /// and returns the stored object. `None` replaces whatever they are.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::apply_settings`]; [`StoreError::Conflict`] (in
+    /// [`EngineError::Store`]) when they changed since.
+    pub async fn apply_settings_at(
+        &self,
+        spec: PipelineSettingSpec,
+        resource_version: Option<u64>,
+    ) -> Result<PipelineSetting, EngineError> {
         crate::pipeline::check_settings(&spec).map_err(EngineError::InvalidSettings)?;
         let api = Api::<PipelineSetting>::new(self.core.store.clone());
         loop {
-            let result = match api.get(&self.core.name, SETTINGS_NAME).await? {
+            let current = api.get(&self.core.name, SETTINGS_NAME).await?;
+            if let Some(expected) = resource_version {
+                let actual = current.as_ref().map_or(0, |s| s.metadata.resource_version);
+                if actual != expected {
+                    return Err(StoreError::Conflict {
+                        key: crate::store::ObjectRef::new(
+                            PipelineSetting::KIND,
+                            &self.core.name,
+                            SETTINGS_NAME,
+                        ),
+                        expected,
+                        actual,
+                    }
+                    .into());
+                }
+            }
+            let result = match current {
                 Some(mut s) => {
                     s.spec = spec.clone();
                     api.update(&s).await
@@ -195,11 +227,24 @@ impl Engine {
                 }
             };
             match result {
-                Ok(_) => return Ok(()),
+                Ok(stored) => return Ok(stored),
+                // Changed meanwhile: with a precondition, the next pass reports it.
                 Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The engine's settings object with its `resource_version`, `None` when
+    /// none were applied.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read.
+    pub async fn settings_object(&self) -> Result<Option<PipelineSetting>, EngineError> {
+        Ok(Api::<PipelineSetting>::new(self.core.store.clone())
+            .get(&self.core.name, SETTINGS_NAME)
+            .await?)
     }
 
     /// The engine's settings (defaults when none were applied).
@@ -436,8 +481,24 @@ impl Engine {
     /// [`EngineError::NotFound`] when there is no such pipeline; [`EngineError::Store`]
     /// when the store fails.
     pub async fn delete_pipeline(&self, name: &str) -> Result<(), EngineError> {
+        self.delete_pipeline_at(name, None).await
+    }
+
+    /// Deletes a pipeline if it is still at `resource_version` (as read):
+    /// [`StoreError::Conflict`] (in [`EngineError::Store`]) when it changed
+    /// since. `None` deletes whatever it is now.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::delete_pipeline`], and the conflict.
+    pub async fn delete_pipeline_at(
+        &self,
+        name: &str,
+        resource_version: Option<u64>,
+    ) -> Result<(), EngineError> {
+        let options = DeleteOptions { resource_version };
         match Api::<Pipeline>::new(self.core.store.clone())
-            .delete(&self.core.name, name, &DeleteOptions::default())
+            .delete(&self.core.name, name, &options)
             .await
         {
             Ok(_) => Ok(()),

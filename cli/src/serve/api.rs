@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::{Access, Caller};
 use super::error::ApiError;
+use super::listing::{ListParams, Order, list_or_watch};
 use super::openapi::{Operation, Payload, QueryParam, Reply, schema};
 
 /// Bytes read past the limit (and thrown away) before an oversize request is
@@ -214,12 +215,6 @@ pub struct Status {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExecutionsQuery {
-    pipeline: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct UninstallQuery {
     #[serde(default)]
     force: bool,
@@ -371,8 +366,9 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         )
         .add(
             Operation {
+                query: LIST_PARAMS,
                 reply: Reply::Json(200, schema::<Vec<Pipeline>>),
-                ..op(Method::GET, "/api/v1/engines/{engine}/pipelines", "listPipelines", "The engine's pipelines with their status.", "pipelines", READ)
+                ..op(Method::GET, "/api/v1/engines/{engine}/pipelines", "listPipelines", LIST_PIPELINES, "pipelines", READ)
             },
             get(list_pipelines),
         )
@@ -395,12 +391,12 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
             Operation {
                 request: Payload::Yaml,
                 reply: Reply::Json(200, schema::<Pipeline>),
-                ..op(Method::PUT, "/api/v1/engines/{engine}/pipelines/{pipeline}", "putPipeline", "Create or replace a pipeline; the YAML's `name` must be the one in the path. With `If-Match: <metadata.resourceVersion>` (as read), only if it has not changed since: 409 `conflict` otherwise.", "pipelines", WRITE)
+                ..op(Method::PUT, "/api/v1/engines/{engine}/pipelines/{pipeline}", "putPipeline", "Create or replace a pipeline; the YAML's `name` must be the one in the path. With `If-Match: <metadata.resource_version>` (as read), only if it has not changed since: 409 `conflict` otherwise.", "pipelines", WRITE)
             },
             put(put_pipeline),
         )
         .add(
-            op(Method::DELETE, "/api/v1/engines/{engine}/pipelines/{pipeline}", "deletePipeline", "Delete a pipeline (its executions stay until retention removes them).", "pipelines", WRITE),
+            op(Method::DELETE, "/api/v1/engines/{engine}/pipelines/{pipeline}", "deletePipeline", "Delete a pipeline (its executions stay until retention removes them). With `If-Match: <metadata.resource_version>` (as read), only if it has not changed since: 409 `conflict` otherwise.", "pipelines", WRITE),
             delete(delete_pipeline),
         )
         .add(
@@ -413,9 +409,9 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         )
         .add(
             Operation {
-                query: &[QueryParam { name: "pipeline", ty: "string", repeated: false, description: "Only this pipeline's executions." }],
+                query: EXECUTION_LIST_PARAMS,
                 reply: Reply::Json(200, schema::<Vec<PipelineExecution>>),
-                ..op(Method::GET, "/api/v1/engines/{engine}/executions", "listExecutions", "Executions, newest first.", "executions", READ)
+                ..op(Method::GET, "/api/v1/engines/{engine}/executions", "listExecutions", LIST_EXECUTIONS, "executions", READ)
             },
             get(list_executions),
         )
@@ -452,7 +448,7 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         .add(
             Operation {
                 reply: Reply::Json(200, schema::<PipelineSettingSpec>),
-                ..op(Method::GET, "/api/v1/engines/{engine}/settings", "getSettings", "The engine's settings (quota, limits, caches, retention, trust, forge…): the `PipelineSetting` named `default`.", "settings", READ)
+                ..op(Method::GET, "/api/v1/engines/{engine}/settings", "getSettings", "The engine's settings (quota, limits, caches, retention, trust, forge…): the `PipelineSetting` named `default`, its version as `ETag` (`\"0\"` when none were applied).", "settings", READ)
             },
             get(get_settings),
         )
@@ -460,7 +456,7 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
             Operation {
                 request: Payload::Json(schema::<PipelineSettingSpec>),
                 reply: Reply::Json(200, schema::<PipelineSettingSpec>),
-                ..op(Method::PUT, "/api/v1/engines/{engine}/settings", "putSettings", "Replace the engine's settings; 400 naming the field when one is out of its range.", "settings", WRITE)
+                ..op(Method::PUT, "/api/v1/engines/{engine}/settings", "putSettings", "Replace the engine's settings; 400 naming the field when one is out of its range. With `If-Match: <ETag>` (as read), only if they have not changed since: 409 `conflict` otherwise.", "settings", WRITE)
             },
             put(put_settings),
         )
@@ -897,6 +893,67 @@ async fn remove_engine(
     }
 }
 
+/// What a list route says about paging and watching.
+macro_rules! list_manner {
+    () => {
+        " Every answer carries `X-Resource-Version` (the store's revision it was read at); with `limit`, an answer that stops short carries `X-Continue: TOKEN` for the next page (`continue=TOKEN`). With `watch=true` the answer is a stream of changes instead: server-sent events (`event: ADDED|MODIFIED|DELETED`, `id:` the revision, `data:` the object) when the client accepts `text/event-stream`, JSON lines `{\"type\", \"object\"}` otherwise; from `resourceVersion` (or an EventSource's `Last-Event-ID`), or without one the objects as they are (`ADDED`) and then their changes. A revision compacted away answers 410 `gone`: list again and watch from its `X-Resource-Version`."
+    };
+}
+
+const LIST_PIPELINES: &str = concat!(
+    "The engine's pipelines with their status, by name.",
+    list_manner!()
+);
+const LIST_EXECUTIONS: &str = concat!("Executions, newest first.", list_manner!());
+
+/// The query of the list routes (`listing.rs`).
+const LIST_PARAMS: &[QueryParam] = &[
+    QueryParam {
+        name: "labelSelector",
+        ty: "string",
+        repeated: false,
+        description: "Only objects whose labels match, in Kubernetes' syntax: `a=b,c!=d`, `e in (x,y)`, `f notin (z)`, `g`, `!h`.",
+    },
+    QueryParam {
+        name: "limit",
+        ty: "integer",
+        repeated: false,
+        description: "At most this many objects (1 to 1000); `X-Continue` when there are more.",
+    },
+    QueryParam {
+        name: "continue",
+        ty: "string",
+        repeated: false,
+        description: "The `X-Continue` of the page before: the next page.",
+    },
+    QueryParam {
+        name: "watch",
+        ty: "boolean",
+        repeated: false,
+        description: "Stream the changes instead of listing (no `limit`/`continue`).",
+    },
+    QueryParam {
+        name: "resourceVersion",
+        ty: "integer",
+        repeated: false,
+        description: "With `watch`: the changes after this revision (a list's `X-Resource-Version`, or an object's `metadata.resource_version`).",
+    },
+];
+
+const EXECUTION_LIST_PARAMS: &[QueryParam] = &[
+    QueryParam {
+        name: "pipeline",
+        ty: "string",
+        repeated: false,
+        description: "Only this pipeline's executions (`labelSelector=arkline.dev/pipeline=NAME`).",
+    },
+    LIST_PARAMS[0],
+    LIST_PARAMS[1],
+    LIST_PARAMS[2],
+    LIST_PARAMS[3],
+    LIST_PARAMS[4],
+];
+
 async fn list_bizes(
     State(state): State<AppState>,
     caller: Caller,
@@ -1026,11 +1083,16 @@ async fn list_pipelines(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Vec<Pipeline>>, ApiError> {
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Read)?;
-    let mut pipelines = engine.pipelines().await?;
-    pipelines.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Ok(Json(pipelines))
+    let params = ListParams::parse(raw.as_deref(), &[])?;
+    let order = Order {
+        key: |p: &Pipeline| p.metadata.name.clone(),
+        descending: false,
+    };
+    list_or_watch(&state, &engine, params, &headers, order).await
 }
 
 async fn apply_pipeline(
@@ -1067,18 +1129,8 @@ async fn put_pipeline(
     body: Body,
 ) -> Result<Json<Pipeline>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
-    // `If-Match: <metadata.resourceVersion>`: replace only what was read.
-    let expected = match headers.get(axum::http::header::IF_MATCH) {
-        None => None,
-        Some(v) => {
-            let text = v.to_str().unwrap_or_default().trim().trim_matches('"');
-            Some(text.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "`If-Match: {text}` is not a resource version: send the pipeline's `metadata.resourceVersion` as read"
-                ))
-            })?)
-        }
-    };
+    // `If-Match: <metadata.resource_version>`: replace only what was read.
+    let expected = if_match(&headers)?;
     let bytes = read_body(body, state.limits.max_body, "--max-body").await?;
     Ok(Json(
         apply_yaml(
@@ -1093,13 +1145,30 @@ async fn put_pipeline(
     ))
 }
 
+/// `If-Match: <metadata.resource_version>` (quoted or not): the version a
+/// write expects the object to be at.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or_default().trim().trim_matches('"');
+    text.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "`If-Match: {text}` is not a resource version: send the object's `metadata.resource_version` as read"
+        ))
+    })
+}
+
 async fn delete_pipeline(
     State(state): State<AppState>,
     caller: Caller,
     Path((name, pipeline)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
-    engine.delete_pipeline(&pipeline).await?;
+    engine
+        .delete_pipeline_at(&pipeline, if_match(&headers)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1168,11 +1237,29 @@ async fn list_executions(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    q: Result<Query<ExecutionsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<PipelineExecution>>, ApiError> {
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Read)?;
-    let q = query(q)?;
-    Ok(Json(engine.executions(q.pipeline.as_deref()).await?))
+    let mut params = ListParams::parse(raw.as_deref(), &["pipeline"])?;
+    // `pipeline=p` is `labelSelector=arkline.dev/pipeline=p`.
+    if let Some(pipeline) = params.extra.remove("pipeline") {
+        params.selector = std::mem::take(&mut params.selector).and(
+            arkline::store::Requirement::Equals(arkline::engine::PIPELINE_LABEL.into(), pipeline),
+        );
+    }
+    // Newest first: by creation, then run number (zero-padded, so the keys
+    // compare as the numbers do), then name.
+    let order = Order {
+        key: |e: &PipelineExecution| {
+            let created = e.metadata.created.map_or_else(String::new, |t| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            });
+            format!("{created}\u{1f}{:020}\u{1f}{}", e.spec.run, e.metadata.name)
+        },
+        descending: true,
+    };
+    list_or_watch(&state, &engine, params, &headers, order).await
 }
 
 async fn execution_of(engine: &Engine, execution: &str) -> Result<PipelineExecution, ApiError> {
@@ -1343,25 +1430,40 @@ fn follow_events(
         .take_until(Box::pin(async move { state.shutting_down().await }))
 }
 
+/// The settings with their version as an `ETag` (`"0"` when none were
+/// applied), for a conditional `PUT`.
+fn settings_answer(setting: Option<arkline::PipelineSetting>) -> Response {
+    let (version, spec) = setting.map_or((0, PipelineSettingSpec::default()), |s| {
+        (s.metadata.resource_version, s.spec)
+    });
+    let mut response = Json(spec).into_response();
+    if let Ok(tag) = axum::http::HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(axum::http::header::ETAG, tag);
+    }
+    response
+}
+
 async fn get_settings(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<PipelineSettingSpec>, ApiError> {
+) -> Result<Response, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Read)?;
-    Ok(Json(engine.settings().await?))
+    Ok(settings_answer(engine.settings_object().await?))
 }
 
 async fn put_settings(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
-) -> Result<Json<PipelineSettingSpec>, ApiError> {
+) -> Result<Response, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
+    let expected = if_match(&headers)?;
     let spec: PipelineSettingSpec = read_json(&state, body).await?;
-    engine.apply_settings(spec).await?;
-    Ok(Json(engine.settings().await?))
+    let stored = engine.apply_settings_at(spec, expected).await?;
+    Ok(settings_answer(Some(stored)))
 }
 
 async fn list_secrets(

@@ -11,6 +11,7 @@ mod etcd_nodes;
 mod etcd_store;
 mod hooks;
 mod limits;
+mod listing;
 mod metrics;
 mod repo_hooks;
 mod run;
