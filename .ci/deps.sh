@@ -4,7 +4,8 @@
 # protocol) and, with `--test`, the `etcd` server and `etcdctl` the tests run
 # and `moto_server` (an S3-compatible server, from PyPI) for the log archive,
 # and `componentize-py` (PyPI, into a venv) and `componentize-js` (npm) for
-# the Python and JavaScript step plugins' tests.
+# the Python and JavaScript step plugins' tests, and `chromium` with
+# `chromium-driver` for the dashboard's browser tests.
 # Debian/Ubuntu packages via apt-get, as root or with passwordless sudo;
 # elsewhere it says what to install. Source it or run it.
 set -euo pipefail
@@ -15,6 +16,9 @@ if [ "${1:-}" = "--test" ]; then
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v etcdctl >/dev/null || need+=(etcd-client)
   command -v npm >/dev/null || need+=(nodejs npm)
+  # The dashboard's tests drive a headless Chromium through WebDriver.
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
   command -v python3 >/dev/null || need+=(python3)
   # componentize-py goes into a virtual environment (Debian's Python refuses
   # a system-wide pip install).

@@ -31,6 +31,7 @@ pub mod listing;
 pub mod metrics;
 pub mod openapi;
 pub mod state;
+pub mod ui;
 
 pub use connections::ConnectionLimits;
 pub use state::{AppState, Limits};
@@ -557,6 +558,7 @@ fn init_tracing(color: crate::color::ColorChoice) {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::routes().0)
+        .merge(ui::routes())
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)

@@ -81,6 +81,19 @@ pub struct BizView {
     pub grants: Vec<String>,
 }
 
+/// Who the caller is (`GET /api/v1/whoami`): what a client may show.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WhoAmIView {
+    /// The token's name (`anonymous` without tokens).
+    pub name: String,
+    /// `read` or `write`.
+    pub access: String,
+    /// The engines it may use (patterns; `*` for all).
+    pub engines: Vec<String>,
+    /// Its groups (for approvals).
+    pub groups: Vec<String>,
+}
+
 /// What a `.arkc` upload deployed.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct DeployedView {
@@ -327,6 +340,13 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         .add(
             op(Method::DELETE, ENGINE, "removeEngine", "Remove an engine: its executions are interrupted, its bizes uninstalled, and its pipelines, executions, secrets and logs deleted.", "engines", WRITE),
             delete(remove_engine),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<WhoAmIView>),
+                ..op(Method::GET, "/api/v1/whoami", "whoAmI", "Who the token is: its name, access, engines and groups.", "engines", READ)
+            },
+            get(who_am_i),
         )
         .add(
             Operation {
@@ -953,6 +973,17 @@ const EXECUTION_LIST_PARAMS: &[QueryParam] = &[
     LIST_PARAMS[3],
     LIST_PARAMS[4],
 ];
+
+async fn who_am_i(caller: Caller) -> Json<WhoAmIView> {
+    let (name, groups) = caller.identity();
+    let (access, engines) = caller.scope();
+    Json(WhoAmIView {
+        name,
+        access: access.to_owned(),
+        engines,
+        groups,
+    })
+}
 
 async fn list_bizes(
     State(state): State<AppState>,

@@ -233,6 +233,14 @@ impl Caller {
         }
     }
 
+    /// `(access, engine patterns)`: what the caller may do, and where.
+    pub fn scope(&self) -> (&'static str, Vec<String>) {
+        match self {
+            Caller::Anyone => ("write", vec!["*".to_owned()]),
+            Caller::Token(t) => (t.access.as_str(), t.engines.clone()),
+        }
+    }
+
     /// Whether the caller may see `engine` at all.
     pub fn sees(&self, engine: &str) -> bool {
         match self {
@@ -330,6 +338,42 @@ fn same_machine_only(parts: &Parts) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The cookie the dashboard's sign-in keeps the token in.
+pub const SESSION_COOKIE: &str = "arkline_session";
+
+/// The header a write authenticated by [`SESSION_COOKIE`] must carry.
+pub const UI_REQUEST_HEADER: &str = "x-arkline-request";
+
+/// The token in the request's [`SESSION_COOKIE`], if any.
+pub fn session_cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            if name != SESSION_COOKIE || value.is_empty() {
+                return None;
+            }
+            // Hex: a token may hold characters a cookie value may not.
+            String::from_utf8(hex::decode(value).ok()?).ok()
+        })
+}
+
+impl Auth {
+    /// Whether `token` is a known token (the dashboard's sign-in).
+    pub fn knows(&self, token: &str) -> bool {
+        self.authenticate(token).is_some()
+    }
+
+    /// Whether tokens are checked at all.
+    pub fn enabled(&self) -> bool {
+        !matches!(self, Auth::Disabled)
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -342,6 +386,23 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller::Anyone);
         }
         let Some(header) = parts.headers.get(AUTHORIZATION) else {
+            // The dashboard's pages: the token the sign-in kept in an
+            // HttpOnly, SameSite=Strict cookie. A write with it must also
+            // carry `X-Arkline-Request` (a header no cross-site form can
+            // send, and no cross-site script either: nothing answers CORS).
+            if let Some(token) = session_cookie(parts) {
+                let safe = matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+                if !safe && !parts.headers.contains_key(UI_REQUEST_HEADER) {
+                    return Err(ApiError::forbidden(format!(
+                        "a write signed in with the dashboard's cookie must carry the `{UI_REQUEST_HEADER}` header (the dashboard sends it); other clients send `Authorization: Bearer <token>`"
+                    )));
+                }
+                return state.auth.authenticate(&token).ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "the dashboard's session token is not known any more: sign in again",
+                    )
+                });
+            }
             return Err(ApiError::unauthorized(
                 "this request needs a token: send `Authorization: Bearer <token>` (arkline ctl: --token or ARKLINE_TOKEN)",
             ));

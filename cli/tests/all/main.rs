@@ -7,6 +7,7 @@ mod approvals;
 mod bombs;
 mod color;
 mod ctl;
+mod dashboard;
 mod etcd_nodes;
 mod etcd_store;
 mod hooks;

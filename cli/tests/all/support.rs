@@ -3,3 +3,4 @@
 
 pub mod arkc;
 pub mod server;
+pub mod webdriver;

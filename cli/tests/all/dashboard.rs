@@ -1,0 +1,234 @@
+//! The web dashboard (`/ui`) in a real browser: a headless Chromium driven
+//! through WebDriver (Debian's `chromium` and `chromium-driver`) against
+//! `arkline serve` on 127.0.0.1.
+
+use serde_json::json;
+
+use crate::support::server::{ADMIN, READER, Server, arkc, faults, write_tokens};
+use crate::support::webdriver::Browser;
+
+/// Prints a coloured line and the secret, waits for the test's `go` file,
+/// then more lines.
+const COUNT: &str = "name: count\nsecrets: [deploy_key]\nstages:\n  - name: build\n    steps:\n      - name: lines\n        uses: shell/run\n        with:\n          script: |\n            printf '\\033[32mgreen-line\\033[0m\\n'\n            echo \"key=${{ secrets.deploy_key }}\"\n            while [ ! -f go ]; do sleep 0.05; done\n            echo after-go\n";
+const QUICK: &str = "name: quick\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: hi }\n  - name: t\n    steps:\n      - name: down\n        uses: faults/upper\n        with: { text: ho }\n";
+const HOLD: &str = "name: hold\nstages:\n  - name: s\n    steps:\n      - name: wait\n        uses: faults/sleep\n        with: { ms: 600000 }\n";
+const SECRET: &str = "s3cr3t-value-42";
+
+/// With `ARKLINE_UI_SCREENSHOTS=DIR`, a PNG of the window as `DIR/ui-NAME.png`
+/// (the README's screenshots: `ARKLINE_UI_SCREENSHOTS=$PWD/docs cargo test -p
+/// arkline-cli --test all dashboard::`).
+async fn shot(browser: &Browser, name: &str) {
+    if let Some(dir) = std::env::var_os("ARKLINE_UI_SCREENSHOTS") {
+        let png = browser.screenshot().await;
+        let path = std::path::Path::new(&dir).join(format!("ui-{name}.png"));
+        std::fs::write(&path, png).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+async fn sign_in(browser: &Browser, url: &str, token: &str) {
+    browser.goto(&format!("{url}/ui")).await;
+    browser.type_into("#token", token).await;
+    browser.click("#signin-button").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = write_tokens(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--tokens", tokens.to_str().expect("utf-8")]);
+    let url = server.url.clone();
+    let http = reqwest::Client::new();
+    let shell = std::fs::read(arkline_testkit::plugin("shell")).expect("the shell archive reads");
+    for archive in [
+        arkc("team-a", &shell, &["process=sh"], &[("count.yaml", COUNT)]),
+        arkc(
+            "team-b",
+            faults(),
+            &[],
+            &[("quick.yaml", QUICK), ("hold.yaml", HOLD)],
+        ),
+    ] {
+        let r = http
+            .post(format!("{url}/api/v1/engines"))
+            .bearer_auth(ADMIN)
+            .body(archive)
+            .send()
+            .await
+            .expect("deploys");
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    }
+    let r = http
+        .put(format!("{url}/api/v1/engines/team-a/secrets/deploy_key"))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "value": SECRET }))
+        .send()
+        .await
+        .expect("sets");
+    assert!(
+        r.status().is_success(),
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+
+    let browser = Browser::start(1280, 800).await;
+    // A wrong token is refused.
+    sign_in(&browser, &url, "not-a-token").await;
+    let error = browser.text("#signin-error:not([hidden])").await;
+    assert!(error.contains("Unknown token"), "{error}");
+    // The right one: both engines.
+    sign_in(&browser, &url, ADMIN).await;
+    let engines = browser
+        .until(
+            "the engines",
+            "return [...document.querySelectorAll('#engines tbody tr')].map(r => r.dataset.engine)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(engines, json!(["team-a", "team-b"]));
+    assert!(browser.text("#who").await.contains("admin (write)"));
+
+    // Run a pipeline from its page: its steps turn green without a reload.
+    browser.click("a[href='#/engines/team-b']").await;
+    shot(&browser, "engine").await;
+    browser
+        .eval("window.__same_page = 1; return 1", json!([]))
+        .await;
+    browser.click("tr[data-pipeline='quick'] button.run").await;
+    browser
+        .until(
+            "both steps succeeded",
+            "const s = [...document.querySelectorAll('#graph .step')]; \
+             return s.length === 2 && s.every(b => b.dataset.phase === 'Succeeded')",
+            json!([]),
+        )
+        .await;
+    let marker = browser
+        .eval("return [window.__same_page, location.hash]", json!([]))
+        .await;
+    assert_eq!(
+        marker,
+        json!([1, "#/engines/team-b/executions/quick-1"]),
+        "the page was not reloaded"
+    );
+    shot(&browser, "execution").await;
+
+    // A step's live log: lines arrive while it runs, coloured, secret masked;
+    // the test says when the step ends.
+    browser.goto(&format!("{url}/ui#/engines/team-a")).await;
+    browser.click("tr[data-pipeline='count'] button.run").await;
+    browser.click("#graph .step[data-step='lines']").await;
+    let first = browser
+        .until(
+            "the first lines",
+            "const l = document.querySelector('#log'); return l && l.textContent.includes('key=') && l.textContent",
+            json!([]),
+        )
+        .await;
+    let first = first.as_str().expect("text");
+    assert!(first.contains("green-line"), "{first}");
+    assert!(!first.contains(SECRET), "the secret is masked: {first}");
+    assert!(!first.contains("after-go"), "{first}");
+    shot(&browser, "log").await;
+    let green = browser
+        .eval(
+            "return [...document.querySelectorAll('#log .ansi-32')].map(e => e.textContent)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(green, json!(["green-line"]));
+    let running = browser
+        .eval(
+            "return document.querySelector(\"#graph .step[data-step='lines']\").dataset.phase",
+            json!([]),
+        )
+        .await;
+    assert_eq!(running, "Running");
+    std::fs::write(data.join("workspaces/team-a/count-1/go"), b"").expect("releases the step");
+    browser
+        .until(
+            "the rest of the log and its end",
+            "const s = document.querySelector('#log-status'); \
+             return document.querySelector('#log').textContent.includes('after-go') \
+                    && s.textContent.includes('Succeeded')",
+            json!([]),
+        )
+        .await;
+
+    // Abort a running execution from its page.
+    let hold: serde_json::Value = http
+        .post(format!(
+            "{url}/api/v1/engines/team-b/pipelines/hold/executions"
+        ))
+        .bearer_auth(ADMIN)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("triggers")
+        .json()
+        .await
+        .expect("json");
+    let name = hold["metadata"]["name"].as_str().expect("name");
+    browser
+        .goto(&format!("{url}/ui#/engines/team-b/executions/{name}"))
+        .await;
+    browser
+        .until(
+            "the step running",
+            "const b = document.querySelector(\"#graph .step[data-step='wait']\"); return b && b.dataset.phase === 'Running'",
+            json!([]),
+        )
+        .await;
+    browser.click("#abort").await;
+    browser
+        .until(
+            "Aborted",
+            "return document.querySelector('h1 .phase').textContent === 'Aborted'",
+            json!([]),
+        )
+        .await;
+
+    // A read-only token: no write buttons, and its writes are refused.
+    browser.click("#logout button").await;
+    sign_in(&browser, &url, READER).await;
+    assert!(browser.text("#who").await.contains("reader (read)"));
+    browser.goto(&format!("{url}/ui#/engines/team-b")).await;
+    browser
+        .until(
+            "the pipelines",
+            "return document.querySelectorAll('#pipelines tbody tr').length === 2",
+            json!([]),
+        )
+        .await;
+    let buttons = browser
+        .eval(
+            "return document.querySelectorAll('button.run, #abort').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(buttons, 0);
+    let refused = browser
+        .eval(
+            "const r = new XMLHttpRequest(); \
+             r.open('POST', '/api/v1/engines/team-b/pipelines/quick/executions', false); \
+             r.setRequestHeader('X-Arkline-Request', 'ui'); \
+             r.setRequestHeader('Content-Type', 'application/json'); r.send('{}'); \
+             return [r.status, JSON.parse(r.responseText).code]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(refused, json!([403, "forbidden"]));
+    // Without the dashboard's header, a write with the session cookie is refused too.
+    let forged = browser
+        .eval(
+            "const r = new XMLHttpRequest(); \
+             r.open('DELETE', '/api/v1/engines/team-b/pipelines/quick', false); r.send(); \
+             return r.status",
+            json!([]),
+        )
+        .await;
+    assert_eq!(forged, 403);
+    browser.quit().await;
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}

@@ -1,0 +1,236 @@
+//! A small W3C WebDriver client over reqwest, for the dashboard's tests: a
+//! headless Chromium driven by Debian's `chromedriver` on 127.0.0.1. (A client
+//! crate such as fantoccini brings ~30 more crates to build for the handful of
+//! commands these tests use.)
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// How long a wait for the page gives up after.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A browser session; the driver is stopped when dropped.
+pub struct Browser {
+    http: reqwest::Client,
+    driver: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binds")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Browser {
+    /// Starts `chromedriver` and a headless Chromium at 1280×800 (or the
+    /// given size). Fails with the install command when either is missing.
+    pub async fn start(width: u32, height: u32) -> Browser {
+        for (tool, package) in [
+            ("chromedriver", "chromium-driver"),
+            ("chromium", "chromium"),
+        ] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                found,
+                "{tool} is not installed: `apt-get install {package}` (`.ci/deps.sh --test` installs it)"
+            );
+        }
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let http = reqwest::Client::new();
+        let root = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let ready = http.get(format!("{root}/status")).send().await;
+            if let Ok(r) = ready
+                && let Ok(v) = r.json::<Value>().await
+                && v["value"]["ready"] == true
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut browser = Browser {
+            http,
+            driver,
+            base: String::new(),
+        };
+        let session = browser
+            .call(
+                reqwest::Method::POST,
+                &format!("{root}/session"),
+                json!({"capabilities": {"alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": "/usr/bin/chromium",
+                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                 "--disable-dev-shm-usage", format!("--window-size={width},{height}")]
+                    }
+                }}}),
+            )
+            .await;
+        let id = session["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_owned();
+        browser.base = format!("{root}/session/{id}");
+        browser
+    }
+
+    async fn call(&self, method: reqwest::Method, url: &str, body: Value) -> Value {
+        let mut request = self.http.request(method.clone(), url);
+        if method != reqwest::Method::GET {
+            request = request.json(&body);
+        }
+        let answer: Value = request
+            .send()
+            .await
+            .expect("the driver answers")
+            .json()
+            .await
+            .expect("the driver answers JSON");
+        if answer["value"]["error"].is_string() {
+            panic!("WebDriver {method} {url}: {}", answer["value"]);
+        }
+        answer["value"].clone()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.call(reqwest::Method::POST, &format!("{}{path}", self.base), body)
+            .await
+    }
+
+    /// Opens `url`.
+    pub async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` as given) in the page.
+    pub async fn eval(&self, script: &str, args: Value) -> Value {
+        self.post("/execute/sync", json!({ "script": script, "args": args }))
+            .await
+    }
+
+    /// Waits until `script` returns something truthy, and returns it.
+    pub async fn until(&self, what: &str, script: &str, args: Value) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let value = self.eval(script, args.clone()).await;
+            let truthy = !(value.is_null()
+                || value == false
+                || value == ""
+                || value.as_array().is_some_and(Vec::is_empty));
+            if truthy {
+                return value;
+            }
+            if Instant::now() > deadline {
+                let page = self.eval("return document.body.innerText", json!([])).await;
+                panic!("waited in vain for {what}; the page says:\n{page}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The text of the first element matching `css`, once there is one.
+    pub async fn text(&self, css: &str) -> String {
+        self.until(
+            css,
+            "const e = document.querySelector(arguments[0]); return e && e.textContent",
+            json!([css]),
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
+    /// Clicks the first element matching `css`, once there is one (a real
+    /// click through the driver, not a script's).
+    pub async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.post(&format!("/element/{id}/click"), json!({})).await;
+    }
+
+    /// Types `text` into the first element matching `css`.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.post(&format!("/element/{id}/value"), json!({ "text": text }))
+            .await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = self
+                .http
+                .post(format!("{}/elements", self.base))
+                .json(&json!({"using": "css selector", "value": css}))
+                .send()
+                .await
+                .expect("the driver answers")
+                .json::<Value>()
+                .await
+                .expect("JSON");
+            if let Some(first) = found["value"].as_array().and_then(|a| a.first()) {
+                return first
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .and_then(Value::as_str)
+                    .expect("an element id")
+                    .to_owned();
+            }
+            if Instant::now() > deadline {
+                let page = self.eval("return document.body.innerText", json!([])).await;
+                panic!("no element matches `{css}`; the page says:\n{page}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A PNG of the window.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let data = self
+            .call(
+                reqwest::Method::GET,
+                &format!("{}/screenshot", self.base),
+                Value::Null,
+            )
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().expect("base64"))
+            .expect("decodes")
+    }
+}
+
+impl Browser {
+    /// Ends the session (the driver closes Chromium) and stops the driver.
+    pub async fn quit(self) {
+        let _ = self.http.delete(&self.base).send().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
