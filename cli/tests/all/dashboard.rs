@@ -12,6 +12,7 @@ use crate::support::webdriver::Browser;
 const COUNT: &str = "name: count\nsecrets: [deploy_key]\nstages:\n  - name: build\n    steps:\n      - name: lines\n        uses: shell/run\n        with:\n          script: |\n            printf '\\033[32mgreen-line\\033[0m\\n'\n            echo \"key=${{ secrets.deploy_key }}\"\n            while [ ! -f go ]; do sleep 0.05; done\n            echo after-go\n";
 const QUICK: &str = "name: quick\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: hi }\n  - name: t\n    steps:\n      - name: down\n        uses: faults/upper\n        with: { text: ho }\n";
 const HOLD: &str = "name: hold\nstages:\n  - name: s\n    steps:\n      - name: wait\n        uses: faults/sleep\n        with: { ms: 600000 }\n";
+const GATED: &str = "name: gated\nstages:\n  - name: gate\n    steps:\n      - name: sign-off\n        approval: { message: ship it?, approvers: [admin] }\n  - name: ship\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: \"${{ steps.sign-off.outputs.approved_by }}\" }\n";
 const SECRET: &str = "s3cr3t-value-42";
 
 /// With `ARKLINE_UI_SCREENSHOTS=DIR`, a PNG of the window as `DIR/ui-NAME.png`
@@ -46,7 +47,11 @@ async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
             "team-b",
             faults(),
             &[],
-            &[("quick.yaml", QUICK), ("hold.yaml", HOLD)],
+            &[
+                ("quick.yaml", QUICK),
+                ("hold.yaml", HOLD),
+                ("gated.yaml", GATED),
+            ],
         ),
     ] {
         let r = http
@@ -58,6 +63,21 @@ async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
             .expect("deploys");
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     }
+    let listed: serde_json::Value = http
+        .get(format!("{url}/api/v1/engines/team-b/pipelines"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("lists")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(3),
+        "{listed:#}\n{:#?}",
+        server.stderr()
+    );
     let r = http
         .put(format!("{url}/api/v1/engines/team-a/secrets/deploy_key"))
         .bearer_auth(ADMIN)
@@ -112,6 +132,23 @@ async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
         "the page was not reloaded"
     );
     shot(&browser, "execution").await;
+    // Its outputs, from the status.
+    let outputs = browser.text("#outputs").await;
+    assert!(outputs.contains("HI"), "{outputs}");
+
+    // An approval gate: approved from the page, the next stage runs.
+    browser.goto(&format!("{url}/ui#/engines/team-b")).await;
+    browser.click("tr[data-pipeline='gated'] button.run").await;
+    browser.click("button.approve").await;
+    browser
+        .until(
+            "the approved execution to succeed",
+            "const h = document.querySelector('h1 .phase'); return h && h.textContent === 'Succeeded'",
+            json!([]),
+        )
+        .await;
+    let approved = browser.text("#outputs").await;
+    assert!(approved.contains("ADMIN"), "{approved}");
 
     // A step's live log: lines arrive while it runs, coloured, secret masked;
     // the test says when the step ends.
@@ -196,13 +233,13 @@ async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
     browser
         .until(
             "the pipelines",
-            "return document.querySelectorAll('#pipelines tbody tr').length === 2",
+            "return document.querySelectorAll('#pipelines tbody tr').length === 3",
             json!([]),
         )
         .await;
     let buttons = browser
         .eval(
-            "return document.querySelectorAll('button.run, #abort').length",
+            "return document.querySelectorAll('button.run, #abort, button.uninstall, #install').length",
             json!([]),
         )
         .await;

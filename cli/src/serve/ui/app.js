@@ -132,11 +132,39 @@ async function enginePage(engine) {
     el("h2", {}, "Bizes"),
     el("div", { class: "scroll" }, el("table", { id: "bizes" },
       el("thead", {}, el("tr", {}, el("th", {}, "Biz"), el("th", {}, "Version"), el("th", {}, "State"),
-        el("th", {}, "Leases"), el("th", { class: "wide" }, "Grants"))),
-      el("tbody", {}, bizes.map((b) => el("tr", {},
-        el("td", {}, b.name), el("td", {}, b.version), el("td", { title: b.broken || "" }, b.state),
-        el("td", {}, b.leases), el("td", { class: "wide" }, b.grants.join(", "))))))),
+        el("th", {}, "Leases"), el("th", { class: "wide" }, "Grants"), el("th", {}, ""))),
+      el("tbody", {}, bizes.map((b) => el("tr", { "data-biz": `${b.name}@${b.version}` },
+        el("td", {}, b.name), el("td", {}, b.version),
+        el("td", { title: b.broken || "" }, b.state, b.broken ? el("small", { class: "error" }, " " + b.broken) : ""),
+        el("td", {}, b.leases), el("td", { class: "wide" }, b.grants.join(", ")),
+        el("td", {}, canWrite() ? [
+          ["resolved", "deactivated"].includes(b.state)
+            ? el("button", { class: "switch", onclick: () => bizAction(`${base}/bizes/${seg(b.name)}/switch`, "POST", JSON.stringify({ version: b.version })) }, "Activate") : "",
+          " ",
+          el("button", { class: "danger uninstall", onclick: () => confirm(`Uninstall ${b.name}@${b.version}? Running executions finish first.`)
+            && bizAction(`${base}/bizes/${seg(b.name)}/${seg(b.version)}`, "DELETE") }, "Uninstall"),
+        ] : "")))))),
+    canWrite() ? el("form", { id: "install", onsubmit: (e) => { e.preventDefault(); install(e.target); } },
+      el("label", { for: "ark" }, "Install a .ark "), el("input", { id: "ark", type: "file", accept: ".ark", required: true }),
+      " ", el("label", { for: "grants" }, "grants "), el("input", { id: "grants", placeholder: "process=sh cache" }),
+      " ", el("button", { type: "submit" }, "Install")) : "",
   );
+  async function bizAction(path, method, body) {
+    try {
+      await api(path, { method, body, headers: body ? { "Content-Type": "application/json" } : {} });
+      route();
+    } catch (e) { alert(e.message); }
+  }
+  async function install(form) {
+    const file = form.querySelector("#ark").files[0];
+    const grants = form.querySelector("#grants").value.split(/\s+/).filter(Boolean);
+    const query = new URLSearchParams(grants.map((g) => ["grant", g]));
+    query.append("wait", "false");
+    try {
+      await api(`${base}/bizes?${query}`, { method: "POST", headers: { "Content-Type": "application/vnd.arkline.ark" }, body: file });
+      route();
+    } catch (e) { alert(e.message); }
+  }
   watch(base + "/executions", (type, x) => {
     if (type === "DELETED") runs.delete(x.metadata.name); else runs.set(x.metadata.name, x);
     draw();
@@ -153,11 +181,12 @@ function graphOf(x) {
     const out = [];
     for (const step of stage.steps || []) {
       const cells = [...steps.values()].filter((s) => s.name === step.name || s.name.startsWith(step.name + " ("));
-      if (cells.length) cells.forEach((c) => { out.push({ ...c, needs: step.needs || [] }); steps.delete(c.name); });
-      else out.push({ name: step.name, phase: "Pending", attempts: 0, needs: step.needs || [] });
+      const extra = { needs: step.needs || [], gate: step.approval || null };
+      if (cells.length) cells.forEach((c) => { out.push({ ...c, ...extra }); steps.delete(c.name); });
+      else out.push({ name: step.name, phase: "Waiting", attempts: 0, ...extra });
     }
     out.push(...steps.values());
-    return { name: stage.name, phase: st ? st.phase : "Pending", steps: out };
+    return { name: stage.name, phase: st ? st.phase : "Waiting", steps: out };
   });
   if ((x.status.finally || []).length) stages.push({ name: "finally", phase: "", steps: x.status.finally });
   return stages;
@@ -197,10 +226,36 @@ async function executionPage(engine, name, step) {
         s.needs && s.needs.length ? " · needs " + s.needs.join(", ") : "")))))
     );
   };
-  view(head, el("h2", {}, "Stages"), graph, logBox);
+  const details = el("div");
+  const decide = async (step, decision) => {
+    const comment = "decided on the dashboard";
+    try {
+      await api(`${base}/executions/${seg(name)}/approvals/${seg(step)}`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ decision, comment }) });
+    } catch (e) { alert(e.message); }
+  };
+  const drawDetails = () => {
+    const gates = graphOf(x).flatMap((st) => st.steps).filter((s) => s.gate && s.phase === "Running");
+    const outputs = Object.entries(x.status.outputs || {});
+    const conditions = x.status.conditions || [];
+    details.replaceChildren(...[
+      gates.length ? el("section", { "aria-label": "approvals" }, el("h2", {}, "Waiting for approval"),
+        gates.map((g) => el("p", {}, el("strong", {}, g.name), " ", g.gate.message || "",
+          canWrite() ? [" ", el("button", { class: "approve", onclick: () => decide(g.name, "approve") }, "Approve"),
+            " ", el("button", { class: "danger reject", onclick: () => decide(g.name, "reject") }, "Reject")] : ""))) : "",
+      outputs.length ? [el("h2", {}, "Outputs"), el("div", { class: "scroll" }, el("table", { id: "outputs" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Step"), el("th", {}, "Output"), el("th", {}, "Value"))),
+        el("tbody", {}, outputs.flatMap(([step, kv]) => Object.entries(kv).map(([k, v]) =>
+          el("tr", {}, el("td", {}, step), el("td", {}, k), el("td", {}, v)))))))] : "",
+      conditions.length ? [el("h2", {}, "Conditions"), el("ul", { id: "conditions" }, conditions.map((c) =>
+        el("li", {}, `${c.type}=${c.status}`, c.reason ? ` (${c.reason})` : "", c.message ? `: ${c.message}` : "")))] : "",
+    ].flat());
+  };
+  view(head, el("h2", {}, "Stages"), graph, details, logBox);
   draw();
+  drawDetails();
   watch(`${base}/executions?pipeline=${seg(x.spec.pipeline)}`, (type, changed) => {
-    if (changed.metadata.name === name) { x = changed; draw(); }
+    if (changed.metadata.name === name) { x = changed; draw(); drawDetails(); }
   });
   if (step) logBox.replaceChildren(logView(base, name, step));
 }
