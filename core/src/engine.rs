@@ -644,7 +644,7 @@ impl Engine {
         mode: UninstallMode,
     ) -> Result<(), EngineError> {
         let v = version.to_string();
-        {
+        let was_pending = {
             let _changing = self.core.deploy_lock.lock().await;
             crate::pipeline::deployment::update_spec(&self.core, |spec| {
                 if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
@@ -657,12 +657,12 @@ impl Engine {
                 spec.bizes.retain(|b| !b.versions.is_empty());
             })
             .await?;
-        }
-        // A background install (compiling: its task finds it no longer
-        // wanted and drops it; or failed) goes with its desired state.
-        if self.core.remove_pending(name, version).is_some()
-            && self.core.registry.get(name, version).is_none()
-        {
+            // A background install (compiling: its task finds it no longer
+            // wanted and drops it; or failed) goes with its desired state,
+            // under the lock the task registers under.
+            self.core.remove_pending(name, version).is_some()
+        };
+        if was_pending && self.core.registry.get(name, version).is_none() {
             return Ok(());
         }
         // Draining may wait for running calls: not under the lock.

@@ -47,11 +47,12 @@ use crate::store::{Api, LabelSelector, ObjectRef};
 
 pub use arks::ArkStore;
 pub(crate) use context::EngineCore;
+pub use context::PendingBiz;
 pub use context::{
     CALL_DEPTH_LABEL, CALLED_BY_LABEL, CALLED_BY_STEP_LABEL, ExecOptions, PIPELINE_LABEL,
     SETTINGS_NAME,
 };
-pub use deployment::{Deploying, PendingBiz};
+pub use deployment::Deploying;
 pub use error::{DeployError, ReconcileError, TriggerError};
 pub use logs::{LogArchive, LogError, StoredLine};
 use reconcile::{reconcile_execution, reconcile_pipeline};

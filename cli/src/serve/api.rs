@@ -1370,6 +1370,15 @@ async fn step_logs(
         && let Some(owner) = exec.status.node.as_deref()
         && let Some(address) = state.peer_address(owner).await
     {
+        // The dashboard's session is this node's: the peer gets its token.
+        let mut headers = headers.clone();
+        if !headers.contains_key(axum::http::header::AUTHORIZATION)
+            && let Ok(Some(id)) = super::auth::session_cookie(&headers)
+            && let Some(token) = state.sessions.token(&id)
+            && let Ok(value) = axum::http::HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            headers.insert(axum::http::header::AUTHORIZATION, value);
+        }
         return forward(&address, &uri, &headers).await;
     }
     let wants_stream = follow
@@ -1407,7 +1416,11 @@ async fn forward(
     let mut request = client
         .get(format!("{}{path}", address.trim_end_matches('/')))
         .header(FORWARDED, "1");
-    for name in [axum::http::header::AUTHORIZATION, ACCEPT] {
+    for name in [
+        axum::http::header::AUTHORIZATION,
+        ACCEPT,
+        axum::http::HeaderName::from_static("last-event-id"),
+    ] {
         if let Some(value) = headers.get(&name) {
             request = request.header(name.as_str(), value.as_bytes());
         }

@@ -338,28 +338,87 @@ fn same_machine_only(parts: &Parts) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The cookie the dashboard's sign-in keeps the token in.
+/// The cookie naming the dashboard's session (a random id; the token stays
+/// on the server).
 pub const SESSION_COOKIE: &str = "arkline_session";
 
 /// The header a write authenticated by [`SESSION_COOKIE`] must carry.
 pub const UI_REQUEST_HEADER: &str = "x-arkline-request";
 
-/// The token in the request's [`SESSION_COOKIE`], if any.
-pub fn session_cookie(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+/// How long a dashboard session lasts (the cookie's `Max-Age` too).
+pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+type SessionMap = std::collections::HashMap<[u8; 32], (String, std::time::Instant)>;
+
+/// The dashboard's sessions: a random id (the cookie) → the token signed in
+/// with, in memory only (a restart signs everyone out). The id is kept as
+/// its SHA-256, so even this map does not hold a usable cookie.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_id: std::sync::Mutex<SessionMap>,
+}
+
+impl Sessions {
+    fn map(&self) -> std::sync::MutexGuard<'_, SessionMap> {
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new session for `token`: its id, for the cookie.
+    pub fn open(&self, token: &str) -> Result<String, String> {
+        let mut id = [0u8; 32];
+        getrandom::fill(&mut id).map_err(|e| format!("no randomness for a session id: {e}"))?;
+        let id = hex::encode(id);
+        let now = std::time::Instant::now();
+        let mut map = self.map();
+        map.retain(|_, (_, expires)| *expires > now);
+        map.insert(
+            Sha256::digest(id.as_bytes()).into(),
+            (token.to_owned(), now + SESSION_LIFETIME),
+        );
+        Ok(id)
+    }
+
+    /// The token of session `id`, if it is open and not expired.
+    pub fn token(&self, id: &str) -> Option<String> {
+        let key: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+        self.map()
+            .get(&key)
+            .filter(|(_, expires)| *expires > std::time::Instant::now())
+            .map(|(token, _)| token.clone())
+    }
+
+    /// Ends session `id`.
+    pub fn close(&self, id: &str) {
+        let key: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+        self.map().remove(&key);
+    }
+}
+
+/// The session id in the request's [`SESSION_COOKIE`]: `Ok(None)` without
+/// one, an error when there are several (a cookie planted by another site
+/// or port beside the real one: nobody can tell which is which).
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    for pair in headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            if name != SESSION_COOKIE || value.is_empty() {
-                return None;
-            }
-            // Hex: a token may hold characters a cookie value may not.
-            String::from_utf8(hex::decode(value).ok()?).ok()
-        })
+    {
+        let Some((name, value)) = pair.trim().split_once('=') else {
+            continue;
+        };
+        if name != SESSION_COOKIE || value.is_empty() {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ApiError::unauthorized(
+                "the request carries several dashboard session cookies: sign out, clear this site's cookies, and sign in again",
+            ));
+        }
+        found = Some(value.to_owned());
+    }
+    Ok(found)
 }
 
 impl Auth {
@@ -390,18 +449,22 @@ impl FromRequestParts<AppState> for Caller {
             // HttpOnly, SameSite=Strict cookie. A write with it must also
             // carry `X-Arkline-Request` (a header no cross-site form can
             // send, and no cross-site script either: nothing answers CORS).
-            if let Some(token) = session_cookie(parts) {
+            if let Some(id) = session_cookie(&parts.headers)? {
                 let safe = matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS");
                 if !safe && !parts.headers.contains_key(UI_REQUEST_HEADER) {
                     return Err(ApiError::forbidden(format!(
                         "a write signed in with the dashboard's cookie must carry the `{UI_REQUEST_HEADER}` header (the dashboard sends it); other clients send `Authorization: Bearer <token>`"
                     )));
                 }
-                return state.auth.authenticate(&token).ok_or_else(|| {
-                    ApiError::unauthorized(
-                        "the dashboard's session token is not known any more: sign in again",
-                    )
-                });
+                return state
+                    .sessions
+                    .token(&id)
+                    .and_then(|token| state.auth.authenticate(&token))
+                    .ok_or_else(|| {
+                        ApiError::unauthorized(
+                            "the dashboard's session has ended (signed out, expired, or the server restarted): sign in again",
+                        )
+                    });
             }
             return Err(ApiError::unauthorized(
                 "this request needs a token: send `Authorization: Bearer <token>` (arkline ctl: --token or ARKLINE_TOKEN)",

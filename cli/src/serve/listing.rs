@@ -244,15 +244,22 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let selector = params.selector;
-    let (initial, from) = match params.resource_version.or(resumed) {
+    // A reconnecting EventSource's Last-Event-ID wins over the
+    // `resourceVersion` its URL still carries.
+    let (initial, from) = match resumed.or(params.resource_version) {
         Some(from) => (Vec::new(), from),
         None => {
             let (items, revision) = api.list(Some(engine.name()), selector.clone()).await?;
+            // Only the last of the listed objects carries the list's
+            // revision as its event id (0: no id): a stream cut in the middle
+            // of them resumes with a fresh list, not after the revision.
+            let count = items.len();
             let added = items
                 .into_iter()
-                .map(|object| TypedEvent {
+                .enumerate()
+                .map(|(i, object)| TypedEvent {
                     event_type: EventType::Added,
-                    revision,
+                    revision: if i + 1 == count { revision } else { 0 },
                     object,
                 })
                 .collect();
@@ -299,10 +306,14 @@ where
             Ok(match item {
                 Ok(event) => {
                     let data = serde_json::to_string(&event.object).unwrap_or_default();
-                    Event::default()
+                    let sse = Event::default()
                         .event(type_name(event.event_type))
-                        .id(event.revision.to_string())
-                        .data(data)
+                        .data(data);
+                    if event.revision == 0 {
+                        sse
+                    } else {
+                        sse.id(event.revision.to_string())
+                    }
                 }
                 Err(e) => Event::default()
                     .event("ERROR")

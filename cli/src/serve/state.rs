@@ -38,6 +38,8 @@ pub struct AppState {
     /// The container every engine lives in.
     pub container: Container,
     pub(crate) auth: Arc<Auth>,
+    /// The dashboard's signed-in sessions.
+    pub(crate) sessions: Arc<super::auth::Sessions>,
     pub(crate) limits: Limits,
     pub(crate) webhook_dedup_window: Duration,
     /// Permits for CPU-bound parsing (pipelines, archives), which runs on
@@ -60,6 +62,7 @@ impl AppState {
         Self {
             container,
             auth: Arc::new(Auth::Tokens(Vec::new())),
+            sessions: Arc::default(),
             limits: Limits::default(),
             webhook_dedup_window: super::hooks::replay::DEFAULT_WINDOW,
             parsing: Arc::new(Semaphore::new(PARSE_CONCURRENCY)),

@@ -2,8 +2,9 @@
 //! embedded in the binary (no CDN, no build step), over the admin API and its
 //! token scopes. The page renders from the JSON API and follows changes with
 //! the API's watches (server-sent events), so what it shows is what
-//! `arkline ctl` sees. Sign-in keeps the token in an HttpOnly, SameSite=Strict
-//! cookie; writes made with that cookie must carry `X-Arkline-Request` (see
+//! `arkline ctl` sees. Sign-in opens a session on the server (the token stays
+//! there) named by a random id in an HttpOnly, SameSite=Strict cookie; writes
+//! made with that cookie must carry `X-Arkline-Request` (see
 //! [`auth`](super::auth)). Decisions: ARCHITECTURE.md.
 
 use axum::Router;
@@ -14,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::auth::SESSION_COOKIE;
+use super::auth::{SESSION_COOKIE, SESSION_LIFETIME, session_cookie};
 use super::state::AppState;
 
 const INDEX: &str = include_str!("ui/index.html");
@@ -111,21 +112,28 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     if token.is_empty() || !state.auth.knows(&token) {
         return redirect("/ui?error=token", None);
     }
+    let id = match state.sessions.open(&token) {
+        Ok(id) => id,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
     let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        hex::encode(token.as_bytes())
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_LIFETIME.as_secs()
     );
     redirect("/ui", Some(cookie))
 }
 
-/// `POST /ui/logout`: the session cookie is dropped.
-async fn sign_out(headers: HeaderMap) -> Response {
+/// `POST /ui/logout`: the session ends on the server and its cookie is dropped.
+async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return (
             StatusCode::FORBIDDEN,
             "sign-out from another site is refused",
         )
             .into_response();
+    }
+    if let Ok(Some(id)) = session_cookie(&headers) {
+        state.sessions.close(&id);
     }
     let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     redirect("/ui", Some(cookie))

@@ -269,3 +269,86 @@ async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
     let (status, _) = server.terminate();
     assert!(status.success());
 }
+
+/// The dashboard's session: a random id in the cookie (never the token),
+/// ended on the server by signing out, refused when a second session cookie
+/// is planted beside it, and unable to write without the dashboard's header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_session_is_an_id_the_server_can_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = write_tokens(dir.path());
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--tokens", tokens.to_str().expect("utf-8")],
+    );
+    let url = server.url.clone();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let signed = http
+        .post(format!("{url}/ui/session"))
+        .form(&[("token", ADMIN)])
+        .send()
+        .await
+        .expect("signs in");
+    assert_eq!(signed.status(), 303);
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().expect("name=value").to_owned();
+    assert!(
+        !pair.contains(ADMIN) && !pair.contains(&hex::encode(ADMIN)),
+        "{pair}"
+    );
+    let whoami = |cookies: String| {
+        http.get(format!("{url}/api/v1/whoami"))
+            .header("cookie", cookies)
+            .send()
+    };
+    let me = whoami(pair.clone()).await.expect("answers");
+    assert_eq!(me.status(), 200);
+    assert_eq!(
+        me.json::<serde_json::Value>().await.expect("json")["name"],
+        "admin"
+    );
+    // A second session cookie beside it (planted from another port or site).
+    let planted = whoami(format!("{pair}; arkline_session=00ff"))
+        .await
+        .expect("answers");
+    assert_eq!(planted.status(), 401);
+    // A write with the cookie alone, without the dashboard's header.
+    let forged = http
+        .delete(format!("{url}/api/v1/engines/nothing/pipelines/x"))
+        .header("cookie", pair.clone())
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(forged.status(), 403);
+    // A wrong token is sent back to the sign-in.
+    let wrong = http
+        .post(format!("{url}/ui/session"))
+        .form(&[("token", "nope")])
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(wrong.headers()["location"], "/ui?error=token");
+    assert!(!wrong.headers().contains_key("set-cookie"));
+    // Signing out ends the session on the server: the same cookie, kept
+    // elsewhere, no longer works.
+    let out = http
+        .post(format!("{url}/ui/logout"))
+        .header("cookie", pair.clone())
+        .send()
+        .await
+        .expect("signs out");
+    assert_eq!(out.status(), 303);
+    assert_eq!(whoami(pair).await.expect("answers").status(), 401);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}

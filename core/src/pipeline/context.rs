@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::model::{PipelineSetting, PipelineSettingSpec};
-use crate::pipeline::deployment::PendingBiz;
 use crate::pipeline::logs::LogStore;
 use crate::pipeline::schedule::{Clock, Timers};
 use crate::pipeline::secrets::Secrets;
@@ -73,6 +72,33 @@ pub(crate) struct FinishedRun {
     pub(crate) name: String,
     pub(crate) phase: crate::model::ExecutionPhase,
     pub(crate) node: Option<String>,
+}
+
+/// A biz version whose install runs in the background
+/// ([`Engine::deploy_biz_in_background`](crate::Engine::deploy_biz_in_background)):
+/// compiling, or failed (then it is no longer in the desired state, and the
+/// record stays until the same version is deployed again or uninstalled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBiz {
+    /// Biz name.
+    pub name: String,
+    /// Version.
+    pub version: semver::Version,
+    /// The `arkline:step` versions it declares it works with (its manifest's
+    /// `host_api`).
+    pub host_api: semver::VersionReq,
+    /// SHA-256 of its component.
+    pub sha256: String,
+    /// Its step types.
+    pub step_types: Vec<String>,
+    /// Its grants, in the grant syntax.
+    pub grants: Vec<String>,
+    /// When its install started.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Why the install failed; `None` while it compiles.
+    pub failed: Option<String>,
+    /// The SHA-256 of its archive (which deploy this is).
+    pub archive: String,
 }
 
 /// One engine's execution machinery.
@@ -202,10 +228,34 @@ impl EngineCore {
             .remove(&(name.to_owned(), version.clone()))
     }
 
-    pub(crate) fn fail_pending(&self, name: &str, version: &semver::Version, reason: String) {
+    /// Removes the background install of `name@version` if it is `ours`
+    /// (not a newer deploy of the same version).
+    pub(crate) fn remove_pending_if(
+        &self,
+        name: &str,
+        version: &semver::Version,
+        ours: impl Fn(&PendingBiz) -> bool,
+    ) {
+        let mut pending = self.pending_map();
+        let key = (name.to_owned(), version.clone());
+        if pending.get(&key).is_some_and(ours) {
+            pending.remove(&key);
+        }
+    }
+
+    /// Records why the background install of `name@version` failed, if it
+    /// is `ours`.
+    pub(crate) fn fail_pending_if(
+        &self,
+        name: &str,
+        version: &semver::Version,
+        ours: impl Fn(&PendingBiz) -> bool,
+        reason: String,
+    ) {
         if let Some(p) = self
             .pending_map()
             .get_mut(&(name.to_owned(), version.clone()))
+            && ours(p)
         {
             p.failed = Some(reason);
         }

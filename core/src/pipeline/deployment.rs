@@ -20,38 +20,13 @@ use crate::model::resources::set_condition;
 use crate::model::{
     BizDeployment, BizDeploymentSpec, Condition, ConditionStatus, ConditionType, ObjectMeta,
 };
-use crate::pipeline::context::EngineCore;
+use crate::pipeline::context::{EngineCore, PendingBiz};
 use crate::pipeline::error::{DeployError, ReconcileError};
 use crate::runtime::{Activation, BizInfo, BizState, InstallError, LifecycleError};
 use crate::store::{Api, StoreError};
 
 /// The name of an engine's [`BizDeployment`].
 pub const DEPLOYMENT_NAME: &str = "default";
-
-/// A biz version whose install runs in the background
-/// ([`Engine::deploy_biz_in_background`](crate::Engine::deploy_biz_in_background)):
-/// compiling, or failed (then it is no longer in the desired state, and the
-/// record stays until the same version is deployed again or uninstalled).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingBiz {
-    /// Biz name.
-    pub name: String,
-    /// Version.
-    pub version: Version,
-    /// The `arkline:step` versions it declares it works with (its manifest's
-    /// `host_api`).
-    pub host_api: semver::VersionReq,
-    /// SHA-256 of its component.
-    pub sha256: String,
-    /// Its step types.
-    pub step_types: Vec<String>,
-    /// Its grants, in the grant syntax.
-    pub grants: Vec<String>,
-    /// When its install started.
-    pub since: chrono::DateTime<chrono::Utc>,
-    /// Why the install failed; `None` while it compiles.
-    pub failed: Option<String>,
-}
 
 /// What [`Engine::deploy_biz_in_background`](crate::Engine::deploy_biz_in_background) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,15 +117,38 @@ async fn check_upload(
     })
 }
 
-/// Keeps the archive and records it in the desired state. Under the
-/// deployment lock.
+/// Refuses, under the deployment lock, a version that meanwhile got another
+/// component, installed or compiling in the background (the checks of
+/// [`check_upload`] ran before a compile of seconds). The same component in
+/// another archive (signed since, say) is not a clash.
+fn check_clash(core: &EngineCore, checked: &Checked) -> Result<(), DeployError> {
+    let version = &checked.ark.manifest.version;
+    let sha = &checked.ark.manifest.component.sha256;
+    let clash = core
+        .registry
+        .get(&checked.name, version)
+        .is_some_and(|i| i.sha256 != *sha)
+        || core
+            .pending(&checked.name, version)
+            .is_some_and(|p| p.failed.is_none() && p.sha256 != *sha);
+    if clash {
+        return Err(DeployError::VersionClash {
+            biz: checked.name.clone(),
+            version: checked.version.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Keeps the archive and records it in the desired state; returns the
+/// version that was active before. Under the deployment lock.
 async fn record(
     core: &EngineCore,
     checked: &Checked,
     bytes: &[u8],
     grants: &[String],
     activate: bool,
-) -> Result<(), DeployError> {
+) -> Result<String, DeployError> {
     let Checked {
         name,
         version,
@@ -165,7 +163,15 @@ async fn record(
             location: core.arks.location(),
             source,
         })?;
+    let previous = std::sync::Mutex::new(String::new());
     update_spec(core, |spec| {
+        let before = spec
+            .bizes
+            .iter()
+            .find(|b| b.name == *name)
+            .map(|b| b.active.clone())
+            .unwrap_or_default();
+        *previous.lock().unwrap_or_else(|p| p.into_inner()) = before;
         let entry = match spec.bizes.iter_mut().position(|b| b.name == *name) {
             Some(i) => &mut spec.bizes[i],
             None => {
@@ -190,18 +196,28 @@ async fn record(
         }
     })
     .await?;
-    Ok(())
+    Ok(previous.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Takes `name@version` out of the desired state (an install that failed:
-/// nothing stays recorded). Under the deployment lock.
-async fn forget(core: &EngineCore, name: &str, version: &str) -> Result<(), StoreError> {
+/// nothing stays recorded); if it was made the active version, `previous`
+/// (the one active before) is again. Under the deployment lock.
+async fn forget(
+    core: &EngineCore,
+    name: &str,
+    version: &str,
+    previous: &str,
+) -> Result<(), StoreError> {
     update_spec(core, |spec| {
         if let Some(b) = spec.bizes.iter_mut().find(|b| b.name == name) {
             b.versions.retain(|x| x != version);
             b.digests.remove(version);
             if b.active == version {
-                b.active = b.versions.last().cloned().unwrap_or_default();
+                b.active = if b.versions.iter().any(|v| v == previous) {
+                    previous.to_owned()
+                } else {
+                    String::new()
+                };
             }
         }
         spec.bizes.retain(|b| !b.versions.is_empty());
@@ -250,7 +266,8 @@ pub(crate) async fn deploy_biz(
         ),
     };
     let _changing = core.deploy_lock.lock().await;
-    record(core, &checked, bytes, grants, activate).await?;
+    check_clash(core, &checked)?;
+    let previous = record(core, &checked, bytes, grants, activate).await?;
     core.clear_failed(&checked.name, &version);
     let installed = match (core.registry.get(&checked.name, &version), prepared) {
         (Some(info), _) => Ok(info),
@@ -273,7 +290,7 @@ pub(crate) async fn deploy_biz(
     let info = match installed {
         Ok(info) => info,
         Err(e) => {
-            forget(core, &checked.name, &checked.version).await?;
+            forget(core, &checked.name, &checked.version, &previous).await?;
             return Err(DeployError::Install(e));
         }
     };
@@ -301,15 +318,19 @@ pub(crate) async fn deploy_biz_in_background(
             .await
             .map(Deploying::Installed);
     }
-    let pending = {
+    let (pending, previous) = {
         let _changing = core.deploy_lock.lock().await;
+        check_clash(core, &checked)?;
         if let Some(p) = core.pending(&checked.name, &version)
             && p.failed.is_none()
         {
-            // Already compiling (the same component: `check_upload` refused another).
+            // Already compiling, the same component (`check_clash`): the
+            // desired state takes this request's grants and activation; the
+            // task registers with what the desired state says then.
+            record(core, &checked, bytes, grants, activate).await?;
             return Ok(Deploying::Installing(p));
         }
-        record(core, &checked, bytes, grants, activate).await?;
+        let previous = record(core, &checked, bytes, grants, activate).await?;
         let manifest = &checked.ark.manifest;
         let pending = PendingBiz {
             name: checked.name.clone(),
@@ -320,68 +341,90 @@ pub(crate) async fn deploy_biz_in_background(
             grants: grants.to_vec(),
             since: core.clock.now(),
             failed: None,
+            archive: checked.digest.clone(),
         };
         core.set_pending(pending.clone());
-        pending
+        (pending, previous)
     };
     let core = core.clone();
     tokio::spawn(async move {
-        let prepared = core.registry.prepare(checked.ark.clone()).await;
+        // At most one compile per core at once, across engines: a burst of
+        // background deploys queues here instead of taking every CPU.
+        let prepared = {
+            let _slot = compile_slots().acquire().await;
+            core.registry.prepare(checked.ark.clone()).await
+        };
         let _changing = core.deploy_lock.lock().await;
-        let wanted = match wanted_digest(&core, &checked.name, &checked.version).await {
-            Ok(digest) => digest.as_deref() == Some(checked.digest.as_str()),
+        let biz = format!("{}@{}", checked.name, checked.version);
+        let ours = |p: &PendingBiz| p.archive == checked.digest;
+        // What the desired state says now: still this archive, and with
+        // which grants (they may have changed while it compiled).
+        let wanted = match desired(&core, &checked.name).await {
+            Ok(Some(b)) if b.digests.get(&checked.version) == Some(&checked.digest) => Some(b),
+            Ok(_) => None,
             Err(e) => {
-                tracing::warn!(engine = %core.name, biz = %format!("{}@{}", checked.name, checked.version), error = %e, "cannot read the desired state after a background compile; the deployment reconciler installs it");
-                core.remove_pending(&checked.name, &version);
+                tracing::warn!(engine = %core.name, %biz, error = %e, "cannot read the desired state after a background compile; the deployment reconciler installs it");
+                core.remove_pending_if(&checked.name, &version, ours);
                 return;
             }
         };
-        let result = match prepared {
+        let result = match (prepared, wanted) {
             // Uninstalled or replaced while compiling: nothing to do.
-            _ if !wanted => Ok(()),
-            Ok(prepared) => match core.registry.register(
-                prepared,
-                checked.ark.manifest.clone(),
-                &checked.caps,
-                Activation::Never,
-            ) {
-                Ok(info) => activate_if_wanted(&core, &info)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(LifecycleError::AlreadyInstalled { .. }) => Ok(()),
-                Err(e) => Err(e.to_string()),
+            (_, None) => Ok(()),
+            (Ok(prepared), Some(desired)) => match parse_grants(&desired.grants) {
+                Err(e) => Err(format!("its grants: {e}")),
+                Ok(caps) => match core.registry.register(
+                    prepared,
+                    checked.ark.manifest.clone(),
+                    &caps,
+                    Activation::Never,
+                ) {
+                    Ok(info) => activate_if_wanted(&core, &info)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(LifecycleError::AlreadyInstalled { .. }) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
             },
-            Err(e) => Err(e.to_string()),
+            (Err(e), Some(_)) => Err(e.to_string()),
         };
         match result {
             Ok(()) => {
-                core.remove_pending(&checked.name, &version);
+                core.remove_pending_if(&checked.name, &version, ours);
             }
             Err(reason) => {
-                tracing::warn!(engine = %core.name, biz = %format!("{}@{}", checked.name, checked.version), error = %reason, "a background install failed; it is taken out of the desired state");
+                tracing::warn!(engine = %core.name, %biz, error = %reason, "a background install failed; it is taken out of the desired state");
                 if core.registry.get(&checked.name, &version).is_none()
-                    && let Err(e) = forget(&core, &checked.name, &checked.version).await
+                    && let Err(e) = forget(&core, &checked.name, &checked.version, &previous).await
                 {
                     tracing::warn!(engine = %core.name, error = %e, "cannot take a failed install out of the desired state");
                 }
-                core.fail_pending(&checked.name, &version, reason);
+                core.fail_pending_if(&checked.name, &version, ours, reason);
             }
         }
     });
     Ok(Deploying::Installing(pending))
 }
 
-/// The archive digest the desired state records for `name@version`.
-async fn wanted_digest(
+/// The slots background compiles take: one per core of the machine.
+fn compile_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        )
+    })
+}
+
+/// The desired state of biz `name`.
+async fn desired(
     core: &EngineCore,
     name: &str,
-    version: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<crate::model::DesiredBiz>, StoreError> {
     Ok(Api::<BizDeployment>::new(core.store.clone())
         .get(&core.name, DEPLOYMENT_NAME)
         .await?
-        .and_then(|d| d.spec.bizes.into_iter().find(|b| b.name == name))
-        .and_then(|b| b.digests.get(version).cloned()))
+        .and_then(|d| d.spec.bizes.into_iter().find(|b| b.name == name)))
 }
 
 /// The biz-deployment reconciler.

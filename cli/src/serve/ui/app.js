@@ -41,6 +41,10 @@ function watch(path, onEvent) {
     source.addEventListener(type, (e) => onEvent(type, JSON.parse(e.data)));
   }
   source.addEventListener("ERROR", () => { source.close(); setTimeout(route, 1000); });
+  // Closed for good (401 after sign-out, 410, the server gone): say so.
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) notice("Live updates stopped: reload the page.");
+  });
   closers.push(() => source.close());
   return source;
 }
@@ -67,6 +71,12 @@ function view(...children) {
   $("view").replaceChildren(...children);
 }
 
+function notice(text) {
+  if (!document.getElementById("notice")) {
+    $("view").prepend(el("p", { id: "notice", class: "error", role: "status" }, text));
+  }
+}
+
 function showSignIn() {
   $("view").replaceChildren();
   $("signin").hidden = false;
@@ -76,9 +86,10 @@ function showSignIn() {
 
 // ---- pages ----
 
-async function enginesPage() {
+async function enginesPage(nav) {
   crumbs(["engines"]);
   const engines = await api("/engines");
+  if (nav !== navigation) return; // a newer navigation owns the page
   view(
     el("h1", {}, "Engines"),
     el("div", { class: "scroll" }, el("table", { id: "engines" },
@@ -89,7 +100,7 @@ async function enginesPage() {
   );
 }
 
-async function enginePage(engine) {
+async function enginePage(nav, engine) {
   crumbs(["engines", "#/"], [engine]);
   const base = `/engines/${seg(engine)}`;
   const [bizes, pipelines] = await Promise.all([api(base + "/bizes"), api(base + "/pipelines")]);
@@ -114,6 +125,7 @@ async function enginePage(engine) {
       location.hash = `#/engines/${seg(engine)}/executions/${seg(x.metadata.name)}`;
     } catch (e) { alert(e.message); }
   };
+  if (nav !== navigation) return; // a newer navigation owns the page
   view(
     el("h1", {}, engine),
     el("h2", {}, "Pipelines"),
@@ -192,7 +204,7 @@ function graphOf(x) {
   return stages;
 }
 
-async function executionPage(engine, name, step) {
+async function executionPage(nav, engine, name, step) {
   const base = `/engines/${seg(engine)}`;
   crumbs(["engines", "#/"], [engine, `#/engines/${seg(engine)}`], [name]);
   let x = await api(`${base}/executions/${seg(name)}`);
@@ -251,6 +263,7 @@ async function executionPage(engine, name, step) {
         el("li", {}, `${c.type}=${c.status}`, c.reason ? ` (${c.reason})` : "", c.message ? `: ${c.message}` : "")))] : "",
     ].flat());
   };
+  if (nav !== navigation) return; // a newer navigation owns the page
   view(head, el("h2", {}, "Stages"), graph, details, logBox);
   draw();
   drawDetails();
@@ -295,8 +308,16 @@ function logView(base, execution, step) {
   } }, "Download");
   const source = new EventSource(`/api/v1${base}/executions/${seg(execution)}/steps/${seg(step)}/logs?follow=true`);
   closers.push(() => source.close());
+  let last = -1; // a reconnect sends the log again: keep each line once
+  const cap = 100000;
   source.addEventListener("line", (e) => {
     const line = JSON.parse(e.data);
+    if (line.seq <= last) return;
+    last = line.seq;
+    if (pre.childElementCount >= cap) {
+      status.textContent = `showing the first ${cap} lines: download the whole log`;
+      return;
+    }
     const n = lines.length + 1;
     lines.push(line.message);
     const row = el("div", { class: "line " + line.source, id: "L" + n, "data-text": line.message.toLowerCase() },
@@ -318,7 +339,10 @@ function logView(base, execution, step) {
 
 // ---- routing ----
 
+let navigation = 0;
+
 async function route() {
+  const mine = ++navigation;
   for (const close of closers) close();
   closers = [];
   if (!me) {
@@ -326,14 +350,14 @@ async function route() {
     $("who").textContent = `${me.name} (${me.access})`;
     $("logout").hidden = me.name === "anonymous";
   }
-  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   try {
+    const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
     if (parts[0] === "engines" && parts[2] === "executions" && parts[3]) {
-      await executionPage(parts[1], parts[3], parts[4] === "logs" ? parts[5] : undefined);
+      await executionPage(mine, parts[1], parts[3], parts[4] === "logs" ? parts[5] : undefined);
     } else if (parts[0] === "engines" && parts[1]) {
-      await enginePage(parts[1]);
+      await enginePage(mine, parts[1]);
     } else {
-      await enginesPage();
+      await enginesPage(mine);
     }
   } catch (e) {
     if (e.message !== "signed out") view(el("p", { class: "error", role: "alert" }, e.message));
