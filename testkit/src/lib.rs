@@ -127,13 +127,8 @@ fn package(name: &str) -> Result<PathBuf, String> {
         output: Some(out_dir.join(format!("{name}.ark"))),
         ..cargo_ark::cmd::PackageCmd::default()
     };
-    let global = cargo_ark::cmd::GlobalOpts {
-        quiet: true,
-        verbose: false,
-        color: cargo_ark::shell::Color::Never,
-    };
     package
-        .exec(&global, &quiet_shell())
+        .exec(&quiet_opts(), &quiet_shell())
         .map_err(|e| format!("`cargo ark package -p {name}` failed: {e:#}"))
 }
 
@@ -251,13 +246,8 @@ fn build_prebuilt(dir: &str) -> Result<PathBuf, String> {
         output: Some(out_dir.join(format!("{dir}.ark"))),
         ..cargo_ark::cmd::PackageCmd::default()
     };
-    let global = cargo_ark::cmd::GlobalOpts {
-        quiet: true,
-        verbose: false,
-        color: cargo_ark::shell::Color::Never,
-    };
     package
-        .exec(&global, &quiet_shell())
+        .exec(&quiet_opts(), &quiet_shell())
         .map_err(|e| format!("`cargo ark package --component` of {dir} failed: {e:#}"))
 }
 
@@ -292,6 +282,15 @@ fn remove_stale_dirs(tmp: &Path) {
             // Best effort: another process may be sweeping the same one.
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+/// `--quiet`, no colour: the options the test kit packages with.
+fn quiet_opts() -> cargo_ark::cmd::GlobalOpts {
+    cargo_ark::cmd::GlobalOpts {
+        quiet: true,
+        verbose: false,
+        color: cargo_ark::shell::Color::Never,
     }
 }
 

@@ -105,6 +105,22 @@ fn git_repo(dir: &Path, messages: &[&str]) -> std::path::PathBuf {
     repo
 }
 
+/// `cargo ark run STEP --with WITH` of `archive` in the repository `repo`
+/// (its compiled cache beside it), with `process=git` granted or not.
+fn run_in_repo(step: &str, with: &str, archive: &Path, repo: &Path, grant: bool) -> Command {
+    let mut cmd = cargo_ark();
+    cmd.args(["ark", "run", step, "--with", with, "--ark"])
+        .arg(archive)
+        .arg("--workspace")
+        .arg(repo)
+        .arg("--target-dir")
+        .arg(repo.with_file_name("target"));
+    if grant {
+        cmd.args(["--grant", "process=git"]);
+    }
+    cmd
+}
+
 /// Builds `plugins/<plugin>` with its `build.sh` and packages it with
 /// `--component` and its `Ark.toml` (`cargo ark` names the `language`);
 /// the archive, in `dir`.
@@ -320,26 +336,7 @@ fn a_python_step_is_built_with_componentize_py_packaged_and_run() {
     // Commits from `git log` through the SDK's `process` wrapper: refused
     // without the grant (the SDK's `Denied`, caught by the step), read with it.
     let repo = git_repo(tmp.path(), &["feat: from git", "fix: also from git"]);
-    let from_git = |grant: bool| {
-        let mut cmd = cargo_ark();
-        cmd.args([
-            "ark",
-            "run",
-            "changelog",
-            "--with",
-            r#"{"range": "HEAD"}"#,
-            "--ark",
-        ])
-        .arg(&archive)
-        .arg("--workspace")
-        .arg(&repo)
-        .arg("--target-dir")
-        .arg(tmp.path().join("target"));
-        if grant {
-            cmd.args(["--grant", "process=git"]);
-        }
-        cmd
-    };
+    let from_git = |grant| run_in_repo("changelog", r#"{"range": "HEAD"}"#, &archive, &repo, grant);
     from_git(false)
         .assert()
         .failure()
@@ -411,25 +408,14 @@ fn a_javascript_step_is_built_with_componentize_js_packaged_and_run() {
         tmp.path(),
         &["fix: a", "feat: from git\n\nBREAKING CHANGE: all of it"],
     );
-    let from_git = |grant: bool| {
-        let mut cmd = cargo_ark();
-        cmd.args([
-            "ark",
-            "run",
+    let from_git = |grant| {
+        run_in_repo(
             "bump",
-            "--with",
             r#"{"current": "1.4.2", "range": "HEAD"}"#,
-            "--ark",
-        ])
-        .arg(&archive)
-        .arg("--workspace")
-        .arg(&repo)
-        .arg("--target-dir")
-        .arg(tmp.path().join("target"));
-        if grant {
-            cmd.args(["--grant", "process=git"]);
-        }
-        cmd
+            &archive,
+            &repo,
+            grant,
+        )
     };
     from_git(false)
         .assert()
