@@ -162,18 +162,50 @@ impl Browser {
         .to_owned()
     }
 
-    /// Clicks the first element matching `css`, once there is one (a real
-    /// click through the driver, not a script's).
+    /// Clicks the first element matching `css`, once there is one and it can
+    /// be clicked (a real click through the driver, not a script's).
     pub async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        self.post(&format!("/element/{id}/click"), json!({})).await;
+        self.interact(css, "click", json!({})).await;
     }
 
-    /// Types `text` into the first element matching `css`.
+    /// Types `text` into the first element matching `css`, once it takes input.
     pub async fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css).await;
-        self.post(&format!("/element/{id}/value"), json!({ "text": text }))
-            .await;
+        self.interact(css, "value", json!({ "text": text })).await;
+    }
+
+    /// `POST /element/{id}/{action}` on the first element matching `css`,
+    /// again while the page is not ready for it: an element the script has
+    /// not shown yet is "not interactable", one it has just redrawn is
+    /// "stale".
+    async fn interact(&self, css: &str, action: &str, body: Value) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let id = self.element(css).await;
+            let answer: Value = self
+                .http
+                .post(format!("{}/element/{id}/{action}", self.base))
+                .json(&body)
+                .send()
+                .await
+                .expect("the driver answers")
+                .json()
+                .await
+                .expect("the driver answers JSON");
+            let error = answer["value"]["error"].as_str().unwrap_or_default();
+            let retry = matches!(
+                error,
+                "element not interactable"
+                    | "stale element reference"
+                    | "element click intercepted"
+            );
+            if error.is_empty() {
+                return;
+            }
+            if !retry || Instant::now() > deadline {
+                panic!("WebDriver {action} on `{css}`: {}", answer["value"]);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn element(&self, css: &str) -> String {
