@@ -95,9 +95,63 @@ async function enginesPage(nav) {
     el("div", { class: "scroll" }, el("table", { id: "engines" },
       el("thead", {}, el("tr", {}, el("th", {}, "Engine"), el("th", {}, "Bizes"), el("th", {}, "Pipelines"))),
       el("tbody", {}, engines.map((e) => el("tr", { "data-engine": e.name },
-        el("td", {}, el("a", { href: `#/engines/${seg(e.name)}` }, e.name)),
+        el("td", {}, el("a", { href: `#/engines/${seg(e.name)}`, "data-nav": true }, e.name)),
         el("td", {}, e.bizes), el("td", {}, e.pipelines)))))),
+    el("p", {}, el("a", { href: "#/metrics", "data-nav": true }, "Metrics"), " · ",
+      el("span", { class: "muted" }, "press ? for keyboard shortcuts")),
   );
+}
+
+/** What starts a pipeline, in a few words. */
+function triggers(spec) {
+  const list = (spec.triggers || []).map((t) => {
+    if (t.type === "cron") return `cron ${t.schedule}`;
+    if (t.type === "webhook") return "webhook" + ((t.events || []).length ? ` (${t.events.join(", ")})` : "");
+    return t.type;
+  });
+  return list.length ? list.join(", ") : "manual";
+}
+
+/** The value typed into a param's field, as its type wants it. */
+function paramValue(p, input) {
+  if (p.type === "bool") return input.checked;
+  const text = input.value.trim();
+  if (p.type === "number") return Number(text);
+  if (p.type === "array") return text ? text.split(",").map((v) => v.trim()) : [];
+  return input.value;
+}
+
+/** Asks for a pipeline's params in a dialog; resolves with them, or null. */
+function askParams(pipeline) {
+  const params = pipeline.spec.params || [];
+  if (!params.length) return Promise.resolve({});
+  return new Promise((resolve) => {
+    const fields = params.map((p) => {
+      const id = "param-" + p.name;
+      const d = p.default;
+      const input = p.type === "bool"
+        ? el("input", { id, type: "checkbox", checked: d === true })
+        : el("input", { id, type: p.type === "number" ? "number" : "text", step: p.type === "number" ? "any" : undefined,
+          value: d === undefined ? "" : Array.isArray(d) ? d.join(", ") : String(d),
+          required: d === undefined && p.type !== "array", placeholder: p.type === "array" ? "a, b, c" : undefined });
+      return { p, input, row: el("p", {}, el("label", { for: id }, p.name, " ", el("small", { class: "muted" }, p.type || "string")),
+        p.description ? el("small", { class: "muted block" }, p.description) : "", input) };
+    });
+    const dialog = el("dialog", { id: "run-dialog", "aria-label": `Run ${pipeline.metadata.name}` });
+    const done = (value) => { dialog.close(); dialog.remove(); resolve(value); };
+    dialog.append(el("form", { method: "dialog", onsubmit: (e) => {
+      e.preventDefault();
+      done(Object.fromEntries(fields.map((f) => [f.p.name, paramValue(f.p, f.input)])));
+    } },
+    el("h2", {}, "Run ", pipeline.metadata.name),
+    fields.map((f) => f.row),
+    el("p", {}, el("button", { type: "submit", id: "run-submit" }, "Run"), " ",
+      el("button", { type: "button", onclick: () => done(null) }, "Cancel"))));
+    dialog.addEventListener("cancel", () => done(null));
+    document.body.append(dialog);
+    dialog.showModal();
+    (fields[0].input).focus();
+  });
 }
 
 async function enginePage(nav, engine) {
@@ -106,55 +160,80 @@ async function enginePage(nav, engine) {
   const [bizes, pipelines] = await Promise.all([api(base + "/bizes"), api(base + "/pipelines")]);
   const runs = new Map();
   const rows = el("tbody", { id: "executions" });
-  const filter = el("select", { "aria-label": "Phase", onchange: () => draw() },
-    ["all", "Queued", "Running", "Succeeded", "Failed", "Aborted"].map((p) => el("option", { value: p }, p)));
+  const filter = el("select", { id: "phase-filter", "aria-label": "Phase", onchange: () => draw() },
+    ["all", "Queued", "Pending", "Running", "Succeeded", "Failed", "Aborted", "Cancelled"].map((p) => el("option", { value: p }, p)));
+  const text = el("input", { id: "exec-filter", type: "search", "data-search": true, placeholder: "pipeline, trigger, branch, commit",
+    "aria-label": "Filter executions by pipeline, trigger, branch or commit", oninput: () => draw() });
+  const matches = (x) => {
+    const q = text.value.trim().toLowerCase();
+    if (!q) return true;
+    return [x.metadata.name, x.spec.pipeline, x.spec.trigger, x.spec.event, x.spec.branch, x.spec.commit]
+      .some((v) => v && String(v).toLowerCase().includes(q));
+  };
   const draw = () => {
     const list = [...runs.values()]
-      .filter((x) => filter.value === "all" || x.status.phase === filter.value)
+      .filter((x) => (filter.value === "all" || x.status.phase === filter.value) && matches(x))
       .sort((a, b) => (b.metadata.created || "").localeCompare(a.metadata.created || "") || b.spec.run - a.spec.run);
     rows.replaceChildren(...list.map((x) => el("tr", { "data-execution": x.metadata.name },
-      el("td", {}, el("a", { href: `#/engines/${seg(engine)}/executions/${seg(x.metadata.name)}` }, x.metadata.name)),
+      el("td", {}, el("a", { href: `#/engines/${seg(engine)}/executions/${seg(x.metadata.name)}`, "data-nav": true }, x.metadata.name)),
       el("td", {}, phase(x.status.phase)),
       el("td", {}, duration(x.status.started, x.status.finished)),
-      el("td", { class: "wide" }, x.spec.trigger), el("td", { class: "wide" }, (x.spec.commit || "").slice(0, 12)))));
+      el("td", { class: "wide" }, x.spec.trigger, x.spec.event && x.spec.event !== x.spec.trigger ? ` (${x.spec.event})` : ""),
+      el("td", { class: "wide" }, x.spec.branch || ""),
+      el("td", { class: "wide mono" }, (x.spec.commit || "").slice(0, 12)))));
   };
-  const run = async (name) => {
+  const run = async (p) => {
+    const params = await askParams(p);
+    if (params === null) return;
     try {
-      const x = await api(`${base}/pipelines/${seg(name)}/executions`, {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+      const x = await api(`${base}/pipelines/${seg(p.metadata.name)}/executions`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ params }) });
       location.hash = `#/engines/${seg(engine)}/executions/${seg(x.metadata.name)}`;
     } catch (e) { alert(e.message); }
+  };
+  const last = (p) => {
+    const st = p.status || {};
+    if (!st.last_execution) return "";
+    return [el("a", { href: `#/engines/${seg(engine)}/executions/${seg(st.last_execution)}` }, st.last_execution),
+      " ", st.last_state ? phase(st.last_state) : ""];
   };
   if (nav !== navigation) return; // a newer navigation owns the page
   view(
     el("h1", {}, engine),
     el("h2", {}, "Pipelines"),
     el("div", { class: "scroll" }, el("table", { id: "pipelines" },
-      el("thead", {}, el("tr", {}, el("th", {}, "Pipeline"), el("th", {}, "Stages"), el("th", {}, "Last"), el("th", {}, ""))),
+      el("thead", {}, el("tr", {}, el("th", {}, "Pipeline"), el("th", { class: "wide" }, "Triggers"),
+        el("th", { class: "wide" }, "Stages"), el("th", {}, "Last run"), el("th", {}, ""))),
       el("tbody", {}, pipelines.map((p) => el("tr", { "data-pipeline": p.metadata.name },
-        el("td", {}, p.metadata.name),
-        el("td", {}, (p.spec.stages || []).map((s) => s.name).join(" → ")),
-        el("td", {}, p.status && p.status.last_state ? phase(p.status.last_state) : ""),
-        el("td", {}, canWrite() ? el("button", { class: "run", onclick: () => run(p.metadata.name) }, "Run") : "")))))),
-    el("h2", {}, "Executions ", filter),
+        el("td", {}, p.metadata.name, p.spec.description ? el("small", { class: "muted block" }, p.spec.description) : ""),
+        el("td", { class: "wide" }, triggers(p.spec)),
+        el("td", { class: "wide" }, (p.spec.stages || []).map((s) => s.name).join(" → ")),
+        el("td", {}, last(p)),
+        el("td", {}, canWrite() ? el("button", { class: "run", "aria-label": `Run ${p.metadata.name}`, onclick: () => run(p) }, "Run") : "")))))),
+    el("h2", {}, "Executions ", filter, " ", text),
     el("div", { class: "scroll" }, el("table", {},
       el("thead", {}, el("tr", {}, el("th", {}, "Execution"), el("th", {}, "Phase"), el("th", {}, "Duration"),
-        el("th", { class: "wide" }, "Trigger"), el("th", { class: "wide" }, "Commit"))),
+        el("th", { class: "wide" }, "Trigger"), el("th", { class: "wide" }, "Branch"), el("th", { class: "wide" }, "Commit"))),
       rows)),
     el("h2", {}, "Bizes"),
     el("div", { class: "scroll" }, el("table", { id: "bizes" },
       el("thead", {}, el("tr", {}, el("th", {}, "Biz"), el("th", {}, "Version"), el("th", {}, "State"),
-        el("th", {}, "Leases"), el("th", { class: "wide" }, "Grants"), el("th", {}, ""))),
-      el("tbody", {}, bizes.map((b) => el("tr", { "data-biz": `${b.name}@${b.version}` },
-        el("td", {}, b.name), el("td", {}, b.version),
-        el("td", { title: b.broken || "" }, b.state, b.broken ? el("small", { class: "error" }, " " + b.broken) : ""),
-        el("td", {}, b.leases), el("td", { class: "wide" }, b.grants.join(", ")),
+        el("th", {}, "Leases"), el("th", { class: "wide" }, "Steps"), el("th", { class: "wide" }, "Grants"), el("th", {}, ""))),
+      el("tbody", {}, bizes.map((b) => el("tr", { "data-biz": `${b.name}@${b.version}`, "data-state": b.state },
+        el("td", {}, b.name), el("td", { title: `sha256 ${b.sha256}, API ${b.api_version}` }, b.version),
+        el("td", { class: "state" }, b.state, b.state === "draining" ? el("small", { class: "muted" }, ` (${b.leases} running)`) : "",
+          b.broken ? el("small", { class: "error" }, " " + b.broken) : ""),
+        el("td", {}, b.leases),
+        el("td", { class: "wide" }, (b.step_types || []).join(", ")),
+        el("td", { class: "wide" }, b.grants.join(", ")),
         el("td", {}, canWrite() ? [
           ["resolved", "deactivated"].includes(b.state)
-            ? el("button", { class: "switch", onclick: () => bizAction(`${base}/bizes/${seg(b.name)}/switch`, "POST", JSON.stringify({ version: b.version })) }, "Activate") : "",
+            ? el("button", { class: "switch", "aria-label": `Activate ${b.name}@${b.version}`,
+              onclick: () => bizAction(`${base}/bizes/${seg(b.name)}/switch`, "POST", JSON.stringify({ version: b.version })) }, "Activate") : "",
           " ",
-          el("button", { class: "danger uninstall", onclick: () => confirm(`Uninstall ${b.name}@${b.version}? Running executions finish first.`)
-            && bizAction(`${base}/bizes/${seg(b.name)}/${seg(b.version)}`, "DELETE") }, "Uninstall"),
+          b.state === "uninstalled" ? "" : el("button", { class: "danger uninstall", "aria-label": `Uninstall ${b.name}@${b.version}`,
+            onclick: () => confirm(`Uninstall ${b.name}@${b.version}? Running executions finish first.`)
+              && bizAction(`${base}/bizes/${seg(b.name)}/${seg(b.version)}`, "DELETE") }, "Uninstall"),
         ] : "")))))),
     canWrite() ? el("form", { id: "install", onsubmit: (e) => { e.preventDefault(); install(e.target); } },
       el("label", { for: "ark" }, "Install a .ark "), el("input", { id: "ark", type: "file", accept: ".ark", required: true }),
@@ -176,6 +255,11 @@ async function enginePage(nav, engine) {
       await api(`${base}/bizes?${query}`, { method: "POST", headers: { "Content-Type": "application/vnd.arkline.ark" }, body: file });
       route();
     } catch (e) { alert(e.message); }
+  }
+  // A biz installing in the background, or draining: look again until it settles.
+  if (bizes.some((b) => ["installing", "draining"].includes(b.state))) {
+    const timer = setTimeout(() => { if (nav === navigation) route(); }, 1000);
+    closers.push(() => clearTimeout(timer));
   }
   watch(base + "/executions", (type, x) => {
     if (type === "DELETED") runs.delete(x.metadata.name); else runs.set(x.metadata.name, x);
@@ -204,7 +288,7 @@ function graphOf(x) {
   return stages;
 }
 
-async function executionPage(nav, engine, name, step) {
+async function executionPage(nav, engine, name, step, anchor) {
   const base = `/engines/${seg(engine)}`;
   crumbs(["engines", "#/"], [engine, `#/engines/${seg(engine)}`], [name]);
   let x = await api(`${base}/executions/${seg(name)}`);
@@ -214,29 +298,44 @@ async function executionPage(nav, engine, name, step) {
   const abort = async () => {
     try { await api(`${base}/executions/${seg(name)}/abort`, { method: "POST" }); } catch (e) { alert(e.message); }
   };
+  const rerun = async () => {
+    try {
+      const again = await api(`${base}/executions/${seg(name)}/rerun`, { method: "POST" });
+      location.hash = `#/engines/${seg(engine)}/executions/${seg(again.metadata.name)}`;
+    } catch (e) { alert(e.message); }
+  };
+  const finished = () => ["Succeeded", "Failed", "Aborted", "Cancelled"].includes(x.status.phase);
+  const item = (label, value) => value ? [el("span", { class: "muted" }, label), el("span", {}, value)] : null;
   const draw = () => {
+    const labels = x.metadata.labels || {};
+    const rerunOf = labels["arkline.dev/rerun-of"];
     head.replaceChildren(
       el("h1", {}, name, " ", phase(x.status.phase)),
       el("div", { class: "kv" },
-        el("span", { class: "muted" }, "pipeline"), el("span", {}, x.spec.pipeline),
-        el("span", { class: "muted" }, "trigger"), el("span", {}, x.spec.trigger),
-        el("span", { class: "muted" }, "duration"), el("span", {}, duration(x.status.started, x.status.finished)),
-        x.spec.commit ? [el("span", { class: "muted" }, "commit"), el("span", {}, x.spec.commit)] : null,
-        x.status.reason ? [el("span", { class: "muted" }, "reason"), el("span", {}, x.status.reason)] : null),
-      canWrite() && !["Succeeded", "Failed", "Aborted"].includes(x.status.phase)
-        ? el("p", {}, el("button", { class: "danger", id: "abort", onclick: abort }, "Abort")) : "",
+        item("pipeline", x.spec.pipeline),
+        item("trigger", x.spec.trigger + (x.spec.event && x.spec.event !== x.spec.trigger ? ` (${x.spec.event})` : "")),
+        item("duration", duration(x.status.started, x.status.finished)),
+        item("branch", x.spec.branch),
+        item("commit", x.spec.commit),
+        item("params", Object.keys(x.spec.params || {}).length ? JSON.stringify(x.spec.params) : ""),
+        item("rerun of", rerunOf ? el("a", { href: `#/engines/${seg(engine)}/executions/${seg(rerunOf)}` }, rerunOf) : null),
+        item("reason", x.status.reason)),
+      canWrite() ? el("p", {}, finished()
+        ? el("button", { id: "rerun", onclick: rerun }, "Rerun")
+        : el("button", { class: "danger", id: "abort", onclick: abort }, "Abort")) : "",
     );
     graph.replaceChildren(...graphOf(x).map((stage) => el("section", { class: "stage", "aria-label": "stage " + stage.name },
       el("h3", {}, stage.name, " ", stage.phase ? phase(stage.phase) : ""),
       stage.steps.map((s) => el("button", {
-        class: "step", "data-step": s.name, "data-phase": s.phase,
-        "aria-label": `step ${s.name}: ${s.phase}`,
+        class: "step", "data-step": s.name, "data-phase": s.phase, "data-nav": true,
+        "data-needs": s.needs && s.needs.length ? JSON.stringify(s.needs) : undefined,
+        "aria-label": `step ${s.name}: ${s.phase}` + (s.needs && s.needs.length ? `, needs ${s.needs.join(", ")}` : ""),
         onclick: () => { location.hash = `#/engines/${seg(engine)}/executions/${seg(name)}/logs/${seg(s.name)}`; },
       }, s.name,
       el("small", {}, s.phase, s.attempts > 1 ? ` · attempt ${s.attempts}` : "",
-        s.started ? " · " + duration(s.started, s.finished) : "",
-        s.needs && s.needs.length ? " · needs " + s.needs.join(", ") : "")))))
+        s.started ? " · " + duration(s.started, s.finished) : "")))))
     );
+    edges(graph);
   };
   const details = el("div");
   const decide = async (step, decision) => {
@@ -270,7 +369,48 @@ async function executionPage(nav, engine, name, step) {
   watch(`${base}/executions?pipeline=${seg(x.spec.pipeline)}`, (type, changed) => {
     if (changed.metadata.name === name) { x = changed; draw(); drawDetails(); }
   });
-  if (step) logBox.replaceChildren(logView(base, name, step));
+  if (step) logBox.replaceChildren(logView(base, engine, name, step, anchor));
+  const redraw = () => edges(graph);
+  window.addEventListener("resize", redraw);
+  closers.push(() => window.removeEventListener("resize", redraw));
+}
+
+/** The `needs` edges of a drawn graph, as an SVG layer over it: from the
+ * right side of each needed step (every cell of a matrix) to the left side
+ * of the step that waits for it, or around the left side within a stage. */
+function edges(graph) {
+  const NS = "http://www.w3.org/2000/svg";
+  graph.querySelector("svg.edges")?.remove();
+  const box = graph.getBoundingClientRect();
+  const at = (node) => {
+    const r = node.getBoundingClientRect();
+    const left = r.left - box.left + graph.scrollLeft;
+    const top = r.top - box.top + graph.scrollTop;
+    return { left, right: left + r.width, mid: top + r.height / 2 };
+  };
+  const nodes = [...graph.querySelectorAll(".step")];
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("class", "edges");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("width", graph.scrollWidth);
+  svg.setAttribute("height", graph.scrollHeight);
+  for (const to of nodes.filter((n) => n.dataset.needs)) {
+    const b = at(to);
+    for (const need of JSON.parse(to.dataset.needs)) {
+      for (const from of nodes.filter((n) => n.dataset.step === need || n.dataset.step.startsWith(need + " ("))) {
+        const a = at(from);
+        const d = a.right <= b.left
+          ? `M${a.right},${a.mid} C${a.right + 24},${a.mid} ${b.left - 24},${b.mid} ${b.left},${b.mid}`
+          : `M${a.left},${a.mid} C${a.left - 18},${a.mid} ${b.left - 18},${b.mid} ${b.left},${b.mid}`;
+        const path = document.createElementNS(NS, "path");
+        path.setAttribute("d", d);
+        path.setAttribute("data-from", from.dataset.step);
+        path.setAttribute("data-to", to.dataset.step);
+        svg.append(path);
+      }
+    }
+  }
+  if (svg.childElementCount) graph.prepend(svg);
 }
 
 /** ANSI SGR colours (bold and the basic 8 + bright) as spans. */
@@ -291,42 +431,70 @@ function ansi(text) {
   return out;
 }
 
-function logView(base, execution, step) {
-  const lines = [];
+/** A step's log, live: numbered lines whose numbers are links to them
+ * (`…/logs/STEP/L12`), ANSI colours, search, follow/pause, download. Lines
+ * that arrive together are added to the page together. */
+function logView(base, engine, execution, step, anchor) {
   const pre = el("pre", { id: "log", tabindex: "0", "aria-label": `log of ${step}` });
-  const status = el("span", { class: "muted", id: "log-status" }, "following…");
-  let follow = true;
-  const search = el("input", { type: "search", placeholder: "Search", "aria-label": "Search the log", oninput: () => {
+  const status = el("span", { class: "muted", id: "log-status", role: "status" }, "following…");
+  const here = `#/engines/${seg(engine)}/executions/${seg(execution)}/logs/${seg(step)}`;
+  const wanted = anchor && /^L\d+$/.test(anchor) ? Number(anchor.slice(1)) : 0;
+  let follow = !wanted;
+  const search = el("input", { type: "search", placeholder: "Search", "aria-label": "Search the log", "data-search": true, oninput: () => {
     const q = search.value.toLowerCase();
     for (const l of pre.children) l.hidden = q !== "" && !l.dataset.text.includes(q);
   } });
-  const pause = el("button", { onclick: () => { follow = !follow; pause.textContent = follow ? "Pause" : "Follow"; } }, "Pause");
-  const download = el("button", { onclick: () => {
-    const blob = new Blob([lines.join("\n") + "\n"], { type: "text/plain" });
-    const a = el("a", { href: URL.createObjectURL(blob), download: `${execution}-${step}.log` });
-    document.body.append(a); a.click(); a.remove();
-  } }, "Download");
+  const pause = el("button", { id: "log-follow", "aria-pressed": String(follow), onclick: () => {
+    follow = !follow;
+    pause.textContent = follow ? "Pause" : "Follow";
+    pause.setAttribute("aria-pressed", String(follow));
+    if (follow) pre.scrollTop = pre.scrollHeight;
+  } }, follow ? "Pause" : "Follow");
+  // The whole log as the server keeps it (however long the view is).
+  const download = el("a", { class: "button", id: "log-download", download: `${execution}-${step}.log`,
+    href: `/api/v1${base}/executions/${seg(execution)}/steps/${seg(step)}/logs?format=text` }, "Download");
+  const select = (row) => {
+    pre.querySelector(".line.selected")?.classList.remove("selected");
+    row.classList.add("selected");
+    row.scrollIntoView({ block: "center" });
+  };
   const source = new EventSource(`/api/v1${base}/executions/${seg(execution)}/steps/${seg(step)}/logs?follow=true`);
   closers.push(() => source.close());
   let last = -1; // a reconnect sends the log again: keep each line once
+  let n = 0;
   const cap = 100000;
+  let batch = null;
+  const flush = () => {
+    const rows = batch;
+    batch = null;
+    pre.append(rows);
+    if (wanted && wanted <= n && !pre.querySelector(".line.selected")) {
+      const row = document.getElementById("L" + wanted);
+      if (row) select(row);
+    }
+    if (follow) pre.scrollTop = pre.scrollHeight;
+  };
   source.addEventListener("line", (e) => {
     const line = JSON.parse(e.data);
     if (line.seq <= last) return;
     last = line.seq;
-    if (pre.childElementCount >= cap) {
+    if (n >= cap) {
       status.textContent = `showing the first ${cap} lines: download the whole log`;
       return;
     }
-    const n = lines.length + 1;
-    lines.push(line.message);
-    const row = el("div", { class: "line " + line.source, id: "L" + n, "data-text": line.message.toLowerCase() },
-      el("a", { href: `#L${n}`, onclick: (ev) => { ev.preventDefault(); history.replaceState(null, "", location.hash.split("#L")[0]); row.scrollIntoView(); } }, n),
+    const i = ++n;
+    const text = line.message.toLowerCase();
+    const row = el("div", { class: "line " + line.source, id: "L" + i, "data-text": text },
+      el("a", { href: `${here}/L${i}`, "aria-label": `line ${i}`, onclick: (ev) => {
+        ev.preventDefault();
+        history.replaceState(null, "", `${here}/L${i}`);
+        select(row);
+      } }, i),
       el("span", {}, ansi(line.message)));
     const q = search.value.toLowerCase();
-    row.hidden = q !== "" && !row.dataset.text.includes(q);
-    pre.append(row);
-    if (follow) pre.scrollTop = pre.scrollHeight;
+    row.hidden = q !== "" && !text.includes(q);
+    if (!batch) { batch = document.createDocumentFragment(); setTimeout(flush, 30); }
+    batch.append(row);
   });
   source.addEventListener("end", (e) => {
     source.close();
@@ -335,6 +503,163 @@ function logView(base, execution, step) {
   source.addEventListener("error", () => { if (source.readyState === EventSource.CLOSED) status.textContent = "disconnected"; });
   return el("section", { class: "log" },
     el("div", { class: "bar" }, el("strong", {}, step), status, search, pause, download), pre);
+}
+
+/** Prometheus text (format 0.0.4) as samples {name, labels, value}. */
+function samples(text) {
+  const out = [];
+  for (const line of text.split("\n")) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
+    if (!m || line.startsWith("#")) continue;
+    const labels = {};
+    for (const l of (m[2] || "").matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+      labels[l[1]] = l[2].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+    }
+    out.push({ name: m[1], labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+/** The q-quantile of a histogram's cumulative buckets ({le, count}, sorted),
+ * interpolated inside its bucket as Prometheus' histogram_quantile does. */
+function quantile(q, buckets) {
+  const total = buckets.length ? buckets[buckets.length - 1].count : 0;
+  if (!total) return null;
+  const rank = q * total;
+  let prevLe = 0, prevCount = 0;
+  for (const b of buckets) {
+    if (b.count >= rank) {
+      if (b.le === Infinity) return prevLe;
+      const inBucket = b.count - prevCount;
+      return inBucket ? prevLe + (b.le - prevLe) * ((rank - prevCount) / inBucket) : b.le;
+    }
+    prevLe = b.le; prevCount = b.count;
+  }
+  return prevLe;
+}
+
+function seconds(s) {
+  if (s === null) return "";
+  return s < 1 ? (s * 1000).toFixed(s < 0.01 ? 2 : 1) + " ms" : s.toFixed(2) + " s";
+}
+
+async function metricsPage(nav) {
+  crumbs(["engines", "#/"], ["metrics"]);
+  const mine = new Set((await api("/engines")).map((e) => e.name));
+  const body = el("div", { id: "metrics" });
+  const stamp = el("span", { class: "muted" });
+  const load = async () => {
+    const response = await fetch("/metrics", { credentials: "same-origin" });
+    if (!response.ok) throw new Error(`/metrics answered ${response.status}`);
+    const all = samples(await response.text()).filter((x) => !x.labels.engine || mine.has(x.labels.engine));
+    const engines = [...mine].sort();
+    const phases = [...new Set(all.filter((x) => x.name === "arkline_executions").map((x) => x.labels.phase))];
+    const count = (name, engine, more = {}) => all.find((x) => x.name === name && x.labels.engine === engine
+      && Object.entries(more).every(([k, v]) => x.labels[k] === v))?.value ?? 0;
+    const histos = new Map();
+    for (const x of all.filter((x) => x.name === "arkline_step_duration_seconds_bucket")) {
+      const key = `${x.labels.engine}\u0000${x.labels.biz}`;
+      if (!histos.has(key)) histos.set(key, { engine: x.labels.engine, biz: x.labels.biz, buckets: [] });
+      histos.get(key).buckets.push({ le: x.labels.le === "+Inf" ? Infinity : Number(x.labels.le), count: x.value });
+    }
+    body.replaceChildren(
+      el("h2", {}, "Executions by phase"),
+      el("div", { class: "scroll" }, el("table", { id: "by-phase" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Engine"), phases.map((p) => el("th", {}, p)), el("th", {}, "Queue"))),
+        el("tbody", {}, engines.map((e) => el("tr", { "data-engine": e }, el("td", {}, e),
+          phases.map((p) => el("td", { "data-phase": p }, count("arkline_executions", e, { phase: p }))),
+          el("td", { class: "queue" }, count("arkline_executions_queued", e))))))),
+      el("h2", {}, "Step durations"),
+      el("div", { class: "scroll" }, el("table", { id: "durations" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Engine"), el("th", {}, "Biz"), el("th", {}, "Steps"),
+          el("th", {}, "p50"), el("th", {}, "p90"), el("th", {}, "p99"))),
+        el("tbody", {}, [...histos.values()].sort((a, b) => (a.engine + a.biz).localeCompare(b.engine + b.biz)).map((h) => {
+          h.buckets.sort((a, b) => a.le - b.le);
+          return el("tr", { "data-biz": `${h.engine}/${h.biz}` }, el("td", {}, h.engine), el("td", {}, h.biz),
+            el("td", { class: "steps" }, h.buckets[h.buckets.length - 1].count),
+            [0.5, 0.9, 0.99].map((q) => el("td", {}, seconds(quantile(q, h.buckets)))));
+        })))),
+    );
+    stamp.textContent = "updated " + new Date().toLocaleTimeString();
+  };
+  await load();
+  if (nav !== navigation) return; // a newer navigation owns the page
+  view(el("h1", {}, "Metrics ", stamp), body,
+    el("p", { class: "muted" }, "From ", el("a", { href: "/metrics" }, "/metrics"), ", every 5 s."));
+  const timer = setInterval(() => load().catch((e) => notice(e.message)), 5000);
+  closers.push(() => clearInterval(timer));
+}
+
+// ---- keyboard and theme ----
+
+const SHORTCUTS = [
+  ["g e", "engines"], ["g m", "metrics"], ["j / k", "next / previous row or step"],
+  ["/", "search or filter"], ["f", "follow or pause the log"], ["?", "this help"], ["Esc", "close, leave a field"],
+];
+
+function help() {
+  const open = document.getElementById("help");
+  if (open) { open.close(); open.remove(); return; }
+  const dialog = el("dialog", { id: "help", "aria-label": "Keyboard shortcuts" },
+    el("h2", {}, "Keyboard shortcuts"),
+    el("table", {}, el("tbody", {}, SHORTCUTS.map(([k, what]) => el("tr", {}, el("td", {}, el("kbd", {}, k)), el("td", {}, what))))),
+    el("form", { method: "dialog" }, el("button", {}, "Close")));
+  dialog.addEventListener("close", () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
+}
+
+let pendingG = false;
+document.addEventListener("keydown", (e) => {
+  if (e.ctrlKey || e.metaKey || e.altKey || document.querySelector("dialog[open]")) return;
+  const t = e.target;
+  if (t && (["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName) || t.isContentEditable)) {
+    if (e.key === "Escape") t.blur();
+    return;
+  }
+  if (pendingG) {
+    pendingG = false;
+    const to = { e: "#/", m: "#/metrics" }[e.key];
+    if (to) { e.preventDefault(); location.hash = to; }
+    return;
+  }
+  const go = (step) => {
+    const items = [...document.querySelectorAll("#view [data-nav]")].filter((n) => n.offsetParent !== null);
+    if (!items.length) return;
+    const i = items.indexOf(document.activeElement);
+    const next = items[i < 0 ? (step > 0 ? 0 : items.length - 1) : Math.min(items.length - 1, Math.max(0, i + step))];
+    next.focus();
+    next.scrollIntoView({ block: "nearest" });
+  };
+  switch (e.key) {
+    case "g": pendingG = true; setTimeout(() => { pendingG = false; }, 1500); break;
+    case "j": go(1); break;
+    case "k": go(-1); break;
+    case "/": { const f = document.querySelector("#view [data-search]"); if (f) { e.preventDefault(); f.focus(); } break; }
+    case "f": document.getElementById("log-follow")?.click(); break;
+    case "?": help(); break;
+    default: return;
+  }
+});
+
+const THEMES = ["auto", "light", "dark"];
+function applyTheme(theme) {
+  if (theme === "auto") delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = theme;
+  const button = $("theme");
+  if (button) {
+    button.textContent = "Theme: " + theme;
+    button.setAttribute("aria-label", `Colour theme: ${theme} (change)`);
+  }
+}
+function setupTheme() {
+  let theme = localStorage.getItem("arkline-theme") || "auto";
+  applyTheme(theme);
+  $("theme").addEventListener("click", () => {
+    theme = THEMES[(THEMES.indexOf(theme) + 1) % THEMES.length];
+    localStorage.setItem("arkline-theme", theme);
+    applyTheme(theme);
+  });
 }
 
 // ---- routing ----
@@ -352,8 +677,11 @@ async function route() {
   }
   try {
     const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
-    if (parts[0] === "engines" && parts[2] === "executions" && parts[3]) {
-      await executionPage(mine, parts[1], parts[3], parts[4] === "logs" ? parts[5] : undefined);
+    if (parts[0] === "metrics") {
+      await metricsPage(mine);
+    } else if (parts[0] === "engines" && parts[2] === "executions" && parts[3]) {
+      const logs = parts[4] === "logs";
+      await executionPage(mine, parts[1], parts[3], logs ? parts[5] : undefined, logs ? parts[6] : undefined);
     } else if (parts[0] === "engines" && parts[1]) {
       await enginePage(mine, parts[1]);
     } else {
@@ -365,4 +693,4 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
-document.addEventListener("DOMContentLoaded", route);
+document.addEventListener("DOMContentLoaded", () => { setupTheme(); route(); });
