@@ -212,6 +212,15 @@ pub enum ExecCmd {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Start an execution again: same pipeline, params, event, branch and
+    /// commit (labelled `arkline.dev/rerun-of`).
+    Rerun {
+        /// Execution name.
+        name: String,
+        /// Wait until the new execution finishes; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Abort an execution.
     Abort {
         /// Execution name.
@@ -579,7 +588,6 @@ impl CtlArgs {
                             .json(&body),
                     )
                     .await?;
-                let name = exec.metadata.name.clone();
                 if !*wait {
                     self.print(&exec, |e| {
                         println!("started {} ({:?})", e.metadata.name, e.status.phase)
@@ -587,67 +595,9 @@ impl CtlArgs {
                     return Ok(ExitCode::SUCCESS);
                 }
                 if !self.json {
-                    eprintln!("started {name}; waiting for it to finish");
+                    eprintln!("started {}; waiting for it to finish", exec.metadata.name);
                 }
-                // Watched from the version the trigger answered, so no change
-                // is missed; polled if the watch ends first (a server
-                // restart, compaction).
-                let mut done = None;
-                let watch = client
-                    .send(
-                        client
-                            .request(Method::GET, &self.engine_path("/executions")?)
-                            .query(&[
-                                ("watch", "true".to_owned()),
-                                (
-                                    "resourceVersion",
-                                    exec.metadata.resource_version.to_string(),
-                                ),
-                                ("pipeline", exec.spec.pipeline.clone()),
-                            ])
-                            .header("accept", "text/event-stream"),
-                    )
-                    .await;
-                if let Ok(response) = watch {
-                    let watched = read_events(response, |event| {
-                        if event.event == "ERROR" {
-                            return Ok(false);
-                        }
-                        let Ok(changed) = serde_json::from_str::<PipelineExecution>(&event.data)
-                        else {
-                            return Ok(true);
-                        };
-                        if changed.metadata.name == name
-                            && (changed.status.phase.is_finished() || event.event == "DELETED")
-                        {
-                            done = Some(changed);
-                            return Ok(false);
-                        }
-                        Ok(true)
-                    })
-                    .await;
-                    if let Err(e) = watched {
-                        tracing::debug!(error = %e, "the watch ended; polling");
-                    }
-                }
-                let path = self.engine_path(&format!("/executions/{}", seg(&name)))?;
-                let done = match done {
-                    Some(done) => done,
-                    None => loop {
-                        let exec: PipelineExecution =
-                            client.json(client.request(Method::GET, &path)).await?;
-                        if exec.status.phase.is_finished() {
-                            break exec;
-                        }
-                        tokio::time::sleep(WAIT_POLL).await;
-                    },
-                };
-                self.print(&done, print_execution)?;
-                return Ok(if done.status.phase == ExecutionPhase::Succeeded {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
+                return self.wait_until_finished(client, &exec).await;
             }
             ExecCmd::Get { name } => {
                 let exec: PipelineExecution = client
@@ -826,6 +776,30 @@ impl CtlArgs {
                     )
                 })?;
             }
+            ExecCmd::Rerun { name, wait } => {
+                let exec: PipelineExecution = client
+                    .json(client.request(
+                        Method::POST,
+                        &self.engine_path(&format!("/executions/{}/rerun", seg(name)))?,
+                    ))
+                    .await?;
+                if !*wait {
+                    self.print(&exec, |e| {
+                        println!(
+                            "started {} ({:?}), a rerun of {name}",
+                            e.metadata.name, e.status.phase
+                        )
+                    })?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if !self.json {
+                    eprintln!(
+                        "started {}, a rerun of {name}; waiting for it to finish",
+                        exec.metadata.name
+                    );
+                }
+                return self.wait_until_finished(client, &exec).await;
+            }
             ExecCmd::Abort { name } => {
                 let exec: PipelineExecution = client
                     .json(client.request(
@@ -846,6 +820,74 @@ impl CtlArgs {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Waits until `exec`, as the server answered its start, finishes; prints
+    /// it and exits 0 only when it succeeded (`exec start|rerun --wait`).
+    async fn wait_until_finished(
+        &self,
+        client: &Client,
+        exec: &PipelineExecution,
+    ) -> anyhow::Result<ExitCode> {
+        let name = exec.metadata.name.as_str();
+        // Watched from the version the start answered, so no change is
+        // missed; polled if the watch ends first (a server restart,
+        // compaction).
+        let mut done = None;
+        let watch = client
+            .send(
+                client
+                    .request(Method::GET, &self.engine_path("/executions")?)
+                    .query(&[
+                        ("watch", "true".to_owned()),
+                        (
+                            "resourceVersion",
+                            exec.metadata.resource_version.to_string(),
+                        ),
+                        ("pipeline", exec.spec.pipeline.clone()),
+                    ])
+                    .header("accept", "text/event-stream"),
+            )
+            .await;
+        if let Ok(response) = watch {
+            let watched = read_events(response, |event| {
+                if event.event == "ERROR" {
+                    return Ok(false);
+                }
+                let Ok(changed) = serde_json::from_str::<PipelineExecution>(&event.data) else {
+                    return Ok(true);
+                };
+                if changed.metadata.name == name
+                    && (changed.status.phase.is_finished() || event.event == "DELETED")
+                {
+                    done = Some(changed);
+                    return Ok(false);
+                }
+                Ok(true)
+            })
+            .await;
+            if let Err(e) = watched {
+                tracing::debug!(error = %e, "the watch ended; polling");
+            }
+        }
+        let path = self.engine_path(&format!("/executions/{}", seg(name)))?;
+        let done = match done {
+            Some(done) => done,
+            None => loop {
+                let exec: PipelineExecution =
+                    client.json(client.request(Method::GET, &path)).await?;
+                if exec.status.phase.is_finished() {
+                    break exec;
+                }
+                tokio::time::sleep(WAIT_POLL).await;
+            },
+        };
+        self.print(&done, print_execution)?;
+        Ok(if done.status.phase == ExecutionPhase::Succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     }
 
     fn print_line(&self, line: &LogLine) -> anyhow::Result<()> {

@@ -451,6 +451,13 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         )
         .add(
             Operation {
+                reply: Reply::Json(201, schema::<PipelineExecution>),
+                ..op(Method::POST, "/api/v1/engines/{engine}/executions/{execution}/rerun", "rerunExecution", "Start a new execution of the same pipeline (its current spec; as read from the repository for one that was) with the same params, event, branch and commit, labelled `arkline.dev/rerun-of: <execution>`. Any execution may be rerun, finished or not.", "executions", WRITE)
+            },
+            post(rerun_execution),
+        )
+        .add(
+            Operation {
                 request: Payload::Json(schema::<DecisionBody>),
                 reply: Reply::Json(200, schema::<PipelineExecution>),
                 ..op(Method::POST, "/api/v1/engines/{engine}/executions/{execution}/approvals/{step}", "decideApproval", "Approves or rejects an approval step that is waiting, as the calling token (which must be one of the step's approvers, by name or `group:<name>`). 409 when the step is not waiting, 403 when the token may not decide.", "executions", WRITE)
@@ -1319,6 +1326,15 @@ async fn abort_execution(
 ) -> Result<Json<PipelineExecution>, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Write)?;
     Ok(Json(engine.abort(&execution).await?))
+}
+
+async fn rerun_execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, execution)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<PipelineExecution>), ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Write)?;
+    Ok((StatusCode::CREATED, Json(engine.rerun(&execution).await?)))
 }
 
 async fn decide_approval(

@@ -210,6 +210,73 @@ fn ctl_drives_a_server_end_to_end() {
 }
 
 #[test]
+fn ctl_reruns_an_execution_and_waits_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = write_tokens(dir.path());
+    let app = dir.path().join("app.arkc");
+    std::fs::write(
+        &app,
+        arkc(
+            "team-a",
+            faults(),
+            &[],
+            &[("quick.yaml", QUICK), ("fails.yaml", FAILS)],
+        ),
+    )
+    .expect("writes");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            app.to_str().expect("utf-8"),
+            "--tokens",
+            tokens.to_str().expect("utf-8"),
+        ],
+    );
+    stdout(ctl(&server, TEAM_A).args(["exec", "start", "quick", "-p", "text=once", "--wait"]));
+
+    let out = stdout(ctl(&server, TEAM_A).args(["--json", "exec", "rerun", "quick-1", "--wait"]));
+    let done: serde_json::Value = serde_json::from_str(&out).expect("--json is JSON");
+    assert_eq!(done["metadata"]["name"], "quick-2", "{done}");
+    assert_eq!(
+        done["metadata"]["labels"]["arkline.dev/rerun-of"],
+        "quick-1"
+    );
+    assert_eq!(done["spec"]["params"], serde_json::json!({"text": "once"}));
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done}");
+    let out = stdout(ctl(&server, READER).args(["exec", "logs", "quick-2", "say"]));
+    assert!(out.lines().any(|l| l == "said once"), "{out}");
+
+    // Without --wait it says what it started; with it, a failure is exit 1.
+    let out = stdout(ctl(&server, TEAM_A).args(["exec", "rerun", "quick-1"]));
+    assert!(out.starts_with("started quick-3 ("), "{out}");
+    assert!(out.contains("a rerun of quick-1"), "{out}");
+    ctl(&server, TEAM_A)
+        .args(["exec", "start", "fails", "--wait"])
+        .assert()
+        .code(1);
+    ctl(&server, TEAM_A)
+        .args(["exec", "rerun", "fails-1", "--wait"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("fails-2  Failed"));
+
+    ctl(&server, TEAM_A)
+        .args(["exec", "rerun", "nope-1"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("error[not_found]").and(predicate::str::contains("nope-1")),
+        );
+    ctl(&server, READER)
+        .args(["exec", "rerun", "quick-1"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("error[forbidden]"));
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
+#[test]
 fn ctl_says_when_no_server_answers() {
     Command::new(env!("CARGO_BIN_EXE_arkline"))
         .args([

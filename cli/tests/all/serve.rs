@@ -677,6 +677,85 @@ async fn serve_deploys_manages_and_restores_over_http() {
 
 const COUNT: &str = "name: count\nstages:\n  - name: s\n    steps:\n      - name: lines\n        uses: shell/run\n        with:\n          script: |\n            echo line-1\n            while [ ! -f go ]; do sleep 0.05; done\n            for i in 2 3 4 5 6; do echo \"line-$i\"; done\n";
 
+/// `POST …/executions/{execution}/rerun`: a new execution of the same
+/// pipeline with the same params, labelled with the one it reruns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_execution_reruns_with_its_params_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = write_tokens(dir.path());
+    let app = dir.path().join("app.arkc");
+    std::fs::write(
+        &app,
+        arkc("team-a", faults(), &[], &[("quick.yaml", QUICK)]),
+    )
+    .expect("writes app.arkc");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            app.to_str().expect("utf-8"),
+            "--tokens",
+            tokens.to_str().expect("utf-8"),
+        ],
+    );
+    let api = Api::new(&server);
+    let (status, first) = api
+        .post_json(
+            "/api/v1/engines/team-a/pipelines/quick/executions",
+            TEAM_A,
+            json!({"params": {"text": "again"}, "branch": "main"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let first = first["metadata"]["name"].as_str().expect("name").to_owned();
+    assert_eq!(
+        api.wait_finished(&first).await["status"]["phase"],
+        "Succeeded"
+    );
+
+    let rerun = format!("/api/v1/engines/team-a/executions/{first}/rerun");
+    let (status, body) = api.call(Method::POST, &rerun, Some(TEAM_A), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let second = body["metadata"]["name"].as_str().expect("name").to_owned();
+    assert_ne!(second, first);
+    assert_eq!(body["spec"]["pipeline"], "quick", "{body}");
+    assert_eq!(body["spec"]["params"], json!({"text": "again"}), "{body}");
+    assert_eq!(body["spec"]["branch"], "main", "{body}");
+    assert_eq!(
+        body["metadata"]["labels"]["arkline.dev/rerun-of"], first,
+        "{body}"
+    );
+    let done = api.wait_finished(&second).await;
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done}");
+    assert_eq!(done["status"]["outputs"]["up"]["text"], "AGAIN", "{done}");
+
+    // An unknown execution is named; a read token may not start one.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/engines/team-a/executions/quick-99/rerun",
+            Some(TEAM_A),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("quick-99")),
+        "{body}"
+    );
+    let (status, body) = api.call(Method::POST, &rerun, Some(READER), None).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let listed = api.get("/api/v1/engines/team-a/executions", READER).await;
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(2),
+        "neither refusal started one: {listed}"
+    );
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_logs_follow_live_over_sse_and_end_with_the_step() {
     let dir = tempfile::tempdir().expect("tempdir");
