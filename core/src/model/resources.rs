@@ -205,7 +205,8 @@ pub struct PipelineOrigin {
 
 /// A forge the engine posts commit statuses to: `pending` when an execution
 /// starts, then `success`, `failure` or `error`, for executions that have a
-/// commit. Posting never blocks or fails an execution.
+/// commit (and, with `stages`, the same for each stage). Posting never
+/// blocks or fails an execution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgeSettings {
@@ -224,6 +225,12 @@ pub struct ForgeSettings {
     /// (`<target_url>/api/v1/engines/<engine>/executions/<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_url: Option<String>,
+    /// Also give each stage its own status, under the context
+    /// `arkline/<engine>/<pipeline>/<stage>`: `pending` when it starts, then
+    /// `success` (also for a skipped stage), `failure`, or `error` (aborted,
+    /// cancelled). Off by default: one status per execution.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stages: bool,
 }
 
 /// A forge's API.

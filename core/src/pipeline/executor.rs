@@ -87,6 +87,7 @@ pub(crate) async fn drive(
         nodes: Vec::new(),
         changed,
         forge: Mutex::new(None),
+        stage_statuses: None,
     };
     let outcome = driver.run().await;
     if outcome.is_err() {
@@ -125,6 +126,8 @@ struct Driver {
     changed: Arc<tokio::sync::Notify>,
     /// The commit status to post at the end, and the `pending` one's task.
     forge: Mutex<Option<super::forge::Reporting>>,
+    /// Each stage's own commit status, when the forge setting asks for them.
+    stage_statuses: Option<Mutex<super::forge::StageStatuses>>,
 }
 
 fn instant_of(clock_now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
@@ -168,6 +171,7 @@ impl Driver {
         if let Some(report) =
             super::forge::Report::new(&self.core, self.settings.forge.as_ref(), &self.exec)
         {
+            self.stage_statuses = super::forge::StageStatuses::new(&report).map(Mutex::new);
             let (core, pending) = (self.core.clone(), report.clone());
             let task = tokio::spawn(async move {
                 pending
@@ -686,6 +690,17 @@ impl Driver {
                 }
             });
         }
+        // Entered stages (`enter_stage` runs just before) and ended ones.
+        self.report_stages();
+    }
+
+    /// Posts the stages' own commit statuses that changed (`forge.stages`).
+    fn report_stages(&self) {
+        if let Some(statuses) = &self.stage_statuses {
+            let mut statuses = statuses.lock().unwrap_or_else(|p| p.into_inner());
+            self.cell
+                .read(|st| statuses.observe(&self.core, &st.stages));
+        }
     }
 
     async fn finish(&self, phase: ExecutionPhase, reason: String) -> Result<(), Deleted> {
@@ -723,7 +738,19 @@ impl Driver {
         if written.is_ok()
             && let (Some((report, pending)), Some(told)) = (forge, told)
         {
-            super::forge::finish(self.core.clone(), report, Some(pending), phase, told);
+            // Stages the execution never reached end here (skipped).
+            self.report_stages();
+            let stages = self.stage_statuses.as_ref().map_or_else(Vec::new, |s| {
+                s.lock().unwrap_or_else(|p| p.into_inner()).take_ended()
+            });
+            super::forge::finish(
+                self.core.clone(),
+                report,
+                Some(pending),
+                phase,
+                told,
+                stages,
+            );
         }
         written
     }

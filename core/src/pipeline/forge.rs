@@ -1,7 +1,9 @@
 //! Commit statuses: the engine's `forge` setting names a GitHub, GitLab or
 //! Gitea API; each execution with a commit gets `pending` when its driver
 //! starts and its outcome when it ends, under the context
-//! `arkline/<engine>/<pipeline>`.
+//! `arkline/<engine>/<pipeline>`. With `stages: true` in the setting, each
+//! stage also gets its own status under `arkline/<engine>/<pipeline>/<stage>`:
+//! `pending` when it starts, its outcome when it ends ([`StageStatuses`]).
 //!
 //! Posting runs beside the execution, never in its way: a slow or failing
 //! forge neither delays nor fails it. 5xx and 429 answers are retried with
@@ -16,7 +18,7 @@ use std::time::Duration;
 use crate::model::resources::set_condition;
 use crate::model::{
     Condition, ConditionStatus, ConditionType, ExecutionPhase, ForgeKind, ForgeSettings,
-    PipelineExecution,
+    PipelineExecution, StageStatus, StepPhase,
 };
 use crate::pipeline::context::EngineCore;
 use crate::store::{Api, StoreError};
@@ -40,6 +42,19 @@ impl State {
             ExecutionPhase::Succeeded => State::Success,
             ExecutionPhase::Failed => State::Failure,
             _ => State::Error,
+        }
+    }
+
+    /// The final state of a stage that ended in `phase`; `None` while it has
+    /// not. A skipped stage is `success`, as a skipped job is on GitHub: a
+    /// branch protection requiring it is not held up by a stage the pipeline
+    /// chose not to run (the execution's own status carries the outcome).
+    pub(crate) fn of_stage(phase: StepPhase) -> Option<Self> {
+        match phase {
+            StepPhase::Waiting | StepPhase::Running => None,
+            StepPhase::Succeeded | StepPhase::Skipped => Some(State::Success),
+            StepPhase::Failed => Some(State::Failure),
+            StepPhase::Aborted => Some(State::Error),
         }
     }
 
@@ -78,6 +93,8 @@ pub(crate) struct Report {
     execution: String,
     pipeline: String,
     commit: String,
+    /// The stage whose own status this is (`forge.stages`).
+    stage: Option<String>,
 }
 
 impl Report {
@@ -114,6 +131,7 @@ impl Report {
             execution: exec.metadata.name.clone(),
             pipeline: exec.spec.pipeline.clone(),
             commit,
+            stage: None,
         })
     }
 
@@ -137,6 +155,7 @@ impl Report {
             execution: String::new(),
             pipeline: path.to_owned(),
             commit: commit.to_owned(),
+            stage: None,
         })
     }
 
@@ -148,7 +167,10 @@ impl Report {
         description: &str,
     ) -> reqwest::RequestBuilder {
         let api = self.forge.api_url.trim_end_matches('/');
-        let context = format!("arkline/{}/{}", self.engine, self.pipeline);
+        let mut context = format!("arkline/{}/{}", self.engine, self.pipeline);
+        if let Some(stage) = &self.stage {
+            context = format!("{context}/{stage}");
+        }
         let target = self
             .forge
             .target_url
@@ -250,42 +272,146 @@ impl Report {
 }
 
 /// The report of a running execution, with its `pending` post's task.
-pub(crate) type Reporting = (Report, tokio::task::JoinHandle<Result<(), String>>);
+pub(crate) type Reporting = (Report, Posting);
+
+/// A post's task: `Err` with why when it was given up.
+pub(crate) type Posting = tokio::task::JoinHandle<Result<(), String>>;
 
 /// Posts the final state after `pending` (awaited first), then records the
-/// outcome: metrics always, the `Reported` condition when it failed.
+/// outcome: metrics always, the `Reported` condition when it, or one of the
+/// stages' statuses (`stages`, awaited after it), failed. Recorded only
+/// here, after the execution's last write, which would otherwise drop it.
 pub(crate) fn finish(
     core: Arc<EngineCore>,
     report: Report,
-    pending: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    pending: Option<Posting>,
     phase: ExecutionPhase,
     reason: String,
+    stages: Vec<Posting>,
 ) {
+    let description = describe(&format!("{phase:?}"), &reason);
     tokio::spawn(async move {
-        let pending = match pending {
-            Some(task) => task.await.unwrap_or_else(|e| Err(e.to_string())),
-            None => Ok(()),
-        };
-        let description = if reason.is_empty() {
-            format!("{phase:?}")
-        } else {
-            let mut d = format!("{phase:?}: {reason}");
-            // GitHub caps descriptions at 140 characters.
-            if let Some((cut, _)) = d.char_indices().nth(137) {
-                d.truncate(cut);
-                d.push('…');
+        let mut failure = conclude(&core, &report, pending, State::of(phase), &description)
+            .await
+            .err();
+        for stage in stages {
+            if let Err(why) = stage.await.unwrap_or_else(|e| Err(e.to_string())) {
+                failure.get_or_insert(why);
             }
-            d
-        };
-        let done = report.post(&core, State::of(phase), &description).await;
-        let failure = pending.err().or(done.err());
-        core.metrics
-            .count_forge_status(&core.name, failure.is_none());
+        }
         if let Some(why) = failure {
-            tracing::warn!(engine = %core.name, execution = %report.execution, error = %why, "cannot post the commit status");
             let _ = mark_unreported(&core, &report.execution, &why).await;
         }
     });
+}
+
+/// `word`, or `word: reason`, within the 140 characters GitHub allows.
+fn describe(word: &str, reason: &str) -> String {
+    if reason.is_empty() {
+        return word.to_owned();
+    }
+    let mut d = format!("{word}: {reason}");
+    if let Some((cut, _)) = d.char_indices().nth(137) {
+        d.truncate(cut);
+        d.push('…');
+    }
+    d
+}
+
+/// Posts `state` after `pending` (awaited first) and counts the pair in the
+/// metrics; `Err` with why (naming the stage for a stage's) when either
+/// was given up.
+async fn conclude(
+    core: &EngineCore,
+    report: &Report,
+    pending: Option<Posting>,
+    state: State,
+    description: &str,
+) -> Result<(), String> {
+    let pending = match pending {
+        Some(task) => task.await.unwrap_or_else(|e| Err(e.to_string())),
+        None => Ok(()),
+    };
+    let done = report.post(core, state, description).await;
+    let failure = pending.err().or(done.err());
+    core.metrics
+        .count_forge_status(&core.name, failure.is_none());
+    match failure {
+        None => Ok(()),
+        Some(why) => {
+            tracing::warn!(engine = %core.name, execution = %report.execution, stage = report.stage.as_deref().unwrap_or(""), error = %why, "cannot post the commit status");
+            Err(match &report.stage {
+                Some(stage) => format!("stage `{stage}`: {why}"),
+                None => why,
+            })
+        }
+    }
+}
+
+/// Each stage's own commit status (the setting's `stages: true`): `pending`
+/// when the stage starts, its outcome ([`State::of_stage`]) when it ends,
+/// posted as the execution's are (beside it, retried, counted); what failed
+/// is recorded by the execution's [`finish`].
+pub(crate) struct StageStatuses {
+    /// The execution's report; each stage's is this one with its name.
+    report: Report,
+    /// Per stage: the phase last reported, and the `pending` post's task
+    /// until the outcome (posted after it) takes it.
+    seen: Vec<(StepPhase, Option<Posting>)>,
+    /// The outcomes' tasks, for [`finish`].
+    ended: Vec<Posting>,
+}
+
+impl StageStatuses {
+    /// The stage statuses of the execution `report` is about, when its forge
+    /// setting asks for them.
+    pub(crate) fn new(report: &Report) -> Option<Self> {
+        report.forge.stages.then(|| StageStatuses {
+            report: report.clone(),
+            seen: Vec::new(),
+            ended: Vec::new(),
+        })
+    }
+
+    /// Posts what changed since the last call: `pending` for a stage that
+    /// started, the outcome for one that ended. Cheap when nothing did.
+    pub(crate) fn observe(&mut self, core: &Arc<EngineCore>, stages: &[StageStatus]) {
+        if self.seen.len() < stages.len() {
+            self.seen
+                .resize_with(stages.len(), || (StepPhase::Waiting, None));
+        }
+        for (stage, (seen, pending)) in stages.iter().zip(&mut self.seen) {
+            if stage.phase == *seen {
+                continue;
+            }
+            *seen = stage.phase;
+            let report = Report {
+                stage: Some(stage.name.clone()),
+                ..self.report.clone()
+            };
+            let core = core.clone();
+            match State::of_stage(stage.phase) {
+                None if stage.phase == StepPhase::Running => {
+                    *pending = Some(tokio::spawn(async move {
+                        report.post(&core, State::Pending, "running").await
+                    }));
+                }
+                None => {}
+                Some(state) => {
+                    let description = describe(stage.phase.as_str(), &stage.reason);
+                    let pending = pending.take();
+                    self.ended.push(tokio::spawn(async move {
+                        conclude(&core, &report, pending, state, &description).await
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The outcomes' tasks so far, for the execution's [`finish`].
+    pub(crate) fn take_ended(&mut self) -> Vec<Posting> {
+        std::mem::take(&mut self.ended)
+    }
 }
 
 async fn mark_unreported(core: &EngineCore, name: &str, why: &str) -> Result<(), StoreError> {
