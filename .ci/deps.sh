@@ -20,6 +20,11 @@ if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null || need+=(chromium)
   command -v chromedriver >/dev/null || need+=(chromium-driver)
   command -v python3 >/dev/null || need+=(python3)
+  # The image plugin's tests push to a real registry (CNCF distribution 2.8),
+  # read it back with skopeo, and make htpasswd files for basic auth.
+  command -v docker-registry >/dev/null || need+=(docker-registry)
+  command -v skopeo >/dev/null || need+=(skopeo)
+  command -v htpasswd >/dev/null || need+=(apache2-utils)
   # componentize-py goes into a virtual environment (Debian's Python refuses
   # a system-wide pip install).
   python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub mod etcd;
 pub mod git;
 mod harness;
+pub mod registry;
 pub mod s3;
 
 pub use arkline::host::Capabilities;

@@ -15,6 +15,7 @@ mod executions;
 mod forge;
 mod graphs;
 mod http_capability;
+mod images;
 mod native_plugins;
 mod plugins;
 mod polyglot;
