@@ -451,3 +451,424 @@ fn bad_settings_are_refused_before_anything_is_sent() {
         other => panic!("expected invalid config, got {other:?}"),
     }
 }
+
+/// Bytes gzip cannot shrink much (xorshift), so a layer of them stays big.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_base_in_another_registry_is_copied_in_ranges_and_chunks() {
+    let source = Registry::start();
+    let target = Registry::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = noise(700_000, 7);
+    fs::write(dir.path().join("lib.bin"), &data).expect("write");
+    let base = publish(
+        dir.path(),
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["lib.bin"], "destination": "/usr/lib" }],
+            "target": format!("{}/base", source.host()),
+            "tags": ["1"],
+            "chunk_size": 131072,
+        }),
+    );
+    outputs(&base);
+
+    let app = tempfile::tempdir().expect("temp dir");
+    fs::write(app.path().join("app.txt"), b"app\n").expect("write");
+    let report = publish(
+        app.path(),
+        json!({
+            "base": format!("{}/base:1", source.host()),
+            "layers": [{ "paths": ["app.txt"], "destination": "/app" }],
+            "target": format!("{}/app", target.host()),
+            "tags": ["1"],
+            "chunk_size": 131072,
+            "format": "docker",
+        }),
+    );
+    outputs(&report);
+    let ranged = source
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/sha256:") && r.status == 206)
+        .count();
+    assert!(ranged >= 5, "{ranged} ranged reads of the base layer");
+    let target_requests = target.requests();
+    assert!(
+        target_requests
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count()
+            >= 5,
+        "{target_requests:#?}"
+    );
+    assert!(!target_requests.iter().any(|r| r.path.contains("mount=")));
+
+    let reference = format!("docker://{}/app:1", target.host());
+    let raw: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &reference,
+    ]))
+    .expect("JSON");
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        raw["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+    for layer in raw["layers"].as_array().expect("layers") {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+    let layout = tempfile::tempdir().expect("temp dir");
+    run_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        &reference,
+        &format!("oci:{}:1", layout.path().display()),
+    ]);
+    // skopeo converts to OCI on the way into the layout: read its manifest.
+    let unpacked = tempfile::tempdir().expect("temp dir");
+    unpack_layers(
+        layout.path(),
+        &layout_manifest(layout.path()),
+        unpacked.path(),
+    );
+    assert_eq!(
+        fs::read(unpacked.path().join("usr/lib/lib.bin")).expect("unpacked"),
+        data
+    );
+    assert_eq!(
+        fs::read(unpacked.path().join("app/app.txt")).expect("unpacked"),
+        b"app\n"
+    );
+}
+
+/// The one image manifest of an OCI layout.
+fn layout_manifest(layout: &Path) -> Value {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("JSON");
+    let descriptor = &index["manifests"][0];
+    serde_json::from_slice(&fs::read(blob_path(layout, descriptor)).expect("manifest"))
+        .expect("JSON")
+}
+
+/// Sends one HTTP/1.1 request to the registry and returns the status line.
+fn raw_request(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the registry");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("send");
+    stream.write_all(body).expect("send");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_multi_platform_base_gives_the_platform_asked_for() {
+    let registry = Registry::start();
+    let mut platforms = Vec::new();
+    for (platform, file) in [
+        ("linux/amd64", "amd64.txt"),
+        ("linux/arm64/v8", "arm64.txt"),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join(file), platform).expect("write");
+        let report = publish(
+            dir.path(),
+            json!({
+                "base": "scratch",
+                "layers": [{ "paths": [file], "destination": "/etc" }],
+                "target": format!("{}/multi", registry.host()),
+                "platform": platform,
+            }),
+        );
+        let digest = outputs(&report)["digest"].clone();
+        let raw = run_ok(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/multi@{digest}", registry.host()),
+        ]);
+        let mut parts = platform.split('/');
+        let mut entry = json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": raw.len(),
+            "platform": { "os": parts.next(), "architecture": parts.next() },
+        });
+        if let Some(variant) = parts.next() {
+            entry["platform"]["variant"] = json!(variant);
+        }
+        platforms.push(entry);
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": platforms,
+    }))
+    .expect("JSON");
+    let status = raw_request(
+        &registry.host(),
+        "PUT",
+        "/v2/multi/manifests/latest",
+        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+        &index,
+    );
+    assert!(status.contains(" 201 "), "{status}");
+
+    let app = tempfile::tempdir().expect("temp dir");
+    fs::write(app.path().join("app.txt"), b"app\n").expect("write");
+    let config = |platform: &str| {
+        json!({
+            "base": format!("{}/multi:latest", registry.host()),
+            "layers": [{ "paths": ["app.txt"] }],
+            "target": format!("{}/app", registry.host()),
+            "tags": ["arm"],
+            "platform": platform,
+        })
+    };
+    outputs(&publish(app.path(), config("linux/arm64")));
+    let reference = format!("docker://{}/app:arm", registry.host());
+    let image_config: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        &reference,
+    ]))
+    .expect("JSON");
+    assert_eq!(image_config["architecture"], "arm64");
+    assert_eq!(image_config["variant"], "v8");
+    let raw: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &reference,
+    ]))
+    .expect("JSON");
+    let layout = tempfile::tempdir().expect("temp dir");
+    run_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        &reference,
+        &format!("oci:{}:arm", layout.path().display()),
+    ]);
+    let listing = list_layers(layout.path(), &raw);
+    assert!(
+        listing.iter().any(|l| l.ends_with(" etc/arm64.txt")),
+        "{listing:?}"
+    );
+    assert!(
+        !listing.iter().any(|l| l.ends_with(" etc/amd64.txt")),
+        "{listing:?}"
+    );
+
+    let message = failure(&publish(app.path(), config("linux/s390x")));
+    assert!(
+        message.contains("no image for linux/s390x") && message.contains("linux/amd64"),
+        "{message}"
+    );
+}
+
+/// A proxy in front of a registry that answers some requests itself with an
+/// error status instead of forwarding them; records what it saw.
+struct FaultyProxy {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>>,
+}
+
+impl FaultyProxy {
+    /// `fault(method, path, n)` — `n` counts earlier requests with the same
+    /// method and path — returns the status and `Retry-After` to answer with,
+    /// or `None` to forward.
+    fn start(
+        upstream: String,
+        fault: impl Fn(&str, &str, usize) -> Option<(u16, &'static str)> + Send + Sync + 'static,
+    ) -> FaultyProxy {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String, u16)>::new()));
+        let record = seen.clone();
+        let fault = std::sync::Arc::new(fault);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (record, fault, upstream) = (record.clone(), fault.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream);
+                    let mut head = Vec::new();
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or_default().to_owned();
+                    let path = parts.next().unwrap_or_default().to_owned();
+                    head.extend_from_slice(line.as_bytes());
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header.trim().is_empty() {
+                            break;
+                        }
+                        let lower = header.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if !lower.starts_with("connection:") {
+                            head.extend_from_slice(header.as_bytes());
+                        }
+                    }
+                    head.extend_from_slice(b"Connection: close\r\n\r\n");
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let earlier = record
+                        .lock()
+                        .expect("lock")
+                        .iter()
+                        .filter(|(m, p, _)| *m == method && *p == path)
+                        .count();
+                    let mut client = reader.into_inner();
+                    if let Some((status, retry_after)) = fault(&method, &path, earlier) {
+                        record.lock().expect("lock").push((method, path, status));
+                        let body = br#"{"errors":[{"code":"UNAVAILABLE","message":"try later"}]}"#;
+                        let _ = write!(
+                            client,
+                            "HTTP/1.1 {status} Unavailable\r\nRetry-After: {retry_after}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = client.write_all(body);
+                        return;
+                    }
+                    let Ok(mut server) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    let _ = server.write_all(&head);
+                    let _ = server.write_all(&body);
+                    let mut answer = Vec::new();
+                    let _ = server.read_to_end(&mut answer);
+                    let status = String::from_utf8_lossy(&answer)
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    record.lock().expect("lock").push((method, path, status));
+                    let _ = client.write_all(&answer);
+                });
+            }
+        });
+        FaultyProxy { port, seen }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn seen(&self) -> Vec<(String, String, u16)> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+#[test]
+fn answers_503_and_429_are_retried_honouring_retry_after() {
+    let registry = Registry::start();
+    let proxy = FaultyProxy::start(registry.host(), |method, path, earlier| {
+        match (method, path) {
+            // The manifest push: 503 twice, then the registry's 201.
+            ("PUT", p) if p.contains("/manifests/") && earlier < 2 => Some((503, "1")),
+            // The first upload start: 429.
+            ("POST", p) if p.contains("/blobs/uploads/") && earlier == 0 => Some((429, "0")),
+            _ => None,
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::write(dir.path().join("a.txt"), b"a\n").expect("write");
+    let report = publish(
+        dir.path(),
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["a.txt"] }],
+            "target": format!("{}/retried", proxy.host()),
+            "tags": ["1"],
+            "retries": 2,
+        }),
+    );
+    let digest = outputs(&report)["digest"].clone();
+    let puts: Vec<u16> = proxy
+        .seen()
+        .into_iter()
+        .filter(|(m, p, _)| m == "PUT" && p.contains("/manifests/"))
+        .map(|(_, _, status)| status)
+        .collect();
+    assert_eq!(puts, [503, 503, 201]);
+    let log = report.log.text();
+    assert!(
+        log.contains("HTTP 503 (UNAVAILABLE: try later); retrying in 1s"),
+        "{log}"
+    );
+    assert!(log.contains("HTTP 429"), "{log}");
+    let inspect: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{}/retried:1", registry.host()),
+    ]))
+    .expect("JSON");
+    assert_eq!(inspect["Digest"], digest.as_str());
+
+    // Past its retries, the step fails naming the status and the code.
+    let always = FaultyProxy::start(registry.host(), |method, path, _| {
+        (method == "PUT" && path.contains("/manifests/")).then_some((503, "0"))
+    });
+    let report = publish(
+        dir.path(),
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["a.txt"] }],
+            "target": format!("{}/retried", always.host()),
+            "tags": ["2"],
+            "retries": 1,
+        }),
+    );
+    let message = failure(&report);
+    assert!(
+        message.contains("push of manifest 2 failed with HTTP 503: UNAVAILABLE: try later"),
+        "{message}"
+    );
+}
