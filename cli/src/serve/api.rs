@@ -17,7 +17,7 @@ use arkline::runtime::{BizInfo, BizState, UninstallMode};
 use arkline::{Deploying, Engine, PendingBiz, TriggerRequest};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::header::ACCEPT;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -238,6 +238,18 @@ struct UninstallQuery {
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
+    #[serde(default)]
+    format: LogFormat,
+}
+
+/// How a step's log is answered: JSON lines (`json`, the default) or the
+/// messages as plain text, one per line, as a download (`text`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 // ---- the route table ----
@@ -468,7 +480,7 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
             Operation {
                 query: &[QueryParam { name: "follow", ty: "boolean", repeated: false, description: "Stream the lines (server-sent events) until the step ends." }],
                 reply: Reply::LogLines(schema::<LogLine>),
-                ..op(Method::GET, "/api/v1/engines/{engine}/executions/{execution}/steps/{step}/logs", "stepLogs", "A step's log, every attempt; live with `follow=true`. Step `@source` is the host's checkout of the pipeline's `source`.", "executions", READ)
+                ..op(Method::GET, "/api/v1/engines/{engine}/executions/{execution}/steps/{step}/logs", "stepLogs", "A step's log, every attempt: JSON lines; live with `follow=true` (server-sent events); `format=text` for the messages as a plain-text download. Step `@source` is the host's checkout of the pipeline's `source`.", "executions", READ)
             },
             get(step_logs),
         )
@@ -1369,7 +1381,12 @@ async fn step_logs(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let engine = scoped(&state, &caller, &name, Access::Read)?;
-    let LogsQuery { follow } = query(q)?;
+    let LogsQuery { follow, format } = query(q)?;
+    if follow && format == LogFormat::Text {
+        return Err(ApiError::bad_request(
+            "`format=text` is the whole log as a download; follow a log live with `follow=true` alone",
+        ));
+    }
     let exec = execution_of(&engine, &execution).await?;
     // `@source` is the host's checkout of the pipeline's `source`.
     if !step_names(&exec).any(|s| s == step) && !exec.status.logs.contains_key(&step) {
@@ -1402,6 +1419,10 @@ async fn step_logs(
             .get(ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/event-stream"));
+    if format == LogFormat::Text {
+        let lines = engine.logs(&execution, &step).await?;
+        return Ok(text_log(&execution, &step, lines.into_iter().map(LogLine::from)));
+    }
     if !wants_stream {
         let lines = engine.logs(&execution, &step).await?;
         return Ok(Json(lines.into_iter().map(LogLine::from).collect::<Vec<_>>()).into_response());
@@ -1409,6 +1430,38 @@ async fn step_logs(
     Ok(Sse::new(follow_events(state, engine, execution, step))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// A log as `text/plain`, one message per line, offered as the file
+/// `<execution>-<step>.log` (characters a file name should not hold become
+/// `_`).
+fn text_log(execution: &str, step: &str, lines: impl Iterator<Item = LogLine>) -> Response {
+    let mut body = String::new();
+    for line in lines {
+        body.push_str(line.message.trim_end_matches('\n'));
+        body.push('\n');
+    }
+    let file: String = format!("{execution}-{step}.log")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    (
+        [
+            (CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Marks a request one node forwarded to another.

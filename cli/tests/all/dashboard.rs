@@ -4,7 +4,9 @@
 
 use serde_json::json;
 
-use crate::support::server::{ADMIN, READER, Server, arkc, faults, write_tokens};
+use crate::support::server::{
+    ADMIN, READER, Server, arkc, faults, faults_as, faults_version, write_tokens,
+};
 use crate::support::webdriver::Browser;
 
 /// Prints a coloured line and the secret, waits for the test's `go` file,
@@ -32,16 +34,52 @@ async fn sign_in(browser: &Browser, url: &str, token: &str) {
     browser.click("#signin-button").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
+/// `arkline serve` with the tokens file, and the engines of `archives`
+/// deployed through the API.
+struct Served {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    server: Server,
+    url: String,
+    http: reqwest::Client,
+}
+
+async fn serve(archives: Vec<Vec<u8>>) -> Served {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = write_tokens(dir.path());
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--tokens", tokens.to_str().expect("utf-8")]);
     let url = server.url.clone();
     let http = reqwest::Client::new();
+    for archive in archives {
+        let r = http
+            .post(format!("{url}/api/v1/engines"))
+            .bearer_auth(ADMIN)
+            .body(archive)
+            .send()
+            .await
+            .expect("deploys");
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    }
+    Served {
+        _dir: dir,
+        data,
+        server,
+        url,
+        http,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
     let shell = std::fs::read(arkline_testkit::plugin("shell")).expect("the shell archive reads");
-    for archive in [
+    let Served {
+        data,
+        server,
+        url,
+        http,
+        ..
+    } = serve(vec![
         arkc("team-a", &shell, &["process=sh"], &[("count.yaml", COUNT)]),
         arkc(
             "team-b",
@@ -53,16 +91,8 @@ async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
                 ("gated.yaml", GATED),
             ],
         ),
-    ] {
-        let r = http
-            .post(format!("{url}/api/v1/engines"))
-            .bearer_auth(ADMIN)
-            .body(archive)
-            .send()
-            .await
-            .expect("deploys");
-        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-    }
+    ])
+    .await;
     let listed: serde_json::Value = http
         .get(format!("{url}/api/v1/engines/team-b/pipelines"))
         .bearer_auth(ADMIN)
@@ -239,7 +269,7 @@ async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
         .await;
     let buttons = browser
         .eval(
-            "return document.querySelectorAll('button.run, #abort, button.uninstall, #install').length",
+            "return document.querySelectorAll('button.run, #abort, #rerun, button.switch, button.uninstall, #install').length",
             json!([]),
         )
         .await;
@@ -349,6 +379,255 @@ async fn a_dashboard_session_is_an_id_the_server_can_end() {
         .expect("signs out");
     assert_eq!(out.status(), 303);
     assert_eq!(whoami(pair).await.expect("answers").status(), 401);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
+/// A step with params (one with a default, one without).
+const PARAMS: &str = "name: params\nparams:\n  - { name: text, default: abc }\n  - { name: n, type: number }\nstages:\n  - name: s\n    steps:\n      - name: up\n        uses: faults/upper\n        with: { text: \"${{ params.text }}-${{ params.n }}\" }\n";
+/// `a` → `b`, `c` → `d`, with the edges spelled out.
+const DIAMOND: &str = "name: diamond\nstages:\n  - name: s\n    steps:\n      - { name: a, uses: faults/print, with: { stdout: \"first line\\nsecond\\n\", stderr: \"\" } }\n  - name: t\n    steps:\n      - { name: b, uses: faults/upper, with: { text: b }, needs: a }\n      - { name: c, uses: faults/upper, with: { text: c }, needs: a }\n  - name: u\n    steps:\n      - { name: d, uses: faults/upper, with: { text: d }, needs: [b, c] }\n";
+
+/// Waits until the execution page shows `phase` in its heading.
+async fn until_phase(browser: &Browser, phase: &str) {
+    browser
+        .until(
+            phase,
+            "const h = document.querySelector('h1 .phase'); return h && h.textContent === arguments[0]",
+            json!([phase]),
+        )
+        .await;
+}
+
+/// The rest of the pages: a run with params from a form, a rerun, the
+/// `needs` edges, the metrics page, keyboard shortcuts, the theme, a line's
+/// link, the whole log downloaded, installing, switching and uninstalling a
+/// biz, and a phone's width.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
+    let Served {
+        server, url, http, ..
+    } = serve(vec![arkc(
+        "team-b",
+        faults(),
+        &[],
+        &[("params.yaml", PARAMS), ("diamond.yaml", DIAMOND)],
+    )])
+    .await;
+    let browser = Browser::start(1280, 800).await;
+    sign_in(&browser, &url, ADMIN).await;
+    browser.text("#engines").await;
+
+    // Keyboard: `j` moves to the first engine, Enter opens it; `/` goes to
+    // the executions' filter; `?` shows the shortcuts.
+    browser.type_into("#main", "j").await;
+    let focused = browser
+        .eval("return document.activeElement.textContent", json!([]))
+        .await;
+    assert_eq!(focused, "team-b");
+    browser
+        .type_into("tr[data-engine='team-b'] a", "\u{E007}")
+        .await;
+    browser.text("#pipelines").await;
+    browser.type_into("#main", "/").await;
+    let focused = browser
+        .eval("return document.activeElement.id", json!([]))
+        .await;
+    assert_eq!(focused, "exec-filter");
+    browser.type_into("#main", "?").await;
+    let help = browser.text("#help[open]").await;
+    assert!(help.contains("g m"), "{help}");
+    browser.click("#help button").await;
+
+    // A pipeline with params: asked for in a form, the default filled in.
+    browser.click("tr[data-pipeline='params'] button.run").await;
+    let default = browser
+        .eval("return document.querySelector('#param-text').value", json!([]))
+        .await;
+    assert_eq!(default, "abc");
+    browser.type_into("#param-n", "7").await;
+    browser.click("#run-submit").await;
+    until_phase(&browser, "Succeeded").await;
+    assert!(browser.text("#outputs").await.contains("ABC-7"));
+    // Rerun: a new execution with the same params, naming the first.
+    browser.click("#rerun").await;
+    browser
+        .until(
+            "the rerun's page",
+            "return location.hash === '#/engines/team-b/executions/params-2'",
+            json!([]),
+        )
+        .await;
+    until_phase(&browser, "Succeeded").await;
+    assert!(browser.text("#outputs").await.contains("ABC-7"));
+    assert!(browser.text(".kv a").await.contains("params-1"));
+
+    // The `needs` edges of a diamond, drawn between its steps.
+    let r = http
+        .post(format!(
+            "{url}/api/v1/engines/team-b/pipelines/diamond/executions"
+        ))
+        .bearer_auth(ADMIN)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("triggers");
+    assert_eq!(r.status(), 201);
+    browser
+        .goto(&format!("{url}/ui#/engines/team-b/executions/diamond-1"))
+        .await;
+    until_phase(&browser, "Succeeded").await;
+    let edges = browser
+        .eval(
+            "return [...document.querySelectorAll('#graph svg.edges path')] \
+             .map(p => p.dataset.from + '>' + p.dataset.to).sort()",
+            json!([]),
+        )
+        .await;
+    assert_eq!(edges, json!(["a>b", "a>c", "b>d", "c>d"]));
+    shot(&browser, "graph").await;
+
+    // A line's number links to it; the whole log downloads as text.
+    browser.click("#graph .step[data-step='a']").await;
+    browser.text("#log #L1").await;
+    browser.click("#L1 a").await;
+    let hash = browser
+        .eval(
+            "return [location.hash, document.querySelector('#L1').classList.contains('selected')]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        hash,
+        json!(["#/engines/team-b/executions/diamond-1/logs/a/L1", true])
+    );
+    let text = browser
+        .eval(
+            "const r = new XMLHttpRequest(); \
+             r.open('GET', document.querySelector('#log-download').href, false); r.send(); \
+             return [r.status, r.getResponseHeader('content-type'), r.responseText]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(text[0], 200, "{text}");
+    assert!(
+        text[1].as_str().is_some_and(|t| t.starts_with("text/plain")),
+        "{text}"
+    );
+    let shown = browser
+        .eval(
+            "return [...document.querySelectorAll('#log .line > span')].map(s => s.textContent + '\\n').join('')",
+            json!([]),
+        )
+        .await;
+    assert_eq!(text[2], shown, "the download is the log the page shows");
+    assert!(
+        text[2].as_str().is_some_and(|t| t.contains("\nfirst line\nsecond\n")),
+        "{text}"
+    );
+    let both = browser
+        .eval(
+            "const r = new XMLHttpRequest(); \
+             r.open('GET', document.querySelector('#log-download').href + '&follow=true', false); r.send(); \
+             return [r.status, JSON.parse(r.responseText).message]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(both[0], 400, "{both}");
+
+    // Metrics (`g m`): executions by phase and step durations of this engine.
+    browser.type_into("#main", "gm").await;
+    let succeeded = browser
+        .until(
+            "the metrics",
+            "const c = document.querySelector(\"#by-phase tr[data-engine='team-b'] td[data-phase='Succeeded']\"); \
+             return c && Number(c.textContent) >= 3 && c.textContent",
+            json!([]),
+        )
+        .await;
+    assert_eq!(succeeded, "3");
+    let steps = browser
+        .text("#durations tr[data-biz='team-b/faults'] .steps")
+        .await;
+    assert_eq!(steps, "6", "two params runs and the diamond's four steps");
+    shot(&browser, "metrics").await;
+
+    // The theme: light, then dark, kept across a reload.
+    let background = "return getComputedStyle(document.body).backgroundColor";
+    browser.click("#theme").await;
+    let light = browser.eval(background, json!([])).await;
+    browser.click("#theme").await;
+    let dark = browser.eval(background, json!([])).await;
+    assert_ne!(light, dark);
+    browser.goto(&format!("{url}/ui#/metrics")).await;
+    browser.text("#by-phase").await;
+    assert_eq!(browser.eval(background, json!([])).await, dark);
+    assert_eq!(browser.text("#theme").await, "Theme: dark");
+    browser.click("#theme").await;
+
+    // Bizes: install a new version from the page (it compiles in the
+    // background, then is activated), switch back, uninstall it.
+    let version = faults_version().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v9 = dir.path().join("faults-9.0.0.ark");
+    std::fs::write(&v9, faults_as("9.0.0")).expect("writes the archive");
+    browser.goto(&format!("{url}/ui#/engines/team-b")).await;
+    browser
+        .type_into("#ark", v9.to_str().expect("utf-8"))
+        .await;
+    browser.click("#install button[type=submit]").await;
+    let state = "return [...document.querySelectorAll('#bizes tbody tr')].map(r => r.dataset.biz + ' ' + r.dataset.state).sort()";
+    let old = format!("faults@{version}");
+    browser
+        .until(
+            "9.0.0 activated",
+            &format!("{state}.join() === '{old} deactivated,faults@9.0.0 activated'"),
+            json!([]),
+        )
+        .await;
+    browser.click(&format!("tr[data-biz='{old}'] button.switch")).await;
+    browser
+        .until(
+            "the old version active again",
+            &format!("{state}.join() === '{old} activated,faults@9.0.0 deactivated'"),
+            json!([]),
+        )
+        .await;
+    browser.eval("window.confirm = () => true; return 1", json!([])).await;
+    browser
+        .click("tr[data-biz='faults@9.0.0'] button.uninstall")
+        .await;
+    browser
+        .until(
+            "9.0.0 gone",
+            &format!("{state}.join() === '{old} activated'"),
+            json!([]),
+        )
+        .await;
+    browser.quit().await;
+
+    // A phone's width: nothing wider than the screen but what scrolls.
+    let phone = Browser::start(390, 844).await;
+    sign_in(&phone, &url, ADMIN).await;
+    for page in [
+        "#/engines/team-b",
+        "#/engines/team-b/executions/diamond-1/logs/a",
+        "#/metrics",
+    ] {
+        phone.goto(&format!("{url}/ui{page}")).await;
+        phone.text("h1").await;
+        let wide = phone
+            .eval(
+                "return [document.documentElement.scrollWidth, window.innerWidth]",
+                json!([]),
+            )
+            .await;
+        assert!(wide[0].as_u64() <= wide[1].as_u64(), "{page}: {wide}");
+        if page.ends_with("/a") {
+            shot(&phone, "phone").await;
+        }
+    }
+    phone.quit().await;
     let (status, _) = server.terminate();
     assert!(status.success());
 }
