@@ -228,8 +228,9 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts one execution's commit statuses posted to the forge (`ok`) or
-    /// given up after retries.
+    /// Counts a commit status (an execution's, or a stage's with the forge
+    /// setting's `stages`) posted to the forge (`ok`) or given up after
+    /// retries.
     pub fn count_forge_status(&self, engine: &str, ok: bool) {
         let mut forge = lock(&self.inner.forge);
         let entry = forge.entry(engine.to_owned()).or_default();
