@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use arkline_testkit::registry::{Registry, skopeo};
+use arkline_testkit::registry::{Registry, TokenService, skopeo};
 use arkline_testkit::{Capabilities, Harness, StepCall, StepFailure, StepReport};
 use serde_json::{Value, json};
 
@@ -871,4 +871,107 @@ fn answers_503_and_429_are_retried_honouring_retry_after() {
         message.contains("push of manifest 2 failed with HTTP 503: UNAVAILABLE: try later"),
         "{message}"
     );
+}
+
+#[test]
+fn bearer_tokens_come_from_the_registrys_token_service() {
+    let tokens = TokenService::start("ci-robot", "s3cret");
+    let registry = Registry::builder().token_auth(&tokens).start();
+    let credential = json!({ "username": "ci-robot", "password": "s3cret" });
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::write(dir.path().join("base.txt"), b"base\n").expect("write");
+    let base = publish(
+        dir.path(),
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["base.txt"] }],
+            "target": format!("{}/base", registry.host()),
+            "tags": ["1"],
+            "credential": credential,
+        }),
+    );
+    outputs(&base);
+    let workspace = app_workspace();
+    let report = publish(
+        workspace.path(),
+        json!({
+            "base": format!("{}/base:1", registry.host()),
+            "layers": [{ "paths": ["static"], "destination": "/srv" }],
+            "target": format!("{}/team/app", registry.host()),
+            "tags": ["1"],
+            "credential": credential,
+        }),
+    );
+    let digest = outputs(&report)["digest"].clone();
+    let log = report.log.text();
+    assert!(!log.contains("s3cret") && !log.contains("eyJ"), "{log}");
+
+    // The token asked for covers the push and the mount's source.
+    let asked = tokens.requests();
+    assert!(
+        asked.iter().any(|r| r.status == 200
+            && r.username.as_deref() == Some("ci-robot")
+            && r.service.as_deref() == Some("arkline-test-registry")
+            && r.scopes
+                .iter()
+                .any(|s| s == "repository:team/app:pull,push")
+            && r.scopes.iter().any(|s| s == "repository:base:pull")),
+        "{asked:#?}"
+    );
+    assert!(
+        registry
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("mount=") && r.status == 201),
+        "the base layer was not mounted"
+    );
+    let inspect: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "ci-robot:s3cret",
+        &format!("docker://{}/team/app:1", registry.host()),
+    ]))
+    .expect("JSON");
+    assert_eq!(inspect["Digest"], digest.as_str());
+
+    // A wrong password: the token service refuses, and the error says so.
+    let report = publish(
+        workspace.path(),
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["static"] }],
+            "target": format!("{}/team/other", registry.host()),
+            "tags": ["1"],
+            "credential": { "username": "ci-robot", "password": "guess" },
+        }),
+    );
+    let message = failure(&report);
+    for part in [
+        "repository team/other",
+        "token request to 127.0.0.1:",
+        "HTTP 401",
+        "UNAUTHORIZED: wrong user name or password",
+    ] {
+        assert!(message.contains(part), "`{part}` not in: {message}");
+    }
+    assert!(!message.contains("guess"));
+    assert!(
+        !registry
+            .storage()
+            .join("docker/registry/v2/repositories/team/other")
+            .exists()
+    );
+
+    // No credential: an anonymous token grants nothing; the push is refused.
+    let report = publish(
+        workspace.path(),
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["static"] }],
+            "target": format!("{}/team/other", registry.host()),
+        }),
+    );
+    let message = failure(&report);
+    assert!(message.contains("HTTP 401"), "{message}");
 }
