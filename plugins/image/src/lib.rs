@@ -50,6 +50,11 @@ use registry::{Credential, Registry, RegistryError, short};
 /// The host's cap on a request or response body (16 MiB).
 const HOST_BODY_CAP: u64 = 16 << 20;
 
+/// A new layer up to this size (compressed) is kept in memory after it is
+/// written once; a larger one is written again, streamed in chunks, when it
+/// must be uploaded (the default step memory limit is 256 MiB).
+const KEEP_IN_MEMORY: u64 = 64 << 20;
+
 /// Configuration of the `publish` step.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -223,7 +228,7 @@ struct Base {
 struct NewLayer {
     plan: LayerPlan,
     written: Written,
-    /// The bytes, when they fit one monolithic upload.
+    /// The bytes, when they are at most [`KEEP_IN_MEMORY`].
     bytes: Option<Vec<u8>>,
 }
 
@@ -286,13 +291,13 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
         Some(c) => c.credential("credential")?,
         None => Credential::Anonymous,
     };
-    // The new layers: written once to learn their digests (and kept when they
-    // fit one upload).
+    // The new layers: written once to learn their digests (and kept when
+    // they are not too big).
     let mut new_layers = Vec::new();
     for (i, layer) in config.layers.iter().enumerate() {
         let plan = LayerPlan::collect(i, layer, config.compression_level)?;
         let (sink, written) = plan
-            .write(Capped::new(config.chunk_size))
+            .write(Capped::new(KEEP_IN_MEMORY))
             .map_err(|e| StepError::failed(format!("cannot write layer {i}: {e}")))?;
         if written.size > config.max_blob_bytes {
             return Err(StepError::failed(format!(
@@ -396,7 +401,18 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
             arkline_sdk::info!("layer {i}: {} already in {repo}", short(digest));
         } else {
             match &layer.bytes {
-                Some(bytes) => target_registry.upload(repo, digest, bytes).map_err(fail)?,
+                Some(bytes) if bytes.len() as u64 <= config.chunk_size => {
+                    target_registry.upload(repo, digest, bytes).map_err(fail)?;
+                }
+                Some(bytes) => {
+                    let mut upload = target_registry.chunked(repo, digest).map_err(fail)?;
+                    for chunk in
+                        bytes.chunks(usize::try_from(config.chunk_size).unwrap_or(usize::MAX))
+                    {
+                        upload.patch(chunk).map_err(fail)?;
+                    }
+                    upload.finish(digest).map_err(fail)?;
+                }
                 None => upload_chunked(&target_registry, repo, layer, config.chunk_size)?,
             }
             arkline_sdk::info!("layer {i}: uploaded {}", short(digest));
@@ -697,7 +713,7 @@ fn copy_base_layer(
     upload.finish(&layer.digest)
 }
 
-/// Uploads a layer too big for one request: written again, in chunks.
+/// Uploads a layer too big to keep in memory: written again, in chunks.
 fn upload_chunked(
     registry: &Registry,
     repo: &str,
@@ -737,7 +753,7 @@ fn upload_chunked(
         .map_err(|e| StepError::failed(e.to_string()))
 }
 
-/// A layer's bytes, kept while they fit one upload; only counted past that.
+/// A layer's bytes, kept up to a cap; dropped past it.
 struct Capped {
     bytes: Option<Vec<u8>>,
     cap: u64,

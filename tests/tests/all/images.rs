@@ -975,3 +975,42 @@ fn bearer_tokens_come_from_the_registrys_token_service() {
     let message = failure(&report);
     assert!(message.contains("HTTP 401"), "{message}");
 }
+
+#[test]
+fn a_50_mb_layer_is_uploaded_in_8_mib_chunks() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = noise(50 << 20, 50);
+    fs::write(dir.path().join("model.bin"), &data).expect("write");
+    let report = publish(
+        dir.path(),
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["model.bin"], "destination": "/data" }],
+            "target": format!("{}/big", registry.host()),
+            "tags": ["50m"],
+        }),
+    );
+    let digest = outputs(&report)["digest"].clone();
+    let patches = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.status == 202)
+        .count();
+    // 50 MiB of noise gzips to a bit more than 50 MiB: 7 chunks of 8 MiB.
+    assert_eq!(patches, 7);
+    let reference = format!("docker://{}/big:50m", registry.host());
+    let inspect: Value =
+        serde_json::from_slice(&run_ok(&["inspect", "--tls-verify=false", &reference]))
+            .expect("JSON");
+    assert_eq!(inspect["Digest"], digest.as_str());
+    let raw: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &reference,
+    ]))
+    .expect("JSON");
+    let size = raw["layers"][0]["size"].as_u64().expect("size");
+    assert!(size > 50 << 20, "{size}");
+}
