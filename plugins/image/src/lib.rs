@@ -269,6 +269,15 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
             "give a time limit of at least 1 second",
         ));
     }
+    if !is_rfc3339(&config.created) {
+        return Err(StepError::invalid_config(
+            "created",
+            format!(
+                "`{}` is not an RFC 3339 time such as `2024-05-01T12:00:00Z`",
+                config.created
+            ),
+        ));
+    }
     let format = match config.format {
         FormatConfig::Oci => Format::Oci,
         FormatConfig::Docker => Format::Docker,
@@ -510,6 +519,46 @@ fn plain_http(host: &str, listed: &[String]) -> bool {
         || name.starts_with("127.")
         || name == "[::1]"
         || listed.iter().any(|h| h == host || h == name)
+}
+
+/// Whether `text` is an RFC 3339 date-time: `YYYY-MM-DDTHH:MM:SS`, optional
+/// fraction, `Z` or `±HH:MM`.
+fn is_rfc3339(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let head = b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && matches!(b[10], b'T' | b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    if !head {
+        return false;
+    }
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let end = fraction
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
+        if end == 0 {
+            return false;
+        }
+        rest = &fraction[end..];
+    }
+    match rest.as_bytes() {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+        _ => false,
+    }
 }
 
 /// `8080` → `8080/tcp`; checks the number and protocol.
@@ -908,8 +957,21 @@ fn build_config(
     for layer in layers {
         diff_ids.push(json!(layer.written.diff_id));
     }
+    // History entries that are not `empty_layer` pair with layers in order;
+    // when the base's do not (some builders leave history out), entries of
+    // ours would pair with the wrong layers, so none are added.
     let history = root.entry("history").or_insert_with(|| json!([]));
-    if let Value::Array(history) = history {
+    let paired = match &*history {
+        Value::Array(entries) => {
+            entries
+                .iter()
+                .filter(|e| e.get("empty_layer").and_then(Value::as_bool) != Some(true))
+                .count()
+                == base.layers.len()
+        }
+        _ => false,
+    };
+    if let (true, Value::Array(history)) = (paired, history) {
         for (i, layer) in config.layers.iter().enumerate() {
             history.push(json!({
                 "created": config.created,
@@ -922,6 +984,46 @@ fn build_config(
         }
     }
     Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times() {
+        for ok in [
+            "1970-01-01T00:00:00Z",
+            "2024-05-01T12:00:00.123Z",
+            "2024-05-01T12:00:00+02:00",
+        ] {
+            assert!(is_rfc3339(ok), "{ok}");
+        }
+        for bad in [
+            "2024-05-01",
+            "2024-05-01 12:00:00Z",
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00.Z",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_and_plain_http() {
+        assert_eq!(exposed_port("8080").as_deref(), Ok("8080/tcp"));
+        assert_eq!(exposed_port("53/udp").as_deref(), Ok("53/udp"));
+        assert!(exposed_port("0").is_err());
+        assert!(exposed_port("80/icmp").is_err());
+        assert!(plain_http("127.0.0.1:5000", &[]));
+        assert!(plain_http("localhost", &[]));
+        assert!(plain_http("[::1]:5000", &[]));
+        assert!(!plain_http("registry.example.com", &[]));
+        assert!(plain_http(
+            "registry.lan:5000",
+            &["registry.lan:5000".into()]
+        ));
+    }
 }
 
 arkline_sdk::steps! {

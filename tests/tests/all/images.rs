@@ -69,6 +69,7 @@ fn app_workspace() -> tempfile::TempDir {
     .expect("write");
     fs::write(root.join("dist/bin/tool"), b"no magic, mode from `modes`").expect("write");
     fs::write(root.join("dist/README"), b"read me\n").expect("write");
+    std::os::unix::fs::symlink("app", root.join("dist/bin/current")).expect("symlink");
     fs::write(root.join("static/index.html"), b"<h1>hi</h1>\n").expect("write");
     fs::write(root.join("static/css/site.css"), b"h1 { color: teal }\n").expect("write");
     dir
@@ -200,6 +201,7 @@ fn publishes_layers_on_a_base_that_skopeo_reads_back() {
         "-rw-r--r-- 0/0 app/README",
         "drwxr-xr-x 0/0 app/bin/",
         "-rwxr-xr-x 0/0 app/bin/app",
+        "lrwxrwxrwx 0/0 app/bin/current",
         "-rwxr-xr-x 0/0 app/bin/run.sh",
         "-rwxr-x--- 0/0 app/bin/tool",
         "drwxr-xr-x 0/0 srv/www/static/",
