@@ -1016,3 +1016,132 @@ fn a_50_mb_layer_is_uploaded_in_8_mib_chunks() {
     let size = raw["layers"][0]["size"].as_u64().expect("size");
     assert!(size > 50 << 20, "{size}");
 }
+
+/// In a pipeline on the embedded store: a `shell` step builds the files, the
+/// `image` step publishes them with the registry password from a secret, a
+/// later step reads the `image` output; no log holds the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_publishes_with_its_credential_from_a_secret() {
+    use arkline::ark::Ark;
+    use arkline::model::ExecutionPhase;
+    use arkline::{Container, TriggerRequest};
+
+    let registry = Registry::builder()
+        .basic_auth("ci-robot", "pipeline-pa55")
+        .start();
+    let data = tempfile::tempdir().expect("temp dir");
+    let container = Container::builder()
+        .data_dir(data.path())
+        .build()
+        .expect("container builds");
+    let engine = container.engine("release").await.expect("engine starts");
+    let grants = [
+        (
+            "shell",
+            Capabilities {
+                process: vec!["sh".into()],
+                ..Capabilities::default()
+            },
+        ),
+        (
+            "image",
+            Capabilities {
+                http: vec!["127.0.0.1".into()],
+                ..Capabilities::default()
+            },
+        ),
+    ];
+    for (name, grant) in grants {
+        let ark = Ark::open(arkline_testkit::plugin(name)).expect("the archive reads back");
+        engine.install(ark, &grant).await.expect("installs");
+    }
+    engine
+        .set_secret("registry_password", "pipeline-pa55")
+        .await
+        .expect("secret");
+    let host = registry.host();
+    let yaml = format!(
+        r#"
+name: release
+secrets: [registry_password]
+params:
+  - name: version
+    default: "1.2.3"
+stages:
+  - name: build
+    steps:
+      - name: build
+        uses: shell
+        with:
+          script: |
+            mkdir -p dist
+            printf '#!/bin/sh\necho app\n' > dist/app
+  - name: publish
+    steps:
+      - name: image
+        uses: image/publish
+        with:
+          base: scratch
+          layers: [{{ paths: [app], working_dir: dist, destination: /usr/local/bin }}]
+          entrypoint: [/usr/local/bin/app]
+          target: "{host}/team/app"
+          tags: ["${{{{ params.version }}}}", latest]
+          annotations: {{ org.opencontainers.image.version: "${{{{ params.version }}}}" }}
+          credential:
+            username: ci-robot
+            password: "${{{{ secrets.registry_password }}}}"
+  - name: announce
+    steps:
+      - name: announce
+        uses: shell
+        with:
+          script: echo "published=${{{{ steps.image.outputs.image }}}}" >> "$ARKLINE_OUTPUT"
+"#
+    );
+    let pipeline = engine
+        .apply_pipeline_yaml("release.yaml", &yaml)
+        .await
+        .unwrap_or_else(|e| panic!("pipeline applies: {e}"));
+    let exec = engine
+        .trigger(&pipeline.metadata.name, TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let exec = tokio::time::timeout(Duration::from_secs(180), engine.wait(&exec.metadata.name))
+        .await
+        .expect("the execution finishes in time")
+        .expect("wait");
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        exec.status
+    );
+    let image_outputs = &exec.status.outputs["image"];
+    let digest = &image_outputs["digest"];
+    assert_eq!(image_outputs["tags"], "1.2.3,latest");
+    assert_eq!(
+        exec.status.outputs["announce"]["published"],
+        format!("{host}/team/app@{digest}")
+    );
+    let inspect = tokio::task::spawn_blocking(move || {
+        run_ok(&[
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            "ci-robot:pipeline-pa55",
+            &format!("docker://{host}/team/app:1.2.3"),
+        ])
+    })
+    .await
+    .expect("skopeo runs");
+    let inspect: Value = serde_json::from_slice(&inspect).expect("JSON");
+    assert_eq!(inspect["Digest"], digest.as_str());
+    for step in ["build", "image", "announce"] {
+        let log = engine.logs(&exec.metadata.name, step).await.expect("log");
+        assert!(
+            log.iter().all(|l| !l.message.contains("pipeline-pa55")),
+            "{step}: {log:#?}"
+        );
+    }
+    container.shutdown().await;
+}
