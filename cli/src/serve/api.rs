@@ -478,7 +478,10 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         )
         .add(
             Operation {
-                query: &[QueryParam { name: "follow", ty: "boolean", repeated: false, description: "Stream the lines (server-sent events) until the step ends." }],
+                query: &[
+                    QueryParam { name: "follow", ty: "boolean", repeated: false, description: "Stream the lines (server-sent events) until the step ends." },
+                    QueryParam { name: "format", ty: "string", repeated: false, description: "`json` (the default) or `text`: the whole log as plain text, one message per line, as a download (not with `follow`)." },
+                ],
                 reply: Reply::LogLines(schema::<LogLine>),
                 ..op(Method::GET, "/api/v1/engines/{engine}/executions/{execution}/steps/{step}/logs", "stepLogs", "A step's log, every attempt: JSON lines; live with `follow=true` (server-sent events); `format=text` for the messages as a plain-text download. Step `@source` is the host's checkout of the pipeline's `source`.", "executions", READ)
             },
@@ -1421,7 +1424,11 @@ async fn step_logs(
             .is_some_and(|v| v.contains("text/event-stream"));
     if format == LogFormat::Text {
         let lines = engine.logs(&execution, &step).await?;
-        return Ok(text_log(&execution, &step, lines.into_iter().map(LogLine::from)));
+        return Ok(text_log(
+            &execution,
+            &step,
+            lines.into_iter().map(LogLine::from),
+        ));
     }
     if !wants_stream {
         let lines = engine.logs(&execution, &step).await?;
@@ -1457,6 +1464,16 @@ fn text_log(execution: &str, step: &str, lines: impl Iterator<Item = LogLine>) -
             (
                 axum::http::header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{file}\""),
+            ),
+            // What a guest wrote, served from the dashboard's origin: never
+            // sniffed as anything but text, and sandboxed if opened.
+            (
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                "nosniff".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "sandbox; default-src 'none'".to_owned(),
             ),
         ],
         body,
@@ -1501,8 +1518,15 @@ async fn forward(
     })?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::builder().status(status);
-    if let Some(kind) = answer.headers().get(reqwest::header::CONTENT_TYPE) {
-        response = response.header(axum::http::header::CONTENT_TYPE, kind.as_bytes());
+    for name in [
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::CONTENT_DISPOSITION,
+        reqwest::header::X_CONTENT_TYPE_OPTIONS,
+        reqwest::header::CONTENT_SECURITY_POLICY,
+    ] {
+        if let Some(value) = answer.headers().get(&name) {
+            response = response.header(name.as_str(), value.as_bytes());
+        }
     }
     response
         .body(Body::from_stream(answer.bytes_stream()))

@@ -209,10 +209,11 @@ pub fn document(ops: &[Operation]) -> Value {
                 responses.insert(
                     "200".into(),
                     json!({
-                        "description": "The lines so far as a JSON array; with `follow=true` or `Accept: text/event-stream`, a server-sent event stream: one `line` event per line (data: the line as JSON, id: its seq), then one `end` event (data: {\"phase\": <the step's final phase>}) when the step has finished.",
+                        "description": "The lines so far as a JSON array; with `follow=true` or `Accept: text/event-stream`, a server-sent event stream: one `line` event per line (data: the line as JSON, id: its seq), then one `end` event (data: {\"phase\": <the step's final phase>}) when the step has finished; with `format=text`, the messages as plain text, one per line, as an attachment `<execution>-<step>.log`.",
                         "content": {
                             "application/json": {"schema": {"type": "array", "items": line}},
-                            "text/event-stream": {"schema": {"type": "string"}}
+                            "text/event-stream": {"schema": {"type": "string"}},
+                            "text/plain": {"schema": {"type": "string"}}
                         }
                     }),
                 );

@@ -388,13 +388,15 @@ const PARAMS: &str = "name: params\nparams:\n  - { name: text, default: abc }\n 
 /// `a` → `b`, `c` → `d`, with the edges spelled out.
 const DIAMOND: &str = "name: diamond\nstages:\n  - name: s\n    steps:\n      - { name: a, uses: faults/print, with: { stdout: \"first line\\nsecond\\n\", stderr: \"\" } }\n  - name: t\n    steps:\n      - { name: b, uses: faults/upper, with: { text: b }, needs: a }\n      - { name: c, uses: faults/upper, with: { text: c }, needs: a }\n  - name: u\n    steps:\n      - { name: d, uses: faults/upper, with: { text: d }, needs: [b, c] }\n";
 
-/// Waits until the execution page shows `phase` in its heading.
-async fn until_phase(browser: &Browser, phase: &str) {
+/// Waits until the page is execution `name`'s and its heading shows `phase`
+/// (a new hash does not reload the page: the previous one may still show).
+async fn until_phase(browser: &Browser, name: &str, phase: &str) {
     browser
         .until(
-            phase,
-            "const h = document.querySelector('h1 .phase'); return h && h.textContent === arguments[0]",
-            json!([phase]),
+            &format!("{name} {phase}"),
+            "const h = document.querySelector('#view h1'); \
+             return h && h.textContent === arguments[0] + ' ' + arguments[1]",
+            json!([name, phase]),
         )
         .await;
 }
@@ -442,23 +444,23 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
     // A pipeline with params: asked for in a form, the default filled in.
     browser.click("tr[data-pipeline='params'] button.run").await;
     let default = browser
-        .eval("return document.querySelector('#param-text').value", json!([]))
+        .eval(
+            "return document.querySelector('#param-text').value",
+            json!([]),
+        )
         .await;
     assert_eq!(default, "abc");
     browser.type_into("#param-n", "7").await;
     browser.click("#run-submit").await;
-    until_phase(&browser, "Succeeded").await;
+    until_phase(&browser, "params-1", "Succeeded").await;
     assert!(browser.text("#outputs").await.contains("ABC-7"));
     // Rerun: a new execution with the same params, naming the first.
     browser.click("#rerun").await;
-    browser
-        .until(
-            "the rerun's page",
-            "return location.hash === '#/engines/team-b/executions/params-2'",
-            json!([]),
-        )
-        .await;
-    until_phase(&browser, "Succeeded").await;
+    until_phase(&browser, "params-2", "Succeeded").await;
+    assert_eq!(
+        browser.eval("return location.hash", json!([])).await,
+        "#/engines/team-b/executions/params-2"
+    );
     assert!(browser.text("#outputs").await.contains("ABC-7"));
     assert!(browser.text(".kv a").await.contains("params-1"));
 
@@ -476,7 +478,7 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
     browser
         .goto(&format!("{url}/ui#/engines/team-b/executions/diamond-1"))
         .await;
-    until_phase(&browser, "Succeeded").await;
+    until_phase(&browser, "diamond-1", "Succeeded").await;
     let edges = browser
         .eval(
             "return [...document.querySelectorAll('#graph svg.edges path')] \
@@ -489,7 +491,16 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
 
     // A line's number links to it; the whole log downloads as text.
     browser.click("#graph .step[data-step='a']").await;
-    browser.text("#log #L1").await;
+    // Every line is in once the log has ended (lines come in batches).
+    let ended = browser
+        .until(
+            "the log's end",
+            "const s = document.querySelector('#log-status'); \
+             return s && s.textContent.startsWith('ended') && s.textContent",
+            json!([]),
+        )
+        .await;
+    assert_eq!(ended, "ended: Succeeded");
     browser.click("#L1 a").await;
     let hash = browser
         .eval(
@@ -511,7 +522,9 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
         .await;
     assert_eq!(text[0], 200, "{text}");
     assert!(
-        text[1].as_str().is_some_and(|t| t.starts_with("text/plain")),
+        text[1]
+            .as_str()
+            .is_some_and(|t| t.starts_with("text/plain")),
         "{text}"
     );
     let shown = browser
@@ -522,7 +535,9 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
         .await;
     assert_eq!(text[2], shown, "the download is the log the page shows");
     assert!(
-        text[2].as_str().is_some_and(|t| t.contains("\nfirst line\nsecond\n")),
+        text[2]
+            .as_str()
+            .is_some_and(|t| t.contains("\nfirst line\nsecond\n")),
         "{text}"
     );
     let both = browser
@@ -559,8 +574,19 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
     browser.click("#theme").await;
     let dark = browser.eval(background, json!([])).await;
     assert_ne!(light, dark);
-    browser.goto(&format!("{url}/ui#/metrics")).await;
-    browser.text("#by-phase").await;
+    browser
+        .eval(
+            "window.__before_reload = 1; location.reload(); return 1",
+            json!([]),
+        )
+        .await;
+    browser
+        .until(
+            "the reloaded metrics page",
+            "return !window.__before_reload && document.querySelector('#by-phase')",
+            json!([]),
+        )
+        .await;
     assert_eq!(browser.eval(background, json!([])).await, dark);
     assert_eq!(browser.text("#theme").await, "Theme: dark");
     browser.click("#theme").await;
@@ -572,9 +598,7 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
     let v9 = dir.path().join("faults-9.0.0.ark");
     std::fs::write(&v9, faults_as("9.0.0")).expect("writes the archive");
     browser.goto(&format!("{url}/ui#/engines/team-b")).await;
-    browser
-        .type_into("#ark", v9.to_str().expect("utf-8"))
-        .await;
+    browser.type_into("#ark", v9.to_str().expect("utf-8")).await;
     browser.click("#install button[type=submit]").await;
     let state = "return [...document.querySelectorAll('#bizes tbody tr')].map(r => r.dataset.biz + ' ' + r.dataset.state).sort()";
     let old = format!("faults@{version}");
@@ -585,7 +609,9 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
             json!([]),
         )
         .await;
-    browser.click(&format!("tr[data-biz='{old}'] button.switch")).await;
+    browser
+        .click(&format!("tr[data-biz='{old}'] button.switch"))
+        .await;
     browser
         .until(
             "the old version active again",
@@ -593,7 +619,9 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
             json!([]),
         )
         .await;
-    browser.eval("window.confirm = () => true; return 1", json!([])).await;
+    browser
+        .eval("window.confirm = () => true; return 1", json!([]))
+        .await;
     browser
         .click("tr[data-biz='faults@9.0.0'] button.uninstall")
         .await;
@@ -609,13 +637,13 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
     // A phone's width: nothing wider than the screen but what scrolls.
     let phone = Browser::start(390, 844).await;
     sign_in(&phone, &url, ADMIN).await;
-    for page in [
-        "#/engines/team-b",
-        "#/engines/team-b/executions/diamond-1/logs/a",
-        "#/metrics",
+    for (page, shown) in [
+        ("#/engines/team-b", "#pipelines"),
+        ("#/engines/team-b/executions/diamond-1/logs/a", "#log #L1"),
+        ("#/metrics", "#by-phase"),
     ] {
         phone.goto(&format!("{url}/ui{page}")).await;
-        phone.text("h1").await;
+        phone.text(shown).await;
         let wide = phone
             .eval(
                 "return [document.documentElement.scrollWidth, window.innerWidth]",

@@ -61,6 +61,18 @@ function duration(from, to) {
   return Math.floor(ms / 60000) + " min " + Math.round((ms % 60000) / 1000) + " s";
 }
 
+/** Redraws with `draw()` and gives the focus back to the element of the same
+ * `data-<key>` if it had it (a live redraw replaces the focused node). */
+function keepingFocus(key, draw) {
+  const had = document.activeElement && document.activeElement.closest(`[data-${key}]`);
+  const value = had && had.dataset[key];
+  draw();
+  if (value === undefined || value === null) return;
+  const again = [...document.querySelectorAll(`#view [data-${key}]`)].find((n) => n.dataset[key] === value);
+  const target = again && (again.matches("[data-nav]") ? again : again.querySelector("[data-nav]"));
+  if (target) target.focus({ preventScroll: true });
+}
+
 function crumbs(...parts) {
   const nav = $("crumbs");
   nav.replaceChildren(...parts.flatMap((p, i) => [i ? " / " : "", p[1] ? el("a", { href: p[1] }, p[0]) : p[0]]));
@@ -112,12 +124,15 @@ function triggers(spec) {
   return list.length ? list.join(", ") : "manual";
 }
 
-/** The value typed into a param's field, as its type wants it. */
+/** The value typed into a param's field, as its type wants it; undefined
+ * for an empty field (left out: the server applies the default, or says the
+ * param is required). */
 function paramValue(p, input) {
   if (p.type === "bool") return input.checked;
   const text = input.value.trim();
+  if (!text) return undefined;
   if (p.type === "number") return Number(text);
-  if (p.type === "array") return text ? text.split(",").map((v) => v.trim()) : [];
+  if (p.type === "array") return text.split(",").map((v) => v.trim());
   return input.value;
 }
 
@@ -133,21 +148,30 @@ function askParams(pipeline) {
         ? el("input", { id, type: "checkbox", checked: d === true })
         : el("input", { id, type: p.type === "number" ? "number" : "text", step: p.type === "number" ? "any" : undefined,
           value: d === undefined ? "" : Array.isArray(d) ? d.join(", ") : String(d),
-          required: d === undefined && p.type !== "array", placeholder: p.type === "array" ? "a, b, c" : undefined });
+          required: d === undefined, placeholder: p.type === "array" ? "a, b, c (comma-separated)" : undefined });
       return { p, input, row: el("p", {}, el("label", { for: id }, p.name, " ", el("small", { class: "muted" }, p.type || "string")),
         p.description ? el("small", { class: "muted block" }, p.description) : "", input) };
     });
     const dialog = el("dialog", { id: "run-dialog", "aria-label": `Run ${pipeline.metadata.name}` });
-    const done = (value) => { dialog.close(); dialog.remove(); resolve(value); };
+    let settled = false;
+    const done = (value) => {
+      if (settled) return;
+      settled = true;
+      if (dialog.open) dialog.close();
+      dialog.remove();
+      resolve(value);
+    };
     dialog.append(el("form", { method: "dialog", onsubmit: (e) => {
       e.preventDefault();
-      done(Object.fromEntries(fields.map((f) => [f.p.name, paramValue(f.p, f.input)])));
+      done(Object.fromEntries(fields.map((f) => [f.p.name, paramValue(f.p, f.input)]).filter(([, v]) => v !== undefined)));
     } },
     el("h2", {}, "Run ", pipeline.metadata.name),
     fields.map((f) => f.row),
     el("p", {}, el("button", { type: "submit", id: "run-submit" }, "Run"), " ",
       el("button", { type: "button", onclick: () => done(null) }, "Cancel"))));
-    dialog.addEventListener("cancel", () => done(null));
+    // Esc, or leaving the page, is a cancel.
+    dialog.addEventListener("close", () => done(null));
+    closers.push(() => done(null));
     document.body.append(dialog);
     dialog.showModal();
     (fields[0].input).focus();
@@ -174,13 +198,13 @@ async function enginePage(nav, engine) {
     const list = [...runs.values()]
       .filter((x) => (filter.value === "all" || x.status.phase === filter.value) && matches(x))
       .sort((a, b) => (b.metadata.created || "").localeCompare(a.metadata.created || "") || b.spec.run - a.spec.run);
-    rows.replaceChildren(...list.map((x) => el("tr", { "data-execution": x.metadata.name },
+    keepingFocus("execution", () => rows.replaceChildren(...list.map((x) => el("tr", { "data-execution": x.metadata.name },
       el("td", {}, el("a", { href: `#/engines/${seg(engine)}/executions/${seg(x.metadata.name)}`, "data-nav": true }, x.metadata.name)),
       el("td", {}, phase(x.status.phase)),
       el("td", {}, duration(x.status.started, x.status.finished)),
       el("td", { class: "wide" }, x.spec.trigger, x.spec.event && x.spec.event !== x.spec.trigger ? ` (${x.spec.event})` : ""),
       el("td", { class: "wide" }, x.spec.branch || ""),
-      el("td", { class: "wide mono" }, (x.spec.commit || "").slice(0, 12)))));
+      el("td", { class: "wide mono" }, (x.spec.commit || "").slice(0, 12))))));
   };
   const run = async (p) => {
     const params = await askParams(p);
@@ -191,6 +215,35 @@ async function enginePage(nav, engine) {
       location.hash = `#/engines/${seg(engine)}/executions/${seg(x.metadata.name)}`;
     } catch (e) { alert(e.message); }
   };
+  const bizBody = el("tbody");
+  const drawBizes = (list) => bizBody.replaceChildren(...list.map((b) => el("tr", { "data-biz": `${b.name}@${b.version}`, "data-state": b.state },
+        el("td", {}, b.name), el("td", { title: `sha256 ${b.sha256}, API ${b.api_version}` }, b.version),
+        el("td", { class: "state" }, b.state, b.state === "draining" ? el("small", { class: "muted" }, ` (${b.leases} running)`) : "",
+          b.broken ? el("small", { class: "error" }, " " + b.broken) : ""),
+        el("td", {}, b.leases),
+        el("td", { class: "wide" }, (b.step_types || []).join(", ")),
+        el("td", { class: "wide" }, b.grants.join(", ")),
+        el("td", {}, canWrite() ? [
+          ["resolved", "deactivated"].includes(b.state)
+            ? el("button", { class: "switch", "aria-label": `Activate ${b.name}@${b.version}`,
+              onclick: () => bizAction(`${base}/bizes/${seg(b.name)}/switch`, "POST", JSON.stringify({ version: b.version })) }, "Activate") : "",
+          " ",
+          b.state === "uninstalled" ? "" : el("button", { class: "danger uninstall", "aria-label": `Uninstall ${b.name}@${b.version}`,
+            onclick: () => confirm(`Uninstall ${b.name}@${b.version}? Running executions finish first.`)
+              && bizAction(`${base}/bizes/${seg(b.name)}/${seg(b.version)}`, "DELETE") }, "Uninstall"),
+        ] : ""))));
+  // A biz installing in the background, or draining: its row is looked at
+  // again every second until it settles (only the bizes, not the page).
+  let poll = null;
+  const refreshBizes = async (list) => {
+    if (nav !== navigation) return;
+    drawBizes(list || await api(base + "/bizes"));
+    clearTimeout(poll);
+    if ([...bizBody.children].some((r) => ["installing", "draining"].includes(r.dataset.state))) {
+      poll = setTimeout(() => refreshBizes().catch((e) => { if (nav === navigation) notice(e.message); }), 1000);
+    }
+  };
+  closers.push(() => clearTimeout(poll));
   const last = (p) => {
     const st = p.status || {};
     if (!st.last_execution) return "";
@@ -219,22 +272,7 @@ async function enginePage(nav, engine) {
     el("div", { class: "scroll" }, el("table", { id: "bizes" },
       el("thead", {}, el("tr", {}, el("th", {}, "Biz"), el("th", {}, "Version"), el("th", {}, "State"),
         el("th", {}, "Leases"), el("th", { class: "wide" }, "Steps"), el("th", { class: "wide" }, "Grants"), el("th", {}, ""))),
-      el("tbody", {}, bizes.map((b) => el("tr", { "data-biz": `${b.name}@${b.version}`, "data-state": b.state },
-        el("td", {}, b.name), el("td", { title: `sha256 ${b.sha256}, API ${b.api_version}` }, b.version),
-        el("td", { class: "state" }, b.state, b.state === "draining" ? el("small", { class: "muted" }, ` (${b.leases} running)`) : "",
-          b.broken ? el("small", { class: "error" }, " " + b.broken) : ""),
-        el("td", {}, b.leases),
-        el("td", { class: "wide" }, (b.step_types || []).join(", ")),
-        el("td", { class: "wide" }, b.grants.join(", ")),
-        el("td", {}, canWrite() ? [
-          ["resolved", "deactivated"].includes(b.state)
-            ? el("button", { class: "switch", "aria-label": `Activate ${b.name}@${b.version}`,
-              onclick: () => bizAction(`${base}/bizes/${seg(b.name)}/switch`, "POST", JSON.stringify({ version: b.version })) }, "Activate") : "",
-          " ",
-          b.state === "uninstalled" ? "" : el("button", { class: "danger uninstall", "aria-label": `Uninstall ${b.name}@${b.version}`,
-            onclick: () => confirm(`Uninstall ${b.name}@${b.version}? Running executions finish first.`)
-              && bizAction(`${base}/bizes/${seg(b.name)}/${seg(b.version)}`, "DELETE") }, "Uninstall"),
-        ] : "")))))),
+      bizBody)),
     canWrite() ? el("form", { id: "install", onsubmit: (e) => { e.preventDefault(); install(e.target); } },
       el("label", { for: "ark" }, "Install a .ark "), el("input", { id: "ark", type: "file", accept: ".ark", required: true }),
       " ", el("label", { for: "grants" }, "grants "), el("input", { id: "grants", placeholder: "process=sh cache" }),
@@ -243,7 +281,7 @@ async function enginePage(nav, engine) {
   async function bizAction(path, method, body) {
     try {
       await api(path, { method, body, headers: body ? { "Content-Type": "application/json" } : {} });
-      route();
+      await refreshBizes();
     } catch (e) { alert(e.message); }
   }
   async function install(form) {
@@ -253,14 +291,11 @@ async function enginePage(nav, engine) {
     query.append("wait", "false");
     try {
       await api(`${base}/bizes?${query}`, { method: "POST", headers: { "Content-Type": "application/vnd.arkline.ark" }, body: file });
-      route();
+      form.reset();
+      await refreshBizes();
     } catch (e) { alert(e.message); }
   }
-  // A biz installing in the background, or draining: look again until it settles.
-  if (bizes.some((b) => ["installing", "draining"].includes(b.state))) {
-    const timer = setTimeout(() => { if (nav === navigation) route(); }, 1000);
-    closers.push(() => clearTimeout(timer));
-  }
+  refreshBizes(bizes);
   watch(base + "/executions", (type, x) => {
     if (type === "DELETED") runs.delete(x.metadata.name); else runs.set(x.metadata.name, x);
     draw();
@@ -324,7 +359,7 @@ async function executionPage(nav, engine, name, step, anchor) {
         ? el("button", { id: "rerun", onclick: rerun }, "Rerun")
         : el("button", { class: "danger", id: "abort", onclick: abort }, "Abort")) : "",
     );
-    graph.replaceChildren(...graphOf(x).map((stage) => el("section", { class: "stage", "aria-label": "stage " + stage.name },
+    keepingFocus("step", () => graph.replaceChildren(...graphOf(x).map((stage) => el("section", { class: "stage", "aria-label": "stage " + stage.name },
       el("h3", {}, stage.name, " ", stage.phase ? phase(stage.phase) : ""),
       stage.steps.map((s) => el("button", {
         class: "step", "data-step": s.name, "data-phase": s.phase, "data-nav": true,
@@ -334,7 +369,7 @@ async function executionPage(nav, engine, name, step, anchor) {
       }, s.name,
       el("small", {}, s.phase, s.attempts > 1 ? ` · attempt ${s.attempts}` : "",
         s.started ? " · " + duration(s.started, s.finished) : "")))))
-    );
+    ));
     edges(graph);
   };
   const details = el("div");
@@ -436,13 +471,12 @@ function ansi(text) {
  * that arrive together are added to the page together. */
 function logView(base, engine, execution, step, anchor) {
   const pre = el("pre", { id: "log", tabindex: "0", "aria-label": `log of ${step}` });
-  const status = el("span", { class: "muted", id: "log-status", role: "status" }, "following…");
+  const status = el("span", { class: "muted", id: "log-status", role: "status" }, "live…");
   const here = `#/engines/${seg(engine)}/executions/${seg(execution)}/logs/${seg(step)}`;
   const wanted = anchor && /^L\d+$/.test(anchor) ? Number(anchor.slice(1)) : 0;
   let follow = !wanted;
   const search = el("input", { type: "search", placeholder: "Search", "aria-label": "Search the log", "data-search": true, oninput: () => {
-    const q = search.value.toLowerCase();
-    for (const l of pre.children) l.hidden = q !== "" && !l.dataset.text.includes(q);
+    for (const l of pre.children) l.hidden = hides(l);
   } });
   const pause = el("button", { id: "log-follow", "aria-pressed": String(follow), onclick: () => {
     follow = !follow;
@@ -464,9 +498,16 @@ function logView(base, engine, execution, step, anchor) {
   let n = 0;
   const cap = 100000;
   let batch = null;
+  let truncated = false;
+  const hides = (row) => {
+    const q = search.value.toLowerCase();
+    return q !== "" && !row.dataset.text.includes(q);
+  };
   const flush = () => {
     const rows = batch;
     batch = null;
+    // The search as it is now (it may have changed while these waited).
+    for (const row of rows.children) row.hidden = hides(row);
     pre.append(rows);
     if (wanted && wanted <= n && !pre.querySelector(".line.selected")) {
       const row = document.getElementById("L" + wanted);
@@ -479,6 +520,7 @@ function logView(base, engine, execution, step, anchor) {
     if (line.seq <= last) return;
     last = line.seq;
     if (n >= cap) {
+      truncated = true;
       status.textContent = `showing the first ${cap} lines: download the whole log`;
       return;
     }
@@ -491,14 +533,13 @@ function logView(base, engine, execution, step, anchor) {
         select(row);
       } }, i),
       el("span", {}, ansi(line.message)));
-    const q = search.value.toLowerCase();
-    row.hidden = q !== "" && !text.includes(q);
     if (!batch) { batch = document.createDocumentFragment(); setTimeout(flush, 30); }
     batch.append(row);
   });
   source.addEventListener("end", (e) => {
     source.close();
-    status.textContent = "ended: " + JSON.parse(e.data).phase;
+    status.textContent = "ended: " + JSON.parse(e.data).phase
+      + (truncated ? ` (showing the first ${cap} lines: download the whole log)` : "");
   });
   source.addEventListener("error", () => { if (source.readyState === EventSource.CLOSED) status.textContent = "disconnected"; });
   return el("section", { class: "log" },
@@ -586,7 +627,7 @@ async function metricsPage(nav) {
   if (nav !== navigation) return; // a newer navigation owns the page
   view(el("h1", {}, "Metrics ", stamp), body,
     el("p", { class: "muted" }, "From ", el("a", { href: "/metrics" }, "/metrics"), ", every 5 s."));
-  const timer = setInterval(() => load().catch((e) => notice(e.message)), 5000);
+  const timer = setInterval(() => load().catch((e) => { if (nav === navigation) notice(e.message); }), 5000);
   closers.push(() => clearInterval(timer));
 }
 
@@ -609,19 +650,23 @@ function help() {
   dialog.showModal();
 }
 
-let pendingG = false;
+let pendingG = null; // the timer of a `g` waiting for its second key
 document.addEventListener("keydown", (e) => {
-  if (e.ctrlKey || e.metaKey || e.altKey || document.querySelector("dialog[open]")) return;
+  // Ctrl or Meta alone are the browser's; Ctrl+Alt is AltGr on some layouts.
+  if (((e.ctrlKey || e.metaKey) && !e.altKey) || (e.altKey && !e.ctrlKey)) return;
+  if (e.key === "?" && document.getElementById("help")) { help(); return; }
+  if (document.querySelector("dialog[open]")) return;
   const t = e.target;
   if (t && (["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName) || t.isContentEditable)) {
     if (e.key === "Escape") t.blur();
     return;
   }
   if (pendingG) {
-    pendingG = false;
+    clearTimeout(pendingG);
+    pendingG = null;
     const to = { e: "#/", m: "#/metrics" }[e.key];
-    if (to) { e.preventDefault(); location.hash = to; }
-    return;
+    if (to) { e.preventDefault(); location.hash = to; return; }
+    // Any other key: taken as if no `g` came before.
   }
   const go = (step) => {
     const items = [...document.querySelectorAll("#view [data-nav]")].filter((n) => n.offsetParent !== null);
@@ -632,7 +677,7 @@ document.addEventListener("keydown", (e) => {
     next.scrollIntoView({ block: "nearest" });
   };
   switch (e.key) {
-    case "g": pendingG = true; setTimeout(() => { pendingG = false; }, 1500); break;
+    case "g": pendingG = setTimeout(() => { pendingG = null; }, 1500); break;
     case "j": go(1); break;
     case "k": go(-1); break;
     case "/": { const f = document.querySelector("#view [data-search]"); if (f) { e.preventDefault(); f.focus(); } break; }
@@ -652,8 +697,16 @@ function applyTheme(theme) {
     button.setAttribute("aria-label", `Colour theme: ${theme} (change)`);
   }
 }
+function storedTheme() {
+  const theme = localStorage.getItem("arkline-theme");
+  return THEMES.includes(theme) ? theme : "auto";
+}
+// As soon as the script runs (it is deferred: before the page is shown, in
+// practice), so a dark choice does not flash light.
+applyTheme(storedTheme());
+
 function setupTheme() {
-  let theme = localStorage.getItem("arkline-theme") || "auto";
+  let theme = storedTheme();
   applyTheme(theme);
   $("theme").addEventListener("click", () => {
     theme = THEMES[(THEMES.indexOf(theme) + 1) % THEMES.length];
