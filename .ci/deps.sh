@@ -6,6 +6,8 @@
 # and `componentize-py` (PyPI, into a venv) and `componentize-js` (npm) for
 # the Python and JavaScript step plugins' tests, and `chromium` with
 # `chromium-driver` for the dashboard's browser tests.
+# With `--test` also `docker-registry` (CNCF distribution 2.8), `skopeo` and
+# `htpasswd` (apache2-utils) for the image plugin's registry tests.
 # Debian/Ubuntu packages via apt-get, as root or with passwordless sudo;
 # elsewhere it says what to install. Source it or run it.
 set -euo pipefail

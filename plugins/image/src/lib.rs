@@ -502,8 +502,8 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
             "{image} ({} base layers + {} new, {} requests)",
             base.layers.len(),
             new_layers.len(),
-            *target_registry.requests.borrow()
-                + base_registry.as_ref().map_or(0, |r| *r.requests.borrow())
+            target_registry.request_count()
+                + base_registry.as_ref().map_or(0, Registry::request_count)
         )))
 }
 

@@ -138,8 +138,8 @@ pub struct Registry {
     auth: RefCell<AuthState>,
     retries: u32,
     timeout: Duration,
-    /// Requests sent, by operation; for the summary.
-    pub requests: RefCell<u64>,
+    /// Requests sent so far (token requests included), for the summary.
+    requests: std::cell::Cell<u64>,
 }
 
 impl Registry {
@@ -159,8 +159,13 @@ impl Registry {
             auth: RefCell::default(),
             retries,
             timeout,
-            requests: RefCell::new(0),
+            requests: std::cell::Cell::new(0),
         }
+    }
+
+    /// How many requests the client sent.
+    pub fn request_count(&self) -> u64 {
+        self.requests.get()
     }
 
     /// `host[:port]`.
@@ -243,7 +248,7 @@ impl Registry {
         let mut delay = Duration::from_secs(1);
         for attempt in 1..=attempts {
             let request = self.authorize(make(), scope).timeout(self.timeout);
-            *self.requests.borrow_mut() += 1;
+            self.requests.set(self.requests.get() + 1);
             let (wait, why) = match request.send() {
                 Ok(response) if response.status >= 500 || response.status == 429 => {
                     let wait = response
@@ -370,7 +375,7 @@ impl Registry {
                 base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
             request = request.header("authorization", format!("Basic {pair}"));
         }
-        *self.requests.borrow_mut() += 1;
+        self.requests.set(self.requests.get() + 1);
         let response = request.send().map_err(|e| {
             self.error(
                 repository,
