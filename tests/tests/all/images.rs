@@ -1145,3 +1145,58 @@ stages:
     }
     container.shutdown().await;
 }
+
+#[test]
+fn a_mount_the_registry_declines_falls_back_to_a_copy() {
+    let registry = Registry::start();
+    push_base(&registry, "base/runtime");
+    // The proxy answers every mount with 202 (an upload opened instead), as
+    // a registry does when it cannot mount from the source repository.
+    let proxy = FaultyProxy::start(registry.host(), |method, path, _| {
+        (method == "POST" && path.contains("mount=")).then_some((202, "0"))
+    });
+    let workspace = app_workspace();
+    let report = publish(
+        workspace.path(),
+        json!({
+            "base": format!("{}/base/runtime:1", proxy.host()),
+            "layers": [{ "paths": ["static"], "destination": "/srv" }],
+            "target": format!("{}/team/app", proxy.host()),
+            "tags": ["1"],
+        }),
+    );
+    outputs(&report);
+    let seen = proxy.seen();
+    assert!(
+        seen.iter()
+            .any(|(m, p, s)| m == "POST" && p.contains("mount=") && *s == 202),
+        "{seen:#?}"
+    );
+    // The base layer was read from the base repository and uploaded.
+    assert!(
+        seen.iter().any(|(m, p, s)| m == "GET"
+            && p.starts_with("/v2/base/runtime/blobs/sha256:")
+            && *s == 200),
+        "{seen:#?}"
+    );
+    let reference = format!("docker://{}/team/app:1", registry.host());
+    let raw: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &reference,
+    ]))
+    .expect("JSON");
+    let layout = tempfile::tempdir().expect("temp dir");
+    run_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        &reference,
+        &format!("oci:{}:1", layout.path().display()),
+    ]);
+    let listing = list_layers(layout.path(), &raw);
+    assert!(
+        listing.iter().any(|l| l.ends_with(" etc/base-release")),
+        "{listing:?}"
+    );
+}
