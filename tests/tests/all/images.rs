@@ -372,16 +372,7 @@ fn basic_auth_with_the_right_credential_publishes_and_a_wrong_one_fails_clearly(
 fn a_layer_bigger_than_a_chunk_is_uploaded_in_chunks() {
     let registry = Registry::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    // Incompressible-ish data: a simple generator, so gzip leaves it big.
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let data: Vec<u8> = (0..600_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let data = noise(600_000, 0x9e37_79b9_7f4a_7c15);
     fs::write(dir.path().join("blob.bin"), &data).expect("write");
     let report = publish(
         dir.path(),
