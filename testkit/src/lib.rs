@@ -6,6 +6,8 @@
 //!   packages the crate, installs it in the isolation runtime, and runs steps.
 //! - [`plugin`] packages one of this workspace's plugins and hands tests the `.ark`.
 //! - [`etcd`] starts a real etcd for a test, or names the shared test cluster.
+//! - [`webdriver`] drives a headless Chromium (the dashboard's browser test and
+//!   page-load bench).
 //!
 //! ```no_run
 //! use arkline_testkit::{Harness, StepFailure};
@@ -35,6 +37,7 @@ pub mod git;
 mod harness;
 pub mod registry;
 pub mod s3;
+pub mod webdriver;
 
 pub use arkline::host::Capabilities;
 pub use arkline::host::{LogLevel, LogLine, LogSource, StepLog};
