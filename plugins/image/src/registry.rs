@@ -253,8 +253,8 @@ impl Registry {
                 Ok(response) if response.status >= 500 || response.status == 429 => {
                     let wait = response
                         .header("retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map_or(delay, |s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+                        .and_then(retry_after)
+                        .map_or(delay, |d| d.min(MAX_RETRY_AFTER));
                     if attempt == attempts {
                         return Ok(response);
                     }
@@ -771,6 +771,48 @@ impl Chunked<'_> {
     }
 }
 
+/// A `Retry-After` value: delay seconds, or an HTTP date (IMF-fixdate, e.g.
+/// `Sun, 06 Nov 1994 08:49:37 GMT`) compared with the clock.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = http_date(value)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate.
+fn http_date(value: &str) -> Option<u64> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: i64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as i64
+        + 1;
+    let year: i64 = year.parse().ok()?;
+    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
+}
+
 /// `sha256:0123456789ab` (the first 12 hex digits).
 pub fn short(digest: &str) -> &str {
     digest.get(..19).unwrap_or(digest)
@@ -890,6 +932,22 @@ mod tests {
         let (scheme, params) = parse_challenge(r#"Basic realm="basic-realm""#);
         assert_eq!(scheme, "Basic");
         assert_eq!(params, vec![("realm".into(), "basic-realm".into())]);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(
+            http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        // A date in the past means now.
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
     }
 
     #[test]
