@@ -45,10 +45,13 @@
 //!       if: params.deploy && steps.compile.state == 'Succeeded'
 //!     steps:
 //!       - name: push
-//!         uses: registry/push@1
+//!         uses: image/publish@0.1
 //!         with:
-//!           image: "${{ steps.compile.outputs.image }}"
-//!           token: "${{ secrets.registry-token }}"
+//!           base: registry.example.com/base/runtime:1.4
+//!           layers: [{ paths: [app], working_dir: target/release, destination: /usr/local/bin }]
+//!           target: registry.example.com/team/app
+//!           tags: ["${{ steps.compile.outputs.version }}"]
+//!           credential: { username: robot, password: "${{ secrets.registry-token }}" }
 //!         env: { TARGET: "${{ params.target }}" }
 //! finally:                               # run whatever happened, also on abort
 //!   - name: notify
