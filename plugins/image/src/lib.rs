@@ -37,15 +37,21 @@ use std::time::Duration;
 use arkline_sdk::prelude::*;
 use serde_json::{Map, Value, json};
 
+pub mod copy;
+pub mod inspect;
 pub mod layer;
+pub mod manifest;
 pub mod oci;
 pub mod reference;
 pub mod registry;
+pub mod transfer;
 
 use layer::{LayerConfig, LayerPlan, Written};
+use manifest::Fetched;
 use oci::{Descriptor, Format, Platform};
 use reference::Reference;
 use registry::{Credential, Registry, RegistryError, short};
+use transfer::{BlobSource, place_blob};
 
 /// The host's cap on a request or response body (16 MiB).
 const HOST_BODY_CAP: u64 = 16 << 20;
@@ -234,41 +240,18 @@ struct NewLayer {
 
 /// Runs the `publish` step.
 pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
-    let target =
-        Reference::parse(&config.target).map_err(|e| StepError::invalid_config("target", e))?;
-    if target.tag.is_some() || target.digest.is_some() {
-        return Err(StepError::invalid_config(
-            "target",
-            format!(
-                "`{}` has a tag or digest; give the repository only and put tags in `tags`",
-                config.target
-            ),
-        ));
-    }
-    for (i, tag) in config.tags.iter().enumerate() {
-        reference::check_tag(tag)
-            .map_err(|e| StepError::invalid_config(format!("tags[{i}]"), e))?;
-    }
+    let target = target_repository(&config.target)?;
+    check_tags(&config.tags)?;
     let platform =
         Platform::parse(&config.platform).map_err(|e| StepError::invalid_config("platform", e))?;
-    if config.chunk_size == 0 || config.chunk_size > 8 << 20 {
-        return Err(StepError::invalid_config(
-            "chunk_size",
-            "give a chunk size from 1 byte to 8 MiB (8388608)",
-        ));
-    }
+    check_chunk_size(config.chunk_size)?;
     if config.compression_level > 9 {
         return Err(StepError::invalid_config(
             "compression_level",
             "give a gzip level from 0 (none) to 9 (best)",
         ));
     }
-    if config.request_timeout == 0 {
-        return Err(StepError::invalid_config(
-            "request_timeout",
-            "give a time limit of at least 1 second",
-        ));
-    }
+    check_request_timeout(config.request_timeout)?;
     if !is_rfc3339(&config.created) {
         return Err(StepError::invalid_config(
             "created",
@@ -296,10 +279,7 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
             json!({}),
         );
     }
-    let credential = match &config.credential {
-        Some(c) => c.credential("credential")?,
-        None => Credential::Anonymous,
-    };
+    let credential = credential_of(config.credential.as_ref(), "credential")?;
     // The new layers: written once to learn their digests (and kept when
     // they are not too big).
     let mut new_layers = Vec::new();
@@ -327,17 +307,12 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
         });
     }
 
-    let timeout = Duration::from_secs(config.request_timeout);
-    let client = |host: &str, credential: Credential| {
-        Registry::new(
-            host,
-            plain_http(host, &config.plain_http),
-            credential,
-            config.retries,
-            timeout,
-        )
+    let clients = Clients {
+        plain_http: &config.plain_http,
+        retries: config.retries,
+        timeout: Duration::from_secs(config.request_timeout),
     };
-    let target_registry = client(&target.registry, credential.clone());
+    let target_registry = clients.registry(&target.registry, credential.clone());
 
     // The base.
     let base_ref = if config.base.trim() == "scratch" {
@@ -347,11 +322,8 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
     };
     let base_registry = match &base_ref {
         Some(r) if r.registry != target.registry => {
-            let credential = match &config.base_credential {
-                Some(c) => c.credential("base_credential")?,
-                None => Credential::Anonymous,
-            };
-            Some(client(&r.registry, credential))
+            let credential = credential_of(config.base_credential.as_ref(), "base_credential")?;
+            Some(clients.registry(&r.registry, credential))
         }
         _ => None,
     };
@@ -388,12 +360,18 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
         let media_type = format
             .convert_layer(&descriptor.media_type)
             .map_err(StepError::failed)?;
-        if !matches!(media_type, oci::OCI_FOREIGN_GZIP | oci::DOCKER_FOREIGN) {
-            copy_base_layer(
+        if let Some(reference) = &base.reference
+            && !matches!(media_type, oci::OCI_FOREIGN_GZIP | oci::DOCKER_FOREIGN)
+        {
+            let source = BlobSource {
+                registry: base_registry.as_ref(),
+                name: reference.repository_name(),
+                repository: &reference.repository,
+            };
+            place_blob(
                 &target_registry,
                 repo,
-                base_registry.as_ref(),
-                base.reference.as_ref(),
+                &source,
                 descriptor,
                 config.chunk_size,
             )
@@ -507,6 +485,74 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
         )))
 }
 
+/// How a step reaches registries: the settings every step shares.
+struct Clients<'a> {
+    plain_http: &'a [String],
+    retries: u32,
+    timeout: Duration,
+}
+
+impl Clients<'_> {
+    /// A client of `host` with `credential`.
+    fn registry(&self, host: &str, credential: Credential) -> Registry {
+        Registry::new(
+            host,
+            plain_http(host, self.plain_http),
+            credential,
+            self.retries,
+            self.timeout,
+        )
+    }
+}
+
+/// The `target` setting: a repository with no tag or digest.
+fn target_repository(text: &str) -> Result<Reference, StepError> {
+    let target = Reference::parse(text).map_err(|e| StepError::invalid_config("target", e))?;
+    if target.tag.is_some() || target.digest.is_some() {
+        return Err(StepError::invalid_config(
+            "target",
+            format!(
+                "`{text}` has a tag or digest; give the repository only and put tags in `tags`"
+            ),
+        ));
+    }
+    Ok(target)
+}
+
+/// The `tags` setting.
+fn check_tags(tags: &[String]) -> Result<(), StepError> {
+    for (i, tag) in tags.iter().enumerate() {
+        reference::check_tag(tag)
+            .map_err(|e| StepError::invalid_config(format!("tags[{i}]"), e))?;
+    }
+    Ok(())
+}
+
+/// The credential of a `credential`-shaped setting named `field`.
+fn credential_of(config: Option<&CredentialConfig>, field: &str) -> Result<Credential, StepError> {
+    config.map_or(Ok(Credential::Anonymous), |c| c.credential(field))
+}
+
+fn check_chunk_size(chunk_size: u64) -> Result<(), StepError> {
+    if chunk_size == 0 || chunk_size > 8 << 20 {
+        return Err(StepError::invalid_config(
+            "chunk_size",
+            "give a chunk size from 1 byte to 8 MiB (8388608)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_request_timeout(seconds: u64) -> Result<(), StepError> {
+    if seconds == 0 {
+        return Err(StepError::invalid_config(
+            "request_timeout",
+            "give a time limit of at least 1 second",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `host` is reached over plain HTTP.
 fn plain_http(host: &str, listed: &[String]) -> bool {
     let name = match host.rsplit_once(':') {
@@ -595,89 +641,26 @@ fn pull_base(
     platform: &Platform,
     max_blob: u64,
 ) -> Result<Base, StepError> {
-    let repo = &reference.repository;
-    let fail =
-        |e: RegistryError| StepError::failed(format!("cannot pull the base {reference}: {e}"));
-    let (header_type, bytes, mut digest) = registry
-        .manifest(repo, reference.manifest_reference(), HOST_BODY_CAP)
-        .map_err(fail)?;
-    let mut document: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        StepError::failed(format!("the base {reference}'s manifest is not JSON: {e}"))
-    })?;
-    let mut media_type = oci::document_type(&header_type, &document);
-    if oci::is_index(&media_type) {
-        let entries = document
-            .get("manifests")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let chosen = entries
-            .iter()
-            .find(|m| m.get("platform").is_some_and(|p| platform.matches(p)))
-            .ok_or_else(|| {
-                let have: Vec<String> = entries
-                    .iter()
-                    .filter_map(|m| m.get("platform"))
-                    .map(|p| {
-                        let f = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("?");
-                        format!("{}/{}", f("os"), f("architecture"))
-                    })
-                    .collect();
-                StepError::failed(format!(
-                    "the base {reference} has no image for {platform} (it has: {}); set `platform`",
-                    have.join(", ")
-                ))
-            })?;
-        let chosen = Descriptor::from_json(chosen)
-            .map_err(|e| StepError::failed(format!("the base {reference}'s index: {e}")))?;
-        let (header_type, bytes, chosen_digest) = registry
-            .manifest(repo, &chosen.digest, HOST_BODY_CAP)
-            .map_err(fail)?;
-        document = serde_json::from_slice(&bytes).map_err(|e| {
-            StepError::failed(format!("the base {reference}'s manifest is not JSON: {e}"))
-        })?;
-        media_type = oci::document_type(&header_type, &document);
-        digest = chosen_digest;
+    let what = format!("the base {reference}");
+    let mut fetched = Fetched::get(registry, reference, reference.manifest_reference(), &what)?;
+    if fetched.is_index() {
+        let chosen = fetched.choose(platform, &what)?;
+        fetched = Fetched::get(registry, reference, &chosen.digest, &what)?;
     }
-    if !oci::is_manifest(&media_type) {
-        return Err(StepError::failed(format!(
-            "the base {reference} is a `{media_type}`, not an image manifest this step reads (OCI or Docker v2 schema 2)"
-        )));
-    }
-    let config = document
-        .get("config")
-        .ok_or_else(|| StepError::failed(format!("the base {reference}'s manifest has no config")))
-        .and_then(|c| {
-            Descriptor::from_json(c)
-                .map_err(|e| StepError::failed(format!("the base {reference}'s config: {e}")))
-        })?;
-    let layers = document
-        .get("layers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(Descriptor::from_json)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StepError::failed(format!("the base {reference}'s layers: {e}")))?;
+    let (config, layers) = fetched.image(&what)?;
     for layer in &layers {
         if layer.size > max_blob {
             return Err(StepError::failed(format!(
-                "the base {reference} has a layer of {} bytes, over `max_blob_bytes` ({max_blob})",
+                "{what} has a layer of {} bytes, over `max_blob_bytes` ({max_blob})",
                 layer.size
             )));
         }
     }
-    let config_bytes = registry
-        .blob(repo, &config.digest, HOST_BODY_CAP)
-        .map_err(fail)?;
-    let config_json: Value = serde_json::from_slice(&config_bytes).map_err(|e| {
-        StepError::failed(format!("the base {reference}'s config is not JSON: {e}"))
-    })?;
+    let config_json = manifest::config(registry, reference, &config, &what)?;
     let field = |k: &str| config_json.get(k).and_then(Value::as_str).unwrap_or("");
     if field("os") != platform.os || field("architecture") != platform.architecture {
         return Err(StepError::failed(format!(
-            "the base {reference} is for {}/{}, not {platform}; set `platform` or choose another base",
+            "{what} is for {}/{}, not {platform}; set `platform` or choose another base",
             field("os"),
             field("architecture")
         )));
@@ -688,78 +671,21 @@ fn pull_base(
         .map_or(0, Vec::len);
     if diff_ids != layers.len() {
         return Err(StepError::failed(format!(
-            "the base {reference} has {} layers but its config lists {diff_ids} diff_ids",
+            "{what} has {} layers but its config lists {diff_ids} diff_ids",
             layers.len()
         )));
     }
     arkline_sdk::info!(
-        "base {reference}: {} ({} layers)",
-        short(&digest),
+        "{what}: {} ({} layers)",
+        short(&fetched.digest),
         layers.len()
     );
     Ok(Base {
         reference: Some(reference.clone()),
-        digest: Some(digest),
+        digest: Some(fetched.digest),
         layers,
         config: config_json,
     })
-}
-
-/// Makes sure the target repository has a base layer: already there, mounted
-/// from the base's repository (same registry), or copied.
-fn copy_base_layer(
-    target: &Registry,
-    repo: &str,
-    base_registry: Option<&Registry>,
-    base: Option<&Reference>,
-    layer: &Descriptor,
-    chunk: u64,
-) -> Result<(), RegistryError> {
-    if target.has_blob(repo, &layer.digest)? {
-        return Ok(());
-    }
-    let Some(base) = base else {
-        return Ok(());
-    };
-    let source = match base_registry {
-        None => {
-            if base.repository != repo && target.mount(repo, &layer.digest, &base.repository)? {
-                arkline_sdk::info!("mounted {} from {}", short(&layer.digest), base.repository);
-                return Ok(());
-            }
-            target
-        }
-        Some(registry) => registry,
-    };
-    arkline_sdk::info!(
-        "copying {} ({} bytes) from {}",
-        short(&layer.digest),
-        layer.size,
-        base.repository_name()
-    );
-    if layer.size <= chunk {
-        let mut bytes = Vec::new();
-        source.read_blob(
-            &base.repository,
-            &layer.digest,
-            layer.size,
-            chunk,
-            &mut |b| {
-                bytes.extend_from_slice(b);
-                Ok(())
-            },
-        )?;
-        return target.upload(repo, &layer.digest, &bytes);
-    }
-    let mut upload = target.chunked(repo, &layer.digest)?;
-    source.read_blob(
-        &base.repository,
-        &layer.digest,
-        layer.size,
-        chunk,
-        &mut |b| upload.patch(b),
-    )?;
-    upload.finish(&layer.digest)
 }
 
 /// Uploads a layer too big to keep in memory: written again, in chunks.
@@ -1029,4 +955,8 @@ mod tests {
 arkline_sdk::steps! {
     /// Builds an image from a base and workspace layers and pushes it to a registry.
     "publish" => publish,
+    /// Copies an image (every platform of an index, or one) between repositories or registries, by digest.
+    "copy" => copy::copy,
+    /// Reads an image's digest, size, platforms and config summary.
+    "inspect" => inspect::inspect,
 }

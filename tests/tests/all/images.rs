@@ -1191,3 +1191,465 @@ fn a_mount_the_registry_declines_falls_back_to_a_copy() {
         "{listing:?}"
     );
 }
+
+/// Runs the `copy` or `inspect` step (no workspace: they read and push
+/// registries only).
+fn step(step_type: &str, config: Value) -> StepReport {
+    harness().call(StepCall::new(step_type, config).timeout(Duration::from_secs(120)))
+}
+
+fn invalid_config(report: &StepReport) -> (Option<String>, String) {
+    match &report.result {
+        Err(StepFailure::InvalidConfig { field, message }) => (field.clone(), message.clone()),
+        other => panic!(
+            "expected invalid config, got {other:?}\n{}",
+            report.log.text()
+        ),
+    }
+}
+
+/// The manifest (or index) `reference` points at, as the registry stores it,
+/// and its digest as `skopeo manifest-digest` computes it.
+fn raw_manifest(reference: &str, creds: Option<&str>) -> (Vec<u8>, String) {
+    let mut args = vec!["inspect", "--raw", "--tls-verify=false"];
+    if let Some(creds) = creds {
+        args.extend(["--creds", creds]);
+    }
+    args.push(reference);
+    let raw = run_ok(&args);
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    fs::write(file.path(), &raw).expect("write");
+    let path = file.path().to_string_lossy().into_owned();
+    let digest = String::from_utf8(run_ok(&["manifest-digest", &path]))
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    (raw, digest)
+}
+
+/// Pushes an OCI index of two platforms (`linux/amd64` and `linux/arm64/v8`,
+/// one layer each, published from scratch) to `<registry>/<repository>:latest`;
+/// returns the index's digest and the manifests' digests in that order.
+fn push_index(registry: &Registry, repository: &str) -> (String, Vec<String>) {
+    let mut entries = Vec::new();
+    let mut digests = Vec::new();
+    for (platform, file) in [
+        ("linux/amd64", "amd64.txt"),
+        ("linux/arm64/v8", "arm64.txt"),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join(file), platform).expect("write");
+        let report = publish(
+            dir.path(),
+            json!({
+                "base": "scratch",
+                "layers": [{ "paths": [file], "destination": "/etc" }],
+                "target": format!("{}/{repository}", registry.host()),
+                "platform": platform,
+                "cmd": ["/bin/cat", format!("/etc/{file}")],
+            }),
+        );
+        let digest = outputs(&report)["digest"].clone();
+        let (raw, _) = raw_manifest(
+            &format!("docker://{}/{repository}@{digest}", registry.host()),
+            None,
+        );
+        let mut parts = platform.split('/');
+        let mut entry = json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": raw.len(),
+            "platform": { "os": parts.next(), "architecture": parts.next() },
+        });
+        if let Some(variant) = parts.next() {
+            entry["platform"]["variant"] = json!(variant);
+        }
+        entries.push(entry);
+        digests.push(digest);
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .expect("JSON");
+    let status = raw_request(
+        &registry.host(),
+        "PUT",
+        &format!("/v2/{repository}/manifests/latest"),
+        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+        &index,
+    );
+    assert!(status.contains(" 201 "), "{status}");
+    let (_, digest) = raw_manifest(
+        &format!("docker://{}/{repository}:latest", registry.host()),
+        None,
+    );
+    (digest, digests)
+}
+
+#[test]
+fn copy_within_one_registry_mounts_every_blob_and_keeps_the_digest() {
+    let registry = Registry::start();
+    let digest = push_base(&registry, "base/runtime");
+    let before = registry.requests().len();
+
+    let report = step(
+        "copy",
+        json!({
+            "source": format!("{}/base/runtime:1", registry.host()),
+            "target": format!("{}/mirror/runtime", registry.host()),
+            "tags": ["stable", "1"],
+        }),
+    );
+    let out = outputs(&report);
+    assert_eq!(out["digest"], digest);
+    assert_eq!(
+        out["image"],
+        format!("{}/mirror/runtime@{digest}", registry.host())
+    );
+    assert_eq!(out["tags"], "stable,1");
+
+    // The layer and the config were mounted, not read and uploaded.
+    let requests = &registry.requests()[before..];
+    let mounts = requests
+        .iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.path
+                    .starts_with("/v2/mirror/runtime/blobs/uploads/?mount=sha256:")
+                && r.path.ends_with("&from=base/runtime")
+                && r.status == 201
+        })
+        .count();
+    assert_eq!(mounts, 2, "{requests:#?}");
+    assert!(
+        !requests.iter().any(|r| r.method == "PATCH"
+            || (r.method == "PUT" && r.path.contains("/blobs/"))
+            || (r.method == "GET" && r.path.contains("/blobs/"))),
+        "a blob was read or uploaded: {requests:#?}"
+    );
+
+    let inspect: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{}/mirror/runtime:stable", registry.host()),
+    ]))
+    .expect("JSON");
+    assert_eq!(inspect["Digest"], digest.as_str());
+    assert_eq!(inspect["Labels"]["layer"], "base");
+    let (source, _) = raw_manifest(
+        &format!("docker://{}/base/runtime:1", registry.host()),
+        None,
+    );
+    let (copied, copied_digest) = raw_manifest(
+        &format!("docker://{}/mirror/runtime:1", registry.host()),
+        None,
+    );
+    assert_eq!(copied, source, "the manifest was not copied byte for byte");
+    assert_eq!(copied_digest, digest);
+
+    // Again, by digest and with no tags: everything is there already.
+    let before = registry.requests().len();
+    let report = step(
+        "copy",
+        json!({
+            "source": format!("{}/base/runtime@{digest}", registry.host()),
+            "target": format!("{}/mirror/runtime", registry.host()),
+        }),
+    );
+    assert_eq!(outputs(&report)["tags"], "");
+    let again = &registry.requests()[before..];
+    assert!(
+        !again.iter().any(|r| r.method == "POST"),
+        "a blob was pushed again: {again:#?}"
+    );
+    assert!(
+        again.iter().any(
+            |r| r.method == "PUT" && r.path == format!("/v2/mirror/runtime/manifests/{digest}")
+        ),
+        "{again:#?}"
+    );
+}
+
+#[test]
+fn copy_across_registries_needs_the_targets_credential_and_copies_in_chunks() {
+    let source = Registry::start();
+    let target = Registry::builder()
+        .basic_auth("mirror-bot", "right pass")
+        .start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = noise(400_000, 11);
+    fs::write(dir.path().join("lib.bin"), &data).expect("write");
+    let digest = outputs(&publish(
+        dir.path(),
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["lib.bin"], "destination": "/usr/lib" }],
+            "target": format!("{}/base", source.host()),
+            "tags": ["1"],
+        }),
+    ))["digest"]
+        .clone();
+    let config = |password: &str| {
+        json!({
+            "source": format!("{}/base:1", source.host()),
+            "target": format!("{}/mirror/base", target.host()),
+            "tags": ["1"],
+            "credential": { "username": "mirror-bot", "password": password },
+            "chunk_size": 131072,
+        })
+    };
+
+    // A wrong credential: a clear error, and nothing pushed (nor read).
+    let source_before = source.requests().len();
+    let report = step("copy", config("wrong pass"));
+    let message = failure(&report);
+    for part in [
+        target.host().as_str(),
+        "mirror/base",
+        "HTTP 401",
+        "UNAUTHORIZED",
+        "check the credential",
+    ] {
+        assert!(message.contains(part), "`{part}` not in: {message}");
+    }
+    assert!(!message.contains("wrong pass") && !report.log.text().contains("wrong pass"));
+    assert!(target.is_empty(), "a wrong credential pushed something");
+    assert_eq!(source.requests().len(), source_before);
+
+    let report = step("copy", config("right pass"));
+    let out = outputs(&report);
+    assert_eq!(out["digest"], digest);
+    assert_eq!(
+        out["image"],
+        format!("{}/mirror/base@{digest}", target.host())
+    );
+    assert!(!report.log.text().contains("right pass"));
+    // The layer was read in ranges and uploaded in chunks, not mounted.
+    let ranged = source
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/v2/base/blobs/") && r.status == 206)
+        .count();
+    assert!(ranged >= 3, "{ranged} ranged reads");
+    let target_requests = target.requests();
+    assert!(
+        target_requests
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.status == 202)
+            .count()
+            >= 3,
+        "{target_requests:#?}"
+    );
+    assert!(!target_requests.iter().any(|r| r.path.contains("mount=")));
+
+    let reference = format!("docker://{}/mirror/base:1", target.host());
+    let inspect: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "mirror-bot:right pass",
+        &reference,
+    ]))
+    .expect("JSON");
+    assert_eq!(inspect["Digest"], digest.as_str());
+    let layout = tempfile::tempdir().expect("temp dir");
+    run_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        "mirror-bot:right pass",
+        &reference,
+        &format!("oci:{}:1", layout.path().display()),
+    ]);
+    let unpacked = tempfile::tempdir().expect("temp dir");
+    unpack_layers(
+        layout.path(),
+        &layout_manifest(layout.path()),
+        unpacked.path(),
+    );
+    assert_eq!(
+        fs::read(unpacked.path().join("usr/lib/lib.bin")).expect("unpacked"),
+        data
+    );
+}
+
+#[test]
+fn copy_of_an_index_takes_every_platform_or_the_one_asked_for() {
+    let source = Registry::start();
+    let target = Registry::start();
+    let (index, manifests) = push_index(&source, "multi");
+
+    // Whole: the index and both platforms' images, by digest.
+    let report = step(
+        "copy",
+        json!({
+            "source": format!("{}/multi:latest", source.host()),
+            "target": format!("{}/all", target.host()),
+            "tags": ["latest"],
+        }),
+    );
+    assert_eq!(outputs(&report)["digest"], index);
+    let (copied, digest) = raw_manifest(&format!("docker://{}/all:latest", target.host()), None);
+    assert_eq!(digest, index);
+    let (original, _) = raw_manifest(&format!("docker://{}/multi:latest", source.host()), None);
+    assert_eq!(copied, original);
+    for (manifest, arch) in manifests.iter().zip(["amd64", "arm64"]) {
+        let config: Value = serde_json::from_slice(&run_ok(&[
+            "inspect",
+            "--config",
+            "--tls-verify=false",
+            &format!("docker://{}/all@{manifest}", target.host()),
+        ]))
+        .expect("JSON");
+        assert_eq!(config["architecture"], arch);
+    }
+
+    // One platform: its manifest alone, under the tag.
+    let report = step(
+        "copy",
+        json!({
+            "source": format!("{}/multi:latest", source.host()),
+            "target": format!("{}/arm", target.host()),
+            "tags": ["1"],
+            "platform": "linux/arm64",
+        }),
+    );
+    assert_eq!(outputs(&report)["digest"], manifests[1]);
+    let reference = format!("docker://{}/arm:1", target.host());
+    let (raw, digest) = raw_manifest(&reference, None);
+    assert_eq!(digest, manifests[1]);
+    let raw: Value = serde_json::from_slice(&raw).expect("JSON");
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let config: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        &reference,
+    ]))
+    .expect("JSON");
+    assert_eq!(config["architecture"], "arm64");
+    assert_eq!(config["variant"], "v8");
+    let other = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/arm@{}", target.host(), manifests[0]),
+    ]);
+    assert!(!other.status.success(), "the amd64 image was copied too");
+
+    let message = failure(&step(
+        "copy",
+        json!({
+            "source": format!("{}/multi:latest", source.host()),
+            "target": format!("{}/none", target.host()),
+            "platform": "linux/s390x",
+        }),
+    ));
+    assert!(
+        message.contains("no image for linux/s390x")
+            && message.contains("linux/amd64, linux/arm64/v8"),
+        "{message}"
+    );
+}
+
+#[test]
+fn inspect_reads_an_image_and_an_index() {
+    let registry = Registry::start();
+    let digest = push_base(&registry, "base/runtime");
+    let reference = format!("{}/base/runtime:1", registry.host());
+    let report = step("inspect", json!({ "reference": reference }));
+    let out = outputs(&report);
+    let (raw, _) = raw_manifest(&format!("docker://{reference}"), None);
+    let raw: Value = serde_json::from_slice(&raw).expect("JSON");
+    let size = raw["config"]["size"].as_u64().expect("size")
+        + raw["layers"][0]["size"].as_u64().expect("size");
+    assert_eq!(out["digest"], digest);
+    assert_eq!(
+        out["media_type"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(out["size"], size.to_string());
+    assert_eq!(out["platforms"], "linux/amd64");
+    assert_eq!(out["index_digest"], "");
+    assert_eq!(
+        out["config_digest"],
+        raw["config"]["digest"].as_str().expect("digest")
+    );
+    assert_eq!(out["created"], "1970-01-01T00:00:00Z");
+    assert_eq!(out["entrypoint"], "");
+    assert_eq!(out["cmd"], r#"["/bin/sh"]"#);
+    assert_eq!(out["env"], "BASE,PATH");
+    assert_eq!(out["labels"], r#"{"layer":"base"}"#);
+    assert_eq!(out["layers"], "1");
+    assert_eq!(out["workdir"], "");
+
+    let (index, manifests) = push_index(&registry, "multi");
+    let reference = format!("{}/multi:latest", registry.host());
+    let out = outputs(&step("inspect", json!({ "reference": reference }))).clone();
+    let (raw, _) = raw_manifest(&format!("docker://{reference}"), None);
+    assert_eq!(out["digest"], index);
+    assert_eq!(out["media_type"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(out["size"], raw.len().to_string());
+    assert_eq!(out["platforms"], "linux/amd64,linux/arm64/v8");
+    assert_eq!(out["layers"], "");
+    assert_eq!(out["cmd"], "");
+
+    let out = outputs(&step(
+        "inspect",
+        json!({ "reference": reference, "platform": "linux/arm64/v8" }),
+    ))
+    .clone();
+    assert_eq!(out["digest"], manifests[1]);
+    assert_eq!(out["index_digest"], index);
+    assert_eq!(out["platforms"], "linux/arm64/v8");
+    assert_eq!(out["cmd"], r#"["/bin/cat","/etc/arm64.txt"]"#);
+    assert_eq!(out["layers"], "1");
+}
+
+#[test]
+fn a_bad_or_missing_reference_fails_naming_it() {
+    let (field, message) = invalid_config(&step(
+        "inspect",
+        json!({ "reference": "127.0.0.1:1/Team/App:1" }),
+    ));
+    assert_eq!(field.as_deref(), Some("reference"));
+    assert!(message.contains("127.0.0.1:1/Team/App:1"), "{message}");
+    assert!(message.contains("not a valid repository name"), "{message}");
+    let (field, message) = invalid_config(&step(
+        "copy",
+        json!({ "source": "127.0.0.1:1/app:v1:v2", "target": "127.0.0.1:1/copy" }),
+    ));
+    assert_eq!(field.as_deref(), Some("source"));
+    assert!(message.contains("v1:v2"), "{message}");
+    let (field, _) = invalid_config(&step(
+        "copy",
+        json!({ "source": "127.0.0.1:1/app:1", "target": "127.0.0.1:1/copy:2" }),
+    ));
+    assert_eq!(field.as_deref(), Some("target"));
+
+    // Well formed but not in the registry: the error names the image, the
+    // registry's status and code.
+    let registry = Registry::start();
+    let reference = format!("{}/team/nothing:here", registry.host());
+    let message = failure(&step("inspect", json!({ "reference": reference })));
+    for part in [
+        format!("the image {reference}"),
+        "HTTP 404".to_owned(),
+        "MANIFEST_UNKNOWN".to_owned(),
+    ] {
+        assert!(message.contains(&part), "`{part}` not in: {message}");
+    }
+    let message = failure(&step(
+        "copy",
+        json!({ "source": reference, "target": format!("{}/copy", registry.host()) }),
+    ));
+    assert!(
+        message.contains(&format!("the source {reference}")) && message.contains("HTTP 404"),
+        "{message}"
+    );
+}
