@@ -29,6 +29,13 @@
 //! per `layers` entry, sets the config and pushes the manifest under each tag.
 //! Outputs: `digest`, `image` (`registry/repository@digest`), `tags`
 //! (comma-separated), `config_digest`. The same inputs give the same digest.
+//!
+//! `copy` ([`copy`]) copies an image by digest (an index whole, or one
+//! platform's manifest), mounting blobs within a registry and copying them
+//! across registries, manifests byte for byte; `inspect` ([`inspect`]) reports
+//! a reference's digest, size, platforms and config summary. The steps share
+//! [`manifest`] (reading images), [`transfer`] (a blob into a repository) and
+//! [`registry`] (the distribution client).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};

@@ -1,7 +1,9 @@
-//! The `image` biz's `publish` step against a real registry on loopback
-//! (`docker-registry`, CNCF distribution 2.8), looked at with `skopeo`: the
-//! config a client sees, the files and modes in the layers, the same digest
-//! twice, basic auth, cross-repository mounts and chunked uploads.
+//! The `image` biz's `publish`, `copy` and `inspect` steps against a real
+//! registry on loopback (`docker-registry`, CNCF distribution 2.8), looked at
+//! with `skopeo`: the config a client sees, the files and modes in the layers,
+//! the same digest twice, basic auth, cross-repository mounts and chunked
+//! uploads; copies that keep the digest (mounted in one registry, copied in
+//! chunks across two, an index whole or one platform); what `inspect` reports.
 
 use std::fs;
 use std::path::Path;
