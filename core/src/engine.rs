@@ -769,6 +769,7 @@ impl Engine {
                     origin,
                 }),
             untrusted: old.spec.untrusted,
+            image: old.spec.image.clone(),
             ..TriggerRequest::default()
         };
         req.labels

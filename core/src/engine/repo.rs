@@ -260,6 +260,7 @@ impl Engine {
                     },
                 }),
                 untrusted: !trusted,
+                image: None,
             };
             let outcome = match crate::pipeline::trigger(core, &name, request).await {
                 Ok(exec) => RepoOutcome::Started {

@@ -1050,7 +1050,7 @@ impl<'s> Decoder<'s> {
     }
 
     fn trigger(&mut self, node: &Node, path: &str) -> Option<Trigger> {
-        const TYPES: [&str; 3] = ["manual", "cron", "webhook"];
+        const TYPES: [&str; 4] = ["manual", "cron", "webhook", "image_push"];
         let NodeKind::Map(entries) = &node.kind else {
             self.type_error(node, "a trigger", "a mapping");
             return None;
@@ -1064,7 +1064,10 @@ impl<'s> Decoder<'s> {
                 "missing-field",
                 "a trigger is missing `type`",
                 node.span,
-                Some("add `type: manual`, `type: cron` or `type: webhook`".into()),
+                Some(
+                    "add `type: manual`, `type: cron`, `type: webhook` or `type: image_push`"
+                        .into(),
+                ),
             );
             return None;
         };
@@ -1073,6 +1076,7 @@ impl<'s> Decoder<'s> {
             "manual" => &["type"],
             "cron" => &["type", "schedule", "branch"],
             "webhook" => &["type", "events", "branch", "secret"],
+            "image_push" => &["type", "repository", "tags", "self"],
             other => {
                 let hint = match did_you_mean(other, TYPES) {
                     Some(s) => format!("did you mean `{s}`?"),
@@ -1087,7 +1091,11 @@ impl<'s> Decoder<'s> {
                 return None;
             }
         };
-        let what = format!("a {kind} trigger");
+        let what = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            format!("an {kind} trigger")
+        } else {
+            format!("a {kind} trigger")
+        };
         let f = self.fields(node, path, &what, known)?;
         match kind.as_str() {
             "manual" => Some(Trigger::Manual),
@@ -1099,6 +1107,22 @@ impl<'s> Decoder<'s> {
                     .get("branch")
                     .and_then(|n| self.string(n, &join(path, "branch"), "`branch`"));
                 Some(Trigger::Cron { schedule, branch })
+            }
+            "image_push" => {
+                let repository = self.required(&f, "repository", &what);
+                let repository = repository
+                    .and_then(|n| self.string(n, &join(path, "repository"), "`repository`"))?;
+                Some(Trigger::ImagePush {
+                    repository,
+                    tags: f
+                        .get("tags")
+                        .map(|n| self.filter(n, &join(path, "tags"), "`tags`"))
+                        .unwrap_or_default(),
+                    own: f
+                        .get("self")
+                        .and_then(|n| self.bool(n, &join(path, "self"), "`self`"))
+                        .unwrap_or(false),
+                })
             }
             _ => Some(Trigger::Webhook {
                 events: f

@@ -11,6 +11,7 @@
 //! reference := "params." NAME | "secrets." NAME | "env." NAME | "matrix." NAME
 //!            | step ".outputs." NAME | step ".state"
 //!            | "event" | "branch" | "commit" | "pipeline"
+//!            | "trigger.image" | "trigger.digest" | "trigger.tag"
 //! step    := "steps." NAME | "steps[" STRING "]"
 //! ```
 //! Functions (GitHub Actions' names): `contains(haystack, needle)` (substring
@@ -212,6 +213,31 @@ pub enum Reference {
     Commit,
     /// `pipeline`: the pipeline's name.
     Pipeline,
+    /// `trigger.image`, `trigger.digest`, `trigger.tag`: the image push
+    /// that started the execution (empty strings otherwise).
+    Trigger(TriggerField),
+}
+
+/// A field of `trigger` (the image push that started an execution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TriggerField {
+    /// `trigger.image`: the repository, with the registry's host when known.
+    Image,
+    /// `trigger.digest`: the pushed manifest's digest.
+    Digest,
+    /// `trigger.tag`: the tag pushed (empty for a push by digest).
+    Tag,
+}
+
+impl TriggerField {
+    /// The field's name after `trigger.`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Digest => "digest",
+            Self::Tag => "tag",
+        }
+    }
 }
 
 impl Reference {
@@ -244,6 +270,7 @@ impl fmt::Display for Reference {
             Self::Branch => f.write_str("branch"),
             Self::Commit => f.write_str("commit"),
             Self::Pipeline => f.write_str("pipeline"),
+            Self::Trigger(field) => write!(f, "trigger.{}", field.name()),
         }
     }
 }
@@ -810,6 +837,13 @@ impl ExprParser<'_> {
             ["branch"] => Reference::Branch,
             ["commit"] => Reference::Commit,
             ["pipeline"] => Reference::Pipeline,
+            ["trigger", "image"] => Reference::Trigger(TriggerField::Image),
+            ["trigger", "digest"] => Reference::Trigger(TriggerField::Digest),
+            ["trigger", "tag"] => Reference::Trigger(TriggerField::Tag),
+            ["trigger", ..] => {
+                return Err(not_a_reference()
+                    .hint("`trigger` has `trigger.image`, `trigger.digest` and `trigger.tag` (an `image_push` trigger's push)"));
+            }
             ["steps"] => {
                 return Err(not_a_reference()
                     .hint("use `steps.<name>.outputs.<key>` or `steps.<name>.state`"));
@@ -827,14 +861,14 @@ impl ExprParser<'_> {
                 return Err(not_a_reference().hint(format!("`{root}` has no fields")));
             }
             [root, ..] => {
-                const ROOTS: [&str; 9] = [
+                const ROOTS: [&str; 10] = [
                     "params", "secrets", "env", "matrix", "steps", "event", "branch", "commit",
-                    "pipeline",
+                    "pipeline", "trigger",
                 ];
                 let e = ExprError::new(format!("unknown name `{root}`"), range);
                 return Err(match did_you_mean(root, ROOTS) {
                     Some(s) if s != *root => e.hint(format!("did you mean `{s}`?")),
-                    _ => e.hint("references start with `params.`, `secrets.`, `env.`, `matrix.`, `steps.`, or are `event`, `branch`, `commit`, `pipeline`; quote string literals"),
+                    _ => e.hint("references start with `params.`, `secrets.`, `env.`, `matrix.`, `steps.`, `trigger.`, or are `event`, `branch`, `commit`, `pipeline`; quote string literals"),
                 });
             }
             [] => return Err(ExprError::new("expected a reference", whole)),
@@ -986,6 +1020,9 @@ pub struct MapContext {
     pub matrix: BTreeMap<String, Value>,
     /// The pipeline's name (`pipeline`).
     pub pipeline: Option<String>,
+    /// The image push that started the execution (`trigger.*`); `None`
+    /// gives empty strings.
+    pub image: Option<crate::model::ImagePush>,
     /// How the run has gone, for the status functions; `None` outside an `if`.
     pub status: Option<StatusFacts>,
     /// The directory `hashFiles` globs are relative to; `None` makes
@@ -1011,6 +1048,15 @@ impl EvalContext for MapContext {
             Reference::Env(n) => self.env.get(n).cloned().map(Value::String),
             Reference::Matrix(n) => self.matrix.get(n).cloned(),
             Reference::Pipeline => self.pipeline.clone().map(Value::String),
+            Reference::Trigger(field) => {
+                let push = self.image.as_ref();
+                let text = match field {
+                    TriggerField::Image => push.map(|p| p.image.clone()),
+                    TriggerField::Digest => push.map(|p| p.digest.clone()),
+                    TriggerField::Tag => push.map(|p| p.tag.clone()),
+                };
+                Some(Value::String(text.unwrap_or_default()))
+            }
         }
     }
 

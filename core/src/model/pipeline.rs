@@ -265,6 +265,51 @@ pub enum Trigger {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret: Option<String>,
     },
+    /// Started by a push to a container registry: distribution's
+    /// notifications or Harbor's `PUSH_ARTIFACT` webhook, delivered to
+    /// `POST /hooks/{engine}/registry`. The execution reads the push as
+    /// `trigger.image`, `trigger.digest` and `trigger.tag`.
+    ImagePush {
+        /// The repository (`team/app`, or with the registry's host
+        /// `registry.example.com/team/app`); a glob (`team/*`).
+        repository: String,
+        /// Tags that start a run (globs; a list is shorthand for `include`);
+        /// empty: every tag, and pushes by digest.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        tags: Filter,
+        /// Also run for an image this pipeline published itself (an output
+        /// of one of its recent executions holds the pushed digest). Off by
+        /// default, so a pipeline that publishes what triggers it does not
+        /// loop.
+        #[serde(default, rename = "self", skip_serializing_if = "std::ops::Not::not")]
+        own: bool,
+    },
+}
+
+impl Trigger {
+    /// Whether an image push of `image` (the repository, with the
+    /// registry's host when known) and `tag` (empty for a push by digest)
+    /// starts a run of this trigger.
+    pub fn accepts_image(&self, image: &str, host: &str, tag: &str) -> bool {
+        let Trigger::ImagePush {
+            repository, tags, ..
+        } = self
+        else {
+            return false;
+        };
+        let pattern = Filter {
+            include: vec![repository.clone()],
+            exclude: Vec::new(),
+        };
+        let repo_hit = pattern.matches(image)
+            || (!host.is_empty() && pattern.matches(&format!("{host}/{image}")));
+        let tag_hit = if tag.is_empty() {
+            tags.is_empty()
+        } else {
+            tags.matches(tag)
+        };
+        repo_hit && tag_hit
+    }
 }
 
 /// The webhook/repository events the engine knows.

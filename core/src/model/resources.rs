@@ -525,6 +525,25 @@ pub enum TriggerKind {
     /// A step of another pipeline (`pipeline:`); label
     /// `arkline.dev/called-by` names the calling execution.
     Pipeline,
+    /// A push to a container registry (an `image_push` trigger); the
+    /// execution's `image` says which.
+    ImagePush,
+}
+
+/// The image push that started an execution (`trigger.image`,
+/// `trigger.digest`, `trigger.tag` in expressions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePush {
+    /// The repository as the registry names it (`team/app`), with the
+    /// registry's host when the notification gave one
+    /// (`registry.example.com/team/app`).
+    pub image: String,
+    /// The manifest's digest (`sha256:…`).
+    pub digest: String,
+    /// The tag pushed; empty for a push by digest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
 }
 
 /// Spec of a [`PipelineExecution`].
@@ -577,6 +596,9 @@ pub struct PipelineExecutionSpec {
     /// granted nothing or named in `untrusted_bizes` run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub untrusted: bool,
+    /// The image push that started it (`trigger: image_push`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImagePush>,
 }
 
 /// A decision on an approval step.

@@ -492,7 +492,7 @@ impl<'a> Checker<'a, '_> {
                 let span = span(self);
                 self.step_reference(step, r, span, reader);
             }
-            Reference::Event | Reference::Branch | Reference::Commit => {}
+            Reference::Event | Reference::Branch | Reference::Commit | Reference::Trigger(_) => {}
             Reference::Env(name) => {
                 let step = reader
                     .step
@@ -885,6 +885,26 @@ impl<'a> Checker<'a, '_> {
                             Some("use five fields `minute hour day-of-month month day-of-week`, e.g. `0 3 * * 1-5`, or `@daily`".into()),
                         );
                     }
+                }
+                Trigger::ImagePush {
+                    repository, tags, ..
+                } => {
+                    if repository.trim().is_empty() {
+                        self.report(
+                            "bad-image-push",
+                            "`repository` is empty".into(),
+                            &format!("{path}.repository"),
+                            Some("name the repository as the registry does, e.g. `team/app`, or a glob such as `team/*`".into()),
+                        );
+                    } else if let Err(e) = globset::Glob::new(repository) {
+                        self.report(
+                            "bad-glob",
+                            format!("`{repository}` is not a valid glob: {}", e.kind()),
+                            &format!("{path}.repository"),
+                            Some("globs use `*`, `**`, `?`, `[abc]` and `{a,b}`".into()),
+                        );
+                    }
+                    self.filter(tags, &format!("{path}.tags"), false);
                 }
                 Trigger::Webhook {
                     events,

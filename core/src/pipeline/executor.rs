@@ -979,6 +979,7 @@ impl Driver {
             commit: Some(spec.commit.clone()).filter(|s| !s.is_empty()),
             matrix,
             pipeline: Some(spec.pipeline.clone()),
+            image: spec.image.clone(),
             status,
             workspace: Some(self.workspace.clone()).filter(|w| !w.as_os_str().is_empty()),
             env: BTreeMap::new(),

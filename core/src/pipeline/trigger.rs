@@ -31,6 +31,8 @@ pub struct TriggerRequest {
     /// The execution is untrusted: no secrets, only bizes without grants or
     /// allowed for untrusted events (see `PipelineExecutionSpec::untrusted`).
     pub untrusted: bool,
+    /// The image push that started it (`TriggerKind::ImagePush`).
+    pub image: Option<crate::model::ImagePush>,
 }
 
 /// A pipeline spec read from a repository file, and where it came from.
@@ -159,6 +161,7 @@ fn group_of(exec: &PipelineExecution, group: &str) -> Result<String, TriggerErro
         branch: Some(spec.branch.clone()),
         commit: Some(spec.commit.clone()),
         pipeline: Some(spec.pipeline.clone()),
+        image: spec.image.clone(),
         ..MapContext::default()
     };
     crate::model::expr::interpolate(group, &ctx).map_err(|e| TriggerError::Group {
@@ -215,6 +218,7 @@ fn new_execution(
             approvals: BTreeMap::new(),
             origin: req.from_repo.as_ref().map(|f| f.origin.clone()),
             untrusted: req.untrusted,
+            image: req.image.clone(),
         },
     )
 }

@@ -51,6 +51,11 @@ fn execution() -> PipelineExecution {
             approvals: BTreeMap::new(),
             origin: None,
             untrusted: false,
+            image: Some(arkline::model::ImagePush {
+                image: "registry.example.com/team/app".into(),
+                digest: "sha256:0123".into(),
+                tag: "1.0".into(),
+            }),
         },
     );
     exec.status.phase = ExecutionPhase::Running;

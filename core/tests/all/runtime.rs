@@ -74,3 +74,30 @@ fn a_step_sees_only_the_secrets_it_references() {
     let compile = &spec.stages[0].steps[0];
     assert!(compile.referenced_secrets().is_empty());
 }
+
+#[test]
+fn an_image_push_trigger_matches_repository_globs_hosts_and_tags() {
+    use arkline::model::{Filter, Trigger};
+    let t = |repository: &str, tags: &[&str]| Trigger::ImagePush {
+        repository: repository.into(),
+        tags: Filter {
+            include: tags.iter().map(|s| (*s).to_owned()).collect(),
+            exclude: vec!["*-rc*".into()],
+        },
+        own: false,
+    };
+    let app = t("team/app", &["v*"]);
+    assert!(app.accepts_image("team/app", "", "v1.2"));
+    assert!(!app.accepts_image("team/app", "", "v1.2-rc1"), "excluded");
+    assert!(!app.accepts_image("team/app", "", "latest"));
+    assert!(!app.accepts_image("team/other", "", "v1"));
+    assert!(
+        !app.accepts_image("team/app", "", ""),
+        "a push by digest has no tag"
+    );
+    let hosted = t("registry.example.com/team/*", &[]);
+    assert!(hosted.accepts_image("team/api", "registry.example.com", "x"));
+    assert!(!hosted.accepts_image("team/api", "other.example.com", "x"));
+    assert!(!hosted.accepts_image("team/api", "", "x"));
+    assert!(!Trigger::Manual.accepts_image("team/app", "", "v1"));
+}

@@ -248,6 +248,8 @@ impl Driver {
                     ]),
                     from_repo: None,
                     untrusted: spec.untrusted,
+                    // A called pipeline sees the push that started its caller.
+                    image: spec.image.clone(),
                 };
                 self.start_waiting(node, &format!("calling pipeline `{}`", call.name));
                 match trigger(&self.core, &call.name, req).await {
