@@ -5,7 +5,9 @@
 //! - `api`: the `/api/v1` admin API (engines, bizes, pipelines, executions, logs,
 //!   secrets), `/healthz`, `/readyz`; `auth`: tokens and scopes; `error`: the
 //!   JSON error shape; `openapi`: the document built from `api`'s route table;
-//! - `hooks`: `POST /hooks/<engine>/<pipeline>` (GitHub/GitLab-compatible webhooks);
+//! - `hooks`: `POST /hooks/<engine>/<pipeline>` (GitHub/GitLab-compatible webhooks),
+//!   `POST /hooks/<engine>` (pipelines as code), `POST /registry-hooks/<engine>`
+//!   (image pushes from a registry);
 //! - `metrics`: Prometheus `/metrics`;
 //! - `connections`: the accept loop with the connection cap and the header,
 //!   body and idle timeouts.

@@ -112,10 +112,11 @@ pub use resources::{
     Approval, BizDeployment, BizDeploymentSpec, BizDeploymentStatus, BizState, CacheSettings,
     Ciphertext, Condition, ConditionStatus, ConditionType, DEFAULT_INTERRUPTED_RETRIES, DesiredBiz,
     EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, ForgeKind, ForgeSettings,
-    ImagePush, MAX_REASON_BYTES, Pipeline, PipelineExecution, PipelineExecutionSpec, PipelineExecutionStatus,
-    PipelineOrigin, PipelineSetting, PipelineSettingSpec, PipelineSettingStatus, PipelineStatus,
-    RepoPipelines, Retention, Secret, SecretSpec, SecretStatus, SourceStatus, StageStatus,
-    StepLimits, StepPhase, StepStatus, TriggerKind, default_repo_path,
+    ImagePush, MAX_REASON_BYTES, Pipeline, PipelineExecution, PipelineExecutionSpec,
+    PipelineExecutionStatus, PipelineOrigin, PipelineSetting, PipelineSettingSpec,
+    PipelineSettingStatus, PipelineStatus, RegistryNotifications, RepoPipelines, Retention, Secret,
+    SecretSpec, SecretStatus, SourceStatus, StageStatus, StepLimits, StepPhase, StepStatus,
+    TriggerKind, default_repo_path,
 };
 pub use validate::validate;
 

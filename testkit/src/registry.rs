@@ -34,6 +34,7 @@ const INSTALL: &str = "Debian/Ubuntu: apt-get install docker-registry skopeo apa
 pub struct RegistryBuilder {
     basic_auth: Option<(String, String)>,
     token: Option<TokenAuth>,
+    notify: Option<(String, String)>,
 }
 
 /// What a registry behind a token service needs to know of it.
@@ -57,6 +58,13 @@ impl RegistryBuilder {
             realm: service.realm(),
             certificate: service.dir.join("token.crt"),
         });
+        self
+    }
+
+    /// Sends the registry's notifications (distribution's event envelopes)
+    /// to `url`, with `authorization` as their `Authorization` header.
+    pub fn notify(mut self, url: &str, authorization: &str) -> Self {
+        self.notify = Some((url.to_owned(), authorization.to_owned()));
         self
     }
 
@@ -127,6 +135,16 @@ impl Registry {
             }
             (None, None) => String::new(),
         };
+        let notify = builder
+            .notify
+            .as_ref()
+            .map_or_else(String::new, |(url, auth)| {
+                format!(
+                    "notifications:\n  endpoints:\n    - name: arkline\n      url: {url}\n      \
+                 headers:\n        Authorization: [\"{auth}\"]\n      timeout: 2s\n      \
+                 threshold: 5\n      backoff: 200ms\n"
+                )
+            });
         let mut last = String::new();
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -138,7 +156,7 @@ impl Registry {
                  log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: arkline-test-secret\n\
-                 {auth}",
+                 {auth}{notify}",
                 dir.join("storage").display()
             );
             let config_path = dir.join("config.yml");

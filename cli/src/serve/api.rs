@@ -538,6 +538,14 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
         )
         .add(
             Operation {
+                request: Payload::Json(schema::<serde_json::Value>),
+                reply: Reply::Json(202, schema::<serde_json::Value>),
+                ..op(Method::POST, "/registry-hooks/{engine}", "registryNotification", "Image pushes from a container registry: CNCF distribution's notification envelope (`application/vnd.docker.distribution.events.v1+json`; `push` events of manifests and indexes) or Harbor's `PUSH_ARTIFACT` webhook, authenticated by the `Authorization` header holding the token of the engine's `registry_notifications.token_secret` (`Bearer <token>` or the token alone). Starts each pipeline whose `image_push` trigger accepts the repository and tag, with `trigger.image`, `trigger.digest` and `trigger.tag`; an event id seen within the replay window, or an image the pipeline published itself (unless its trigger says `self: true`), starts nothing. 202 `{triggered: true, executions, skipped}`; 200 `{triggered: false, reason, skipped}`; 400 for a body that is no notification; 401, the same for every address, when the token does not match.", "webhooks", None)
+            },
+            post(super::hooks::registry::receive),
+        )
+        .add(
+            Operation {
                 reply: Reply::Text(200, "text/plain; version=0.0.4"),
                 ..op(Method::GET, "/metrics", "metrics", "Prometheus metrics (text exposition format 0.0.4): executions by engine and phase, queue depth, step durations by biz, instantiations and faults by kind, cache hits and misses, guest-thread CPU and weight by engine, store commit latency. No token: serve on a private interface.", "metrics", None)
             },

@@ -31,6 +31,7 @@
 //! pipelines.
 
 pub mod delivery;
+pub mod registry;
 pub mod replay;
 pub mod repo;
 pub mod signature;
@@ -426,7 +427,7 @@ pub(crate) async fn claim_delivery(
             state.container.store(),
             engine_name,
             pipeline_name,
-            provider,
+            provider.as_str(),
             key,
             state.webhook_dedup_window,
         )

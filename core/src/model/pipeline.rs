@@ -313,7 +313,7 @@ impl Trigger {
 }
 
 /// The webhook/repository events the engine knows.
-pub const EVENTS: [&str; 4] = ["push", "pull_request", "tag", "manual"];
+pub const EVENTS: [&str; 5] = ["push", "pull_request", "tag", "manual", "image_push"];
 
 /// A stage: steps that run in parallel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

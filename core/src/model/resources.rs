@@ -144,6 +144,22 @@ pub struct PipelineSettingSpec {
     /// --ref`) names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipelines_from_repo: Option<RepoPipelines>,
+    /// Image pushes from a container registry start the pipelines whose
+    /// `image_push` triggers accept them: the registry's notifications (or
+    /// Harbor's webhook) are sent to `POST /registry-hooks/<engine>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_notifications: Option<RegistryNotifications>,
+}
+
+/// How an engine takes a registry's push notifications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryNotifications {
+    /// The engine secret holding the token the registry sends in its
+    /// `Authorization` header (`Bearer <token>`, or the token alone), as
+    /// distribution's `notifications.endpoints[].headers` or Harbor's
+    /// webhook "auth header" are configured to send.
+    pub token_secret: String,
 }
 
 /// Where an engine reads pipelines from a repository, and whom it trusts.
@@ -562,7 +578,7 @@ pub struct PipelineExecutionSpec {
     /// Parameter values (defaults already applied).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, serde_json::Value>,
-    /// Event name (`push`, `pull_request`, `tag`, `manual`).
+    /// Event name (`push`, `pull_request`, `tag`, `manual`, `image_push`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub event: String,
     /// Branch built.

@@ -19,8 +19,6 @@ use chrono::Utc;
 use serde_json::json;
 use sha2::Digest as _;
 
-use super::delivery::Provider;
-
 /// The kind of the stored delivery records.
 pub const KIND: &str = "WebhookDelivery";
 
@@ -47,9 +45,9 @@ pub enum Claim {
 
 /// The store name of a delivery: a digest, so that any id fits the store's
 /// naming rules and the same id sent to two pipelines counts apart.
-fn object_name(provider: Provider, pipeline: &str, id: &str) -> String {
-    let digest = sha2::Sha256::digest(format!("{}\0{pipeline}\0{id}", provider.as_str()));
-    format!("{}-{}", provider.as_str(), hex::encode(&digest[..20]))
+fn object_name(source: &str, pipeline: &str, id: &str) -> String {
+    let digest = sha2::Sha256::digest(format!("{source}\0{pipeline}\0{id}"));
+    format!("{source}-{}", hex::encode(&digest[..20]))
 }
 
 fn expired(obj: &DynamicObject, window: Duration) -> bool {
@@ -68,7 +66,9 @@ fn execution_of(obj: &DynamicObject) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Claims delivery `id` of `provider` for `pipeline` in `engine`.
+/// Claims delivery `id` of `source` (a forge's
+/// [`Provider::as_str`](super::delivery::Provider::as_str), or `registry`) for
+/// `pipeline` in `engine`.
 ///
 /// # Errors
 /// When the store fails.
@@ -76,11 +76,11 @@ pub async fn claim(
     store: &Arc<dyn Store>,
     engine: &str,
     pipeline: &str,
-    provider: Provider,
+    source: &str,
     id: &str,
     window: Duration,
 ) -> Result<Claim, StoreError> {
-    let key = ObjectRef::new(KIND, engine, object_name(provider, pipeline, id));
+    let key = ObjectRef::new(KIND, engine, object_name(source, pipeline, id));
     // Two rounds at most: an expired record is removed, then the name is taken.
     for _ in 0..2 {
         if let Some(seen) = store.get(&key).await? {
@@ -100,7 +100,7 @@ pub async fn claim(
             kind: KIND.to_owned(),
             metadata: ObjectMeta::new(engine, key.name.clone()),
             spec: json!({
-                "provider": provider.as_str(),
+                "provider": source,
                 "pipeline": pipeline,
                 "delivery": id,
                 "execution": "",
