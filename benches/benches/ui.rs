@@ -38,8 +38,9 @@
 //! domain, and the JavaScript profile from its `Profiler`).
 //!
 //! `cargo bench -p arkline-benches --bench ui` (unset `RUST_BACKTRACE`
-//! first). Prints p50 and max of `ARKLINE_UI_SAMPLES` loads (5); it reports,
-//! it asserts no duration. `ARKLINE_UI_PROFILE=0` skips the last two loads. Without
+//! first). Prints p50 and max of `ARKLINE_UI_SAMPLES` loads (5), and each
+//! load's marks and resource timings on stderr; it reports, it asserts no
+//! duration. `ARKLINE_UI_PROFILE=0` skips the last two loads. Without
 //! `chromedriver` or `chromium` it stops at once, saying what to install.
 
 use std::time::{Duration, Instant};
@@ -161,9 +162,15 @@ async fn load(browser: &Browser, url: &str, want: &[&str]) -> Load {
         let marks = browser
             .eval(
                 "const n = performance.getEntriesByType('navigation')[0]; \
+                 const r = performance.getEntriesByType('resource').find((e) => e.name.includes('/logs?')); \
                  return Object.assign({ \
                    document: n && n.responseEnd, domContentLoaded: n && n.domContentLoadedEventEnd, \
-                   load: n && n.loadEventEnd, lines: (document.getElementById('log') || {}).childElementCount \
+                   load: n && n.loadEventEnd, lines: (document.getElementById('log') || {}).childElementCount, \
+                   streamRequested: r && r.startTime, streamRequestSent: r && r.requestStart, \
+                   streamResponse: r && r.responseStart, \
+                   resources: performance.getEntriesByType('resource').map((e) => [(new URL(e.name).pathname + new URL(e.name).search).slice(0, 70), \
+                     Math.round(e.startTime), Math.round(e.connectStart), Math.round(e.connectEnd), Math.round(e.requestStart), \
+                     Math.round(e.responseStart), Math.round(e.responseEnd)]) \
                  }, window.__arkMarks || {})",
                 json!([]),
             )
@@ -368,6 +375,13 @@ async fn run(samples: usize, profile: bool) {
     row("execution page: `load` event", &pages, "load");
     row("execution page: 100 step nodes in the DOM", &pages, "steps");
     row("execution page: … and painted", &pages, "stepsPainted");
+    row(
+        "log page: log stream requested",
+        &log_pages,
+        "streamRequested",
+    );
+    row("log page: … request sent", &log_pages, "streamRequestSent");
+    row("log page: … response headers", &log_pages, "streamResponse");
     row(
         "log page: first line from the stream",
         &log_pages,
