@@ -959,6 +959,7 @@ mod tests {
     }
 }
 
+#[cfg(feature = "steps")]
 arkline_sdk::steps! {
     /// Builds an image from a base and workspace layers and pushes it to a registry.
     "publish" => publish,

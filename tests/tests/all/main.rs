@@ -9,6 +9,7 @@
 
 mod cache_capability;
 mod cluster;
+mod deploy;
 mod deployment;
 mod etcd;
 mod executions;

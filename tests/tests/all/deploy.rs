@@ -1,0 +1,441 @@
+//! The `deploy` biz: `publish-template` against a real registry on loopback
+//! (`docker-registry`, looked at with `skopeo`), and `apply` of the published
+//! template with a stand-in `kubectl`.
+//!
+//! No cluster is available here. The stand-in is a shell script named
+//! `kubectl` that records each call's arguments and the manifests given on
+//! stdin in its working directory (the step's workspace), answers `rollout
+//! status` as a successful rollout, and never answers it for a workload named
+//! `stuck` (it sleeps past the rollout timeout). The process capability
+//! resolves a granted program name on the engine's `PATH` when the biz is
+//! installed; so that no test changes this process's environment, a test that
+//! needs the stand-in runs itself again as a child process of this binary
+//! whose `PATH` starts with the stand-in's directory.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use arkline_testkit::registry::{Registry, skopeo};
+use arkline_testkit::{Capabilities, Harness, StepCall, StepFailure, StepReport};
+use serde_json::{Value, json};
+
+/// Set in the child process a stand-in test runs in.
+const CHILD: &str = "ARKLINE_TEST_DEPLOY_STAND_IN";
+
+const STAND_IN: &str = r#"#!/bin/sh
+# A stand-in kubectl: records its arguments and stdin in its working directory.
+PATH=/usr/bin:/bin
+printf '%s\n' "$*" >> kubectl-calls.log
+case "$1" in
+  apply)
+    cat > kubectl-apply-stdin.yaml
+    echo "applied (stand-in)"
+    ;;
+  rollout)
+    case "$3" in
+      */stuck) sleep 300 ;;
+      *) echo "$3 successfully rolled out" ;;
+    esac
+    ;;
+esac
+"#;
+
+/// In the parent: runs `test` (this module's test of that name) again in a
+/// child process whose `PATH` finds the stand-in `kubectl` first, and checks it
+/// passed; returns false. In the child: returns true (run the test's body).
+fn in_stand_in_child(test: &str) -> bool {
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let bin = tempfile::tempdir().expect("temp dir");
+    let kubectl = bin.path().join("kubectl");
+    fs::write(&kubectl, STAND_IN).expect("write the stand-in");
+    let mut perms = fs::metadata(&kubectl).expect("stand-in").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&kubectl, perms).expect("chmod the stand-in");
+    let path = std::env::join_paths(std::iter::once(bin.path().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH");
+    let out = Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            &format!("deploy::{test}"),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PATH", path)
+        .env(CHILD, "1")
+        .output()
+        .expect("runs this test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child running deploy::{test} with the stand-in kubectl failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
+fn harness(process: &[&str]) -> Harness {
+    Harness::from_ark(arkline_testkit::plugin("deploy")).grant(Capabilities {
+        http: vec!["127.0.0.1".into()],
+        process: process.iter().map(|p| (*p).to_owned()).collect(),
+        ..Capabilities::default()
+    })
+}
+
+fn call(harness: &Harness, step: &str, workspace: &Path, config: Value) -> StepReport {
+    harness.call(
+        StepCall::new(step, config)
+            .workspace(workspace)
+            .timeout(Duration::from_secs(120)),
+    )
+}
+
+fn outputs(report: &StepReport) -> &std::collections::BTreeMap<String, String> {
+    report.outputs().unwrap_or_else(|| {
+        panic!(
+            "the step failed: {:?}\n{}",
+            report.result,
+            report.log.text()
+        )
+    })
+}
+
+fn failure(report: &StepReport) -> String {
+    match &report.result {
+        Err(StepFailure::Failed(message)) => message.clone(),
+        other => panic!("expected a failure, got {other:?}\n{}", report.log.text()),
+    }
+}
+
+/// A workspace with a bundle in `manifests/`: a Deployment with placeholders,
+/// a Service, a StatefulSet in its own namespace, and a README that is not a
+/// manifest.
+fn bundle_workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("manifests");
+    fs::create_dir_all(root.join("data")).expect("mkdir");
+    fs::write(
+        root.join("web.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels:\n    app.kubernetes.io/part-of: shop\nspec:\n  replicas: {{ replicas }}\n  template:\n    spec:\n      containers:\n        - name: web\n          image: {{image}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: [{ port: 80 }]\n",
+    )
+    .expect("write");
+    fs::write(
+        root.join("data/db.yaml"),
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: data\nspec:\n  replicas: 1\n",
+    )
+    .expect("write");
+    fs::write(
+        root.join("README.md"),
+        "the shop's manifests {{ not a value }}\n",
+    )
+    .expect("write");
+    dir
+}
+
+fn publish_config(registry: &Registry) -> Value {
+    json!({
+        "path": "manifests",
+        "target": format!("{}/team/shop-template", registry.host()),
+        "tags": ["1.2.0", "latest"],
+        "annotations": {
+            "org.opencontainers.image.source": "https://git.example.com/team/shop",
+            "org.opencontainers.image.revision": "0123abc",
+        },
+    })
+}
+
+#[test]
+fn publish_template_pushes_an_oci_artifact_with_the_same_digest_twice() {
+    let registry = Registry::start();
+    let harness = harness(&[]);
+    let workspace = bundle_workspace();
+    let report = call(
+        &harness,
+        "publish-template",
+        workspace.path(),
+        publish_config(&registry),
+    );
+    let out = outputs(&report).clone();
+    let digest = out["digest"].clone();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(
+        out["image"],
+        format!("{}/team/shop-template@{digest}", registry.host())
+    );
+    assert_eq!(out["tags"], "1.2.0,latest");
+
+    for tag in ["1.2.0", "latest"] {
+        let reference = format!("docker://{}/team/shop-template:{tag}", registry.host());
+        let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &reference]);
+        assert!(
+            raw.status.success(),
+            "{}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+        let manifest: Value = serde_json::from_slice(&raw.stdout).expect("a JSON manifest");
+        assert_eq!(
+            manifest["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(
+            manifest["artifactType"],
+            "application/vnd.arkline.template.v1"
+        );
+        assert_eq!(
+            manifest["config"]["mediaType"],
+            "application/vnd.oci.empty.v1+json"
+        );
+        assert_eq!(manifest["config"]["size"], 2);
+        let layers = manifest["layers"].as_array().expect("layers");
+        assert_eq!(layers.len(), 1, "{manifest}");
+        assert_eq!(
+            layers[0]["mediaType"],
+            "application/vnd.arkline.template.layer.v1.tar+gzip"
+        );
+        assert_eq!(layers[0]["digest"], out["layer_digest"].as_str());
+        let annotations = &manifest["annotations"];
+        assert_eq!(annotations["org.opencontainers.image.title"], "manifests");
+        assert_eq!(annotations["org.opencontainers.image.version"], "1.2.0");
+        assert_eq!(annotations["org.opencontainers.image.revision"], "0123abc");
+        assert_eq!(
+            annotations["org.opencontainers.image.source"],
+            "https://git.example.com/team/shop"
+        );
+        let digest_of = skopeo(&[
+            "inspect",
+            "--format",
+            "{{.Digest}}",
+            "--tls-verify=false",
+            &reference,
+        ]);
+        if digest_of.status.success() {
+            assert_eq!(String::from_utf8_lossy(&digest_of.stdout).trim(), digest);
+        }
+    }
+
+    // The same files and settings: the same digest, in another workspace too.
+    let again = bundle_workspace();
+    let report = call(
+        &harness,
+        "publish-template",
+        again.path(),
+        publish_config(&registry),
+    );
+    assert_eq!(outputs(&report)["digest"], digest);
+
+    // A changed file changes it.
+    fs::write(
+        again.path().join("manifests/extra.yaml"),
+        "kind: ConfigMap\nmetadata:\n  name: extra\n",
+    )
+    .expect("write");
+    let report = call(
+        &harness,
+        "publish-template",
+        again.path(),
+        publish_config(&registry),
+    );
+    assert_ne!(outputs(&report)["digest"], digest);
+
+    // A path that is not a directory is refused with the field named.
+    let mut config = publish_config(&registry);
+    config["path"] = json!("nowhere");
+    let report = call(&harness, "publish-template", again.path(), config);
+    match &report.result {
+        Err(StepFailure::InvalidConfig { field, message }) => {
+            assert_eq!(field.as_deref(), Some("path"));
+            assert!(message.contains("nowhere"), "{message}");
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn apply_of_a_published_template_renders_applies_server_side_and_waits_for_rollouts() {
+    if !in_stand_in_child(
+        "apply_of_a_published_template_renders_applies_server_side_and_waits_for_rollouts",
+    ) {
+        return;
+    }
+    let registry = Registry::start();
+    let harness = harness(&["kubectl"]);
+    let source = bundle_workspace();
+    let published = call(
+        &harness,
+        "publish-template",
+        source.path(),
+        publish_config(&registry),
+    );
+    let image = outputs(&published)["image"].clone();
+    let digest = outputs(&published)["digest"].clone();
+
+    let workspace = tempfile::tempdir().expect("temp dir");
+    let report = call(
+        &harness,
+        "apply",
+        workspace.path(),
+        json!({
+            "template": format!("{}/team/shop-template:1.2.0", registry.host()),
+            "values": { "replicas": "3", "image": "registry.example.com/shop/web@sha256:feed" },
+            "namespace": "shop",
+            "prune_label": "app.kubernetes.io/part-of=shop",
+            "rollout_timeout": 30,
+        }),
+    );
+    let out = outputs(&report);
+    assert_eq!(out["template_digest"], digest);
+    let applied: Vec<String> = serde_json::from_str(&out["applied"]).expect("applied is JSON");
+    // In file name order (`data/db.yaml` before `web.yaml`), then document order.
+    assert_eq!(applied, ["StatefulSet/db", "Deployment/web", "Service/web"]);
+    let rollout: Value = serde_json::from_str(&out["rollout"]).expect("rollout is JSON");
+    assert_eq!(
+        rollout,
+        json!({ "Deployment/web": "ready", "StatefulSet/db": "ready" })
+    );
+
+    let calls =
+        fs::read_to_string(workspace.path().join("kubectl-calls.log")).expect("kubectl ran");
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(
+        calls,
+        [
+            "apply --server-side --field-manager=arkline -f - -n shop --prune -l app.kubernetes.io/part-of=shop",
+            // The StatefulSet names its own namespace.
+            "rollout status statefulset/db --timeout=30s -n data",
+            "rollout status deployment/web --timeout=30s -n shop",
+        ]
+    );
+    let applied_yaml = fs::read_to_string(workspace.path().join("kubectl-apply-stdin.yaml"))
+        .expect("stdin recorded");
+    assert!(applied_yaml.contains("  replicas: 3\n"), "{applied_yaml}");
+    assert!(
+        applied_yaml.contains("image: registry.example.com/shop/web@sha256:feed\n"),
+        "{applied_yaml}"
+    );
+    assert!(applied_yaml.contains("kind: StatefulSet"), "{applied_yaml}");
+    assert!(
+        !applied_yaml.contains("{{"),
+        "placeholders left: {applied_yaml}"
+    );
+    assert!(!applied_yaml.contains("README"), "{applied_yaml}");
+
+    // By digest (the `image` output) too.
+    let again = tempfile::tempdir().expect("temp dir");
+    let report = call(
+        &harness,
+        "apply",
+        again.path(),
+        json!({
+            "template": image,
+            "values": { "replicas": "1", "image": "x" },
+            "wait": false,
+        }),
+    );
+    assert_eq!(outputs(&report)["rollout"], "{}");
+    let calls = fs::read_to_string(again.path().join("kubectl-calls.log")).expect("kubectl ran");
+    assert_eq!(calls, "apply --server-side --field-manager=arkline -f -\n");
+}
+
+#[test]
+fn a_rollout_that_does_not_finish_fails_the_step_naming_the_workload() {
+    if !in_stand_in_child("a_rollout_that_does_not_finish_fails_the_step_naming_the_workload") {
+        return;
+    }
+    let harness = harness(&["kubectl"]);
+    let workspace = tempfile::tempdir().expect("temp dir");
+    fs::create_dir_all(workspace.path().join("k8s")).expect("mkdir");
+    fs::write(
+        workspace.path().join("k8s/stuck.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\nspec:\n  replicas: 1\n",
+    )
+    .expect("write");
+    let report = call(
+        &harness,
+        "apply",
+        workspace.path(),
+        json!({ "path": "k8s", "namespace": "shop", "rollout_timeout": 1 }),
+    );
+    let message = failure(&report);
+    assert!(
+        message.contains("Deployment/stuck") && message.contains("did not finish within 1s"),
+        "{message}"
+    );
+    assert!(message.contains("rollout_timeout"), "{message}");
+    let calls =
+        fs::read_to_string(workspace.path().join("kubectl-calls.log")).expect("kubectl ran");
+    assert!(
+        calls.contains("rollout status deployment/stuck --timeout=1s -n shop"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn apply_without_a_kubectl_grant_names_the_grant_to_add() {
+    let harness = harness(&[]);
+    let workspace = tempfile::tempdir().expect("temp dir");
+    fs::write(
+        workspace.path().join("app.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n",
+    )
+    .expect("write");
+    let report = call(
+        &harness,
+        "apply",
+        workspace.path(),
+        json!({ "path": "app.yaml" }),
+    );
+    let message = failure(&report);
+    assert!(message.contains("`kubectl` is not granted"), "{message}");
+    assert!(message.contains("process=kubectl"), "{message}");
+}
+
+#[test]
+fn apply_refuses_a_missing_value_and_a_chart_without_a_helm_grant() {
+    let harness = harness(&[]);
+    let workspace = bundle_workspace();
+    let report = call(
+        &harness,
+        "apply",
+        workspace.path(),
+        json!({ "path": "manifests", "values": { "replicas": "2" } }),
+    );
+    match &report.result {
+        Err(StepFailure::InvalidConfig { field, message }) => {
+            assert_eq!(field.as_deref(), Some("values"));
+            assert!(
+                message.contains("web.yaml") && message.contains("`{{ image }}`"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+
+    fs::create_dir_all(workspace.path().join("chart/templates")).expect("mkdir");
+    fs::write(
+        workspace.path().join("chart/Chart.yaml"),
+        "apiVersion: v2\nname: shop\nversion: 0.1.0\n",
+    )
+    .expect("write");
+    fs::write(
+        workspace.path().join("chart/templates/cm.yaml"),
+        "kind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n",
+    )
+    .expect("write");
+    let report = call(
+        &harness,
+        "apply",
+        workspace.path(),
+        json!({ "path": "chart" }),
+    );
+    let message = failure(&report);
+    assert!(
+        message.contains("Helm chart") && message.contains("process=helm"),
+        "{message}"
+    );
+}
