@@ -258,7 +258,9 @@ fn kubectl(
         HostError::Denied(m) => StepError::failed(format!(
             "`kubectl` is not granted to the deploy biz ({m}); grant it to the engine: `process=kubectl` (and `process-net=host` so it reaches the cluster)"
         )),
-        other => StepError::failed(format!("cannot run `kubectl`: {other}")),
+        other => StepError::failed(format!(
+            "cannot run `kubectl`: {other} (kubectl must be on the PATH of the engine's host)"
+        )),
     })
 }
 
