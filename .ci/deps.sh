@@ -6,8 +6,9 @@
 # and `componentize-py` (PyPI, into a venv) and `componentize-js` (npm) for
 # the Python and JavaScript step plugins' tests, and `chromium` with
 # `chromium-driver` for the dashboard's browser tests.
-# With `--test` also `docker-registry` (CNCF distribution 2.8), `skopeo` and
-# `htpasswd` (apache2-utils) for the image plugin's registry tests.
+# With `--test` also `docker-registry` (CNCF distribution 2.8), `skopeo`,
+# `htpasswd` (apache2-utils) and `buildah` for the image plugin's registry
+# and Dockerfile-build tests.
 # Debian/Ubuntu packages via apt-get, as root or with passwordless sudo;
 # elsewhere it says what to install. Source it or run it.
 set -euo pipefail
@@ -27,6 +28,9 @@ if [ "${1:-}" = "--test" ]; then
   command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v skopeo >/dev/null || need+=(skopeo)
   command -v htpasswd >/dev/null || need+=(apache2-utils)
+  # image/build's tests run a Dockerfile build with buildah (vfs storage,
+  # chroot isolation; the tests run it as root, outside the process sandbox).
+  command -v buildah >/dev/null || need+=(buildah)
   # componentize-py goes into a virtual environment (Debian's Python refuses
   # a system-wide pip install).
   python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

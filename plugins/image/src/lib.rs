@@ -44,6 +44,7 @@ use std::time::Duration;
 use arkline_sdk::prelude::*;
 use serde_json::{Map, Value, json};
 
+pub mod build;
 pub mod copy;
 pub mod inspect;
 pub mod layer;
@@ -967,4 +968,6 @@ arkline_sdk::steps! {
     "copy" => copy::copy,
     /// Reads an image's digest, size, platforms and config summary.
     "inspect" => inspect::inspect,
+    /// Builds a Dockerfile with a granted `buildah` and pushes the image to a registry.
+    "build" => build::build,
 }

@@ -1655,3 +1655,211 @@ fn a_bad_or_missing_reference_fails_naming_it() {
         "{message}"
     );
 }
+
+// `image/build`: a Dockerfile built by a granted buildah, pushed by the
+// plugin's own client.
+
+/// Fails (never skips) when buildah is missing: `.ci/deps.sh --test`
+/// installs it.
+fn require_buildah() {
+    let works = Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        works,
+        "the image/build tests need buildah on PATH: run `.ci/deps.sh --test` (Debian: apt-get install buildah)"
+    );
+}
+
+/// The `image` biz granted `grants`, in a runtime whose process sandbox is
+/// on or off. buildah cannot run inside the sandbox (it must be root in a
+/// user namespace of its own and mount; the sandbox's uid has no
+/// capabilities, `setgroups` is denied, and Landlock refuses mount(2) and
+/// pivot_root(2)), so the builds run where an operator turned it off.
+async fn image_biz(
+    grants: Capabilities,
+    sandbox: bool,
+) -> (arkline::runtime::BizRegistry, arkline::runtime::BizLease) {
+    use arkline::ark::Ark;
+    use arkline::runtime::{Activation, BizRegistry, Runtime, RuntimeConfig};
+    let ark = Ark::open(arkline_testkit::plugin("image")).expect("image archive");
+    let mut config = RuntimeConfig::default().max_instances(4);
+    if !sandbox {
+        config.process_limits.sandbox = false;
+        config.process_limits.landlock = false;
+    }
+    let registry = BizRegistry::new(Runtime::new(config).expect("runtime"), "images");
+    registry
+        .install(std::sync::Arc::new(ark), &grants, Activation::IfNone)
+        .await
+        .expect("installs");
+    let lease = registry.resolve("image").expect("resolves");
+    (registry, lease)
+}
+
+fn buildah_grants() -> Capabilities {
+    Capabilities {
+        http: vec!["127.0.0.1".into()],
+        process: vec!["buildah".into()],
+        ..Capabilities::default()
+    }
+}
+
+/// A workspace with a Dockerfile: `FROM scratch`, an `ARG`, two `COPY`s of
+/// workspace files and a `LABEL`.
+fn dockerfile_workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    fs::create_dir_all(root.join("app")).expect("mkdir");
+    fs::write(root.join("app/hello.txt"), b"hello from buildah\n").expect("write");
+    fs::write(root.join("app/run.sh"), b"#!/bin/sh\necho run\n").expect("write");
+    fs::write(
+        root.join("Dockerfile"),
+        "FROM scratch\n\
+         ARG VERSION=0\n\
+         COPY app/hello.txt /srv/hello.txt\n\
+         COPY app/run.sh /usr/local/bin/run.sh\n\
+         LABEL org.example.version=$VERSION org.example.kind=dockerfile\n",
+    )
+    .expect("write");
+    dir
+}
+
+fn build_call(workspace: &Path, config: Value) -> StepCall {
+    StepCall::new("build", config)
+        .workspace(workspace)
+        .timeout(Duration::from_secs(300))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_pushes_a_dockerfile_image_that_skopeo_reads_back() {
+    require_buildah();
+    let registry = Registry::start();
+    let (_bizes, lease) = image_biz(buildah_grants(), false).await;
+    let workspace = dockerfile_workspace();
+    let report = lease
+        .invoke(build_call(
+            workspace.path(),
+            json!({
+                "build_args": { "VERSION": "1.2" },
+                "labels": { "org.opencontainers.image.title": "hello" },
+                "target": format!("{}/team/built", registry.host()),
+                "tags": ["v1", "latest"],
+                // The config (about 1 KiB) goes up in chunks, the smallest layer whole.
+                "chunk_size": 128,
+            }),
+        ))
+        .await;
+    let out = outputs(&report).clone();
+    let digest = out["digest"].clone();
+    assert!(digest.starts_with("sha256:"), "{out:?}");
+    assert_eq!(
+        out["image"],
+        format!("{}/team/built@{digest}", registry.host())
+    );
+    assert_eq!(out["tags"], "v1,latest");
+
+    // Both tags name the image; the Dockerfile's labels (with the build
+    // argument) and the step's label are in its config; one layer per COPY.
+    let reference = format!("docker://{}/team/built:v1", registry.host());
+    let inspect: Value =
+        serde_json::from_slice(&run_ok(&["inspect", "--tls-verify=false", &reference]))
+            .expect("skopeo inspect prints JSON");
+    assert_eq!(inspect["Digest"], digest.as_str());
+    assert_eq!(inspect["Labels"]["org.example.version"], "1.2");
+    assert_eq!(inspect["Labels"]["org.example.kind"], "dockerfile");
+    assert_eq!(inspect["Labels"]["org.opencontainers.image.title"], "hello");
+    assert_eq!(
+        inspect["Layers"].as_array().map(Vec::len),
+        Some(2),
+        "{inspect}"
+    );
+    let latest = format!("docker://{}/team/built:latest", registry.host());
+    let again: Value = serde_json::from_slice(&run_ok(&["inspect", "--tls-verify=false", &latest]))
+        .expect("skopeo inspect prints JSON");
+    assert_eq!(again["Digest"], digest.as_str());
+
+    // The layers hold the two workspace files.
+    let layout = tempfile::tempdir().expect("temp dir");
+    let oci = format!("oci:{}:v1", layout.path().display());
+    run_ok(&["copy", "--src-tls-verify=false", &reference, &oci]);
+    let raw: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &reference,
+    ]))
+    .expect("the manifest is JSON");
+    let listing = list_layers(layout.path(), &raw);
+    assert!(
+        listing.iter().any(|l| l.ends_with("srv/hello.txt")),
+        "{listing:?}"
+    );
+    assert!(
+        listing.iter().any(|l| l.ends_with("usr/local/bin/run.sh")),
+        "{listing:?}"
+    );
+    let unpacked = tempfile::tempdir().expect("temp dir");
+    unpack_layers(layout.path(), &raw, unpacked.path());
+    assert_eq!(
+        fs::read(unpacked.path().join("srv/hello.txt")).expect("hello.txt in the image"),
+        b"hello from buildah\n"
+    );
+    assert_eq!(
+        fs::read(unpacked.path().join("usr/local/bin/run.sh")).expect("run.sh in the image"),
+        b"#!/bin/sh\necho run\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_without_the_buildah_grant_fails_naming_the_grant() {
+    let registry = Registry::start();
+    let grants = Capabilities {
+        http: vec!["127.0.0.1".into()],
+        ..Capabilities::default()
+    };
+    let (_bizes, lease) = image_biz(grants, false).await;
+    let workspace = dockerfile_workspace();
+    let report = lease
+        .invoke(build_call(
+            workspace.path(),
+            json!({ "target": format!("{}/team/built", registry.host()), "tags": ["v1"] }),
+        ))
+        .await;
+    let message = failure(&report);
+    assert!(
+        message.contains("`process` capability") && message.contains("process=buildah"),
+        "{message}"
+    );
+    // Nothing was pushed.
+    let reference = format!("docker://{}/team/built:v1", registry.host());
+    assert!(
+        !skopeo(&["inspect", "--tls-verify=false", &reference])
+            .status
+            .success()
+    );
+}
+
+/// Inside arkline's process sandbox buildah cannot start: the step says why
+/// and what to do instead of passing on buildah's `setgroups` error alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_in_the_process_sandbox_fails_saying_why() {
+    require_buildah();
+    let registry = Registry::start();
+    let (_bizes, lease) = image_biz(buildah_grants(), true).await;
+    let workspace = dockerfile_workspace();
+    let report = lease
+        .invoke(build_call(
+            workspace.path(),
+            json!({ "target": format!("{}/team/built", registry.host()), "tags": ["v1"] }),
+        ))
+        .await;
+    let message = failure(&report);
+    assert!(
+        message.contains("buildah failed in the build")
+            && message.contains("process sandbox")
+            && message.contains("sandbox: false"),
+        "{message}"
+    );
+}

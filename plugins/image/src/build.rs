@@ -1,0 +1,521 @@
+//! The `build` step: a Dockerfile built by a granted `buildah` (the
+//! `process` capability, grant `process=buildah`), then pushed with this
+//! plugin's own registry client, as `publish` pushes.
+//!
+//! buildah keeps its storage in the workspace (`--root`, `--runroot` under
+//! `.arkline/buildah`, the `vfs` driver: no overlay or FUSE privileges),
+//! builds with `bud --layers --isolation chroot`, and writes the image to an
+//! OCI layout in the workspace (`buildah push … oci:…`). The step reads that
+//! layout through WASI, checks every digest, and uploads the blobs and the
+//! manifest: one client, one credential path, and no credential ever on a
+//! command line or in buildah's hands.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::time::Duration;
+
+use arkline_sdk::prelude::*;
+use arkline_sdk::workspace::{WORKSPACE, guest_path, relative_path};
+use serde_json::Value;
+
+use crate::layer::Hashing;
+use crate::oci::{self, Descriptor};
+use crate::registry::{Registry, RegistryError, Scope, short};
+use crate::{
+    Clients, CredentialConfig, check_chunk_size, check_request_timeout, check_tags, credential_of,
+    target_repository,
+};
+
+/// The granted program.
+const BUILDAH: &str = "buildah";
+
+/// Where buildah's storage and the OCI layout live, relative to the workspace.
+const STATE_DIR: &str = ".arkline/buildah";
+
+/// The name the image has in buildah's storage and in the OCI layout.
+const LOCAL_NAME: &str = "localhost/arkline-build:latest";
+
+/// Configuration of the `build` step.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// The build context, a directory relative to the workspace (default the
+    /// workspace root).
+    #[serde(default = "default_context")]
+    pub context: String,
+    /// The Dockerfile (or Containerfile), relative to the workspace (default
+    /// `Dockerfile` in `context`).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Build arguments (`ARG`), passed as `--build-arg NAME=VALUE`. They are
+    /// on buildah's command line and in the image's history: never pass a
+    /// secret here.
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    /// The Dockerfile stage to build (buildah's `--target`); default the last.
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// The platform to build for (`os/arch[/variant]`, buildah's
+    /// `--platform`); default the host's.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Labels added to the image config (`--label NAME=VALUE`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Reuse cached intermediate layers from earlier builds in this workspace
+    /// (`--layers`; default true).
+    #[serde(default = "default_true")]
+    pub layers: bool,
+    /// Time limit of the build, in seconds (default 3600; the step's own
+    /// timeout also applies).
+    #[serde(default = "default_build_timeout")]
+    pub build_timeout: u64,
+    /// The repository to push to, e.g. `registry.example.com/team/app` (no
+    /// tag: tags go in `tags`).
+    pub target: String,
+    /// Tags to push the image under; without any, it is pushed by digest only.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The target registry's credential: `username` and `password` (pass a
+    /// secret), or a bearer `token`.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
+    /// Registries (`host[:port]`) reached over plain HTTP. Loopback registries
+    /// always are.
+    #[serde(default)]
+    pub plain_http: Vec<String>,
+    /// Blobs larger than this many bytes are uploaded in chunks of this size
+    /// (default and most 8 MiB).
+    #[serde(default = "crate::default_chunk")]
+    pub chunk_size: u64,
+    /// The largest blob the step uploads (default 8 GiB).
+    #[serde(default = "crate::default_max_blob")]
+    pub max_blob_bytes: u64,
+    /// Attempts after the first on 5xx, 429 or a failed exchange (default 4).
+    #[serde(default = "crate::default_retries")]
+    pub retries: u32,
+    /// Time limit of each request in seconds (default 120; the host allows 300).
+    #[serde(default = "crate::default_timeout")]
+    pub request_timeout: u64,
+}
+
+fn default_context() -> String {
+    ".".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_build_timeout() -> u64 {
+    3600
+}
+
+/// Runs the `build` step.
+pub fn build(_ctx: &Context, config: Build) -> StepResult {
+    let target = target_repository(&config.target)?;
+    check_tags(&config.tags)?;
+    check_chunk_size(config.chunk_size)?;
+    check_request_timeout(config.request_timeout)?;
+    let credential = credential_of(config.credential.as_ref(), "credential")?;
+    let context = workspace_dir(&config.context, "context")?;
+    let file = match &config.file {
+        Some(file) => workspace_dir(file, "file")?,
+        None => format!("{context}/Dockerfile"),
+    };
+    if fs::metadata(&file).map(|m| m.is_file()).ok() != Some(true) {
+        return Err(StepError::invalid_config(
+            if config.file.is_some() {
+                "file"
+            } else {
+                "context"
+            },
+            format!("there is no Dockerfile at {file}; set `file` to its path in the workspace"),
+        ));
+    }
+    if let Some(platform) = &config.platform {
+        oci::Platform::parse(platform).map_err(|e| StepError::invalid_config("platform", e))?;
+    }
+    for (field, map) in [
+        ("build_args", &config.build_args),
+        ("labels", &config.labels),
+    ] {
+        if let Some(name) = map.keys().find(|k| k.is_empty() || k.contains('=')) {
+            return Err(StepError::invalid_config(
+                field,
+                format!("`{name}` is not a name: it is empty or has a `=`"),
+            ));
+        }
+    }
+    if config.build_timeout == 0 {
+        return Err(StepError::invalid_config(
+            "build_timeout",
+            "give a time limit of at least 1 second",
+        ));
+    }
+
+    // A missing grant or program fails here, before the registry is asked.
+    let version = process::Command::new(BUILDAH)
+        .arg("--version")
+        .current_dir(WORKSPACE)
+        .stream_to_log(false)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .map_err(grant_error)?;
+    arkline_sdk::info!("{}", String::from_utf8_lossy(&version.stdout).trim());
+
+    let clients = Clients {
+        plain_http: &config.plain_http,
+        retries: config.retries,
+        timeout: Duration::from_secs(config.request_timeout),
+    };
+    let registry = clients.registry(&target.registry, credential);
+    // A wrong credential fails here, before a long build.
+    registry
+        .ping(&target.repository, &Scope::push(&target.repository))
+        .map_err(|e| StepError::failed(e.to_string()))?;
+
+    let state = guest_path(STATE_DIR);
+    let layout = format!("{state}/oci");
+    fs::create_dir_all(&state)
+        .map_err(|e| StepError::failed(format!("cannot create {state}: {e}")))?;
+    // A layout from an earlier run would hold its blobs too.
+    if fs::metadata(&layout).is_ok() {
+        fs::remove_dir_all(&layout)
+            .map_err(|e| StepError::failed(format!("cannot clear {layout}: {e}")))?;
+    }
+    let timeout = Duration::from_secs(config.build_timeout);
+
+    let mut bud = vec![
+        "bud".to_owned(),
+        "--isolation".into(),
+        "chroot".into(),
+        format!("--layers={}", config.layers),
+        "--file".into(),
+        file.clone(),
+        "--tag".into(),
+        LOCAL_NAME.into(),
+    ];
+    for (name, value) in &config.build_args {
+        bud.extend(["--build-arg".to_owned(), format!("{name}={value}")]);
+    }
+    for (name, value) in &config.labels {
+        bud.extend(["--label".to_owned(), format!("{name}={value}")]);
+    }
+    if let Some(stage) = &config.stage {
+        bud.extend(["--target".to_owned(), stage.clone()]);
+    }
+    if let Some(platform) = &config.platform {
+        bud.extend(["--platform".to_owned(), platform.clone()]);
+    }
+    bud.push(context.clone());
+    arkline_sdk::info!("buildah bud: {file} in {context}");
+    buildah(&state, &bud, timeout, "the build")?;
+    buildah(
+        &state,
+        &[
+            "push".to_owned(),
+            "--quiet".into(),
+            LOCAL_NAME.into(),
+            // Relative to the working directory (the workspace): the host
+            // translates only arguments that start with `/workspace`.
+            format!("oci:{STATE_DIR}/oci:build"),
+        ],
+        timeout,
+        "writing the image to an OCI layout",
+    )?;
+
+    // The layout: index → manifest → config and layers, every digest checked.
+    let manifest_descriptor = layout_manifest(&layout)?;
+    let manifest_bytes = read_blob(&layout, &manifest_descriptor, 16 << 20)?;
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+        StepError::failed(format!("buildah's manifest in {layout} is not JSON: {e}"))
+    })?;
+    let media_type = manifest_descriptor.media_type.clone();
+    if !oci::is_manifest(&media_type) {
+        return Err(StepError::failed(format!(
+            "buildah wrote a {media_type} to {layout}, not an image manifest"
+        )));
+    }
+    let config_descriptor = manifest
+        .get("config")
+        .ok_or_else(|| "the manifest has no `config`".to_owned())
+        .and_then(Descriptor::from_json)
+        .map_err(|e| StepError::failed(format!("buildah's manifest in {layout}: {e}")))?;
+    let mut blobs = vec![config_descriptor];
+    for layer in manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+    {
+        blobs.push(
+            Descriptor::from_json(layer)
+                .map_err(|e| StepError::failed(format!("buildah's manifest in {layout}: {e}")))?,
+        );
+    }
+
+    let repo = target.repository.as_str();
+    let mut uploaded = 0;
+    for blob in &blobs {
+        if blob.size > config.max_blob_bytes {
+            return Err(StepError::failed(format!(
+                "the image has a blob {} of {} bytes, over `max_blob_bytes` ({})",
+                blob.digest, blob.size, config.max_blob_bytes
+            )));
+        }
+        if registry
+            .has_blob(repo, &blob.digest)
+            .map_err(registry_error)?
+        {
+            arkline_sdk::info!("{} already in {repo}", short(&blob.digest));
+            continue;
+        }
+        upload_blob(&registry, repo, &layout, blob, config.chunk_size)?;
+        uploaded += 1;
+        arkline_sdk::info!("uploaded {} ({} bytes)", short(&blob.digest), blob.size);
+    }
+
+    let digest = manifest_descriptor.digest.clone();
+    let references: Vec<&str> = if config.tags.is_empty() {
+        vec![digest.as_str()]
+    } else {
+        config.tags.iter().map(String::as_str).collect()
+    };
+    for reference in references {
+        let stored = registry
+            .put_manifest(repo, reference, &media_type, &manifest_bytes)
+            .map_err(registry_error)?;
+        if let Some(stored) = stored
+            && stored != digest
+        {
+            return Err(StepError::failed(format!(
+                "registry {}, repository {repo}: the manifest pushed as {reference} was stored as {stored}, not {digest}",
+                target.registry
+            )));
+        }
+        arkline_sdk::info!("pushed {}:{reference}", target.repository_name());
+    }
+    let image = format!("{}@{digest}", target.repository_name());
+    Ok(Outcome::new()
+        .output("digest", digest.clone())
+        .output("image", image.clone())
+        .output("tags", config.tags.join(","))
+        .summary(format!(
+            "{image} built by buildah ({} layers, {uploaded} blobs uploaded, {} requests)",
+            blobs.len() - 1,
+            registry.request_count()
+        )))
+}
+
+/// A workspace path setting as a guest path.
+fn workspace_dir(path: &str, field: &str) -> Result<String, StepError> {
+    relative_path(path).map(|r| guest_path(&r)).ok_or_else(|| {
+        StepError::invalid_config(
+            field,
+            format!("`{path}` leaves the workspace; give a path relative to the workspace root"),
+        )
+    })
+}
+
+/// Runs `buildah` with its storage under `state`; `what` names the run in
+/// errors.
+fn buildah(state: &str, args: &[String], timeout: Duration, what: &str) -> Result<(), StepError> {
+    let mut all = vec![
+        "--root".to_owned(),
+        format!("{state}/root"),
+        "--runroot".into(),
+        format!("{state}/runroot"),
+        "--storage-driver".into(),
+        "vfs".into(),
+    ];
+    all.extend(args.iter().cloned());
+    let out = process::Command::new(BUILDAH)
+        .args(all)
+        .env("BUILDAH_ISOLATION", "chroot")
+        .current_dir(WORKSPACE)
+        .timeout(timeout)
+        .output()
+        .map_err(grant_error)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+    Err(StepError::failed(format!(
+        "buildah failed in {what} ({}):\n{tail}{}",
+        out.status,
+        if is_sandbox_refusal(&stderr) {
+            SANDBOX_HINT
+        } else {
+            ""
+        }
+    )))
+}
+
+/// What to do when buildah cannot set itself up in the process sandbox.
+const SANDBOX_HINT: &str = "\nbuildah could not make its user namespace or its mounts: arkline's process sandbox runs a program as an unprivileged uid with no capabilities, `setgroups` denied and a Landlock domain (which refuses every mount(2) and pivot_root(2), and writes under /proc). buildah must be root in a user namespace of its own and mount, even for a build of COPY instructions only (it unpacks layers in a pivot_root). Run `image/build` on a runtime whose process sandbox is off (`ProcessLimits { sandbox: false, landlock: false, .. }`), or use `image/publish`, which needs no program.";
+
+/// Whether buildah's error is the sandbox refusing its user namespace or
+/// mounts.
+fn is_sandbox_refusal(stderr: &str) -> bool {
+    ["/setgroups", "/uid_map", "/gid_map"]
+        .iter()
+        .any(|p| stderr.contains(p))
+        || (stderr.contains("operation not permitted")
+            && ["mount", "pivot_root", "unshare"]
+                .iter()
+                .any(|w| stderr.contains(w)))
+}
+
+/// A refused or failed `process` call, with what to do.
+fn grant_error(e: HostError) -> StepError {
+    match e {
+        HostError::Denied(why) => StepError::failed(format!(
+            "image/build runs `buildah` through the `process` capability, which the engine has not granted to the `image` biz ({why}); grant it `process=buildah` (e.g. `--grant process=buildah`) on a host with buildah installed"
+        )),
+        HostError::Failed(why) if why.contains(BUILDAH) => StepError::failed(format!(
+            "cannot run buildah: {why}; install buildah on the host (Debian: apt-get install buildah) and install the biz again"
+        )),
+        other => StepError::failed(format!("cannot run buildah: {other}")),
+    }
+}
+
+fn registry_error(e: RegistryError) -> StepError {
+    StepError::failed(e.to_string())
+}
+
+/// The manifest of the `build` image in the OCI layout at `layout`.
+fn layout_manifest(layout: &str) -> Result<Descriptor, StepError> {
+    let path = format!("{layout}/index.json");
+    let index: Value = fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| StepError::failed(format!("cannot read buildah's {path}: {e}")))?;
+    let entries = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let entry = entries
+        .iter()
+        .find(|m| {
+            m.pointer("/annotations/org.opencontainers.image.ref.name") == Some(&"build".into())
+        })
+        .or_else(|| entries.first())
+        .ok_or_else(|| StepError::failed(format!("buildah's {path} lists no manifest")))?;
+    Descriptor::from_json(entry).map_err(|e| StepError::failed(format!("buildah's {path}: {e}")))
+}
+
+/// The path of a blob in the layout.
+fn blob_path(layout: &str, digest: &str) -> Result<String, StepError> {
+    let (algorithm, hex) = digest
+        .split_once(':')
+        .filter(|(a, h)| *a == "sha256" && !h.contains('/'))
+        .ok_or_else(|| StepError::failed(format!("unexpected digest `{digest}` in {layout}")))?;
+    Ok(format!("{layout}/blobs/{algorithm}/{hex}"))
+}
+
+/// A small blob's bytes, size and digest checked.
+fn read_blob(layout: &str, blob: &Descriptor, max: u64) -> Result<Vec<u8>, StepError> {
+    if blob.size > max {
+        return Err(StepError::failed(format!(
+            "{} in {layout} is {} bytes, over {max}",
+            blob.digest, blob.size
+        )));
+    }
+    let path = blob_path(layout, &blob.digest)?;
+    let bytes =
+        fs::read(&path).map_err(|e| StepError::failed(format!("cannot read {path}: {e}")))?;
+    let digest = crate::layer::sha256(&bytes);
+    if digest != blob.digest || bytes.len() as u64 != blob.size {
+        return Err(StepError::failed(format!(
+            "{path} is {} bytes with digest {digest}, not the {} bytes of {} its descriptor says",
+            bytes.len(),
+            blob.size,
+            blob.digest
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Uploads a blob of the layout: whole when it fits a chunk, else in
+/// chunks; its digest is checked before the upload is finished.
+fn upload_blob(
+    registry: &Registry,
+    repo: &str,
+    layout: &str,
+    blob: &Descriptor,
+    chunk: u64,
+) -> Result<(), StepError> {
+    if blob.size <= chunk {
+        let bytes = read_blob(layout, blob, chunk)?;
+        return registry
+            .upload(repo, &blob.digest, &bytes)
+            .map_err(registry_error);
+    }
+    let path = blob_path(layout, &blob.digest)?;
+    let file =
+        fs::File::open(&path).map_err(|e| StepError::failed(format!("cannot open {path}: {e}")))?;
+    let mut upload = registry
+        .chunked(repo, &blob.digest)
+        .map_err(registry_error)?;
+    let mut hashing = Hashing::new(std::io::sink());
+    let mut reader = file.take(blob.size + 1);
+    let mut buffer = vec![0; usize::try_from(chunk).unwrap_or(8 << 20)];
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let n = reader
+                .read(&mut buffer[filled..])
+                .map_err(|e| StepError::failed(format!("cannot read {path}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut hashing, &buffer[..filled])
+            .map_err(|e| StepError::failed(e.to_string()))?;
+        upload.patch(&buffer[..filled]).map_err(registry_error)?;
+    }
+    if hashing.count != blob.size || hashing.digest() != blob.digest {
+        return Err(StepError::failed(format!(
+            "{path} is {} bytes with digest {}, not the {} bytes of {} its descriptor says; nothing was pushed",
+            hashing.count,
+            hashing.digest(),
+            blob.size,
+            blob.digest
+        )));
+    }
+    upload.finish(&blob.digest).map_err(registry_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_refusals_are_recognised() {
+        assert!(is_sandbox_refusal(
+            "level=error msg=\"opening /proc/10/setgroups: permission denied\""
+        ));
+        assert!(is_sandbox_refusal(
+            "error writing \"allow\" to setgroups: write /proc/10/setgroups: operation not permitted"
+        ));
+        assert!(is_sandbox_refusal("pivot_root /x: operation not permitted"));
+        assert!(!is_sandbox_refusal(
+            "error building at STEP \"COPY a /a\": no such file or directory"
+        ));
+    }
+
+    #[test]
+    fn blob_paths_stay_in_the_layout() {
+        assert_eq!(
+            blob_path("/workspace/o", "sha256:ab").ok().as_deref(),
+            Some("/workspace/o/blobs/sha256/ab")
+        );
+        assert!(blob_path("/workspace/o", "sha256:../../x").is_err());
+        assert!(blob_path("/workspace/o", "md5:ab").is_err());
+    }
+}
