@@ -404,7 +404,12 @@ async function executionPage(nav, engine, name, step, anchor) {
   watch(`${base}/executions?pipeline=${seg(x.spec.pipeline)}`, (type, changed) => {
     if (changed.metadata.name === name) { x = changed; draw(); drawDetails(); }
   });
-  if (step) logBox.replaceChildren(logView(base, engine, name, step, anchor));
+  if (step) {
+    // A step that has ended: its log is read in one request, not followed.
+    const ended = graphOf(x).flatMap((st) => st.steps).find((s) => s.name === step);
+    const over = ended && ["Succeeded", "Failed", "Aborted", "Skipped", "Cancelled"].includes(ended.phase) && ended.phase;
+    logBox.replaceChildren(logView(base, engine, name, step, anchor, over || null));
+  }
   const redraw = () => edges(graph);
   window.addEventListener("resize", redraw);
   closers.push(() => window.removeEventListener("resize", redraw));
@@ -469,7 +474,7 @@ function ansi(text) {
 /** A step's log, live: numbered lines whose numbers are links to them
  * (`…/logs/STEP/L12`), ANSI colours, search, follow/pause, download. Lines
  * that arrive together are added to the page together. */
-function logView(base, engine, execution, step, anchor) {
+function logView(base, engine, execution, step, anchor, ended) {
   const pre = el("pre", { id: "log", tabindex: "0", "aria-label": `log of ${step}` });
   const status = el("span", { class: "muted", id: "log-status", role: "status" }, "live…");
   const here = `#/engines/${seg(engine)}/executions/${seg(execution)}/logs/${seg(step)}`;
@@ -492,20 +497,34 @@ function logView(base, engine, execution, step, anchor) {
     row.classList.add("selected");
     row.scrollIntoView({ block: "center" });
   };
-  const source = new EventSource(`/api/v1${base}/executions/${seg(execution)}/steps/${seg(step)}/logs?follow=true`);
-  closers.push(() => source.close());
   let last = -1; // a reconnect sends the log again: keep each line once
   let n = 0;
   const cap = 100000;
   let batch = null;
+  let pending = 0; // rows in `batch`
+  let timer = null;
+  let scrolling = false;
   let truncated = false;
   const hides = (row) => {
     const q = search.value.toLowerCase();
     return q !== "" && !row.dataset.text.includes(q);
   };
+  // Following: the end of the log shown once per frame at most (reading
+  // `scrollHeight` lays out what was added).
+  const scrollSoon = () => {
+    if (scrolling) return;
+    scrolling = true;
+    requestAnimationFrame(() => {
+      scrolling = false;
+      if (follow) pre.scrollTop = pre.scrollHeight;
+    });
+  };
   const flush = () => {
+    clearTimeout(timer);
+    if (!batch) return;
     const rows = batch;
     batch = null;
+    pending = 0;
     // The search as it is now (it may have changed while these waited).
     for (const row of rows.children) row.hidden = hides(row);
     pre.append(rows);
@@ -513,10 +532,9 @@ function logView(base, engine, execution, step, anchor) {
       const row = document.getElementById("L" + wanted);
       if (row) select(row);
     }
-    if (follow) pre.scrollTop = pre.scrollHeight;
+    if (follow) scrollSoon();
   };
-  source.addEventListener("line", (e) => {
-    const line = JSON.parse(e.data);
+  const add = (line) => {
     if (line.seq <= last) return;
     last = line.seq;
     if (n >= cap) {
@@ -533,15 +551,43 @@ function logView(base, engine, execution, step, anchor) {
         select(row);
       } }, i),
       el("span", {}, ansi(line.message)));
-    if (!batch) { batch = document.createDocumentFragment(); setTimeout(flush, 30); }
+    if (!batch) { batch = document.createDocumentFragment(); timer = setTimeout(flush, 30); }
     batch.append(row);
-  });
-  source.addEventListener("end", (e) => {
-    source.close();
-    status.textContent = "ended: " + JSON.parse(e.data).phase
+    // A stream's events may all be handled in one task (a big chunk of a
+    // finished log): the first line at once, then every 2,000 lines, so the
+    // page fills while it reads.
+    if (i === 1 || ++pending >= 2000) flush();
+  };
+  closers.push(() => clearTimeout(timer));
+  const end = (phase) => {
+    flush();
+    status.textContent = "ended: " + phase
       + (truncated ? ` (showing the first ${cap} lines: download the whole log)` : "");
-  });
-  source.addEventListener("error", () => { if (source.readyState === EventSource.CLOSED) status.textContent = "disconnected"; });
+  };
+  const path = `${base}/executions/${seg(execution)}/steps/${seg(step)}/logs`;
+  if (ended) {
+    // Read at once (one JSON array parses far faster than one event per line).
+    status.textContent = "loading…";
+    // In slices of 5,000 lines, so the page shows the first ones at once.
+    const feed = (lines, from) => {
+      const to = Math.min(lines.length, from + 5000);
+      for (let i = from; i < to; i++) add(lines[i]);
+      flush();
+      if (to < lines.length) {
+        const next = setTimeout(() => feed(lines, to), 0);
+        closers.push(() => clearTimeout(next));
+      } else {
+        end(ended);
+      }
+    };
+    api(path).then((lines) => feed(lines, 0)).catch((e) => { status.textContent = e.message; });
+  } else {
+    const source = new EventSource(`/api/v1${path}?follow=true`);
+    closers.push(() => source.close());
+    source.addEventListener("line", (e) => add(JSON.parse(e.data)));
+    source.addEventListener("end", (e) => { source.close(); end(JSON.parse(e.data).phase); });
+    source.addEventListener("error", () => { if (source.readyState === EventSource.CLOSED) status.textContent = "disconnected"; });
+  }
   return el("section", { class: "log" },
     el("div", { class: "bar" }, el("strong", {}, step), status, search, pause, download), pre);
 }
@@ -746,4 +792,9 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
+// A page kept in the back/forward cache would keep its streams open, each
+// holding one of the browser's few connections to this server: close them
+// when the page is hidden, and draw it again if it comes back.
+window.addEventListener("pagehide", () => { for (const close of closers) close(); closers = []; });
+window.addEventListener("pageshow", (e) => { if (e.persisted) route(); });
 document.addEventListener("DOMContentLoaded", () => { setupTheme(); route(); });
