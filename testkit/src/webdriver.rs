@@ -52,6 +52,20 @@ impl Browser {
     /// driver does not become ready within [`PATIENCE`] or refuses the
     /// session.
     pub async fn start(width: u32, height: u32) -> Browser {
+        Self::launch(width, height, false).await
+    }
+
+    /// As [`Browser::start`], with the page laid out as on a phone of
+    /// `width`×`height` CSS pixels (Chromium's device emulation: a headless
+    /// window is never narrower than 500 pixels).
+    ///
+    /// # Panics
+    /// As [`Browser::start`].
+    pub async fn start_phone(width: u32, height: u32) -> Browser {
+        Self::launch(width, height, true).await
+    }
+
+    async fn launch(width: u32, height: u32, phone: bool) -> Browser {
         for (tool, package) in [
             ("chromedriver", "chromium-driver"),
             ("chromium", "chromium"),
@@ -95,17 +109,23 @@ impl Browser {
             driver,
             base: String::new(),
         };
+        let mut options = json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage",
+                     format!("--window-size={},{}", width.max(500), height)],
+        });
+        if phone {
+            options["mobileEmulation"] =
+                json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0}});
+        }
         let session = browser
             .call(
                 reqwest::Method::POST,
                 &format!("{root}/session"),
                 json!({"capabilities": {"alwaysMatch": {
                     "browserName": "chrome",
-                    "goog:chromeOptions": {
-                        "binary": "/usr/bin/chromium",
-                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                                 "--disable-dev-shm-usage", format!("--window-size={width},{height}")]
-                    }
+                    "goog:chromeOptions": options,
                 }}}),
             )
             .await;

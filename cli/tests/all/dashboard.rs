@@ -634,10 +634,9 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
         .await;
     browser.quit().await;
 
-    // A narrow window (390 px asked; headless Chromium's is 500 at least, under
-    // the 640 px where the page narrows): nothing wider than the window but
-    // what scrolls inside the page.
-    let phone = Browser::start(390, 844).await;
+    // A phone's width (390 CSS pixels, emulated): nothing wider than the
+    // screen but what scrolls inside the page.
+    let phone = Browser::start_phone(390, 844).await;
     sign_in(&phone, &url, ADMIN).await;
     for (page, shown) in [
         ("#/engines/team-b", "#pipelines"),
@@ -652,6 +651,7 @@ async fn the_dashboard_runs_with_params_reruns_draws_needs_and_manages_bizes() {
                 json!([]),
             )
             .await;
+        assert_eq!(wide[1], 390, "the emulated phone's width");
         assert!(wide[0].as_u64() <= wide[1].as_u64(), "{page}: {wide}");
         if page.ends_with("/a") {
             shot(&phone, "phone").await;
