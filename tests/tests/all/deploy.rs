@@ -438,3 +438,194 @@ fn apply_refuses_a_missing_value_and_a_chart_without_a_helm_grant() {
         "{message}"
     );
 }
+
+/// The release half end to end, as the issue lists it: a pipeline on the
+/// embedded store clones a repository (`git` over `git daemon`), tests it
+/// (`shell`), publishes its image (`image/publish`) and its manifests
+/// (`deploy/publish-template`) to a registry with basic auth, and applies
+/// the template with the image's digest (`deploy/apply`, stand-in
+/// `kubectl`). The registry password, a secret, is in no step's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_clones_tests_publishes_and_applies_with_its_secret_masked() {
+    use arkline::ark::Ark;
+    use arkline::model::ExecutionPhase;
+    use arkline::{Container, TriggerRequest};
+    use arkline_testkit::git::{Repo, git_daemon};
+
+    if !in_stand_in_child("a_pipeline_clones_tests_publishes_and_applies_with_its_secret_masked") {
+        return;
+    }
+    const PASSWORD: &str = "e2e-regi5try-pa55";
+    let registry = Registry::builder().basic_auth("ci-robot", PASSWORD).start();
+    let root = tempfile::tempdir().expect("temp dir");
+    let repo = Repo::new(root.path(), "shop");
+    repo.commit(
+        "the shop",
+        &[
+            ("app/web", "#!/bin/sh\necho web\n"),
+            ("test.sh", "grep -q 'echo web' app/web && echo 'tests passed'\n"),
+            (
+                "manifests/web.yaml",
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: {{ replicas }}\n  template:\n    spec:\n      containers:\n        - name: web\n          image: {{ image }}\n",
+            ),
+        ],
+    );
+    let port = git_daemon(&root.path().join("srv"));
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let container = Container::builder()
+        .data_dir(data.path())
+        .build()
+        .expect("container builds");
+    let engine = container.engine("shop").await.expect("engine starts");
+    let grants = [
+        (
+            "git",
+            Capabilities {
+                process: vec!["git".into()],
+                process_net: true,
+                ..Capabilities::default()
+            },
+        ),
+        (
+            "shell",
+            Capabilities {
+                process: vec!["sh".into()],
+                ..Capabilities::default()
+            },
+        ),
+        (
+            "image",
+            Capabilities {
+                http: vec!["127.0.0.1".into()],
+                ..Capabilities::default()
+            },
+        ),
+        (
+            "deploy",
+            Capabilities {
+                http: vec!["127.0.0.1".into()],
+                process: vec!["kubectl".into()],
+                ..Capabilities::default()
+            },
+        ),
+    ];
+    for (name, grant) in grants {
+        let ark = Ark::open(arkline_testkit::plugin(name)).expect("the archive reads back");
+        engine.install(ark, &grant).await.expect("installs");
+    }
+    engine
+        .set_secret("registry_password", PASSWORD)
+        .await
+        .expect("secret");
+    let host = registry.host();
+    let yaml = format!(
+        r#"
+name: release
+secrets: [registry_password]
+stages:
+  - name: source
+    steps:
+      - name: clone
+        uses: git/clone
+        with: {{ url: "git://127.0.0.1:{port}/shop.git", path: src }}
+  - name: test
+    steps:
+      - name: test
+        uses: shell
+        with: {{ working_dir: src, script: "sh test.sh" }}
+  - name: publish
+    steps:
+      - name: image
+        uses: image/publish
+        with:
+          base: scratch
+          layers: [{{ paths: [web], working_dir: src/app, destination: /usr/local/bin }}]
+          entrypoint: [/usr/local/bin/web]
+          target: "{host}/shop/web"
+          tags: [v1]
+          credential: {{ username: ci-robot, password: "${{{{ secrets.registry_password }}}}" }}
+      - name: template
+        uses: deploy/publish-template
+        with:
+          path: src/manifests
+          target: "{host}/shop/manifests"
+          tags: [v1]
+          credential: {{ username: ci-robot, password: "${{{{ secrets.registry_password }}}}" }}
+  - name: deploy
+    steps:
+      - name: apply
+        uses: deploy/apply
+        with:
+          template: "${{{{ steps.template.outputs.image }}}}"
+          values: {{ image: "${{{{ steps.image.outputs.image }}}}", replicas: "2" }}
+          namespace: shop
+          credential: {{ username: ci-robot, password: "${{{{ secrets.registry_password }}}}" }}
+  - name: report
+    steps:
+      - name: show
+        uses: shell
+        with: {{ script: "cat kubectl-apply-stdin.yaml; echo ---; cat kubectl-calls.log" }}
+"#
+    );
+    let pipeline = engine
+        .apply_pipeline_yaml("release.yaml", &yaml)
+        .await
+        .unwrap_or_else(|e| panic!("pipeline applies: {e}"));
+    let exec = engine
+        .trigger(&pipeline.metadata.name, TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let exec = tokio::time::timeout(Duration::from_secs(240), engine.wait(&exec.metadata.name))
+        .await
+        .expect("the execution finishes in time")
+        .expect("wait");
+    let name = exec.metadata.name.clone();
+    let mut logs = String::new();
+    for step in ["clone", "test", "image", "template", "apply", "show"] {
+        for line in engine.logs(&name, step).await.expect("log") {
+            logs.push_str(&format!("{step}: {}\n", line.message));
+        }
+    }
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}\n{logs}",
+        exec.status
+    );
+    assert!(logs.contains("test: tests passed"), "{logs}");
+    assert!(!logs.contains(PASSWORD), "the password is masked:\n{logs}");
+    let image = &exec.status.outputs["image"]["image"];
+    assert!(
+        image.starts_with(&format!("{host}/shop/web@sha256:")),
+        "{image}"
+    );
+    assert_eq!(
+        exec.status.outputs["apply"]["rollout"],
+        r#"{"Deployment/web":"ready"}"#
+    );
+    // What the stand-in kubectl was given (it wrote it into the workspace,
+    // which the last step prints): the manifest with the image's digest,
+    // applied server-side in the namespace.
+    let shown: Vec<String> = engine
+        .logs(&name, "show")
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|l| l.message.trim_end().to_owned())
+        .collect();
+    assert!(
+        shown.contains(&format!("          image: {image}")),
+        "{shown:#?}"
+    );
+    assert!(shown.contains(&"  replicas: 2".to_owned()), "{shown:#?}");
+    let apply_call = shown
+        .iter()
+        .find(|l| l.starts_with("apply "))
+        .unwrap_or_else(|| panic!("no apply call: {shown:#?}"));
+    assert!(
+        apply_call.contains("--server-side") && apply_call.contains("-n shop"),
+        "{apply_call}"
+    );
+    container.shutdown().await;
+}
