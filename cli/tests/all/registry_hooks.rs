@@ -185,6 +185,13 @@ async fn image_pushes_start_the_pipelines_whose_triggers_accept_them() {
         // A blob push and a pull: no run.
         json!({"id": "ev-b", "action": "push", "target": {"mediaType": "application/octet-stream", "repository": "team/app", "digest": "sha256:ff"}}),
         json!({"id": "ev-p", "action": "pull", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "repository": "team/app", "digest": d1, "tag": "v1.0"}}),
+        // A platform's manifest pushed by digest before its index: no run.
+        push_event(
+            "ev-d",
+            "team/app",
+            &format!("sha256:{}", "d".repeat(64)),
+            "",
+        ),
     ]);
 
     // Not the token: the same 401 whatever is wrong.
@@ -256,8 +263,51 @@ async fn image_pushes_start_the_pipelines_whose_triggers_accept_them() {
     assert_eq!(skipped["pipeline"], "mirror");
     assert!(
         skipped["reason"].as_str().is_some_and(|r| r
-            .contains("`mirror-1` of this pipeline published")
+            .contains("`mirror-1` of this pipeline pushed")
             && r.contains("self: true")),
+        "{answer}"
+    );
+
+    // A push the `image` biz made for `deploy` itself (its User-Agent says
+    // so): `deploy` does not run, `mirror` does; a push whose tag is no tag
+    // starts nothing.
+    let mut own = push_event(
+        "ev-4",
+        "team/app",
+        &format!("sha256:{}", "4".repeat(64)),
+        "v4",
+    );
+    own["request"]["useragent"] =
+        json!("arkline-image/0.1.0 (engine=rel; pipeline=deploy; run=7; step=image)");
+    let bad = push_event(
+        "ev-5",
+        "team/app",
+        &format!("sha256:{}", "5".repeat(64)),
+        "v5;rm -rf /",
+    );
+    let (status, answer) = served.notify(Some(&bearer), &envelope(&[own, bad])).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        started(&answer),
+        [("mirror".to_owned(), "mirror-2".to_owned())],
+        "`mirror` did not push it"
+    );
+    let reasons: Vec<&str> = answer["skipped"]
+        .as_array()
+        .expect("skipped")
+        .iter()
+        .filter_map(|s| s["reason"].as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("a step of this pipeline pushed")),
+        "{answer}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("`v5;rm -rf /` is not a tag")),
         "{answer}"
     );
 

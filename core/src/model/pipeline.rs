@@ -267,14 +267,16 @@ pub enum Trigger {
     },
     /// Started by a push to a container registry: distribution's
     /// notifications or Harbor's `PUSH_ARTIFACT` webhook, delivered to
-    /// `POST /hooks/{engine}/registry`. The execution reads the push as
+    /// `POST /registry-hooks/{engine}`. The execution reads the push as
     /// `trigger.image`, `trigger.digest` and `trigger.tag`.
     ImagePush {
         /// The repository (`team/app`, or with the registry's host
         /// `registry.example.com/team/app`); a glob (`team/*`).
         repository: String,
         /// Tags that start a run (globs; a list is shorthand for `include`);
-        /// empty: every tag, and pushes by digest.
+        /// empty: every tag. A push by digest alone (as each platform's
+        /// manifest of a multi-platform image is pushed before its index's
+        /// tag) starts nothing.
         #[serde(default, skip_serializing_if = "Filter::is_empty")]
         tags: Filter,
         /// Also run for an image this pipeline published itself (an output
@@ -287,9 +289,9 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// Whether an image push of `image` (the repository, with the
-    /// registry's host when known) and `tag` (empty for a push by digest)
-    /// starts a run of this trigger.
+    /// Whether an image push of `image` (the repository), from the registry
+    /// at `host` (empty when unknown), of `tag` (empty for a push by digest,
+    /// which never starts a run) starts a run of this trigger.
     pub fn accepts_image(&self, image: &str, host: &str, tag: &str) -> bool {
         let Trigger::ImagePush {
             repository, tags, ..
@@ -303,12 +305,7 @@ impl Trigger {
         };
         let repo_hit = pattern.matches(image)
             || (!host.is_empty() && pattern.matches(&format!("{host}/{image}")));
-        let tag_hit = if tag.is_empty() {
-            tags.is_empty()
-        } else {
-            tags.matches(tag)
-        };
-        repo_hit && tag_hit
+        repo_hit && !tag.is_empty() && tags.matches(tag)
     }
 }
 

@@ -77,6 +77,9 @@ struct Push {
     digest: String,
     /// Empty for a push by digest.
     tag: String,
+    /// The pusher's `User-Agent` (distribution's `request.useragent`): the
+    /// `image` biz names its engine and pipeline in it.
+    agent: String,
 }
 
 impl Push {
@@ -148,6 +151,7 @@ fn distribution_push(event: &Value) -> Option<Push> {
         host: text(event, "/request/host").to_owned(),
         digest: digest.to_owned(),
         tag: text(event, "/target/tag").to_owned(),
+        agent: text(event, "/request/useragent").to_owned(),
     })
 }
 
@@ -188,9 +192,66 @@ fn harbor_pushes(payload: &Value) -> Result<Vec<Push>, HookError> {
                 host: host.to_owned(),
                 digest: digest.to_owned(),
                 tag: tag.to_owned(),
+                agent: String::new(),
             }
         })
         .collect())
+}
+
+/// Why a push's fields cannot be used (they reach pipelines as
+/// `trigger.*`, and scripts may use them): the distribution spec's grammar
+/// for repository names, tags and digests, and a host name with a port.
+fn invalid(push: &Push) -> Option<String> {
+    let component = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.as_bytes()[0].is_ascii_alphanumeric()
+            && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
+    };
+    if push.repository.len() > 255 || !push.repository.split('/').all(component) {
+        return Some(format!("`{}` is not a repository name", push.repository));
+    }
+    let tag_ok = push.tag.is_empty()
+        || (push.tag.len() <= 128
+            && push.tag.as_bytes()[0] != b'.'
+            && push.tag.as_bytes()[0] != b'-'
+            && push
+                .tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+    if !tag_ok {
+        return Some(format!("`{}` is not a tag", push.tag));
+    }
+    let digest_ok = push.digest.split_once(':').is_some_and(|(algo, hex)| {
+        !algo.is_empty()
+            && algo
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+            && hex.len() >= 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    });
+    if !digest_ok {
+        return Some(format!("`{}` is not a digest", push.digest));
+    }
+    let host_ok = push.host.len() <= 255
+        && push
+            .host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !host_ok {
+        return Some(format!("`{}` is not a registry host", push.host));
+    }
+    None
+}
+
+/// Whether the `image` biz of `engine`'s `pipeline` made the push: its
+/// registry client's `User-Agent` says `(engine=E; pipeline=P; …)`.
+fn pushed_by(push: &Push, engine: &str, pipeline: &str) -> bool {
+    push.agent.contains(&format!("engine={engine};"))
+        && push.agent.contains(&format!("pipeline={pipeline};"))
 }
 
 /// Whether `authorization` carries `token` (`Bearer <token>` or the token).
@@ -304,21 +365,37 @@ pub(crate) async fn receive(
         .map_err(|e| HookError::internal("cannot read the pipelines", e))?;
     let mut started = Vec::new();
     let mut skipped = Vec::new();
+    let mut retry = Vec::new();
     for push in &pushes {
+        if let Some(why) = invalid(push) {
+            tracing::warn!(engine = %engine_name, "registry notification: {why}");
+            skipped.push(json!({
+                "digest": push.digest,
+                "tag": push.tag,
+                "reason": format!("ignored: {why}"),
+            }));
+            continue;
+        }
         for pipeline in &pipelines {
             let Some(own) = accepting(pipeline, push) else {
                 continue;
             };
             let name = pipeline.metadata.name.clone();
-            match run(&state, &engine, &name, push, own).await? {
-                Ok(execution) => started.push(json!({
+            match run(&state, &engine, &name, push, own).await {
+                Outcome::Started(execution) => started.push(json!({
                     "pipeline": name,
                     "execution": execution,
                     "image": push.image().image,
                     "digest": push.digest,
                     "tag": push.tag,
                 })),
-                Err(reason) => skipped.push(json!({
+                Outcome::Skipped(reason) => skipped.push(json!({
+                    "pipeline": name,
+                    "digest": push.digest,
+                    "tag": push.tag,
+                    "reason": reason,
+                })),
+                Outcome::Retry(reason) => retry.push(json!({
                     "pipeline": name,
                     "digest": push.digest,
                     "tag": push.tag,
@@ -326,6 +403,21 @@ pub(crate) async fn receive(
                 })),
             }
         }
+    }
+    if !retry.is_empty() {
+        // The registry sends the notification again on an error answer: what
+        // started is claimed (a duplicate then), what failed is not.
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "code": "unavailable",
+                "message": "the store failed for some pipelines; send the notification again",
+                "executions": started,
+                "skipped": skipped,
+                "failed": retry,
+            })),
+        )
+            .into_response());
     }
     if started.is_empty() {
         let reason = if skipped.is_empty() {
@@ -366,16 +458,33 @@ pub(crate) async fn receive(
         .into_response())
 }
 
+/// Releases a claimed event (so a notification sent again may start it),
+/// and gives `why` back.
+async fn give_up(
+    store: &std::sync::Arc<dyn arkline::store::Store>,
+    claimed: &arkline::model::DynamicObject,
+    why: String,
+) -> String {
+    if let Err(e) = replay::release(store, claimed).await {
+        tracing::warn!(error = %e, "registry notification: cannot release the event id");
+    }
+    why
+}
+
+/// What became of one pipeline for one push.
+enum Outcome {
+    /// This execution started.
+    Started(String),
+    /// Nothing to start, and nothing to retry: why.
+    Skipped(String),
+    /// The store failed: the event's claim is given up, so the registry's
+    /// next attempt (it retries on an error answer) may start it.
+    Retry(String),
+}
+
 /// Starts `pipeline` for `push` unless the event was seen or the pipeline
-/// published the image itself (and may not run for its own):
-/// `Ok(Ok(execution))`, or `Ok(Err(why not))`.
-async fn run(
-    state: &AppState,
-    engine: &Engine,
-    pipeline: &str,
-    push: &Push,
-    own: bool,
-) -> Result<Result<String, String>, HookError> {
+/// made the push itself (and may not run for its own images).
+async fn run(state: &AppState, engine: &Engine, pipeline: &str, push: &Push, own: bool) -> Outcome {
     let store = state.container.store();
     let claim = replay::claim(
         store,
@@ -385,30 +494,49 @@ async fn run(
         &push.id,
         state.webhook_dedup_window,
     )
-    .await
-    .map_err(|e| HookError::internal("cannot check the event id", e))?;
+    .await;
     let claimed = match claim {
-        replay::Claim::New(claimed) => claimed,
-        replay::Claim::Seen { execution } => {
-            return Ok(Err(format!(
+        Ok(replay::Claim::New(claimed)) => claimed,
+        Ok(replay::Claim::Seen { execution }) => {
+            return Outcome::Skipped(format!(
                 "duplicate notification: event {} was seen{}",
                 push.id,
                 execution.map_or_else(String::new, |x| format!(" and started `{x}`"))
-            )));
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "registry notification: cannot check the event id");
+            return Outcome::Retry(format!("cannot check the event id: {e}"));
         }
     };
-    // After the claim: a copy of this event is a duplicate either way.
+    // After the claim, a copy of this event is a duplicate either way.
     if !own {
-        let recent = engine
-            .executions(Some(pipeline))
-            .await
-            .map_err(|e| HookError::internal("cannot read the pipeline's executions", e))?;
-        if let Some(by) = published_by(&recent, &push.digest) {
-            return Ok(Err(format!(
-                "execution `{by}` of this pipeline published {}: a pipeline does not run for \
-                 its own images (set `self: true` on its image_push trigger to let it)",
+        let own_push = |by: String| {
+            Outcome::Skipped(format!(
+                "{by} of this pipeline pushed {}: a pipeline does not run for its own images \
+                 (set `self: true` on its image_push trigger to let it)",
                 push.digest
-            )));
+            ))
+        };
+        if pushed_by(push, engine.name(), pipeline) {
+            return own_push("a step".into());
+        }
+        let recent = match engine.executions(Some(pipeline)).await {
+            Ok(recent) => recent,
+            Err(e) => {
+                tracing::error!(error = %e, "registry notification: cannot read the pipeline's executions");
+                return Outcome::Retry(
+                    give_up(
+                        store,
+                        &claimed,
+                        format!("cannot read the pipeline's executions: {e}"),
+                    )
+                    .await,
+                );
+            }
+        };
+        if let Some(by) = published_by(&recent, &push.digest) {
+            return own_push(format!("execution `{by}`"));
         }
     }
     let request = TriggerRequest {
@@ -428,18 +556,21 @@ async fn run(
                 tracing::warn!(error = %e, execution = %name, "registry notification: cannot record the event's execution");
             }
             tracing::info!(engine = %engine.name(), pipeline, execution = %name, digest = %push.digest, tag = %push.tag, "an image push started an execution");
-            Ok(Ok(name))
+            Outcome::Started(name)
+        }
+        Err(EngineError::Store(e)) => {
+            tracing::error!(error = %e, "registry notification: cannot create the execution");
+            Outcome::Retry(
+                give_up(store, &claimed, format!("cannot create the execution: {e}")).await,
+            )
         }
         Err(e) => {
-            if let Err(release) = replay::release(store, &claimed).await {
-                tracing::warn!(error = %release, "registry notification: cannot release the event id");
-            }
-            match e {
-                EngineError::Trigger(TriggerError::Params { .. }) => Ok(Err(format!(
-                    "{e}; an image push gives no params, so declare defaults for them"
-                ))),
-                e => Err(HookError::internal("cannot create the execution", e)),
-            }
+            let hint = if matches!(e, EngineError::Trigger(TriggerError::Params { .. })) {
+                "; an image push gives no params, so declare defaults for them"
+            } else {
+                ""
+            };
+            Outcome::Skipped(give_up(store, &claimed, format!("cannot start it: {e}{hint}")).await)
         }
     }
 }
@@ -495,6 +626,44 @@ mod tests {
             err.message.contains("not a registry notification"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn fields_outside_the_distribution_grammar_are_refused() {
+        let ok = Push {
+            id: "e".into(),
+            sender: "distribution",
+            repository: "team/my-app_1".into(),
+            host: "registry.example.com:5000".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            tag: "v1.2_rc-3".into(),
+            agent: String::new(),
+        };
+        assert_eq!(invalid(&ok), None);
+        for (field, value) in [
+            ("repository", "Team/app"),
+            ("repository", "team//app"),
+            ("repository", "team/app$(x)"),
+            ("tag", "-v1"),
+            ("tag", "v1 x"),
+            ("digest", "sha256:xyz"),
+            ("digest", "sha256"),
+            ("host", "evil host"),
+        ] {
+            let mut p = ok.clone();
+            match field {
+                "repository" => p.repository = value.into(),
+                "tag" => p.tag = value.into(),
+                "digest" => p.digest = value.into(),
+                _ => p.host = value.into(),
+            }
+            assert!(invalid(&p).is_some(), "{field} {value}");
+        }
+        let mut own = ok.clone();
+        own.agent = "arkline-image/0.1.0 (engine=rel; pipeline=deploy; run=1; step=image)".into();
+        assert!(pushed_by(&own, "rel", "deploy"));
+        assert!(!pushed_by(&own, "rel", "deploy-2"));
+        assert!(!pushed_by(&own, "other", "deploy"));
     }
 
     #[test]
