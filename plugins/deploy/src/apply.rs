@@ -1,8 +1,8 @@
 //! `deploy/apply`: a template pulled from a registry (digests verified) or
 //! workspace files, rendered with `values` (or by a granted `helm template`
-//! for a chart), applied with a granted `kubectl` (server-side apply, the
-//! namespace, prune by label), then `kubectl rollout status` of each
-//! Deployment, StatefulSet and DaemonSet it declared.
+//! for a chart), applied with a granted `kubectl` (server-side apply, one
+//! call per namespace, or one call pruning an ApplySet), then `kubectl
+//! rollout status` of each Deployment, StatefulSet and DaemonSet it declared.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -45,17 +45,27 @@ pub struct Apply {
     #[serde(default)]
     pub path: Option<String>,
     /// Values for `{{ name }}` placeholders in the manifests; for a Helm chart,
-    /// passed as `--set name=value`.
+    /// a values document given to `helm template --values -` on stdin (a
+    /// dotted name, `image.tag`, sets a nested value).
     #[serde(default)]
     pub values: BTreeMap<String, String>,
     /// The namespace to apply to (`kubectl -n`) and to wait in, unless a
     /// resource names its own.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Prune resources with this label selector (`app=web`) that the
-    /// manifests no longer declare (`kubectl apply --prune -l`).
+    /// The ApplySet parent that records what was applied, so that resources
+    /// the manifests no longer declare are pruned (`kubectl apply --prune
+    /// --applyset=PARENT`, with `KUBECTL_APPLYSET=true`): `RESOURCE/NAME`
+    /// (`configmaps/shop`, `secrets/shop`, or a custom parent type
+    /// `kind.group/name`), or a bare name meaning a ConfigMap. A ConfigMap or
+    /// Secret parent lives in `namespace`, which is then required, and every
+    /// namespaced resource must be in it.
     #[serde(default)]
-    pub prune_label: Option<String>,
+    pub applyset: Option<String>,
+    /// Not supported: `kubectl apply --server-side --prune -l` is refused by
+    /// kubectl 1.27 and later and pruned nothing before. Use `applyset`.
+    #[serde(default)]
+    pub prune_label: Option<Value>,
     /// Wait for each Deployment, StatefulSet and DaemonSet to roll out
     /// (default true).
     #[serde(default = "yes")]
@@ -121,6 +131,28 @@ pub fn apply(ctx: &Context, config: Apply) -> StepResult {
             ));
         }
     };
+    if config.prune_label.is_some() {
+        return Err(StepError::invalid_config(
+            "prune_label",
+            "is not supported: kubectl refuses `--prune -l` with server-side apply (1.27 and later) and pruned nothing before; name an ApplySet parent instead, e.g. `applyset: shop` (a ConfigMap in `namespace`), and remove `prune_label`",
+        ));
+    }
+    let applyset = config
+        .applyset
+        .as_deref()
+        .map(applyset_parent)
+        .transpose()?;
+    if let Some(parent) = &applyset
+        && config.namespace.is_none()
+        && !parent.split('/').next().unwrap_or("").contains('.')
+    {
+        return Err(StepError::invalid_config(
+            "applyset",
+            format!(
+                "the ApplySet parent `{parent}` is namespaced: give `namespace` (kubectl takes the parent's namespace from `-n` only)"
+            ),
+        ));
+    }
     let stream = if bundle.files.contains_key("Chart.yaml") {
         helm_template(&config, &bundle)?
     } else {
@@ -137,9 +169,13 @@ pub fn apply(ctx: &Context, config: Apply) -> StepResult {
             })?;
             rendered.insert(name.clone(), text);
         }
-        render::join(&rendered)
+        render::join(&rendered).map_err(|e| StepError::failed(format!("{}: {e}", bundle.name)))?
     };
-    let resources = render::resources(&stream);
+    let documents = render::documents(&stream);
+    let resources: Vec<Resource> = documents
+        .iter()
+        .filter_map(|d| d.resource.clone())
+        .collect();
     if resources.is_empty() {
         return Err(StepError::failed(format!(
             "{} declares no resources (no YAML document with `kind` and `metadata.name`)",
@@ -147,28 +183,60 @@ pub fn apply(ctx: &Context, config: Apply) -> StepResult {
         )));
     }
 
-    // Apply.
-    let mut args = vec![
-        "apply".to_owned(),
-        "--server-side".to_owned(),
-        "--field-manager=arkline".to_owned(),
-        "-f".to_owned(),
-        "-".to_owned(),
-    ];
-    if let Some(ns) = &config.namespace {
-        args.extend(["-n".to_owned(), ns.clone()]);
+    // Apply: one call per namespace (see `apply_groups`).
+    let groups = match (&applyset, &config.namespace) {
+        // A cluster-scoped (custom) parent, no `-n`: one call, whatever the
+        // namespaces, as pruning needs the whole set in one call.
+        (Some(_), None) => vec![(None, documents.iter().collect())],
+        _ => apply_groups(&documents, config.namespace.as_deref()),
+    };
+    if let Some(parent) = &applyset
+        && let Some((ns, group)) = groups.iter().find(|(ns, _)| *ns != config.namespace)
+    {
+        let names: Vec<String> = group
+            .iter()
+            .filter_map(|d| d.resource.as_ref().map(Resource::id))
+            .collect();
+        return Err(StepError::invalid_config(
+            "applyset",
+            format!(
+                "{} declares {} in namespace `{}`, but the ApplySet `{parent}` is applied with `-n {}` and kubectl rejects resources of other namespaces; apply them in a step of their own (with an ApplySet of their own), or drop their `metadata.namespace`",
+                bundle.name,
+                names.join(", "),
+                ns.as_deref().unwrap_or(""),
+                config.namespace.as_deref().unwrap_or("")
+            ),
+        ));
     }
-    if let Some(label) = &config.prune_label {
-        args.extend(["--prune".to_owned(), "-l".to_owned(), label.clone()]);
-    }
-    let out = kubectl(&config, args, Some(stream.into_bytes()), None)?;
-    if !out.status.success() {
-        return Err(StepError::failed(format!(
-            "`kubectl apply` of {} ended with {}{}",
-            bundle.name,
-            out.status,
-            tail(&out.stderr)
-        )));
+    for (ns, group) in &groups {
+        let mut args = vec![
+            "apply".to_owned(),
+            "--server-side".to_owned(),
+            "--field-manager=arkline".to_owned(),
+            "-f".to_owned(),
+            "-".to_owned(),
+        ];
+        if let Some(ns) = ns {
+            args.extend(["-n".to_owned(), ns.clone()]);
+        }
+        let mut env = Vec::new();
+        if let Some(parent) = &applyset {
+            args.extend(["--prune".to_owned(), format!("--applyset={parent}")]);
+            env.push(("KUBECTL_APPLYSET", "true"));
+        }
+        let text: String = group.iter().map(|d| format!("---\n{}", d.text)).collect();
+        let out = kubectl(&config, args, &env, Some(text.into_bytes()), None)?;
+        if !out.status.success() {
+            return Err(StepError::failed(format!(
+                "`kubectl apply` of {}{} ended with {}{}",
+                bundle.name,
+                ns.as_ref()
+                    .map(|ns| format!(" (namespace {ns})"))
+                    .unwrap_or_default(),
+                out.status,
+                tail(&out.stderr)
+            )));
+        }
     }
     let applied: Vec<String> = resources.iter().map(Resource::id).collect();
     arkline_sdk::info!("applied {}", applied.join(", "));
@@ -188,7 +256,7 @@ pub fn apply(ctx: &Context, config: Apply) -> StepResult {
                 args.extend(["-n".to_owned(), ns.clone()]);
             }
             let limit = Duration::from_secs(config.rollout_timeout) + ROLLOUT_GRACE;
-            let out = kubectl(&config, args, None, Some(limit))?;
+            let out = kubectl(&config, args, &[], None, Some(limit))?;
             let stderr = String::from_utf8_lossy(&out.stderr);
             let timed_out = out.status == ExitStatus::TimedOut
                 || stderr.contains("timed out")
@@ -232,13 +300,17 @@ pub fn apply(ctx: &Context, config: Apply) -> StepResult {
 fn kubectl(
     config: &Apply,
     mut args: Vec<String>,
+    env: &[(&str, &str)],
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
 ) -> Result<Output, StepError> {
     if let Some(context) = &config.context {
         args.insert(0, format!("--context={context}"));
     }
-    let mut command = Command::new("kubectl").args(args).current_dir(WORKSPACE);
+    let mut command = Command::new("kubectl")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(WORKSPACE);
     if let Some(path) = &config.kubeconfig {
         let rel = relative_path(path).ok_or_else(|| {
             StepError::invalid_config(
@@ -283,11 +355,14 @@ fn helm_template(config: &Apply, bundle: &Bundle) -> Result<String, StepError> {
     if let Some(ns) = &config.namespace {
         args.extend(["--namespace".to_owned(), ns.clone()]);
     }
-    for (name, value) in &config.values {
-        args.extend(["--set".to_owned(), format!("{name}={value}")]);
-    }
+    // Values on stdin, not `--set`: Helm splits `--set` at `,` and reads `[`
+    // and `\` in it, and a value (perhaps a secret) would be on the host's
+    // command line. Nothing is written to disk either.
+    let values = helm_values(&config.values)?;
+    args.extend(["--values".to_owned(), "-".to_owned()]);
     let out = Command::new("helm")
         .args(args)
+        .stdin(values.into_bytes())
         .current_dir(WORKSPACE)
         .stream_to_log(false)
         .output()
@@ -308,6 +383,103 @@ fn helm_template(config: &Apply, bundle: &Bundle) -> Result<String, StepError> {
     }
     String::from_utf8(out.stdout)
         .map_err(|_| StepError::failed("`helm template` wrote text that is not UTF-8"))
+}
+
+/// The documents to apply, grouped by the namespace given to `kubectl -n`:
+/// `namespace` (or none) for documents that name no namespace or that one,
+/// first, as it holds cluster-scoped resources such as `Namespace`s; then
+/// each other namespace a document names, applied with its own `-n` (kubectl
+/// rejects an object of another namespace than `-n`'s). kubectl, which knows
+/// which kinds are namespaced, decides where each object goes; nothing is
+/// written into the documents.
+fn apply_groups<'a>(
+    documents: &'a [render::Document],
+    namespace: Option<&str>,
+) -> Vec<(Option<String>, Vec<&'a render::Document>)> {
+    let mut default = Vec::new();
+    let mut others: BTreeMap<String, Vec<&render::Document>> = BTreeMap::new();
+    for document in documents {
+        match document
+            .resource
+            .as_ref()
+            .and_then(|r| r.namespace.as_deref())
+        {
+            Some(own) if Some(own) != namespace => {
+                others.entry(own.to_owned()).or_default().push(document)
+            }
+            _ => default.push(document),
+        }
+    }
+    let mut groups = Vec::new();
+    if !default.is_empty() {
+        groups.push((namespace.map(str::to_owned), default));
+    }
+    groups.extend(others.into_iter().map(|(ns, docs)| (Some(ns), docs)));
+    groups
+}
+
+/// The `--applyset` argument for the `applyset` setting: `RESOURCE/NAME` as
+/// given, a bare name as `configmaps/NAME` (kubectl's own default would be a
+/// Secret; the parent holds no secret, only labels and annotations).
+fn applyset_parent(text: &str) -> Result<String, StepError> {
+    let bad = || {
+        StepError::invalid_config(
+            "applyset",
+            format!(
+                "`{text}` is not an ApplySet parent; give a name (a ConfigMap, `shop`) or `RESOURCE/NAME` (`configmaps/shop`, `secrets/shop`)"
+            ),
+        )
+    };
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+    };
+    match text.split_once('/') {
+        Some((resource, name)) if valid(resource) && valid(name) => Ok(text.to_owned()),
+        None if valid(text) => Ok(format!("configmaps/{text}")),
+        _ => Err(bad()),
+    }
+}
+
+/// The values document given to `helm template --values -`: a JSON object
+/// (JSON is YAML) of strings, a dotted name nesting (`image.tag: v1` is
+/// `{"image": {"tag": "v1"}}`), each value exactly as given.
+fn helm_values(values: &BTreeMap<String, String>) -> Result<String, StepError> {
+    let mut root = Map::new();
+    for (name, value) in values {
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(StepError::invalid_config(
+                "values",
+                format!("`{name}` has an empty part between its dots"),
+            ));
+        }
+        let (last, parents) = parts.split_last().unwrap_or((&"", &[]));
+        let mut map = &mut root;
+        for part in parents {
+            let entry = map
+                .entry((*part).to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            map = match entry {
+                Value::Object(m) => m,
+                _ => {
+                    return Err(StepError::invalid_config(
+                        "values",
+                        format!("`{name}` nests under `{part}`, which is also given a value"),
+                    ));
+                }
+            };
+        }
+        if map.contains_key(*last) {
+            return Err(StepError::invalid_config(
+                "values",
+                format!("`{name}` is given a value and also has values nested under it"),
+            ));
+        }
+        map.insert((*last).to_owned(), Value::String(value.clone()));
+    }
+    Ok(Value::Object(root).to_string())
 }
 
 /// The files of a workspace file or directory.
@@ -514,5 +686,104 @@ fn tail(stderr: &[u8]) -> String {
         String::new()
     } else {
         format!(": {}", lines[lines.len().saturating_sub(5)..].join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helm_values_are_a_json_document_of_exact_strings() {
+        let values = BTreeMap::from([
+            ("image.repository".to_owned(), "r.example/app".to_owned()),
+            ("image.tag".to_owned(), "v1,b=c".to_owned()),
+            ("password".to_owned(), "p\"a's\\s[0]\n".to_owned()),
+            ("replicas".to_owned(), "3".to_owned()),
+        ]);
+        let text = helm_values(&values).expect("values");
+        let parsed: Value = serde_json::from_str(&text).expect("JSON, which is YAML");
+        assert_eq!(
+            parsed,
+            json!({
+                "image": { "repository": "r.example/app", "tag": "v1,b=c" },
+                "password": "p\"a's\\s[0]\n",
+                "replicas": "3",
+            })
+        );
+        // One line: no value can start a YAML construct of its own.
+        assert!(!text.contains('\n'), "{text}");
+
+        let clash = BTreeMap::from([
+            ("image".to_owned(), "x".to_owned()),
+            ("image.tag".to_owned(), "v1".to_owned()),
+        ]);
+        assert!(helm_values(&clash).is_err());
+        let empty = BTreeMap::from([("a..b".to_owned(), "x".to_owned())]);
+        assert!(helm_values(&empty).is_err());
+    }
+
+    #[test]
+    fn applyset_parents_default_to_a_configmap() {
+        assert_eq!(
+            applyset_parent("shop").ok().as_deref(),
+            Some("configmaps/shop")
+        );
+        assert_eq!(
+            applyset_parent("secrets/shop").ok().as_deref(),
+            Some("secrets/shop")
+        );
+        assert_eq!(
+            applyset_parent("applysets.example.com/shop")
+                .ok()
+                .as_deref(),
+            Some("applysets.example.com/shop")
+        );
+        for bad in ["", "a/b/c", "Shop", "/x", "x/"] {
+            assert!(applyset_parent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn documents_are_grouped_by_the_namespace_kubectl_is_given() {
+        let stream = "kind: Namespace\nmetadata:\n  name: data\n---\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: data\n---\nkind: Deployment\nmetadata:\n  name: web\n---\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n";
+        let documents = render::documents(stream);
+        let ids = |groups: Vec<(Option<String>, Vec<&render::Document>)>| {
+            groups
+                .into_iter()
+                .map(|(ns, docs)| {
+                    let ids: Vec<String> = docs
+                        .iter()
+                        .filter_map(|d| d.resource.as_ref().map(Resource::id))
+                        .collect();
+                    (ns, ids)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(apply_groups(&documents, Some("shop"))),
+            [
+                (
+                    Some("shop".to_owned()),
+                    vec![
+                        "Namespace/data".to_owned(),
+                        "Deployment/web".to_owned(),
+                        "Service/web".to_owned()
+                    ]
+                ),
+                (Some("data".to_owned()), vec!["StatefulSet/db".to_owned()]),
+            ]
+        );
+        assert_eq!(
+            ids(apply_groups(&documents, None)),
+            [
+                (
+                    None,
+                    vec!["Namespace/data".to_owned(), "Deployment/web".to_owned()]
+                ),
+                (Some("data".to_owned()), vec!["StatefulSet/db".to_owned()]),
+                (Some("shop".to_owned()), vec!["Service/web".to_owned()]),
+            ]
+        );
     }
 }

@@ -16,7 +16,7 @@
 //!     template: ${{ steps.template.outputs.image }}
 //!     values: { image: "${{ steps.image.outputs.image }}", replicas: "3" }
 //!     namespace: app
-//!     prune_label: app.kubernetes.io/part-of=app
+//!     applyset: app # prune through an ApplySet: a ConfigMap `app` in `app`
 //! ```
 //!
 //! A template is an OCI image manifest with `artifactType`

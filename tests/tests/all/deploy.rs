@@ -3,8 +3,9 @@
 //! template with a stand-in `kubectl`.
 //!
 //! No cluster is available here. The stand-in is a shell script named
-//! `kubectl` that records each call's arguments and the manifests given on
-//! stdin in its working directory (the step's workspace), answers `rollout
+//! `kubectl` that records each call's arguments, its `KUBECTL_APPLYSET`
+//! variable and the manifests given on stdin (each call's after a `# call`
+//! line) in its working directory (the step's workspace), answers `rollout
 //! status` as a successful rollout, and never answers it for a workload named
 //! `stuck` (it sleeps past the rollout timeout). The process capability
 //! resolves a granted program name on the engine's `PATH` when the biz is
@@ -25,12 +26,15 @@ use serde_json::{Value, json};
 const CHILD: &str = "ARKLINE_TEST_DEPLOY_STAND_IN";
 
 const STAND_IN: &str = r#"#!/bin/sh
-# A stand-in kubectl: records its arguments and stdin in its working directory.
+# A stand-in kubectl: records its arguments, its KUBECTL_APPLYSET and its
+# stdin in its working directory.
 PATH=/usr/bin:/bin
 printf '%s\n' "$*" >> kubectl-calls.log
+printf '%s %s\n' "$1" "$(env | grep '^KUBECTL_APPLYSET=')" >> kubectl-env.log
 case "$1" in
   apply)
-    cat > kubectl-apply-stdin.yaml
+    printf '# call\n' >> kubectl-apply-stdin.yaml
+    cat >> kubectl-apply-stdin.yaml
     echo "applied (stand-in)"
     ;;
   rollout)
@@ -283,7 +287,6 @@ fn apply_of_a_published_template_renders_applies_server_side_and_waits_for_rollo
             "template": format!("{}/team/shop-template:1.2.0", registry.host()),
             "values": { "replicas": "3", "image": "registry.example.com/shop/web@sha256:feed" },
             "namespace": "shop",
-            "prune_label": "app.kubernetes.io/part-of=shop",
             "rollout_timeout": 30,
         }),
     );
@@ -304,14 +307,32 @@ fn apply_of_a_published_template_renders_applies_server_side_and_waits_for_rollo
     assert_eq!(
         calls,
         [
-            "apply --server-side --field-manager=arkline -f - -n shop --prune -l app.kubernetes.io/part-of=shop",
-            // The StatefulSet names its own namespace.
+            // The setting's namespace first, then the StatefulSet's own
+            // (`-n shop` would make kubectl reject it).
+            "apply --server-side --field-manager=arkline -f - -n shop",
+            "apply --server-side --field-manager=arkline -f - -n data",
             "rollout status statefulset/db --timeout=30s -n data",
             "rollout status deployment/web --timeout=30s -n shop",
         ]
     );
     let applied_yaml = fs::read_to_string(workspace.path().join("kubectl-apply-stdin.yaml"))
         .expect("stdin recorded");
+    let per_call: Vec<&str> = applied_yaml.split("# call\n").skip(1).collect();
+    assert_eq!(per_call.len(), 2, "{applied_yaml}");
+    assert!(
+        per_call[0].contains("kind: Deployment")
+            && per_call[0].contains("kind: Service")
+            && !per_call[0].contains("kind: StatefulSet"),
+        "{}",
+        per_call[0]
+    );
+    assert!(
+        per_call[1].contains("kind: StatefulSet") && !per_call[1].contains("kind: Deployment"),
+        "{}",
+        per_call[1]
+    );
+    let env = fs::read_to_string(workspace.path().join("kubectl-env.log")).expect("env recorded");
+    assert!(!env.contains("KUBECTL_APPLYSET"), "{env}");
     assert!(applied_yaml.contains("  replicas: 3\n"), "{applied_yaml}");
     assert!(
         applied_yaml.contains("image: registry.example.com/shop/web@sha256:feed\n"),
@@ -338,7 +359,74 @@ fn apply_of_a_published_template_renders_applies_server_side_and_waits_for_rollo
     );
     assert_eq!(outputs(&report)["rollout"], "{}");
     let calls = fs::read_to_string(again.path().join("kubectl-calls.log")).expect("kubectl ran");
-    assert_eq!(calls, "apply --server-side --field-manager=arkline -f -\n");
+    assert_eq!(
+        calls,
+        "apply --server-side --field-manager=arkline -f -\napply --server-side --field-manager=arkline -f - -n data\n"
+    );
+
+    // Pruning with an ApplySet: one call, its parent a ConfigMap in the
+    // namespace, kubectl's ApplySet support switched on.
+    let pruned = tempfile::tempdir().expect("temp dir");
+    fs::create_dir_all(pruned.path().join("k8s")).expect("mkdir");
+    fs::write(
+        pruned.path().join("k8s/app.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: app\n  namespace: shop\n",
+    )
+    .expect("write");
+    let report = call(
+        &harness,
+        "apply",
+        pruned.path(),
+        json!({ "path": "k8s", "namespace": "shop", "applyset": "shop" }),
+    );
+    outputs(&report);
+    let calls = fs::read_to_string(pruned.path().join("kubectl-calls.log")).expect("kubectl ran");
+    assert_eq!(
+        calls,
+        "apply --server-side --field-manager=arkline -f - -n shop --prune --applyset=configmaps/shop\n"
+    );
+    let env = fs::read_to_string(pruned.path().join("kubectl-env.log")).expect("env recorded");
+    assert_eq!(env, "apply KUBECTL_APPLYSET=true\n");
+}
+
+#[test]
+fn apply_refuses_prune_label_and_an_applyset_across_namespaces() {
+    let harness = harness(&["kubectl"]);
+    let workspace = bundle_workspace();
+    let values = json!({ "replicas": "1", "image": "x" });
+    let config_error =
+        |config: Value| match call(&harness, "apply", workspace.path(), config).result {
+            Err(StepFailure::InvalidConfig { field, message }) => (field, message),
+            other => panic!("expected a config error, got {other:?}"),
+        };
+
+    let (field, message) = config_error(json!({
+        "path": "manifests", "values": values, "namespace": "shop",
+        "prune_label": "app.kubernetes.io/part-of=shop",
+    }));
+    assert_eq!(field.as_deref(), Some("prune_label"));
+    assert!(message.contains("applyset"), "{message}");
+
+    // The StatefulSet is in `data`: kubectl would reject it under `-n shop`.
+    let (field, message) = config_error(json!({
+        "path": "manifests", "values": values, "namespace": "shop", "applyset": "shop",
+    }));
+    assert_eq!(field.as_deref(), Some("applyset"));
+    assert!(
+        message.contains("StatefulSet/db") && message.contains("`data`"),
+        "{message}"
+    );
+
+    // A ConfigMap parent needs the namespace it lives in.
+    let (field, message) = config_error(json!({
+        "path": "manifests", "values": values, "applyset": "configmaps/shop",
+    }));
+    assert_eq!(field.as_deref(), Some("applyset"));
+    assert!(message.contains("namespace"), "{message}");
+    assert!(
+        !workspace.path().join("kubectl-calls.log").exists(),
+        "kubectl ran"
+    );
 }
 
 #[test]
