@@ -9,9 +9,27 @@
 //! layout through WASI, checks every digest, and uploads the blobs and the
 //! manifest: one client, one credential path, and no credential ever on a
 //! command line or in buildah's hands.
+//!
+//! The steps of a stage run at once in one workspace, so each build has a
+//! directory of its own ([`BuildId`]: the step's name and attempt and a
+//! random suffix) for its ignore file, image id (`--iidfile`) and OCI
+//! layout, and its image has no name in buildah's storage (it is pushed by
+//! its id). The directory, and the image unless it is kept as the `--layers`
+//! cache, are removed when the step ends, passed or failed. The storage
+//! itself is shared: containers/storage takes a file lock around
+//! every change of its layers, images and containers, which is what lets
+//! many buildah and podman processes use one store, and what lets `--layers`
+//! reuse another build's layers.
+//!
+//! The workspace's `.arkline` (buildah's storage among it) is never part of
+//! the build context: buildah gets `--ignorefile` with the context's own
+//! `.containerignore` (or `.dockerignore`) lines and `.arkline`. Otherwise
+//! `COPY . /app` would copy the storage into the image, and the layer cache
+//! would never hit, the context changing with every build.
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
 use std::time::Duration;
 
@@ -30,11 +48,86 @@ use crate::{
 /// The granted program.
 const BUILDAH: &str = "buildah";
 
-/// Where buildah's storage and the OCI layout live, relative to the workspace.
+/// Where buildah's storage, the OCI layouts and the ignore files live,
+/// relative to the workspace.
 const STATE_DIR: &str = ".arkline/buildah";
 
-/// The name the image has in buildah's storage and in the OCI layout.
-const LOCAL_NAME: &str = "localhost/arkline-build:latest";
+/// What the build context never holds: arkline's own state in the workspace.
+const ALWAYS_IGNORED: &str = ".arkline";
+
+/// The name of one build's own directory in the shared workspace, unique to
+/// the step's attempt: `<step>-<attempt>-<random>`, lower-case letters,
+/// digits and `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildId(String);
+
+impl BuildId {
+    /// The id of this attempt of the step `step_name`, with `suffix` making
+    /// it unique among builds in the workspace.
+    pub fn new(step_name: &str, attempt: u32, suffix: u64) -> BuildId {
+        let mut step = String::new();
+        for c in step_name.chars() {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                step.push(c);
+            } else if !step.is_empty() && !step.ends_with('-') {
+                step.push('-');
+            }
+        }
+        let step = step.trim_end_matches('-');
+        let step = step.get(..40).unwrap_or(step).trim_end_matches('-');
+        let step = if step.is_empty() { "step" } else { step };
+        BuildId(format!("{step}-{attempt}-{suffix:016x}"))
+    }
+
+    /// A random suffix (WASI's random source, through the hasher's keys).
+    fn random_suffix() -> u64 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        );
+        hasher.finish()
+    }
+
+    /// The build's own directory, relative to the workspace: its OCI layout
+    /// (`oci`), ignore file (`ignore`) and image id file (`iid`).
+    pub fn dir(&self) -> String {
+        format!("{STATE_DIR}/builds/{}", self.0)
+    }
+}
+
+impl std::fmt::Display for BuildId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The ignore file of a build of `context` (a guest path): the context's own
+/// `.containerignore`, else its `.dockerignore` (buildah's order), then
+/// [`ALWAYS_IGNORED`], last so that no `!` line of the context's brings it
+/// back.
+fn ignore_lines(context: &str) -> Result<String, StepError> {
+    let mut lines = String::new();
+    for name in [".containerignore", ".dockerignore"] {
+        let path = format!("{context}/{name}");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                lines.push_str(&text);
+                if !text.is_empty() && !text.ends_with('\n') {
+                    lines.push('\n');
+                }
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StepError::failed(format!("cannot read {path}: {e}"))),
+        }
+    }
+    lines.push_str(ALWAYS_IGNORED);
+    lines.push('\n');
+    Ok(lines)
+}
 
 /// Configuration of the `build` step.
 #[derive(Deserialize, JsonSchema)]
@@ -111,7 +204,7 @@ fn default_build_timeout() -> u64 {
 }
 
 /// Runs the `build` step.
-pub fn build(_ctx: &Context, config: Build) -> StepResult {
+pub fn build(ctx: &Context, config: Build) -> StepResult {
     let target = target_repository(&config.target)?;
     check_tags(&config.tags)?;
     check_chunk_size(config.chunk_size)?;
@@ -167,6 +260,7 @@ pub fn build(_ctx: &Context, config: Build) -> StepResult {
         plain_http: &config.plain_http,
         retries: config.retries,
         timeout: Duration::from_secs(config.request_timeout),
+        user_agent: crate::step_user_agent(ctx),
     };
     let registry = clients.registry(&target.registry, credential);
     // A wrong credential fails here, before a long build.
@@ -175,16 +269,26 @@ pub fn build(_ctx: &Context, config: Build) -> StepResult {
         .map_err(|e| StepError::failed(e.to_string()))?;
 
     let state = guest_path(STATE_DIR);
-    let layout = format!("{state}/oci");
-    fs::create_dir_all(&state)
-        .map_err(|e| StepError::failed(format!("cannot create {state}: {e}")))?;
-    // A layout from an earlier run would hold its blobs too.
-    if fs::metadata(&layout).is_ok() {
-        fs::remove_dir_all(&layout)
-            .map_err(|e| StepError::failed(format!("cannot clear {layout}: {e}")))?;
-    }
+    let id = BuildId::new(&ctx.step_name, ctx.attempt, BuildId::random_suffix());
+    let dir = guest_path(&id.dir());
+    let layout = format!("{dir}/oci");
     let timeout = Duration::from_secs(config.build_timeout);
+    fs::create_dir_all(&dir).map_err(|e| StepError::failed(format!("cannot create {dir}: {e}")))?;
+    // Removes the build's directory and, without `layers`, its image, however
+    // the step ends.
+    let _cleanup = Cleanup {
+        state: state.clone(),
+        dir: dir.clone(),
+        layers: config.layers,
+    };
+    let ignore = format!("{dir}/ignore");
+    fs::write(&ignore, ignore_lines(&context)?)
+        .map_err(|e| StepError::failed(format!("cannot write {ignore}: {e}")))?;
+    let iid = format!("{dir}/iid");
 
+    // No `--tag`: the image has no name in the shared storage for another
+    // build to take; it is pushed by the id buildah writes to this build's
+    // own `--iidfile`.
     let mut bud = vec![
         "bud".to_owned(),
         "--isolation".into(),
@@ -192,8 +296,10 @@ pub fn build(_ctx: &Context, config: Build) -> StepResult {
         format!("--layers={}", config.layers),
         "--file".into(),
         file.clone(),
-        "--tag".into(),
-        LOCAL_NAME.into(),
+        "--ignorefile".into(),
+        ignore,
+        "--iidfile".into(),
+        iid.clone(),
     ];
     for (name, value) in &config.build_args {
         bud.extend(["--build-arg".to_owned(), format!("{name}={value}")]);
@@ -208,17 +314,18 @@ pub fn build(_ctx: &Context, config: Build) -> StepResult {
         bud.extend(["--platform".to_owned(), platform.clone()]);
     }
     bud.push(context.clone());
-    arkline_sdk::info!("buildah bud: {file} in {context}");
+    arkline_sdk::info!("buildah bud: {file} in {context} (build {id})");
     buildah(&state, &bud, timeout, "the build")?;
+    let image_id = image_id(&iid)?;
     buildah(
         &state,
         &[
             "push".to_owned(),
             "--quiet".into(),
-            LOCAL_NAME.into(),
+            image_id,
             // Relative to the working directory (the workspace): the host
             // translates only arguments that start with `/workspace`.
-            format!("oci:{STATE_DIR}/oci:build"),
+            format!("oci:{}/oci:build", id.dir()),
         ],
         timeout,
         "writing the image to an OCI layout",
@@ -314,6 +421,49 @@ fn workspace_dir(path: &str, field: &str) -> Result<String, StepError> {
             format!("`{path}` leaves the workspace; give a path relative to the workspace root"),
         )
     })
+}
+
+/// The image id buildah wrote to `--iidfile` (`sha256:<hex>`, or the hex).
+fn image_id(path: &str) -> Result<String, StepError> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| StepError::failed(format!("cannot read buildah's image id in {path}: {e}")))?;
+    let hex = text.trim().trim_start_matches("sha256:");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StepError::failed(format!(
+            "buildah wrote `{}` to {path}, not an image id",
+            text.trim()
+        )));
+    }
+    Ok(hex.to_owned())
+}
+
+/// Removes what one build leaves in the workspace when the step ends: its
+/// directory (layout, ignore file, image id) and, when the build kept no
+/// layer cache, its image. A failure is a warning: the push is done or has
+/// failed on its own account.
+struct Cleanup {
+    state: String,
+    dir: String,
+    layers: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.layers
+            && let Ok(id) = image_id(&format!("{}/iid", self.dir))
+            && let Err(e) = buildah(
+                &self.state,
+                &["rmi".to_owned(), id],
+                Duration::from_secs(120),
+                "removing the built image",
+            )
+        {
+            arkline_sdk::warn!("{e}");
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            arkline_sdk::warn!("cannot remove {}: {e}", self.dir);
+        }
+    }
 }
 
 /// Runs `buildah` with its storage under `state`; `what` names the run in
@@ -507,6 +657,43 @@ mod tests {
         assert!(!is_sandbox_refusal(
             "error building at STEP \"COPY a /a\": no such file or directory"
         ));
+    }
+
+    #[test]
+    fn build_ids_are_the_steps_attempt_and_differ_by_suffix() {
+        let a = BuildId::new("Build image (api)", 2, 0xab);
+        assert_eq!(a.to_string(), "build-image-api-2-00000000000000ab");
+        assert_eq!(
+            a.dir(),
+            ".arkline/buildah/builds/build-image-api-2-00000000000000ab"
+        );
+        assert_ne!(a, BuildId::new("Build image (api)", 2, 0xac));
+        assert_ne!(a, BuildId::new("build-image-web", 2, 0xab));
+        assert_eq!(
+            BuildId::new("../..", 1, 1).to_string(),
+            "step-1-0000000000000001"
+        );
+        assert_ne!(BuildId::random_suffix(), BuildId::random_suffix());
+    }
+
+    #[test]
+    fn the_ignore_file_keeps_the_contexts_lines_and_adds_arkline_last() {
+        let dir = std::env::temp_dir().join(format!("image-ignore-{}", BuildId::random_suffix()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let context = dir.to_string_lossy().into_owned();
+        assert_eq!(ignore_lines(&context).ok().as_deref(), Some(".arkline\n"));
+        fs::write(dir.join(".dockerignore"), "target\n!.arkline").expect("write");
+        assert_eq!(
+            ignore_lines(&context).ok().as_deref(),
+            Some("target\n!.arkline\n.arkline\n")
+        );
+        // buildah reads `.containerignore` before `.dockerignore`.
+        fs::write(dir.join(".containerignore"), "*.log\n").expect("write");
+        assert_eq!(
+            ignore_lines(&context).ok().as_deref(),
+            Some("*.log\n.arkline\n")
+        );
+        fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

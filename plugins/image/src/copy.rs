@@ -90,7 +90,7 @@ struct Copier<'a> {
 }
 
 /// Runs the `copy` step.
-pub fn copy(_ctx: &Context, config: CopyImage) -> StepResult {
+pub fn copy(ctx: &Context, config: CopyImage) -> StepResult {
     let source =
         Reference::parse(&config.source).map_err(|e| StepError::invalid_config("source", e))?;
     let target = target_repository(&config.target)?;
@@ -110,6 +110,7 @@ pub fn copy(_ctx: &Context, config: CopyImage) -> StepResult {
         plain_http: &config.plain_http,
         retries: config.retries,
         timeout: Duration::from_secs(config.request_timeout),
+        user_agent: crate::step_user_agent(ctx),
     };
     let same_registry = source.registry == target.registry;
     // In one registry one client serves both (a token then covers the mount's

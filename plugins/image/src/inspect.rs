@@ -52,7 +52,7 @@ const CONFIG_OUTPUTS: [&str; 9] = [
 ];
 
 /// Runs the `inspect` step.
-pub fn inspect(_ctx: &Context, config: Inspect) -> StepResult {
+pub fn inspect(ctx: &Context, config: Inspect) -> StepResult {
     let reference = Reference::parse(&config.reference)
         .map_err(|e| StepError::invalid_config("reference", e))?;
     let platform = config
@@ -66,6 +66,7 @@ pub fn inspect(_ctx: &Context, config: Inspect) -> StepResult {
         plain_http: &config.plain_http,
         retries: config.retries,
         timeout: Duration::from_secs(config.request_timeout),
+        user_agent: crate::step_user_agent(ctx),
     }
     .registry(
         &reference.registry,

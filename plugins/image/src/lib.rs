@@ -247,7 +247,7 @@ struct NewLayer {
 }
 
 /// Runs the `publish` step.
-pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
+pub fn publish(ctx: &Context, config: Publish) -> StepResult {
     let target = target_repository(&config.target)?;
     check_tags(&config.tags)?;
     let platform =
@@ -319,6 +319,7 @@ pub fn publish(_ctx: &Context, config: Publish) -> StepResult {
         plain_http: &config.plain_http,
         retries: config.retries,
         timeout: Duration::from_secs(config.request_timeout),
+        user_agent: crate::step_user_agent(ctx),
     };
     let target_registry = clients.registry(&target.registry, credential.clone());
 
@@ -498,6 +499,8 @@ struct Clients<'a> {
     plain_http: &'a [String],
     retries: u32,
     timeout: Duration,
+    /// The `User-Agent` naming the step ([`registry::user_agent`]).
+    user_agent: String,
 }
 
 impl Clients<'_> {
@@ -510,7 +513,14 @@ impl Clients<'_> {
             self.retries,
             self.timeout,
         )
+        .user_agent(self.user_agent.clone())
     }
+}
+
+/// The `User-Agent` of a step's requests, naming its engine, pipeline, run
+/// and step, so the registry (its log, its notifications) knows who pushed.
+fn step_user_agent(ctx: &Context) -> String {
+    registry::user_agent(&ctx.engine, &ctx.pipeline, ctx.run, &ctx.step_name)
 }
 
 /// The `target` setting: a repository with no tag or digest.

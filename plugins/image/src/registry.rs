@@ -7,6 +7,13 @@
 //!
 //! No credential, token or `Authorization` value is ever put in a log line or
 //! an error message.
+//!
+//! Every request, token requests included, carries the client's
+//! [`Registry::user_agent`] when one is set (the steps set
+//! `arkline-image/<version> (engine=…; pipeline=…; run=…; step=…)`, see
+//! [`user_agent`]), so a registry's access log and its notifications
+//! (`request.useragent` in distribution's events) name the pipeline that
+//! pushed: what a webhook handler needs to not start that pipeline again.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -140,6 +147,9 @@ pub struct Registry {
     timeout: Duration,
     /// Requests sent so far (token requests included), for the summary.
     requests: std::cell::Cell<u64>,
+    /// The `User-Agent` of every request; the host's `arkline/<version>`
+    /// when `None`.
+    user_agent: Option<String>,
 }
 
 impl Registry {
@@ -160,6 +170,22 @@ impl Registry {
             retries,
             timeout,
             requests: std::cell::Cell::new(0),
+            user_agent: None,
+        }
+    }
+
+    /// This client, sending `user_agent` as the `User-Agent` of every
+    /// request (token requests included).
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Registry {
+        self.user_agent = Some(user_agent.into());
+        self
+    }
+
+    /// Adds the client's `User-Agent`, when it has one.
+    fn identify(&self, request: Request) -> Request {
+        match &self.user_agent {
+            Some(agent) => request.header("user-agent", agent.clone()),
+            None => request,
         }
     }
 
@@ -247,7 +273,9 @@ impl Registry {
         let attempts = self.retries.saturating_add(1);
         let mut delay = Duration::from_secs(1);
         for attempt in 1..=attempts {
-            let request = self.authorize(make(), scope).timeout(self.timeout);
+            let request = self
+                .identify(self.authorize(make(), scope))
+                .timeout(self.timeout);
             self.requests.set(self.requests.get() + 1);
             let (wait, why) = match request.send() {
                 Ok(response) if response.status >= 500 || response.status == 429 => {
@@ -369,7 +397,7 @@ impl Registry {
             url.push_str(&format!("{sep}scope={}", query_escape(s)));
             sep = '&';
         }
-        let mut request = Request::get(url).timeout(self.timeout);
+        let mut request = self.identify(Request::get(url)).timeout(self.timeout);
         if let Credential::Basic { username, password } = &self.credential {
             let pair =
                 base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
@@ -813,6 +841,32 @@ fn http_date(value: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
 }
 
+/// The `User-Agent` the steps send:
+/// `arkline-image/<version> (engine=<engine>; pipeline=<pipeline>; run=<run>; step=<step>)`.
+/// A character with no place in a header comment (not visible ASCII, or one
+/// of `(`, `)`, `;`, `\`) becomes `_`, so the value is always a valid header
+/// and its fields always parse.
+pub fn user_agent(engine: &str, pipeline: &str, run: u64, step: &str) -> String {
+    fn clean(text: &str) -> String {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';' | '\\') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+    format!(
+        "arkline-image/{} (engine={}; pipeline={}; run={run}; step={})",
+        env!("CARGO_PKG_VERSION"),
+        clean(engine),
+        clean(pipeline),
+        clean(step)
+    )
+}
+
 /// `sha256:0123456789ab` (the first 12 hex digits).
 pub fn short(digest: &str) -> &str {
     digest.get(..19).unwrap_or(digest)
@@ -955,6 +1009,18 @@ mod tests {
         let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#;
         assert_eq!(error_codes(body), "UNAUTHORIZED: authentication required");
         assert_eq!(error_codes(b""), "");
+    }
+
+    #[test]
+    fn user_agents_name_the_step_and_stay_one_header_comment() {
+        let agent = user_agent("prod", "release (eu); v2", 7, "push image");
+        assert_eq!(
+            agent,
+            format!(
+                "arkline-image/{} (engine=prod; pipeline=release__eu___v2; run=7; step=push_image)",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
     }
 
     #[test]

@@ -1863,3 +1863,207 @@ async fn build_in_the_process_sandbox_fails_saying_why() {
         "{message}"
     );
 }
+
+// Who pushed: every request names the step's engine, pipeline, run and step
+// in its `User-Agent`, which a registry's access log and notifications
+// (`request.useragent`) carry, so a webhook handler can tell its own pushes.
+
+/// The user agents of the requests the registry answered, from its access
+/// log (distribution's combined format: the user agent is the last quoted
+/// field). testkit's `LoggedRequest` has no user agent field, so the log is
+/// read here.
+fn user_agents(registry: &Registry) -> Vec<(String, String)> {
+    let dir = registry.storage();
+    let log = fs::read_to_string(dir.parent().expect("the registry's dir").join("access.log"))
+        .expect("the registry's access log");
+    log.lines()
+        .filter_map(|line| {
+            let request = line.split('"').nth(1)?.to_owned();
+            let agent = line.trim_end().strip_suffix('"')?.rsplit_once('"')?.1;
+            Some((request, agent.to_owned()))
+        })
+        .collect()
+}
+
+fn pipeline_context(step_name: &str) -> arkline::runtime::CallContext {
+    arkline::runtime::CallContext {
+        pipeline: "release".into(),
+        run: 42,
+        stage: "ship".into(),
+        step_name: step_name.into(),
+        attempt: 1,
+        env: Vec::new(),
+    }
+}
+
+#[test]
+fn publish_requests_name_the_pipeline_in_their_user_agent() {
+    let registry = Registry::start();
+    let workspace = app_workspace();
+    let report = harness().call(
+        StepCall::new(
+            "publish",
+            json!({
+                "base": "scratch",
+                "layers": [{ "paths": ["static"] }],
+                "target": format!("{}/team/app", registry.host()),
+                "tags": ["v1"],
+            }),
+        )
+        .workspace(workspace.path())
+        .context(pipeline_context("push image"))
+        .timeout(Duration::from_secs(120)),
+    );
+    outputs(&report);
+    let agents = user_agents(&registry);
+    assert!(
+        agents
+            .iter()
+            .any(|(r, _)| r.starts_with("PUT /v2/team/app/manifests/v1 ")),
+        "{agents:?}"
+    );
+    let prefix = format!("arkline-image/{} (engine=", env!("CARGO_PKG_VERSION"));
+    // testkit's readiness probe (an HTTP/1.0 `GET /v2/` with no user agent)
+    // is in the log too.
+    for (request, agent) in agents.iter().filter(|(r, _)| !r.ends_with("HTTP/1.0")) {
+        assert!(
+            agent.starts_with(&prefix)
+                && agent.ends_with("; pipeline=release; run=42; step=push_image)"),
+            "{request}: {agent}"
+        );
+    }
+}
+
+/// What the builds of a workspace left in `.arkline/buildah/builds`: nothing,
+/// once every build ended.
+fn leftover_builds(workspace: &Path) -> Vec<String> {
+    fs::read_dir(workspace.join(".arkline/buildah/builds"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The files of the image `reference` (`host/repo:tag`), unpacked into a
+/// temporary directory.
+fn unpacked_image(reference: &str) -> tempfile::TempDir {
+    let source = format!("docker://{reference}");
+    let layout = tempfile::tempdir().expect("temp dir");
+    let oci = format!("oci:{}:img", layout.path().display());
+    run_ok(&["copy", "--src-tls-verify=false", &source, &oci]);
+    let raw: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &source,
+    ]))
+    .expect("the manifest is JSON");
+    let unpacked = tempfile::tempdir().expect("temp dir");
+    unpack_layers(layout.path(), &raw, unpacked.path());
+    unpacked
+}
+
+/// `COPY . /ctx/` of the workspace root copies the workspace, not buildah's
+/// storage under `.arkline`, and honours the context's `.dockerignore`; the
+/// build's own directory is gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_context_leaves_out_arkline_and_keeps_the_dockerignore() {
+    require_buildah();
+    let registry = Registry::start();
+    let (_bizes, lease) = image_biz(buildah_grants(), false).await;
+    let workspace = dockerfile_workspace();
+    let root = workspace.path();
+    fs::write(root.join("Dockerfile"), "FROM scratch\nCOPY . /ctx/\n").expect("write");
+    fs::write(root.join("secret.txt"), b"not for the image\n").expect("write");
+    fs::write(root.join(".dockerignore"), "secret.txt\n").expect("write");
+    // State an earlier step left in the workspace.
+    fs::create_dir_all(root.join(".arkline/cache")).expect("mkdir");
+    fs::write(root.join(".arkline/cache/entry"), b"cached\n").expect("write");
+    let report = lease
+        .invoke(build_call(
+            root,
+            json!({ "target": format!("{}/team/ctx", registry.host()), "tags": ["v1"] }),
+        ))
+        .await;
+    outputs(&report);
+    let image = unpacked_image(&format!("{}/team/ctx:v1", registry.host()));
+    let ctx = image.path().join("ctx");
+    assert_eq!(
+        fs::read(ctx.join("app/hello.txt")).expect("the context is in the image"),
+        b"hello from buildah\n"
+    );
+    assert!(ctx.join("Dockerfile").exists());
+    assert!(
+        !ctx.join(".arkline").exists(),
+        "the workspace's .arkline is in the image"
+    );
+    assert!(
+        !ctx.join("secret.txt").exists(),
+        "the .dockerignore was not honoured"
+    );
+    assert_eq!(leftover_builds(root), Vec::<String>::new());
+}
+
+/// Four builds at once in one workspace (steps of one stage) each push their
+/// own image, and each registry's log names the step that pushed. (Before
+/// each build had its own layout and no shared image name, one build could
+/// push another's image; that depends on timing, so four builds race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_builds_in_one_workspace_push_their_own_images() {
+    require_buildah();
+    let registry = Registry::start();
+    let (_bizes, lease) = image_biz(buildah_grants(), false).await;
+    let workspace = dockerfile_workspace();
+    let root = workspace.path();
+    let names = ["a", "b", "c", "d"];
+    for name in names {
+        fs::write(root.join(format!("{name}.txt")), format!("image {name}\n")).expect("write");
+        fs::write(
+            root.join(format!("{name}.Dockerfile")),
+            format!("FROM scratch\nCOPY {name}.txt /which.txt\n"),
+        )
+        .expect("write");
+    }
+    let call = |name: &str| {
+        build_call(
+            root,
+            json!({
+                "file": format!("{name}.Dockerfile"),
+                "target": format!("{}/team/{name}", registry.host()),
+                "tags": ["v1"],
+            }),
+        )
+        .context(pipeline_context(&format!("build {name}")))
+    };
+    let (a, b, c, d) = tokio::join!(
+        lease.invoke(call("a")),
+        lease.invoke(call("b")),
+        lease.invoke(call("c")),
+        lease.invoke(call("d"))
+    );
+    for (name, report) in names.into_iter().zip([&a, &b, &c, &d]) {
+        outputs(report);
+        let image = unpacked_image(&format!("{}/team/{name}:v1", registry.host()));
+        assert_eq!(
+            fs::read_to_string(image.path().join("which.txt")).expect("which.txt"),
+            format!("image {name}\n"),
+            "team/{name} holds another build's image"
+        );
+    }
+    assert_eq!(leftover_builds(root), Vec::<String>::new());
+    let agents = user_agents(&registry);
+    for name in names {
+        let manifest = format!("PUT /v2/team/{name}/manifests/v1 ");
+        let (_, agent) = agents
+            .iter()
+            .find(|(r, _)| r.starts_with(&manifest))
+            .unwrap_or_else(|| panic!("no {manifest} in {agents:?}"));
+        assert!(
+            agent.ends_with(&format!("; pipeline=release; run=42; step=build_{name})")),
+            "{agent}"
+        );
+    }
+}
