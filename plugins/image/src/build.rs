@@ -382,25 +382,14 @@ pub fn build(ctx: &Context, config: Build) -> StepResult {
     }
 
     let digest = manifest_descriptor.digest.clone();
-    let references: Vec<&str> = if config.tags.is_empty() {
-        vec![digest.as_str()]
-    } else {
-        config.tags.iter().map(String::as_str).collect()
-    };
-    for reference in references {
-        let stored = registry
-            .put_manifest(repo, reference, &media_type, &manifest_bytes)
-            .map_err(registry_error)?;
-        if let Some(stored) = stored
-            && stored != digest
-        {
-            return Err(StepError::failed(format!(
-                "registry {}, repository {repo}: the manifest pushed as {reference} was stored as {stored}, not {digest}",
-                target.registry
-            )));
-        }
-        arkline_sdk::info!("pushed {}:{reference}", target.repository_name());
-    }
+    super::push_tagged(
+        &registry,
+        &target,
+        &config.tags,
+        &media_type,
+        &manifest_bytes,
+        &digest,
+    )?;
     let image = format!("{}@{digest}", target.repository_name());
     Ok(Outcome::new()
         .output("digest", digest.clone())

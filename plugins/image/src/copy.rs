@@ -236,23 +236,13 @@ impl Copier<'_> {
     /// Pushes a manifest's bytes as they are under `reference`, and checks
     /// the registry stored them under the same digest.
     fn push(&self, manifest: &Fetched, reference: &str) -> Result<(), StepError> {
-        let stored = self
-            .target
-            .put_manifest(
-                self.repository,
-                reference,
-                &manifest.media_type,
-                &manifest.bytes,
-            )
-            .map_err(|e| StepError::failed(e.to_string()))?;
-        match stored {
-            Some(stored) if stored != manifest.digest => Err(StepError::failed(format!(
-                "registry {}, repository {}: the manifest pushed as {reference} was stored as {stored}, not {}",
-                self.target.host(),
-                self.repository,
-                manifest.digest
-            ))),
-            _ => Ok(()),
-        }
+        super::push_manifest(
+            self.target,
+            self.repository,
+            reference,
+            &manifest.media_type,
+            &manifest.bytes,
+            &manifest.digest,
+        )
     }
 }

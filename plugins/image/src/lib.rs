@@ -460,25 +460,14 @@ pub fn publish(ctx: &Context, config: Publish) -> StepResult {
     let manifest_bytes = serde_json::to_vec(&Value::Object(manifest))
         .map_err(|e| StepError::failed(format!("cannot write the manifest: {e}")))?;
     let digest = layer::sha256(&manifest_bytes);
-    let references: Vec<&str> = if config.tags.is_empty() {
-        vec![digest.as_str()]
-    } else {
-        config.tags.iter().map(String::as_str).collect()
-    };
-    for reference in references {
-        let stored = target_registry
-            .put_manifest(repo, reference, format.manifest(), &manifest_bytes)
-            .map_err(fail)?;
-        if let Some(stored) = stored
-            && stored != digest
-        {
-            return Err(StepError::failed(format!(
-                "registry {}, repository {repo}: the manifest pushed as {reference} was stored as {stored}, not {digest}",
-                target.registry
-            )));
-        }
-        arkline_sdk::info!("pushed {}:{reference}", target.repository_name());
-    }
+    push_tagged(
+        &target_registry,
+        &target,
+        &config.tags,
+        format.manifest(),
+        &manifest_bytes,
+        &digest,
+    )?;
     let image = format!("{}@{digest}", target.repository_name());
     Ok(Outcome::new()
         .output("digest", digest.clone())
@@ -515,6 +504,52 @@ impl Clients<'_> {
         )
         .user_agent(self.user_agent.clone())
     }
+}
+
+/// Puts a manifest's bytes under `reference` (a tag or its digest) in
+/// `repo`, and checks the registry stored them under `digest`: a registry
+/// that rewrote them would break the digest the step reports.
+fn push_manifest(
+    registry: &Registry,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    bytes: &[u8],
+    digest: &str,
+) -> Result<(), StepError> {
+    let stored = registry
+        .put_manifest(repo, reference, media_type, bytes)
+        .map_err(|e| StepError::failed(e.to_string()))?;
+    match stored {
+        Some(stored) if stored != digest => Err(StepError::failed(format!(
+            "registry {}, repository {repo}: the manifest pushed as {reference} was stored as {stored}, not {digest}",
+            registry.host()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Puts a manifest under each of `tags` of the `target` repository, or under
+/// its digest when there are none ([`push_manifest`]).
+fn push_tagged(
+    registry: &Registry,
+    target: &Reference,
+    tags: &[String],
+    media_type: &str,
+    bytes: &[u8],
+    digest: &str,
+) -> Result<(), StepError> {
+    let repo = target.repository.as_str();
+    let references: Vec<&str> = if tags.is_empty() {
+        vec![digest]
+    } else {
+        tags.iter().map(String::as_str).collect()
+    };
+    for reference in references {
+        push_manifest(registry, repo, reference, media_type, bytes, digest)?;
+        arkline_sdk::info!("pushed {}:{reference}", target.repository_name());
+    }
+    Ok(())
 }
 
 /// The `User-Agent` of a step's requests, naming its engine, pipeline, run
