@@ -255,7 +255,11 @@ impl Browser {
                 return;
             }
             if !retry || Instant::now() > deadline {
-                panic!("WebDriver {action} on `{css}`: {}", answer["value"]);
+                let page = self.eval("return document.body.innerText", json!([])).await;
+                panic!(
+                    "WebDriver {action} on `{css}`: {}; the page says:\n{page}",
+                    answer["value"]
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

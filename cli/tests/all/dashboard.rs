@@ -28,10 +28,34 @@ async fn shot(browser: &Browser, name: &str) {
     }
 }
 
+/// Signs in with `token` and waits for the page the form's answer loads: the
+/// signed-in page (the header names the token) or the sign-in page again
+/// with its error. A click returns before the navigation it starts, and a
+/// `goto` issued in between races it.
 async fn sign_in(browser: &Browser, url: &str, token: &str) {
     browser.goto(&format!("{url}/ui")).await;
     browser.type_into("#token", token).await;
     browser.click("#signin-button").await;
+    browser
+        .until(
+            "the answer to signing in",
+            "return document.readyState === 'complete' && (document.getElementById('who').textContent !== '' || !document.getElementById('signin-error').hidden)",
+            json!([]),
+        )
+        .await;
+}
+
+/// Signs out and waits for the sign-in page the server sends back to (see
+/// [`sign_in`] for why).
+async fn sign_out(browser: &Browser) {
+    browser.click("#logout button").await;
+    browser
+        .until(
+            "the sign-in page after signing out",
+            "return document.readyState === 'complete' && document.getElementById('who').textContent === '' && !document.getElementById('signin').hidden",
+            json!([]),
+        )
+        .await;
 }
 
 /// `arkline serve` with the tokens file, and the engines of `archives`
@@ -256,7 +280,7 @@ async fn the_dashboard_signs_in_runs_follows_logs_and_aborts_in_a_browser() {
         .await;
 
     // A read-only token: no write buttons, and its writes are refused.
-    browser.click("#logout button").await;
+    sign_out(&browser).await;
     sign_in(&browser, &url, READER).await;
     assert!(browser.text("#who").await.contains("reader (read)"));
     browser.goto(&format!("{url}/ui#/engines/team-b")).await;

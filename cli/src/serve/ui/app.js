@@ -770,7 +770,14 @@ async function route() {
   for (const close of closers) close();
   closers = [];
   if (!me) {
-    try { me = await api("/whoami"); } catch { return; }
+    try {
+      me = await api("/whoami");
+    } catch (e) {
+      // Signed out: the sign-in form is up. Anything else (the server gone,
+      // a proxy's error page) is said rather than left as a blank page.
+      if (e.message !== "signed out") view(el("p", { class: "error", role: "alert" }, `Cannot reach the server: ${e.message}`));
+      return;
+    }
     $("who").textContent = `${me.name} (${me.access})`;
     $("logout").hidden = me.name === "anonymous";
   }
