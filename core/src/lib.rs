@@ -100,6 +100,7 @@ pub mod host;
 pub mod metrics;
 pub mod model;
 pub mod native;
+pub mod provenance;
 mod pipeline;
 pub mod runtime;
 pub mod store;
