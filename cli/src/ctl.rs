@@ -23,6 +23,7 @@ use crate::serve::api::{
 };
 
 pub mod client;
+pub mod provenance;
 
 use client::{ApiFailure, Client, read_events};
 
@@ -72,6 +73,9 @@ pub enum CtlCommand {
     /// Secrets of the engine (values are write-only): set, list, delete.
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Check the signed provenance a pipeline attached to an image in its
+    /// registry (talks to the registry only, not to an arkline server).
+    VerifyProvenance(provenance::VerifyProvenanceArgs),
 }
 
 /// `ctl engine …`
@@ -305,6 +309,9 @@ impl CtlArgs {
     }
 
     async fn run(&self) -> anyhow::Result<ExitCode> {
+        if let CtlCommand::VerifyProvenance(args) = &self.command {
+            return args.run(self.json).await;
+        }
         let client = Client::new(&self.server, self.token.clone())?;
         match &self.command {
             CtlCommand::Engine(cmd) => self.engine_cmd(&client, cmd).await,
@@ -312,6 +319,7 @@ impl CtlArgs {
             CtlCommand::Pipeline(cmd) => self.pipeline_cmd(&client, cmd).await,
             CtlCommand::Exec(cmd) => self.exec_cmd(&client, cmd).await,
             CtlCommand::Secret(cmd) => self.secret_cmd(&client, cmd).await,
+            CtlCommand::VerifyProvenance(args) => args.run(self.json).await,
         }
     }
 

@@ -114,7 +114,7 @@ pub use resources::{
     EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, ForgeKind, ForgeSettings,
     ImagePush, MAX_REASON_BYTES, Pipeline, PipelineExecution, PipelineExecutionSpec,
     PipelineExecutionStatus, PipelineOrigin, PipelineSetting, PipelineSettingSpec,
-    PipelineSettingStatus, PipelineStatus, RegistryNotifications, RepoPipelines, Retention, Secret,
+    PipelineSettingStatus, PipelineStatus, ProvenanceSettings, RegistryNotifications, RepoPipelines, Retention, Secret,
     SecretSpec, SecretStatus, SourceStatus, StageStatus, StepLimits, StepPhase, StepStatus,
     TriggerKind, default_repo_path,
 };

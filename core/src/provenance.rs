@@ -259,6 +259,8 @@ pub fn statement(subjects: &[Subject], facts: &Facts) -> Value {
             "commit": source.commit,
             "branch": source.branch,
         });
+    }
+    if let Some(source) = facts.source.as_ref().filter(|s| !s.repository.is_empty()) {
         let reference = source
             .branch
             .as_ref()

@@ -204,6 +204,19 @@ impl bindings::arkline::step::host_call::Host for StepState {
         use crate::native::NativeCallError;
         self.check(Capability::HostCall, Some(&name))
             .map_err(HostError::Denied)?;
+        if name == crate::provenance::HOST_CALL {
+            // Built in: the host writes the statement from its own records;
+            // the guest names only the subjects.
+            let Some(signer) = self.call.provenance.clone() else {
+                return Err(HostError::Failed(format!(
+                    "provenance is not configured for engine `{}`: set the engine's \
+                     `provenance.key_secret` to a secret holding an ed25519 key \
+                     (`cargo ark keygen`)",
+                    self.caller.engine
+                )));
+            };
+            return signer.answer(&payload).map_err(|e| HostError::InvalidArgument(e.to_string()));
+        }
         let native = self.call.native.clone();
         // Native handlers are synchronous: keep them off the async threads.
         let result = tokio::task::spawn_blocking(move || native.call(&name, &payload))

@@ -119,6 +119,9 @@ pub struct CallResources {
     pub http_client: Result<super::http::HttpClient, String>,
     /// The native plugins serving `host-call`.
     pub native: crate::native::NativePlugins,
+    /// Answers the built-in host call `arkline.provenance`, when the engine
+    /// signs provenance.
+    pub provenance: Option<std::sync::Arc<crate::provenance::Signer>>,
 }
 
 impl StepState {

@@ -149,6 +149,22 @@ pub struct PipelineSettingSpec {
     /// Harbor's webhook) are sent to `POST /registry-hooks/<engine>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_notifications: Option<RegistryNotifications>,
+    /// Build provenance: the engine signs an in-toto statement (SLSA
+    /// provenance v1) for what its steps publish, when their biz is granted
+    /// the host call `arkline.provenance` (the `image` biz pushes it as an OCI
+    /// referrer of each image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<ProvenanceSettings>,
+}
+
+/// How an engine signs build provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvenanceSettings {
+    /// The engine secret holding the ed25519 signing key: the 64 hex digits
+    /// of its seed, as `cargo ark keygen` writes it (the secret's `value`).
+    /// Verifiers check statements with the matching public key.
+    pub key_secret: String,
 }
 
 /// How an engine takes a registry's push notifications.

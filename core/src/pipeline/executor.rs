@@ -37,6 +37,7 @@ mod cache;
 mod checkout;
 mod gates;
 mod graph;
+mod provenance;
 mod status;
 
 use graph::Node;

@@ -80,6 +80,9 @@ pub struct StepCall {
     pub log_sink: Option<LogSink>,
     /// Rewrites each log line first (secret masking).
     pub log_mask: Option<LogMask>,
+    /// Answers the built-in host call
+    /// [`arkline.provenance`](crate::provenance::HOST_CALL) of this call.
+    pub provenance: Option<Arc<crate::provenance::Signer>>,
 }
 
 impl std::fmt::Debug for StepCall {
@@ -136,6 +139,15 @@ impl StepCall {
     /// addition to the runtime's `ProcessLimits::require_sandbox`).
     pub fn require_process_sandbox(mut self, require: bool) -> Self {
         self.limits.require_process_sandbox = require;
+        self
+    }
+
+    /// Signs this call's provenance statements (the built-in host call
+    /// [`arkline.provenance`](crate::provenance::HOST_CALL), for a biz
+    /// granted it) with `signer`; without one the call is answered "not
+    /// configured".
+    pub fn provenance(mut self, signer: Arc<crate::provenance::Signer>) -> Self {
+        self.provenance = Some(signer);
         self
     }
 
@@ -479,6 +491,7 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
             http: target.http.clone(),
             http_client: target.runtime.http_client(),
             native: target.runtime.native_plugins().clone(),
+            provenance: call.provenance.clone(),
         },
     );
     let mut store = Store::new(target.runtime.engine(), state);

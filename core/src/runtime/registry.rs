@@ -804,6 +804,11 @@ impl BizLease {
         &self.biz.manifest
     }
 
+    /// SHA-256 (hex) of the biz's component.
+    pub fn sha256(&self) -> &str {
+        &self.biz.prepared.sha256
+    }
+
     /// What the biz may do here: what its manifest requests and the engine
     /// grants.
     pub fn capabilities(&self) -> &crate::host::Capabilities {

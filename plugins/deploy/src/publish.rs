@@ -10,6 +10,7 @@ use arkline_sdk::workspace::{guest_path, relative_path};
 use image::CredentialConfig;
 use image::layer::{self, LayerConfig, LayerPlan};
 use image::oci::OCI_MANIFEST;
+use image::provenance::{self, ProvenanceMode};
 use image::reference::{Reference, check_tag};
 use image::registry::{RegistryError, Scope, short};
 use serde_json::{Map, Value, json};
@@ -48,6 +49,14 @@ pub struct PublishTemplate {
     /// (`localhost`, `127.0.0.1`, `[::1]`) always are.
     #[serde(default)]
     pub plain_http: Vec<String>,
+    /// Signed build provenance of the pushed template, pushed as its OCI
+    /// referrer: `auto` (default: attached when the engine signs provenance
+    /// for this biz, otherwise the step logs why not and goes on), `required`
+    /// (the step fails without it) or `off`. The biz needs the
+    /// `host-call=arkline.provenance` grant and the engine a
+    /// `provenance.key_secret`.
+    #[serde(default)]
+    pub provenance: ProvenanceMode,
 }
 
 /// Runs the `publish-template` step.
@@ -187,9 +196,23 @@ pub fn publish_template(_ctx: &Context, config: PublishTemplate) -> StepResult {
     }
     let image = format!("{}@{digest}", target.repository_name());
     arkline_sdk::info!("published {image}");
-    Ok(Outcome::new()
+    let attached = provenance::attach(
+        &registry,
+        &target,
+        &provenance::Subject {
+            media_type: OCI_MANIFEST,
+            digest: &digest,
+            size: manifest_bytes.len() as u64,
+        },
+        config.provenance,
+    )?;
+    let mut outcome = Outcome::new()
         .output("digest", digest)
         .output("image", image)
         .output("tags", config.tags.join(","))
-        .output("layer_digest", written.digest))
+        .output("layer_digest", written.digest);
+    if let Some(attached) = attached {
+        outcome = outcome.output("provenance", attached);
+    }
+    Ok(outcome)
 }

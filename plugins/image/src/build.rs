@@ -39,6 +39,7 @@ use serde_json::Value;
 
 use crate::layer::Hashing;
 use crate::oci::{self, Descriptor};
+use crate::provenance::ProvenanceMode;
 use crate::registry::{Registry, RegistryError, Scope, short};
 use crate::{
     Clients, CredentialConfig, check_chunk_size, check_request_timeout, check_tags, credential_of,
@@ -191,6 +192,14 @@ pub struct Build {
     /// Time limit of each request in seconds (default 120; the host allows 300).
     #[serde(default = "crate::default_timeout")]
     pub request_timeout: u64,
+    /// Signed build provenance of the pushed image, pushed as its OCI
+    /// referrer: `auto` (default: attached when the engine signs provenance
+    /// for this biz, otherwise the step logs why not and goes on), `required`
+    /// (the step fails without it) or `off`. The biz needs the
+    /// `host-call=arkline.provenance` grant and the engine a
+    /// `provenance.key_secret`.
+    #[serde(default)]
+    pub provenance: ProvenanceMode,
 }
 
 fn default_context() -> String {
@@ -390,8 +399,18 @@ pub fn build(ctx: &Context, config: Build) -> StepResult {
         &manifest_bytes,
         &digest,
     )?;
+    let attached = crate::provenance::attach(
+        &registry,
+        &target,
+        &crate::provenance::Subject {
+            media_type: &media_type,
+            digest: &digest,
+            size: manifest_bytes.len() as u64,
+        },
+        config.provenance,
+    )?;
     let image = format!("{}@{digest}", target.repository_name());
-    Ok(Outcome::new()
+    Ok(super::with_provenance(Outcome::new(), attached)
         .output("digest", digest.clone())
         .output("image", image.clone())
         .output("tags", config.tags.join(","))

@@ -12,6 +12,7 @@ use arkline_sdk::prelude::*;
 
 use crate::manifest::{self, Fetched};
 use crate::oci::{self, Platform};
+use crate::provenance::ProvenanceMode;
 use crate::reference::Reference;
 use crate::registry::{Registry, Scope, short};
 use crate::transfer::{BlobSource, Placed, place_blob};
@@ -64,6 +65,14 @@ pub struct CopyImage {
     /// Time limit of each request in seconds (default 120; the host allows 300).
     #[serde(default = "crate::default_timeout")]
     pub request_timeout: u64,
+    /// Signed build provenance of the pushed image, pushed as its OCI
+    /// referrer: `auto` (default: attached when the engine signs provenance
+    /// for this biz, otherwise the step logs why not and goes on), `required`
+    /// (the step fails without it) or `off`. The biz needs the
+    /// `host-call=arkline.provenance` grant and the engine a
+    /// `provenance.key_secret`.
+    #[serde(default)]
+    pub provenance: ProvenanceMode,
 }
 
 /// How many blobs took which way.
@@ -171,9 +180,19 @@ pub fn copy(ctx: &Context, config: CopyImage) -> StepResult {
         copier.push(&root, reference)?;
         arkline_sdk::info!("pushed {}:{reference}", target.repository_name());
     }
+    let attached = crate::provenance::attach(
+        &target_registry,
+        &target,
+        &crate::provenance::Subject {
+            media_type: &root.media_type,
+            digest: &root.digest,
+            size: root.bytes.len() as u64,
+        },
+        config.provenance,
+    )?;
     let image = format!("{}@{}", target.repository_name(), root.digest);
     let tally = &copier.tally;
-    Ok(Outcome::new()
+    Ok(super::with_provenance(Outcome::new(), attached)
         .output("digest", root.digest.clone())
         .output("image", image.clone())
         .output("tags", config.tags.join(","))

@@ -50,6 +50,7 @@ pub mod inspect;
 pub mod layer;
 pub mod manifest;
 pub mod oci;
+pub mod provenance;
 pub mod reference;
 pub mod registry;
 pub mod transfer;
@@ -57,6 +58,7 @@ pub mod transfer;
 use layer::{LayerConfig, LayerPlan, Written};
 use manifest::Fetched;
 use oci::{Descriptor, Format, Platform};
+use provenance::ProvenanceMode;
 use reference::Reference;
 use registry::{Credential, Registry, RegistryError, short};
 use transfer::{BlobSource, place_blob};
@@ -153,6 +155,14 @@ pub struct Publish {
     /// Time limit of each request in seconds (default 120; the host allows 300).
     #[serde(default = "default_timeout")]
     pub request_timeout: u64,
+    /// Signed build provenance of the pushed image, pushed as its OCI
+    /// referrer: `auto` (default: attached when the engine signs provenance
+    /// for this biz, otherwise the step logs why not and goes on), `required`
+    /// (the step fails without it) or `off`. The biz needs the
+    /// `host-call=arkline.provenance` grant and the engine a
+    /// `provenance.key_secret`.
+    #[serde(default)]
+    pub provenance: ProvenanceMode,
 }
 
 /// A registry credential.
@@ -468,8 +478,18 @@ pub fn publish(ctx: &Context, config: Publish) -> StepResult {
         &manifest_bytes,
         &digest,
     )?;
+    let attached = provenance::attach(
+        &target_registry,
+        &target,
+        &provenance::Subject {
+            media_type: format.manifest(),
+            digest: &digest,
+            size: manifest_bytes.len() as u64,
+        },
+        config.provenance,
+    )?;
     let image = format!("{}@{digest}", target.repository_name());
-    Ok(Outcome::new()
+    Ok(with_provenance(Outcome::new(), attached)
         .output("digest", digest.clone())
         .output("image", image.clone())
         .output("tags", config.tags.join(","))
@@ -550,6 +570,15 @@ fn push_tagged(
         arkline_sdk::info!("pushed {}:{reference}", target.repository_name());
     }
     Ok(())
+}
+
+/// `outcome` with the `provenance` output (the referrer manifest's digest)
+/// when provenance was attached.
+fn with_provenance(outcome: Outcome, attached: Option<String>) -> Outcome {
+    match attached {
+        Some(digest) => outcome.output("provenance", digest),
+        None => outcome,
+    }
 }
 
 /// The `User-Agent` of a step's requests, naming its engine, pipeline, run

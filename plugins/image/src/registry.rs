@@ -720,6 +720,21 @@ impl Registry {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<Option<String>, RegistryError> {
+        self.put_manifest_stored(repository, reference, media_type, bytes)
+            .map(|stored| stored.digest)
+    }
+
+    /// [`Registry::put_manifest`], also telling whether the registry
+    /// processed the manifest's `subject` (its `OCI-Subject` answer header,
+    /// OCI distribution spec 1.1): a registry that did not needs the
+    /// referrers tag schema kept by the client.
+    pub fn put_manifest_stored(
+        &self,
+        repository: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Stored, RegistryError> {
         let operation = format!("push of manifest {reference}");
         let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
         let response = self.send(repository, &operation, &Scope::push(repository), &|| {
@@ -730,8 +745,21 @@ impl Registry {
         if response.status != 201 && response.status != 200 {
             return Err(self.error(repository, operation, Some(&response), ""));
         }
-        Ok(response.header("docker-content-digest").map(str::to_owned))
+        Ok(Stored {
+            digest: response.header("docker-content-digest").map(str::to_owned),
+            subject: response.header("oci-subject").map(str::to_owned),
+        })
     }
+}
+
+/// What a registry said of a manifest it stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Its `Docker-Content-Digest`, when sent.
+    pub digest: Option<String>,
+    /// Its `OCI-Subject`, when sent: the digest of the manifest's `subject`,
+    /// which the registry's referrers API then lists.
+    pub subject: Option<String>,
 }
 
 /// A chunked upload in progress: `PATCH` each chunk, then `PUT ?digest=`.

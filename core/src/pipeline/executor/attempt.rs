@@ -299,6 +299,13 @@ impl Driver {
         if let Some(weight) = self.settings.cpu_weight {
             call = call.cpu_weight(weight);
         }
+        if let Some(signer) = self
+            .provenance_signer(step, lease)
+            .await
+            .map_err(AttemptFailure::fatal)?
+        {
+            call = call.provenance(Arc::new(signer));
+        }
         // Wait for a slot of the container's pool (fair across engines) rather
         // than fail with a `Capacity` fault when the instance pool is full.
         let slot = tokio::select! {
