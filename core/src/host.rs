@@ -26,7 +26,7 @@ pub use cache::BlobCache;
 pub use capability::{CallerIdentity, Capabilities, Capability, EffectiveCapabilities};
 pub use grant::{GrantError, merge_grants, parse_grant, parse_grants};
 pub use process::{ProcessLimits, ProcessPolicy};
-pub use state::{CallResources, StepLimiter, StepState};
+pub use state::{CallResources, PROVENANCE_CALL, ProvenanceFn, StepLimiter, StepState};
 pub use step_log::{LogLevel, LogLine, LogMask, LogSink, LogSource, StepLog};
 
 /// The WIT package every step plugin targets.

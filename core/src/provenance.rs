@@ -25,7 +25,7 @@ use crate::ark::{PublicKey, SecretKey};
 
 /// The built-in `host-call` name a biz calls to have its subjects attested.
 /// Like every host call it needs the `host-call` capability naming it.
-pub const HOST_CALL: &str = "arkline.provenance";
+pub const HOST_CALL: &str = crate::host::PROVENANCE_CALL;
 /// The DSSE payload type of an in-toto statement.
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// The OCI artifact type (and layer media type) of a DSSE envelope.

@@ -114,9 +114,9 @@ impl ImageRef {
         let repo_ok = !repository.is_empty()
             && repository.split('/').all(|part| {
                 !part.is_empty()
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                    && part.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
             });
         if !repo_ok {
             bail!(
@@ -148,7 +148,11 @@ impl fmt::Display for ImageRef {
         } else {
             ':'
         };
-        write!(f, "{}/{}{sep}{}", self.host, self.repository, self.reference)
+        write!(
+            f,
+            "{}/{}{sep}{}",
+            self.host, self.repository, self.reference
+        )
     }
 }
 
@@ -299,8 +303,8 @@ impl Registry {
             if let Some(service) = param("service") {
                 query.append_pair("service", &service);
             }
-            let scope = param("scope")
-                .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+            let scope =
+                param("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository));
             query.append_pair("scope", &scope);
         }
         let mut req = self.http.get(url.as_str());
@@ -353,10 +357,9 @@ impl Registry {
             .unwrap_or_default();
         let hint = match status {
             StatusCode::UNAUTHORIZED => self.credentials_hint(),
-            StatusCode::FORBIDDEN => format!(
-                "the credentials given may not pull {}",
-                self.repository
-            ),
+            StatusCode::FORBIDDEN => {
+                format!("the credentials given may not pull {}", self.repository)
+            }
             _ => hint.to_owned(),
         };
         RegistryError {
@@ -560,9 +563,8 @@ async fn resolve(registry: &mut Registry, image: &ImageRef) -> anyhow::Result<St
         .await
         .map_err(|e| match e.downcast::<RegistryError>() {
             Ok(mut e) if e.status == StatusCode::NOT_FOUND => {
-                e.hint = format!(
-                    "; is `{image}` pushed? (`skopeo inspect docker://{image}` shows it)"
-                );
+                e.hint =
+                    format!("; is `{image}` pushed? (`skopeo inspect docker://{image}` shows it)");
                 e.into()
             }
             Ok(e) => e.into(),
@@ -602,9 +604,7 @@ async fn referrers(registry: &mut Registry, digest: &str) -> anyhow::Result<Vec<
         // No referrers API (distribution 2.8): the referrers tag schema.
         let tag = digest.replacen(':', "-", 1);
         let what = format!("the referrers tag {tag}");
-        let response = registry
-            .get(&format!("manifests/{tag}"), OCI_INDEX)
-            .await?;
+        let response = registry.get(&format!("manifests/{tag}"), OCI_INDEX).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }
@@ -801,11 +801,20 @@ mod tests {
             ("127.0.0.1:5000", "team/app", "latest")
         );
         let r = ImageRef::parse("localhost/app:v1.2").expect("parses");
-        assert_eq!((r.repository.as_str(), r.reference.as_str()), ("app", "v1.2"));
+        assert_eq!(
+            (r.repository.as_str(), r.reference.as_str()),
+            ("app", "v1.2")
+        );
         let digest = format!("sha256:{}", "ab".repeat(32));
         let r = ImageRef::parse(&format!("reg.example.com/a/b:v1@{digest}")).expect("parses");
         assert_eq!(r.reference, digest);
-        for bad in ["app:v1", "team/app", "reg.io/App", "reg.io/a@sha256:12", "reg.io/"] {
+        for bad in [
+            "app:v1",
+            "team/app",
+            "reg.io/App",
+            "reg.io/a@sha256:12",
+            "reg.io/",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }

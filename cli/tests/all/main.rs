@@ -14,6 +14,7 @@ mod hooks;
 mod limits;
 mod listing;
 mod metrics;
+mod provenance;
 mod registry_hooks;
 mod repo_hooks;
 mod run;

@@ -204,7 +204,7 @@ impl bindings::arkline::step::host_call::Host for StepState {
         use crate::native::NativeCallError;
         self.check(Capability::HostCall, Some(&name))
             .map_err(HostError::Denied)?;
-        if name == crate::provenance::HOST_CALL {
+        if name == super::PROVENANCE_CALL {
             // Built in: the host writes the statement from its own records;
             // the guest names only the subjects.
             let Some(signer) = self.call.provenance.clone() else {
@@ -215,7 +215,7 @@ impl bindings::arkline::step::host_call::Host for StepState {
                     self.caller.engine
                 )));
             };
-            return signer.answer(&payload).map_err(|e| HostError::InvalidArgument(e.to_string()));
+            return signer(&payload).map_err(HostError::InvalidArgument);
         }
         let native = self.call.native.clone();
         // Native handlers are synchronous: keep them off the async threads.

@@ -101,7 +101,7 @@ pub struct StepState {
 
 /// What host functions of one call may use besides the identity: the host
 /// workspace, the deadline, the biz's resolved process policy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CallResources {
     /// The host directory preopened at `/workspace`.
     pub workspace: Option<PathBuf>,
@@ -119,10 +119,18 @@ pub struct CallResources {
     pub http_client: Result<super::http::HttpClient, String>,
     /// The native plugins serving `host-call`.
     pub native: crate::native::NativePlugins,
-    /// Answers the built-in host call `arkline.provenance`, when the engine
+    /// Answers the built-in host call [`PROVENANCE_CALL`], when the engine
     /// signs provenance.
-    pub provenance: Option<std::sync::Arc<crate::provenance::Signer>>,
+    pub provenance: Option<ProvenanceFn>,
 }
+
+/// The built-in `host-call` name a biz calls to have what it published
+/// attested (see `crate::provenance`, which answers it).
+pub const PROVENANCE_CALL: &str = "arkline.provenance";
+
+/// Answers a [`PROVENANCE_CALL`] request: its payload → the reply, or the
+/// message of an invalid request.
+pub type ProvenanceFn = std::sync::Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
 
 impl StepState {
     /// Assembles the state of one call.

@@ -491,7 +491,10 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
             http: target.http.clone(),
             http_client: target.runtime.http_client(),
             native: target.runtime.native_plugins().clone(),
-            provenance: call.provenance.clone(),
+            provenance: call.provenance.clone().map(|signer| {
+                Arc::new(move |request: &[u8]| signer.answer(request).map_err(|e| e.to_string()))
+                    as crate::host::ProvenanceFn
+            }),
         },
     );
     let mut store = Store::new(target.runtime.engine(), state);

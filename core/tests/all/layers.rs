@@ -19,7 +19,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("controller", &["model", "store"]),
     ("host", &["native", "metrics"]),
     ("ark", &["host"]),
-    ("runtime", &["ark", "host", "native", "metrics"]),
+    ("provenance", &["ark", "host"]),
+    ("runtime", &["ark", "host", "native", "metrics", "provenance"]),
     (
         "pipeline",
         &[
@@ -31,6 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "runtime",
             "native",
             "metrics",
+            "provenance",
         ],
     ),
     (
@@ -45,6 +47,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "native",
             "metrics",
             "pipeline",
+            "provenance",
         ],
     ),
     (
@@ -60,6 +63,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "pipeline",
             "engine",
+            "provenance",
         ],
     ),
 ];

@@ -28,7 +28,9 @@
 //! registry, otherwise copied, digests verified), adds one deterministic layer
 //! per `layers` entry, sets the config and pushes the manifest under each tag.
 //! Outputs: `digest`, `image` (`registry/repository@digest`), `tags`
-//! (comma-separated), `config_digest`. The same inputs give the same digest.
+//! (comma-separated), `config_digest`, and `provenance` when signed build
+//! provenance was attached ([`provenance`]). The same inputs give the same
+//! digest.
 //!
 //! `copy` ([`copy`]) copies an image by digest (an index whole, or one
 //! platform's manifest), mounting blobs within a registry and copying them

@@ -370,6 +370,155 @@ fn basic_auth_with_the_right_credential_publishes_and_a_wrong_one_fails_clearly(
     assert!(!out.status.success());
 }
 
+/// The biz granted `http` and the provenance host call.
+fn provenance_harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        Harness::from_ark(arkline_testkit::plugin("image")).grant(Capabilities {
+            http: vec!["127.0.0.1".into()],
+            host_call: vec![arkline::provenance::HOST_CALL.into()],
+            ..Capabilities::default()
+        })
+    })
+}
+
+/// `GET` of `path` from the registry; returns the answer's body.
+fn raw_get(host: &str, path: &str, accept: &str) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the registry");
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&answer[..split])
+    );
+    answer[split + 4..].to_vec()
+}
+
+#[test]
+fn publish_attaches_signed_provenance_as_a_referrer_once() {
+    use arkline::provenance::{Envelope, Facts, Signer, verify};
+    let registry = Registry::start();
+    let host = registry.host();
+    let workspace = app_workspace();
+    let key = arkline::ark::SecretKey::generate().expect("a key");
+    let public = key.public_key();
+    let signer = std::sync::Arc::new(Signer::new(
+        key,
+        Facts {
+            engine: "test".into(),
+            pipeline: "release".into(),
+            execution: "release-1".into(),
+            run: 1,
+            step: "publish".into(),
+            ..Facts::default()
+        },
+    ));
+    let config = |provenance: &str| {
+        json!({
+            "base": "scratch",
+            "layers": [{ "paths": ["static"], "destination": "/srv" }],
+            "target": format!("{host}/team/signed"),
+            "tags": ["1"],
+            "provenance": provenance,
+        })
+    };
+    let signed = || {
+        let call = StepCall::new("publish", config("required"))
+            .workspace(workspace.path())
+            .timeout(Duration::from_secs(120))
+            .provenance(signer.clone());
+        outputs(&provenance_harness().call(call)).clone()
+    };
+    let manifest = |reference: &str, accept: &str| -> Value {
+        serde_json::from_slice(&raw_get(
+            &host,
+            &format!("/v2/team/signed/manifests/{reference}"),
+            accept,
+        ))
+        .expect("JSON")
+    };
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    let out = signed();
+    let digest = out["digest"].clone();
+    let hex = digest.strip_prefix("sha256:").expect("sha256");
+    let referrer = out["provenance"].clone();
+    let index = manifest(&format!("sha256-{hex}"), INDEX);
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(1),
+        "{index}"
+    );
+    assert_eq!(index["manifests"][0]["digest"], referrer.as_str());
+    assert_eq!(
+        index["manifests"][0]["artifactType"],
+        arkline::provenance::ARTIFACT_TYPE
+    );
+    let attestation = manifest(&referrer, MANIFEST);
+    assert_eq!(attestation["subject"]["digest"], digest.as_str());
+    assert_eq!(
+        attestation["artifactType"],
+        arkline::provenance::ARTIFACT_TYPE
+    );
+    let layer = attestation["layers"][0]["digest"]
+        .as_str()
+        .expect("a layer");
+    let envelope: Envelope = serde_json::from_slice(&raw_get(
+        &host,
+        &format!("/v2/team/signed/blobs/{layer}"),
+        "*/*",
+    ))
+    .expect("an envelope");
+    let statement = verify(&envelope, &public).expect("verifies");
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], hex);
+    assert_eq!(
+        statement["subject"][0]["name"],
+        format!("{host}/team/signed")
+    );
+
+    // Again: the same statement, signed to the same bytes, listed once.
+    assert_eq!(signed()["provenance"], referrer);
+    let index = manifest(&format!("sha256-{hex}"), INDEX);
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(1),
+        "{index}"
+    );
+
+    // Required without a signer fails clearly; auto without the grant goes on.
+    let report = provenance_harness().call(
+        StepCall::new("publish", config("required"))
+            .workspace(workspace.path())
+            .timeout(Duration::from_secs(120)),
+    );
+    let message = failure(&report);
+    for part in [
+        "provenance was not attached",
+        "not configured",
+        "provenance.key_secret",
+    ] {
+        assert!(message.contains(part), "`{part}` not in: {message}");
+    }
+    let report = publish(workspace.path(), config("auto"));
+    assert!(!outputs(&report).contains_key("provenance"));
+    assert!(
+        report.log.text().contains("provenance was not attached"),
+        "{}",
+        report.log.text()
+    );
+}
+
 #[test]
 fn a_layer_bigger_than_a_chunk_is_uploaded_in_chunks() {
     let registry = Registry::start();

@@ -21,6 +21,7 @@ mod native_plugins;
 mod plugins;
 mod polyglot;
 mod process_capability;
+mod provenance;
 mod runtime;
 mod shell_plugin;
 mod source;
