@@ -508,14 +508,19 @@ impl VerifyProvenanceArgs {
         let mut verified = Vec::new();
         let mut rejected = Vec::new();
         for referrer in referrers.iter().take(MAX_REFERRERS) {
-            match check(&mut registry, referrer, &digest, &key).await? {
-                Ok(statement) => verified.push(Verified {
+            // A referrer the registry cannot serve is one that does not verify.
+            match check(&mut registry, referrer, &digest, &key).await {
+                Ok(Ok(statement)) => verified.push(Verified {
                     referrer: referrer.clone(),
                     statement,
                 }),
-                Err(reason) => rejected.push(Rejected {
+                Ok(Err(reason)) => rejected.push(Rejected {
                     referrer: referrer.clone(),
                     reason,
+                }),
+                Err(e) => rejected.push(Rejected {
+                    referrer: referrer.clone(),
+                    reason: format!("{e:#}"),
                 }),
             }
         }
