@@ -100,8 +100,8 @@ pub mod host;
 pub mod metrics;
 pub mod model;
 pub mod native;
-pub mod provenance;
 mod pipeline;
+pub mod provenance;
 pub mod runtime;
 pub mod store;
 

@@ -114,9 +114,9 @@ pub use resources::{
     EngineRecord, EngineRecordSpec, EngineRecordStatus, ExecutionPhase, ForgeKind, ForgeSettings,
     ImagePush, MAX_REASON_BYTES, Pipeline, PipelineExecution, PipelineExecutionSpec,
     PipelineExecutionStatus, PipelineOrigin, PipelineSetting, PipelineSettingSpec,
-    PipelineSettingStatus, PipelineStatus, ProvenanceSettings, RegistryNotifications, RepoPipelines, Retention, Secret,
-    SecretSpec, SecretStatus, SourceStatus, StageStatus, StepLimits, StepPhase, StepStatus,
-    TriggerKind, default_repo_path,
+    PipelineSettingStatus, PipelineStatus, ProvenanceSettings, RegistryNotifications,
+    RepoPipelines, Retention, Secret, SecretSpec, SecretStatus, SourceStatus, StageStatus,
+    StepLimits, StepPhase, StepStatus, TriggerKind, default_repo_path,
 };
 pub use validate::validate;
 

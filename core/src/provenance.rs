@@ -228,10 +228,11 @@ fn check_subjects(subjects: &[Subject]) -> Result<(), ProvenanceError> {
                 s.name
             )));
         }
-        let ok = s
-            .digest
-            .get("sha256")
-            .is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let ok = s.digest.get("sha256").is_some_and(|d| {
+            d.len() == 64
+                && d.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
         if !ok || s.digest.len() != 1 {
             return Err(ProvenanceError::Request(format!(
                 "subject {}: its digest must be exactly {{\"sha256\": \"<64 lowercase hex digits>\"}}",
@@ -411,7 +412,10 @@ mod tests {
             let e = signer
                 .answer(&serde_json::to_vec(&bad).expect("json"))
                 .expect_err("refused");
-            assert!(e.to_string().starts_with("invalid provenance request"), "{e}");
+            assert!(
+                e.to_string().starts_with("invalid provenance request"),
+                "{e}"
+            );
         }
     }
 }

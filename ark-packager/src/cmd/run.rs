@@ -50,7 +50,9 @@ pub struct RunCmd {
     /// Grant a capability (repeatable, additive; default: none beyond `log`):
     /// `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache`, `host-call=NAME[,NAME…]`;
     /// with `process`, `process-net=host` (programs get the host's network instead
-    /// of none) and `process-exec=workspace` (files in the workspace may run).
+    /// of none), `process-exec=workspace` (files in the workspace may run) and
+    /// `process-builder=PROG[,PROG…]` (those programs run as root of their own
+    /// user namespace with no Landlock domain: image builders such as buildah).
     ///
     /// A biz may use what its manifest requests *and* the engine grants; `*` grants
     /// whatever the manifest requests of that kind. Examples: `--grant process=sh,git`,

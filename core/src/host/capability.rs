@@ -37,6 +37,14 @@ pub struct Capabilities {
     /// step cannot drop a binary there and run it. Only the grant counts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub process_exec: bool,
+    /// Programs (of those granted in `process`) that run in the sandbox's
+    /// builder mode (grant `process-builder=PROG[,PROG…]`): root of their
+    /// own user namespace with its capabilities and 65,536 ids, `setgroups`
+    /// allowed, no Landlock domain, so that an image builder (buildah) can
+    /// make its own namespaces and mounts. Only the grant counts; the host
+    /// must run as root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process_builder: Vec<String>,
 }
 
 impl Capabilities {
@@ -119,11 +127,18 @@ impl EffectiveCapabilities {
             host_call: both(&requested.host_call, &granted.host_call),
             process_net: false,
             process_exec: false,
+            process_builder: Vec::new(),
         };
         let process = !effective.process.is_empty();
         let effective = Capabilities {
             process_net: process && granted.process_net,
             process_exec: process && granted.process_exec,
+            process_builder: granted
+                .process_builder
+                .iter()
+                .filter(|p| effective.process.contains(p))
+                .cloned()
+                .collect(),
             ..effective
         };
         EffectiveCapabilities {

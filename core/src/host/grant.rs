@@ -11,12 +11,15 @@
 //! private ranges and cloud metadata, none of the `http` capability's checks;
 //! `none`, the default, is an empty network namespace) and
 //! `process-exec=workspace` (files in the workspace may be executed; `none`,
-//! the default, mounts it `noexec`).
+//! the default, mounts it `noexec`). A third names programs:
+//! `process-builder=PROG[,PROG…]` runs those of the granted programs in the
+//! sandbox's builder mode (root of their own user namespace, no Landlock
+//! domain), for image builders such as buildah.
 
 use super::Capabilities;
 
 /// The grant forms, for error messages.
-const GRANT_FORMS: &str = "the accepted forms are `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` and `host-call=NAME[,NAME…]`, and with `process`, `process-net=none|host` and `process-exec=none|workspace`";
+const GRANT_FORMS: &str = "the accepted forms are `process=PROG[,PROG…]`, `http=HOST[,HOST…]`, `cache` and `host-call=NAME[,NAME…]`, and with `process`, `process-net=none|host`, `process-exec=none|workspace` and `process-builder=PROG[,PROG…]`";
 
 /// A `--grant` that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +67,12 @@ impl Capabilities {
         if self.process_exec {
             out.push("process-exec=workspace".to_owned());
         }
+        if !self.process_builder.is_empty() {
+            out.push(format!(
+                "process-builder={}",
+                self.process_builder.join(",")
+            ));
+        }
         out
     }
 }
@@ -107,6 +116,7 @@ pub fn parse_grant(spec: &str) -> Result<Capabilities, GrantError> {
             };
         }
         "process" => &mut grant.process,
+        "process-builder" => &mut grant.process_builder,
         "http" => &mut grant.http,
         "host-call" | "host_call" => &mut grant.host_call,
         "log" => {
@@ -151,6 +161,7 @@ pub fn merge_grants(grants: &[Capabilities]) -> Capabilities {
         add(&mut all.process, &grant.process);
         add(&mut all.http, &grant.http);
         add(&mut all.host_call, &grant.host_call);
+        add(&mut all.process_builder, &grant.process_builder);
         all.cache |= grant.cache;
         all.process_net |= grant.process_net;
         all.process_exec |= grant.process_exec;
@@ -202,9 +213,15 @@ mod tests {
             ])
         );
         assert_eq!(parse_grants(&caps.to_grants()).expect("round trip"), caps);
-        let loose = parse_grants(&["process=sh", "process-net=host", "process-exec=workspace"])
-            .expect("sandbox grants");
+        let loose = parse_grants(&[
+            "process=sh,buildah",
+            "process-net=host",
+            "process-exec=workspace",
+            "process-builder=buildah",
+        ])
+        .expect("sandbox grants");
         assert!(loose.process_net && loose.process_exec);
+        assert_eq!(loose.process_builder, ["buildah"]);
         assert_eq!(parse_grants(&loose.to_grants()).expect("round trip"), loose);
         let tight = parse_grants(&["process=sh", "process-net=none", "process-exec=none"])
             .expect("defaults spelled out");

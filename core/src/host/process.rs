@@ -119,6 +119,7 @@ pub struct ProcessPolicy {
     limits: ProcessLimits,
     network: bool,
     exec_workspace: bool,
+    builders: Vec<String>,
 }
 
 impl ProcessPolicy {
@@ -137,7 +138,18 @@ impl ProcessPolicy {
             limits,
             network: false,
             exec_workspace: false,
+            builders: Vec::new(),
         }
+    }
+
+    /// These programs run in the sandbox's builder mode (grant
+    /// `process-builder=PROG`): root of their own user namespace, with its
+    /// capabilities and a range of ids, and no Landlock domain, so that an
+    /// image builder can make its own namespaces and mounts.
+    #[must_use]
+    pub fn with_builders(mut self, builders: Vec<String>) -> Self {
+        self.builders = builders;
+        self
     }
 
     /// Programs share the host's network (grant `process-net=host`) instead of
@@ -445,10 +457,16 @@ pub async fn run(
             network: ctx.policy.network,
             exec_workspace: ctx.policy.exec_workspace,
             landlock: limits.landlock,
+            builder: ctx.policy.builders.contains(&request.program),
+        };
+        let mapped_ids = if spec.builder {
+            sandbox::BUILDER_IDS
+        } else {
+            1
         };
         // As root, the sandbox's uid is an unprivileged host id: give it the
         // workspace (what steps wrote since the last run included).
-        sandbox::hand_over(&workspace).map_err(|e| {
+        sandbox::hand_over(&workspace, mapped_ids).map_err(|e| {
             ProcessError::Failed(format!(
                 "cannot hand the workspace {} to the sandbox's uid: {e}",
                 workspace.display()

@@ -391,7 +391,8 @@ impl BizRegistry {
                 self.inner.runtime.config().process_limits.clone(),
             )
             .with_host_network(capabilities.effective().process_net)
-            .with_workspace_exec(capabilities.effective().process_exec),
+            .with_workspace_exec(capabilities.effective().process_exec)
+            .with_builders(capabilities.effective().process_builder.clone()),
         );
         let http = Arc::new(HttpPolicy::new(capabilities.effective().http.clone()));
         let biz = Arc::new(Installed {

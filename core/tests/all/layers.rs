@@ -20,7 +20,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("host", &["native", "metrics"]),
     ("ark", &["host"]),
     ("provenance", &["ark", "host"]),
-    ("runtime", &["ark", "host", "native", "metrics", "provenance"]),
+    (
+        "runtime",
+        &["ark", "host", "native", "metrics", "provenance"],
+    ),
     (
         "pipeline",
         &[

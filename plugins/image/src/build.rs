@@ -486,9 +486,15 @@ fn buildah(state: &str, args: &[String], timeout: Duration, what: &str) -> Resul
         "vfs".into(),
     ];
     all.extend(args.iter().cloned());
+    // Big temporary files (a base's config and layers while they are
+    // converted) go under the storage, not /var/tmp, which the process
+    // sandbox shows read-only.
+    let tmp = format!("{state}/tmp");
+    fs::create_dir_all(&tmp).map_err(|e| StepError::failed(format!("cannot create {tmp}: {e}")))?;
     let out = process::Command::new(BUILDAH)
         .args(all)
         .env("BUILDAH_ISOLATION", "chroot")
+        .env("TMPDIR", &tmp)
         .current_dir(WORKSPACE)
         .timeout(timeout)
         .output()
@@ -511,7 +517,7 @@ fn buildah(state: &str, args: &[String], timeout: Duration, what: &str) -> Resul
 }
 
 /// What to do when buildah cannot set itself up in the process sandbox.
-const SANDBOX_HINT: &str = "\nbuildah could not make its user namespace or its mounts: arkline's process sandbox runs a program as an unprivileged uid with no capabilities, `setgroups` denied and a Landlock domain (which refuses every mount(2) and pivot_root(2), and writes under /proc). buildah must be root in a user namespace of its own and mount, even for a build of COPY instructions only (it unpacks layers in a pivot_root). Run `image/build` on a runtime whose process sandbox is off (`ProcessLimits { sandbox: false, landlock: false, .. }`), or use `image/publish`, which needs no program.";
+const SANDBOX_HINT: &str = "\nbuildah could not make its user namespace or its mounts: arkline's process sandbox runs a program as an unprivileged uid with no capabilities, `setgroups` denied and a Landlock domain (which refuses every mount(2) and pivot_root(2)). buildah must be root in a user namespace of its own and mount, even for a build of COPY instructions only. Grant the engine's `image` biz the sandbox's builder mode for buildah, `process-builder=buildah` (beside `process=buildah`; the host must run as root), or run `image/build` on a runtime whose process sandbox is off, or use `image/publish`, which needs no program.";
 
 /// Whether buildah's error is the sandbox refusing its user namespace or
 /// mounts.

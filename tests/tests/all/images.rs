@@ -1990,10 +1990,10 @@ async fn build_without_the_buildah_grant_fails_naming_the_grant() {
     );
 }
 
-/// Inside arkline's process sandbox buildah cannot start: the step says why
-/// and what to do instead of passing on buildah's `setgroups` error alone.
+/// Inside arkline's process sandbox buildah cannot start unless the engine
+/// grants it the builder mode: the step says why and names the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn build_in_the_process_sandbox_fails_saying_why() {
+async fn build_in_the_process_sandbox_without_the_builder_grant_fails_naming_it() {
     require_buildah();
     let registry = Registry::start();
     let (_bizes, lease) = image_biz(buildah_grants(), true).await;
@@ -2008,8 +2008,99 @@ async fn build_in_the_process_sandbox_fails_saying_why() {
     assert!(
         message.contains("buildah failed in the build")
             && message.contains("process sandbox")
-            && message.contains("sandbox: false"),
+            && message.contains("process-builder=buildah"),
         "{message}"
+    );
+}
+
+/// With `process-builder=buildah`, buildah runs inside the process sandbox
+/// as root of its own user namespace: a Dockerfile on a base (an OCI layout
+/// in the workspace, made from a `/bin/sh` and its libraries published by
+/// `image/publish`) whose `RUN` writes a file as the image's root, pushed
+/// and read back with skopeo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_in_the_process_sandbox_with_the_builder_grant_runs_a_dockerfile() {
+    require_buildah();
+    let registry = Registry::start();
+    let grants = Capabilities {
+        process_builder: vec!["buildah".into()],
+        ..buildah_grants()
+    };
+    let (_bizes, lease) = image_biz(grants, true).await;
+    let workspace = tempfile::tempdir().expect("temp dir");
+    let root = workspace.path();
+    // A base with a shell: the host's `/bin/sh` and what it loads.
+    for file in [
+        "bin/sh",
+        "lib/x86_64-linux-gnu/libc.so.6",
+        "lib64/ld-linux-x86-64.so.2",
+    ] {
+        let to = root.join("rootfs").join(file);
+        fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
+        fs::copy(Path::new("/").join(file), &to).expect("copy from the host");
+    }
+    let base = lease
+        .invoke(
+            StepCall::new(
+                "publish",
+                json!({
+                    "base": "scratch",
+                    "layers": [{ "paths": ["bin", "lib", "lib64"], "working_dir": "rootfs", "destination": "/" }],
+                    "target": format!("{}/team/base", registry.host()),
+                    "tags": ["v1"],
+                }),
+            )
+            .workspace(root)
+            .timeout(Duration::from_secs(120)),
+        )
+        .await;
+    outputs(&base);
+    run_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/team/base:v1", registry.host()),
+        &format!("oci:{}/base:v1", root.display()),
+    ]);
+    fs::write(root.join("hello.txt"), b"hello from a sandboxed buildah\n").expect("write");
+    fs::write(
+        root.join("Dockerfile"),
+        "FROM oci:base:v1\n\
+         COPY hello.txt /srv/hello.txt\n\
+         RUN echo \"built by $0\" > /srv/built.txt\n",
+    )
+    .expect("write");
+    let report = lease
+        .invoke(build_call(
+            root,
+            json!({ "target": format!("{}/team/built", registry.host()), "tags": ["v1"] }),
+        ))
+        .await;
+    let out = outputs(&report).clone();
+    let reference = format!("docker://{}/team/built:v1", registry.host());
+    let layout = tempfile::tempdir().expect("temp dir");
+    run_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        &reference,
+        &format!("oci:{}:v1", layout.path().display()),
+    ]);
+    let raw: Value = serde_json::from_slice(&run_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &reference,
+    ]))
+    .expect("the manifest is JSON");
+    let unpacked = tempfile::tempdir().expect("temp dir");
+    unpack_layers(layout.path(), &raw, unpacked.path());
+    assert_eq!(
+        fs::read(unpacked.path().join("srv/hello.txt")).expect("hello.txt in the image"),
+        b"hello from a sandboxed buildah\n"
+    );
+    assert_eq!(
+        fs::read_to_string(unpacked.path().join("srv/built.txt")).expect("the RUN's file"),
+        "built by /bin/sh\n",
+        "{out:?}"
     );
 }
 

@@ -793,3 +793,101 @@ async fn an_engine_that_requires_the_sandbox_refuses_process_steps_without_it() 
     );
     container.shutdown().await;
 }
+
+/// Builder mode (`process-builder=sh`): the program is root of its own user
+/// namespace and may mount there, yet it still sees only the sandbox's view:
+/// system directories read-only, root-only host files unreadable (their
+/// owner is not mapped), no host path outside the view. Files it gives other
+/// ids keep them across runs. Without root on the host it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_is_root_of_its_namespace_and_still_confined() {
+    let visible = tempfile::tempdir().expect("tempdir");
+    let dir = visible.path().canonicalize().expect("canonical");
+    std::fs::write(dir.join("secret.txt"), "root only").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(
+        dir.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    let ark = Ark::open(arkline_testkit::plugin("shell")).expect("shell archive");
+    let mut config = RuntimeConfig::default().max_instances(4);
+    config.process_limits.read_only_paths.push(dir.clone());
+    let registry = BizRegistry::new(Runtime::new(config).expect("runtime"), "proc");
+    let grants = arkline::host::parse_grants(&["process=sh", "process-builder=sh"])
+        .expect("the grants parse");
+    assert_eq!(grants.process_builder, ["sh"]);
+    registry
+        .install(Arc::new(ark), &grants, Activation::IfNone)
+        .await
+        .expect("installs");
+    let lease = registry.resolve("shell").expect("resolves");
+
+    // /proc/self belongs to the effective uid.
+    let root = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
+    };
+    let ws = tempfile::tempdir().expect("tempdir");
+    let report = lease
+        .invoke(
+            StepCall::new(
+                "run",
+                json!({ "script": format!(
+                    "id -u > uid.txt\n\
+                     mkdir m && mount -t tmpfs none m && echo mounted > m/x && cat m/x > mount.txt\n\
+                     cat {}/secret.txt > secret.txt 2>&1\n\
+                     touch /usr/builder-was-here > usr.txt 2>&1\n\
+                     ls /root > root.txt 2>&1; ls {} > data.txt 2>&1\n\
+                     echo theirs > theirs.txt && chown 1000:1000 theirs.txt",
+                    dir.display(),
+                    env!("CARGO_MANIFEST_DIR"),
+                ), "errexit": false }),
+            )
+            .workspace(ws.path()),
+        )
+        .await;
+    if !root {
+        let failure = format!("{:?}", report.result);
+        assert!(failure.contains("only a host running as root"), "{failure}");
+        eprintln!("not running as root: builder mode is exercised in CI (root)");
+        return;
+    }
+    assert!(
+        report.result.is_ok(),
+        "{:?}\n{}",
+        report.result,
+        report.log.text()
+    );
+    assert_eq!(read(&ws, "uid.txt").trim(), "0");
+    assert_eq!(read(&ws, "mount.txt").trim(), "mounted");
+    let secret = read(&ws, "secret.txt");
+    assert!(
+        !secret.contains("root only"),
+        "read a root-only file: {secret}"
+    );
+    assert!(read(&ws, "usr.txt").contains("Read-only file system"));
+    assert!(!std::path::Path::new("/usr/builder-was-here").exists());
+    assert!(read(&ws, "root.txt").contains("No such file"));
+    assert!(read(&ws, "data.txt").contains("No such file"));
+    let owner = |name: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(ws.path().join(name))
+            .expect("written")
+            .uid()
+    };
+    let (host_uid, _) = arkline::host::process::sandbox_host_ids();
+    assert_eq!(
+        owner("uid.txt"),
+        host_uid,
+        "its root is the sandbox's host id"
+    );
+    assert_eq!(owner("theirs.txt"), host_uid + 1000);
+    // A second run keeps the ids the first gave.
+    let again = lease
+        .invoke(script("cat theirs.txt > again.txt").workspace(ws.path()))
+        .await;
+    assert!(again.result.is_ok(), "{:?}", again.result);
+    assert_eq!(owner("theirs.txt"), host_uid + 1000);
+}

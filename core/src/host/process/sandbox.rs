@@ -230,6 +230,8 @@ pub struct SandboxPlan {
     cwd: CString,
     network: bool,
     landlock: Option<SandboxRuleset>,
+    /// Builder mode: see [`SandboxSpec::builder`].
+    builder: bool,
     stage: *mut u32,
     /// The workspace, opened here (by the host's user): the first child
     /// changes into it before it clones the second, which binds it from ".".
@@ -258,7 +260,20 @@ pub struct SandboxSpec<'a> {
     pub exec_workspace: bool,
     /// Enter a Landlock domain where the kernel has Landlock.
     pub landlock: bool,
+    /// Builder mode (grant `process-builder`): the program is root of its
+    /// user namespace, with that namespace's capabilities, [`BUILDER_IDS`]
+    /// ids mapped from the sandbox's host id up, `setgroups` allowed, no
+    /// Landlock domain, the workspace executable (an image's root file
+    /// system is unpacked there), a tmpfs `/var/tmp` and an empty `/sys`, so
+    /// that it can make namespaces, id maps and mounts of its own (an image
+    /// builder such as buildah). Everything else is as in the normal
+    /// sandbox. Needs the host to run as root.
+    pub builder: bool,
 }
+
+/// How many ids a builder's user namespace maps (0–65,535 inside), from the
+/// sandbox's host id up: what an image's files may be owned by.
+pub const BUILDER_IDS: u32 = 65_536;
 
 /// The host uid and gid the sandbox's [`SANDBOX_ID`] maps to: the host's own
 /// when it runs unprivileged (an unprivileged user may map only itself), and
@@ -296,7 +311,12 @@ fn subordinate_start(file: &str) -> Option<u32> {
 /// already theirs is `lchown`ed, walking through directory descriptors opened
 /// with `O_NOFOLLOW`, so a symbolic link a program left (or swaps in while the
 /// walk runs) is changed itself, never what it points at.
-pub fn hand_over(workspace: &Path) -> io::Result<()> {
+///
+/// `ids` is how many host ids from the sandbox's first one the run maps (1,
+/// or [`BUILDER_IDS`] for a builder): files owned by any of them are the
+/// sandbox's already and keep their owner (an image builder's storage holds
+/// files of many ids).
+pub fn hand_over(workspace: &Path, ids: u32) -> io::Result<()> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
@@ -338,7 +358,8 @@ pub fn hand_over(workspace: &Path) -> io::Result<()> {
             {
                 continue; // gone meanwhile
             }
-            if st.st_uid != uid || st.st_gid != gid {
+            let mapped = |id: u32, first: u32| id >= first && id - first < ids.max(1);
+            if !(mapped(st.st_uid, uid) && mapped(st.st_gid, gid)) {
                 // SAFETY: fchownat relative to an open directory, on the entry itself.
                 unsafe {
                     libc::fchownat(
@@ -443,6 +464,15 @@ impl SandboxPlan {
             flags |= libc::CLONE_NEWNET;
         }
         let (uid, gid) = host_ids();
+        // SAFETY: geteuid cannot fail.
+        if spec.builder && unsafe { libc::geteuid() } != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "builder mode (grant `process-builder`) maps a range of ids into the sandbox, which \
+                 only a host running as root may do: run arkline as root, or without the process \
+                 sandbox",
+            ));
+        }
         let mut ops = Vec::new();
         let mut dirs_made: Vec<PathBuf> = Vec::new();
         let inner = |p: &Path| -> io::Result<CString> {
@@ -465,11 +495,10 @@ impl SandboxPlan {
 
         // A private /tmp first: a granted program's directory or the workspace
         // may live under the host's /tmp and is bound on top of it.
-        let noexec = if spec.exec_workspace {
-            0
-        } else {
-            libc::MS_NOEXEC
-        };
+        // A builder runs an image's programs from the root file system it
+        // unpacked into its storage, in the workspace.
+        let exec_workspace = spec.exec_workspace || spec.builder;
+        let noexec = if exec_workspace { 0 } else { libc::MS_NOEXEC };
         mkdir_all(&mut ops, Path::new("/tmp"))?;
         ops.push(Op::Tmpfs {
             dst: inner(Path::new("/tmp"))?,
@@ -573,7 +602,7 @@ impl SandboxPlan {
         // The workspace (under /tmp, if it lives there, on the private one).
         mkdir_all(&mut ops, spec.workspace)?;
         let mut ws_flags = libc::MS_NOSUID | libc::MS_NODEV | locked_flags(spec.workspace);
-        if !spec.exec_workspace {
+        if !exec_workspace {
             ws_flags |= libc::MS_NOEXEC;
         }
         // Bound from "." : the first child changes into the workspace through a
@@ -620,13 +649,30 @@ impl SandboxPlan {
         }
         mkdir_all(&mut ops, Path::new("/proc"))?;
         ops.push(Op::Proc(inner(Path::new("/proc"))?));
+        if spec.builder {
+            // An empty /sys: buildah binds it into a `RUN`'s root (the
+            // host's is not shown).
+            mkdir_all(&mut ops, Path::new("/sys"))?;
+            // Image tools keep big temporary files in /var/tmp whatever
+            // TMPDIR says (buildah converting a base's config).
+            mkdir_all(&mut ops, Path::new("/var/tmp"))?;
+            ops.push(Op::Tmpfs {
+                dst: inner(Path::new("/var/tmp"))?,
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+            });
+        }
 
         // The Landlock domain: the same view again, as rules on the sandbox's
         // own paths, and the scopes.
-        let landlock = match spec.landlock.then(SandboxRuleset::new).flatten() {
+        // A builder mounts and maps ids itself, which a Landlock domain
+        // forbids whatever its rules.
+        let landlock = match (spec.landlock && !spec.builder)
+            .then(SandboxRuleset::new)
+            .flatten()
+        {
             Some(mut rules) => {
                 let all = rules.all();
-                let no_exec = if spec.exec_workspace {
+                let no_exec = if exec_workspace {
                     all
                 } else {
                     all & !landlock::EXECUTE
@@ -646,13 +692,22 @@ impl SandboxPlan {
 
         Ok(SandboxPlan {
             flags,
-            uid_map: cstr(format!("{SANDBOX_ID} {uid} 1\n"))?,
-            gid_map: cstr(format!("{SANDBOX_ID} {gid} 1\n"))?,
+            uid_map: cstr(if spec.builder {
+                format!("0 {uid} {BUILDER_IDS}\n")
+            } else {
+                format!("{SANDBOX_ID} {uid} 1\n")
+            })?,
+            gid_map: cstr(if spec.builder {
+                format!("0 {gid} {BUILDER_IDS}\n")
+            } else {
+                format!("{SANDBOX_ID} {gid} 1\n")
+            })?,
             ops,
             base: cstr(BUILD_BASE)?,
             cwd: cstr(spec.cwd)?,
             network: spec.network,
             landlock,
+            builder: spec.builder,
             stage: stage.0,
             workspace_dir: open_dir(spec.workspace)?,
         })
@@ -704,7 +759,10 @@ impl SandboxPlan {
                 stage(Stage::IdMap);
                 let pid = pid as libc::pid_t;
                 let mut path = [0u8; 64];
-                let mapped = write_file(proc_path(&mut path, pid, b"setgroups"), b"deny")
+                // A builder may set its groups (as root of its namespace);
+                // otherwise `setgroups` is denied before the maps are written.
+                let setgroups: &[u8] = if self.builder { b"allow" } else { b"deny" };
+                let mapped = write_file(proc_path(&mut path, pid, b"setgroups"), setgroups)
                     .and_then(|()| {
                         write_file(
                             proc_path(&mut path, pid, b"uid_map"),
@@ -746,7 +804,14 @@ impl SandboxPlan {
             if got != 1 {
                 libc::_exit(127);
             }
-            let id = SANDBOX_ID as libc::uid_t;
+            let id = if self.builder {
+                0
+            } else {
+                SANDBOX_ID as libc::uid_t
+            };
+            if self.builder && libc::setgroups(0, std::ptr::null()) != 0 {
+                return fail();
+            }
             if libc::setresgid(id, id, id) != 0 || libc::setresuid(id, id, id) != 0 {
                 return fail();
             }
@@ -805,9 +870,13 @@ impl SandboxPlan {
             }
             libc::sethostname(c"arkline".as_ptr(), 7);
             // The program is not uid 0 here, so exec clears its capabilities;
-            // an empty bounding set keeps it so.
-            for cap in 0..64 {
-                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            // an empty bounding set keeps it so. A builder is uid 0 of this
+            // namespace and keeps its capabilities, which reach only what
+            // the namespace owns (its mounts, its ids), never the host's.
+            if !self.builder {
+                for cap in 0..64 {
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                }
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return fail();

@@ -22,7 +22,12 @@ impl Driver {
         let Some(setting) = &self.settings.provenance else {
             return Ok(None);
         };
-        if !lease.capabilities().host_call.iter().any(|n| n == HOST_CALL) {
+        if !lease
+            .capabilities()
+            .host_call
+            .iter()
+            .any(|n| n == HOST_CALL)
+        {
             return Ok(None);
         }
         let name = &setting.key_secret;
