@@ -99,6 +99,9 @@ pub enum EngineCmd {
         #[arg(long)]
         set: Option<PathBuf>,
     },
+    /// The public key that verifies the engine's build provenance (for
+    /// `ctl verify-provenance --key`).
+    ProvenanceKey,
 }
 
 /// `ctl biz …`
@@ -391,6 +394,16 @@ impl CtlArgs {
                     }
                 };
                 println!("{}", serde_json::to_string_pretty(&settings)?);
+            }
+            EngineCmd::ProvenanceKey => {
+                let path = self.engine_path("/provenance-key")?;
+                let key: serde_json::Value =
+                    client.json(client.request(Method::GET, &path)).await?;
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&key)?);
+                } else {
+                    println!("{}", key["public_key"].as_str().unwrap_or_default());
+                }
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -256,6 +256,38 @@ impl Engine {
         Ok(self.core.settings().await?)
     }
 
+    /// The public key that verifies this engine's build provenance (the
+    /// `provenance.key_secret` setting's key), with the secret's name; `None`
+    /// when the engine signs no provenance.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidSettings`] when the secret is missing or holds
+    /// no ed25519 key; [`EngineError::Secret`] or [`EngineError::Store`] when
+    /// it cannot be read.
+    pub async fn provenance_key(
+        &self,
+    ) -> Result<Option<(String, crate::ark::PublicKey)>, EngineError> {
+        let Some(setting) = self.settings().await?.provenance else {
+            return Ok(None);
+        };
+        let name = setting.key_secret;
+        let Some(value) = self.secret_value(&name).await? else {
+            return Err(EngineError::InvalidSettings(format!(
+                "`provenance.key_secret` names secret `{name}`, which engine `{}` does not have: \
+                 set it to the seed `cargo ark keygen` writes",
+                self.name()
+            )));
+        };
+        let key: crate::ark::SecretKey = value.parse().map_err(|e| {
+            EngineError::InvalidSettings(format!(
+                "secret `{name}` (`provenance.key_secret`) holds {e}: set it to the seed \
+                 `cargo ark keygen` writes (64 hex digits)"
+            ))
+        })?;
+        Ok(Some((name, key.public_key())))
+    }
+
     /// Checks every step's `with:` against the config schema of the biz version
     /// it would run now (a JSON Schema validator: `$ref`s, `$defs`, every
     /// keyword). A step whose biz is not installed in this engine is not checked:

@@ -178,6 +178,17 @@ pub struct SecretNames {
     pub names: Vec<String>,
 }
 
+/// The public key that verifies an engine's build provenance.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ProvenanceKey {
+    /// The secret holding the signing key (`provenance.key_secret`).
+    pub key_secret: String,
+    /// The ed25519 public key, 64 hex digits (`arkline ctl verify-provenance --key`).
+    pub public_key: String,
+    /// Its id: the first 16 hex digits, as in the envelopes' `keyid`.
+    pub key_id: String,
+}
+
 /// One line of a step log.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
@@ -501,6 +512,13 @@ pub fn routes() -> (Router<AppState>, Vec<Operation>) {
                 ..op(Method::PUT, "/api/v1/engines/{engine}/settings", "putSettings", "Replace the engine's settings; 400 naming the field when one is out of its range. With `If-Match: <ETag>` (as read), only if they have not changed since: 409 `conflict` otherwise.", "settings", WRITE)
             },
             put(put_settings),
+        )
+        .add(
+            Operation {
+                reply: Reply::Json(200, schema::<ProvenanceKey>),
+                ..op(Method::GET, "/api/v1/engines/{engine}/provenance-key", "getProvenanceKey", "The public key that verifies the engine's build provenance (from the secret its `provenance.key_secret` setting names). 404 when the engine signs no provenance; 409 when the secret is missing or holds no ed25519 key.", "settings", READ)
+            },
+            get(get_provenance_key),
         )
         .add(
             Operation {
@@ -1609,6 +1627,26 @@ async fn put_settings(
     let spec: PipelineSettingSpec = read_json(&state, body).await?;
     let stored = engine.apply_settings_at(spec, expected).await?;
     Ok(settings_answer(Some(stored)))
+}
+
+async fn get_provenance_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<ProvenanceKey>, ApiError> {
+    let engine = scoped(&state, &caller, &name, Access::Read)?;
+    match engine.provenance_key().await {
+        Ok(Some((key_secret, key))) => Ok(Json(ProvenanceKey {
+            key_secret,
+            public_key: key.to_string(),
+            key_id: key.id(),
+        })),
+        Ok(None) => Err(ApiError::not_found(format!(
+            "engine `{name}` signs no provenance: set its `provenance.key_secret` setting to a secret holding an ed25519 key (`cargo ark keygen`)"
+        ))),
+        Err(arkline::EngineError::InvalidSettings(message)) => Err(ApiError::conflict(message)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn list_secrets(

@@ -457,3 +457,130 @@ fn verifies_behind_basic_auth_and_a_token_service() {
         tokens.requests()
     );
 }
+
+/// The whole path an operator takes: an engine whose `provenance.key_secret`
+/// names a secret set with a `cargo ark keygen` seed; a pipeline that
+/// publishes an image with the real `image` biz to a real registry; `ctl
+/// engine provenance-key` (over the admin API) gives the public key, and
+/// `ctl verify-provenance` checks the image's attestation with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelines_image_verifies_with_the_key_its_server_gives() {
+    use arkline::ark::Ark;
+    use arkline::model::{ExecutionPhase, PipelineSettingSpec, ProvenanceSettings};
+    use arkline::{Container, TriggerRequest};
+    use arkline_cli::serve::{AppState, router};
+
+    let registry = Registry::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let container = Container::builder()
+        .data_dir(data.path())
+        .build()
+        .expect("container builds");
+    let engine = container.engine("rel").await.expect("engine starts");
+    let image = Ark::open(arkline_testkit::plugin("image")).expect("image archive");
+    let grants = arkline::host::parse_grants(&["http=127.0.0.1", "host-call=arkline.provenance"])
+        .expect("grants parse");
+    let info = engine.install(image, &grants).await.expect("installs");
+    assert_eq!(grants.host_call, [provenance::HOST_CALL]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds loopback");
+    let server = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(
+        AppState::new(container.clone()).with_auth(arkline_cli::serve::auth::Auth::Disabled),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let ctl = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_arkline"));
+        cmd.args(["ctl", "--server", &server, "--engine", "rel"])
+            .args(args)
+            .env_remove("ARKLINE_TOKEN")
+            .env_remove("RUST_BACKTRACE");
+        cmd
+    };
+    let blocking = |mut cmd: Command| tokio::task::spawn_blocking(move || outcome(&mut cmd));
+
+    // Before the setting: the engine signs nothing, and says how to start.
+    let (code, _, stderr) = blocking(ctl(&["engine", "provenance-key"]))
+        .await
+        .expect("runs");
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("signs no provenance"), "{stderr}");
+
+    let key = SecretKey::generate().expect("a key");
+    engine
+        .set_secret("provenance-key", &key.to_hex())
+        .await
+        .expect("secret");
+    engine
+        .apply_settings(PipelineSettingSpec {
+            provenance: Some(ProvenanceSettings {
+                key_secret: "provenance-key".into(),
+            }),
+            ..PipelineSettingSpec::default()
+        })
+        .await
+        .expect("settings apply");
+    let (code, stdout, stderr) = blocking(ctl(&["engine", "provenance-key"]))
+        .await
+        .expect("runs");
+    assert_eq!(code, Some(0), "{stderr}");
+    let public = stdout.trim().to_owned();
+    assert_eq!(public, key.public_key().to_string());
+
+    let host = registry.host();
+    let yaml = format!(
+        r#"
+name: release
+stages:
+  - name: publish
+    steps:
+      - name: image
+        uses: image/publish
+        with:
+          base: scratch
+          labels: {{ org.example.release: "1" }}
+          target: "{host}/team/app"
+          tags: [v1]
+          provenance: required
+"#
+    );
+    let pipeline = engine
+        .apply_pipeline_yaml("release.yaml", &yaml)
+        .await
+        .unwrap_or_else(|e| panic!("pipeline applies: {e}"));
+    let exec = engine
+        .trigger(&pipeline.metadata.name, TriggerRequest::manual())
+        .await
+        .expect("trigger");
+    let exec = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        engine.wait(&exec.metadata.name),
+    )
+    .await
+    .expect("finishes in time")
+    .expect("wait");
+    assert_eq!(
+        exec.status.phase,
+        ExecutionPhase::Succeeded,
+        "{:#?}",
+        exec.status
+    );
+
+    let (code, stdout, stderr) = blocking(verify(&format!("{host}/team/app:v1"), &public))
+        .await
+        .expect("runs");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("release"), "{stdout}");
+    assert!(stdout.contains(&info.sha256), "the biz digest: {stdout}");
+    assert!(stdout.contains(&exec.metadata.name), "{stdout}");
+    // Another engine's key does not verify it.
+    let other = SecretKey::generate()
+        .expect("a key")
+        .public_key()
+        .to_string();
+    let (code, _, stderr) = blocking(verify(&format!("{host}/team/app:v1"), &other))
+        .await
+        .expect("runs");
+    assert_eq!(code, Some(1), "{stderr}");
+}
