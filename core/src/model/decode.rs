@@ -430,12 +430,52 @@ impl<'s> Decoder<'s> {
         }
     }
 
+    /// Decodes the items of the list at `path` with `decode`, dropping those
+    /// that fail (their errors are recorded). The items after a dropped one
+    /// move up, and checks on the typed spec name the k-th kept item
+    /// `path[k]`: its source positions are copied under that path, so those
+    /// checks still point at it.
+    fn items<T>(
+        &mut self,
+        path: &str,
+        items: Vec<(String, &Node)>,
+        mut decode: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut moved = Vec::new();
+        for (i, (p, n)) in items.into_iter().enumerate() {
+            if let Some(value) = decode(self, n, &p) {
+                if out.len() != i {
+                    moved.push((i, out.len()));
+                }
+                out.push(value);
+            }
+        }
+        // In ascending order: an item's new place held a dropped or an
+        // already moved item.
+        for (from, to) in moved {
+            let src = format!("{path}[{from}]");
+            let dst = format!("{path}[{to}]");
+            let copies: Vec<(String, Loc)> = self
+                .map
+                .spans
+                .range(src.clone()..)
+                .take_while(|(k, _)| k.starts_with(&src))
+                .filter(|(k, _)| {
+                    matches!(k.as_bytes().get(src.len()), None | Some(b'.' | b'[' | b'#'))
+                })
+                .map(|(k, loc)| (format!("{dst}{}", &k[src.len()..]), *loc))
+                .collect();
+            self.map.spans.extend(copies);
+        }
+        out
+    }
+
     fn string_list(&mut self, node: &Node, path: &str, what: &str) -> Vec<String> {
         let items = self.seq(node, path, what);
-        items
-            .into_iter()
-            .filter_map(|(p, n)| self.string(n, &p, &format!("an item of {what}")))
-            .collect()
+        self.items(path, items, |d, n, p| {
+            d.string(n, p, &format!("an item of {what}"))
+        })
     }
 
     fn string_map(&mut self, node: &Node, path: &str, what: &str) -> BTreeMap<String, String> {
@@ -896,12 +936,9 @@ impl<'s> Decoder<'s> {
             match key {
                 "include" | "exclude" => {
                     let items = self.seq(v, &at, &format!("`matrix.{key}`"));
-                    let list: Vec<_> = items
-                        .into_iter()
-                        .filter_map(|(p, n)| {
-                            self.matrix_entry(n, &p, &format!("an entry of `matrix.{key}`"))
-                        })
-                        .collect();
+                    let list: Vec<_> = self.items(&at, items, |d, n, p| {
+                        d.matrix_entry(n, p, &format!("an entry of `matrix.{key}`"))
+                    });
                     if key == "include" {
                         m.include = list;
                     } else {
@@ -936,12 +973,9 @@ impl<'s> Decoder<'s> {
                             Some("give it at least one value, or remove it".into()),
                         );
                     }
-                    let values: Vec<_> = items
-                        .into_iter()
-                        .filter_map(|(p, n)| {
-                            self.matrix_value(n, &p, &format!("a value of matrix axis `{axis}`"))
-                        })
-                        .collect();
+                    let values: Vec<_> = self.items(&at, items, |d, n, p| {
+                        d.matrix_value(n, p, &format!("a value of matrix axis `{axis}`"))
+                    });
                     m.axes.insert(axis.to_owned(), values);
                 }
             }
@@ -951,10 +985,7 @@ impl<'s> Decoder<'s> {
 
     fn steps(&mut self, node: &Node, path: &str, what: &str) -> Vec<Step> {
         let items = self.seq(node, path, what);
-        items
-            .into_iter()
-            .filter_map(|(p, n)| self.step(n, &p))
-            .collect()
+        self.items(path, items, |d, n, p| d.step(n, p))
     }
 
     fn stage(&mut self, node: &Node, path: &str) -> Option<Stage> {
@@ -1174,25 +1205,16 @@ impl<'s> Decoder<'s> {
         };
         if let Some(n) = f.get("params") {
             let items = self.seq(n, "params", "`params`");
-            spec.params = items
-                .into_iter()
-                .filter_map(|(p, n)| self.param(n, &p))
-                .collect();
+            spec.params = self.items("params", items, |d, n, p| d.param(n, p));
         }
         if let Some(n) = f.get("secrets") {
             let items = self.seq(n, "secrets", "`secrets`");
-            spec.secrets = items
-                .into_iter()
-                .filter_map(|(p, n)| self.name(n, &p, "a secret name"))
-                .collect();
+            spec.secrets = self.items("secrets", items, |d, n, p| d.name(n, p, "a secret name"));
         }
         spec.source = f.get("source").and_then(|n| self.source_spec(n, "source"));
         if let Some(n) = f.get("triggers") {
             let items = self.seq(n, "triggers", "`triggers`");
-            spec.triggers = items
-                .into_iter()
-                .filter_map(|(p, n)| self.trigger(n, &p))
-                .collect();
+            spec.triggers = self.items("triggers", items, |d, n, p| d.trigger(n, p));
         }
         if let Some(n) = f.get("env") {
             spec.env = self.string_map(n, "env", "`env`");
@@ -1210,10 +1232,7 @@ impl<'s> Decoder<'s> {
         match f.get("stages") {
             Some(n) => {
                 let items = self.seq(n, "stages", "`stages`");
-                spec.stages = items
-                    .into_iter()
-                    .filter_map(|(p, n)| self.stage(n, &p))
-                    .collect();
+                spec.stages = self.items("stages", items, |d, n, p| d.stage(n, p));
             }
             None => {
                 self.err(
