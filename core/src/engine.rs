@@ -279,10 +279,11 @@ impl Engine {
                 self.name()
             )));
         };
-        let key: crate::ark::SecretKey = value.parse().map_err(|e| {
+        // The parse error is not passed on: it would quote the secret.
+        let key: crate::ark::SecretKey = value.parse().map_err(|_| {
             EngineError::InvalidSettings(format!(
-                "secret `{name}` (`provenance.key_secret`) holds {e}: set it to the seed \
-                 `cargo ark keygen` writes (64 hex digits)"
+                "secret `{name}` (`provenance.key_secret`) is not an ed25519 seed: set it to \
+                 the 64 hex digits `cargo ark keygen` writes"
             ))
         })?;
         Ok(Some((name, key.public_key())))

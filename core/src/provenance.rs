@@ -322,13 +322,11 @@ pub fn verify(envelope: &Envelope, key: &PublicKey) -> Result<Value, ProvenanceE
             envelope.payload_type
         )));
     }
-    let payload = B64
-        .decode(envelope.payload.as_bytes())
-        .map_err(|e| ProvenanceError::Malformed(format!("payload is not base64: {e}")))?;
+    let payload = base64_any(&envelope.payload)
+        .ok_or_else(|| ProvenanceError::Malformed("the payload is not base64".into()))?;
     let message = pae(&envelope.payload_type, &payload);
     let verified = envelope.signatures.iter().any(|s| {
-        B64.decode(s.sig.as_bytes())
-            .ok()
+        base64_any(&s.sig)
             .and_then(|sig| <[u8; 64]>::try_from(sig).ok())
             .is_some_and(|sig| key.verify(&message, &sig))
     });
@@ -343,7 +341,21 @@ pub fn verify(envelope: &Envelope, key: &PublicKey) -> Result<Value, ProvenanceE
             statement["_type"]
         )));
     }
+    if statement["predicateType"] != PREDICATE_TYPE {
+        return Err(ProvenanceError::Malformed(format!(
+            "predicate type {}, expected {PREDICATE_TYPE:?}",
+            statement["predicateType"]
+        )));
+    }
     Ok(statement)
+}
+
+/// Standard or URL-safe base64, padded or not, as DSSE allows.
+fn base64_any(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [B64, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text.as_bytes()).ok())
 }
 
 #[cfg(test)]

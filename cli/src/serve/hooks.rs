@@ -260,7 +260,37 @@ async fn read_body(body: Body) -> Result<Vec<u8>, HookError> {
     Ok(out)
 }
 
+/// No delivery that cannot be verified is answered sooner than this after it
+/// arrived: whether the engine (or pipeline) exists, has a secret, or the
+/// secret did not match, the refusal takes the same time, so its timing does
+/// not tell which engines exist.
+const UNVERIFIED_FLOOR: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Holds back a refusal of an unverified delivery until [`UNVERIFIED_FLOOR`]
+/// after `started`.
+pub(crate) async fn evened<T>(
+    started: tokio::time::Instant,
+    result: Result<T, HookError>,
+) -> Result<T, HookError> {
+    if let Err(e) = &result
+        && e.status == StatusCode::UNAUTHORIZED
+    {
+        tokio::time::sleep_until(started + UNVERIFIED_FLOOR).await;
+    }
+    result
+}
+
 pub(crate) async fn receive(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HookError> {
+    let started = tokio::time::Instant::now();
+    evened(started, receive_verified(state, path, headers, body).await).await
+}
+
+async fn receive_verified(
     State(state): State<AppState>,
     Path((engine_name, pipeline_name)): Path<(String, String)>,
     headers: HeaderMap,

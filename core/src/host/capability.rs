@@ -120,11 +120,20 @@ impl EffectiveCapabilities {
                 both(req, grant)
             }
         };
+        // The host's own calls (`arkline.…`, such as provenance signing) are
+        // granted by name only, never by a `*` meant for native plugins.
+        let host_calls = |req: &[String], grant: &[String]| -> Vec<String> {
+            let any = grant.iter().any(|g| g == "*");
+            req.iter()
+                .filter(|r| grant.contains(r) || (any && !r.starts_with("arkline.")))
+                .cloned()
+                .collect()
+        };
         let effective = Capabilities {
             process: both(&requested.process, &granted.process),
             http: hosts(&requested.http, &granted.http),
             cache: requested.cache && granted.cache,
-            host_call: both(&requested.host_call, &granted.host_call),
+            host_call: host_calls(&requested.host_call, &granted.host_call),
             process_net: false,
             process_exec: false,
             process_builder: Vec::new(),
@@ -332,6 +341,42 @@ mod tests {
         assert!(!eff.effective().process_net && !eff.effective().process_exec);
         let eff = EffectiveCapabilities::new(&caps(&["git"], false), &loose);
         assert!(!eff.effective().process_net);
+        // Builder mode: the granted programs that are effective, from the
+        // grant alone.
+        let builders = Capabilities {
+            process: vec!["sh".into(), "buildah".into()],
+            process_builder: vec!["buildah".into(), "kaniko".into()],
+            ..Capabilities::default()
+        };
+        let eff = EffectiveCapabilities::new(&caps(&["sh", "buildah"], false), &builders);
+        assert_eq!(eff.effective().process_builder, ["buildah"]);
+        let eff = EffectiveCapabilities::new(&caps(&["sh"], false), &builders);
+        assert!(eff.effective().process_builder.is_empty());
+        let eff = EffectiveCapabilities::new(&builders, &caps(&["sh", "buildah"], false));
+        assert!(
+            eff.effective().process_builder.is_empty(),
+            "a manifest cannot ask"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_host_call_grant_leaves_out_the_hosts_own_calls() {
+        let requested = Capabilities {
+            host_call: vec!["kv.get".into(), "arkline.provenance".into()],
+            ..Capabilities::default()
+        };
+        let star = Capabilities {
+            host_call: vec!["*".into()],
+            ..Capabilities::default()
+        };
+        let eff = EffectiveCapabilities::new(&requested, &star);
+        assert_eq!(eff.effective().host_call, ["kv.get"]);
+        let named = Capabilities {
+            host_call: vec!["*".into(), "arkline.provenance".into()],
+            ..Capabilities::default()
+        };
+        let eff = EffectiveCapabilities::new(&requested, &named);
+        assert_eq!(eff.effective().host_call, ["kv.get", "arkline.provenance"]);
     }
 
     #[test]

@@ -40,7 +40,23 @@ pub fn parse_grants<S: AsRef<str>>(grants: &[S]) -> Result<Capabilities, GrantEr
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(merge_grants(&parsed))
+    let merged = merge_grants(&parsed);
+    for program in &merged.process_builder {
+        if program == "*" {
+            return Err(GrantError {
+                problem: "`process-builder=*`: name the programs that run as builders".into(),
+            });
+        }
+        if !merged.process.iter().any(|p| p == program || p == "*") {
+            return Err(GrantError {
+                problem: format!(
+                    "`process-builder={program}` without `process={program}`: builder mode is \
+                     for a granted program; grant it too"
+                ),
+            });
+        }
+    }
+    Ok(merged)
 }
 
 impl Capabilities {
@@ -222,6 +238,19 @@ mod tests {
         .expect("sandbox grants");
         assert!(loose.process_net && loose.process_exec);
         assert_eq!(loose.process_builder, ["buildah"]);
+        for (bad, says) in [
+            (
+                &["process=sh", "process-builder=buildah"][..],
+                "without `process=buildah`",
+            ),
+            (
+                &["process=buildah", "process-builder=*"][..],
+                "name the programs",
+            ),
+        ] {
+            let err = parse_grants(bad).expect_err("refused").to_string();
+            assert!(err.contains(says), "{err}");
+        }
         assert_eq!(parse_grants(&loose.to_grants()).expect("round trip"), loose);
         let tight = parse_grants(&["process=sh", "process-net=none", "process-exec=none"])
             .expect("defaults spelled out");

@@ -459,14 +459,10 @@ pub async fn run(
             landlock: limits.landlock,
             builder: ctx.policy.builders.contains(&request.program),
         };
-        let mapped_ids = if spec.builder {
-            sandbox::BUILDER_IDS
-        } else {
-            1
-        };
+        let builder = spec.builder;
         // As root, the sandbox's uid is an unprivileged host id: give it the
         // workspace (what steps wrote since the last run included).
-        sandbox::hand_over(&workspace, mapped_ids).map_err(|e| {
+        sandbox::hand_over(&workspace).map_err(|e| {
             ProcessError::Failed(format!(
                 "cannot hand the workspace {} to the sandbox's uid: {e}",
                 workspace.display()
@@ -511,7 +507,10 @@ pub async fn run(
                         request.program
                     )));
                 }
-                if !failed.is_missing_mechanism() {
+                // A builder never runs without its sandbox (it would run as
+                // the host's root), and its failure says nothing of the
+                // sandbox other programs get.
+                if builder || !failed.is_missing_mechanism() {
                     return Err(ProcessError::Failed(format!(
                         "cannot run `{}`: {what}",
                         request.program

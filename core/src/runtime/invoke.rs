@@ -82,7 +82,7 @@ pub struct StepCall {
     pub log_mask: Option<LogMask>,
     /// Answers the built-in host call
     /// [`arkline.provenance`](crate::provenance::HOST_CALL) of this call.
-    pub provenance: Option<Arc<crate::provenance::Signer>>,
+    pub provenance: Option<crate::host::ProvenanceFn>,
 }
 
 impl std::fmt::Debug for StepCall {
@@ -147,7 +147,16 @@ impl StepCall {
     /// granted it) with `signer`; without one the call is answered "not
     /// configured".
     pub fn provenance(mut self, signer: Arc<crate::provenance::Signer>) -> Self {
-        self.provenance = Some(signer);
+        self.provenance = Some(Arc::new(move |request: &[u8]| {
+            signer.answer(request).map_err(|e| e.to_string())
+        }));
+        self
+    }
+
+    /// Answers this call's provenance requests with `why` (the engine signs
+    /// provenance, but its key cannot be read): only a step that asks fails.
+    pub fn provenance_refused(mut self, why: String) -> Self {
+        self.provenance = Some(Arc::new(move |_: &[u8]| Err(why.clone())));
         self
     }
 
@@ -491,10 +500,7 @@ async fn invoke_inner(target: Invocable<'_>, call: StepCall, biz: String) -> Ste
             http: target.http.clone(),
             http_client: target.runtime.http_client(),
             native: target.runtime.native_plugins().clone(),
-            provenance: call.provenance.clone().map(|signer| {
-                Arc::new(move |request: &[u8]| signer.answer(request).map_err(|e| e.to_string()))
-                    as crate::host::ProvenanceFn
-            }),
+            provenance: call.provenance.clone(),
         },
     );
     let mut store = Store::new(target.runtime.engine(), state);

@@ -486,9 +486,9 @@ fn buildah(state: &str, args: &[String], timeout: Duration, what: &str) -> Resul
         "vfs".into(),
     ];
     all.extend(args.iter().cloned());
-    // Big temporary files (a base's config and layers while they are
-    // converted) go under the storage, not /var/tmp, which the process
-    // sandbox shows read-only.
+    // Temporary files that follow TMPDIR go under the storage, on disk
+    // rather than in memory; those that do not (a base's config while it is
+    // converted) go to /var/tmp, a tmpfs in the builder sandbox.
     let tmp = format!("{state}/tmp");
     fs::create_dir_all(&tmp).map_err(|e| StepError::failed(format!("cannot create {tmp}: {e}")))?;
     let out = process::Command::new(BUILDAH)

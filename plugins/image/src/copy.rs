@@ -65,13 +65,14 @@ pub struct CopyImage {
     /// Time limit of each request in seconds (default 120; the host allows 300).
     #[serde(default = "crate::default_timeout")]
     pub request_timeout: u64,
-    /// Signed build provenance of the pushed image, pushed as its OCI
-    /// referrer: `auto` (default: attached when the engine signs provenance
-    /// for this biz, otherwise the step logs why not and goes on), `required`
-    /// (the step fails without it) or `off`. The biz needs the
-    /// `host-call=arkline.provenance` grant and the engine a
-    /// `provenance.key_secret`.
-    #[serde(default)]
+    /// Signed provenance of the copy, pushed as its OCI referrer: `off`
+    /// (default: a copy builds nothing, and a statement naming this
+    /// pipeline's commit would pass an upstream image off as built here),
+    /// `auto` (attached when the engine signs provenance for this biz,
+    /// otherwise the step logs why not and goes on) or `required` (the step
+    /// fails without it). The biz needs the `host-call=arkline.provenance`
+    /// grant and the engine a `provenance.key_secret`.
+    #[serde(default = "copy_provenance")]
     pub provenance: ProvenanceMode,
 }
 
@@ -264,4 +265,9 @@ impl Copier<'_> {
             &manifest.digest,
         )
     }
+}
+
+/// A copy attaches no provenance unless asked.
+fn copy_provenance() -> ProvenanceMode {
+    ProvenanceMode::Off
 }

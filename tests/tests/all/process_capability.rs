@@ -839,6 +839,10 @@ async fn a_builder_is_root_of_its_namespace_and_still_confined() {
                      mkdir m && mount -t tmpfs none m && echo mounted > m/x && cat m/x > mount.txt\n\
                      cat {}/secret.txt > secret.txt 2>&1\n\
                      touch /usr/builder-was-here > usr.txt 2>&1\n\
+                     mount -o remount,bind,rw /usr > remount.txt 2>&1; echo $? >> remount.txt\n\
+                     mount -o remount,rw / > remount-root.txt 2>&1; echo $? >> remount-root.txt\n\
+                     umount /etc/shadow > umount.txt 2>&1; echo $? >> umount.txt\n\
+                     touch /usr/builder-was-here-too 2> usr-again.txt\n\
                      ls /root > root.txt 2>&1; ls {} > data.txt 2>&1\n\
                      echo theirs > theirs.txt && chown 1000:1000 theirs.txt",
                     dir.display(),
@@ -868,6 +872,18 @@ async fn a_builder_is_root_of_its_namespace_and_still_confined() {
         "read a root-only file: {secret}"
     );
     assert!(read(&ws, "usr.txt").contains("Read-only file system"));
+    // Its mounts are locked: the read-only binds, the read-only root and the
+    // masks stay as the sandbox made them.
+    for file in ["remount.txt", "remount-root.txt", "umount.txt"] {
+        let said = read(&ws, file);
+        assert_ne!(
+            said.lines().last().map(str::trim),
+            Some("0"),
+            "{file}: {said}"
+        );
+    }
+    assert!(read(&ws, "usr-again.txt").contains("Read-only file system"));
+    assert!(!std::path::Path::new("/usr/builder-was-here-too").exists());
     assert!(!std::path::Path::new("/usr/builder-was-here").exists());
     assert!(read(&ws, "root.txt").contains("No such file"));
     assert!(read(&ws, "data.txt").contains("No such file"));

@@ -295,6 +295,16 @@ fn published_by<'a>(executions: &'a [PipelineExecution], digest: &str) -> Option
 }
 
 pub(crate) async fn receive(
+    state: State<AppState>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HookError> {
+    let started = tokio::time::Instant::now();
+    super::evened(started, receive_verified(state, path, headers, body).await).await
+}
+
+async fn receive_verified(
     State(state): State<AppState>,
     Path(engine_name): Path<String>,
     headers: HeaderMap,

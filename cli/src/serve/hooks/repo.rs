@@ -37,6 +37,16 @@ use crate::serve::AppState;
 const REPO_KEY: &str = "@repository";
 
 pub(crate) async fn receive(
+    state: State<AppState>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HookError> {
+    let started = tokio::time::Instant::now();
+    super::evened(started, receive_verified(state, path, headers, body).await).await
+}
+
+async fn receive_verified(
     State(state): State<AppState>,
     Path(engine_name): Path<String>,
     headers: HeaderMap,

@@ -244,6 +244,21 @@ impl SandboxRuleset {
         })
     }
 
+    /// A ruleset of the scopes alone (no signal to, no abstract unix socket
+    /// of, a process outside the domain), handling no file-system access, so
+    /// that the domain allows `mount(2)`; `None` where the kernel has no
+    /// scopes (ABI < 6).
+    pub fn scopes_only() -> Option<SandboxRuleset> {
+        let abi = abi();
+        let scoped = scopes(abi);
+        (scoped != 0).then_some(SandboxRuleset {
+            abi,
+            handled: 0,
+            scoped,
+            rules: Vec::new(),
+        })
+    }
+
     /// Everything the kernel handles.
     pub fn all(&self) -> u64 {
         self.handled

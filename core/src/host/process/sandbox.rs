@@ -94,6 +94,9 @@ pub enum Stage {
     Landlock,
     /// The sandbox is set up; what fails now is the `exec` of the program.
     Exec,
+    /// A builder's nested user and mount namespace (which locks every mount
+    /// of the sandbox), and its id maps.
+    Nest,
 }
 
 impl Stage {
@@ -110,6 +113,7 @@ impl Stage {
             9 => Stage::Finish,
             10 => Stage::Landlock,
             11 => Stage::Exec,
+            12 => Stage::Nest,
             _ => Stage::None,
         }
     }
@@ -122,7 +126,9 @@ impl Stage {
                 "creating user/PID/network/mount namespaces (clone; are unprivileged user namespaces disabled?)"
             }
             Stage::IdMap => {
-                "writing the user namespace's uid/gid maps (or becoming the sandbox's uid)"
+                "writing the user namespace's uid/gid maps (or becoming the sandbox's uid; for \
+                 `process-builder`, 65,536 ids from the sandbox's host id, which the host's user \
+                 namespace must map)"
             }
             Stage::Fork => "starting the PID namespace's first process",
             Stage::Root => "mounting the sandbox's root file system",
@@ -133,6 +139,9 @@ impl Stage {
             Stage::Finish => "finishing the sandbox (read-only root, capabilities)",
             Stage::Landlock => "entering the sandbox's Landlock domain",
             Stage::Exec => "starting the program",
+            Stage::Nest => {
+                "making the builder's nested user namespace and its maps (65,536 ids of the sandbox's own)"
+            }
         }
     }
 
@@ -232,6 +241,8 @@ pub struct SandboxPlan {
     landlock: Option<SandboxRuleset>,
     /// Builder mode: see [`SandboxSpec::builder`].
     builder: bool,
+    /// A builder's nested user namespace's maps: its ids as they are.
+    nest_map: CString,
     stage: *mut u32,
     /// The workspace, opened here (by the host's user): the first child
     /// changes into it before it clones the second, which binds it from ".".
@@ -296,14 +307,39 @@ pub fn host_ids() -> (u32, u32) {
 
 /// The first id of root's range in a `/etc/subuid`-style file.
 fn subordinate_start(file: &str) -> Option<u32> {
+    subordinate_range(file).map(|(start, _)| start)
+}
+
+/// Root's range (first id, count) in a `/etc/subuid`-style file.
+fn subordinate_range(file: &str) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines().find_map(|line| {
         let mut parts = line.trim().split(':');
         let (who, start, count) = (parts.next()?, parts.next()?, parts.next()?);
         let start: u32 = start.parse().ok()?;
         let count: u32 = count.parse().ok()?;
-        (matches!(who, "root" | "0") && start > 0 && count > 0).then_some(start)
+        (matches!(who, "root" | "0") && start > 0 && count > 0).then_some((start, count))
     })
+}
+
+/// Refuses builder mode where root's subordinate range is too small for
+/// [`BUILDER_IDS`]: the ids past it may be another user's.
+fn check_builder_range() -> io::Result<()> {
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        if let Some((start, count)) = subordinate_range(file)
+            && count < BUILDER_IDS
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "builder mode (grant `process-builder`) maps {BUILDER_IDS} ids from {start}, \
+                     but root's range in {file} has only {count}: give root a range of at least \
+                     {BUILDER_IDS} ids there (e.g. `root:{start}:{BUILDER_IDS}`)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Hands the workspace over to the sandbox's host ids (when the host runs as
@@ -312,11 +348,11 @@ fn subordinate_start(file: &str) -> Option<u32> {
 /// with `O_NOFOLLOW`, so a symbolic link a program left (or swaps in while the
 /// walk runs) is changed itself, never what it points at.
 ///
-/// `ids` is how many host ids from the sandbox's first one the run maps (1,
-/// or [`BUILDER_IDS`] for a builder): files owned by any of them are the
-/// sandbox's already and keep their owner (an image builder's storage holds
-/// files of many ids).
-pub fn hand_over(workspace: &Path, ids: u32) -> io::Result<()> {
+/// Files owned by any of the [`BUILDER_IDS`] ids from the sandbox's first
+/// one keep their owner: a builder (grant `process-builder`) gave them those
+/// ids (an image builder's storage holds files of many ids, and its cached
+/// layers must keep them), and no other run can.
+pub fn hand_over(workspace: &Path) -> io::Result<()> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
@@ -358,7 +394,7 @@ pub fn hand_over(workspace: &Path, ids: u32) -> io::Result<()> {
             {
                 continue; // gone meanwhile
             }
-            let mapped = |id: u32, first: u32| id >= first && id - first < ids.max(1);
+            let mapped = |id: u32, first: u32| id >= first && id - first < BUILDER_IDS;
             if !(mapped(st.st_uid, uid) && mapped(st.st_gid, gid)) {
                 // SAFETY: fchownat relative to an open directory, on the entry itself.
                 unsafe {
@@ -464,6 +500,9 @@ impl SandboxPlan {
             flags |= libc::CLONE_NEWNET;
         }
         let (uid, gid) = host_ids();
+        if spec.builder {
+            check_builder_range()?;
+        }
         // SAFETY: geteuid cannot fail.
         if spec.builder && unsafe { libc::geteuid() } != 0 {
             return Err(io::Error::new(
@@ -664,12 +703,15 @@ impl SandboxPlan {
 
         // The Landlock domain: the same view again, as rules on the sandbox's
         // own paths, and the scopes.
-        // A builder mounts and maps ids itself, which a Landlock domain
-        // forbids whatever its rules.
+        // A builder mounts and maps ids itself, which a Landlock domain that
+        // handles file-system access forbids whatever its rules: it gets a
+        // domain of the scopes alone (no signal to, no abstract socket of, a
+        // process outside the run), where the kernel has them.
         let landlock = match (spec.landlock && !spec.builder)
             .then(SandboxRuleset::new)
             .flatten()
         {
+            None if spec.builder => spec.landlock.then(SandboxRuleset::scopes_only).flatten(),
             Some(mut rules) => {
                 let all = rules.all();
                 let no_exec = if exec_workspace {
@@ -708,6 +750,7 @@ impl SandboxPlan {
             network: spec.network,
             landlock,
             builder: spec.builder,
+            nest_map: cstr(format!("0 0 {BUILDER_IDS}\n"))?,
             stage: stage.0,
             workspace_dir: open_dir(spec.workspace)?,
         })
@@ -791,7 +834,6 @@ impl SandboxPlan {
             // sandbox's uid (keeping, in this namespace only, the capabilities
             // the mounts below need; `exec` drops them).
             libc::close(pipe[1]);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             let mut byte = 0u8;
             let got = loop {
                 let n = libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
@@ -815,6 +857,8 @@ impl SandboxPlan {
             if libc::setresgid(id, id, id) != 0 || libc::setresuid(id, id, id) != 0 {
                 return fail();
             }
+            // After the uid change, which clears it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             stage(Stage::Root);
             if libc::mount(
                 std::ptr::null(),
@@ -885,7 +929,95 @@ impl SandboxPlan {
                 stage(Stage::Landlock);
                 rules.enter()?;
             }
+            if self.builder {
+                stage(Stage::Nest);
+                self.nest()?;
+            }
             stage(Stage::Exec);
+        }
+        Ok(())
+    }
+
+    /// A builder runs in a user and mount namespace nested in the sandbox's:
+    /// the mount namespace is copied into a less privileged user namespace,
+    /// so the kernel locks every mount of the sandbox (and its read-only,
+    /// `nosuid`, `nodev`, `noexec` flags) against the builder, which is root
+    /// of the nested namespace: it may make mounts of its own but not undo
+    /// the sandbox's binds, masks or read-only root. The sandbox's init (this
+    /// process, root of the outer namespace) writes the nested maps, then
+    /// waits and exits as the builder does.
+    ///
+    /// # Safety
+    /// As [`SandboxPlan::enter`].
+    unsafe fn nest(&self) -> io::Result<()> {
+        let fail = || Err(io::Error::last_os_error());
+        // SAFETY (whole body): raw system calls on buffers owned by `self`.
+        unsafe {
+            // The uid change made this process (and so the clone) not
+            // dumpable, which gives its /proc files to the host's root, whom
+            // this namespace does not map: the maps could not be written.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+            let mut pipe = [0 as libc::c_int; 2];
+            if libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                return fail();
+            }
+            let pid = libc::syscall(
+                libc::SYS_clone,
+                (libc::SIGCHLD | libc::CLONE_NEWUSER | libc::CLONE_NEWNS) as libc::c_ulong,
+                0,
+                0,
+                0,
+                0,
+            );
+            if pid < 0 {
+                return fail();
+            }
+            if pid > 0 {
+                libc::close(pipe[0]);
+                let pid = pid as libc::pid_t;
+                let mut path = [0u8; 64];
+                let mapped = write_file(proc_path(&mut path, pid, b"setgroups"), b"allow")
+                    .and_then(|()| {
+                        write_file(
+                            proc_path(&mut path, pid, b"uid_map"),
+                            self.nest_map.as_bytes(),
+                        )
+                    })
+                    .and_then(|()| {
+                        write_file(
+                            proc_path(&mut path, pid, b"gid_map"),
+                            self.nest_map.as_bytes(),
+                        )
+                    });
+                if let Err(e) = mapped {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    return Err(e);
+                }
+                libc::write(pipe[1], b"m".as_ptr().cast(), 1);
+                libc::close(pipe[1]);
+                wait_and_exit(pid);
+            }
+            libc::close(pipe[1]);
+            let mut byte = 0u8;
+            let got = loop {
+                let n = libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                break n;
+            };
+            libc::close(pipe[0]);
+            if got != 1 {
+                libc::_exit(127);
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(0, 0, 0) != 0
+                || libc::setresuid(0, 0, 0) != 0
+            {
+                return fail();
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         }
         Ok(())
     }

@@ -299,12 +299,11 @@ impl Driver {
         if let Some(weight) = self.settings.cpu_weight {
             call = call.cpu_weight(weight);
         }
-        if let Some(signer) = self
-            .provenance_signer(step, lease)
-            .await
-            .map_err(AttemptFailure::fatal)?
-        {
-            call = call.provenance(Arc::new(signer));
+        match self.provenance_signer(step, lease).await {
+            Ok(Some(signer)) => call = call.provenance(Arc::new(signer)),
+            Ok(None) => {}
+            // Only a step that asks for a statement fails.
+            Err(why) => call = call.provenance_refused(why),
         }
         // Wait for a slot of the container's pool (fair across engines) rather
         // than fail with a `Capacity` fault when the instance pool is full.

@@ -13,7 +13,8 @@ use crate::runtime::BizLease;
 impl Driver {
     /// The signer for a call of `step` by `lease`: `None` when the engine
     /// signs no provenance or the biz is not granted [`HOST_CALL`]; an error
-    /// (the step's failure) when the engine's key cannot be read.
+    /// (the answer to the step's request, if it makes one) when the engine's
+    /// key cannot be read.
     pub(super) async fn provenance_signer(
         &self,
         step: &Step,
@@ -38,10 +39,11 @@ impl Driver {
             .await
             .map_err(|e| format!("provenance: the signing key (`provenance.key_secret`): {e}"))?;
         let text = values.get(name).map(|v| v.as_str()).unwrap_or_default();
-        let key = SecretKey::from_str(text).map_err(|e| {
+        // The parse error is not passed on: it would quote the secret.
+        let key = SecretKey::from_str(text).map_err(|_| {
             format!(
-                "provenance: secret `{name}` (`provenance.key_secret`) holds {e}; store the \
-                 seed `cargo ark keygen` writes (64 hex digits) as its `value`"
+                "provenance: secret `{name}` (`provenance.key_secret`) is not an ed25519 seed; \
+                 store the 64 hex digits `cargo ark keygen` writes as its `value`"
             )
         })?;
         Ok(Some(Signer::new(key, self.provenance_facts(step))))
@@ -57,12 +59,10 @@ impl Driver {
                 .iter()
                 .flat_map(|s| s.steps.iter())
                 .chain(status.finally.iter())
-                .filter(|s| {
-                    matches!(
-                        s.phase,
-                        StepPhase::Running | StepPhase::Succeeded | StepPhase::Failed
-                    )
-                })
+                // Finished steps only (and the caller, below): a parallel
+                // step still running would make the statement of a retried
+                // step differ, and its republished image get a second one.
+                .filter(|s| matches!(s.phase, StepPhase::Succeeded | StepPhase::Failed))
                 .map(|s| s.name.clone())
                 .collect();
             let source = status.source.as_ref().map(|s| SourceFacts {
