@@ -56,6 +56,10 @@ async fn a_published_image_carries_provenance_that_verifies_and_names_its_commit
                 "test.sh",
                 "grep -q 'echo web' app/web && echo 'tests passed'\n",
             ),
+            (
+                "manifests/web.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
+            ),
         ],
     );
     let port = git_daemon(&root.path().join("srv"));
@@ -76,6 +80,14 @@ async fn a_published_image_carries_provenance_that_verifies_and_names_its_commit
         ),
         (
             "image",
+            Capabilities {
+                http: vec!["127.0.0.1".into()],
+                host_call: vec![provenance::HOST_CALL.into()],
+                ..Capabilities::default()
+            },
+        ),
+        (
+            "deploy",
             Capabilities {
                 http: vec!["127.0.0.1".into()],
                 host_call: vec![provenance::HOST_CALL.into()],
@@ -129,6 +141,15 @@ stages:
           target: "{host}/shop/web"
           tags: ["${{{{ params.tag }}}}"]
           provenance: required
+  - name: release
+    steps:
+      - name: template
+        uses: deploy/publish-template
+        with:
+          path: manifests
+          target: "{host}/shop/manifests"
+          tags: ["${{{{ params.tag }}}}"]
+          provenance: required
 "#
     );
     let pipeline = engine
@@ -147,7 +168,7 @@ stages:
         .expect("the execution finishes in time")
         .expect("wait");
     let mut logs = String::new();
-    for step in ["test", "image"] {
+    for step in ["test", "image", "template"] {
         for line in engine.logs(&exec.metadata.name, step).await.expect("log") {
             logs.push_str(&format!("{step}: {}\n", line.message));
         }
@@ -234,4 +255,29 @@ stages:
         !logs.contains(&key.to_hex()),
         "the key is in no log:\n{logs}"
     );
+
+    // The template too: its statement names it and the steps that ran
+    // before it (the image step included), and verifies.
+    let template = &exec.status.outputs["template"];
+    let template_referrer = template
+        .get("provenance")
+        .unwrap_or_else(|| panic!("a provenance output: {template:?}"));
+    let manifest: Value = serde_json::from_slice(&blob(&storage, template_referrer)).expect("json");
+    let envelope: Envelope = serde_json::from_slice(&blob(
+        &storage,
+        manifest["layers"][0]["digest"].as_str().expect("a layer"),
+    ))
+    .expect("an envelope");
+    let statement = provenance::verify(&envelope, &public).expect("the template's verifies");
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        template["digest"]["sha256:".len()..]
+    );
+    let steps: Vec<&str> = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(steps, ["test", "image", "template"]);
 }
