@@ -175,10 +175,17 @@ pub struct Build {
     /// secret), or a bearer `token`.
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
-    /// Registries (`host[:port]`) reached over plain HTTP. Loopback registries
+    /// Registries (`host[:port]`) reached over plain HTTP, for the push and
+    /// for the bases the Dockerfile's `FROM` lines pull. Loopback registries
     /// always are.
     #[serde(default)]
     pub plain_http: Vec<String>,
+    /// Credentials of the registries the `FROM` lines pull from, by registry
+    /// (`host[:port]`): `username` and `password` (pass secrets). They reach
+    /// buildah in an auth file in the build's own directory, removed with
+    /// it, never on its command line.
+    #[serde(default)]
+    pub base_credentials: BTreeMap<String, CredentialConfig>,
     /// Blobs larger than this many bytes are uploaded in chunks of this size
     /// (default and most 8 MiB).
     #[serde(default = "crate::default_chunk")]
@@ -254,6 +261,16 @@ pub fn build(ctx: &Context, config: Build) -> StepResult {
             "give a time limit of at least 1 second",
         ));
     }
+    let auth_file = auth_file(&config.base_credentials)?;
+    let dockerfile = fs::read_to_string(&file)
+        .map_err(|e| StepError::failed(format!("cannot read {file}: {e}")))?;
+    let mut insecure: Vec<String> = base_registries(&dockerfile)
+        .into_iter()
+        .filter(|host| crate::plain_http(host, &config.plain_http))
+        .chain(config.plain_http.iter().cloned())
+        .collect();
+    insecure.sort();
+    insecure.dedup();
 
     // A missing grant or program fails here, before the registry is asked.
     let version = process::Command::new(BUILDAH)
@@ -294,6 +311,24 @@ pub fn build(ctx: &Context, config: Build) -> StepResult {
     fs::write(&ignore, ignore_lines(&context)?)
         .map_err(|e| StepError::failed(format!("cannot write {ignore}: {e}")))?;
     let iid = format!("{dir}/iid");
+    // Bases on plain-HTTP registries, and the bases' credentials: files of
+    // this build's directory (removed with it).
+    let mut env = Vec::new();
+    if !insecure.is_empty() {
+        let conf = format!("{dir}/registries.conf");
+        fs::write(&conf, registries_conf(&insecure))
+            .map_err(|e| StepError::failed(format!("cannot write {conf}: {e}")))?;
+        env.push(("CONTAINERS_REGISTRIES_CONF".to_owned(), conf));
+    }
+    let authfile = match auth_file {
+        Some(json) => {
+            let path = format!("{dir}/auth.json");
+            fs::write(&path, json)
+                .map_err(|e| StepError::failed(format!("cannot write {path}: {e}")))?;
+            Some(path)
+        }
+        None => None,
+    };
 
     // No `--tag`: the image has no name in the shared storage for another
     // build to take; it is pushed by the id buildah writes to this build's
@@ -322,9 +357,12 @@ pub fn build(ctx: &Context, config: Build) -> StepResult {
     if let Some(platform) = &config.platform {
         bud.extend(["--platform".to_owned(), platform.clone()]);
     }
+    if let Some(path) = &authfile {
+        bud.extend(["--authfile".to_owned(), path.clone()]);
+    }
     bud.push(context.clone());
     arkline_sdk::info!("buildah bud: {file} in {context} (build {id})");
-    buildah(&state, &bud, timeout, "the build")?;
+    buildah(&state, &bud, &env, timeout, "the build")?;
     let image_id = image_id(&iid)?;
     buildah(
         &state,
@@ -336,6 +374,7 @@ pub fn build(ctx: &Context, config: Build) -> StepResult {
             // translates only arguments that start with `/workspace`.
             format!("oci:{}/oci:build", id.dir()),
         ],
+        &[],
         timeout,
         "writing the image to an OCI layout",
     )?;
@@ -462,6 +501,7 @@ impl Drop for Cleanup {
             && let Err(e) = buildah(
                 &self.state,
                 &["rmi".to_owned(), id],
+                &[],
                 Duration::from_secs(120),
                 "removing the built image",
             )
@@ -476,7 +516,13 @@ impl Drop for Cleanup {
 
 /// Runs `buildah` with its storage under `state`; `what` names the run in
 /// errors.
-fn buildah(state: &str, args: &[String], timeout: Duration, what: &str) -> Result<(), StepError> {
+fn buildah(
+    state: &str,
+    args: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    what: &str,
+) -> Result<(), StepError> {
     let mut all = vec![
         "--root".to_owned(),
         format!("{state}/root"),
@@ -491,7 +537,11 @@ fn buildah(state: &str, args: &[String], timeout: Duration, what: &str) -> Resul
     // converted) go to /var/tmp, a tmpfs in the builder sandbox.
     let tmp = format!("{state}/tmp");
     fs::create_dir_all(&tmp).map_err(|e| StepError::failed(format!("cannot create {tmp}: {e}")))?;
-    let out = process::Command::new(BUILDAH)
+    let mut command = process::Command::new(BUILDAH);
+    for (name, value) in env {
+        command = command.env(name, value);
+    }
+    let out = command
         .args(all)
         .env("BUILDAH_ISOLATION", "chroot")
         .env("TMPDIR", &tmp)
@@ -655,6 +705,74 @@ fn upload_blob(
     upload.finish(&blob.digest).map_err(registry_error)
 }
 
+/// The registries (`host[:port]`) the `FROM` lines of `dockerfile` name:
+/// the first component of an image reference when it looks like a host (a
+/// `.` or `:`, or `localhost`). Stages (`FROM build`), `scratch` and
+/// transports (`oci:…`) name none.
+fn base_registries(dockerfile: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let Some(image) = words.find(|w| !w.starts_with("--")) else {
+            continue;
+        };
+        let Some((first, _)) = image.split_once('/') else {
+            continue;
+        };
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            out.push(first.to_owned());
+        }
+    }
+    out
+}
+
+/// A `registries.conf` (v2) marking `hosts` insecure: plain HTTP.
+fn registries_conf(hosts: &[String]) -> String {
+    let mut out = String::from("unqualified-search-registries = []\n");
+    for host in hosts {
+        let host: String = host.chars().filter(|c| !matches!(c, '"' | '\\')).collect();
+        out.push_str(&format!(
+            "\n[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"
+        ));
+    }
+    out
+}
+
+/// The containers auth file (`auth.json`) of the bases' credentials, or
+/// `None` without any. A token cannot be given: buildah sends it only as a
+/// password.
+fn auth_file(
+    credentials: &BTreeMap<String, CredentialConfig>,
+) -> Result<Option<String>, StepError> {
+    use base64::Engine as _;
+    if credentials.is_empty() {
+        return Ok(None);
+    }
+    let mut auths = serde_json::Map::new();
+    for (host, credential) in credentials {
+        if host.is_empty() || host.contains('/') {
+            return Err(StepError::invalid_config(
+                "base_credentials",
+                format!("`{host}` is not a registry: write `host[:port]`"),
+            ));
+        }
+        let (Some(user), Some(password)) = (&credential.username, &credential.password) else {
+            return Err(StepError::invalid_config(
+                "base_credentials",
+                format!(
+                    "the credential of `{host}` needs `username` and `password` (buildah takes no bearer token for a base)"
+                ),
+            ));
+        };
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        auths.insert(host.clone(), serde_json::json!({ "auth": auth }));
+    }
+    Ok(Some(serde_json::json!({ "auths": auths }).to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -718,5 +836,32 @@ mod tests {
         );
         assert!(blob_path("/workspace/o", "sha256:../../x").is_err());
         assert!(blob_path("/workspace/o", "md5:ab").is_err());
+    }
+
+    #[test]
+    fn bases_on_registries_are_found_and_written_for_buildah() {
+        let dockerfile = "FROM --platform=linux/amd64 127.0.0.1:5000/team/base:v1 AS build\n\
+                          RUN make\n\
+                          from registry.example.com/lib/run@sha256:00\n\
+                          FROM build\nFROM scratch\nFROM oci:base:v1\nFROM localhost/x\n";
+        assert_eq!(
+            base_registries(dockerfile),
+            ["127.0.0.1:5000", "registry.example.com", "localhost"]
+        );
+        let conf = registries_conf(&["127.0.0.1:5000".into()]);
+        assert!(
+            conf.contains("location = \"127.0.0.1:5000\"\ninsecure = true"),
+            "{conf}"
+        );
+        let creds: BTreeMap<String, CredentialConfig> = serde_json::from_value(serde_json::json!({
+            "127.0.0.1:5000": { "username": "u", "password": "p" }
+        }))
+        .expect("credentials");
+        let json = auth_file(&creds).expect("written").expect("some");
+        assert_eq!(json, r#"{"auths":{"127.0.0.1:5000":{"auth":"dTpw"}}}"#);
+        let token: BTreeMap<String, CredentialConfig> =
+            serde_json::from_value(serde_json::json!({ "r.example": { "token": "t" } }))
+                .expect("credentials");
+        assert!(auth_file(&token).is_err());
     }
 }

@@ -2013,16 +2013,21 @@ async fn build_in_the_process_sandbox_without_the_builder_grant_fails_naming_it(
 }
 
 /// With `process-builder=buildah`, buildah runs inside the process sandbox
-/// as root of its own user namespace: a Dockerfile on a base (an OCI layout
-/// in the workspace, made from a `/bin/sh` and its libraries published by
-/// `image/publish`) whose `RUN` writes a file as the image's root, pushed
-/// and read back with skopeo.
+/// as root of its own user namespace: a Dockerfile on a base (a `/bin/sh`
+/// and its libraries published by `image/publish`) pulled from a plain-HTTP
+/// registry with basic auth (`base_credentials`), whose `RUN` writes a file
+/// as the image's root, pushed and read back with skopeo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_in_the_process_sandbox_with_the_builder_grant_runs_a_dockerfile() {
     require_buildah();
-    let registry = Registry::start();
+    const PASSWORD: &str = "b4se-pa55";
+    let registry = Registry::builder().basic_auth("ci", PASSWORD).start();
+    let creds = format!("ci:{PASSWORD}");
+    let credential = json!({ "username": "ci", "password": PASSWORD });
     let grants = Capabilities {
         process_builder: vec!["buildah".into()],
+        // buildah pulls the base from the registry on loopback.
+        process_net: true,
         ..buildah_grants()
     };
     let (_bizes, lease) = image_biz(grants, true).await;
@@ -2052,6 +2057,7 @@ async fn build_in_the_process_sandbox_with_the_builder_grant_runs_a_dockerfile()
                     "layers": [{ "paths": ["bin", "lib", "lib64"], "working_dir": "rootfs", "destination": "/" }],
                     "target": format!("{}/team/base", registry.host()),
                     "tags": ["v1"],
+                    "credential": credential,
                 }),
             )
             .workspace(root)
@@ -2059,24 +2065,26 @@ async fn build_in_the_process_sandbox_with_the_builder_grant_runs_a_dockerfile()
         )
         .await;
     outputs(&base);
-    run_ok(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{}/team/base:v1", registry.host()),
-        &format!("oci:{}/base:v1", root.display()),
-    ]);
     fs::write(root.join("hello.txt"), b"hello from a sandboxed buildah\n").expect("write");
     fs::write(
         root.join("Dockerfile"),
-        "FROM oci:base:v1\n\
-         COPY hello.txt /srv/hello.txt\n\
-         RUN echo \"built by $0\" > /srv/built.txt\n",
+        format!(
+            "FROM {}/team/base:v1\n\
+             COPY hello.txt /srv/hello.txt\n\
+             RUN echo \"built by $0\" > /srv/built.txt\n",
+            registry.host()
+        ),
     )
     .expect("write");
     let report = lease
         .invoke(build_call(
             root,
-            json!({ "target": format!("{}/team/built", registry.host()), "tags": ["v1"] }),
+            json!({
+                "target": format!("{}/team/built", registry.host()),
+                "tags": ["v1"],
+                "credential": credential,
+                "base_credentials": { registry.host(): credential },
+            }),
         ))
         .await;
     if !host_root {
@@ -2086,11 +2094,17 @@ async fn build_in_the_process_sandbox_with_the_builder_grant_runs_a_dockerfile()
         return;
     }
     let out = outputs(&report).clone();
+    assert!(
+        !report.log.text().contains(PASSWORD),
+        "the password is in no log"
+    );
     let reference = format!("docker://{}/team/built:v1", registry.host());
     let layout = tempfile::tempdir().expect("temp dir");
     run_ok(&[
         "copy",
         "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
         &reference,
         &format!("oci:{}:v1", layout.path().display()),
     ]);
@@ -2098,6 +2112,8 @@ async fn build_in_the_process_sandbox_with_the_builder_grant_runs_a_dockerfile()
         "inspect",
         "--raw",
         "--tls-verify=false",
+        "--creds",
+        &creds,
         &reference,
     ]))
     .expect("the manifest is JSON");
@@ -2106,6 +2122,10 @@ async fn build_in_the_process_sandbox_with_the_builder_grant_runs_a_dockerfile()
     assert_eq!(
         fs::read(unpacked.path().join("srv/hello.txt")).expect("hello.txt in the image"),
         b"hello from a sandboxed buildah\n"
+    );
+    assert!(
+        unpacked.path().join("bin/sh").exists(),
+        "the base's layer is in the image"
     );
     assert_eq!(
         fs::read_to_string(unpacked.path().join("srv/built.txt")).expect("the RUN's file"),
