@@ -989,6 +989,11 @@ impl SandboxPlan {
                             self.nest_map.as_bytes(),
                         )
                     });
+                // Not dumpable again before the builder runs: the builder
+                // has this process's host uid, and could otherwise ptrace it
+                // (root of the outer namespace, in the unlocked mount
+                // namespace) and mount through it.
+                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
                 if let Err(e) = mapped {
                     libc::kill(pid, libc::SIGKILL);
                     libc::waitpid(pid, std::ptr::null_mut(), 0);
