@@ -320,12 +320,15 @@ pub fn build(ctx: &Context, config: Build) -> StepResult {
             .map_err(|e| StepError::failed(format!("cannot write {conf}: {e}")))?;
         env.push(("CONTAINERS_REGISTRIES_CONF".to_owned(), conf));
     }
+    // The bases' credentials exist as a file only while `bud` runs: removed
+    // when it returns, whatever it returns (and by `Cleanup` first, should
+    // the step end another way).
     let authfile = match auth_file {
         Some(json) => {
             let path = format!("{dir}/auth.json");
             fs::write(&path, json)
                 .map_err(|e| StepError::failed(format!("cannot write {path}: {e}")))?;
-            Some(path)
+            Some(RemoveOnDrop(path))
         }
         None => None,
     };
@@ -358,11 +361,13 @@ pub fn build(ctx: &Context, config: Build) -> StepResult {
         bud.extend(["--platform".to_owned(), platform.clone()]);
     }
     if let Some(path) = &authfile {
-        bud.extend(["--authfile".to_owned(), path.clone()]);
+        bud.extend(["--authfile".to_owned(), path.0.clone()]);
     }
     bud.push(context.clone());
     arkline_sdk::info!("buildah bud: {file} in {context} (build {id})");
-    buildah(&state, &bud, &env, timeout, "the build")?;
+    let built = buildah(&state, &bud, &env, timeout, "the build");
+    drop(authfile);
+    built?;
     let image_id = image_id(&iid)?;
     buildah(
         &state,
@@ -494,8 +499,23 @@ struct Cleanup {
     layers: bool,
 }
 
+/// A file removed when this is dropped.
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            arkline_sdk::warn!("cannot remove {}: {e}", self.0);
+        }
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // The credentials first, before anything slow.
+        drop(RemoveOnDrop(format!("{}/auth.json", self.dir)));
         if !self.layers
             && let Ok(id) = image_id(&format!("{}/iid", self.dir))
             && let Err(e) = buildah(

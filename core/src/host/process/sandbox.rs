@@ -989,10 +989,10 @@ impl SandboxPlan {
                             self.nest_map.as_bytes(),
                         )
                     });
-                // Not dumpable again before the builder runs: the builder
-                // has this process's host uid, and could otherwise ptrace it
-                // (root of the outer namespace, in the unlocked mount
-                // namespace) and mount through it.
+                // Not dumpable again before the builder runs (defence in
+                // depth: the builder has this process's host uid, though
+                // not the outer namespace's capabilities a ptrace of it
+                // needs); its /proc files go back to the host's root.
                 libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
                 if let Err(e) = mapped {
                     libc::kill(pid, libc::SIGKILL);
