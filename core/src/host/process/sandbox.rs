@@ -801,24 +801,10 @@ impl SandboxPlan {
                 libc::close(pipe[0]);
                 stage(Stage::IdMap);
                 let pid = pid as libc::pid_t;
-                let mut path = [0u8; 64];
                 // A builder may set its groups (as root of its namespace);
                 // otherwise `setgroups` is denied before the maps are written.
                 let setgroups: &[u8] = if self.builder { b"allow" } else { b"deny" };
-                let mapped = write_file(proc_path(&mut path, pid, b"setgroups"), setgroups)
-                    .and_then(|()| {
-                        write_file(
-                            proc_path(&mut path, pid, b"uid_map"),
-                            self.uid_map.as_bytes(),
-                        )
-                    })
-                    .and_then(|()| {
-                        write_file(
-                            proc_path(&mut path, pid, b"gid_map"),
-                            self.gid_map.as_bytes(),
-                        )
-                    });
-                if let Err(e) = mapped {
+                if let Err(e) = write_id_maps(pid, setgroups, &self.uid_map, &self.gid_map) {
                     // Never return with the second child alive: returning
                     // makes the caller `exec` the program here, unsandboxed,
                     // but an error return fails the spawn.
@@ -834,18 +820,7 @@ impl SandboxPlan {
             // sandbox's uid (keeping, in this namespace only, the capabilities
             // the mounts below need; `exec` drops them).
             libc::close(pipe[1]);
-            let mut byte = 0u8;
-            let got = loop {
-                let n = libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
-                if n < 0 && *libc::__errno_location() == libc::EINTR {
-                    continue;
-                }
-                break n;
-            };
-            libc::close(pipe[0]);
-            if got != 1 {
-                libc::_exit(127);
-            }
+            await_maps(pipe[0]);
             let id = if self.builder {
                 0
             } else {
@@ -975,20 +950,7 @@ impl SandboxPlan {
             if pid > 0 {
                 libc::close(pipe[0]);
                 let pid = pid as libc::pid_t;
-                let mut path = [0u8; 64];
-                let mapped = write_file(proc_path(&mut path, pid, b"setgroups"), b"allow")
-                    .and_then(|()| {
-                        write_file(
-                            proc_path(&mut path, pid, b"uid_map"),
-                            self.nest_map.as_bytes(),
-                        )
-                    })
-                    .and_then(|()| {
-                        write_file(
-                            proc_path(&mut path, pid, b"gid_map"),
-                            self.nest_map.as_bytes(),
-                        )
-                    });
+                let mapped = write_id_maps(pid, b"allow", &self.nest_map, &self.nest_map);
                 // Not dumpable again before the builder runs (defence in
                 // depth: the builder has this process's host uid, though
                 // not the outer namespace's capabilities a ptrace of it
@@ -1004,18 +966,7 @@ impl SandboxPlan {
                 wait_and_exit(pid);
             }
             libc::close(pipe[1]);
-            let mut byte = 0u8;
-            let got = loop {
-                let n = libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
-                if n < 0 && *libc::__errno_location() == libc::EINTR {
-                    continue;
-                }
-                break n;
-            };
-            libc::close(pipe[0]);
-            if got != 1 {
-                libc::_exit(127);
-            }
+            await_maps(pipe[0]);
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setresgid(0, 0, 0) != 0
                 || libc::setresuid(0, 0, 0) != 0
@@ -1155,6 +1106,49 @@ fn proc_path<'a>(buf: &'a mut [u8; 64], pid: libc::pid_t, leaf: &[u8]) -> &'a st
     }
     buf[at] = 0;
     std::ffi::CStr::from_bytes_until_nul(&buf[..=at]).unwrap_or(c"/proc/self/invalid")
+}
+
+/// Writes the `setgroups` answer and the uid and gid maps of process `pid`
+/// (a child in a new user namespace), from its parent namespace.
+///
+/// # Safety
+/// Async-signal-safe; for the forked child.
+unsafe fn write_id_maps(
+    pid: libc::pid_t,
+    setgroups: &[u8],
+    uid_map: &std::ffi::CStr,
+    gid_map: &std::ffi::CStr,
+) -> io::Result<()> {
+    let mut path = [0u8; 64];
+    // SAFETY: raw writes of buffers the caller owns.
+    unsafe {
+        write_file(proc_path(&mut path, pid, b"setgroups"), setgroups)?;
+        write_file(proc_path(&mut path, pid, b"uid_map"), uid_map.to_bytes())?;
+        write_file(proc_path(&mut path, pid, b"gid_map"), gid_map.to_bytes())
+    }
+}
+
+/// In a child whose maps its parent writes: waits for the parent's byte on
+/// `fd` (then closes it), and exits if the parent went away without it.
+///
+/// # Safety
+/// Async-signal-safe; for the forked child.
+unsafe fn await_maps(fd: libc::c_int) {
+    // SAFETY: a read into a stack byte, a close and an exit.
+    unsafe {
+        let mut byte = 0u8;
+        let got = loop {
+            let n = libc::read(fd, (&mut byte as *mut u8).cast(), 1);
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            break n;
+        };
+        libc::close(fd);
+        if got != 1 {
+            libc::_exit(127);
+        }
+    }
 }
 
 /// Writes `bytes` to `path` with raw calls.
