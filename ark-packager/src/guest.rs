@@ -18,7 +18,9 @@ pub const TARGET: &str = "wasm32-wasip2";
 pub const PROFILE: &str = "ark";
 
 /// `[profile.ark]` settings used when the workspace does not define the profile:
-/// small, and keeping the name section so guest backtraces name functions.
+/// small, without the `name` section (a quarter of a small step's component;
+/// a workspace that wants function names in guest backtraces defines the
+/// profile with `strip = "debuginfo"`).
 const DEFAULT_PROFILE: &[&str] = &[
     "profile.ark.inherits=\"release\"",
     "profile.ark.opt-level=\"s\"",
@@ -26,7 +28,7 @@ const DEFAULT_PROFILE: &[&str] = &[
     "profile.ark.codegen-units=1",
     "profile.ark.panic=\"abort\"",
     "profile.ark.debug=false",
-    "profile.ark.strip=\"debuginfo\"",
+    "profile.ark.strip=\"symbols\"",
 ];
 
 /// A built component.

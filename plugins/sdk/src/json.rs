@@ -20,6 +20,40 @@ use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 /// How deep arrays and objects may nest (`serde_json`'s limit).
 const MAX_DEPTH: usize = 128;
 
+/// Writes `s` quoted as `{s:?}` does for the text a config holds: quotes,
+/// backslashes and control characters escaped, everything else as it is.
+/// (`Debug` would bring in the Unicode printability tables, ~3 KB, to also
+/// escape invisible non-ASCII characters.)
+fn quote(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() => {
+                out.push_str("\\u{");
+                let n = c as u32;
+                let digits = if n == 0 {
+                    1
+                } else {
+                    (32 - n.leading_zeros()).div_ceil(4)
+                };
+                for i in (0..digits).rev() {
+                    let d = (n >> (i * 4)) & 0xF;
+                    out.push(char::from_digit(d, 16).unwrap_or('0'));
+                }
+                out.push('}');
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 /// A decoding error: a message and where in the document it happened.
 #[derive(Debug)]
 pub(crate) struct Error {
@@ -110,7 +144,10 @@ impl Error {
                 float_at = Some(message.len());
             }
             U::Char(c) => message.push_str(&format!("character `{c}`")),
-            U::Str(s) => message.push_str(&format!("string {s:?}")),
+            U::Str(s) => {
+                message.push_str("string ");
+                quote(&mut message, s);
+            }
             U::Bytes(_) => message.push_str("byte array"),
             U::Unit => message.push_str("unit value"),
             U::Option => message.push_str("Option value"),
@@ -201,6 +238,13 @@ enum Number<'de> {
 }
 
 impl<'de> Deserializer<'de> {
+    /// The text between two positions the parser found at ASCII bytes (so
+    /// always on character boundaries): `get`, not indexing, keeps the
+    /// string-slicing panic and its formatting out of the guest.
+    fn slice(&self, from: usize, to: usize) -> &'de str {
+        self.text.get(from..to).unwrap_or_default()
+    }
+
     fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.input.get(self.pos) {
             self.pos += 1;
@@ -253,7 +297,7 @@ impl<'de> Deserializer<'de> {
             };
             match byte {
                 b'"' => {
-                    let tail = &self.text[run..self.pos];
+                    let tail = self.slice(run, self.pos);
                     self.pos += 1;
                     return Ok(match owned {
                         Some(mut s) => {
@@ -265,7 +309,7 @@ impl<'de> Deserializer<'de> {
                 }
                 b'\\' => {
                     let s = owned.get_or_insert_with(String::new);
-                    s.push_str(&self.text[run..self.pos]);
+                    s.push_str(self.slice(run, self.pos));
                     self.pos += 1;
                     let Some(&escape) = self.input.get(self.pos) else {
                         return Err(Error::new("EOF while parsing a string"));
@@ -382,7 +426,7 @@ impl<'de> Deserializer<'de> {
                 return Err(Error::new("invalid number"));
             }
         }
-        let text = &self.text[start..self.pos];
+        let text = self.slice(start, self.pos);
         // `-0` is a float, as `serde_json` reads it (an integer has no negative zero).
         if !float && text != "-0" {
             if negative {
@@ -393,8 +437,9 @@ impl<'de> Deserializer<'de> {
                 return Ok(Number::Unsigned(n));
             }
         }
-        match text.parse::<f64>() {
-            Ok(f) if f.is_finite() => Ok(Number::Float(f, text)),
+        // Not `str::parse`: its table of powers is a tenth of a small step.
+        match crate::float::parse(text) {
+            f if f.is_finite() => Ok(Number::Float(f, text)),
             _ => Err(Error::new("number out of range")),
         }
     }
@@ -787,6 +832,22 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+
+    #[test]
+    fn quoted_strings_read_as_debug_writes_them() {
+        for text in [
+            "",
+            "plain",
+            "a \"quoted\" \\ path",
+            "tab\tnew\nline\rcr\0nul",
+            "bell\u{7} del\u{7f} c1\u{85}",
+            "it's naïve, 東京, emoji 🦀",
+        ] {
+            let mut ours = String::new();
+            quote(&mut ours, text);
+            assert_eq!(ours, format!("{text:?}"));
+        }
+    }
 
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]

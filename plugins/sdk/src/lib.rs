@@ -57,6 +57,7 @@ extern crate self as arkline_sdk;
 pub mod cache;
 mod config;
 mod context;
+mod float;
 pub mod host_call;
 pub mod http;
 mod json;
