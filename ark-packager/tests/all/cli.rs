@@ -65,6 +65,13 @@ fn new_build_package_is_reproducible_across_directories() {
     let schema = ark.step_schema("hello").expect("schema");
     assert_eq!(schema["properties"]["name"]["type"], "string");
     assert_eq!(schema["required"], serde_json::json!(["name"]));
+    // The scaffold's profile strips the `name` section (a quarter of the
+    // component): no mangled function name of the SDK is left in it.
+    let needle = b"arkline_sdk4json";
+    assert!(
+        !ark.component.windows(needle.len()).any(|w| w == needle),
+        "the shipped component still has function names"
+    );
 
     // Packaging again gives the same bytes.
     package(&first);
