@@ -526,11 +526,17 @@ impl Runtime {
             component.image_range(),
             !matches!(cache, CacheOutcome::Uncached),
         );
+        // Kept as compact JSON text, parsed when a pipeline is checked: a
+        // `serde_json::Value` tree costs several times its text in small heap
+        // nodes, for every installed biz (ARCHITECTURE.md, "density").
         let schemas = ark
             .manifest
             .steps
             .iter()
-            .filter_map(|step| Some((step.id.clone(), ark.step_schema(&step.id)?)))
+            .filter_map(|step| {
+                let schema = ark.step_schema(&step.id)?;
+                Some((step.id.clone(), Box::<str>::from(schema.to_string())))
+            })
             .collect();
         Ok(PreparedBiz {
             name: ark.manifest.name.clone(),
@@ -588,8 +594,9 @@ pub struct PreparedBiz {
     /// Its compiled code's mapping, released when idle.
     pub(crate) image: Arc<idle::Image>,
     /// The config schema of each step type the archive carries (step id →
-    /// JSON Schema), which pipelines' `with:` are checked against.
-    pub(crate) schemas: Arc<BTreeMap<String, serde_json::Value>>,
+    /// JSON Schema, as compact JSON text), which pipelines' `with:` are
+    /// checked against.
+    pub(crate) schemas: Arc<BTreeMap<String, Box<str>>>,
     /// Where the compiled code came from.
     pub cache: CacheOutcome,
 }

@@ -540,7 +540,9 @@ impl BizRegistry {
                 _ => return None,
             },
         };
-        entry.biz.prepared.schemas.get(step).cloned()
+        let text = entry.biz.prepared.schemas.get(step)?;
+        // Written by `to_string` of a parsed schema at install: it parses.
+        serde_json::from_str(text).ok()
     }
 
     /// Leases exactly `name@version`, activated or not (an execution resuming on
