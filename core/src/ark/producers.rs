@@ -41,19 +41,28 @@ pub fn source_language(wasm: &[u8]) -> Option<String> {
         }
     }
     let p = producers(wasm);
+    // A wrapping tool names the language before any Rust tool does: the
+    // wrappers' runtimes are built with Rust tools too. `wit-bindgen-rust`
+    // counts as Rust: a component built with `strip = "symbols"` (the `ark`
+    // profile) keeps only the producers wit-component writes, which name
+    // the bindings generator but not `rustc`.
     let by_tool = |tools: &[(String, String)]| {
-        tools.iter().find_map(|(name, _)| {
-            let name = name.to_ascii_lowercase();
-            if name.contains("componentize-py") {
-                Some("Python")
-            } else if name.contains("componentize-js") || name.contains("jco") {
-                Some("JavaScript")
-            } else if name == "rustc" {
-                Some("Rust")
-            } else {
-                None
-            }
-        })
+        let names: Vec<String> = tools.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
+        if names.iter().any(|n| n.contains("componentize-py")) {
+            Some("Python")
+        } else if names
+            .iter()
+            .any(|n| n.contains("componentize-js") || n.contains("jco"))
+        {
+            Some("JavaScript")
+        } else if names
+            .iter()
+            .any(|n| n == "rustc" || n == "wit-bindgen-rust")
+        {
+            Some("Rust")
+        } else {
+            None
+        }
     };
     if let Some(lang) = p.get("processed-by").and_then(|t| by_tool(t)) {
         // A wrapper's runtime (CPython, StarlingMonkey) is written in C or
@@ -238,6 +247,15 @@ mod tests {
             ])],
         );
         assert_eq!(source_language(&rust).as_deref(), Some("Rust"));
+        // Stripped of its core module's producers: wit-component's remain.
+        let stripped = binary(
+            true,
+            &[producers_section(&[(
+                "processed-by",
+                &[("wit-component", "0.244.0"), ("wit-bindgen-rust", "0.45.0")],
+            )])],
+        );
+        assert_eq!(source_language(&stripped).as_deref(), Some("Rust"));
         assert_eq!(source_language(b"\0asm\x0d\0\x01\0\x00\xff\xff"), None);
         assert!(producers(b"not wasm").is_empty());
     }
