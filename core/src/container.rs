@@ -394,6 +394,7 @@ impl ContainerBuilder {
                 clock: self.clock,
                 options: self.options,
                 logs,
+                workspaces: Workspaces::new(data_dir.join("workspaces")),
                 data_dir,
                 arks,
                 temp,
@@ -440,6 +441,10 @@ struct Inner {
     options: ExecOptions,
     logs: LogStore,
     data_dir: PathBuf,
+    /// The execution workspaces of every engine: one instance, so the
+    /// engines share its pool of spare directories (an instance per engine
+    /// cleared and overwrote the others' spares in the one spare dir).
+    workspaces: Workspaces,
     /// Where uploaded archives are kept (the shared dir's, or the data
     /// dir's; and the remote archive store).
     arks: crate::pipeline::ArkStore,
@@ -620,7 +625,7 @@ impl Container {
             store: inner.store.clone(),
             registry,
             logs: inner.logs.clone(),
-            workspaces: Workspaces::new(inner.data_dir.join("workspaces")),
+            workspaces: inner.workspaces.clone(),
             secrets: Secrets::new(inner.store.clone(), name, inner.key.clone()),
             clock: inner.clock.clone(),
             options: inner.options.clone(),

@@ -112,6 +112,13 @@ pub struct ControllerConfig {
     pub backoff: Backoff,
     /// How the controller's watchers list again after a store error.
     pub watcher: watcher::Config,
+    /// How long a key queued by an event of a related kind
+    /// ([`Controller::watches`], [`Controller::watches_view`],
+    /// [`Controller::owns`]) waits before it runs, so that a burst of changes
+    /// is reconciled once, not once per change. A key already due sooner keeps
+    /// its time; the primary kind's own events and [`Controller::reconcile_on`]
+    /// triggers run at once. Zero (the default): every key runs at once.
+    pub debounce: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -120,6 +127,7 @@ impl Default for ControllerConfig {
             concurrency: 16,
             backoff: Backoff::default(),
             watcher: watcher::Config::default(),
+            debounce: Duration::ZERO,
         }
     }
 }
@@ -389,6 +397,13 @@ impl<R: Resource> Controller<R> {
         self
     }
 
+    /// Holds keys queued by events of related kinds for `window` (see
+    /// [`ControllerConfig::debounce`]).
+    pub fn debounce(mut self, window: Duration) -> Self {
+        self.config.debounce = window;
+        self
+    }
+
     /// Per-key backoff after failed reconciles.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
@@ -487,7 +502,7 @@ impl<R: Resource> Controller<R> {
 enum Wake<R, E> {
     Shutdown,
     Finished(Result<(ObjectRef, Ran<R, E>), tokio::task::JoinError>),
-    Key(ObjectRef),
+    Key((ObjectRef, bool)),
     Due,
 }
 
@@ -505,7 +520,9 @@ struct Runner<R, Ctx, E, F, P> {
     error_policy: P,
     ctx: Arc<Ctx>,
     /// Keys from the feeds; `None` until the first poll starts them.
-    keys: Option<mpsc::Receiver<ObjectRef>>,
+    /// Keys from the feeds, each with whether an event of a related kind
+    /// queued it (debounced) or the primary kind or a trigger did (at once).
+    keys: Option<mpsc::Receiver<(ObjectRef, bool)>>,
     feeds: JoinSet<()>,
     queue: WorkQueue<ObjectRef>,
     running: JoinSet<(ObjectRef, Ran<R, E>)>,
@@ -566,7 +583,15 @@ where
                 }
                 // Reconcile tasks catch panics; a join error is a cancelled task.
                 Wake::Finished(Err(_)) => {}
-                Wake::Key(key) => self.queue.schedule(key, Instant::now()),
+                Wake::Key((key, watched)) => {
+                    let now = Instant::now();
+                    let at = if watched {
+                        now + self.config.debounce
+                    } else {
+                        now
+                    };
+                    self.queue.schedule(key, at);
+                }
                 Wake::Due => {}
             }
         }
@@ -574,7 +599,7 @@ where
 
     /// Starts a watcher feed per watched kind and one task per trigger.
     fn start(&mut self) {
-        let (keys_tx, keys_rx) = mpsc::channel::<ObjectRef>(1024);
+        let (keys_tx, keys_rx) = mpsc::channel::<(ObjectRef, bool)>(1024);
         for source in std::mem::take(&mut self.sources) {
             self.feeds.spawn(feed(
                 self.store.clone(),
@@ -591,7 +616,7 @@ where
                 while let Some(key) = trigger.next().await {
                     let wanted =
                         key.kind == R::KIND && engine.as_ref().is_none_or(|e| *e == key.engine);
-                    if wanted && keys_tx.send(key).await.is_err() {
+                    if wanted && keys_tx.send((key, false)).await.is_err() {
                         return;
                     }
                 }
@@ -725,7 +750,7 @@ async fn feed(
     primary: &'static str,
     engine: Option<String>,
     config: watcher::Config,
-    keys: mpsc::Sender<ObjectRef>,
+    keys: mpsc::Sender<(ObjectRef, bool)>,
 ) {
     // Objects as the store hands them over: each mapper decodes what it needs.
     let events = watcher::encoded_watcher(
@@ -758,7 +783,7 @@ async fn feed(
             }
         };
         for key in found {
-            if keys.send(key).await.is_err() {
+            if keys.send((key, source.related)).await.is_err() {
                 return;
             }
         }
@@ -772,7 +797,7 @@ async fn resync(
     kind: &str,
     engine: Option<&str>,
     config: &watcher::Config,
-    keys: &mpsc::Sender<ObjectRef>,
+    keys: &mpsc::Sender<(ObjectRef, bool)>,
 ) -> bool {
     let mut query = ListQuery::kind(kind);
     query.engine = engine.map(str::to_owned);
@@ -781,7 +806,7 @@ async fn resync(
         match store.list(&query).await {
             Ok(list) => {
                 for obj in &list.items {
-                    if keys.send(ObjectRef::of(obj)).await.is_err() {
+                    if keys.send((ObjectRef::of(obj), true)).await.is_err() {
                         return false;
                     }
                 }

@@ -84,17 +84,20 @@ pub(crate) fn start(
         .reconcile_on(tokio_stream_from(pokes))
         .filter_view({
             // A driver of this process owns a running execution's status: its
-            // own writes need no reconcile (an abort, a deletion or the end do).
-            // Read from a view: most events are those writes, and decoding a
-            // whole execution (its pipeline's snapshot included) to drop it
-            // cost more than the reconcile it saves.
+            // own writes need no reconcile (an abort, a deletion or the end do;
+            // the end as the poke the driver sends once it is gone, so its
+            // last write, seen while it still cleans up, is dropped too). A
+            // queued execution is admission's: only an abort concerns the
+            // reconciler. Read from a view: most events are those writes, and
+            // decoding a whole execution (its pipeline's snapshot included)
+            // to drop it cost more than the reconcile it saves.
             let core = core.clone();
             move |exec: &ExecutionView| {
-                let driven_here = matches!(
-                    exec.status.phase,
-                    ExecutionPhase::Pending | ExecutionPhase::Running
-                ) && core.runs().contains_key(&exec.metadata.name);
-                exec.spec.abort || !driven_here
+                let nothing_to_do = match exec.status.phase {
+                    ExecutionPhase::Queued => true,
+                    _ => core.runs().contains_key(&exec.metadata.name),
+                };
+                exec.spec.abort || !nothing_to_do
             }
         })
         .graceful_shutdown_on(shutdown());
@@ -176,6 +179,10 @@ pub(crate) fn start(
     let pipelines = Controller::<Pipeline>::new(core.store.clone())
         .engine(&core.name)
         .concurrency(core.options.concurrency.min(8))
+        // A burst of finished executions is one status update per pipeline
+        // per window, not one per execution (a pipeline's own changes, cron
+        // timers, biz changes and leadership run at once).
+        .debounce(PIPELINE_DEBOUNCE)
         .watches_view::<PipelineExecution, _, _, _>({
             let core = core.clone();
             move |exec: &ExecutionView| {
@@ -203,6 +210,10 @@ pub(crate) fn start(
     ));
     tasks
 }
+
+/// How long the pipeline controller holds a key queued by an execution's
+/// event (one finished) before it runs.
+const PIPELINE_DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Every controller's error policy: retry soon (the queue's backoff grows the delay).
 fn error_policy<R>(_: Arc<R>, e: &ReconcileError, _: Arc<EngineCore>) -> Action {

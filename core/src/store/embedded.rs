@@ -1329,8 +1329,11 @@ impl Store for RedbStore {
     }
 
     async fn get(&self, key: &ObjectRef) -> Result<Option<DynamicObject>, StoreError> {
-        let key = key.clone();
-        self.read(move |s| s.get(&key)).await
+        // A point read runs on the caller's thread: redb reads never wait for
+        // the writer (MVCC), and one key is a few pages, mostly in redb's
+        // cache. The blocking pool's hop cost more than the read (a thread
+        // woken, often spawned, per read); lists still take it.
+        self.shared.get(key)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
@@ -1339,8 +1342,8 @@ impl Store for RedbStore {
     }
 
     async fn get_encoded(&self, key: &ObjectRef) -> Result<Option<EncodedObject>, StoreError> {
-        let key = key.clone();
-        self.read(move |s| s.get_encoded(&key)).await
+        // On the caller's thread, as `get`.
+        self.shared.get_encoded(key)
     }
 
     async fn write_status_json(

@@ -982,3 +982,76 @@ async fn view_filter_and_mapper_on_redb() {
     view_filter_and_mapper_read_only_their_fields(Arc::new(RedbStore::open(dir.path()).unwrap()))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debounced_watch_events_wait_and_a_trigger_runs_at_once() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    store
+        .create(object("Pipeline", "p", json!({})))
+        .await
+        .unwrap();
+    let (trigger_tx, trigger_rx) = mpsc::unbounded_channel::<ObjectRef>();
+    // Each reconcile reports how many executions it saw.
+    let (runs_tx, mut runs_rx) = mpsc::unbounded_channel::<usize>();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let controller =
+        tokio::spawn(
+            Controller::<Parent>::new(store.clone())
+                .engine("ci")
+                .owns::<Child>()
+                // Longer than any test: executions' events alone never run `p`.
+                .debounce(Duration::from_secs(3600))
+                .reconcile_on(futures::stream::unfold(trigger_rx, |mut rx| async move {
+                    rx.recv().await.map(|k| (k, rx))
+                }))
+                .graceful_shutdown_on(async {
+                    let _ = stopped.await;
+                })
+                .run(
+                    |_obj: Arc<Parent>,
+                     ctx: Arc<(Arc<dyn Store>, mpsc::UnboundedSender<usize>)>| async move {
+                        let list = ctx
+                            .0
+                            .list(&ListQuery::kind("PipelineExecution").engine("ci"))
+                            .await?;
+                        let _ = ctx.1.send(list.items.len());
+                        Ok::<_, Error>(Action::await_change())
+                    },
+                    |_, _, _| Action::await_change(),
+                    Arc::new((store.clone(), runs_tx)),
+                )
+                .for_each(|_| async {}),
+        );
+    // The primary kind's events are not held: `p` runs for its listing.
+    let first = tokio::time::timeout(GUARD, runs_rx.recv())
+        .await
+        .expect("p ran for its own event")
+        .unwrap();
+    assert_eq!(first, 0);
+    let p = store.get(&ObjectRef::new("Pipeline", "ci", "p")).await;
+    let uid = p.unwrap().unwrap().metadata.uid;
+    for i in 0..20 {
+        let mut exec = object("PipelineExecution", &format!("p-{i}"), json!({}));
+        exec.metadata.owners.push(OwnerRef {
+            kind: "Pipeline".into(),
+            name: "p".into(),
+            uid: uid.clone(),
+        });
+        store.create(exec).await.unwrap();
+    }
+    trigger_tx
+        .send(ObjectRef::new("Pipeline", "ci", "p"))
+        .unwrap();
+    let seen = tokio::time::timeout(GUARD, runs_rx.recv())
+        .await
+        .expect("the trigger ran p")
+        .unwrap();
+    assert_eq!(
+        seen, 20,
+        "the trigger's run is the next one and sees every execution"
+    );
+    stop.send(()).unwrap();
+    controller.await.unwrap();
+    // The events of the 20 executions were held, not run.
+    assert!(runs_rx.try_recv().is_err(), "only the trigger ran p");
+}

@@ -1245,3 +1245,55 @@ stages:
     assert_eq!(strict.status.phase, ExecutionPhase::Failed, "{strict:?}");
     assert_eq!(strict.status.stages[1].phase, StepPhase::Skipped);
 }
+
+/// The engines of a container share one pool of spare workspace directories:
+/// an execution of one engine reuses the directory another engine's finished
+/// execution left (an instance per engine once cleared the others' spares).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_share_the_spare_workspaces() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (container, a) = engine_in(dir.path()).await;
+    let b = container.engine("team-b").await.expect("engine starts");
+    b.install(faults(), &Capabilities::default())
+        .await
+        .expect("faults installs");
+    let spares = dir.path().join("workspaces.spare");
+    // The inodes of the spare directories once the workspace `gone` is
+    // removed (the driver removes it just after the execution's last write).
+    let spare_inodes = |gone: std::path::PathBuf| {
+        let spares = spares.clone();
+        async move {
+            tokio::time::timeout(LIMIT, async {
+                loop {
+                    if gone.exists() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    let inodes: std::collections::BTreeSet<u64> = std::fs::read_dir(&spares)
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.expect("entry").metadata().expect("metadata").ino())
+                        .collect();
+                    return inodes;
+                }
+            })
+            .await
+            .expect("the finished execution's workspace becomes a spare")
+        }
+    };
+    let yaml = "name: one\nstages:\n  - name: s\n    steps:\n      - name: a\n        uses: faults/upper\n        with: { text: x }\n";
+    let done = run(&a, yaml, TriggerRequest::default()).await;
+    assert_eq!(done.status.phase, ExecutionPhase::Succeeded);
+    let workspace = |engine: &str| dir.path().join("workspaces").join(engine).join("one-1");
+    let after_a = spare_inodes(workspace("team-a")).await;
+    assert_eq!(after_a.len(), 1, "team-a's workspace is kept as a spare");
+    let done = run(&b, yaml, TriggerRequest::default()).await;
+    assert_eq!(done.status.phase, ExecutionPhase::Succeeded);
+    assert_eq!(
+        spare_inodes(workspace("team-b")).await,
+        after_a,
+        "team-b ran in team-a's spare directory and gave it back"
+    );
+    container.shutdown().await;
+}
