@@ -43,7 +43,10 @@
 //! (unset `RUST_BACKTRACE` first). Prints tables, no criterion: a batch's
 //! throughput is not a per-iteration time. `--warm-up-time` and
 //! `--measurement-time` bound the one-at-a-time loops; `ARKLINE_EXEC_BATCHES`
-//! (`200,1000`), `ARKLINE_EXEC_ROUNDS` (3; the median round is shown),
+//! (`200,1000`), `ARKLINE_EXEC_ROUNDS` (3; the median round is shown; the
+//! rounds of the pipelines are interleaved, and with `five` and
+//! `five-10-engines` both measured the median of their per-round ratios is
+//! printed),
 //! `ARKLINE_EXEC_STORES` (`durable,redb-memlogs,memory`) and
 //! `ARKLINE_EXEC_PIPELINES` (`five,wide,five-spread,five-10-engines`) shrink it.
 
@@ -1129,20 +1132,48 @@ fn main() {
     let mut anomalies = Vec::new();
     let mut cpu_lines = Vec::new();
     let mut budget: Option<f64> = None;
+    let mut merged_ratios = Vec::new();
     for &backing in &backings {
-        for pipeline in &pipelines {
-            for &n in &sizes {
-                let mut runs: Vec<Batch> = (0..rounds)
-                    .map(|_| {
-                        rt.block_on(async {
-                            let setup =
-                                Setup::new(backing, &runtime, &ark, engines_for(pipeline)).await;
-                            let b = batch(&setup, pipeline, n).await;
-                            setup.shutdown().await;
-                            b
-                        })
-                    })
+        for &n in &sizes {
+            // Rounds interleaved over the pipelines (round 1 of each, then
+            // round 2 of each, …): a drift of the machine during the run
+            // touches every pipeline alike, so their ratios hold.
+            let mut by_pipeline: Vec<Vec<Batch>> = pipelines.iter().map(|_| Vec::new()).collect();
+            for _ in 0..rounds {
+                for (pipeline, runs) in pipelines.iter().zip(&mut by_pipeline) {
+                    runs.push(rt.block_on(async {
+                        let setup =
+                            Setup::new(backing, &runtime, &ark, engines_for(pipeline)).await;
+                        let b = batch(&setup, pipeline, n).await;
+                        setup.shutdown().await;
+                        b
+                    }));
+                }
+            }
+            let rate = |p: &str| {
+                pipelines.iter().position(|q| q == p).map(|i| {
+                    by_pipeline[i]
+                        .iter()
+                        .map(Batch::per_second)
+                        .collect::<Vec<_>>()
+                })
+            };
+            if let (Some(one), Some(ten)) = (rate("five"), rate("five-10-engines")) {
+                let mut pairs: Vec<f64> = one.iter().zip(&ten).map(|(o, t)| t / o).collect();
+                let shown: Vec<String> = one
+                    .iter()
+                    .zip(&ten)
+                    .map(|(o, t)| format!("{:.2} = {t:.0}/{o:.0}", t / o))
                     .collect();
+                pairs.sort_by(f64::total_cmp);
+                merged_ratios.push(format!(
+                    "{} {n}: ten engines merged ÷ one engine, median of the rounds' ratios {:.2}× (rounds in order, ten/one exec/s: {})",
+                    backing.name(),
+                    pairs[pairs.len() / 2],
+                    shown.join(", ")
+                ));
+            }
+            for (pipeline, mut runs) in pipelines.iter().zip(by_pipeline) {
                 runs.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
                 let all: Vec<String> = runs
                     .iter()
@@ -1217,6 +1248,9 @@ fn main() {
                 );
             }
         }
+    }
+    for line in &merged_ratios {
+        println!("{line}");
     }
     println!();
     println!(

@@ -297,10 +297,10 @@ pub(crate) async fn reconcile_pipeline(
     status.observed_generation = p.metadata.generation;
 
     if status != p.status {
-        let mut updated = (*p).clone();
-        updated.status = status;
+        // The status alone, spliced into the stored object: the spec is
+        // neither copied nor encoded nor decoded again.
         Api::<Pipeline>::new(core.store.clone())
-            .update_status(&updated)
+            .write_status(&p.metadata, &status)
             .await?;
     }
     if let Some((schedule, branch)) = fire {
