@@ -519,9 +519,9 @@ struct Runner<R, Ctx, E, F, P> {
     reconcile: Arc<F>,
     error_policy: P,
     ctx: Arc<Ctx>,
-    /// Keys from the feeds; `None` until the first poll starts them.
     /// Keys from the feeds, each with whether an event of a related kind
-    /// queued it (debounced) or the primary kind or a trigger did (at once).
+    /// queued it (debounced) or the primary kind or a trigger did (at once);
+    /// `None` until the first poll starts them.
     keys: Option<mpsc::Receiver<(ObjectRef, bool)>>,
     feeds: JoinSet<()>,
     queue: WorkQueue<ObjectRef>,
